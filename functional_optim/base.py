@@ -1,0 +1,276 @@
+"""The contract: :class:`Transform`, :func:`chain`, :func:`apply_updates`, hyperparameter plumbing.
+
+A transform is two pure functions and its default hyperparameters::
+
+    state = tx.init(params)
+    updates, state = tx.update(updates, state, params=None, hparams=None, **extra)
+
+``hparams=None`` means ``tx.hparams``. A hyperparameter is a Python number or a 0-d tensor; a
+tensor may require grad, be batched under :func:`torch.func.vmap`, or be changed in place between
+CUDA-graph replays. Keyword ``**extra`` arguments (a loss ``value``, say) are passed down a chain
+to every transform; transforms ignore the ones they do not use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from numbers import Number
+from typing import Any, Callable, NamedTuple
+
+import optree
+import torch
+
+from . import tree as _tree
+from .tree import TreeMismatchError
+
+__all__ = [
+    "Transform",
+    "EmptyState",
+    "HParamError",
+    "MissingParamsError",
+    "TreeMismatchError",
+    "chain",
+    "reparametrize",
+    "apply_updates",
+    "apply_updates_",
+    "resolve_hparams",
+    "check_hparam",
+    "check_state",
+]
+
+
+class HParamError(ValueError):
+    """A hyperparameter has an unknown name, a wrong shape or an invalid value."""
+
+
+class MissingParamsError(ValueError):
+    """A transform that reads the parameters was called without them."""
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transform."""
+
+
+class Transform(NamedTuple):
+    """A pure optimizer transform.
+
+    Attributes:
+        init: ``init(params) -> state``.
+        update: ``update(updates, state, params=None, hparams=None, **extra)
+            -> (updates, state)``; never mutates its inputs.
+        hparams: the default hyperparameters: a pytree (usually a dict) of numbers or 0-d tensors.
+    """
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+    hparams: Any = None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def resolve_hparams(defaults: Any, given: Any, where: str = "hparams") -> Any:
+    """Merge ``given`` hyperparameters over ``defaults``.
+
+    ``None`` (anywhere) means "the default". A dict may give a subset of the keys; an unknown key
+    is an error naming the known ones. Tuples (a chain's hparams, ``betas``) must have the
+    defaults' length. A leaf must be a Python number or a 0-d tensor. Values are not inspected
+    (that would be a host sync), only their type and shape.
+    """
+    if given is None:
+        return defaults
+    if isinstance(defaults, Mapping):
+        if not isinstance(given, Mapping):
+            raise HParamError(
+                f"{where}: expected a dict with keys {sorted(defaults)}, got {_describe(given)}"
+            )
+        unknown = [k for k in given if k not in defaults]
+        if unknown:
+            raise HParamError(
+                f"{where}: unknown hyperparameter(s) {sorted(map(str, unknown))}; "
+                f"known: {sorted(map(str, defaults))}"
+            )
+        return {
+            k: resolve_hparams(v, given.get(k), f"{where}[{k!r}]") for k, v in defaults.items()
+        }
+    if isinstance(defaults, tuple):
+        if not isinstance(given, (tuple, list)) or len(given) != len(defaults):
+            raise HParamError(
+                f"{where}: expected a tuple of {len(defaults)} entries, got {_describe(given)}"
+            )
+        return tuple(resolve_hparams(d, g, f"{where}[{i}]") for i, (d, g) in enumerate(
+            zip(defaults, given)))
+    if isinstance(given, torch.Tensor):
+        if given.ndim != 0:
+            raise HParamError(
+                f"{where}: expected a Python number or a 0-d tensor, got {_describe(given)}"
+            )
+        if given.is_complex() or (given.dtype == torch.bool
+                                  and not isinstance(defaults, bool)):
+            raise HParamError(f"{where}: expected a real number, got {_describe(given)}")
+        return given
+    if isinstance(given, bool) and not isinstance(defaults, bool):
+        raise HParamError(f"{where}: expected a Python number or a 0-d tensor, got bool {given!r}")
+    if isinstance(given, Number) and not isinstance(given, complex):
+        return given
+    raise HParamError(f"{where}: expected a Python number or a 0-d tensor, got {_describe(given)}")
+
+
+def check_hparam(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> None:
+    """Validate a default hyperparameter at construction (never inside ``update``).
+
+    Numbers and readable 0-d tensors are checked against the bounds; tensors that cannot be read
+    here (batched under ``vmap``, fake) are only checked for shape.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0:
+            raise HParamError(
+                f"{owner}: {name} must be a Python number or a 0-d tensor, got {_describe(value)}"
+            )
+        if value.is_complex() or value.dtype == torch.bool:
+            raise HParamError(f"{owner}: {name} must be real, got {_describe(value)}")
+        try:
+            number = float(value.detach())
+        except (RuntimeError, NotImplementedError):
+            return
+    elif isinstance(value, Number) and not isinstance(value, (complex, bool)):
+        number = float(value)
+    else:
+        raise HParamError(
+            f"{owner}: {name} must be a Python number or a 0-d tensor, got {_describe(value)}"
+        )
+    bounds = [
+        (ge, lambda b: number >= b, ">="),
+        (gt, lambda b: number > b, ">"),
+        (lt, lambda b: number < b, "<"),
+        (le, lambda b: number <= b, "<="),
+    ]
+    wanted = " and ".join(f"{op} {b}" for b, _, op in bounds if b is not None) or "not NaN"
+    if number != number or not all(ok(b) for b, ok, _ in bounds if b is not None):
+        raise HParamError(f"{owner}: invalid {name}: expected a value {wanted}, got {value!r}")
+
+
+def _check_transform(tx: Any, where: str) -> None:
+    if not isinstance(tx, Transform):
+        hint = ""
+        if callable(tx) and not isinstance(tx, type):
+            hint = f" (did you forget to call it: {getattr(tx, '__name__', 'fn')}(...)?)"
+        raise TypeError(
+            f"{where}: expected a functional_optim.Transform, got {type(tx).__name__}{hint}"
+        )
+
+
+def check_state(owner: str, state: Any, cls: type) -> None:
+    """Raise :class:`TreeMismatchError` unless ``state`` is a ``cls`` (the state ``init`` made)."""
+    if not isinstance(state, cls):
+        raise TreeMismatchError(
+            f"{owner}: expected its state, a {cls.__name__}, got {type(state).__name__} "
+            "(the state of another transform, or of another chain?)"
+        )
+
+
+def chain(*transforms: Transform, **named: Transform) -> Transform:
+    """Compose transforms: each one's output updates are the next one's input.
+
+    ``chain(a, b)`` has state ``(sa, sb)`` and hparams ``(ha, hb)``; the named form
+    ``chain(clip=a, adam=b)`` has state ``{"clip": sa, "adam": sb}`` and hparams
+    ``{"clip": ha, "adam": hb}``, so every hyperparameter stays addressable by its path.
+    """
+    if transforms and named:
+        raise TypeError("chain: give transforms either all positionally or all by name, not both")
+    keys: tuple = tuple(named) if named else tuple(range(len(transforms)))
+    txs = tuple(named.values()) if named else transforms
+    for key, tx in zip(keys, txs):
+        _check_transform(tx, f"chain: transform {key!r}")
+    pack = (lambda xs: dict(zip(keys, xs))) if named else tuple
+    defaults = pack(tx.hparams for tx in txs)
+
+    def init(params):
+        return pack(tx.init(params) for tx in txs)
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        hparams = resolve_hparams(defaults, hparams, "chain hparams")
+        if named:
+            if not isinstance(state, Mapping) or set(state) != set(keys):
+                raise TreeMismatchError(
+                    f"chain: expected a state dict with keys {list(keys)}, got "
+                    f"{sorted(state) if isinstance(state, Mapping) else type(state).__name__}"
+                )
+        elif not isinstance(state, tuple) or len(state) != len(txs):
+            raise TreeMismatchError(
+                f"chain: expected a state tuple of {len(txs)} entries, got "
+                f"{type(state).__name__}"
+                + (f" of {len(state)} entries" if isinstance(state, tuple) else "")
+            )
+        new_state = []
+        for key, tx in zip(keys, txs):
+            updates, s = tx.update(updates, state[key], params, hparams[key], **extra)
+            new_state.append(s)
+        return updates, pack(new_state)
+
+    return Transform(init, update, defaults)
+
+
+def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], Any],
+                  name: str = "hparams") -> Transform:
+    """``inner`` exposed with other hyperparameters: ``to_inner`` maps them to ``inner``'s.
+
+    This is how an alias (``adamw``, ``sgd``) shows one flat dict with PyTorch's names
+    (``lr``, ``betas``, ``weight_decay``) over a chain of building blocks.
+    """
+    _check_transform(inner, "reparametrize")
+
+    def update(updates, state, params=None, hparams_=None, **extra):
+        resolved = resolve_hparams(hparams, hparams_, name)
+        return inner.update(updates, state, params, to_inner(resolved), **extra)
+
+    return Transform(inner.init, update, hparams)
+
+
+def _add(p, u):
+    if u is None:
+        return p
+    if u.shape != p.shape:
+        raise TreeMismatchError(
+            f"apply_updates: an update of shape {tuple(u.shape)} for a parameter of shape "
+            f"{tuple(p.shape)}"
+        )
+    return p + (u if u.dtype == p.dtype else u.to(p.dtype))
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """``params + updates`` leaf-wise, in each parameter's dtype; pure.
+
+    A ``None`` update leaves its parameter as it is.
+    """
+    return _tree.map(_add, params, updates)
+
+
+def apply_updates_(params: Any, updates: Any) -> Any:
+    """In-place ``p += u`` under ``torch.no_grad()`` for stateful use; returns ``params``."""
+    spec = _tree.structure(params)
+    flat_u = _tree.flatten_like(updates, spec, "updates", "params")
+    pairs = [(p, u) for p, u in zip(_tree.leaves(params), flat_u)
+             if p is not None and u is not None]
+    for p, u in pairs:  # check every leaf before mutating any
+        if u.shape != p.shape:
+            raise TreeMismatchError(
+                f"apply_updates_: an update of shape {tuple(u.shape)} for a parameter "
+                f"of shape {tuple(p.shape)}"
+            )
+    with torch.no_grad():
+        for p, u in pairs:
+            p.add_(u.to(p.dtype))
+    return params

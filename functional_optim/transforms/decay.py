@@ -1,0 +1,63 @@
+"""Weight decay."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+from .. import tree as _tree
+from .._execute import _leaf_name, elementwise
+from ..base import EmptyState, MissingParamsError, Transform, check_hparam, resolve_hparams
+
+__all__ = ["add_decayed_weights"]
+
+
+def _decay_rule(h, g, p, keep=True):
+    return (g + h["weight_decay"] * p if keep else g,)
+
+
+def add_decayed_weights(weight_decay: float = 0.0,
+                        mask: Any | Callable[[Any], Any] | None = None) -> Transform:
+    r"""Adds the parameters times ``weight_decay`` to the updates: :math:`u \mapsto u + \lambda p`.
+
+    Before an adaptive scaling this is L2 regularization (torch.optim.Adam's ``weight_decay``);
+    after it and before the learning rate it is decoupled weight decay (AdamW; Loshchilov &
+    Hutter, 2019). Needs ``params``.
+
+    Args:
+        weight_decay: ``λ`` (>= 0; default 0).
+        mask: where to decay: a tree of bools shaped like the parameters, or a function
+            ``params -> tree of bools``; ``None`` decays every leaf.
+    """
+    check_hparam("add_decayed_weights", "weight_decay", weight_decay, ge=0)
+    defaults = {"weight_decay": weight_decay}
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, "add_decayed_weights hparams")
+        if params is None:
+            if _tree.num_leaves(updates) == 0:  # only None updates: nothing to decay
+                return updates, state
+            raise MissingParamsError(
+                "add_decayed_weights needs the parameters (weight decay reads them; this block is "
+                "in adamw, and in sgd/adam with a nonzero weight_decay): call "
+                "update(updates, state, params)"
+            )
+        if mask is None:
+            inputs: tuple = (params,)  # (no tree of True: cheaper, and compiles)
+        else:
+            keep = mask(params) if callable(mask) else mask
+            for i, leaf in enumerate(_tree.leaves(keep)):
+                if leaf is not None and not isinstance(leaf, bool):
+                    raise TypeError(
+                        f"add_decayed_weights: mask leaf {_leaf_name(keep, i)} must be a bool, "
+                        f"got {type(leaf).__name__}"
+                    )
+            inputs = (params, keep)
+        (out,) = elementwise(_decay_rule, h, updates, inputs=inputs,
+                             name="add_decayed_weights", input_names=("params", "mask"))
+        return out, state
+
+    return Transform(init, update, defaults)

@@ -1,0 +1,216 @@
+"""Moment-based building blocks: Adam's moments, RMS scaling, momentum (trace)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import tree as _tree
+from .._execute import elementwise, init_count, safe_sqrt, scalar_dtype
+from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
+
+__all__ = [
+    "ScaleByAdamState",
+    "scale_by_adam",
+    "ScaleByRmsState",
+    "scale_by_rms",
+    "TraceState",
+    "trace",
+]
+
+
+def _zeros(params: Any) -> Any:
+    return _tree.map(lambda p: torch.zeros_like(p, memory_format=torch.preserve_format), params)
+
+
+def _check_betas(owner: str, betas: Any) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise HParamError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
+    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+
+
+class ScaleByAdamState(NamedTuple):
+    """State of :func:`scale_by_adam`; every field is a tree shaped like the parameters.
+
+    Attributes:
+        count: per-parameter step count (0-d int64), as torch.optim keeps ``state[p]["step"]``.
+        mu: first moment (``exp_avg``).
+        nu: second moment (``exp_avg_sq``).
+        nu_max: running maximum of ``nu`` (``max_exp_avg_sq``) with ``amsgrad``, else an empty
+            :class:`EmptyState` (no leaves, so the state stays ``vmap``-able).
+    """
+
+    count: Any
+    mu: Any
+    nu: Any
+    nu_max: Any = EmptyState()
+
+
+def _adam_rule(h, g, t, m, v, *nu_max):
+    b1, b2 = h["betas"]
+    t = t + 1
+    tf = t.to(scalar_dtype(g))
+    m = torch.lerp(m, g, 1 - b1)
+    v = v * b2 + (1 - b2) * (g * g)
+    bc1 = 1 - b1**tf
+    bc2 = 1 - b2**tf
+    nu_max = tuple(torch.maximum(n, v) for n in nu_max)
+    second = nu_max[0] if nu_max else v
+    eps_root = h["eps_root"]
+    if isinstance(eps_root, torch.Tensor) or eps_root != 0:
+        second = second + eps_root * bc2
+    denom = safe_sqrt(second) / torch.sqrt(bc2) + h["eps"]
+    return ((m / bc1) / denom, t, m, v, *nu_max)
+
+
+def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                  eps_root: float = 0.0, amsgrad: bool = False) -> Transform:
+    r"""Rescales updates by Adam's bias-corrected moments (Kingma & Ba, 2015, Algorithm 1).
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \\
+        \hat v_t = \max(\hat v_{t-1}, v_t) \text{ if amsgrad else } v_t, \qquad
+        u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t / (1-\beta_2^t) + \epsilon_{root}}
+              + \epsilon}
+
+    AMSGrad: Reddi et al., 2018. Complex parameters are treated as pairs of reals, as
+    torch.optim.Adam does. The square root is safe at zero (finite meta-gradients).
+
+    Args:
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` added to the root (default 1e-8).
+        eps_root: ``ε_root`` added inside the root (default 0).
+        amsgrad: keep the running maximum of ``v`` (static; default False).
+    """
+    _check_betas("scale_by_adam", betas)
+    check_hparam("scale_by_adam", "eps", eps, ge=0)
+    check_hparam("scale_by_adam", "eps_root", eps_root, ge=0)
+    defaults = {"betas": tuple(betas), "eps": eps, "eps_root": eps_root}
+
+    def init(params):
+        return ScaleByAdamState(init_count(params), _zeros(params), _zeros(params),
+                                _zeros(params) if amsgrad else EmptyState())
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, "scale_by_adam hparams")
+        check_state("scale_by_adam", state, ScaleByAdamState)
+        states = (state.count, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
+        out = elementwise(_adam_rule, h, updates, states, name="scale_by_adam",
+                          complex_as_real=True)
+        return out[0], ScaleByAdamState(*out[1:4], out[4] if amsgrad else EmptyState())
+
+    return Transform(init, update, defaults)
+
+
+class ScaleByRmsState(NamedTuple):
+    """State of :func:`scale_by_rms`.
+
+    Attributes:
+        count: per-parameter step count (0-d int64).
+        nu: running mean of squared updates (``square_avg``).
+        mu: running mean of updates (``grad_avg``) when ``centered``, else an empty
+            :class:`EmptyState`.
+    """
+
+    count: Any
+    nu: Any
+    mu: Any = EmptyState()
+
+
+def _rms_rule(h, g, t, v, *mu):
+    alpha = h["alpha"]
+    v = v * alpha + (1 - alpha) * (g * g)
+    if mu:
+        m = torch.lerp(mu[0], g, 1 - alpha)
+        avg = safe_sqrt(v - m * m) + h["eps"]
+        return g / avg, t + 1, v, m
+    return g / (safe_sqrt(v) + h["eps"]), t + 1, v
+
+
+def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> Transform:
+    r"""Divides updates by the root of a running mean of their squares (RMSprop; Hinton, 2012).
+
+    .. math::
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2, \qquad
+        u_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2} + \epsilon} \text{ (centered, Graves 2013)}
+        \text{ or } \frac{g_t}{\sqrt{v_t} + \epsilon}
+
+    with :math:`\bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t`, as torch.optim.RMSprop computes
+    it (``ε`` outside the root; complex parameters as pairs of reals).
+
+    Args:
+        alpha: smoothing constant (default 0.99).
+        eps: ``ε`` (default 1e-8).
+        centered: subtract the squared running mean (static; default False).
+    """
+    check_hparam("scale_by_rms", "alpha", alpha, ge=0, le=1)
+    check_hparam("scale_by_rms", "eps", eps, ge=0)
+    defaults = {"alpha": alpha, "eps": eps}
+
+    def init(params):
+        return ScaleByRmsState(init_count(params), _zeros(params),
+                               _zeros(params) if centered else EmptyState())
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, "scale_by_rms hparams")
+        check_state("scale_by_rms", state, ScaleByRmsState)
+        states = (state.count, state.nu) + ((state.mu,) if centered else ())
+        out = elementwise(_rms_rule, h, updates, states, name="scale_by_rms",
+                          complex_as_real=True)
+        return out[0], ScaleByRmsState(out[1], out[2], out[3] if centered else EmptyState())
+
+    return Transform(init, update, defaults)
+
+
+class TraceState(NamedTuple):
+    """State of :func:`trace`.
+
+    Attributes:
+        count: per-parameter step count (0-d int64); at 0 the buffer starts as the update.
+        momentum_buffer: the trace (torch.optim.SGD's ``momentum_buffer``).
+    """
+
+    count: Any
+    momentum_buffer: Any
+
+
+def _trace_rule(h, g, t, buf, *, nesterov):
+    momentum = h["momentum"]
+    buf = torch.where(t == 0, g, buf * momentum + (1 - h["dampening"]) * g)
+    return (g + momentum * buf if nesterov else buf), t + 1, buf
+
+
+def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False) -> Transform:
+    r"""Momentum with torch.optim.SGD's semantics (Sutskever et al., 2013 for Nesterov).
+
+    .. math::
+        b_1 = g_1, \qquad b_t = \mu\, b_{t-1} + (1 - \tau)\, g_t, \qquad
+        u_t = g_t + \mu\, b_t \text{ (nesterov) or } b_t
+
+    Args:
+        momentum: ``μ`` (default 0.9).
+        dampening: ``τ`` (default 0); must be 0 with ``nesterov``.
+        nesterov: Nesterov momentum (static; default False).
+    """
+    check_hparam("trace", "momentum", momentum, ge=0)
+    check_hparam("trace", "dampening", dampening)
+    if nesterov and (isinstance(dampening, torch.Tensor) or dampening != 0):
+        raise HParamError("trace: nesterov momentum requires dampening == 0 (as torch.optim.SGD)")
+    defaults = {"momentum": momentum, "dampening": dampening}
+    rule = functools.partial(_trace_rule, nesterov=nesterov)
+
+    def init(params):
+        return TraceState(init_count(params), _zeros(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, "trace hparams")
+        check_state("trace", state, TraceState)
+        out, count, buf = elementwise(rule, h, updates, (state.count, state.momentum_buffer),
+                                      name="trace")
+        return out, TraceState(count, buf)
+
+    return Transform(init, update, defaults)

@@ -1,0 +1,158 @@
+"""Pytree helpers built on optree.
+
+Every function here treats ``None`` as a leaf that stands for "no tensor" (a frozen parameter, a
+missing gradient): it passes through as ``None`` and costs nothing. Trees are any optree pytree:
+dicts, lists, tuples, NamedTuples, nested.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optree
+import torch
+
+__all__ = [
+    "TreeMismatchError",
+    "leaves",
+    "structure",
+    "flatten_like",
+    "map",
+    "zeros_like",
+    "add",
+    "sub",
+    "scale",
+    "cast",
+    "global_norm",
+    "num_leaves",
+    "num_elements",
+    "named_leaves",
+    "names",
+]
+
+_NONE_IS_LEAF = {"none_is_leaf": True}
+
+
+class TreeMismatchError(ValueError):
+    """Two trees that must have the same structure do not."""
+
+
+def leaves(tree: Any) -> list:
+    """The leaves of ``tree`` in optree order, ``None`` leaves included."""
+    return optree.tree_leaves(tree, **_NONE_IS_LEAF)
+
+
+def structure(tree: Any) -> optree.PyTreeSpec:
+    """The structure of ``tree`` (``None`` counts as a leaf)."""
+    return optree.tree_structure(tree, **_NONE_IS_LEAF)
+
+
+def _paths(spec: optree.PyTreeSpec) -> list[str]:
+    return [_path_name(p) for p in spec.paths()]
+
+
+def _describe(spec: optree.PyTreeSpec, limit: int = 400) -> str:
+    text = repr(spec)
+    return text if len(text) <= limit else text[:limit] + "...)"
+
+
+def mismatch_message(name_a: str, spec_a, name_b: str, spec_b) -> str:
+    """A message naming both structures and the first paths that differ."""
+    only_a = [p for p in _paths(spec_a) if p not in set(_paths(spec_b))]
+    only_b = [p for p in _paths(spec_b) if p not in set(_paths(spec_a))]
+    lines = [
+        f"{name_a} and {name_b} have different tree structures.",
+        f"  {name_a}: {_describe(spec_a)}",
+        f"  {name_b}: {_describe(spec_b)}",
+    ]
+    if only_a:
+        lines.append(f"  only in {name_a}: {only_a[:5]}")
+    if only_b:
+        lines.append(f"  only in {name_b}: {only_b[:5]}")
+    return "\n".join(lines)
+
+
+def flatten_like(tree: Any, spec: optree.PyTreeSpec, name: str, ref_name: str) -> list:
+    """Flatten ``tree``, raising :class:`TreeMismatchError` unless its structure is ``spec``."""
+    flat, tree_spec = optree.tree_flatten(tree, **_NONE_IS_LEAF)
+    if tree_spec != spec:
+        raise TreeMismatchError(mismatch_message(ref_name, spec, name, tree_spec))
+    return flat
+
+
+def map(fn: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 - mirrors tree_map
+    """``fn`` applied leaf-wise; ``None`` in ``tree`` stays ``None`` without calling ``fn``."""
+    try:
+        return optree.tree_map(lambda x, *r: None if x is None else fn(x, *r), tree, *rest,
+                               **_NONE_IS_LEAF)
+    except ValueError:
+        spec = structure(tree)
+        for i, r in enumerate(rest):
+            flatten_like(r, spec, f"tree {i + 2}", "tree 1")
+        raise
+
+
+def zeros_like(tree: Any, dtype: torch.dtype | None = None) -> Any:
+    """A tree of zeros shaped like ``tree`` (optionally of another dtype)."""
+    return map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
+
+
+def add(a: Any, b: Any, alpha: float | torch.Tensor = 1) -> Any:
+    """``a + alpha * b`` leaf-wise; a ``None`` in ``b`` leaves ``a``'s leaf as it is."""
+    return map(lambda x, y: x if y is None else x + alpha * y, a, b)
+
+
+def sub(a: Any, b: Any) -> Any:
+    """``a - b`` leaf-wise."""
+    return add(a, b, -1)
+
+
+def scale(tree: Any, factor: float | torch.Tensor) -> Any:
+    """``factor * x`` for every leaf."""
+    return map(lambda x: x * factor, tree)
+
+
+def cast(tree: Any, dtype: torch.dtype) -> Any:
+    """Floating-point leaves cast to ``dtype``; integer, bool and complex leaves unchanged."""
+    return map(lambda x: x.to(dtype) if x.is_floating_point() else x, tree)
+
+
+def global_norm(tree: Any) -> torch.Tensor:
+    r"""The L2 norm of all leaves together, :math:`\sqrt{\sum_i \|x_i\|_2^2}`.
+
+    Computed as :func:`torch.nn.utils.clip_grad_norm_` does: one ``vector_norm`` per leaf, then
+    the norm of those norms, on the first leaf's device. Its gradient at zero is zero, not NaN.
+    An empty tree (or one of ``None`` only) has norm ``0.0``.
+    """
+    xs = [x for x in leaves(tree) if x is not None]
+    if not xs:
+        return torch.zeros(())
+    device = xs[0].device
+    norms = [torch.linalg.vector_norm(x).to(device) for x in xs]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def num_leaves(tree: Any) -> int:
+    """How many tensor leaves (``None`` leaves are not counted)."""
+    return sum(x is not None for x in leaves(tree))
+
+
+def num_elements(tree: Any) -> int:
+    """How many scalar elements all tensor leaves hold together."""
+    return sum(x.numel() for x in leaves(tree) if x is not None)
+
+
+def _path_name(path: tuple) -> str:
+    return ".".join(str(k) for k in path)
+
+
+def named_leaves(tree: Any) -> list[tuple[str, Any]]:
+    """``(name, leaf)`` pairs, the name being the dotted key path (``"layer.0.weight"``)."""
+    paths, flat, _ = optree.tree_flatten_with_path(tree, **_NONE_IS_LEAF)
+    return [(_path_name(p), x) for p, x in zip(paths, flat)]
+
+
+def names(tree: Any) -> Any:
+    """A tree of the same structure whose leaves are their dotted key paths."""
+    paths, _, spec = optree.tree_flatten_with_path(tree, **_NONE_IS_LEAF)
+    return optree.tree_unflatten(spec, [_path_name(p) for p in paths])

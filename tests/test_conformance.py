@@ -1,0 +1,285 @@
+"""DESIGN.md §2 for every registered transform (see ``conformance.py``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import optree
+import pytest
+import torch
+import torch._dynamo.testing
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+import functional_optim as fo
+from conformance import CASES, float_state, random_tree, tensor_hparams
+
+pytestmark = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+
+SYNC_OPS = {
+    "aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.is_nonzero", "aten.equal",
+    "aten.masked_select", "aten._assert_async", "aten.repeat_interleave", "aten.unique",
+    "aten._unique2", "aten.allclose",
+}
+
+
+def tensors(tree):
+    return [x for x in optree.tree_leaves(tree, none_is_leaf=True) if isinstance(x, torch.Tensor)]
+
+
+def assert_trees_close(a, b, rtol=1e-12, atol=1e-12):
+    la, sa = optree.tree_flatten(a, none_is_leaf=True)
+    lb, sb = optree.tree_flatten(b, none_is_leaf=True)
+    assert sa == sb, f"{sa} != {sb}"
+    for x, y in zip(la, lb):
+        if isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and x.shape == y.shape, (x, y)
+            torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+        else:
+            assert x == y
+
+
+def setup(case, seed=0, dtype=torch.float64, device="cpu", steps=1):
+    """Transform, params, grads and a state after ``steps`` updates."""
+    tx = case.make()
+    params = random_tree(seed, dtype, device)
+    grads = random_tree(seed + 1, dtype, device)
+    state = tx.init(params)
+    for i in range(steps):
+        _, state = tx.update(random_tree(seed + 10 + i, dtype, device), state, params)
+    return tx, params, grads, state
+
+
+def test_pure(case):
+    tx, params, grads, state = setup(case)
+    hp, rebuild = tensor_hparams(tx.hparams)
+    everything = (grads, state, params, hp)
+    versions = [t._version for t in tensors(everything)]
+    values = [t.clone() for t in tensors(everything)]
+    for _ in range(2):
+        out, new_state = tx.update(grads, state, params, rebuild(hp))
+    assert [t._version for t in tensors(everything)] == versions
+    for before, now in zip(values, tensors(everything)):
+        assert torch.equal(before, now)
+    assert optree.tree_structure(new_state, none_is_leaf=True) == optree.tree_structure(
+        state, none_is_leaf=True)
+    assert optree.tree_structure(out, none_is_leaf=True) == optree.tree_structure(
+        grads, none_is_leaf=True)
+
+
+def _objective(tx, state_rebuild, hp_rebuild, weights):
+    """A scalar function of everything ``update`` reads, mixing every output."""
+
+    def f(params, grads, state_floats, hp):
+        out, new_state = tx.update(grads, state_rebuild(state_floats), params, hp_rebuild(hp))
+        outputs = tensors(out) + float_state(new_state)[0]
+        return sum(((o * w).sum().real for o, w in zip(outputs, weights)),
+                   torch.zeros((), dtype=torch.float64))
+
+    return f
+
+
+def _weights(tx, params, grads, state, hp_rebuild, hp):
+    out, new_state = tx.update(grads, state, params, hp_rebuild(hp))
+    gen = torch.Generator().manual_seed(7)
+    return [torch.randn(o.shape, generator=gen, dtype=torch.float64)
+            for o in tensors(out) + float_state(new_state)[0]]
+
+
+def _perturb(tree, direction, eps):
+    return optree.tree_map(lambda x, d: x + eps * d, tree, direction)
+
+
+@pytest.mark.parametrize("zero", [False, True], ids=["random", "zero_moments"])
+def test_grad_matches_finite_differences(case, zero):
+    tx, params, grads, state = setup(case, steps=0 if zero else 1)
+    if zero:
+        params = optree.tree_map(torch.zeros_like, params)
+        grads = optree.tree_map(torch.zeros_like, grads)
+    hp, hp_rebuild = tensor_hparams(tx.hparams)
+    floats, state_rebuild = float_state(state)
+    weights = _weights(tx, params, grads, state, hp_rebuild, hp)
+    f = _objective(tx, state_rebuild, hp_rebuild, weights)
+    args = (params, grads, floats, hp)
+    grads_of = torch.func.grad(f, argnums=(0, 1, 2, 3))(*args)
+    for g in optree.tree_leaves(grads_of):
+        assert torch.isfinite(g).all(), "NaN/inf meta-gradient"
+    if zero:
+        return  # finite differences straddle kinks at zero (|g|, sqrt); finiteness is the point
+    gen = torch.Generator().manual_seed(3)
+    eps = 1e-6
+    for i, name in enumerate(["params", "grads", "state", "hparams"]):
+        # relative perturbation: a second moment near zero must not be pushed below it
+        direction = optree.tree_map(
+            lambda x: torch.randn(x.shape, generator=gen, dtype=torch.float64) * x.abs(), args[i])
+        plus = list(args)
+        minus = list(args)
+        plus[i] = _perturb(args[i], direction, eps)
+        minus[i] = _perturb(args[i], direction, -eps)
+        numeric = (f(*plus) - f(*minus)) / (2 * eps)
+        analytic = sum(((g * d).sum() for g, d in zip(optree.tree_leaves(grads_of[i]),
+                                                      optree.tree_leaves(direction))),
+                       torch.zeros((), dtype=torch.float64))
+        torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-7,
+                                   msg=lambda m: f"d/d{name}: {m}")
+
+
+def test_vmap_equals_loop(case):
+    members = 3
+    tx = case.make()
+    params = random_tree(0, batch=(members,))
+    hp, rebuild = tensor_hparams(tx.hparams)
+    factors = torch.tensor([1.0, 0.9, 0.95], dtype=torch.float64)
+    hp_b = [h * factors for h in hp]
+
+    def update(g, s, p, h):
+        return tx.update(g, s, p, rebuild(h))
+
+    torch._C._functorch._set_vmap_fallback_warning_enabled(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state_b = torch.func.vmap(tx.init)(params)
+            outs_b = []
+            for step in range(2):
+                grads = random_tree(10 + step, batch=(members,))
+                out, state_b = torch.func.vmap(update)(grads, state_b, params, hp_b)
+                outs_b.append((out, state_b))
+    finally:
+        torch._C._functorch._set_vmap_fallback_warning_enabled(False)
+    fallbacks = [str(w.message) for w in caught if "fallback" in str(w.message).lower()
+                 or "performance drop" in str(w.message).lower()]
+    assert not fallbacks, fallbacks
+
+    for m in range(members):
+        pick = lambda tree: optree.tree_map(lambda x: x[m], tree)  # noqa: E731
+        p = pick(params)
+        state = tx.init(p)
+        for step in range(2):
+            grads = pick(random_tree(10 + step, batch=(members,)))
+            out, state = update(grads, state, p, [h[m] for h in hp_b])
+            assert_trees_close(out, pick(outs_b[step][0]))
+            assert_trees_close(state, pick(outs_b[step][1]))
+
+
+def test_compile_fullgraph_no_recompile(case):
+    tx, params, grads, state = setup(case)
+    hp, rebuild = tensor_hparams(tx.hparams)
+
+    def update(g, s, p, h):
+        return tx.update(g, s, p, rebuild(h))
+
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(update, backend=counter, fullgraph=True, dynamic=False)
+    torch._dynamo.reset()
+    try:
+        for factor in (1.0, 0.9, 0.8):
+            h = [x * factor for x in hp]
+            assert_trees_close(compiled(grads, state, params, h), update(grads, state, params, h),
+                               rtol=1e-10, atol=1e-12)
+            if factor == 1.0:
+                first = counter.frame_count  # a restarted analysis may count twice
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == first, "changing a tensor hyperparameter recompiled"
+
+
+def _sync_ops(graph):
+    return sorted({str(n.target).rsplit(".", 1)[0] for n in graph.nodes
+                   if n.op == "call_function"} & SYNC_OPS)
+
+
+def test_capturable_fake_cuda_trace(case):
+    """No host sync and no CPU tensor in a symbolic trace on fake CUDA tensors."""
+    tx = case.make()
+    with FakeTensorMode(shape_env=ShapeEnv()):
+        params = random_tree(0, device="cuda")
+        grads = random_tree(1, device="cuda")
+        hp, rebuild = tensor_hparams(tx.hparams, device="cuda")
+        state = tx.init(params)
+
+    def update(g, s, p, h):
+        return tx.update(g, s, p, rebuild(h))
+
+    graph = make_fx(update, tracing_mode="symbolic")(grads, state, params, hp).graph
+    assert not _sync_ops(graph), f"host-syncing ops: {_sync_ops(graph)}"
+    devices = set()
+    for node in graph.nodes:
+        for value in optree.tree_leaves(node.meta.get("val"), none_is_leaf=True):
+            if isinstance(value, torch.Tensor):
+                devices.add(value.device.type)
+    assert devices <= {"cuda"}, f"tensors on {devices} in the captured graph"
+    for leaf in tensors(state):
+        assert leaf.device.type == "cuda"
+
+
+def test_trace_once_replay_with_new_hparams(case):
+    """A graph traced once honours changed hyperparameter values (nothing baked in)."""
+    tx, params, grads, state = setup(case)
+    hp, rebuild = tensor_hparams(tx.hparams)
+
+    def update(g, s, p, h):
+        return tx.update(g, s, p, rebuild(h))
+
+    graph = make_fx(update)(grads, state, params, hp)
+    for factor in (0.9, 0.7):
+        h = [x * factor for x in hp]
+        expected = update(grads, state, params, h)
+        got = optree.tree_unflatten(optree.tree_structure(expected, none_is_leaf=True),
+                                    optree.tree_leaves(graph(grads, state, params, h),
+                                                       none_is_leaf=True))
+        assert_trees_close(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dtype_kept(case, dtype):
+    tx, params, grads, state = setup(case, dtype=dtype, steps=2)
+    out, new_state = tx.update(grads, state, params)
+    for g, u in zip(tensors(grads), tensors(out)):
+        assert u.dtype == dtype and u.shape == g.shape
+        assert torch.isfinite(u.float()).all()
+    for leaf in float_state(new_state)[0]:
+        assert leaf.dtype == dtype
+    for p, new in zip(tensors(params), tensors(fo.apply_updates(params, out))):
+        assert new.dtype == p.dtype
+
+
+def test_complex(case):
+    if not case.complex:
+        tx, params, grads, state = setup(case, dtype=torch.complex128, steps=0)
+        with pytest.raises(TypeError, match="complex"):
+            tx.update(grads, state, params)
+        return
+    tx, params, grads, state = setup(case, dtype=torch.complex128, steps=2)
+    out, new_state = tx.update(grads, state, params)
+    for u in tensors(out):
+        assert u.dtype == torch.complex128 and torch.isfinite(u).all()
+    for leaf in float_state(new_state)[0]:
+        assert leaf.dtype == torch.complex128
+
+
+def test_none_leaves(case):
+    """A None parameter and a missing gradient pass through as None, keeping their state."""
+    tx = case.make()
+    params = {"a": torch.randn(3, dtype=torch.float64), "frozen": None,
+              "b": torch.randn(2, 2, dtype=torch.float64)}
+    state = tx.init(params)
+    grads = {"a": torch.randn(3, dtype=torch.float64), "frozen": None, "b": None}
+    out, new_state = tx.update(grads, state, params)
+    assert out["frozen"] is None and out["b"] is None and out["a"].shape == (3,)
+    # b's state is untouched: same tensors as before the update
+    old, new = optree.tree_leaves(state, none_is_leaf=True), optree.tree_leaves(
+        new_state, none_is_leaf=True)
+    names = [n for n, _ in fo.tree.named_leaves(state)]
+    for name, x, y in zip(names, old, new):
+        if ".b" in f".{name}" and isinstance(x, torch.Tensor):
+            assert torch.equal(x, y)
+    assert fo.apply_updates(params, out)["b"] is params["b"]
+
+
+def test_empty_tree(case):
+    tx = case.make()
+    state = tx.init({})
+    out, _ = tx.update({}, state, {})
+    assert out == {}

@@ -1,0 +1,29 @@
+"""The examples run end to end (shortened) and write their outputs."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_runs(tmp_path):
+    # Import the package from this checkout even if it is not pip-installed.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": pythonpath}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"),
+         "--steps", "30", "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"quickstart.py failed:\n{proc.stdout}\n{proc.stderr}"
+    png = tmp_path / "quickstart.png"
+    assert png.exists() and png.stat().st_size > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = proc.stdout
+    for name in ("fo.adamw", "torch.optim.AdamW", "final loss"):
+        assert name in out
+    # fo.adamw and torch.optim.AdamW run the same algorithm: the example says so only if the
+    # parameters agree to rounding.
+    assert "WARNING" not in out, out
