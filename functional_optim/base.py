@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from numbers import Number
 from typing import Any, Callable, NamedTuple
 
-import optree
 import torch
 
 from . import tree as _tree
@@ -255,7 +254,14 @@ def apply_updates(params: Any, updates: Any) -> Any:
 
     A ``None`` update leaves its parameter as it is.
     """
-    return _tree.map(_add, params, updates)
+    try:
+        return _tree.map(_add, params, updates)
+    except TreeMismatchError:
+        spec_p, spec_u = _tree.structure(params), _tree.structure(updates)
+        if spec_p == spec_u:
+            raise  # a leaf's shape
+        raise TreeMismatchError(
+            _tree.mismatch_message("params", spec_p, "updates", spec_u)) from None
 
 
 def apply_updates_(params: Any, updates: Any) -> Any:

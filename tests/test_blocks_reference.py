@@ -92,7 +92,7 @@ def test_scale_by_adam(betas, eps, eps_root, amsgrad):
     _close(state.nu, v, where="nu")
     if amsgrad:
         _close(state.nu_max, vmax, where="nu_max")
-    for count in optree.tree_leaves(state.count):
+    for count in optree.tree_leaves(state.step):
         assert int(count) == len(grads)
 
 
@@ -485,7 +485,7 @@ def test_scale_by_learning_rate_schedule(dtype, flip_sign):
             rtol = 1e-15 if dtype == torch.float64 else 2 * EPS32
             torch.testing.assert_close(u[k], (sign * lr * g[k].double()).to(dtype), rtol=rtol,
                                        atol=0)
-    assert int(state.count) == 15
+    assert int(state.step) == 15
     # the schedule's numbers are the hparam "lr"
     assert tx.hparams == {"lr": schedule.hparams}
     u, _ = tx.update(g, tx.init(g), hparams={"lr": {"init_value": 2.0}})

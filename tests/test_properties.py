@@ -221,7 +221,7 @@ def assert_like(new: Any, old: Any, what: str) -> None:
     new_leaves, new_spec = optree.tree_flatten(new, none_is_leaf=True)
     old_leaves, old_spec = optree.tree_flatten(old, none_is_leaf=True)
     assert new_spec == old_spec, f"{what}: structure {new_spec} != {old_spec}"
-    for i, (a, b) in enumerate(zip(new_leaves, old_leaves)):
+    for i, (a, b) in enumerate(zip(new_leaves, old_leaves, strict=True)):
         if b is None:
             assert a is None, f"{what}: leaf {i} should be None"
             continue
@@ -289,7 +289,7 @@ def test_apply_updates_keeps_param_dtypes(spec, keep, update_dtype):
     assert_unmutated(snap)
     assert_like(new_params, params, "params")
     for p, u, q in zip(*(optree.tree_leaves(t, none_is_leaf=True)
-                         for t in (params, updates, new_params))):
+                         for t in (params, updates, new_params)), strict=True):
         if p is not None and u is None:
             assert q is p  # a None update leaves the parameter as it is
 
@@ -307,7 +307,7 @@ def test_zero_dim_leaves_keep_dtype_with_tensor_hparams(dtype):
         assert_like(state, tx.init(params), "state")
 
 
-def test_math_sanity_of_strategies():
+def test_strategy_corner_cases():
     """The tree strategy really produces the corner cases the properties are about."""
     spec = {"a": ((), torch.bfloat16, 1), "b": ((0, 2), torch.float32, 2), "c": None,
             "d": Pair(((3,), torch.float64, 3), [None])}

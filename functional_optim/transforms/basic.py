@@ -85,9 +85,9 @@ def sign() -> Transform:
 
 
 class ScaleByScheduleState(NamedTuple):
-    """State of :func:`scale_by_learning_rate` with a schedule: the step count (0-d int64)."""
+    """State of :func:`scale_by_learning_rate` with a schedule: the ``step`` count (0-d int64)."""
 
-    count: torch.Tensor
+    step: torch.Tensor
 
 
 def _lr_rule(h, g):
@@ -133,10 +133,10 @@ def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
     def update_schedule(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "scale_by_learning_rate hparams")
         check_state("scale_by_learning_rate", state, ScaleByScheduleState)
-        value = sign_ * schedule(state.count, h["lr"])
+        value = sign_ * schedule(state.step, h["lr"])
         # .to(g.dtype): a 0-d leaf times the 0-d float64 value would otherwise become float64
         out = _tree.map(lambda g: (g * _on(cast_hparams(value, g), g)).to(g.dtype), updates)
-        return out, ScaleByScheduleState(state.count + 1)
+        return out, ScaleByScheduleState(state.step + 1)
 
     return Transform(init_schedule, update_schedule, defaults)
 

@@ -36,14 +36,14 @@ class ScaleByAdamState(NamedTuple):
     """State of :func:`scale_by_adam`; every field is a tree shaped like the parameters.
 
     Attributes:
-        count: per-parameter step count (0-d int64), as torch.optim keeps ``state[p]["step"]``.
+        step: per-parameter step count (0-d int64), as torch.optim keeps ``state[p]["step"]``.
         mu: first moment (``exp_avg``).
         nu: second moment (``exp_avg_sq``).
         nu_max: running maximum of ``nu`` (``max_exp_avg_sq``) with ``amsgrad``, else an empty
             :class:`EmptyState` (no leaves, so the state stays ``vmap``-able).
     """
 
-    count: Any
+    step: Any
     mu: Any
     nu: Any
     nu_max: Any = EmptyState()
@@ -98,7 +98,7 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "scale_by_adam hparams")
         check_state("scale_by_adam", state, ScaleByAdamState)
-        states = (state.count, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
+        states = (state.step, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
         out = elementwise(_adam_rule, h, updates, states, name="scale_by_adam",
                           complex_as_real=True)
         return out[0], ScaleByAdamState(*out[1:4], out[4] if amsgrad else EmptyState())
@@ -110,13 +110,13 @@ class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`.
 
     Attributes:
-        count: per-parameter step count (0-d int64).
+        step: per-parameter step count (0-d int64).
         nu: running mean of squared updates (``square_avg``).
         mu: running mean of updates (``grad_avg``) when ``centered``, else an empty
             :class:`EmptyState`.
     """
 
-    count: Any
+    step: Any
     nu: Any
     mu: Any = EmptyState()
 
@@ -158,7 +158,7 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "scale_by_rms hparams")
         check_state("scale_by_rms", state, ScaleByRmsState)
-        states = (state.count, state.nu) + ((state.mu,) if centered else ())
+        states = (state.step, state.nu) + ((state.mu,) if centered else ())
         out = elementwise(_rms_rule, h, updates, states, name="scale_by_rms",
                           complex_as_real=True)
         return out[0], ScaleByRmsState(out[1], out[2], out[3] if centered else EmptyState())
@@ -170,11 +170,11 @@ class TraceState(NamedTuple):
     """State of :func:`trace`.
 
     Attributes:
-        count: per-parameter step count (0-d int64); at 0 the buffer starts as the update.
+        step: per-parameter step count (0-d int64); at 0 the buffer starts as the update.
         momentum_buffer: the trace (torch.optim.SGD's ``momentum_buffer``).
     """
 
-    count: Any
+    step: Any
     momentum_buffer: Any
 
 
@@ -209,8 +209,8 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "trace hparams")
         check_state("trace", state, TraceState)
-        out, count, buf = elementwise(rule, h, updates, (state.count, state.momentum_buffer),
+        out, step, buf = elementwise(rule, h, updates, (state.step, state.momentum_buffer),
                                       name="trace")
-        return out, TraceState(count, buf)
+        return out, TraceState(step, buf)
 
     return Transform(init, update, defaults)

@@ -1,0 +1,133 @@
+"""Where a transform's state and hyperparameters live in a ``torch.optim.Optimizer``.
+
+*Hyperparameters*: a transform's (possibly nested) hparams tree is flattened into param-group keys,
+one per leaf, named by the dotted path (``"clip.max_norm"``, ``"adam.betas"``); a tuple of numbers
+(``betas``) stays one value. The one leaf named ``lr`` (if there is exactly one) is exposed as plain
+``"lr"`` so that ``torch.optim.lr_scheduler`` drives it.
+
+*State*: the adapter runs a group's transform on a dict ``{name: param}``. Every state subtree that
+is a dict with exactly those names is per-parameter; the rest is shared by the group. Per-parameter
+leaves are stored in ``optimizer.state[p]`` as nested dicts keyed by their path (without the
+parameter name): ``{"adam": {"step": ..., "mu": ..., "nu": ...}}``. Shared leaves are stored in every
+parameter's state of the group (the same tensor) and read back from the first.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Any, Callable, Iterator
+
+import torch
+
+Path = tuple
+
+
+def _is_namedtuple(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields")
+
+
+def _is_value_tuple(node: Any) -> bool:
+    return isinstance(node, tuple) and not _is_namedtuple(node) and all(
+        isinstance(x, (Number, torch.Tensor)) for x in node)
+
+
+def hparam_keys(hparams: Any) -> dict[str, Path]:
+    """Flat group key -> path into ``hparams``, for every hyperparameter leaf."""
+    paths: list[Path] = []
+
+    def walk(node: Any, path: Path) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, path + (k,))
+        elif isinstance(node, (tuple, list)) and not _is_value_tuple(node):
+            for i, v in enumerate(node):
+                walk(v, path + (i,))
+        else:
+            paths.append(path)
+
+    walk(hparams, ())
+    keys = {".".join(map(str, p)): p for p in paths}
+    lrs = [k for k, p in keys.items() if p and p[-1] == "lr"]
+    if len(lrs) == 1 and "lr" not in keys:
+        keys["lr"] = keys.pop(lrs[0])
+    return keys
+
+
+def get_path(tree: Any, path: Path) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def hparams_from_group(defaults: Any, keys: dict[str, Path], group: dict) -> Any:
+    """The transform's hparams tree with every leaf read from ``group``."""
+    by_path = {p: group[k] for k, p in keys.items()}
+
+    def build(node: Any, path: Path) -> Any:
+        if path in by_path:
+            value = by_path[path]
+            return tuple(value) if isinstance(node, tuple) else value
+        if isinstance(node, dict):
+            return {k: build(v, path + (k,)) for k, v in node.items()}
+        return tuple(build(v, path + (i,)) for i, v in enumerate(node))
+
+    return build(defaults, ())
+
+
+def walk_state(node: Any, names: frozenset, path: Path = (), owner: Any = None
+               ) -> Iterator[tuple[Path, Any, Any]]:
+    """``(path, owner, leaf)`` for every leaf; ``owner`` is the parameter name or ``None``."""
+    if isinstance(node, dict) and owner is None and names and frozenset(node) == names:
+        for name, child in node.items():
+            yield from walk_state(child, names, path, name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk_state(v, names, path + (str(k),), owner)
+    elif _is_namedtuple(node):
+        for field in node._fields:
+            yield from walk_state(getattr(node, field), names, path + (field,), owner)
+    elif isinstance(node, (tuple, list)):
+        for i, v in enumerate(node):
+            yield from walk_state(v, names, path + (str(i),), owner)
+    elif node is not None:
+        yield path, owner, node
+
+
+def build_state(template: Any, names: frozenset, leaf: Callable[[Path, Any], Any],
+                path: Path = (), owner: Any = None) -> Any:
+    """``template`` rebuilt with every leaf replaced by ``leaf(path, owner)``."""
+    if isinstance(template, dict) and owner is None and names and frozenset(template) == names:
+        return {name: build_state(child, names, leaf, path, name)
+                for name, child in template.items()}
+    if isinstance(template, dict):
+        return {k: build_state(v, names, leaf, path + (str(k),), owner)
+                for k, v in template.items()}
+    if _is_namedtuple(template):
+        return type(template)(*(build_state(getattr(template, f), names, leaf, path + (f,), owner)
+                                for f in template._fields))
+    if isinstance(template, (tuple, list)):
+        return type(template)(build_state(v, names, leaf, path + (str(i),), owner)
+                              for i, v in enumerate(template))
+    if template is None:
+        return None
+    return leaf(path, owner)
+
+
+def nested_get(store: dict, path: Path) -> Any:
+    for k in path:
+        store = store[k]
+    return store
+
+
+def nested_set(store: dict, path: Path, value: Any) -> None:
+    for k in path[:-1]:
+        store = store.setdefault(k, {})
+    store[path[-1]] = value
+
+
+def nested_has(store: dict, path: Path) -> bool:
+    for k in path:
+        if not isinstance(store, dict) or k not in store:
+            return False
+        store = store[k]
+    return True

@@ -1,0 +1,215 @@
+"""The stateful adapter: any :class:`~functional_optim.Transform` as a ``torch.optim.Optimizer``.
+
+``param_groups`` *are* the hyperparameters: every step reads them, so
+``torch.optim.lr_scheduler``, ``group["lr"] = x`` and per-group values just work. State lives per
+parameter in ``self.state[p]`` (see :mod:`functional_optim.optim._layout` for the layout). The
+transform itself is never put in a param group.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..base import HParamError, Transform
+from . import _layout
+
+__all__ = ["FunctionalOptimizer"]
+
+_OPTIONS = ("foreach", "differentiable")
+
+
+class FunctionalOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that runs a functional transform.
+
+    Args:
+        params: an iterable of tensors, of ``(name, tensor)`` pairs, or of param-group dicts.
+        transform: a :class:`~functional_optim.Transform`, or a zero-argument factory returning one
+            (e.g. ``functools.partial(fo.adamw, lr=1e-3)``; a factory made of importable functions
+            makes the optimizer picklable).
+        foreach: ``None``/``True`` run the multi-tensor path when no autograd is involved,
+            ``False`` the per-leaf path; both give the same numbers.
+        **defaults: default values of hyperparameters, by group key (see below).
+
+    Group keys are the transform's hyperparameters flattened to dotted paths: for
+    ``chain(clip=clip_by_global_norm(1.0), adam=scale_by_adam(), lr=scale_by_learning_rate(1e-3))``
+    they are ``"clip.max_norm"``, ``"adam.betas"``, ``"adam.eps"``, ``"adam.eps_root"`` and
+    ``"lr"`` (the one leaf named ``lr`` is exposed under that name, for lr schedulers). For an alias
+    (``fo.adamw(...)``) they are torch's flat names.
+    """
+
+    def __init__(self, params: Iterable, transform: Transform | Callable[[], Transform], *,
+                 foreach: bool | None = None, differentiable: bool = False, **defaults: Any):
+        self._source = transform
+        self._cache: dict = {}
+        tx = self._base_transform()
+        keys = _layout.hparam_keys(tx.hparams)
+        unknown = sorted(set(defaults) - set(keys))
+        if unknown:
+            raise HParamError(
+                f"{type(self).__name__}: unknown hyperparameter(s) {unknown}; this transform's "
+                f"group keys are {sorted(keys)}"
+            )
+        values = {k: _layout.get_path(tx.hparams, p) for k, p in keys.items()}
+        values.update(defaults)
+        values.update(foreach=foreach, differentiable=differentiable)
+        super().__init__(params, values)
+
+    # -- the transform -----------------------------------------------------------------------
+
+    def _base_transform(self) -> Transform:
+        source = self._source
+        tx = source if isinstance(source, Transform) else source()
+        if not isinstance(tx, Transform):
+            raise TypeError(
+                f"{type(self).__name__}: transform must be a functional_optim.Transform or a "
+                f"factory returning one, got {type(tx).__name__}"
+            )
+        return tx
+
+    def _transform_for(self, group: dict) -> Transform:
+        """The transform that runs ``group`` (one for all groups here; subclasses vary it)."""
+        tx = self._cache.get("base")
+        if tx is None:
+            tx = self._cache["base"] = self._base_transform()
+        return tx
+
+    def _hparams_for(self, tx: Transform, group: dict) -> Any:
+        keys = self._cache.get(("keys", id(tx)))
+        if keys is None:
+            keys = self._cache[("keys", id(tx))] = _layout.hparam_keys(tx.hparams)
+        return _layout.hparams_from_group(tx.hparams, keys, group)
+
+    # -- state codec (subclasses map paths to torch's names) --------------------------------
+
+    def _load_leaf(self, store: dict, path: tuple, p: torch.Tensor, group: dict) -> Any:
+        """The value of ``path`` in a parameter's ``store`` (``None`` when absent)."""
+        return _layout.nested_get(store, path) if _layout.nested_has(store, path) else None
+
+    def _store_leaf(self, store: dict, path: tuple, value: Any, group: dict) -> None:
+        _layout.nested_set(store, path, value)
+
+    def _fresh_leaf(self, p: torch.Tensor, path: tuple, value: Any, group: dict) -> Any:
+        """The initial value of a state leaf (``value`` is what ``transform.init`` gave)."""
+        return value
+
+    # -- torch.optim.Optimizer ---------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_source"] = self._source
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_cache", {})
+        self._cache = {}
+
+    def __deepcopy__(self, memo: dict) -> FunctionalOptimizer:
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        import copy
+
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+                     "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+                     "_optimizer_load_state_dict_pre_hooks",
+                     "_optimizer_load_state_dict_post_hooks"):
+            setattr(new, name, copy.deepcopy(getattr(self, name), memo))
+        return new
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's ``load_state_dict``, after checking every state tensor's shape against what this
+        optimizer's transform keeps for that parameter: a mismatch raises ``ValueError`` and leaves
+        the optimizer unchanged."""
+        groups, saved_groups = self.param_groups, state_dict.get("param_groups", [])
+        if len(groups) == len(saved_groups) and all(
+                len(g["params"]) == len(s["params"]) for g, s in zip(groups, saved_groups)):
+            saved_state = state_dict.get("state", {})
+            for group, saved in zip(groups, saved_groups):
+                merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+                tx = self._transform_for(merged)
+                for index, (p, pid) in enumerate(zip(group["params"], saved["params"])):
+                    if pid in saved_state:
+                        self._check_saved(tx, merged, p, index, saved_state[pid])
+        super().load_state_dict(state_dict)
+
+    def _check_saved(self, tx: Transform, group: dict, p: torch.Tensor, index: int,
+                     saved: dict) -> None:
+        names = frozenset(["p"])
+        template = tx.init({"p": torch.empty_like(p, device="meta")})
+        for path, owner, leaf in _layout.walk_state(template, names):
+            if owner is None or not isinstance(leaf, torch.Tensor):
+                continue
+            value = self._load_leaf(saved, path, p, group)
+            if isinstance(value, torch.Tensor) and value.shape != leaf.shape:
+                label = group.get("param_names", [None] * (index + 1))[index] or f"#{index}"
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: state {'.'.join(path)!r} of "
+                    f"parameter {label} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(leaf.shape)}; nothing was loaded"
+                )
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Run one update of every group (params without ``.grad`` are skipped).
+
+        Returns the closure's loss when a closure is given.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        all_names = group.get("param_names")
+        if all_names is None:
+            names = [str(i) for i, p in enumerate(group["params"]) if p.grad is not None]
+        else:
+            names = [n for n, p in zip(all_names, group["params"]) if p.grad is not None]
+        by_name = dict(zip(names, params))
+        name_set = frozenset(names)
+        tx = self._transform_for(group)
+        hparams = self._hparams_for(tx, group)
+        template = self._template(tx, names, params)
+
+        fresh: dict = {}
+
+        def load(path: tuple, owner: Any) -> Any:
+            p = by_name[owner] if owner is not None else params[0]
+            value = self._load_leaf(self.state[p], path, p, group)
+            if value is None:
+                if not fresh:
+                    init = tx.init(dict(by_name))
+                    fresh.update({(pa, ow): leaf
+                                  for pa, ow, leaf in _layout.walk_state(init, name_set)})
+                value = self._fresh_leaf(p, path, fresh[(path, owner)], group)
+            return value
+
+        state = _layout.build_state(template, name_set, load)
+        grads = {n: p.grad for n, p in by_name.items()}
+        differentiable = group.get("differentiable", False)
+        with torch.set_grad_enabled(differentiable):
+            updates, new_state = tx.update(grads, state, dict(by_name), hparams)
+            for n, p in by_name.items():
+                u = updates[n]
+                if u is not None:
+                    p.add_(u if u.dtype == p.dtype else u.to(p.dtype))
+        for path, owner, leaf in _layout.walk_state(new_state, name_set):
+            for p in (params if owner is None else (by_name[owner],)):
+                self._store_leaf(self.state[p], path, leaf, group)
+
+    def _template(self, tx: Transform, names: list, params: list) -> Any:
+        key = ("template", id(tx), tuple(names))
+        template = self._cache.get(key)
+        if template is None:
+            meta = {n: torch.empty_like(p, device="meta") for n, p in zip(names, params)}
+            template = self._cache[key] = tx.init(meta)
+        return template

@@ -1,0 +1,90 @@
+"""CUDA-graph capture of ``update`` (``pytest -m cuda``; skipped without a GPU).
+
+DESIGN.md §2.5: capture one update in a ``torch.cuda.CUDAGraph``, replay it N times, equal to N
+eager steps, with hyperparameters changed in place (``fill_``) between replays honoured, and no
+implicit host-device sync.
+"""
+
+import optree
+import pytest
+import torch
+
+import functional_optim as fo
+from conformance import CASES, random_tree, tensor_hparams
+
+pytestmark = pytest.mark.cuda
+
+CAPTURED = [c for c in CASES if c.name in {
+    "scale_by_adam_amsgrad_eps_root", "scale_by_rms_centered", "trace_nesterov",
+    "clip_by_global_norm", "sgd_momentum_wd_nesterov", "adam_amsgrad_wd_maximize", "adamw",
+    "adamw_schedule", "chain", "chain_named"}]
+
+
+def _leaves(tree):
+    return [x for x in optree.tree_leaves(tree, none_is_leaf=True) if isinstance(x, torch.Tensor)]
+
+
+def _step(tx, grads, state, params, hp, rebuild):
+    """One update written back into the given buffers (what a captured graph replays)."""
+    updates, new_state = tx.update(grads, state, params, rebuild(hp))
+    for old, new in zip(_leaves(state), _leaves(new_state)):
+        old.copy_(new)
+    fo.apply_updates_(params, updates)
+
+
+@pytest.mark.parametrize("case", CAPTURED, ids=[c.name for c in CAPTURED])
+def test_capture_replay_equals_eager(case):
+    device = "cuda"
+    tx = case.make()
+    params = random_tree(0, device=device)
+    hp, rebuild = tensor_hparams(tx.hparams, device=device)
+    state = tx.init(params)
+    grads = random_tree(1, device=device)
+
+    eager_params = optree.tree_map(torch.clone, params)
+    eager_state = optree.tree_map(torch.clone, state, none_is_leaf=True)
+    eager_hp = [h.clone() for h in hp]
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up on a side stream, then rewind
+        warm_p = optree.tree_map(torch.clone, params)
+        warm_s = optree.tree_map(torch.clone, state, none_is_leaf=True)
+        _step(tx, grads, warm_s, warm_p, hp, rebuild)
+    torch.cuda.current_stream().wait_stream(stream)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _step(tx, grads, state, params, hp, rebuild)
+
+    for i in range(6):
+        factor = 1.0 - 0.05 * i  # hyperparameters change between replays
+        for h, e in zip(hp, eager_hp):
+            h.fill_(e.item() * factor if i else e.item())
+        new_grads = random_tree(10 + i, device=device)
+        for g, n in zip(_leaves(grads), _leaves(new_grads)):
+            g.copy_(n)
+        graph.replay()
+        _step(tx, new_grads, eager_state, eager_params, [h.clone() for h in hp], rebuild)
+    torch.cuda.synchronize()
+    for a, b in zip(_leaves(params), _leaves(eager_params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(_leaves(state), _leaves(eager_state)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_update_does_not_sync(case):
+    tx = case.make()
+    params = random_tree(0, device="cuda")
+    grads = random_tree(1, device="cuda")
+    hp, rebuild = tensor_hparams(tx.hparams, device="cuda")
+    state = tx.init(params)
+    tx.update(grads, state, params, rebuild(hp))  # first call: lazy CUDA init may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        updates, state = tx.update(grads, state, params, rebuild(hp))
+        fo.apply_updates(params, updates)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
