@@ -4,7 +4,8 @@
 >>> tx = fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.scale_by_learning_rate(1e-3))
 """
 
-from . import schedules, tree
+from . import combinators, schedules, tree
+from . import implicit, meta  # meta-learning (nothing in the core imports them)
 from .aliases import adam, adamw, sgd
 from .base import (
     EmptyState,
@@ -18,7 +19,35 @@ from .base import (
     reparametrize,
     resolve_hparams,
 )
+from .combinators import (
+    ApplyIfFiniteState,
+    AverageParamsState,
+    ConditionallyState,
+    EmaState,
+    InjectHparamsState,
+    LookaheadState,
+    MultiStepsState,
+    ZeroNansState,
+    apply_if_finite,
+    average_params,
+    centralize,
+    conditionally,
+    ema,
+    flatten,
+    freeze,
+    get_hparam,
+    inject_hparams,
+    label_params,
+    lookahead,
+    masked,
+    multi_steps,
+    parameter_groups,
+    partition,
+    zero_nans,
+)
 from .transforms import (
+    ReduceOnPlateauState,
+    reduce_on_plateau,
     ScaleByAdamState,
     ScaleByRmsState,
     ScaleByScheduleState,
@@ -40,6 +69,33 @@ from .transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApplyIfFiniteState",
+    "AverageParamsState",
+    "ConditionallyState",
+    "EmaState",
+    "InjectHparamsState",
+    "LookaheadState",
+    "MultiStepsState",
+    "ZeroNansState",
+    "apply_if_finite",
+    "average_params",
+    "centralize",
+    "conditionally",
+    "ema",
+    "flatten",
+    "freeze",
+    "get_hparam",
+    "inject_hparams",
+    "label_params",
+    "lookahead",
+    "masked",
+    "multi_steps",
+    "parameter_groups",
+    "partition",
+    "zero_nans",
+    "ReduceOnPlateauState",
+    "reduce_on_plateau",
+    "combinators",
     "EmptyState",
     "HParamError",
     "MissingParamsError",
@@ -70,5 +126,7 @@ __all__ = [
     "sign",
     "trace",
     "tree",
+    "meta",
+    "implicit",
     "sgd",
 ]

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import optree
 import torch
 
+from . import _foreach
 from . import tree as _tree
 from .base import MissingParamsError
 
@@ -67,18 +68,11 @@ def elementwise(
     parameter or state that broadcast against the update) raises :class:`TreeMismatchError`.
     """
     n_states = len(states)
-    cache: dict = {}
-    position = [0]  # leaf index, for error messages (optree visits leaves in order)
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
 
-    def run(g, *rest):
-        i = position[0]
-        position[0] += 1
-        leaf_states, leaf_inputs = list(rest[:n_states]), rest[n_states:]
-        if g is None:
-            return _Out((None, *leaf_states))
+    def check(i: int, g: Any, leaf_states: list, leaf_inputs: tuple) -> None:
         if leaf_states and leaf_states[-1] is None:
             raise _tree.TreeMismatchError(
                 f"{name}: update leaf {_leaf_name(updates, i)} has no state (its parameter was "
@@ -113,41 +107,113 @@ def elementwise(
                     f"{name}: leaf {_leaf_name(updates, i)}: the update has shape "
                     f"{tuple(g.shape)} but the {input_name(k)} has shape {tuple(x.shape)}"
                 )
-        key = (g.dtype, g.device)
-        h = cache.get(key)
-        if h is None:
-            h = cache[key] = cast_hparams(hparams, g)
-        args = leaf_states + list(leaf_inputs)
-        if g.is_complex() and complex_as_real:
-            res = rule(h, _as_real(g), *(_as_real(a) for a in args))
-            res = [torch.view_as_complex(r) if r is not None and like is not None and
-                   like.is_complex() else r for r, like in zip(res, [g, *leaf_states])]
+
+    def apply(i: int, h: Any, g: Any, leaf_states: list, leaf_inputs: list,
+              likes: list[list]) -> list[list]:
+        """The rule on one leaf or one group (``TensorList``s); results matched to ``likes``."""
+        as_real = complex_as_real and likes[0][0].is_complex()
+        if as_real:
+            res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
         else:
-            res = rule(h, g, *args)
-        return _Out(tuple(_like(r, like, name, updates, i, j)
-                          for j, (r, like) in enumerate(zip(res, [g, *leaf_states]))))
+            res = rule(h, g, *leaf_states, *leaf_inputs)
+        out = []
+        for j, (r, like_col) in enumerate(zip(res, likes)):
+            values = r.items if isinstance(r, _foreach.TensorList) else [r]
+            column = []
+            for k, (v, like) in enumerate(zip(values, like_col)):
+                if as_real and v is not None and like is not None and like.is_complex():
+                    v = torch.view_as_complex(v)
+                if not (isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor)
+                        and v.dtype == like.dtype and v.shape == like.shape):
+                    v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j)
+                column.append(v)
+            out.append(column)
+        return out
 
     trees = (updates, *states, *inputs)
-    try:
-        out = optree.tree_map(run, *trees, none_is_leaf=True)
+    rows: list = []
+    try:  # one traversal that checks the structures and collects the leaves
+        optree.tree_map(lambda *xs: rows.append(xs), *trees, none_is_leaf=True)
     except ValueError:
-        spec = _tree.structure(updates)
-        names = [f"{name} state"] * n_states + [f"{name} {input_name(k)}"
-                                                 for k in range(len(inputs))]
-        for tree, tree_name in zip(trees[1:], names):
-            _tree.flatten_like(tree, spec, tree_name, "updates")
+        _check_structures(updates, trees, n_states, name, input_name)
         raise
-    return tuple(optree.tree_map(lambda o, j=j: o.values[j], out, none_is_leaf=True)
-                 for j in range(1 + n_states))
+    flats = [list(col) for col in zip(*rows)] if rows else [[] for _ in trees]
+    results = [list(flats[j]) for j in range(1 + n_states)]
+    groups: dict = {}
+    multi = _multi_tensor_wanted(flats[0])
+    for i, g in enumerate(flats[0]):
+        if g is None:
+            continue
+        leaf_states = [f[i] for f in flats[1:1 + n_states]]
+        leaf_inputs = tuple(f[i] for f in flats[1 + n_states:])
+        check(i, g, leaf_states, leaf_inputs)
+        statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
+        key = (g.dtype, g.device, type(g), g.ndim, statics) if multi else i
+        groups.setdefault(key, []).append(i)
+    cache: dict = {}
+    for members in groups.values():
+        first = flats[0][members[0]]
+        hkey = (first.dtype, first.device)
+        h = cache.get(hkey)
+        if h is None:
+            h = cache[hkey] = cast_hparams(hparams, first)
+        likes = [[flats[j][i] for i in members] for j in range(1 + n_states)]
+        if multi:
+            def pack(f):
+                if isinstance(f[members[0]], torch.Tensor):
+                    return _foreach.TensorList([f[i] for i in members])
+                return f[members[0]]
+
+            out = apply(members, h, pack(flats[0]), [pack(f) for f in flats[1:1 + n_states]],
+                        [pack(f) for f in flats[1 + n_states:]], likes)
+        else:
+            (i,) = members
+            out = apply(i, h, flats[0][i], [f[i] for f in flats[1:1 + n_states]],
+                        [f[i] for f in flats[1 + n_states:]], likes)
+        for j, column in enumerate(out):
+            for i, v in zip(members, column):
+                results[j][i] = v
+    return tuple(_unflatten_like(updates, r) for r in results)
 
 
-class _Out:
-    """One leaf's results; an opaque leaf, so a tree of them splits into one tree per result."""
+def _unflatten_like(tree: Any, flat: list) -> Any:
+    """``flat`` in the structure of ``tree`` (with ``tree_map``, which compiles)."""
+    it = iter(flat)
+    return optree.tree_map(lambda _: next(it), tree, none_is_leaf=True)
 
-    __slots__ = ("values",)
 
-    def __init__(self, values: tuple):
-        self.values = values
+def _check_structures(updates: Any, trees: tuple, n_states: int, name: str,
+                      input_name: Callable) -> None:
+    spec = _tree.structure(updates)
+    names = [f"{name} state"] * n_states + [f"{name} {input_name(k)}"
+                                             for k in range(len(trees) - 1 - n_states)]
+    for tree, tree_name in zip(trees[1:], names):
+        _tree.flatten_like(tree, spec, tree_name, "updates")
+
+
+_MULTI_TENSOR = [False]
+
+
+class multi_tensor:  # noqa: N801 - used like torch.no_grad
+    """Within this context, eager updates outside autograd and ``torch.func`` run each rule once
+    per (device, dtype) group of leaves with ``torch._foreach_*`` kernels (same numbers)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.previous = _MULTI_TENSOR[0]
+        _MULTI_TENSOR[0] = self.enabled
+
+    def __exit__(self, *exc):
+        _MULTI_TENSOR[0] = self.previous
+
+
+def _multi_tensor_wanted(leaves: list) -> bool:
+    if not _MULTI_TENSOR[0] or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    first = next((x for x in leaves if isinstance(x, torch.Tensor)), None)
+    return first is not None and not torch._C._functorch.is_functorch_wrapped_tensor(first)
 
 
 def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int) -> Any:
@@ -181,8 +247,11 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     r"""``sqrt(x)`` for ``x > 0``, ``0`` otherwise, with a finite gradient at ``0``.
 
     :math:`\frac{d}{dx}\sqrt{x}` is infinite at 0, so differentiating an update whose second moment
-    is exactly zero would give ``0 * inf = NaN``; here that gradient is 0.
+    is exactly zero would give ``0 * inf = NaN``; here that gradient is 0. Without autograd it is
+    ``sqrt(clamp(x, min=0))``: the same values in two passes instead of four.
     """
+    if not torch.is_grad_enabled():
+        return torch.sqrt(torch.clamp(x, min=0.0))
     positive = x > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, x, 1.0)), 0.0)
 

@@ -198,15 +198,16 @@ class _Implicit(torch.autograd.Function):
         def a_transpose(w):  # w -> A^T w
             return vjp_x(w)[0]
 
-        def a(u):  # u -> A u
-            return torch.func.jvp(f_x, (x,), (u,))[1]
+        def a(u):  # u -> A u, as the transpose of the linear map w -> A^T w (a vjp of a vjp;
+            # torch.func.jvp would need forward-mode formulas for every op in F)
+            return torch.func.vjp(a_transpose, v)[1](u)[0]
 
         w = info["solve"](a_transpose, v, rmatvec=a)
-        _, vjp_theta = torch.func.vjp(lambda *th: fn(x, *th), *theta)
-        g_theta = vjp_theta(_tree.scale(w, -1.0))
-        flat_g = optree.tree_leaves(g_theta, none_is_leaf=True)
-        flat_theta = optree.tree_leaves(theta, none_is_leaf=True)
-        grads = [g for g, t in zip(flat_g, flat_theta) if _is_diff(t)]
+        if not thetas:
+            return (None,) * (1 + n_x)
+        # only the differentiable leaves of theta are inputs (numbers, int tensors are constants)
+        _, vjp_theta = torch.func.vjp(lambda *th: fn(x, *rebuild_theta(list(th))), *thetas)
+        grads = vjp_theta(_tree.scale(w, -1.0))
         return (None,) * (1 + n_x) + tuple(grads)
 
 

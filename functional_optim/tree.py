@@ -7,6 +7,7 @@ dicts, lists, tuples, NamedTuples, nested.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import optree
@@ -123,13 +124,39 @@ def global_norm(tree: Any) -> torch.Tensor:
     Computed as :func:`torch.nn.utils.clip_grad_norm_` does: one ``vector_norm`` per leaf, then
     the norm of those norms, on the first leaf's device. Its gradient at zero is zero, not NaN.
     An empty tree (or one of ``None`` only) has norm ``0.0``.
+
+    DTensor leaves (FSDP2, tensor parallel) are grouped by device mesh: each group's norm is
+    reduced across its shards by DTensor itself (one all-reduce per mesh, no host sync) and
+    comes back as a plain (replicated) tensor; leaves on different meshes and plain tensors
+    (taken as replicated) then combine locally. The result is the norm of the full tensors.
     """
     xs = [x for x in leaves(tree) if x is not None]
     if not xs:
         return torch.zeros(())
     device = xs[0].device
-    norms = [torch.linalg.vector_norm(x).to(device) for x in xs]
-    return torch.linalg.vector_norm(torch.stack(norms))
+    dtensor = _dtensor_class()
+    groups: dict = {}
+    for x in xs:
+        mesh = x.device_mesh if dtensor is not None and isinstance(x, dtensor) else None
+        groups.setdefault(mesh, []).append(x)
+    if len(groups) == 1 and None in groups:
+        norms = [torch.linalg.vector_norm(x).to(device) for x in xs]
+        return torch.linalg.vector_norm(torch.stack(norms))
+    totals = []
+    for mesh, group in groups.items():
+        norms = [torch.linalg.vector_norm(x) if mesh is not None
+                 else torch.linalg.vector_norm(x).to(device) for x in group]
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        if mesh is not None:  # a partial norm: its reduction is this mesh's one all-reduce
+            total = total.full_tensor()
+        totals.append(total.to(device))
+    return totals[0] if len(totals) == 1 else torch.linalg.vector_norm(torch.stack(totals))
+
+
+def _dtensor_class() -> type | None:
+    """``DTensor`` if ``torch.distributed.tensor`` is loaded (no DTensor exists otherwise)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else getattr(module, "DTensor", None)
 
 
 def num_leaves(tree: Any) -> int:

@@ -26,11 +26,32 @@ class Case:
         name: test id.
         make: builds the transform (default hyperparameters are plain numbers).
         complex: the transform supports complex parameters.
+        extra: ``grads -> dict`` of keyword arguments every ``update`` call gets (a loss
+            ``value`` for reduce-on-plateau); ``make`` then returns the transform with them bound.
+        float64_scalars: the state may hold 0-d float64 bookkeeping scalars (a best loss, an
+            injected hparam's value) whatever the parameters' dtype.
     """
 
     name: str
     make: Callable[[], fo.Transform]
     complex: bool = True
+    extra: Callable[[Any], dict] | None = None
+    float64_scalars: bool = False
+
+    def __post_init__(self):
+        if self.extra is not None:
+            make, extra = self.make, self.extra
+
+            def bound():
+                tx = make()
+
+                def update(updates, state, params=None, hparams=None, **kwargs):
+                    return tx.update(updates, state, params, hparams, **{**extra(updates),
+                                                                         **kwargs})
+
+                return fo.Transform(tx.init, update, tx.hparams)
+
+            object.__setattr__(self, "make", bound)
 
     def __repr__(self) -> str:
         return self.name
@@ -152,3 +173,94 @@ def float_state(state: Any) -> tuple[list, Callable]:
         return optree.tree_unflatten(spec, out)
 
     return [leaves[i] for i in where], rebuild
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules-as-transforms and combinators (functional_optim.combinators, reduce_on_plateau).
+
+
+def _loss_like(grads):
+    """A 0-d loss-like value computed from the gradients (on their device, batched under vmap)."""
+    total = None
+    for g in optree.tree_leaves(grads, none_is_leaf=True):
+        if g is not None:
+            term = (g.abs() ** 2).sum().to(torch.float64)
+            total = term if total is None else total + term
+    return {"value": total if total is not None else 1.0}
+
+
+def _vectors(params):
+    return fo.tree.map(lambda p: p.ndim < 2, params)
+
+
+def _by_ndim(params):
+    return fo.tree.map(lambda p: "adam" if p.ndim >= 2 else "sgd", params)
+
+
+# regexes that match a name in each tree the suite uses (the sample tree and {"a", "frozen", "b"})
+_RULES = [(r"^(a|linear\.bias)$", "no_decay"), ([r"^blocks\.1", r"^frozen$"], "frozen")]
+
+
+def _partition_rules():
+    return fo.partition({"no_decay": fo.adam(lr=0.01), "frozen": fo.freeze(),
+                         "default": fo.adamw(lr=0.01, weight_decay=0.1)}, _RULES)
+
+
+def _groups():
+    return fo.parameter_groups(fo.adamw, [([r"^(a|linear\.bias)$"], {"weight_decay": 0.0,
+                                                                     "lr": 0.02}),
+                                          ([r"^(pair|frozen$)"], {"requires_grad": False})],
+                               lr=0.01, weight_decay=0.1)
+
+
+def _adam_lr_from_state(state, count):
+    # a value computed from the inner state: shrink the lr as the step count grows
+    return 0.1 / (1.0 + count.to(torch.float64))
+
+
+CASES += [
+    Case("reduce_on_plateau", lambda: fo.reduce_on_plateau(lr=0.1, patience=0, factor=0.5,
+                                                           cooldown=1, min_lr=1e-3),
+         extra=_loss_like, float64_scalars=True),
+    Case("reduce_on_plateau_max_abs_in_chain",
+         lambda: fo.chain(fo.scale_by_adam(), fo.reduce_on_plateau(
+             lr=0.01, mode="max", threshold_mode="abs", threshold=0.1, patience=1,
+             flip_sign=True)), extra=_loss_like, float64_scalars=True),
+    Case("masked", lambda: fo.masked(fo.scale_by_adam(), _vectors)),
+    Case("freeze_mask", lambda: fo.freeze(_vectors)),
+    Case("freeze", fo.freeze),
+    Case("partition_fn", lambda: fo.partition({"adam": fo.adam(lr=0.01),
+                                               "sgd": fo.sgd(lr=0.1, momentum=0.9)}, _by_ndim)),
+    Case("partition_regex", _partition_rules),
+    Case("parameter_groups", _groups),
+    Case("inject_hparams_alias", lambda: fo.inject_hparams(fo.adamw(lr=0.01, weight_decay=0.1),
+                                                           {"lr": _warmup_cosine()}),
+         float64_scalars=True),
+    Case("inject_hparams_chain_paths",
+         lambda: fo.inject_hparams(
+             fo.chain(adam=fo.scale_by_adam(), momentum=fo.trace(0.9),
+                      lr=fo.scale_by_learning_rate(0.1)),
+             {"adam.eps": schedules.linear(1e-8, 1e-6, 10),
+              "momentum.momentum": schedules.cosine_decay(0.9, 20, alpha=0.5)},
+             from_state={"lr.lr": _adam_lr_from_state}),
+         float64_scalars=True),
+    Case("multi_steps", lambda: fo.multi_steps(fo.adam(lr=0.01), 3)),
+    Case("multi_steps_k1", lambda: fo.multi_steps(fo.sgd(lr=0.1, momentum=0.9), 1)),
+    Case("apply_if_finite", lambda: fo.apply_if_finite(fo.adam(lr=0.01), 2)),
+    Case("zero_nans", fo.zero_nans),
+    Case("centralize", fo.centralize),
+    Case("lookahead", lambda: fo.lookahead(fo.sgd(lr=0.1, momentum=0.9), sync_period=2,
+                                           alpha=0.5)),
+    Case("ema", lambda: fo.ema(0.9)),
+    Case("ema_no_debias", lambda: fo.ema(0.8, debias=False)),
+    Case("average_params_swa", lambda: fo.chain(fo.adam(lr=0.01), fo.average_params())),
+    Case("average_params_ema", lambda: fo.chain(fo.sgd(lr=0.1), fo.average_params(0.9))),
+    Case("conditionally_every_k", lambda: fo.conditionally(fo.adam(lr=0.01), every_k=2)),
+    Case("conditionally_predicate",
+         lambda: fo.conditionally(fo.trace(0.9), predicate=lambda t: (t >= 1) & (t < 5))),
+    Case("flatten_adam", lambda: fo.flatten(fo.adam(lr=0.01))),
+    Case("flatten_chain", lambda: fo.flatten(fo.chain(fo.clip_by_global_norm(1.0),
+                                                      fo.scale_by_adam(),
+                                                      fo.add_decayed_weights(0.01),
+                                                      fo.scale_by_learning_rate(0.1)))),
+]

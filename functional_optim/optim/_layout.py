@@ -15,7 +15,7 @@ parameter's state of the group (the same tensor) and read back from the first.
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -76,13 +76,14 @@ def hparams_from_group(defaults: Any, keys: dict[str, Path], group: dict) -> Any
 
 def walk_state(node: Any, names: frozenset, path: Path = (), owner: Any = None
                ) -> Iterator[tuple[Path, Any, Any]]:
-    """``(path, owner, leaf)`` for every leaf; ``owner`` is the parameter name or ``None``."""
+    """``(path, owner, leaf)`` for every leaf, in optree's leaf order (dict keys sorted);
+    ``owner`` is the parameter name or ``None``."""
     if isinstance(node, dict) and owner is None and names and frozenset(node) == names:
-        for name, child in node.items():
-            yield from walk_state(child, names, path, name)
+        for name in sorted(node):
+            yield from walk_state(node[name], names, path, name)
     elif isinstance(node, dict):
-        for k, v in node.items():
-            yield from walk_state(v, names, path + (str(k),), owner)
+        for k in sorted(node):
+            yield from walk_state(node[k], names, path + (str(k),), owner)
     elif _is_namedtuple(node):
         for field in node._fields:
             yield from walk_state(getattr(node, field), names, path + (field,), owner)
@@ -91,26 +92,6 @@ def walk_state(node: Any, names: frozenset, path: Path = (), owner: Any = None
             yield from walk_state(v, names, path + (str(i),), owner)
     elif node is not None:
         yield path, owner, node
-
-
-def build_state(template: Any, names: frozenset, leaf: Callable[[Path, Any], Any],
-                path: Path = (), owner: Any = None) -> Any:
-    """``template`` rebuilt with every leaf replaced by ``leaf(path, owner)``."""
-    if isinstance(template, dict) and owner is None and names and frozenset(template) == names:
-        return {name: build_state(child, names, leaf, path, name)
-                for name, child in template.items()}
-    if isinstance(template, dict):
-        return {k: build_state(v, names, leaf, path + (str(k),), owner)
-                for k, v in template.items()}
-    if _is_namedtuple(template):
-        return type(template)(*(build_state(getattr(template, f), names, leaf, path + (f,), owner)
-                                for f in template._fields))
-    if isinstance(template, (tuple, list)):
-        return type(template)(build_state(v, names, leaf, path + (str(i),), owner)
-                              for i, v in enumerate(template))
-    if template is None:
-        return None
-    return leaf(path, owner)
 
 
 def nested_get(store: dict, path: Path) -> Any:

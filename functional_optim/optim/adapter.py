@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+import optree
 import torch
 
+from .. import _execute
 from ..base import HParamError, Transform
 from . import _layout
 
@@ -138,9 +140,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     def _check_saved(self, tx: Transform, group: dict, p: torch.Tensor, index: int,
                      saved: dict) -> None:
-        names = frozenset(["p"])
         template = tx.init({"p": torch.empty_like(p, device="meta")})
-        for path, owner, leaf in _layout.walk_state(template, names):
+        for path, owner, leaf in _layout.walk_state(template, frozenset(["p"])):
             if owner is None or not isinstance(leaf, torch.Tensor):
                 continue
             value = self._load_leaf(saved, path, p, group)
@@ -178,11 +179,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         name_set = frozenset(names)
         tx = self._transform_for(group)
         hparams = self._hparams_for(tx, group)
-        template = self._template(tx, names, params)
+        spec, plan = self._plan(tx, names, params)
 
         fresh: dict = {}
-
-        def load(path: tuple, owner: Any) -> Any:
+        leaves = []
+        for path, owner in plan:
             p = by_name[owner] if owner is not None else params[0]
             value = self._load_leaf(self.state[p], path, p, group)
             if value is None:
@@ -191,25 +192,32 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                     fresh.update({(pa, ow): leaf
                                   for pa, ow, leaf in _layout.walk_state(init, name_set)})
                 value = self._fresh_leaf(p, path, fresh[(path, owner)], group)
-            return value
-
-        state = _layout.build_state(template, name_set, load)
+            leaves.append(value)
+        state = optree.tree_unflatten(spec, leaves)
         grads = {n: p.grad for n, p in by_name.items()}
         differentiable = group.get("differentiable", False)
-        with torch.set_grad_enabled(differentiable):
+        multi = group.get("foreach") is not False and not differentiable
+        with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi):
             updates, new_state = tx.update(grads, state, dict(by_name), hparams)
-            for n, p in by_name.items():
-                u = updates[n]
-                if u is not None:
+            pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
+            if multi and all(u.dtype == p.dtype for p, u in pairs):
+                torch._foreach_add_([p for p, _ in pairs], [u for _, u in pairs])
+            else:
+                for p, u in pairs:
                     p.add_(u if u.dtype == p.dtype else u.to(p.dtype))
-        for path, owner, leaf in _layout.walk_state(new_state, name_set):
+        for (path, owner), leaf in zip(plan, optree.tree_leaves(new_state)):
             for p in (params if owner is None else (by_name[owner],)):
                 self._store_leaf(self.state[p], path, leaf, group)
 
-    def _template(self, tx: Transform, names: list, params: list) -> Any:
-        key = ("template", id(tx), tuple(names))
-        template = self._cache.get(key)
-        if template is None:
+    def _plan(self, tx: Transform, names: list, params: list) -> tuple:
+        """The state's treespec and, per leaf in optree order, its ``(path, owner)``."""
+        key = ("plan", id(tx), tuple(names))
+        plan = self._cache.get(key)
+        if plan is None:
             meta = {n: torch.empty_like(p, device="meta") for n, p in zip(names, params)}
-            template = self._cache[key] = tx.init(meta)
-        return template
+            template = tx.init(meta)
+            plan = self._cache[key] = (
+                optree.tree_structure(template),
+                [(path, owner) for path, owner, _ in _layout.walk_state(template,
+                                                                        frozenset(names))])
+        return plan

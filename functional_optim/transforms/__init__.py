@@ -10,6 +10,7 @@ from .basic import (
 )
 from .clipping import clip, clip_by_global_norm, clip_by_norm
 from .decay import add_decayed_weights
+from .plateau import ReduceOnPlateauState, reduce_on_plateau
 from .moments import (
     ScaleByAdamState,
     ScaleByRmsState,
@@ -20,6 +21,8 @@ from .moments import (
 )
 
 __all__ = [
+    "ReduceOnPlateauState",
+    "reduce_on_plateau",
     "ScaleByAdamState",
     "ScaleByRmsState",
     "ScaleByScheduleState",

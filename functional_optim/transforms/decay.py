@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from numbers import Number
 from typing import Any, Callable
 
+import torch
 
 from .. import tree as _tree
 from .._execute import _leaf_name, elementwise
@@ -13,7 +15,12 @@ __all__ = ["add_decayed_weights"]
 
 
 def _decay_rule(h, g, p, keep=True):
-    return (g + h["weight_decay"] * p if keep else g,)
+    if not keep:
+        return (g,)
+    decay = h["weight_decay"]
+    if isinstance(decay, Number):  # one fused kernel, as torch's ``grad.add(param, alpha=wd)``
+        return (torch.add(g, p, alpha=decay),)
+    return (g + decay * p,)
 
 
 def add_decayed_weights(weight_decay: float = 0.0,

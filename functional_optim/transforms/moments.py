@@ -54,7 +54,7 @@ def _adam_rule(h, g, t, m, v, *nu_max):
     t = t + 1
     tf = t.to(scalar_dtype(g))
     m = torch.lerp(m, g, 1 - b1)
-    v = v * b2 + (1 - b2) * (g * g)
+    v = torch.lerp(v, g * g, 1 - b2)
     bc1 = 1 - b1**tf
     bc2 = 1 - b2**tf
     nu_max = tuple(torch.maximum(n, v) for n in nu_max)
@@ -62,8 +62,9 @@ def _adam_rule(h, g, t, m, v, *nu_max):
     eps_root = h["eps_root"]
     if isinstance(eps_root, torch.Tensor) or eps_root != 0:
         second = second + eps_root * bc2
-    denom = safe_sqrt(second) / torch.sqrt(bc2) + h["eps"]
-    return ((m / bc1) / denom, t, m, v, *nu_max)
+    # (m / bc1) / (sqrt(second) / sqrt(bc2) + eps), with bc1 folded into the denominator
+    denom = safe_sqrt(second) * (bc1 / torch.sqrt(bc2)) + h["eps"] * bc1
+    return (m / denom, t, m, v, *nu_max)
 
 
 def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

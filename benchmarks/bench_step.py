@@ -1,0 +1,109 @@
+"""Step time of the stateful adapter vs torch.optim, same run, same machine.
+
+AdamW (and SGD with momentum) on three layouts: 300 tensors x 4096; a GPT-like model of ~42M
+parameters in ~150 tensors; 4 tensors x 4M. For each: torch.optim's for-loop (foreach=False, the
+CPU default), foreach and fused implementations, and functional_optim.optim's per-leaf
+(foreach=False) and default multi-tensor paths. Prints the median over repeats and ratios to
+torch's default and to torch's foreach.
+
+    python benchmarks/bench_step.py [--threads 1] [--repeats 20] [--out benchmarks/results/step_cpu.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+import functional_optim.optim as foo
+
+
+def layouts() -> dict[str, list[tuple[int, ...]]]:
+    d, vocab, layers, ff = 512, 32000, 12, 2048
+    gpt = [(vocab, d), (1024, d)]
+    for _ in range(layers):
+        gpt += [(3 * d, d), (3 * d,), (d, d), (d,), (ff, d), (ff,), (d, ff), (d,),
+                (d,), (d,), (d,), (d,)]
+    gpt += [(d,), (d,)]
+    return {"300 x 4096": [(4096,)] * 300, "GPT-like": gpt, "4 x 4M": [(4 * 1024 * 1024,)] * 4}
+
+
+def candidates(algo: str) -> dict:
+    if algo == "adamw":
+        kw = dict(lr=1e-3, weight_decay=1e-2)
+        torch_cls, ours_cls = torch.optim.AdamW, foo.AdamW
+    else:
+        kw = dict(lr=1e-3, momentum=0.9)
+        torch_cls, ours_cls = torch.optim.SGD, foo.SGD
+    return {
+        "torch for-loop (default)": lambda p: torch_cls(p, foreach=False, **kw),
+        "torch foreach": lambda p: torch_cls(p, foreach=True, **kw),
+        "torch fused": lambda p: torch_cls(p, fused=True, **kw),
+        "ours per-leaf": lambda p: ours_cls(p, foreach=False, **kw),
+        "ours default (multi-tensor)": lambda p: ours_cls(p, **kw),
+    }
+
+
+def median_ms(make, shapes, repeats: int) -> float:
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt = make(params)
+    for _ in range(3):
+        opt.step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def machine() -> str:
+    try:
+        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines()
+                      if line.startswith("Model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+    return (f"{model}; {torch.get_num_threads()} thread(s); torch {torch.__version__}; "
+            f"Python {platform.python_version()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--algos", default="adamw,sgd")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = [f"# Optimizer step time, CPU\n\nMachine: {machine()}\n",
+             f"Median of {args.repeats} steps (ms); ratios to torch's default (for-loop) and to "
+             "torch foreach, measured in the same run.\n"]
+    for algo in args.algos.split(","):
+        for layout, shapes in layouts().items():
+            numel = sum(torch.Size(s).numel() for s in shapes)
+            lines.append(f"\n## {algo}, {layout} ({len(shapes)} tensors, {numel / 1e6:.1f}M "
+                         "params)\n\n| implementation | ms | vs torch default | vs torch foreach |"
+                         "\n|---|---|---|---|")
+            results = {name: median_ms(make, shapes, args.repeats)
+                       for name, make in candidates(algo).items()}
+            base, foreach = results["torch for-loop (default)"], results["torch foreach"]
+            for name, ms in results.items():
+                lines.append(f"| {name} | {ms:.2f} | {ms / base:.2f}x | {ms / foreach:.2f}x |")
+            print("\n".join(lines[-len(results) - 1:]), flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Run an update rule over many tensors at once with ``torch._foreach_*`` kernels.
+
+:class:`TensorList` behaves like one tensor inside a rule: arithmetic and the torch functions the
+rules use map to one ``torch._foreach_*`` call for the whole list (any other torch function maps
+element by element). So a rule written once, as math on a tensor, runs per leaf (pure, for
+``vmap``/``grad``/``compile``) or over a list of leaves (eager speed), and gives the same numbers:
+on CPU the foreach kernels call the same per-tensor operators.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["TensorList"]
+
+
+def _items(x: Any, n: int) -> list:
+    return x.items if isinstance(x, TensorList) else [x] * n
+
+
+class TensorList:
+    """A list of tensors of one device and dtype that a rule treats as one tensor.
+
+    A list of 0-d tensors (per-leaf step counts, bias corrections) is kept stacked in one 1-d
+    tensor, so scalar arithmetic on it is one small kernel, not one per leaf.
+    """
+
+    __slots__ = ("_items", "_stacked")
+
+    def __init__(self, items: list | None = None, stacked: torch.Tensor | None = None):
+        self._items = None if items is None else list(items)
+        self._stacked = stacked
+
+    @property
+    def items(self) -> list:
+        if self._items is None:
+            self._items = list(self._stacked.unbind())
+        return self._items
+
+    @property
+    def scalar(self) -> bool:
+        """Whether every element is 0-d (then :attr:`stacked` is cheap)."""
+        return self._stacked is not None or all(x.ndim == 0 for x in self._items)
+
+    @property
+    def stacked(self) -> torch.Tensor:
+        if self._stacked is None:
+            self._stacked = torch.stack(self._items)
+        return self._stacked
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items is not None else self._stacked.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._stacked.dtype if self._stacked is not None else self._items[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._stacked.device if self._stacked is not None else self._items[0].device
+
+    def is_complex(self) -> bool:
+        return self.dtype.is_complex
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other tensor attribute: a method maps over the elements; a property must be the
+        same for every element (the executor groups leaves by dtype, device and ``ndim``)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = [getattr(x, name) for x in self.items]
+        if callable(values[0]):
+            def method(*args: Any, **kwargs: Any) -> Any:
+                out = [v(*args, **kwargs) for v in values]
+                return TensorList(out) if isinstance(out[0], torch.Tensor) else out
+            return method
+        if any(v != values[0] for v in values[1:]):
+            raise AttributeError(f"TensorList: {name!r} differs between elements")
+        return values[0]
+
+    def to(self, *args: Any, **kwargs: Any) -> TensorList:
+        if self.scalar:
+            return TensorList(stacked=self.stacked.to(*args, **kwargs))
+        return TensorList([x.to(*args, **kwargs) for x in self.items])
+
+    # -- arithmetic: one foreach call where torch has one, else element by element ---------
+
+    def _binary(self, name: str, other: Any, reverse: bool = False) -> TensorList:
+        if self.scalar and (not isinstance(other, TensorList) or other.scalar) and not (
+                isinstance(other, torch.Tensor) and other.ndim > 0):
+            b = other.stacked if isinstance(other, TensorList) else other
+            fn = getattr(torch, name)
+            return TensorList(stacked=fn(b, self.stacked) if reverse else fn(self.stacked, b))
+        op = getattr(torch, f"_foreach_{name}")
+        if isinstance(other, TensorList):
+            a, b = (other.items, self.items) if reverse else (self.items, other.items)
+            return TensorList(op(a, b))
+        if not reverse and (isinstance(other, Number) or (
+                isinstance(other, torch.Tensor) and other.ndim == 0 and name != "pow")):
+            return TensorList(op(self.items, other))
+        if reverse and name == "pow" and isinstance(other, Number):
+            return TensorList(op(other, self.items))
+        fn = getattr(torch, name)
+        return TensorList([fn(other, x) if reverse else fn(x, other) for x in self.items])
+
+    def __add__(self, other):
+        return self._binary("add", other)
+
+    def __radd__(self, other):
+        return self._binary("add", other)
+
+    def __sub__(self, other):
+        return self._binary("sub", other)
+
+    def __rsub__(self, other):
+        return self._binary("sub", other, reverse=True)
+
+    def __mul__(self, other):
+        return self._binary("mul", other)
+
+    def __rmul__(self, other):
+        return self._binary("mul", other)
+
+    def __truediv__(self, other):
+        return self._binary("div", other)
+
+    def __rtruediv__(self, other):
+        return self._binary("div", other, reverse=True)
+
+    def __pow__(self, other):
+        return self._binary("pow", other)
+
+    def __rpow__(self, other):
+        return self._binary("pow", other, reverse=True)
+
+    def __neg__(self):
+        if self.scalar:
+            return TensorList(stacked=-self.stacked)
+        return TensorList(torch._foreach_neg(self.items))
+
+    def _compare(self, op: Callable, other: Any) -> TensorList:
+        if self.scalar and not isinstance(other, TensorList):
+            return TensorList(stacked=op(self.stacked, other))
+        return TensorList([op(x, o) for x, o in zip(self.items, _items(other, len(self)))])
+
+    def __eq__(self, other):  # type: ignore[override]
+        return self._compare(torch.eq, other)
+
+    def __gt__(self, other):
+        return self._compare(torch.gt, other)
+
+    def __lt__(self, other):
+        return self._compare(torch.lt, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- torch functions ---------------------------------------------------------------------
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        special = _SPECIAL.get(func)
+        if special is not None:
+            result = special(*args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        n = next(len(a) for a in list(args) + list(kwargs.values()) if isinstance(a, TensorList))
+        columns = [_items(a, n) for a in args]
+        kw_columns = {k: _items(v, n) for k, v in kwargs.items()}
+        out = [func(*(c[i] for c in columns), **{k: v[i] for k, v in kw_columns.items()})
+               for i in range(n)]
+        if out and isinstance(out[0], tuple):
+            return tuple(TensorList(list(col)) for col in zip(*out))
+        return TensorList(out)
+
+
+def _unary(name: str) -> Callable:
+    op = getattr(torch, f"_foreach_{name}")
+    fn = getattr(torch, name)
+    return lambda x: TensorList(stacked=fn(x.stacked)) if x.scalar else TensorList(op(x.items))
+
+
+def _add(a, b, *, alpha=1):
+    if isinstance(a, TensorList) and isinstance(b, TensorList) and isinstance(alpha, Number) \
+            and not a.scalar:
+        return TensorList(torch._foreach_add(a.items, b.items, alpha=alpha))
+    return NotImplemented
+
+
+def _lerp(start, end, weight):
+    if not (isinstance(start, TensorList) and isinstance(end, TensorList)):
+        return NotImplemented
+    if isinstance(weight, torch.Tensor):
+        weight = [weight] * len(start)
+    elif isinstance(weight, TensorList):
+        weight = weight.items
+    return TensorList(torch._foreach_lerp(start.items, end.items, weight))
+
+
+def _maximum(a, b):
+    if isinstance(a, TensorList) and isinstance(b, TensorList):
+        return TensorList(torch._foreach_maximum(a.items, b.items))
+    return NotImplemented
+
+
+def _clamp(x, min=None, max=None):  # noqa: A002 - torch's names
+    if not isinstance(x, TensorList) or not all(
+            v is None or isinstance(v, Number) for v in (min, max)):
+        return NotImplemented
+    items = x.items
+    if min is not None:
+        items = torch._foreach_clamp_min(items, min)
+    if max is not None:
+        items = torch._foreach_clamp_max(items, max)
+    return TensorList(list(items))
+
+
+def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):  # noqa: A002
+    if ord != 2 or dim is not None or keepdim or dtype is not None:
+        return NotImplemented
+    return TensorList(torch._foreach_norm(x.items))
+
+
+_SPECIAL = {
+    torch.sqrt: _unary("sqrt"),
+    torch.sign: _unary("sign"),
+    torch.neg: _unary("neg"),
+    torch.add: _add,
+    torch.lerp: _lerp,
+    torch.maximum: _maximum,
+    torch.clamp: _clamp,
+    torch.linalg.vector_norm: _vector_norm,
+}
