@@ -7,6 +7,7 @@
 from . import combinators, schedules, tree
 from . import implicit, meta  # meta-learning (nothing in the core imports them)
 from .aliases import adam, adamw, sgd
+from .aliases import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
 from .base import (
     EmptyState,
     HParamError,
@@ -46,6 +47,20 @@ from .combinators import (
     zero_nans,
 )
 from .transforms import (
+    ScaleByAdadeltaState,
+    ScaleByAdamaxState,
+    ScaleByAsgdState,
+    ScaleByNadamState,
+    ScaleByRadamState,
+    ScaleByRpropState,
+    ScaleByRssState,
+    scale_by_adadelta,
+    scale_by_adamax,
+    scale_by_asgd,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rprop,
+    scale_by_rss,
     ReduceOnPlateauState,
     reduce_on_plateau,
     ScaleByAdamState,
@@ -69,6 +84,28 @@ from .transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "adadelta",
+    "adagrad",
+    "adamax",
+    "asgd",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "rprop",
+    "ScaleByAdadeltaState",
+    "ScaleByAdamaxState",
+    "ScaleByAsgdState",
+    "ScaleByNadamState",
+    "ScaleByRadamState",
+    "ScaleByRpropState",
+    "ScaleByRssState",
+    "scale_by_adadelta",
+    "scale_by_adamax",
+    "scale_by_asgd",
+    "scale_by_nadam",
+    "scale_by_radam",
+    "scale_by_rprop",
+    "scale_by_rss",
     "ApplyIfFiniteState",
     "AverageParamsState",
     "ConditionallyState",
@@ -129,4 +166,36 @@ __all__ = [
     "meta",
     "implicit",
     "sgd",
+]
+
+# Adafactor, Muon, L-BFGS, SparseAdam
+from .aliases import adafactor, lbfgs, muon, sparse_adam  # noqa: E402
+from .transforms import (  # noqa: E402
+    LbfgsState,
+    ScaleByFactoredRmsState,
+    ScaleByMuonState,
+    ScaleBySparseAdamState,
+    orthogonalize_via_newton_schulz,
+    scale_by_factored_rms,
+    scale_by_lbfgs,
+    scale_by_muon,
+    scale_by_newton_schulz,
+    scale_by_sparse_adam,
+)
+
+__all__ += [
+    "adafactor",
+    "lbfgs",
+    "muon",
+    "sparse_adam",
+    "LbfgsState",
+    "ScaleByFactoredRmsState",
+    "ScaleByMuonState",
+    "ScaleBySparseAdamState",
+    "orthogonalize_via_newton_schulz",
+    "scale_by_factored_rms",
+    "scale_by_lbfgs",
+    "scale_by_muon",
+    "scale_by_newton_schulz",
+    "scale_by_sparse_adam",
 ]

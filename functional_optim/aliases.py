@@ -173,3 +173,487 @@ def adamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
     """
     return adam(lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                 decoupled_weight_decay=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Adagrad, Adadelta, Adamax, NAdam, RAdam, RMSprop, Rprop, ASGD (torch.optim's classic set)
+
+# (imported here, not at the top: this block was appended as a unit)
+from .transforms import (  # noqa: E402
+    scale_by_adadelta,
+    scale_by_adamax,
+    scale_by_asgd,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
+)
+
+__all__ += ["adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop", "rprop", "asgd"]
+
+
+def _classic_start(owner: str, lr: Any, weight_decay: Any, maximize: bool) -> dict:
+    """Validated lr/weight_decay; the chain's leading blocks (``maximize``, coupled decay)."""
+    _check_lr(owner, lr)
+    check_hparam(owner, "weight_decay", weight_decay, ge=0)
+    blocks: dict[str, Transform] = {}
+    if maximize:
+        blocks["maximize"] = scale(-1.0)
+    if _present(weight_decay):
+        blocks["weight_decay"] = add_decayed_weights(weight_decay)
+    return blocks
+
+
+def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
+             decay_key: str | None = "weight_decay", lr_block: bool = True) -> Transform:
+    """``reparametrize`` a chain of ``blocks`` to torch's flat ``defaults``: ``keys`` go to
+    ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block."""
+
+    def to_inner(h):
+        inner: dict = {block: {k: h[k] for k in keys}}
+        if lr_block:
+            inner["lr"] = {"lr": h["lr"]}
+        if decay_key is not None:
+            if "weight_decay" in blocks:
+                inner["weight_decay"] = {"weight_decay": h[decay_key]}
+            else:
+                _absent_check(owner, h, (decay_key,))
+        return inner
+
+    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+
+
+def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+            initial_accumulator_value: float = 0.0, eps: float = 1e-10, *,
+            maximize: bool = False) -> Transform:
+    r"""Adagrad (Duchi, Hazan & Singer, 2011), as torch.optim.Adagrad.
+
+    .. math::
+        g_t \leftarrow \pm g_t + \lambda p_{t-1}, \quad s_t = s_{t-1} + g_t^2, \quad
+        p_t = p_{t-1} - \frac{\eta}{1 + (t-1)\delta}\,\frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_rss →
+    scale_by_learning_rate``. Hparams: ``lr``, ``lr_decay``, ``weight_decay``, ``eps``.
+
+    Args:
+        lr: ``η`` (default 1e-2), a number, tensor or schedule.
+        lr_decay: ``δ`` (default 0).
+        weight_decay: coupled L2 penalty ``λ`` (default 0).
+        initial_accumulator_value: ``s_0`` (static; default 0).
+        eps: ``ε`` (default 1e-10).
+        maximize: ascend instead of descend.
+    """
+    owner = "adagrad"
+    blocks = _classic_start(owner, lr, weight_decay, maximize)
+    blocks["rss"] = scale_by_rss(lr_decay, initial_accumulator_value, eps)
+    blocks["lr"] = scale_by_learning_rate(lr)
+    defaults = dict(lr=blocks["lr"].hparams["lr"], lr_decay=lr_decay, weight_decay=weight_decay,
+                    eps=eps)
+    return _classic(owner, blocks, defaults, "rss", ("lr_decay", "eps"))
+
+
+def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
+             weight_decay: float = 0.0, *, maximize: bool = False) -> Transform:
+    r"""Adadelta (Zeiler, 2012), as torch.optim.Adadelta.
+
+    .. math::
+        v_t = \rho v_{t-1} + (1-\rho) g_t^2, \quad
+        \Delta_t = \frac{\sqrt{a_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}} g_t, \quad
+        a_t = \rho a_{t-1} + (1-\rho)\Delta_t^2, \quad p_t = p_{t-1} - \eta \Delta_t
+
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_adadelta →
+    scale_by_learning_rate``.
+
+    Args:
+        lr: ``η`` (default 1.0), a number, tensor or schedule.
+        rho: ``ρ`` (default 0.9).
+        eps: ``ε`` (default 1e-6).
+        weight_decay: coupled L2 penalty (default 0).
+        maximize: ascend instead of descend.
+    """
+    owner = "adadelta"
+    blocks = _classic_start(owner, lr, weight_decay, maximize)
+    blocks["adadelta"] = scale_by_adadelta(rho, eps)
+    blocks["lr"] = scale_by_learning_rate(lr)
+    defaults = dict(lr=blocks["lr"].hparams["lr"], rho=rho, eps=eps, weight_decay=weight_decay)
+    return _classic(owner, blocks, defaults, "adadelta", ("rho", "eps"))
+
+
+def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+           eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False) -> Transform:
+    r"""Adamax (Kingma & Ba, 2015, section 7.1), as torch.optim.Adamax.
+
+    .. math::
+        n_t = \max(\beta_2 n_{t-1}, |g_t| + \epsilon), \quad
+        p_t = p_{t-1} - \frac{\eta}{1-\beta_1^t}\frac{m_t}{n_t}
+
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_adamax →
+    scale_by_learning_rate``.
+
+    Args:
+        lr: ``η`` (default 2e-3), a number, tensor or schedule.
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+        weight_decay: coupled L2 penalty (default 0).
+        maximize: ascend instead of descend.
+    """
+    owner = "adamax"
+    blocks = _classic_start(owner, lr, weight_decay, maximize)
+    blocks["adamax"] = scale_by_adamax(betas, eps)
+    blocks["lr"] = scale_by_learning_rate(lr)
+    defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
+                    weight_decay=weight_decay)
+    return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"))
+
+
+def _decoupled_chain(owner: str, lr: Any, weight_decay: Any, maximize: bool,
+                     decoupled: bool, name: str, block: Transform) -> dict:
+    """``[maximize] → [coupled decay] → block → [decoupled decay] → lr``."""
+    _check_lr(owner, lr)
+    check_hparam(owner, "weight_decay", weight_decay, ge=0)
+    blocks: dict[str, Transform] = {}
+    if maximize:
+        blocks["maximize"] = scale(-1.0)
+    decay = add_decayed_weights(weight_decay) if _present(weight_decay) else None
+    if decay is not None and not decoupled:
+        blocks["weight_decay"] = decay
+    blocks[name] = block
+    if decay is not None and decoupled:
+        blocks["weight_decay"] = decay
+    blocks["lr"] = scale_by_learning_rate(lr)
+    return blocks
+
+
+def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+          eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+          decoupled_weight_decay: bool = False, *, maximize: bool = False,
+          scalar_state_dtype: torch.dtype | None = None) -> Transform:
+    r"""NAdam (Dozat, 2016), as torch.optim.NAdam; with ``decoupled_weight_decay`` NAdamW.
+
+    :math:`p_t = p_{t-1} - \eta\, u_t` with :math:`u_t` from
+    :func:`~functional_optim.transforms.scale_by_nadam`; coupled decay adds
+    :math:`\lambda p` to the gradient first, decoupled decay adds :math:`\eta\lambda p` to the
+    step (Loshchilov & Hutter, 2019).
+
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_nadam →
+    [add_decayed_weights if decoupled] → scale_by_learning_rate``.
+
+    Args:
+        lr: ``η`` (default 2e-3), a number, tensor or schedule.
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+        weight_decay: ``λ`` (default 0).
+        momentum_decay: ``ψ`` (default 4e-3).
+        decoupled_weight_decay: AdamW-style decay.
+        maximize: ascend instead of descend.
+        scalar_state_dtype: dtype of the ``mu_product`` state (``None``: torch.optim's, float32
+            unless the default dtype is float64; see :mod:`functional_optim.transforms.adaptive`).
+    """
+    owner = "nadam"
+    blocks = _decoupled_chain(owner, lr, weight_decay, maximize, decoupled_weight_decay, "nadam",
+                              scale_by_nadam(betas, eps, momentum_decay,
+                                             scalar_state_dtype=scalar_state_dtype))
+    defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
+                    weight_decay=weight_decay, momentum_decay=momentum_decay)
+    return _classic(owner, blocks, defaults, "nadam", ("betas", "eps", "momentum_decay"))
+
+
+def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+          eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+          *, maximize: bool = False) -> Transform:
+    r"""RAdam (Liu et al., 2020), as torch.optim.RAdam; with ``decoupled_weight_decay`` RAdamW.
+
+    :math:`p_t = p_{t-1} - \eta\, u_t` with :math:`u_t` from
+    :func:`~functional_optim.transforms.scale_by_radam` (rectified once
+    :math:`\rho_t > 5`).
+
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_radam →
+    [add_decayed_weights if decoupled] → scale_by_learning_rate``.
+
+    Args:
+        lr: ``η`` (default 1e-3), a number, tensor or schedule.
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+        weight_decay: ``λ`` (default 0).
+        decoupled_weight_decay: AdamW-style decay.
+        maximize: ascend instead of descend.
+    """
+    owner = "radam"
+    blocks = _decoupled_chain(owner, lr, weight_decay, maximize, decoupled_weight_decay, "radam",
+                              scale_by_radam(betas, eps))
+    defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
+                    weight_decay=weight_decay)
+    return _classic(owner, blocks, defaults, "radam", ("betas", "eps"))
+
+
+def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+            weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+            maximize: bool = False) -> Transform:
+    r"""RMSprop (Hinton, 2012; centered: Graves, 2013), as torch.optim.RMSprop.
+
+    .. math::
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2, \quad
+        d_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2 \text{ (centered)}} + \epsilon}, \quad
+        b_t = \mu b_{t-1} + d_t, \quad p_t = p_{t-1} - \eta\, b_t
+
+    (:math:`b_t = d_t` without momentum). Chain: ``[scale(-1) if maximize] →
+    [add_decayed_weights] → scale_by_rms → [trace] → scale_by_learning_rate``.
+
+    Args:
+        lr: ``η`` (default 1e-2), a number, tensor or schedule.
+        alpha: smoothing constant ``α`` (default 0.99).
+        eps: ``ε`` (default 1e-8).
+        weight_decay: coupled L2 penalty (default 0).
+        momentum: ``μ`` (default 0; a block only when nonzero or a tensor).
+        centered: divide by the centered second moment.
+        maximize: ascend instead of descend.
+    """
+    owner = "rmsprop"
+    blocks = _classic_start(owner, lr, weight_decay, maximize)
+    check_hparam(owner, "momentum", momentum, ge=0)
+    blocks["rms"] = scale_by_rms(alpha, eps, centered)
+    if _present(momentum):
+        blocks["momentum"] = trace(momentum)
+    blocks["lr"] = scale_by_learning_rate(lr)
+    defaults = dict(lr=blocks["lr"].hparams["lr"], alpha=alpha, eps=eps,
+                    weight_decay=weight_decay, momentum=momentum)
+
+    def to_inner(h):
+        inner: dict = {"rms": {"alpha": h["alpha"], "eps": h["eps"]}, "lr": {"lr": h["lr"]}}
+        absent = []
+        if "weight_decay" in blocks:
+            inner["weight_decay"] = {"weight_decay": h["weight_decay"]}
+        else:
+            absent.append("weight_decay")
+        if "momentum" in blocks:
+            inner["momentum"] = {"momentum": h["momentum"], "dampening": 0.0}
+        else:
+            absent.append("momentum")
+        _absent_check(owner, h, tuple(absent))
+        return inner
+
+    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+
+
+def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
+          step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False) -> Transform:
+    r"""Rprop (Riedmiller & Braun, 1993), as torch.optim.Rprop.
+
+    Per element, the step size grows by ``η+`` while the gradient keeps its sign and shrinks by
+    ``η-`` when it flips (that step is skipped); :math:`p_t = p_{t-1} - \mathrm{sign}(g_t) s_t`.
+    ``lr`` is the initial step size, read at the first update. See
+    :func:`~functional_optim.transforms.scale_by_rprop`.
+
+    Chain: ``[scale(-1) if maximize] → scale_by_rprop``.
+
+    Args:
+        lr: initial step size (default 1e-2), a number or tensor.
+        etas: ``(η-, η+)`` (default ``(0.5, 1.2)``).
+        step_sizes: ``(s_min, s_max)`` (default ``(1e-6, 50)``).
+        maximize: ascend instead of descend.
+    """
+    owner = "rprop"
+    if callable(lr) or not isinstance(lr, (Number, torch.Tensor)):
+        raise HParamError(f"{owner}: lr (the initial step size) must be a Python number or a "
+                          f"0-d tensor, got {type(lr).__name__} {lr!r}")
+    check_hparam(owner, "lr", lr, ge=0)
+    blocks: dict[str, Transform] = {}
+    if maximize:
+        blocks["maximize"] = scale(-1.0)
+    blocks["rprop"] = scale_by_rprop(lr, etas, step_sizes)
+    defaults = dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes))
+
+    def to_inner(h):
+        return {"rprop": {"init_step_size": h["lr"], "etas": h["etas"],
+                          "step_sizes": h["step_sizes"]}}
+
+    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+
+
+def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+         t0: float = 1e6, weight_decay: float = 0.0, *, maximize: bool = False,
+         scalar_state_dtype: torch.dtype | None = None) -> Transform:
+    r"""Averaged SGD (Polyak & Juditsky, 1992), as torch.optim.ASGD.
+
+    .. math::
+        p_t = p_{t-1}(1 - \lambda\eta_{t-1}) - \eta_{t-1} g_t, \quad
+        \bar p_t = \bar p_{t-1} + \mu_{t-1}(p_t - \bar p_{t-1}), \quad
+        \eta_t = \frac{\gamma}{(1+\lambda\gamma t)^\alpha}, \quad
+        \mu_t = \frac{1}{\max(1, t - t_0)}
+
+    The averaged parameters are the state's ``ax`` (see
+    :func:`~functional_optim.transforms.scale_by_asgd`). Chain: ``[scale(-1) if maximize] →
+    [add_decayed_weights] → scale_by_asgd``.
+
+    Args:
+        lr: ``γ`` (default 1e-2), a number or tensor.
+        lambd: decay term ``λ`` (default 1e-4).
+        alpha: power for the ``η`` update (default 0.75).
+        t0: step at which averaging starts (default 1e6).
+        weight_decay: coupled L2 penalty (default 0).
+        maximize: ascend instead of descend.
+        scalar_state_dtype: dtype of the ``eta``/``mu`` state (``None``: torch.optim's).
+    """
+    owner = "asgd"
+    if callable(lr) or not isinstance(lr, (Number, torch.Tensor)):
+        raise HParamError(f"{owner}: lr must be a Python number or a 0-d tensor, got "
+                          f"{type(lr).__name__} {lr!r}")
+    blocks = _classic_start(owner, lr, weight_decay, maximize)
+    blocks["asgd"] = scale_by_asgd(lr, lambd, alpha, t0, scalar_state_dtype=scalar_state_dtype)
+    defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
+    return _classic(owner, blocks, defaults, "asgd", ("lr", "lambd", "alpha", "t0"),
+                    lr_block=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Adafactor, Muon, L-BFGS, SparseAdam (torch.optim's special algorithms)
+
+from .transforms import (  # noqa: E402
+    MUON_NS_COEFFICIENTS,
+    scale_by_factored_rms,
+    scale_by_lbfgs,
+    scale_by_muon,
+    scale_by_sparse_adam,
+)
+
+__all__ += ["adafactor", "muon", "lbfgs", "sparse_adam"]
+
+
+def _number_or_tensor_lr(owner: str, lr: Any) -> None:
+    if callable(lr) or not isinstance(lr, (Number, torch.Tensor)):
+        raise HParamError(f"{owner}: lr must be a Python number or a 0-d tensor, got {lr!r}")
+    check_hparam(owner, "lr", lr, ge=0)
+
+
+def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
+              eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
+              weight_decay: float = 0.0, *, maximize: bool = False) -> Transform:
+    r"""Adafactor (Shazeer & Stern, 2018), as torch.optim.Adafactor: factored second moments for
+    parameters of >= 2 dimensions, a step size relative to the parameters' RMS, update clipping
+    and decoupled weight decay. See :func:`~functional_optim.transforms.scale_by_factored_rms`
+    for the math (this alias is that block with torch's flat hyperparameter names).
+
+    Args:
+        lr: ``η`` (default 1e-2), a number or 0-d tensor.
+        beta2_decay: ``c <= 0`` in :math:`\hat\beta_{2,t} = 1 - t^c` (default -0.8).
+        eps: ``(ε1, ε2)``; ``ε1 = None`` is the dtype's machine epsilon (default
+            ``(None, 1e-3)``).
+        d: clipping threshold (default 1).
+        weight_decay: ``λ`` (default 0).
+        maximize: ascend instead of descend.
+    """
+    owner = "adafactor"
+    _number_or_tensor_lr(owner, lr)
+    inner = scale_by_factored_rms(lr, beta2_decay, eps, d, weight_decay, maximize=maximize)
+    defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d,
+                    weight_decay=weight_decay)
+    eps1_given = eps[0] is not None
+
+    def to_inner(h):
+        eps1, eps2 = h["eps"]
+        if not eps1_given and eps1 is not None:
+            raise HParamError(
+                f"{owner}: eps[0] was None (the dtype's epsilon) at construction; got "
+                f"eps[0]={eps1!r} at update time. Construct with a number to set it at run time.")
+        out = {"lr": h["lr"], "beta2_decay": h["beta2_decay"], "eps2": eps2, "d": h["d"],
+               "weight_decay": h["weight_decay"]}
+        if eps1_given:
+            out["eps1"] = eps1
+        return out
+
+    return reparametrize(inner, defaults, to_inner, f"{owner} hparams")
+
+
+def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+         nesterov: bool = True,
+         ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
+         eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None, *,
+         ns_dtype: torch.dtype | None = torch.bfloat16) -> Transform:
+    r"""Muon (Jordan et al., 2024), as torch.optim.Muon: momentum, Newton-Schulz
+    orthogonalization of each 2-D update, a shape-dependent learning-rate ratio and decoupled
+    weight decay.
+
+    .. math::
+        B_t = \mu B_{t-1} + (1-\mu) g_t, \quad
+        O_t = \mathrm{NS}_k(\text{nesterov} ? (1-\mu) g_t + \mu B_t : B_t), \quad
+        p_t = p_{t-1} - \eta\lambda p_{t-1} - \eta\, r(A, B)\, O_t
+
+    Chain: ``scale_by_muon → [add_decayed_weights] → scale_by_learning_rate``. 2-D parameters
+    only (others: a ``ValueError``; use :func:`~functional_optim.partition` to give them AdamW).
+
+    Args:
+        lr: ``η`` (default 1e-3), a number, tensor or schedule.
+        weight_decay: decoupled ``λ`` (default 0.1).
+        momentum: ``μ`` (default 0.95).
+        nesterov: Nesterov momentum (default True).
+        ns_coefficients: ``(a, b, c)`` of the quintic iteration.
+        eps: ``ε`` of the normalization (default 1e-7).
+        ns_steps: Newton-Schulz iterations (static; default 5).
+        adjust_lr_fn: ``None``/``"original"`` (:math:`r = \sqrt{\max(1, A/B)}`) or
+            ``"match_rms_adamw"`` (:math:`r = 0.2\sqrt{\max(A, B)}`).
+        ns_dtype: precision of the iteration (bfloat16 as torch; ``None``: the parameter's).
+    """
+    owner = "muon"
+    _check_lr(owner, lr)
+    check_hparam(owner, "weight_decay", weight_decay, ge=0)
+    blocks: dict[str, Transform] = {
+        "muon": scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
+                              ns_dtype=ns_dtype)}
+    if _present(weight_decay):
+        blocks["weight_decay"] = add_decayed_weights(weight_decay)
+    blocks["lr"] = scale_by_learning_rate(lr)
+    defaults = dict(lr=blocks["lr"].hparams["lr"], weight_decay=weight_decay,
+                    momentum=momentum, ns_coefficients=tuple(ns_coefficients), eps=eps)
+
+    def to_inner(h):
+        inner = {"muon": {"momentum": h["momentum"], "ns_coefficients": h["ns_coefficients"],
+                          "eps": h["eps"]}, "lr": {"lr": h["lr"]}}
+        if "weight_decay" in blocks:
+            inner["weight_decay"] = {"weight_decay": h["weight_decay"]}
+        else:
+            _absent_check(owner, h, ("weight_decay",))
+        return inner
+
+    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+
+
+def lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: int | None = None,
+          tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
+          line_search_fn: str | None = None) -> Transform:
+    r"""L-BFGS (Nocedal, 1980; Liu & Nocedal, 1989), as torch.optim.LBFGS.
+
+    ``update(grads, state, params, hparams, *, value=loss, value_fn=fn)``: one update is one
+    ``LBFGS.step(closure)``; ``fn(params) -> (loss, grads)`` re-evaluates the loss (needed with
+    ``max_iter > 1`` or a line search). Pure but host-synchronizing (no vmap/compile/capture);
+    see :mod:`functional_optim.transforms.lbfgs` and the "Algorithms" page of the docs.
+
+    Args:
+        lr: ``η`` (default 1).
+        max_iter: iterations per update (default 20).
+        max_eval: evaluations per update (default ``max_iter * 5 // 4``).
+        tolerance_grad: first-order optimality tolerance (default 1e-7).
+        tolerance_change: loss/parameter change tolerance (default 1e-9).
+        history_size: pairs kept (default 100).
+        line_search_fn: ``None`` or ``"strong_wolfe"``.
+    """
+    _number_or_tensor_lr("lbfgs", lr)
+    return scale_by_lbfgs(lr, max_iter, max_eval, tolerance_grad, tolerance_change,
+                          history_size, line_search_fn)
+
+
+def sparse_adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8, maximize: bool = False) -> Transform:
+    r"""SparseAdam, as torch.optim.SparseAdam: Adam (Kingma & Ba, 2015) on the rows a sparse COO
+    gradient has (``nn.Embedding(sparse=True)``); see
+    :func:`~functional_optim.transforms.scale_by_sparse_adam`. Updates are sparse; a dense
+    gradient raises torch's ``RuntimeError``.
+
+    Args:
+        lr: ``η > 0`` (default 1e-3), a number or 0-d tensor.
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε > 0`` (default 1e-8).
+        maximize: ascend instead of descend.
+    """
+    _number_or_tensor_lr("sparse_adam", lr)
+    return scale_by_sparse_adam(lr, betas, eps, maximize=maximize)

@@ -140,6 +140,9 @@ def check_hparam(
             )
         if value.is_complex() or value.dtype == torch.bool:
             raise HParamError(f"{owner}: {name} must be real, got {_describe(value)}")
+        if torch.compiler.is_compiling():
+            return  # reading the value would be a data-dependent guard (a transform built
+            # inside a compiled step, e.g. the adapter's first step): shape checked only
         try:
             number = float(value.detach())
         except (RuntimeError, NotImplementedError):

@@ -22,7 +22,7 @@ import optree
 import torch
 
 from . import tree as _tree
-from ._execute import _unflatten_like, elementwise, first_device, init_count, scalar_dtype
+from ._execute import elementwise, first_device, init_count, scalar_dtype
 from .base import (
     EmptyState,
     HParamError,
@@ -209,7 +209,9 @@ def _rule_labels(owner: str, names: Any, compiled: list, default: Any, known: An
 
     labels = optree.tree_map(label, names, **_NONE)
     if check_unused and _tree.leaves(names):  # (an empty tree matches nothing: no error)
-        unused = [p for p, _, _ in compiled if p not in used]
+        all_names = [n for n in _tree.leaves(names) if n is not None]
+        unused = [p for p, regex, _ in compiled
+                  if p not in used and not any(regex.search(n) for n in all_names)]
         if unused:
             raise ValueError(f"{owner}: regex(es) {unused} match no parameter name; the names "
                              f"are {_tree.leaves(names)[:20]}")
@@ -450,7 +452,7 @@ def inject_hparams(inner: Transform, schedules: Mapping[str, Any] | None = None,
         for path, fn in from_state.items():
             v = fn(state.inner_state, state.count)
             values[path] = torch.as_tensor(v, dtype=torch.float64, device=state.count.device) \
-                if not isinstance(v, torch.Tensor) else v
+                if not isinstance(v, torch.Tensor) else v.to(torch.float64)
         for path, v in values.items():
             h = _set_in(h, _split_path(path), v)
         out, inner_state = inner.update(updates, state.inner_state, params, h, **extra)
@@ -604,7 +606,7 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
         out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
             apply, o, torch.zeros_like(o)), out, **_NONE)
-        total = state.total_notfinite + (~finite).to(state.total_notfinite.dtype)
+        total = torch.where(finite, state.total_notfinite, state.total_notfinite + 1)
         return out, ApplyIfFiniteState(notfinite, finite, total,
                                        _pick(apply, new_inner, state.inner_state))
 
@@ -885,9 +887,26 @@ def _group_key(x: torch.Tensor) -> str:
     return f"{str(x.dtype).replace('torch.', '')}@{x.device}"
 
 
-def _flat_groups(tree: Any) -> dict:
+def _leaves_in_map_order(tree: Any) -> list:
+    """The leaves sorted by their path name: a layout that does not depend on how a traversal
+    orders dict keys (optree sorts them, ``torch.compile``'s tracing of it may not)."""
+    pairs: list = []
+    optree.tree_map(lambda n, x: pairs.append((n, x)), _path_names(tree), tree, **_NONE)
+    return [x for _, x in sorted(pairs, key=lambda nx: nx[0])]
+
+
+def _refill(tree: Any, ordered: list) -> Any:
+    """Inverse of :func:`_leaves_in_map_order`."""
+    names = _path_names(tree)
+    keys: list = []
+    optree.tree_map(lambda n: keys.append(n), names, **_NONE)
+    by_name = dict(zip(sorted(keys), ordered))
+    return optree.tree_map(lambda n: by_name[n], names, **_NONE)
+
+
+def _flat_groups(leaves: list) -> dict:
     groups: dict = {}
-    for x in _tree.leaves(tree):
+    for x in leaves:
         if x is not None:
             groups.setdefault(_group_key(x), []).append(x.reshape(-1))
     return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in groups.items()}
@@ -905,27 +924,29 @@ def flatten(inner: Transform) -> Transform:
     _check_transform(inner, "flatten")
 
     def init(params):
-        return inner.init(_flat_groups(params))
+        return inner.init(_flat_groups(_leaves_in_map_order(params)))
 
     def update(updates, state, params=None, hparams=None, **extra):
-        filled = updates if params is None else optree.tree_map(
-            lambda g, p: g if g is not None or p is None else torch.zeros_like(p),
-            updates, params, **_NONE)
-        flat_u = _flat_groups(filled)
-        flat_p = None if params is None else _flat_groups(params)
-        out, state = inner.update(flat_u, state, flat_p, hparams, **extra)
+        g_leaves = _leaves_in_map_order(updates)
+        p_leaves = None if params is None else _leaves_in_map_order(params)
+        if p_leaves is not None and len(p_leaves) != len(g_leaves):
+            _tree.flatten_like(params, _tree.structure(updates), "params", "updates")
+        filled = g_leaves if p_leaves is None else [
+            g if g is not None or p is None else torch.zeros_like(p)
+            for g, p in zip(g_leaves, p_leaves)]
+        flat_p = None if p_leaves is None else _flat_groups(p_leaves)
+        out, state = inner.update(_flat_groups(filled), state, flat_p, hparams, **extra)
         pieces: dict = {}
         for k, x in out.items():
-            sizes = [g.numel() for g in _tree.leaves(filled)
-                     if g is not None and _group_key(g) == k]
+            sizes = [f.numel() for f in filled if f is not None and _group_key(f) == k]
             pieces[k] = list(torch.split(x, sizes)) if len(sizes) > 1 else [x]
         flat_out = []
-        for g, f in zip(_tree.leaves(updates), _tree.leaves(filled)):
+        for g, f in zip(g_leaves, filled):
             if f is None:
                 flat_out.append(None)
                 continue
             piece = pieces[_group_key(f)].pop(0)
             flat_out.append(None if g is None else piece.reshape(g.shape))
-        return _unflatten_like(updates, flat_out), state
+        return _refill(updates, flat_out), state
 
     return Transform(init, update, inner.hparams)

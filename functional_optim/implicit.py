@@ -34,7 +34,8 @@ __all__ = ["cg", "normal_cg", "neumann", "custom_root", "stationary"]
 
 
 def _vdot(a: Any, b: Any) -> torch.Tensor:
-    xs = [(x * y).sum() for x, y in zip(_tree.leaves(a), _tree.leaves(b)) if x is not None]
+    pairs = zip(_tree.leaves(a), _tree.leaves(b), strict=True)
+    xs = [(x * y).sum() for x, y in pairs if x is not None]
     return torch.stack(xs).sum() if xs else torch.zeros(())
 
 
@@ -83,7 +84,9 @@ def cg(matvec: Callable[[Any], Any], b: Any, x0: Any = None, *, rmatvec: Callabl
         b: right-hand side (a pytree of real tensors).
         x0: initial guess (default zeros).
         rmatvec: ignored (``A`` is symmetric); accepted so that all solvers share a signature.
-        maxiter, tol, atol: stopping rule.
+        maxiter: the most iterations.
+        tol: relative tolerance on the residual norm.
+        atol: absolute tolerance on the residual norm.
     """
     del rmatvec
     maxiter = _default_maxiter(b) if maxiter is None else maxiter
@@ -188,7 +191,7 @@ class _Implicit(torch.autograd.Function):
         x = optree.tree_unflatten(x_spec, xs)
         theta = rebuild_theta(thetas)
         v = optree.tree_unflatten(x_spec, [torch.zeros_like(xi) if c is None else c
-                                           for c, xi in zip(cotangents, xs)])
+                                           for c, xi in zip(cotangents, xs, strict=False)])
 
         def f_x(x_):
             return fn(x_, *theta)
@@ -255,7 +258,7 @@ def custom_root(optimality_fn: Callable[..., Any], solve: Callable[..., Any] = c
 
             def rebuild_theta(tensors):
                 out = list(theta_flat)
-                for i, t in zip(where, tensors):
+                for i, t in zip(where, tensors, strict=False):
                     out[i] = t
                 return optree.tree_unflatten(theta_spec, out)
 

@@ -11,7 +11,8 @@ Everything here is a thin layer over the pure core and :mod:`torch.func`:
   optimizer state; ``first_order`` and ``truncate`` bound its cost;
 * :func:`train_many` trains ``N`` independent copies at once with ``N`` different
   hyperparameters (a sweep, an ensemble) in one :func:`torch.func.vmap` call;
-* :func:`stack`, :func:`unstack` and :func:`broadcast` move between ``N`` trees and one batched tree.
+* :func:`stack`, :func:`unstack` and :func:`broadcast` move between ``N`` trees and one batched
+  tree.
 
 Nothing in the core imports this module.
 """
@@ -73,7 +74,7 @@ def params_of(module: torch.nn.Module, *, buffers: bool = False, detach: bool = 
 
 
 def buffers_of(module: torch.nn.Module, *, detach: bool = True) -> dict[str, torch.Tensor]:
-    """The module's buffers as a dict ``{qualified name: tensor}`` (copies unless ``detach=False``)."""
+    """The module's buffers as a dict ``{name: tensor}`` (copies unless ``detach=False``)."""
     return {name: (b.detach().clone() if detach else b) for name, b in module.named_buffers()}
 
 
@@ -127,7 +128,7 @@ def stack(trees: Sequence[Any]) -> Any:
         raise ValueError("stack: need at least one tree")
     spec = _tree.structure(trees[0])
     flats = [_tree.flatten_like(t, spec, f"tree {i}", "tree 0") for i, t in enumerate(trees)]
-    out = [None if xs[0] is None else torch.stack(list(xs)) for xs in zip(*flats)]
+    out = [None if xs[0] is None else torch.stack(list(xs)) for xs in zip(*flats, strict=False)]
     return optree.tree_unflatten(spec, out)
 
 
@@ -276,10 +277,13 @@ def train_many(loss_fn: Callable[..., torch.Tensor], tx: Transform, params: Any,
     separate :func:`unroll` runs, as one :func:`torch.func.vmap` over them.
 
     Args:
-        loss_fn, tx, steps, batches: as for :func:`unroll` (batches are shared by all members).
+        loss_fn: as for :func:`unroll`.
+        tx: as for :func:`unroll`.
         params: the initial parameters; shared by all members unless ``params_batched`` (then
             every leaf has the leading dimension ``N``: an ensemble with different inits).
         hparams: see above.
+        steps: as for :func:`unroll`.
+        batches: as for :func:`unroll`; shared by all members.
         params_batched: whether ``params`` carries the member dimension.
         randomness: passed to :func:`torch.func.vmap` (``"different"`` for dropout per member).
         **unroll_kwargs: ``first_order``, ``truncate``.

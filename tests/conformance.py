@@ -30,6 +30,15 @@ class Case:
             ``value`` for reduce-on-plateau); ``make`` then returns the transform with them bound.
         float64_scalars: the state may hold 0-d float64 bookkeeping scalars (a best loss, an
             injected hparam's value) whatever the parameters' dtype.
+        shape: maps each sample leaf's shape to one the transform accepts (params and grads
+            alike; e.g. :func:`_as_matrix` for Muon's 2-D-only blocks). ``None``: as sampled.
+        grads: maps each (dense) gradient leaf the suite makes to the kind the transform takes
+            (e.g. a sparse COO tensor for SparseAdam). ``None``: as made.
+        excluded: ``(test function name, reason)`` pairs: checks of ``test_conformance.py``
+            that do not hold for this transform, each with the documented reason. They are
+            reported as skipped with that reason (never silently), and
+            ``test_algorithms_special.py`` checks that every name is a real test and every
+            reason is given.
     """
 
     name: str
@@ -37,6 +46,27 @@ class Case:
     complex: bool = True
     extra: Callable[[Any], dict] | None = None
     float64_scalars: bool = False
+    shape: Callable[[tuple], tuple] | None = None
+    grads: Callable[[torch.Tensor], torch.Tensor] | None = None
+    excluded: tuple[tuple[str, str], ...] = ()
+
+    def exclusion(self, test_name: str) -> str | None:
+        """The documented reason ``test_name`` is excluded for this case, or ``None``."""
+        return dict(self.excluded).get(test_name)
+
+    def params_tree(self, seed: int, dtype=torch.float64, device="cpu", batch: tuple = ()):
+        """A sample parameter tree this transform accepts (see ``shape``)."""
+        return random_tree(seed, dtype, device, batch, shape=self.shape)
+
+    def grads_tree(self, seed: int, dtype=torch.float64, device="cpu", batch: tuple = ()):
+        """A sample gradient tree this transform accepts (see ``shape`` and ``grads``)."""
+        return self.adapt_grads(random_tree(seed, dtype, device, batch, shape=self.shape))
+
+    def adapt_grads(self, tree: Any) -> Any:
+        if self.grads is None:
+            return tree
+        return optree.tree_map(lambda g: None if g is None else self.grads(g), tree,
+                               none_is_leaf=True)
 
     def __post_init__(self):
         if self.extra is not None:
@@ -118,10 +148,12 @@ def sample_tree(make: Callable[[tuple], torch.Tensor]) -> Any:
     }
 
 
-def random_tree(seed: int, dtype=torch.float64, device="cpu", batch: tuple = ()) -> Any:
+def random_tree(seed: int, dtype=torch.float64, device="cpu", batch: tuple = (),
+                shape: Callable[[tuple], tuple] | None = None) -> Any:
     gen = torch.Generator().manual_seed(seed)
 
-    def make(shape):
+    def make(shape_):
+        shape = shape_ if shape_fn is None else shape_fn(shape_)
         if torch.device(device).type != "cpu":  # fake device tensors: values do not matter
             return torch.randn((*batch, *shape), dtype=dtype, device=device)
         x = torch.randn((*batch, *shape), generator=gen, dtype=torch.float64)
@@ -129,6 +161,7 @@ def random_tree(seed: int, dtype=torch.float64, device="cpu", batch: tuple = ())
             x = torch.complex(x, torch.randn((*batch, *shape), generator=gen, dtype=torch.float64))
         return x.to(dtype=dtype, device=device)
 
+    shape_fn = shape
     return sample_tree(make)
 
 
@@ -198,7 +231,7 @@ def _by_ndim(params):
 
 
 # regexes that match a name in each tree the suite uses (the sample tree and {"a", "frozen", "b"})
-_RULES = [(r"^(a|linear\.bias)$", "no_decay"), ([r"^blocks\.1", r"^frozen$"], "frozen")]
+_RULES = [(r"^(a|linear\.bias)$", "no_decay"), ([r"^(blocks\.1|frozen$)"], "frozen")]
 
 
 def _partition_rules():
@@ -263,4 +296,148 @@ CASES += [
                                                       fo.scale_by_adam(),
                                                       fo.add_decayed_weights(0.01),
                                                       fo.scale_by_learning_rate(0.1)))),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The classic adaptive blocks and their aliases (transforms/adaptive.py; Adagrad ... ASGD).
+
+
+def _radam_rectified():
+    """scale_by_radam with the step count started at 10, so that the rectified branch runs."""
+    tx = fo.scale_by_radam(betas=(0.9, 0.99))
+
+    def init(params):
+        state = tx.init(params)
+        return state._replace(step=fo.tree.map(lambda s: s + 10, state.step))
+
+    return fo.Transform(init, tx.update, tx.hparams)
+
+
+_F64 = torch.float64
+
+CASES += [
+    Case("scale_by_rss", fo.scale_by_rss),
+    Case("scale_by_rss_decay_init",
+         lambda: fo.scale_by_rss(lr_decay=0.01, initial_accumulator_value=0.1, eps=1e-8)),
+    Case("scale_by_adadelta", fo.scale_by_adadelta),
+    Case("scale_by_adamax", fo.scale_by_adamax),
+    Case("scale_by_nadam", lambda: fo.scale_by_nadam(scalar_state_dtype=_F64),
+         float64_scalars=True),
+    Case("scale_by_radam", fo.scale_by_radam),
+    Case("scale_by_radam_rectified", _radam_rectified),
+    Case("scale_by_rprop", fo.scale_by_rprop),
+    Case("scale_by_asgd", lambda: fo.scale_by_asgd(lr=0.05, lambd=0.01, t0=0.5,
+                                                   scalar_state_dtype=_F64),
+         float64_scalars=True),
+    Case("adagrad", lambda: fo.adagrad(lr=0.1, lr_decay=0.01, weight_decay=0.1,
+                                       initial_accumulator_value=0.1, maximize=True)),
+    Case("adadelta", lambda: fo.adadelta(weight_decay=0.1)),
+    Case("adamax", lambda: fo.adamax(lr=0.01, weight_decay=0.1, maximize=True)),
+    Case("nadam", lambda: fo.nadam(lr=0.01, weight_decay=0.1, scalar_state_dtype=_F64),
+         float64_scalars=True),
+    Case("nadam_decoupled", lambda: fo.nadam(lr=0.01, weight_decay=0.1,
+                                             decoupled_weight_decay=True, maximize=True,
+                                             scalar_state_dtype=_F64), float64_scalars=True),
+    Case("radam", lambda: fo.radam(lr=0.01, weight_decay=0.1)),
+    Case("radam_decoupled", lambda: fo.radam(lr=0.01, weight_decay=0.1,
+                                             decoupled_weight_decay=True, maximize=True)),
+    Case("rmsprop", lambda: fo.rmsprop(lr=0.01)),
+    Case("rmsprop_centered_momentum", lambda: fo.rmsprop(lr=0.01, momentum=0.9, centered=True,
+                                                         weight_decay=0.1, maximize=True)),
+    Case("rprop", lambda: fo.rprop(lr=0.01, maximize=True)),
+    Case("asgd", lambda: fo.asgd(lr=0.05, lambd=0.01, t0=0.5, weight_decay=0.1,
+                                 scalar_state_dtype=_F64), float64_scalars=True),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Adafactor, Muon, SparseAdam, L-BFGS (transforms/factored.py, orthogonal.py, sparse.py,
+# lbfgs.py).
+
+
+def _as_matrix(shape: tuple) -> tuple:
+    """Muon's blocks take 2-D leaves only: a vector becomes a column, a scalar a 1x1 matrix."""
+    if len(shape) == 2:
+        return shape
+    n = 1
+    for s in shape:
+        n *= s
+    return (max(n, 1), 1)
+
+
+def _at_least_1d(shape: tuple) -> tuple:
+    return shape or (1,)
+
+
+def _sparse_rows(g: torch.Tensor) -> torch.Tensor:
+    """A sparse COO gradient (as ``nn.Embedding(sparse=True)`` makes) with the leaf's values."""
+    return g.to_sparse(1)
+
+
+_SPARSE_EXCLUDED = tuple((test, reason) for test, reason in [
+    ("test_grad_matches_finite_differences",
+     "sparse COO gradients have no torch.func.grad support, and coalesce() is not "
+     "differentiable"),
+    ("test_vmap_equals_loop", "torch.func.vmap has no batching rules for sparse COO tensors"),
+    ("test_compile_fullgraph_no_recompile",
+     "torch.compile does not trace sparse COO tensors (coalesce has data-dependent sizes)"),
+    ("test_capturable_fake_cuda_trace",
+     "coalesce() sorts and deduplicates indices: data-dependent output sizes, not capturable"),
+    ("test_trace_once_replay_with_new_hparams",
+     "make_fx cannot trace sparse COO inputs"),
+])
+
+# L-BFGS's stopping tests, curvature test and line search are Python decisions on values
+_LBFGS_HOST = ("L-BFGS decides on values in Python (stopping tests, the curvature test "
+               "y's > 1e-10, the line search), as torch.optim.LBFGS: it syncs with the host")
+_LBFGS_EXCLUDED = (
+    ("test_grad_matches_finite_differences",
+     _LBFGS_HOST + "; step lengths and history indices become Python numbers, which "
+     "torch.func.grad cannot trace"),
+    ("test_vmap_equals_loop", _LBFGS_HOST + "; vmap cannot branch per member"),
+    ("test_compile_fullgraph_no_recompile", _LBFGS_HOST + "; fullgraph=True forbids graph "
+     "breaks"),
+    ("test_capturable_fake_cuda_trace", _LBFGS_HOST + "; not CUDA-graph capturable"),
+    ("test_trace_once_replay_with_new_hparams", _LBFGS_HOST + "; a trace bakes the branches"),
+    ("test_complex", "complex leaves are supported as real pairs (as torch), so the flat state "
+     "vectors are real, not complex; complex parameters are checked against torch in "
+     "test_algorithms_special.py"),
+)
+
+
+def _lbfgs_extra(grads):
+    """A loss value and a ``value_fn`` (a quadratic's value and gradient) for line searches."""
+    def value_fn(params):
+        value = sum(((p.abs() ** 2).sum().to(torch.float64) for p in
+                     optree.tree_leaves(params) if p is not None),
+                    torch.zeros((), dtype=torch.float64))
+        return value, params
+
+    return {**_loss_like(grads), "value_fn": value_fn}
+
+
+CASES += [
+    Case("scale_by_factored_rms",
+         lambda: fo.scale_by_factored_rms(lr=0.05, weight_decay=0.1), complex=False),
+    Case("adafactor", lambda: fo.adafactor(lr=0.05, eps=(1e-30, 1e-3), d=1.5, maximize=True),
+         complex=False),
+    Case("scale_by_newton_schulz", lambda: fo.scale_by_newton_schulz(ns_dtype=None),
+         complex=False, shape=_as_matrix),
+    Case("scale_by_muon", lambda: fo.scale_by_muon(ns_dtype=None, adjust_lr_fn="match_rms_adamw"),
+         complex=False, shape=_as_matrix),
+    Case("muon", lambda: fo.muon(lr=0.02, nesterov=False, ns_dtype=None), complex=False,
+         shape=_as_matrix),
+    Case("muon_bfloat16", lambda: fo.muon(lr=0.02), complex=False, shape=_as_matrix,
+         excluded=(("test_grad_matches_finite_differences",
+                    "the Newton-Schulz iteration runs in bfloat16 (torch.optim.Muon's "
+                    "precision): float64 finite differences see bfloat16 rounding; the "
+                    "ns_dtype=None cases check the gradients"),)),
+    Case("sparse_adam", lambda: fo.sparse_adam(lr=0.01, maximize=True), complex=False,
+         shape=_at_least_1d, grads=_sparse_rows, excluded=_SPARSE_EXCLUDED),
+    Case("lbfgs", lambda: fo.lbfgs(lr=0.1, max_iter=1, history_size=3), float64_scalars=True,
+         excluded=_LBFGS_EXCLUDED),
+    Case("lbfgs_strong_wolfe",
+         lambda: fo.lbfgs(max_iter=3, history_size=2, line_search_fn="strong_wolfe"),
+         extra=_lbfgs_extra, float64_scalars=True, excluded=_LBFGS_EXCLUDED),
 ]

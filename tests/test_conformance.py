@@ -13,9 +13,18 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 import functional_optim as fo
-from conformance import CASES, float_state, random_tree, tensor_hparams
+from conformance import CASES, float_state, tensor_hparams
 
 pytestmark = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+
+
+@pytest.fixture(autouse=True)
+def _documented_exclusions(request):
+    """A check a case registers in ``Case.excluded`` is reported skipped, with its reason."""
+    case = request.node.callspec.params.get("case")
+    reason = case.exclusion(request.node.originalname) if case is not None else None
+    if reason:
+        pytest.skip(f"excluded for {case.name} (Case.excluded): {reason}")
 
 SYNC_OPS = {
     "aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.is_nonzero", "aten.equal",
@@ -43,11 +52,11 @@ def assert_trees_close(a, b, rtol=1e-12, atol=1e-12):
 def setup(case, seed=0, dtype=torch.float64, device="cpu", steps=1):
     """Transform, params, grads and a state after ``steps`` updates."""
     tx = case.make()
-    params = random_tree(seed, dtype, device)
-    grads = random_tree(seed + 1, dtype, device)
+    params = case.params_tree(seed, dtype, device)
+    grads = case.grads_tree(seed + 1, dtype, device)
     state = tx.init(params)
     for i in range(steps):
-        _, state = tx.update(random_tree(seed + 10 + i, dtype, device), state, params)
+        _, state = tx.update(case.grads_tree(seed + 10 + i, dtype, device), state, params)
     return tx, params, grads, state
 
 
@@ -61,7 +70,7 @@ def test_pure(case):
         out, new_state = tx.update(grads, state, params, rebuild(hp))
     assert [t._version for t in tensors(everything)] == versions
     for before, now in zip(values, tensors(everything)):
-        assert torch.equal(before, now)
+        assert _equal(before, now)
     assert optree.tree_structure(new_state, none_is_leaf=True) == optree.tree_structure(
         state, none_is_leaf=True)
     assert optree.tree_structure(out, none_is_leaf=True) == optree.tree_structure(
@@ -128,7 +137,7 @@ def test_grad_matches_finite_differences(case, zero):
 def test_vmap_equals_loop(case):
     members = 3
     tx = case.make()
-    params = random_tree(0, batch=(members,))
+    params = case.params_tree(0, batch=(members,))
     hp, rebuild = tensor_hparams(tx.hparams)
     factors = torch.tensor([1.0, 0.9, 0.95], dtype=torch.float64)
     hp_b = [h * factors for h in hp]
@@ -143,7 +152,7 @@ def test_vmap_equals_loop(case):
             state_b = torch.func.vmap(tx.init)(params)
             outs_b = []
             for step in range(2):
-                grads = random_tree(10 + step, batch=(members,))
+                grads = case.grads_tree(10 + step, batch=(members,))
                 out, state_b = torch.func.vmap(update)(grads, state_b, params, hp_b)
                 outs_b.append((out, state_b))
     finally:
@@ -157,7 +166,7 @@ def test_vmap_equals_loop(case):
         p = pick(params)
         state = tx.init(p)
         for step in range(2):
-            grads = pick(random_tree(10 + step, batch=(members,)))
+            grads = pick(case.grads_tree(10 + step, batch=(members,)))
             out, state = update(grads, state, p, [h[m] for h in hp_b])
             assert_trees_close(out, pick(outs_b[step][0]))
             assert_trees_close(state, pick(outs_b[step][1]))
@@ -185,6 +194,22 @@ def test_compile_fullgraph_no_recompile(case):
     assert counter.frame_count == first, "changing a tensor hyperparameter recompiled"
 
 
+def _dense(x):
+    return x.to_dense() if x.is_sparse else x
+
+
+def _equal(a, b):
+    """``torch.equal`` for sparse COO tensors too (compared densely); NaN equals NaN (a "none
+    yet" marker in a state)."""
+    if a.is_sparse != b.is_sparse:
+        return False
+    a, b = _dense(a), _dense(b)
+    if torch.equal(a, b):
+        return True
+    return (a.dtype == b.dtype and a.shape == b.shape and (a.is_floating_point() or a.is_complex())
+            and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+
+
 def _sync_ops(graph):
     return sorted({str(n.target).rsplit(".", 1)[0] for n in graph.nodes
                    if n.op == "call_function"} & SYNC_OPS)
@@ -194,8 +219,8 @@ def test_capturable_fake_cuda_trace(case):
     """No host sync and no CPU tensor in a symbolic trace on fake CUDA tensors."""
     tx = case.make()
     with FakeTensorMode(shape_env=ShapeEnv()):
-        params = random_tree(0, device="cuda")
-        grads = random_tree(1, device="cuda")
+        params = case.params_tree(0, device="cuda")
+        grads = case.grads_tree(1, device="cuda")
         hp, rebuild = tensor_hparams(tx.hparams, device="cuda")
         state = tx.init(params)
 
@@ -238,7 +263,7 @@ def test_dtype_kept(case, dtype):
     out, new_state = tx.update(grads, state, params)
     for g, u in zip(tensors(grads), tensors(out)):
         assert u.dtype == dtype and u.shape == g.shape
-        assert torch.isfinite(u.float()).all()
+        assert torch.isfinite(_dense(u).float()).all()
     for leaf in float_state(new_state)[0]:
         if case.float64_scalars and leaf.ndim == 0 and leaf.dtype == torch.float64:
             continue  # bookkeeping scalars (a best loss, an injected hparam)
@@ -266,12 +291,14 @@ def test_complex(case):
 def test_none_leaves(case):
     """A None parameter and a missing gradient pass through as None, keeping their state."""
     tx = case.make()
-    params = {"a": torch.randn(3, dtype=torch.float64), "frozen": None,
-              "b": torch.randn(2, 2, dtype=torch.float64)}
+    shape = case.shape or (lambda s: s)
+    params = {"a": torch.randn(shape((3,)), dtype=torch.float64), "frozen": None,
+              "b": torch.randn(shape((2, 2)), dtype=torch.float64)}
     state = tx.init(params)
-    grads = {"a": torch.randn(3, dtype=torch.float64), "frozen": None, "b": None}
+    grads = case.adapt_grads({"a": torch.randn(shape((3,)), dtype=torch.float64),
+                              "frozen": None, "b": None})
     out, new_state = tx.update(grads, state, params)
-    assert out["frozen"] is None and out["b"] is None and out["a"].shape == (3,)
+    assert out["frozen"] is None and out["b"] is None and out["a"].shape == grads["a"].shape
     # b's state is untouched: same tensors as before the update
     old, new = optree.tree_leaves(state, none_is_leaf=True), optree.tree_leaves(
         new_state, none_is_leaf=True)
@@ -296,23 +323,24 @@ def test_multi_tensor_path_matches_per_leaf(case, dtype):
         return
     tx = case.make()
     if dtype == "mixed":  # several (dtype) groups in one tree
-        params = random_tree(0)
+        params = case.params_tree(0)
         params["linear"] = {k: v.float() for k, v in params["linear"].items()}
-        grads = random_tree(1)
+        grads = case.params_tree(1)
         grads["linear"] = {k: v.float() for k, v in grads["linear"].items()}
     else:
-        params, grads = random_tree(0, dtype), random_tree(1, dtype)
+        params, grads = case.params_tree(0, dtype), case.params_tree(1, dtype)
+    grads = case.adapt_grads(grads)
     results = []
     for multi in (False, True):
         state = tx.init(params)
         with torch.no_grad(), fo._execute.multi_tensor(multi):
             for step in range(3):
-                out, state = tx.update(grads if step != 1 else params_like(params), state,
-                                       params)
+                batch = grads if step != 1 else case.adapt_grads(params_like(params))
+                out, state = tx.update(batch, state, params)
         results.append((out, state))
     for a, b in zip(tensors(results[0]), tensors(results[1])):
         assert a.dtype == b.dtype and a.shape == b.shape
-        assert torch.equal(a, b), (a - b).abs().max()
+        assert _equal(a, b), (a - b).abs().max()
 
 
 def params_like(params):

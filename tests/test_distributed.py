@@ -16,6 +16,14 @@ steps, a checkpoint after ``RESUME_AT`` steps. Optimizers (``VARIANTS``): functi
 ``FunctionalOptimizer`` (nested state) running ``fo.adamw`` or a chain with
 ``clip_by_global_norm``, each beside its torch.optim counterpart.
 
+ZeroRedundancyOptimizer forwards its extra keyword arguments both to the local optimizer and into
+its own ``param_groups`` (and so into checkpoints), so the generic adapter is passed with its
+transform bound: ``optimizer_class=functools.partial(FunctionalOptimizer, transform=tx)``
+(``transform=tx`` as a ZeRO keyword would put ``tx`` in every param group: a closure then fails to
+pickle in ``consolidate_state_dict``). A cross-parameter transform such as
+``clip_by_global_norm`` inside ZeRO's local optimizer sees only that rank's partition, so the
+clipping chain is not run under ZeRO (clip with ``torch.nn.utils.clip_grad_norm_`` there).
+
 Tolerance: float64 parameters agree with torch's to ``max|a-b| <= RTOL * max|b|``.
 """
 
@@ -63,7 +71,7 @@ _ADAMW = dict(lr=1e-2, weight_decay=0.1)
 _ADAM = dict(lr=1e-2, weight_decay=0.05, amsgrad=True)
 _SGD = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
 
-# name -> {impl: (optimizer class or factory, kwargs)}, and the gradient clip torch's side applies
+# name -> {"ours"/"torch": (optimizer class or factory, kwargs)}
 VARIANTS = {
     "AdamW": {"ours": (AdamW, _ADAMW), "torch": (torch.optim.AdamW, _ADAMW)},
     "Adam(amsgrad)": {"ours": (Adam, _ADAM), "torch": (torch.optim.Adam, _ADAM)},
@@ -78,6 +86,7 @@ VARIANTS = {
         "torch": (torch.optim.Adam, dict(lr=1e-2)),
     },
 }
+# torch's side of a variant clips with torch.nn.utils.clip_grad_norm_ before step()
 TORCH_CLIP = {"FunctionalOptimizer(clip+adam)": CLIP}
 
 
@@ -169,13 +178,20 @@ def worker_zero(outdir: Path) -> dict:
 
     rank = _init(WORLD)
 
-    def zero(variant, impl, model):
+    def zero(variant, impl, model, **options):
         cls, kwargs = VARIANTS[variant][impl]
-        return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **kwargs)
+        return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **options,
+                                       **kwargs)
 
     out = {}
+    for variant in ("AdamW", "FunctionalOptimizer(adamw)"):  # parameters as bucket views
+        for impl in ("ours", "torch"):
+            model = DDP(build_model())
+            opt = zero(variant, impl, model, parameters_as_bucket_view=True)
+            train(model, opt, range(STEPS), variant, impl, [rank])
+            out[variant, impl, "bucket view"] = {"final": full_params(model.module)}
     for variant in VARIANTS:
-        if variant in TORCH_CLIP:  # a global norm inside ZeRO's local optimizer sees one shard
+        if variant in TORCH_CLIP:  # a global norm in ZeRO's local optimizer sees one partition
             continue
         for impl in ("ours", "torch"):
             model = DDP(build_model())
@@ -221,7 +237,7 @@ def _shard(model: nn.Module, mesh) -> nn.Module:
     return fully_shard(model, mesh=mesh)
 
 
-def _resume_dcp(variant, impl, model, ckpt, ranks) -> dict:
+def _resume_dcp(variant, impl, model, ckpt, ranks, options=None) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
@@ -231,10 +247,11 @@ def _resume_dcp(variant, impl, model, ckpt, ranks) -> dict:
     )
 
     opt = make_optimizer(variant, impl, model.parameters())
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    state = {"model": get_model_state_dict(model),
+             "optim": get_optimizer_state_dict(model, opt, options=options)}
     dcp.load(state, checkpoint_id=ckpt)
     set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, opt, state["optim"])
+    set_optimizer_state_dict(model, opt, state["optim"], options=options)
     train(model, opt, range(RESUME_AT, STEPS), variant, impl, ranks)
     return {"final": full_params(model)}
 
@@ -251,6 +268,7 @@ def worker_fsdp(outdir: Path) -> dict:
 
     rank = _init(WORLD)
     mesh = init_device_mesh("cpu", (WORLD,))
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)  # torchtitan's format
     out = {}
     for variant in VARIANTS:
         for impl in ("ours", "torch"):
@@ -261,8 +279,13 @@ def worker_fsdp(outdir: Path) -> dict:
             kinds = sorted({type(v).__name__ for v in _tensor_leaves(osd["state"])})
             ckpt = str(outdir / f"dcp-{variant}-{impl}")
             dcp.save({"model": get_model_state_dict(model), "optim": osd}, checkpoint_id=ckpt)
-            full_osd = get_optimizer_state_dict(
+            dcp.save({"model": get_model_state_dict(model),
+                      "optim": get_optimizer_state_dict(model, opt, options=flat)},
+                     checkpoint_id=ckpt + "-flat")
+            full_osd = get_optimizer_state_dict(  # a snapshot: torch's "step" is updated in place
                 model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            full_osd = fo.tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x,
+                                   full_osd)
             norms += train(model, opt, range(RESUME_AT, STEPS), variant, impl, [rank])
             out[variant, impl] = {"final": full_params(model), "norms": norms,
                                   "state_kinds": kinds, "full_state": full_osd,
@@ -270,7 +293,7 @@ def worker_fsdp(outdir: Path) -> dict:
                                                         for p in model.parameters()),
                                   "checkpoint": ckpt}
             out[variant, impl, "resumed on 2 ranks"] = _resume_dcp(
-                variant, impl, _shard(build_model(seed=1), mesh), ckpt, [rank])
+                variant, impl, _shard(build_model(seed=1), mesh), ckpt + "-flat", [rank], flat)
     return out
 
 
@@ -282,12 +305,13 @@ def worker_reshard(outdir: Path) -> dict:
     mesh = init_device_mesh("cpu", (1,))
     out = {}
     for variant in VARIANTS:
-        for impl in ("ours", "torch"):
-            ckpt = str(outdir / f"dcp-{variant}-{impl}")
-            out[variant, impl, "resumed on 1 rank (FSDP2)"] = _resume_dcp(
+        for impl, source in _resumes(variant):
+            ckpt = str(outdir / f"dcp-{variant}-{source}")
+            out[variant, impl, f"resumed from {source}'s on 1 rank (FSDP2)"] = _resume_dcp(
                 variant, impl, _shard(build_model(seed=2), mesh), ckpt, range(WORLD))
-            out[variant, impl, "resumed on 1 rank (unsharded)"] = _resume_dcp(
-                variant, impl, build_model(seed=3), ckpt, range(WORLD))
+            if impl == source:
+                out[variant, impl, "resumed on 1 rank (unsharded)"] = _resume_dcp(
+                    variant, impl, build_model(seed=3), ckpt, range(WORLD))
     return out
 
 
@@ -329,6 +353,22 @@ def worker_norm(outdir: Path) -> dict:
     clipped = fo.tree.map(_full, clipped)
     out["mixed tree"] = {"norm": norm, "comm": _counts(comm), "full": full,
                          "clipped": clipped, "type": type(norm).__name__}
+
+    # a whole optimizer step on FSDP2 parameters: elementwise math is local (no collective);
+    # a chain with clip_by_global_norm costs one all-reduce per step. Both execution paths.
+    for variant in ("AdamW", "FunctionalOptimizer(clip+adam)"):
+        for foreach in (False, True):
+            model = _shard(build_model(), mesh)
+            cls, kwargs = VARIANTS[variant]["ours"]
+            opt = cls(model.parameters(), foreach=foreach, **kwargs)
+            comms = []
+            for step in range(2):
+                loss_on(model, [batch(step, rank)]).backward()
+                with CommDebugMode() as comm:
+                    opt.step()
+                comms.append(_counts(comm))
+                opt.zero_grad()
+            out["step", variant, foreach] = {"comm": comms, "final": full_params(model)}
     return out
 
 
@@ -371,8 +411,28 @@ def _free_port() -> int:
 def launch(scenario: str, outdir: Path, world: int = WORLD) -> list[dict]:
     """Run ``scenario`` on ``world`` fresh processes; return each rank's results.
 
-    Fails (never hangs) when a rank fails, with every rank's output in the message.
+    Fails (never hangs) when a rank fails, with every rank's output in the message. A launch
+    whose free port was taken in the meantime is retried once on another port.
     """
+    for _attempt in (1, 2):
+        codes, logs, timed_out = _run_ranks(scenario, outdir, world)
+        texts = [log.read_text() for log in logs]
+        port_taken = any("address already in use" in t.lower() or "EADDRINUSE" in t
+                         for t in texts)
+        if codes == [0] * world or not port_taken:
+            break
+    if codes != [0] * world:
+        tails = "\n".join(f"--- rank {r} (exit {c}) ---\n{texts[r][-4000:]}"
+                          for r, c in enumerate(codes))
+        pytest.fail(f"distributed scenario {scenario!r} failed"
+                    f"{f' (killed after {TIMEOUT_S} s)' if timed_out else ''}:\n{tails}",
+                    pytrace=False)
+    return [torch.load(outdir / f"{scenario}.rank{r}.pt", weights_only=False)
+            for r in range(world)]
+
+
+def _run_ranks(scenario: str, outdir: Path, world: int) -> tuple[list, list[Path], bool]:
+    """Start the ranks; stop them all at the first failure or at the deadline."""
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
@@ -381,7 +441,9 @@ def launch(scenario: str, outdir: Path, world: int = WORLD) -> list[dict]:
     if sys.platform.startswith("linux") and Path("/sys/class/net/lo").exists():
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     logs = [outdir / f"{scenario}.rank{r}.log" for r in range(world)]
-    procs = []
+    procs: list[subprocess.Popen] = []
+    deadline = time.monotonic() + TIMEOUT_S
+    timed_out = False
     try:
         for r in range(world):
             with open(logs[r], "w") as log:
@@ -389,9 +451,11 @@ def launch(scenario: str, outdir: Path, world: int = WORLD) -> list[dict]:
                     [sys.executable, __file__, scenario, str(outdir)],
                     env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                     stdout=log, stderr=subprocess.STDOUT, cwd=root))
-        deadline = time.monotonic() + TIMEOUT_S
         while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
                 break
             time.sleep(0.05)
     finally:
@@ -399,16 +463,7 @@ def launch(scenario: str, outdir: Path, world: int = WORLD) -> list[dict]:
             if p.poll() is None:
                 p.kill()
             p.wait()
-    codes = [p.returncode for p in procs]
-    if codes != [0] * world:
-        tails = "\n".join(f"--- rank {r} (exit {c}) ---\n{logs[r].read_text()[-4000:]}"
-                          for r, c in enumerate(codes))
-        timed_out = time.monotonic() > deadline
-        pytest.fail(f"distributed scenario {scenario!r} failed"
-                    f"{f' (killed after {TIMEOUT_S} s)' if timed_out else ''}:\n{tails}",
-                    pytrace=False)
-    return [torch.load(outdir / f"{scenario}.rank{r}.pt", weights_only=False)
-            for r in range(world)]
+    return [p.returncode for p in procs], logs, timed_out
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -491,6 +546,10 @@ def test_zero_redundancy_optimizer(tmp_path):
         ours, theirs = results[0][variant, "ours"], results[0][variant, "torch"]
         checks.close(f"ZeRO {variant}: ours vs torch", "vs torch", ours["final"],
                      theirs["final"])
+        if (variant, "ours", "bucket view") in results[0]:
+            checks.close(f"ZeRO {variant} bucket view: ours vs torch", "vs torch",
+                         results[0][variant, "ours", "bucket view"]["final"],
+                         results[0][variant, "torch", "bucket view"]["final"])
         for impl, source in _resumes(variant):
             resumed = results[0][variant, impl, "resumed from " + source]["final"]
             checks.close(f"ZeRO {variant}: {impl} resumed from {source}'s checkpoint",
@@ -514,17 +573,23 @@ def test_zero_redundancy_optimizer(tmp_path):
     checks.done()
 
 
-@pytest.fixture(scope="module")
-def fsdp_run(tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("fsdp")
-    return outdir, launch("fsdp", outdir)
+@pytest.mark.slow
+def test_fsdp2_dcp(tmp_path, references):
+    """FSDP2 parameters (DTensor) with get/set_optimizer_state_dict and DCP:
 
+    - on 2 ranks: the same trajectory as torch.optim under FSDP2 and as the unsharded run
+      (``clip_by_global_norm`` included); saved with ``dcp.save`` after ``RESUME_AT`` steps
+      (nested and ``flatten_optimizer_state_dict=True`` formats) and the flattened one loaded into
+      fresh models/optimizers, a run continues on the uninterrupted trajectory;
+      the torch-format classes' ``get_optimizer_state_dict`` equals torch's (keys and values);
+    - resharded onto 1 rank (FSDP2 on a 1-rank mesh, and an unsharded model): the 2-rank
+      (nested-format) checkpoints continue on the 2-rank trajectory, across ours and torch's in
+      both directions for the torch-format classes.
 
-def test_fsdp2_dcp_two_ranks(fsdp_run, references):
-    """FSDP2 parameters (DTensor) with get/set_optimizer_state_dict and DCP save/load on 2 ranks:
-    same trajectory as torch.optim under FSDP2 and as the unsharded run (clip_by_global_norm
-    included), and a resumed run continues on the uninterrupted trajectory."""
-    _, results = fsdp_run
+    One test, two launches (the 1-rank launch reads the 2-rank one's checkpoints), so that
+    pytest-xdist never runs the 2-rank launch twice.
+    """
+    results = launch("fsdp", tmp_path)
     checks = Checks()
     _check_same_on_ranks(checks, results)
     for variant in VARIANTS:
@@ -540,7 +605,7 @@ def test_fsdp2_dcp_two_ranks(fsdp_run, references):
                      {"norms": torch.tensor(ours["norms"])},
                      {"norms": torch.tensor(references[variant, "ours"]["norms"])})
         for impl in ("ours", "torch"):
-            checks.close(f"FSDP2 {variant}: {impl} resumed on 2 ranks", "resumed vs uninterrupted",
+            checks.close(f"FSDP2 {variant}: {impl} resumed on 2 ranks", "resumed on 2 ranks",
                          results[0][variant, impl, "resumed on 2 ranks"]["final"],
                          results[0][variant, impl]["final"])
     # torch-format classes: get_optimizer_state_dict gives torch's keys and values
@@ -554,24 +619,22 @@ def test_fsdp2_dcp_two_ranks(fsdp_run, references):
             checks.close(f"FSDP2 {variant} {name}: full optimizer state", "state vs torch",
                          {k: ours[name][k].double() for k in st},
                          {k: v.double() for k, v in st.items()})
-    checks.done()
 
-
-def test_fsdp2_dcp_reshard_to_one_rank(fsdp_run):
-    """The 2-rank DCP checkpoints load on 1 rank (FSDP2 on a 1-rank mesh, and an unsharded
-    model) and continue on the 2-rank uninterrupted trajectory."""
-    outdir, results = fsdp_run
-    (resharded,) = launch("reshard", outdir, world=1)
-    checks = Checks()
+    (resharded,) = launch("reshard", tmp_path, world=1)
     for (variant, impl, how), value in resharded.items():
-        checks.close(f"{variant} {impl} {how}", "resumed vs uninterrupted", value["final"],
+        checks.close(f"{variant} {impl} {how}", "resharded to 1 rank", value["final"],
                      results[0][variant, impl]["final"])
+    expected = sum(len(_resumes(v)) + 2 for v in VARIANTS)  # + 2: unsharded, from own
+    checks.true(len(resharded) == expected,
+                f"expected {expected} resharded runs, got {len(resharded)}")
     checks.done()
 
 
-def test_global_norm_dtensor(tmp_path, references):
+def test_global_norm_dtensor(tmp_path):
     """``fo.tree.global_norm`` of DTensor trees: the norm of the full tensors, one all-reduce
-    for a one-mesh tree (FSDP2 gradients); leaves on several meshes and plain tensors mix."""
+    for a one-mesh tree (FSDP2 gradients); leaves on several meshes and plain tensors mix.
+    A whole optimizer step on FSDP2 parameters is local (no collective) and a chain with
+    ``clip_by_global_norm`` costs one all-reduce, on the per-leaf and multi-tensor paths."""
     results = launch("norm", tmp_path)
     checks = Checks()
     for res in results:
@@ -585,6 +648,10 @@ def test_global_norm_dtensor(tmp_path, references):
         plain = {"a": full[0], "b": full[1], "c": full[2], "d": full[3], "e": full[4],
                  "f": [None, full[5]]}
         checks.true(mixed["type"] == "Tensor", f"mixed-tree norm is a {mixed['type']}")
+        n_reduce = mixed["comm"].get("c10d_functional.all_reduce", 0)
+        checks.true(set(mixed["comm"]) <= {"c10d_functional.all_reduce"} and 2 <= n_reduce <= 3,
+                    f"mixed-tree norm: collectives {mixed['comm']}, expected one all-reduce per "
+                    "mesh (DTensor reduces a 2-d mesh's dimensions one by one: at most 3)")
         checks.close("mixed-tree norm", "norm", {"n": mixed["norm"]},
                      {"n": fo.tree.global_norm(plain)})
         tx = fo.clip_by_global_norm(1.0)
@@ -592,6 +659,16 @@ def test_global_norm_dtensor(tmp_path, references):
         checks.close("mixed-tree clip_by_global_norm", "norm",
                      dict(fo.tree.named_leaves(mixed["clipped"])[i] for i in (0, 1, 2, 3, 4, 6)),
                      dict(fo.tree.named_leaves(expected)[i] for i in (0, 1, 2, 3, 4, 6)))
+        for variant, expected in (("AdamW", {}),
+                                  ("FunctionalOptimizer(clip+adam)",
+                                   {"c10d_functional.all_reduce": 1})):
+            per_leaf, multi = res["step", variant, False], res["step", variant, True]
+            for foreach, r in ((False, per_leaf), (True, multi)):
+                checks.true(r["comm"] == [expected] * 2,
+                            f"FSDP2 {variant} step (foreach={foreach}): collectives per step "
+                            f"{r['comm']}, expected {[expected] * 2}")
+            checks.close(f"FSDP2 {variant}: foreach=True vs foreach=False", "foreach vs per-leaf",
+                         multi["final"], per_leaf["final"])
     checks.done()
 
 

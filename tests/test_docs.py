@@ -13,14 +13,17 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Pages whose ```python blocks are executed, in order, in one namespace per page.
 # (Blocks fenced as ```text, ```bash, ... are not run.)
-EXECUTED_PAGES = ["README.md", "docs/index.md", "docs/getting-started.md"]
+EXECUTED_PAGES = ["README.md", "docs/index.md", "docs/getting-started.md",
+                  "docs/meta-learning.md"]
 # Objects that each API page must render (the ones the docs and the quickstart use).
 API_PAGES = {
     "core": ["Transform", "chain", "apply_updates", "apply_updates_"],
     "transforms": ["clip_by_global_norm", "scale_by_adam", "add_decayed_weights",
                    "scale_by_learning_rate"],
     "aliases": ["adamw"],
-    "schedules": ["warmup_cosine_decay"],
+    "schedules": ["warmup_cosine_decay", "one_cycle_lr", "get_schedule"],
+    "combinators": ["partition", "inject_hparams", "multi_steps", "reduce_on_plateau"],
+    "meta": ["unroll", "train_many", "params_of", "custom_root", "cg"],
 }
 
 

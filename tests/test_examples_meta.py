@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+# Each runs a fresh interpreter (torch + matplotlib import): ~5 s alone, far more on a busy box.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -41,8 +44,7 @@ def test_hyperparameter_sweep_short(tmp_path):
     assert_png(tmp_path / "hyperparameter_sweep.png")
 
 
-@pytest.mark.parametrize("opt", ["adam", "sgd"])
-def test_learned_learning_rate_short(tmp_path, opt):
-    out = run_example("learned_learning_rate.py", "--steps", 20, "--opt", opt, "--out", tmp_path)
-    assert "-HD" in out
+def test_learned_learning_rate_short(tmp_path):
+    out = run_example("learned_learning_rate.py", "--steps", 20, "--out", tmp_path)
+    assert "adam-HD" in out
     assert_png(tmp_path / "learned_learning_rate.png")

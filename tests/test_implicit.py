@@ -114,7 +114,7 @@ def test_non_symmetric_fixed_point_needs_normal_cg():
     expected = torch.linalg.solve((torch.eye(6, dtype=DT) - m).T, c)  # d(c·x*)/dθ
     for solve in (implicit.normal_cg, lambda mv, b, **kw: implicit.neumann(mv, b, maxiter=200)):
         f = implicit.custom_root(lambda x, th: x - (m @ x + th), solve=solve)(fixed_point)
-        g = grad(lambda th: c @ f(torch.zeros(6, dtype=DT), th))(theta)
+        g = grad(lambda th, f=f: c @ f(torch.zeros(6, dtype=DT), th))(theta)
         torch.testing.assert_close(g, expected, rtol=1e-9, atol=1e-12)
 
 

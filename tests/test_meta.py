@@ -63,7 +63,7 @@ def tensor_hparams(hparams, names):
 
     def rebuild(vals):
         out = hparams
-        for n, v in zip(names, vals):
+        for n, v in zip(names, vals, strict=False):
             out = put(out, n.split("."), v)
         return out
 
@@ -89,7 +89,7 @@ def test_meta_gradients_match_finite_differences(name):
 
     def objective(p0, state_floats, hp_values):
         leaves = list(floats)
-        for i, v in zip(where, state_floats):
+        for i, v in zip(where, state_floats, strict=False):
             leaves[i] = v
         state = optree.tree_unflatten(state_spec, leaves)
         out = meta.unroll(lambda p: mse(p, *data), tx, p0, state, rebuild(hp_values),
@@ -118,12 +118,13 @@ def test_meta_gradients_match_finite_differences(name):
     fd_p = central_difference(
         lambda t: objective(optree.tree_map(lambda x, d: x + t * d, params, d_p), s_floats, hp),
         torch.zeros((), dtype=DT), torch.ones((), dtype=DT))
-    ad_p = sum((g * d).sum() for g, d in zip(optree.tree_leaves(g_p), optree.tree_leaves(d_p)))
+    pairs = zip(optree.tree_leaves(g_p), optree.tree_leaves(d_p), strict=True)
+    ad_p = sum((g * d).sum() for g, d in pairs)
     torch.testing.assert_close(ad_p, fd_p, rtol=1e-6, atol=1e-10)
     fd_s = central_difference(
-        lambda t: objective(params, [x + t * d for x, d in zip(s_floats, d_s)], hp),
+        lambda t: objective(params, [x + t * d for x, d in zip(s_floats, d_s, strict=False)], hp),
         torch.zeros((), dtype=DT), torch.ones((), dtype=DT))
-    ad_s = sum((g * d).sum() for g, d in zip(g_s, d_s))
+    ad_s = sum((g * d).sum() for g, d in zip(g_s, d_s, strict=False))
     torch.testing.assert_close(ad_s, fd_s, rtol=1e-6, atol=1e-10)
 
 
@@ -170,7 +171,7 @@ def test_first_order_drops_the_hessian_term():
 
     g_first = grad(objective)(params, True)
     adapted = {k: v - alpha * g for (k, v), g in
-               zip(params.items(), grad(mse)(params, *data).values())}
+               zip(params.items(), grad(mse)(params, *data).values(), strict=False)}
     expected = grad(mse)(adapted, *val)  # FOMAML: the gradient at the adapted parameters
     for k in params:
         torch.testing.assert_close(g_first[k], expected[k], rtol=1e-12, atol=1e-14)

@@ -1,10 +1,16 @@
 """Drop-in ``torch.optim.Optimizer`` classes backed by functional transforms.
 
-``FunctionalOptimizer`` wraps any transform; ``SGD``, ``Adam`` and ``AdamW`` are drop-in
+``FunctionalOptimizer`` wraps any transform; ``SGD``, ``Adam``, ``AdamW``, ``Adagrad``,
+``Adadelta``, ``Adamax``, ``NAdam``, ``RAdam``, ``RMSprop``, ``Rprop`` and ``ASGD`` are drop-in
 replacements for torch.optim's classes (same constructor, numbers and ``state_dict`` format).
 """
 
 from .adapter import FunctionalOptimizer
 from .classes import SGD, Adam, AdamW
+from .classes import ASGD, Adadelta, Adagrad, Adamax, NAdam, RAdam, RMSprop, Rprop
 
-__all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax",
+           "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD"]
+from .classes import LBFGS, Adafactor, Muon, SparseAdam  # noqa: E402
+
+__all__ += ["Adafactor", "Muon", "SparseAdam", "LBFGS"]

@@ -8,6 +8,8 @@ transform itself is never put in a param group.
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any, Callable, Iterable
 
 import optree
@@ -98,45 +100,45 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     # -- torch.optim.Optimizer ---------------------------------------------------------------
 
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``; a group must not carry the transform itself."""
+        if "transform" in param_group:
+            raise TypeError(
+                f"{type(self).__name__}: a param group contains 'transform'. The transform is "
+                "never stored in param groups (they must pickle); with ZeroRedundancyOptimizer "
+                "pass optimizer_class=functools.partial(FunctionalOptimizer, transform=tx)."
+            )
+        super().add_param_group(param_group)
+
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_source"] = self._source
+        source = self._source
+        state["_source"] = _Source(source, type(self).__name__) if isinstance(
+            source, Transform) else source
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if "defaults" not in state:  # from load_state_dict (after its pre-hooks): check first,
+            self._check_loaded(state["param_groups"], state["state"])  # so a bad one changes nothing
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})
         self._cache = {}
 
-    def __deepcopy__(self, memo: dict) -> FunctionalOptimizer:
-        cls = type(self)
-        new = cls.__new__(cls)
-        memo[id(self)] = new
-        import copy
-
-        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
-                     "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
-                     "_optimizer_load_state_dict_pre_hooks",
-                     "_optimizer_load_state_dict_post_hooks"):
-            setattr(new, name, copy.deepcopy(getattr(self, name), memo))
-        return new
+    # deepcopy and pickle go through __getstate__/__setstate__: hooks are dropped, as torch's are
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's ``load_state_dict``, after checking every state tensor's shape against what this
-        optimizer's transform keeps for that parameter: a mismatch raises ``ValueError`` and leaves
-        the optimizer unchanged."""
-        groups, saved_groups = self.param_groups, state_dict.get("param_groups", [])
-        if len(groups) == len(saved_groups) and all(
-                len(g["params"]) == len(s["params"]) for g, s in zip(groups, saved_groups)):
-            saved_state = state_dict.get("state", {})
-            for group, saved in zip(groups, saved_groups):
-                merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
-                tx = self._transform_for(merged)
-                for index, (p, pid) in enumerate(zip(group["params"], saved["params"])):
-                    if pid in saved_state:
-                        self._check_saved(tx, merged, p, index, saved_state[pid])
+        """torch's ``load_state_dict``; after its pre-hooks ran, every state tensor's shape is
+        checked against what this optimizer's transform keeps for that parameter: a mismatch
+        raises ``ValueError`` and leaves the optimizer unchanged."""
         super().load_state_dict(state_dict)
+
+    def _check_loaded(self, groups: list, state: dict) -> None:
+        for current, group in zip(self.param_groups, groups):
+            group = {**current, **group}  # keys an older checkpoint lacks: the current values
+            tx = self._transform_for(group)
+            for index, p in enumerate(group["params"]):
+                if p in state:
+                    self._check_saved(tx, group, p, index, state[p])
 
     def _check_saved(self, tx: Transform, group: dict, p: torch.Tensor, index: int,
                      saved: dict) -> None:
@@ -206,7 +208,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 for p, u in pairs:
                     p.add_(u if u.dtype == p.dtype else u.to(p.dtype))
         for (path, owner), leaf in zip(plan, optree.tree_leaves(new_state)):
-            for p in (params if owner is None else (by_name[owner],)):
+            # shared leaves go to every parameter of the group (also those without a grad now),
+            # so that the next step reads the current value whichever parameter comes first
+            for p in (group["params"] if owner is None else (by_name[owner],)):
                 self._store_leaf(self.state[p], path, leaf, group)
 
     def _plan(self, tx: Transform, names: list, params: list) -> tuple:
@@ -221,3 +225,30 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 [(path, owner) for path, owner, _ in _layout.walk_state(template,
                                                                         frozenset(names))])
         return plan
+
+
+class _Source:
+    """A :class:`Transform` instance in ``__getstate__``: deepcopy passes it through, pickle
+    pickles it when its functions can be, else raises a clear error naming the remedy."""
+
+    def __init__(self, transform: Transform, owner: str):
+        self.transform, self.owner = transform, owner
+
+    def __deepcopy__(self, memo: dict) -> Transform:
+        return copy.deepcopy(self.transform, memo)
+
+    def __reduce__(self):
+        try:
+            pickle.dumps(self.transform)
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            raise pickle.PicklingError(
+                f"{self.owner}: cannot pickle an optimizer built from a Transform instance whose "
+                f"functions are closures ({e}); pass a factory instead, e.g. "
+                "FunctionalOptimizer(params, functools.partial(fo.adamw, lr=1e-3)) "
+                "(deepcopy works either way)"
+            ) from None
+        return _identity, (self.transform,)
+
+
+def _identity(x: Any) -> Any:
+    return x

@@ -13,6 +13,7 @@ Options with no separate meaning here are accepted and honoured as follows:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -36,9 +37,32 @@ class _TorchCompatible(FunctionalOptimizer):
     _STATE_NAMES: dict[tuple, str] = {}
 
     def __init__(self, params, defaults: dict):
+        if defaults.get("fused"):  # torch's checks, with torch's messages
+            if defaults.get("differentiable"):
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if defaults.get("foreach"):
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._source = None
         self._cache = {}
         torch.optim.Optimizer.__init__(self, params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # as torch's __setstate__: a key an older checkpoint lacks gets the class's default
+        # (the signature's, not this optimizer's), and a Python-number "step" becomes a tensor
+        signature = inspect.signature(type(self).__init__).parameters
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                if k not in group:
+                    default = signature[k].default if k in signature else v
+                    group[k] = v if default is inspect.Parameter.empty else default
+            on_device = group.get("capturable") or group.get("fused")
+            for p in group["params"]:
+                step = self.state[p].get("step") if p in self.state else None
+                if step is not None and not torch.is_tensor(step):
+                    self.state[p]["step"] = torch.tensor(
+                        float(step), dtype=_get_scalar_dtype(is_fused=group.get("fused")),
+                        device=p.device if on_device else None)
 
     def _static_key(self, group: dict) -> tuple:
         raise NotImplementedError
@@ -155,3 +179,577 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Adagrad, Adadelta, Adamax, NAdam, RAdam, RMSprop, Rprop, ASGD
+
+
+__all__ += ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD"]
+
+
+class _Classic(_TorchCompatible):
+    """torch's scalar state (``step``, ``mu_product``, ``eta``, ``mu``) made as torch makes it:
+    a 0-d tensor of torch's scalar dtype, on the CPU unless ``capturable`` (or always on the
+    parameter's device, for the ``_ON_DEVICE`` ones)."""
+
+    _BLOCK = ""
+    _SCALARS: tuple[str, ...] = ("step",)
+    _ON_DEVICE = False
+
+    def _hparams_for(self, tx, group):
+        return {k: tuple(group[k]) if isinstance(group[k], list) else group[k]
+                for k in self._HPARAMS}
+
+    def _fresh_leaf(self, p, path, value, group):
+        if len(path) == 2 and path[0] == self._BLOCK and path[1] in self._SCALARS:
+            on_device = self._ON_DEVICE or group.get("capturable") or group.get("fused")
+            initial = 0.0 if path[1] == "step" else float(value)
+            return torch.full((), initial, dtype=_get_scalar_dtype(is_fused=group.get("fused")),
+                              device=p.device if on_device else "cpu")
+        return value
+
+
+class Adagrad(_Classic):
+    """torch.optim.Adagrad, backed by :func:`functional_optim.adagrad`.
+
+    State: ``step``, ``sum`` (made at construction, as torch does). Sparse gradients are not
+    supported (a clear ``TypeError``).
+    """
+
+    _HPARAMS = ("lr", "lr_decay", "weight_decay", "eps")
+    _BLOCK = "rss"
+    _STATE_NAMES = {("rss", "step"): "step", ("rss", "sum"): "sum"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0,
+                 eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
+                 differentiable: bool = False, fused: bool | None = None):
+        aliases.adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps,
+                        maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, fused=fused))
+        value = float(initial_accumulator_value)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                state["step"] = self._fresh_leaf(p, ("rss", "step"), None, group)
+                state["sum"] = torch.full_like(
+                    p, complex(value, value) if p.is_complex() else value,
+                    memory_format=torch.preserve_format)
+
+    def _static_key(self, group):
+        return (group["maximize"], _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.adagrad(group["lr"], group["lr_decay"], group["weight_decay"],
+                               self.defaults["initial_accumulator_value"], group["eps"],
+                               maximize=group["maximize"])
+
+
+class Adadelta(_Classic):
+    """torch.optim.Adadelta, backed by :func:`functional_optim.adadelta`.
+
+    State: ``step``, ``square_avg``, ``acc_delta``.
+    """
+
+    _HPARAMS = ("lr", "rho", "eps", "weight_decay")
+    _BLOCK = "adadelta"
+    _STATE_NAMES = {("adadelta", "step"): "step", ("adadelta", "square_avg"): "square_avg",
+                    ("adadelta", "acc_delta"): "acc_delta"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1.0, rho: float = 0.9,
+                 eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
+                 capturable: bool = False, maximize: bool = False, differentiable: bool = False):
+        aliases.adadelta(lr, rho, eps, weight_decay, maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
+            capturable=capturable, foreach=foreach, differentiable=differentiable))
+
+    def _static_key(self, group):
+        return (group["maximize"], _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.adadelta(group["lr"], group["rho"], group["eps"], group["weight_decay"],
+                                maximize=group["maximize"])
+
+
+class Adamax(_Classic):
+    """torch.optim.Adamax, backed by :func:`functional_optim.adamax`.
+
+    State: ``step``, ``exp_avg``, ``exp_inf``.
+    """
+
+    _HPARAMS = ("lr", "betas", "eps", "weight_decay")
+    _BLOCK = "adamax"
+    _STATE_NAMES = {("adamax", "step"): "step", ("adamax", "exp_avg"): "exp_avg",
+                    ("adamax", "exp_inf"): "exp_inf"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False):
+        aliases.adamax(lr, betas, eps, weight_decay, maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, capturable=capturable))
+
+    def _static_key(self, group):
+        return (group["maximize"], _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.adamax(group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                              maximize=group["maximize"])
+
+
+class NAdam(_Classic):
+    """torch.optim.NAdam, backed by :func:`functional_optim.nadam`.
+
+    State: ``step``, ``mu_product`` (0-d, torch's scalar dtype), ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    _HPARAMS = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
+    _BLOCK = "nadam"
+    _SCALARS = ("step", "mu_product")
+    _STATE_NAMES = {("nadam", "step"): "step", ("nadam", "mu_product"): "mu_product",
+                    ("nadam", "exp_avg"): "exp_avg", ("nadam", "exp_avg_sq"): "exp_avg_sq"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False):
+        aliases.nadam(lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+                      maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable))
+
+    def _static_key(self, group):
+        return (group["maximize"], group["decoupled_weight_decay"],
+                _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.nadam(group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                             group["momentum_decay"], group["decoupled_weight_decay"],
+                             maximize=group["maximize"])
+
+
+class RAdam(_Classic):
+    """torch.optim.RAdam, backed by :func:`functional_optim.radam`.
+
+    State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    _HPARAMS = ("lr", "betas", "eps", "weight_decay")
+    _BLOCK = "radam"
+    _STATE_NAMES = {("radam", "step"): "step", ("radam", "exp_avg"): "exp_avg",
+                    ("radam", "exp_avg_sq"): "exp_avg_sq"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False):
+        aliases.radam(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+            foreach=foreach, capturable=capturable,
+            decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable))
+
+    def _static_key(self, group):
+        return (group["maximize"], group["decoupled_weight_decay"],
+                _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.radam(group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                             group["decoupled_weight_decay"], maximize=group["maximize"])
+
+
+class RMSprop(_Classic):
+    """torch.optim.RMSprop, backed by :func:`functional_optim.rmsprop`.
+
+    State: ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
+    (centered).
+    """
+
+    _HPARAMS = ("lr", "alpha", "eps", "weight_decay", "momentum")
+    _BLOCK = "rms"
+    _STATE_NAMES = {("rms", "step"): "step", ("rms", "nu"): "square_avg",
+                    ("rms", "mu"): "grad_avg",
+                    ("momentum", "momentum_buffer"): "momentum_buffer"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
+                 centered: bool = False, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False):
+        aliases.rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+            weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+            maximize=maximize, differentiable=differentiable))
+
+    def _static_key(self, group):
+        return (group["maximize"], group["centered"], _present(group["momentum"]),
+                _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.rmsprop(group["lr"], group["alpha"], group["eps"], group["weight_decay"],
+                               group["momentum"], group["centered"], maximize=group["maximize"])
+
+    def _load_leaf(self, store, path, p, group):
+        if path == ("momentum", "step"):  # torch keeps one step (its buffer starts at zero)
+            return store.get("step")
+        return super()._load_leaf(store, path, p, group)
+
+    def _store_leaf(self, store, path, value, group):
+        if path != ("momentum", "step"):
+            super()._store_leaf(store, path, value, group)
+
+    def _fresh_leaf(self, p, path, value, group):
+        if path == ("momentum", "step"):
+            return value
+        return super()._fresh_leaf(p, path, value, group)
+
+
+class Rprop(_Classic):
+    """torch.optim.Rprop, backed by :func:`functional_optim.rprop`.
+
+    State: ``step``, ``prev``, ``step_size``.
+    """
+
+    _HPARAMS = ("lr", "etas", "step_sizes")
+    _BLOCK = "rprop"
+    _STATE_NAMES = {("rprop", "step"): "step", ("rprop", "prev"): "prev",
+                    ("rprop", "step_size"): "step_size"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-2,
+                 etas: tuple[float, float] = (0.5, 1.2),
+                 step_sizes: tuple[float, float] = (1e-6, 50), *, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False):
+        aliases.rprop(lr, etas, step_sizes, maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
+            differentiable=differentiable, capturable=capturable))
+
+    def _static_key(self, group):
+        return (group["maximize"],)
+
+    def _build(self, group):
+        return aliases.rprop(group["lr"], group["etas"], group["step_sizes"],
+                             maximize=group["maximize"])
+
+    def _fresh_leaf(self, p, path, value, group):
+        if path == ("rprop", "step_size"):  # torch's: the lr (ours reads it at the first step)
+            lr = float(group["lr"])
+            return torch.full_like(p, complex(lr, lr) if p.is_complex() else lr,
+                                   memory_format=torch.preserve_format)
+        return super()._fresh_leaf(p, path, value, group)
+
+
+class ASGD(_Classic):
+    """torch.optim.ASGD, backed by :func:`functional_optim.asgd`.
+
+    State: ``step``, ``eta``, ``mu`` (0-d, torch's scalar dtype, on the parameter's device),
+    ``ax`` (the averaged parameter).
+    """
+
+    _HPARAMS = ("lr", "lambd", "alpha", "t0", "weight_decay")
+    _BLOCK = "asgd"
+    _SCALARS = ("step", "eta", "mu")
+    _ON_DEVICE = True
+    _STATE_NAMES = {("asgd", "step"): "step", ("asgd", "eta"): "eta", ("asgd", "mu"): "mu",
+                    ("asgd", "ax"): "ax"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4,
+                 alpha: float = 0.75, t0: float = 1e6, weight_decay: float = 0,
+                 foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, capturable: bool = False):
+        aliases.asgd(lr, lambd, alpha, t0, weight_decay, maximize=maximize)
+        super().__init__(params, dict(
+            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, capturable=capturable))
+
+    def _static_key(self, group):
+        return (group["maximize"], _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.asgd(group["lr"], group["lambd"], group["alpha"], group["t0"],
+                            group["weight_decay"], maximize=group["maximize"])
+
+    def _fresh_leaf(self, p, path, value, group):
+        if path == ("asgd", "eta"):  # torch's: the lr (ours reads it at the first step)
+            return torch.full((), float(group["lr"]), dtype=_get_scalar_dtype(),
+                              device=p.device)
+        return super()._fresh_leaf(p, path, value, group)
+
+
+# --------------------------------------------------------------------------------------------
+# Adafactor, Muon, SparseAdam, LBFGS
+
+
+__all__ += ["Adafactor", "Muon", "SparseAdam", "LBFGS"]
+
+from ..transforms import lbfgs as _lbfgs  # noqa: E402
+from ..transforms.orthogonal import MUON_NS_COEFFICIENTS as _NS  # noqa: E402
+
+
+def _check_params(owner: str, group: dict, *, complex_ok: bool = False,
+                  sparse_ok: bool = False) -> None:
+    """torch's errors for complex parameters and sparse gradients, before any update."""
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if not complex_ok and torch.is_complex(p):
+            raise RuntimeError(f"{owner} does not support complex parameters")
+        if not sparse_ok and p.grad.is_sparse:
+            raise RuntimeError(f"{owner} does not support sparse gradients")
+
+
+class Adafactor(_TorchCompatible):
+    """torch.optim.Adafactor, backed by :func:`functional_optim.adafactor`.
+
+    State: ``step`` and, for parameters of >= 2 dimensions, ``row_var`` and ``col_var``, else
+    ``variance`` (torch's format: the factors a parameter does not keep are absent).
+    """
+
+    _HPARAMS = ("lr", "beta2_decay", "eps", "d", "weight_decay")
+    _STATE_NAMES = {("step",): "step", ("row_var",): "row_var", ("col_var",): "col_var",
+                    ("variance",): "variance"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
+                 eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
+                 weight_decay: float = 0.0, *, foreach: bool | None = None,
+                 maximize: bool = False):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        aliases.adafactor(lr, beta2_decay, eps, d, weight_decay, maximize=maximize)
+        super().__init__(params, dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
+                                      weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize))
+
+    def _static_key(self, group):
+        return (group["maximize"], _present(group["weight_decay"]), group["eps"][0] is None)
+
+    def _build(self, group):
+        return aliases.adafactor(group["lr"], group["beta2_decay"], tuple(group["eps"]),
+                                 group["d"], group["weight_decay"], maximize=group["maximize"])
+
+    def _hparams_for(self, tx, group):
+        return {k: tuple(group[k]) if k == "eps" else group[k] for k in self._HPARAMS}
+
+    @staticmethod
+    def _kept(p, path) -> bool:
+        return (path == ("variance",)) == (p.ndim < 2)
+
+    def _load_leaf(self, store, path, p, group):
+        if path in (("row_var",), ("col_var",), ("variance",)) and not self._kept(p, path):
+            return torch.zeros(0, dtype=p.dtype, device=p.device)
+        return super()._load_leaf(store, path, p, group)
+
+    def _store_leaf(self, store, path, value, group):
+        # a factor the parameter does not keep (an empty placeholder) is not stored, as torch
+        if value.shape == (0,) and (path in (("row_var",), ("col_var",)) or (
+                path == ("variance",) and "row_var" in store)):
+            return
+        super()._store_leaf(store, path, value, group)
+
+    def _fresh_leaf(self, p, path, value, group):
+        if path == ("step",):  # torch's format: a float32 step on the CPU
+            return torch.zeros((), dtype=_get_scalar_dtype())
+        return value
+
+    def _step_group(self, group):
+        _check_params("Adafactor", group)
+        super()._step_group(group)
+
+
+class Muon(_TorchCompatible):
+    """torch.optim.Muon, backed by :func:`functional_optim.muon`. State: ``momentum_buffer``.
+
+    2-D parameters only (torch's ``ValueError`` otherwise, at construction).
+    """
+
+    _HPARAMS = ("lr", "weight_decay", "momentum", "ns_coefficients", "eps")
+    _STATE_NAMES = {("muon", "momentum_buffer"): "momentum_buffer"}
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1,
+                 momentum: float = 0.95, nesterov: bool = True,
+                 ns_coefficients: tuple[float, float, float] = _NS, eps: float = 1e-7,
+                 ns_steps: int = 5, adjust_lr_fn: str | None = None):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        aliases.muon(lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+                     adjust_lr_fn)
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      nesterov=nesterov, ns_coefficients=ns_coefficients,
+                                      eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(
+                        "Muon only supports 2D parameters whereas we found a parameter with "
+                        f"size: {p.size()}")
+
+    def _static_key(self, group):
+        return (group["nesterov"], group["ns_steps"], group["adjust_lr_fn"],
+                _present(group["weight_decay"]))
+
+    def _build(self, group):
+        return aliases.muon(group["lr"], group["weight_decay"], group["momentum"],
+                            group["nesterov"], tuple(group["ns_coefficients"]), group["eps"],
+                            group["ns_steps"], group["adjust_lr_fn"])
+
+    def _hparams_for(self, tx, group):
+        return {k: tuple(group[k]) if k == "ns_coefficients" else group[k]
+                for k in self._HPARAMS}
+
+    def _step_group(self, group):
+        _check_params("Muon", group)
+        super()._step_group(group)
+
+
+class SparseAdam(_TorchCompatible):
+    """torch.optim.SparseAdam, backed by :func:`functional_optim.sparse_adam`.
+
+    State: ``step`` (a Python int, as torch), ``exp_avg``, ``exp_avg_sq``. Gradients must be
+    sparse (``nn.Embedding(sparse=True)``); a dense one raises torch's ``RuntimeError``.
+    """
+
+    _HPARAMS = ("lr", "betas", "eps")
+    _STATE_NAMES = {("step",): "step", ("exp_avg",): "exp_avg", ("exp_avg_sq",): "exp_avg_sq"}
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 maximize: bool = False):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 < lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 < eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        for i in (0, 1):
+            if not 0.0 <= betas[i] < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize))
+        for kind, test, what in (("Sparse", lambda p: p.is_sparse,
+                                  "SparseAdam requires dense parameter tensors"),
+                                 ("Complex", lambda p: p.is_complex(),
+                                  "SparseAdam does not support complex parameters")):
+            found = [[i, j] for i, g in enumerate(self.param_groups)
+                     for j, p in enumerate(g["params"]) if test(p)]
+            if found:
+                raise ValueError(f"{kind} params at indices {found}: {what}")
+
+    def _static_key(self, group):
+        return (group.get("maximize", False),)
+
+    def _build(self, group):
+        return aliases.sparse_adam(group["lr"], tuple(group["betas"]), group["eps"],
+                                   group.get("maximize", False))
+
+    def _load_leaf(self, store, path, p, group):
+        if path == ("step",):
+            step = store.get("step")
+            if step is None:
+                return None
+            return torch.as_tensor(step, dtype=torch.int64, device=p.device)
+        return super()._load_leaf(store, path, p, group)
+
+    def _store_leaf(self, store, path, value, group):
+        if path == ("step",):  # torch keeps a Python int
+            store["step"] = int(value)
+        else:
+            super()._store_leaf(store, path, value, group)
+
+
+class LBFGS(_TorchCompatible):
+    """torch.optim.LBFGS, backed by :mod:`functional_optim.transforms.lbfgs`.
+
+    ``step(closure)`` drives the closure as torch does (the same evaluations, in the same order,
+    on the same parameter values) and returns the first loss. One param group only. State (on
+    the first parameter, torch's layout): ``func_evals``, ``n_iter``, ``d``, ``t``,
+    ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``, ``prev_flat_grad``, ``prev_loss``, ``al``.
+    """
+
+    def __init__(self, params, lr: float | torch.Tensor = 1, max_iter: int = 20,
+                 max_eval: int | None = None, tolerance_grad: float = 1e-7,
+                 tolerance_change: float = 1e-9, history_size: int = 100,
+                 line_search_fn: str | None = None):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if max_eval is None:
+            max_eval = max_iter * 5 // 4
+        super().__init__(params, dict(
+            lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+            tolerance_change=tolerance_change, history_size=history_size,
+            line_search_fn=line_search_fn))
+        if len(self.param_groups) != 1:
+            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+
+    def _static_key(self, group):
+        return (group["max_iter"], group["max_eval"], group["history_size"],
+                group["line_search_fn"])
+
+    def _build(self, group):
+        return aliases.lbfgs(group["lr"], group["max_iter"], group["max_eval"],
+                             group["tolerance_grad"], group["tolerance_change"],
+                             group["history_size"], group["line_search_fn"])
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.optim.Optimizer.load_state_dict(self, state_dict)
+
+    def step(self, closure):  # type: ignore[override]
+        """One L-BFGS step (up to ``max_iter`` iterations); returns the closure's first loss."""
+        if len(self.param_groups) != 1:
+            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+        group = self.param_groups[0]
+        if group["line_search_fn"] not in (None, "strong_wolfe"):
+            raise RuntimeError("only 'strong_wolfe' is supported")
+        params = group["params"]
+        closure = torch.enable_grad()(closure)
+        cfg = _lbfgs.Config(float(group["lr"]), group["max_iter"], group["max_eval"],
+                            group["tolerance_grad"], group["tolerance_change"],
+                            group["history_size"], group["line_search_fn"])
+        store = self.state[params[0]]
+        store.setdefault("func_evals", 0)
+        store.setdefault("n_iter", 0)
+        work = _lbfgs.Work(
+            func_evals=store["func_evals"], n_iter=store["n_iter"], d=store.get("d"),
+            t=store.get("t"), old_dirs=list(store.get("old_dirs") or []),
+            old_stps=list(store.get("old_stps") or []), ro=list(store.get("ro") or []),
+            H_diag=store.get("H_diag"), prev_flat_grad=store.get("prev_flat_grad"),
+            prev_loss=store.get("prev_loss"), al=store.get("al"))
+
+        def gather():
+            return _lbfgs.flatten([p.grad for p in params], params)
+
+        def evaluate(values):
+            with torch.no_grad():
+                for p, x in zip(params, values):
+                    p.copy_(x)
+            loss = float(closure())
+            return loss, gather()
+
+        orig_loss = closure()
+        with torch.no_grad():
+            start = [p.detach().clone(memory_format=torch.contiguous_format) for p in params]
+            final = _lbfgs.run(work, start, float(orig_loss), gather(), evaluate, cfg)
+            for p, x in zip(params, final):
+                p.copy_(x)
+        store["func_evals"], store["n_iter"] = work.func_evals, work.n_iter
+        if work.n_iter:  # torch writes these once an iteration has run
+            for key in ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad",
+                        "prev_loss"):
+                store[key] = getattr(work, key)
+        if work.al is not None:
+            store["al"] = work.al
+        return orig_loss

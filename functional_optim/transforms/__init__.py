@@ -19,8 +19,38 @@ from .moments import (
     scale_by_rms,
     trace,
 )
+from .adaptive import (
+    ScaleByAdadeltaState,
+    ScaleByAdamaxState,
+    ScaleByAsgdState,
+    ScaleByNadamState,
+    ScaleByRadamState,
+    ScaleByRpropState,
+    ScaleByRssState,
+    scale_by_adadelta,
+    scale_by_adamax,
+    scale_by_asgd,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rprop,
+    scale_by_rss,
+)
 
 __all__ = [
+    "ScaleByAdadeltaState",
+    "ScaleByAdamaxState",
+    "ScaleByAsgdState",
+    "ScaleByNadamState",
+    "ScaleByRadamState",
+    "ScaleByRpropState",
+    "ScaleByRssState",
+    "scale_by_adadelta",
+    "scale_by_adamax",
+    "scale_by_asgd",
+    "scale_by_nadam",
+    "scale_by_radam",
+    "scale_by_rprop",
+    "scale_by_rss",
     "ReduceOnPlateauState",
     "reduce_on_plateau",
     "ScaleByAdamState",
@@ -39,4 +69,30 @@ __all__ = [
     "set_to_zero",
     "sign",
     "trace",
+]
+
+# Adafactor, Muon, SparseAdam, L-BFGS (torch.optim's special algorithms)
+from .factored import ScaleByFactoredRmsState, scale_by_factored_rms
+from .lbfgs import LbfgsState, scale_by_lbfgs
+from .orthogonal import (
+    MUON_NS_COEFFICIENTS,
+    ScaleByMuonState,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
+    scale_by_newton_schulz,
+)
+from .sparse import ScaleBySparseAdamState, scale_by_sparse_adam
+
+__all__ += [
+    "LbfgsState",
+    "MUON_NS_COEFFICIENTS",
+    "ScaleByFactoredRmsState",
+    "ScaleByMuonState",
+    "ScaleBySparseAdamState",
+    "orthogonalize_via_newton_schulz",
+    "scale_by_factored_rms",
+    "scale_by_lbfgs",
+    "scale_by_muon",
+    "scale_by_newton_schulz",
+    "scale_by_sparse_adam",
 ]

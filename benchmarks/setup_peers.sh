@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Make benchmarks/.venv-peers: torchopt and higher for the comparison benchmarks ONLY (they are
+# not dependencies of functional_optim). The venv reuses torch and the rest from ../.venv through
+# a .pth file, and installs the peers with --no-deps, so pip never resolves (or downloads) a torch
+# build. Then:  benchmarks/.venv-peers/bin/python benchmarks/maml_sinusoid.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MAIN_SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PY=${PYTHON:-python3}
+$PY -m venv benchmarks/.venv-peers
+echo '*' > benchmarks/.venv-peers/.gitignore
+PEER_SITE=$(benchmarks/.venv-peers/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$MAIN_SITE" > "$PEER_SITE/zz_main_venv.pth"
+benchmarks/.venv-peers/bin/pip install --no-deps torchopt==0.7.3 higher==0.2.1 graphviz
+benchmarks/.venv-peers/bin/python -c 'import torchopt, higher; print("torchopt", torchopt.__version__, "and higher import")'

@@ -1,0 +1,618 @@
+r"""Adaptive building blocks of the classic optimizers: Adagrad, Adadelta, Adamax, NAdam, RAdam,
+Rprop and averaged SGD.
+
+Each is written once as math on tensors (see :func:`functional_optim._execute.elementwise`) and
+gives torch.optim's numbers when chained as in :mod:`functional_optim.aliases`. Every block keeps
+a per-parameter ``step`` count (0-d int64) in its state, never syncs with the host (branches are
+``torch.where``), and treats complex parameters as pairs of reals, as torch.optim does.
+
+*Scalar state policy.* torch.optim.NAdam keeps its running product ``mu_product`` and
+torch.optim.ASGD its ``eta`` and ``mu`` as 0-d tensors of torch's *scalar dtype*: float32 unless
+the default dtype is float64, whatever the parameters' dtype; each step rounds them to it. The
+blocks that keep such scalars take ``scalar_state_dtype``: ``None`` (the default) chooses the
+dtype as torch.optim does when ``init`` runs, so their trajectories are torch's to the last digit;
+``torch.float64`` keeps them exact (smooth in every hyperparameter, as meta-gradients want).
+"""
+
+from __future__ import annotations
+
+import functools
+from numbers import Number
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import tree as _tree
+from .._execute import elementwise, init_count, safe_sqrt, scalar_dtype
+from ..base import (
+    HParamError,
+    MissingParamsError,
+    Transform,
+    check_hparam,
+    check_state,
+    resolve_hparams,
+)
+
+__all__ = [
+    "ScaleByRssState",
+    "scale_by_rss",
+    "ScaleByAdadeltaState",
+    "scale_by_adadelta",
+    "ScaleByAdamaxState",
+    "scale_by_adamax",
+    "ScaleByNadamState",
+    "scale_by_nadam",
+    "ScaleByRadamState",
+    "scale_by_radam",
+    "ScaleByRpropState",
+    "scale_by_rprop",
+    "ScaleByAsgdState",
+    "scale_by_asgd",
+]
+
+
+def _zeros(params: Any) -> Any:
+    return _tree.map(lambda p: torch.zeros_like(p, memory_format=torch.preserve_format), params)
+
+
+def _pair(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise HParamError(f"{owner}: {name} must be a pair, got {value!r}")
+
+
+def _check_betas(owner: str, betas: Any) -> None:
+    _pair(owner, "betas", betas)
+    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
+    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+
+
+def _torch_scalar_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """``dtype``, or (``None``) the dtype torch.optim gives its 0-d scalar state."""
+    if dtype is not None:
+        return dtype
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _check_scalar_state_dtype(owner: str, dtype: Any) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise HParamError(f"{owner}: scalar_state_dtype must be None or a floating dtype, "
+                          f"got {dtype!r}")
+
+
+def _scalar_like(params: Any, value: float, dtype: torch.dtype) -> Any:
+    return _tree.map(lambda p: torch.full((), value, dtype=dtype, device=p.device), params)
+
+
+# --------------------------------------------------------------------------------------------
+# Adagrad
+
+
+class ScaleByRssState(NamedTuple):
+    """State of :func:`scale_by_rss`.
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        sum: running sum of squared updates, from ``initial_accumulator_value``
+            (torch.optim.Adagrad's ``sum``).
+    """
+
+    step: Any
+    sum: Any
+
+
+def _rss_rule(h, g, t, s):
+    t = t + 1
+    s = s + g * g
+    u = g / (safe_sqrt(s) + h["eps"])
+    decay = h["lr_decay"]
+    if isinstance(decay, torch.Tensor) or decay != 0:
+        u = u / (1 + (t.to(scalar_dtype(g)) - 1) * decay)
+    return u, t, s
+
+
+def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10) -> Transform:
+    r"""Divides updates by the root of the sum of their squares (Adagrad; Duchi, Hazan & Singer,
+    2011, *Adaptive Subgradient Methods for Online Learning and Stochastic Optimization*).
+
+    .. math::
+        s_0 = s_{init}, \qquad s_t = s_{t-1} + g_t^2, \qquad
+        u_t = \frac{1}{1 + (t-1)\,\delta}\;\frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    with :math:`\delta` the learning-rate decay, as torch.optim.Adagrad computes it (complex
+    parameters as pairs of reals, :math:`s_0 = s_{init}(1 + i)`).
+
+    Args:
+        lr_decay: ``δ`` (default 0).
+        initial_accumulator_value: ``s_init`` (static: read by ``init``; default 0).
+        eps: ``ε`` (default 1e-10).
+    """
+    owner = "scale_by_rss"
+    check_hparam(owner, "lr_decay", lr_decay, ge=0)
+    check_hparam(owner, "eps", eps, ge=0)
+    if isinstance(initial_accumulator_value, torch.Tensor):
+        raise HParamError(f"{owner}: initial_accumulator_value is read at init; give a number")
+    check_hparam(owner, "initial_accumulator_value", initial_accumulator_value, ge=0)
+    init_value = float(initial_accumulator_value)
+    defaults = {"lr_decay": lr_decay, "eps": eps}
+
+    def init(params):
+        return ScaleByRssState(init_count(params), _tree.map(
+            lambda p: torch.full_like(
+                p, complex(init_value, init_value) if p.is_complex() else init_value,
+                memory_format=torch.preserve_format), params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByRssState)
+        out, step, s = elementwise(_rss_rule, h, updates, (state.step, state.sum), name=owner,
+                                   complex_as_real=True)
+        return out, ScaleByRssState(step, s)
+
+    return Transform(init, update, defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# Adadelta
+
+
+class ScaleByAdadeltaState(NamedTuple):
+    """State of :func:`scale_by_adadelta`.
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        square_avg: running mean of squared updates.
+        acc_delta: running mean of squared outputs.
+    """
+
+    step: Any
+    square_avg: Any
+    acc_delta: Any
+
+
+def _adadelta_rule(h, g, t, v, d2):
+    rho, eps = h["rho"], h["eps"]
+    v = v * rho + (1 - rho) * (g * g)
+    delta = safe_sqrt(d2 + eps) / safe_sqrt(v + eps) * g
+    d2 = d2 * rho + (1 - rho) * (delta * delta)
+    return delta, t + 1, v, d2
+
+
+def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> Transform:
+    r"""Adadelta's unit-corrected scaling (Zeiler, 2012, *ADADELTA: An Adaptive Learning Rate
+    Method*).
+
+    .. math::
+        v_t = \rho v_{t-1} + (1-\rho) g_t^2, \qquad
+        u_t = \frac{\sqrt{a_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\, g_t, \qquad
+        a_t = \rho a_{t-1} + (1-\rho) u_t^2
+
+    as torch.optim.Adadelta computes it (which then scales :math:`u_t` by its ``lr``; complex
+    parameters as pairs of reals).
+
+    Args:
+        rho: ``ρ`` in [0, 1] (default 0.9).
+        eps: ``ε`` (default 1e-6).
+    """
+    owner = "scale_by_adadelta"
+    check_hparam(owner, "rho", rho, ge=0, le=1)
+    check_hparam(owner, "eps", eps, ge=0)
+    defaults = {"rho": rho, "eps": eps}
+
+    def init(params):
+        return ScaleByAdadeltaState(init_count(params), _zeros(params), _zeros(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByAdadeltaState)
+        out, *rest = elementwise(_adadelta_rule, h, updates,
+                                 (state.step, state.square_avg, state.acc_delta), name=owner,
+                                 complex_as_real=True)
+        return out, ScaleByAdadeltaState(*rest)
+
+    return Transform(init, update, defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# Adamax
+
+
+class ScaleByAdamaxState(NamedTuple):
+    """State of :func:`scale_by_adamax`.
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        exp_avg: first moment.
+        exp_inf: exponentially weighted infinity norm.
+    """
+
+    step: Any
+    exp_avg: Any
+    exp_inf: Any
+
+
+def _adamax_rule(h, g, t, m, n):
+    b1, b2 = h["betas"]
+    t = t + 1
+    m = torch.lerp(m, g, 1 - b1)
+    n = torch.maximum(n * b2, torch.abs(g) + h["eps"])
+    bc1 = 1 - b1 ** t.to(scalar_dtype(g))
+    return m / (n * bc1), t, m, n
+
+
+def scale_by_adamax(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Transform:
+    r"""Adam's infinity-norm variant (Kingma & Ba, 2015, *Adam: A Method for Stochastic
+    Optimization*, section 7.1).
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        n_t = \max(\beta_2 n_{t-1}, |g_t| + \epsilon), \qquad
+        u_t = \frac{m_t}{(1-\beta_1^t)\, n_t}
+
+    as torch.optim.Adamax computes it (``ε`` inside the maximum; complex parameters as pairs of
+    reals).
+
+    Args:
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+    """
+    owner = "scale_by_adamax"
+    _check_betas(owner, betas)
+    check_hparam(owner, "eps", eps, ge=0)
+    defaults = {"betas": tuple(betas), "eps": eps}
+
+    def init(params):
+        return ScaleByAdamaxState(init_count(params), _zeros(params), _zeros(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByAdamaxState)
+        out, *rest = elementwise(_adamax_rule, h, updates,
+                                 (state.step, state.exp_avg, state.exp_inf), name=owner,
+                                 complex_as_real=True)
+        return out, ScaleByAdamaxState(*rest)
+
+    return Transform(init, update, defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# NAdam
+
+
+class ScaleByNadamState(NamedTuple):
+    """State of :func:`scale_by_nadam`.
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        mu_product: running product of the momentum coefficients :math:`\\prod_i \\mu_i`
+            (0-d, of the scalar state dtype; starts at 1).
+        exp_avg: first moment.
+        exp_avg_sq: second moment.
+    """
+
+    step: Any
+    mu_product: Any
+    exp_avg: Any
+    exp_avg_sq: Any
+
+
+def _nadam_rule(h, g, t, mp, m, v):
+    b1, b2 = h["betas"]
+    psi = h["momentum_decay"]
+    sd = scalar_dtype(g)
+    t = t + 1
+    tf = t.to(sd)
+    mu = b1 * (1 - 0.5 * 0.96 ** (tf * psi))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((tf + 1) * psi))
+    mp = mp * mu.to(mp.dtype)  # in the state's dtype, as torch.optim.NAdam multiplies it
+    mpf = mp.to(sd)
+    m = torch.lerp(m, g, 1 - b1)
+    v = v * b2 + (1 - b2) * (g * g)
+    denom = safe_sqrt(v / (1 - b2 ** tf)) + h["eps"]
+    c_grad = (1 - mu) / (1 - mpf)
+    c_avg = mu_next / (1 - mpf * mu_next)
+    u = g / denom * c_grad + m / denom * c_avg
+    return u, t, mp, m, v
+
+
+def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                   momentum_decay: float = 4e-3, *,
+                   scalar_state_dtype: torch.dtype | None = None) -> Transform:
+    r"""Nesterov-accelerated Adam (Dozat, 2016, *Incorporating Nesterov Momentum into Adam*),
+    with the momentum schedule of torch.optim.NAdam.
+
+    .. math::
+        \mu_t = \beta_1\big(1 - \tfrac12\, 0.96^{t\psi}\big), \qquad
+        \Pi_t = \prod_{i \le t} \mu_i, \\
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \\
+        u_t = \frac{1}{\sqrt{v_t / (1-\beta_2^t)} + \epsilon}\left(
+              \frac{1-\mu_t}{1-\Pi_t}\, g_t + \frac{\mu_{t+1}}{1 - \Pi_t \mu_{t+1}}\, m_t\right)
+
+    Weight decay (coupled or decoupled) is a separate block: see :func:`functional_optim.nadam`.
+
+    Args:
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+        momentum_decay: ``ψ`` (default 4e-3).
+        scalar_state_dtype: dtype of ``mu_product`` (see the module's scalar state policy;
+            ``None``: torch.optim's).
+    """
+    owner = "scale_by_nadam"
+    _check_betas(owner, betas)
+    check_hparam(owner, "eps", eps, ge=0)
+    check_hparam(owner, "momentum_decay", momentum_decay, ge=0)
+    _check_scalar_state_dtype(owner, scalar_state_dtype)
+    defaults = {"betas": tuple(betas), "eps": eps, "momentum_decay": momentum_decay}
+
+    def init(params):
+        dtype = _torch_scalar_dtype(scalar_state_dtype)
+        return ScaleByNadamState(init_count(params), _scalar_like(params, 1.0, dtype),
+                                 _zeros(params), _zeros(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByNadamState)
+        out, *rest = elementwise(_nadam_rule, h, updates,
+                                 (state.step, state.mu_product, state.exp_avg,
+                                  state.exp_avg_sq), name=owner, complex_as_real=True)
+        return out, ScaleByNadamState(*rest)
+
+    return Transform(init, update, defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# RAdam
+
+
+class ScaleByRadamState(NamedTuple):
+    """State of :func:`scale_by_radam`.
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        exp_avg: first moment.
+        exp_avg_sq: second moment.
+    """
+
+    step: Any
+    exp_avg: Any
+    exp_avg_sq: Any
+
+
+def _radam_rule(h, g, t, m, v):
+    b1, b2 = h["betas"]
+    t = t + 1
+    tf = t.to(scalar_dtype(g))
+    m = torch.lerp(m, g, 1 - b1)
+    v = v * b2 + (1 - b2) * (g * g)
+    bc1 = 1 - b1 ** tf
+    bc2 = 1 - b2 ** tf
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * tf * b2 ** tf / bc2
+    rectify = rho_t > h["threshold"]
+    ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / torch.where(
+        rectify, (rho_inf - 4) * (rho_inf - 2) * rho_t, 1.0)
+    rect = torch.sqrt(torch.where(rectify, ratio, 1.0))
+    m_hat = m / bc1
+    adaptive = torch.sqrt(bc2) / (safe_sqrt(v) + h["eps"])
+    u = torch.where(rectify, m_hat * adaptive * rect, m_hat)
+    return u, t, m, v
+
+
+def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                   threshold: float = 5.0) -> Transform:
+    r"""Rectified Adam (Liu et al., 2020, *On the Variance of the Adaptive Learning Rate and
+    Beyond*).
+
+    .. math::
+        \rho_\infty = \frac{2}{1-\beta_2} - 1, \qquad
+        \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1-\beta_2^t}, \qquad
+        \hat m_t = \frac{m_t}{1-\beta_1^t}, \\
+        r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}},
+        \qquad
+        u_t = \begin{cases}
+            \hat m_t\, r_t\, \dfrac{\sqrt{1-\beta_2^t}}{\sqrt{v_t} + \epsilon} & \rho_t > \tau \\
+            \hat m_t & \text{otherwise}
+        \end{cases}
+
+    with Adam's moments :math:`m_t, v_t` and the rectification switch at ``τ`` (5 in the paper
+    and in torch.optim.RAdam), evaluated with ``torch.where`` (no host sync).
+
+    Args:
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+        threshold: ``τ``: the adaptive step is used once ``ρ_t > τ`` (default 5).
+    """
+    owner = "scale_by_radam"
+    _check_betas(owner, betas)
+    check_hparam(owner, "eps", eps, ge=0)
+    check_hparam(owner, "threshold", threshold, ge=4)
+    defaults = {"betas": tuple(betas), "eps": eps, "threshold": threshold}
+
+    def init(params):
+        return ScaleByRadamState(init_count(params), _zeros(params), _zeros(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByRadamState)
+        out, *rest = elementwise(_radam_rule, h, updates,
+                                 (state.step, state.exp_avg, state.exp_avg_sq), name=owner,
+                                 complex_as_real=True)
+        return out, ScaleByRadamState(*rest)
+
+    return Transform(init, update, defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# Rprop
+
+
+class ScaleByRpropState(NamedTuple):
+    """State of :func:`scale_by_rprop`.
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        prev: the previous update (zero where its sign flipped).
+        step_size: per-element step sizes (set to ``init_step_size`` at the first update).
+    """
+
+    step: Any
+    prev: Any
+    step_size: Any
+
+
+def _rprop_rule(h, g, t, prev, size):
+    eta_minus, eta_plus = h["etas"]
+    size_min, size_max = h["step_sizes"]
+    size = torch.where(t == 0, h["init_step_size"], size).to(size.dtype)
+    agree = g * prev
+    factor = torch.where(agree > 0, eta_plus,
+                         torch.where(agree < 0, eta_minus, torch.ones_like(agree)))
+    size = torch.clamp(torch.clamp(size * factor.to(size.dtype), min=size_min), max=size_max)
+    g = torch.where(agree < 0, 0.0, g)
+    return -torch.sign(g) * size, t + 1, g, size
+
+
+def scale_by_rprop(init_step_size: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
+                   step_sizes: tuple[float, float] = (1e-6, 50.0)) -> Transform:
+    r"""Resilient backpropagation (Riedmiller & Braun, 1993, *A Direct Adaptive Method for Faster
+    Backpropagation Learning: The RPROP Algorithm*), as torch.optim.Rprop computes it.
+
+    .. math::
+        s_t = \mathrm{clip}\big(s_{t-1} \cdot
+              \begin{cases}\eta_+ & g_t g_{t-1} > 0\\ \eta_- & g_t g_{t-1} < 0\\
+              1 & \text{else}\end{cases},\ s_{min},\ s_{max}\big), \qquad
+        \tilde g_t = \begin{cases} 0 & g_t g_{t-1} < 0 \\ g_t & \text{else}\end{cases}, \qquad
+        u_t = -\mathrm{sign}(\tilde g_t)\, s_t
+
+    with :math:`s_0 = ` ``init_step_size`` (read at the first update) and :math:`\tilde g_t`
+    kept as the next step's :math:`g_{t-1}`. The output is already a descent step (add it to the
+    parameters; no learning-rate block after it). Complex parameters as pairs of reals.
+
+    Args:
+        init_step_size: ``s_0`` (torch.optim.Rprop's ``lr``; default 1e-2).
+        etas: ``(η-, η+)`` with ``0 < η- < 1 < η+`` (default ``(0.5, 1.2)``).
+        step_sizes: ``(s_min, s_max)`` (default ``(1e-6, 50)``).
+    """
+    owner = "scale_by_rprop"
+    check_hparam(owner, "init_step_size", init_step_size, ge=0)
+    _pair(owner, "etas", etas)
+    check_hparam(owner, "etas[0]", etas[0], gt=0, lt=1)
+    check_hparam(owner, "etas[1]", etas[1], gt=1)
+    _pair(owner, "step_sizes", step_sizes)
+    check_hparam(owner, "step_sizes[0]", step_sizes[0], ge=0)
+    check_hparam(owner, "step_sizes[1]", step_sizes[1], ge=0)
+    defaults = {"init_step_size": init_step_size, "etas": tuple(etas),
+                "step_sizes": tuple(step_sizes)}
+
+    def init(params):
+        return ScaleByRpropState(init_count(params), _zeros(params), _zeros(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByRpropState)
+        out, *rest = elementwise(_rprop_rule, h, updates,
+                                 (state.step, state.prev, state.step_size), name=owner,
+                                 complex_as_real=True)
+        return out, ScaleByRpropState(*rest)
+
+    return Transform(init, update, defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# ASGD
+
+
+class ScaleByAsgdState(NamedTuple):
+    """State of :func:`scale_by_asgd`.
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        eta: the step size of the next update (0-d, scalar state dtype).
+        mu: the averaging weight of the next update (0-d, scalar state dtype).
+        ax: the averaged parameters (evaluate with these).
+    """
+
+    step: Any
+    eta: Any
+    mu: Any
+    ax: Any
+
+
+def _asgd_rule(h, g, t, eta, mu, ax, p, *, rounding):
+    lr, lambd = h["lr"], h["lambd"]
+    sd = scalar_dtype(g)
+    eta = torch.where(t == 0, lr, eta).to(eta.dtype)  # the stored value, as torch reads it
+    e = eta.to(sd)
+    t = t + 1
+    tf = t.to(sd)
+    p_new = p * (1 - lambd * e) - e * g
+    ax = ax + (p_new - ax) * mu.to(sd)
+    # the new values are rounded to ``rounding`` (torch.optim: a tensor of its scalar dtype),
+    # then stored in the state's dtype
+    # torch.div (``number / tensor`` is ``number * reciprocal``: one more rounding than torch's
+    # Python division) and torch.pow, elementwise on either path, so both give the same digits
+    eta = torch.div(lr, torch.pow(1 + lambd * lr * tf, h["alpha"])).to(rounding)
+    mu = torch.div(1.0, torch.clamp(tf - h["t0"], min=1.0)).to(rounding)
+    return p_new - p, t, eta, mu, ax
+
+
+def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+                  t0: float = 1e6, *, scalar_state_dtype: torch.dtype | None = None
+                  ) -> Transform:
+    r"""Averaged stochastic gradient descent (Polyak & Juditsky, 1992, *Acceleration of
+    Stochastic Approximation by Averaging*), with torch.optim.ASGD's step-size schedule.
+
+    .. math::
+        p_t = p_{t-1}(1 - \lambda \eta_{t-1}) - \eta_{t-1} g_t, \qquad
+        \bar p_t = \bar p_{t-1} + \mu_{t-1}(p_t - \bar p_{t-1}), \\
+        \eta_t = \frac{\gamma}{(1 + \lambda \gamma t)^\alpha}, \qquad
+        \mu_t = \frac{1}{\max(1, t - t_0)}, \qquad \eta_0 = \gamma,\ \mu_0 = 1
+
+    The output is the whole step :math:`p_t - p_{t-1}` (it includes the learning rate ``γ``:
+    put no learning-rate block after it); the average :math:`\bar p_t` is the state's ``ax``.
+    ``η`` and ``μ`` are kept in the state as torch.optim does (so a changed ``lr`` acts from the
+    next step's ``η``); ``η_0`` is the ``lr`` of the first update. Needs ``params``. Complex
+    parameters as pairs of reals.
+
+    Args:
+        lr: ``γ`` (default 1e-2).
+        lambd: decay term ``λ`` (default 1e-4).
+        alpha: power ``α`` for the ``η`` update (default 0.75).
+        t0: step at which averaging starts (default 1e6).
+        scalar_state_dtype: dtype of ``eta`` and ``mu`` (see the module's scalar state
+            policy; ``None``: torch.optim's). Their new values are rounded to it every step even
+            where the state holds a wider dtype (torch.optim.ASGD makes them with
+            ``torch.as_tensor``, in its scalar dtype, whatever dtype a loaded checkpoint gave
+            its state).
+    """
+    owner = "scale_by_asgd"
+    check_hparam(owner, "lr", lr, ge=0)
+    check_hparam(owner, "lambd", lambd)
+    check_hparam(owner, "alpha", alpha)
+    check_hparam(owner, "t0", t0)
+    _check_scalar_state_dtype(owner, scalar_state_dtype)
+    defaults = {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0}
+
+    def init(params):
+        dtype = _torch_scalar_dtype(scalar_state_dtype)
+        first = lr if isinstance(lr, Number) else 0.0  # replaced by the lr of the first update
+        return ScaleByAsgdState(init_count(params), _scalar_like(params, first, dtype),
+                                _scalar_like(params, 1.0, dtype), _zeros(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByAsgdState)
+        if params is None and _tree.num_leaves(updates):
+            raise MissingParamsError(
+                f"{owner} needs the parameters (it decays and averages them): call "
+                "update(updates, state, params)")
+        rule = functools.partial(_asgd_rule, rounding=_torch_scalar_dtype(scalar_state_dtype))
+        out, *rest = elementwise(rule, h, updates,
+                                 (state.step, state.eta, state.mu, state.ax),
+                                 inputs=(params,) if params is not None else (),
+                                 name=owner, complex_as_real=True, input_names=("params",))
+        return out, ScaleByAsgdState(*rest)
+
+    return Transform(init, update, defaults)
+

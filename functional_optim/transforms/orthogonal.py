@@ -1,0 +1,214 @@
+"""Orthogonalized updates: Newton-Schulz iteration and Muon (Jordan et al., 2024)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from numbers import Number
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import tree as _tree
+from .._execute import cast_hparams, elementwise
+from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
+
+__all__ = [
+    "MUON_NS_COEFFICIENTS",
+    "ScaleByMuonState",
+    "orthogonalize_via_newton_schulz",
+    "scale_by_newton_schulz",
+    "scale_by_muon",
+]
+
+#: the quintic Newton-Schulz coefficients ``(a, b, c)`` of Muon (and torch.optim.Muon)
+MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+_ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+
+def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS_COEFFICIENTS,
+                                    steps: int = 5, eps: Any = 1e-7,
+                                    dtype: torch.dtype | None = torch.bfloat16) -> torch.Tensor:
+    r"""Approximately orthogonalize a matrix: ``k`` steps of the quintic Newton-Schulz map.
+
+    With :math:`X_0 = G / \max(\lVert G\rVert_F, \epsilon)` (transposed when it has more rows
+    than columns, so that :math:`X X^\top` is the smaller Gram matrix),
+
+    .. math:: A = X_k X_k^\top, \qquad X_{k+1} = a X_k + (b A + c A^2) X_k
+
+    which pushes every singular value of :math:`G` towards 1 (to roughly ``U S' V^T`` with
+    :math:`S'_{ii} \in [0.5, 1.5]`, not exactly ``U V^T``: the coefficients maximize the slope
+    at zero). Pure; ``dtype`` is the precision of the iteration (bfloat16, as torch.optim.Muon;
+    ``None``: the input's dtype); the result is returned in that precision.
+    """
+    if g.ndim != 2:
+        raise ValueError(f"Newton-Schulz orthogonalization needs a 2-D matrix, got shape "
+                         f"{tuple(g.shape)}")
+    a, b, c = coefficients
+    x = g if dtype is None else g.to(dtype)
+    tall = g.shape[0] > g.shape[1]
+    if tall:
+        x = x.T
+    norm = torch.linalg.vector_norm(x)
+    x = x / (torch.clamp(norm, min=eps) if isinstance(eps, Number) else torch.maximum(
+        norm, eps.to(norm.dtype)))
+    fused = all(isinstance(v, Number) for v in (a, b, c))
+    for _ in range(steps):
+        gram = x @ x.T
+        if fused:  # one kernel each, as torch.optim.Muon
+            poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            x = torch.addmm(x, poly, x, beta=a)
+        else:  # tensor coefficients (meta-gradients, vmap): the same polynomial, unfused
+            poly = gram * b.to(x.dtype) + (gram @ gram) * c.to(x.dtype)
+            x = x * a.to(x.dtype) + poly @ x
+    return x.T if tall else x
+
+
+def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None) -> float:
+    rows, cols = shape[0], shape[1]
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1, rows / cols))
+    return 0.2 * math.sqrt(max(rows, cols))
+
+
+def _check_ns(owner: str, ns_coefficients: Any, ns_steps: Any, eps: Any,
+              adjust_lr_fn: Any) -> None:
+    if not isinstance(ns_coefficients, (tuple, list)) or len(ns_coefficients) != 3:
+        raise HParamError(f"{owner}: ns_coefficients must be a tuple (a, b, c), got "
+                          f"{ns_coefficients!r}")
+    for i, v in enumerate(ns_coefficients):
+        check_hparam(owner, f"ns_coefficients[{i}]", v)
+    if not isinstance(ns_steps, int) or isinstance(ns_steps, bool) or not 0 <= ns_steps < 100:
+        raise HParamError(f"{owner}: ns_steps must be an int in [0, 100), got {ns_steps!r}")
+    check_hparam(owner, "eps", eps, ge=0)
+    if adjust_lr_fn not in _ADJUST_LR_FNS:
+        raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+
+
+def _check_matrices(owner: str, updates: Any) -> None:
+    """A clear error for complex or non-2-D leaves (names are computed only when raising)."""
+    for g in _tree.leaves(updates):
+        if g is not None and (g.is_complex() or g.ndim != 2):
+            break
+    else:
+        return
+    for name, g in _tree.named_leaves(updates):
+        if g is None:
+            continue
+        if g.is_complex():
+            raise TypeError(f"{owner} does not support complex updates (leaf {name!r}, dtype "
+                            f"{g.dtype})")
+        if g.ndim != 2:
+            raise ValueError(
+                f"{owner} only supports 2-D parameters, but leaf {name!r} has shape "
+                f"{tuple(g.shape)}; optimize the others with another transform (e.g. "
+                "fo.partition)")
+
+
+def _orthogonalize_tree(owner: str, updates: Any, h: dict, ns_steps: int,
+                        ns_dtype: torch.dtype | None, adjust_lr_fn: Any, scale_lr: bool) -> Any:
+    _check_matrices(owner, updates)
+
+    def one(g):
+        hh = cast_hparams(h, g)
+        out = orthogonalize_via_newton_schulz(g, tuple(hh["ns_coefficients"]), ns_steps,
+                                              hh["eps"], ns_dtype).to(g.dtype)
+        if scale_lr:
+            out = out * _lr_ratio(g.shape, adjust_lr_fn)
+        return out
+
+    return _tree.map(one, updates)
+
+
+def scale_by_newton_schulz(ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
+                           ns_steps: int = 5, eps: float = 1e-7, *,
+                           ns_dtype: torch.dtype | None = torch.bfloat16) -> Transform:
+    r"""Replaces each 2-D update by its Newton-Schulz orthogonalization
+    (:func:`orthogonalize_via_newton_schulz`; Jordan et al., 2024).
+
+    Stateless. Only 2-D updates (a clear ``ValueError`` names any other leaf); real only.
+
+    Args:
+        ns_coefficients: ``(a, b, c)`` (hparams; default Muon's quintic coefficients).
+        ns_steps: iterations (static int, < 100; default 5).
+        eps: ``ε`` in the normalization (default 1e-7).
+        ns_dtype: precision of the iteration (static; default bfloat16 as torch.optim.Muon;
+            ``None``: the update's dtype, which is differentiable to float64 precision).
+    """
+    owner = "scale_by_newton_schulz"
+    _check_ns(owner, ns_coefficients, ns_steps, eps, None)
+    defaults = {"ns_coefficients": tuple(ns_coefficients), "eps": eps}
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        return _orthogonalize_tree(owner, updates, h, ns_steps, ns_dtype, None, False), state
+
+    return Transform(init, update, defaults)
+
+
+class ScaleByMuonState(NamedTuple):
+    """State of :func:`scale_by_muon`.
+
+    Attributes:
+        momentum_buffer: the momentum :math:`B_t` (torch.optim.Muon's ``momentum_buffer``),
+            zeros at first.
+    """
+
+    momentum_buffer: Any
+
+
+def _muon_momentum_rule(h, g, buf, *, nesterov):
+    mu = h["momentum"]
+    buf = torch.lerp(buf, g, 1 - mu)
+    return (torch.lerp(g, buf, mu) if nesterov else buf), buf
+
+
+def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
+                  ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
+                  eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None, *,
+                  ns_dtype: torch.dtype | None = torch.bfloat16) -> Transform:
+    r"""Muon's direction (Jordan et al., 2024): momentum, Newton-Schulz orthogonalization and
+    the shape-dependent learning-rate ratio, as torch.optim.Muon computes them.
+
+    .. math::
+        B_t = \mu B_{t-1} + (1-\mu) g_t, \qquad
+        \tilde B_t = (1-\mu) g_t + \mu B_t \text{ (nesterov) or } B_t, \qquad
+        u_t = r(A, B)\,\mathrm{NS}^{(a,b,c)}_k(\tilde B_t; \epsilon)
+
+    with :math:`r = \sqrt{\max(1, A/B)}` (``adjust_lr_fn`` ``None``/``"original"``, Jordan) or
+    :math:`0.2\sqrt{\max(A, B)}` (``"match_rms_adamw"``; Liu et al., 2025, "Muon is Scalable for
+    LLM Training") for an ``A x B`` parameter. Follow with decoupled weight decay and
+    ``scale_by_learning_rate`` (the :func:`~functional_optim.muon` alias). 2-D parameters only.
+
+    Args:
+        momentum: ``μ`` (default 0.95).
+        nesterov: Nesterov momentum (static; default True).
+        ns_coefficients: ``(a, b, c)``.
+        eps: ``ε`` of the Newton-Schulz normalization (default 1e-7).
+        ns_steps: Newton-Schulz iterations (static; default 5).
+        adjust_lr_fn: ``None``, ``"original"`` or ``"match_rms_adamw"`` (static).
+        ns_dtype: precision of the iteration (static; default bfloat16, as torch).
+    """
+    owner = "scale_by_muon"
+    check_hparam(owner, "momentum", momentum, ge=0)
+    _check_ns(owner, ns_coefficients, ns_steps, eps, adjust_lr_fn)
+    defaults = {"momentum": momentum, "ns_coefficients": tuple(ns_coefficients), "eps": eps}
+    rule = functools.partial(_muon_momentum_rule, nesterov=nesterov)
+
+    def init(params):
+        return ScaleByMuonState(_tree.map(
+            lambda p: torch.zeros_like(p, memory_format=torch.preserve_format), params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleByMuonState)
+        _check_matrices(owner, updates)
+        direction, buf = elementwise(rule, h, updates, (state.momentum_buffer,), name=owner,
+                                     real_only=True)
+        out = _orthogonalize_tree(owner, direction, h, ns_steps, ns_dtype, adjust_lr_fn, True)
+        return out, ScaleByMuonState(buf)
+
+    return Transform(init, update, defaults)

@@ -1,0 +1,137 @@
+"""Lazy (sparse) Adam: moments updated only where a sparse gradient has entries (SparseAdam)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import tree as _tree
+from .._execute import cast_hparams, init_count, scalar_dtype
+from ..base import HParamError, Transform, check_hparam, check_state, resolve_hparams
+
+__all__ = ["ScaleBySparseAdamState", "scale_by_sparse_adam", "DENSE_GRAD_MESSAGE"]
+
+#: torch.optim.SparseAdam's message for a dense gradient
+DENSE_GRAD_MESSAGE = (
+    "SparseAdam does not support dense gradients, please consider Adam instead")
+
+
+class ScaleBySparseAdamState(NamedTuple):
+    """State of :func:`scale_by_sparse_adam`; every field is a tree shaped like the parameters.
+
+    Attributes:
+        step: per-parameter step count (0-d int64; counts every update with a gradient, even
+            one with no entries, as torch.optim.SparseAdam's ``state["step"]``).
+        exp_avg: first moment (dense; only rows that had gradient entries ever change).
+        exp_avg_sq: second moment (dense).
+    """
+
+    step: Any
+    exp_avg: Any
+    exp_avg_sq: Any
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The entries of dense ``x`` at a coalesced COO ``index`` of shape ``(sparse_dim, nnz)``:
+    shape ``(nnz, *dense_dims)``."""
+    if index.shape[0] == 0:  # sparse_dim 0: the whole tensor, nnz (<= 1) times
+        return x.expand(index.shape[1], *x.shape)
+    return x[tuple(index)]
+
+
+def _sparse_adam_leaf(h: dict, g: torch.Tensor, t, m, v, *, maximize: bool, name: str):
+    if g.is_complex():
+        raise TypeError(f"scale_by_sparse_adam does not support complex updates (leaf {name!r})")
+    if not g.is_sparse:
+        raise RuntimeError(f"{DENSE_GRAD_MESSAGE} (leaf {name!r})")
+    if g.shape != m.shape:
+        raise _tree.TreeMismatchError(
+            f"scale_by_sparse_adam: leaf {name!r}: the update has shape {tuple(g.shape)} but its "
+            f"state has shape {tuple(m.shape)}")
+    h = cast_hparams(h, m)
+    b1, b2 = h["betas"]
+    if maximize:
+        g = -g
+    g = g.coalesce()  # the update is not linear in g: repeated indices must be summed first
+    index, values = g.indices(), g.values()
+    old_m, old_v = _rows(m, index), _rows(v, index)
+    dm = (values - old_m) * (1 - b1)
+    dv = (values.pow(2) - old_v) * (1 - b2)
+    m_new = m + torch.sparse_coo_tensor(index, dm, m.shape, is_coalesced=True,
+                                     check_invariants=False)
+    v_new = v + torch.sparse_coo_tensor(index, dv, v.shape, is_coalesced=True,
+                                     check_invariants=False)
+    t = t + 1
+    tf = t.to(scalar_dtype(m))
+    step_size = h["lr"] * torch.sqrt(1 - b2**tf) / (1 - b1**tf)
+    rows = (dm + old_m) / (torch.sqrt(dv + old_v) + h["eps"])
+    u = torch.sparse_coo_tensor(index, -step_size * rows, m.shape, is_coalesced=True,
+                                     check_invariants=False)
+    return u, t, m_new, v_new
+
+
+def scale_by_sparse_adam(lr: float | torch.Tensor = 1e-3,
+                         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+                         maximize: bool = False) -> Transform:
+    r"""Adam (Kingma & Ba, 2015) restricted to the entries a sparse gradient has ("lazy Adam"),
+    as torch.optim.SparseAdam computes it. Outputs the final (descent) update, sparse.
+
+    For a sparse COO gradient (``nn.Embedding(sparse=True)``), coalesced first (repeated indices
+    summed), with :math:`I` its set of indices, only rows :math:`i \in I` change:
+
+    .. math::
+        m_{t,i} = \beta_1 m_{t-1,i} + (1-\beta_1) g_{t,i}, \quad
+        v_{t,i} = \beta_2 v_{t-1,i} + (1-\beta_2) g_{t,i}^2, \\
+        u_{t,i} = -\eta \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}
+                  \frac{m_{t,i}}{\sqrt{v_{t,i}} + \epsilon}
+
+    where ``t`` counts this parameter's updates. The update is a sparse COO tensor with the
+    gradient's indices (``apply_updates`` adds it to the dense parameter); its learning rate is
+    folded in, so this block ends a chain. A dense gradient raises torch's ``RuntimeError``
+    ("SparseAdam does not support dense gradients, please consider Adam instead"); complex
+    gradients a ``TypeError``. Pure; not ``vmap``-able, differentiable or capturable (sparse
+    tensors and ``coalesce`` have data-dependent sizes).
+
+    Args:
+        lr: ``η`` (default 1e-3).
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+        maximize: ascend instead of descend (static).
+    """
+    owner = "scale_by_sparse_adam"
+    check_hparam(owner, "lr", lr, gt=0)
+    check_hparam(owner, "eps", eps, gt=0)
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise HParamError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
+    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+    defaults = {"lr": lr, "betas": tuple(betas), "eps": eps}
+
+    def init(params):
+        zeros = lambda p: torch.zeros_like(p, memory_format=torch.preserve_format)  # noqa: E731
+        return ScaleBySparseAdamState(init_count(params), _tree.map(zeros, params),
+                                      _tree.map(zeros, params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleBySparseAdamState)
+        spec = _tree.structure(updates)
+        flat = [_tree.flatten_like(s, spec, f"{owner} state", "updates")
+                for s in (state.step, state.exp_avg, state.exp_avg_sq)]
+        outs: list[list] = [[], list(flat[0]), list(flat[1]), list(flat[2])]
+        for i, (name, g) in enumerate(_tree.named_leaves(updates)):
+            if g is None:
+                outs[0].append(None)
+                continue
+            if flat[1][i] is None:
+                raise _tree.TreeMismatchError(
+                    f"{owner}: update leaf {name!r} has no state (its parameter was None at init)")
+            u, t, m, v = _sparse_adam_leaf(h, g, flat[0][i], flat[1][i], flat[2][i],
+                                           maximize=maximize, name=name)
+            outs[0].append(u)
+            outs[1][i], outs[2][i], outs[3][i] = t, m, v
+        trees = [spec.unflatten(o) for o in outs]
+        return trees[0], ScaleBySparseAdamState(*trees[1:])
+
+    return Transform(init, update, defaults)
