@@ -2,7 +2,8 @@
 
 ``functional_optim.optim.SGD/Adam/AdamW`` and ``FunctionalOptimizer(params, transform)`` are run
 side by side with ``torch.optim``'s classes on identical float64 models and data; parameters and
-the whole ``state_dict`` must agree to ``1e-10`` relative (per tensor, ``max|a-b| <= 1e-10 max|b|``).
+the whole ``state_dict`` must agree to ``1e-10`` relative (per tensor,
+``max|a-b| <= 1e-10 max|b|``).
 
 Covered: constructor signatures, defaults, validation and every option torch accepts;
 ``param_groups`` read on each step; closures, ``zero_grad``, ``repr``, hooks, deepcopy/pickle;
@@ -19,6 +20,7 @@ import functools
 import inspect
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -74,7 +76,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, where: str, rtol: float = RTOL) -> 
 
 
 def _same_params(m1: nn.Module, m2: nn.Module, rtol: float = RTOL) -> None:
-    for (name, a), b in zip(m1.named_parameters(), m2.parameters()):
+    for (name, a), b in zip(m1.named_parameters(), m2.parameters(), strict=True):
         _close(a, b, f"parameter {name}", rtol)
 
 
@@ -89,7 +91,7 @@ def _same_value(a, b, where: str, rtol: float = RTOL) -> None:
             _same_value(a[k], b[k], f"{where}[{k!r}]", rtol)
     elif isinstance(b, (tuple, list)):
         assert type(a) is type(b) and len(a) == len(b), f"{where}: {a!r} != {b!r}"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same_value(x, y, f"{where}[{i}]", rtol)
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
@@ -119,11 +121,11 @@ def _assert_unchanged(opt: torch.optim.Optimizer, snap) -> None:
     state, groups = snap
     now_state, now_groups = dict(opt.state), opt.param_groups
     assert len(now_state) == len(state)
-    for (p, s), (q, t) in zip(now_state.items(), state.items()):
+    for (p, s), (q, t) in zip(now_state.items(), state.items(), strict=True):
         assert torch.equal(p, q)
         _same_value(s, t, "state after a failed load", rtol=0)
     assert len(now_groups) == len(groups)
-    for g, h in zip(now_groups, groups):
+    for g, h in zip(now_groups, groups, strict=True):
         assert set(g) == set(h)
         for k in g:
             if k == "params":
@@ -202,25 +204,17 @@ def test_invalid_params_raise_like_torch(name, case):
         "non_leaf": lambda: [w * 2],
         "overlapping": lambda: [{"params": [w]}, {"params": [w]}],
     }[case]
-    with pytest.warns(UserWarning) if case == "duplicate" else _nullcontext():
-        try:
-            torch_cls(params())
-            expected = None
-        except Exception as e:  # noqa: BLE001 - the type is what we compare
-            expected = type(e)
-    if expected is None:
-        ours_cls(params())
-    else:
-        with pytest.raises(expected):
-            ours_cls(params())
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    outcomes = []
+    for cls in (torch_cls, ours_cls):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                cls(params())
+                outcomes.append((None, None))
+            except Exception as e:  # noqa: BLE001 - the type and message are what we compare
+                outcomes.append((type(e), str(e)))
+        outcomes[-1] += (sorted(str(w.message) for w in caught),)
+    assert outcomes[0] == outcomes[1]
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -292,7 +286,7 @@ def test_capturable_keeps_step_on_the_device_and_matches(name):
     _train(m1, ours, STEPS)
     _train(m2, theirs, STEPS)
     _same_params(m1, m2)
-    for p, q in zip(m1.parameters(), m2.parameters()):
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
         step = ours.state[p]["step"]
         assert step.device == p.device and step.item() == STEPS
         assert step.dtype == theirs.state[q]["step"].dtype  # float32, as torch's
@@ -336,7 +330,7 @@ def test_differentiable_gives_torchs_gradients(name, kwargs):
         theirs = _differentiable_grads(PAIRS[name][1], kwargs)
     finally:
         torch.set_default_dtype(old)
-    for a, b, what in zip(ours, theirs, ("result", "d/dw0", "d/dlr")):
+    for a, b, what in zip(ours, theirs, ("result", "d/dw0", "d/dlr"), strict=True):
         _close(a, b, what)
 
 
@@ -520,7 +514,7 @@ def test_zero_grad_like_torch(set_to_none):
     for m, o in ((m1, ours), (m2, theirs)):
         _loss(m, 0).backward()
         o.zero_grad(set_to_none=set_to_none)
-    for p, q in zip(m1.parameters(), m2.parameters()):
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
         if set_to_none:
             assert p.grad is None and q.grad is None
         else:
@@ -553,8 +547,10 @@ def test_step_hooks_like_torch():
     def global_post(opt, args, kwargs):
         events["ours" if isinstance(opt, FunctionalOptimizer) else "torch"].append("global-post")
 
-    from torch.optim.optimizer import (register_optimizer_step_post_hook,
-                                       register_optimizer_step_pre_hook)
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
     handles += [register_optimizer_step_pre_hook(global_pre),
                 register_optimizer_step_post_hook(global_post)]
     try:
@@ -656,7 +652,8 @@ def test_copies_continue_training_identically(name, how):
     else:
         c1, co = pickle.loads(pickle.dumps((m1, ours)))
     assert type(co) is type(ours) and repr(co) == repr(ours)
-    assert all(p is q for p, q in zip(co.param_groups[0]["params"], c1[0].parameters()))
+    assert all(p is q for p, q in zip(co.param_groups[0]["params"], c1[0].parameters(),
+                                      strict=True))
     _same_state_dict(co, ours, rtol=0)
     _train(c1, co, 4, start=4)
     _train(m1, ours, 4, start=4)
@@ -786,7 +783,7 @@ def test_schedule_driven_chain_matches_the_functional_loop():
         _loss(m1, i).backward()
         opt.step()
         grads = torch.func.grad(
-            lambda p: _loss(lambda x: torch.func.functional_call(m2, p, (x,)), i))(params)
+            lambda p, i=i: _loss(lambda x: torch.func.functional_call(m2, p, (x,)), i))(params)
         updates, state = tx.update(grads, state, params)
         params = fo.apply_updates(params, updates)
     for name, p in m1.named_parameters():
@@ -914,7 +911,7 @@ def test_generic_state_dict_round_trips_through_weights_only_load():
     m3.load_state_dict(m1.state_dict())
     new = FunctionalOptimizer(m3.named_parameters(), _scheduled_chain())
     new.load_state_dict(sd)
-    for p, q in zip(m3.parameters(), m1.parameters()):
+    for p, q in zip(m3.parameters(), m1.parameters(), strict=True):
         _same_value(new.state[p], opt.state[q], "loaded state", rtol=0)
     _train(m3, new, 4, start=4)
     _train(m2, ref, 4, start=4)
@@ -992,7 +989,7 @@ def test_grad_scaler_skips_non_finite_steps_like_torch(name):
             scaler.step(opt)
             scaler.update()
             if i in (2, 6):  # skipped: params and state unchanged
-                for p, q in zip(m.parameters(), before[0]):
+                for p, q in zip(m.parameters(), before[0], strict=True):
                     assert torch.equal(p, q)
                 _assert_unchanged(opt, before[1])
         assert scalers[0].get_scale() == scalers[1].get_scale()
@@ -1066,6 +1063,9 @@ def test_compiled_train_step_has_no_more_graph_breaks_than_torch():
         finally:
             torch._dynamo.reset()
         results[tag] = explanation.graph_break_count
+        if tag == "ours":
+            reasons = [r.reason for r in explanation.break_reasons]
+            assert all("backward" in r for r in reasons), reasons
     assert results["ours"] <= results["torch"], results
 
 
@@ -1091,7 +1091,7 @@ def test_stateful_equals_functional(foreach):
         params = fo.apply_updates(params, updates)
     for name, p in m1.named_parameters():
         _close(p, params[name], name)
-    flat_state = {k: v for k, v in zip(params, _leaves_by_param(state, params))}
+    flat_state = {k: v for k, v in zip(params, _leaves_by_param(state, params), strict=True)}
     for name, p in m1.named_parameters():
         assert opt.state[p]["adam"]["step"].item() == 30
         _close(opt.state[p]["adam"]["mu"], flat_state[name]["mu"], f"{name} mu")

@@ -81,7 +81,7 @@ def _compare(name: str, make, kwargs: dict | None = None, **run_kwargs):
     assert len({tuple(map(tuple, step)) for step in t2}) > 1, "the schedule never moved"
     assert w1 == w2, "different warnings"
     assert last1 == last2
-    for (n, a), b in zip(m1.named_parameters(), m2.parameters()):
+    for (n, a), b in zip(m1.named_parameters(), m2.parameters(), strict=True):
         err = (a - b).abs().max().item()
         assert err <= RTOL * b.abs().max().item(), f"{n}: max|a-b| = {err:.3e}"
     s1, s2 = o1.state_dict()["state"], o2.state_dict()["state"]
@@ -192,7 +192,7 @@ def test_schedulers_fill_a_tensor_lr_in_place(name):
 
     (m1, l1), (m2, l2) = tensor_lr_run(CLASSES[name][0]), tensor_lr_run(CLASSES[name][1])
     assert l1 == l2
-    for a, b in zip(m1.parameters(), m2.parameters()):
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
         assert (a - b).abs().max().item() <= RTOL * b.abs().max().item()
 
 
@@ -226,7 +226,7 @@ def test_scheduler_and_optimizer_state_dicts_resume_together():
     for first, second in ((SGD, torch.optim.SGD), (torch.optim.SGD, SGD), (SGD, SGD)):
         model, h = run(first, second)
         assert h == ref_h
-        for a, b in zip(model.parameters(), ref_model.parameters()):
+        for a, b in zip(model.parameters(), ref_model.parameters(), strict=True):
             assert (a - b).abs().max().item() <= RTOL * b.abs().max().item()
 
 

@@ -118,8 +118,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if "defaults" not in state:  # from load_state_dict (after its pre-hooks): check first,
-            self._check_loaded(state["param_groups"], state["state"])  # so a bad one changes nothing
+        if "defaults" not in state:  # from load_state_dict, after its pre-hooks: check before
+            self._check_loaded(state["param_groups"], state["state"])  # anything changes
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})
         self._cache = {}
@@ -133,7 +133,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
 
     def _check_loaded(self, groups: list, state: dict) -> None:
-        for current, group in zip(self.param_groups, groups):
+        for current, group in zip(self.param_groups, groups, strict=True):
             group = {**current, **group}  # keys an older checkpoint lacks: the current values
             tx = self._transform_for(group)
             for index, p in enumerate(group["params"]):
