@@ -6,7 +6,8 @@ CPU default), foreach and fused implementations, and functional_optim.optim's pe
 (foreach=False) and default multi-tensor paths. Prints the median over repeats and ratios to
 torch's default and to torch's foreach.
 
-    python benchmarks/bench_step.py [--threads 1] [--repeats 20] [--out benchmarks/results/step_cpu.md]
+    python benchmarks/bench_step.py [--threads 1] [--repeats 20] \
+        [--out benchmarks/results/step_cpu.md]
 """
 
 from __future__ import annotations

@@ -4,10 +4,14 @@
 >>> tx = fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.scale_by_learning_rate(1e-3))
 """
 
-from . import combinators, schedules, tree
-from . import implicit, meta  # meta-learning (nothing in the core imports them)
-from .aliases import adam, adamw, sgd
-from .aliases import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
+from . import (  # meta-learning (nothing in the core imports them)
+    combinators,
+    implicit,
+    meta,
+    schedules,
+    tree,
+)
+from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
     EmptyState,
     HParamError,
@@ -47,24 +51,16 @@ from .combinators import (
     zero_nans,
 )
 from .transforms import (
+    ReduceOnPlateauState,
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
+    ScaleByAdamState,
     ScaleByAsgdState,
     ScaleByNadamState,
     ScaleByRadamState,
+    ScaleByRmsState,
     ScaleByRpropState,
     ScaleByRssState,
-    scale_by_adadelta,
-    scale_by_adamax,
-    scale_by_asgd,
-    scale_by_nadam,
-    scale_by_radam,
-    scale_by_rprop,
-    scale_by_rss,
-    ReduceOnPlateauState,
-    reduce_on_plateau,
-    ScaleByAdamState,
-    ScaleByRmsState,
     ScaleByScheduleState,
     TraceState,
     add_decayed_weights,
@@ -72,10 +68,18 @@ from .transforms import (
     clip_by_global_norm,
     clip_by_norm,
     identity,
+    reduce_on_plateau,
     scale,
+    scale_by_adadelta,
     scale_by_adam,
+    scale_by_adamax,
+    scale_by_asgd,
     scale_by_learning_rate,
+    scale_by_nadam,
+    scale_by_radam,
     scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
     set_to_zero,
     sign,
     trace,

@@ -9,7 +9,8 @@ and works under ``torch.func`` transforms, ``torch.compile`` and CUDA-graph capt
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optree
 import torch
@@ -17,6 +18,7 @@ import torch
 from . import _foreach
 from . import tree as _tree
 from .base import MissingParamsError
+
 
 def scalar_dtype(like: torch.Tensor) -> torch.dtype:
     """The dtype of the 0-d coefficients (bias corrections, tensor hparams) used on a leaf.
@@ -159,13 +161,9 @@ def elementwise(
             h = cache[hkey] = cast_hparams(hparams, first)
         likes = [[flats[j][i] for i in members] for j in range(1 + n_states)]
         if multi:
-            def pack(f):
-                if isinstance(f[members[0]], torch.Tensor):
-                    return _foreach.TensorList([f[i] for i in members])
-                return f[members[0]]
-
-            out = apply(members, h, pack(flats[0]), [pack(f) for f in flats[1:1 + n_states]],
-                        [pack(f) for f in flats[1 + n_states:]], likes)
+            out = apply(members, h, _pack(flats[0], members),
+                        [_pack(f, members) for f in flats[1:1 + n_states]],
+                        [_pack(f, members) for f in flats[1 + n_states:]], likes)
         else:
             (i,) = members
             out = apply(i, h, flats[0][i], [f[i] for f in flats[1:1 + n_states]],
@@ -174,6 +172,13 @@ def elementwise(
             for i, v in zip(members, column):
                 results[j][i] = v
     return tuple(_unflatten_like(updates, r) for r in results)
+
+
+def _pack(flat: list, members: list) -> Any:
+    """The ``members`` of ``flat`` as one :class:`TensorList` (a static input stays one value)."""
+    if isinstance(flat[members[0]], torch.Tensor):
+        return _foreach.TensorList([flat[i] for i in members])
+    return flat[members[0]]
 
 
 def _unflatten_like(tree: Any, flat: list) -> Any:

@@ -9,8 +9,9 @@ on CPU the foreach kernels call the same per-tensor operators.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Number
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -13,9 +13,9 @@ to every transform; transforms ignore the ones they do not use.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from numbers import Number
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 

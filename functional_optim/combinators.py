@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import optree
 import torch
@@ -33,7 +33,7 @@ from .base import (
     check_state,
     resolve_hparams,
 )
-from .schedules import Schedule, as_schedule
+from .schedules import as_schedule
 
 __all__ = [
     "MaskedNode",

@@ -11,7 +11,8 @@ Step counts start at 0: the first update uses ``schedule(0)``, as optax does.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optree
 import torch
@@ -98,7 +99,7 @@ class Schedule:
 
 
 def as_schedule(value: Any, name: str = "schedule") -> Schedule:
-    """A :class:`Schedule` from a Schedule (returned as is) or a plain callable ``step -> value``."""
+    """A :class:`Schedule` from a Schedule (returned as is) or a callable ``step -> value``."""
     if isinstance(value, Schedule):
         return value
     if callable(value):
@@ -155,7 +156,7 @@ def _cosine_factor(step, decay_steps, exponent):
 
 def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0,
                  exponent: float = 1.0) -> Schedule:
-    r"""Cosine decay (Loshchilov & Hutter, 2017, SGDR) from ``init_value`` to ``alpha * init_value``.
+    r"""Cosine decay (Loshchilov & Hutter, 2017, SGDR) from ``init_value`` to ``alpha*init_value``.
 
     .. math:: v(t) = v_0\left[(1-\alpha)\left(\tfrac12\big(1+\cos(\pi \min(t,T)/T)\big)\right)^p
               + \alpha\right]
@@ -276,7 +277,7 @@ def _where(cond, a, b):
 
 def polynomial(init_value: float, end_value: float, power: float, transition_steps: int,
                transition_begin: int = 0) -> Schedule:
-    r"""Polynomial transition from ``init_value`` to ``end_value`` (optax's ``polynomial_schedule``).
+    r"""Polynomial transition from ``init_value`` to ``end_value`` (optax's polynomial schedule).
 
     .. math:: v(t) = (v_0 - v_1)\left(1 - \frac{\mathrm{clip}(t - t_b, 0, T)}{T}\right)^p + v_1
 
@@ -435,7 +436,7 @@ def piecewise_interpolate(interpolate_type: str, init_value: float,
 
 
 def sgdr(cosine_kwargs: list[dict]) -> Schedule:
-    r"""SGD with warm restarts (Loshchilov & Hutter, 2017): :func:`warmup_cosine_decay` cycles joined.
+    r"""SGDR (Loshchilov & Hutter, 2017): :func:`warmup_cosine_decay` cycles, joined.
 
     Each dict holds :func:`warmup_cosine_decay`'s arguments; a cycle lasts its ``decay_steps``.
     """

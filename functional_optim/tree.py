@@ -8,7 +8,8 @@ dicts, lists, tuples, NamedTuples, nested.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optree
 import torch

@@ -9,7 +9,8 @@ leaves, empty and nested trees, dtypes and complex parameters.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import optree
 import torch

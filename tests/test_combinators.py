@@ -147,7 +147,6 @@ def test_inject_hparams_named_chain_paths_and_state_functions():
     params = params_tree()
     state = tx.init(params)
     adam_state = fo.scale_by_adam().init(params)
-    ref = params
     for t in range(5):
         g = grads_tree(t)
         u, state = tx.update(g, state, params)

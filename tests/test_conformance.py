@@ -8,12 +8,12 @@ import optree
 import pytest
 import torch
 import torch._dynamo.testing
+from conformance import CASES, float_state, tensor_hparams
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 import functional_optim as fo
-from conformance import CASES, float_state, tensor_hparams
 
 pytestmark = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 
@@ -131,7 +131,7 @@ def test_grad_matches_finite_differences(case, zero):
                                                       optree.tree_leaves(direction))),
                        torch.zeros((), dtype=torch.float64))
         torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-7,
-                                   msg=lambda m: f"d/d{name}: {m}")
+                                   msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 def test_vmap_equals_loop(case):
@@ -162,7 +162,7 @@ def test_vmap_equals_loop(case):
     assert not fallbacks, fallbacks
 
     for m in range(members):
-        pick = lambda tree: optree.tree_map(lambda x: x[m], tree)  # noqa: E731
+        pick = lambda tree, m=m: optree.tree_map(lambda x: x[m], tree)  # noqa: E731
         p = pick(params)
         state = tx.init(p)
         for step in range(2):

@@ -8,9 +8,9 @@ implicit host-device sync.
 import optree
 import pytest
 import torch
+from conformance import CASES, random_tree, tensor_hparams
 
 import functional_optim as fo
-from conformance import CASES, random_tree, tensor_hparams
 
 pytestmark = pytest.mark.cuda
 

@@ -6,8 +6,7 @@ replacements for torch.optim's classes (same constructor, numbers and ``state_di
 """
 
 from .adapter import FunctionalOptimizer
-from .classes import SGD, Adam, AdamW
-from .classes import ASGD, Adadelta, Adagrad, Adamax, NAdam, RAdam, RMSprop, Rprop
+from .classes import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop
 
 __all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax",
            "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD"]

@@ -8,14 +8,16 @@ one per leaf, named by the dotted path (``"clip.max_norm"``, ``"adam.betas"``); 
 *State*: the adapter runs a group's transform on a dict ``{name: param}``. Every state subtree that
 is a dict with exactly those names is per-parameter; the rest is shared by the group. Per-parameter
 leaves are stored in ``optimizer.state[p]`` as nested dicts keyed by their path (without the
-parameter name): ``{"adam": {"step": ..., "mu": ..., "nu": ...}}``. Shared leaves are stored in every
+parameter name): ``{"adam": {"step": ..., "mu": ..., "nu": ...}}``. Shared leaves are stored in
+every
 parameter's state of the group (the same tensor) and read back from the first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from numbers import Number
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import pickle
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import optree
 import torch

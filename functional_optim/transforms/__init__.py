@@ -1,24 +1,5 @@
-"""Building blocks, by family. Each is a function returning a :class:`~functional_optim.Transform`."""
+"""Building blocks, by family; each returns a :class:`~functional_optim.Transform`."""
 
-from .basic import (
-    ScaleByScheduleState,
-    identity,
-    scale,
-    scale_by_learning_rate,
-    set_to_zero,
-    sign,
-)
-from .clipping import clip, clip_by_global_norm, clip_by_norm
-from .decay import add_decayed_weights
-from .plateau import ReduceOnPlateauState, reduce_on_plateau
-from .moments import (
-    ScaleByAdamState,
-    ScaleByRmsState,
-    TraceState,
-    scale_by_adam,
-    scale_by_rms,
-    trace,
-)
 from .adaptive import (
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -35,6 +16,25 @@ from .adaptive import (
     scale_by_rprop,
     scale_by_rss,
 )
+from .basic import (
+    ScaleByScheduleState,
+    identity,
+    scale,
+    scale_by_learning_rate,
+    set_to_zero,
+    sign,
+)
+from .clipping import clip, clip_by_global_norm, clip_by_norm
+from .decay import add_decayed_weights
+from .moments import (
+    ScaleByAdamState,
+    ScaleByRmsState,
+    TraceState,
+    scale_by_adam,
+    scale_by_rms,
+    trace,
+)
+from .plateau import ReduceOnPlateauState, reduce_on_plateau
 
 __all__ = [
     "ScaleByAdadeltaState",

@@ -25,7 +25,7 @@ def _clip_rule(h, g):
 
 
 def clip(max_delta: float) -> Transform:
-    r"""Clips every update element to :math:`[-\delta, \delta]` (``torch.nn.utils.clip_grad_value_``).
+    r"""Clips every update element to :math:`[-\delta, \delta]` (as ``clip_grad_value_``).
 
     Args:
         max_delta: ``δ`` (>= 0). Real updates only.

@@ -1,4 +1,4 @@
-"""Factored second moments: Adafactor (Shazeer & Stern, 2018), as torch.optim.Adafactor computes it."""
+"""Factored second moments: Adafactor (Shazeer & Stern, 2018), as torch.optim.Adafactor has it."""
 
 from __future__ import annotations
 

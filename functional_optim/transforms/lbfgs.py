@@ -8,7 +8,8 @@ takes two keyword-only arguments besides the usual ones::
 
 - ``value``: the loss at ``params`` (a number or 0-d tensor), whose gradient is ``grads``;
 - ``value_fn(params) -> (value, grads)``: evaluates the loss and its gradient at other
-  parameters (a tree shaped like ``params``), purely; e.g. built on :func:`torch.func.grad_and_value`
+  parameters (a tree shaped like ``params``), purely; e.g. built on
+  :func:`torch.func.grad_and_value`
   of a functional loss, or on a closure that loads the parameters into a module.
 
 One ``update`` is one ``torch.optim.LBFGS.step(closure)``: up to ``max_iter`` iterations and
@@ -19,8 +20,9 @@ One ``update`` is one ``torch.optim.LBFGS.step(closure)``: up to ``max_iter`` it
 **What holds.** ``update`` is pure (nothing is mutated, every step of the history lives in the
 returned state) but *data-dependent*: like torch's, its stopping tests, the curvature test
 ``y's > 1e-10`` and the line search are Python decisions on values, so it synchronizes with the
-host. It therefore does not run under ``torch.func.vmap``/``grad``, ``torch.compile(fullgraph=True)``
-or CUDA-graph capture; the conformance suite registers it with those checks explicitly excluded.
+host. It therefore does not run under ``torch.func.vmap``/``grad``,
+``torch.compile(fullgraph=True)`` or CUDA-graph capture; the conformance suite registers it
+with those checks explicitly excluded.
 
 **State.** Global, not per leaf: the gradient, directions and history are flat vectors over all
 parameter leaves (complex leaves as real pairs), of a fixed size ``history_size``, so the state's
@@ -34,7 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -135,7 +138,7 @@ def flatten(grads: list, params: list) -> torch.Tensor:
 
 
 def moved(params: list, t: Any, d: torch.Tensor) -> list:
-    """``p + t d`` leaf by leaf, in each leaf's dtype (as torch's in-place ``p.add_(d, alpha=t)``)."""
+    """``p + t d`` leaf by leaf, in each leaf's dtype (as torch's ``p.add_(d, alpha=t)``)."""
     out, offset = [], 0
     alpha = float(t)
     for p in params:
@@ -319,7 +322,7 @@ def run(work: Work, params: list, loss: float, flat_grad: torch.Tensor,
         if cfg.line_search_fn is not None:
             x = params
             loss, flat_grad, t, evals = strong_wolfe(
-                lambda step: evaluate(moved(x, step, d)), t, d, loss, flat_grad, gtd,
+                lambda step, x=x, d=d: evaluate(moved(x, step, d)), t, d, loss, flat_grad, gtd,
                 max_ls=cfg.max_eval - current_evals)
             params = moved(x, t, d)
             opt_cond = bool(flat_grad.abs().max() <= cfg.tolerance_grad)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from .._execute import cast_hparams, first_device, scalar_dtype
 from .. import tree as _tree
+from .._execute import cast_hparams, first_device, scalar_dtype
 from ..base import HParamError, Transform, check_hparam, check_state, resolve_hparams
 
 __all__ = ["ReduceOnPlateauState", "reduce_on_plateau"]
