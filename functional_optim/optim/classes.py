@@ -118,8 +118,13 @@ class SGD(_TorchCompatible):
 
     def _load_leaf(self, store, path, p, group):
         if path == ("momentum", "step"):  # torch keeps no step: a buffer means "started"
-            started = store.get("momentum_buffer") is not None
-            return torch.full((), int(started), dtype=torch.int64, device=p.device)
+            started = int(store.get("momentum_buffer") is not None)
+            key = ("step", started, p.device)
+            step = self._cache.get(key)  # read-only constants: rules never write their inputs
+            if step is None:
+                step = self._cache[key] = torch.full((), started, dtype=torch.int64,
+                                                     device=p.device)
+            return step
         return super()._load_leaf(store, path, p, group)
 
     def _store_leaf(self, store, path, value, group):

@@ -181,7 +181,12 @@ class TraceState(NamedTuple):
 
 def _trace_rule(h, g, t, buf, *, nesterov):
     momentum = h["momentum"]
-    buf = torch.where(t == 0, g, buf * momentum + (1 - h["dampening"]) * g)
+    # b = mu b + (1 - tau) g, except b = g at the first step (the buffer is zero then):
+    # per-leaf coefficients instead of a select, so the multi-tensor path stays foreach
+    started = (t > 0).to(scalar_dtype(g))
+    keep = momentum * started
+    take = 1 - h["dampening"] * started
+    buf = buf * keep + take * g
     return (g + momentum * buf if nesterov else buf), t + 1, buf
 
 
