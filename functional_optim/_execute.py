@@ -53,6 +53,7 @@ def elementwise(
     complex_as_real: bool = False,
     real_only: bool = False,
     input_names: tuple[str, ...] = (),
+    donate_state: bool = False,
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -64,6 +65,8 @@ def elementwise(
             torch.optim treats complex parameters: real and imaginary parts as separate reals).
         real_only: raise a clear ``TypeError`` for complex leaves.
         input_names: names of the ``inputs`` trees in error messages (e.g. ``("params",)``).
+        donate_state: the rule reads each old state once, so under
+            ``multi_tensor(donate=True)`` its state may be updated in place.
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
     otherwise promote a 0-d leaf) and must keep its shape: a result whose shape differs (a
@@ -143,6 +146,7 @@ def elementwise(
     results = [list(flats[j]) for j in range(1 + n_states)]
     groups: dict = {}
     multi = _multi_tensor_wanted(flats[0])
+    donate = multi and donate_state and _MULTI_TENSOR[1]
     for i, g in enumerate(flats[0]):
         if g is None:
             continue
@@ -162,7 +166,7 @@ def elementwise(
         likes = [[flats[j][i] for i in members] for j in range(1 + n_states)]
         if multi:
             out = apply(members, h, _pack(flats[0], members),
-                        [_pack(f, members) for f in flats[1:1 + n_states]],
+                        [_pack(f, members, donate) for f in flats[1:1 + n_states]],
                         [_pack(f, members) for f in flats[1 + n_states:]], likes)
         else:
             (i,) = members
@@ -174,10 +178,10 @@ def elementwise(
     return tuple(_unflatten_like(updates, r) for r in results)
 
 
-def _pack(flat: list, members: list) -> Any:
+def _pack(flat: list, members: list, donate: bool = False) -> Any:
     """The ``members`` of ``flat`` as one :class:`TensorList` (a static input stays one value)."""
     if isinstance(flat[members[0]], torch.Tensor):
-        return _foreach.TensorList([flat[i] for i in members])
+        return _foreach.TensorList([flat[i] for i in members], donated=donate)
     return flat[members[0]]
 
 
@@ -196,22 +200,39 @@ def _check_structures(updates: Any, trees: tuple, n_states: int, name: str,
         _tree.flatten_like(tree, spec, tree_name, "updates")
 
 
-_MULTI_TENSOR = [False]
+_MULTI_TENSOR = [False, False]  # [enabled, donate state]
 
 
 class multi_tensor:  # noqa: N801 - used like torch.no_grad
     """Within this context, eager updates outside autograd and ``torch.func`` run each rule once
-    per (device, dtype) group of leaves with ``torch._foreach_*`` kernels (same numbers)."""
+    per (device, dtype) group of leaves with ``torch._foreach_*`` kernels (same numbers).
 
-    def __init__(self, enabled: bool = True):
+    ``donate=True`` (the stateful adapter, which owns its state buffers) lets rules that opt in
+    update their state in place, as torch.optim does: the input state tensors are overwritten.
+    """
+
+    def __init__(self, enabled: bool = True, donate: bool = False):
         self.enabled = enabled
+        self.donate = donate
 
     def __enter__(self):
-        self.previous = _MULTI_TENSOR[0]
-        _MULTI_TENSOR[0] = self.enabled
+        self.previous = list(_MULTI_TENSOR)
+        _MULTI_TENSOR[:] = [self.enabled, self.enabled and self.donate]
 
     def __exit__(self, *exc):
-        _MULTI_TENSOR[0] = self.previous
+        _MULTI_TENSOR[:] = self.previous
+
+
+class keep_state:  # noqa: N801 - a context like torch.no_grad
+    """Inner updates in this context leave their input state intact (no donation): for
+    combinators that may keep the old state instead of the new one (``multi_steps``, ...)."""
+
+    def __enter__(self):
+        self.previous = _MULTI_TENSOR[1]
+        _MULTI_TENSOR[1] = False
+
+    def __exit__(self, *exc):
+        _MULTI_TENSOR[1] = self.previous
 
 
 def _multi_tensor_wanted(leaves: list) -> bool:

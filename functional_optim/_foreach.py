@@ -5,10 +5,24 @@ rules use map to one ``torch._foreach_*`` call for the whole list (any other tor
 element by element). So a rule written once, as math on a tensor, runs per leaf (pure, for
 ``vmap``/``grad``/``compile``) or over a list of leaves (eager speed), and gives the same numbers:
 on CPU the foreach kernels call the same per-tensor operators.
+
+*Reusing memory.* Out-of-place kernels allocate a fresh buffer for every result; on CPU that costs
+about as much as the arithmetic. So an op runs in place (``torch._foreach_*_``) on its first operand
+when that operand is
+
+- a temporary: a fresh result of an earlier op that no name refers to any more (Python's reference
+  count says so), e.g. the ``sqrt(...)`` in ``sqrt(v) * c + eps``; or
+- *donated* state: the stateful adapter owns its state buffers and replaces them with the rule's
+  results, so a rule that opts in (``elementwise(..., donate_state=True)``) may update its state in
+  place, as torch.optim does. A donated list is consumed by its first in-place update: reading it
+  again raises, which the tests of every opting-in rule would catch.
+
+Values are the same either way (the in-place kernels compute the same thing).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from numbers import Number
 from typing import Any
@@ -16,6 +30,21 @@ from typing import Any
 import torch
 
 __all__ = ["TensorList"]
+
+
+# sys.getrefcount of an operand that only the expression being evaluated refers to, seen from a
+# dunder method or from __torch_function__ (CPython 3.10-3.12); a named operand has more.
+_TEMPORARY_REFS = 3
+_NAMED = 1 << 30
+
+
+def _keeps_dtype(target: TensorList, other: Any) -> bool:
+    """Whether ``target op other`` has ``target``'s dtype (so it may be computed in place)."""
+    if isinstance(other, TensorList):
+        return other.dtype == target.dtype or other.scalar
+    if isinstance(other, torch.Tensor):
+        return other.ndim == 0
+    return isinstance(other, Number) and not isinstance(other, complex)
 
 
 def _items(x: Any, n: int) -> list:
@@ -29,17 +58,37 @@ class TensorList:
     tensor, so scalar arithmetic on it is one small kernel, not one per leaf.
     """
 
-    __slots__ = ("_items", "_stacked")
+    __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed")
 
-    def __init__(self, items: list | None = None, stacked: torch.Tensor | None = None):
+    def __init__(self, items: list | None = None, stacked: torch.Tensor | None = None, *,
+                 fresh: bool = False, donated: bool = False):
         self._items = None if items is None else list(items)
         self._stacked = stacked
+        self._fresh = fresh  # its tensors were allocated by an op and belong to nobody else
+        self._donated = donated
+        self._consumed = False
 
     @property
     def items(self) -> list:
+        if self._consumed:
+            raise RuntimeError(
+                "TensorList: a donated state was read after its in-place update; a rule that "
+                "passes donate_state=True must read each old state once"
+            )
         if self._items is None:
             self._items = list(self._stacked.unbind())
         return self._items
+
+    def _reusable(self, refs: int) -> bool:
+        """Whether an op may overwrite this list (``refs``: its reference count at the op)."""
+        return (self._donated or (self._fresh and refs <= _TEMPORARY_REFS)) and \
+            self._stacked is None and not self.scalar
+
+    def _reused(self, items: list) -> TensorList:
+        """The result of an in-place op on this list (which is consumed if it was donated)."""
+        out = TensorList(items, fresh=True)
+        self._consumed = self._donated
+        return out
 
     @property
     def scalar(self) -> bool:
@@ -88,7 +137,13 @@ class TensorList:
 
     # -- arithmetic: one foreach call where torch has one, else element by element ---------
 
-    def _binary(self, name: str, other: Any, reverse: bool = False) -> TensorList:
+    def _binary(self, name: str, other: Any, reverse: bool = False,
+                refs: int = _NAMED) -> TensorList:
+        if not reverse and self._reusable(refs) and _keeps_dtype(self, other):
+            items = self.items
+            op_ = getattr(torch, f"_foreach_{name}_")
+            op_(items, other.items if isinstance(other, TensorList) else other)
+            return self._reused(items)
         if self.scalar and (not isinstance(other, TensorList) or other.scalar) and not (
                 isinstance(other, torch.Tensor) and other.ndim > 0):
             b = other.stacked if isinstance(other, TensorList) else other
@@ -97,35 +152,35 @@ class TensorList:
         op = getattr(torch, f"_foreach_{name}")
         if isinstance(other, TensorList):
             a, b = (other.items, self.items) if reverse else (self.items, other.items)
-            return TensorList(op(a, b))
+            return TensorList(op(a, b), fresh=True)
         if not reverse and (isinstance(other, Number) or (
                 isinstance(other, torch.Tensor) and other.ndim == 0 and name != "pow")):
-            return TensorList(op(self.items, other))
+            return TensorList(op(self.items, other), fresh=True)
         if reverse and name == "pow" and isinstance(other, Number):
-            return TensorList(op(other, self.items))
+            return TensorList(op(other, self.items), fresh=True)
         fn = getattr(torch, name)
         return TensorList([fn(other, x) if reverse else fn(x, other) for x in self.items])
 
     def __add__(self, other):
-        return self._binary("add", other)
+        return self._binary("add", other, refs=sys.getrefcount(self))
 
     def __radd__(self, other):
-        return self._binary("add", other)
+        return self._binary("add", other, refs=sys.getrefcount(self))
 
     def __sub__(self, other):
-        return self._binary("sub", other)
+        return self._binary("sub", other, refs=sys.getrefcount(self))
 
     def __rsub__(self, other):
         return self._binary("sub", other, reverse=True)
 
     def __mul__(self, other):
-        return self._binary("mul", other)
+        return self._binary("mul", other, refs=sys.getrefcount(self))
 
     def __rmul__(self, other):
-        return self._binary("mul", other)
+        return self._binary("mul", other, refs=sys.getrefcount(self))
 
     def __truediv__(self, other):
-        return self._binary("div", other)
+        return self._binary("div", other, refs=sys.getrefcount(self))
 
     def __rtruediv__(self, other):
         return self._binary("div", other, reverse=True)
@@ -164,7 +219,8 @@ class TensorList:
         kwargs = kwargs or {}
         special = _SPECIAL.get(func)
         if special is not None:
-            result = special(*args, **kwargs)
+            refs = sys.getrefcount(args[0]) if args else _NAMED
+            result = special(*args, _refs=refs, **kwargs)
             if result is not NotImplemented:
                 return result
         n = next(len(a) for a in list(args) + list(kwargs.values()) if isinstance(a, TensorList))
@@ -178,50 +234,72 @@ class TensorList:
 
 
 def _unary(name: str) -> Callable:
-    op = getattr(torch, f"_foreach_{name}")
+    op, op_ = getattr(torch, f"_foreach_{name}"), getattr(torch, f"_foreach_{name}_")
     fn = getattr(torch, name)
-    return lambda x: TensorList(stacked=fn(x.stacked)) if x.scalar else TensorList(op(x.items))
+
+    def unary(x, *, _refs=_NAMED):
+        if x.scalar:
+            return TensorList(stacked=fn(x.stacked))
+        if x._reusable(_refs):
+            op_(x.items)
+            return x._reused(x.items)
+        return TensorList(op(x.items), fresh=True)
+
+    return unary
 
 
-def _add(a, b, *, alpha=1):
-    if isinstance(a, TensorList) and isinstance(b, TensorList) and isinstance(alpha, Number) \
-            and not a.scalar:
-        return TensorList(torch._foreach_add(a.items, b.items, alpha=alpha))
-    return NotImplemented
+def _add(a, b, *, alpha=1, _refs=_NAMED):
+    if not (isinstance(a, TensorList) and isinstance(b, TensorList) and isinstance(alpha, Number)
+            and not a.scalar):
+        return NotImplemented
+    if a._reusable(_refs) and _keeps_dtype(a, b):
+        torch._foreach_add_(a.items, b.items, alpha=alpha)
+        return a._reused(a.items)
+    return TensorList(torch._foreach_add(a.items, b.items, alpha=alpha), fresh=True)
 
 
-def _lerp(start, end, weight):
+def _lerp(start, end, weight, *, _refs=_NAMED):
     if not (isinstance(start, TensorList) and isinstance(end, TensorList)):
         return NotImplemented
     if isinstance(weight, torch.Tensor):
         weight = [weight] * len(start)
     elif isinstance(weight, TensorList):
         weight = weight.items
-    return TensorList(torch._foreach_lerp(start.items, end.items, weight))
+    if start._reusable(_refs) and _keeps_dtype(start, end):
+        torch._foreach_lerp_(start.items, end.items, weight)
+        return start._reused(start.items)
+    return TensorList(torch._foreach_lerp(start.items, end.items, weight), fresh=True)
 
 
-def _maximum(a, b):
-    if isinstance(a, TensorList) and isinstance(b, TensorList):
-        return TensorList(torch._foreach_maximum(a.items, b.items))
-    return NotImplemented
+def _maximum(a, b, *, _refs=_NAMED):
+    if not (isinstance(a, TensorList) and isinstance(b, TensorList)):
+        return NotImplemented
+    if a._reusable(_refs) and _keeps_dtype(a, b):
+        torch._foreach_maximum_(a.items, b.items)
+        return a._reused(a.items)
+    return TensorList(torch._foreach_maximum(a.items, b.items), fresh=True)
 
 
-def _clamp(x, min=None, max=None):  # noqa: A002 - torch's names
+def _clamp(x, min=None, max=None, *, _refs=_NAMED):  # noqa: A002 - torch's names
     if not isinstance(x, TensorList) or not all(
             v is None or isinstance(v, Number) for v in (min, max)):
         return NotImplemented
-    items = x.items
-    if min is not None:
-        items = torch._foreach_clamp_min(items, min)
-    if max is not None:
-        items = torch._foreach_clamp_max(items, max)
-    return TensorList(list(items))
+    items, in_place = x.items, x._reusable(_refs)
+    for bound, op_, op in ((min, torch._foreach_clamp_min_, torch._foreach_clamp_min),
+                           (max, torch._foreach_clamp_max_, torch._foreach_clamp_max)):
+        if bound is None:
+            continue
+        if in_place:
+            op_(items, bound)
+        else:
+            items, in_place = op(items, bound), True  # a fresh copy: the next bound reuses it
+    return x._reused(items) if x._reusable(_refs) else TensorList(items, fresh=True)
 
 
-def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):  # noqa: A002
+def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None, _refs=_NAMED):  # noqa: A002
     if ord != 2 or dim is not None or keepdim or dtype is not None:
         return NotImplemented
-    return TensorList(torch._foreach_norm(x.items))
+    return TensorList(torch._foreach_norm(x.items), fresh=True)
 
 
 _SPECIAL = {

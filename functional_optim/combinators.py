@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import optree
 import torch
 
+from . import _execute
 from . import tree as _tree
 from ._execute import elementwise, first_device, init_count, scalar_dtype
 from .base import (
@@ -542,7 +543,8 @@ def multi_steps(inner: Transform, every_k: int,
         boundary = state.mini_step == every_k - 1
         mean = optree.tree_map(lambda a, g: None if g is None else (a / every_k).to(g.dtype),
                                acc, updates, **_NONE)
-        out, new_inner = inner.update(mean, state.inner_state, params, hparams, **extra)
+        with _execute.keep_state():  # the old inner state may be kept
+            out, new_inner = inner.update(mean, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
             boundary, o, torch.zeros_like(o)), out, **_NONE)
         acc = optree.tree_map(lambda a: None if a is None else torch.where(
@@ -603,7 +605,8 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
         notfinite = torch.where(finite, torch.zeros_like(state.notfinite_count),
                                 state.notfinite_count + 1)
         apply = finite | (notfinite > max_consecutive_errors)
-        out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
+        with _execute.keep_state():  # the old inner state may be kept
+            out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
             apply, o, torch.zeros_like(o)), out, **_NONE)
         total = torch.where(finite, state.total_notfinite, state.total_notfinite + 1)
@@ -645,7 +648,8 @@ def conditionally(inner: Transform, every_k: int | None = None,
             apply = torch.remainder(state.count, every_k) == 0
         else:
             apply = torch.as_tensor(predicate(state.count), device=state.count.device).bool()
-        out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
+        with _execute.keep_state():  # the old inner state may be kept
+            out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
             apply, o, torch.zeros_like(o)), out, **_NONE)
         return out, ConditionallyState(state.count + 1,

@@ -25,6 +25,20 @@ __all__ = ["FunctionalOptimizer"]
 _OPTIONS = ("foreach", "differentiable")
 
 
+def _own(value: Any) -> Any:
+    """``value`` with every tensor cloned (dicts, lists and tuples rebuilt)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):  # a defaultdict keeps its factory
+        out = copy.copy(value)
+        for k, v in value.items():
+            out[k] = _own(v)
+        return out
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_own(v) for v in value)
+    return value
+
+
 class FunctionalOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` that runs a functional transform.
 
@@ -121,6 +135,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict) -> None:
         if "defaults" not in state:  # from load_state_dict, after its pre-hooks: check before
             self._check_loaded(state["param_groups"], state["state"])  # anything changes
+            # torch's cast keeps tensors of the right dtype and device as they are; the step
+            # updates state in place, so never share storage with the checkpoint's tensors
+            state = {**state, "state": _own(state["state"])}
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})
         self._cache = {}
@@ -200,7 +217,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         grads = {n: p.grad for n, p in by_name.items()}
         differentiable = group.get("differentiable", False)
         multi = group.get("foreach") is not False and not differentiable
-        with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi):
+        with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=True):
             updates, new_state = tx.update(grads, state, dict(by_name), hparams)
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
             if multi and all(u.dtype == p.dtype for p, u in pairs):

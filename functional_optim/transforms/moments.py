@@ -101,7 +101,7 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         check_state("scale_by_adam", state, ScaleByAdamState)
         states = (state.step, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
         out = elementwise(_adam_rule, h, updates, states, name="scale_by_adam",
-                          complex_as_real=True)
+                          complex_as_real=True, donate_state=True)
         return out[0], ScaleByAdamState(*out[1:4], out[4] if amsgrad else EmptyState())
 
     return Transform(init, update, defaults)
@@ -161,7 +161,7 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         check_state("scale_by_rms", state, ScaleByRmsState)
         states = (state.step, state.nu) + ((state.mu,) if centered else ())
         out = elementwise(_rms_rule, h, updates, states, name="scale_by_rms",
-                          complex_as_real=True)
+                          complex_as_real=True, donate_state=True)
         return out[0], ScaleByRmsState(out[1], out[2], out[3] if centered else EmptyState())
 
     return Transform(init, update, defaults)
@@ -216,7 +216,7 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
         h = resolve_hparams(defaults, hparams, "trace hparams")
         check_state("trace", state, TraceState)
         out, step, buf = elementwise(rule, h, updates, (state.step, state.momentum_buffer),
-                                      name="trace")
+                                      name="trace", donate_state=True)
         return out, TraceState(step, buf)
 
     return Transform(init, update, defaults)
