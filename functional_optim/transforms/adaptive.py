@@ -51,10 +51,6 @@ __all__ = [
 ]
 
 
-def _zeros(params: Any) -> Any:
-    return _tree.map(lambda p: torch.zeros_like(p, memory_format=torch.preserve_format), params)
-
-
 def _pair(owner: str, name: str, value: Any) -> None:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise HParamError(f"{owner}: {name} must be a pair, got {value!r}")
@@ -200,7 +196,8 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> Transform:
     defaults = {"rho": rho, "eps": eps}
 
     def init(params):
-        return ScaleByAdadeltaState(init_count(params), _zeros(params), _zeros(params))
+        zeros = _tree.zeros_like
+        return ScaleByAdadeltaState(init_count(params), zeros(params), zeros(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
@@ -262,7 +259,8 @@ def scale_by_adamax(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
     defaults = {"betas": tuple(betas), "eps": eps}
 
     def init(params):
-        return ScaleByAdamaxState(init_count(params), _zeros(params), _zeros(params))
+        zeros = _tree.zeros_like
+        return ScaleByAdamaxState(init_count(params), zeros(params), zeros(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
@@ -348,7 +346,7 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     def init(params):
         dtype = _torch_scalar_dtype(scalar_state_dtype)
         return ScaleByNadamState(init_count(params), _scalar_like(params, 1.0, dtype),
-                                 _zeros(params), _zeros(params))
+                                 _tree.zeros_like(params), _tree.zeros_like(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
@@ -430,7 +428,8 @@ def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     defaults = {"betas": tuple(betas), "eps": eps, "threshold": threshold}
 
     def init(params):
-        return ScaleByRadamState(init_count(params), _zeros(params), _zeros(params))
+        zeros = _tree.zeros_like
+        return ScaleByRadamState(init_count(params), zeros(params), zeros(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
@@ -506,7 +505,8 @@ def scale_by_rprop(init_step_size: float = 1e-2, etas: tuple[float, float] = (0.
                 "step_sizes": tuple(step_sizes)}
 
     def init(params):
-        return ScaleByRpropState(init_count(params), _zeros(params), _zeros(params))
+        zeros = _tree.zeros_like
+        return ScaleByRpropState(init_count(params), zeros(params), zeros(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
@@ -598,7 +598,7 @@ def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
         dtype = _torch_scalar_dtype(scalar_state_dtype)
         first = lr if isinstance(lr, Number) else 0.0  # replaced by the lr of the first update
         return ScaleByAsgdState(init_count(params), _scalar_like(params, first, dtype),
-                                _scalar_like(params, 1.0, dtype), _zeros(params))
+                                _scalar_like(params, 1.0, dtype), _tree.zeros_like(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")

@@ -21,10 +21,6 @@ __all__ = [
 ]
 
 
-def _zeros(params: Any) -> Any:
-    return _tree.map(lambda p: torch.zeros_like(p, memory_format=torch.preserve_format), params)
-
-
 def _check_betas(owner: str, betas: Any) -> None:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise HParamError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
@@ -93,8 +89,9 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     defaults = {"betas": tuple(betas), "eps": eps, "eps_root": eps_root}
 
     def init(params):
-        return ScaleByAdamState(init_count(params), _zeros(params), _zeros(params),
-                                _zeros(params) if amsgrad else EmptyState())
+        zeros = _tree.zeros_like
+        return ScaleByAdamState(init_count(params), zeros(params), zeros(params),
+                                zeros(params) if amsgrad else EmptyState())
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "scale_by_adam hparams")
@@ -153,8 +150,8 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
     defaults = {"alpha": alpha, "eps": eps}
 
     def init(params):
-        return ScaleByRmsState(init_count(params), _zeros(params),
-                               _zeros(params) if centered else EmptyState())
+        return ScaleByRmsState(init_count(params), _tree.zeros_like(params),
+                               _tree.zeros_like(params) if centered else EmptyState())
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "scale_by_rms hparams")
@@ -210,7 +207,7 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
     rule = functools.partial(_trace_rule, nesterov=nesterov)
 
     def init(params):
-        return TraceState(init_count(params), _zeros(params))
+        return TraceState(init_count(params), _tree.zeros_like(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "trace hparams")
