@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from .base import HParamError, Transform, chain, check_hparam, reparametrize
-from .schedules import as_schedule
 from .transforms import add_decayed_weights, scale, scale_by_adam, scale_by_learning_rate, trace
 
 __all__ = ["sgd", "adam", "adamw"]
@@ -38,13 +37,6 @@ def _check_lr(owner: str, lr: Any) -> None:
                 f"{type(lr).__name__} {lr!r}"
             )
         check_hparam(owner, "lr", lr, ge=0)
-
-
-def _lr_hparam(lr: Any) -> Any:
-    """The ``"lr"`` entry of an alias's hparams: the number/tensor, or a schedule's hparams."""
-    if isinstance(lr, (Number, torch.Tensor)):
-        return lr
-    return as_schedule(lr, "lr").hparams
 
 
 def _absent_check(owner: str, h: dict, keys: tuple[str, ...]) -> None:

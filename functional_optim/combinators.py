@@ -87,10 +87,6 @@ def _merge(keep: Any, inner: Any, outer: Any) -> Any:
     return optree.tree_map(lambda k, a, b: a if k else b, keep, inner, outer, **_NONE)
 
 
-def _zero(x):
-    return None if x is None else torch.zeros_like(x)
-
-
 def _pick(cond: torch.Tensor, new: Any, old: Any) -> Any:
     """``torch.where(cond, new, old)`` over two trees of the same structure (states, updates)."""
 
