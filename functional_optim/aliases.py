@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .base import HParamError, Transform, chain, check_hparam, reparametrize
+from .base import HParamError, Transform, chain, check_betas, check_hparam, reparametrize
 from .transforms import add_decayed_weights, scale, scale_by_adam, scale_by_learning_rate, trace
 
 __all__ = ["sgd", "adam", "adamw"]
@@ -125,10 +125,7 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
     _check_lr(owner, lr)
     check_hparam(owner, "eps", eps, ge=0)
     check_hparam(owner, "weight_decay", weight_decay, ge=0)
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise HParamError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
-    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+    check_betas(owner, betas)
     blocks: dict[str, Transform] = {}
     if maximize:
         blocks["maximize"] = scale(-1.0)

@@ -34,6 +34,8 @@ __all__ = [
     "apply_updates_",
     "resolve_hparams",
     "check_hparam",
+    "check_pair",
+    "check_betas",
     "check_state",
 ]
 
@@ -162,6 +164,19 @@ def check_hparam(
     wanted = " and ".join(f"{op} {b}" for b, _, op in bounds if b is not None) or "not NaN"
     if number != number or not all(ok(b) for b, ok, _ in bounds if b is not None):
         raise HParamError(f"{owner}: invalid {name}: expected a value {wanted}, got {value!r}")
+
+
+def check_pair(owner: str, name: str, value: Any) -> None:
+    """A hyperparameter that must be a pair (``betas``, ``etas``, ``step_sizes``)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise HParamError(f"{owner}: {name} must be a pair, got {value!r}")
+
+
+def check_betas(owner: str, betas: Any) -> None:
+    """``betas`` must be a pair of values in ``[0, 1)``."""
+    check_pair(owner, "betas", betas)
+    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
+    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
 
 
 def _check_transform(tx: Any, where: str) -> None:

@@ -28,7 +28,9 @@ from ..base import (
     HParamError,
     MissingParamsError,
     Transform,
+    check_betas,
     check_hparam,
+    check_pair,
     check_state,
     resolve_hparams,
 )
@@ -49,17 +51,6 @@ __all__ = [
     "ScaleByAsgdState",
     "scale_by_asgd",
 ]
-
-
-def _pair(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise HParamError(f"{owner}: {name} must be a pair, got {value!r}")
-
-
-def _check_betas(owner: str, betas: Any) -> None:
-    _pair(owner, "betas", betas)
-    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
-    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
 
 
 def _torch_scalar_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -254,7 +245,7 @@ def scale_by_adamax(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
         eps: ``ε`` (default 1e-8).
     """
     owner = "scale_by_adamax"
-    _check_betas(owner, betas)
+    check_betas(owner, betas)
     check_hparam(owner, "eps", eps, ge=0)
     defaults = {"betas": tuple(betas), "eps": eps}
 
@@ -337,7 +328,7 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
             ``None``: torch.optim's).
     """
     owner = "scale_by_nadam"
-    _check_betas(owner, betas)
+    check_betas(owner, betas)
     check_hparam(owner, "eps", eps, ge=0)
     check_hparam(owner, "momentum_decay", momentum_decay, ge=0)
     _check_scalar_state_dtype(owner, scalar_state_dtype)
@@ -422,7 +413,7 @@ def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         threshold: ``τ``: the adaptive step is used once ``ρ_t > τ`` (default 5).
     """
     owner = "scale_by_radam"
-    _check_betas(owner, betas)
+    check_betas(owner, betas)
     check_hparam(owner, "eps", eps, ge=0)
     check_hparam(owner, "threshold", threshold, ge=4)
     defaults = {"betas": tuple(betas), "eps": eps, "threshold": threshold}
@@ -495,10 +486,10 @@ def scale_by_rprop(init_step_size: float = 1e-2, etas: tuple[float, float] = (0.
     """
     owner = "scale_by_rprop"
     check_hparam(owner, "init_step_size", init_step_size, ge=0)
-    _pair(owner, "etas", etas)
+    check_pair(owner, "etas", etas)
     check_hparam(owner, "etas[0]", etas[0], gt=0, lt=1)
     check_hparam(owner, "etas[1]", etas[1], gt=1)
-    _pair(owner, "step_sizes", step_sizes)
+    check_pair(owner, "step_sizes", step_sizes)
     check_hparam(owner, "step_sizes[0]", step_sizes[0], ge=0)
     check_hparam(owner, "step_sizes[1]", step_sizes[1], ge=0)
     defaults = {"init_step_size": init_step_size, "etas": tuple(etas),

@@ -9,7 +9,15 @@ import torch
 
 from .. import tree as _tree
 from .._execute import elementwise, init_count, safe_sqrt, scalar_dtype
-from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
+from ..base import (
+    EmptyState,
+    HParamError,
+    Transform,
+    check_betas,
+    check_hparam,
+    check_state,
+    resolve_hparams,
+)
 
 __all__ = [
     "ScaleByAdamState",
@@ -19,13 +27,6 @@ __all__ = [
     "TraceState",
     "trace",
 ]
-
-
-def _check_betas(owner: str, betas: Any) -> None:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise HParamError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
-    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -83,7 +84,7 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         eps_root: ``ε_root`` added inside the root (default 0).
         amsgrad: keep the running maximum of ``v`` (static; default False).
     """
-    _check_betas("scale_by_adam", betas)
+    check_betas("scale_by_adam", betas)
     check_hparam("scale_by_adam", "eps", eps, ge=0)
     check_hparam("scale_by_adam", "eps_root", eps_root, ge=0)
     defaults = {"betas": tuple(betas), "eps": eps, "eps_root": eps_root}

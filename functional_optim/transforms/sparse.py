@@ -8,7 +8,7 @@ import torch
 
 from .. import tree as _tree
 from .._execute import cast_hparams, init_count, scalar_dtype
-from ..base import HParamError, Transform, check_hparam, check_state, resolve_hparams
+from ..base import Transform, check_betas, check_hparam, check_state, resolve_hparams
 
 __all__ = ["ScaleBySparseAdamState", "scale_by_sparse_adam", "DENSE_GRAD_MESSAGE"]
 
@@ -102,10 +102,7 @@ def scale_by_sparse_adam(lr: float | torch.Tensor = 1e-3,
     owner = "scale_by_sparse_adam"
     check_hparam(owner, "lr", lr, gt=0)
     check_hparam(owner, "eps", eps, gt=0)
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise HParamError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-    check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
-    check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+    check_betas(owner, betas)
     defaults = {"lr": lr, "betas": tuple(betas), "eps": eps}
 
     def init(params):
