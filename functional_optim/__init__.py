@@ -5,6 +5,7 @@
 """
 
 from . import (  # meta-learning (nothing in the core imports them)
+    capture,
     combinators,
     implicit,
     meta,
@@ -136,6 +137,7 @@ __all__ = [
     "zero_nans",
     "ReduceOnPlateauState",
     "reduce_on_plateau",
+    "capture",
     "combinators",
     "EmptyState",
     "HParamError",

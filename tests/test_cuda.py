@@ -28,14 +28,6 @@ def _leaves(tree):
     return [x for x in optree.tree_leaves(tree, none_is_leaf=True) if isinstance(x, torch.Tensor)]
 
 
-def _step(tx, grads, state, params, hp, rebuild):
-    """One update written back into the given buffers (what a captured graph replays)."""
-    updates, new_state = tx.update(grads, state, params, rebuild(hp))
-    for old, new in zip(_leaves(state), _leaves(new_state)):
-        old.copy_(new)
-    fo.apply_updates_(params, updates)
-
-
 @pytest.mark.parametrize("case", CAPTURED, ids=[c.name for c in CAPTURED])
 def test_capture_replay_equals_eager(case):
     device = "cuda"
@@ -49,17 +41,8 @@ def test_capture_replay_equals_eager(case):
     eager_state = optree.tree_map(torch.clone, state, none_is_leaf=True)
     eager_hp = [h.clone() for h in hp]
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm up on a side stream, then rewind
-        warm_p = optree.tree_map(torch.clone, params)
-        warm_s = optree.tree_map(torch.clone, state, none_is_leaf=True)
-        _step(tx, grads, warm_s, warm_p, hp, rebuild)
-    torch.cuda.current_stream().wait_stream(stream)
-
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        _step(tx, grads, state, params, hp, rebuild)
+    step = fo.capture.inplace_step(tx)
+    graph = fo.capture.capture(step, grads, state, params, rebuild(hp))
 
     for i in range(6):
         factor = 1.0 - 0.05 * i  # hyperparameters change between replays
@@ -69,7 +52,7 @@ def test_capture_replay_equals_eager(case):
         for g, n in zip(_leaves(grads), _leaves(new_grads)):
             g.copy_(n)
         graph.replay()
-        _step(tx, new_grads, eager_state, eager_params, [h.clone() for h in hp], rebuild)
+        step(new_grads, eager_state, eager_params, rebuild([h.clone() for h in hp]))
     torch.cuda.synchronize()
     for a, b in zip(_leaves(params), _leaves(eager_params)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
