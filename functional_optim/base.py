@@ -34,6 +34,7 @@ __all__ = [
     "apply_updates_",
     "resolve_hparams",
     "check_hparam",
+    "missing_params",
     "check_pair",
     "check_betas",
     "check_state",
@@ -177,6 +178,23 @@ def check_betas(owner: str, betas: Any) -> None:
     check_pair(owner, "betas", betas)
     check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
     check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+
+
+def missing_params(owner: str, updates: Any, params: Any, why: str = "") -> bool:
+    """For transforms that read the parameters, called first in ``update``.
+
+    Returns True when ``params`` is ``None`` but there is nothing to do (every update is
+    ``None``): the caller returns the updates unchanged. Raises :class:`MissingParamsError` when
+    ``params`` is ``None`` and there are updates; returns False when ``params`` is given.
+    """
+    if params is not None:
+        return False
+    if _tree.num_leaves(updates) == 0:
+        return True
+    raise MissingParamsError(
+        f"{owner} needs the parameters{f' ({why})' if why else ''}: call "
+        "update(updates, state, params)"
+    )
 
 
 def _check_transform(tx: Any, where: str) -> None:

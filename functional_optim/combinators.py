@@ -27,11 +27,11 @@ from ._execute import elementwise, first_device, init_count, scalar_dtype
 from .base import (
     EmptyState,
     HParamError,
-    MissingParamsError,
     Transform,
     _check_transform,
     check_hparam,
     check_state,
+    missing_params,
     resolve_hparams,
 )
 from .schedules import as_schedule
@@ -754,11 +754,8 @@ def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5) -> Tra
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "lookahead hparams")
         check_state("lookahead", state, LookaheadState)
-        if params is None:
-            if _tree.num_leaves(updates) == 0:
-                return updates, state
-            raise MissingParamsError("lookahead needs the parameters: update(updates, state, "
-                                     "params)")
+        if missing_params("lookahead", updates, params):
+            return updates, state
         fast_u, inner_state = inner.update(updates, state.inner_state, params, h["inner"],
                                            **extra)
         sync = torch.remainder(state.count + 1, sync_period) == 0
@@ -867,11 +864,8 @@ def average_params(decay: float | None = None) -> Transform:
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "average_params hparams")
         check_state("average_params", state, AverageParamsState)
-        if params is None:
-            if _tree.num_leaves(updates) == 0:
-                return updates, state
-            raise MissingParamsError("average_params needs the parameters: "
-                                     "update(updates, state, params)")
+        if missing_params("average_params", updates, params):
+            return updates, state
         out, n, avg = elementwise(rule, h, updates, (state.n_averaged, state.average),
                                   (params,), name="average_params", input_names=("params",))
         return out, AverageParamsState(n, avg)

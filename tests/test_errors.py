@@ -575,3 +575,18 @@ def test_bool_mask_works():
     updates, _ = tx.update(grads_(), fo.EmptyState(), params_())
     assert torch.equal(updates["w"], grads_()["w"] + 0.5 * params_()["w"])
     assert torch.equal(updates["b"], grads_()["b"])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fo.lookahead(fo.sgd(lr=0.1)), lambda: fo.average_params(), lambda: fo.adafactor(),
+    lambda: fo.lbfgs(), lambda: fo.add_decayed_weights(0.1)],
+    ids=["lookahead", "average_params", "adafactor", "lbfgs", "add_decayed_weights"])
+def test_transforms_reading_params_say_so(make):
+    """One shared check: a clear MissingParamsError, and nothing to do for all-None updates."""
+    tx = make()
+    params = {"w": torch.randn(3, 2, dtype=torch.float64)}
+    state = tx.init(params)
+    with pytest.raises(MissingParamsError, match="needs the parameters"):
+        tx.update({"w": torch.randn(3, 2, dtype=torch.float64)}, state)
+    out, _ = tx.update({"w": None}, state)
+    assert out == {"w": None}

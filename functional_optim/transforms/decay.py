@@ -10,7 +10,13 @@ import torch
 
 from .. import tree as _tree
 from .._execute import _leaf_name, elementwise
-from ..base import EmptyState, MissingParamsError, Transform, check_hparam, resolve_hparams
+from ..base import (
+    EmptyState,
+    Transform,
+    check_hparam,
+    missing_params,
+    resolve_hparams,
+)
 
 __all__ = ["add_decayed_weights"]
 
@@ -45,14 +51,10 @@ def add_decayed_weights(weight_decay: float = 0.0,
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "add_decayed_weights hparams")
-        if params is None:
-            if _tree.num_leaves(updates) == 0:  # only None updates: nothing to decay
-                return updates, state
-            raise MissingParamsError(
-                "add_decayed_weights needs the parameters (weight decay reads them; this block is "
-                "in adamw, and in sgd/adam with a nonzero weight_decay): call "
-                "update(updates, state, params)"
-            )
+        if missing_params("add_decayed_weights", updates, params,
+                          "weight decay reads them; this block is in adamw, and in sgd/adam "
+                          "with a nonzero weight_decay"):
+            return updates, state
         if mask is None:
             inputs: tuple = (params,)  # (no tree of True: cheaper, and compiles)
         else:

@@ -12,10 +12,10 @@ from .. import tree as _tree
 from .._execute import elementwise, init_count, scalar_dtype
 from ..base import (
     HParamError,
-    MissingParamsError,
     Transform,
     check_hparam,
     check_state,
+    missing_params,
     resolve_hparams,
 )
 
@@ -169,12 +169,8 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByFactoredRmsState)
-        if params is None:
-            if _tree.num_leaves(updates) == 0:
-                return updates, state
-            raise MissingParamsError(
-                f"{owner} needs the parameters (its step size is relative to their RMS): call "
-                "update(updates, state, params)")
+        if missing_params(owner, updates, params, "its step size is relative to their RMS"):
+            return updates, state
         if not decay and not (isinstance(h["weight_decay"], Number) and h["weight_decay"] == 0):
             raise HParamError(
                 f"{owner}: weight_decay was 0 at construction, so decay is not computed; got "

@@ -43,7 +43,14 @@ import torch
 
 from .. import tree as _tree
 from .._execute import first_device
-from ..base import HParamError, Transform, check_hparam, check_state, resolve_hparams
+from ..base import (
+    HParamError,
+    Transform,
+    check_hparam,
+    check_state,
+    missing_params,
+    resolve_hparams,
+)
 
 __all__ = ["LbfgsState", "scale_by_lbfgs"]
 
@@ -421,10 +428,8 @@ def scale_by_lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: i
                **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, LbfgsState)
-        if _tree.num_leaves(updates) == 0:
+        if missing_params(owner, updates, params) or _tree.num_leaves(updates) == 0:
             return updates, state
-        if params is None:
-            raise HParamError(f"{owner} needs the parameters: call update(grads, state, params)")
         if needs_fn and (value is None or value_fn is None):
             raise TypeError(
                 f"{owner} with max_iter > 1 or a line search re-evaluates the loss: call "
