@@ -1,13 +1,15 @@
 """Step time of the stateful adapter vs torch.optim, same run, same machine.
 
-AdamW (and SGD with momentum) on three layouts: 300 tensors x 4096; a GPT-like model of ~42M
-parameters in ~150 tensors; 4 tensors x 4M. For each: torch.optim's for-loop (foreach=False, the
-CPU default), foreach and fused implementations, and functional_optim.optim's per-leaf
-(foreach=False) and default multi-tensor paths. Prints the median over repeats and ratios to
-torch's default and to torch's foreach.
+Every torch.optim algorithm that has a foreach implementation, on three layouts: 300 tensors x
+4096; a GPT-like model of ~55M parameters in ~150 tensors; 4 tensors x 4M. For each:
+torch.optim's for-loop (foreach=False, the CPU default), foreach and fused (where torch has one)
+implementations, and functional_optim.optim's per-leaf (foreach=False), multi-tensor
+(foreach=True) and default paths (torch's fused kernel where the alias has one, else
+multi-tensor). Prints the median over repeats and ratios to torch's default, to torch foreach
+and to torch fused.
 
-    python benchmarks/bench_step.py [--threads 1] [--repeats 20] \
-        [--out benchmarks/results/step_cpu.md]
+    python benchmarks/bench_step.py [--threads 1] [--repeats 10] [--algos all] \
+        [--out benchmarks/results/step_cpu_1thread.md]
 """
 
 from __future__ import annotations
@@ -33,20 +35,29 @@ def layouts() -> dict[str, list[tuple[int, ...]]]:
     return {"300 x 4096": [(4096,)] * 300, "GPT-like": gpt, "4 x 4M": [(4 * 1024 * 1024,)] * 4}
 
 
+HPARAMS = {
+    "AdamW": dict(lr=1e-3, weight_decay=1e-2), "Adam": dict(lr=1e-3),
+    "SGD": dict(lr=1e-3, momentum=0.9), "Adagrad": dict(lr=1e-2), "RMSprop": dict(lr=1e-3),
+    "Adadelta": dict(), "Adamax": dict(), "NAdam": dict(), "RAdam": dict(), "ASGD": dict(),
+    "Rprop": dict(), "Adafactor": dict(),
+}
+FUSED = ("AdamW", "Adam", "SGD", "Adagrad")  # torch has a fused CPU kernel for these
+
+
 def candidates(algo: str) -> dict:
-    if algo == "adamw":
-        kw = dict(lr=1e-3, weight_decay=1e-2)
-        torch_cls, ours_cls = torch.optim.AdamW, foo.AdamW
-    else:
-        kw = dict(lr=1e-3, momentum=0.9)
-        torch_cls, ours_cls = torch.optim.SGD, foo.SGD
-    return {
+    kw = HPARAMS[algo]
+    torch_cls, ours_cls = getattr(torch.optim, algo), getattr(foo, algo)
+    out = {
         "torch for-loop (default)": lambda p: torch_cls(p, foreach=False, **kw),
         "torch foreach": lambda p: torch_cls(p, foreach=True, **kw),
-        "torch fused": lambda p: torch_cls(p, fused=True, **kw),
-        "ours per-leaf": lambda p: ours_cls(p, foreach=False, **kw),
-        "ours default (multi-tensor)": lambda p: ours_cls(p, **kw),
     }
+    if algo in FUSED:
+        out["torch fused"] = lambda p: torch_cls(p, fused=True, **kw)
+    out["ours per-leaf (foreach=False)"] = lambda p: ours_cls(p, foreach=False, **kw)
+    if algo in FUSED:
+        out["ours multi-tensor (foreach=True)"] = lambda p: ours_cls(p, foreach=True, **kw)
+    out["ours default"] = lambda p: ours_cls(p, **kw)
+    return out
 
 
 def median_ms(make, shapes, repeats: int) -> float:
@@ -79,27 +90,37 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--algos", default="adamw,sgd")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--algos", default="all", help="comma-separated torch.optim names")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [f"# Optimizer step time, CPU\n\nMachine: {machine()}\n",
              f"Median of {args.repeats} steps (ms); ratios to torch's default (for-loop) and to "
-             "torch foreach, measured in the same run.\n"]
-    for algo in args.algos.split(","):
+             "torch foreach and to torch fused, measured in the same run.\n"]
+    summary = ["\n## Summary: ours default / min(torch for-loop, torch foreach)\n",
+               "| algorithm | " + " | ".join(layouts()) + " |", "|---|---|---|---|"]
+    algos = list(HPARAMS) if args.algos == "all" else args.algos.split(",")
+    for algo in algos:
+        row = []
         for layout, shapes in layouts().items():
             numel = sum(torch.Size(s).numel() for s in shapes)
             lines.append(f"\n## {algo}, {layout} ({len(shapes)} tensors, {numel / 1e6:.1f}M "
-                         "params)\n\n| implementation | ms | vs torch default | vs torch foreach |"
-                         "\n|---|---|---|---|")
+                         "params)\n\n| implementation | ms | vs torch default | vs torch foreach "
+                         "| vs torch fused |\n|---|---|---|---|---|")
             results = {name: median_ms(make, shapes, args.repeats)
                        for name, make in candidates(algo).items()}
             base, foreach = results["torch for-loop (default)"], results["torch foreach"]
+            fused = results.get("torch fused")
             for name, ms in results.items():
-                lines.append(f"| {name} | {ms:.2f} | {ms / base:.2f}x | {ms / foreach:.2f}x |")
+                vs_fused = f"{ms / fused:.2f}x" if fused else "-"
+                lines.append(f"| {name} | {ms:.2f} | {ms / base:.2f}x | {ms / foreach:.2f}x "
+                             f"| {vs_fused} |")
+            row.append(f"{results['ours default'] / min(base, foreach):.2f}x")
             print("\n".join(lines[-len(results) - 1:]), flush=True)
-    text = "\n".join(lines) + "\n"
+        summary.append(f"| {algo} | " + " | ".join(row) + " |")
+        print(summary[-1], flush=True)
+    text = "\n".join(lines[:2] + summary + lines[2:]) + "\n"
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

@@ -32,10 +32,12 @@ import torch
 __all__ = ["TensorList"]
 
 
-# sys.getrefcount of an operand that only the expression being evaluated refers to, seen from a
-# dunder method or from __torch_function__ (CPython 3.10-3.12); a named operand has more.
-_TEMPORARY_REFS = 3
 _NAMED = 1 << 30
+# sys.getrefcount of an operand that only the expression being evaluated refers to, as seen by
+# TensorList._binary (from a dunder method), and the extra references the __torch_function__
+# route adds; measured on this interpreter by _calibrate() at import
+_TEMPORARY_REFS = -1
+_FUNCTION_EXTRA_REFS = 0
 
 
 def _keeps_dtype(target: TensorList, other: Any) -> bool:
@@ -219,7 +221,7 @@ class TensorList:
         kwargs = kwargs or {}
         special = _SPECIAL.get(func)
         if special is not None:
-            refs = sys.getrefcount(args[0]) if args else _NAMED
+            refs = sys.getrefcount(args[0]) - _FUNCTION_EXTRA_REFS if args else _NAMED
             result = special(*args, _refs=refs, **kwargs)
             if result is not NotImplemented:
                 return result
@@ -312,3 +314,43 @@ _SPECIAL = {
     torch.clamp: _clamp,
     torch.linalg.vector_norm: _vector_norm,
 }
+
+
+def _calibrate() -> tuple[int, int]:
+    """The reference counts a temporary operand shows to ``_binary`` and to the functions of
+    ``_SPECIAL``, measured by evaluating ``fresh() * 1`` and ``torch.neg(fresh())`` against named
+    operands. Where a named operand shows no more references than a temporary (an interpreter that
+    borrows references), reuse stays off: out-of-place ops, the same numbers.
+    """
+    seen: list[int] = []
+
+    class Probe(TensorList):
+        __slots__ = ()
+
+        def _binary(self, name, other, reverse=False, refs=_NAMED):
+            seen.append(refs)
+            return self
+
+    def record(x, *, _refs):
+        seen.append(_refs)
+        return x
+
+    def fresh() -> Probe:
+        return Probe([])
+
+    saved, _SPECIAL[torch.neg] = _SPECIAL[torch.neg], record
+    try:
+        fresh() * 1
+        named = fresh()
+        named * 1
+        torch.neg(fresh())
+        torch.neg(named)
+    finally:
+        _SPECIAL[torch.neg] = saved
+    dunder, dunder_named, function, function_named = seen
+    if not (dunder < dunder_named and function < function_named):
+        return -1, 0
+    return dunder, function - dunder
+
+
+_TEMPORARY_REFS, _FUNCTION_EXTRA_REFS = _calibrate()

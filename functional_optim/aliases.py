@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import _fused
 from .base import HParamError, Transform, chain, check_betas, check_hparam, reparametrize
 from .transforms import add_decayed_weights, scale, scale_by_adam, scale_by_learning_rate, trace
 
@@ -98,7 +99,11 @@ def sgd(lr: float | torch.Tensor = 1e-3, momentum: float = 0.0, dampening: float
             inner["momentum"] = {"momentum": h["momentum"], "dampening": h["dampening"]}
         return inner
 
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+    fused = _fused.sgd_step(nesterov=nesterov, maximize=maximize,
+                            has_momentum="momentum" in blocks,
+                            has_decay="weight_decay" in blocks)
+    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")._replace(
+        fused=fused)
 
 
 def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -147,7 +152,10 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
             inner["weight_decay"] = {"weight_decay": h["weight_decay"]}
         return inner
 
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+    fused = _fused.adam_step(decoupled=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
+                             has_decay=decay is not None)
+    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")._replace(
+        fused=fused)
 
 
 def adamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -239,7 +247,8 @@ def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay
     blocks["lr"] = scale_by_learning_rate(lr)
     defaults = dict(lr=blocks["lr"].hparams["lr"], lr_decay=lr_decay, weight_decay=weight_decay,
                     eps=eps)
-    return _classic(owner, blocks, defaults, "rss", ("lr_decay", "eps"))
+    fused = _fused.adagrad_step(maximize=maximize, has_decay="weight_decay" in blocks)
+    return _classic(owner, blocks, defaults, "rss", ("lr_decay", "eps"))._replace(fused=fused)
 
 
 def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,

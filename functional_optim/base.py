@@ -61,11 +61,16 @@ class Transform(NamedTuple):
         update: ``update(updates, state, params=None, hparams=None, **extra)
             -> (updates, state)``; never mutates its inputs.
         hparams: the default hyperparameters: a pytree (usually a dict) of numbers or 0-d tensors.
+        fused: optional in-place step ``fused(params, grads, state, hparams) -> state | None``
+            that the stateful adapter runs instead of ``update`` + ``apply_updates`` when it
+            can (``None`` back: it cannot, run the chain). Aliases set it to torch's fused
+            kernels (:mod:`functional_optim._fused`); a chain of blocks has none.
     """
 
     init: Callable[[Any], Any]
     update: Callable[..., tuple[Any, Any]]
     hparams: Any = None
+    fused: Callable[..., Any] | None = None
 
 
 def _describe(value: Any) -> str:

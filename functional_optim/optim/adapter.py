@@ -47,8 +47,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         transform: a :class:`~functional_optim.Transform`, or a zero-argument factory returning one
             (e.g. ``functools.partial(fo.adamw, lr=1e-3)``; a factory made of importable functions
             makes the optimizer picklable).
-        foreach: ``None``/``True`` run the multi-tensor path when no autograd is involved,
-            ``False`` the per-leaf path; both give the same numbers.
+        foreach: ``None`` runs the transform's fused step when it has one and can take the
+            group (an alias backed by a torch fused kernel, see :class:`Transform`), else the
+            multi-tensor path when no autograd is involved; ``True`` the multi-tensor path;
+            ``False`` the per-leaf path. All give the same numbers (a fused kernel up to
+            rounding order).
         **defaults: default values of hyperparameters, by group key (see below).
 
     Group keys are the transform's hyperparameters flattened to dotted paths: for
@@ -217,6 +220,24 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         grads = {n: p.grad for n, p in by_name.items()}
         differentiable = group.get("differentiable", False)
         multi = group.get("foreach") is not False and not differentiable
+        new_state = None
+        if tx.fused is not None and group.get("foreach") is None and not differentiable and \
+                not torch.compiler.is_compiling():
+            with torch.no_grad():
+                new_state = tx.fused(by_name, grads, state, hparams)
+        if new_state is None:
+            new_state = self._update_group(tx, by_name, grads, state, hparams, multi,
+                                           differentiable)
+        for (path, owner), leaf in zip(plan, optree.tree_leaves(new_state)):
+            # shared leaves go to every parameter of the group (also those without a grad now),
+            # so that the next step reads the current value whichever parameter comes first
+            for p in (group["params"] if owner is None else (by_name[owner],)):
+                self._store_leaf(self.state[p], path, leaf, group)
+
+    @staticmethod
+    def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,
+                      multi: bool, differentiable: bool) -> Any:
+        """The chain's ``update`` and ``p += u``; returns the new state."""
         with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=True):
             updates, new_state = tx.update(grads, state, dict(by_name), hparams)
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
@@ -225,11 +246,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             else:
                 for p, u in pairs:
                     p.add_(u if u.dtype == p.dtype else u.to(p.dtype))
-        for (path, owner), leaf in zip(plan, optree.tree_leaves(new_state)):
-            # shared leaves go to every parameter of the group (also those without a grad now),
-            # so that the next step reads the current value whichever parameter comes first
-            for p in (group["params"] if owner is None else (by_name[owner],)):
-                self._store_leaf(self.state[p], path, leaf, group)
+        return new_state
 
     def _plan(self, tx: Transform, names: list, params: list) -> tuple:
         """The state's treespec and, per leaf in optree order, its ``(path, owner)``."""

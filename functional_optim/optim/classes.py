@@ -3,12 +3,15 @@
 
 Options with no separate meaning here are accepted and honoured as follows:
 
-- ``foreach``: ``False`` runs the per-leaf path, ``None``/``True`` the multi-tensor path when no
-  autograd is involved; both give the same numbers.
+- ``foreach``: ``None`` (default) runs torch's fused kernel where the alias has one
+  (:mod:`functional_optim._fused`: SGD, Adam, AdamW, Adagrad) and the step allows it, else the
+  multi-tensor path; ``True`` the multi-tensor path; ``False`` the per-leaf path. All give the
+  same numbers (the fused kernel up to rounding order).
 - ``capturable``: the functional update never syncs with the host, so it is always capturable;
   ``capturable=True`` keeps ``state["step"]`` on the parameter's device, as torch does.
 - ``differentiable``: the step runs with autograd enabled (the pure path), as torch's does.
-- ``fused``: accepted; runs the fastest path available (torch keeps ``step`` on the device then).
+- ``fused``: ``True``/``None`` run the fused kernel when the step allows it (torch keeps ``step``
+  on the device then).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import aliases
+from .. import _fused, aliases
 from ..base import Transform
 from .adapter import FunctionalOptimizer
 
@@ -113,8 +116,13 @@ class SGD(_TorchCompatible):
                 _present(group["weight_decay"]))
 
     def _build(self, group):
-        return aliases.sgd(group["lr"], group["momentum"], group["dampening"],
-                           group["weight_decay"], group["nesterov"], maximize=group["maximize"])
+        tx = aliases.sgd(group["lr"], group["momentum"], group["dampening"],
+                         group["weight_decay"], group["nesterov"], maximize=group["maximize"])
+        # the step counts are derived from the buffers (_load_leaf), so the fused step skips them
+        return tx._replace(fused=_fused.sgd_step(
+            nesterov=group["nesterov"], maximize=group["maximize"],
+            has_momentum=_present(group["momentum"]), has_decay=_present(group["weight_decay"]),
+            count=False))
 
     def _load_leaf(self, store, path, p, group):
         if path == ("momentum", "step"):  # torch keeps no step: a buffer means "started"

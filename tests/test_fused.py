@@ -1,0 +1,156 @@
+"""The adapter's fused fast path (torch's ``_fused_*`` kernels, ``functional_optim._fused``).
+
+By default the drop-in ``SGD``/``Adam``/``AdamW``/``Adagrad`` and ``FunctionalOptimizer`` over
+the matching aliases run one of torch's fused kernels instead of the chain. These tests check
+that the kernel really runs, that it gives the chain's numbers (the per-leaf path,
+``foreach=False``) up to rounding order, and that everything the kernel cannot do falls back to
+the chain: tensor betas, schedules, nonzero dampening, half precision, complex leaves,
+``foreach=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import functional_optim as fo
+import functional_optim.optim as foo
+
+KERNELS = {"SGD": "_fused_sgd_", "Adam": "_fused_adam_", "AdamW": "_fused_adamw_",
+           "Adagrad": "_fused_adagrad_"}
+CASES = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("AdamW", dict(lr=0.01)),
+    ("AdamW", dict(lr=torch.tensor(0.01, dtype=torch.float64), betas=(0.8, 0.9), amsgrad=True)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.2,
+                     maximize=True)),
+]
+
+
+class _Spy:
+    """Counts the calls of ``torch.<name>`` (patched before the optimizer is built)."""
+
+    def __init__(self, monkeypatch, name):
+        self.calls = 0
+        kernel = getattr(torch, name)
+
+        def spy(*args, **kwargs):
+            self.calls += 1
+            return kernel(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+
+
+def _run(cls, kwargs, dtype, steps=15, seed=0, skip=()):
+    """``steps`` steps on a few tensors (parameter ``k`` has no grad on the steps in ``skip``)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(7, 3), (5,), (4, 2, 2)]
+    params = [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+    opt = cls(params, **kwargs)
+    for i in range(steps):
+        for k, p in enumerate(params):
+            p.grad = None if (i, k) in skip else torch.randn(p.shape, generator=gen, dtype=dtype)
+        opt.step()
+    return params, opt
+
+
+def _close(a, b, dtype):
+    tol = 1e-13 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_fused_kernel_runs_and_matches_the_chain(monkeypatch, name, kwargs, dtype):
+    spy = _Spy(monkeypatch, KERNELS[name])
+    cls = getattr(foo, name)
+    fused, opt = _run(cls, kwargs, dtype)
+    assert spy.calls == 15
+    chain, ref = _run(cls, {**kwargs, "foreach": False}, dtype)
+    assert spy.calls == 15
+    for a, b in zip(fused, chain):
+        _close(a, b, dtype)
+    for p, q in zip(fused, chain):
+        for key, value in ref.state[q].items():
+            _close(opt.state[p][key].to(value.dtype), value, dtype)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_fused_default_matches_torch_with_params_that_miss_steps(name, kwargs):
+    skip = {(0, 1), (1, 1), (4, 0), (7, 2)}  # parameter 1 starts late; others pause
+    ours, _ = _run(getattr(foo, name), kwargs, torch.float64, skip=skip)
+    theirs, _ = _run(getattr(torch.optim, name), kwargs, torch.float64, skip=skip)
+    for a, b in zip(ours, theirs):
+        _close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("tx,kernel", [
+    (functools.partial(fo.adamw, lr=0.01), "_fused_adamw_"),
+    (functools.partial(fo.sgd, lr=0.1, momentum=0.9), "_fused_sgd_"),
+    (functools.partial(fo.adagrad, lr=0.1), "_fused_adagrad_"),
+])
+def test_generic_adapter_uses_the_alias_kernel_and_keeps_its_counts(monkeypatch, tx, kernel):
+    spy = _Spy(monkeypatch, kernel)
+    make = functools.partial(foo.FunctionalOptimizer, transform=tx)
+    fused, opt = _run(make, {}, torch.float64, steps=6)
+    chain, ref = _run(make, {"foreach": False}, torch.float64, steps=6)
+    assert spy.calls == 6
+    for a, b in zip(fused, chain):
+        _close(a, b, torch.float64)
+    for p, q in zip(fused, chain):  # every state leaf, step counts included
+        flat_a = torch.utils._pytree.tree_leaves(opt.state[p])
+        flat_b = torch.utils._pytree.tree_leaves(ref.state[q])
+        assert len(flat_a) == len(flat_b)
+        for a, b in zip(flat_a, flat_b):
+            _close(a.double(), b.double(), torch.float64)
+
+
+FALLBACKS = [
+    ("AdamW", dict(foreach=True), torch.float64),
+    ("AdamW", dict(betas=(torch.tensor(0.9), torch.tensor(0.99))), torch.float64),
+    ("AdamW", dict(), torch.bfloat16),
+    ("AdamW", dict(), torch.complex128),
+    ("SGD", dict(momentum=0.9, dampening=0.5), torch.float64),
+    ("Adagrad", dict(foreach=False), torch.float64),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,dtype", FALLBACKS)
+def test_what_the_kernel_cannot_do_runs_the_chain_with_torchs_numbers(monkeypatch, name, kwargs,
+                                                                       dtype):
+    spy = _Spy(monkeypatch, KERNELS[name])
+    ours, _ = _run(getattr(foo, name), {"lr": 0.01, **kwargs}, dtype, steps=5)
+    assert spy.calls == 0
+    theirs, _ = _run(getattr(torch.optim, name), {"lr": 0.01, **kwargs}, dtype, steps=5)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+
+
+def test_schedule_lr_runs_the_chain(monkeypatch):
+    spy = _Spy(monkeypatch, "_fused_adamw_")
+    tx = functools.partial(fo.adamw, lr=fo.schedules.linear(0.01, 0.0, 10))
+    fused, _ = _run(functools.partial(foo.FunctionalOptimizer, transform=tx), {},
+                    torch.float64, steps=4)
+    assert spy.calls == 0
+    chain, _ = _run(functools.partial(foo.FunctionalOptimizer, transform=tx),
+                    {"foreach": False}, torch.float64, steps=4)
+    for a, b in zip(fused, chain):
+        _close(a, b, torch.float64)
+
+
+def test_absent_block_error_is_the_chains():
+    """An hparam whose block the alias left out (weight_decay=0 at construction) is an error at
+    update time; the kernel (which would happily apply it) must not hide that."""
+    p = torch.zeros(3, requires_grad=True)
+    opt = foo.FunctionalOptimizer([p], fo.adam(lr=0.1))
+    opt.param_groups[0]["weight_decay"] = 0.1
+    p.grad = torch.ones(3)
+    with pytest.raises(fo.HParamError, match="weight_decay was 0 at construction"):
+        opt.step()
