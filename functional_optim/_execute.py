@@ -10,6 +10,7 @@ and works under ``torch.func`` transforms, ``torch.compile`` and CUDA-graph capt
 from __future__ import annotations
 
 from collections.abc import Callable
+from numbers import Number
 from typing import Any
 
 import optree
@@ -269,17 +270,26 @@ def first_device(tree: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+def safe_sqrt(x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
     r"""``sqrt(x)`` for ``x > 0``, ``0`` otherwise, with a finite gradient at ``0``.
 
     :math:`\frac{d}{dx}\sqrt{x}` is infinite at 0, so differentiating an update whose second moment
     is exactly zero would give ``0 * inf = NaN``; here that gradient is 0. Without autograd it is
-    ``sqrt(clamp(x, min=0))``: the same values in two passes instead of four.
+    ``sqrt(clamp(x, min=0))``: the same values in two passes instead of four, and one pass
+    (``sqrt(x)``) when the caller knows ``x >= 0`` (``nonnegative``: a running mean of squares).
     """
     if not torch.is_grad_enabled():
-        return torch.sqrt(torch.clamp(x, min=0.0))
+        return torch.sqrt(x) if nonnegative else torch.sqrt(torch.clamp(x, min=0.0))
     positive = x > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, x, 1.0)), 0.0)
+
+
+def ema_square(v: torch.Tensor, g: torch.Tensor, decay: Any) -> torch.Tensor:
+    r"""The running mean of squares :math:`\beta v + (1-\beta) g^2`, computed as torch.optim does
+    (``v * β`` then ``addcmul``: two passes, no temporary) when ``β`` is a number."""
+    if isinstance(decay, Number):
+        return torch.addcmul(v * decay, g, g, value=1 - decay)
+    return v * decay + (1 - decay) * (g * g)
 
 
 def init_count(params: Any) -> Any:

@@ -298,6 +298,23 @@ def _clamp(x, min=None, max=None, *, _refs=_NAMED):  # noqa: A002 - torch's name
     return x._reused(items) if x._reusable(_refs) else TensorList(items, fresh=True)
 
 
+def _addc(name: str) -> Callable:
+    """``torch.addcmul``/``torch.addcdiv`` with a number ``value``: one foreach kernel."""
+    op, op_ = getattr(torch, f"_foreach_{name}"), getattr(torch, f"_foreach_{name}_")
+
+    def addc(input, tensor1, tensor2, *, value=1, _refs=_NAMED):  # noqa: A002 - torch's name
+        lists = (input, tensor1, tensor2)
+        if not (all(isinstance(x, TensorList) and not x.scalar for x in lists)
+                and isinstance(value, Number) and not isinstance(value, complex)):
+            return NotImplemented
+        if input._reusable(_refs) and all(x.dtype == input.dtype for x in lists):
+            op_(input.items, tensor1.items, tensor2.items, value)
+            return input._reused(input.items)
+        return TensorList(op(input.items, tensor1.items, tensor2.items, value), fresh=True)
+
+    return addc
+
+
 def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None, _refs=_NAMED):  # noqa: A002
     if ord != 2 or dim is not None or keepdim or dtype is not None:
         return NotImplemented
@@ -307,6 +324,9 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None, _refs=_NAMED)
 _SPECIAL = {
     torch.sqrt: _unary("sqrt"),
     torch.sign: _unary("sign"),
+    torch.abs: _unary("abs"),
+    torch.addcmul: _addc("addcmul"),
+    torch.addcdiv: _addc("addcdiv"),
     torch.neg: _unary("neg"),
     torch.add: _add,
     torch.lerp: _lerp,

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, init_count, safe_sqrt, scalar_dtype
+from .._execute import elementwise, ema_square, init_count, safe_sqrt, scalar_dtype
 from ..base import (
     HParamError,
     MissingParamsError,
@@ -89,8 +89,8 @@ class ScaleByRssState(NamedTuple):
 
 def _rss_rule(h, g, t, s):
     t = t + 1
-    s = s + g * g
-    u = g / (safe_sqrt(s) + h["eps"])
+    s = torch.addcmul(s, g, g)
+    u = g / (safe_sqrt(s, nonnegative=True) + h["eps"])
     decay = h["lr_decay"]
     if isinstance(decay, torch.Tensor) or decay != 0:
         u = u / (1 + (t.to(scalar_dtype(g)) - 1) * decay)
@@ -133,7 +133,7 @@ def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRssState)
         out, step, s = elementwise(_rss_rule, h, updates, (state.step, state.sum), name=owner,
-                                   complex_as_real=True)
+                                   complex_as_real=True, donate_state=True)
         return out, ScaleByRssState(step, s)
 
     return Transform(init, update, defaults)
@@ -159,9 +159,9 @@ class ScaleByAdadeltaState(NamedTuple):
 
 def _adadelta_rule(h, g, t, v, d2):
     rho, eps = h["rho"], h["eps"]
-    v = v * rho + (1 - rho) * (g * g)
-    delta = safe_sqrt(d2 + eps) / safe_sqrt(v + eps) * g
-    d2 = d2 * rho + (1 - rho) * (delta * delta)
+    v = ema_square(v, g, rho)
+    delta = safe_sqrt(d2 + eps, nonnegative=True) / safe_sqrt(v + eps, nonnegative=True) * g
+    d2 = ema_square(d2, delta, rho)
     return delta, t + 1, v, d2
 
 
@@ -258,7 +258,7 @@ def scale_by_adamax(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
         check_state(owner, state, ScaleByAdamaxState)
         out, *rest = elementwise(_adamax_rule, h, updates,
                                  (state.step, state.exp_avg, state.exp_inf), name=owner,
-                                 complex_as_real=True)
+                                 complex_as_real=True, donate_state=True)
         return out, ScaleByAdamaxState(*rest)
 
     return Transform(init, update, defaults)
@@ -296,8 +296,8 @@ def _nadam_rule(h, g, t, mp, m, v):
     mp = mp * mu.to(mp.dtype)  # in the state's dtype, as torch.optim.NAdam multiplies it
     mpf = mp.to(sd)
     m = torch.lerp(m, g, 1 - b1)
-    v = v * b2 + (1 - b2) * (g * g)
-    denom = safe_sqrt(v / (1 - b2 ** tf)) + h["eps"]
+    v = ema_square(v, g, b2)
+    denom = safe_sqrt(v / (1 - b2 ** tf), nonnegative=True) + h["eps"]
     c_grad = (1 - mu) / (1 - mpf)
     c_avg = mu_next / (1 - mpf * mu_next)
     u = g / denom * c_grad + m / denom * c_avg
@@ -344,7 +344,8 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         check_state(owner, state, ScaleByNadamState)
         out, *rest = elementwise(_nadam_rule, h, updates,
                                  (state.step, state.mu_product, state.exp_avg,
-                                  state.exp_avg_sq), name=owner, complex_as_real=True)
+                                  state.exp_avg_sq), name=owner, complex_as_real=True,
+                                 donate_state=True)
         return out, ScaleByNadamState(*rest)
 
     return Transform(init, update, defaults)
@@ -373,7 +374,7 @@ def _radam_rule(h, g, t, m, v):
     t = t + 1
     tf = t.to(scalar_dtype(g))
     m = torch.lerp(m, g, 1 - b1)
-    v = v * b2 + (1 - b2) * (g * g)
+    v = ema_square(v, g, b2)
     bc1 = 1 - b1 ** tf
     bc2 = 1 - b2 ** tf
     rho_inf = 2 / (1 - b2) - 1
@@ -383,7 +384,7 @@ def _radam_rule(h, g, t, m, v):
         rectify, (rho_inf - 4) * (rho_inf - 2) * rho_t, 1.0)
     rect = torch.sqrt(torch.where(rectify, ratio, 1.0))
     m_hat = m / bc1
-    adaptive = torch.sqrt(bc2) / (safe_sqrt(v) + h["eps"])
+    adaptive = torch.sqrt(bc2) / (safe_sqrt(v, nonnegative=True) + h["eps"])
     u = torch.where(rectify, m_hat * adaptive * rect, m_hat)
     return u, t, m, v
 
@@ -427,7 +428,7 @@ def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         check_state(owner, state, ScaleByRadamState)
         out, *rest = elementwise(_radam_rule, h, updates,
                                  (state.step, state.exp_avg, state.exp_avg_sq), name=owner,
-                                 complex_as_real=True)
+                                 complex_as_real=True, donate_state=True)
         return out, ScaleByRadamState(*rest)
 
     return Transform(init, update, defaults)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, init_count, safe_sqrt, scalar_dtype
+from .._execute import elementwise, ema_square, init_count, safe_sqrt, scalar_dtype
 from ..base import (
     EmptyState,
     HParamError,
@@ -51,7 +51,7 @@ def _adam_rule(h, g, t, m, v, *nu_max):
     t = t + 1
     tf = t.to(scalar_dtype(g))
     m = torch.lerp(m, g, 1 - b1)
-    v = torch.lerp(v, g * g, 1 - b2)
+    v = ema_square(v, g, b2)
     bc1 = 1 - b1**tf
     bc2 = 1 - b2**tf
     nu_max = tuple(torch.maximum(n, v) for n in nu_max)
@@ -60,7 +60,7 @@ def _adam_rule(h, g, t, m, v, *nu_max):
     if isinstance(eps_root, torch.Tensor) or eps_root != 0:
         second = second + eps_root * bc2
     # (m / bc1) / (sqrt(second) / sqrt(bc2) + eps), with bc1 folded into the denominator
-    denom = safe_sqrt(second) * (bc1 / torch.sqrt(bc2)) + h["eps"] * bc1
+    denom = safe_sqrt(second, nonnegative=True) * (bc1 / torch.sqrt(bc2)) + h["eps"] * bc1
     return (m / denom, t, m, v, *nu_max)
 
 
@@ -122,12 +122,12 @@ class ScaleByRmsState(NamedTuple):
 
 def _rms_rule(h, g, t, v, *mu):
     alpha = h["alpha"]
-    v = v * alpha + (1 - alpha) * (g * g)
+    v = ema_square(v, g, alpha)
     if mu:
         m = torch.lerp(mu[0], g, 1 - alpha)
         avg = safe_sqrt(v - m * m) + h["eps"]
         return g / avg, t + 1, v, m
-    return g / (safe_sqrt(v) + h["eps"]), t + 1, v
+    return g / (safe_sqrt(v, nonnegative=True) + h["eps"]), t + 1, v
 
 
 def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> Transform:
