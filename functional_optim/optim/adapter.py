@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 
 from .. import _execute
 from ..base import HParamError, Transform
-from . import _layout
+from . import _flat, _layout
 
 __all__ = ["FunctionalOptimizer"]
 
@@ -133,6 +134,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         source = self._source
         state["_source"] = _Source(source, type(self).__name__) if isinstance(
             source, Transform) else source
+        if self.__dict__.get("_flat") is not None:  # the copy keeps the layout choice
+            state["_flat"] = self._flat
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -185,9 +188,60 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        flat = self.__dict__.get("_flat")
         for group in self.param_groups:
-            self._step_group(group)
+            if flat is None or not self._flat_step(group, **flat):
+                self._step_group(group)
         return loss
+
+    def use_flat(self, *, params: bool = True, compile: bool = False) -> FunctionalOptimizer:
+        """Switch to the flat layout (:mod:`functional_optim.optim._flat`); returns ``self``.
+
+        From the next step, each group keeps its gradients and every state leaf in one
+        contiguous buffer per (device, dtype) and runs the transform once per buffer;
+        ``self.state[p]`` holds views of the buffers (``state_dict`` is unchanged).
+
+        Args:
+            params: also move the parameters into one buffer (``p.data`` becomes a view of it),
+                so that the parameter update is one kernel; ``False`` leaves them where they are
+                (one more pass per step, to gather them).
+            compile: run the update of each buffer as one ``torch.compile``'d graph (the number
+                hyperparameters become 0-d tensors, so schedulers do not recompile it).
+
+        A group whose parameters do not all have a gradient steps in the usual layout (those
+        without one are skipped, as torch does), and the next full step gathers the buffers
+        again. So does a group after ``load_state_dict``. Use
+        ``zero_grad(set_to_none=False)`` to keep backward accumulating straight into the flat
+        gradient buffer (else each step copies the gradients in).
+        """
+        self._flat = {"rehome": params, "compile": compile}
+        self._cache = {k: v for k, v in self._cache.items() if not _is_flat_key(k)}
+        return self
+
+    def _flat_step(self, group: dict, rehome: bool, compile: bool) -> bool:
+        """One step of ``group`` in the flat layout; ``False``: it must take the usual one."""
+        key = ("flat", id(group))
+        if group.get("differentiable") or any(p.grad is None for p in group["params"]) or \
+                not group["params"]:
+            if self._cache.get(key) is not False:  # the usual step may replace state tensors
+                self._cache.pop(key, None)
+            return False
+        flat = self._cache.get(key)
+        if flat is False:
+            return False
+        if flat is None or not flat.valid():
+            tx = self._transform_for(group)
+            try:
+                flat = _flat.FlatGroup(self, group, tx, rehome=rehome, compile=compile)
+            except _flat.NotFlat as e:
+                index = next(i for i, g in enumerate(self.param_groups) if g is group)
+                warnings.warn(f"{type(self).__name__}: param group {index} keeps the usual "
+                              f"layout: {e}", RuntimeWarning, stacklevel=3)
+                self._cache[key] = False
+                return False
+            self._cache[key] = flat
+        flat.step(self._hparams_for(flat.tx, group))
+        return True
 
     def _step_group(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]
@@ -260,6 +314,10 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 [(path, owner) for path, owner, _ in _layout.walk_state(template,
                                                                         frozenset(names))])
         return plan
+
+
+def _is_flat_key(key: Any) -> bool:
+    return isinstance(key, tuple) and bool(key) and key[0] == "flat"
 
 
 class _Source:

@@ -1,0 +1,207 @@
+"""The adapter's flat layout: one contiguous buffer per (device, dtype) for a group's parameters,
+gradients and every state leaf, with per-parameter views in ``optimizer.state[p]``.
+
+The transform then runs once per buffer, on a one-leaf tree ``{"flat": buffer}``: one kernel per
+op for the whole group instead of one per tensor, and (with ``compile=True``) one compiled
+kernel for the whole update. ``state_dict()`` still reads per-parameter tensors in the usual
+format (views of the buffers), and a loaded checkpoint is gathered into new buffers on the next
+step.
+
+What the layout needs (checked when the buffers are built, with a clear error):
+
+- a transform whose math is elementwise or uses global reductions (every alias except
+  ``adafactor``, ``muon``, ``lbfgs`` and ``sparse_adam``; ``clip_by_global_norm``); a per-leaf
+  norm would become a per-buffer one;
+- state leaves that are per element (moments) or scalars shared by the group (step counts).
+
+The parameters of a group step together in one buffer, so their step counts must agree: after a
+step where some had no gradient (torch skips those, and so does the usual layout this falls
+back to for that step), the counts differ and the group stays in the usual layout, with a
+warning.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Any
+
+import optree
+import torch
+
+from .. import _execute
+from . import _layout
+
+__all__ = ["FlatGroup", "NotFlat"]
+
+
+class NotFlat(Exception):
+    """The group's state cannot live in one buffer now (it takes the usual layout)."""
+
+_NAME = "flat"
+
+
+def _as_tensor(value: Any) -> Any:
+    """A number hyperparameter as a 0-d float64 tensor (so a compiled step does not recompile
+    when a scheduler changes it); 0 and booleans stay numbers (aliases branch on them)."""
+    if isinstance(value, Number) and not isinstance(value, bool) and value != 0:
+        return torch.tensor(value, dtype=torch.float64)
+    return value
+
+
+class _Segment:
+    """The parameters of one group on one (device, dtype), and their buffers."""
+
+    def __init__(self, opt: Any, group: dict, tx: Any, params: list, rehome: bool):
+        self.params = params
+        self.sizes = [p.numel() for p in params]
+        self.rehome = rehome
+        with torch.no_grad():
+            self.flat_params = torch.cat([p.detach().reshape(-1) for p in params])
+            if rehome:  # the parameters become views of the buffer
+                for p, view in zip(params, self._views(self.flat_params)):
+                    p.data = view
+            self.flat_grads = torch.zeros_like(self.flat_params)
+        self.grad_views = self._views(self.flat_grads)
+        self.param_ptrs = [p.data_ptr() for p in params] if rehome else None
+        self.state = self._gather_state(opt, group, tx)  # a tree of the buffers
+
+    def _views(self, flat: torch.Tensor) -> list:
+        return [piece.view(p.shape) for piece, p in zip(flat.split(self.sizes), self.params)]
+
+    def _gather_state(self, opt: Any, group: dict, tx: Any) -> tuple:
+        template = tx.init({_NAME: torch.empty_like(self.flat_params, device="meta")})
+        fresh = None
+        leaves = []
+        total = self.flat_params.numel()
+        for path, owner, leaf in _layout.walk_state(template, frozenset([_NAME])):
+            elementwise = owner is not None and leaf.ndim == 1 and leaf.numel() == total
+            if not (elementwise or leaf.ndim == 0):
+                raise ValueError(
+                    f"flat layout: state {'.'.join(path)!r} of this transform has shape "
+                    f"{tuple(leaf.shape)} on a flat buffer of {total} elements; the flat layout "
+                    "needs elementwise state (not adafactor's factored moments, for example)"
+                )
+            values = [opt._load_leaf(opt.state[p], path, p, group) for p in self.params]
+            if any(v is None for v in values):
+                if fresh is None:
+                    fresh = {(pa, ow): x for pa, ow, x in _layout.walk_state(
+                        tx.init({_NAME: self.flat_params}), frozenset([_NAME]))}
+                values = [v if v is not None else self._fresh(opt, group, p, path, owner, leaf,
+                                                              fresh[(path, owner)], i)
+                          for i, (p, v) in enumerate(zip(self.params, values))]
+            if elementwise:
+                flat = torch.cat([v.reshape(-1).to(leaf.dtype) for v in values])
+                stored = self._views(flat)
+            else:
+                flat = self._shared(values, path)
+                stored = [flat] * len(self.params)
+            for p, value in zip(self.params, stored):
+                opt._store_leaf(opt.state[p], path, value, group)
+            leaves.append(flat)
+        return optree.tree_unflatten(optree.tree_structure(template), leaves)
+
+    def _fresh(self, opt, group, p, path, owner, leaf, value, i):
+        if owner is not None and leaf.ndim == 1:  # this parameter's piece of the flat init
+            value = value.split(self.sizes)[i].view(p.shape)
+        return opt._fresh_leaf(p, path, value, group)
+
+    @staticmethod
+    def _shared(values: list, path: tuple) -> torch.Tensor:
+        first = values[0]
+        for v in values[1:]:
+            if v is not first and not torch.equal(v.to(first.dtype), first):
+                raise NotFlat(
+                    f"their state {'.'.join(path)!r} differs between parameters ({first.item()} "
+                    f"vs {v.item()}: some skipped steps), and in one buffer they step together"
+                )
+        return first.clone()  # ours: the step writes it in place
+
+    def valid(self) -> bool:
+        """Whether every parameter still lives in the buffer (nobody replaced ``p.data``)."""
+        return not self.rehome or all(
+            p.data_ptr() == ptr for p, ptr in zip(self.params, self.param_ptrs))
+
+    def gather_grads(self) -> None:
+        """Gradients into the flat buffer (a copy only for those that are not its views); each
+        ``p.grad`` becomes its view, so that a backward after ``zero_grad(set_to_none=False)``
+        accumulates straight into the buffer."""
+        stale = [(p, view) for p, view in zip(self.params, self.grad_views)
+                 if p.grad is not view]
+        if stale:
+            torch._foreach_copy_([view for _, view in stale], [p.grad for p, _ in stale])
+            for p, view in stale:
+                p.grad = view
+
+    def flat_params_now(self) -> torch.Tensor:
+        if self.rehome:
+            return self.flat_params
+        torch.cat([p.detach().reshape(-1) for p in self.params], out=self.flat_params)
+        return self.flat_params
+
+    def apply(self, update: torch.Tensor) -> None:
+        if self.rehome:
+            self.flat_params.add_(update)
+        else:
+            torch._foreach_add_(self.params, self._views(update))
+
+
+def _update(tx: Any, flat_grads: torch.Tensor, flat_params: torch.Tensor, state: Any,
+            hparams: Any) -> torch.Tensor:
+    """The transform on one buffer; returns the update. The state buffers are updated in place
+    (``copy_`` where the rule did not donate); ``tree_map``, as it compiles."""
+    updates, new_state = tx.update({_NAME: flat_grads}, state, {_NAME: flat_params}, hparams)
+    optree.tree_map(lambda old, new: old if new is old else old.copy_(new), state, new_state)
+    return updates[_NAME]
+
+
+class FlatGroup:
+    """A param group in the flat layout: one :class:`_Segment` per (device, dtype)."""
+
+    def __init__(self, opt: Any, group: dict, tx: Any, *, rehome: bool, compile: bool):
+        by_key: dict = {}
+        for p in group["params"]:
+            by_key.setdefault((p.device, p.dtype), []).append(p)
+        self.tx = tx
+        self.segments = [_Segment(opt, group, tx, ps, rehome) for ps in by_key.values()]
+        self.compiled = None
+        if compile:
+            self.compiled = torch.compile(self._compiled_step, fullgraph=True)
+
+    def valid(self) -> bool:
+        return all(seg.valid() for seg in self.segments)
+
+    def _fused(self, seg: _Segment, hparams: Any) -> bool:
+        """The alias's fused kernel on the buffers (one call for the whole segment)."""
+        new_state = self.tx.fused({_NAME: seg.flat_params}, {_NAME: seg.flat_grads}, seg.state,
+                                  hparams)
+        if new_state is None:
+            return False
+        optree.tree_map(lambda old, new: old if new is old else old.copy_(new), seg.state,
+                        new_state)
+        return True
+
+    def _compiled_step(self, flat_grads, flat_params, state, hparams, apply):
+        update = _update(self.tx, flat_grads, flat_params, state, hparams)
+        if apply:  # inside the graph: the parameter update fuses with the rest
+            flat_params.add_(update)
+            return None
+        return update
+
+    def step(self, hparams: Any) -> None:
+        for seg in self.segments:
+            seg.gather_grads()
+        if self.compiled is not None:
+            hparams = optree.tree_map(_as_tensor, hparams)
+        with torch.no_grad(), _execute.multi_tensor(self.compiled is None, donate=True):
+            for seg in self.segments:
+                if self.tx.fused is not None and seg.rehome and self.compiled is None and \
+                        self._fused(seg, hparams):
+                    continue
+                flat_params = seg.flat_params_now()
+                if self.compiled is not None:
+                    update = self.compiled(seg.flat_grads, flat_params, seg.state, hparams,
+                                           seg.rehome)
+                else:
+                    update = _update(self.tx, seg.flat_grads, flat_params, seg.state, hparams)
+                if update is not None:
+                    seg.apply(update)
