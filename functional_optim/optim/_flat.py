@@ -34,6 +34,13 @@ from . import _layout
 __all__ = ["FlatGroup", "NotFlat"]
 
 
+# Inductor inlines a 0-d intermediate (a bias correction) into every loop iteration of the kernel
+# that reads it: computed once per 16 elements, ``pow``/``sqrt`` in float64 cost 3x the memory
+# traffic (3.9 ms vs 1.3 ms for AdamW on 1.2M floats). Realizing every intermediate of more than
+# two ops computes such scalars once, before the elementwise kernel.
+_INDUCTOR = {"realize_cpu_opcount_threshold": 2, "realize_opcount_threshold": 2}
+
+
 class NotFlat(Exception):
     """The group's state cannot live in one buffer now (it takes the usual layout)."""
 
@@ -165,7 +172,7 @@ class FlatGroup:
         self.segments = [_Segment(opt, group, tx, ps, rehome) for ps in by_key.values()]
         self.compiled = None
         if compile:
-            self.compiled = torch.compile(self._compiled_step, fullgraph=True)
+            self.compiled = torch.compile(self._compiled_step, fullgraph=True, options=_INDUCTOR)
 
     def valid(self) -> bool:
         return all(seg.valid() for seg in self.segments)
