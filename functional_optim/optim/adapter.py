@@ -258,11 +258,16 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         hparams = self._hparams_for(tx, group)
         spec, plan = self._plan(tx, names, params)
 
+        stores = {n: self.state[p] for n, p in by_name.items()} if plan else {}
+        first = names[0]
         fresh: dict = {}
         leaves = []
+        loaded = []  # leaf came from self.state (then an in-place update needs no store)
         for path, owner in plan:
-            p = by_name[owner] if owner is not None else params[0]
-            value = self._load_leaf(self.state[p], path, p, group)
+            key = first if owner is None else owner
+            p = by_name[key]
+            value = self._load_leaf(stores[key], path, p, group)
+            loaded.append(value is not None)
             if value is None:
                 if not fresh:
                     init = tx.init(dict(by_name))
@@ -282,11 +287,15 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if new_state is None:
             new_state = self._update_group(tx, by_name, grads, state, hparams, multi,
                                            differentiable)
-        for (path, owner), leaf in zip(plan, optree.tree_leaves(new_state)):
-            # shared leaves go to every parameter of the group (also those without a grad now),
-            # so that the next step reads the current value whichever parameter comes first
-            for p in (group["params"] if owner is None else (by_name[owner],)):
-                self._store_leaf(self.state[p], path, leaf, group)
+        for (path, owner), leaf, old, was_loaded in zip(plan, optree.tree_leaves(new_state),
+                                                        leaves, loaded):
+            if owner is None:
+                # shared leaves go to every parameter of the group (also those without a grad
+                # now), so that the next step reads the current value whichever comes first
+                for p in group["params"]:
+                    self._store_leaf(self.state[p], path, leaf, group)
+            elif leaf is not old or not was_loaded:
+                self._store_leaf(stores[owner], path, leaf, group)
 
     @staticmethod
     def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,

@@ -1,0 +1,362 @@
+"""Speed at the limit: every way to run AdamW, SGD-momentum and a chain, same run, same machine.
+
+Workloads: ``adamw`` (lr 1e-3, weight decay 1e-2), ``sgd`` (momentum 0.9) and ``chain``
+(clip_by_global_norm(1.0) -> Adam -> weight decay 1e-2 -> warmup-cosine lr), each on three
+layouts (300 x 4096; a GPT-like model in ~150 tensors; 4 x 4M). Implementations:
+
+- ours: the adapter's default eager path, the flat layout (eager; gradients accumulated into the
+  flat buffer, and with gradients replaced every step), the compiled flat layout;
+- torch.optim: for-loop, foreach, fused, and ``torch.compile(opt.step)``;
+- torchopt (functional, in place), heavyball (compiled by default), and optax on JAX CPU (jitted,
+  donated buffers; a subprocess, ``bench_speed_optax.py``) when installed
+  (``benchmarks/setup_peers.sh``; run with ``benchmarks/.venv-peers/bin/python``).
+
+Each figure is the median step time over repeats, with ratios to torch fused and to the bandwidth
+bound: the bytes a step must move (AdamW and the chain: read param, grad, two moments, write
+param and two moments, 28 B per float32 parameter, plus 4 B for the chain's norm; SGD-momentum
+20 B) at the best streaming bandwidth measured in the same run. Also: time to first step
+(construction and compilation; cold with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1), peak extra
+memory of a step (CPU allocations seen by the profiler; not available for JAX), and the cost of
+identity transforms added to a chain (eager and compiled).
+
+    python benchmarks/bench_speed.py --threads 1 --out benchmarks/results/speed_cpu_1thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch  # noqa: E402
+
+import functional_optim as fo  # noqa: E402
+import functional_optim.optim as foo  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_step import layouts, machine  # noqa: E402
+
+LR, WD, MOMENTUM, MAX_NORM = 1e-3, 1e-2, 0.9, 1.0
+BYTES_PER_PARAM = {"adamw": 28, "sgd": 20, "chain": 32}
+
+
+def schedule():
+    return fo.schedules.warmup_cosine_decay(0.0, LR, 100, 10_000)
+
+
+def torch_lambda(step: int) -> float:
+    """The same warmup-cosine as a LambdaLR factor (for torch and the peers)."""
+    import math
+    if step < 100:
+        return step / 100
+    t = min(step - 100, 9_900) / 9_900
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+# -- implementations: make(params) -> step() ------------------------------------------------
+
+def _torch(algo: str, **kw) -> Callable:
+    def make(params):
+        if algo == "sgd":
+            opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, **kw)
+            return opt.step
+        opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, **kw)
+        if algo == "adamw":
+            return opt.step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, torch_lambda)
+        foreach = kw.get("foreach") or kw.get("fused")
+
+        def step():
+            torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=bool(foreach))
+            opt.step()
+            sched.step()
+        return step
+    return make
+
+
+def _torch_compiled(algo: str) -> Callable:
+    def make(params):
+        if algo == "sgd":
+            opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, foreach=True)
+        else:  # a tensor lr (changing it does not recompile) needs capturable with foreach
+            opt = torch.optim.AdamW(params, lr=torch.tensor(LR), weight_decay=WD, foreach=True,
+                                    capturable=True)
+        if algo != "chain":
+            return torch.compile(opt.step)
+        counter = [0]
+
+        @torch.compile
+        def inner():
+            torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
+            opt.step()
+
+        def step():
+            opt.param_groups[0]["lr"].fill_(LR * torch_lambda(counter[0]))
+            counter[0] += 1
+            inner()
+        return step
+    return make
+
+
+def _ours_tx(algo: str):
+    if algo == "adamw":
+        return fo.adamw(lr=LR, weight_decay=WD)
+    if algo == "sgd":
+        return fo.sgd(lr=LR, momentum=MOMENTUM)
+    return fo.chain(fo.clip_by_global_norm(MAX_NORM), fo.scale_by_adam(),
+                    fo.add_decayed_weights(WD), fo.scale_by_learning_rate(schedule()))
+
+
+def _ours(algo: str, flat: bool = False, compile: bool = False,
+          replace_grads: bool = False) -> Callable:
+    def make(params):
+        if algo == "adamw":
+            opt = foo.AdamW(params, lr=LR, weight_decay=WD)
+        elif algo == "sgd":
+            opt = foo.SGD(params, lr=LR, momentum=MOMENTUM)
+        else:
+            opt = foo.FunctionalOptimizer(params, _ours_tx(algo))
+        if flat:
+            opt.use_flat(compile=compile)
+        if not replace_grads:
+            return opt.step
+        fresh = [p.grad.clone() for p in params]
+
+        def step():  # as after zero_grad(set_to_none=True) and a backward: new grad tensors
+            for p, g in zip(params, fresh):
+                p.grad = g
+            opt.step()
+        return step
+    return make
+
+
+def _torchopt(algo: str) -> Callable:
+    import torchopt
+
+    def make(params):
+        if algo == "adamw":
+            tx = torchopt.adamw(lr=LR, weight_decay=WD)
+        elif algo == "sgd":
+            tx = torchopt.sgd(lr=LR, momentum=MOMENTUM)
+        else:
+            tx = torchopt.chain(torchopt.clip_grad_norm(MAX_NORM), torchopt.adamw(
+                lr=lambda count: LR * torch_lambda(int(count)), weight_decay=WD))
+        data = tuple(p.detach() for p in params)
+        state = [tx.init(data)]
+
+        def step():
+            grads = tuple(p.grad for p in params)
+            updates, state[0] = tx.update(grads, state[0], params=data, inplace=True)
+            torchopt.apply_updates(data, updates, inplace=True)
+        return step
+    return make
+
+
+def _heavyball(algo: str) -> Callable:
+    import heavyball
+
+    def make(params):
+        if algo == "adamw":
+            opt = heavyball.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=WD)
+        else:
+            opt = heavyball.SGD(params, lr=LR, beta=MOMENTUM)
+        grads = [p.grad for p in params]
+
+        def step():  # heavyball frees .grad after its step: hand them back (pointers only)
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+        return step
+    return make
+
+
+def implementations(algo: str, peers: set) -> dict:
+    out = {
+        "torch for-loop": _torch(algo, foreach=False),
+        "torch foreach": _torch(algo, foreach=True),
+        "torch fused": _torch(algo, fused=True),
+        "torch compiled": _torch_compiled(algo),
+        "ours default (eager)": _ours(algo),
+        "ours flat (eager)": _ours(algo, flat=True),
+        "ours flat, grads replaced each step": _ours(algo, flat=True, replace_grads=True),
+        "ours flat compiled": _ours(algo, flat=True, compile=True),
+    }
+    if "torchopt" in peers:
+        out["torchopt"] = _torchopt(algo)
+    if "heavyball" in peers and algo != "chain":
+        out["heavyball"] = _heavyball(algo)
+    return out
+
+
+# -- measurement ----------------------------------------------------------------------------
+
+def _params(shapes):
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+    return params
+
+
+def peak_extra_bytes(step: Callable) -> int:
+    """The peak of the running sum of CPU allocations during one step (profiler events)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    running = peak = 0
+    for e in events:
+        running += e.cpu_memory_usage
+        peak = max(peak, running)
+    return peak
+
+
+def measure(make: Callable, shapes, repeats: int) -> dict:
+    params = _params(shapes)
+    start = time.perf_counter()
+    step = make(params)
+    step()
+    first = time.perf_counter() - start
+    step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return {"ms": statistics.median(times) * 1e3, "first_s": first,
+            "peak_mb": peak_extra_bytes(step) / 2**20}
+
+
+def bandwidth_gbs(n: int, repeats: int = 7) -> float:
+    """Best streaming bandwidth over arrays of ``n`` float32 (the workload's size, so that a
+    layout that fits in the caches gets the caches' bandwidth): max of copy (2 streams) and add
+    (3 streams)."""
+    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        c.copy_(a)
+        best = max(best, 2 * 4 * n / (time.perf_counter() - t))
+        t = time.perf_counter()
+        torch.add(a, b, out=c)
+        best = max(best, 3 * 4 * n / (time.perf_counter() - t))
+    return best / 1e9
+
+
+def optax_results(threads: int, repeats: int, python: str) -> dict:
+    env = dict(os.environ)
+    if threads == 1:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([python, os.path.join(here, "bench_speed_optax.py"), str(repeats)],
+                          capture_output=True, text=True, env=env, timeout=3000)
+    if proc.returncode != 0:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def identity_cost(repeats: int) -> list[dict]:
+    """Cost of k identity transforms added to a chain, eager (default path) and compiled."""
+    shapes = layouts()["300 x 4096"]
+    rows = []
+    for k in (0, 1, 4):
+        def make(params, compile=False, k=k):
+            tx = fo.chain(fo.scale_by_adam(), *[fo.identity() for _ in range(k)],
+                          fo.add_decayed_weights(WD), fo.scale_by_learning_rate(LR))
+            opt = foo.FunctionalOptimizer(params, tx)
+            if compile:
+                opt.use_flat(compile=True)
+            return opt.step
+        eager = measure(make, shapes, repeats)["ms"]
+        compiled = measure(lambda p, make=make: make(p, compile=True), shapes, repeats)["ms"]
+        rows.append({"identities": k, "eager_ms": eager, "compiled_ms": compiled})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--algos", default="adamw,sgd,chain")
+    parser.add_argument("--out", default=None, help="path without extension (.md and .json)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peers = set()
+    for name in ("torchopt", "heavyball", "jax"):
+        try:
+            __import__(name)
+            peers.add(name)
+        except ImportError:
+            pass
+    bandwidth = {layout: bandwidth_gbs(sum(torch.Size(s).numel() for s in shapes))
+                 for layout, shapes in layouts().items()}
+    print(f"streaming bandwidth (GB/s) {bandwidth}; peers: {sorted(peers)}", flush=True)
+    optax = optax_results(args.threads, args.repeats, sys.executable) if "jax" in peers else {}
+    results: dict = {"machine": machine(), "threads": args.threads, "bandwidth_gbs": bandwidth,
+                     "peers": sorted(peers), "caches": os.environ.get(
+                         "TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1", "runs": {}}
+    for algo in args.algos.split(","):
+        for layout, shapes in layouts().items():
+            numel = sum(torch.Size(s).numel() for s in shapes)
+            bw = bandwidth[layout]
+            bound_ms = BYTES_PER_PARAM[algo] * numel / (bw * 1e9) * 1e3
+            row = {name: measure(make, shapes, args.repeats)
+                   for name, make in implementations(algo, peers).items()}
+            if f"{algo}/{layout}" in optax:
+                row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
+            results["runs"][f"{algo}/{layout}"] = {"numel": numel, "bound_ms": bound_ms,
+                                                   "bandwidth_gbs": bw, "results": row}
+            fused = row["torch fused"]["ms"]
+            print(f"\n{algo}, {layout}: bound {bound_ms:.2f} ms", flush=True)
+            for name, r in row.items():
+                print(f"  {name:38s} {r['ms']:9.2f} ms  {r['ms'] / fused:5.2f}x fused  "
+                      f"{r['ms'] / bound_ms:5.2f}x bound  first {r['first_s']:6.2f} s", flush=True)
+    results["identity"] = identity_cost(args.repeats)
+    print("identity transforms:", results["identity"], flush=True)
+    if args.out:
+        with open(args.out + ".json", "w") as f:
+            json.dump(results, f, indent=1)
+        with open(args.out + ".md", "w") as f:
+            f.write(markdown(results))
+        print(f"wrote {args.out}.md and .json")
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Speed at the limit, CPU, {results['threads']} thread(s)\n",
+             f"Machine: {results['machine']}; Python {platform.python_version()}.  ",
+             f"Peers installed: {', '.join(results['peers']) or 'none'}.\n",
+             "Median step time over repeats; ratios to torch's fused implementation and to the "
+             "bandwidth bound (the bytes a step must move at the streaming bandwidth measured in "
+             "the same run on arrays of the layout's size); time to first step (construction + "
+             "compilation; inductor's caches were "
+             f"{'off: cold compiles' if results['caches'] else 'on: warm where compiled before'})"
+             "; peak extra memory of a step (CPU allocations; '-' where not measurable).\n"]
+    for key, run in results["runs"].items():
+        algo, layout = key.split("/")
+        fused = run["results"]["torch fused"]["ms"]
+        lines.append(f"\n## {algo}, {layout} ({run['numel'] / 1e6:.1f}M params; bound "
+                     f"{run['bound_ms']:.2f} ms at {run['bandwidth_gbs']:.1f} GB/s)\n")
+        lines.append("| implementation | ms | vs torch fused | vs bound | first step (s) | "
+                     "peak extra MB |\n|---|---|---|---|---|---|")
+        for name, r in sorted(run["results"].items(), key=lambda kv: kv[1]["ms"]):
+            peak = f"{r['peak_mb']:.1f}" if r.get("peak_mb") is not None else "-"
+            lines.append(f"| {name} | {r['ms']:.2f} | {r['ms'] / fused:.2f}x | "
+                         f"{r['ms'] / run['bound_ms']:.2f}x | {r['first_s']:.2f} | {peak} |")
+    lines.append("\n## Cost of identity transforms in a chain (adam -> k x identity -> decay -> "
+                 "lr; 300 x 4096)\n")
+    lines.append("| identities | eager ms | compiled ms |\n|---|---|---|")
+    for r in results["identity"]:
+        lines.append(f"| {r['identities']} | {r['eager_ms']:.2f} | {r['compiled_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Every benchmark, with its results written under ``benchmarks/results/`` (``make bench``).
+
+- ``bench_step.py``: the adapter vs torch.optim for every algorithm with a foreach
+  implementation (1 thread);
+- ``bench_speed.py``: AdamW, SGD-momentum and a chain on every path, ours and the peers', with the
+  bandwidth bound, first-step time, peak memory and identity-transform cost (1 and 2 threads),
+  and its chart.
+
+The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
+(``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+
+def run(python: str, script: str, *args: str) -> None:
+    cmd = [python, os.path.join(HERE, script), *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    peers = os.path.join(HERE, ".venv-peers", "bin", "python")
+    python = peers if os.path.exists(peers) else sys.executable
+    run(sys.executable, "bench_step.py", "--threads", "1",
+        "--out", os.path.join(RESULTS, "step_cpu_1thread.md"))
+    for threads in (1, 2):  # cold compiles measured once, with one thread
+        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1" if threads == 1 else "0"
+        out = os.path.join(RESULTS, f"speed_cpu_{threads}thread")
+        run(python, "bench_speed.py", "--threads", str(threads), "--out", out)
+        run(sys.executable, "plot_speed.py", out + ".json", out + ".png")
+
+
+if __name__ == "__main__":
+    main()
