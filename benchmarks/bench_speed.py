@@ -87,19 +87,18 @@ def _torch_compiled(algo: str) -> Callable:
         else:  # a tensor lr (changing it does not recompile) needs capturable with foreach
             opt = torch.optim.AdamW(params, lr=torch.tensor(LR), weight_decay=WD, foreach=True,
                                     capturable=True)
+        compiled_step = torch.compile(opt.step)
         if algo != "chain":
-            return torch.compile(opt.step)
+            return compiled_step
+        clip = torch.compile(lambda: torch.nn.utils.clip_grad_norm_(params, MAX_NORM,
+                                                                    foreach=True))
         counter = [0]
-
-        @torch.compile
-        def inner():
-            torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
-            opt.step()
 
         def step():
             opt.param_groups[0]["lr"].fill_(LR * torch_lambda(counter[0]))
             counter[0] += 1
-            inner()
+            clip()
+            compiled_step()
         return step
     return make
 
@@ -252,11 +251,12 @@ def bandwidth_gbs(n: int, repeats: int = 7) -> float:
 
 def optax_results(threads: int, repeats: int, python: str) -> dict:
     env = dict(os.environ)
-    if threads == 1:
-        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run([python, os.path.join(here, "bench_speed_optax.py"), str(repeats)],
-                          capture_output=True, text=True, env=env, timeout=3000)
+    cmd = [python, os.path.join(here, "bench_speed_optax.py"), str(repeats)]
+    if threads == 1:  # XLA_FLAGS alone does not keep XLA's CPU runtime on one core: pin it
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        cmd = ["taskset", "-c", "0", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3000)
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
         return {}

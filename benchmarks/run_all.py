@@ -7,7 +7,8 @@
   and its chart.
 
 The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
-(``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out.
+(``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out. ``--speed-only`` skips
+``bench_step.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def run(python: str, script: str, *args: str) -> None:
 def main() -> None:
     peers = os.path.join(HERE, ".venv-peers", "bin", "python")
     python = peers if os.path.exists(peers) else sys.executable
-    run(sys.executable, "bench_step.py", "--threads", "1",
-        "--out", os.path.join(RESULTS, "step_cpu_1thread.md"))
+    if "--speed-only" not in sys.argv:
+        run(sys.executable, "bench_step.py", "--threads", "1",
+            "--out", os.path.join(RESULTS, "step_cpu_1thread.md"))
     for threads in (1, 2):  # cold compiles measured once, with one thread
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1" if threads == 1 else "0"
         out = os.path.join(RESULTS, f"speed_cpu_{threads}thread")
