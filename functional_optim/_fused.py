@@ -3,7 +3,8 @@
 An alias built from blocks (``adam``: ``[maximize] → [decay] → scale_by_adam → [decay] → lr``)
 computes, in its chain, exactly what one of torch's fused kernels (``torch._fused_adam_``,
 ``_fused_adamw_``, ``_fused_sgd_``, ``_fused_adagrad_``) computes in a single pass over memory.
-The alias attaches a *fused step* to its :class:`~functional_optim.Transform`::
+An alias without a kernel still saves the learning-rate pass (:func:`lr_folded_step`). The alias
+attaches a *fused step* to its :class:`~functional_optim.Transform`::
 
     fused(params, grads, state, hparams) -> state | None
 
@@ -25,9 +26,10 @@ from typing import Any
 
 import torch
 
-from .base import EmptyState
+from . import _execute
+from .base import EmptyState, Transform, resolve_hparams
 
-__all__ = ["adam_step", "sgd_step", "adagrad_step"]
+__all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step"]
 
 FusedStep = Callable[[dict, dict, Any, dict], Any]
 
@@ -82,29 +84,45 @@ def _take(column: dict, names: list) -> list:
     return [column[n] for n in names]
 
 
+def _kernel_groups(params: dict, grads: dict, steps: dict | None, h: dict,
+                   state: dict) -> list | None:
+    """``[(names, lr)]``, one per (device, dtype) group, or ``None`` when a kernel cannot run
+    (also for a schedule: its ``lr`` block keeps a count)."""
+    if not isinstance(state["lr"], EmptyState):
+        return None
+    groups = _groups(params, grads, steps)
+    if groups is None:
+        return None
+    out = [(names, _lr(h, device)) for (device, _), names in groups.items()]
+    return None if any(lr is None for _, lr in out) else out
+
+
+def _advanced(steps: dict, names: list) -> list:
+    """The step counts of ``names``, incremented in place (as torch does before its kernels)."""
+    counts = _take(steps, names)
+    torch._foreach_add_(counts, 1)
+    return counts
+
+
 def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool, has_decay: bool) -> FusedStep:
     """The fused step of ``adam``/``adamw`` (``torch._fused_adam_``/``_fused_adamw_``)."""
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
 
     def fused(params, grads, state, h):
-        if not (_absent_ok(h, ("eps", "weight_decay"), {"eps": True, "weight_decay": has_decay})
-                and all(_number(b) for b in h["betas"]) and isinstance(state["lr"], EmptyState)):
+        present = {"eps": True, "weight_decay": has_decay}
+        if not (_absent_ok(h, ("eps", "weight_decay"), present)
+                and all(_number(b) for b in h["betas"])):
             return None
         adam = state["adam"]
-        groups = _groups(params, grads, adam.step)
+        groups = _kernel_groups(params, grads, adam.step, h, state)
         if groups is None:
             return None
-        lrs = {key: _lr(h, key[0]) for key in groups}
-        if any(lr is None for lr in lrs.values()):
-            return None
-        for key, names in groups.items():
-            steps = _take(adam.step, names)
-            torch._foreach_add_(steps, 1)
+        for names, lr in groups:
             kernel(_take(params, names), _take(grads, names), _take(adam.mu, names),
-                   _take(adam.nu, names), _take(adam.nu_max, names) if amsgrad else [], steps,
-                   lr=lrs[key], beta1=float(h["betas"][0]), beta2=float(h["betas"][1]),
-                   weight_decay=float(h["weight_decay"]), eps=float(h["eps"]), amsgrad=amsgrad,
-                   maximize=maximize)
+                   _take(adam.nu, names), _take(adam.nu_max, names) if amsgrad else [],
+                   _advanced(adam.step, names), lr=lr, beta1=float(h["betas"][0]),
+                   beta2=float(h["betas"][1]), weight_decay=float(h["weight_decay"]),
+                   eps=float(h["eps"]), amsgrad=amsgrad, maximize=maximize)
         return state
 
     return fused
@@ -124,17 +142,14 @@ def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool, has_decay: b
     def fused(params, grads, state, h):
         present = {"momentum": has_momentum, "weight_decay": has_decay, "dampening": True}
         if not (_absent_ok(h, ("momentum", "weight_decay", "dampening"), present)
-                and h["dampening"] == 0 and isinstance(state["lr"], EmptyState)):
+                and h["dampening"] == 0):
             return None
         trace = state["momentum"] if has_momentum else None
-        groups = _groups(params, grads, trace.step if has_momentum else None)
+        groups = _kernel_groups(params, grads, trace.step if has_momentum else None, h, state)
         if groups is None:
             return None
-        lrs = {key: _lr(h, key[0]) for key in groups}
-        if any(lr is None for lr in lrs.values()):
-            return None
         steps: dict = {}
-        for key, names in groups.items():
+        for names, lr in groups:
             buffers = []
             if has_momentum:
                 buffers = _take(trace.momentum_buffer, names)
@@ -142,7 +157,7 @@ def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool, has_decay: b
                     steps.update(zip(names, torch._foreach_add(_take(trace.step, names), 1)))
             torch._fused_sgd_(_take(params, names), _take(grads, names), buffers,
                               weight_decay=float(h["weight_decay"]),
-                              momentum=float(h["momentum"]), lr=lrs[key], dampening=0.0,
+                              momentum=float(h["momentum"]), lr=lr, dampening=0.0,
                               nesterov=nesterov, maximize=maximize, is_first_step=False)
         if not (has_momentum and count):
             return state
@@ -156,24 +171,47 @@ def adagrad_step(*, maximize: bool, has_decay: bool) -> FusedStep:
 
     def fused(params, grads, state, h):
         present = {"lr_decay": True, "eps": True, "weight_decay": has_decay}
-        if not (_absent_ok(h, ("lr_decay", "eps", "weight_decay"), present)
-                and isinstance(state["lr"], EmptyState)):
+        if not _absent_ok(h, ("lr_decay", "eps", "weight_decay"), present):
             return None
         rss = state["rss"]
-        groups = _groups(params, grads, rss.step)
+        groups = _kernel_groups(params, grads, rss.step, h, state)
         if groups is None:
             return None
-        lrs = {key: _lr(h, key[0]) for key in groups}
-        if any(lr is None for lr in lrs.values()):
-            return None
-        for key, names in groups.items():
-            steps = _take(rss.step, names)
-            torch._foreach_add_(steps, 1)
+        for names, lr in groups:
             torch._fused_adagrad_(_take(params, names), _take(grads, names),
-                                  _take(rss.sum, names), steps, lr=lrs[key],
+                                  _take(rss.sum, names), _advanced(rss.step, names), lr=lr,
                                   lr_decay=float(h["lr_decay"]),
                                   weight_decay=float(h["weight_decay"]), eps=float(h["eps"]),
                                   maximize=maximize)
         return state
+
+    return fused
+
+
+def lr_folded_step(head: Transform, defaults: dict, to_inner: Callable,
+                   where: str) -> FusedStep:
+    """The step of an alias ``chain(**blocks, lr=scale_by_learning_rate(lr))`` with the last
+    block folded into the parameter update: ``head`` (the chain without ``lr``) runs
+    multi-tensor, then ``p += -lr * u`` is one ``torch._foreach_add_(..., alpha=-lr)``: one pass
+    over memory and one temporary fewer than scaling, then adding. A schedule or tensor lr runs
+    the whole chain."""
+
+    def fused(params, grads, state, h):
+        h = resolve_hparams(defaults, h, where)
+        lr = h["lr"]
+        if not (_number(lr) and isinstance(state["lr"], EmptyState)):
+            return None
+        inner = {k: v for k, v in to_inner(h).items() if k != "lr"}  # raises the alias's errors
+        head_state = {k: v for k, v in state.items() if k != "lr"}
+        with _execute.multi_tensor(True, donate=True):
+            updates, new_state = head.update(grads, head_state, params, inner)
+        pairs = [(p, updates[n]) for n, p in params.items() if updates[n] is not None]
+        same = [(p, u) for p, u in pairs if u.dtype == p.dtype]
+        if same:
+            torch._foreach_add_([p for p, _ in same], [u for _, u in same], alpha=-lr)
+        for p, u in pairs:
+            if u.dtype != p.dtype:
+                p.add_(u.to(p.dtype), alpha=-lr)
+        return {**new_state, "lr": state["lr"]}
 
     return fused

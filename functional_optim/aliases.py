@@ -218,7 +218,18 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
                 _absent_check(owner, h, (decay_key,))
         return inner
 
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+    if not lr_block:
+        return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+    return _lr_folded(owner, blocks, defaults, to_inner)
+
+
+def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner) -> Transform:
+    """``reparametrize(chain(**blocks))`` whose adapter step folds the trailing ``lr`` block into
+    the parameter update (:func:`functional_optim._fused.lr_folded_step`)."""
+    where = f"{owner} hparams"
+    head = chain(**{k: b for k, b in blocks.items() if k != "lr"})
+    return reparametrize(chain(**blocks), defaults, to_inner, where)._replace(
+        fused=_fused.lr_folded_step(head, defaults, to_inner, where))
 
 
 def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -431,7 +442,7 @@ def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1
         _absent_check(owner, h, tuple(absent))
         return inner
 
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+    return _lr_folded(owner, blocks, defaults, to_inner)
 
 
 def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2),

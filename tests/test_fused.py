@@ -154,3 +154,31 @@ def test_absent_block_error_is_the_chains():
     p.grad = torch.ones(3)
     with pytest.raises(fo.HParamError, match="weight_decay was 0 at construction"):
         opt.step()
+
+
+FOLDED = [("RMSprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1)),
+          ("Adadelta", dict(weight_decay=0.1, maximize=True)), ("Adamax", dict(lr=0.01)),
+          ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+          ("RAdam", dict(lr=0.01))]
+
+
+@pytest.mark.parametrize("name,kwargs", FOLDED)
+def test_lr_folded_into_the_parameter_update(monkeypatch, name, kwargs):
+    """Aliases without a torch kernel run their chain without the lr block, then one
+    ``_foreach_add_(params, u, alpha=-lr)``: the chain's numbers, torch's trajectory."""
+    alphas = []
+    kernel = torch._foreach_add_
+
+    def spy(*args, **kw):
+        alphas.append(kw.get("alpha"))
+        return kernel(*args, **kw)
+
+    monkeypatch.setattr(torch, "_foreach_add_", spy)
+    folded, _ = _run(getattr(foo, name), kwargs, torch.float64, steps=10)
+    assert alphas.count(-kwargs.get("lr", 1.0 if name == "Adadelta" else 0.002)) == 10
+    monkeypatch.setattr(torch, "_foreach_add_", kernel)
+    chain, _ = _run(getattr(foo, name), {**kwargs, "foreach": False}, torch.float64, steps=10)
+    theirs, _ = _run(getattr(torch.optim, name), kwargs, torch.float64, steps=10)
+    for a, b, c in zip(folded, chain, theirs):
+        _close(a, b, torch.float64)
+        _close(a, c, torch.float64)
