@@ -233,6 +233,14 @@ def measure(make: Callable, shapes, repeats: int) -> dict:
             "peak_mb": peak_extra_bytes(step) / 2**20}
 
 
+def measure_or_error(make: Callable, shapes, repeats: int) -> dict:
+    """:func:`measure`, or the error a peer raised (reported in the table, not fatal)."""
+    try:
+        return measure(make, shapes, repeats)
+    except Exception as e:  # noqa: BLE001 - a peer's failure is a result
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+
+
 def bandwidth_gbs(n: int, repeats: int = 7) -> float:
     """Best streaming bandwidth over arrays of ``n`` float32 (the workload's size, so that a
     layout that fits in the caches gets the caches' bandwidth): max of copy (2 streams) and add
@@ -308,7 +316,7 @@ def main() -> None:
             numel = sum(torch.Size(s).numel() for s in shapes)
             bw = bandwidth[layout]
             bound_ms = BYTES_PER_PARAM[algo] * numel / (bw * 1e9) * 1e3
-            row = {name: measure(make, shapes, args.repeats)
+            row = {name: measure_or_error(make, shapes, args.repeats)
                    for name, make in implementations(algo, peers).items()}
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
@@ -317,6 +325,9 @@ def main() -> None:
             fused = row["torch fused"]["ms"]
             print(f"\n{algo}, {layout}: bound {bound_ms:.2f} ms", flush=True)
             for name, r in row.items():
+                if "error" in r:
+                    print(f"  {name:38s} failed: {r['error']}", flush=True)
+                    continue
                 print(f"  {name:38s} {r['ms']:9.2f} ms  {r['ms'] / fused:5.2f}x fused  "
                       f"{r['ms'] / bound_ms:5.2f}x bound  first {r['first_s']:6.2f} s", flush=True)
     # the bound uses the best bandwidth seen, measured again at the end (noise only lowers it)
@@ -355,7 +366,10 @@ def markdown(results: dict) -> str:
                      f"{run['bound_ms']:.2f} ms at {run['bandwidth_gbs']:.1f} GB/s)\n")
         lines.append("| implementation | ms | vs torch fused | vs bound | first step (s) | "
                      "peak extra MB |\n|---|---|---|---|---|---|")
-        for name, r in sorted(run["results"].items(), key=lambda kv: kv[1]["ms"]):
+        for name, r in sorted(run["results"].items(), key=lambda kv: kv[1].get("ms", 1e30)):
+            if "error" in r:
+                lines.append(f"| {name} | failed: {r['error']} | | | | |")
+                continue
             peak = f"{r['peak_mb']:.1f}" if r.get("peak_mb") is not None else "-"
             lines.append(f"| {name} | {r['ms']:.2f} | {r['ms'] / fused:.2f}x | "
                          f"{r['ms'] / run['bound_ms']:.2f}x | {r['first_s']:.2f} | {peak} |")

@@ -29,7 +29,7 @@ def main(src: str, dst: str) -> None:
             xs, ys = [], []
             for j, layout in enumerate(layouts):
                 run = runs.get(f"{algo}/{layout}")
-                if run and name in run["results"]:
+                if run and "ms" in run["results"].get(name, {}):
                     xs.append(j + (i - len(names) / 2 + 0.5) * width)
                     ys.append(run["results"][name]["ms"] / run["results"]["torch fused"]["ms"])
             ax.bar(xs, ys, width, label=name, color=plt.cm.tab20(i % 20))

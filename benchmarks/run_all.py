@@ -8,7 +8,7 @@
 
 The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
 (``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out. ``--speed-only`` skips
-``bench_step.py``.
+``bench_step.py``; ``--two-threads-only`` runs bench_speed with two threads only.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main() -> None:
     if "--speed-only" not in sys.argv:
         run(sys.executable, "bench_step.py", "--threads", "1",
             "--out", os.path.join(RESULTS, "step_cpu_1thread.md"))
-    for threads in (1, 2):  # cold compiles measured once, with one thread
+    threads_list = (2,) if "--two-threads-only" in sys.argv else (1, 2)
+    for threads in threads_list:  # cold compiles measured once, with one thread
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1" if threads == 1 else "0"
         out = os.path.join(RESULTS, f"speed_cpu_{threads}thread")
         run(python, "bench_speed.py", "--threads", str(threads), "--out", out)
