@@ -236,3 +236,17 @@ def test_copies_keep_the_flat_layout_and_continue_identically():
     _train(clone, clone_params, 2, start=2)
     for a, b in zip(params, clone_params):
         _close(a, b, True)
+
+
+def test_many_compiled_optimizers_do_not_share_a_recompile_budget():
+    """Each flat group compiles its own graph: more optimizers than dynamo's recompile limit (8)
+    in one process must all work with fullgraph=True."""
+    for i in range(10):
+        params = _params(torch.float32, seed=i, shapes=[(3 + i,), (2, 2)])
+        opt = foo.SGD(params, lr=0.1, momentum=0.9).use_flat(compile=True)
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        for p, b in zip(params, before):
+            torch.testing.assert_close(p.detach(), b - 0.1)

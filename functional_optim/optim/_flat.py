@@ -22,6 +22,7 @@ warning.
 
 from __future__ import annotations
 
+import types
 from numbers import Number
 from typing import Any
 
@@ -172,7 +173,12 @@ class FlatGroup:
         self.segments = [_Segment(opt, group, tx, ps, rehome) for ps in by_key.values()]
         self.compiled = None
         if compile:
-            self.compiled = torch.compile(self._compiled_step, fullgraph=True, options=_INDUCTOR)
+            # a copy of the code object per group: dynamo caches (and counts recompiles) per code
+            # object, so every optimizer would otherwise share one budget of 8 graphs
+            step = FlatGroup._compiled_step
+            code = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__)
+            self.compiled = torch.compile(types.MethodType(code, self), fullgraph=True,
+                                          options=_INDUCTOR)
 
     def valid(self) -> bool:
         return all(seg.valid() for seg in self.segments)
