@@ -158,8 +158,13 @@ def _update(tx: Any, flat_grads: torch.Tensor, flat_params: torch.Tensor, state:
     """The transform on one buffer; returns the update. The state buffers are updated in place
     (``copy_`` where the rule did not donate); ``tree_map``, as it compiles."""
     updates, new_state = tx.update({_NAME: flat_grads}, state, {_NAME: flat_params}, hparams)
-    optree.tree_map(lambda old, new: old if new is old else old.copy_(new), state, new_state)
+    _write_back(state, new_state)
     return updates[_NAME]
+
+
+def _write_back(state: Any, new_state: Any) -> None:
+    """Each new state leaf into its buffer (nothing to do for one updated in place)."""
+    optree.tree_map(lambda old, new: old if new is old else old.copy_(new), state, new_state)
 
 
 class FlatGroup:
@@ -189,8 +194,7 @@ class FlatGroup:
                                   hparams)
         if new_state is None:
             return False
-        optree.tree_map(lambda old, new: old if new is old else old.copy_(new), seg.state,
-                        new_state)
+        _write_back(seg.state, new_state)
         return True
 
     def _compiled_step(self, flat_grads, flat_params, state, hparams, apply):
