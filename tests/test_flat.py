@@ -251,3 +251,10 @@ def test_many_compiled_optimizers_do_not_share_a_recompile_budget():
         opt.step()
         for p, b in zip(params, before):
             torch.testing.assert_close(p.detach(), b - 0.1)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(params=1), "params must be True or False"),
+                                          (dict(compile="inductor"), "compile must be")])
+def test_use_flat_rejects_non_boolean_options(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        foo.SGD(_params(), lr=0.1).use_flat(**kwargs)

@@ -214,6 +214,10 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         ``zero_grad(set_to_none=False)`` to keep backward accumulating straight into the flat
         gradient buffer (else each step copies the gradients in).
         """
+        for name, value in (("params", params), ("compile", compile)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{type(self).__name__}.use_flat: {name} must be True or False, "
+                                f"got {type(value).__name__} {value!r}")
         self._flat = {"rehome": params, "compile": compile}
         self._cache = {k: v for k, v in self._cache.items() if not _is_flat_key(k)}
         return self
