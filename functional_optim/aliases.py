@@ -19,9 +19,29 @@ import torch
 
 from . import _fused
 from .base import HParamError, Transform, chain, check_betas, check_hparam, reparametrize
-from .transforms import add_decayed_weights, scale, scale_by_adam, scale_by_learning_rate, trace
+from .transforms import (
+    MUON_NS_COEFFICIENTS,
+    add_decayed_weights,
+    scale,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_asgd,
+    scale_by_factored_rms,
+    scale_by_lbfgs,
+    scale_by_learning_rate,
+    scale_by_muon,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
+    scale_by_sparse_adam,
+    trace,
+)
 
-__all__ = ["sgd", "adam", "adamw"]
+__all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
+           "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam"]
 
 
 def _present(value: Any) -> bool:
@@ -175,19 +195,6 @@ def adamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
 # --------------------------------------------------------------------------------------------
 # Adagrad, Adadelta, Adamax, NAdam, RAdam, RMSprop, Rprop, ASGD (torch.optim's classic set)
 
-# (imported here, not at the top: this block was appended as a unit)
-from .transforms import (  # noqa: E402
-    scale_by_adadelta,
-    scale_by_adamax,
-    scale_by_asgd,
-    scale_by_nadam,
-    scale_by_radam,
-    scale_by_rms,
-    scale_by_rprop,
-    scale_by_rss,
-)
-
-__all__ += ["adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop", "rprop", "asgd"]
 
 
 def _classic_start(owner: str, lr: Any, weight_decay: Any, maximize: bool) -> dict:
@@ -517,16 +524,6 @@ def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.
 
 # --------------------------------------------------------------------------------------------
 # Adafactor, Muon, L-BFGS, SparseAdam (torch.optim's special algorithms)
-
-from .transforms import (  # noqa: E402
-    MUON_NS_COEFFICIENTS,
-    scale_by_factored_rms,
-    scale_by_lbfgs,
-    scale_by_muon,
-    scale_by_sparse_adam,
-)
-
-__all__ += ["adafactor", "muon", "lbfgs", "sparse_adam"]
 
 
 def _number_or_tensor_lr(owner: str, lr: Any) -> None:
