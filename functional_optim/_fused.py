@@ -29,7 +29,7 @@ import torch
 from . import _execute
 from .base import EmptyState, Transform, resolve_hparams
 
-__all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step"]
+__all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step", "first"]
 
 FusedStep = Callable[[dict, dict, Any, dict], Any]
 
@@ -213,5 +213,18 @@ def lr_folded_step(head: Transform, defaults: dict, to_inner: Callable,
             if u.dtype != p.dtype:
                 p.add_(u.to(p.dtype), alpha=-lr)
         return {**new_state, "lr": state["lr"]}
+
+    return fused
+
+
+def first(*steps: FusedStep) -> FusedStep:
+    """The first of ``steps`` that applies (returns a state), else ``None``."""
+
+    def fused(params, grads, state, h):
+        for step in steps:
+            new_state = step(params, grads, state, h)
+            if new_state is not None:
+                return new_state
+        return None
 
     return fused

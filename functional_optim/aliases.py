@@ -12,12 +12,14 @@ update time is an error. Construct with a nonzero value, or a tensor, to drive i
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from numbers import Number
 from typing import Any
 
 import torch
 
-from . import _fused
+from . import _blocked, _fused
 from .base import HParamError, Transform, chain, check_betas, check_hparam, reparametrize
 from .transforms import (
     MUON_NS_COEFFICIENTS,
@@ -39,6 +41,7 @@ from .transforms import (
     scale_by_sparse_adam,
     trace,
 )
+from .transforms.adaptive import _torch_scalar_dtype
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam"]
@@ -210,9 +213,13 @@ def _classic_start(owner: str, lr: Any, weight_decay: Any, maximize: bool) -> di
 
 
 def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
-             decay_key: str | None = "weight_decay", lr_block: bool = True) -> Transform:
+             decay_key: str | None = "weight_decay", lr_block: bool = True,
+             blocked: Callable | None = None) -> Transform:
     """``reparametrize`` a chain of ``blocks`` to torch's flat ``defaults``: ``keys`` go to
-    ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block."""
+    ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block.
+
+    ``blocked(defaults, where)`` makes the alias's cache-blocked step
+    (:mod:`functional_optim._blocked`), the adapter's fast path."""
 
     def to_inner(h):
         inner: dict = {block: {k: h[k] for k in keys}}
@@ -226,17 +233,23 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
         return inner
 
     if not lr_block:
-        return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
-    return _lr_folded(owner, blocks, defaults, to_inner)
+        where = f"{owner} hparams"
+        tx = reparametrize(chain(**blocks), defaults, to_inner, where)
+        return tx if blocked is None else tx._replace(fused=blocked(defaults, where))
+    return _lr_folded(owner, blocks, defaults, to_inner, blocked)
 
 
-def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner) -> Transform:
-    """``reparametrize(chain(**blocks))`` whose adapter step folds the trailing ``lr`` block into
-    the parameter update (:func:`functional_optim._fused.lr_folded_step`)."""
+def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner,
+               blocked: Callable | None = None) -> Transform:
+    """``reparametrize(chain(**blocks))`` whose adapter step is the cache-blocked one where it
+    applies (``blocked(defaults, where)``), else the chain with the trailing ``lr`` block folded
+    into the parameter update (:func:`functional_optim._fused.lr_folded_step`)."""
     where = f"{owner} hparams"
     head = chain(**{k: b for k, b in blocks.items() if k != "lr"})
-    return reparametrize(chain(**blocks), defaults, to_inner, where)._replace(
-        fused=_fused.lr_folded_step(head, defaults, to_inner, where))
+    fused = _fused.lr_folded_step(head, defaults, to_inner, where)
+    if blocked is not None:
+        fused = _fused.first(blocked(defaults, where), fused)
+    return reparametrize(chain(**blocks), defaults, to_inner, where)._replace(fused=fused)
 
 
 def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -293,7 +306,9 @@ def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6
     blocks["adadelta"] = scale_by_adadelta(rho, eps)
     blocks["lr"] = scale_by_learning_rate(lr)
     defaults = dict(lr=blocks["lr"].hparams["lr"], rho=rho, eps=eps, weight_decay=weight_decay)
-    return _classic(owner, blocks, defaults, "adadelta", ("rho", "eps"))
+    blocked = functools.partial(_blocked.adadelta_step, maximize=maximize,
+                                has_decay="weight_decay" in blocks)
+    return _classic(owner, blocks, defaults, "adadelta", ("rho", "eps"), blocked=blocked)
 
 
 def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -320,7 +335,9 @@ def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0
     blocks["lr"] = scale_by_learning_rate(lr)
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
-    return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"))
+    blocked = functools.partial(_blocked.adamax_step, maximize=maximize,
+                                has_decay="weight_decay" in blocks)
+    return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"), blocked=blocked)
 
 
 def _decoupled_chain(owner: str, lr: Any, weight_decay: Any, maximize: bool,
@@ -372,7 +389,11 @@ def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.
                                              scalar_state_dtype=scalar_state_dtype))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay, momentum_decay=momentum_decay)
-    return _classic(owner, blocks, defaults, "nadam", ("betas", "eps", "momentum_decay"))
+    blocked = functools.partial(_blocked.nadam_step, maximize=maximize,
+                                has_decay="weight_decay" in blocks,
+                                decoupled=decoupled_weight_decay)
+    return _classic(owner, blocks, defaults, "nadam", ("betas", "eps", "momentum_decay"),
+                    blocked=blocked)
 
 
 def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -400,7 +421,10 @@ def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
                               scale_by_radam(betas, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
-    return _classic(owner, blocks, defaults, "radam", ("betas", "eps"))
+    blocked = functools.partial(_blocked.radam_step, maximize=maximize,
+                                has_decay="weight_decay" in blocks,
+                                decoupled=decoupled_weight_decay)
+    return _classic(owner, blocks, defaults, "radam", ("betas", "eps"), blocked=blocked)
 
 
 def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
@@ -449,7 +473,10 @@ def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1
         _absent_check(owner, h, tuple(absent))
         return inner
 
-    return _lr_folded(owner, blocks, defaults, to_inner)
+    blocked = functools.partial(_blocked.rmsprop_step, maximize=maximize, centered=centered,
+                                has_momentum="momentum" in blocks,
+                                has_decay="weight_decay" in blocks)
+    return _lr_folded(owner, blocks, defaults, to_inner, blocked)
 
 
 def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
@@ -484,7 +511,9 @@ def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2
         return {"rprop": {"init_step_size": h["lr"], "etas": h["etas"],
                           "step_sizes": h["step_sizes"]}}
 
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+    where = f"{owner} hparams"
+    return reparametrize(chain(**blocks), defaults, to_inner, where)._replace(
+        fused=_blocked.rprop_step(defaults, where, maximize=maximize))
 
 
 def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
@@ -518,8 +547,11 @@ def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.
     blocks = _classic_start(owner, lr, weight_decay, maximize)
     blocks["asgd"] = scale_by_asgd(lr, lambd, alpha, t0, scalar_state_dtype=scalar_state_dtype)
     defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
+    blocked = functools.partial(_blocked.asgd_step, maximize=maximize,
+                                has_decay="weight_decay" in blocks,
+                                rounding=_torch_scalar_dtype(scalar_state_dtype))
     return _classic(owner, blocks, defaults, "asgd", ("lr", "lambd", "alpha", "t0"),
-                    lr_block=False)
+                    lr_block=False, blocked=blocked)
 
 
 # --------------------------------------------------------------------------------------------

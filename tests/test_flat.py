@@ -79,8 +79,10 @@ def test_flat_gives_the_usual_numbers_and_state_dict(name, kwargs, set_to_none):
             _close(got, value, exact)
 
 
-@pytest.mark.parametrize("name,kwargs", ALGOS[:3] + ALGOS[4:5])
+@pytest.mark.parametrize("name,kwargs", ALGOS[:3] + ALGOS[4:5] + ALGOS[9:10])
 def test_torch_checkpoint_into_flat_and_back(name, kwargs):
+    """Both ways, and torch continues on its trajectory from the flat layout's checkpoint
+    (whose 0-d state is one tensor per parameter: torch updates each in place)."""
     torch_params, ours_params = _params(), _params()
     ref = getattr(torch.optim, name)(torch_params, **kwargs)
     _train(ref, torch_params, 4)
@@ -93,11 +95,16 @@ def test_torch_checkpoint_into_flat_and_back(name, kwargs):
     _train(ref, torch_params, 4, start=4)
     for a, b in zip(ours_params, torch_params):
         _close(a, b, False, 1e-10)
-    back = getattr(torch.optim, name)(_params(seed=1), **kwargs)
+    back_params = [p.detach().clone().requires_grad_() for p in ours_params]
+    back = getattr(torch.optim, name)(back_params, **kwargs)
     back.load_state_dict(opt.state_dict())
     for k, state in ref.state_dict()["state"].items():
         for key, value in state.items():
             _close(back.state_dict()["state"][k][key].to(value.dtype), value, False, 1e-10)
+    _train(back, back_params, 3, start=8)
+    _train(ref, torch_params, 3, start=8)
+    for a, b in zip(back_params, torch_params):
+        _close(a, b, False, 1e-10)
 
 
 def test_state_tensors_are_views_of_one_buffer_and_params_live_in_it():

@@ -14,6 +14,7 @@ import functools
 
 import pytest
 import torch
+from adapter_checks import assert_same_state
 
 import functional_optim as fo
 import functional_optim.optim as foo
@@ -104,12 +105,7 @@ def test_generic_adapter_uses_the_alias_kernel_and_keeps_its_counts(monkeypatch,
     assert spy.calls == 6
     for a, b in zip(fused, chain):
         _close(a, b, torch.float64)
-    for p, q in zip(fused, chain):  # every state leaf, step counts included
-        flat_a = torch.utils._pytree.tree_leaves(opt.state[p])
-        flat_b = torch.utils._pytree.tree_leaves(ref.state[q])
-        assert len(flat_a) == len(flat_b)
-        for a, b in zip(flat_a, flat_b):
-            _close(a.double(), b.double(), torch.float64)
+    assert_same_state(opt, fused, ref, chain, 1e-13)
 
 
 FALLBACKS = [
@@ -156,16 +152,24 @@ def test_absent_block_error_is_the_chains():
         opt.step()
 
 
-FOLDED = [("RMSprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1)),
-          ("Adadelta", dict(weight_decay=0.1, maximize=True)), ("Adamax", dict(lr=0.01)),
-          ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-          ("RAdam", dict(lr=0.01))]
+def _eps(value):  # a tensor hparam: the blocked step (functional_optim._blocked) declines
+    return torch.tensor(value, dtype=torch.float64)
+
+
+FOLDED = [("RMSprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1,
+                           eps=_eps(1e-8))),
+          ("Adadelta", dict(weight_decay=0.1, maximize=True, eps=_eps(1e-6))),
+          ("Adamax", dict(lr=0.01, eps=_eps(1e-8))),
+          ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True,
+                         eps=_eps(1e-8))),
+          ("RAdam", dict(lr=0.01, eps=_eps(1e-8)))]
 
 
 @pytest.mark.parametrize("name,kwargs", FOLDED)
 def test_lr_folded_into_the_parameter_update(monkeypatch, name, kwargs):
-    """Aliases without a torch kernel run their chain without the lr block, then one
-    ``_foreach_add_(params, u, alpha=-lr)``: the chain's numbers, torch's trajectory."""
+    """Where the blocked step declines (a tensor hparam), aliases without a torch kernel run
+    their chain without the lr block, then one ``_foreach_add_(params, u, alpha=-lr)``: the
+    chain's numbers, torch's trajectory."""
     alphas = []
     kernel = torch._foreach_add_
 

@@ -71,6 +71,7 @@ class _Segment:
             self.flat_grads = torch.zeros_like(self.flat_params)
         self.grad_views = self._views(self.flat_grads)
         self.param_ptrs = [p.data_ptr() for p in params] if rehome else None
+        self.mirrors: list = []  # (0-d leaf, its per-parameter copies), see _gather_state
         self.state = self._gather_state(opt, group, tx)  # a tree of the buffers
 
     def _views(self, flat: torch.Tensor) -> list:
@@ -100,9 +101,13 @@ class _Segment:
             if elementwise:
                 flat = torch.cat([v.reshape(-1).to(leaf.dtype) for v in values])
                 stored = self._views(flat)
-            else:
+            else:  # each parameter keeps its own tensor (views of one mirror, refreshed after
+                # every step): torch updates per-parameter state in place, so a checkpoint
+                # whose parameters share one step tensor would count it once per parameter
                 flat = self._shared(values, path)
-                stored = [flat] * len(self.params)
+                mirror = flat.expand(len(self.params)).clone()
+                self.mirrors.append((flat, mirror))
+                stored = list(mirror.unbind())
             for p, value in zip(self.params, stored):
                 opt._store_leaf(opt.state[p], path, value, group)
             leaves.append(flat)
@@ -123,6 +128,11 @@ class _Segment:
                     f"vs {v.item()}: some skipped steps), and in one buffer they step together"
                 )
         return first.clone()  # ours: the step writes it in place
+
+    def mirror(self) -> None:
+        """The per-parameter copies of the 0-d state leaves, updated."""
+        for flat, mirror in self.mirrors:
+            mirror.copy_(flat.expand_as(mirror))
 
     def valid(self) -> bool:
         """Whether every parameter still lives in the buffer (nobody replaced ``p.data``)."""
@@ -222,3 +232,5 @@ class FlatGroup:
                     update = _update(self.tx, seg.flat_grads, flat_params, seg.state, hparams)
                 if update is not None:
                     seg.apply(update)
+            for seg in self.segments:
+                seg.mirror()

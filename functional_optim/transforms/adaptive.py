@@ -540,13 +540,20 @@ def _asgd_rule(h, g, t, eta, mu, ax, p, *, rounding):
     tf = t.to(sd)
     p_new = p * (1 - lambd * e) - e * g
     ax = ax + (p_new - ax) * mu.to(sd)
-    # the new values are rounded to ``rounding`` (torch.optim: a tensor of its scalar dtype),
-    # then stored in the state's dtype
-    # torch.div (``number / tensor`` is ``number * reciprocal``: one more rounding than torch's
-    # Python division) and torch.pow, elementwise on either path, so both give the same digits
+    return (p_new - p, t, *asgd_schedule(h, tf, rounding), ax)
+
+
+def asgd_schedule(h: dict, tf: torch.Tensor, rounding: torch.dtype) -> tuple:
+    r"""ASGD's :math:`(\eta_t, \mu_t)` after step ``tf`` (a float64 count), rounded to
+    ``rounding`` (torch.optim: a tensor of its scalar dtype), to be stored in the state's dtype.
+
+    torch.div (``number / tensor`` is ``number * reciprocal``: one more rounding than torch's
+    Python division) and torch.pow, elementwise on every path, so all give the same digits.
+    """
+    lr, lambd = h["lr"], h["lambd"]
     eta = torch.div(lr, torch.pow(1 + lambd * lr * tf, h["alpha"])).to(rounding)
     mu = torch.div(1.0, torch.clamp(tf - h["t0"], min=1.0)).to(rounding)
-    return p_new - p, t, eta, mu, ax
+    return eta, mu
 
 
 def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,

@@ -1,0 +1,246 @@
+"""The adapter's cache-blocked fast path (``functional_optim._blocked``).
+
+By default the drop-in ``RMSprop``/``Adadelta``/``Adamax``/``NAdam``/``RAdam``/``ASGD``/``Rprop``
+(and ``FunctionalOptimizer`` over the matching aliases) run an in-place step over blocks of
+about ``BLOCK`` elements instead of the chain. These tests check that it really runs, that it
+gives the chain's numbers (``foreach=False``) up to rounding order and torch's trajectory, that
+its 0-d state is replaced (never written in place), and that whatever it cannot take runs the
+chain.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from adapter_checks import assert_same_state
+
+import functional_optim as fo
+import functional_optim.optim as foo
+from functional_optim import _blocked
+
+CASES = [
+    ("RMSprop", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.1,
+                     maximize=True)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8, weight_decay=0.1, maximize=True)),
+    ("Adamax", dict()),
+    ("Adamax", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, maximize=True)),
+    ("NAdam", dict()),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict()),
+    ("RAdam", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, maximize=True)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("ASGD", dict()),
+    ("ASGD", dict(lr=0.05, lambd=0.01, alpha=0.5, t0=4, weight_decay=0.1, maximize=True)),
+    ("Rprop", dict()),
+    ("Rprop", dict(lr=0.02, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05), maximize=True)),
+]
+# a tensor split into blocks, a non-contiguous one kept whole, and small ones grouped
+SHAPES = [(7, 3), (_blocked.BLOCK + 1000,), (5,), (300, 500), (4, 2, 2)]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the blocks the blocked step runs."""
+    calls = []
+    blocks = _blocked.blocks
+
+    def counting(columns, *args):
+        for part in blocks(columns, *args):
+            calls.append(len(part[0]))
+            yield part
+
+    monkeypatch.setattr(_blocked, "blocks", counting)
+    return calls
+
+
+def _params(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for s in SHAPES:
+        p = torch.randn(s, generator=gen, dtype=dtype)
+        out.append((p.t().contiguous().t() if p.ndim == 2 and s[0] == 300 else p)
+                   .requires_grad_())
+    return out
+
+
+def _run(make, dtype, steps=12, skip=()):
+    """``steps`` steps (parameter ``k`` has no grad on the steps in ``skip``)."""
+    params = _params(dtype)
+    opt = make(params)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        for k, p in enumerate(params):
+            g = torch.randn(p.shape, generator=gen, dtype=dtype)
+            p.grad = None if (i, k) in skip else g
+        opt.step()
+    return params, opt
+
+
+def _close(a, b, dtype, scale=1.0):
+    tol = (1e-12 if dtype == torch.float64 else 2e-5) * scale
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_blocks_cover_every_element_once():
+    big, small, odd = torch.zeros(10), torch.zeros(3), torch.zeros(4, 6).t()
+    columns = [[big, small, small.clone(), odd], [big.clone(), small.clone(), small, odd]]
+    parts = list(_blocked.blocks(columns, size=4))
+    # 10 contiguous -> 3 views; the two small leaves fill one block; the transposed one whole
+    assert [len(part[0]) for part in parts] == [1, 1, 1, 2, 1]
+    assert [part[0][0].numel() for part in parts] == [4, 4, 2, 3, 24]
+    for x in parts[0][0] + parts[1][0]:
+        assert x.untyped_storage().data_ptr() == big.untyped_storage().data_ptr()
+    total = sum(t.numel() for part in parts for t in part[0])
+    assert total == sum(t.numel() for t in columns[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_blocked_step_runs_and_matches_the_chain_and_torch(spy, name, kwargs, dtype):
+    cls = getattr(foo, name)
+    ours, opt = _run(functools.partial(cls, **kwargs), dtype)
+    # per step: the 2 pieces of the split tensor, then the first 3 of the others (the
+    # non-contiguous one, kept whole, fills that block), then the last
+    assert spy[:4] == [1, 1, 3, 1] and len(spy) == 12 * 4
+    calls = len(spy)
+    chain, ref = _run(functools.partial(cls, **kwargs, foreach=False), dtype)
+    theirs, torch_opt = _run(functools.partial(getattr(torch.optim, name), **kwargs), dtype)
+    assert len(spy) == calls
+    for a, b, c in zip(ours, chain, theirs):
+        _close(a, b, dtype, 10)
+        _close(a, c, dtype)
+    for p, q in zip(ours, theirs):
+        assert set(opt.state[p]) == set(torch_opt.state[q])
+        for key, value in torch_opt.state[q].items():
+            assert opt.state[p][key].dtype == value.dtype
+            _close(opt.state[p][key], value, dtype)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_params_that_miss_steps_keep_their_own_counts(name, kwargs):
+    skip = {(0, 1), (1, 1), (4, 0), (7, 2), (7, 4)}  # parameter 1 starts late; others pause
+    ours, opt = _run(functools.partial(getattr(foo, name), **kwargs), torch.float64, skip=skip)
+    theirs, ref = _run(functools.partial(getattr(torch.optim, name), **kwargs), torch.float64,
+                       skip=skip)
+    for a, b in zip(ours, theirs):
+        _close(a, b, torch.float64)
+    for p, q in zip(ours, theirs):
+        assert opt.state[p]["step"] == ref.state[q]["step"]
+
+
+def test_scalar_state_is_replaced_not_written_in_place():
+    """Parameters that share one 0-d tensor (as a flat layout hands them out) and skip a step
+    keep its value; the others get new tensors, one each."""
+    params = [torch.zeros(3, requires_grad=True) for _ in range(3)]
+    opt = foo.NAdam(params, lr=0.1)
+    for p in params:
+        p.grad = torch.ones(3)
+    opt.step()
+    shared = {k: opt.state[params[0]][k] for k in ("step", "mu_product")}
+    for p in params:
+        opt.state[p].update(shared)
+    before = {k: v.clone() for k, v in shared.items()}
+    params[2].grad = None
+    opt.step()
+    for k, v in before.items():
+        assert torch.equal(opt.state[params[2]][k], v)
+        assert opt.state[params[0]][k] is not opt.state[params[1]][k]
+    assert opt.state[params[0]]["step"] == 2
+
+
+def test_generic_adapter_runs_the_blocked_step_with_every_block_counted(spy):
+    """``FunctionalOptimizer(fo.rmsprop(momentum=...))`` keeps two counts (the rms block's and
+    the momentum block's): both advance, as in the chain."""
+    tx = functools.partial(fo.rmsprop, lr=0.01, momentum=0.9, centered=True)
+    make = functools.partial(foo.FunctionalOptimizer, transform=tx)
+    ours, opt = _run(make, torch.float64, steps=5)
+    assert spy
+    chain, ref = _run(functools.partial(make, foreach=False), torch.float64, steps=5)
+    for a, b in zip(ours, chain):
+        _close(a, b, torch.float64)
+    assert_same_state(opt, ours, ref, chain, 1e-12)
+
+
+FALLBACKS = [
+    ("RMSprop", dict(foreach=True), torch.float64),
+    ("RMSprop", dict(alpha=torch.tensor(0.9)), torch.float64),
+    ("Adamax", dict(lr=torch.tensor(0.01)), torch.float64),
+    ("NAdam", dict(), torch.bfloat16),
+    ("RAdam", dict(), torch.complex128),
+    ("ASGD", dict(lr=torch.tensor(0.01)), torch.float64),
+    ("Rprop", dict(foreach=False), torch.float64),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,dtype", FALLBACKS)
+def test_what_the_blocked_step_cannot_take_runs_the_chain(spy, name, kwargs, dtype):
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(4, 3, generator=gen, dtype=dtype) for _ in range(2)]
+    results = []
+    for cls in (getattr(foo, name), getattr(torch.optim, name)):
+        params = [b.clone().requires_grad_() for b in base]
+        opt = cls(params, **kwargs)
+        for i in range(4):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (i + 1))
+            opt.step()
+        results.append(params)
+    assert not spy
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def test_schedule_lr_runs_the_chain(spy):
+    tx = functools.partial(fo.radam, lr=fo.schedules.linear(0.01, 0.0, 10))
+    make = functools.partial(foo.FunctionalOptimizer, transform=tx)
+    ours, _ = _run(make, torch.float64, steps=4)
+    assert not spy
+    chain, _ = _run(functools.partial(make, foreach=False), torch.float64, steps=4)
+    for a, b in zip(ours, chain):
+        _close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("tx,key", [(fo.rmsprop(lr=0.1), "momentum"),
+                                    (fo.asgd(lr=0.1), "weight_decay")])
+def test_absent_block_error_is_the_chains(tx, key):
+    p = torch.zeros(3, requires_grad=True)
+    opt = foo.FunctionalOptimizer([p], tx)
+    opt.param_groups[0][key] = 0.1
+    p.grad = torch.ones(3)
+    with pytest.raises(fo.HParamError, match=f"{key} was 0 at construction"):
+        opt.step()
+
+
+@pytest.mark.parametrize("name,kwargs", [("RMSprop", dict(lr=0.01, momentum=0.9)),
+                                         ("ASGD", dict(t0=3)), ("NAdam", dict())])
+def test_flat_layout_runs_the_blocked_step_on_its_buffers(spy, name, kwargs):
+    cls = functools.partial(getattr(foo, name), **kwargs)
+    ours, opt = _run(lambda p: cls(p).use_flat(), torch.float64, steps=6)
+    assert spy
+    theirs, _ = _run(cls, torch.float64, steps=6)
+    for a, b in zip(ours, theirs):
+        _close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("name,kwargs", [CASES[1], CASES[8], CASES[13]])
+def test_mixed_dtypes_in_one_group_run_per_dtype(spy, name, kwargs):
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(6, generator=gen, dtype=d) for d in (torch.float32, torch.float64) * 2]
+    results = []
+    for cls in (getattr(foo, name), getattr(torch.optim, name)):
+        params = [b.clone().requires_grad_() for b in base]
+        opt = cls(params, **kwargs)
+        for i in range(5):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (i + 1)) * p.detach().sign()
+            opt.step()
+        results.append(params)
+    assert spy == [2, 2] * 5
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
