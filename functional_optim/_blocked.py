@@ -1,5 +1,5 @@
-"""Cache-blocked in-place steps: the adapter's fast path for the classic algorithms that torch
-has no fused kernel for (Adadelta, Adamax, ASGD, NAdam, RAdam, RMSprop, Rprop).
+"""Cache-blocked in-place steps: the adapter's fast path for the algorithms that torch has no
+fused kernel for (Adadelta, Adafactor, Adamax, ASGD, NAdam, RAdam, RMSprop, Rprop).
 
 torch runs these either per tensor (the CPU default: every op on one tensor, then the next
 tensor) or with foreach kernels (one op on every tensor, then the next op). Both make several
@@ -8,6 +8,8 @@ Python per tensor and op, foreach pays each pass out of cache. Here the step run
 in-place ops (``torch._foreach_*_``, so scalars stay Python numbers) on *blocks* of about
 :data:`BLOCK` elements: small tensors are grouped, large ones split into views. Every pass after
 the first reads the block from cache, and the Python cost is one call per op and block.
+Adafactor, whose step size depends on norms over each parameter, makes two such passes per
+parameter (see :func:`adafactor_step`).
 
 Each step is the alias's ``fused`` step (see :mod:`functional_optim._fused`):
 ``fused(params, grads, state, hparams) -> state | None``, in place on the adapter's tensors;
@@ -19,6 +21,7 @@ chain and torch.optim).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from numbers import Number
@@ -39,14 +42,19 @@ float32) stay in a core's L2 cache. Measured on 300 x 4096, a GPT-like model and
 on the large layouts."""
 
 
-def blocks(columns: list[list[torch.Tensor]], size: float = BLOCK) -> Iterator[list[list]]:
+def blocks(columns: list[list[torch.Tensor]], size: float = BLOCK,
+           split: bool = True) -> Iterator[list[list]]:
     """``columns`` (lists of same-shaped tensors, one row per leaf) cut into blocks of about
     ``size`` elements: consecutive small leaves share a block; a contiguous leaf larger than
-    ``size`` is split into flat views of ``size`` elements, each its own block."""
+    ``size`` is split into flat views of ``size`` elements (``split=False``: kept whole), each
+    its own block."""
     current: list[list] = [[] for _ in columns]
     filled = 0
     for row in zip(*columns):
         n = row[0].numel()
+        if n > size and not split:
+            yield [[t] for t in row]
+            continue
         if n > size and all(t.is_contiguous() for t in row):
             for pieces in zip(*(t.view(-1).split(size) for t in row)):
                 yield [[piece] for piece in pieces]
@@ -62,9 +70,10 @@ def blocks(columns: list[list[torch.Tensor]], size: float = BLOCK) -> Iterator[l
 
 
 def _plain(value: Any) -> bool:
-    """A number, or a tuple of numbers (``betas``): what the blocked steps take."""
+    """A number, or a tuple of numbers or ``None`` (``betas``, Adafactor's ``eps``): what the
+    blocked steps take."""
     if isinstance(value, tuple):
-        return all(_plain(v) for v in value)
+        return all(v is None or _plain(v) for v in value)
     return isinstance(value, Number) and not isinstance(value, (bool, complex))
 
 
@@ -106,12 +115,13 @@ def grads(p: list, g: list, weight_decay: float, maximize: bool) -> list:
 
 
 Field = tuple  # (block, field): a per-parameter column of the chain's state, e.g. ("rms", "nu")
+# (block None: the state of an alias that is one block, e.g. adafactor)
 
 
 def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], bool],
                  counts: tuple[Field, ...], columns: tuple[Field, ...],
                  prepare: Callable[..., tuple], kernel: Callable[..., None],
-                 scalars: tuple[Field, ...] = ()) -> FusedStep:
+                 scalars: tuple[Field, ...] = (), split: bool = True) -> FusedStep:
     """A fused step that runs ``kernel`` block by block (see the module docstring).
 
     Args:
@@ -128,6 +138,8 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
         kernel: ``kernel(h, coefficients, p, g, *columns)``, in place on one block (lists).
         scalars: 0-d state fields whose values the coefficients depend on (NAdam's
             ``mu_product``, ASGD's ``eta`` and ``mu``).
+        split: whether a large leaf is split into blocks (``False``: the kernel gets it whole,
+            for math that reduces over a leaf).
 
     0-d state (counts, ``scalars``) is replaced, never written in place: the adapter may hand
     the same tensor to several parameters (a flat layout's shared count), also to those that
@@ -163,18 +175,22 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
                             _spread(value, [olds[f][n] for n in members], members))
                     tables = [[params[n] for n in members], [grads[n] for n in members]]
                     tables += [[column[n] for n in members] for column in state_columns]
-                    for part in blocks(tables, size):
+                    for part in blocks(tables, size, split):
                         kernel(h, coefficients, *part)
-        out = dict(state)
-        for (block, field), column in new.items():
-            out[block] = out[block]._replace(**{field: column})
-        return out
+        if isinstance(state, dict):
+            out = dict(state)
+            for (block, field), column in new.items():
+                out[block] = out[block]._replace(**{field: column})
+            return out
+        return state._replace(**{field: column for (_, field), column in new.items()})
 
     return fused
 
 
-def _get(state: dict, field: Field) -> dict:
-    return getattr(state[field[0]], field[1])
+def _get(state: Any, field: Field) -> dict:
+    """A field of the chain's state (``(None, field)``: of a one-block alias's own state)."""
+    block, name = field
+    return getattr(state if block is None else state[block], name)
 
 
 def _spread(value: torch.Tensor, olds: list, names: list) -> dict:
@@ -449,3 +465,125 @@ def rprop_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
                         columns=(("rprop", "prev"), ("rprop", "step_size")),
                         accepts=lambda h, state: True,
                         prepare=lambda h, key, likes: (key[0] == 1, ()), kernel=kernel)
+
+
+def adafactor_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
+                   eps1_given: bool) -> FusedStep:
+    r"""Adafactor (see ``scale_by_factored_rms``), in two passes over each large leaf.
+
+    The update :math:`U = G / \sqrt{\max(\hat V, \epsilon_1^2)}` is scaled by
+    :math:`\alpha_t / \max(1, \mathrm{RMS}(U)/d)`, which needs all of :math:`U` first. torch
+    materializes :math:`U` (and :math:`\hat V`) at full size; here the first pass updates the
+    moments and accumulates :math:`\|U\|^2` block by block, and the second recomputes each
+    block of :math:`U` (in cache) and applies it. Small vectors go through foreach kernels
+    together. ``maximize`` flips the sign of the step (the moments see :math:`g^2`)."""
+
+    def accepts(h, state):
+        return (has_decay or h["weight_decay"] == 0) and (eps1_given or h["eps"][0] is None)
+
+    def prepare(h, key, likes):
+        t = key[0]
+        return (t ** h["beta2_decay"], min(h["lr"], 1 / t ** 0.5)), ()
+
+    def kernel(h, coefficients, p, g, row, col, var):
+        weight, rho = coefficients
+        eps1, eps2 = h["eps"]
+        eps1 = torch.finfo(p[0].dtype).eps if eps1 is None else eps1
+        scale = _AdafactorScale(h, rho, eps2, maximize)
+        vectors = [i for i, x in enumerate(p) if x.ndim < 2]
+        if len(vectors) > 1 or (vectors and p[vectors[0]].numel() <= BLOCK):
+            _adafactor_vectors(*([c[i] for i in vectors] for c in (p, g, var)), weight, eps1,
+                               scale)
+        elif vectors:
+            _adafactor_vector(p[0], g[0], var[0], weight, eps1, scale)
+        for i in range(len(p)):
+            if p[i].ndim >= 2:
+                _adafactor_matrix(p[i], g[i], row[i], col[i], weight, eps1, scale)
+
+    return classic_step(defaults=defaults, where=where, counts=((None, "step"),),
+                        columns=((None, "row_var"), (None, "col_var"), (None, "variance")),
+                        accepts=accepts, prepare=prepare, kernel=kernel, split=False)
+
+
+class _AdafactorScale:
+    """The step size of one leaf: :math:`-\alpha_t / \max(1, \mathrm{RMS}(U)/d)` with
+    :math:`\alpha_t = \max(\epsilon_2, \mathrm{RMS}(p))\rho_t` (norms in float64), and the
+    decoupled decay factor :math:`1 - \eta\lambda`."""
+
+    def __init__(self, h: dict, rho: float, eps2: float, maximize: bool):
+        self.rho, self.eps2, self.d = rho, eps2, h["d"]
+        self.sign = 1.0 if maximize else -1.0
+        self.keep = 1 - h["lr"] * h["weight_decay"]
+
+    def __call__(self, p_norm: torch.Tensor, u_norm: torch.Tensor, numel: torch.Tensor):
+        root = numel.double().sqrt()
+        alpha = torch.clamp(p_norm.double() / root, min=self.eps2) * self.rho
+        return self.sign * alpha / torch.clamp(u_norm.double() / (root * self.d), min=1.0)
+
+
+def _adafactor_vectors(p: list, g: list, var: list, weight: float, eps1: float,
+                       scale: _AdafactorScale) -> None:
+    """Small 0-d/1-d leaves together: foreach kernels, per-leaf norms."""
+    p_norms = torch._foreach_norm(p)
+    torch._foreach_lerp_(var, torch._foreach_mul(g, g), weight)
+    u = torch._foreach_clamp_min(var, eps1 * eps1)
+    torch._foreach_rsqrt_(u)
+    torch._foreach_mul_(u, g)
+    steps = scale(torch.stack(p_norms), torch.stack(torch._foreach_norm(u)),
+                  torch.tensor([x.numel() for x in p]))
+    if scale.keep != 1:
+        _mul_(p, scale.keep)
+    torch._foreach_mul_(u, list(steps.to(p[0].dtype).unbind()))
+    torch._foreach_add_(p, u)
+
+
+def _vector_update(var: torch.Tensor, g: torch.Tensor, eps1: float) -> torch.Tensor:
+    return var.clamp_min(eps1 * eps1).rsqrt_().mul_(g)
+
+
+def _adafactor_vector(p, g, var, weight, eps1, scale) -> None:
+    """One large 1-d leaf, block by block: the moment and ``‖U‖²``, then the update."""
+    pieces = list(zip(*(x.reshape(-1).split(BLOCK) for x in (p, g, var))))
+    u_sq = torch.zeros((), dtype=torch.float64)
+    for _, gc, vc in pieces:
+        vc.lerp_(gc * gc, weight)
+        u_sq += torch.linalg.vector_norm(_vector_update(vc, gc, eps1)).double().square()
+    step = scale(torch.linalg.vector_norm(p), u_sq.sqrt(), torch.tensor(p.numel())).item()
+    for pc, gc, vc in pieces:
+        if scale.keep != 1:
+            pc.mul_(scale.keep)
+        pc.add_(_vector_update(vc, gc, eps1), alpha=step)
+
+
+def _adafactor_matrix(p, g, row, col, weight, eps1, scale) -> None:
+    """One leaf of >= 2 dimensions (factored over its last two), by blocks of rows: the row
+    and column means of :math:`g^2` in one pass, the moments, ``‖U‖²``, then the update."""
+    m, n = g.shape[-2:]
+    chunk = max(1, BLOCK // n)
+    # (leading index, first row): views of every layout, also non-contiguous ones
+    parts = [(index, start) for index in itertools.product(*map(range, g.shape[:-2]))
+             for start in range(0, m, chunk)]
+    means = {}
+    for index in itertools.product(*map(range, g.shape[:-2])):
+        col_sq = torch.zeros_like(col[index])
+        for start in range(0, m, chunk):
+            sq = g[index][start:start + chunk].square()
+            row[index][start:start + chunk].lerp_(sq.sum(dim=-1, keepdim=True).div_(n), weight)
+            col_sq += sq.sum(dim=-2, keepdim=True)
+        col[index].lerp_(col_sq.div_(m), weight)
+        means[index] = row[index].mean(dim=-2, keepdim=True).clamp_(min=eps1)
+
+    def update(index, start):
+        estimate = row[index][start:start + chunk] @ col[index]
+        return estimate.div_(means[index]).clamp_(min=eps1 * eps1).rsqrt_().mul_(
+            g[index][start:start + chunk])
+
+    u_sq = torch.zeros((), dtype=torch.float64)
+    for index, start in parts:
+        u_sq += torch.linalg.vector_norm(update(index, start)).double().square()
+    step = scale(torch.linalg.vector_norm(p), u_sq.sqrt(), torch.tensor(p.numel())).item()
+    for index, start in parts:
+        piece = p[index][start:start + chunk]
+        if scale.keep != 1:
+            piece.mul_(scale.keep)
+        piece.add_(update(index, start), alpha=step)

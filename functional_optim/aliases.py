@@ -600,7 +600,10 @@ def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
             out["eps1"] = eps1
         return out
 
-    return reparametrize(inner, defaults, to_inner, f"{owner} hparams")
+    where = f"{owner} hparams"
+    blocked = _blocked.adafactor_step(defaults, where, maximize=maximize,
+                                      has_decay=_present(weight_decay), eps1_given=eps1_given)
+    return reparametrize(inner, defaults, to_inner, where)._replace(fused=blocked)
 
 
 def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,

@@ -1,7 +1,7 @@
 """The adapter's cache-blocked fast path (``functional_optim._blocked``).
 
-By default the drop-in ``RMSprop``/``Adadelta``/``Adamax``/``NAdam``/``RAdam``/``ASGD``/``Rprop``
-(and ``FunctionalOptimizer`` over the matching aliases) run an in-place step over blocks of
+By default the drop-in ``RMSprop``/``Adadelta``/``Adamax``/``NAdam``/``RAdam``/``ASGD``/``Rprop``/
+``Adafactor`` (and ``FunctionalOptimizer`` over the matching aliases) run an in-place step over blocks of
 about ``BLOCK`` elements instead of the chain. These tests check that it really runs, that it
 gives the chain's numbers (``foreach=False``) up to rounding order and torch's trajectory, that
 its 0-d state is replaced (never written in place), and that whatever it cannot take runs the
@@ -38,6 +38,9 @@ CASES = [
     ("ASGD", dict(lr=0.05, lambd=0.01, alpha=0.5, t0=4, weight_decay=0.1, maximize=True)),
     ("Rprop", dict()),
     ("Rprop", dict(lr=0.02, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05), maximize=True)),
+    ("Adafactor", dict()),
+    ("Adafactor", dict(lr=0.05, beta2_decay=-0.5, d=1.5, weight_decay=0.1, maximize=True)),
+    ("Adafactor", dict(eps=(1e-20, 1e-2))),
 ]
 # a tensor split into blocks, a non-contiguous one kept whole, and small ones grouped
 SHAPES = [(7, 3), (_blocked.BLOCK + 1000,), (5,), (300, 500), (4, 2, 2)]
@@ -105,8 +108,10 @@ def test_blocked_step_runs_and_matches_the_chain_and_torch(spy, name, kwargs, dt
     cls = getattr(foo, name)
     ours, opt = _run(functools.partial(cls, **kwargs), dtype)
     # per step: the 2 pieces of the split tensor, then the first 3 of the others (the
-    # non-contiguous one, kept whole, fills that block), then the last
-    assert spy[:4] == [1, 1, 3, 1] and len(spy) == 12 * 4
+    # non-contiguous one, kept whole, fills that block), then the last; Adafactor (norms per
+    # leaf) keeps both large tensors whole, each its own block
+    per_step = [1, 1, 3] if name == "Adafactor" else [1, 1, 3, 1]
+    assert spy[:len(per_step)] == per_step and len(spy) == 12 * len(per_step)
     calls = len(spy)
     chain, ref = _run(functools.partial(cls, **kwargs, foreach=False), dtype)
     theirs, torch_opt = _run(functools.partial(getattr(torch.optim, name), **kwargs), dtype)
@@ -174,6 +179,7 @@ FALLBACKS = [
     ("RAdam", dict(), torch.complex128),
     ("ASGD", dict(lr=torch.tensor(0.01)), torch.float64),
     ("Rprop", dict(foreach=False), torch.float64),
+    ("Adafactor", dict(lr=torch.tensor(0.01)), torch.float64),
 ]
 
 

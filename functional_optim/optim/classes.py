@@ -16,6 +16,7 @@ Options with no separate meaning here are accepted and honoured as follows:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -563,7 +564,7 @@ class Adafactor(_TorchCompatible):
 
     def _load_leaf(self, store, path, p, group):
         if path in (("row_var",), ("col_var",), ("variance",)) and not self._kept(p, path):
-            return torch.zeros(0, dtype=p.dtype, device=p.device)
+            return _empty(p.dtype, p.device)
         return super()._load_leaf(store, path, p, group)
 
     def _store_leaf(self, store, path, value, group):
@@ -581,6 +582,12 @@ class Adafactor(_TorchCompatible):
     def _step_group(self, group):
         _check_params("Adafactor", group)
         super()._step_group(group)
+
+
+@functools.cache
+def _empty(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The placeholder of a factor a parameter does not keep (shared: it has no elements)."""
+    return torch.zeros(0, dtype=dtype, device=device)
 
 
 class Muon(_TorchCompatible):
