@@ -1,11 +1,11 @@
 """The adapter's cache-blocked fast path (``functional_optim._blocked``).
 
 By default the drop-in ``RMSprop``/``Adadelta``/``Adamax``/``NAdam``/``RAdam``/``ASGD``/``Rprop``/
-``Adafactor`` (and ``FunctionalOptimizer`` over the matching aliases) run an in-place step over blocks of
-about ``BLOCK`` elements instead of the chain. These tests check that it really runs, that it
-gives the chain's numbers (``foreach=False``) up to rounding order and torch's trajectory, that
-its 0-d state is replaced (never written in place), and that whatever it cannot take runs the
-chain.
+``Adafactor`` (and ``FunctionalOptimizer`` over the matching aliases) run an in-place step over
+blocks of about ``BLOCK`` elements instead of the chain. These tests check that it really runs,
+that it gives the chain's numbers (``foreach=False``) up to rounding order and torch's
+trajectory, that its 0-d state is replaced (never written in place), and that whatever it cannot
+take runs the chain.
 """
 
 from __future__ import annotations
