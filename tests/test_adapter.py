@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 import functional_optim as fo
+import functional_optim.optim as foo
 from functional_optim.optim import SGD, Adam, AdamW, FunctionalOptimizer
 
 RTOL = 1e-10
@@ -1117,3 +1118,22 @@ def _leaves_by_param(state, params):
 
     adam = find(state)
     return [{"mu": adam.mu[k], "nu": adam.nu[k], "nu_max": adam.nu_max[k]} for k in params]
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax",
+                                  "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD", "Adafactor",
+                                  "Muon", "SparseAdam"])
+def test_state_columns_read_what_each_leaf_reads(name):
+    """The adapter reads a step's state one path at a time (``_load_column``); each class's
+    column read must agree with its per-leaf ``_load_leaf``."""
+    params = [torch.zeros(3, 4, requires_grad=True), torch.zeros(5, requires_grad=True)]
+    opt = getattr(foo, name)(params[:1] if name == "Muon" else params)
+    group = opt.param_groups[0]
+    stores = [{n: torch.full((), float(i)) for i, n in enumerate(opt._STATE_NAMES.values())}
+              for _ in group["params"]]
+    for path in opt._STATE_NAMES:
+        column = opt._load_column(stores, path, group["params"], group)
+        leaves = [opt._load_leaf(s, path, p, group) for s, p in zip(stores, group["params"])]
+        assert len(column) == len(leaves)
+        for a, b in zip(column, leaves):
+            assert a is b or torch.equal(a, b)

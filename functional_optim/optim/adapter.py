@@ -110,6 +110,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         """The value of ``path`` in a parameter's ``store`` (``None`` when absent)."""
         return _layout.nested_get(store, path) if _layout.nested_has(store, path) else None
 
+    def _load_column(self, stores: list, path: tuple, params: list, group: dict) -> list:
+        """:meth:`_load_leaf` of ``path`` for several parameters (one call per step and path:
+        a subclass may read the column at once)."""
+        return [self._load_leaf(s, path, p, group) for s, p in zip(stores, params)]
+
     def _store_leaf(self, store: dict, path: tuple, value: Any, group: dict) -> None:
         _layout.nested_set(store, path, value)
 
@@ -260,25 +265,25 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         name_set = frozenset(names)
         tx = self._transform_for(group)
         hparams = self._hparams_for(tx, group)
-        spec, plan = self._plan(tx, names, params)
+        spec, plan, columns = self._plan(tx, names, params)
 
-        stores = {n: self.state[p] for n, p in by_name.items()} if plan else {}
-        first = names[0]
+        state_of = self.state
+        stores = [state_of[p] for p in params] if plan else []
         fresh: dict = {}
-        leaves = []
-        loaded = []  # leaf came from self.state (then an in-place update needs no store)
-        for path, owner in plan:
-            key = first if owner is None else owner
-            p = by_name[key]
-            value = self._load_leaf(stores[key], path, p, group)
-            loaded.append(value is not None)
-            if value is None:
-                if not fresh:
-                    init = tx.init(dict(by_name))
-                    fresh.update({(pa, ow): leaf
-                                  for pa, ow, leaf in _layout.walk_state(init, name_set)})
-                value = self._fresh_leaf(p, path, fresh[(path, owner)], group)
-            leaves.append(value)
+        leaves: list = [None] * len(plan)
+        loaded = [True] * len(plan)  # from self.state (then an in-place update needs no store)
+        for path, positions, owners in columns:
+            values = self._load_column([stores[i] for i in owners], path,
+                                       [params[i] for i in owners], group)
+            for position, i, value in zip(positions, owners, values):
+                if value is None:
+                    loaded[position] = False
+                    if not fresh:
+                        init = tx.init(dict(by_name))
+                        fresh.update({(pa, ow): leaf
+                                      for pa, ow, leaf in _layout.walk_state(init, name_set)})
+                    value = self._fresh_leaf(params[i], path, fresh[plan[position]], group)
+                leaves[position] = value
         state = optree.tree_unflatten(spec, leaves)
         grads = {n: p.grad for n, p in by_name.items()}
         differentiable = group.get("differentiable", False)
@@ -299,7 +304,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 for p in group["params"]:
                     self._store_leaf(self.state[p], path, leaf, group)
             elif leaf is not old or not was_loaded:
-                self._store_leaf(stores[owner], path, leaf, group)
+                self._store_leaf(state_of[by_name[owner]], path, leaf, group)
 
     @staticmethod
     def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,
@@ -316,16 +321,24 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         return new_state
 
     def _plan(self, tx: Transform, names: list, params: list) -> tuple:
-        """The state's treespec and, per leaf in optree order, its ``(path, owner)``."""
+        """The state's treespec; per leaf in optree order, its ``(path, owner)``; and the leaves
+        by path: ``(path, positions, owners)``, owners as indices into ``names`` (a leaf shared
+        by the group is read from the first parameter)."""
         key = ("plan", id(tx), tuple(names))
         plan = self._cache.get(key)
         if plan is None:
             meta = {n: torch.empty_like(p, device="meta") for n, p in zip(names, params)}
             template = tx.init(meta)
-            plan = self._cache[key] = (
-                optree.tree_structure(template),
-                [(path, owner) for path, owner, _ in _layout.walk_state(template,
-                                                                        frozenset(names))])
+            leaves = [(path, owner) for path, owner, _ in _layout.walk_state(template,
+                                                                            frozenset(names))]
+            index = {n: i for i, n in enumerate(names)}
+            columns: dict = {}
+            for position, (path, owner) in enumerate(leaves):
+                column = columns.setdefault((path, owner is None), ([], []))
+                column[0].append(position)
+                column[1].append(0 if owner is None else index[owner])
+            plan = self._cache[key] = (optree.tree_structure(template), leaves, [
+                (path, positions, owners) for (path, _), (positions, owners) in columns.items()])
         return plan
 
 

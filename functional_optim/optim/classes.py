@@ -39,6 +39,8 @@ class _TorchCompatible(FunctionalOptimizer):
 
     _HPARAMS: tuple[str, ...] = ()
     _STATE_NAMES: dict[tuple, str] = {}
+    # paths of _STATE_NAMES whose value a subclass's _load_leaf computes (not a plain read)
+    _LEAF_PATHS: frozenset = frozenset()
 
     def __init__(self, params, defaults: dict):
         if defaults.get("fused"):  # torch's checks, with torch's messages
@@ -87,6 +89,12 @@ class _TorchCompatible(FunctionalOptimizer):
     def _load_leaf(self, store, path, p, group):
         name = self._STATE_NAMES.get(path)
         return store.get(name) if name is not None else super()._load_leaf(store, path, p, group)
+
+    def _load_column(self, stores, path, params, group):
+        name = self._STATE_NAMES.get(path)
+        if name is None or path in self._LEAF_PATHS:
+            return super()._load_column(stores, path, params, group)
+        return [store.get(name) for store in stores]
 
     def _store_leaf(self, store, path, value, group):
         name = self._STATE_NAMES.get(path)
@@ -534,6 +542,7 @@ class Adafactor(_TorchCompatible):
     """
 
     _HPARAMS = ("lr", "beta2_decay", "eps", "d", "weight_decay")
+    _LEAF_PATHS = frozenset([("row_var",), ("col_var",), ("variance",)])
     _STATE_NAMES = {("step",): "step", ("row_var",): "row_var", ("col_var",): "col_var",
                     ("variance",): "variance"}
 
@@ -563,9 +572,16 @@ class Adafactor(_TorchCompatible):
         return (path == ("variance",)) == (p.ndim < 2)
 
     def _load_leaf(self, store, path, p, group):
-        if path in (("row_var",), ("col_var",), ("variance",)) and not self._kept(p, path):
+        if path in self._LEAF_PATHS and not self._kept(p, path):
             return _empty(p.dtype, p.device)
         return super()._load_leaf(store, path, p, group)
+
+    def _load_column(self, stores, path, params, group):
+        if path not in self._LEAF_PATHS:
+            return super()._load_column(stores, path, params, group)
+        name, vector = self._STATE_NAMES[path], path == ("variance",)
+        return [store.get(name) if (p.ndim < 2) == vector else _empty(p.dtype, p.device)
+                for store, p in zip(stores, params)]
 
     def _store_leaf(self, store, path, value, group):
         # a factor the parameter does not keep (an empty placeholder) is not stored, as torch
@@ -644,6 +660,7 @@ class SparseAdam(_TorchCompatible):
 
     _HPARAMS = ("lr", "betas", "eps")
     _STATE_NAMES = {("step",): "step", ("exp_avg",): "exp_avg", ("exp_avg_sq",): "exp_avg_sq"}
+    _LEAF_PATHS = frozenset([("step",)])
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
