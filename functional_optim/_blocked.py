@@ -48,25 +48,26 @@ def blocks(columns: list[list[torch.Tensor]], size: float = BLOCK,
     ``size`` elements: consecutive small leaves share a block; a contiguous leaf larger than
     ``size`` is split into flat views of ``size`` elements (``split=False``: kept whole), each
     its own block."""
-    current: list[list] = [[] for _ in columns]
-    filled = 0
-    for row in zip(*columns):
-        n = row[0].numel()
-        if n > size and not split:
-            yield [[t] for t in row]
+    start, filled = 0, 0
+    for i, t in enumerate(columns[0]):
+        n = t.numel()
+        if n <= size:
+            filled += n
+            if filled >= size:
+                yield [column[start:i + 1] for column in columns]
+                start, filled = i + 1, 0
             continue
-        if n > size and all(t.is_contiguous() for t in row):
-            for pieces in zip(*(t.view(-1).split(size) for t in row)):
+        if filled:
+            yield [column[start:i] for column in columns]
+        start, filled = i + 1, 0
+        row = [column[i] for column in columns]
+        if split and all(x.is_contiguous() for x in row):
+            for pieces in zip(*(x.view(-1).split(int(size)) for x in row)):
                 yield [[piece] for piece in pieces]
-            continue
-        for column, t in zip(current, row):
-            column.append(t)
-        filled += n
-        if filled >= size:
-            yield current
-            current, filled = [[] for _ in columns], 0
+        else:
+            yield [[x] for x in row]
     if filled:
-        yield current
+        yield [column[start:] for column in columns]
 
 
 def _plain(value: Any) -> bool:
@@ -153,8 +154,8 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
             return None
         olds = {f: _get(state, f) for f in counts + scalars}
         groups = _groups(params, grads, None)
-        if groups is None or any(
-                t.device.type != "cpu" for column in olds.values() for t in column.values()):
+        if groups is None or not all(
+                t.is_cpu for column in olds.values() for t in column.values()):
             return None
         names = list(params)
         new = {f: dict(zip(names, (torch.stack([olds[f][n] for n in names]) + 1).unbind()))

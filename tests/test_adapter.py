@@ -1124,8 +1124,8 @@ def _leaves_by_param(state, params):
                                   "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD", "Adafactor",
                                   "Muon", "SparseAdam"])
 def test_state_columns_read_what_each_leaf_reads(name):
-    """The adapter reads a step's state one path at a time (``_load_column``); each class's
-    column read must agree with its per-leaf ``_load_leaf``."""
+    """The adapter reads and writes a step's state one path at a time (``_load_column``,
+    ``_store_column``); each class's column must agree with its per-leaf methods."""
     params = [torch.zeros(3, 4, requires_grad=True), torch.zeros(5, requires_grad=True)]
     opt = getattr(foo, name)(params[:1] if name == "Muon" else params)
     group = opt.param_groups[0]
@@ -1137,3 +1137,17 @@ def test_state_columns_read_what_each_leaf_reads(name):
         assert len(column) == len(leaves)
         for a, b in zip(column, leaves):
             assert a is b or torch.equal(a, b)
+        values = [torch.full((0,) if p.ndim == 2 and name == "Adafactor" else (), 7.0)
+                  for p in group["params"]]
+        by_column, by_leaf = copy.deepcopy(stores), copy.deepcopy(stores)
+        opt._store_column(by_column, path, values, group)
+        for store, value in zip(by_leaf, values):
+            opt._store_leaf(store, path, value, group)
+        assert _plain_stores(by_column) == _plain_stores(by_leaf)
+
+
+def _plain_stores(stores):
+    def plain(v):
+        return (float(v) if v.numel() else None) if isinstance(v, torch.Tensor) else v
+
+    return [{k: plain(v) for k, v in s.items()} for s in stores]

@@ -118,6 +118,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     def _store_leaf(self, store: dict, path: tuple, value: Any, group: dict) -> None:
         _layout.nested_set(store, path, value)
 
+    def _store_column(self, stores: list, path: tuple, values: list, group: dict) -> None:
+        """:meth:`_store_leaf` of ``path`` for several parameters."""
+        for store, value in zip(stores, values):
+            self._store_leaf(store, path, value, group)
+
     def _fresh_leaf(self, p: torch.Tensor, path: tuple, value: Any, group: dict) -> Any:
         """The initial value of a state leaf (``value`` is what ``transform.init`` gave)."""
         return value
@@ -296,15 +301,20 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if new_state is None:
             new_state = self._update_group(tx, by_name, grads, state, hparams, multi,
                                            differentiable)
-        for (path, owner), leaf, old, was_loaded in zip(plan, optree.tree_leaves(new_state),
-                                                        leaves, loaded):
-            if owner is None:
+        new_leaves = optree.tree_leaves(new_state)
+        for path, positions, owners in columns:
+            if plan[positions[0]][1] is None:
                 # shared leaves go to every parameter of the group (also those without a grad
                 # now), so that the next step reads the current value whichever comes first
-                for p in group["params"]:
-                    self._store_leaf(self.state[p], path, leaf, group)
-            elif leaf is not old or not was_loaded:
-                self._store_leaf(state_of[by_name[owner]], path, leaf, group)
+                (leaf,) = (new_leaves[i] for i in positions)
+                self._store_column([state_of[p] for p in group["params"]], path,
+                                   [leaf] * len(group["params"]), group)
+                continue
+            changed = [(stores[i], new_leaves[k]) for k, i in zip(positions, owners)
+                       if new_leaves[k] is not leaves[k] or not loaded[k]]
+            if changed:
+                self._store_column([s for s, _ in changed], path, [v for _, v in changed],
+                                   group)
 
     @staticmethod
     def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,

@@ -39,7 +39,8 @@ class _TorchCompatible(FunctionalOptimizer):
 
     _HPARAMS: tuple[str, ...] = ()
     _STATE_NAMES: dict[tuple, str] = {}
-    # paths of _STATE_NAMES whose value a subclass's _load_leaf computes (not a plain read)
+    # paths of _STATE_NAMES that a subclass's _load_leaf/_store_leaf convert (not a plain
+    # read or write of the dict entry)
     _LEAF_PATHS: frozenset = frozenset()
 
     def __init__(self, params, defaults: dict):
@@ -101,6 +102,14 @@ class _TorchCompatible(FunctionalOptimizer):
         if name is None:
             super()._store_leaf(store, path, value, group)
         else:
+            store[name] = value
+
+    def _store_column(self, stores, path, values, group):
+        name = self._STATE_NAMES.get(path)
+        if name is None or path in self._LEAF_PATHS:
+            super()._store_column(stores, path, values, group)
+            return
+        for store, value in zip(stores, values):
             store[name] = value
 
 
