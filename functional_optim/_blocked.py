@@ -14,8 +14,9 @@ parameter (see :func:`adafactor_step`).
 Each step is the alias's ``fused`` step (see :mod:`functional_optim._fused`):
 ``fused(params, grads, state, hparams) -> state | None``, in place on the adapter's tensors;
 ``None`` (the adapter then runs the chain) unless every hyperparameter is a number, the leaves
-are float32/float64 plain tensors on CPU or CUDA, and the step counts live on the CPU (torch's
-non-capturable layout). The numbers are the chain's up to rounding order (tested against the
+are float32/float64 plain CPU tensors, and the step counts live on the CPU (torch's
+non-capturable layout). On CUDA the chain runs: its foreach kernels are already one launch per
+op for many tensors there. The numbers are the chain's up to rounding order (tested against the
 chain and torch.optim).
 """
 
@@ -42,7 +43,7 @@ float32) stay in a core's L2 cache. Measured on 300 x 4096, a GPT-like model and
 on the large layouts."""
 
 
-def blocks(columns: list[list[torch.Tensor]], size: float = BLOCK,
+def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
            split: bool = True) -> Iterator[list[list]]:
     """``columns`` (lists of same-shaped tensors, one row per leaf) cut into blocks of about
     ``size`` elements: consecutive small leaves share a block; a contiguous leaf larger than
@@ -62,7 +63,7 @@ def blocks(columns: list[list[torch.Tensor]], size: float = BLOCK,
         start, filled = i + 1, 0
         row = [column[i] for column in columns]
         if split and all(x.is_contiguous() for x in row):
-            for pieces in zip(*(x.view(-1).split(int(size)) for x in row)):
+            for pieces in zip(*(x.view(-1).split(size) for x in row)):
                 yield [[piece] for piece in pieces]
         else:
             yield [[x] for x in row]
@@ -154,8 +155,9 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
             return None
         olds = {f: _get(state, f) for f in counts + scalars}
         groups = _groups(params, grads, None)
-        if groups is None or not all(
-                t.is_cpu for column in olds.values() for t in column.values()):
+        if groups is None or any(device.type != "cpu" for device, _ in groups) or not all(
+                t.is_cpu for column in olds.values() for t in column.values()) or any(
+                len({t.dtype for t in olds[f].values()}) > 1 for f in counts):
             return None
         names = list(params)
         new = {f: dict(zip(names, (torch.stack([olds[f][n] for n in names]) + 1).unbind()))
@@ -165,9 +167,7 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
             *(torch.stack([olds[f][n] for n in names]).tolist() for f in scalars))))
         state_columns = [_get(state, f) for f in columns]
         with torch.no_grad():
-            for (device, _), group in groups.items():
-                # CUDA's foreach kernels are already one launch per op for many tensors
-                size = BLOCK if device.type == "cpu" else math.inf
+            for group in groups.values():
                 for key, members in _by_value(group, [keys[n] for n in group]).items():
                     coefficients, values = prepare(h, key,
                                                    [olds[f][members[0]] for f in scalars])
@@ -176,7 +176,7 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
                             _spread(value, [olds[f][n] for n in members], members))
                     tables = [[params[n] for n in members], [grads[n] for n in members]]
                     tables += [[column[n] for n in members] for column in state_columns]
-                    for part in blocks(tables, size, split):
+                    for part in blocks(tables, BLOCK, split):
                         kernel(h, coefficients, *part)
         if isinstance(state, dict):
             out = dict(state)

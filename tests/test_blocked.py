@@ -250,3 +250,18 @@ def test_mixed_dtypes_in_one_group_run_per_dtype(spy, name, kwargs):
     for a, b in zip(*results):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_counts_of_mixed_dtypes_run_the_chain(spy):
+    """A checkpoint may give one parameter an int64 count and another a float32 one: the chain
+    keeps each count's dtype, so it runs that step."""
+    params = [torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    opt = foo.RMSprop(params, lr=0.1)
+    opt.state[params[1]]["step"] = torch.tensor(0, dtype=torch.int64)
+    opt.state[params[1]]["square_avg"] = torch.zeros(3)
+    for p in params:
+        p.grad = torch.ones(3)
+    opt.step()
+    assert not spy
+    assert opt.state[params[1]]["step"].dtype == torch.int64
+    assert opt.state[params[0]]["step"] == opt.state[params[1]]["step"] == 1
