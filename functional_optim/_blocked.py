@@ -99,6 +99,8 @@ def _add_(xs: list, value: float) -> None:
 
 def _by_value(names: list[str], values: list) -> dict:
     """``names`` grouped by their value (one group unless some parameters skipped steps)."""
+    if values.count(values[0]) == len(values):
+        return {values[0]: names}
     groups: dict = {}
     for name, value in zip(names, values):
         groups.setdefault(value, []).append(name)
@@ -160,10 +162,10 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
                 len({t.dtype for t in olds[f].values()}) > 1 for f in counts):
             return None
         names = list(params)
-        new = {f: dict(zip(names, (torch.stack([olds[f][n] for n in names]) + 1).unbind()))
-               for f in counts}
+        advanced = [torch.stack([olds[f][n] for n in names]) + 1 for f in counts]
+        new = {f: dict(zip(names, column.unbind())) for f, column in zip(counts, advanced)}
         keys = dict(zip(names, zip(
-            torch.stack([new[counts[0]][n] for n in names]).tolist(),
+            advanced[0].tolist(),
             *(torch.stack([olds[f][n] for n in names]).tolist() for f in scalars))))
         state_columns = [_get(state, f) for f in columns]
         with torch.no_grad():

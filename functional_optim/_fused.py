@@ -50,14 +50,20 @@ def _groups(params: dict, grads: dict, steps: dict | None) -> dict | None:
     count may sit on another device (torch keeps it on the CPU unless capturable or fused).
     """
     groups: dict = {}
+    tensor = torch.Tensor
     for name, p in params.items():
-        g = grads[name]
-        if type(g) is not torch.Tensor or g.is_sparse or p.dtype not in _DTYPES:
+        g, dtype = grads[name], p.dtype
+        if type(g) is not tensor or g.is_sparse or dtype not in _DTYPES:
             return None  # a DTensor, sparse or other subclass gradient; a dtype the chain keeps
         device = p.device
         if steps is not None and steps[name].device != device:
             return None
-        groups.setdefault((device, p.dtype), []).append(name)
+        key = (device, dtype)
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [name]
+        else:
+            members.append(name)
     if any(device.type not in ("cpu", "cuda") for device, _ in groups):
         return None
     return groups

@@ -64,7 +64,8 @@ class Transform(NamedTuple):
         fused: optional in-place step ``fused(params, grads, state, hparams) -> state | None``
             that the stateful adapter runs instead of ``update`` + ``apply_updates`` when it
             can (``None`` back: it cannot, run the chain). Aliases set it to torch's fused
-            kernels (:mod:`functional_optim._fused`); a chain of blocks has none.
+            kernels (:mod:`functional_optim._fused`) or to a cache-blocked in-place step
+            (:mod:`functional_optim._blocked`); a chain of blocks has none.
     """
 
     init: Callable[[Any], Any]

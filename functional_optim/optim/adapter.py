@@ -49,10 +49,10 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             (e.g. ``functools.partial(fo.adamw, lr=1e-3)``; a factory made of importable functions
             makes the optimizer picklable).
         foreach: ``None`` runs the transform's fused step when it has one and can take the
-            group (an alias backed by a torch fused kernel, see :class:`Transform`), else the
-            multi-tensor path when no autograd is involved; ``True`` the multi-tensor path;
-            ``False`` the per-leaf path. All give the same numbers (a fused kernel up to
-            rounding order).
+            group (an alias backed by a torch fused kernel or a cache-blocked step, see
+            :class:`Transform`), else the multi-tensor path when no autograd is involved;
+            ``True`` the multi-tensor path; ``False`` the per-leaf path. All give the same
+            numbers (a fused step up to rounding order).
         **defaults: default values of hyperparameters, by group key (see below).
 
     Group keys are the transform's hyperparameters flattened to dotted paths: for
