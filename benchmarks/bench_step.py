@@ -60,20 +60,26 @@ def candidates(algo: str) -> dict:
     return out
 
 
-def median_ms(make, shapes, repeats: int) -> float:
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
-    opt = make(params)
-    for _ in range(3):
-        opt.step()
-    times = []
+def medians_ms(makers: dict, shapes, repeats: int) -> dict:
+    """Median step time (ms) of each optimizer; the repeats are interleaved (one step of each
+    in turn), so a change in the machine's speed during the run (other tenants, frequency)
+    affects every implementation alike."""
+    opts = {}
+    for name, make in makers.items():
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opts[name] = make(params)
+        for _ in range(3):
+            opts[name].step()
+    times: dict = {name: [] for name in opts}
     for _ in range(repeats):
-        start = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, opt in opts.items():
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def machine() -> str:
@@ -96,8 +102,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [f"# Optimizer step time, CPU\n\nMachine: {machine()}\n",
-             f"Median of {args.repeats} steps (ms); ratios to torch's default (for-loop) and to "
-             "torch foreach and to torch fused, measured in the same run.\n"]
+             f"Median of {args.repeats} steps (ms), the implementations' steps interleaved; ratios "
+             "to torch's default (for-loop) and to torch foreach and to torch fused, measured in "
+             "the same run.\n"]
     summary = ["\n## Summary: ours default / torch foreach, and / min(torch for-loop, torch "
                "foreach)\n",
                "The adapter's target is the first (<= 1.0x); the second also counts torch's "
@@ -112,8 +119,7 @@ def main() -> None:
             lines.append(f"\n## {algo}, {layout} ({len(shapes)} tensors, {numel / 1e6:.1f}M "
                          "params)\n\n| implementation | ms | vs torch default | vs torch foreach "
                          "| vs torch fused |\n|---|---|---|---|---|")
-            results = {name: median_ms(make, shapes, args.repeats)
-                       for name, make in candidates(algo).items()}
+            results = medians_ms(candidates(algo), shapes, args.repeats)
             base, foreach = results["torch for-loop (default)"], results["torch foreach"]
             fused = results.get("torch fused")
             for name, ms in results.items():
