@@ -32,7 +32,7 @@ import torch
 
 from ._fused import FusedStep, _groups
 from .base import EmptyState, resolve_hparams
-from .transforms.adaptive import asgd_schedule
+from .transforms.adaptive import RADAM_THRESHOLD, asgd_schedule
 
 __all__ = ["BLOCK", "blocks", "classic_step", "grads"]
 
@@ -363,10 +363,6 @@ def nadam_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
                         columns=(("nadam", "exp_avg"), ("nadam", "exp_avg_sq")),
                         accepts=_no_schedule({"weight_decay": has_decay}),
                         prepare=prepare, kernel=kernel)
-
-
-RADAM_THRESHOLD = 5.0
-"""The rectification switch ``ρ_t > 5`` of the ``radam`` alias (``scale_by_radam``'s default)."""
 
 
 def radam_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,

@@ -389,8 +389,13 @@ def _radam_rule(h, g, t, m, v):
     return u, t, m, v
 
 
+RADAM_THRESHOLD = 5.0
+"""The rectification switch of RAdam: the adaptive step is used once ``ρ_t > 5`` (the paper's
+and torch.optim.RAdam's)."""
+
+
 def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                   threshold: float = 5.0) -> Transform:
+                   threshold: float = RADAM_THRESHOLD) -> Transform:
     r"""Rectified Adam (Liu et al., 2020, *On the Variance of the Adaptive Learning Rate and
     Beyond*).
 
