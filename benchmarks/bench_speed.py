@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -271,22 +270,35 @@ def optax_results(threads: int, repeats: int, python: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+IDENTITIES = (0, 1, 4)
+
+
 def identity_cost(repeats: int) -> list[dict]:
-    """Cost of k identity transforms added to a chain, eager (default path) and compiled."""
+    """Cost of k identity transforms added to a chain, eager (default path) and compiled.
+
+    The six optimizers step in turn (``4 * repeats`` rounds), so a drift of the machine's speed
+    hits them alike: an identity costs less than that drift."""
     shapes = layouts()["300 x 4096"]
-    rows = []
-    for k in (0, 1, 4):
-        def make(params, compile=False, k=k):
+    steps = {}
+    for k in IDENTITIES:
+        for compiled in (False, True):
             tx = fo.chain(fo.scale_by_adam(), *[fo.identity() for _ in range(k)],
                           fo.add_decayed_weights(WD), fo.scale_by_learning_rate(LR))
-            opt = foo.FunctionalOptimizer(params, tx)
-            if compile:
+            opt = foo.FunctionalOptimizer(_params(shapes), tx)
+            if compiled:
                 opt.use_flat(compile=True)
-            return opt.step
-        eager = measure(make, shapes, repeats)["ms"]
-        compiled = measure(lambda p, make=make: make(p, compile=True), shapes, repeats)["ms"]
-        rows.append({"identities": k, "eager_ms": eager, "compiled_ms": compiled})
-    return rows
+            for _ in range(2):  # compile, then warm
+                opt.step()
+            steps[k, compiled] = opt.step
+    times: dict = {key: [] for key in steps}
+    for _ in range(4 * repeats):
+        for key, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t)
+    ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+    return [{"identities": k, "eager_ms": ms[k, False], "compiled_ms": ms[k, True]}
+            for k in IDENTITIES]
 
 
 def main() -> None:
@@ -295,8 +307,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--algos", default="adamw,sgd,chain")
     parser.add_argument("--out", default=None, help="path without extension (.md and .json)")
+    parser.add_argument("--identity-only", action="store_true",
+                        help="measure only the identity transforms' cost, into --out's results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.identity_only:
+        with open(args.out + ".json") as f:
+            results = json.load(f)
+        results["identity"] = identity_cost(args.repeats)
+        print("identity transforms:", results["identity"], flush=True)
+        write(results, args.out)
+        return
     peers = set()
     for name in ("torchopt", "heavyball", "jax"):
         try:
@@ -342,16 +363,20 @@ def main() -> None:
     results["identity"] = identity_cost(args.repeats)
     print("identity transforms:", results["identity"], flush=True)
     if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump(results, f, indent=1)
-        with open(args.out + ".md", "w") as f:
-            f.write(markdown(results))
-        print(f"wrote {args.out}.md and .json")
+        write(results, args.out)
+
+
+def write(results: dict, out: str) -> None:
+    with open(out + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write(markdown(results))
+    print(f"wrote {out}.md and .json")
 
 
 def markdown(results: dict) -> str:
     lines = [f"# Speed at the limit, CPU, {results['threads']} thread(s)\n",
-             f"Machine: {results['machine']}; Python {platform.python_version()}.  ",
+             f"Machine: {results['machine']}.  ",
              f"Peers installed: {', '.join(results['peers']) or 'none'}.\n",
              "Median step time over repeats; ratios to torch's fused implementation and to the "
              "bandwidth bound (the bytes a step must move at the streaming bandwidth measured in "
@@ -374,7 +399,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {r['ms']:.2f} | {r['ms'] / fused:.2f}x | "
                          f"{r['ms'] / run['bound_ms']:.2f}x | {r['first_s']:.2f} | {peak} |")
     lines.append("\n## Cost of identity transforms in a chain (adam -> k x identity -> decay -> "
-                 "lr; 300 x 4096)\n")
+                 "lr; 300 x 4096; the six optimizers step in turn, median)\n")
     lines.append("| identities | eager ms | compiled ms |\n|---|---|---|")
     for r in results["identity"]:
         lines.append(f"| {r['identities']} | {r['eager_ms']:.2f} | {r['compiled_ms']:.2f} |")
