@@ -143,15 +143,23 @@ class SGD(_TorchCompatible):
             count=False))
 
     def _load_leaf(self, store, path, p, group):
-        if path == ("momentum", "step"):  # torch keeps no step: a buffer means "started"
-            started = int(store.get("momentum_buffer") is not None)
-            key = ("step", started, p.device)
-            step = self._cache.get(key)  # read-only constants: rules never write their inputs
-            if step is None:
-                step = self._cache[key] = torch.full((), started, dtype=torch.int64,
-                                                     device=p.device)
-            return step
+        if path == ("momentum", "step"):
+            return self._started(store, p.device)
         return super()._load_leaf(store, path, p, group)
+
+    def _load_column(self, stores, path, params, group):
+        if path == ("momentum", "step"):
+            return [self._started(store, p.device) for store, p in zip(stores, params)]
+        return super()._load_column(stores, path, params, group)
+
+    def _started(self, store: dict, device: torch.device) -> torch.Tensor:
+        """The momentum block's count: torch keeps no step, a buffer means "started"."""
+        started = int(store.get("momentum_buffer") is not None)
+        key = ("step", started, device)
+        step = self._cache.get(key)  # read-only constants: rules never write their inputs
+        if step is None:
+            step = self._cache[key] = torch.full((), started, dtype=torch.int64, device=device)
+        return step
 
     def _store_leaf(self, store, path, value, group):
         if path != ("momentum", "step"):
