@@ -34,7 +34,7 @@ from ._fused import FusedStep, _groups
 from .base import EmptyState, resolve_hparams
 from .transforms.adaptive import RADAM_THRESHOLD, asgd_schedule
 
-__all__ = ["BLOCK", "blocks", "classic_step", "grads"]
+__all__ = ["BLOCK", "blocks", "classic_step"]
 
 BLOCK = 1 << 17
 """Elements per block: a block's parameters, gradients, state and temporaries (2-3 MB in
@@ -79,13 +79,11 @@ def _plain(value: Any) -> bool:
     return isinstance(value, Number) and not isinstance(value, (bool, complex))
 
 
-def _constant(value: float, like: list) -> Any:
-    """``value`` as the foreach kernels take it fastest: on the CPU a 0-d tensor of the leaves'
-    dtype (the Python-number overloads of ``_foreach_mul_``/``_foreach_add_`` wrap the number
-    in a new tensor per leaf: 2 µs per leaf instead of 0.6); the same digits either way."""
-    if like[0].device.type == "cpu":
-        return torch.tensor(value, dtype=like[0].dtype)
-    return value
+def _constant(value: float, like: list) -> torch.Tensor:
+    """``value`` as the CPU foreach kernels take it fastest: a 0-d tensor of the leaves' dtype
+    (the Python-number overloads of ``_foreach_mul_``/``_foreach_add_`` wrap the number in a
+    new tensor per leaf: 2 µs per leaf instead of 0.6); the same digits either way."""
+    return torch.tensor(value, dtype=like[0].dtype)
 
 
 def _mul_(xs: list, value: float) -> None:
@@ -93,8 +91,7 @@ def _mul_(xs: list, value: float) -> None:
 
 
 def _add_(xs: list, value: float) -> None:
-    c = _constant(value, xs)
-    torch._foreach_add_(xs, [c] * len(xs) if isinstance(c, torch.Tensor) else c)
+    torch._foreach_add_(xs, [_constant(value, xs)] * len(xs))
 
 
 def _by_value(names: list[str], values: list) -> dict:
@@ -107,7 +104,7 @@ def _by_value(names: list[str], values: list) -> dict:
     return groups
 
 
-def grads(p: list, g: list, weight_decay: float, maximize: bool) -> list:
+def _gradients(p: list, g: list, weight_decay: float, maximize: bool) -> list:
     """``±g + λp`` as torch.optim computes it (new tensors only when something changes)."""
     if maximize:
         g = torch._foreach_neg(g)
@@ -223,8 +220,8 @@ def _decayed(h: dict, p: list, g: list, maximize: bool, decoupled: bool) -> list
     if decoupled:
         if h["weight_decay"]:
             _mul_(p, 1 - h["lr"] * h["weight_decay"])
-        return grads(p, g, 0, maximize)
-    return grads(p, g, h["weight_decay"], maximize)
+        return _gradients(p, g, 0, maximize)
+    return _gradients(p, g, h["weight_decay"], maximize)
 
 
 def _adam_moments(h: dict, g: list, m: list, v: list) -> None:
@@ -250,7 +247,7 @@ def rmsprop_step(defaults: dict, where: str, *, maximize: bool, centered: bool,
         (("momentum", "momentum_buffer"),) if has_momentum else ())
 
     def kernel(h, _, p, g, v, *rest):
-        g = grads(p, g, h["weight_decay"], maximize)
+        g = _gradients(p, g, h["weight_decay"], maximize)
         alpha = h["alpha"]
         _mul_(v, alpha)
         torch._foreach_addcmul_(v, g, g, value=1 - alpha)
@@ -283,7 +280,7 @@ def adadelta_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool
     :math:`a = \rho a + (1-\rho)\Delta^2`, ``p -= lr * Δ``."""
 
     def kernel(h, _, p, g, v, acc):
-        g = grads(p, g, h["weight_decay"], maximize)
+        g = _gradients(p, g, h["weight_decay"], maximize)
         rho, eps = h["rho"], h["eps"]
         _mul_(v, rho)
         torch._foreach_addcmul_(v, g, g, value=1 - rho)
@@ -312,7 +309,7 @@ def adamax_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool) 
         return -h["lr"] / (1 - h["betas"][0] ** key[0]), ()
 
     def kernel(h, step_size, p, g, m, n):
-        g = grads(p, g, h["weight_decay"], maximize)
+        g = _gradients(p, g, h["weight_decay"], maximize)
         beta1, beta2 = h["betas"]
         torch._foreach_lerp_(m, g, 1 - beta1)
         _mul_(n, beta2)
@@ -414,7 +411,7 @@ def asgd_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
 
     def kernel(h, coefficients, p, g, ax):
         keep, step_size, mu = coefficients
-        g = grads(p, g, h["weight_decay"], maximize)
+        g = _gradients(p, g, h["weight_decay"], maximize)
         _mul_(p, keep)
         torch._foreach_add_(p, g, alpha=step_size)
         if mu == 1:
@@ -438,7 +435,7 @@ def rprop_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     ops (torch's foreach Rprop uses per-tensor masked fills instead)."""
 
     def kernel(h, first, p, g, prev, size):
-        g = grads(p, g, 0, maximize)
+        g = _gradients(p, g, 0, maximize)
         eta_minus, eta_plus = h["etas"]
         if first:
             torch._foreach_zero_(size)
