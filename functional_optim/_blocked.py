@@ -502,7 +502,7 @@ def adafactor_step(defaults: dict, where: str, *, maximize: bool, has_decay: boo
 
 
 class _AdafactorScale:
-    """The step size of one leaf: :math:`-\alpha_t / \max(1, \mathrm{RMS}(U)/d)` with
+    r"""The step size of one leaf: :math:`-\alpha_t / \max(1, \mathrm{RMS}(U)/d)` with
     :math:`\alpha_t = \max(\epsilon_2, \mathrm{RMS}(p))\rho_t` (norms in float64), and the
     decoupled decay factor :math:`1 - \eta\lambda`."""
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from numbers import Number
-from typing import Any
+from typing import Any, NamedTuple
 
 import optree
 import torch
 
 from . import _foreach
 from . import tree as _tree
-from .base import MissingParamsError
+
+
+class MissingParamsError(ValueError):
+    """A transform that reads the parameters was called without them."""
 
 
 def scalar_dtype(like: torch.Tensor) -> torch.dtype:
@@ -32,11 +35,18 @@ def scalar_dtype(like: torch.Tensor) -> torch.dtype:
 
 
 def cast_hparams(hparams: Any, like: torch.Tensor) -> Any:
-    """Tensor hyperparameters cast to ``scalar_dtype(like)``; numbers left as they are."""
+    """Tensor hyperparameters cast to ``scalar_dtype(like)`` (and moved to ``like``'s device when
+    they sit on another accelerator: a CPU 0-d tensor combines with any device); numbers left as
+    they are."""
     dtype = scalar_dtype(like)
-    return optree.tree_map(
-        lambda h: h.to(dtype) if isinstance(h, torch.Tensor) and h.dtype != dtype else h, hparams
-    )
+
+    def cast(h: Any) -> Any:
+        if not isinstance(h, torch.Tensor):
+            return h
+        device = like.device if h.device.type != "cpu" and h.device != like.device else h.device
+        return h if h.dtype == dtype and device == h.device else h.to(device=device, dtype=dtype)
+
+    return optree.tree_map(cast, hparams)
 
 
 def _as_real(x):
@@ -54,7 +64,7 @@ def elementwise(
     complex_as_real: bool = False,
     real_only: bool = False,
     input_names: tuple[str, ...] = (),
-    donate_state: bool = False,
+    donate_state: bool | tuple[bool, ...] = False,
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -67,7 +77,8 @@ def elementwise(
         real_only: raise a clear ``TypeError`` for complex leaves.
         input_names: names of the ``inputs`` trees in error messages (e.g. ``("params",)``).
         donate_state: the rule reads each old state once, so under
-            ``multi_tensor(donate=True)`` its state may be updated in place.
+            ``multi_tensor(donate=True)`` its state may be updated in place (one flag per
+            state, or one for all).
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
     otherwise promote a 0-d leaf) and must keep its shape: a result whose shape differs (a
@@ -147,7 +158,8 @@ def elementwise(
     results = [list(flats[j]) for j in range(1 + n_states)]
     groups: dict = {}
     multi = _multi_tensor_wanted(flats[0])
-    donate = multi and donate_state and _MULTI_TENSOR[1]
+    flags = donate_state if isinstance(donate_state, tuple) else (donate_state,) * n_states
+    donate = [multi and _MULTI_TENSOR[1] and flag for flag in flags]
     for i, g in enumerate(flats[0]):
         if g is None:
             continue
@@ -157,17 +169,12 @@ def elementwise(
         statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
         key = (g.dtype, g.device, type(g), g.ndim, statics) if multi else i
         groups.setdefault(key, []).append(i)
-    cache: dict = {}
-    for members in groups.values():
-        first = flats[0][members[0]]
-        hkey = (first.dtype, first.device)
-        h = cache.get(hkey)
-        if h is None:
-            h = cache[hkey] = cast_hparams(hparams, first)
+
+    def run(members: list, h: Any) -> None:
         likes = [[flats[j][i] for i in members] for j in range(1 + n_states)]
         if multi:
             out = apply(members, h, _pack(flats[0], members),
-                        [_pack(f, members, donate) for f in flats[1:1 + n_states]],
+                        [_pack(f, members, d) for f, d in zip(flats[1:1 + n_states], donate)],
                         [_pack(f, members) for f in flats[1 + n_states:]], likes)
         else:
             (i,) = members
@@ -176,6 +183,15 @@ def elementwise(
         for j, column in enumerate(out):
             for i, v in zip(members, column):
                 results[j][i] = v
+
+    cache: dict = {}
+    for members in groups.values():
+        first = flats[0][members[0]]
+        hkey = (first.dtype, first.device)
+        h = cache.get(hkey)
+        if h is None:
+            h = cache[hkey] = cast_hparams(hparams, first)
+        run(members, h)
     return tuple(_unflatten_like(updates, r) for r in results)
 
 
@@ -234,6 +250,14 @@ class keep_state:  # noqa: N801 - a context like torch.no_grad
 
     def __exit__(self, *exc):
         _MULTI_TENSOR[1] = self.previous
+
+
+def fusing(updates: Any) -> bool:
+    """Whether a chain fuses its pointwise runs on ``updates``: on the multi-tensor path, for
+    real leaves (complex ones run transform by transform: passing a temporary from one rule to
+    the next in place moves the last digit there)."""
+    leaves = [x for x in _tree.leaves(updates) if x is not None]
+    return _multi_tensor_wanted(leaves) and not any(x.is_complex() for x in leaves)
 
 
 def _multi_tensor_wanted(leaves: list) -> bool:
@@ -295,3 +319,159 @@ def ema_square(v: torch.Tensor, g: torch.Tensor, decay: Any) -> torch.Tensor:
 def init_count(params: Any) -> Any:
     """A per-leaf step counter: an int64 0-d zero on each parameter's device."""
     return _tree.map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
+
+
+# -- pointwise transforms, and fusing them -----------------------------------------------------
+
+class PointwiseCall(NamedTuple):
+    """One update of a pointwise transform as an :func:`elementwise` call, ready to run alone or
+    fused with its neighbours in a chain.
+
+    Attributes:
+        rule: ``rule(h, g, *states, *inputs) -> (u, *new_states)`` (see :func:`elementwise`),
+            pointwise: each output element depends on the same element of every tensor argument
+            and on 0-d values only.
+        hparams: ``h``, resolved.
+        states: the state trees the rule updates.
+        inputs: read-only trees shaped like the updates (the parameters, a mask).
+        finish: ``finish(new_states) -> state``: the transform's new state from the rule's.
+        donate_state: for each state, whether the rule reads it once (so the adapter may update
+            it in place).
+        input_names: the ``inputs`` trees' names in errors.
+    """
+
+    rule: Callable
+    hparams: Any
+    states: tuple = ()
+    inputs: tuple = ()
+    finish: Callable[[tuple], Any] = tuple
+    donate_state: tuple[bool, ...] = ()
+    input_names: tuple[str, ...] = ()
+
+
+class Pointwise(NamedTuple):
+    """A transform whose update is one pointwise rule (:attr:`Transform.pointwise`).
+
+    A chain runs consecutive pointwise transforms as one rule (:func:`fuse`) on the eager
+    multi-tensor path: one pass of Python over the leaves instead of one per transform, and
+    temporaries pass from one rule to the next in place. The numbers are those of the
+    transforms run one by one.
+
+    Attributes:
+        prepare: ``prepare(updates, state, params, hparams) -> PointwiseCall``: checks and
+            resolves what ``update`` would; reads the values of ``updates`` only if
+            ``reads_updates``.
+        name: the transform's name in errors.
+        complex: how complex leaves are treated: ``"as_real"`` (as pairs of reals, like
+            torch.optim), ``"native"``, or ``"neutral"`` (the same numbers either way: linear
+            maps with real coefficients).
+        real_only: complex leaves are an error.
+        reads_updates: ``prepare`` reads the updates' values (a global norm), so the transform
+            can only start a fused run.
+        kernel: what the transform is, for the adapter to run a chain of such blocks with one of
+            torch's fused kernels (:func:`functional_optim._fused.chain_step`): ``("adam",
+            amsgrad)``, ``("decay",)`` (unmasked), ``("lr",)`` (descending), ``("clip",)``
+            (global norm), ``("identity",)``; ``()`` for the others.
+        parts: a chain's members, ``((key, spec), ...)`` (empty for a single transform).
+    """
+
+    prepare: Callable[..., PointwiseCall]
+    name: str
+    complex: str = "neutral"
+    real_only: bool = False
+    reads_updates: bool = False
+    kernel: tuple = ()
+    parts: tuple = ()
+
+
+def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
+                  hparams: Any) -> tuple[Any, Any]:
+    """``update`` of the transform that ``spec`` describes."""
+    call = spec.prepare(updates, state, params, hparams)
+    out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
+                      name=spec.name, complex_as_real=spec.complex == "as_real",
+                      real_only=spec.real_only, input_names=call.input_names,
+                      donate_state=call.donate_state or False)
+    return out[0], call.finish(out[1:])
+
+
+def fusable(specs: list) -> bool:
+    """Whether these transforms can run as one rule: each has a :class:`Pointwise`, only the
+    first reads the updates' values, and they agree on complex leaves."""
+    if not specs or any(s is None for s in specs) or any(s.reads_updates for s in specs[1:]):
+        return False
+    return len({s.complex for s in specs} - {"neutral"}) <= 1
+
+
+def fuse(specs: list, name: str) -> Pointwise:
+    """The :class:`Pointwise` of ``specs`` run one after the other (:func:`fusable` ones): its
+    ``prepare`` takes and its ``finish`` gives sequences of the members' states and
+    hparams."""
+    modes = {s.complex for s in specs} - {"neutral"}
+
+    def prepare(updates, states, params, hparams):
+        calls = [s.prepare(updates, st, params, h) for s, st, h in zip(specs, states, hparams)]
+        return _fuse_calls(calls)
+
+    return Pointwise(prepare, name, modes.pop() if modes else "neutral",
+                     any(s.real_only for s in specs), specs[0].reads_updates)
+
+
+def _fuse_calls(calls: list) -> PointwiseCall:
+    inputs: list = []
+    names: list = []
+    slots = []
+    for c in calls:  # each input tree once (several transforms read the parameters)
+        slot = []
+        for n, tree in enumerate(c.inputs):
+            k = next((j for j, x in enumerate(inputs) if x is tree), None)
+            if k is None:
+                k = len(inputs)
+                inputs.append(tree)
+                names.append(c.input_names[n] if n < len(c.input_names) else "input")
+            slot.append(k)
+        slots.append(slot)
+    counts = [len(c.states) for c in calls]
+    total = sum(counts)
+
+    def rule(h, g, *args):
+        olds, ins = args[:total], args[total:]
+        original, new, start = g, [], 0
+        for c, hc, count, slot in zip(calls, h, counts, slots):
+            mine = [ins[k] for k in slot]
+            res = c.rule(hc, g, *olds[start:start + count], *mine)
+            start += count
+            new.extend(res[1:])
+            g = _owned(res[0], g, [original, *res[1:], *mine])
+        return (g, *new)
+
+    def finish(new_states):
+        out, start = [], 0
+        for c, count in zip(calls, counts):
+            out.append(c.finish(tuple(new_states[start:start + count])))
+            start += count
+        return out
+
+    donate = tuple(d for c in calls for d in (c.donate_state or (False,) * len(c.states)))
+    return PointwiseCall(rule, tuple(c.hparams for c in calls),
+                         tuple(st for c in calls for st in c.states), tuple(inputs), finish,
+                         donate, tuple(names))
+
+
+def _owned(u: Any, g: Any, others: list) -> Any:
+    """A rule's result ``u`` handed to the next rule of a fused run: *donated* (the next rule
+    may overwrite it in place) when it is a fresh multi-tensor result that shares no tensor with
+    the run's input, an input, or a state the rule returned (momentum returns its buffer as
+    the update too)."""
+    if not isinstance(u, _foreach.TensorList) or u is g or not u._fresh or u._donated \
+            or u.scalar:
+        return u
+    items = u.items
+    mine = {id(x) for x in items}
+    for other in others:
+        if isinstance(other, _foreach.TensorList):
+            if not other.scalar and any(id(x) in mine for x in other.items):
+                return u
+        elif isinstance(other, torch.Tensor) and id(other) in mine:
+            return u
+    return _foreach.TensorList(items, donated=True)

@@ -40,6 +40,9 @@ _TEMPORARY_REFS = -1
 _FUNCTION_EXTRA_REFS = 0
 
 
+_TENSOR_OVERLOADS = ("add", "mul", "div")  # foreach ops with a one-0-d-tensor overload
+
+
 def _keeps_dtype(target: TensorList, other: Any) -> bool:
     """Whether ``target op other`` has ``target``'s dtype (so it may be computed in place)."""
     if isinstance(other, TensorList):
@@ -139,8 +142,26 @@ class TensorList:
 
     # -- arithmetic: one foreach call where torch has one, else element by element ---------
 
+    def uniform(self) -> torch.Tensor | None:
+        """The one value of a list of CPU 0-d tensors that are all equal (per-leaf step counts
+        and bias corrections, unless some parameters skipped steps), as a 0-d tensor; else
+        ``None``. Applied to many tensors, that one value takes the single-tensor overload of
+        the foreach kernels instead of one 0-d operand per leaf: the same numbers, a third of
+        the per-leaf cost. (Not on accelerators: the check would be a host sync.)"""
+        stacked = self.stacked
+        if stacked.device.type != "cpu" or stacked.shape[0] == 0:
+            return None
+        first = stacked[0]
+        return first if bool(torch.all(stacked == first)) else None
+
     def _binary(self, name: str, other: Any, reverse: bool = False,
                 refs: int = _NAMED) -> TensorList:
+        if (name in _TENSOR_OVERLOADS and isinstance(other, TensorList) and other.scalar
+                and not self.scalar):
+            value = other.uniform()
+            if value is not None:  # in this list's dtype, as the kernel would cast it per leaf
+                floating = self.dtype.is_floating_point or self.dtype.is_complex
+                other = value.to(self.dtype) if floating and not value.is_complex() else value
         if not reverse and self._reusable(refs) and _keeps_dtype(self, other):
             items = self.items
             op_ = getattr(torch, f"_foreach_{name}_")

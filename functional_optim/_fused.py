@@ -29,7 +29,7 @@ import torch
 from . import _execute
 from .base import EmptyState, Transform, resolve_hparams
 
-__all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step", "first"]
+__all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step", "chain_step", "first"]
 
 FusedStep = Callable[[dict, dict, Any, dict], Any]
 
@@ -232,5 +232,79 @@ def first(*steps: FusedStep) -> FusedStep:
             if new_state is not None:
                 return new_state
         return None
+
+    return fused
+
+
+# a chain's kinds of blocks (after an optional clip_by_global_norm, identities left out) that
+# one of torch's Adam kernels computes: (kernel, whether a decay block is in it)
+_CHAINS = {
+    ("adam", "lr"): ("_fused_adam_", False),
+    ("decay", "adam", "lr"): ("_fused_adam_", True),
+    ("adam", "decay", "lr"): ("_fused_adamw_", True),
+}
+
+
+def chain_step(tx: Transform) -> FusedStep | None:
+    """The fused step of a user chain that is Adam or AdamW in blocks, else ``None``.
+
+    ``chain([clip_by_global_norm], [add_decayed_weights], scale_by_adam,
+    [add_decayed_weights], scale_by_learning_rate)`` (unmasked decay, a descending learning rate
+    or schedule, ``eps_root`` 0, identities anywhere) computes what ``torch._fused_adam_``
+    (decay before the moments: L2) or ``_fused_adamw_`` (decay after: decoupled) computes. The
+    step clips into new gradient tensors (one foreach multiply by the norm's coefficient, as
+    the chain), then runs the kernel; the blocks' hparams are read from the chain's as the chain
+    reads them (a schedule's value from its count). The numbers are the chain's up to rounding
+    order (tested). Anything the kernel cannot take runs the chain (see :func:`adam_step`).
+    """
+    spec = tx.pointwise
+    if spec is None or not spec.parts:
+        return None
+    members = [(k, s) for k, s in spec.parts if s.kernel != ("identity",)]
+    if not members or any(not s.kernel for _, s in members):
+        return None
+    clip = members[0][0] if members[0][1].kernel == ("clip",) else None
+    rest = members[1:] if clip is not None else members
+    pattern = _CHAINS.get(tuple(s.kernel[0] for _, s in rest))
+    if pattern is None:
+        return None
+    name, has_decay = pattern
+    keys = {s.kernel[0]: k for k, s in rest}
+    amsgrad = next(s for _, s in rest if s.kernel[0] == "adam").kernel[1]
+
+    def fused(params, grads, state, hparams):
+        calls = {k: s.prepare(grads, state[k], params, hparams[k]) for k, s in spec.parts}
+        adam = calls[keys["adam"]]
+        h = adam.hparams
+        wd = calls[keys["decay"]].hparams["weight_decay"] if has_decay else 0.0
+        neg_lr = calls[keys["lr"]].hparams["lr"]
+        if not (all(_number(b) for b in h["betas"]) and _number(h["eps"]) and _number(wd)
+                and _number(h["eps_root"]) and h["eps_root"] == 0):
+            return None
+        steps, mu, nu = adam.states[:3]
+        groups = _groups(params, grads, steps)
+        if groups is None:
+            return None
+        lrs = [_lr({"lr": -neg_lr}, device) for device, _ in groups]
+        if any(lr is None for lr in lrs):
+            return None
+        coef = calls[clip].hparams["coef"] if clip is not None else None
+        kernel = getattr(torch, name)
+        new_steps: dict = {}
+        for ((device, _), names), lr in zip(groups.items(), lrs):
+            g = _take(grads, names)
+            if coef is not None:
+                g = torch._foreach_mul(g, coef.to(device))
+            counts = torch._foreach_add(_take(steps, names), 1)
+            new_steps.update(zip(names, counts))
+            kernel(_take(params, names), g, _take(mu, names), _take(nu, names),
+                   _take(adam.states[3], names) if amsgrad else [], counts, lr=lr,
+                   beta1=float(h["betas"][0]), beta2=float(h["betas"][1]),
+                   weight_decay=float(wd), eps=float(h["eps"]), amsgrad=amsgrad,
+                   maximize=False)
+        new = {k: c.finish((new_steps, *adam.states[1:]) if k == keys["adam"] else ())
+               for k, c in calls.items()}
+        return {k: new[k] for k in state} if isinstance(state, dict) else \
+            tuple(new[k] for k in range(len(state)))
 
     return fused

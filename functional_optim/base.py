@@ -19,7 +19,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from . import _execute
 from . import tree as _tree
+from ._execute import MissingParamsError, Pointwise
 from .tree import TreeMismatchError
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "MissingParamsError",
     "TreeMismatchError",
     "chain",
+    "pointwise_transform",
     "reparametrize",
     "apply_updates",
     "apply_updates_",
@@ -43,10 +46,6 @@ __all__ = [
 
 class HParamError(ValueError):
     """A hyperparameter has an unknown name, a wrong shape or an invalid value."""
-
-
-class MissingParamsError(ValueError):
-    """A transform that reads the parameters was called without them."""
 
 
 class EmptyState(NamedTuple):
@@ -66,12 +65,25 @@ class Transform(NamedTuple):
             can (``None`` back: it cannot, run the chain). Aliases set it to torch's fused
             kernels (:mod:`functional_optim._fused`) or to a cache-blocked in-place step
             (:mod:`functional_optim._blocked`); a chain of blocks has none.
+        pointwise: optional :class:`~functional_optim._execute.Pointwise`: the update as one
+            pointwise rule, which a chain fuses with its pointwise neighbours on the eager
+            multi-tensor path (see :func:`pointwise_transform`).
     """
 
     init: Callable[[Any], Any]
     update: Callable[..., tuple[Any, Any]]
     hparams: Any = None
     fused: Callable[..., Any] | None = None
+    pointwise: Pointwise | None = None
+
+
+def pointwise_transform(init: Callable[[Any], Any], defaults: Any, spec: Pointwise) -> Transform:
+    """The transform whose ``update`` runs ``spec``'s rule; chains fuse it with neighbours."""
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        return _execute.run_pointwise(spec, updates, state, params, hparams)
+
+    return Transform(init, update, defaults, pointwise=spec)
 
 
 def _describe(value: Any) -> str:
@@ -237,12 +249,13 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
         _check_transform(tx, f"chain: transform {key!r}")
     pack = (lambda xs: dict(zip(keys, xs))) if named else tuple
     defaults = pack(tx.hparams for tx in txs)
+    specs = [tx.pointwise for tx in txs]
+    runs = _fused_runs(specs)
 
     def init(params):
         return pack(tx.init(params) for tx in txs)
 
-    def update(updates, state, params=None, hparams=None, **extra):
-        hparams = resolve_hparams(defaults, hparams, "chain hparams")
+    def check(state):
         if named:
             if not isinstance(state, Mapping) or set(state) != set(keys):
                 raise TreeMismatchError(
@@ -255,13 +268,61 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
                 f"{type(state).__name__}"
                 + (f" of {len(state)} entries" if isinstance(state, tuple) else "")
             )
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        hparams = resolve_hparams(defaults, hparams, "chain hparams")
+        check(state)
         new_state = []
+        if runs and _execute.fusing(updates):
+            for start, stop, spec in runs:
+                part = keys[start:stop]
+                if spec is None:
+                    (key,) = part
+                    updates, s = txs[start].update(updates, state[key], params, hparams[key],
+                                                   **extra)
+                    new_state.append(s)
+                    continue
+                updates, ss = _execute.run_pointwise(
+                    spec, updates, [state[k] for k in part], params, [hparams[k] for k in part])
+                new_state.extend(ss)
+            return updates, pack(new_state)
         for key, tx in zip(keys, txs):
             updates, s = tx.update(updates, state[key], params, hparams[key], **extra)
             new_state.append(s)
         return updates, pack(new_state)
 
-    return Transform(init, update, defaults)
+    whole = None
+    if _execute.fusable(specs):
+        inner = _execute.fuse(specs, _chain_name(specs))
+
+        def prepare(updates, state, params, hparams):
+            hparams = resolve_hparams(defaults, hparams, "chain hparams")
+            check(state)
+            call = inner.prepare(updates, [state[k] for k in keys], params,
+                                 [hparams[k] for k in keys])
+            return call._replace(finish=lambda new: pack(call.finish(new)))
+
+        whole = inner._replace(prepare=prepare, parts=tuple(zip(keys, specs)))
+    return Transform(init, update, defaults, pointwise=whole)
+
+
+def _chain_name(specs: list) -> str:
+    return f"chain({', '.join(s.name for s in specs)})"
+
+
+def _fused_runs(specs: list) -> list:
+    """The chain's members as runs ``(start, stop, spec)``: consecutive pointwise transforms
+    fused into one spec, the others alone (``spec`` None); empty when nothing fuses."""
+    runs, start = [], 0
+    while start < len(specs):
+        stop = start + 1
+        while stop < len(specs) and _execute.fusable(specs[start:stop + 1]):
+            stop += 1
+        part = specs[start:stop]
+        runs.append((start, stop, _execute.fuse(part, _chain_name(part)) if stop - start > 1
+                     else None))
+        start = stop
+    return runs if any(spec is not None for _, _, spec in runs) else []
 
 
 def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], Any],
@@ -277,7 +338,14 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
         resolved = resolve_hparams(hparams, hparams_, name)
         return inner.update(updates, state, params, to_inner(resolved), **extra)
 
-    return Transform(inner.init, update, hparams)
+    spec = inner.pointwise
+    if spec is not None:
+        def prepare(updates, state, params, hparams_):
+            return spec.prepare(updates, state, params,
+                                to_inner(resolve_hparams(hparams, hparams_, name)))
+
+        spec = spec._replace(prepare=prepare, parts=())  # (the parts take the inner hparams)
+    return Transform(inner.init, update, hparams, pointwise=spec)
 
 
 def _add(p, u):

@@ -57,3 +57,50 @@ def test_fused_ops_match_per_tensor_ops():
     out = torch.abs(TensorList(a))
     for r, x in zip(out.items, a):
         assert torch.equal(r, x.abs())
+
+
+# -- a chain's pointwise transforms fused into one rule (functional_optim._execute.fuse) -------
+
+def _trees(n=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {f"w{i}": torch.randn(5 + i, dtype=torch.float64, generator=gen) for i in range(n)}
+
+
+def _steps(tx, multi, steps=3):
+    import optree
+
+    from functional_optim import _execute
+    params, state = _trees(), None
+    state = tx.init(params)
+    for k in range(steps):
+        grads = _trees(seed=k + 1)
+        with torch.no_grad(), _execute.multi_tensor(multi, donate=True):
+            out, state = tx.update(grads, state, params)
+            out = optree.tree_map(torch.clone, out)  # a donated state may alias an update
+    return out, state
+
+
+def test_chain_runs_consecutive_pointwise_transforms_as_one_rule(monkeypatch):
+    import functional_optim as fo
+    from functional_optim import _execute
+    calls = []
+    run = _execute.run_pointwise
+    monkeypatch.setattr(_execute, "run_pointwise",
+                        lambda spec, *a, **k: calls.append(spec.name) or run(spec, *a, **k))
+    tx = fo.chain(fo.clip_by_norm(1.0), fo.trace(0.9), fo.add_decayed_weights(0.1),
+                  fo.scale_by_learning_rate(0.1))
+    _steps(tx, multi=True, steps=1)
+    assert calls == ["chain(trace, add_decayed_weights, scale_by_learning_rate)"]
+
+
+def test_fused_run_never_overwrites_a_state_that_is_also_the_update():
+    """Momentum returns its buffer as the update: the next rule must not scale it in place."""
+    import optree
+
+    import functional_optim as fo
+    for tx in (fo.chain(fo.trace(0.9), fo.scale(2.0), fo.scale_by_learning_rate(0.1)),
+               fo.chain(fo.scale(0.5), fo.trace(0.9, nesterov=True), fo.add_decayed_weights(0.1),
+                        fo.scale_by_learning_rate(0.1))):
+        fused, per_leaf = _steps(tx, multi=True), _steps(tx, multi=False)
+        for a, b in zip(optree.tree_leaves(fused), optree.tree_leaves(per_leaf)):
+            assert torch.equal(a, b)

@@ -186,3 +186,65 @@ def test_lr_folded_into_the_parameter_update(monkeypatch, name, kwargs):
     for a, b, c in zip(folded, chain, theirs):
         _close(a, b, torch.float64)
         _close(a, c, torch.float64)
+
+
+# -- user chains that are Adam(W) in blocks run torch's kernel (functional_optim._fused.chain_step)
+
+def _warmup_cosine():
+    return fo.schedules.warmup_cosine_decay(0.0, 0.05, 3, 20)
+
+
+CHAINS = [
+    (lambda: fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(),
+                      fo.add_decayed_weights(0.1), fo.scale_by_learning_rate(_warmup_cosine())),
+     "_fused_adamw_"),
+    (lambda: fo.chain(fo.add_decayed_weights(0.1), fo.scale_by_adam((0.8, 0.9), amsgrad=True),
+                      fo.scale_by_learning_rate(0.01)), "_fused_adam_"),
+    (lambda: fo.chain(adam=fo.scale_by_adam(eps=1e-6), noop=fo.identity(),
+                      lr=fo.scale_by_learning_rate(torch.tensor(0.01, dtype=torch.float64))),
+     "_fused_adam_"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("make,kernel", CHAINS)
+def test_user_chain_runs_torchs_kernel_with_the_chains_numbers(monkeypatch, make, kernel, dtype):
+    spy = _Spy(monkeypatch, kernel)
+    opt_cls = functools.partial(foo.FunctionalOptimizer, transform=make)
+    fused, opt = _run(opt_cls, {}, dtype, steps=8)
+    assert spy.calls == 8
+    chain, ref = _run(opt_cls, {"foreach": False}, dtype, steps=8)
+    for a, b in zip(fused, chain):
+        _close(a, b, dtype)
+    assert_same_state(opt, fused, ref, chain, 1e-13 if dtype == torch.float64 else 2e-5)
+
+
+def test_user_chain_kernel_leaves_the_gradients_alone():
+    tx = fo.chain(fo.clip_by_global_norm(0.1), fo.scale_by_adam(), fo.scale_by_learning_rate(0.1))
+    p = torch.randn(50, requires_grad=True)
+    p.grad = torch.randn(50)
+    before = p.grad.clone()
+    foo.FunctionalOptimizer([p], tx).step()
+    assert torch.equal(p.grad, before)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fo.chain(fo.scale_by_adam(eps_root=1e-8), fo.scale_by_learning_rate(0.01)),
+    lambda: fo.chain(fo.scale_by_adam(),
+                     fo.add_decayed_weights(0.1, mask=lambda p: {k: True for k in p}),
+                     fo.scale_by_learning_rate(0.01)),
+    lambda: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(0.01, flip_sign=False)),
+    lambda: fo.chain(fo.scale_by_adam(), fo.trace(0.9), fo.scale_by_learning_rate(0.01)),
+    lambda: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(0.01),
+                     fo.scale_by_learning_rate(0.5)),
+    lambda: fo.chain(fo.scale_by_adam(betas=(torch.tensor(0.9), 0.999)),
+                     fo.scale_by_learning_rate(0.01)),
+])
+def test_user_chain_the_kernel_cannot_run_stays_the_chain(monkeypatch, make):
+    spies = [_Spy(monkeypatch, k) for k in ("_fused_adam_", "_fused_adamw_")]
+    opt_cls = functools.partial(foo.FunctionalOptimizer, transform=make)
+    ours, _ = _run(opt_cls, {}, torch.float64, steps=4)
+    assert sum(s.calls for s in spies) == 0
+    chain, _ = _run(opt_cls, {"foreach": False}, torch.float64, steps=4)
+    for a, b in zip(ours, chain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -17,7 +17,7 @@ from typing import Any
 import optree
 import torch
 
-from .. import _execute
+from .. import _execute, _fused
 from ..base import HParamError, Transform
 from . import _flat, _layout
 
@@ -95,7 +95,10 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         """The transform that runs ``group`` (one for all groups here; subclasses vary it)."""
         tx = self._cache.get("base")
         if tx is None:
-            tx = self._cache["base"] = self._base_transform()
+            tx = self._base_transform()
+            if tx.fused is None:  # a chain that is Adam(W) in blocks runs torch's kernel
+                tx = tx._replace(fused=_fused.chain_step(tx))
+            self._cache["base"] = tx
         return tx
 
     def _hparams_for(self, tx: Transform, group: dict) -> Any:

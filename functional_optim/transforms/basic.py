@@ -7,8 +7,16 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import cast_hparams, elementwise, first_device
-from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
+from .._execute import Pointwise, PointwiseCall, elementwise, first_device
+from ..base import (
+    EmptyState,
+    HParamError,
+    Transform,
+    check_hparam,
+    check_state,
+    pointwise_transform,
+    resolve_hparams,
+)
 from ..schedules import Schedule, as_schedule
 
 __all__ = [
@@ -25,6 +33,10 @@ def _empty_init(params: Any) -> EmptyState:
     return EmptyState()
 
 
+def _identity_rule(h, g):
+    return (g,)
+
+
 def identity() -> Transform:
     """Leaves updates unchanged: :math:`u \\mapsto u`. No hyperparameters."""
 
@@ -32,7 +44,12 @@ def identity() -> Transform:
         resolve_hparams({}, hparams, "identity hparams")
         return updates, state
 
-    return Transform(_empty_init, update, {})
+    def prepare(updates, state, params, hparams):
+        resolve_hparams({}, hparams, "identity hparams")
+        return PointwiseCall(_identity_rule, {}, finish=lambda new: state)
+
+    return Transform(_empty_init, update, {},
+                     pointwise=Pointwise(prepare, "identity", kernel=("identity",)))
 
 
 def set_to_zero() -> Transform:
@@ -58,12 +75,11 @@ def scale(step_size: float) -> Transform:
     check_hparam("scale", "step_size", step_size)
     defaults = {"step_size": step_size}
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale hparams")
-        (out,) = elementwise(_scale_rule, h, updates, name="scale")
-        return out, state
+        return PointwiseCall(_scale_rule, h, finish=lambda new: state)
 
-    return Transform(_empty_init, update, defaults)
+    return pointwise_transform(_empty_init, defaults, Pointwise(prepare, "scale"))
 
 
 def _sign_rule(h, g):
@@ -106,17 +122,17 @@ def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
         flip_sign: negate, so that ``apply_updates`` descends (default True; static).
     """
     sign_ = -1.0 if flip_sign else 1.0
+    kind = ("lr",) if flip_sign else ()
     if isinstance(lr, (torch.Tensor, int, float)) and not isinstance(lr, bool):
         check_hparam("scale_by_learning_rate", "lr", lr, ge=0)
         defaults = {"lr": lr}
 
-        def update(updates, state, params=None, hparams=None, **extra):
+        def prepare(updates, state, params, hparams):
             h = resolve_hparams(defaults, hparams, "scale_by_learning_rate hparams")
-            (out,) = elementwise(_lr_rule, {"lr": sign_ * h["lr"]}, updates,
-                                 name="scale_by_learning_rate")
-            return out, state
+            return PointwiseCall(_lr_rule, {"lr": sign_ * h["lr"]}, finish=lambda new: state)
 
-        return Transform(_empty_init, update, defaults)
+        return pointwise_transform(_empty_init, defaults,
+                                   Pointwise(prepare, "scale_by_learning_rate", kernel=kind))
 
     if not callable(lr):
         raise HParamError(
@@ -130,19 +146,13 @@ def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
         return ScaleByScheduleState(torch.zeros((), dtype=torch.int64,
                                                 device=first_device(params)))
 
-    def update_schedule(updates, state, params=None, hparams=None, **extra):
+    def prepare_schedule(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale_by_learning_rate hparams")
         check_state("scale_by_learning_rate", state, ScaleByScheduleState)
         value = sign_ * schedule(state.step, h["lr"])
-        # .to(g.dtype): a 0-d leaf times the 0-d float64 value would otherwise become float64
-        out = _tree.map(lambda g: (g * _on(cast_hparams(value, g), g)).to(g.dtype), updates)
-        return out, ScaleByScheduleState(state.step + 1)
+        after = ScaleByScheduleState(state.step + 1)
+        return PointwiseCall(_lr_rule, {"lr": value}, finish=lambda new: after)
 
-    return Transform(init_schedule, update_schedule, defaults)
-
-
-def _on(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A 0-d ``value`` moved to ``like``'s device when it is on another non-CPU device."""
-    if value.device == like.device or value.device.type == "cpu":
-        return value
-    return value.to(like.device)
+    return pointwise_transform(init_schedule, defaults,
+                               Pointwise(prepare_schedule, "scale_by_learning_rate",
+                                         kernel=kind))

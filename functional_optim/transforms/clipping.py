@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise
-from ..base import EmptyState, Transform, check_hparam, resolve_hparams
+from .._execute import Pointwise, PointwiseCall, elementwise
+from ..base import EmptyState, Transform, check_hparam, pointwise_transform, resolve_hparams
 
 __all__ = ["clip", "clip_by_norm", "clip_by_global_norm"]
 
@@ -68,6 +68,10 @@ def clip_by_norm(max_norm: float) -> Transform:
     return Transform(_empty_init, update, defaults)
 
 
+def _scale_rule(h, g):
+    return (g * h["coef"],)
+
+
 def clip_by_global_norm(max_norm: float) -> Transform:
     r"""Rescales all updates together when their global L2 norm exceeds ``max_norm``.
 
@@ -82,7 +86,7 @@ def clip_by_global_norm(max_norm: float) -> Transform:
     check_hparam("clip_by_global_norm", "max_norm", max_norm, ge=0)
     defaults = {"max_norm": max_norm}
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "clip_by_global_norm hparams")
         for i, g in enumerate(_tree.leaves(updates)):
             if g is not None and g.is_sparse:
@@ -91,11 +95,8 @@ def clip_by_global_norm(max_norm: float) -> Transform:
                     f"{_tree.named_leaves(updates)[i][0]!r})"
                 )
         coef = _coefficient(h["max_norm"], _tree.global_norm(updates))
-        out = _tree.map(lambda g: g * coef.to(device=g.device, dtype=_real(g.dtype)), updates)
-        return out, state
+        return PointwiseCall(_scale_rule, {"coef": coef}, finish=lambda new: state)
 
-    return Transform(_empty_init, update, defaults)
-
-
-def _real(dtype: torch.dtype) -> torch.dtype:
-    return torch.empty((), dtype=dtype).real.dtype if dtype.is_complex else dtype
+    return pointwise_transform(_empty_init, defaults,
+                               Pointwise(prepare, "clip_by_global_norm", reads_updates=True,
+                                         kernel=("clip",)))

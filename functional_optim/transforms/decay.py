@@ -9,12 +9,13 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
-from .._execute import _leaf_name, elementwise
+from .._execute import Pointwise, PointwiseCall, _leaf_name
 from ..base import (
     EmptyState,
     Transform,
     check_hparam,
     missing_params,
+    pointwise_transform,
     resolve_hparams,
 )
 
@@ -49,12 +50,12 @@ def add_decayed_weights(weight_decay: float = 0.0,
     def init(params):
         return EmptyState()
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "add_decayed_weights hparams")
         if missing_params("add_decayed_weights", updates, params,
                           "weight decay reads them; this block is in adamw, and in sgd/adam "
                           "with a nonzero weight_decay"):
-            return updates, state
+            return PointwiseCall(_identity_rule, h, finish=lambda new: state)
         if mask is None:
             inputs: tuple = (params,)  # (no tree of True: cheaper, and compiles)
         else:
@@ -66,8 +67,12 @@ def add_decayed_weights(weight_decay: float = 0.0,
                         f"got {type(leaf).__name__}"
                     )
             inputs = (params, keep)
-        (out,) = elementwise(_decay_rule, h, updates, inputs=inputs,
-                             name="add_decayed_weights", input_names=("params", "mask"))
-        return out, state
+        return PointwiseCall(_decay_rule, h, inputs=inputs, finish=lambda new: state,
+                             input_names=("params", "mask")[:len(inputs)])
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(
+        prepare, "add_decayed_weights", kernel=("decay",) if mask is None else ()))
+
+
+def _identity_rule(h, g):
+    return (g,)

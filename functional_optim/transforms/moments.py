@@ -8,7 +8,14 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, ema_square, init_count, safe_sqrt, scalar_dtype
+from .._execute import (
+    Pointwise,
+    PointwiseCall,
+    ema_square,
+    init_count,
+    safe_sqrt,
+    scalar_dtype,
+)
 from ..base import (
     EmptyState,
     HParamError,
@@ -16,6 +23,7 @@ from ..base import (
     check_betas,
     check_hparam,
     check_state,
+    pointwise_transform,
     resolve_hparams,
 )
 
@@ -94,15 +102,19 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         return ScaleByAdamState(init_count(params), zeros(params), zeros(params),
                                 zeros(params) if amsgrad else EmptyState())
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale_by_adam hparams")
         check_state("scale_by_adam", state, ScaleByAdamState)
         states = (state.step, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
-        out = elementwise(_adam_rule, h, updates, states, name="scale_by_adam",
-                          complex_as_real=True, donate_state=True)
-        return out[0], ScaleByAdamState(*out[1:4], out[4] if amsgrad else EmptyState())
+        return PointwiseCall(_adam_rule, h, states, finish=_adam_state,
+                             donate_state=(True,) * len(states))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, "scale_by_adam", "as_real",
+                                                         kernel=("adam", amsgrad)))
+
+
+def _adam_state(new: tuple) -> ScaleByAdamState:
+    return ScaleByAdamState(*new[:3], new[3] if len(new) > 3 else EmptyState())
 
 
 class ScaleByRmsState(NamedTuple):
@@ -154,15 +166,14 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         return ScaleByRmsState(init_count(params), _tree.zeros_like(params),
                                _tree.zeros_like(params) if centered else EmptyState())
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale_by_rms hparams")
         check_state("scale_by_rms", state, ScaleByRmsState)
         states = (state.step, state.nu) + ((state.mu,) if centered else ())
-        out = elementwise(_rms_rule, h, updates, states, name="scale_by_rms",
-                          complex_as_real=True, donate_state=True)
-        return out[0], ScaleByRmsState(out[1], out[2], out[3] if centered else EmptyState())
+        return PointwiseCall(_rms_rule, h, states, finish=lambda new: ScaleByRmsState(*new),
+                             donate_state=(True,) * len(states))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, "scale_by_rms", "as_real"))
 
 
 class TraceState(NamedTuple):
@@ -210,11 +221,10 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
     def init(params):
         return TraceState(init_count(params), _tree.zeros_like(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "trace hparams")
         check_state("trace", state, TraceState)
-        out, step, buf = elementwise(rule, h, updates, (state.step, state.momentum_buffer),
-                                      name="trace", donate_state=True)
-        return out, TraceState(step, buf)
+        return PointwiseCall(rule, h, (state.step, state.momentum_buffer),
+                             finish=lambda new: TraceState(*new), donate_state=(True, True))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, "trace"))
