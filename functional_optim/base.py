@@ -21,7 +21,7 @@ import torch
 
 from . import _execute
 from . import tree as _tree
-from ._execute import MissingParamsError, Pointwise
+from ._execute import MissingParamsError, Pointwise, PointwiseCall
 from .tree import TreeMismatchError
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
     "MissingParamsError",
     "TreeMismatchError",
     "chain",
+    "Pointwise",
+    "PointwiseCall",
     "pointwise_transform",
     "reparametrize",
     "apply_updates",
@@ -78,7 +80,16 @@ class Transform(NamedTuple):
 
 
 def pointwise_transform(init: Callable[[Any], Any], defaults: Any, spec: Pointwise) -> Transform:
-    """The transform whose ``update`` runs ``spec``'s rule; chains fuse it with neighbours."""
+    """The transform whose ``update`` runs ``spec``'s rule; chains fuse it with neighbours.
+
+    ``spec.prepare(updates, state, params, hparams)`` resolves the hyperparameters, checks the
+    state and returns a :class:`PointwiseCall`: the rule (math on one tensor, out-of-place ops
+    only: the same function runs per leaf under ``vmap``/``grad``/``compile`` and over tensor
+    lists with foreach kernels), its hparams, the state and input trees it reads, and how to
+    rebuild the state. ``scale_by_adam``, ``trace``, ``scale_by_rms``, ``add_decayed_weights``,
+    ``scale``, ``scale_by_learning_rate``, ``clip_by_global_norm`` and ``identity`` are built
+    this way.
+    """
 
     def update(updates, state, params=None, hparams=None, **extra):
         return _execute.run_pointwise(spec, updates, state, params, hparams)
