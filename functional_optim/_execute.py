@@ -169,8 +169,13 @@ def elementwise(
         statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
         key = (g.dtype, g.device, type(g), g.ndim, statics) if multi else i
         groups.setdefault(key, []).append(i)
-
-    def run(members: list, h: Any) -> None:
+    cache: dict = {}
+    for members in groups.values():
+        first = flats[0][members[0]]
+        hkey = (first.dtype, first.device)
+        h = cache.get(hkey)
+        if h is None:
+            h = cache[hkey] = cast_hparams(hparams, first)
         likes = [[flats[j][i] for i in members] for j in range(1 + n_states)]
         if multi:
             out = apply(members, h, _pack(flats[0], members),
@@ -183,15 +188,6 @@ def elementwise(
         for j, column in enumerate(out):
             for i, v in zip(members, column):
                 results[j][i] = v
-
-    cache: dict = {}
-    for members in groups.values():
-        first = flats[0][members[0]]
-        hkey = (first.dtype, first.device)
-        h = cache.get(hkey)
-        if h is None:
-            h = cache[hkey] = cast_hparams(hparams, first)
-        run(members, h)
     return tuple(_unflatten_like(updates, r) for r in results)
 
 

@@ -18,6 +18,7 @@ from ..base import (
     pointwise_transform,
     resolve_hparams,
 )
+from .basic import _identity_rule
 
 __all__ = ["add_decayed_weights"]
 
@@ -72,7 +73,3 @@ def add_decayed_weights(weight_decay: float = 0.0,
 
     return pointwise_transform(init, defaults, Pointwise(
         prepare, "add_decayed_weights", kernel=("decay",) if mask is None else ()))
-
-
-def _identity_rule(h, g):
-    return (g,)
