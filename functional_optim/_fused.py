@@ -20,6 +20,7 @@ unchanged.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from numbers import Number
 from typing import Any
@@ -42,6 +43,9 @@ def _number(x: Any) -> bool:
     return isinstance(x, Number) and not isinstance(x, (bool, complex))
 
 
+_device, _dtype, _is_sparse = (operator.attrgetter(a) for a in ("device", "dtype", "is_sparse"))
+
+
 def _groups(params: dict, grads: dict, steps: dict | None) -> dict | None:
     """Names of the leaves by (device, dtype), or ``None`` when a leaf is not for a kernel.
 
@@ -49,23 +53,23 @@ def _groups(params: dict, grads: dict, steps: dict | None) -> dict | None:
     assignment), and state buffers too (``init`` and ``load_state_dict`` make them so); a step
     count may sit on another device (torch keeps it on the CPU unless capturable or fused).
     """
-    groups: dict = {}
-    tensor = torch.Tensor
-    for name, p in params.items():
-        g, dtype = grads[name], p.dtype
-        if type(g) is not tensor or g.is_sparse or dtype not in _DTYPES:
-            return None  # a DTensor, sparse or other subclass gradient; a dtype the chain keeps
-        device = p.device
-        if steps is not None and steps[name].device != device:
-            return None
-        key = (device, dtype)
-        members = groups.get(key)
-        if members is None:
-            groups[key] = [name]
-        else:
-            members.append(name)
-    if any(device.type not in ("cpu", "cuda") for device, _ in groups):
+    names = list(params)
+    gs = list(map(grads.__getitem__, names))
+    if not names or set(map(type, gs)) != {torch.Tensor} or any(map(_is_sparse, gs)):
+        return None  # a DTensor, sparse or other subclass gradient
+    ps = list(params.values())
+    devices, dtypes = list(map(_device, ps)), list(map(_dtype, ps))
+    if steps is not None and [steps[n].device for n in names] != devices:
         return None
+    if devices.count(devices[0]) == len(ps) and dtypes.count(dtypes[0]) == len(ps):
+        groups = {(devices[0], dtypes[0]): names}  # the usual case: one device and dtype
+    else:
+        groups = {}
+        for name, key in zip(names, zip(devices, dtypes)):
+            groups.setdefault(key, []).append(name)
+    if any(dtype not in _DTYPES or device.type not in ("cpu", "cuda")
+           for device, dtype in groups):
+        return None  # a dtype the chain keeps (see _DTYPES)
     return groups
 
 

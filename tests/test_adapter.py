@@ -1151,3 +1151,50 @@ def _plain_stores(stores):
         return (float(v) if v.numel() else None) if isinstance(v, torch.Tensor) else v
 
     return [{k: plain(v) for k, v in s.items()} for s in stores]
+
+
+def _paired_rms():
+    """A transform whose state holds a pair per parameter (its leaves interleave in optree's
+    order) next to a shared count: ``a += g``, ``b += g²``, ``u = -0.1·a/(√b + 1)``."""
+
+    def init(params):
+        return {"pair": {k: (torch.zeros_like(p), torch.zeros_like(p)) for k, p in
+                         params.items()}, "count": torch.zeros((), dtype=torch.int64)}
+
+    def update(grads, state, params=None, hparams=None):
+        pairs = {k: (a + grads[k], b + grads[k] ** 2) for k, (a, b) in state["pair"].items()}
+        updates = {k: -0.1 * a / (b.sqrt() + 1) for k, (a, b) in pairs.items()}
+        return updates, {"pair": pairs, "count": state["count"] + 1}
+
+    return fo.Transform(init, update, {})
+
+
+def test_state_of_any_layout_round_trips_with_names_out_of_order():
+    """Twelve parameters (their sorted names "0", "1", "10", "11", "2", ... are not their
+    order), a state with a pair per parameter and a shared leaf, and steps where some
+    parameters have no gradient: the adapter's steps equal the functional loop's."""
+    torch.manual_seed(0)
+    shapes = [(3,), (2, 2), (4,)] * 4
+    params = [torch.randn(s, requires_grad=True) for s in shapes]
+    reference = {str(i): p.detach().clone() for i, p in enumerate(params)}
+    tx = _paired_rms()
+    opt = FunctionalOptimizer(params, tx)
+    states = {k: tx.init({k: v}) for k, v in reference.items()}  # per parameter: skips apart
+    for step in range(4):
+        skipped = {1, 10} if step in (1, 2) else set()
+        for i, p in enumerate(params):
+            p.grad = None if i in skipped else torch.full_like(p, 0.5 + i + step)
+        opt.step()
+        for i, p in enumerate(params):
+            k = str(i)
+            if i in skipped:
+                continue
+            updates, states[k] = tx.update({k: p.grad}, states[k])
+            reference[k] = reference[k] + updates[k]
+    for i, p in enumerate(params):
+        k = str(i)
+        torch.testing.assert_close(p.detach(), reference[k], msg=k)
+        a, b = opt.state[p]["pair"]["0"], opt.state[p]["pair"]["1"]
+        torch.testing.assert_close(a, states[k]["pair"][k][0], msg=k)
+        torch.testing.assert_close(b, states[k]["pair"][k][1], msg=k)
+    assert all(opt.state[p]["count"].item() == 4 for p in params)  # shared: every step

@@ -136,8 +136,7 @@ class _Segment:
 
     def valid(self) -> bool:
         """Whether every parameter still lives in the buffer (nobody replaced ``p.data``)."""
-        return not self.rehome or all(
-            p.data_ptr() == ptr for p, ptr in zip(self.params, self.param_ptrs))
+        return not self.rehome or [p.data_ptr() for p in self.params] == self.param_ptrs
 
     def gather_grads(self) -> None:
         """Gradients into the flat buffer (a copy only for those that are not its views); each

@@ -238,7 +238,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     def _flat_step(self, group: dict, rehome: bool, compile: bool) -> bool:
         """One step of ``group`` in the flat layout; ``False``: it must take the usual one."""
         key = ("flat", id(group))
-        if group.get("differentiable") or any(p.grad is None for p in group["params"]) or \
+        if group.get("differentiable") or any([p.grad is None for p in group["params"]]) or \
                 not group["params"]:
             if self._cache.get(key) is not False:  # the usual step may replace state tensors
                 self._cache.pop(key, None)
@@ -261,39 +261,43 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         return True
 
     def _step_group(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
+        everything = group["params"]
+        grads = [p.grad for p in everything]
+        params = [p for p, g in zip(everything, grads) if g is not None]
         if not params:
             return
-        all_names = group.get("param_names")
-        if all_names is None:
-            names = [str(i) for i, p in enumerate(group["params"]) if p.grad is not None]
-        else:
-            names = [n for n, p in zip(all_names, group["params"]) if p.grad is not None]
+        names = self._names(group, params)
         by_name = dict(zip(names, params))
-        name_set = frozenset(names)
+        grads = dict(zip(names, [g for g in grads if g is not None]))
         tx = self._transform_for(group)
         hparams = self._hparams_for(tx, group)
-        spec, plan, columns = self._plan(tx, names, params)
+        spec, plan, columns, order = self._plan(tx, names, params)
 
         state_of = self.state
-        stores = [state_of[p] for p in params] if plan else []
-        fresh: dict = {}
+        # the parameters as a per-parameter state leaf lists them (sorted names), and their
+        # stores; a column with other owners reads its own
+        in_order = params if order is None else [params[i] for i in order]
+        ordered = (([state_of[p] for p in in_order] if plan else []), in_order)
         leaves: list = [None] * len(plan)
-        loaded = [True] * len(plan)  # from self.state (then an in-place update needs no store)
-        for path, positions, owners in columns:
-            values = self._load_column([stores[i] for i in owners], path,
-                                       [params[i] for i in owners], group)
-            for position, i, value in zip(positions, owners, values):
-                if value is None:
-                    loaded[position] = False
-                    if not fresh:
-                        init = tx.init(dict(by_name))
-                        fresh.update({(pa, ow): leaf
-                                      for pa, ow, leaf in _layout.walk_state(init, name_set)})
-                    value = self._fresh_leaf(params[i], path, fresh[plan[position]], group)
-                leaves[position] = value
+        fresh: dict = {}
+        made: set = set()  # positions of leaves made by ``init`` now (stored even if unchanged)
+        for path, at, owners, _ in columns:
+            cs, cp = ordered if owners is None else (
+                [state_of[params[i]] for i in owners], [params[i] for i in owners])
+            values = self._load_column(cs, path, cp, group)
+            missing = [k for k, v in enumerate(values) if v is None]
+            if missing:
+                if not fresh:
+                    init = tx.init(dict(by_name))
+                    fresh.update({(pa, ow): leaf for pa, ow, leaf in
+                                  _layout.walk_state(init, frozenset(names))})
+                positions = _positions(at)
+                for k in missing:
+                    values[k] = self._fresh_leaf(cp[k], path, fresh[plan[positions[k]]], group)
+                    made.add(positions[k])
+            _assign(leaves, at, values)
+        before = [_FRESH if k in made else v for k, v in enumerate(leaves)] if made else leaves
         state = optree.tree_unflatten(spec, leaves)
-        grads = {n: p.grad for n, p in by_name.items()}
         differentiable = group.get("differentiable", False)
         multi = group.get("foreach") is not False and not differentiable
         new_state = None
@@ -304,17 +308,19 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if new_state is None:
             new_state = self._update_group(tx, by_name, grads, state, hparams, multi,
                                            differentiable)
+        elif new_state is state and not made:
+            return  # updated in place: self.state holds the new values already
         new_leaves = optree.tree_leaves(new_state)
-        for path, positions, owners in columns:
-            if plan[positions[0]][1] is None:
+        for path, at, owners, shared in columns:
+            new = _take(new_leaves, at)
+            if shared:
                 # shared leaves go to every parameter of the group (also those without a grad
                 # now), so that the next step reads the current value whichever comes first
-                (leaf,) = (new_leaves[i] for i in positions)
-                self._store_column([state_of[p] for p in group["params"]], path,
-                                   [leaf] * len(group["params"]), group)
+                self._store_column([state_of[p] for p in everything], path,
+                                   new * len(everything), group)
                 continue
-            changed = [(stores[i], new_leaves[k]) for k, i in zip(positions, owners)
-                       if new_leaves[k] is not leaves[k] or not loaded[k]]
+            cs = ordered[0] if owners is None else [state_of[params[i]] for i in owners]
+            changed = [(s, v) for s, v, o in zip(cs, new, _take(before, at)) if v is not o]
             if changed:
                 self._store_column([s for s, _ in changed], path, [v for _, v in changed],
                                    group)
@@ -333,10 +339,32 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                     p.add_(u if u.dtype == p.dtype else u.to(p.dtype))
         return new_state
 
+    def _names(self, group: dict, params: list) -> list:
+        """The names of ``params`` (those of ``group`` with a gradient): ``param_names``, or
+        their indices in the group."""
+        all_names = group.get("param_names")
+        everything = group["params"]
+        if len(params) == len(everything):
+            if all_names is not None:
+                return all_names
+            names = self._cache.get(("names", len(params)))
+            if names is None:
+                names = self._cache[("names", len(params))] = [str(i) for i in
+                                                               range(len(params))]
+            return names
+        if all_names is None:
+            all_names = self._names(group, everything)
+        return [n for n, p in zip(all_names, everything) if p.grad is not None]
+
     def _plan(self, tx: Transform, names: list, params: list) -> tuple:
-        """The state's treespec; per leaf in optree order, its ``(path, owner)``; and the leaves
-        by path: ``(path, positions, owners)``, owners as indices into ``names`` (a leaf shared
-        by the group is read from the first parameter)."""
+        """How the state tree is read and written, cached by transform and names.
+
+        Returns its treespec; per leaf in optree order, its ``(path, owner)``; the leaves by
+        path, ``(path, at, owners, shared)``: ``at`` where they sit among the leaves (a slice
+        when evenly spaced), ``owners`` as indices into ``names`` (a leaf shared by the group is
+        read from the first parameter), ``None`` for a leaf every parameter has; and ``order``,
+        the indices of ``names`` in the order of those leaves (sorted), ``None`` when it is
+        theirs."""
         key = ("plan", id(tx), tuple(names))
         plan = self._cache.get(key)
         if plan is None:
@@ -345,14 +373,47 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             leaves = [(path, owner) for path, owner, _ in _layout.walk_state(template,
                                                                             frozenset(names))]
             index = {n: i for i, n in enumerate(names)}
-            columns: dict = {}
+            order = [index[n] for n in sorted(names)]
+            by_path: dict = {}
             for position, (path, owner) in enumerate(leaves):
-                column = columns.setdefault((path, owner is None), ([], []))
+                column = by_path.setdefault((path, owner is None), ([], []))
                 column[0].append(position)
                 column[1].append(0 if owner is None else index[owner])
-            plan = self._cache[key] = (optree.tree_structure(template), leaves, [
-                (path, positions, owners) for (path, _), (positions, owners) in columns.items()])
+            columns = [(path, _slice(positions), None if owners == order and not shared
+                        else owners, shared)
+                       for (path, shared), (positions, owners) in by_path.items()]
+            order = None if order == list(range(len(names))) else order
+            plan = self._cache[key] = (optree.tree_structure(template), leaves, columns, order)
         return plan
+
+
+_FRESH = object()  # marks a state leaf made by ``init`` this step (it must be stored)
+
+
+def _slice(positions: list) -> slice | list:
+    """``positions`` as a slice when evenly spaced (list indexing and assignment take both)."""
+    if len(positions) == 1:
+        return slice(positions[0], positions[0] + 1, 1)
+    step = positions[1] - positions[0]
+    if step > 0 and positions == list(range(positions[0], positions[-1] + 1, step)):
+        return slice(positions[0], positions[-1] + 1, step)
+    return positions
+
+
+def _positions(at: slice | list) -> Any:
+    return range(at.start, at.stop, at.step) if isinstance(at, slice) else at
+
+
+def _take(seq: list, at: slice | list) -> list:
+    return seq[at] if isinstance(at, slice) else [seq[k] for k in at]
+
+
+def _assign(seq: list, at: slice | list, values: list) -> None:
+    if isinstance(at, slice):
+        seq[at] = values
+    else:
+        for k, v in zip(at, values):
+            seq[k] = v
 
 
 def _is_flat_key(key: Any) -> bool:

@@ -144,21 +144,26 @@ class SGD(_TorchCompatible):
 
     def _load_leaf(self, store, path, p, group):
         if path == ("momentum", "step"):
-            return self._started(store, p.device)
+            return self._count(store.get("momentum_buffer") is not None, p.device)
         return super()._load_leaf(store, path, p, group)
 
     def _load_column(self, stores, path, params, group):
-        if path == ("momentum", "step"):
-            return [self._started(store, p.device) for store, p in zip(stores, params)]
-        return super()._load_column(stores, path, params, group)
+        if path != ("momentum", "step"):
+            return super()._load_column(stores, path, params, group)
+        devices = [p.device for p in params]
+        if devices.count(devices[0]) != len(devices):
+            return [self._count(store.get("momentum_buffer") is not None, device)
+                    for store, device in zip(stores, devices)]
+        no, yes = self._count(False, devices[0]), self._count(True, devices[0])
+        return [no if store.get("momentum_buffer") is None else yes for store in stores]
 
-    def _started(self, store: dict, device: torch.device) -> torch.Tensor:
+    def _count(self, started: bool, device: torch.device) -> torch.Tensor:
         """The momentum block's count: torch keeps no step, a buffer means "started"."""
-        started = int(store.get("momentum_buffer") is not None)
         key = ("step", started, device)
         step = self._cache.get(key)  # read-only constants: rules never write their inputs
         if step is None:
-            step = self._cache[key] = torch.full((), started, dtype=torch.int64, device=device)
+            step = self._cache[key] = torch.full((), int(started), dtype=torch.int64,
+                                                 device=device)
         return step
 
     def _store_leaf(self, store, path, value, group):
