@@ -11,7 +11,8 @@ layouts (300 x 4096; a GPT-like model in ~150 tensors; 4 x 4M). Implementations:
   donated buffers; a subprocess, ``bench_speed_optax.py``) when installed
   (``benchmarks/setup_peers.sh``; run with ``benchmarks/.venv-peers/bin/python``).
 
-Each figure is the median step time over repeats, with ratios to torch fused and to the bandwidth
+Each figure is the median step time over rounds in which the implementations step in turn
+(:func:`measure_row`), with ratios to torch fused and to the bandwidth
 bound: the bytes a step must move (AdamW and the chain: read param, grad, two moments, write
 param and two moments, 28 B per float32 parameter, plus 4 B for the chain's norm; SGD-momentum
 20 B) at the best streaming bandwidth measured in the same run. Also: time to first step
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -216,28 +218,46 @@ def peak_extra_bytes(step: Callable) -> int:
     return peak
 
 
-def measure(make: Callable, shapes, repeats: int) -> dict:
-    params = _params(shapes)
-    start = time.perf_counter()
-    step = make(params)
-    step()
-    first = time.perf_counter() - start
-    step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return {"ms": statistics.median(times) * 1e3, "first_s": first,
-            "peak_mb": peak_extra_bytes(step) / 2**20}
+def _error(e: Exception) -> dict:
+    return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
 
 
-def measure_or_error(make: Callable, shapes, repeats: int) -> dict:
-    """:func:`measure`, or the error a peer raised (reported in the table, not fatal)."""
-    try:
-        return measure(make, shapes, repeats)
-    except Exception as e:  # noqa: BLE001 - a peer's failure is a result
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+def measure_row(makes: dict, shapes, repeats: int) -> dict:
+    """Every implementation on its own copy of the layout, stepping in turn.
+
+    Each is built and takes its first step (timed: construction and compilation) and a second
+    one; then ``4 * repeats`` rounds give each one step, in a new random order every round
+    (each step starts after a different one, with other data in the caches), so that a drift
+    of the machine's speed hits them alike (measured one after the other, a 2 ms step varied
+    by 20% between runs); then each one's peak memory. A peer's failure is a result, reported
+    in the table."""
+    steps, out = {}, {}
+    for name, make in makes.items():
+        try:
+            params = _params(shapes)
+            start = time.perf_counter()
+            step = make(params)
+            step()
+            out[name] = {"first_s": time.perf_counter() - start}
+            step()
+            steps[name] = step
+        except Exception as e:  # noqa: BLE001 - a peer's failure is a result
+            out[name] = _error(e)
+    times: dict = {name: [] for name in steps}
+    order = random.Random(0)
+    for _ in range(4 * repeats):
+        for name in order.sample(list(steps), len(steps)):
+            try:
+                t = time.perf_counter()
+                steps[name]()
+                times[name].append(time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001
+                out[name] = _error(e)
+                del steps[name]
+    for name, step in steps.items():
+        out[name].update(ms=statistics.median(times[name]) * 1e3,
+                         peak_mb=peak_extra_bytes(step) / 2**20)
+    return out
 
 
 def bandwidth_gbs(n: int, repeats: int = 7) -> float:
@@ -337,8 +357,7 @@ def main() -> None:
             numel = sum(torch.Size(s).numel() for s in shapes)
             bw = bandwidth[layout]
             bound_ms = BYTES_PER_PARAM[algo] * numel / (bw * 1e9) * 1e3
-            row = {name: measure_or_error(make, shapes, args.repeats)
-                   for name, make in implementations(algo, peers).items()}
+            row = measure_row(implementations(algo, peers), shapes, args.repeats)
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
             results["runs"][f"{algo}/{layout}"] = {"numel": numel, "bound_ms": bound_ms,
@@ -378,7 +397,9 @@ def markdown(results: dict) -> str:
     lines = [f"# Speed at the limit, CPU, {results['threads']} thread(s)\n",
              f"Machine: {results['machine']}.  ",
              f"Peers installed: {', '.join(results['peers']) or 'none'}.\n",
-             "Median step time over repeats; ratios to torch's fused implementation and to the "
+             "Median step time over rounds in which the implementations step in turn (each on its "
+             "own copy of the layout, in a new random order every round); ratios to torch's fused "
+             "implementation and to the "
              "bandwidth bound (the bytes a step must move at the streaming bandwidth measured in "
              "the same run on arrays of the layout's size); time to first step (construction + "
              "compilation; inductor's caches were "
