@@ -293,29 +293,34 @@ def optax_results(threads: int, repeats: int, python: str) -> dict:
 IDENTITIES = (0, 1, 4)
 
 
-def identity_cost(repeats: int) -> list[dict]:
+def identity_cost(repeats: int, copies: int = 3) -> list[dict]:
     """Cost of k identity transforms added to a chain, eager (default path) and compiled.
 
-    The six optimizers step in turn (``4 * repeats`` rounds), so a drift of the machine's speed
-    hits them alike: an identity costs less than that drift."""
+    Each of the six optimizers is built ``copies`` times, on buffers of its own: two copies of
+    the same optimizer differ by up to 4% (where their memory landed), as much as an identity
+    would, so each figure pools the steps of all its copies. The optimizers step in turn
+    (``4 * repeats`` rounds, a new random order every round), so a drift of the machine's
+    speed hits them alike."""
     shapes = layouts()["300 x 4096"]
     steps = {}
-    for k in IDENTITIES:
-        for compiled in (False, True):
-            tx = fo.chain(fo.scale_by_adam(), *[fo.identity() for _ in range(k)],
-                          fo.add_decayed_weights(WD), fo.scale_by_learning_rate(LR))
-            opt = foo.FunctionalOptimizer(_params(shapes), tx)
-            if compiled:
-                opt.use_flat(compile=True)
-            for _ in range(2):  # compile, then warm
-                opt.step()
-            steps[k, compiled] = opt.step
-    times: dict = {key: [] for key in steps}
+    for copy in range(copies):
+        for k in IDENTITIES:
+            for compiled in (False, True):
+                tx = fo.chain(fo.scale_by_adam(), *[fo.identity() for _ in range(k)],
+                              fo.add_decayed_weights(WD), fo.scale_by_learning_rate(LR))
+                opt = foo.FunctionalOptimizer(_params(shapes), tx)
+                if compiled:
+                    opt.use_flat(compile=True)
+                for _ in range(2):  # compile, then warm
+                    opt.step()
+                steps[k, compiled, copy] = opt.step
+    times: dict = {key[:2]: [] for key in steps}
+    order = random.Random(0)
     for _ in range(4 * repeats):
-        for key, step in steps.items():
+        for key in order.sample(list(steps), len(steps)):
             t = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - t)
+            steps[key]()
+            times[key[:2]].append(time.perf_counter() - t)
     ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
     return [{"identities": k, "eager_ms": ms[k, False], "compiled_ms": ms[k, True]}
             for k in IDENTITIES]
@@ -420,7 +425,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {r['ms']:.2f} | {r['ms'] / fused:.2f}x | "
                          f"{r['ms'] / run['bound_ms']:.2f}x | {r['first_s']:.2f} | {peak} |")
     lines.append("\n## Cost of identity transforms in a chain (adam -> k x identity -> decay -> "
-                 "lr; 300 x 4096; the six optimizers step in turn, median)\n")
+                 "lr; 300 x 4096; three copies of each of the six optimizers step in turn, "
+                 "median)\n")
     lines.append("| identities | eager ms | compiled ms |\n|---|---|---|")
     for r in results["identity"]:
         lines.append(f"| {r['identities']} | {r['eager_ms']:.2f} | {r['compiled_ms']:.2f} |")

@@ -163,13 +163,20 @@ def _norms(xs: list, device: torch.device) -> list:
     if (torch.is_grad_enabled() or torch.compiler.is_compiling()
             or torch._C._functorch.is_functorch_wrapped_tensor(xs[0])):
         return [torch.linalg.vector_norm(x).to(device) for x in xs]
-    groups: dict = {}
-    for i, x in enumerate(xs):
-        groups.setdefault((x.device, x.dtype), []).append(i)
+    keys = [(x.device, x.dtype) for x in xs]
+    if keys.count(keys[0]) == len(keys):  # the usual case: one group
+        groups = {keys[0]: range(len(xs))}
+    else:
+        groups = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
     norms: list = [None] * len(xs)
-    for members in groups.values():
-        for i, n in zip(members, torch._foreach_norm([xs[i] for i in members])):
-            norms[i] = n.to(device)
+    for (on, _), members in groups.items():
+        group = torch._foreach_norm([xs[i] for i in members])
+        if on != device:
+            group = [n.to(device) for n in group]
+        for i, n in zip(members, group):
+            norms[i] = n
     return norms
 
 

@@ -108,6 +108,20 @@ def nested_set(store: dict, path: Path, value: Any) -> None:
     store[path[-1]] = value
 
 
+def nested_column(stores: list, path: Path) -> list:
+    """``nested_get(store, path)`` of each store, ``None`` where ``nested_has`` is false."""
+    column = stores
+    try:
+        for k in path[:-1]:
+            column = [x.get(k, _NO_DICT) for x in column]
+        return [x.get(path[-1]) for x in column]
+    except AttributeError:  # a value on the way that is not a dict: the exact walk
+        return [nested_get(s, path) if nested_has(s, path) else None for s in stores]
+
+
+_NO_DICT: dict = {}  # what a missing level reads as (never written)
+
+
 def nested_has(store: dict, path: Path) -> bool:
     for k in path:
         if not isinstance(store, dict) or k not in store:

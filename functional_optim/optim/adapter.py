@@ -116,15 +116,24 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     def _load_column(self, stores: list, path: tuple, params: list, group: dict) -> list:
         """:meth:`_load_leaf` of ``path`` for several parameters (one call per step and path:
         a subclass may read the column at once)."""
-        return [self._load_leaf(s, path, p, group) for s, p in zip(stores, params)]
+        if type(self)._load_leaf is not FunctionalOptimizer._load_leaf:
+            return [self._load_leaf(s, path, p, group) for s, p in zip(stores, params)]
+        return _layout.nested_column(stores, path)
 
     def _store_leaf(self, store: dict, path: tuple, value: Any, group: dict) -> None:
         _layout.nested_set(store, path, value)
 
     def _store_column(self, stores: list, path: tuple, values: list, group: dict) -> None:
         """:meth:`_store_leaf` of ``path`` for several parameters."""
+        if type(self)._store_leaf is not FunctionalOptimizer._store_leaf:
+            for store, value in zip(stores, values):
+                self._store_leaf(store, path, value, group)
+            return
+        *inner, last = path
         for store, value in zip(stores, values):
-            self._store_leaf(store, path, value, group)
+            for k in inner:
+                store = store.setdefault(k, {})
+            store[last] = value
 
     def _fresh_leaf(self, p: torch.Tensor, path: tuple, value: Any, group: dict) -> Any:
         """The initial value of a state leaf (``value`` is what ``transform.init`` gave)."""
