@@ -400,7 +400,8 @@ _FRESH = object()  # marks a state leaf made by ``init`` this step (it must be s
 
 
 def _slice(positions: list) -> slice | list:
-    """``positions`` as a slice when evenly spaced (list indexing and assignment take both)."""
+    """``positions`` as a slice when evenly spaced, else the list (:func:`_take` and
+    :func:`_assign` read and write either)."""
     if len(positions) == 1:
         return slice(positions[0], positions[0] + 1, 1)
     step = positions[1] - positions[0]
