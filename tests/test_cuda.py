@@ -75,3 +75,77 @@ def test_update_does_not_sync(case):
         fo.apply_updates(params, updates)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("live_lr", [False, True], ids=["schedule_chain", "adamw_live_lr"])
+def test_train_step_graph_equals_eager(live_lr):
+    """A whole step (forward, backward, update) captured by ``train_step`` replays as the same
+    step run eagerly, with the lr changed in place between replays."""
+    from test_capture import _batch, _chain, _loss, _mlp
+
+    lr = torch.tensor(0.05, dtype=torch.float64, device="cuda")
+    tx = fo.adamw(lr=lr, weight_decay=0.1) if live_lr else _chain()
+    hparams = {"lr": lr} if live_lr else None
+    steps = {}
+    for graph in (True, False):
+        params = _mlp(device="cuda")
+        state = tx.init(params)
+        steps[graph] = (params, state, fo.capture.train_step(
+            _loss, tx, params, state, *_batch(0, "cuda"), hparams=hparams, graph=graph))
+    assert steps[True][2].graph is not None and steps[False][2].graph is None
+    for i in range(6):
+        lr.fill_(0.05 * 0.9 ** i)
+        batch = _batch(i, "cuda")
+        captured = steps[True][2](*batch).clone()
+        eager = steps[False][2](*batch)
+        torch.testing.assert_close(captured, eager, rtol=1e-10, atol=1e-12)
+    torch.cuda.synchronize()
+    for a, b in zip(_leaves(steps[True][:2]), _leaves(steps[False][:2])):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_dropin_in_whole_network_capture_matches_torch(name):
+    """PyTorch's whole-network capture recipe with a drop-in (capturable=True) gives the numbers
+    of torch.optim's capturable optimizer run eagerly on the same batches."""
+    import copy
+
+    from functional_optim import optim as foo
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(),
+                                torch.nn.Linear(32, 1)).cuda()
+    reference = copy.deepcopy(model)
+    opt = getattr(foo, name)(model.parameters(), lr=1e-2, weight_decay=0.1, capturable=True)
+    ref = getattr(torch.optim, name)(reference.parameters(), lr=1e-2, weight_decay=0.1,
+                                     capturable=True)
+    batches = [(torch.randn(64, 16, device="cuda"), torch.randn(64, 1, device="cuda"))
+               for _ in range(8)]
+    x, y = (t.clone() for t in batches[0])
+
+    def train(m, o, bx, by):
+        o.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(m(bx), by)
+        loss.backward()
+        o.step()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up steps, taken by both
+        for bx, by in batches[:3]:
+            train(model, opt, bx, by)
+            train(reference, ref, bx, by)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = train(model, opt, x, y)
+    for bx, by in batches[3:]:
+        x.copy_(bx)
+        y.copy_(by)
+        graph.replay()
+        loss = train(reference, ref, bx, by)
+        torch.testing.assert_close(static_loss, loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
