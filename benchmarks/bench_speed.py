@@ -15,12 +15,19 @@ Each figure is the median step time over rounds in which the implementations ste
 (:func:`measure_row`), with ratios to torch fused and to the bandwidth
 bound: the bytes a step must move (AdamW and the chain: read param, grad, two moments, write
 param and two moments, 28 B per float32 parameter, plus 4 B for the chain's norm; SGD-momentum
-20 B) at the best streaming bandwidth measured in the same run. Also: time to first step
-(construction and compilation; cold with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1), peak extra
-memory of a step (CPU allocations seen by the profiler; not available for JAX), and the cost of
+20 B) at the best streaming bandwidth measured in the same run (:func:`bandwidth_gbs`). Also:
+time to first step (construction and compilation; cold with
+TORCHINDUCTOR_FORCE_DISABLE_CACHES=1), peak extra memory of a step (allocations seen by the
+profiler on the CPU, the allocator's peak on a GPU; not available for JAX), and the cost of
 identity transforms added to a chain (eager and compiled).
 
+With ``--device cuda`` the same suite runs on a GPU (no optax: JAX runs on the CPU here), with
+one more implementation, ours captured: the pure update in a CUDA graph
+(:mod:`functional_optim.capture`), replayed each step; the bound is then the device-to-device
+copy bandwidth.
+
     python benchmarks/bench_speed.py --threads 1 --out benchmarks/results/speed_cpu_1thread
+    python benchmarks/bench_speed.py --device cuda --out benchmarks/results/speed_cuda
 """
 
 from __future__ import annotations
@@ -86,7 +93,8 @@ def _torch_compiled(algo: str) -> Callable:
         if algo == "sgd":
             opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, foreach=True)
         else:  # a tensor lr (changing it does not recompile) needs capturable with foreach
-            opt = torch.optim.AdamW(params, lr=torch.tensor(LR), weight_decay=WD, foreach=True,
+            lr = torch.tensor(LR, device=params[0].device)
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=WD, foreach=True,
                                     capturable=True)
         compiled_step = torch.compile(opt.step)
         if algo != "chain":
@@ -136,6 +144,17 @@ def _ours(algo: str, flat: bool = False, compile: bool = False,
     return make
 
 
+def _ours_captured(algo: str) -> Callable:
+    """The pure update of ``_ours_tx(algo)`` on the parameters' tensors and gradients, captured
+    in a CUDA graph (``fo.capture``) and replayed each step."""
+    def make(params):
+        tx = _ours_tx(algo)
+        data, grads = [p.detach() for p in params], [p.grad for p in params]
+        state = tx.init(data)
+        return fo.capture.capture(fo.capture.inplace_step(tx), grads, state, data).replay
+    return make
+
+
 def _torchopt(algo: str) -> Callable:
     import torchopt
 
@@ -176,7 +195,7 @@ def _heavyball(algo: str) -> Callable:
     return make
 
 
-def implementations(algo: str, peers: set) -> dict:
+def implementations(algo: str, peers: set, device: str = "cpu") -> dict:
     out = {
         "torch for-loop": _torch(algo, foreach=False),
         "torch foreach": _torch(algo, foreach=True),
@@ -187,6 +206,8 @@ def implementations(algo: str, peers: set) -> dict:
         "ours flat, grads replaced each step": _ours(algo, flat=True, replace_grads=True),
         "ours flat compiled": _ours(algo, flat=True, compile=True),
     }
+    if device == "cuda":
+        out["ours captured (CUDA graph)"] = _ours_captured(algo)
     if "torchopt" in peers:
         out["torchopt"] = _torchopt(algo)
     if "heavyball" in peers and algo != "chain":
@@ -196,16 +217,28 @@ def implementations(algo: str, peers: set) -> dict:
 
 # -- measurement ----------------------------------------------------------------------------
 
-def _params(shapes):
+def _params(shapes, device: str = "cpu"):
     gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    params = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+        p.grad = (torch.randn(p.shape, generator=gen) * 1e-2).to(device)
     return params
 
 
-def peak_extra_bytes(step: Callable) -> int:
-    """The peak of the running sum of CPU allocations during one step (profiler events)."""
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device == "cuda" else lambda: None
+
+
+def peak_extra_bytes(step: Callable, device: str = "cpu") -> int:
+    """The peak of the running sum of CPU allocations during one step (profiler events); on a
+    GPU, the caching allocator's peak above what was allocated before the step."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
@@ -222,7 +255,7 @@ def _error(e: Exception) -> dict:
     return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
 
 
-def measure_row(makes: dict, shapes, repeats: int) -> dict:
+def measure_row(makes: dict, shapes, repeats: int, device: str = "cpu") -> dict:
     """Every implementation on its own copy of the layout, stepping in turn.
 
     Each is built and takes its first step (timed: construction and compilation) and a second
@@ -230,14 +263,17 @@ def measure_row(makes: dict, shapes, repeats: int) -> dict:
     (each step starts after a different one, with other data in the caches), so that a drift
     of the machine's speed hits them alike (measured one after the other, a 2 ms step varied
     by 20% between runs); then each one's peak memory. A peer's failure is a result, reported
-    in the table."""
-    steps, out = {}, {}
+    in the table. On a GPU each step is timed from a synchronized device to its last kernel's
+    end."""
+    steps, out, sync = {}, {}, _sync(device)
     for name, make in makes.items():
         try:
-            params = _params(shapes)
+            params = _params(shapes, device)
+            sync()
             start = time.perf_counter()
             step = make(params)
             step()
+            sync()
             out[name] = {"first_s": time.perf_counter() - start}
             step()
             steps[name] = step
@@ -248,31 +284,39 @@ def measure_row(makes: dict, shapes, repeats: int) -> dict:
     for _ in range(4 * repeats):
         for name in order.sample(list(steps), len(steps)):
             try:
+                sync()
                 t = time.perf_counter()
                 steps[name]()
+                sync()
                 times[name].append(time.perf_counter() - t)
             except Exception as e:  # noqa: BLE001
                 out[name] = _error(e)
                 del steps[name]
     for name, step in steps.items():
         out[name].update(ms=statistics.median(times[name]) * 1e3,
-                         peak_mb=peak_extra_bytes(step) / 2**20)
+                         peak_mb=peak_extra_bytes(step, device) / 2**20)
     return out
 
 
-def bandwidth_gbs(n: int, repeats: int = 7) -> float:
+def bandwidth_gbs(n: int, repeats: int = 7, device: str = "cpu") -> float:
     """Best streaming bandwidth over arrays of ``n`` float32 (the workload's size, so that a
-    layout that fits in the caches gets the caches' bandwidth): max of copy (2 streams) and add
-    (3 streams)."""
-    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
-    best = 0.0
+    layout that fits in the caches gets the caches' bandwidth), counting the bytes read and
+    written. On the CPU: the best of a copy (2 streams), an add into a third array (3) and an
+    in-place add (3: read two arrays, write one of them back, the access pattern of an
+    in-place optimizer step, which needs no write-allocate reads and so moves more bytes a
+    second here). On a GPU: a device-to-device copy."""
+    a, b, c = (torch.rand(n, device=device) for _ in range(3))
+    kernels = [(lambda: c.copy_(a), 2)]
+    if device != "cuda":
+        kernels += [(lambda: torch.add(a, b, out=c), 3), (lambda: a.add_(b, alpha=1e-9), 3)]
+    sync, best = _sync(device), 0.0
     for _ in range(repeats):
-        t = time.perf_counter()
-        c.copy_(a)
-        best = max(best, 2 * 4 * n / (time.perf_counter() - t))
-        t = time.perf_counter()
-        torch.add(a, b, out=c)
-        best = max(best, 3 * 4 * n / (time.perf_counter() - t))
+        for kernel, streams in kernels:
+            sync()
+            t = time.perf_counter()
+            kernel()
+            sync()
+            best = max(best, streams * 4 * n / (time.perf_counter() - t))
     return best / 1e9
 
 
@@ -293,7 +337,7 @@ def optax_results(threads: int, repeats: int, python: str) -> dict:
 IDENTITIES = (0, 1, 4)
 
 
-def identity_cost(repeats: int, copies: int = 3) -> list[dict]:
+def identity_cost(repeats: int, copies: int = 3, device: str = "cpu") -> list[dict]:
     """Cost of k identity transforms added to a chain, eager (default path) and compiled.
 
     Each of the six optimizers is built ``copies`` times, on buffers of its own: two copies of
@@ -308,18 +352,20 @@ def identity_cost(repeats: int, copies: int = 3) -> list[dict]:
             for compiled in (False, True):
                 tx = fo.chain(fo.scale_by_adam(), *[fo.identity() for _ in range(k)],
                               fo.add_decayed_weights(WD), fo.scale_by_learning_rate(LR))
-                opt = foo.FunctionalOptimizer(_params(shapes), tx)
+                opt = foo.FunctionalOptimizer(_params(shapes, device), tx)
                 if compiled:
                     opt.use_flat(compile=True)
                 for _ in range(2):  # compile, then warm
                     opt.step()
                 steps[k, compiled, copy] = opt.step
     times: dict = {key[:2]: [] for key in steps}
-    order = random.Random(0)
+    order, sync = random.Random(0), _sync(device)
     for _ in range(4 * repeats):
         for key in order.sample(list(steps), len(steps)):
+            sync()
             t = time.perf_counter()
             steps[key]()
+            sync()
             times[key[:2]].append(time.perf_counter() - t)
     ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
     return [{"identities": k, "eager_ms": ms[k, False], "compiled_ms": ms[k, True]}
@@ -332,29 +378,40 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--algos", default="adamw,sgd,chain")
     parser.add_argument("--out", default=None, help="path without extension (.md and .json)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--identity-only", action="store_true",
                         help="measure only the identity transforms' cost, into --out's results")
+    parser.add_argument("--no-identity", action="store_true",
+                        help="skip the identity transforms' cost")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="join the rows of results files (runs of a suite in parts) into --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.merge:
+        write(merge(args.merge), args.out)
+        return
     if args.identity_only:
         with open(args.out + ".json") as f:
             results = json.load(f)
-        results["identity"] = identity_cost(args.repeats)
+        results["identity"] = identity_cost(args.repeats, device=args.device)
         print("identity transforms:", results["identity"], flush=True)
         write(results, args.out)
         return
     peers = set()
-    for name in ("torchopt", "heavyball", "jax"):
+    for name in ("torchopt", "heavyball") + (("jax",) if args.device == "cpu" else ()):
         try:
             __import__(name)
             peers.add(name)
         except ImportError:
             pass
-    bandwidth = {layout: bandwidth_gbs(sum(torch.Size(s).numel() for s in shapes))
+    bandwidth = {layout: bandwidth_gbs(sum(torch.Size(s).numel() for s in shapes),
+                                       device=args.device)
                  for layout, shapes in layouts().items()}
     print(f"streaming bandwidth (GB/s) {bandwidth}; peers: {sorted(peers)}", flush=True)
     optax = optax_results(args.threads, args.repeats, sys.executable) if "jax" in peers else {}
-    results: dict = {"machine": machine(), "threads": args.threads, "bandwidth_gbs": bandwidth,
+    gpu = f"; {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
+    results: dict = {"machine": machine() + gpu, "threads": args.threads, "device": args.device,
+                     "bandwidth_gbs": bandwidth,
                      "peers": sorted(peers), "caches": os.environ.get(
                          "TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1", "runs": {}}
     for algo in args.algos.split(","):
@@ -362,7 +419,8 @@ def main() -> None:
             numel = sum(torch.Size(s).numel() for s in shapes)
             bw = bandwidth[layout]
             bound_ms = BYTES_PER_PARAM[algo] * numel / (bw * 1e9) * 1e3
-            row = measure_row(implementations(algo, peers), shapes, args.repeats)
+            row = measure_row(implementations(algo, peers, args.device), shapes, args.repeats,
+                              args.device)
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
             results["runs"][f"{algo}/{layout}"] = {"numel": numel, "bound_ms": bound_ms,
@@ -377,17 +435,34 @@ def main() -> None:
                       f"{r['ms'] / bound_ms:5.2f}x bound  first {r['first_s']:6.2f} s", flush=True)
     # the bound uses the best bandwidth seen, measured again at the end (noise only lowers it)
     for layout, shapes in layouts().items():
-        again = bandwidth_gbs(sum(torch.Size(s).numel() for s in shapes))
+        again = bandwidth_gbs(sum(torch.Size(s).numel() for s in shapes), device=args.device)
         if again > bandwidth[layout]:
             for key, run in results["runs"].items():
                 if key.endswith("/" + layout):
                     run["bound_ms"] *= bandwidth[layout] / again
                     run["bandwidth_gbs"] = again
             bandwidth[layout] = again
-    results["identity"] = identity_cost(args.repeats)
-    print("identity transforms:", results["identity"], flush=True)
+    if not args.no_identity:
+        results["identity"] = identity_cost(args.repeats, device=args.device)
+        print("identity transforms:", results["identity"], flush=True)
     if args.out:
         write(results, args.out)
+
+
+def merge(paths: list[str]) -> dict:
+    """One results dict from a suite run in parts (each a process of its own, within a time
+    limit): the first part's machine details, every part's rows and bandwidths, the identity
+    cost from the part that measured it."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    out = {**parts[0], "runs": {}, "bandwidth_gbs": {}, "identity": None}
+    for part in parts:
+        out["runs"].update(part["runs"])
+        out["bandwidth_gbs"].update(part["bandwidth_gbs"])
+        out["identity"] = part.get("identity") or out["identity"]
+    return out
 
 
 def write(results: dict, out: str) -> None:
@@ -399,17 +474,21 @@ def write(results: dict, out: str) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# Speed at the limit, CPU, {results['threads']} thread(s)\n",
+    where = ("CUDA" if results.get("device") == "cuda"
+             else f"CPU, {results['threads']} thread(s)")
+    bound = ("the device-to-device copy bandwidth" if results.get("device") == "cuda" else
+             "the streaming bandwidth (copy, add, in-place add)")
+    lines = [f"# Speed at the limit, {where}\n",
              f"Machine: {results['machine']}.  ",
              f"Peers installed: {', '.join(results['peers']) or 'none'}.\n",
              "Median step time over rounds in which the implementations step in turn (each on its "
              "own copy of the layout, in a new random order every round); ratios to torch's fused "
              "implementation and to the "
-             "bandwidth bound (the bytes a step must move at the streaming bandwidth measured in "
+             f"bandwidth bound (the bytes a step must move at {bound} measured in "
              "the same run on arrays of the layout's size); time to first step (construction + "
              "compilation; inductor's caches were "
              f"{'off: cold compiles' if results['caches'] else 'on: warm where compiled before'})"
-             "; peak extra memory of a step (CPU allocations; '-' where not measurable).\n"]
+             "; peak extra memory of a step ('-' where not measurable).\n"]
     for key, run in results["runs"].items():
         algo, layout = key.split("/")
         fused = run["results"]["torch fused"]["ms"]
@@ -424,6 +503,8 @@ def markdown(results: dict) -> str:
             peak = f"{r['peak_mb']:.1f}" if r.get("peak_mb") is not None else "-"
             lines.append(f"| {name} | {r['ms']:.2f} | {r['ms'] / fused:.2f}x | "
                          f"{r['ms'] / run['bound_ms']:.2f}x | {r['first_s']:.2f} | {peak} |")
+    if not results.get("identity"):
+        return "\n".join(lines) + "\n"
     lines.append("\n## Cost of identity transforms in a chain (adam -> k x identity -> decay -> "
                  "lr; 300 x 4096; three copies of each of the six optimizers step in turn, "
                  "median)\n")

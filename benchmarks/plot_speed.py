@@ -43,7 +43,9 @@ def main(src: str, dst: str) -> None:
         ax.set_yscale("log")
         ax.set_xticks(range(len(layouts)), layouts)
         ax.set_ylabel("step time / torch fused")
-        ax.set_title(f"{algo} ({results['threads']} thread(s); lower is faster)")
+        where = ("CUDA" if results.get("device") == "cuda"
+                 else f"{results['threads']} thread(s)")
+        ax.set_title(f"{algo} ({where}; lower is faster)")
     axes[0, 0].legend(fontsize=7, ncol=4, loc="upper left")
     fig.suptitle(f"{results['machine']}", fontsize=8)
     fig.tight_layout()

@@ -4,7 +4,8 @@
   implementation (1 thread);
 - ``bench_speed.py``: AdamW, SGD-momentum and a chain on every path, ours and the peers', with the
   bandwidth bound, first-step time, peak memory and identity-transform cost (1 and 2 threads),
-  and its chart.
+  and its chart; on a machine with a CUDA GPU, the same suite on the GPU
+  (``results/speed_cuda``).
 
 The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
 (``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out. ``--speed-only`` skips
@@ -16,6 +17,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -38,6 +41,10 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1" if threads == 1 else "0"
         out = os.path.join(RESULTS, f"speed_cpu_{threads}thread")
         run(python, "bench_speed.py", "--threads", str(threads), "--out", out)
+        run(sys.executable, "plot_speed.py", out + ".json", out + ".png")
+    if torch.cuda.is_available():
+        out = os.path.join(RESULTS, "speed_cuda")
+        run(python, "bench_speed.py", "--device", "cuda", "--out", out)
         run(sys.executable, "plot_speed.py", out + ".json", out + ".png")
 
 
