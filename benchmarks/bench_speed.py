@@ -15,7 +15,8 @@ Each figure is the median step time over rounds in which the implementations ste
 (:func:`measure_row`), with ratios to torch fused and to the bandwidth
 bound: the bytes a step must move (AdamW and the chain: read param, grad, two moments, write
 param and two moments, 28 B per float32 parameter, plus 4 B for the chain's norm; SGD-momentum
-20 B) at the best streaming bandwidth measured in the same run (:func:`bandwidth_gbs`). Also:
+20 B) at the best streaming bandwidth measured in the same run over as many bytes as the step
+touches (:func:`bandwidth_gbs`). Also:
 time to first step (construction and compilation; cold with
 TORCHINDUCTOR_FORCE_DISABLE_CACHES=1), peak extra memory of a step (allocations seen by the
 profiler on the CPU, the allocator's peak on a GPU; not available for JAX), and the cost of
@@ -52,6 +53,7 @@ from bench_step import layouts, machine  # noqa: E402
 
 LR, WD, MOMENTUM, MAX_NORM = 1e-3, 1e-2, 0.9, 1.0
 BYTES_PER_PARAM = {"adamw": 28, "sgd": 20, "chain": 32}
+ARRAYS = {"adamw": 4, "sgd": 3, "chain": 4}  # float32 arrays a step touches: param, grad, state
 
 
 def schedule():
@@ -217,6 +219,10 @@ def implementations(algo: str, peers: set, device: str = "cpu") -> dict:
 
 # -- measurement ----------------------------------------------------------------------------
 
+def numel(shapes) -> int:
+    return sum(torch.Size(s).numel() for s in shapes)
+
+
 def _params(shapes, device: str = "cpu"):
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
@@ -299,16 +305,17 @@ def measure_row(makes: dict, shapes, repeats: int, device: str = "cpu") -> dict:
 
 
 def bandwidth_gbs(n: int, repeats: int = 7, device: str = "cpu") -> float:
-    """Best streaming bandwidth over arrays of ``n`` float32 (the workload's size, so that a
-    layout that fits in the caches gets the caches' bandwidth), counting the bytes read and
-    written. On the CPU: the best of a copy (2 streams), an add into a third array (3) and an
-    in-place add (3: read two arrays, write one of them back, the access pattern of an
-    in-place optimizer step, which needs no write-allocate reads and so moves more bytes a
-    second here). On a GPU: a device-to-device copy."""
-    a, b, c = (torch.rand(n, device=device) for _ in range(3))
-    kernels = [(lambda: c.copy_(a), 2)]
+    """Best streaming bandwidth over two arrays of ``n // 2`` float32, counting the bytes read
+    and written. ``n`` is the float32 elements the step touches (its working set), so a step
+    that fits in the caches is held to the caches' bandwidth, and one that does not, to the
+    memory's. On the CPU: the best of a copy (2 streams) and an in-place add (3: read both
+    arrays, write one back, the access pattern of an in-place optimizer step, which needs no
+    write-allocate reads and so moves more bytes a second here). On a GPU: a device-to-device
+    copy."""
+    a, b = (torch.rand(n // 2, device=device) for _ in range(2))
+    kernels = [(lambda: b.copy_(a), 2)]
     if device != "cuda":
-        kernels += [(lambda: torch.add(a, b, out=c), 3), (lambda: a.add_(b, alpha=1e-9), 3)]
+        kernels.append((lambda: a.add_(b, alpha=1e-9), 3))
     sync, best = _sync(device), 0.0
     for _ in range(repeats):
         for kernel, streams in kernels:
@@ -316,7 +323,7 @@ def bandwidth_gbs(n: int, repeats: int = 7, device: str = "cpu") -> float:
             t = time.perf_counter()
             kernel()
             sync()
-            best = max(best, streams * 4 * n / (time.perf_counter() - t))
+            best = max(best, streams * 4 * (n // 2) / (time.perf_counter() - t))
     return best / 1e9
 
 
@@ -404,26 +411,27 @@ def main() -> None:
             peers.add(name)
         except ImportError:
             pass
-    bandwidth = {layout: bandwidth_gbs(sum(torch.Size(s).numel() for s in shapes),
-                                       device=args.device)
-                 for layout, shapes in layouts().items()}
+    # bandwidth by working set (float32 elements a step touches), measured before and after
+    sets = {ARRAYS[algo] * numel(shapes) for algo in args.algos.split(",")
+            for shapes in layouts().values()}
+    bandwidth = {n: bandwidth_gbs(n, device=args.device) for n in sorted(sets)}
     print(f"streaming bandwidth (GB/s) {bandwidth}; peers: {sorted(peers)}", flush=True)
     optax = optax_results(args.threads, args.repeats, sys.executable) if "jax" in peers else {}
     gpu = f"; {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     results: dict = {"machine": machine() + gpu, "threads": args.threads, "device": args.device,
-                     "bandwidth_gbs": bandwidth,
                      "peers": sorted(peers), "caches": os.environ.get(
                          "TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1", "runs": {}}
     for algo in args.algos.split(","):
         for layout, shapes in layouts().items():
-            numel = sum(torch.Size(s).numel() for s in shapes)
-            bw = bandwidth[layout]
-            bound_ms = BYTES_PER_PARAM[algo] * numel / (bw * 1e9) * 1e3
+            n = numel(shapes)
+            bw = bandwidth[ARRAYS[algo] * n]
+            bound_ms = BYTES_PER_PARAM[algo] * n / (bw * 1e9) * 1e3
             row = measure_row(implementations(algo, peers, args.device), shapes, args.repeats,
                               args.device)
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
-            results["runs"][f"{algo}/{layout}"] = {"numel": numel, "bound_ms": bound_ms,
+            results["runs"][f"{algo}/{layout}"] = {"numel": n, "bound_ms": bound_ms,
+                                                   "working_set_mb": ARRAYS[algo] * n * 4 / 1e6,
                                                    "bandwidth_gbs": bw, "results": row}
             fused = row["torch fused"]["ms"]
             print(f"\n{algo}, {layout}: bound {bound_ms:.2f} ms", flush=True)
@@ -434,14 +442,12 @@ def main() -> None:
                 print(f"  {name:38s} {r['ms']:9.2f} ms  {r['ms'] / fused:5.2f}x fused  "
                       f"{r['ms'] / bound_ms:5.2f}x bound  first {r['first_s']:6.2f} s", flush=True)
     # the bound uses the best bandwidth seen, measured again at the end (noise only lowers it)
-    for layout, shapes in layouts().items():
-        again = bandwidth_gbs(sum(torch.Size(s).numel() for s in shapes), device=args.device)
-        if again > bandwidth[layout]:
-            for key, run in results["runs"].items():
-                if key.endswith("/" + layout):
-                    run["bound_ms"] *= bandwidth[layout] / again
-                    run["bandwidth_gbs"] = again
-            bandwidth[layout] = again
+    for n in bandwidth:
+        again = bandwidth_gbs(n, device=args.device)
+        for key, run in results["runs"].items():
+            if ARRAYS[key.split("/")[0]] * run["numel"] == n and again > run["bandwidth_gbs"]:
+                run["bound_ms"] *= run["bandwidth_gbs"] / again
+                run["bandwidth_gbs"] = again
     if not args.no_identity:
         results["identity"] = identity_cost(args.repeats, device=args.device)
         print("identity transforms:", results["identity"], flush=True)
@@ -451,16 +457,15 @@ def main() -> None:
 
 def merge(paths: list[str]) -> dict:
     """One results dict from a suite run in parts (each a process of its own, within a time
-    limit): the first part's machine details, every part's rows and bandwidths, the identity
-    cost from the part that measured it."""
+    limit): the first part's machine details, every part's rows, the identity cost from the
+    part that measured it."""
     parts = []
     for path in paths:
         with open(path) as f:
             parts.append(json.load(f))
-    out = {**parts[0], "runs": {}, "bandwidth_gbs": {}, "identity": None}
+    out = {**parts[0], "runs": {}, "identity": None}
     for part in parts:
         out["runs"].update(part["runs"])
-        out["bandwidth_gbs"].update(part["bandwidth_gbs"])
         out["identity"] = part.get("identity") or out["identity"]
     return out
 
@@ -473,27 +478,63 @@ def write(results: dict, out: str) -> None:
     print(f"wrote {out}.md and .json")
 
 
+BEST = ("ours default (eager)", "ours flat (eager)", "ours flat compiled",
+        "ours captured (CUDA graph)")
+SMALL = "300 x 4096"
+
+
+def targets(results: dict) -> list[tuple[str, str, float, float]]:
+    """``(target, workload, figure, limit)`` for every target a figure of ``results`` bears on
+    (issue 7): the default eager path against torch foreach (<= 1.0) and, for the aliases with
+    a fused kernel, against torch fused (<= 1.1); the best of ours against torch fused (<= 1.0,
+    <= 0.5 on 300 x 4096) and, on the large layouts, against the bound (<= 1.05); an identity
+    transform's cost (< 2% eager, <= 0% compiled)."""
+    out = []
+    for key, run in results["runs"].items():
+        algo, layout = key.split("/")
+        ms = {name: r["ms"] for name, r in run["results"].items() if "ms" in r}
+        if "torch fused" not in ms or "ours default (eager)" not in ms:
+            continue
+        fused, default = ms["torch fused"], ms["ours default (eager)"]
+        where = f"{algo}, {layout}"
+        if "torch foreach" in ms:
+            out.append(("default / torch foreach", where, default / ms["torch foreach"], 1.0))
+        if algo != "chain":
+            out.append(("default / torch fused", where, default / fused, 1.1))
+        best = min(ms[name] for name in BEST if name in ms)
+        out.append(("best / torch fused", where, best / fused, 0.5 if layout == SMALL else 1.0))
+        if layout != SMALL:
+            out.append(("best / bound", where, best / run["bound_ms"], 1.05))
+    identity = {r["identities"]: r for r in results.get("identity") or []}
+    for k in sorted(identity):
+        for mode, limit in (("eager", 1.02), ("compiled", 1.0)):
+            if k and 0 in identity:
+                out.append((f"{k} identity transform(s), {mode}", f"chain, {SMALL}",
+                            identity[k][f"{mode}_ms"] / identity[0][f"{mode}_ms"], limit))
+    return out
+
+
 def markdown(results: dict) -> str:
     where = ("CUDA" if results.get("device") == "cuda"
              else f"CPU, {results['threads']} thread(s)")
     bound = ("the device-to-device copy bandwidth" if results.get("device") == "cuda" else
-             "the streaming bandwidth (copy, add, in-place add)")
+             "the streaming bandwidth (best of a copy and an in-place add)")
     lines = [f"# Speed at the limit, {where}\n",
              f"Machine: {results['machine']}.  ",
              f"Peers installed: {', '.join(results['peers']) or 'none'}.\n",
              "Median step time over rounds in which the implementations step in turn (each on its "
              "own copy of the layout, in a new random order every round); ratios to torch's fused "
-             "implementation and to the "
-             f"bandwidth bound (the bytes a step must move at {bound} measured in "
-             "the same run on arrays of the layout's size); time to first step (construction + "
-             "compilation; inductor's caches were "
+             f"implementation and to the bandwidth bound (the bytes a step must move at {bound} "
+             "measured in the same run over as many bytes as the step touches); time to first "
+             "step (construction + compilation; inductor's caches were "
              f"{'off: cold compiles' if results['caches'] else 'on: warm where compiled before'})"
              "; peak extra memory of a step ('-' where not measurable).\n"]
     for key, run in results["runs"].items():
         algo, layout = key.split("/")
         fused = run["results"]["torch fused"]["ms"]
+        touched = (f" over {run['working_set_mb']:.0f} MB" if "working_set_mb" in run else "")
         lines.append(f"\n## {algo}, {layout} ({run['numel'] / 1e6:.1f}M params; bound "
-                     f"{run['bound_ms']:.2f} ms at {run['bandwidth_gbs']:.1f} GB/s)\n")
+                     f"{run['bound_ms']:.2f} ms at {run['bandwidth_gbs']:.1f} GB/s{touched})\n")
         lines.append("| implementation | ms | vs torch fused | vs bound | first step (s) | "
                      "peak extra MB |\n|---|---|---|---|---|---|")
         for name, r in sorted(run["results"].items(), key=lambda kv: kv[1].get("ms", 1e30)):
@@ -503,6 +544,13 @@ def markdown(results: dict) -> str:
             peak = f"{r['peak_mb']:.1f}" if r.get("peak_mb") is not None else "-"
             lines.append(f"| {name} | {r['ms']:.2f} | {r['ms'] / fused:.2f}x | "
                          f"{r['ms'] / run['bound_ms']:.2f}x | {r['first_s']:.2f} | {peak} |")
+    lines += ["\n## Targets\n",
+              "Each figure against its target, from the tables above (ours best: the fastest of "
+              "ours default, flat, flat compiled and captured).\n",
+              "| target | workload, layout | figure | limit | |\n|---|---|---|---|---|"]
+    for target, where, value, limit in targets(results):
+        verdict = "met" if value <= limit else f"missed by {value / limit - 1:.0%}"
+        lines.append(f"| {target} | {where} | {value:.3f} | {limit:g} | {verdict} |")
     if not results.get("identity"):
         return "\n".join(lines) + "\n"
     lines.append("\n## Cost of identity transforms in a chain (adam -> k x identity -> decay -> "

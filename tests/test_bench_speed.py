@@ -48,8 +48,8 @@ def test_the_gpu_suite_steps_on_the_gpu():
 
 
 def test_a_suite_run_in_parts_merges_into_one_table(tmp_path):
-    row = {"torch fused": {"ms": 2.0, "first_s": 0.1, "peak_mb": 0.0},
-           "ours flat (eager)": {"ms": 1.0, "first_s": 0.1, "peak_mb": 0.0}}
+    row = {name: {"ms": ms, "first_s": 0.1, "peak_mb": 0.0} for name, ms in (
+        ("torch fused", 2.0), ("ours flat (eager)", 1.0), ("ours default (eager)", 2.4))}
     base = {"machine": "m", "threads": 1, "device": "cuda", "caches": False, "peers": []}
     parts = []
     for algo, identity in (("adamw", None), ("chain", [{"identities": 0, "eager_ms": 1.0,
@@ -67,3 +67,8 @@ def test_a_suite_run_in_parts_merges_into_one_table(tmp_path):
     assert table.startswith("# Speed at the limit, CUDA")
     assert "| ours flat (eager) | 1.00 | 0.50x" in table
     assert "device-to-device copy bandwidth" in table
+    # every target the figures bear on, with its verdict
+    assert "| default / torch fused | adamw, L | 1.200 | 1.1 | missed by 9% |" in table
+    assert "| best / torch fused | chain, L | 0.500 | 1 | met |" in table
+    assert "| best / bound | chain, L | 2.000 | 1.05 | missed by 90% |" in table
+    assert "default / torch fused | chain" not in table  # a chain is not a fused alias
