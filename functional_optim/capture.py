@@ -75,6 +75,10 @@ def capture(fn: Callable[..., Any], *args: Any, warmup: int = 3,
     return _record(fn, args, warmup, pool)[0]
 
 
+def _clones(tree: Any) -> Any:
+    return _tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, tree)
+
+
 def _record(fn: Callable[..., Any], args: tuple, warmup: int, pool: Any) -> tuple:
     """``(graph, outputs)``: :func:`capture`, also returning what the captured call returned
     (tensors in the graph's memory, rewritten by every replay)."""
@@ -84,7 +88,7 @@ def _record(fn: Callable[..., Any], args: tuple, warmup: int, pool: Any) -> tupl
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(warmup):
-            fn(*_tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, args))
+            fn(*_clones(args))
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
@@ -211,7 +215,7 @@ def train_step(loss_fn: Callable[..., Any], tx: Transform, params: Any, state: A
     if not torch.cuda.is_available():
         raise RuntimeError("train_step: graph=True needs a CUDA device (CUDA graphs exist only "
                            "there); pass graph=False to run the same step eagerly")
-    static = _tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, example)
+    static = _clones(example)
     try:
         recorded, outputs = _record(run, (params, state, hparams, *static), warmup, pool)
     except RuntimeError as e:
