@@ -16,9 +16,8 @@ Each figure is the median step time over rounds in which the implementations ste
 bound: the bytes a step must move (AdamW and the chain: read param, grad, two moments, write
 param and two moments, 28 B per float32 parameter, plus 4 B for the chain's norm; SGD-momentum
 20 B) at the best streaming bandwidth measured in the same run over as many bytes as the step
-touches (:func:`bandwidth_gbs`). Also:
-time to first step (construction and compilation; cold with
-TORCHINDUCTOR_FORCE_DISABLE_CACHES=1), peak extra memory of a step (allocations seen by the
+touches (:func:`bandwidth_gbs`). Also: time to first step (construction and compilation; cold
+with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1), peak extra memory of a step (allocations seen by the
 profiler on the CPU, the allocator's peak on a GPU; not available for JAX), and the cost of
 identity transforms added to a chain (eager and compiled).
 
@@ -49,7 +48,7 @@ import functional_optim as fo  # noqa: E402
 import functional_optim.optim as foo  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_step import layouts, machine  # noqa: E402
+from bench_step import layouts, machine, numel  # noqa: E402
 
 LR, WD, MOMENTUM, MAX_NORM = 1e-3, 1e-2, 0.9, 1.0
 BYTES_PER_PARAM = {"adamw": 28, "sgd": 20, "chain": 32}
@@ -218,10 +217,6 @@ def implementations(algo: str, peers: set, device: str = "cpu") -> dict:
 
 
 # -- measurement ----------------------------------------------------------------------------
-
-def numel(shapes) -> int:
-    return sum(torch.Size(s).numel() for s in shapes)
-
 
 def _params(shapes, device: str = "cpu"):
     gen = torch.Generator().manual_seed(0)

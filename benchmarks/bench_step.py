@@ -35,6 +35,11 @@ def layouts() -> dict[str, list[tuple[int, ...]]]:
     return {"300 x 4096": [(4096,)] * 300, "GPT-like": gpt, "4 x 4M": [(4 * 1024 * 1024,)] * 4}
 
 
+def numel(shapes) -> int:
+    """Elements in a layout."""
+    return sum(torch.Size(s).numel() for s in shapes)
+
+
 HPARAMS = {
     "AdamW": dict(lr=1e-3, weight_decay=1e-2), "Adam": dict(lr=1e-3),
     "SGD": dict(lr=1e-3, momentum=0.9), "Adagrad": dict(lr=1e-2), "RMSprop": dict(lr=1e-3),
@@ -115,8 +120,8 @@ def main() -> None:
     for algo in algos:
         row = []
         for layout, shapes in layouts().items():
-            numel = sum(torch.Size(s).numel() for s in shapes)
-            lines.append(f"\n## {algo}, {layout} ({len(shapes)} tensors, {numel / 1e6:.1f}M "
+            n = numel(shapes)
+            lines.append(f"\n## {algo}, {layout} ({len(shapes)} tensors, {n / 1e6:.1f}M "
                          "params)\n\n| implementation | ms | vs torch default | vs torch foreach "
                          "| vs torch fused |\n|---|---|---|---|---|")
             results = medians_ms(candidates(algo), shapes, args.repeats)
