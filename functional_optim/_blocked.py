@@ -72,11 +72,11 @@ def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
 
 
 def _plain(value: Any) -> bool:
-    """A number, or a tuple of numbers or ``None`` (``betas``, Adafactor's ``eps``): what the
-    blocked steps take."""
+    """A number, ``None`` (RMSprop's ``momentum`` without block, Adafactor's ``eps[0]``), or a
+    tuple of those (``betas``, Adafactor's ``eps``): what the blocked steps take."""
     if isinstance(value, tuple):
-        return all(v is None or _plain(v) for v in value)
-    return isinstance(value, Number) and not isinstance(value, (bool, complex))
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, Number) and not isinstance(value, (bool, complex))
 
 
 def _constant(value: float, like: list) -> torch.Tensor:
@@ -130,7 +130,7 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
         where: the alias's name in errors.
         accepts: ``accepts(h, state)``: whether this step can take the hparams (all numbers)
             and the state (no schedule); else the chain runs.
-        counts: the step counts, each ``+1``.
+        counts: the step counts, each ``+1`` (or ``counts(h)``: those that this step advances).
         columns: the per-element state the kernel updates in place, in its argument order.
         prepare: ``prepare(h, key, likes)`` → ``(coefficients, new_scalars)`` for the
             parameters that share ``key`` = (count after this step, *old values of
@@ -152,15 +152,16 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
         h = resolve_hparams(defaults, hparams, where)
         if not (all(_plain(v) for v in h.values()) and accepts(h, state)):
             return None
-        olds = {f: _get(state, f) for f in counts + scalars}
+        advancing = counts(h) if callable(counts) else counts
+        olds = {f: _get(state, f) for f in advancing + scalars}
         groups = _groups(params, grads, None)
         if groups is None or any(device.type != "cpu" for device, _ in groups) or not all(
                 t.is_cpu for column in olds.values() for t in column.values()) or any(
-                len({t.dtype for t in olds[f].values()}) > 1 for f in counts):
+                len({t.dtype for t in olds[f].values()}) > 1 for f in advancing):
             return None
         names = list(params)
-        advanced = [torch.stack([olds[f][n] for n in names]) + 1 for f in counts]
-        new = {f: dict(zip(names, column.unbind())) for f, column in zip(counts, advanced)}
+        advanced = [torch.stack([olds[f][n] for n in names]) + 1 for f in advancing]
+        new = {f: dict(zip(names, column.unbind())) for f, column in zip(advancing, advanced)}
         keys = dict(zip(names, zip(
             advanced[0].tolist(),
             *(torch.stack([olds[f][n] for n in names]).tolist() for f in scalars))))
@@ -204,15 +205,9 @@ def _spread(value: torch.Tensor, olds: list, names: list) -> dict:
 # The algorithms. Each kernel runs torch.optim's foreach sequence on one block; ``h`` is the
 # alias's flat hparams (numbers), ``g`` the raw gradients.
 
-def _no_schedule(present: dict) -> Callable[[dict, dict], bool]:
-    """``accepts`` for an alias ending in an lr block: no schedule there, and every hparam
-    whose block the alias left out is 0 (else the chain raises the alias's error)."""
-
-    def accepts(h, state):
-        return isinstance(state["lr"], EmptyState) and all(
-            present[k] or h[k] == 0 for k in present)
-
-    return accepts
+def _no_schedule(h: dict, state: dict) -> bool:
+    """``accepts`` for an alias ending in an lr block: no schedule there."""
+    return isinstance(state["lr"], EmptyState)
 
 
 def _decayed(h: dict, p: list, g: list, maximize: bool, decoupled: bool) -> list:
@@ -236,15 +231,26 @@ def _none(h, key, likes):
     return None, ()
 
 
-def rmsprop_step(defaults: dict, where: str, *, maximize: bool, centered: bool,
-                 has_momentum: bool, has_decay: bool) -> FusedStep:
-    r"""RMSprop: :math:`v \mathrel{*}= \alpha,\ v \mathrel{+}= (1-\alpha) g^2`,
-    :math:`d = g / (\sqrt{v - \bar g^2} + \epsilon)`, then ``p -= lr * d`` or through the
-    momentum buffer :math:`b = \mu b + d`."""
+def _any(h, state):
+    return True
 
-    counts = (("rms", "step"),) + ((("momentum", "step"),) if has_momentum else ())
+
+def rmsprop_step(defaults: dict, where: str, *, maximize: bool, centered: bool,
+                 has_momentum: bool) -> FusedStep:
+    r"""RMSprop: :math:`v \mathrel{*}= \alpha,\ v \mathrel{+}= (1-\alpha) g^2`,
+    :math:`d = g / (\sqrt{v - \bar g^2} + \epsilon)`, then ``p -= lr * d`` or, where the alias
+    has a momentum block (``has_momentum``) and the momentum is not 0, through the buffer
+    :math:`b = \mu b + d` (whose count then advances, as the chain's ``trace``)."""
+
     columns = (("rms", "nu"),) + ((("rms", "mu"),) if centered else ()) + (
         (("momentum", "momentum_buffer"),) if has_momentum else ())
+
+    def accepts(h, state):  # (a momentum without block: the chain raises the alias's error)
+        return _no_schedule(h, state) and (has_momentum or not h["momentum"])
+
+    def counts(h):
+        return (("rms", "step"),) + ((("momentum", "step"),) if has_momentum and h["momentum"]
+                                     else ())
 
     def kernel(h, _, p, g, v, *rest):
         g = _gradients(p, g, h["weight_decay"], maximize)
@@ -260,7 +266,7 @@ def rmsprop_step(defaults: dict, where: str, *, maximize: bool, centered: bool,
         else:
             avg = torch._foreach_sqrt(v)
         _add_(avg, h["eps"])
-        if has_momentum:
+        if has_momentum and h["momentum"]:
             buf = rest[-1]
             _mul_(buf, h["momentum"])
             torch._foreach_addcdiv_(buf, g, avg)
@@ -269,12 +275,10 @@ def rmsprop_step(defaults: dict, where: str, *, maximize: bool, centered: bool,
             torch._foreach_addcdiv_(p, g, avg, value=-h["lr"])
 
     return classic_step(defaults=defaults, where=where, counts=counts, columns=columns,
-                        accepts=_no_schedule({"weight_decay": has_decay,
-                                              "momentum": has_momentum}),
-                        prepare=_none, kernel=kernel)
+                        accepts=accepts, prepare=_none, kernel=kernel)
 
 
-def adadelta_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool) -> FusedStep:
+def adadelta_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     r"""Adadelta: :math:`v = \rho v + (1-\rho) g^2`,
     :math:`\Delta = \sqrt{a + \epsilon} / \sqrt{v + \epsilon}\, g`,
     :math:`a = \rho a + (1-\rho)\Delta^2`, ``p -= lr * Δ``."""
@@ -297,11 +301,11 @@ def adadelta_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool
     return classic_step(defaults=defaults, where=where,
                         counts=(("adadelta", "step"),),
                         columns=(("adadelta", "square_avg"), ("adadelta", "acc_delta")),
-                        accepts=_no_schedule({"weight_decay": has_decay}),
+                        accepts=_no_schedule,
                         prepare=_none, kernel=kernel)
 
 
-def adamax_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool) -> FusedStep:
+def adamax_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     r"""Adamax: :math:`m = \mathrm{lerp}(m, g, 1-\beta_1)`,
     :math:`n = \max(\beta_2 n, |g| + \epsilon)`, ``p -= lr / (1 - β1^t) * m / n``."""
 
@@ -321,12 +325,11 @@ def adamax_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool) 
     return classic_step(defaults=defaults, where=where,
                         counts=(("adamax", "step"),),
                         columns=(("adamax", "exp_avg"), ("adamax", "exp_inf")),
-                        accepts=_no_schedule({"weight_decay": has_decay}),
+                        accepts=_no_schedule,
                         prepare=prepare, kernel=kernel)
 
 
-def nadam_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
-               decoupled: bool) -> FusedStep:
+def nadam_step(defaults: dict, where: str, *, maximize: bool, decoupled: bool) -> FusedStep:
     r"""NAdam: :math:`\mu_t = \beta_1(1 - \frac12 0.96^{t\psi})`, :math:`\Pi_t = \Pi_{t-1}\mu_t`,
     Adam's moments, then ``p -= lr * (c_g g + c_m m) / (sqrt(v / (1-β2^t)) + ε)`` with
     :math:`c_g = (1-\mu_t)/(1-\Pi_t)`, :math:`c_m = \mu_{t+1}/(1-\Pi_t\mu_{t+1})`."""
@@ -358,12 +361,11 @@ def nadam_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
     return classic_step(defaults=defaults, where=where,
                         counts=(("nadam", "step"),), scalars=(("nadam", "mu_product"),),
                         columns=(("nadam", "exp_avg"), ("nadam", "exp_avg_sq")),
-                        accepts=_no_schedule({"weight_decay": has_decay}),
+                        accepts=_no_schedule,
                         prepare=prepare, kernel=kernel)
 
 
-def radam_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
-               decoupled: bool) -> FusedStep:
+def radam_step(defaults: dict, where: str, *, maximize: bool, decoupled: bool) -> FusedStep:
     r"""RAdam: Adam's moments, then ``p -= lr * r_t sqrt(1-β2^t) / (1-β1^t) * m / (sqrt(v) + ε)``
     once :math:`\rho_t > 5`, else ``p -= lr / (1-β1^t) * m`` (see ``scale_by_radam``)."""
 
@@ -393,12 +395,11 @@ def radam_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
     return classic_step(defaults=defaults, where=where,
                         counts=(("radam", "step"),),
                         columns=(("radam", "exp_avg"), ("radam", "exp_avg_sq")),
-                        accepts=_no_schedule({"weight_decay": has_decay}),
+                        accepts=_no_schedule,
                         prepare=prepare, kernel=kernel)
 
 
-def asgd_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
-              rounding: torch.dtype) -> FusedStep:
+def asgd_step(defaults: dict, where: str, *, maximize: bool, rounding: torch.dtype) -> FusedStep:
     r"""ASGD: ``p = p (1 - λη) - η g``, :math:`\bar p \mathrel{+}= \mu (p - \bar p)` (a copy
     while :math:`\mu = 1`), then :math:`\eta, \mu` from ``asgd_schedule``."""
 
@@ -422,7 +423,7 @@ def asgd_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
     return classic_step(defaults=defaults, where=where,
                         counts=(("asgd", "step"),), scalars=(("asgd", "eta"), ("asgd", "mu")),
                         columns=(("asgd", "ax"),),
-                        accepts=lambda h, state: has_decay or h["weight_decay"] == 0,
+                        accepts=_any,
                         prepare=prepare, kernel=kernel)
 
 
@@ -459,12 +460,11 @@ def rprop_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     return classic_step(defaults=defaults, where=where,
                         counts=(("rprop", "step"),),
                         columns=(("rprop", "prev"), ("rprop", "step_size")),
-                        accepts=lambda h, state: True,
+                        accepts=_any,
                         prepare=lambda h, key, likes: (key[0] == 1, ()), kernel=kernel)
 
 
-def adafactor_step(defaults: dict, where: str, *, maximize: bool, has_decay: bool,
-                   eps1_given: bool) -> FusedStep:
+def adafactor_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     r"""Adafactor (see ``scale_by_factored_rms``), in two passes over each large leaf.
 
     The update :math:`U = G / \sqrt{\max(\hat V, \epsilon_1^2)}` is scaled by
@@ -473,9 +473,6 @@ def adafactor_step(defaults: dict, where: str, *, maximize: bool, has_decay: boo
     moments and accumulates :math:`\|U\|^2` block by block, and the second recomputes each
     block of :math:`U` (in cache) and applies it. Small vectors go through foreach kernels
     together. ``maximize`` flips the sign of the step (the moments see :math:`g^2`)."""
-
-    def accepts(h, state):
-        return (has_decay or h["weight_decay"] == 0) and (eps1_given or h["eps"][0] is None)
 
     def prepare(h, key, likes):
         t = key[0]
@@ -498,7 +495,7 @@ def adafactor_step(defaults: dict, where: str, *, maximize: bool, has_decay: boo
 
     return classic_step(defaults=defaults, where=where, counts=((None, "step"),),
                         columns=((None, "row_var"), (None, "col_var"), (None, "variance")),
-                        accepts=accepts, prepare=prepare, kernel=kernel, split=False)
+                        accepts=_any, prepare=prepare, kernel=kernel, split=False)
 
 
 class _AdafactorScale:

@@ -304,6 +304,28 @@ def safe_sqrt(x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, 1.0)), 0.0)
 
 
+def is_off(value: Any) -> bool:
+    """Whether a hyperparameter is the Python number 0, so that its block skips its work.
+
+    A Python check on a number is free and syncs nothing; a tensor (even a zero one) always
+    runs the math, so the value stays live under ``vmap``, ``grad``, ``compile`` and capture.
+    A block's *shape* never depends on this: it only decides whether the arithmetic runs.
+    """
+    return isinstance(value, Number) and not isinstance(value, bool) and value == 0
+
+
+def lerp(start: Any, end: Any, weight: Any) -> Any:
+    """``torch.lerp(start, end, weight)`` with a tensor ``weight`` cast to ``start``'s dtype.
+
+    lerp's kernels (and its ``vmap`` batching rule) require a tensor weight of the inputs'
+    dtype; a number weight is rounded to that dtype by the kernel, so both give the same digits
+    (hyperparameters arrive as 0-d float64 tensors: :func:`cast_hparams`).
+    """
+    if isinstance(weight, torch.Tensor) and weight.dtype != start.dtype:
+        weight = weight.to(start.dtype)
+    return torch.lerp(start, end, weight)
+
+
 def ema_square(v: torch.Tensor, g: torch.Tensor, decay: Any) -> torch.Tensor:
     r"""The running mean of squares :math:`\beta v + (1-\beta) g^2`, computed as torch.optim does
     (``v * β`` then ``addcmul``: two passes, no temporary) when ``β`` is a number."""

@@ -11,8 +11,8 @@ attaches a *fused step* to its :class:`~functional_optim.Transform`::
 ``params``, ``grads`` and ``state`` are the stateful adapter's (dicts keyed by parameter name,
 tensors it owns): the step updates params and state **in place** and returns the state, or returns
 ``None`` when the kernel does not apply (a tensor beta, a schedule, complex or half-precision
-leaves, a DTensor, a step count on another device, an hparam whose block the alias left out), and
-the adapter then runs the chain. The numbers are the chain's up to rounding order (tested).
+leaves, a DTensor, a step count on another device), and the adapter then runs the chain. The
+numbers are the chain's up to rounding order (tested).
 
 Only the adapter calls it, outside autograd and ``torch.compile``; the pure ``update`` is
 unchanged.
@@ -84,10 +84,9 @@ def _lr(h: dict, device: torch.device) -> Any:
     return None
 
 
-def _absent_ok(h: dict, keys: tuple[str, ...], present: dict) -> bool:
-    """Each hparam must be a number; one whose block the alias left out must be 0 (else the
-    chain raises the alias's error)."""
-    return all(_number(h[k]) and (present[k] or h[k] == 0) for k in keys)
+def _numbers(h: dict, keys: tuple[str, ...]) -> bool:
+    """Whether each of these hparams is a Python number (what the kernels take)."""
+    return all(_number(h[k]) for k in keys)
 
 
 def _take(column: dict, names: list) -> list:
@@ -125,14 +124,12 @@ def _advanced(steps: dict, names: list) -> list:
     return _plus_one(_take(steps, names), inplace=True)
 
 
-def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool, has_decay: bool) -> FusedStep:
+def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool) -> FusedStep:
     """The fused step of ``adam``/``adamw`` (``torch._fused_adam_``/``_fused_adamw_``)."""
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
 
     def fused(params, grads, state, h):
-        present = {"eps": True, "weight_decay": has_decay}
-        if not (_absent_ok(h, ("eps", "weight_decay"), present)
-                and all(_number(b) for b in h["betas"])):
+        if not (_numbers(h, ("eps", "weight_decay")) and all(_number(b) for b in h["betas"])):
             return None
         adam = state["adam"]
         groups = _kernel_groups(params, grads, adam.step, h, state)
@@ -149,50 +146,55 @@ def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool, has_decay: bool
     return fused
 
 
-def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool, has_decay: bool,
+def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool,
              count: bool = True) -> FusedStep:
-    """The fused step of ``sgd`` (``torch._fused_sgd_``).
+    """The fused step of ``sgd`` (``torch._fused_sgd_``); ``has_momentum``: the alias has a
+    momentum block (``momentum`` not ``None``).
 
     The chain starts the momentum buffer at ``b_1 = g_1`` (torch's first step). With zero
     dampening that is ``μ·0 + g_1`` from the zero buffer ``init`` gives, so the kernel runs as on
     a later step; a nonzero dampening stays on the chain (telling the first step apart would read
-    the count). ``count=False`` leaves the momentum's step counts as they are, for a caller that
-    derives them (the drop-in ``SGD`` keeps none, as torch's).
+    the count). A momentum of 0 skips the buffer (and its count), as the chain's ``trace``.
+    ``count=False`` leaves the momentum's step counts as they are, for a caller that derives
+    them (the drop-in ``SGD`` keeps none, as torch's).
     """
 
     def fused(params, grads, state, h):
-        present = {"momentum": has_momentum, "weight_decay": has_decay, "dampening": True}
-        if not (_absent_ok(h, ("momentum", "weight_decay", "dampening"), present)
-                and h["dampening"] == 0):
+        if not (_numbers(h, ("weight_decay", "dampening")) and h["dampening"] == 0):
             return None
-        trace = state["momentum"] if has_momentum else None
-        groups = _kernel_groups(params, grads, trace.step if has_momentum else None, h, state)
+        momentum = h["momentum"]
+        if has_momentum and not _number(momentum) or not has_momentum and not (
+                momentum is None or _number(momentum) and momentum == 0):
+            return None  # (the chain raises the alias's error for a momentum without block)
+        moving = has_momentum and momentum != 0
+        trace = state["momentum"] if moving else None
+        groups = _kernel_groups(params, grads, trace.step if moving else None, h, state)
         if groups is None:
             return None
         steps: dict = {}
         for names, lr in groups:
             buffers = []
-            if has_momentum:
+            if moving:
                 buffers = _take(trace.momentum_buffer, names)
                 if count:  # new tensors: the adapter may hand out shared read-only counts
                     steps.update(zip(names, _plus_one(_take(trace.step, names), inplace=False)))
             torch._fused_sgd_(_take(params, names), _take(grads, names), buffers,
                               weight_decay=float(h["weight_decay"]),
-                              momentum=float(h["momentum"]), lr=lr, dampening=0.0,
-                              nesterov=nesterov, maximize=maximize, is_first_step=False)
-        if not (has_momentum and count):
+                              momentum=float(h["momentum"]) if moving else 0.0, lr=lr,
+                              dampening=0.0, nesterov=nesterov and moving, maximize=maximize,
+                              is_first_step=False)
+        if not (moving and count):
             return state
         return {**state, "momentum": trace._replace(step=steps)}
 
     return fused
 
 
-def adagrad_step(*, maximize: bool, has_decay: bool) -> FusedStep:
+def adagrad_step(*, maximize: bool) -> FusedStep:
     """The fused step of ``adagrad`` (``torch._fused_adagrad_``)."""
 
     def fused(params, grads, state, h):
-        present = {"lr_decay": True, "eps": True, "weight_decay": has_decay}
-        if not _absent_ok(h, ("lr_decay", "eps", "weight_decay"), present):
+        if not _numbers(h, ("lr_decay", "eps", "weight_decay")):
             return None
         rss = state["rss"]
         groups = _kernel_groups(params, grads, rss.step, h, state)

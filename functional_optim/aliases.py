@@ -1,13 +1,19 @@
 """Whole optimizers as short chains of building blocks, with torch.optim's names and defaults.
 
 Each alias exposes one flat hparams dict with PyTorch's keys (``lr``, ``betas``, ``eps``,
-``weight_decay``, ``momentum``, ``dampening``), so a ``param_group`` *is* an hparams dict. Options
-that change the structure of the computation (``nesterov``, ``amsgrad``, ``maximize``,
-``decoupled_weight_decay``) are static arguments.
+``weight_decay``, ``momentum``, ``dampening``), so a ``param_group`` *is* an hparams dict.
 
-A weight-decay or momentum block whose default is the Python number 0 is left out of the chain
-(no cost, and ``params`` are then not needed); giving such a hyperparameter a nonzero value at
-update time is an error. Construct with a nonzero value, or a tensor, to drive it at run time.
+*Live and structural arguments.* Every float hyperparameter is live: a value (a Python number or
+a 0-d tensor, which may require grad, be batched under ``vmap`` or be refilled between CUDA-graph
+replays) read at every update, whatever it was at construction. No block is left out because of
+a value: a weight decay or a momentum of 0 keeps its block in the chain, and where the value at
+update time is the Python number 0 the block skips its work (and ``params`` are not needed for a
+decay of 0). Only options that change the computation's structure are fixed at construction:
+``amsgrad``, ``nesterov``, ``centered``, ``maximize``, ``decoupled_weight_decay``,
+``initial_accumulator_value`` (read by ``init``), ``ns_steps``, ``adjust_lr_fn``, ``ns_dtype``,
+``scalar_state_dtype``, L-BFGS's iteration limits and line search, and ``momentum=None`` (no
+momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each alias's docstring
+lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import torch
 
 from . import _blocked, _fused
+from ._execute import is_off
 from .base import HParamError, Transform, chain, check_betas, check_hparam, reparametrize
 from .transforms import (
     MUON_NS_COEFFICIENTS,
@@ -47,11 +54,6 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam"]
 
 
-def _present(value: Any) -> bool:
-    """Whether a block is kept: a tensor, or a nonzero number."""
-    return isinstance(value, torch.Tensor) or value != 0
-
-
 def _check_lr(owner: str, lr: Any) -> None:
     """A number/tensor lr is validated here (schedules are callables, checked by the block)."""
     if not callable(lr):
@@ -63,18 +65,20 @@ def _check_lr(owner: str, lr: Any) -> None:
         check_hparam(owner, "lr", lr, ge=0)
 
 
-def _absent_check(owner: str, h: dict, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        value = h[key]
-        if not (isinstance(value, Number) and value == 0):
-            raise HParamError(
-                f"{owner}: {key} was 0 at construction, so its block is not in the chain; "
-                f"got {key}={value!r} at update time. Construct with a nonzero or tensor {key} "
-                "to set it at run time."
-            )
+def _no_momentum(owner: str, h: dict) -> None:
+    """``momentum=None`` at construction (no block): a momentum at update time must be off."""
+    value = h["momentum"]
+    if value is not None and not is_off(value):
+        got = (f"a tensor of dtype {value.dtype}" if isinstance(value, torch.Tensor)
+               else f"{type(value).__name__} {value!r}")
+        raise HParamError(
+            f"{owner}: momentum is None (structural: no momentum block, so no buffer); got "
+            f"{got} at update time. Construct with a number or tensor momentum (0 by default) "
+            "to set it at run time."
+        )
 
 
-def sgd(lr: float | torch.Tensor = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+def sgd(lr: float | torch.Tensor = 1e-3, momentum: float | None = 0.0, dampening: float = 0.0,
         weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> Transform:
     r"""Stochastic gradient descent, as torch.optim.SGD.
 
@@ -84,28 +88,31 @@ def sgd(lr: float | torch.Tensor = 1e-3, momentum: float = 0.0, dampening: float
         p_t = p_{t-1} - \eta\,(g_t + \mu b_t \text{ if nesterov else } b_t)
 
     Chain: ``[scale(-1) if maximize] → add_decayed_weights → trace → scale_by_learning_rate``.
+    A momentum that is the Python number 0 at update time skips the trace (torch's SGD without
+    momentum: :math:`u = g`, the buffer untouched); ``momentum=None`` leaves it out (no buffer).
 
     Args:
         lr: ``η`` (default 1e-3), a number, tensor or schedule.
-        momentum: ``μ`` (default 0).
+        momentum: ``μ`` (default 0), or ``None`` (structural: no momentum block).
         dampening: ``τ`` (default 0).
         weight_decay: coupled L2 penalty ``λ`` (default 0).
-        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
-        maximize: ascend instead of descend.
+        nesterov: Nesterov momentum (structural; needs momentum > 0 and dampening 0 at
+            construction).
+        maximize: ascend instead of descend (structural).
     """
     owner = "sgd"
     _check_lr(owner, lr)
-    check_hparam(owner, "momentum", momentum, ge=0)
+    if momentum is not None:
+        check_hparam(owner, "momentum", momentum, ge=0)
     check_hparam(owner, "dampening", dampening)
     check_hparam(owner, "weight_decay", weight_decay, ge=0)
-    if nesterov and not (_present(momentum) and dampening == 0):
+    if nesterov and (momentum is None or is_off(momentum) or not is_off(dampening)):
         raise HParamError("sgd: nesterov momentum requires a momentum > 0 and zero dampening")
     blocks: dict[str, Transform] = {}
     if maximize:
         blocks["maximize"] = scale(-1.0)
-    if _present(weight_decay):
-        blocks["weight_decay"] = add_decayed_weights(weight_decay)
-    if _present(momentum):
+    blocks["weight_decay"] = add_decayed_weights(weight_decay)
+    if momentum is not None:
         blocks["momentum"] = trace(momentum, dampening, nesterov)
     blocks["lr"] = scale_by_learning_rate(lr)
     # for a schedule, "lr" is the schedule's own hparams dict (as in scale_by_learning_rate)
@@ -113,20 +120,48 @@ def sgd(lr: float | torch.Tensor = 1e-3, momentum: float = 0.0, dampening: float
                     weight_decay=weight_decay)
 
     def to_inner(h):
-        _absent_check("sgd", h, tuple(k for k in ("weight_decay", "momentum")
-                                      if k not in blocks))
-        inner = {"lr": {"lr": h["lr"]}}
-        if "weight_decay" in blocks:
-            inner["weight_decay"] = {"weight_decay": h["weight_decay"]}
-        if "momentum" in blocks:
+        inner = {"lr": {"lr": h["lr"]}, "weight_decay": {"weight_decay": h["weight_decay"]}}
+        if momentum is None:
+            _no_momentum(owner, h)
+        else:
             inner["momentum"] = {"momentum": h["momentum"], "dampening": h["dampening"]}
         return inner
 
     fused = _fused.sgd_step(nesterov=nesterov, maximize=maximize,
-                            has_momentum="momentum" in blocks,
-                            has_decay="weight_decay" in blocks)
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")._replace(
-        fused=fused)
+                            has_momentum=momentum is not None)
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner,
+                           dict(nesterov=nesterov, maximize=maximize))._replace(fused=fused)
+
+
+def _decay_around(owner: str, lr: Any, weight_decay: Any, maximize: bool, decoupled: bool,
+                  name: str | None = None, block: Transform | None = None, *,
+                  lr_block: bool = True, **body: Transform) -> dict:
+    """``[maximize] → [coupled decay] → body → [decoupled decay] → [lr]``: the decay block is
+    always in the chain, before the body (L2) or after it (decoupled). The body is ``block``
+    under ``name``, or the keyword blocks in order."""
+    if lr_block:
+        _check_lr(owner, lr)
+    check_hparam(owner, "weight_decay", weight_decay, ge=0)
+    if name is not None:
+        body = {name: block}
+    blocks: dict[str, Transform] = {}
+    if maximize:
+        blocks["maximize"] = scale(-1.0)
+    if not decoupled:
+        blocks["weight_decay"] = add_decayed_weights(weight_decay)
+    blocks.update(body)
+    if decoupled:
+        blocks["weight_decay"] = add_decayed_weights(weight_decay)
+    if lr_block:
+        blocks["lr"] = scale_by_learning_rate(lr)
+    return blocks
+
+
+def _reparametrized(owner: str, inner: Transform, defaults: dict, to_inner: Callable,
+                    structural: dict) -> Transform:
+    """``inner`` with torch's flat ``defaults``; ``structural`` names the construction-time
+    options (a clear error when one is given in ``hparams``)."""
+    return reparametrize(inner, defaults, to_inner, f"{owner} hparams", structural=structural)
 
 
 def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -137,7 +172,7 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
     Coupled weight decay adds :math:`\lambda p` to the gradient before the moments; with
     ``decoupled_weight_decay=True`` it is AdamW's :math:`p \leftarrow p(1 - \eta\lambda)`.
 
-    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_adam →
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights if coupled] → scale_by_adam →
     [add_decayed_weights if decoupled] → scale_by_learning_rate``.
 
     Args:
@@ -145,39 +180,26 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
         betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
         eps: ``ε`` (default 1e-8).
         weight_decay: ``λ`` (default 0).
-        amsgrad: AMSGrad variant (Reddi et al., 2018).
-        maximize: ascend instead of descend.
-        decoupled_weight_decay: AdamW's decay (Loshchilov & Hutter, 2019).
+        amsgrad: AMSGrad variant (Reddi et al., 2018; structural).
+        maximize: ascend instead of descend (structural).
+        decoupled_weight_decay: AdamW's decay (Loshchilov & Hutter, 2019; structural).
     """
     owner = "adamw" if decoupled_weight_decay else "adam"
-    _check_lr(owner, lr)
     check_hparam(owner, "eps", eps, ge=0)
-    check_hparam(owner, "weight_decay", weight_decay, ge=0)
     check_betas(owner, betas)
-    blocks: dict[str, Transform] = {}
-    if maximize:
-        blocks["maximize"] = scale(-1.0)
-    decay = add_decayed_weights(weight_decay) if _present(weight_decay) else None
-    if decay is not None and not decoupled_weight_decay:
-        blocks["weight_decay"] = decay
-    blocks["adam"] = scale_by_adam(betas, eps, amsgrad=amsgrad)
-    if decay is not None and decoupled_weight_decay:
-        blocks["weight_decay"] = decay
-    blocks["lr"] = scale_by_learning_rate(lr)
+    blocks = _decay_around(owner, lr, weight_decay, maximize, decoupled_weight_decay, "adam",
+                           scale_by_adam(betas, eps, amsgrad=amsgrad))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
 
     def to_inner(h):
-        inner = {"adam": {"betas": h["betas"], "eps": h["eps"]}, "lr": {"lr": h["lr"]}}
-        if decay is None:
-            _absent_check(owner, h, ("weight_decay",))
-        else:
-            inner["weight_decay"] = {"weight_decay": h["weight_decay"]}
-        return inner
+        return {"adam": {"betas": h["betas"], "eps": h["eps"]}, "lr": {"lr": h["lr"]},
+                "weight_decay": {"weight_decay": h["weight_decay"]}}
 
-    fused = _fused.adam_step(decoupled=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
-                             has_decay=decay is not None)
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")._replace(
+    fused = _fused.adam_step(decoupled=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize)
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner,
+                           dict(amsgrad=amsgrad, maximize=maximize,
+                                decoupled_weight_decay=decoupled_weight_decay))._replace(
         fused=fused)
 
 
@@ -199,21 +221,8 @@ def adamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
 # Adagrad, Adadelta, Adamax, NAdam, RAdam, RMSprop, Rprop, ASGD (torch.optim's classic set)
 
 
-
-def _classic_start(owner: str, lr: Any, weight_decay: Any, maximize: bool) -> dict:
-    """Validated lr/weight_decay; the chain's leading blocks (``maximize``, coupled decay)."""
-    _check_lr(owner, lr)
-    check_hparam(owner, "weight_decay", weight_decay, ge=0)
-    blocks: dict[str, Transform] = {}
-    if maximize:
-        blocks["maximize"] = scale(-1.0)
-    if _present(weight_decay):
-        blocks["weight_decay"] = add_decayed_weights(weight_decay)
-    return blocks
-
-
 def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
-             decay_key: str | None = "weight_decay", lr_block: bool = True,
+             structural: dict, lr_block: bool = True,
              blocked: Callable | None = None) -> Transform:
     """``reparametrize`` a chain of ``blocks`` to torch's flat ``defaults``: ``keys`` go to
     ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block.
@@ -222,24 +231,19 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
     (:mod:`functional_optim._blocked`), the adapter's fast path."""
 
     def to_inner(h):
-        inner: dict = {block: {k: h[k] for k in keys}}
+        inner: dict = {block: {k: h[k] for k in keys},
+                       "weight_decay": {"weight_decay": h["weight_decay"]}}
         if lr_block:
             inner["lr"] = {"lr": h["lr"]}
-        if decay_key is not None:
-            if "weight_decay" in blocks:
-                inner["weight_decay"] = {"weight_decay": h[decay_key]}
-            else:
-                _absent_check(owner, h, (decay_key,))
         return inner
 
     if not lr_block:
-        where = f"{owner} hparams"
-        tx = reparametrize(chain(**blocks), defaults, to_inner, where)
-        return tx if blocked is None else tx._replace(fused=blocked(defaults, where))
-    return _lr_folded(owner, blocks, defaults, to_inner, blocked)
+        tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
+        return tx if blocked is None else tx._replace(fused=blocked(defaults, f"{owner} hparams"))
+    return _lr_folded(owner, blocks, defaults, to_inner, structural, blocked)
 
 
-def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner,
+def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: dict,
                blocked: Callable | None = None) -> Transform:
     """``reparametrize(chain(**blocks))`` whose adapter step is the cache-blocked one where it
     applies (``blocked(defaults, where)``), else the chain with the trailing ``lr`` block folded
@@ -249,7 +253,8 @@ def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner,
     fused = _fused.lr_folded_step(head, defaults, to_inner, where)
     if blocked is not None:
         fused = _fused.first(blocked(defaults, where), fused)
-    return reparametrize(chain(**blocks), defaults, to_inner, where)._replace(fused=fused)
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)._replace(
+        fused=fused)
 
 
 def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -261,25 +266,25 @@ def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay
         g_t \leftarrow \pm g_t + \lambda p_{t-1}, \quad s_t = s_{t-1} + g_t^2, \quad
         p_t = p_{t-1} - \frac{\eta}{1 + (t-1)\delta}\,\frac{g_t}{\sqrt{s_t} + \epsilon}
 
-    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_rss →
+    Chain: ``[scale(-1) if maximize] → add_decayed_weights → scale_by_rss →
     scale_by_learning_rate``. Hparams: ``lr``, ``lr_decay``, ``weight_decay``, ``eps``.
 
     Args:
         lr: ``η`` (default 1e-2), a number, tensor or schedule.
         lr_decay: ``δ`` (default 0).
         weight_decay: coupled L2 penalty ``λ`` (default 0).
-        initial_accumulator_value: ``s_0`` (static; default 0).
+        initial_accumulator_value: ``s_0`` (structural: read by ``init``; default 0).
         eps: ``ε`` (default 1e-10).
-        maximize: ascend instead of descend.
+        maximize: ascend instead of descend (structural).
     """
     owner = "adagrad"
-    blocks = _classic_start(owner, lr, weight_decay, maximize)
-    blocks["rss"] = scale_by_rss(lr_decay, initial_accumulator_value, eps)
-    blocks["lr"] = scale_by_learning_rate(lr)
+    blocks = _decay_around(owner, lr, weight_decay, maximize, False, "rss",
+                           scale_by_rss(lr_decay, initial_accumulator_value, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], lr_decay=lr_decay, weight_decay=weight_decay,
                     eps=eps)
-    fused = _fused.adagrad_step(maximize=maximize, has_decay="weight_decay" in blocks)
-    return _classic(owner, blocks, defaults, "rss", ("lr_decay", "eps"))._replace(fused=fused)
+    structural = dict(initial_accumulator_value=initial_accumulator_value, maximize=maximize)
+    return _classic(owner, blocks, defaults, "rss", ("lr_decay", "eps"), structural)._replace(
+        fused=_fused.adagrad_step(maximize=maximize))
 
 
 def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
@@ -291,7 +296,7 @@ def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6
         \Delta_t = \frac{\sqrt{a_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}} g_t, \quad
         a_t = \rho a_{t-1} + (1-\rho)\Delta_t^2, \quad p_t = p_{t-1} - \eta \Delta_t
 
-    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_adadelta →
+    Chain: ``[scale(-1) if maximize] → add_decayed_weights → scale_by_adadelta →
     scale_by_learning_rate``.
 
     Args:
@@ -299,16 +304,15 @@ def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6
         rho: ``ρ`` (default 0.9).
         eps: ``ε`` (default 1e-6).
         weight_decay: coupled L2 penalty (default 0).
-        maximize: ascend instead of descend.
+        maximize: ascend instead of descend (structural).
     """
     owner = "adadelta"
-    blocks = _classic_start(owner, lr, weight_decay, maximize)
-    blocks["adadelta"] = scale_by_adadelta(rho, eps)
-    blocks["lr"] = scale_by_learning_rate(lr)
+    blocks = _decay_around(owner, lr, weight_decay, maximize, False, "adadelta",
+                           scale_by_adadelta(rho, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], rho=rho, eps=eps, weight_decay=weight_decay)
-    blocked = functools.partial(_blocked.adadelta_step, maximize=maximize,
-                                has_decay="weight_decay" in blocks)
-    return _classic(owner, blocks, defaults, "adadelta", ("rho", "eps"), blocked=blocked)
+    blocked = functools.partial(_blocked.adadelta_step, maximize=maximize)
+    return _classic(owner, blocks, defaults, "adadelta", ("rho", "eps"),
+                    dict(maximize=maximize), blocked=blocked)
 
 
 def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -319,7 +323,7 @@ def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0
         n_t = \max(\beta_2 n_{t-1}, |g_t| + \epsilon), \quad
         p_t = p_{t-1} - \frac{\eta}{1-\beta_1^t}\frac{m_t}{n_t}
 
-    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_adamax →
+    Chain: ``[scale(-1) if maximize] → add_decayed_weights → scale_by_adamax →
     scale_by_learning_rate``.
 
     Args:
@@ -327,35 +331,16 @@ def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0
         betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
         eps: ``ε`` (default 1e-8).
         weight_decay: coupled L2 penalty (default 0).
-        maximize: ascend instead of descend.
+        maximize: ascend instead of descend (structural).
     """
     owner = "adamax"
-    blocks = _classic_start(owner, lr, weight_decay, maximize)
-    blocks["adamax"] = scale_by_adamax(betas, eps)
-    blocks["lr"] = scale_by_learning_rate(lr)
+    blocks = _decay_around(owner, lr, weight_decay, maximize, False, "adamax",
+                           scale_by_adamax(betas, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
-    blocked = functools.partial(_blocked.adamax_step, maximize=maximize,
-                                has_decay="weight_decay" in blocks)
-    return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"), blocked=blocked)
-
-
-def _decoupled_chain(owner: str, lr: Any, weight_decay: Any, maximize: bool,
-                     decoupled: bool, name: str, block: Transform) -> dict:
-    """``[maximize] → [coupled decay] → block → [decoupled decay] → lr``."""
-    _check_lr(owner, lr)
-    check_hparam(owner, "weight_decay", weight_decay, ge=0)
-    blocks: dict[str, Transform] = {}
-    if maximize:
-        blocks["maximize"] = scale(-1.0)
-    decay = add_decayed_weights(weight_decay) if _present(weight_decay) else None
-    if decay is not None and not decoupled:
-        blocks["weight_decay"] = decay
-    blocks[name] = block
-    if decay is not None and decoupled:
-        blocks["weight_decay"] = decay
-    blocks["lr"] = scale_by_learning_rate(lr)
-    return blocks
+    blocked = functools.partial(_blocked.adamax_step, maximize=maximize)
+    return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"), dict(maximize=maximize),
+                    blocked=blocked)
 
 
 def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -369,7 +354,7 @@ def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.
     :math:`\lambda p` to the gradient first, decoupled decay adds :math:`\eta\lambda p` to the
     step (Loshchilov & Hutter, 2019).
 
-    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_nadam →
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights if coupled] → scale_by_nadam →
     [add_decayed_weights if decoupled] → scale_by_learning_rate``.
 
     Args:
@@ -378,22 +363,24 @@ def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.
         eps: ``ε`` (default 1e-8).
         weight_decay: ``λ`` (default 0).
         momentum_decay: ``ψ`` (default 4e-3).
-        decoupled_weight_decay: AdamW-style decay.
-        maximize: ascend instead of descend.
-        scalar_state_dtype: dtype of the ``mu_product`` state (``None``: torch.optim's, float32
-            unless the default dtype is float64; see :mod:`functional_optim.transforms.adaptive`).
+        decoupled_weight_decay: AdamW-style decay (structural).
+        maximize: ascend instead of descend (structural).
+        scalar_state_dtype: dtype of the ``mu_product`` state (structural; ``None``:
+            torch.optim's, float32 unless the default dtype is float64; see
+            :mod:`functional_optim.transforms.adaptive`).
     """
     owner = "nadam"
-    blocks = _decoupled_chain(owner, lr, weight_decay, maximize, decoupled_weight_decay, "nadam",
-                              scale_by_nadam(betas, eps, momentum_decay,
-                                             scalar_state_dtype=scalar_state_dtype))
+    blocks = _decay_around(owner, lr, weight_decay, maximize, decoupled_weight_decay, "nadam",
+                           scale_by_nadam(betas, eps, momentum_decay,
+                                          scalar_state_dtype=scalar_state_dtype))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay, momentum_decay=momentum_decay)
     blocked = functools.partial(_blocked.nadam_step, maximize=maximize,
-                                has_decay="weight_decay" in blocks,
                                 decoupled=decoupled_weight_decay)
+    structural = dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                      scalar_state_dtype=scalar_state_dtype)
     return _classic(owner, blocks, defaults, "nadam", ("betas", "eps", "momentum_decay"),
-                    blocked=blocked)
+                    structural, blocked=blocked)
 
 
 def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -405,7 +392,7 @@ def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
     :func:`~functional_optim.transforms.scale_by_radam` (rectified once
     :math:`\rho_t > 5`).
 
-    Chain: ``[scale(-1) if maximize] → [add_decayed_weights] → scale_by_radam →
+    Chain: ``[scale(-1) if maximize] → [add_decayed_weights if coupled] → scale_by_radam →
     [add_decayed_weights if decoupled] → scale_by_learning_rate``.
 
     Args:
@@ -413,22 +400,23 @@ def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
         betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
         eps: ``ε`` (default 1e-8).
         weight_decay: ``λ`` (default 0).
-        decoupled_weight_decay: AdamW-style decay.
-        maximize: ascend instead of descend.
+        decoupled_weight_decay: AdamW-style decay (structural).
+        maximize: ascend instead of descend (structural).
     """
     owner = "radam"
-    blocks = _decoupled_chain(owner, lr, weight_decay, maximize, decoupled_weight_decay, "radam",
-                              scale_by_radam(betas, eps))
+    blocks = _decay_around(owner, lr, weight_decay, maximize, decoupled_weight_decay, "radam",
+                           scale_by_radam(betas, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
     blocked = functools.partial(_blocked.radam_step, maximize=maximize,
-                                has_decay="weight_decay" in blocks,
                                 decoupled=decoupled_weight_decay)
-    return _classic(owner, blocks, defaults, "radam", ("betas", "eps"), blocked=blocked)
+    structural = dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    return _classic(owner, blocks, defaults, "radam", ("betas", "eps"), structural,
+                    blocked=blocked)
 
 
 def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-            weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+            weight_decay: float = 0.0, momentum: float | None = 0.0, centered: bool = False, *,
             maximize: bool = False) -> Transform:
     r"""RMSprop (Hinton, 2012; centered: Graves, 2013), as torch.optim.RMSprop.
 
@@ -437,56 +425,52 @@ def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1
         d_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2 \text{ (centered)}} + \epsilon}, \quad
         b_t = \mu b_{t-1} + d_t, \quad p_t = p_{t-1} - \eta\, b_t
 
-    (:math:`b_t = d_t` without momentum). Chain: ``[scale(-1) if maximize] →
-    [add_decayed_weights] → scale_by_rms → [trace] → scale_by_learning_rate``.
+    (:math:`b_t = d_t` where the momentum is the number 0). Chain: ``[scale(-1) if maximize] →
+    add_decayed_weights → scale_by_rms → trace → scale_by_learning_rate``.
 
     Args:
         lr: ``η`` (default 1e-2), a number, tensor or schedule.
         alpha: smoothing constant ``α`` (default 0.99).
         eps: ``ε`` (default 1e-8).
         weight_decay: coupled L2 penalty (default 0).
-        momentum: ``μ`` (default 0; a block only when nonzero or a tensor).
-        centered: divide by the centered second moment.
-        maximize: ascend instead of descend.
+        momentum: ``μ`` (default 0), or ``None`` (structural: no momentum block, no buffer).
+        centered: divide by the centered second moment (structural).
+        maximize: ascend instead of descend (structural).
     """
     owner = "rmsprop"
-    blocks = _classic_start(owner, lr, weight_decay, maximize)
-    check_hparam(owner, "momentum", momentum, ge=0)
-    blocks["rms"] = scale_by_rms(alpha, eps, centered)
-    if _present(momentum):
-        blocks["momentum"] = trace(momentum)
-    blocks["lr"] = scale_by_learning_rate(lr)
+    if momentum is not None:
+        check_hparam(owner, "momentum", momentum, ge=0)
+    body = {"rms": scale_by_rms(alpha, eps, centered)}
+    if momentum is not None:
+        body["momentum"] = trace(momentum)
+    blocks = _decay_around(owner, lr, weight_decay, maximize, False, **body)
     defaults = dict(lr=blocks["lr"].hparams["lr"], alpha=alpha, eps=eps,
                     weight_decay=weight_decay, momentum=momentum)
 
     def to_inner(h):
-        inner: dict = {"rms": {"alpha": h["alpha"], "eps": h["eps"]}, "lr": {"lr": h["lr"]}}
-        absent = []
-        if "weight_decay" in blocks:
-            inner["weight_decay"] = {"weight_decay": h["weight_decay"]}
+        inner: dict = {"rms": {"alpha": h["alpha"], "eps": h["eps"]}, "lr": {"lr": h["lr"]},
+                       "weight_decay": {"weight_decay": h["weight_decay"]}}
+        if momentum is None:
+            _no_momentum(owner, h)
         else:
-            absent.append("weight_decay")
-        if "momentum" in blocks:
             inner["momentum"] = {"momentum": h["momentum"], "dampening": 0.0}
-        else:
-            absent.append("momentum")
-        _absent_check(owner, h, tuple(absent))
         return inner
 
     blocked = functools.partial(_blocked.rmsprop_step, maximize=maximize, centered=centered,
-                                has_momentum="momentum" in blocks,
-                                has_decay="weight_decay" in blocks)
-    return _lr_folded(owner, blocks, defaults, to_inner, blocked)
+                                has_momentum=momentum is not None)
+    return _lr_folded(owner, blocks, defaults, to_inner,
+                      dict(centered=centered, maximize=maximize), blocked)
 
 
 def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
-          step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False) -> Transform:
+          step_sizes: tuple[float, float] = (1e-6, 50.0), *, maximize: bool = False
+          ) -> Transform:
     r"""Rprop (Riedmiller & Braun, 1993), as torch.optim.Rprop.
 
     Per element, the step size grows by ``η+`` while the gradient keeps its sign and shrinks by
     ``η-`` when it flips (that step is skipped); :math:`p_t = p_{t-1} - \mathrm{sign}(g_t) s_t`.
-    ``lr`` is the initial step size, read at the first update. See
-    :func:`~functional_optim.transforms.scale_by_rprop`.
+    ``lr`` is the initial step size, read at the first update (later values only matter to a
+    fresh state). See :func:`~functional_optim.transforms.scale_by_rprop`.
 
     Chain: ``[scale(-1) if maximize] → scale_by_rprop``.
 
@@ -494,7 +478,7 @@ def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2
         lr: initial step size (default 1e-2), a number or tensor.
         etas: ``(η-, η+)`` (default ``(0.5, 1.2)``).
         step_sizes: ``(s_min, s_max)`` (default ``(1e-6, 50)``).
-        maximize: ascend instead of descend.
+        maximize: ascend instead of descend (structural).
     """
     owner = "rprop"
     if callable(lr) or not isinstance(lr, (Number, torch.Tensor)):
@@ -511,9 +495,9 @@ def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2
         return {"rprop": {"init_step_size": h["lr"], "etas": h["etas"],
                           "step_sizes": h["step_sizes"]}}
 
-    where = f"{owner} hparams"
-    return reparametrize(chain(**blocks), defaults, to_inner, where)._replace(
-        fused=_blocked.rprop_step(defaults, where, maximize=maximize))
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner,
+                           dict(maximize=maximize))._replace(
+        fused=_blocked.rprop_step(defaults, f"{owner} hparams", maximize=maximize))
 
 
 def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
@@ -529,7 +513,7 @@ def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.
 
     The averaged parameters are the state's ``ax`` (see
     :func:`~functional_optim.transforms.scale_by_asgd`). Chain: ``[scale(-1) if maximize] →
-    [add_decayed_weights] → scale_by_asgd``.
+    add_decayed_weights → scale_by_asgd``.
 
     Args:
         lr: ``γ`` (default 1e-2), a number or tensor.
@@ -537,20 +521,22 @@ def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.
         alpha: power for the ``η`` update (default 0.75).
         t0: step at which averaging starts (default 1e6).
         weight_decay: coupled L2 penalty (default 0).
-        maximize: ascend instead of descend.
-        scalar_state_dtype: dtype of the ``eta``/``mu`` state (``None``: torch.optim's).
+        maximize: ascend instead of descend (structural).
+        scalar_state_dtype: dtype of the ``eta``/``mu`` state (structural; ``None``:
+            torch.optim's).
     """
     owner = "asgd"
     if callable(lr) or not isinstance(lr, (Number, torch.Tensor)):
         raise HParamError(f"{owner}: lr must be a Python number or a 0-d tensor, got "
                           f"{type(lr).__name__} {lr!r}")
-    blocks = _classic_start(owner, lr, weight_decay, maximize)
-    blocks["asgd"] = scale_by_asgd(lr, lambd, alpha, t0, scalar_state_dtype=scalar_state_dtype)
+    blocks = _decay_around(owner, lr, weight_decay, maximize, False, lr_block=False,
+                           asgd=scale_by_asgd(lr, lambd, alpha, t0,
+                                              scalar_state_dtype=scalar_state_dtype))
     defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
     blocked = functools.partial(_blocked.asgd_step, maximize=maximize,
-                                has_decay="weight_decay" in blocks,
                                 rounding=_torch_scalar_dtype(scalar_state_dtype))
     return _classic(owner, blocks, defaults, "asgd", ("lr", "lambd", "alpha", "t0"),
+                    dict(maximize=maximize, scalar_state_dtype=scalar_state_dtype),
                     lr_block=False, blocked=blocked)
 
 
@@ -576,34 +562,26 @@ def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
         lr: ``η`` (default 1e-2), a number or 0-d tensor.
         beta2_decay: ``c <= 0`` in :math:`\hat\beta_{2,t} = 1 - t^c` (default -0.8).
         eps: ``(ε1, ε2)``; ``ε1 = None`` is the dtype's machine epsilon (default
-            ``(None, 1e-3)``).
+            ``(None, 1e-3)``); each may be a number or tensor at update time.
         d: clipping threshold (default 1).
         weight_decay: ``λ`` (default 0).
-        maximize: ascend instead of descend.
+        maximize: ascend instead of descend (structural).
     """
     owner = "adafactor"
     _number_or_tensor_lr(owner, lr)
     inner = scale_by_factored_rms(lr, beta2_decay, eps, d, weight_decay, maximize=maximize)
     defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d,
                     weight_decay=weight_decay)
-    eps1_given = eps[0] is not None
 
     def to_inner(h):
         eps1, eps2 = h["eps"]
-        if not eps1_given and eps1 is not None:
-            raise HParamError(
-                f"{owner}: eps[0] was None (the dtype's epsilon) at construction; got "
-                f"eps[0]={eps1!r} at update time. Construct with a number to set it at run time.")
-        out = {"lr": h["lr"], "beta2_decay": h["beta2_decay"], "eps2": eps2, "d": h["d"],
-               "weight_decay": h["weight_decay"]}
-        if eps1_given:
-            out["eps1"] = eps1
-        return out
+        return {"lr": h["lr"], "beta2_decay": h["beta2_decay"], "eps1": eps1, "eps2": eps2,
+                "d": h["d"], "weight_decay": h["weight_decay"]}
 
     where = f"{owner} hparams"
-    blocked = _blocked.adafactor_step(defaults, where, maximize=maximize,
-                                      has_decay=_present(weight_decay), eps1_given=eps1_given)
-    return reparametrize(inner, defaults, to_inner, where)._replace(fused=blocked)
+    blocked = _blocked.adafactor_step(defaults, where, maximize=maximize)
+    return _reparametrized(owner, inner, defaults, to_inner, dict(maximize=maximize))._replace(
+        fused=blocked)
 
 
 def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
@@ -620,43 +598,37 @@ def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: f
         O_t = \mathrm{NS}_k(\text{nesterov} ? (1-\mu) g_t + \mu B_t : B_t), \quad
         p_t = p_{t-1} - \eta\lambda p_{t-1} - \eta\, r(A, B)\, O_t
 
-    Chain: ``scale_by_muon → [add_decayed_weights] → scale_by_learning_rate``. 2-D parameters
+    Chain: ``scale_by_muon → add_decayed_weights → scale_by_learning_rate``. 2-D parameters
     only (others: a ``ValueError``; use :func:`~functional_optim.partition` to give them AdamW).
 
     Args:
         lr: ``η`` (default 1e-3), a number, tensor or schedule.
         weight_decay: decoupled ``λ`` (default 0.1).
         momentum: ``μ`` (default 0.95).
-        nesterov: Nesterov momentum (default True).
+        nesterov: Nesterov momentum (structural; default True).
         ns_coefficients: ``(a, b, c)`` of the quintic iteration.
         eps: ``ε`` of the normalization (default 1e-7).
-        ns_steps: Newton-Schulz iterations (static; default 5).
+        ns_steps: Newton-Schulz iterations (structural; default 5).
         adjust_lr_fn: ``None``/``"original"`` (:math:`r = \sqrt{\max(1, A/B)}`) or
-            ``"match_rms_adamw"`` (:math:`r = 0.2\sqrt{\max(A, B)}`).
-        ns_dtype: precision of the iteration (bfloat16 as torch; ``None``: the parameter's).
+            ``"match_rms_adamw"`` (:math:`r = 0.2\sqrt{\max(A, B)}`) (structural).
+        ns_dtype: precision of the iteration (structural; bfloat16 as torch; ``None``: the
+            parameter's).
     """
     owner = "muon"
-    _check_lr(owner, lr)
-    check_hparam(owner, "weight_decay", weight_decay, ge=0)
-    blocks: dict[str, Transform] = {
-        "muon": scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
-                              ns_dtype=ns_dtype)}
-    if _present(weight_decay):
-        blocks["weight_decay"] = add_decayed_weights(weight_decay)
-    blocks["lr"] = scale_by_learning_rate(lr)
+    blocks = _decay_around(owner, lr, weight_decay, False, True, "muon",
+                           scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps,
+                                         adjust_lr_fn, ns_dtype=ns_dtype))
     defaults = dict(lr=blocks["lr"].hparams["lr"], weight_decay=weight_decay,
                     momentum=momentum, ns_coefficients=tuple(ns_coefficients), eps=eps)
 
     def to_inner(h):
-        inner = {"muon": {"momentum": h["momentum"], "ns_coefficients": h["ns_coefficients"],
-                          "eps": h["eps"]}, "lr": {"lr": h["lr"]}}
-        if "weight_decay" in blocks:
-            inner["weight_decay"] = {"weight_decay": h["weight_decay"]}
-        else:
-            _absent_check(owner, h, ("weight_decay",))
-        return inner
+        return {"muon": {"momentum": h["momentum"], "ns_coefficients": h["ns_coefficients"],
+                         "eps": h["eps"]}, "lr": {"lr": h["lr"]},
+                "weight_decay": {"weight_decay": h["weight_decay"]}}
 
-    return reparametrize(chain(**blocks), defaults, to_inner, f"{owner} hparams")
+    structural = dict(nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
+                      ns_dtype=ns_dtype)
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
 
 
 def lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: int | None = None,

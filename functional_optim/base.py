@@ -103,13 +103,15 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def resolve_hparams(defaults: Any, given: Any, where: str = "hparams") -> Any:
+def resolve_hparams(defaults: Any, given: Any, where: str = "hparams",
+                    structural: Mapping | None = None) -> Any:
     """Merge ``given`` hyperparameters over ``defaults``.
 
     ``None`` (anywhere) means "the default". A dict may give a subset of the keys; an unknown key
-    is an error naming the known ones. Tuples (a chain's hparams, ``betas``) must have the
-    defaults' length. A leaf must be a Python number or a 0-d tensor. Values are not inspected
-    (that would be a host sync), only their type and shape.
+    is an error naming the known ones (and, for a key of ``structural``, saying that it is fixed
+    at construction). Tuples (a chain's hparams, ``betas``) must have the defaults' length. A
+    leaf must be a Python number or a 0-d tensor. Values are not inspected (that would be a host
+    sync), only their type and shape.
     """
     if given is None:
         return defaults
@@ -120,6 +122,16 @@ def resolve_hparams(defaults: Any, given: Any, where: str = "hparams") -> Any:
             )
         unknown = [k for k in given if k not in defaults]
         if unknown:
+            fixed = [k for k in unknown if structural is not None and k in structural]
+            if fixed:
+                raise HParamError(
+                    f"{where}: {', '.join(map(str, fixed))} "
+                    f"{'is' if len(fixed) == 1 else 'are'} structural, fixed at construction ("
+                    + ", ".join(f"{k}={structural[k]!r}" for k in fixed)
+                    + "), not a hyperparameter: construct a new transform to change "
+                    f"{'it' if len(fixed) == 1 else 'them'}; hyperparameters: "
+                    f"{sorted(map(str, defaults))}"
+                )
             raise HParamError(
                 f"{where}: unknown hyperparameter(s) {sorted(map(str, unknown))}; "
                 f"known: {sorted(map(str, defaults))}"
@@ -337,23 +349,25 @@ def _fused_runs(specs: list) -> list:
 
 
 def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], Any],
-                  name: str = "hparams") -> Transform:
+                  name: str = "hparams", structural: Mapping | None = None) -> Transform:
     """``inner`` exposed with other hyperparameters: ``to_inner`` maps them to ``inner``'s.
 
     This is how an alias (``adamw``, ``sgd``) shows one flat dict with PyTorch's names
-    (``lr``, ``betas``, ``weight_decay``) over a chain of building blocks.
+    (``lr``, ``betas``, ``weight_decay``) over a chain of building blocks. ``structural`` maps
+    the construction-time options (``amsgrad``, ``nesterov``, ...) to their values, for the
+    error raised when one is given as a hyperparameter.
     """
     _check_transform(inner, "reparametrize")
 
     def update(updates, state, params=None, hparams_=None, **extra):
-        resolved = resolve_hparams(hparams, hparams_, name)
+        resolved = resolve_hparams(hparams, hparams_, name, structural)
         return inner.update(updates, state, params, to_inner(resolved), **extra)
 
     spec = inner.pointwise
     if spec is not None:
         def prepare(updates, state, params, hparams_):
             return spec.prepare(updates, state, params,
-                                to_inner(resolve_hparams(hparams, hparams_, name)))
+                                to_inner(resolve_hparams(hparams, hparams_, name, structural)))
 
         spec = spec._replace(prepare=prepare, parts=())  # (the parts take the inner hparams)
     return Transform(inner.init, update, hparams, pointwise=spec)

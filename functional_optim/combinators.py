@@ -412,7 +412,8 @@ def inject_hparams(inner: Transform, schedules: Mapping[str, Any] | None = None,
     the value is ``schedule(t)`` or ``fn(inner_state, t)``; it is stored in the state, so
     :func:`get_hparam` reads it back. The wrapper's hparams are ``inner``'s, with each
     scheduled entry replaced by the schedule's own hparams dict (so they stay values: tensors,
-    batched, differentiable).
+    batched, differentiable), and each entry computed from the state replaced by ``None``
+    (it is no hyperparameter: a value given for it is not read).
 
     Args:
         inner: the transform whose hyperparameters are injected.
@@ -431,6 +432,8 @@ def inject_hparams(inner: Transform, schedules: Mapping[str, Any] | None = None,
     defaults = inner.hparams
     for path, s in schedules.items():
         defaults = _set_in(defaults, _split_path(path), s.hparams)
+    for path in from_state:
+        defaults = _set_in(defaults, _split_path(path), None)
     paths = tuple(schedules) + tuple(from_state)
 
     def init(params):

@@ -417,6 +417,26 @@ def test_group_values_are_read_on_every_step(name):
     _same_state_dict(ours, theirs)
 
 
+@pytest.mark.parametrize("foreach", [None, True, False])
+def test_sgd_momentum_from_zero_and_back_mid_run(foreach):
+    """A group's momentum going 0 -> 0.9 (with dampening) -> 0 -> 0.5 follows torch.optim.SGD:
+    no buffer while it is 0, a fresh buffer (the gradient itself) when it turns on, the old
+    buffer kept while it is off again; the state_dict matches at every stage."""
+    def change(opt):
+        def before(i):
+            opt.param_groups[0]["momentum"] = {3: 0.9, 6: 0.0, 9: 0.5}.get(
+                i, opt.param_groups[0]["momentum"])
+            opt.param_groups[0]["dampening"] = 0.3 if i < 9 else 0.0
+        return before
+
+    m1, ours, m2, theirs = _pair("SGD", dict(lr=0.05, foreach=foreach), _two_groups)
+    for start in (0, 3, 6, 9):
+        _train(m1, ours, 3, start=start, before_step=change(ours))
+        _train(m2, theirs, 3, start=start, before_step=change(theirs))
+        _same_params(m1, m2)
+        _same_state_dict(ours, theirs)
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
 def test_static_options_changed_in_a_group(name):
     """Structural options (``nesterov``, ``amsgrad``, ``maximize``) are also read per step."""

@@ -256,8 +256,20 @@ UPDATE_TIME = {
 }
 
 
+def _as_tensors(value):
+    """Every number of an hparam value (tuples too) as a 0-d float64 tensor."""
+    if isinstance(value, tuple):
+        return tuple(_as_tensors(v) for v in value)
+    return torch.tensor(value, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["number", "tensor"])
+@pytest.mark.parametrize("built", ["other", "defaults"])
 @pytest.mark.parametrize("name", list(ALGOS))
-def test_every_hparam_at_update_time(name):
+def test_every_hparam_at_update_time(name, built, kind):
+    """Every key of the flat dict given at update time, as numbers or 0-d tensors, equals torch
+    built with those values, whether the alias was built with other values or with its defaults
+    (a weight decay or momentum of 0 keeps its block: it is live)."""
     make, cls, base, grid = ALGOS[name]
     static = {k: v for k, v in grid[-1].items() if k not in make().hparams}  # not in the dict
     dtype = torch.float64
@@ -265,13 +277,15 @@ def test_every_hparam_at_update_time(name):
     group = UPDATE_TIME[name]
     assert set(group) == set(make().hparams), "every key of the flat dict is exercised"
     expected, _ = _run_torch(cls, dict(group, **static, foreach=False), dtype, grads)
-    built = dict(base, **grid[-1])  # constructed with other values, overridden at update time
+    # constructed with other values, or with the defaults, and overridden at update time
+    kwargs = dict(base, **grid[-1]) if built == "other" else dict(static, lr=base["lr"])
 
     def hparams_at(i, j):
-        return dict(group, lr=group["lr"] * (LR2_FACTOR if j else 1.0))
+        h = dict(group, lr=group["lr"] * (LR2_FACTOR if j else 1.0))
+        return {k: _as_tensors(v) for k, v in h.items()} if kind == "tensor" else h
 
-    actual = _run_fo(make, built, dtype, grads, hparams_at)
-    _assert_close(actual, expected, dtype, f"{name} update-time hparams")
+    actual = _run_fo(make, kwargs, dtype, grads, hparams_at)
+    _assert_close(actual, expected, dtype, f"{name} update-time hparams ({kind}, built {built})")
 
 
 def test_asgd_average_matches_torch():
@@ -368,9 +382,10 @@ def test_invalid_hparams_rejected_at_construction():
         fo.scale_by_radam(threshold=3.0)
     with pytest.raises(fo.HParamError, match="initial_accumulator_value"):
         fo.scale_by_rss(initial_accumulator_value=torch.tensor(0.1))
-    with pytest.raises(fo.HParamError, match="momentum"):
-        fo.rmsprop().update({"w": torch.ones(2)}, fo.rmsprop().init({"w": torch.ones(2)}),
-                            {"w": torch.ones(2)}, {"momentum": 0.9})
+    with pytest.raises(fo.HParamError, match="momentum is None"):
+        tx = fo.rmsprop(momentum=None)
+        tx.update({"w": torch.ones(2)}, tx.init({"w": torch.ones(2)}), {"w": torch.ones(2)},
+                  {"momentum": 0.9})
 
 
 def test_asgd_needs_params():

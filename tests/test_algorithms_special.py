@@ -121,6 +121,62 @@ def test_muon_matches_torch(opts, dtype):
     _assert_close(ours, expected, dtype, f"Muon class {opts}")
 
 
+def _as_tensors(value):
+    if isinstance(value, tuple):
+        return tuple(_as_tensors(v) for v in value)
+    return torch.tensor(value, dtype=torch.float64)
+
+
+# every key of the flat dict at other values than the defaults (Adafactor's eps[0] from None)
+UPDATE_TIME = {
+    "adafactor": (fo.adafactor, torch.optim.Adafactor, ADAFACTOR_SHAPES,
+                  dict(lr=0.05, beta2_decay=-0.5, eps=(1e-20, 1e-2), d=1.5, weight_decay=0.1)),
+    "muon": (fo.muon, torch.optim.Muon, MUON_SHAPES,
+             dict(lr=0.02, weight_decay=0.05, momentum=0.9, ns_coefficients=(3.0, -3.2, 1.2),
+                  eps=1e-5)),
+}
+
+
+@pytest.mark.parametrize("kind", ["number", "tensor"])
+@pytest.mark.parametrize("name", list(UPDATE_TIME))
+def test_every_hparam_at_update_time(name, kind):
+    """Every key given at update time to the alias built with its defaults (a weight decay of 0
+    is live) equals torch built with those values. As tensors, Muon's ``ns_coefficients`` stay
+    numbers: tensor coefficients take the unfused polynomial, which rounds differently in the
+    bfloat16 iteration (``test_hparams_live.py`` checks them with ``ns_dtype=None``)."""
+    make, cls, shapes, group = UPDATE_TIME[name]
+    assert set(group) == set(make().hparams)
+    dtype = torch.float64
+    params, grads = _data(shapes, dtype)
+    expected, _ = _run_torch(cls, group, params, grads)
+    hparams = group if kind == "number" else {
+        k: v if k == "ns_coefficients" else _as_tensors(v) for k, v in group.items()}
+    tx = make()
+    p = dict(params)
+    state = tx.init(p)
+    for g in grads:
+        u, state = tx.update(g, state, p, hparams)
+        p = fo.apply_updates(p, u)
+    _assert_close(p, expected, dtype, f"{name} update-time hparams ({kind})")
+
+
+def test_muon_mixed_number_and_tensor_coefficients():
+    """``ns_coefficients`` with some entries tensors and others numbers (a tensor to learn one
+    of them) equals all numbers."""
+    params, grads = _data(MUON_SHAPES, torch.float64, steps=3)
+    tx = fo.muon(ns_dtype=None)
+    mixed = dict(tx.hparams, ns_coefficients=(3.4445, torch.tensor(-4.775, dtype=torch.float64),
+                                              2.0315))
+    for hparams in (mixed, tx.hparams):
+        p, state = dict(params), tx.init(params)
+        for g in grads:
+            u, state = tx.update(g, state, p, hparams)
+            p = fo.apply_updates(p, u)
+        if hparams is mixed:
+            first = p
+    _assert_close(first, p, torch.float64, "muon mixed coefficients")
+
+
 def test_muon_rejects_non_2d():
     with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
         fopt.Muon([torch.zeros(3)])

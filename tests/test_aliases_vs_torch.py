@@ -265,35 +265,46 @@ def test_lr_changed_mid_run_matches_param_group(name, dtype):
     _assert_close(actual, expected, dtype, f"{name} lr schedule")
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw"])
-def test_betas_eps_weight_decay_via_hparams(name):
-    # Every key of the flat dict, changed at update time, equals torch with that param_group.
-    make, opt_cls, _ = ALIASES[name]
+def _as_tensors(value):
+    """Every number of an hparam value (tuples too) as a 0-d float64 tensor."""
+    if isinstance(value, tuple):
+        return tuple(_as_tensors(v) for v in value)
+    return torch.tensor(value, dtype=torch.float64)
+
+
+# every key of each alias's flat dict, at other values than the defaults
+GROUPS_AT_UPDATE = {
+    "adam": dict(lr=0.02, betas=(0.7, 0.95), eps=1e-4, weight_decay=0.2),
+    "adamw": dict(lr=0.02, betas=(0.7, 0.95), eps=1e-4, weight_decay=0.2),
+    "sgd": dict(lr=0.03, momentum=0.5, dampening=0.25, weight_decay=0.05),
+}
+
+
+@pytest.mark.parametrize("kind", ["number", "tensor"])
+@pytest.mark.parametrize("built", ["other", "defaults"])
+@pytest.mark.parametrize("name", list(GROUPS_AT_UPDATE))
+def test_every_hparam_via_hparams(name, built, kind):
+    """Every key of the flat dict, changed at update time (numbers or 0-d tensors), equals
+    torch with that param_group, whether the alias was built with other values or with its
+    defaults (a weight decay, momentum or dampening of 0 keeps its block: it is live)."""
+    make = {"sgd": fo.sgd, "adam": fo.adam, "adamw": fo.adamw}[name]
+    opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam,
+               "adamw": torch.optim.AdamW}[name]
     dtype = torch.float64
     grads = _grads(dtype)
-    group = dict(lr=0.02, betas=(0.7, 0.95), eps=1e-4, weight_decay=0.2)
+    group = GROUPS_AT_UPDATE[name]
+    assert set(group) == set(make().hparams), "every key of the flat dict is exercised"
     expected = _run_torch(opt_cls, dict(group, foreach=False), dtype, grads)
-    tx = make(lr=1e-3, weight_decay=0.01)
+    others = dict(sgd=dict(lr=0.1, momentum=0.9, weight_decay=0.1),
+                  adam=dict(lr=1e-3, weight_decay=0.01), adamw=dict(lr=1e-3, weight_decay=0.01))
+    tx = make(**others[name]) if built == "other" else make()
+    hparams = {k: _as_tensors(v) for k, v in group.items()} if kind == "tensor" else group
     params = _params(dtype)
     state = tx.init(params)
     for g in grads:
-        updates, state = tx.update(g, state, params, group)
+        updates, state = tx.update(g, state, params, hparams)
         params = fo.apply_updates(params, updates)
-    _assert_close(params, expected, dtype, f"{name} hparams")
-
-
-def test_sgd_momentum_dampening_via_hparams():
-    dtype = torch.float64
-    grads = _grads(dtype)
-    group = dict(lr=0.03, momentum=0.5, dampening=0.25, weight_decay=0.05)
-    expected = _run_torch(torch.optim.SGD, dict(group, foreach=False), dtype, grads)
-    tx = fo.sgd(lr=0.1, momentum=0.9, weight_decay=0.1)
-    params = _params(dtype)
-    state = tx.init(params)
-    for g in grads:
-        updates, state = tx.update(g, state, params, group)
-        params = fo.apply_updates(params, updates)
-    _assert_close(params, expected, dtype, "sgd hparams")
+    _assert_close(params, expected, dtype, f"{name} hparams ({kind}, built {built})")
 
 
 def test_alias_hparams_are_flat_torch_keys():

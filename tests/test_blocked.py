@@ -211,15 +211,22 @@ def test_schedule_lr_runs_the_chain(spy):
         _close(a, b, torch.float64)
 
 
-@pytest.mark.parametrize("tx,key", [(fo.rmsprop(lr=0.1), "momentum"),
-                                    (fo.asgd(lr=0.1), "weight_decay")])
-def test_absent_block_error_is_the_chains(tx, key):
-    p = torch.zeros(3, requires_grad=True)
-    opt = foo.FunctionalOptimizer([p], tx)
-    opt.param_groups[0][key] = 0.1
-    p.grad = torch.ones(3)
-    with pytest.raises(fo.HParamError, match=f"{key} was 0 at construction"):
-        opt.step()
+@pytest.mark.parametrize("make,cls,key", [(fo.rmsprop, torch.optim.RMSprop, "momentum"),
+                                          (fo.asgd, torch.optim.ASGD, "weight_decay")])
+def test_hparam_built_as_zero_is_live_on_the_blocked_step(spy, make, cls, key):
+    """A momentum or decay set on the group of an alias built with 0 runs in the blocked step
+    and follows torch.optim built with that value."""
+    def ours(params):
+        opt = foo.FunctionalOptimizer(params, make(lr=0.1))
+        opt.param_groups[0][key] = 0.1
+        return opt
+
+    actual, _ = _run(ours, torch.float64, steps=4)
+    assert spy
+    expected, _ = _run(lambda params: cls(params, lr=0.1, foreach=False, **{key: 0.1}),
+                       torch.float64, steps=4)
+    for a, b in zip(actual, expected):
+        _close(a, b, torch.float64)
 
 
 @pytest.mark.parametrize("name,kwargs", [("RMSprop", dict(lr=0.01, momentum=0.9)),

@@ -225,18 +225,25 @@ def test_rms_chain_matches_torch_rmsprop(opts, dtype):
 @pytest.mark.parametrize("momentum,dampening,nesterov",
                          [(0.9, 0.0, False), (0.9, 0.0, True), (0.5, 0.3, False),
                           (0.0, 0.0, False), (0.99, 0.0, True)])
-def test_trace(momentum, dampening, nesterov):
+@pytest.mark.parametrize("kind", ["number", "tensor"])
+def test_trace(momentum, dampening, nesterov, kind):
     grads = _grads()
-    outs, state = _run(fo.trace(momentum, dampening, nesterov), grads)
-    buf = {}
+    live = torch.tensor(momentum, dtype=torch.float64) if kind == "tensor" else momentum
+    outs, state = _run(fo.trace(live, dampening, nesterov), grads)
+    skipped = kind == "number" and momentum == 0  # the number 0: no momentum, as torch.optim.SGD
+    buf = {k: torch.zeros_like(x) for k, x in grads[0].items()}
     for t, (g, u) in enumerate(zip(grads, outs, strict=True)):
         ref = {}
         for k in g:
+            if skipped:
+                ref[k] = g[k]
+                continue
             # first step: the buffer is the gradient itself (no dampening), as torch.optim.SGD
             buf[k] = g[k].clone() if t == 0 else momentum * buf[k] + (1 - dampening) * g[k]
             ref[k] = g[k] + momentum * buf[k] if nesterov else buf[k]
         _close(u, ref, where=f"step {t}")
     _close(state.momentum_buffer, buf)
+    assert all(int(s) == (0 if skipped else len(grads)) for s in state.step.values())
 
 
 def test_trace_hparams_override():

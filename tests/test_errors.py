@@ -318,16 +318,58 @@ def test_schedule_lr_alias_expects_the_schedule_hparams():
 
 
 @pytest.mark.parametrize("alias, key", [("sgd", "weight_decay"), ("sgd", "momentum"),
-                                        ("adam", "weight_decay")])
+                                        ("adam", "weight_decay"), ("rmsprop", "momentum")])
 @pytest.mark.parametrize("value", [0.1, torch.tensor(0.1), torch.tensor(0.0)])
-def test_block_left_out_at_construction_but_nonzero_at_update(alias, key, value):
+def test_zero_at_construction_stays_live(alias, key, value):
+    """A hyperparameter built as 0 keeps its block: any value at update time is honoured, equal
+    to building with that value."""
     tx = getattr(fo, alias)(0.1)
+    out, _ = tx.update(grads_(), tx.init(params_()), params_(), {key: value})
+    built = getattr(fo, alias)(0.1, **{key: float(value)})
+    expected, _ = built.update(grads_(), built.init(params_()), params_())
+    for k in expected:
+        torch.testing.assert_close(out[k], expected[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("alias", ["sgd", "rmsprop"])
+@pytest.mark.parametrize("value", [0.1, torch.tensor(0.1), torch.tensor(0.0)])
+def test_momentum_none_is_structural(alias, value):
+    tx = getattr(fo, alias)(0.1, momentum=None)
     state = tx.init(params_())
-    with raises(HParamError, f"{alias}: {key} was 0 at construction", "not in the chain",
-                f"got {key}=", "at update time", f"Construct with a nonzero or tensor {key}"):
-        tx.update(grads_(), state, params_(), {key: value})
-    tx.update(grads_(), state, params_(), {key: 0})  # the number 0 is what it is built for
-    tx.update(grads_(), state, params_(), {key: 0.0})
+    assert "momentum" not in state  # no block, no buffer
+    with raises(HParamError, f"{alias}: momentum is None (structural: no momentum block",
+                "at update time", "Construct with a number or tensor momentum"):
+        tx.update(grads_(), state, params_(), {"momentum": value})
+    tx.update(grads_(), state, params_(), {"momentum": 0})  # no momentum: what it is built for
+    tx.update(grads_(), state, params_(), {"momentum": None})
+
+
+@pytest.mark.parametrize("alias, option", [("adam", "amsgrad"), ("sgd", "nesterov"),
+                                           ("rmsprop", "centered"), ("adamw", "maximize"),
+                                           ("nadam", "decoupled_weight_decay"),
+                                           ("muon", "ns_steps")])
+def test_structural_option_given_as_hparam(alias, option):
+    tx = getattr(fo, alias)()
+    with raises(HParamError, f"{alias} hparams: {option} is structural, fixed at construction",
+                f"{option}=", "construct a new transform to change it"):
+        tx.update(grads_(), tx.init(params_()), params_(), {option: True})
+
+
+@pytest.mark.parametrize("hparams, fragment", [
+    ({"momentum": torch.tensor(0.5)}, "momentum is None (structural"),
+    ({"nesterov": True}, "nesterov is structural, fixed at construction")])
+def test_update_time_errors_under_compile_name_the_problem(hparams, fragment):
+    """An error raised inside a ``fullgraph`` compile formats no tensor (which dynamo cannot
+    trace): the compile error carries the library's message."""
+    tx = fo.sgd(0.1, momentum=None)
+    step = torch.compile(lambda g, s, p, h: tx.update(g, s, p, h), fullgraph=True,
+                         backend="aot_eager")
+    try:
+        with pytest.raises(Exception) as caught:
+            step(grads_(), tx.init(params_()), params_(), hparams)
+    finally:
+        torch._dynamo.reset()
+    assert fragment in str(caught.value) and "repr()" not in str(caught.value)
 
 
 def test_block_kept_when_constructed_with_a_tensor_zero():

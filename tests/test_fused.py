@@ -141,15 +141,20 @@ def test_schedule_lr_runs_the_chain(monkeypatch):
         _close(a, b, torch.float64)
 
 
-def test_absent_block_error_is_the_chains():
-    """An hparam whose block the alias left out (weight_decay=0 at construction) is an error at
-    update time; the kernel (which would happily apply it) must not hide that."""
-    p = torch.zeros(3, requires_grad=True)
+def test_decay_set_on_a_group_built_without_it():
+    """A weight_decay set on the group of an alias built with 0 is live: the kernel applies it,
+    as torch.optim.Adam with that weight_decay (its block is always in the chain)."""
+    p = torch.linspace(-1, 1, 3, dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
     opt = foo.FunctionalOptimizer([p], fo.adam(lr=0.1))
+    ref = torch.optim.Adam([q], lr=0.1, weight_decay=0.1, foreach=False)
     opt.param_groups[0]["weight_decay"] = 0.1
-    p.grad = torch.ones(3)
-    with pytest.raises(fo.HParamError, match="weight_decay was 0 at construction"):
+    for _ in range(3):
+        p.grad = torch.ones(3, dtype=torch.float64)
+        q.grad = torch.ones(3, dtype=torch.float64)
         opt.step()
+        ref.step()
+    _close(p.detach(), q.detach(), torch.float64)
 
 
 def _eps(value):  # a tensor hparam: the blocked step (functional_optim._blocked) declines

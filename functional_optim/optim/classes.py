@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
 
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _fused, aliases
+from .._execute import is_off
 from ..base import Transform
 from .adapter import FunctionalOptimizer
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
 
-def _present(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) or value != 0
+def _momentum(group: dict) -> float | torch.Tensor | None:
+    """The alias's ``momentum`` for a group: ``None`` (no momentum block, so no buffer) where
+    the group's is the number 0, as torch.optim keeps no ``momentum_buffer`` then."""
+    return None if is_off(group["momentum"]) else group["momentum"]
 
 
 class _TorchCompatible(FunctionalOptimizer):
@@ -130,16 +132,16 @@ class SGD(_TorchCompatible):
             fused=fused))
 
     def _static_key(self, group):
-        return (group["nesterov"], group["maximize"], _present(group["momentum"]),
-                _present(group["weight_decay"]))
+        return (group["nesterov"], group["maximize"], _momentum(group) is None)
 
     def _build(self, group):
-        tx = aliases.sgd(group["lr"], group["momentum"], group["dampening"],
-                         group["weight_decay"], group["nesterov"], maximize=group["maximize"])
+        momentum = _momentum(group)
+        nesterov = group["nesterov"] and momentum is not None  # (torch ignores it without)
+        tx = aliases.sgd(group["lr"], momentum, group["dampening"], group["weight_decay"],
+                         nesterov, maximize=group["maximize"])
         # the step counts are derived from the buffers (_load_leaf), so the fused step skips them
         return tx._replace(fused=_fused.sgd_step(
-            nesterov=group["nesterov"], maximize=group["maximize"],
-            has_momentum=_present(group["momentum"]), has_decay=_present(group["weight_decay"]),
+            nesterov=nesterov, maximize=group["maximize"], has_momentum=momentum is not None,
             count=False))
 
     def _load_leaf(self, store, path, p, group):
@@ -196,8 +198,7 @@ class Adam(_TorchCompatible):
             decoupled_weight_decay=decoupled_weight_decay))
 
     def _static_key(self, group):
-        return (group["amsgrad"], group["maximize"], group["decoupled_weight_decay"],
-                _present(group["weight_decay"]))
+        return (group["amsgrad"], group["maximize"], group["decoupled_weight_decay"])
 
     def _build(self, group):
         return aliases.adam(group["lr"], group["betas"], group["eps"], group["weight_decay"],
@@ -285,7 +286,7 @@ class Adagrad(_Classic):
                     memory_format=torch.preserve_format)
 
     def _static_key(self, group):
-        return (group["maximize"], _present(group["weight_decay"]))
+        return (group["maximize"],)
 
     def _build(self, group):
         return aliases.adagrad(group["lr"], group["lr_decay"], group["weight_decay"],
@@ -313,7 +314,7 @@ class Adadelta(_Classic):
             capturable=capturable, foreach=foreach, differentiable=differentiable))
 
     def _static_key(self, group):
-        return (group["maximize"], _present(group["weight_decay"]))
+        return (group["maximize"],)
 
     def _build(self, group):
         return aliases.adadelta(group["lr"], group["rho"], group["eps"], group["weight_decay"],
@@ -341,7 +342,7 @@ class Adamax(_Classic):
             maximize=maximize, differentiable=differentiable, capturable=capturable))
 
     def _static_key(self, group):
-        return (group["maximize"], _present(group["weight_decay"]))
+        return (group["maximize"],)
 
     def _build(self, group):
         return aliases.adamax(group["lr"], group["betas"], group["eps"], group["weight_decay"],
@@ -374,8 +375,7 @@ class NAdam(_Classic):
             differentiable=differentiable))
 
     def _static_key(self, group):
-        return (group["maximize"], group["decoupled_weight_decay"],
-                _present(group["weight_decay"]))
+        return (group["maximize"], group["decoupled_weight_decay"])
 
     def _build(self, group):
         return aliases.nadam(group["lr"], group["betas"], group["eps"], group["weight_decay"],
@@ -406,8 +406,7 @@ class RAdam(_Classic):
             decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable))
 
     def _static_key(self, group):
-        return (group["maximize"], group["decoupled_weight_decay"],
-                _present(group["weight_decay"]))
+        return (group["maximize"], group["decoupled_weight_decay"])
 
     def _build(self, group):
         return aliases.radam(group["lr"], group["betas"], group["eps"], group["weight_decay"],
@@ -439,12 +438,11 @@ class RMSprop(_Classic):
             maximize=maximize, differentiable=differentiable))
 
     def _static_key(self, group):
-        return (group["maximize"], group["centered"], _present(group["momentum"]),
-                _present(group["weight_decay"]))
+        return (group["maximize"], group["centered"], _momentum(group) is None)
 
     def _build(self, group):
         return aliases.rmsprop(group["lr"], group["alpha"], group["eps"], group["weight_decay"],
-                               group["momentum"], group["centered"], maximize=group["maximize"])
+                               _momentum(group), group["centered"], maximize=group["maximize"])
 
     def _load_leaf(self, store, path, p, group):
         if path == ("momentum", "step"):  # torch keeps one step (its buffer starts at zero)
@@ -521,7 +519,7 @@ class ASGD(_Classic):
             maximize=maximize, differentiable=differentiable, capturable=capturable))
 
     def _static_key(self, group):
-        return (group["maximize"], _present(group["weight_decay"]))
+        return (group["maximize"],)
 
     def _build(self, group):
         return aliases.asgd(group["lr"], group["lambd"], group["alpha"], group["t0"],
@@ -580,7 +578,7 @@ class Adafactor(_TorchCompatible):
                                       maximize=maximize))
 
     def _static_key(self, group):
-        return (group["maximize"], _present(group["weight_decay"]), group["eps"][0] is None)
+        return (group["maximize"],)
 
     def _build(self, group):
         return aliases.adafactor(group["lr"], group["beta2_decay"], tuple(group["eps"]),
@@ -656,8 +654,7 @@ class Muon(_TorchCompatible):
                         f"size: {p.size()}")
 
     def _static_key(self, group):
-        return (group["nesterov"], group["ns_steps"], group["adjust_lr_fn"],
-                _present(group["weight_decay"]))
+        return (group["nesterov"], group["ns_steps"], group["adjust_lr_fn"])
 
     def _build(self, group):
         return aliases.muon(group["lr"], group["weight_decay"], group["momentum"],

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, ema_square, init_count, safe_sqrt, scalar_dtype
+from .._execute import elementwise, ema_square, init_count, lerp, safe_sqrt, scalar_dtype
 from ..base import (
     HParamError,
     MissingParamsError,
@@ -222,7 +222,7 @@ class ScaleByAdamaxState(NamedTuple):
 def _adamax_rule(h, g, t, m, n):
     b1, b2 = h["betas"]
     t = t + 1
-    m = torch.lerp(m, g, 1 - b1)
+    m = lerp(m, g, 1 - b1)
     n = torch.maximum(n * b2, torch.abs(g) + h["eps"])
     bc1 = 1 - b1 ** t.to(scalar_dtype(g))
     return m / (n * bc1), t, m, n
@@ -295,7 +295,7 @@ def _nadam_rule(h, g, t, mp, m, v):
     mu_next = b1 * (1 - 0.5 * 0.96 ** ((tf + 1) * psi))
     mp = mp * mu.to(mp.dtype)  # in the state's dtype, as torch.optim.NAdam multiplies it
     mpf = mp.to(sd)
-    m = torch.lerp(m, g, 1 - b1)
+    m = lerp(m, g, 1 - b1)
     v = ema_square(v, g, b2)
     denom = safe_sqrt(v / (1 - b2 ** tf), nonnegative=True) + h["eps"]
     c_grad = (1 - mu) / (1 - mpf)
@@ -373,7 +373,7 @@ def _radam_rule(h, g, t, m, v):
     b1, b2 = h["betas"]
     t = t + 1
     tf = t.to(scalar_dtype(g))
-    m = torch.lerp(m, g, 1 - b1)
+    m = lerp(m, g, 1 - b1)
     v = ema_square(v, g, b2)
     bc1 = 1 - b1 ** tf
     bc2 = 1 - b2 ** tf

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
-from .._execute import Pointwise, PointwiseCall, _leaf_name
+from .._execute import Pointwise, PointwiseCall, _leaf_name, is_off
 from ..base import (
     EmptyState,
     Transform,
@@ -24,9 +24,9 @@ __all__ = ["add_decayed_weights"]
 
 
 def _decay_rule(h, g, p, keep=True):
-    if not keep:
-        return (g,)
     decay = h["weight_decay"]
+    if not keep or is_off(decay):
+        return (g,)
     if isinstance(decay, Number):  # one fused kernel, as torch's ``grad.add(param, alpha=wd)``
         return (torch.add(g, p, alpha=decay),)
     return (g + decay * p,)
@@ -38,7 +38,8 @@ def add_decayed_weights(weight_decay: float = 0.0,
 
     Before an adaptive scaling this is L2 regularization (torch.optim.Adam's ``weight_decay``);
     after it and before the learning rate it is decoupled weight decay (AdamW; Loshchilov &
-    Hutter, 2019). Needs ``params``.
+    Hutter, 2019). Needs ``params``, unless ``weight_decay`` is the Python number 0 at update
+    time: then the block passes updates through (no work, no parameters read).
 
     Args:
         weight_decay: ``λ`` (>= 0; default 0).
@@ -53,9 +54,10 @@ def add_decayed_weights(weight_decay: float = 0.0,
 
     def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "add_decayed_weights hparams")
-        if missing_params("add_decayed_weights", updates, params,
-                          "weight decay reads them; this block is in adamw, and in sgd/adam "
-                          "with a nonzero weight_decay"):
+        if is_off(h["weight_decay"]) or missing_params(
+                "add_decayed_weights", updates, params,
+                "weight decay reads them; this block is in every alias with a weight_decay, "
+                "and runs unless weight_decay is the number 0"):
             return PointwiseCall(_identity_rule, h, finish=lambda new: state)
         if mask is None:
             inputs: tuple = (params,)  # (no tree of True: cheaper, and compiles)

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, init_count, scalar_dtype
+from .._execute import elementwise, init_count, is_off, scalar_dtype
 from ..base import (
     HParamError,
     Transform,
@@ -58,7 +58,7 @@ def _min(x, bound):
     return torch.minimum(x, bound)
 
 
-def _factored_rule(h, g, t, row, col, var, p, root_numel, n_last, n_prev, *, maximize, decay):
+def _factored_rule(h, g, t, row, col, var, p, root_numel, n_last, n_prev, *, maximize):
     if maximize:
         g = -g
     lr = h["lr"]
@@ -69,7 +69,7 @@ def _factored_rule(h, g, t, row, col, var, p, root_numel, n_last, n_prev, *, max
     # relative step size: max(eps2, RMS(p)) * rho_t, RMS read in the parameter's dtype
     rms_p = torch.linalg.vector_norm(p).to(tf.dtype) / root_numel
     alpha = _max(rms_p, h["eps2"]) * rho
-    eps1 = h["eps1"] if "eps1" in h else torch.finfo(g.dtype).eps
+    eps1 = h["eps1"] if h["eps1"] is not None else torch.finfo(g.dtype).eps
     if isinstance(eps1, torch.Tensor):  # a tensor hparam must not promote the leaf's math
         eps1 = eps1.to(g.dtype)
     if g.ndim >= 2:  # static: leaves are grouped by ndim
@@ -85,7 +85,7 @@ def _factored_rule(h, g, t, row, col, var, p, root_numel, n_last, n_prev, *, max
     # update clipping: divide by max(1, RMS(u) / d)
     denom = _max(torch.linalg.vector_norm(u).to(tf.dtype) / (root_numel * h["d"]), 1.0)
     out = u * (-alpha / denom)
-    if decay:
+    if not is_off(h["weight_decay"]):
         out = out - p * (lr * h["weight_decay"])
     return out, t, row, col, var
 
@@ -115,13 +115,14 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         u_t = -\frac{\alpha_t}{\max(1, \operatorname{RMS}(U_t)/d)}\,U_t
               - \eta\lambda\,p_{t-1}
 
-    (the last term is decoupled weight decay, present when ``weight_decay`` is nonzero or a
-    tensor at construction). ``maximize`` uses :math:`G_t = -g_t`. The learning rate enters the
+    (the last term is decoupled weight decay, skipped where ``weight_decay`` is the number 0).
+    ``maximize`` uses :math:`G_t = -g_t`. The learning rate enters the
     relative step size, so it is an hparam of this block (not a separate
     ``scale_by_learning_rate``). Needs ``params``. Real parameters only (as torch).
 
     ``eps[0] = None`` means ``torch.finfo(dtype).eps`` of each parameter's dtype (torch takes
-    it from the first parameter of a group); a number makes ``eps1`` a hyperparameter.
+    it from the first parameter of a group); the hparam ``eps1`` may be ``None``, a number or
+    a tensor at update time (``None`` there means the default).
     ``row_var``/``col_var``/``variance`` that a leaf does not keep are empty tensors.
 
     Args:
@@ -142,12 +143,9 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
     check_hparam(owner, "eps[1]", eps[1], ge=0)
     check_hparam(owner, "d", d, ge=1)
     check_hparam(owner, "weight_decay", weight_decay, ge=0)
-    decay = isinstance(weight_decay, torch.Tensor) or weight_decay != 0
-    defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps2": eps[1], "d": d,
+    defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps1": eps[0], "eps2": eps[1], "d": d,
                 "weight_decay": weight_decay}
-    if eps[0] is not None:
-        defaults["eps1"] = eps[0]
-    rule = functools.partial(_factored_rule, maximize=maximize, decay=decay)
+    rule = functools.partial(_factored_rule, maximize=maximize)
 
     def init(params):
         def factor(p, keep):
@@ -171,10 +169,6 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         check_state(owner, state, ScaleByFactoredRmsState)
         if missing_params(owner, updates, params, "its step size is relative to their RMS"):
             return updates, state
-        if not decay and not (isinstance(h["weight_decay"], Number) and h["weight_decay"] == 0):
-            raise HParamError(
-                f"{owner}: weight_decay was 0 at construction, so decay is not computed; got "
-                f"weight_decay={h['weight_decay']!r}. Construct with a nonzero or tensor value.")
         # static per-leaf sizes: leaves group by them on the multi-tensor path
         root_numel = _tree.map(lambda p: p.numel() ** 0.5, params)
         n_last = _tree.map(lambda p: p.shape[-1] if p.ndim >= 1 else 1, params)

@@ -13,6 +13,8 @@ from .._execute import (
     PointwiseCall,
     ema_square,
     init_count,
+    is_off,
+    lerp,
     safe_sqrt,
     scalar_dtype,
 )
@@ -58,7 +60,7 @@ def _adam_rule(h, g, t, m, v, *nu_max):
     b1, b2 = h["betas"]
     t = t + 1
     tf = t.to(scalar_dtype(g))
-    m = torch.lerp(m, g, 1 - b1)
+    m = lerp(m, g, 1 - b1)
     v = ema_square(v, g, b2)
     bc1 = 1 - b1**tf
     bc2 = 1 - b2**tf
@@ -136,7 +138,7 @@ def _rms_rule(h, g, t, v, *mu):
     alpha = h["alpha"]
     v = ema_square(v, g, alpha)
     if mu:
-        m = torch.lerp(mu[0], g, 1 - alpha)
+        m = lerp(mu[0], g, 1 - alpha)
         avg = safe_sqrt(v - m * m) + h["eps"]
         return g / avg, t + 1, v, m
     return g / (safe_sqrt(v, nonnegative=True) + h["eps"]), t + 1, v
@@ -180,7 +182,8 @@ class TraceState(NamedTuple):
     """State of :func:`trace`.
 
     Attributes:
-        step: per-parameter step count (0-d int64); at 0 the buffer starts as the update.
+        step: per-parameter count of the buffer's updates (0-d int64); at 0 the buffer starts
+            as the update.
         momentum_buffer: the trace (torch.optim.SGD's ``momentum_buffer``).
     """
 
@@ -190,6 +193,8 @@ class TraceState(NamedTuple):
 
 def _trace_rule(h, g, t, buf, *, nesterov):
     momentum = h["momentum"]
+    if is_off(momentum):  # no momentum (torch.optim.SGD's momentum=0): the buffer waits
+        return g, t, buf
     # b = mu b + (1 - tau) g, except b = g at the first step (the buffer is zero then):
     # per-leaf coefficients instead of a select, so the multi-tensor path stays foreach
     started = (t > 0).to(scalar_dtype(g))
@@ -205,6 +210,11 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
     .. math::
         b_1 = g_1, \qquad b_t = \mu\, b_{t-1} + (1 - \tau)\, g_t, \qquad
         u_t = g_t + \mu\, b_t \text{ (nesterov) or } b_t
+
+    ``step`` counts the buffer's updates. Where ``momentum`` is the Python number 0 at update
+    time the block passes updates through and leaves its state as it is (torch.optim.SGD
+    without momentum), so a later nonzero momentum starts the buffer at :math:`g`, as torch
+    does; a tensor momentum always runs the formula.
 
     Args:
         momentum: ``μ`` (default 0.9).

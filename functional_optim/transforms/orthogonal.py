@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import cast_hparams, elementwise
+from .._execute import cast_hparams, elementwise, lerp
 from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
 
 __all__ = [
@@ -59,9 +59,14 @@ def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS
             poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
             x = torch.addmm(x, poly, x, beta=a)
         else:  # tensor coefficients (meta-gradients, vmap): the same polynomial, unfused
-            poly = gram * b.to(x.dtype) + (gram @ gram) * c.to(x.dtype)
-            x = x * a.to(x.dtype) + poly @ x
+            poly = gram * _in(b, x) + (gram @ gram) * _in(c, x)
+            x = x * _in(a, x) + poly @ x
     return x.T if tall else x
+
+
+def _in(value: Any, x: torch.Tensor) -> Any:
+    """A coefficient in the iteration's dtype (a number stays a number)."""
+    return value.to(x.dtype) if isinstance(value, torch.Tensor) else value
 
 
 def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None) -> float:
@@ -162,8 +167,8 @@ class ScaleByMuonState(NamedTuple):
 
 def _muon_momentum_rule(h, g, buf, *, nesterov):
     mu = h["momentum"]
-    buf = torch.lerp(buf, g, 1 - mu)
-    return (torch.lerp(g, buf, mu) if nesterov else buf), buf
+    buf = lerp(buf, g, 1 - mu)
+    return (lerp(g, buf, mu) if nesterov else buf), buf
 
 
 def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
