@@ -9,6 +9,7 @@ leaves, empty and nested trees, dtypes and complex parameters.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,6 +18,50 @@ import torch
 
 import functional_optim as fo
 from functional_optim import schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class Live:
+    """How ``test_hparams_live.py`` exercises one float hyperparameter of a case (every one is
+    checked; this only says how, where the defaults do not fit).
+
+    Attributes:
+        value: the other value of check (b) and the point of checks (c, d); ``None``: derived
+            from the default (:func:`other_value`).
+        grads_scale: the gradients are multiplied by this (e.g. tiny gradients, so that an
+            ``eps`` that only floors a norm takes effect).
+        params_scale: the parameters are multiplied by this (e.g. tiny parameters, so that a
+            floor on their RMS takes effect).
+        steps: updates in a trajectory (more, where the hyperparameter acts late).
+        values: the ``value=`` passed at each step (a loss sequence that exercises a plateau
+            threshold); ``None``: the case's ``extra``.
+        others: other hyperparameters set (as numbers) in every trajectory of this cell, by
+            dotted path (e.g. a nonzero momentum, without which a dampening does nothing).
+        excluded: ``(check, reason)`` pairs, ``check`` one of :data:`LIVE_CHECKS`: the checks
+            that cannot hold by construction, each with its reason.
+    """
+
+    value: float | None = None
+    grads_scale: float = 1.0
+    params_scale: float = 1.0
+    steps: int = 3
+    values: tuple[float, ...] | None = None
+    others: dict[str, float] = dataclasses.field(default_factory=dict)
+    excluded: tuple[tuple[str, str], ...] = ()
+
+
+LIVE_CHECKS = ("same_value", "other_value", "vmap", "grad", "compile")
+
+
+def other_value(value: float) -> float:
+    """Another valid value for check (b): 0 becomes 0.05, a decay in [0.5, 1) moves towards
+    0.5 (betas 0.9 -> 0.85, 0.999 -> 0.9985: still in [0, 1)), a value above 1 grows by a
+    quarter (``etas[1]``, ``d``), any other shrinks by a fifth."""
+    if value == 0:
+        return 0.05
+    if 0.5 <= value < 1:
+        return 1 - (1 - value) * 1.5
+    return value * 1.25 if value > 1 else value * 0.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +85,12 @@ class Case:
             reported as skipped with that reason (never silently), and
             ``test_algorithms_special.py`` checks that every name is a real test and every
             reason is given.
+        live: per float hyperparameter (dotted path patterns), how the live-value checks
+            exercise it (:class:`Live`); every float hyperparameter is checked whether listed
+            or not.
+        precision: the dtype whose ulps bound the live-value comparisons when the transform
+            computes in a narrower one than the parameters' (Muon's bfloat16 Newton-Schulz);
+            ``None``: the parameters' dtype.
     """
 
     name: str
@@ -50,10 +101,20 @@ class Case:
     shape: Callable[[tuple], tuple] | None = None
     grads: Callable[[torch.Tensor], torch.Tensor] | None = None
     excluded: tuple[tuple[str, str], ...] = ()
+    live: dict[str, Live] = dataclasses.field(default_factory=dict)
+    precision: torch.dtype | None = None
 
     def exclusion(self, test_name: str) -> str | None:
         """The documented reason ``test_name`` is excluded for this case, or ``None``."""
         return dict(self.excluded).get(test_name)
+
+    def live_for(self, path: str) -> Live:
+        """How hyperparameter ``path`` (dotted, e.g. ``"betas.0"``) is exercised: the entry of
+        ``live`` whose key matches it (``fnmatch`` patterns, e.g. ``"ns_coefficients.*"``)."""
+        for pattern, how in self.live.items():
+            if fnmatch.fnmatchcase(path, pattern):
+                return how
+        return Live()
 
     def params_tree(self, seed: int, dtype=torch.float64, device="cpu", batch: tuple = ()):
         """A sample parameter tree this transform accepts (see ``shape``)."""
@@ -88,6 +149,10 @@ class Case:
         return self.name
 
 
+_SCHEDULE_TAIL = {"*lr.end_value": Live(steps=5), "*lr.exponent": Live(steps=5)}
+"""A warmup-cosine schedule's end value and exponent act after its warmup (2 steps)."""
+
+
 def _warmup_cosine():
     return schedules.warmup_cosine_decay(0.0, 0.1, 2, 20, end_value=0.01)
 
@@ -105,7 +170,8 @@ CASES: list[Case] = [
     Case("clip_by_norm", lambda: fo.clip_by_norm(0.5)),
     Case("clip_by_global_norm", lambda: fo.clip_by_global_norm(0.5)),
     Case("scale_by_learning_rate", lambda: fo.scale_by_learning_rate(0.1)),
-    Case("scale_by_learning_rate_schedule", lambda: fo.scale_by_learning_rate(_warmup_cosine())),
+    Case("scale_by_learning_rate_schedule", lambda: fo.scale_by_learning_rate(_warmup_cosine()),
+         live=_SCHEDULE_TAIL),
     Case("scale_by_adam", fo.scale_by_adam),
     Case("scale_by_adam_amsgrad_eps_root",
          lambda: fo.scale_by_adam(betas=(0.8, 0.99), eps=1e-6, eps_root=1e-8, amsgrad=True)),
@@ -117,17 +183,19 @@ CASES: list[Case] = [
     Case("add_decayed_weights", lambda: fo.add_decayed_weights(0.1)),
     Case("add_decayed_weights_mask",
          lambda: fo.add_decayed_weights(0.1, mask=_no_decay_on_vectors)),
-    Case("sgd", lambda: fo.sgd(lr=0.1)),
+    Case("sgd", lambda: fo.sgd(lr=0.1), live={"dampening": Live(others={"momentum": 0.9})}),
     Case("sgd_momentum_wd_nesterov",
          lambda: fo.sgd(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True, maximize=True)),
     Case("adam", lambda: fo.adam(lr=0.01)),
     Case("adam_amsgrad_wd_maximize",
          lambda: fo.adam(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
     Case("adamw", lambda: fo.adamw(lr=0.01)),
-    Case("adamw_schedule", lambda: fo.adamw(lr=_warmup_cosine(), weight_decay=0.1)),
+    Case("adamw_schedule", lambda: fo.adamw(lr=_warmup_cosine(), weight_decay=0.1),
+         live=_SCHEDULE_TAIL),
     Case("chain", lambda: fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(),
                                    fo.add_decayed_weights(0.01),
-                                   fo.scale_by_learning_rate(_warmup_cosine()))),
+                                   fo.scale_by_learning_rate(_warmup_cosine())),
+         live=_SCHEDULE_TAIL),
     Case("chain_named", lambda: fo.chain(clip=fo.clip_by_norm(1.0),
                                          momentum=fo.trace(0.9),
                                          rms=fo.scale_by_rms(centered=True),
@@ -177,12 +245,12 @@ def _fill(template: Any, pick: Callable[[Any], Any]) -> Any:
 
 
 def tensor_hparams(hparams: Any, dtype=torch.float64, device="cpu") -> tuple[list, Callable]:
-    """Turn every nonzero float hyperparameter into a 0-d tensor.
+    """Turn every float hyperparameter into a 0-d tensor (zeros too: every block is live).
 
-    Returns the list of tensors and ``rebuild(tensors) -> hparams``. Integers (step counts) and
-    zeros (blocks an alias left out) stay Python numbers.
+    Returns the list of tensors and ``rebuild(tensors) -> hparams``. Integers (step counts,
+    patience) and ``None`` (a structural "absent") stay as they are.
     """
-    chosen = lambda x: isinstance(x, float) and x != 0.0  # noqa: E731
+    chosen = lambda x: isinstance(x, float)  # noqa: E731
     values = []
     _fill(hparams, lambda x: values.append(torch.tensor(x, dtype=dtype, device=device))
           if chosen(x) else None)
@@ -192,6 +260,25 @@ def tensor_hparams(hparams: Any, dtype=torch.float64, device="cpu") -> tuple[lis
         return _fill(hparams, lambda x: next(it) if chosen(x) else x)
 
     return values, rebuild
+
+
+def float_hparams(hparams: Any) -> list[tuple[str, float]]:
+    """``(dotted path, value)`` of every float hyperparameter (the live-value checks' cells)."""
+    paths, leaves, _ = optree.tree_flatten_with_path(hparams, none_is_leaf=True)
+    return [(".".join(map(str, path)), value) for path, value in zip(paths, leaves)
+            if isinstance(value, float)]
+
+
+def with_hparam(hparams: Any, path: str, value: Any) -> Any:
+    """``hparams`` with the leaf at dotted ``path`` replaced by ``value`` (plain recursion)."""
+    head, _, rest = path.partition(".")
+    if isinstance(hparams, dict):
+        key = next(k for k in hparams if str(k) == head)
+        return {**hparams, key: with_hparam(hparams[key], rest, value) if rest else value}
+    index = int(head)
+    out = list(hparams)
+    out[index] = with_hparam(hparams[index], rest, value) if rest else value
+    return type(hparams)(out)
 
 
 def float_state(state: Any) -> tuple[list, Callable]:
@@ -211,6 +298,9 @@ def float_state(state: Any) -> tuple[list, Callable]:
 
 # --------------------------------------------------------------------------------------------
 # Schedules-as-transforms and combinators (functional_optim.combinators, reduce_on_plateau).
+
+
+_FLAT = (1.0, 1.0, 1.0, 1.0)
 
 
 def _loss_like(grads):
@@ -255,11 +345,20 @@ def _adam_lr_from_state(state, count):
 CASES += [
     Case("reduce_on_plateau", lambda: fo.reduce_on_plateau(lr=0.1, patience=0, factor=0.5,
                                                            cooldown=1, min_lr=1e-3),
-         extra=_loss_like, float64_scalars=True),
+         extra=_loss_like, float64_scalars=True, live={
+             # a flat loss: the second measurement is a plateau, the lr drops 0.1 -> 0.05
+             "factor": Live(steps=4, values=_FLAT),
+             "min_lr": Live(value=0.09, steps=4, values=_FLAT),
+             "eps": Live(value=0.06, steps=4, values=_FLAT),
+             # improvements of 5e-5 (relative): a plateau for 1e-4, not for 1e-5
+             "threshold": Live(value=1e-5, steps=4, values=(1.0, 0.99995, 0.9999, 0.99985))}),
     Case("reduce_on_plateau_max_abs_in_chain",
          lambda: fo.chain(fo.scale_by_adam(), fo.reduce_on_plateau(
              lr=0.01, mode="max", threshold_mode="abs", threshold=0.1, patience=1,
-             flip_sign=True)), extra=_loss_like, float64_scalars=True),
+             flip_sign=True)), extra=_loss_like, float64_scalars=True, live={
+             "1.eps": Live(value=0.05, steps=4, values=_FLAT),
+             # increments of 0.05: a plateau for a threshold of 0.1, not for 0.01
+             "1.threshold": Live(value=0.01, steps=4, values=(1.0, 1.05, 1.1, 1.15))}),
     Case("masked", lambda: fo.masked(fo.scale_by_adam(), _vectors)),
     Case("freeze_mask", lambda: fo.freeze(_vectors)),
     Case("freeze", fo.freeze),
@@ -269,7 +368,7 @@ CASES += [
     Case("parameter_groups", _groups),
     Case("inject_hparams_alias", lambda: fo.inject_hparams(fo.adamw(lr=0.01, weight_decay=0.1),
                                                            {"lr": _warmup_cosine()}),
-         float64_scalars=True),
+         float64_scalars=True, live=_SCHEDULE_TAIL),
     Case("inject_hparams_chain_paths",
          lambda: fo.inject_hparams(
              fo.chain(adam=fo.scale_by_adam(), momentum=fo.trace(0.9),
@@ -288,7 +387,8 @@ CASES += [
     Case("ema", lambda: fo.ema(0.9)),
     Case("ema_no_debias", lambda: fo.ema(0.8, debias=False)),
     Case("average_params_swa", lambda: fo.chain(fo.adam(lr=0.01), fo.average_params())),
-    Case("average_params_ema", lambda: fo.chain(fo.sgd(lr=0.1), fo.average_params(0.9))),
+    Case("average_params_ema", lambda: fo.chain(fo.sgd(lr=0.1), fo.average_params(0.9)),
+         live={"0.dampening": Live(others={"0.momentum": 0.9})}),
     Case("conditionally_every_k", lambda: fo.conditionally(fo.adam(lr=0.01), every_k=2)),
     Case("conditionally_predicate",
          lambda: fo.conditionally(fo.trace(0.9), predicate=lambda t: (t >= 1) & (t < 5))),
@@ -316,6 +416,12 @@ def _radam_rectified():
 
 
 _F64 = torch.float64
+# step sizes start at 0.01 and move by the etas (0.5, 1.2): bounds next to 0.01 take effect
+_RPROP_BOUNDS = {"step_sizes.0": Live(value=0.009), "step_sizes.1": Live(value=0.011)}
+# RAdam's eps acts once the rectification starts (rho_t > 5 from the 6th step, beta2 0.999);
+# a threshold of 4.5 starts it at the 5th
+_RADAM_EPS = {"eps": Live(steps=7)}
+_RADAM = {**_RADAM_EPS, "threshold": Live(value=4.5, steps=7)}
 
 CASES += [
     Case("scale_by_rss", fo.scale_by_rss),
@@ -325,9 +431,11 @@ CASES += [
     Case("scale_by_adamax", fo.scale_by_adamax),
     Case("scale_by_nadam", lambda: fo.scale_by_nadam(scalar_state_dtype=_F64),
          float64_scalars=True),
-    Case("scale_by_radam", fo.scale_by_radam),
-    Case("scale_by_radam_rectified", _radam_rectified),
-    Case("scale_by_rprop", fo.scale_by_rprop),
+    Case("scale_by_radam", fo.scale_by_radam, live=_RADAM),
+    # (rho_t is 10.9, 11.8, 12.7 at the counts 11-13: a threshold of 11.5 moves the switch)
+    Case("scale_by_radam_rectified", _radam_rectified,
+         live={"threshold": Live(value=11.5)}),
+    Case("scale_by_rprop", fo.scale_by_rprop, live=_RPROP_BOUNDS),
     Case("scale_by_asgd", lambda: fo.scale_by_asgd(lr=0.05, lambd=0.01, t0=0.5,
                                                    scalar_state_dtype=_F64),
          float64_scalars=True),
@@ -340,13 +448,14 @@ CASES += [
     Case("nadam_decoupled", lambda: fo.nadam(lr=0.01, weight_decay=0.1,
                                              decoupled_weight_decay=True, maximize=True,
                                              scalar_state_dtype=_F64), float64_scalars=True),
-    Case("radam", lambda: fo.radam(lr=0.01, weight_decay=0.1)),
+    Case("radam", lambda: fo.radam(lr=0.01, weight_decay=0.1), live=_RADAM_EPS),
     Case("radam_decoupled", lambda: fo.radam(lr=0.01, weight_decay=0.1,
-                                             decoupled_weight_decay=True, maximize=True)),
+                                             decoupled_weight_decay=True, maximize=True),
+         live=_RADAM_EPS),
     Case("rmsprop", lambda: fo.rmsprop(lr=0.01)),
     Case("rmsprop_centered_momentum", lambda: fo.rmsprop(lr=0.01, momentum=0.9, centered=True,
                                                          weight_decay=0.1, maximize=True)),
-    Case("rprop", lambda: fo.rprop(lr=0.01, maximize=True)),
+    Case("rprop", lambda: fo.rprop(lr=0.01, maximize=True), live=_RPROP_BOUNDS),
     Case("asgd", lambda: fo.asgd(lr=0.05, lambd=0.01, t0=0.5, weight_decay=0.1,
                                  scalar_state_dtype=_F64), float64_scalars=True),
 ]
@@ -407,6 +516,11 @@ _LBFGS_EXCLUDED = (
 )
 
 
+# the tolerances only stop iterations: a gradient tolerance above the gradients' max stops
+# before the first; a change tolerance of 1e3 stops after the first of several iterations
+_LBFGS_TOLERANCES = {"tolerance_grad": Live(value=10.0), "tolerance_change": Live(value=1e3)}
+
+
 def _lbfgs_extra(grads):
     """A loss value and a ``value_fn`` (a quadratic's value and gradient) for line searches."""
     def value_fn(params):
@@ -418,27 +532,49 @@ def _lbfgs_extra(grads):
     return {**_loss_like(grads), "value_fn": value_fn}
 
 
+# eps2 floors the parameters' RMS (about 1 here): tiny parameters make it act; eps1 floors the
+# second moment (1e-60 squared): gradients of 1e-31 make it act
+_ADAFACTOR_FLOORS = {"eps2": Live(params_scale=1e-6), "eps.1": Live(params_scale=1e-6),
+                     "eps.0": Live(grads_scale=1e-31),
+                     # d clips the update's RMS, which is 1 for vectors at the first step and
+                     # about 1 later: 0.8 (below torch's construction bound d >= 1, as
+                     # HuggingFace's clip_threshold allows) clips every step, away from the
+                     # kink at RMS = d
+                     "d": Live(value=0.8)}
+# Newton-Schulz: eps floors the norm (tiny gradients make it act); the coefficients move a
+# little (a quarter more would diverge in 5 iterations)
+_NS = {"eps": Live(grads_scale=1e-9), "ns_coefficients.0": Live(value=3.5),
+       "ns_coefficients.1": Live(value=-4.8), "ns_coefficients.2": Live(value=2.05)}
+
 CASES += [
     Case("scale_by_factored_rms",
-         lambda: fo.scale_by_factored_rms(lr=0.05, weight_decay=0.1), complex=False),
+         lambda: fo.scale_by_factored_rms(lr=0.05, weight_decay=0.1), complex=False,
+         live=_ADAFACTOR_FLOORS),
     Case("adafactor", lambda: fo.adafactor(lr=0.05, eps=(1e-30, 1e-3), d=1.5, maximize=True),
-         complex=False),
+         complex=False, live=_ADAFACTOR_FLOORS),
     Case("scale_by_newton_schulz", lambda: fo.scale_by_newton_schulz(ns_dtype=None),
-         complex=False, shape=_as_matrix),
+         complex=False, shape=_as_matrix, live=_NS),
     Case("scale_by_muon", lambda: fo.scale_by_muon(ns_dtype=None, adjust_lr_fn="match_rms_adamw"),
-         complex=False, shape=_as_matrix),
+         complex=False, shape=_as_matrix, live=_NS),
     Case("muon", lambda: fo.muon(lr=0.02, nesterov=False, ns_dtype=None), complex=False,
-         shape=_as_matrix),
+         shape=_as_matrix, live=_NS),
     Case("muon_bfloat16", lambda: fo.muon(lr=0.02), complex=False, shape=_as_matrix,
          excluded=(("test_grad_matches_finite_differences",
                     "the Newton-Schulz iteration runs in bfloat16 (torch.optim.Muon's "
                     "precision): float64 finite differences see bfloat16 rounding; the "
-                    "ns_dtype=None cases check the gradients"),)),
+                    "ns_dtype=None cases check the gradients"),),
+         live=_NS, precision=torch.bfloat16),
     Case("sparse_adam", lambda: fo.sparse_adam(lr=0.01, maximize=True), complex=False,
          shape=_at_least_1d, grads=_sparse_rows, excluded=_SPARSE_EXCLUDED),
     Case("lbfgs", lambda: fo.lbfgs(lr=0.1, max_iter=1, history_size=3), float64_scalars=True,
-         excluded=_LBFGS_EXCLUDED),
+         excluded=_LBFGS_EXCLUDED, live={
+             **_LBFGS_TOLERANCES,
+             "tolerance_change": Live(excluded=(("other_value", (
+                 "with max_iter=1 (structural) the change tests come after the only "
+                 "iteration, where the iteration limit stops it anyway; lbfgs_strong_wolfe "
+                 "(max_iter=3) checks tolerance_change")),))}),
     Case("lbfgs_strong_wolfe",
          lambda: fo.lbfgs(max_iter=3, history_size=2, line_search_fn="strong_wolfe"),
-         extra=_lbfgs_extra, float64_scalars=True, excluded=_LBFGS_EXCLUDED),
+         extra=_lbfgs_extra, float64_scalars=True, excluded=_LBFGS_EXCLUDED,
+         live=_LBFGS_TOLERANCES),
 ]

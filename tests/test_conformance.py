@@ -8,7 +8,8 @@ import optree
 import pytest
 import torch
 import torch._dynamo.testing
-from conformance import CASES, float_state, tensor_hparams
+from conformance import CASES, float_hparams, float_state, tensor_hparams, with_hparam
+from test_hparams_live import assert_close, live_value
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -172,26 +173,48 @@ def test_vmap_equals_loop(case):
             assert_trees_close(state, pick(outs_b[step][1]))
 
 
-def test_compile_fullgraph_no_recompile(case):
-    tx, params, grads, state = setup(case)
-    hp, rebuild = tensor_hparams(tx.hparams)
+def _mixed_tree(case, seed: int) -> dict:
+    """The sample tree with float32 and float64 leaves (one compile covers both)."""
+    tree = case.params_tree(seed)
+    return {**tree, "linear": {k: v.float() for k, v in tree["linear"].items()}}
 
-    def update(g, s, p, h):
-        return tx.update(g, s, p, rebuild(h))
+
+def test_compile_fullgraph_no_recompile(case):
+    """``torch.compile(update, fullgraph=True)`` compiles once, on a tree mixing float32 and
+    float64 leaves, with every float hyperparameter a 0-d tensor; a new value of each in turn
+    (check (e) of ``test_hparams_live.py``) runs without recompiling and gives eager's
+    numbers."""
+    cells = float_hparams(case.make().hparams)
+    tx = case.make()
+    params = _mixed_tree(case, 0)
+    grads = case.adapt_grads(_mixed_tree(case, 1))
+    _, state = tx.update(case.adapt_grads(_mixed_tree(case, 2)), tx.init(params), params)
+    paths = [path for path, _ in cells]
+    base = [torch.tensor(value, dtype=torch.float64) for _, value in cells]
+
+    def update(g, s, p, values):
+        h = tx.hparams
+        for path, v in zip(paths, values):
+            h = with_hparam(h, path, v)
+        return tx.update(g, s, p, h)
 
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(update, backend=counter, fullgraph=True, dynamic=False)
     torch._dynamo.reset()
     try:
-        for factor in (1.0, 0.9, 0.8):
-            h = [x * factor for x in hp]
-            assert_trees_close(compiled(grads, state, params, h), update(grads, state, params, h),
-                               rtol=1e-10, atol=1e-12)
-            if factor == 1.0:
-                first = counter.frame_count  # a restarted analysis may count twice
+        assert_close(tensors(compiled(grads, state, params, base)),
+                     tensors(update(grads, state, params, base)), f"{case.name} compiled",
+                     case.precision)
+        first = counter.frame_count  # (a restarted analysis may count twice)
+        for i, (path, value) in enumerate(cells):
+            values = list(base)
+            values[i] = torch.tensor(live_value(case, path, value), dtype=torch.float64)
+            assert_close(tensors(compiled(grads, state, params, values)),
+                         tensors(update(grads, state, params, values)),
+                         f"{case.name} compiled, {path} changed", case.precision)
+            assert counter.frame_count == first, f"{case.name}: a new {path} recompiled"
     finally:
         torch._dynamo.reset()
-    assert counter.frame_count == first, "changing a tensor hyperparameter recompiled"
 
 
 def _dense(x):
