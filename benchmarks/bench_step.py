@@ -9,15 +9,23 @@ multi-tensor). Prints the median over repeats and ratios to torch's default, to 
 and to torch fused.
 
     python benchmarks/bench_step.py [--threads 1] [--repeats 10] [--algos all] \
-        [--out benchmarks/results/step_cpu_1thread.md]
+        [--out benchmarks/results/step_cpu_1thread.md] [--baseline CHECKOUT]
+
+``--baseline CHECKOUT`` also steps the default path of the package in another checkout (e.g. a
+``git worktree`` of the commit before a change), loaded side by side under another name, in
+the same interleaved rounds: a before/after comparison that machine drift cannot bias. The
+summary then gets a column "ours / baseline".
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
@@ -49,7 +57,20 @@ HPARAMS = {
 FUSED = ("AdamW", "Adam", "SGD", "Adagrad")  # torch has a fused CPU kernel for these
 
 
-def candidates(algo: str) -> dict:
+def load_baseline(checkout: str):
+    """``functional_optim.optim`` of another checkout, imported as ``baseline_optim`` beside
+    this one (its package loaded under the name ``functional_optim_baseline``)."""
+    name = "functional_optim_baseline"
+    root = os.path.join(os.path.abspath(checkout), "functional_optim")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(f"{name}.optim")
+
+
+def candidates(algo: str, baseline=None) -> dict:
     kw = HPARAMS[algo]
     torch_cls, ours_cls = getattr(torch.optim, algo), getattr(foo, algo)
     out = {
@@ -62,6 +83,8 @@ def candidates(algo: str) -> dict:
     if algo in FUSED:
         out["ours multi-tensor (foreach=True)"] = lambda p: ours_cls(p, foreach=True, **kw)
     out["ours default"] = lambda p: ours_cls(p, **kw)
+    if baseline is not None:
+        out["baseline default"] = lambda p: getattr(baseline, algo)(p, **kw)
     return out
 
 
@@ -104,8 +127,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--algos", default="all", help="comma-separated torch.optim names")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--baseline", default=None, help="another checkout to compare with")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     lines = [f"# Optimizer step time, CPU\n\nMachine: {machine()}\n",
              f"Median of {args.repeats} steps (ms), the implementations' steps interleaved; ratios "
              "to torch's default (for-loop) and to torch foreach and to torch fused, measured in "
@@ -116,6 +141,10 @@ def main() -> None:
                "for-loop, its CPU default, which is faster than its foreach on the large "
                "layouts (it keeps each tensor's intermediates in cache).\n",
                "| algorithm | " + " | ".join(layouts()) + " |", "|---|---|---|---|"]
+    if baseline is not None:
+        summary[-3] = summary[-3].rstrip() + " The third is ours / the baseline checkout " \
+            f"({args.baseline}), same rounds.\n"
+        summary[0] = summary[0].rstrip() + ", and ours / baseline\n"
     algos = list(HPARAMS) if args.algos == "all" else args.algos.split(",")
     for algo in algos:
         row = []
@@ -124,7 +153,7 @@ def main() -> None:
             lines.append(f"\n## {algo}, {layout} ({len(shapes)} tensors, {n / 1e6:.1f}M "
                          "params)\n\n| implementation | ms | vs torch default | vs torch foreach "
                          "| vs torch fused |\n|---|---|---|---|---|")
-            results = medians_ms(candidates(algo), shapes, args.repeats)
+            results = medians_ms(candidates(algo, baseline), shapes, args.repeats)
             base, foreach = results["torch for-loop (default)"], results["torch foreach"]
             fused = results.get("torch fused")
             for name, ms in results.items():
@@ -132,7 +161,10 @@ def main() -> None:
                 lines.append(f"| {name} | {ms:.2f} | {ms / base:.2f}x | {ms / foreach:.2f}x "
                              f"| {vs_fused} |")
             ours = results["ours default"]
-            row.append(f"{ours / foreach:.2f}x / {ours / min(base, foreach):.2f}x")
+            cell = f"{ours / foreach:.2f}x / {ours / min(base, foreach):.2f}x"
+            if baseline is not None:
+                cell += f" / {ours / results['baseline default']:.2f}x"
+            row.append(cell)
             print("\n".join(lines[-len(results) - 1:]), flush=True)
         summary.append(f"| {algo} | " + " | ".join(row) + " |")
         print(summary[-1], flush=True)
