@@ -23,6 +23,7 @@ import argparse
 import importlib.util
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -90,8 +91,9 @@ def candidates(algo: str, baseline=None) -> dict:
 
 def medians_ms(makers: dict, shapes, repeats: int) -> dict:
     """Median step time (ms) of each optimizer; the repeats are interleaved (one step of each
-    in turn), so a change in the machine's speed during the run (other tenants, frequency)
-    affects every implementation alike."""
+    in turn, in a new random order each round), so a change in the machine's speed during the
+    run (other tenants, frequency) affects every implementation alike, and none always runs
+    after the same neighbour (whose freed memory or evicted caches it would inherit)."""
     opts = {}
     for name, make in makers.items():
         gen = torch.Generator().manual_seed(0)
@@ -102,10 +104,13 @@ def medians_ms(makers: dict, shapes, repeats: int) -> dict:
         for _ in range(3):
             opts[name].step()
     times: dict = {name: [] for name in opts}
+    order = list(opts)
+    rng = random.Random(0)
     for _ in range(repeats):
-        for name, opt in opts.items():
+        rng.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            opt.step()
+            opts[name].step()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 

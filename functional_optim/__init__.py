@@ -9,6 +9,7 @@ from . import (  # meta-learning (nothing in the core imports them)
     combinators,
     implicit,
     meta,
+    registry,
     schedules,
     tree,
 )
@@ -51,6 +52,7 @@ from .combinators import (
     partition,
     zero_nans,
 )
+from .registry import get_optimizer, optimizer_from_config
 from .transforms import (
     ReduceOnPlateauState,
     ScaleByAdadeltaState,
@@ -171,6 +173,9 @@ __all__ = [
     "tree",
     "meta",
     "implicit",
+    "registry",
+    "get_optimizer",
+    "optimizer_from_config",
     "sgd",
 ]
 

@@ -28,6 +28,7 @@ import torch
 from . import _blocked, _fused
 from ._execute import is_off
 from .base import HParamError, Transform, chain, check_betas, check_hparam, reparametrize
+from .registry import register
 from .transforms import (
     MUON_NS_COEFFICIENTS,
     add_decayed_weights,
@@ -78,6 +79,9 @@ def _no_momentum(owner: str, h: dict) -> None:
         )
 
 
+@register(paper=('Robbins & Monro, 1951, "A Stochastic Approximation Method"; momentum: Polyak, '
+          '1964; Nesterov: Sutskever et al., 2013'),
+          drop_in='SGD')
 def sgd(lr: float | torch.Tensor = 1e-3, momentum: float | None = 0.0, dampening: float = 0.0,
         weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> Transform:
     r"""Stochastic gradient descent, as torch.optim.SGD.
@@ -164,6 +168,9 @@ def _reparametrized(owner: str, inner: Transform, defaults: dict, to_inner: Call
     return reparametrize(inner, defaults, to_inner, f"{owner} hparams", structural=structural)
 
 
+@register(paper=('Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization"; AMSGrad: Reddi '
+          'et al., 2018'),
+          drop_in='Adam')
 def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
          eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
          maximize: bool = False, decoupled_weight_decay: bool = False) -> Transform:
@@ -203,6 +210,8 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
         fused=fused)
 
 
+@register(paper='Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization"',
+          drop_in='AdamW')
 def adamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
           maximize: bool = False) -> Transform:
@@ -257,6 +266,9 @@ def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: d
         fused=fused)
 
 
+@register(paper=('Duchi, Hazan & Singer, 2011, "Adaptive Subgradient Methods for Online Learning '
+          'and Stochastic Optimization"'),
+          drop_in='Adagrad')
 def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
             initial_accumulator_value: float = 0.0, eps: float = 1e-10, *,
             maximize: bool = False) -> Transform:
@@ -287,6 +299,7 @@ def adagrad(lr: float | torch.Tensor = 1e-2, lr_decay: float = 0.0, weight_decay
         fused=_fused.adagrad_step(maximize=maximize))
 
 
+@register(paper='Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method"', drop_in='Adadelta')
 def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
              weight_decay: float = 0.0, *, maximize: bool = False) -> Transform:
     r"""Adadelta (Zeiler, 2012), as torch.optim.Adadelta.
@@ -315,6 +328,8 @@ def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6
                     dict(maximize=maximize), blocked=blocked)
 
 
+@register(paper='Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", section 7.1',
+          drop_in='Adamax')
 def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
            eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False) -> Transform:
     r"""Adamax (Kingma & Ba, 2015, section 7.1), as torch.optim.Adamax.
@@ -343,6 +358,7 @@ def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0
                     blocked=blocked)
 
 
+@register(paper='Dozat, 2016, "Incorporating Nesterov Momentum into Adam"', drop_in='NAdam')
 def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
           decoupled_weight_decay: bool = False, *, maximize: bool = False,
@@ -383,6 +399,8 @@ def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.
                     structural, blocked=blocked)
 
 
+@register(paper='Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond"',
+          drop_in='RAdam')
 def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
           *, maximize: bool = False) -> Transform:
@@ -415,6 +433,9 @@ def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
                     blocked=blocked)
 
 
+@register(paper=('Hinton, 2012, "Neural Networks for Machine Learning", lecture 6e; centered: '
+          'Graves, 2013'),
+          drop_in='RMSprop')
 def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
             weight_decay: float = 0.0, momentum: float | None = 0.0, centered: bool = False, *,
             maximize: bool = False) -> Transform:
@@ -462,6 +483,9 @@ def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1
                       dict(centered=centered, maximize=maximize), blocked)
 
 
+@register(paper=('Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster Backpropagation '
+          'Learning: The RPROP Algorithm"'),
+          drop_in='Rprop')
 def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
           step_sizes: tuple[float, float] = (1e-6, 50.0), *, maximize: bool = False
           ) -> Transform:
@@ -500,6 +524,8 @@ def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2
         fused=_blocked.rprop_step(defaults, f"{owner} hparams", maximize=maximize))
 
 
+@register(paper='Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by '
+          'Averaging"', drop_in='ASGD')
 def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
          t0: float = 1e6, weight_decay: float = 0.0, *, maximize: bool = False,
          scalar_state_dtype: torch.dtype | None = None) -> Transform:
@@ -550,6 +576,9 @@ def _number_or_tensor_lr(owner: str, lr: Any) -> None:
     check_hparam(owner, "lr", lr, ge=0)
 
 
+@register(paper=('Shazeer & Stern, 2018, "Adafactor: Adaptive Learning Rates with Sublinear Memory '
+          'Cost"'),
+          drop_in='Adafactor')
 def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
               eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
               weight_decay: float = 0.0, *, maximize: bool = False) -> Transform:
@@ -584,6 +613,8 @@ def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
         fused=blocked)
 
 
+@register(paper='Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"',
+          drop_in='Muon')
 def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
          nesterov: bool = True,
          ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
@@ -631,6 +662,9 @@ def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: f
     return _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
 
 
+@register(paper=('Liu & Nocedal, 1989, "On the Limited Memory BFGS Method for Large Scale '
+          'Optimization"'),
+          drop_in='LBFGS')
 def lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: int | None = None,
           tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
           line_search_fn: str | None = None) -> Transform:
@@ -655,6 +689,9 @@ def lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: int | None
                           history_size, line_search_fn)
 
 
+@register(paper=('Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization" (lazy, on the '
+          'rows a sparse gradient has)'),
+          drop_in='SparseAdam')
 def sparse_adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                 eps: float = 1e-8, maximize: bool = False) -> Transform:
     r"""SparseAdam, as torch.optim.SparseAdam: Adam (Kingma & Ba, 2015) on the rows a sparse COO

@@ -408,6 +408,8 @@ def scale_by_lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: i
                              history_size, line_search_fn)
     defaults = {"lr": lr, "tolerance_grad": tolerance_grad, "tolerance_change": tolerance_change}
     needs_fn = max_iter > 1 or line_search_fn is not None
+    structural = dict(max_iter=max_iter, max_eval=max_eval, history_size=history_size,
+                      line_search_fn=line_search_fn)
 
     def init(params):
         leaves = [p for p in _tree.leaves(params) if p is not None]
@@ -426,7 +428,7 @@ def scale_by_lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: i
 
     def update(updates, state, params=None, hparams=None, *, value=None, value_fn=None,
                **extra):
-        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams", structural)
         check_state(owner, state, LbfgsState)
         if missing_params(owner, updates, params) or _tree.num_leaves(updates) == 0:
             return updates, state

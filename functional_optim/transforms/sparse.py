@@ -111,7 +111,7 @@ def scale_by_sparse_adam(lr: float | torch.Tensor = 1e-3,
                                       _tree.map(zeros, params))
 
     def update(updates, state, params=None, hparams=None, **extra):
-        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams", {"maximize": maximize})
         check_state(owner, state, ScaleBySparseAdamState)
         spec = _tree.structure(updates)
         flat = [_tree.flatten_like(s, spec, f"{owner} state", "updates")

@@ -1,0 +1,125 @@
+"""One registry of the optimizers (DESIGN.md §7).
+
+Every alias registers once, with :func:`register` beside its definition. From that one entry
+come: lookup by name (:func:`get_optimizer`) and from a config dict
+(:func:`optimizer_from_config`), the drop-in ``torch.optim.Optimizer`` class, the conformance
+registration of the test suite (every registered alias is checked, every float hyperparameter
+live) and the table of the docs' algorithms page.
+
+An entry's *structural* options are derived, not listed: the constructor's arguments that are
+not hyperparameters (not keys of ``make().hparams``), e.g. ``amsgrad``, ``maximize`` and
+``decoupled_weight_decay`` for :func:`~functional_optim.adam`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from .base import Transform
+from .combinators import parameter_groups
+
+__all__ = ["Entry", "register", "entry", "names", "get_optimizer", "optimizer_from_config"]
+
+
+class Entry(NamedTuple):
+    """A registered optimizer.
+
+    Attributes:
+        name: the registry name (the alias's function name, e.g. ``"adamw"``).
+        make: the alias: ``make(**options) -> Transform``.
+        paper: the reference (authors, year, title).
+        drop_in: the name of its drop-in class in :mod:`functional_optim.optim`.
+    """
+
+    name: str
+    make: Callable[..., Transform]
+    paper: str
+    drop_in: str | None = None
+
+    @property
+    def hyperparameters(self) -> dict:
+        """The defaults of the live hyperparameters (``make().hparams``)."""
+        return _defaults(self.make)
+
+    @property
+    def structural(self) -> tuple[str, ...]:
+        """The construction-time options: the constructor's arguments that are no
+        hyperparameters."""
+        live = set(self.hyperparameters)
+        return tuple(n for n in inspect.signature(self.make).parameters if n not in live)
+
+
+@functools.cache
+def _defaults(make: Callable[..., Transform]) -> dict:
+    return dict(make().hparams)
+
+
+_ENTRIES: dict[str, Entry] = {}
+
+
+def register(*, paper: str, drop_in: str | None = None) -> Callable:
+    """Decorator: register an alias under its function name.
+
+    Args:
+        paper: the reference it implements (authors, year, title).
+        drop_in: the name of its class in :mod:`functional_optim.optim`, if any.
+    """
+
+    def decorate(make: Callable[..., Transform]) -> Callable[..., Transform]:
+        name = make.__name__
+        if name in _ENTRIES:
+            raise ValueError(f"registry: {name!r} is registered twice")
+        _ENTRIES[name] = Entry(name, make, paper, drop_in)
+        return make
+
+    return decorate
+
+
+def names() -> list[str]:
+    """The registered names, sorted."""
+    return sorted(_ENTRIES)
+
+
+def entry(name: str) -> Entry:
+    """The entry of ``name``; an unknown name is a ``KeyError`` listing the known ones."""
+    try:
+        return _ENTRIES[name]
+    except KeyError:
+        raise KeyError(f"no optimizer named {name!r}; known: {', '.join(names())}") from None
+
+
+def get_optimizer(name: str, **options: Any) -> Transform:
+    """The transform of the optimizer ``name`` built with ``options``
+    (``get_optimizer("adamw", lr=3e-4, weight_decay=0.1)``); an unknown option is a
+    ``TypeError`` naming the known ones."""
+    make = entry(name).make
+    known = inspect.signature(make).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"get_optimizer({name!r}): unknown option(s) {unknown}; known: "
+                        f"{', '.join(known)}")
+    return make(**options)
+
+
+def optimizer_from_config(config: Mapping, params: Any = None) -> Transform:
+    """The transform a config dict describes, as AllenNLP's ``Optimizer.from_params`` reads it.
+
+    ``{"type": "adamw", "lr": 1e-3, ..., "parameter_groups": [[["regex", ...], {...}], ...]}``:
+    ``type`` is a registered name, the other keys its options; with ``parameter_groups`` the
+    result is :func:`functional_optim.parameter_groups` of it (each group's overrides over the
+    options; ``{"requires_grad": False}`` freezes a group), and ``params`` (the parameter tree)
+    is checked against the regexes now.
+    """
+    if not isinstance(config, Mapping) or "type" not in config:
+        raise TypeError(f"optimizer_from_config: expected a dict with a 'type' key (one of "
+                        f"{', '.join(names())}), got {config!r}")
+    options = {k: v for k, v in config.items() if k not in ("type", "parameter_groups")}
+    name = config["type"]
+    groups = config.get("parameter_groups")
+    if not groups:
+        return get_optimizer(name, **options)
+    get_optimizer(name, **options)  # the options' errors, before any group's
+    return parameter_groups(entry(name).make, [tuple(g) for g in groups], params, **options)
