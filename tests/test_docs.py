@@ -74,6 +74,11 @@ def test_mkdocs_build_strict(tmp_path):
         html = (site / "api" / page / "index.html").read_text()
         assert f'href="{href}"><code>{text}</code></a>' in html, f"api/{page}: no link {text}"
     assert '<div class="arithmatex">' in (site / "api" / "aliases" / "index.html").read_text()
+    # The benchmark charts are on the performance page, served from benchmarks/results/.
+    html = (site / "performance" / "index.html").read_text()
+    for chart in sorted((ROOT / "benchmarks" / "results").glob("*.png")):
+        assert f'src="../img/benchmarks/{chart.name}"' in html, f"{chart.name} not shown"
+        assert (site / "img" / "benchmarks" / chart.name).read_bytes() == chart.read_bytes()
 
 
 # A one-module package for strict builds of one docstring: ``documented`` is on the page,
