@@ -151,3 +151,12 @@ def _run_blocks(page, blocks):
             exec(compile(block, f"{page} [python block {i}]", "exec"), namespace)
         except Exception as e:  # pragma: no cover - message for the failure report
             raise AssertionError(f"{page}, python block {i} failed:\n{block}") from e
+
+
+def test_migration_guide_names_every_drop_in():
+    """The migration guide's list of drop-in classes is functional_optim.optim's."""
+    import functional_optim.optim as optim
+
+    text = (ROOT / "docs" / "migrating.md").read_text()
+    missing = [name for name in optim.__all__ if f"`{name}`" not in text]
+    assert not missing, f"docs/migrating.md does not name the drop-in classes {missing}"
