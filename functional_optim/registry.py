@@ -31,7 +31,7 @@ class Entry(NamedTuple):
         name: the registry name (the alias's function name, e.g. ``"adamw"``).
         make: the alias: ``make(**options) -> Transform``.
         paper: the reference (authors, year, title).
-        drop_in: the name of its drop-in class in :mod:`functional_optim.optim`.
+        drop_in: the name of its drop-in class in ``functional_optim.optim``.
     """
 
     name: str
@@ -65,7 +65,7 @@ def register(*, paper: str, drop_in: str | None = None) -> Callable:
 
     Args:
         paper: the reference it implements (authors, year, title).
-        drop_in: the name of its class in :mod:`functional_optim.optim`, if any.
+        drop_in: the name of its class in ``functional_optim.optim``, if any.
     """
 
     def decorate(make: Callable[..., Transform]) -> Callable[..., Transform]:

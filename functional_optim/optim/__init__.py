@@ -1,8 +1,9 @@
 """Drop-in ``torch.optim.Optimizer`` classes backed by functional transforms.
 
 ``FunctionalOptimizer`` wraps any transform; ``SGD``, ``Adam``, ``AdamW``, ``Adagrad``,
-``Adadelta``, ``Adamax``, ``NAdam``, ``RAdam``, ``RMSprop``, ``Rprop`` and ``ASGD`` are drop-in
-replacements for torch.optim's classes (same constructor, numbers and ``state_dict`` format).
+``Adadelta``, ``Adamax``, ``NAdam``, ``RAdam``, ``RMSprop``, ``Rprop``, ``ASGD``, ``Adafactor``,
+``Muon``, ``SparseAdam`` and ``LBFGS`` are drop-in replacements for torch.optim's classes of
+those names (same constructor, numbers and ``state_dict`` format).
 """
 
 from .adapter import FunctionalOptimizer
