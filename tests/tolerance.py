@@ -1,0 +1,170 @@
+"""Low-precision tolerances as a number of ulps, sized by an error model (one helper, all tests).
+
+A bare relative bound (``16 * eps32``) tuned until the suite passes on one CPU fails on another:
+the same formula rounds differently across machines and builds (vector width, FMA contraction,
+the vectorised ``exp``/``log``/``pow`` kernels, summation order). So every float32, complex64,
+bfloat16 and float16 comparison of two computations is written
+
+    assert_close_ulps(actual, expected, ulps=ulp_budget(steps, ops), scale=S)
+
+with the budget derived from how many rounded operations separate the two values and ``S``, the
+magnitude they run at, stated at the call.
+
+**The unit.** ``ulp(x)`` is the spacing of the dtype's numbers at ``|x|``:
+``2**floor(log2|x|) * eps`` (the subnormal spacing below the smallest normal), so
+``eps*|x|/2 < ulp(x) <= eps*|x|``. The scale is
+
+- ``None``: each element's own ``|expected[i]|``, for values a few elementwise ops compute from
+  the same inputs;
+- a number, or a tensor broadcast against ``expected``: the magnitude the computation ran at.
+  For a parameter trajectory it is the tensor's **peak** ``max_t max_i |p_t[i]|`` over the run:
+  every step's ``p + u`` rounds at ``|p_t|``, so an element that ends near zero after passing
+  through larger values carries their rounding (its own ulp would be far too fine). For a
+  reduction (a norm, a product of matrices) it is the tensor's max-abs.
+
+**The error model** (first order, worst case; :func:`ulp_budget`). Each op is within 1 ulp of its
+exact result on every machine (IEEE ``+ - * /`` and ``sqrt`` round correctly, within 1/2 ulp;
+SLEEF's ``u10`` vector kernels and glibc's ``exp``/``log``/``pow`` within 1 ulp; an FMA rounds
+``a*b + c`` once instead of twice), so two implementations of one op, or one build on two CPUs,
+differ by at most :data:`ULPS_PER_OP` = 2 ulps of its result. A step of ``k`` ops on the path to
+the compared value then differs by at most ``2k`` ulps; every op is counted at the scale's
+magnitude (an optimizer's update, and each quantity it is made of, moves the parameter by less
+than the parameter's magnitude). Over ``n`` steps the differences add up, all of one sign: an
+optimizer's state is an average (factors at most 1) that carries an old error forward without
+amplifying it. So ``budget = 2 * k * n`` ulps.
+
+:data:`UPDATE_OPS` counts ``k`` for each algorithm the suite compares with torch.optim, from its
+formula with every option on (it bounds the simpler variants too). Counting rules: each ``+ - * /
+sqrt pow`` once, scalar coefficients included (``1 - beta**t`` is 2); a ``lerp`` is 3
+(``a + w*(b - a)``); a sum of ``N`` terms is :func:`sum_ops` (torch sums by cascades and vector
+lanes: each term passes through ``ceil(log2 N)`` additions); negation, ``sign``, ``max``,
+``clamp``, ``where``, casts to a wider dtype and copies are exact and not counted.
+
+Complex values are compared by modulus, in ulps of the real dtype (the real and imaginary parts
+each round within an ulp of ``|z|``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ULPS_PER_OP = 2
+"""Two implementations of one op (or one build on two CPUs) differ by at most 2 ulps of its result:
+each is within 1 ulp of the exact value (see the module docstring)."""
+
+
+def sum_ops(n: int) -> int:
+    """The ops a sum of ``n`` terms puts on each term's path: ``ceil(log2 n)`` additions."""
+    return max(1, math.ceil(math.log2(n)))
+
+
+def adafactor_ops(numel: int) -> int:
+    """torch.optim.Adafactor's step on a leaf of ``numel`` elements (``L = sum_ops(numel)``, which
+    bounds the row and column sums too): the parameter's RMS for ``alpha`` (square, sum, sqrt,
+    ``/sqrt(N)``, ``*rho``: 5 + L), ``rho_t`` and ``beta2_t`` (3), the decay ``p*(1 - lr*wd)``
+    (3), the row and column means of ``g**2`` (square, sum, sqrt, square, divide: 4 + L each) and
+    their ``lerp`` (3 each), the outer product (1), the row mean it is divided by (L + 1) and the
+    division (1), ``rsqrt`` and ``*g`` (2), the update's RMS for the clip (5 + L) and
+    ``alpha/denom`` (1), ``p + c*u`` (2): 38 + 5L."""
+    return 38 + 5 * sum_ops(numel)
+
+
+UPDATE_OPS = {
+    # g + wd*p (2); b <- mu*b + (1 - tau)*g (4); nesterov g + mu*b (2); p - lr*g (2)
+    "sgd": 10,
+    # decoupled p*(1 - lr*wd) (3; coupled g + wd*p: 2); m lerp (3 + 1 for 1 - b1); v <- b2*v +
+    # (1 - b2)*g**2 (5); the two bias corrections 1 - b**t (4); lr/bc1 (1);
+    # sqrt(v)/sqrt(bc2) + eps (4); p - step*m/d (3)
+    "adam": 24,
+    "adamw": 24,
+    # g + wd*p (2); lr/(1 + (t-1)*lr_decay) (3); s + g**2 (2); p - c*g/(sqrt(s) + eps) (5)
+    "adagrad": 12,
+    # g + wd*p (2); v <- rho*v + (1 - rho)*g**2 (5); sqrt(a + eps)/sqrt(v + eps)*g (6);
+    # a <- rho*a + (1 - rho)*d**2 (5); p - lr*d (2)
+    "adadelta": 20,
+    # g + wd*p (2); m lerp (4); max(b2*u, |g| + eps) (2); p - lr/(1 - b1**t)*m/u (6)
+    "adamax": 14,
+    # decay (3); mu_t = b1*(1 - 0.5*0.96**(t*psi)) (5) and mu_t+1 (6); the product of the mus
+    # (1); m lerp (4); v (5); sqrt(v/(1 - b2**t)) + eps (5); the two coefficients
+    # -lr*(1 - mu)/(1 - prod) (4) and -lr*mu_t+1/(1 - prod*mu_t+1) (4); p + c1*g/d + c2*m/d (6)
+    "nadam": 43,
+    # decay (3); m lerp (4); v (5); bias corrections (4); m/bc1 (1); rho_inf (3);
+    # rho_t = rho_inf - 2t*b2**t/bc2 (5); the rectification sqrt of a ratio of products (10);
+    # sqrt(bc2)/(sqrt(v) + eps) (4); p - m_hat*lr*a*r (4)
+    "radam": 43,
+    # g + wd*p (2); v <- a*v + (1 - a)*g**2 (5); centered: g_avg lerp (4), sqrt(v - g_avg**2)
+    # + eps (4); b <- mu*b + g/d (3); p - lr*b (2)
+    "rmsprop": 20,
+    # the step size s*eta (1); p - sign(g)*s (the product by a sign is exact; 1)
+    "rprop": 2,
+    # g + wd*p (2); eta = lr/(1 + lambd*lr*t)**alpha (5); p*(1 - lambd*eta) (3); p - eta*g (2)
+    "asgd": 12,
+    # duplicate rows summed by coalesce (3: up to 8 terms); m += (g - m)*(1 - b1) (4);
+    # v += (g**2 - v)*(1 - b2) (5); bias corrections (4); lr*sqrt(bc2)/bc1 (3); sqrt(v) + eps
+    # (2); p - step*m/d (3)
+    "sparse_adam": 24,
+    # momentum lerp (4); nesterov lerp (3); the shape ratio and lr (2); decay (3); p + c*O (2).
+    # The Newton-Schulz iteration runs in bfloat16 by the same kernels on both sides from the
+    # same momentum (the same ops on the same inputs), so it adds no difference: a bfloat16
+    # rounding flip there would be 2**16 float32 ulps of the update, and fail, as it should.
+    "muon": 14,
+}
+
+
+def ulp_budget(steps: int, ops_per_step: int, ulps_per_op: int = ULPS_PER_OP) -> int:
+    """How many ulps of the scale two roundings of ``steps`` steps of ``ops_per_step`` ops may
+    differ by: ``steps * ops_per_step * ulps_per_op`` (the error model of the module docstring:
+    each op at most ``ulps_per_op`` apart, the steps adding up linearly)."""
+    return steps * ops_per_step * ulps_per_op
+
+
+def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype``'s numbers at magnitude ``|x|``, as a float64 tensor."""
+    info = torch.finfo(dtype)
+    mag = x.abs().to(torch.float64)
+    _, exponent = torch.frexp(mag)  # mag = m * 2**exponent with 0.5 <= m < 1
+    spacing = torch.ldexp(torch.full_like(mag, info.eps), exponent - 1)
+    spacing = torch.where(mag >= info.tiny, spacing, info.tiny * info.eps)
+    return torch.where(mag.isinf(), mag, spacing)
+
+
+def assert_close_ulps(actual: torch.Tensor, expected: torch.Tensor, *, ulps: float,
+                      scale: float | torch.Tensor | None = None, where: str = "") -> None:
+    """``|actual - expected| <= ulps * ulp(scale)`` element-wise, in ``actual``'s precision.
+
+    Args:
+        actual: the value under test.
+        expected: the reference: of ``actual``'s dtype, or a float64/complex128 one.
+        ulps: the budget (:func:`ulp_budget`; say at the call why it is that).
+        scale: the magnitude whose ulp is the unit: ``None`` for each element's own
+            ``|expected[i]|``; a number, or a tensor broadcast against ``expected`` (a
+            trajectory's peak, a tensor's max-abs). See the module docstring.
+        where: what is compared, for the failure message.
+
+    The failure names the worst element (in ulps), its index, both values, how many ulps it is
+    off, the budget and the unit. Equal infinities are equal; a NaN is infinitely far.
+    """
+    assert actual.shape == expected.shape, \
+        f"{where}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype or expected.dtype in (torch.float64, torch.complex128), \
+        f"{where}: dtype {actual.dtype} != {expected.dtype}"
+    if actual.numel() == 0:
+        return
+    real = actual.real.dtype if actual.is_complex() else actual.dtype
+    a = actual.detach().to(torch.complex128 if actual.is_complex() else torch.float64)
+    b = expected.detach().to(a.dtype)
+    mag = (b.abs() if scale is None else torch.as_tensor(scale, dtype=torch.float64).abs()
+           ).expand(b.shape)
+    unit = ulp(mag, real)
+    off = (torch.where(a == b, 0.0, (a - b).abs()) / unit).nan_to_num(nan=math.inf)
+    worst = int(off.argmax())
+    if off.flatten()[worst] <= ulps:
+        return
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), b.shape))
+    raise AssertionError(
+        f"{where}: element {index}: actual {a.flatten()[worst].item()}, expected "
+        f"{b.flatten()[worst].item()}: {off.flatten()[worst].item():.1f} ulps off > {ulps} ulps "
+        f"of {'|expected|' if scale is None else 'the scale'} "
+        f"{mag.flatten()[worst].item():.6g} ({real}: 1 ulp = {unit.flatten()[worst].item():.3e})")
