@@ -22,7 +22,6 @@ import itertools
 
 import pytest
 import torch
-
 from tolerance import UPDATE_OPS, assert_close_ulps, ulp_budget
 
 import functional_optim as fo
