@@ -14,8 +14,14 @@ import functools
 
 import pytest
 import torch
-from adapter_checks import assert_low_precision_trajectory, assert_same_state
-from tolerance import UPDATE_OPS, adafactor_ops, assert_close_ulps, ulp_budget
+from adapter_checks import assert_same_state
+from tolerance import (
+    UPDATE_OPS,
+    adafactor_ops,
+    assert_close_ulps,
+    assert_low_precision_trajectory,
+    ulp_budget,
+)
 
 import functional_optim as fo
 import functional_optim.optim as foo

@@ -32,6 +32,11 @@ each quantity it is made of, is smaller than the parameter it moves (a generous 
 at the update's magnitude). A step of ``k`` ops then differs by at most ``2k`` ulps, and over
 ``n`` steps the differences add up, all of one sign: an optimizer's state is an average (factors
 at most 1) that carries an old error forward without amplifying it. So ``budget = 2 * k * n``.
+(The one simplification: an error a state carries into later updates is counted once, at the
+step that made it; counting every op at the parameter's magnitude, when most run at the
+update's, leaves room for that.) Where an update is about an ulp of the parameter (bfloat16),
+that room is gone: :func:`assert_low_precision_trajectory` counts the update's ops at the
+update's magnitude.
 
 :data:`UPDATE_OPS` counts ``k`` for each algorithm the suite compares with torch.optim, from
 torch's formula with every option on (a bound for the simpler variants too). Counting rules:
@@ -173,3 +178,22 @@ def assert_close_ulps(actual: torch.Tensor, expected: torch.Tensor, *, ulps: flo
         f"{b.flatten()[worst].item()}: {off.flatten()[worst].item():.1f} ulps off > {ulps} ulps "
         f"of {'|expected|' if scale is None else 'the scale'} "
         f"{mag.flatten()[worst].item():.6g} ({real}: 1 ulp = {unit.flatten()[worst].item():.3e})")
+
+
+def assert_low_precision_trajectory(ours, theirs, peak, largest_step, steps: int,
+                                    update_ops: int) -> None:
+    """Parameters after ``steps`` steps of two implementations that round differently, in a low
+    precision (bfloat16) where an update is about an ulp of the parameter; element-wise.
+
+    Per step each element's ``p + u`` rounds at its own magnitude (``peak``: the element-wise max
+    ``|p|`` along the reference run; 1 op, 2 ulps). The update's ``update_ops`` ops round at the
+    update's magnitude ``U`` (``largest_step``: the largest ``|p_t+1 - p_t|`` of the tensor, one
+    number per tensor): ``update_ops * 2 ulp(U) <= 2 eps * update_ops * U < 4 ulp(update_ops *
+    U)``, worth 2 ops at ``update_ops * U``. So ``ulp_budget(steps, 3)`` ulps of
+    ``max(peak, update_ops * U)``. In bfloat16 that is about the size of the steps themselves
+    (the 31 ops of an AdamW update may be off by ``31 * 2**-7``, a quarter of it, between two
+    implementations): the check catches gross errors only.
+    """
+    for a, b, top, step in zip(ours, theirs, peak, largest_step, strict=True):
+        assert_close_ulps(a, b, ulps=ulp_budget(steps, 3),
+                          scale=torch.clamp(top.double(), min=update_ops * step))
