@@ -24,6 +24,7 @@ import warnings
 
 import pytest
 import torch
+from tolerance import UPDATE_OPS, assert_close_ulps, ulp_budget
 from torch import nn
 
 import functional_optim as fo
@@ -367,12 +368,19 @@ def test_float32_parameters_match_torch(name):
                                  dict(lr=0.02))
     m1.float(), m2.float()
     x, y = X.float(), Y.float()
+    peak = {k: p.abs().max().item() for k, p in m2.named_parameters()}
     for _ in range(STEPS):
         for m, o in ((m1, ours), (m2, theirs)):
             o.zero_grad()
             nn.functional.mse_loss(m(x), y).backward()
             o.step()
-    _same_params(m1, m2, rtol=64 * torch.finfo(torch.float32).eps)
+        peak = {k: max(peak[k], p.abs().max().item()) for k, p in m2.named_parameters()}
+    # the update rule's ops, 2 ulps each, every step, of each tensor's peak (ours runs torch's
+    # fused kernel, torch its single-tensor path: other roundings); each side's gradients come
+    # from its own parameters, which feeds a difference back, by little over 12 steps at lr 0.02
+    for (k, a), b in zip(m1.named_parameters(), m2.parameters(), strict=True):
+        assert_close_ulps(a, b, scale=peak[k], where=k,
+                          ulps=ulp_budget(STEPS, UPDATE_OPS[name.lower()]))
 
 
 # -- param_groups are the hyperparameters ----------------------------------------------------

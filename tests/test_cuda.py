@@ -9,6 +9,7 @@ import optree
 import pytest
 import torch
 from conformance import CASES, tensor_hparams
+from tolerance import UPDATE_OPS, assert_close_ulps, ulp_budget
 
 import functional_optim as fo
 
@@ -130,12 +131,14 @@ def test_dropin_in_whole_network_capture_matches_torch(name):
         o.step()
         return loss
 
+    peak = [p.abs().max().item() for p in reference.parameters()]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up steps, taken by both
         for bx, by in batches[:3]:
             train(model, opt, bx, by)
             train(reference, ref, bx, by)
+            peak = [max(top, p.abs().max().item()) for top, p in zip(peak, reference.parameters())]
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     opt.zero_grad(set_to_none=True)
@@ -146,6 +149,11 @@ def test_dropin_in_whole_network_capture_matches_torch(name):
         y.copy_(by)
         graph.replay()
         loss = train(reference, ref, bx, by)
+        peak = [max(top, p.abs().max().item()) for top, p in zip(peak, reference.parameters())]
         torch.testing.assert_close(static_loss, loss, rtol=1e-5, atol=1e-6)
-    for a, b in zip(model.parameters(), reference.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # float32: the 8 steps of the update rule's ops, 2 ulps each, of each tensor's peak (each
+    # side's gradients come from its own parameters: a difference feeds back, by little at lr
+    # 0.01). At least the former rtol=1e-5, atol=1e-6 wherever the peak is over 0.052, as for
+    # every tensor of this seeded model (its smallest, the last bias, starts at 0.059).
+    for a, b, top in zip(model.parameters(), reference.parameters(), peak):
+        assert_close_ulps(a, b, ulps=ulp_budget(8, UPDATE_OPS[name.lower()]), scale=top)

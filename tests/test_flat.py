@@ -15,6 +15,7 @@ import functools
 
 import pytest
 import torch
+from tolerance import UPDATE_OPS, assert_close_ulps, ulp_budget
 
 import functional_optim as fo
 import functional_optim.optim as foo
@@ -223,13 +224,16 @@ def test_compiled_flat_step_matches_and_does_not_recompile():
     ref = foo.AdamW(usual, lr=0.01, foreach=False)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)
     sched_ref = torch.optim.lr_scheduler.ExponentialLR(ref, 0.9)
+    peak = [p.abs().max().item() for p in usual]
     for i in range(5):
         _train(opt, flat, 1, start=i)
         _train(ref, usual, 1, start=i)
         sched.step()
         sched_ref.step()
-    for a, b in zip(flat, usual):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        peak = [max(top, p.abs().max().item()) for top, p in zip(peak, usual)]
+    # the compiled kernel orders (and fuses) AdamW's ops its own way: 2 ulps per op, every step
+    for a, b, top in zip(flat, usual, peak):
+        assert_close_ulps(a, b, ulps=ulp_budget(5, UPDATE_OPS["adamw"]), scale=top)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
@@ -257,7 +261,10 @@ def test_many_compiled_optimizers_do_not_share_a_recompile_budget():
             p.grad = torch.ones_like(p)
         opt.step()
         for p, b in zip(params, before):
-            torch.testing.assert_close(p.detach(), b - 0.1)
+            # p - lr * 1: lr's rounding and the subtraction, 2 ulps each, at the larger of the
+            # parameter before and after
+            assert_close_ulps(p, b - 0.1, ulps=ulp_budget(1, 2),
+                              scale=torch.maximum(b.abs(), (b - 0.1).abs()))
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(params=1), "params must be True or False"),
