@@ -192,7 +192,8 @@ def elementwise(
 
 
 def _pack(flat: list, members: list, donate: bool = False) -> Any:
-    """The ``members`` of ``flat`` as one :class:`~functional_optim._foreach.TensorList` (a static input stays one value)."""
+    """The ``members`` of ``flat`` as one :class:`~functional_optim._foreach.TensorList` (a
+    static input stays one value)."""
     if isinstance(flat[members[0]], torch.Tensor):
         return _foreach.TensorList([flat[i] for i in members], donated=donate)
     return flat[members[0]]

@@ -204,14 +204,15 @@ def test_compile_fullgraph_no_recompile(case):
     try:
         assert_close(tensors(compiled(grads, state, params, base)),
                      tensors(update(grads, state, params, base)), f"{case.name} compiled",
-                     case.precision)
+                     case.precision, case.ulps)
         first = counter.frame_count  # (a restarted analysis may count twice)
         for i, (path, value) in enumerate(cells):
             values = list(base)
             values[i] = torch.tensor(live_value(case, path, value), dtype=torch.float64)
             assert_close(tensors(compiled(grads, state, params, values)),
                          tensors(update(grads, state, params, values)),
-                         f"{case.name} compiled, {path} changed", case.precision)
+                         f"{case.name} compiled, {path} changed", case.precision,
+                         case.ulps)
             assert counter.frame_count == first, f"{case.name}: a new {path} recompiled"
     finally:
         torch._dynamo.reset()
