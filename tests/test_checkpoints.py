@@ -39,6 +39,7 @@ CASES = [
     ("Adafactor", dict()),
     ("Muon", dict(lr=0.02)),
     ("SparseAdam", dict(lr=0.01)),
+    ("LBFGS", dict(max_iter=4)),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw in CASES]
 STEPS = 3
@@ -509,3 +510,42 @@ def test_bad_generic_checkpoint_is_refused(damage, pattern):
     sd = src.state_dict()
     damage(sd)
     _refused(opt, sd, pattern)
+
+
+# -- LBFGS ------------------------------------------------------------------------------------
+
+def _lbfgs_damages():
+    vector = torch.zeros(26, dtype=torch.float64)
+    return [
+        (lambda s: s.update(func_evals=-1), "'func_evals'", "whole number"),
+        (lambda s: s.update(n_iter="3"), "'n_iter'", "str '3'"),
+        (lambda s: s.pop("d"), "'d'", "got nothing"),
+        (lambda s: s.update(d=torch.zeros(25, dtype=torch.float64)), "'d'", "26 elements"),
+        (lambda s: s.update(prev_flat_grad=[vector]), "'prev_flat_grad'", "a list"),
+        (lambda s: s.update(t="1"), "'t'", "a real number"),
+        (lambda s: s.update(H_diag=torch.ones(2)), "'H_diag'", "shape (2,)"),
+        (lambda s: s.update(ro=s["ro"][:-1]), "'ro'", "as many as old_dirs"),
+        (lambda s: s.update(old_stps=s["old_stps"][:-1] + [vector[:3]]), "'old_stps'",
+         "one of them a float64 tensor of shape (3,)"),
+        (lambda s: s.update(old_dirs=s["old_dirs"] * 4, old_stps=s["old_stps"] * 4,
+                            ro=s["ro"] * 4), "'old_dirs'", "at most 5 (history_size)"),
+        (lambda s: s.update(al=[None]), "'al'", "a list of 5"),
+        (lambda s: s.update(exp_avg=vector), "'exp_avg'", "never keeps"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_lbfgs_damages())))
+def test_bad_lbfgs_state_is_refused_at_load(index):
+    """LBFGS's state is checked at load (before: the next step failed deep inside)."""
+    damage, key, got = _lbfgs_damages()[index]
+    kwargs = dict(max_iter=4, history_size=5)
+    ours, sd = _trained("LBFGS", kwargs, steps=1)
+    assert sd["state"][0]["n_iter"] > 0 and len(sd["state"][0]["old_dirs"]) >= 2
+    damage(sd["state"][0])
+    _refused(ours, sd, f"state {key} of parameter (group 0, index 0)", got)
+
+
+def test_lbfgs_state_on_another_parameter_is_refused():
+    ours, sd = _trained("LBFGS", dict(max_iter=4), steps=1)
+    sd["state"][1] = {"func_evals": 3}
+    _refused(ours, sd, "index 1", "LBFGS keeps its state on the first parameter")

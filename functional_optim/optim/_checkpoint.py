@@ -31,7 +31,7 @@ the parameters.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import torch
@@ -219,3 +219,70 @@ def check_value(where: Where, key: Path | str, value: Any, like: torch.Tensor,
         number = float(value)
         if not _whole(number):
             where.fail(key, _expect(like, number_ok), f"{describe(value)} holding {number}")
+
+
+# -- LBFGS ------------------------------------------------------------------------------------
+
+LBFGS_KEYS = ("func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag",
+              "prev_flat_grad", "prev_loss", "al")
+
+
+def check_lbfgs(where: Where, saved: Any, size: int, history_size: int) -> None:
+    """torch.optim.LBFGS's state (on the first parameter) for flat vectors of ``size`` elements.
+
+    ``func_evals`` and ``n_iter`` are whole numbers >= 0; once an iteration has run
+    (``n_iter > 0``) the entry holds everything but ``al``: ``d`` and ``prev_flat_grad`` (1-D real
+    tensors of ``size`` elements), ``t``, ``H_diag`` and ``prev_loss`` (real numbers or 0-d real
+    tensors), ``old_dirs`` and ``old_stps`` (lists of at most ``history_size`` such vectors, as
+    many as ``ro`` holds numbers) and, if present, ``al`` (a list of ``history_size`` numbers or
+    ``None``).
+    """
+    if not isinstance(saved, dict):
+        where.fail(None, "a dict of its state (or no entry)", describe(saved))
+    unknown = [k for k in saved if k not in LBFGS_KEYS]
+    if unknown:
+        where.fail(unknown[0], f"only LBFGS's state ({', '.join(LBFGS_KEYS)})",
+                   f"{describe(saved[unknown[0]])}, a state LBFGS never keeps")
+    for key in ("func_evals", "n_iter"):
+        value = saved.get(key, 0)
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
+            where.fail(key, "a whole number >= 0 (an int)", describe(value))
+    if not saved.get("n_iter", 0):
+        return
+    missing = [k for k in LBFGS_KEYS[2:-1] if saved.get(k) is None]
+    if missing:
+        where.fail(missing[0], f"a value (after an iteration LBFGS keeps all of "
+                   f"{', '.join(LBFGS_KEYS[:-1])})", "nothing")
+    vector = f"a 1-D real floating-point tensor of {size} elements (the flat parameters)"
+
+    def is_vector(v):
+        return isinstance(v, torch.Tensor) and v.shape == (size,) and v.dtype.is_floating_point
+
+    def is_scalar(v, none_ok=False):
+        return (none_ok and v is None) or _number(v) or (
+            isinstance(v, torch.Tensor) and v.ndim == 0 and v.dtype.is_floating_point)
+
+    for key in ("d", "prev_flat_grad"):
+        if not is_vector(saved[key]):
+            where.fail(key, vector, describe(saved[key]))
+    for key in ("t", "H_diag", "prev_loss"):
+        if not is_scalar(saved[key]):
+            where.fail(key, "a real number (or a 0-d real tensor)", describe(saved[key]))
+    n = None
+    for key, item, each in (("old_dirs", is_vector, vector), ("old_stps", is_vector, vector),
+                            ("ro", is_scalar, "a real number (or a 0-d real tensor)")):
+        value = saved[key]
+        if isinstance(value, (list, tuple)) and len(value) <= history_size and (
+                n is None or len(value) == n) and all(item(v) for v in value):
+            n = len(value)
+            continue
+        items = f"at most {history_size} (history_size)" if n is None else \
+            f"{n} (as many as old_dirs)"
+        bad = [v for v in value if not item(v)] if isinstance(value, (list, tuple)) else []
+        where.fail(key, f"a list of {items} items, each {each}",
+                   describe(value) + (f", one of them {describe(bad[0])}" if bad else ""))
+    al = saved.get("al")
+    if al is not None and (not isinstance(al, (list, tuple)) or len(al) < history_size or
+                           not all(is_scalar(v, none_ok=True) for v in al)):
+        where.fail("al", f"a list of {history_size} (history_size) real numbers or None",
+                   describe(al))

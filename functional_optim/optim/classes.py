@@ -25,6 +25,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _fused, aliases
 from .._execute import is_off
 from ..base import Transform
+from . import _checkpoint
 from .adapter import FunctionalOptimizer
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -748,6 +749,10 @@ class LBFGS(_TorchCompatible):
     ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``, ``prev_flat_grad``, ``prev_loss``, ``al``.
     """
 
+    _HPARAMS = ("lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change",
+                "history_size", "line_search_fn")
+    _SCALARS = ()
+
     def __init__(self, params, lr: float | torch.Tensor = 1, max_iter: int = 20,
                  max_eval: int | None = None, tolerance_grad: float = 1e-7,
                  tolerance_change: float = 1e-9, history_size: int = 100,
@@ -774,8 +779,19 @@ class LBFGS(_TorchCompatible):
                              group["tolerance_grad"], group["tolerance_change"],
                              group["history_size"], group["line_search_fn"])
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        torch.optim.Optimizer.load_state_dict(self, state_dict)
+    def _check_group_state(self, owner, index, group, ids, entries):
+        # torch's layout: the state of the whole group on its first parameter, nothing on the
+        # others
+        size = sum(torch.view_as_real(p).numel() if p.is_complex() else p.numel()
+                   for p in group["params"])
+        for k, entry in entries.items():
+            where = _checkpoint.Where.of(owner, index, group, ids, k)
+            if k == 0:
+                _checkpoint.check_lbfgs(where, entry, size, group["history_size"])
+            elif entry:
+                where.fail(None, "no state (LBFGS keeps its state on the first parameter)",
+                           _checkpoint.describe(entry))
+        return {}
 
     def step(self, closure):  # type: ignore[override]
         """One L-BFGS step (up to ``max_iter`` iterations); returns the closure's first loss."""
