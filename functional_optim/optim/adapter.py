@@ -19,11 +19,31 @@ import torch
 
 from .. import _execute, _fused
 from ..base import HParamError, Transform
-from . import _flat, _layout
+from . import _checkpoint, _flat, _layout
 
 __all__ = ["FunctionalOptimizer"]
 
 _OPTIONS = ("foreach", "differentiable")
+
+
+class _Loaded:
+    """A checked state entry ready to be stored (not a dict nor an iterable, so torch's cast
+    in ``load_state_dict`` passes it through untouched)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: dict):
+        self.entry = entry
+
+
+def _stored(state: dict) -> dict:
+    """The loaded state as the optimizer keeps it: a checked entry unwrapped, else a copy (torch
+    keeps tensors of the right dtype and device as they are; the step updates state in place,
+    so it never shares storage with the checkpoint)."""
+    out = copy.copy(state)  # keeps torch's defaultdict
+    for p, entry in state.items():
+        out[p] = entry.entry if isinstance(entry, _Loaded) else _own(entry)
+    return out
 
 
 def _own(value: Any) -> Any:
@@ -161,45 +181,143 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if "defaults" not in state:  # from load_state_dict, after its pre-hooks: check before
-            self._check_loaded(state["param_groups"], state["state"])  # anything changes
-            # torch's cast keeps tensors of the right dtype and device as they are; the step
-            # updates state in place, so never share storage with the checkpoint's tensors
-            state = {**state, "state": _own(state["state"])}
+        if "defaults" not in state:  # from load_state_dict, checked by its last pre-hook
+            state = {**state, "state": _stored(state["state"])}
         super().__setstate__(state)
+        for group in self.param_groups:
+            self._fill_group(group)
         self.__dict__.setdefault("_cache", {})
         self._cache = {}
 
     # deepcopy and pickle go through __getstate__/__setstate__: hooks are dropped, as torch's are
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's ``load_state_dict``; after its pre-hooks ran, every state tensor's shape is
-        checked against what this optimizer's transform keeps for that parameter: a mismatch
-        raises ``ValueError`` and leaves the optimizer unchanged."""
-        super().load_state_dict(state_dict)
+        """torch's ``load_state_dict``, strict: once its pre-hooks ran (they may adapt an old
+        checkpoint), the whole checkpoint is checked before anything is loaded. One that breaks
+        a rule raises ``ValueError`` naming the parameter (its ``param_names`` entry, group and
+        index in ``state_dict["state"]``), the state key, the expected and the received, and
+        leaves the optimizer unchanged.
 
-    def _check_loaded(self, groups: list, state: dict) -> None:
-        for current, group in zip(self.param_groups, groups, strict=True):
-            group = {**current, **group}  # keys an older checkpoint lacks: the current values
-            tx = self._transform_for(group)
-            for index, p in enumerate(group["params"]):
-                if p in state:
-                    self._check_saved(tx, group, p, index, state[p])
+        The rules (the migration guide's "Loading checkpoints" lists them with examples): the
+        groups list each parameter once, and state exists only for listed ones; a group lacking
+        an option that older versions did not save gets its default, one lacking a
+        hyperparameter is refused; a parameter's entry is empty (it starts fresh) or holds
+        everything the optimizer keeps for it, and nothing it never keeps (``None`` counts as
+        absent); each value is a tensor of the shape and kind ``init`` makes (complex for a
+        complex parameter, real floating point for a real one); step counts are whole numbers
+        >= 0.
 
-    def _check_saved(self, tx: Transform, group: dict, p: torch.Tensor, index: int,
-                     saved: dict) -> None:
-        template = tx.init({"p": torch.empty_like(p, device="meta")})
-        for path, owner, leaf in _layout.walk_state(template, frozenset(["p"])):
-            if owner is None or not isinstance(leaf, torch.Tensor):
-                continue
-            value = self._load_leaf(saved, path, p, group)
-            if isinstance(value, torch.Tensor) and value.shape != leaf.shape:
-                label = group.get("param_names", [None] * (index + 1))[index] or f"#{index}"
-                raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: state {'.'.join(path)!r} of "
-                    f"parameter {label} has shape {tuple(value.shape)}, expected "
-                    f"{tuple(leaf.shape)}; nothing was loaded"
-                )
+        A ``FunctionalOptimizer`` loads each state leaf in the dtype ``init`` gives it, on the
+        parameter's device (not torch's cast to the parameter's dtype): counts stay integers, a
+        low-precision or ``scalar_state_dtype`` state keeps its dtype, and a resumed run is the
+        uninterrupted one, bit for bit. The drop-in classes load as torch.optim does: every
+        state tensor but ``step`` is cast to the parameter's dtype and device (NAdam's
+        ``mu_product``, ASGD's ``eta`` and ``mu`` become float64 for float64 parameters, in
+        torch as here), and a Python-number ``step`` of an older checkpoint becomes a tensor as
+        torch's ``__setstate__`` makes it.
+        """
+        handle = self.register_load_state_dict_pre_hook(type(self)._check_checkpoint)
+        try:  # registered last: it runs after the user's pre-hooks
+            super().load_state_dict(state_dict)
+        finally:
+            handle.remove()
+
+    def _check_checkpoint(self, state_dict: dict) -> dict | None:
+        """The check of :meth:`load_state_dict`; returns ``state_dict`` with each entry as it is
+        to be loaded (``None``: the numbers or sizes of the groups differ, torch raises)."""
+        owner = f"{type(self).__name__}.load_state_dict"
+        saved_groups, state = state_dict["param_groups"], state_dict["state"]
+        if not _checkpoint.check_groups(owner, self.param_groups, saved_groups, state):
+            return None
+        loaded = dict(state)
+        for index, (current, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            group = self._loaded_group(owner, index, current, saved)
+            ids = saved["params"]
+            loaded.update(self._check_group_state(
+                owner, index, group, ids, {k: state[i] for k, i in enumerate(ids) if i in state}))
+        return {**state_dict, "state": loaded}
+
+    def _loaded_group(self, owner: str, index: int, current: dict, saved: dict) -> dict:
+        """``saved`` as ``load_state_dict`` makes it the group of ``current``'s parameters
+        (torch keeps the current ``param_names`` when the checkpoint has none), with the
+        options it lacks filled in; a missing hyperparameter raises."""
+        group = {**saved, "params": current["params"]}
+        if "param_names" in current and "param_names" not in saved:
+            group["param_names"] = current["param_names"]
+        missing = [k for k in self._required_group_keys() if k not in group]
+        if missing:
+            raise ValueError(f"{owner}: param group {index}: expected the hyperparameters "
+                             f"{self._required_group_keys()}, got a group without {missing} "
+                             "(another optimizer's checkpoint?); nothing was loaded")
+        self._fill_group(group)
+        _checkpoint.check_names(owner, index, group)
+        return group
+
+    def _required_group_keys(self) -> list:
+        """The group keys a checkpoint must carry: the transform's hyperparameters."""
+        return [k for k in self.defaults if k not in _OPTIONS]
+
+    def _fill_group(self, group: dict) -> None:
+        """Gives ``group`` (loaded or unpickled) the keys it lacks: the optimizer's defaults."""
+        for k, v in self.defaults.items():
+            group.setdefault(k, v)
+
+    def _check_group_state(self, owner: str, index: int, group: dict, ids: list,
+                           entries: dict) -> dict:
+        """Checks the saved state ``entries`` of ``group`` (by position in it; ``ids`` are the
+        checkpoint's indices of its parameters); returns them, by index, as they are to be
+        loaded (see :meth:`_loaded_entry`)."""
+        expected = self._expected_state(self._transform_for(group), group)
+        numbers = self._number_keys()
+        out = {}
+        for k, entry in entries.items():
+            where = _checkpoint.Where.of(owner, index, group, ids, k)
+            present = _checkpoint.check_entry(where, entry, expected[k],
+                                              self._known_state(expected[k]), numbers)
+            out[ids[k]] = self._loaded_entry(group["params"][k], entry, present, expected[k])
+        return out
+
+    def _expected_state(self, tx: Transform, group: dict) -> list[dict]:
+        """What each parameter of ``group`` keeps: its stored key paths (see
+        :meth:`_state_key`) and the leaves ``init`` makes for them (on the meta device)."""
+        params = group["params"]
+        names = self._names(group, params)
+        template = tx.init({n: torch.empty_like(p, device="meta") for n, p in zip(names, params)})
+        position = {n: k for k, n in enumerate(names)}
+        own: list = [[] for _ in params]
+        shared = []
+        for path, owner, leaf in _layout.walk_state(template, frozenset(names)):
+            if owner is None:
+                shared.append((path, _checkpoint.Leaf(leaf, True)))
+            else:
+                own[position[owner]].append((path, _checkpoint.Leaf(leaf, False)))
+        out = []
+        for p, leaves in zip(params, own):
+            keys = ((self._state_key(path, p), leaf) for path, leaf in leaves + shared)
+            out.append({key: leaf for key, leaf in keys if key is not None})
+        return out
+
+    def _state_key(self, path: tuple, p: torch.Tensor) -> tuple | None:
+        """Where the state leaf at ``path`` is stored in ``self.state[p]`` (nested keys), or
+        ``None`` when it is not stored (derived from others)."""
+        return path
+
+    def _known_state(self, expected: dict) -> set:
+        """Every key path a parameter's state may hold (here: what the transform keeps)."""
+        return set(expected)
+
+    def _number_keys(self) -> frozenset:
+        """Key paths whose value may be a Python number (none here: state leaves are tensors)."""
+        return frozenset()
+
+    def _loaded_entry(self, p: torch.Tensor, entry: dict, present: dict, expected: dict) -> Any:
+        """A checked entry as it is to be stored: every leaf in the dtype ``init`` gives it, on
+        ``p``'s device, a copy (torch's cast passes the wrapper through)."""
+        out: dict = {}
+        for path, value in present.items():
+            dtype = expected[path].like.dtype
+            _layout.nested_set(out, path, value.to(device=p.device, dtype=dtype, copy=True))
+        return _Loaded(out)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run one update of every group (params without ``.grad`` are skipped).

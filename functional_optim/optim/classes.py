@@ -25,6 +25,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _fused, aliases
 from .._execute import is_off
 from ..base import Transform
+from . import _checkpoint
 from .adapter import FunctionalOptimizer
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -37,13 +38,30 @@ def _momentum(group: dict) -> float | torch.Tensor | None:
 
 
 class _TorchCompatible(FunctionalOptimizer):
-    """Shared machinery: one alias per combination of static options, torch's state names."""
+    """Shared machinery: one alias per combination of static options, torch's state names.
+
+    ``load_state_dict`` follows torch's: every state tensor is cast to the parameter's dtype
+    and device (``step`` stays as it is, or goes to the device as float32 with ``capturable`` or
+    ``fused``), so a checkpoint continues on the trajectory torch resumed from it takes (NAdam's
+    ``mu_product`` and ASGD's ``eta``/``mu`` become float64 for float64 parameters, in torch as
+    here). Before that, the checkpoint is checked (see :meth:`FunctionalOptimizer.load_state_dict`):
+    state keys are torch's names; a Python-number ``step`` (or ``mu_product``, ``eta``, ``mu``),
+    as older torch versions saved it, becomes a tensor as torch's ``__setstate__`` makes it; a
+    group option that older versions did not save takes the class's default.
+    """
 
     _HPARAMS: tuple[str, ...] = ()
+    # hyperparameters that torch fills in when an old checkpoint lacks them (others must be there)
+    _DEFAULTED: tuple[str, ...] = ()
     _STATE_NAMES: dict[tuple, str] = {}
     # paths of _STATE_NAMES that a subclass's _load_leaf/_store_leaf convert (not a plain
     # read or write of the dict entry)
     _LEAF_PATHS: frozenset = frozenset()
+    # torch's 0-d scalar state: made as torch makes it (a tensor of its scalar dtype, on the CPU
+    # unless capturable or fused, or always on the device where _ON_DEVICE), also from a Python
+    # number in an old checkpoint
+    _SCALARS: tuple[str, ...] = ("step",)
+    _ON_DEVICE = False
 
     def __init__(self, params, defaults: dict):
         if defaults.get("fused"):  # torch's checks, with torch's messages
@@ -57,21 +75,49 @@ class _TorchCompatible(FunctionalOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        # as torch's __setstate__: a key an older checkpoint lacks gets the class's default
-        # (the signature's, not this optimizer's), and a Python-number "step" becomes a tensor
-        signature = inspect.signature(type(self).__init__).parameters
-        for group in self.param_groups:
-            for k, v in self.defaults.items():
-                if k not in group:
-                    default = signature[k].default if k in signature else v
-                    group[k] = v if default is inspect.Parameter.empty else default
-            on_device = group.get("capturable") or group.get("fused")
+        for group in self.param_groups:  # as torch's __setstate__: numbers become tensors
             for p in group["params"]:
-                step = self.state[p].get("step") if p in self.state else None
-                if step is not None and not torch.is_tensor(step):
-                    self.state[p]["step"] = torch.tensor(
-                        float(step), dtype=_get_scalar_dtype(is_fused=group.get("fused")),
-                        device=p.device if on_device else None)
+                store = self.state.get(p, {})
+                for key in self._SCALARS:
+                    if key in store and not torch.is_tensor(store[key]):
+                        store[key] = self._scalar(p, store[key], group)
+
+    def _fill_group(self, group: dict) -> None:
+        # as torch's __setstate__: the class's default (the signature's, not this optimizer's)
+        signature = inspect.signature(type(self).__init__).parameters
+        for k, v in self.defaults.items():
+            if k not in group:
+                default = signature[k].default if k in signature else v
+                group[k] = v if default is inspect.Parameter.empty else default
+
+    def _required_group_keys(self) -> list:
+        return [k for k in self._HPARAMS if k not in self._DEFAULTED]
+
+    def _scalar(self, p: torch.Tensor, value: float, group: dict) -> torch.Tensor:
+        """A 0-d state of ``_SCALARS`` holding ``value``, as torch makes it."""
+        on_device = self._ON_DEVICE or group.get("capturable") or group.get("fused")
+        return torch.tensor(float(value), dtype=_get_scalar_dtype(is_fused=group.get("fused")),
+                            device=p.device if on_device else "cpu")
+
+    def _fresh_leaf(self, p, path, value, group):
+        name = self._STATE_NAMES.get(path)
+        if name in self._SCALARS:
+            return self._scalar(p, 0.0 if name == "step" else value, group)
+        return value
+
+    def _state_key(self, path, p):
+        # every stored leaf has a torch name; a path without one is derived from the others
+        name = self._STATE_NAMES.get(path)
+        return None if name is None else (name,)
+
+    def _known_state(self, expected):
+        return {(name,) for name in self._STATE_NAMES.values()}
+
+    def _number_keys(self):
+        return frozenset((k,) for k in self._SCALARS)
+
+    def _loaded_entry(self, p, entry, present, expected):
+        return entry  # torch's cast
 
     def _static_key(self, group: dict) -> tuple:
         raise NotImplementedError
@@ -205,13 +251,6 @@ class Adam(_TorchCompatible):
                             group["amsgrad"], maximize=group["maximize"],
                             decoupled_weight_decay=group["decoupled_weight_decay"])
 
-    def _fresh_leaf(self, p, path, value, group):
-        if path == ("adam", "step"):  # torch's format: float step, on the device if capturable
-            on_device = group.get("capturable") or group.get("fused")
-            return torch.zeros((), dtype=_get_scalar_dtype(is_fused=group.get("fused")),
-                               device=p.device if on_device else "cpu")
-        return value
-
 
 class AdamW(Adam):
     """torch.optim.AdamW, backed by :func:`functional_optim.adamw` (Adam, decoupled decay)."""
@@ -234,25 +273,11 @@ __all__ += ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop
 
 
 class _Classic(_TorchCompatible):
-    """torch's scalar state (``step``, ``mu_product``, ``eta``, ``mu``) made as torch makes it:
-    a 0-d tensor of torch's scalar dtype, on the CPU unless ``capturable`` (or always on the
-    parameter's device, for the ``_ON_DEVICE`` ones)."""
-
-    _BLOCK = ""
-    _SCALARS: tuple[str, ...] = ("step",)
-    _ON_DEVICE = False
+    """The classic algorithms: a param group's list values (``betas``, ``etas``) as tuples."""
 
     def _hparams_for(self, tx, group):
         return {k: tuple(group[k]) if isinstance(group[k], list) else group[k]
                 for k in self._HPARAMS}
-
-    def _fresh_leaf(self, p, path, value, group):
-        if len(path) == 2 and path[0] == self._BLOCK and path[1] in self._SCALARS:
-            on_device = self._ON_DEVICE or group.get("capturable") or group.get("fused")
-            initial = 0.0 if path[1] == "step" else float(value)
-            return torch.full((), initial, dtype=_get_scalar_dtype(is_fused=group.get("fused")),
-                              device=p.device if on_device else "cpu")
-        return value
 
 
 class Adagrad(_Classic):
@@ -263,7 +288,6 @@ class Adagrad(_Classic):
     """
 
     _HPARAMS = ("lr", "lr_decay", "weight_decay", "eps")
-    _BLOCK = "rss"
     _STATE_NAMES = {("rss", "step"): "step", ("rss", "sum"): "sum"}
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
@@ -301,7 +325,6 @@ class Adadelta(_Classic):
     """
 
     _HPARAMS = ("lr", "rho", "eps", "weight_decay")
-    _BLOCK = "adadelta"
     _STATE_NAMES = {("adadelta", "step"): "step", ("adadelta", "square_avg"): "square_avg",
                     ("adadelta", "acc_delta"): "acc_delta"}
 
@@ -328,7 +351,6 @@ class Adamax(_Classic):
     """
 
     _HPARAMS = ("lr", "betas", "eps", "weight_decay")
-    _BLOCK = "adamax"
     _STATE_NAMES = {("adamax", "step"): "step", ("adamax", "exp_avg"): "exp_avg",
                     ("adamax", "exp_inf"): "exp_inf"}
 
@@ -356,7 +378,6 @@ class NAdam(_Classic):
     """
 
     _HPARAMS = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
-    _BLOCK = "nadam"
     _SCALARS = ("step", "mu_product")
     _STATE_NAMES = {("nadam", "step"): "step", ("nadam", "mu_product"): "mu_product",
                     ("nadam", "exp_avg"): "exp_avg", ("nadam", "exp_avg_sq"): "exp_avg_sq"}
@@ -390,7 +411,6 @@ class RAdam(_Classic):
     """
 
     _HPARAMS = ("lr", "betas", "eps", "weight_decay")
-    _BLOCK = "radam"
     _STATE_NAMES = {("radam", "step"): "step", ("radam", "exp_avg"): "exp_avg",
                     ("radam", "exp_avg_sq"): "exp_avg_sq"}
 
@@ -421,7 +441,7 @@ class RMSprop(_Classic):
     """
 
     _HPARAMS = ("lr", "alpha", "eps", "weight_decay", "momentum")
-    _BLOCK = "rms"
+    _DEFAULTED = ("momentum",)
     _STATE_NAMES = {("rms", "step"): "step", ("rms", "nu"): "square_avg",
                     ("rms", "mu"): "grad_avg",
                     ("momentum", "momentum_buffer"): "momentum_buffer"}
@@ -453,11 +473,6 @@ class RMSprop(_Classic):
         if path != ("momentum", "step"):
             super()._store_leaf(store, path, value, group)
 
-    def _fresh_leaf(self, p, path, value, group):
-        if path == ("momentum", "step"):
-            return value
-        return super()._fresh_leaf(p, path, value, group)
-
 
 class Rprop(_Classic):
     """torch.optim.Rprop, backed by :func:`functional_optim.rprop`.
@@ -466,7 +481,6 @@ class Rprop(_Classic):
     """
 
     _HPARAMS = ("lr", "etas", "step_sizes")
-    _BLOCK = "rprop"
     _STATE_NAMES = {("rprop", "step"): "step", ("rprop", "prev"): "prev",
                     ("rprop", "step_size"): "step_size"}
 
@@ -503,7 +517,6 @@ class ASGD(_Classic):
     """
 
     _HPARAMS = ("lr", "lambd", "alpha", "t0", "weight_decay")
-    _BLOCK = "asgd"
     _SCALARS = ("step", "eta", "mu")
     _ON_DEVICE = True
     _STATE_NAMES = {("asgd", "step"): "step", ("asgd", "eta"): "eta", ("asgd", "mu"): "mu",
@@ -527,8 +540,7 @@ class ASGD(_Classic):
 
     def _fresh_leaf(self, p, path, value, group):
         if path == ("asgd", "eta"):  # torch's: the lr (ours reads it at the first step)
-            return torch.full((), float(group["lr"]), dtype=_get_scalar_dtype(),
-                              device=p.device)
+            return self._scalar(p, group["lr"], group)
         return super()._fresh_leaf(p, path, value, group)
 
 
@@ -610,10 +622,9 @@ class Adafactor(_TorchCompatible):
             return
         super()._store_leaf(store, path, value, group)
 
-    def _fresh_leaf(self, p, path, value, group):
-        if path == ("step",):  # torch's format: a float32 step on the CPU
-            return torch.zeros((), dtype=_get_scalar_dtype())
-        return value
+    def _state_key(self, path, p):
+        return None if path in self._LEAF_PATHS and not self._kept(p, path) else \
+            super()._state_key(path, p)
 
     def _step_group(self, group):
         _check_params("Adafactor", group)
@@ -680,6 +691,7 @@ class SparseAdam(_TorchCompatible):
     _HPARAMS = ("lr", "betas", "eps")
     _STATE_NAMES = {("step",): "step", ("exp_avg",): "exp_avg", ("exp_avg_sq",): "exp_avg_sq"}
     _LEAF_PATHS = frozenset([("step",)])
+    _SCALARS = ()  # torch keeps "step" a Python int
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -724,6 +736,9 @@ class SparseAdam(_TorchCompatible):
         else:
             super()._store_leaf(store, path, value, group)
 
+    def _number_keys(self):
+        return frozenset([("step",)])
+
 
 class LBFGS(_TorchCompatible):
     """torch.optim.LBFGS, backed by :mod:`functional_optim.transforms.lbfgs`.
@@ -733,6 +748,10 @@ class LBFGS(_TorchCompatible):
     the first parameter, torch's layout): ``func_evals``, ``n_iter``, ``d``, ``t``,
     ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``, ``prev_flat_grad``, ``prev_loss``, ``al``.
     """
+
+    _HPARAMS = ("lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change",
+                "history_size", "line_search_fn")
+    _SCALARS = ()
 
     def __init__(self, params, lr: float | torch.Tensor = 1, max_iter: int = 20,
                  max_eval: int | None = None, tolerance_grad: float = 1e-7,
@@ -760,8 +779,19 @@ class LBFGS(_TorchCompatible):
                              group["tolerance_grad"], group["tolerance_change"],
                              group["history_size"], group["line_search_fn"])
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        torch.optim.Optimizer.load_state_dict(self, state_dict)
+    def _check_group_state(self, owner, index, group, ids, entries):
+        # torch's layout: the state of the whole group on its first parameter, nothing on the
+        # others
+        size = sum(torch.view_as_real(p).numel() if p.is_complex() else p.numel()
+                   for p in group["params"])
+        for k, entry in entries.items():
+            where = _checkpoint.Where.of(owner, index, group, ids, k)
+            if k == 0:
+                _checkpoint.check_lbfgs(where, entry, size, group["history_size"])
+            elif entry:
+                where.fail(None, "no state (LBFGS keeps its state on the first parameter)",
+                           _checkpoint.describe(entry))
+        return {}
 
     def step(self, closure):  # type: ignore[override]
         """One L-BFGS step (up to ``max_iter`` iterations); returns the closure's first loss."""
