@@ -167,7 +167,11 @@ def elementwise(
         leaf_inputs = tuple(f[i] for f in flats[1 + n_states:])
         check(i, g, leaf_states, leaf_inputs)
         statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
-        key = (g.dtype, g.device, type(g), g.ndim, statics) if multi else i
+        if multi:  # a DTensor's mesh and placements too (plain tensors skip the call)
+            layout = None if type(g) is torch.Tensor else _tree.layout(g)
+            key = (g.dtype, g.device, type(g), g.ndim, statics, layout)
+        else:
+            key = i
         groups.setdefault(key, []).append(i)
     cache: dict = {}
     for members in groups.values():
@@ -219,7 +223,9 @@ _MULTI_TENSOR = [False, False]  # [enabled, donate state]
 
 class multi_tensor:  # noqa: N801 - used like torch.no_grad
     """Within this context, eager updates outside autograd and ``torch.func`` run each rule once
-    per (device, dtype) group of leaves with ``torch._foreach_*`` kernels (same numbers).
+    per group of leaves with ``torch._foreach_*`` kernels (same numbers): a group shares device,
+    dtype, tensor type, ``ndim`` and, for DTensors, device mesh and placements
+    (:func:`functional_optim.tree.layout`).
 
     ``donate=True`` (the stateful adapter, which owns its state buffers) lets rules that opt in
     update their state in place, as torch.optim does: the input state tensors are overwritten.
