@@ -297,6 +297,27 @@ def first_device(tree: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def _sample(x: Any) -> Any:
+    """A tensor that stands for ``x`` (the first of a :class:`~functional_optim._foreach.TensorList`)."""
+    return x.items[0] if isinstance(x, _foreach.TensorList) else x
+
+
+def full(x: Any) -> Any:
+    """A 0-d result of a reduction over a DTensor leaf as a plain tensor holding the full value
+    (a partial norm or sum completed across the shards: one all-reduce, no host sync); a plain
+    tensor unchanged. Rules use it for the global statistics of a leaf (its RMS), which then
+    combine with the plain hyperparameters and step counts."""
+    return x if _tree.layout(_sample(x)) is None else x.full_tensor()
+
+
+def placed_like(x: Any, like: Any) -> Any:
+    """``x`` laid out as ``like``: a DTensor result moved to ``like``'s placements (a partial
+    reduction completed, a layout that sharding propagation picked put back), so that state and
+    updates keep their parameter's layout from step to step; plain tensors unchanged."""
+    key = _tree.layout(_sample(like))
+    return x if key is None else x.redistribute(*key)
+
+
 def safe_sqrt(x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
     r"""``sqrt(x)`` for ``x > 0``, ``0`` otherwise, with a finite gradient at ``0``.
 
