@@ -23,7 +23,7 @@ import torch
 
 from . import _execute
 from . import tree as _tree
-from ._execute import elementwise, first_device, init_count, scalar_dtype
+from ._execute import elementwise, first_device, full, init_count, placed_like, scalar_dtype
 from .base import (
     EmptyState,
     HParamError,
@@ -571,10 +571,14 @@ class ApplyIfFiniteState(NamedTuple):
 
 
 def _all_finite(updates: Any, like: torch.Tensor) -> torch.Tensor:
-    checks = [torch.isfinite(g).all() for g in _tree.leaves(updates) if g is not None]
-    if not checks:
+    """Whether every element of every leaf is finite (a 0-d bool on ``like``'s device): the
+    count of non-finite elements is 0 (a sum, so that DTensor leaves reduce it across their
+    shards, one all-reduce per mesh)."""
+    xs = [g for g in _tree.leaves(updates) if g is not None]
+    if not xs:
         return torch.ones((), dtype=torch.bool, device=like.device)
-    return torch.stack([c.to(like.device) for c in checks]).all()
+    count = _tree.reduce_by_mesh(xs, lambda g: torch.isfinite(g).logical_not().sum(), torch.sum)
+    return (count == 0).to(like.device)
 
 
 def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
@@ -669,7 +673,7 @@ class ZeroNansState(NamedTuple):
 
 def _zero_nans_rule(h, g, found):
     nan = torch.isnan(g)
-    return torch.where(nan, torch.zeros_like(g), g), nan.any()
+    return torch.where(nan, torch.zeros_like(g), g), full(nan.any())
 
 
 def zero_nans() -> Transform:
@@ -692,7 +696,7 @@ def zero_nans() -> Transform:
 def _centralize_rule(h, g):
     if g.ndim <= 1:
         return (g,)
-    return (g - g.mean(dim=tuple(range(1, g.ndim)), keepdim=True),)
+    return (placed_like(g - g.mean(dim=tuple(range(1, g.ndim)), keepdim=True), g),)
 
 
 def centralize() -> Transform:
