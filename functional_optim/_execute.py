@@ -167,7 +167,11 @@ def elementwise(
         leaf_inputs = tuple(f[i] for f in flats[1 + n_states:])
         check(i, g, leaf_states, leaf_inputs)
         statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
-        key = (g.dtype, g.device, type(g), g.ndim, statics) if multi else i
+        if multi:  # a DTensor's mesh and placements too (plain tensors skip the call)
+            layout = None if type(g) is torch.Tensor else _tree.layout(g)
+            key = (g.dtype, g.device, type(g), g.ndim, statics, layout)
+        else:
+            key = i
         groups.setdefault(key, []).append(i)
     cache: dict = {}
     for members in groups.values():
@@ -219,7 +223,9 @@ _MULTI_TENSOR = [False, False]  # [enabled, donate state]
 
 class multi_tensor:  # noqa: N801 - used like torch.no_grad
     """Within this context, eager updates outside autograd and ``torch.func`` run each rule once
-    per (device, dtype) group of leaves with ``torch._foreach_*`` kernels (same numbers).
+    per group of leaves with ``torch._foreach_*`` kernels (same numbers): a group shares device,
+    dtype, tensor type, ``ndim`` and, for DTensors, device mesh and placements
+    (:func:`functional_optim.tree.layout`).
 
     ``donate=True`` (the stateful adapter, which owns its state buffers) lets rules that opt in
     update their state in place, as torch.optim does: the input state tensors are overwritten.
@@ -289,6 +295,27 @@ def first_device(tree: Any) -> torch.device:
         if x is not None:
             return x.device
     return torch.device("cpu")
+
+
+def _sample(x: Any) -> Any:
+    """A tensor that stands for ``x`` (the first of a :class:`~functional_optim._foreach.TensorList`)."""
+    return x.items[0] if isinstance(x, _foreach.TensorList) else x
+
+
+def full(x: Any) -> Any:
+    """A 0-d result of a reduction over a DTensor leaf as a plain tensor holding the full value
+    (a partial norm or sum completed across the shards: one all-reduce, no host sync); a plain
+    tensor unchanged. Rules use it for the global statistics of a leaf (its RMS), which then
+    combine with the plain hyperparameters and step counts."""
+    return x if _tree.layout(_sample(x)) is None else x.full_tensor()
+
+
+def placed_like(x: Any, like: Any) -> Any:
+    """``x`` laid out as ``like``: a DTensor result moved to ``like``'s placements (a partial
+    reduction completed, a layout that sharding propagation picked put back), so that state and
+    updates keep their parameter's layout from step to step; plain tensors unchanged."""
+    key = _tree.layout(_sample(like))
+    return x if key is None else x.redistribute(*key)
 
 
 def safe_sqrt(x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:

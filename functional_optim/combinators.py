@@ -23,7 +23,7 @@ import torch
 
 from . import _execute
 from . import tree as _tree
-from ._execute import elementwise, first_device, init_count, scalar_dtype
+from ._execute import elementwise, first_device, full, init_count, placed_like, scalar_dtype
 from .base import (
     EmptyState,
     HParamError,
@@ -571,10 +571,14 @@ class ApplyIfFiniteState(NamedTuple):
 
 
 def _all_finite(updates: Any, like: torch.Tensor) -> torch.Tensor:
-    checks = [torch.isfinite(g).all() for g in _tree.leaves(updates) if g is not None]
-    if not checks:
+    """Whether every element of every leaf is finite (a 0-d bool on ``like``'s device): the
+    count of non-finite elements is 0 (a sum, so that DTensor leaves reduce it across their
+    shards, one all-reduce per mesh)."""
+    xs = [g for g in _tree.leaves(updates) if g is not None]
+    if not xs:
         return torch.ones((), dtype=torch.bool, device=like.device)
-    return torch.stack([c.to(like.device) for c in checks]).all()
+    count = _tree.reduce_by_mesh(xs, lambda g: torch.isfinite(g).logical_not().sum(), torch.sum)
+    return (count == 0).to(like.device)
 
 
 def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
@@ -669,7 +673,7 @@ class ZeroNansState(NamedTuple):
 
 def _zero_nans_rule(h, g, found):
     nan = torch.isnan(g)
-    return torch.where(nan, torch.zeros_like(g), g), nan.any()
+    return torch.where(nan, torch.zeros_like(g), g), full(nan.any())
 
 
 def zero_nans() -> Transform:
@@ -692,7 +696,7 @@ def zero_nans() -> Transform:
 def _centralize_rule(h, g):
     if g.ndim <= 1:
         return (g,)
-    return (g - g.mean(dim=tuple(range(1, g.ndim)), keepdim=True),)
+    return (placed_like(g - g.mean(dim=tuple(range(1, g.ndim)), keepdim=True), g),)
 
 
 def centralize() -> Transform:
@@ -901,10 +905,17 @@ def _refill(tree: Any, ordered: list) -> Any:
     return optree.tree_map(lambda n: by_name[n], names, **_NONE)
 
 
-def _flat_groups(leaves: list) -> dict:
+def _flat_groups(leaves: list, tree: Any, tree_name: str) -> dict:
+    """``leaves`` (of ``tree``) concatenated, one buffer per (dtype, device)."""
     groups: dict = {}
     for x in leaves:
         if x is not None:
+            if _tree.layout(x) is not None:
+                name = next(n for n, y in _tree.named_leaves(tree) if _tree.layout(y) is not None)
+                raise TypeError(
+                    f"flatten: {tree_name} leaf {name!r} is a DTensor (FSDP2, tensor parallel); "
+                    "one buffer cannot hold shards of several leaves: run the inner transform "
+                    "without flatten")
             groups.setdefault(_group_key(x), []).append(x.reshape(-1))
     return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in groups.items()}
 
@@ -915,13 +926,14 @@ def flatten(inner: Transform) -> Transform:
     The fast path for many small tensors (one kernel per buffer instead of one per leaf).
     ``inner`` sees a dict ``{"float32@cpu": flat, ...}``; its state is kept on those buffers.
     Only for ``inner`` transforms that act elementwise or on global norms: a per-leaf norm
-    (``clip_by_norm``) becomes a per-buffer one. A ``None`` update whose parameter exists counts
+    (``clip_by_norm``) becomes a per-buffer one. Not for DTensor leaves (a clear
+    ``TypeError``). A ``None`` update whose parameter exists counts
     as a zero update inside the buffer (its output is still ``None``; pass ``params``).
     """
     _check_transform(inner, "flatten")
 
     def init(params):
-        return inner.init(_flat_groups(_leaves_in_map_order(params)))
+        return inner.init(_flat_groups(_leaves_in_map_order(params), params, "params"))
 
     def update(updates, state, params=None, hparams=None, **extra):
         g_leaves = _leaves_in_map_order(updates)
@@ -931,8 +943,9 @@ def flatten(inner: Transform) -> Transform:
         filled = g_leaves if p_leaves is None else [
             g if g is not None or p is None else torch.zeros_like(p)
             for g, p in zip(g_leaves, p_leaves)]
-        flat_p = None if p_leaves is None else _flat_groups(p_leaves)
-        out, state = inner.update(_flat_groups(filled), state, flat_p, hparams, **extra)
+        flat_p = None if p_leaves is None else _flat_groups(p_leaves, params, "params")
+        out, state = inner.update(_flat_groups(filled, updates, "update"), state, flat_p, hparams,
+                                  **extra)
         pieces: dict = {}
         for k, x in out.items():
             sizes = [f.numel() for f in filled if f is not None and _group_key(f) == k]

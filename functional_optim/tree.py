@@ -134,23 +134,34 @@ def global_norm(tree: Any) -> torch.Tensor:
     xs = [x for x in leaves(tree) if x is not None]
     if not xs:
         return torch.zeros(())
+    if all(layout(x) is None for x in xs):
+        return torch.linalg.vector_norm(torch.stack(_norms(xs, xs[0].device)))
+    return reduce_by_mesh(xs, torch.linalg.vector_norm, torch.linalg.vector_norm)
+
+
+def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable) -> torch.Tensor:
+    """``combine(stack([leaf(x) for x in xs]))`` for tensors that may be DTensors on several
+    device meshes, as a plain tensor on the first tensor's device.
+
+    ``combine`` must be a reduction that composes (a norm of norms, a sum of sums). The tensors
+    of each mesh are combined first and that result is reduced across the mesh's shards by
+    DTensor (one all-reduce per mesh dimension, no host sync); plain tensors (taken as
+    replicated) are combined on the first tensor's device; the per-mesh results are combined
+    last. DTensor cannot stack the partial results of several meshes, hence the grouping.
+    """
     device = xs[0].device
-    dtensor = _dtensor_class()
     groups: dict = {}
     for x in xs:
-        mesh = x.device_mesh if dtensor is not None and isinstance(x, dtensor) else None
-        groups.setdefault(mesh, []).append(x)
-    if len(groups) == 1 and None in groups:
-        return torch.linalg.vector_norm(torch.stack(_norms(xs, device)))
+        key = layout(x)
+        groups.setdefault(None if key is None else key[0], []).append(x)
     totals = []
     for mesh, group in groups.items():
-        norms = [torch.linalg.vector_norm(x) if mesh is not None
-                 else torch.linalg.vector_norm(x).to(device) for x in group]
-        total = torch.linalg.vector_norm(torch.stack(norms))
-        if mesh is not None:  # a partial norm: its reduction is this mesh's one all-reduce
+        values = [leaf(x) if mesh is not None else leaf(x).to(device) for x in group]
+        total = combine(torch.stack(values))
+        if mesh is not None:  # a partial result: its reduction is this mesh's all-reduce
             total = total.full_tensor()
         totals.append(total.to(device))
-    return totals[0] if len(totals) == 1 else torch.linalg.vector_norm(torch.stack(totals))
+    return totals[0] if len(totals) == 1 else combine(torch.stack(totals))
 
 
 def _norms(xs: list, device: torch.device) -> list:
@@ -178,6 +189,32 @@ def _norms(xs: list, device: torch.device) -> list:
         for i, n in zip(members, group):
             norms[i] = n
     return norms
+
+
+def layout(x: Any) -> tuple | None:
+    """A DTensor's ``(device_mesh, placements)``; ``None`` for a plain tensor.
+
+    DTensor runs a multi-tensor (``torch._foreach_*``) op only on operands of one mesh, so the
+    multi-tensor paths group leaves by this key (with device and dtype), and a reduction across
+    shards covers the leaves of one mesh (:func:`global_norm`).
+    """
+    if type(x) is torch.Tensor:
+        return None
+    dtensor = _dtensor_class()
+    return (x.device_mesh, x.placements) if dtensor is not None and isinstance(x, dtensor) \
+        else None
+
+
+def by_layout(xs: list) -> list[list[int]]:
+    """The indices of ``xs`` grouped by :func:`layout`, in order of first appearance (one group
+    when no leaf is a DTensor)."""
+    keys = [layout(x) for x in xs]
+    if keys.count(None) == len(keys):
+        return [list(range(len(xs)))]
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def _dtensor_class() -> type | None:

@@ -1,13 +1,9 @@
 """Distribution runs on PyTorch's engines (DESIGN §5): DDP, ZeroRedundancyOptimizer, FSDP2
 (``fully_shard``) with ``torch.distributed.checkpoint``, and DTensor-correct global norms.
 
-Each test launches fresh worker processes of this very file (``python tests/test_distributed.py
-SCENARIO OUTDIR``) on CPU with the gloo backend on 127.0.0.1 and a free port picked at run time.
-Every launch is bounded: a rank that fails makes the others be killed at once, and the whole
-launch is killed after ``TIMEOUT_S`` seconds (the process group's own timeout is shorter still),
-so a broken collective can never hang CI. The workers write their results with ``torch.save``;
-the assertions run here, against ``torch.optim`` run the same way and against an unsharded
-single-process reference.
+Each test launches fresh worker processes of this very file on CPU with gloo, bounded in time
+(:mod:`dist_harness`); the assertions run here, against ``torch.optim`` run the same way and
+against an unsharded single-process reference.
 
 Setup shared by every scenario: a float64 MLP (6 -> 9 -> 3, so that FSDP2 shards unevenly),
 two ranks with different batches (gradients averaged across ranks by DDP/FSDP2), ``STEPS``
@@ -24,30 +20,34 @@ pickle in ``consolidate_state_dict``). A cross-parameter transform such as
 ``clip_by_global_norm`` inside ZeRO's local optimizer sees only that rank's partition, so the
 clipping chain is not run under ZeRO (clip with ``torch.nn.utils.clip_grad_norm_`` there).
 
-Tolerance: float64 parameters agree with torch's to ``max|a-b| <= RTOL * max|b|``.
+Tolerance: float64 parameters agree with torch's to ``max|a-b| <= RTOL * max|b|``
+(``dist_harness.RTOL``).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import socket
-import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from dist_harness import (
+    Checks,
+    check_same_on_ranks,
+    comm_counts,
+    full_params,
+    full_value,
+    init,
+    tensor_leaves,
+    worker_main,
+)
+from dist_harness import launch as _launch
 from torch import nn
 
 import functional_optim as fo
 from functional_optim.optim import SGD, Adam, AdamW, FunctionalOptimizer
 
-TIMEOUT_S = 120  # one launch (all its ranks), start to finish
-PG_TIMEOUT_S = 60  # a collective waiting longer than this raises in the worker
-RTOL = 1e-10
 STEPS, RESUME_AT = 6, 3
 WORLD = 2
 IN, HIDDEN, OUT, BATCH = 6, 9, 3, 4
@@ -57,6 +57,11 @@ pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
     reason="torch built without torch.distributed/gloo",
 )
+
+
+def launch(scenario: str, outdir: Path, world: int = WORLD) -> list[dict]:
+    """Run a scenario of this file's ``WORKERS`` on ``world`` ranks."""
+    return _launch(__file__, scenario, outdir, world)
 
 
 # -- the experiment -------------------------------------------------------------------------
@@ -124,18 +129,10 @@ def train(model: nn.Module, opt, steps, variant: str, impl: str, ranks) -> list[
         norm = fo.tree.global_norm(grads)
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        norms.append(float(_full(norm)))
+        norms.append(float(full_value(norm)))
         opt.step()
         opt.zero_grad()
     return norms
-
-
-def _full(x: torch.Tensor) -> torch.Tensor:
-    return x.full_tensor() if hasattr(x, "full_tensor") else x
-
-
-def full_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: _full(v.detach()).clone() for k, v in model.state_dict().items()}
 
 
 def reference(variant: str, impl: str) -> dict:
@@ -149,18 +146,10 @@ def reference(variant: str, impl: str) -> dict:
 # -- the workers ----------------------------------------------------------------------------
 
 
-def _init(world: int) -> int:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", timeout=timedelta(seconds=PG_TIMEOUT_S))
-    assert dist.get_world_size() == world
-    return dist.get_rank()
-
-
 def worker_ddp(outdir: Path) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    rank = _init(WORLD)
+    rank = init(WORLD)
     out = {}
     for variant in VARIANTS:
         for impl in ("ours", "torch"):
@@ -176,7 +165,7 @@ def worker_zero(outdir: Path) -> dict:
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    rank = _init(WORLD)
+    rank = init(WORLD)
 
     def zero(variant, impl, model, **options):
         cls, kwargs = VARIANTS[variant][impl]
@@ -266,7 +255,7 @@ def worker_fsdp(outdir: Path) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
-    rank = _init(WORLD)
+    rank = init(WORLD)
     mesh = init_device_mesh("cpu", (WORLD,))
     flat = StateDictOptions(flatten_optimizer_state_dict=True)  # torchtitan's format
     out = {}
@@ -276,7 +265,7 @@ def worker_fsdp(outdir: Path) -> dict:
             opt = make_optimizer(variant, impl, model.parameters())
             norms = train(model, opt, range(RESUME_AT), variant, impl, [rank])
             osd = get_optimizer_state_dict(model, opt)
-            kinds = sorted({type(v).__name__ for v in _tensor_leaves(osd["state"])})
+            kinds = sorted({type(v).__name__ for v in tensor_leaves(osd["state"])})
             ckpt = str(outdir / f"dcp-{variant}-{impl}")
             dcp.save({"model": get_model_state_dict(model), "optim": osd}, checkpoint_id=ckpt)
             dcp.save({"model": get_model_state_dict(model),
@@ -301,7 +290,7 @@ def worker_reshard(outdir: Path) -> dict:
     """One rank loads the 2-rank DCP checkpoints: into FSDP2 on a 1-rank mesh and unsharded."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    _init(1)
+    init(1)
     mesh = init_device_mesh("cpu", (1,))
     out = {}
     for variant in VARIANTS:
@@ -321,7 +310,7 @@ def worker_norm(outdir: Path) -> dict:
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     from torch.distributed.tensor.debug import CommDebugMode
 
-    rank = _init(WORLD)
+    rank = init(WORLD)
     mesh = init_device_mesh("cpu", (WORLD,))
     out = {}
 
@@ -331,7 +320,7 @@ def worker_norm(outdir: Path) -> dict:
     grads = {k: p.grad for k, p in model.named_parameters()}
     with CommDebugMode() as comm:
         norm = fo.tree.global_norm(grads)
-    out["fsdp grads"] = {"norm": norm, "comm": _counts(comm),
+    out["fsdp grads"] = {"norm": norm, "comm": comm_counts(comm),
                          "grads": {k: g.full_tensor() for k, g in grads.items()}}
 
     # leaves on two meshes, sharded/replicated on different dims, and plain tensors
@@ -350,8 +339,8 @@ def worker_norm(outdir: Path) -> dict:
         norm = fo.tree.global_norm(tree)
     tx = fo.clip_by_global_norm(1.0)
     clipped, _ = tx.update(tree, tx.init(tree))
-    clipped = fo.tree.map(_full, clipped)
-    out["mixed tree"] = {"norm": norm, "comm": _counts(comm), "full": full,
+    clipped = fo.tree.map(full_value, clipped)
+    out["mixed tree"] = {"norm": norm, "comm": comm_counts(comm), "full": full,
                          "clipped": clipped, "type": type(norm).__name__}
 
     # a whole optimizer step on FSDP2 parameters: elementwise math is local (no collective);
@@ -366,148 +355,19 @@ def worker_norm(outdir: Path) -> dict:
                 loss_on(model, [batch(step, rank)]).backward()
                 with CommDebugMode() as comm:
                     opt.step()
-                comms.append(_counts(comm))
+                comms.append(comm_counts(comm))
                 opt.zero_grad()
             out["step", variant, foreach] = {"comm": comms, "final": full_params(model)}
     return out
-
-
-def _counts(comm) -> dict[str, int]:
-    return {str(k): v for k, v in comm.get_comm_counts().items()}
-
-
-def _tensor_leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _tensor_leaves(v)
-    elif isinstance(tree, torch.Tensor):
-        yield tree
 
 
 WORKERS = {"ddp": worker_ddp, "zero": worker_zero, "fsdp": worker_fsdp,
            "reshard": worker_reshard, "norm": worker_norm}
 
 
-def _worker_main(scenario: str, outdir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    out = WORKERS[scenario](Path(outdir))
-    rank = dist.get_rank()
-    torch.save(out, Path(outdir) / f"{scenario}.rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-# -- the launcher ---------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(scenario: str, outdir: Path, world: int = WORLD) -> list[dict]:
-    """Run ``scenario`` on ``world`` fresh processes; return each rank's results.
-
-    Fails (never hangs) when a rank fails, with every rank's output in the message. A launch
-    whose free port was taken in the meantime is retried once on another port.
-    """
-    for _attempt in (1, 2):
-        codes, logs, timed_out = _run_ranks(scenario, outdir, world)
-        texts = [log.read_text() for log in logs]
-        port_taken = any("address already in use" in t.lower() or "EADDRINUSE" in t
-                         for t in texts)
-        if codes == [0] * world or not port_taken:
-            break
-    if codes != [0] * world:
-        tails = "\n".join(f"--- rank {r} (exit {c}) ---\n{texts[r][-4000:]}"
-                          for r, c in enumerate(codes))
-        pytest.fail(f"distributed scenario {scenario!r} failed"
-                    f"{f' (killed after {TIMEOUT_S} s)' if timed_out else ''}:\n{tails}",
-                    pytrace=False)
-    return [torch.load(outdir / f"{scenario}.rank{r}.pt", weights_only=False)
-            for r in range(world)]
-
-
-def _run_ranks(scenario: str, outdir: Path, world: int) -> tuple[list, list[Path], bool]:
-    """Start the ranks; stop them all at the first failure or at the deadline."""
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(root),
-                                                        os.environ.get("PYTHONPATH")])))
-    if sys.platform.startswith("linux") and Path("/sys/class/net/lo").exists():
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    logs = [outdir / f"{scenario}.rank{r}.log" for r in range(world)]
-    procs: list[subprocess.Popen] = []
-    deadline = time.monotonic() + TIMEOUT_S
-    timed_out = False
-    try:
-        for r in range(world):
-            with open(logs[r], "w") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, __file__, scenario, str(outdir)],
-                    env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                    stdout=log, stderr=subprocess.STDOUT, cwd=root))
-        while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
-                break
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-            time.sleep(0.05)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    return [p.returncode for p in procs], logs, timed_out
-
-
-# -- checks ---------------------------------------------------------------------------------
-
-
-def max_rel(a: dict, b: dict) -> float:
-    """``max over leaves of max|a-b| / max|b|``."""
-    assert a.keys() == b.keys(), (sorted(a), sorted(b))
-    return max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in b)
-
-
-class Checks:
-    """Collects comparisons, reports every failure at once and the worst error of each kind."""
-
-    def __init__(self):
-        self.failures: list[str] = []
-        self.worst: dict[str, float] = {}
-
-    def close(self, what: str, kind: str, a: dict, b: dict, rtol: float = RTOL) -> None:
-        err = max_rel(a, b)
-        self.worst[kind] = max(self.worst.get(kind, 0.0), err)
-        if not err <= rtol:
-            self.failures.append(f"{what}: max rel diff {err:.3e} > {rtol:.0e}")
-
-    def true(self, ok: bool, message: str) -> None:
-        if not ok:
-            self.failures.append(message)
-
-    def done(self) -> None:
-        print("max relative differences: " + ", ".join(
-            f"{k}: {v:.2e}" for k, v in self.worst.items()))
-        assert not self.failures, "\n".join(self.failures)
-
-
 @pytest.fixture(scope="module")
 def references() -> dict:
     return {(v, impl): reference(v, impl) for v in VARIANTS for impl in ("ours", "torch")}
-
-
-def _check_same_on_ranks(checks: Checks, results: list[dict]) -> None:
-    for key, value in results[0].items():
-        if isinstance(value, dict) and "final" in value:
-            checks.close(f"{key}: rank 1 vs rank 0", "ranks agree",
-                         results[1][key]["final"], value["final"], rtol=0.0)
 
 
 def test_reference_clips(references):
@@ -521,7 +381,7 @@ def test_ddp(tmp_path, references):
     """DDP: every optimizer follows torch.optim's trajectory and the unsharded run."""
     results = launch("ddp", tmp_path)
     checks = Checks()
-    _check_same_on_ranks(checks, results)
+    check_same_on_ranks(checks, results)
     for variant in VARIANTS:
         ours, theirs = results[0][variant, "ours"], results[0][variant, "torch"]
         checks.close(f"DDP {variant}: ours vs torch", "vs torch", ours["final"], theirs["final"])
@@ -536,7 +396,7 @@ def test_zero_redundancy_optimizer(tmp_path):
     checkpoints load across ours and torch in both directions (torch.load weights_only)."""
     results = launch("zero", tmp_path)
     checks = Checks()
-    _check_same_on_ranks(checks, results)
+    check_same_on_ranks(checks, results)
     for variant in VARIANTS:
         if variant in TORCH_CLIP:
             continue
@@ -591,7 +451,7 @@ def test_fsdp2_dcp(tmp_path, references):
     """
     results = launch("fsdp", tmp_path)
     checks = Checks()
-    _check_same_on_ranks(checks, results)
+    check_same_on_ranks(checks, results)
     for variant in VARIANTS:
         ours, theirs = results[0][variant, "ours"], results[0][variant, "torch"]
         checks.true(ours["dtensor_params"], f"FSDP2 {variant}: parameters are not DTensors")
@@ -673,4 +533,4 @@ def test_global_norm_dtensor(tmp_path):
 
 
 if __name__ == "__main__":
-    _worker_main(sys.argv[1], sys.argv[2])
+    worker_main(WORKERS, sys.argv)

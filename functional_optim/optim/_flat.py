@@ -12,7 +12,9 @@ What the layout needs (checked when the buffers are built, with a clear error):
 - a transform whose math is elementwise or uses global reductions (every alias except
   ``adafactor``, ``muon``, ``lbfgs`` and ``sparse_adam``; ``clip_by_global_norm``); a per-leaf
   norm would become a per-buffer one;
-- state leaves that are per element (moments) or scalars shared by the group (step counts).
+- state leaves that are per element (moments) or scalars shared by the group (step counts);
+- plain tensors: a group of DTensor parameters (FSDP2, tensor parallel) keeps the usual layout,
+  with a warning.
 
 The parameters of a group step together in one buffer, so their step counts must agree: after a
 step where some had no gradient (torch skips those, and so does the usual layout this falls
@@ -30,6 +32,7 @@ import optree
 import torch
 
 from .. import _execute
+from .. import tree as _tree
 from . import _layout
 
 __all__ = ["FlatGroup", "NotFlat"]
@@ -182,6 +185,9 @@ class FlatGroup:
     def __init__(self, opt: Any, group: dict, tx: Any, *, rehome: bool, compile: bool):
         by_key: dict = {}
         for p in group["params"]:
+            if _tree.layout(p) is not None:
+                raise NotFlat("its parameters are DTensors (FSDP2, tensor parallel): one buffer "
+                              "cannot hold shards of several parameters")
             by_key.setdefault((p.device, p.dtype), []).append(p)
         self.tx = tx
         self.segments = [_Segment(opt, group, tx, ps, rehome) for ps in by_key.values()]

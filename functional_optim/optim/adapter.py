@@ -18,6 +18,7 @@ import optree
 import torch
 
 from .. import _execute, _fused
+from .. import tree as _tree
 from ..base import HParamError, Transform
 from . import _checkpoint, _flat, _layout
 
@@ -460,7 +461,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             updates, new_state = tx.update(grads, state, dict(by_name), hparams)
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
             if multi and all(u.dtype == p.dtype for p, u in pairs):
-                torch._foreach_add_([p for p, _ in pairs], [u for _, u in pairs])
+                for members in _tree.by_layout([p for p, _ in pairs]):
+                    torch._foreach_add_([pairs[i][0] for i in members],
+                                        [pairs[i][1] for i in members])
             else:
                 for p, u in pairs:
                     p.add_(u if u.dtype == p.dtype else u.to(p.dtype))

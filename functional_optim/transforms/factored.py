@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, init_count, is_off, scalar_dtype
+from .._execute import elementwise, full, init_count, is_off, placed_like, scalar_dtype
 from ..base import (
     HParamError,
     Transform,
@@ -58,6 +58,24 @@ def _min(x, bound):
     return torch.minimum(x, bound)
 
 
+def _statistic(p: torch.Tensor, dim: int) -> torch.Tensor:
+    """Zeros shaped like ``p`` reduced over ``dim`` (kept as size 1), the initial mean of the
+    squared gradient over that dimension. For a DTensor ``p``: a DTensor on its mesh, sharded as
+    ``p`` along the other dimensions and replicated where ``p`` is sharded along ``dim`` (the
+    layout of the reduction's result; made locally, no communication)."""
+    shape = list(p.shape)
+    dim = dim % p.ndim
+    shape[dim] = 1
+    key = _tree.layout(p)
+    if key is None:
+        return torch.zeros(shape, dtype=p.dtype, device=p.device)
+    from torch.distributed.tensor import Replicate, zeros
+
+    mesh, placements = key
+    placements = [Replicate() if getattr(x, "dim", None) == dim else x for x in placements]
+    return zeros(shape, dtype=p.dtype, device_mesh=mesh, placements=placements)
+
+
 def _factored_rule(h, g, t, row, col, var, p, root_numel, n_last, n_prev, *, maximize):
     if maximize:
         g = -g
@@ -67,24 +85,24 @@ def _factored_rule(h, g, t, row, col, var, p, root_numel, n_last, n_prev, *, max
     weight = (tf ** h["beta2_decay"]).to(g.dtype)  # 1 - beta2_t = t^c
     rho = _min(1 / tf**0.5, lr)
     # relative step size: max(eps2, RMS(p)) * rho_t, RMS read in the parameter's dtype
-    rms_p = torch.linalg.vector_norm(p).to(tf.dtype) / root_numel
+    rms_p = full(torch.linalg.vector_norm(p)).to(tf.dtype) / root_numel
     alpha = _max(rms_p, h["eps2"]) * rho
     eps1 = h["eps1"] if h["eps1"] is not None else torch.finfo(g.dtype).eps
     if isinstance(eps1, torch.Tensor):  # a tensor hparam must not promote the leaf's math
         eps1 = eps1.to(g.dtype)
     if g.ndim >= 2:  # static: leaves are grouped by ndim
-        row = torch.lerp(row, torch.linalg.vector_norm(g, dim=-1, keepdim=True).square() / n_last,
-                         weight)
-        col = torch.lerp(col, torch.linalg.vector_norm(g, dim=-2, keepdim=True).square() / n_prev,
-                         weight)
+        row = torch.lerp(row, placed_like(
+            torch.linalg.vector_norm(g, dim=-1, keepdim=True).square() / n_last, row), weight)
+        col = torch.lerp(col, placed_like(
+            torch.linalg.vector_norm(g, dim=-2, keepdim=True).square() / n_prev, col), weight)
         estimate = torch.matmul(row, col) / torch.clamp(row.mean(dim=-2, keepdim=True), min=eps1)
     else:
         var = torch.lerp(var, g * g, weight)
         estimate = var
     u = torch.clamp(estimate, min=eps1 * eps1).rsqrt() * g
     # update clipping: divide by max(1, RMS(u) / d)
-    denom = _max(torch.linalg.vector_norm(u).to(tf.dtype) / (root_numel * h["d"]), 1.0)
-    out = u * (-alpha / denom)
+    denom = _max(full(torch.linalg.vector_norm(u)).to(tf.dtype) / (root_numel * h["d"]), 1.0)
+    out = placed_like(u, g) * (-alpha / denom)
     if not is_off(h["weight_decay"]):
         out = out - p * (lr * h["weight_decay"])
     return out, t, row, col, var
@@ -148,20 +166,14 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
     rule = functools.partial(_factored_rule, maximize=maximize)
 
     def init(params):
-        def factor(p, keep):
-            return torch.zeros(p.shape if keep else _NONE_SHAPE, dtype=p.dtype, device=p.device)
-
-        def row_shape(p):
-            return torch.zeros((*p.shape[:-1], 1), dtype=p.dtype, device=p.device)
-
-        def col_shape(p):
-            return torch.zeros((*p.shape[:-2], 1, p.shape[-1]), dtype=p.dtype, device=p.device)
+        def empty(p):
+            return torch.zeros(_NONE_SHAPE, dtype=p.dtype, device=p.device)
 
         return ScaleByFactoredRmsState(
             init_count(params),
-            _tree.map(lambda p: row_shape(p) if p.ndim >= 2 else factor(p, False), params),
-            _tree.map(lambda p: col_shape(p) if p.ndim >= 2 else factor(p, False), params),
-            _tree.map(lambda p: factor(p, p.ndim < 2), params),
+            _tree.map(lambda p: _statistic(p, -1) if p.ndim >= 2 else empty(p), params),
+            _tree.map(lambda p: _statistic(p, -2) if p.ndim >= 2 else empty(p), params),
+            _tree.map(lambda p: empty(p) if p.ndim >= 2 else torch.zeros_like(p), params),
         )
 
     def update(updates, state, params=None, hparams=None, **extra):

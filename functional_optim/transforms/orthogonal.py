@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import cast_hparams, elementwise, lerp
+from .._execute import cast_hparams, elementwise, lerp, placed_like
 from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
 
 __all__ = [
@@ -116,8 +116,8 @@ def _orthogonalize_tree(owner: str, updates: Any, h: dict, ns_steps: int,
 
     def one(g):
         hh = cast_hparams(h, g)
-        out = orthogonalize_via_newton_schulz(g, tuple(hh["ns_coefficients"]), ns_steps,
-                                              hh["eps"], ns_dtype).to(g.dtype)
+        out = placed_like(orthogonalize_via_newton_schulz(
+            g, tuple(hh["ns_coefficients"]), ns_steps, hh["eps"], ns_dtype).to(g.dtype), g)
         if scale_lr:
             out = out * _lr_ratio(g.shape, adjust_lr_fn)
         return out
