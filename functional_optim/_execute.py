@@ -298,7 +298,8 @@ def first_device(tree: Any) -> torch.device:
 
 
 def _sample(x: Any) -> Any:
-    """A tensor that stands for ``x`` (the first of a :class:`~functional_optim._foreach.TensorList`)."""
+    """A tensor that stands for ``x`` (the first of a
+    :class:`~functional_optim._foreach.TensorList`)."""
     return x.items[0] if isinstance(x, _foreach.TensorList) else x
 
 
