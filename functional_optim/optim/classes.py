@@ -93,11 +93,16 @@ class _TorchCompatible(FunctionalOptimizer):
     def _required_group_keys(self) -> list:
         return [k for k in self._HPARAMS if k not in self._DEFAULTED]
 
-    def _scalar(self, p: torch.Tensor, value: float, group: dict) -> torch.Tensor:
-        """A 0-d state of ``_SCALARS`` holding ``value``, as torch makes it."""
+    def _scalar(self, p: torch.Tensor, value: float | torch.Tensor,
+                group: dict) -> torch.Tensor:
+        """A 0-d state of ``_SCALARS`` holding ``value`` (a number, or a 0-d tensor: ``init``'s
+        value, a tensor lr), as torch makes it."""
         on_device = self._ON_DEVICE or group.get("capturable") or group.get("fused")
-        return torch.tensor(float(value), dtype=_get_scalar_dtype(is_fused=group.get("fused")),
-                            device=p.device if on_device else "cpu")
+        dtype = _get_scalar_dtype(is_fused=group.get("fused"))
+        device = p.device if on_device else "cpu"
+        if isinstance(value, torch.Tensor):  # no host read: a compiled step makes it in-graph
+            return value.detach().to(dtype=dtype, device=device, copy=True)
+        return torch.tensor(float(value), dtype=dtype, device=device)
 
     def _fresh_leaf(self, p, path, value, group):
         name = self._STATE_NAMES.get(path)
