@@ -78,9 +78,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     Group keys are the transform's hyperparameters flattened to dotted paths: for
     ``chain(clip=clip_by_global_norm(1.0), adam=scale_by_adam(), lr=scale_by_learning_rate(1e-3))``
-    they are ``"clip.max_norm"``, ``"adam.betas"``, ``"adam.eps"``, ``"adam.eps_root"`` and
-    ``"lr"`` (the one leaf named ``lr`` is exposed under that name, for lr schedulers). For an alias
-    (``fo.adamw(...)``) they are torch's flat names.
+    they are ``"clip.max_norm"``, ``"betas"``, ``"adam.eps"``, ``"adam.eps_root"`` and
+    ``"lr"``: the one leaf named ``lr``, the one named ``betas`` and the one named ``momentum``
+    are exposed under that name, as torch.optim's classes name them, so that torch's schedulers
+    drive them (``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` cycle ``betas[0]`` or
+    ``momentum``). For an alias (``fo.adamw(...)``) the keys are torch's flat names.
     """
 
     def __init__(self, params: Iterable, transform: Transform | Callable[[], Transform], *,
