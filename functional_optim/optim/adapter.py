@@ -356,9 +356,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 the flat step runs as it would eagerly (a graph break; ``fullgraph=True``
                 refuses it).
 
-        A group whose parameters do not all have a gradient steps in the usual layout (those
-        without one are skipped, as torch does), and the next full step gathers the buffers
-        again. So does a group after ``load_state_dict``. Use
+        A group whose parameters do not all have a dense gradient steps in the usual layout
+        (those without one are skipped, as torch does; sparse ones stay sparse), and the next
+        full step gathers the buffers again. So does a group after ``load_state_dict``. Use
         ``zero_grad(set_to_none=False)`` to keep backward accumulating straight into the flat
         gradient buffer (else each step copies the gradients in).
         """
@@ -392,8 +392,16 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 self._cache[key] = False
                 return False
             self._cache[key] = flat
+        if not flat.gather_grads():  # a sparse gradient: this step takes the usual layout
+            self._cache.pop(key)
+            return False
         flat.step(self._hparams_for(flat.tx, group))
         return True
+
+    def _check_sparse(self, group: dict) -> None:
+        """Called before a step of ``group`` in which a gradient is sparse: raises where this
+        optimizer refuses them (the drop-in classes raise torch's errors; here the transform
+        decides: a block that cannot take a sparse update raises a ``TypeError`` naming it)."""
 
     def _step_group(self, group: dict) -> None:
         everything = group["params"]
@@ -401,9 +409,22 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         params = [p for p, g in zip(everything, grads) if g is not None]
         if not params:
             return
+        grads = [g for g in grads if g is not None]
+        if any(g.is_sparse for g in grads):
+            self._check_sparse(group)
+            # dynamo cannot trace sparse tensors: under torch.compile this step runs eagerly
+            # as a whole (no piece of it compiled on its own)
+            _untraced(self._run_group, group, params, grads, True)
+        else:
+            self._run_group(group, params, grads, False)
+
+    def _run_group(self, group: dict, params: list, grads: list, sparse: bool) -> None:
+        """One step of ``group``'s ``params`` (those with a gradient, ``grads``; ``sparse``:
+        some are sparse, which the fused steps do not take)."""
+        everything = group["params"]
         names = self._names(group, params)
         by_name = dict(zip(names, params))
-        grads = dict(zip(names, [g for g in grads if g is not None]))
+        grads = dict(zip(names, grads))
         tx = self._transform_for(group)
         hparams = self._hparams_for(tx, group)
         spec, template, plan, columns, order = self._plan(tx, names, params)
@@ -438,7 +459,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         multi = group.get("foreach") is not False and not differentiable
         new_state = None
         if tx.fused is not None and group.get("foreach") is None and not differentiable and \
-                not torch.compiler.is_compiling():
+                not sparse and not torch.compiler.is_compiling():
             with torch.no_grad():
                 new_state = _untraced(tx.fused, by_name, grads, state, hparams)
         if new_state is None:
