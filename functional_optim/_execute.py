@@ -65,6 +65,7 @@ def elementwise(
     real_only: bool = False,
     input_names: tuple[str, ...] = (),
     donate_state: bool | tuple[bool, ...] = False,
+    sparse: bool = False,
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -79,6 +80,9 @@ def elementwise(
         donate_state: the rule reads each old state once, so under
             ``multi_tensor(donate=True)`` its state may be updated in place (one flag per
             state, or one for all).
+        sparse: the rule takes sparse COO update leaves (``nn.Embedding(sparse=True)``
+            gradients): they run leaf by leaf, complex ones as they are (torch.optim's sparse
+            paths do not view them as reals); else a sparse leaf is a ``TypeError``.
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
     otherwise promote a 0-d leaf) and must keep its shape: a result whose shape differs (a
@@ -100,7 +104,7 @@ def elementwise(
                 f"{name}: update leaf {_leaf_name(updates, i)} must be a tensor or None, got "
                 f"{type(g).__name__}"
             )
-        if g.is_sparse:
+        if g.is_sparse and not sparse:
             raise TypeError(
                 f"{name} does not support sparse updates (leaf {_leaf_name(updates, i)})")
         if not (g.is_floating_point() or g.is_complex()):
@@ -128,7 +132,7 @@ def elementwise(
     def apply(i: int, h: Any, g: Any, leaf_states: list, leaf_inputs: list,
               likes: list[list]) -> list[list]:
         """The rule on one leaf or one group (``TensorList``s); results matched to ``likes``."""
-        as_real = complex_as_real and likes[0][0].is_complex()
+        as_real = complex_as_real and likes[0][0].is_complex() and not likes[0][0].is_sparse
         if as_real:
             res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
         else:
@@ -167,21 +171,22 @@ def elementwise(
         leaf_inputs = tuple(f[i] for f in flats[1 + n_states:])
         check(i, g, leaf_states, leaf_inputs)
         statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
-        if multi:  # a DTensor's mesh and placements too (plain tensors skip the call)
+        if multi and not (sparse and g.is_sparse):
+            # a DTensor's mesh and placements too (plain tensors skip the call)
             layout = None if type(g) is torch.Tensor else _tree.layout(g)
             key = (g.dtype, g.device, type(g), g.ndim, statics, layout)
-        else:
+        else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
             key = i
         groups.setdefault(key, []).append(i)
     cache: dict = {}
-    for members in groups.values():
+    for key, members in groups.items():
         first = flats[0][members[0]]
         hkey = (first.dtype, first.device)
         h = cache.get(hkey)
         if h is None:
             h = cache[hkey] = cast_hparams(hparams, first)
         likes = [[flats[j][i] for i in members] for j in range(1 + n_states)]
-        if multi:
+        if isinstance(key, tuple):
             out = apply(members, h, _pack(flats[0], members),
                         [_pack(f, members, d) for f, d in zip(flats[1:1 + n_states], donate)],
                         [_pack(f, members) for f in flats[1 + n_states:]], likes)
@@ -385,6 +390,7 @@ class PointwiseCall(NamedTuple):
         donate_state: for each state, whether the rule reads it once (so the adapter may update
             it in place).
         input_names: the ``inputs`` trees' names in errors.
+        sparse: the rule takes sparse COO updates (see :func:`elementwise`).
     """
 
     rule: Callable
@@ -394,6 +400,7 @@ class PointwiseCall(NamedTuple):
     finish: Callable[[tuple], Any] = tuple
     donate_state: tuple[bool, ...] = ()
     input_names: tuple[str, ...] = ()
+    sparse: bool = False
 
 
 class Pointwise(NamedTuple):
@@ -438,7 +445,7 @@ def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
     out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
                       name=spec.name, complex_as_real=spec.complex == "as_real",
                       real_only=spec.real_only, input_names=call.input_names,
-                      donate_state=call.donate_state or False)
+                      donate_state=call.donate_state or False, sparse=call.sparse)
     return out[0], call.finish(out[1:])
 
 
@@ -502,7 +509,7 @@ def _fuse_calls(calls: list) -> PointwiseCall:
     donate = tuple(d for c in calls for d in (c.donate_state or (False,) * len(c.states)))
     return PointwiseCall(rule, tuple(c.hparams for c in calls),
                          tuple(st for c in calls for st in c.states), tuple(inputs), finish,
-                         donate, tuple(names))
+                         donate, tuple(names), all(c.sparse for c in calls))
 
 
 def _owned(u: Any, g: Any, others: list) -> Any:

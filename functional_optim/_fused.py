@@ -14,8 +14,8 @@ tensors it owns): the step updates params and state **in place** and returns the
 leaves, a DTensor, a step count on another device), and the adapter then runs the chain. The
 numbers are the chain's up to rounding order (tested).
 
-Only the adapter calls it, outside autograd and ``torch.compile``; the pure ``update`` is
-unchanged.
+Only the adapter calls it, outside autograd and ``torch.compile``, with dense gradients; the pure
+``update`` is unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _number(x: Any) -> bool:
     return isinstance(x, Number) and not isinstance(x, (bool, complex))
 
 
-_device, _dtype, _is_sparse = (operator.attrgetter(a) for a in ("device", "dtype", "is_sparse"))
+_device, _dtype = operator.attrgetter("device"), operator.attrgetter("dtype")
 
 
 def _groups(params: dict, grads: dict, steps: dict | None) -> dict | None:
@@ -52,11 +52,12 @@ def _groups(params: dict, grads: dict, steps: dict | None) -> dict | None:
     Gradients match their parameter's dtype, device and shape (autograd enforces it on
     assignment), and state buffers too (``init`` and ``load_state_dict`` make them so); a step
     count may sit on another device (torch keeps it on the CPU unless capturable or fused).
+    Gradients are dense: the adapter runs a step with a sparse one on the chain.
     """
     names = list(params)
     gs = list(map(grads.__getitem__, names))
-    if not names or set(map(type, gs)) != {torch.Tensor} or any(map(_is_sparse, gs)):
-        return None  # a DTensor, sparse or other subclass gradient
+    if not names or set(map(type, gs)) != {torch.Tensor}:
+        return None  # a DTensor or other subclass gradient
     ps = list(params.values())
     devices, dtypes = list(map(_device, ps)), list(map(_dtype, ps))
     if steps is not None and [steps[n].device for n in names] != devices:

@@ -714,9 +714,9 @@ def _named_chain(max_norm=1.0, lr=1e-3):
 def test_group_keys_of_a_named_chain():
     opt = FunctionalOptimizer(_model().parameters(), _named_chain())
     group = opt.param_groups[0]
-    assert set(group) == {"params", "clip.max_norm", "adam.betas", "adam.eps", "adam.eps_root",
-                          "lr", "foreach", "differentiable"}
-    assert group["clip.max_norm"] == 1.0 and group["adam.betas"] == (0.9, 0.999)
+    assert set(group) == {"params", "clip.max_norm", "betas", "adam.eps", "adam.eps_root",
+                          "lr", "foreach", "differentiable"}  # (lr, betas: torch's names)
+    assert group["clip.max_norm"] == 1.0 and group["betas"] == (0.9, 0.999)
     assert group["lr"] == 1e-3 and group["adam.eps_root"] == 0.0
     assert opt.defaults == {k: v for k, v in group.items() if k != "params"}
 
@@ -731,13 +731,13 @@ def test_overriding_defaults_by_kwargs_and_groups():
     """kwargs override the transform's defaults; group dicts override those; all are read."""
     m1, m2 = _model(), _model()
     ours = FunctionalOptimizer(
-        [{"params": m1[0].parameters(), "lr": 0.03, "adam.betas": (0.8, 0.9)},
+        [{"params": m1[0].parameters(), "lr": 0.03, "betas": (0.8, 0.9)},
          {"params": m1[2].parameters()}],
         fo.chain(adam=fo.scale_by_adam(), wd=fo.add_decayed_weights(0.5),
                  lr=fo.scale_by_learning_rate(1.0)),
         lr=0.01, **{"wd.weight_decay": 0.1, "adam.eps": 1e-6})
     assert ours.param_groups[0]["wd.weight_decay"] == 0.1
-    assert ours.param_groups[1]["adam.betas"] == (0.9, 0.999)
+    assert ours.param_groups[1]["betas"] == (0.9, 0.999)
     theirs = torch.optim.AdamW(
         [{"params": m2[0].parameters(), "lr": 0.03, "betas": (0.8, 0.9)},
          {"params": m2[2].parameters()}], lr=0.01, eps=1e-6, weight_decay=0.1)
@@ -749,7 +749,7 @@ def test_overriding_defaults_by_kwargs_and_groups():
 
 def test_unknown_hyperparameter_is_a_clear_error():
     with pytest.raises(fo.HParamError, match=r"unknown hyperparameter\(s\) \['adam.bets'\].*"
-                                             r"adam.betas"):
+                                             r"adam.eps"):
         FunctionalOptimizer(_model().parameters(), _named_chain(), **{"adam.bets": (0.9, 0.9)})
     with pytest.raises(TypeError, match="Transform or a factory"):
         FunctionalOptimizer(_model().parameters(), lambda: "not a transform")

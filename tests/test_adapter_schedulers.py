@@ -1,6 +1,8 @@
 """Every ``torch.optim.lr_scheduler`` (and ``swa_utils.SWALR``) drives our optimizers exactly as
 it drives torch.optim's: the same lr (and momentum/betas) sequence, the same warnings, and the
-same parameter trajectory (float64, ``1e-10`` relative) over 30-40 steps, with two param groups.
+same parameter trajectory (float64, ``1e-10`` relative) over 30-40 steps, with two param groups:
+SGD, Adam and AdamW under every scheduler; the classic classes and ``FunctionalOptimizer`` chains
+under the momentum-cycling ones, the combined ones and ``ReduceLROnPlateau``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from torch import nn
 from torch.optim import lr_scheduler as S
 from torch.optim.swa_utils import SWALR
 
-from functional_optim.optim import SGD, Adam, AdamW
+import functional_optim as fo
+import functional_optim.optim as foo
+from functional_optim.optim import SGD, Adam, AdamW, FunctionalOptimizer
 
 RTOL = 1e-10
 STEPS = 36
@@ -247,3 +251,86 @@ def test_scheduler_step_before_optimizer_step_warns_like_torch(name):
         caught[cls] = sorted(str(w.message) for w in record)
     ours, theirs = caught.values()
     assert ours == theirs and any("before `optimizer.step()`" in m for m in theirs)
+
+
+# -- the classic classes and the generic adapter -------------------------------------------------
+
+CLASSIC = {name: (getattr(foo, name), getattr(torch.optim, name)) for name in (
+    "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD", "Adafactor")}
+CLASSIC_KWARGS = {"Adagrad": dict(lr=0.05), "Adadelta": dict(lr=0.5), "Adamax": dict(lr=0.01),
+                  "NAdam": dict(lr=0.01), "RAdam": dict(lr=0.01),
+                  "RMSprop": dict(lr=0.01, momentum=0.5), "Rprop": dict(lr=0.01),
+                  "ASGD": dict(lr=0.02), "Adafactor": dict(lr=0.02)}
+MORE_SCHEDULERS = ("OneCycleLR", "CyclicLR", "ChainedScheduler", "SequentialLR")
+
+
+@pytest.mark.parametrize("name", list(CLASSIC))
+@pytest.mark.parametrize("scheduler", [*MORE_SCHEDULERS, "ReduceLROnPlateau"])
+def test_scheduler_drives_the_classic_classes_as_torchs(name, scheduler):
+    """``OneCycleLR``/``CyclicLR`` cycle ``betas[0]`` (Adamax, NAdam, RAdam) or ``momentum``
+    (RMSprop), and raise torch's error for the others."""
+    ours_cls, torch_cls = CLASSIC[name]
+    if scheduler == "ReduceLROnPlateau":
+        make, run_kwargs = (lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=1)), {
+            "metric": True}
+    else:
+        make, run_kwargs = SCHEDULERS[scheduler], {}
+    errors = []
+    for cls in (torch_cls, ours_cls):
+        try:
+            kwargs = CLASSIC_KWARGS[name]
+            make(cls(_groups(_model(), kwargs["lr"]), **kwargs))
+        except ValueError as e:
+            errors.append(str(e))
+    if errors:
+        assert len(errors) == 2 and errors[0] == errors[1] and "momentum or beta1" in errors[0]
+        return
+    CLASSES[name], KWARGS[name] = CLASSIC[name], CLASSIC_KWARGS[name]
+    try:
+        _compare(name, make, **run_kwargs)
+    finally:
+        del CLASSES[name], KWARGS[name]
+
+
+def _chain(kind: str, lr: float):
+    """A chain that holds one ``betas`` (Adam's) or one ``momentum`` (SGD's) leaf, and torch's
+    class with the same numbers."""
+    if kind == "adam":
+        tx = fo.chain(clip=fo.clip_by_global_norm(10.0), adam=fo.scale_by_adam(),
+                      lr=fo.scale_by_learning_rate(lr))
+        return (lambda params, **kw: FunctionalOptimizer(params, tx, **kw)), torch.optim.Adam
+    tx = fo.chain(fo.trace(0.9), fo.scale_by_learning_rate(lr))
+    return (lambda params, **kw: FunctionalOptimizer(params, tx, **kw)), torch.optim.SGD
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("scheduler", [*MORE_SCHEDULERS, "ReduceLROnPlateau"])
+def test_scheduler_drives_a_chain_as_torchs_class(kind, scheduler):
+    """A ``FunctionalOptimizer`` chain exposes its one ``betas``/``momentum`` leaf under torch's
+    group key: ``cycle_momentum`` schedulers drive it as they drive torch's class, the same
+    values set at every step and the same trajectory."""
+    lr = 0.02
+    ours_cls, torch_cls = _chain(kind, lr)
+    if scheduler == "ReduceLROnPlateau":
+        make, metric = (lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=1)), True
+    else:
+        make, metric = SCHEDULERS[scheduler], False
+    kwargs = dict(lr=lr) if kind == "adam" else dict(lr=lr, momentum=0.9)
+    m1, o1, t1, w1, _ = _run(ours_cls, dict(lr=lr), make, metric=metric)
+    m2, _, t2, w2, _ = _run(torch_cls, kwargs, make, metric=metric)
+    assert t1 == t2 and w1 == w2
+    key = "betas" if kind == "adam" else "momentum"
+    assert key in o1.param_groups[0]
+    for (n, a), b in zip(m1.named_parameters(), m2.parameters(), strict=True):
+        err = (a - b).abs().max().item()
+        assert err <= RTOL * b.abs().max().item(), f"{n}: max|a-b| = {err:.3e}"
+
+
+def test_scheduled_keys_only_for_a_single_leaf():
+    """Two ``betas`` leaves (a partition of two Adams, ``parameter_groups``) keep their dotted
+    keys: no scheduler can take one for the other."""
+    tx = fo.parameter_groups(fo.adam, [(["^0\\."], {"lr": 0.01})], lr=0.02)
+    opt = FunctionalOptimizer(_model().named_parameters(), tx)
+    keys = set(opt.param_groups[0])
+    assert {"group_0.betas", "default.betas", "group_0.lr", "default.lr"} <= keys
+    assert not {"betas", "lr", "momentum"} & keys

@@ -141,16 +141,20 @@ class _Segment:
         """Whether every parameter still lives in the buffer (nobody replaced ``p.data``)."""
         return not self.rehome or [p.data_ptr() for p in self.params] == self.param_ptrs
 
-    def gather_grads(self) -> None:
+    def gather_grads(self) -> bool:
         """Gradients into the flat buffer (a copy only for those that are not its views); each
         ``p.grad`` becomes its view, so that a backward after ``zero_grad(set_to_none=False)``
-        accumulates straight into the buffer."""
+        accumulates straight into the buffer. ``False`` (nothing changed) when a gradient is
+        sparse: the step keeps it sparse, in the usual layout."""
         stale = [(p, view) for p, view in zip(self.params, self.grad_views)
                  if p.grad is not view]
         if stale:
+            if any(p.grad.is_sparse for p, _ in stale):
+                return False
             torch._foreach_copy_([view for _, view in stale], [p.grad for p, _ in stale])
             for p, view in stale:
                 p.grad = view
+        return True
 
     def flat_params_now(self) -> torch.Tensor:
         if self.rehome:
@@ -219,9 +223,12 @@ class FlatGroup:
             return None
         return update
 
+    def gather_grads(self) -> bool:
+        """Every segment's gradients into its buffer (see :meth:`_Segment.gather_grads`)."""
+        return all(seg.gather_grads() for seg in self.segments)
+
     def step(self, hparams: Any) -> None:
-        for seg in self.segments:
-            seg.gather_grads()
+        """One update of the buffers (after :meth:`gather_grads`)."""
         if self.compiled is not None:
             hparams = optree.tree_map(_as_tensor, hparams)
         with torch.no_grad(), _execute.multi_tensor(self.compiled is None, donate=True):

@@ -3,7 +3,10 @@
 *Hyperparameters*: a transform's (possibly nested) hparams tree is flattened into param-group keys,
 one per leaf, named by the dotted path (``"clip.max_norm"``, ``"adam.betas"``); a tuple of numbers
 (``betas``) stays one value. The one leaf named ``lr`` (if there is exactly one) is exposed as plain
-``"lr"`` so that ``torch.optim.lr_scheduler`` drives it.
+``"lr"`` so that ``torch.optim.lr_scheduler`` drives it; so are the one ``betas`` and the one
+``momentum`` leaf, as ``"betas"``/``"momentum"`` (``OneCycleLR``/``CyclicLR`` with
+``cycle_momentum=True``). A name several leaves share (a :func:`~functional_optim.partition` of
+two ``adam``, :func:`~functional_optim.parameter_groups`) keeps their dotted keys.
 
 *State*: the adapter runs a group's transform on a dict ``{name: param}``. Every state subtree that
 is a dict with exactly those names is per-parameter; the rest is shared by the group. Per-parameter
@@ -33,6 +36,11 @@ def _is_value_tuple(node: Any) -> bool:
         isinstance(x, (Number, torch.Tensor)) for x in node)
 
 
+#: the leaves exposed under their own name when a transform has exactly one of each: the keys
+#: torch's schedulers write (``lr``; ``betas``/``momentum`` for ``cycle_momentum``)
+SCHEDULED = ("lr", "betas", "momentum")
+
+
 def hparam_keys(hparams: Any) -> dict[str, Path]:
     """Flat group key -> path into ``hparams``, for every hyperparameter leaf."""
     paths: list[Path] = []
@@ -49,9 +57,10 @@ def hparam_keys(hparams: Any) -> dict[str, Path]:
 
     walk(hparams, ())
     keys = {".".join(map(str, p)): p for p in paths}
-    lrs = [k for k, p in keys.items() if p and p[-1] == "lr"]
-    if len(lrs) == 1 and "lr" not in keys:
-        keys["lr"] = keys.pop(lrs[0])
+    for name in SCHEDULED:
+        found = [k for k, p in keys.items() if p and p[-1] == name]
+        if len(found) == 1 and name not in keys:
+            keys[name] = keys.pop(found[0])
     return keys
 
 

@@ -78,9 +78,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     Group keys are the transform's hyperparameters flattened to dotted paths: for
     ``chain(clip=clip_by_global_norm(1.0), adam=scale_by_adam(), lr=scale_by_learning_rate(1e-3))``
-    they are ``"clip.max_norm"``, ``"adam.betas"``, ``"adam.eps"``, ``"adam.eps_root"`` and
-    ``"lr"`` (the one leaf named ``lr`` is exposed under that name, for lr schedulers). For an alias
-    (``fo.adamw(...)``) they are torch's flat names.
+    they are ``"clip.max_norm"``, ``"betas"``, ``"adam.eps"``, ``"adam.eps_root"`` and
+    ``"lr"``: the one leaf named ``lr``, the one named ``betas`` and the one named ``momentum``
+    are exposed under that name, as torch.optim's classes name them, so that torch's schedulers
+    drive them (``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` cycle ``betas[0]`` or
+    ``momentum``). For an alias (``fo.adamw(...)``) the keys are torch's flat names.
     """
 
     def __init__(self, params: Iterable, transform: Transform | Callable[[], Transform], *,
@@ -331,7 +333,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 loss = closure()
         flat = self.__dict__.get("_flat")
         for group in self.param_groups:
-            if flat is None or not self._flat_step(group, **flat):
+            # the flat layout builds and rehomes its buffers in Python: never traced
+            if flat is None or not _untraced(self._flat_step, group, flat["rehome"],
+                                             flat["compile"]):
                 self._step_group(group)
         return loss
 
@@ -347,11 +351,14 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 so that the parameter update is one kernel; ``False`` leaves them where they are
                 (one more pass per step, to gather them).
             compile: run the update of each buffer as one ``torch.compile``'d graph (the number
-                hyperparameters become 0-d tensors, so schedulers do not recompile it).
+                hyperparameters become 0-d tensors, so schedulers do not recompile it). This is
+                how a flat step compiles: within a ``torch.compile``'d ``step`` (or train step)
+                the flat step runs as it would eagerly (a graph break; ``fullgraph=True``
+                refuses it).
 
-        A group whose parameters do not all have a gradient steps in the usual layout (those
-        without one are skipped, as torch does), and the next full step gathers the buffers
-        again. So does a group after ``load_state_dict``. Use
+        A group whose parameters do not all have a dense gradient steps in the usual layout
+        (those without one are skipped, as torch does; sparse ones stay sparse), and the next
+        full step gathers the buffers again. So does a group after ``load_state_dict``. Use
         ``zero_grad(set_to_none=False)`` to keep backward accumulating straight into the flat
         gradient buffer (else each step copies the gradients in).
         """
@@ -385,8 +392,16 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 self._cache[key] = False
                 return False
             self._cache[key] = flat
+        if not flat.gather_grads():  # a sparse gradient: this step takes the usual layout
+            self._cache.pop(key)
+            return False
         flat.step(self._hparams_for(flat.tx, group))
         return True
+
+    def _check_sparse(self, group: dict) -> None:
+        """Called before a step of ``group`` in which a gradient is sparse: raises where this
+        optimizer refuses them (the drop-in classes raise torch's errors; here the transform
+        decides: a block that cannot take a sparse update raises a ``TypeError`` naming it)."""
 
     def _step_group(self, group: dict) -> None:
         everything = group["params"]
@@ -394,12 +409,25 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         params = [p for p, g in zip(everything, grads) if g is not None]
         if not params:
             return
+        grads = [g for g in grads if g is not None]
+        if any(g.is_sparse for g in grads):
+            self._check_sparse(group)
+            # dynamo cannot trace sparse tensors: under torch.compile this step runs eagerly
+            # as a whole (no piece of it compiled on its own)
+            _untraced(self._run_group, group, params, grads, True)
+        else:
+            self._run_group(group, params, grads, False)
+
+    def _run_group(self, group: dict, params: list, grads: list, sparse: bool) -> None:
+        """One step of ``group``'s ``params`` (those with a gradient, ``grads``; ``sparse``:
+        some are sparse, which the fused steps do not take)."""
+        everything = group["params"]
         names = self._names(group, params)
         by_name = dict(zip(names, params))
-        grads = dict(zip(names, [g for g in grads if g is not None]))
+        grads = dict(zip(names, grads))
         tx = self._transform_for(group)
         hparams = self._hparams_for(tx, group)
-        spec, plan, columns, order = self._plan(tx, names, params)
+        spec, template, plan, columns, order = self._plan(tx, names, params)
 
         state_of = self.state
         # the parameters as a per-parameter state leaf lists them (sorted names), and their
@@ -425,14 +453,15 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                     made.add(positions[k])
             _assign(leaves, at, values)
         before = [_FRESH if k in made else v for k, v in enumerate(leaves)] if made else leaves
-        state = optree.tree_unflatten(spec, leaves)
+        state = optree.tree_unflatten(
+            optree.tree_structure(template) if spec is None else spec, leaves)
         differentiable = group.get("differentiable", False)
         multi = group.get("foreach") is not False and not differentiable
         new_state = None
         if tx.fused is not None and group.get("foreach") is None and not differentiable and \
-                not torch.compiler.is_compiling():
+                not sparse and not torch.compiler.is_compiling():
             with torch.no_grad():
-                new_state = tx.fused(by_name, grads, state, hparams)
+                new_state = _untraced(tx.fused, by_name, grads, state, hparams)
         if new_state is None:
             new_state = self._update_group(tx, by_name, grads, state, hparams, multi,
                                            differentiable)
@@ -489,14 +518,21 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     def _plan(self, tx: Transform, names: list, params: list) -> tuple:
         """How the state tree is read and written, cached by transform and names.
 
-        Returns its treespec; per leaf in optree order, its ``(path, owner)``; the leaves by
+        Returns its treespec (``None`` while dynamo traces: see below) and ``init``'s result on
+        meta tensors; per leaf in optree order, its ``(path, owner)``; the leaves by
         path, ``(path, at, owners, shared)``: ``at`` where they sit among the leaves (a slice
         when evenly spaced), ``owners`` as indices into ``names`` (a leaf shared by the group is
         read from the first parameter), ``None`` for a leaf every parameter has; and ``order``,
         the indices of ``names`` in the order of those leaves (sorted), ``None`` when it is
-        theirs."""
+        theirs.
+
+        A treespec made eagerly is not one dynamo traces, and one made while tracing is not a
+        real one (once returned to eager code: a frame dynamo runs eagerly calls this one
+        compiled): while tracing, the plan is made anew, not cached, and has no treespec; the
+        caller takes the template's."""
+        compiling = torch.compiler.is_compiling()
         key = ("plan", id(tx), tuple(names))
-        plan = self._cache.get(key)
+        plan = None if compiling else self._cache.get(key)
         if plan is None:
             meta = {n: torch.empty_like(p, device="meta") for n, p in zip(names, params)}
             template = tx.init(meta)
@@ -513,11 +549,22 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                         else owners, shared)
                        for (path, shared), (positions, owners) in by_path.items()]
             order = None if order == list(range(len(names))) else order
-            plan = self._cache[key] = (optree.tree_structure(template), leaves, columns, order)
+            spec = None if compiling else optree.tree_structure(template)
+            plan = (spec, template, leaves, columns, order)
+            if not compiling:
+                self._cache[key] = plan
         return plan
 
 
 _FRESH = object()  # marks a state leaf made by ``init`` this step (it must be stored)
+
+
+@torch.compiler.disable
+def _untraced(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)``, never traced by dynamo, even when a ``torch.compile``'d caller runs
+    eagerly (a frame dynamo falls back on, which would compile each call it makes on its own):
+    for torch's fused kernels (no fake implementation on the CPU) and sparse gradients."""
+    return fn(*args)
 
 
 def _slice(positions: list) -> slice | list:

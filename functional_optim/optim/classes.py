@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
@@ -62,6 +63,9 @@ class _TorchCompatible(FunctionalOptimizer):
     # number in an old checkpoint
     _SCALARS: tuple[str, ...] = ("step",)
     _ON_DEVICE = False
+    # torch's error for a sparse gradient: None for "<Name> does not support sparse gradients",
+    # "" where the class takes them
+    _SPARSE_ERROR: str | None = None
 
     def __init__(self, params, defaults: dict):
         if defaults.get("fused"):  # torch's checks, with torch's messages
@@ -93,11 +97,16 @@ class _TorchCompatible(FunctionalOptimizer):
     def _required_group_keys(self) -> list:
         return [k for k in self._HPARAMS if k not in self._DEFAULTED]
 
-    def _scalar(self, p: torch.Tensor, value: float, group: dict) -> torch.Tensor:
-        """A 0-d state of ``_SCALARS`` holding ``value``, as torch makes it."""
+    def _scalar(self, p: torch.Tensor, value: float | torch.Tensor,
+                group: dict) -> torch.Tensor:
+        """A 0-d state of ``_SCALARS`` holding ``value`` (a number, or a 0-d tensor: ``init``'s
+        value, a tensor lr), as torch makes it."""
         on_device = self._ON_DEVICE or group.get("capturable") or group.get("fused")
-        return torch.tensor(float(value), dtype=_get_scalar_dtype(is_fused=group.get("fused")),
-                            device=p.device if on_device else "cpu")
+        dtype = _get_scalar_dtype(is_fused=group.get("fused"))
+        device = p.device if on_device else "cpu"
+        if isinstance(value, torch.Tensor):  # no host read: a compiled step makes it in-graph
+            return value.detach().to(dtype=dtype, device=device, copy=True)
+        return torch.tensor(float(value), dtype=dtype, device=device)
 
     def _fresh_leaf(self, p, path, value, group):
         name = self._STATE_NAMES.get(path)
@@ -118,6 +127,14 @@ class _TorchCompatible(FunctionalOptimizer):
 
     def _loaded_entry(self, p, entry, present, expected):
         return entry  # torch's cast
+
+    def _check_sparse(self, group: dict) -> None:
+        """torch's error for a sparse gradient, before any parameter changes."""
+        message = self._SPARSE_ERROR
+        if message is None:
+            message = f"{type(self).__name__} does not support sparse gradients"
+        if message:
+            raise RuntimeError(message)
 
     def _static_key(self, group: dict) -> tuple:
         raise NotImplementedError
@@ -162,10 +179,17 @@ class _TorchCompatible(FunctionalOptimizer):
 
 
 class SGD(_TorchCompatible):
-    """torch.optim.SGD, backed by :func:`functional_optim.sgd`. State: ``momentum_buffer``."""
+    """torch.optim.SGD, backed by :func:`functional_optim.sgd`. State: ``momentum_buffer``.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``) are taken as torch takes them, with
+    torch's errors for ``weight_decay`` and ``fused=True``. Without momentum the update stays
+    sparse; with momentum the buffer is dense here (torch keeps a sparse one holding the same
+    values, whose entries pile up every step; one loaded from a torch checkpoint is made dense).
+    """
 
     _HPARAMS = ("lr", "momentum", "dampening", "weight_decay")
     _STATE_NAMES = {("momentum", "momentum_buffer"): "momentum_buffer"}
+    _SPARSE_ERROR = ""
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float | torch.Tensor = 0,
@@ -176,6 +200,18 @@ class SGD(_TorchCompatible):
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
             fused=fused))
+
+    def _check_checkpoint(self, state_dict: dict) -> dict | None:
+        state = {i: _dense_buffer(entry) for i, entry in state_dict["state"].items()}
+        return super()._check_checkpoint({**state_dict, "state": state})
+
+    def _check_sparse(self, group):
+        if group.get("fused"):
+            raise RuntimeError("`_fused_sgd` does not support sparse gradients")
+        if group["weight_decay"] != 0:  # torch fails adding the parameter to the sparse grad
+            raise RuntimeError(
+                "SGD: weight_decay is not supported with sparse gradients (torch.optim.SGD: "
+                "add(sparse, dense) is not supported. Use add(dense, sparse) instead.)")
 
     def _static_key(self, group):
         return (group["nesterov"], group["maximize"], _momentum(group) is None)
@@ -219,12 +255,22 @@ class SGD(_TorchCompatible):
             super()._store_leaf(store, path, value, group)
 
 
+def _dense_buffer(entry: Any) -> Any:
+    """A torch.optim.SGD state entry with its ``momentum_buffer`` dense: torch's is a sparse
+    tensor after sparse gradients (the same values)."""
+    buf = entry.get("momentum_buffer") if isinstance(entry, dict) else None
+    if isinstance(buf, torch.Tensor) and buf.is_sparse:
+        return {**entry, "momentum_buffer": buf.to_dense()}
+    return entry
+
+
 class Adam(_TorchCompatible):
     """torch.optim.Adam, backed by :func:`functional_optim.adam`.
 
     State: ``step``, ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad).
     """
 
+    _SPARSE_ERROR = "Adam does not support sparse gradients, please consider SparseAdam instead"
     _HPARAMS = ("lr", "betas", "eps", "weight_decay")
     _STATE_NAMES = {("adam", "step"): "step", ("adam", "mu"): "exp_avg",
                     ("adam", "nu"): "exp_avg_sq", ("adam", "nu_max"): "max_exp_avg_sq"}
@@ -283,11 +329,14 @@ class _Classic(_TorchCompatible):
 class Adagrad(_Classic):
     """torch.optim.Adagrad, backed by :func:`functional_optim.adagrad`.
 
-    State: ``step``, ``sum`` (made at construction, as torch does). Sparse gradients are not
-    supported (a clear ``TypeError``).
+    State: ``step``, ``sum`` (made at construction, as torch does). Sparse gradients
+    (``nn.Embedding(sparse=True)``) are taken as torch takes them: ``sum`` and the parameter
+    change at the gradient's entries only; torch's errors for ``weight_decay`` and
+    ``fused=True``.
     """
 
     _HPARAMS = ("lr", "lr_decay", "weight_decay", "eps")
+    _SPARSE_ERROR = ""
     _STATE_NAMES = {("rss", "step"): "step", ("rss", "sum"): "sum"}
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
@@ -308,6 +357,12 @@ class Adagrad(_Classic):
                 state["sum"] = torch.full_like(
                     p, complex(value, value) if p.is_complex() else value,
                     memory_format=torch.preserve_format)
+
+    def _check_sparse(self, group):
+        if group.get("fused"):
+            raise RuntimeError("`fused` does not support sparse grad or complex param")
+        if group["weight_decay"] != 0:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
 
     def _static_key(self, group):
         return (group["maximize"],)
@@ -554,16 +609,12 @@ from ..transforms import lbfgs as _lbfgs  # noqa: E402
 from ..transforms.orthogonal import MUON_NS_COEFFICIENTS as _NS  # noqa: E402
 
 
-def _check_params(owner: str, group: dict, *, complex_ok: bool = False,
-                  sparse_ok: bool = False) -> None:
-    """torch's errors for complex parameters and sparse gradients, before any update."""
+def _check_params(owner: str, group: dict) -> None:
+    """torch's error for complex parameters, before any update (sparse gradients:
+    :meth:`_TorchCompatible._check_sparse`)."""
     for p in group["params"]:
-        if p.grad is None:
-            continue
-        if not complex_ok and torch.is_complex(p):
+        if p.grad is not None and torch.is_complex(p):
             raise RuntimeError(f"{owner} does not support complex parameters")
-        if not sparse_ok and p.grad.is_sparse:
-            raise RuntimeError(f"{owner} does not support sparse gradients")
 
 
 class Adafactor(_TorchCompatible):
@@ -690,6 +741,7 @@ class SparseAdam(_TorchCompatible):
 
     _HPARAMS = ("lr", "betas", "eps")
     _STATE_NAMES = {("step",): "step", ("exp_avg",): "exp_avg", ("exp_avg_sq",): "exp_avg_sq"}
+    _SPARSE_ERROR = ""
     _LEAF_PATHS = frozenset([("step",)])
     _SCALARS = ()  # torch keeps "step" a Python int
 

@@ -34,6 +34,7 @@ from ..base import (
     check_state,
     resolve_hparams,
 )
+from .sparse import at_indices, rows
 
 __all__ = [
     "ScaleByRssState",
@@ -89,12 +90,25 @@ class ScaleByRssState(NamedTuple):
 
 def _rss_rule(h, g, t, s):
     t = t + 1
-    s = torch.addcmul(s, g, g)
-    u = g / (safe_sqrt(s, nonnegative=True) + h["eps"])
+    if isinstance(g, torch.Tensor) and g.is_sparse:
+        s, u = _sparse_rss(h, g, s)
+    else:
+        s = torch.addcmul(s, g, g)
+        u = g / (safe_sqrt(s, nonnegative=True) + h["eps"])
     decay = h["lr_decay"]
     if isinstance(decay, torch.Tensor) or decay != 0:
         u = u / (1 + (t.to(scalar_dtype(g)) - 1) * decay)
     return u, t, s
+
+
+def _sparse_rss(h, g, s):
+    """The rule's sum and update for a sparse ``g``, as torch.optim.Adagrad computes them: on
+    the coalesced gradient's entries only (complex values as they are, as torch's sparse path)."""
+    g = g.coalesce()  # not linear in g: repeated indices are summed first
+    index, values = g.indices(), g.values()
+    s = s + at_indices(index, values.pow(2), s.shape)
+    u = values / (torch.sqrt(rows(s, index)) + h["eps"])
+    return s, at_indices(index, u, g.shape)
 
 
 def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
@@ -107,7 +121,10 @@ def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
         u_t = \frac{1}{1 + (t-1)\,\delta}\;\frac{g_t}{\sqrt{s_t} + \epsilon}
 
     with :math:`\delta` the learning-rate decay, as torch.optim.Adagrad computes it (complex
-    parameters as pairs of reals, :math:`s_0 = s_{init}(1 + i)`).
+    parameters as pairs of reals, :math:`s_0 = s_{init}(1 + i)`). A sparse COO update
+    (``nn.Embedding(sparse=True)``) is coalesced and changes :math:`s` and the update at its
+    entries only, as torch.optim.Adagrad's sparse path (which squares complex entries as
+    complex numbers); the update stays sparse.
 
     Args:
         lr_decay: ``δ`` (default 0).
@@ -133,7 +150,7 @@ def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRssState)
         out, step, s = elementwise(_rss_rule, h, updates, (state.step, state.sum), name=owner,
-                                   complex_as_real=True, donate_state=True)
+                                   complex_as_real=True, donate_state=True, sparse=True)
         return out, ScaleByRssState(step, s)
 
     return Transform(init, update, defaults)

@@ -46,7 +46,7 @@ def identity() -> Transform:
 
     def prepare(updates, state, params, hparams):
         resolve_hparams({}, hparams, "identity hparams")
-        return PointwiseCall(_identity_rule, {}, finish=lambda new: state)
+        return PointwiseCall(_identity_rule, {}, finish=lambda new: state, sparse=True)
 
     return Transform(_empty_init, update, {},
                      pointwise=Pointwise(prepare, "identity", kernel=("identity",)))
@@ -67,7 +67,7 @@ def _scale_rule(h, g):
 
 
 def scale(step_size: float) -> Transform:
-    """Multiplies updates by a constant: :math:`u \\mapsto s\\,u`.
+    """Multiplies updates by a constant: :math:`u \\mapsto s\\,u` (sparse updates stay sparse).
 
     Args:
         step_size: ``s`` (a number or 0-d tensor; hparam ``"step_size"``).
@@ -77,7 +77,7 @@ def scale(step_size: float) -> Transform:
 
     def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale hparams")
-        return PointwiseCall(_scale_rule, h, finish=lambda new: state)
+        return PointwiseCall(_scale_rule, h, finish=lambda new: state, sparse=True)
 
     return pointwise_transform(_empty_init, defaults, Pointwise(prepare, "scale"))
 
@@ -112,7 +112,8 @@ def _lr_rule(h, g):
 
 def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
                            flip_sign: bool = True) -> Transform:
-    r"""Scales updates by the learning rate: :math:`u \mapsto -\eta\,u` (``flip_sign=True``).
+    r"""Scales updates by the learning rate: :math:`u \mapsto -\eta\,u` (``flip_sign=True``);
+    sparse updates stay sparse.
 
     Args:
         lr: ``η``: a number, a 0-d tensor, a :class:`~functional_optim.schedules.Schedule` or a
@@ -129,7 +130,8 @@ def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
 
         def prepare(updates, state, params, hparams):
             h = resolve_hparams(defaults, hparams, "scale_by_learning_rate hparams")
-            return PointwiseCall(_lr_rule, {"lr": sign_ * h["lr"]}, finish=lambda new: state)
+            return PointwiseCall(_lr_rule, {"lr": sign_ * h["lr"]}, finish=lambda new: state,
+                                 sparse=True)
 
         return pointwise_transform(_empty_init, defaults,
                                    Pointwise(prepare, "scale_by_learning_rate", kernel=kind))
@@ -151,7 +153,7 @@ def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
         check_state("scale_by_learning_rate", state, ScaleByScheduleState)
         value = sign_ * schedule(state.step, h["lr"])
         after = ScaleByScheduleState(state.step + 1)
-        return PointwiseCall(_lr_rule, {"lr": value}, finish=lambda new: after)
+        return PointwiseCall(_lr_rule, {"lr": value}, finish=lambda new: after, sparse=True)
 
     return pointwise_transform(init_schedule, defaults,
                                Pointwise(prepare_schedule, "scale_by_learning_rate",

@@ -58,7 +58,7 @@ def add_decayed_weights(weight_decay: float = 0.0,
                 "add_decayed_weights", updates, params,
                 "weight decay reads them; this block is in every alias with a weight_decay, "
                 "and runs unless weight_decay is the number 0"):
-            return PointwiseCall(_identity_rule, h, finish=lambda new: state)
+            return PointwiseCall(_identity_rule, h, finish=lambda new: state, sparse=True)
         if mask is None:
             inputs: tuple = (params,)  # (no tree of True: cheaper, and compiles)
         else:

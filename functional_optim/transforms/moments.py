@@ -200,8 +200,8 @@ def _trace_rule(h, g, t, buf, *, nesterov):
     started = (t > 0).to(scalar_dtype(g))
     keep = momentum * started
     take = 1 - h["dampening"] * started
-    buf = buf * keep + take * g
-    return (g + momentum * buf if nesterov else buf), t + 1, buf
+    buf = buf * keep + take * g  # (dense + sparse: a sparse g gives a dense buffer)
+    return (momentum * buf + g if nesterov else buf), t + 1, buf
 
 
 def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False) -> Transform:
@@ -214,7 +214,9 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
     ``step`` counts the buffer's updates. Where ``momentum`` is the Python number 0 at update
     time the block passes updates through and leaves its state as it is (torch.optim.SGD
     without momentum), so a later nonzero momentum starts the buffer at :math:`g`, as torch
-    does; a tensor momentum always runs the formula.
+    does; a tensor momentum always runs the formula. A sparse COO update
+    (``nn.Embedding(sparse=True)``) gives a dense buffer and update, holding the values of
+    torch.optim.SGD's sparse buffer.
 
     Args:
         momentum: ``μ`` (default 0.9).
@@ -235,6 +237,7 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
         h = resolve_hparams(defaults, hparams, "trace hparams")
         check_state("trace", state, TraceState)
         return PointwiseCall(rule, h, (state.step, state.momentum_buffer),
-                             finish=lambda new: TraceState(*new), donate_state=(True, True))
+                             finish=lambda new: TraceState(*new), donate_state=(True, True),
+                             sparse=True)
 
     return pointwise_transform(init, defaults, Pointwise(prepare, "trace"))

@@ -1,4 +1,6 @@
-"""Lazy (sparse) Adam: moments updated only where a sparse gradient has entries (SparseAdam)."""
+"""Sparse gradients: lazy (sparse) Adam, moments updated only where a sparse gradient has entries
+(SparseAdam), and the helpers of the blocks that take sparse updates (Adagrad's ``scale_by_rss``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from .. import tree as _tree
 from .._execute import cast_hparams, init_count, scalar_dtype
 from ..base import Transform, check_betas, check_hparam, check_state, resolve_hparams
 
-__all__ = ["ScaleBySparseAdamState", "scale_by_sparse_adam", "DENSE_GRAD_MESSAGE"]
+__all__ = ["ScaleBySparseAdamState", "scale_by_sparse_adam", "DENSE_GRAD_MESSAGE", "rows",
+           "at_indices"]
 
 #: torch.optim.SparseAdam's message for a dense gradient
 DENSE_GRAD_MESSAGE = (
@@ -32,12 +35,19 @@ class ScaleBySparseAdamState(NamedTuple):
     exp_avg_sq: Any
 
 
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The entries of dense ``x`` at a coalesced COO ``index`` of shape ``(sparse_dim, nnz)``:
     shape ``(nnz, *dense_dims)``."""
     if index.shape[0] == 0:  # sparse_dim 0: the whole tensor, nnz (<= 1) times
         return x.expand(index.shape[1], *x.shape)
     return x[tuple(index)]
+
+
+def at_indices(index: torch.Tensor, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The coalesced sparse COO tensor of ``shape`` with ``values`` at ``index`` (the index of a
+    coalesced gradient: no check of the invariants)."""
+    return torch.sparse_coo_tensor(index, values, shape, is_coalesced=True,
+                                   check_invariants=False)
 
 
 def _sparse_adam_leaf(h: dict, g: torch.Tensor, t, m, v, *, maximize: bool, name: str):
@@ -55,19 +65,16 @@ def _sparse_adam_leaf(h: dict, g: torch.Tensor, t, m, v, *, maximize: bool, name
         g = -g
     g = g.coalesce()  # the update is not linear in g: repeated indices must be summed first
     index, values = g.indices(), g.values()
-    old_m, old_v = _rows(m, index), _rows(v, index)
+    old_m, old_v = rows(m, index), rows(v, index)
     dm = (values - old_m) * (1 - b1)
     dv = (values.pow(2) - old_v) * (1 - b2)
-    m_new = m + torch.sparse_coo_tensor(index, dm, m.shape, is_coalesced=True,
-                                     check_invariants=False)
-    v_new = v + torch.sparse_coo_tensor(index, dv, v.shape, is_coalesced=True,
-                                     check_invariants=False)
+    m_new = m + at_indices(index, dm, m.shape)
+    v_new = v + at_indices(index, dv, v.shape)
     t = t + 1
     tf = t.to(scalar_dtype(m))
     step_size = h["lr"] * torch.sqrt(1 - b2**tf) / (1 - b1**tf)
-    rows = (dm + old_m) / (torch.sqrt(dv + old_v) + h["eps"])
-    u = torch.sparse_coo_tensor(index, -step_size * rows, m.shape, is_coalesced=True,
-                                     check_invariants=False)
+    ratio = (dm + old_m) / (torch.sqrt(dv + old_v) + h["eps"])
+    u = at_indices(index, -step_size * ratio, m.shape)
     return u, t, m_new, v_new
 
 
