@@ -65,6 +65,7 @@ def elementwise(
     real_only: bool = False,
     input_names: tuple[str, ...] = (),
     donate_state: bool | tuple[bool, ...] = False,
+    own_update_dtype: bool = False,
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -80,11 +81,17 @@ def elementwise(
             ``multi_tensor(donate=True)`` its state may be updated in place (one flag per
             state, or one for all).
 
+        own_update_dtype: the update keeps the dtype the rule gives it (a rule that computes
+            half-precision leaves in float32 returns float32 updates, which
+            :func:`~functional_optim.apply_updates` and the adapter apply with one rounding).
+
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
-    otherwise promote a 0-d leaf) and must keep its shape: a result whose shape differs (a
-    parameter or state that broadcast against the update) raises :class:`TreeMismatchError`.
+    otherwise promote a 0-d leaf; except the update with ``own_update_dtype``) and must keep its
+    shape: a result whose shape differs (a parameter or state that broadcast against the
+    update) raises :class:`TreeMismatchError`.
     """
     n_states = len(states)
+    own_dtype = own_update_dtype
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
@@ -141,8 +148,10 @@ def elementwise(
                 if as_real and v is not None and like is not None and like.is_complex():
                     v = torch.view_as_complex(v)
                 if not (isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor)
-                        and v.dtype == like.dtype and v.shape == like.shape):
-                    v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j)
+                        and (v.dtype == like.dtype or own_dtype and j == 0)
+                        and v.shape == like.shape):
+                    v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j,
+                              keep_dtype=own_dtype and j == 0)
                 column.append(v)
             out.append(column)
         return out
@@ -270,8 +279,10 @@ def _multi_tensor_wanted(leaves: list) -> bool:
     return first is not None and not torch._C._functorch.is_functorch_wrapped_tensor(first)
 
 
-def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int) -> Any:
-    """``r`` in ``like``'s dtype; a clear error when a broadcast changed its shape."""
+def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int,
+          keep_dtype: bool = False) -> Any:
+    """``r`` in ``like``'s dtype (unless ``keep_dtype``); a clear error when a broadcast changed
+    its shape."""
     if not isinstance(r, torch.Tensor) or not isinstance(like, torch.Tensor):
         return r
     if r.shape != like.shape:
@@ -281,7 +292,7 @@ def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int) -> Any:
             f"{tuple(r.shape)} instead of {tuple(like.shape)}; the update, its state and its "
             "parameter must all have the same shape"
         )
-    return r if r.dtype == like.dtype else r.to(like.dtype)
+    return r if r.dtype == like.dtype or keep_dtype else r.to(like.dtype)
 
 
 def _leaf_name(tree: Any, i: int) -> str:

@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 # Adafactor, Muon, SparseAdam, L-BFGS (torch.optim's special algorithms)
-from .factored import ScaleByFactoredRmsState, scale_by_factored_rms
+from .factored import ScaleByFactoredRmsState, relative_step_size, scale_by_factored_rms
 from .lbfgs import LbfgsState, scale_by_lbfgs
 from .orthogonal import (
     MUON_NS_COEFFICIENTS,
@@ -90,6 +90,7 @@ __all__ += [
     "ScaleByMuonState",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
+    "relative_step_size",
     "scale_by_factored_rms",
     "scale_by_lbfgs",
     "scale_by_muon",
