@@ -232,8 +232,8 @@ def adam_weight_decay(lr: float | torch.Tensor = 1e-3,
     check_hparam(owner, "eps", eps, ge=0)
     check_hparam(owner, "weight_decay", weight_decay, ge=0)
     if clipnorm is not None and global_clipnorm is not None:
-        raise HParamError(f"{owner}: Cannot accept both `clipnorm` and `global_clipnorm`, "
-                          f"passed `clipnorm` {clipnorm}, `global_clipnorm` {global_clipnorm}")
+        raise HParamError("Cannot accept both `clipnorm` and `global_clipnorm`, passed "
+                          f"`clipnorm` {clipnorm}, `global_clipnorm` {global_clipnorm}")
     clips = {"clipvalue": clipvalue, "clipnorm": clipnorm, "global_clipnorm": global_clipnorm}
     makers = {"clipvalue": clip,
               "clipnorm": lambda c: clip_by_norm(c, formula="tensorflow"),

@@ -47,6 +47,7 @@ __all__ = [
     "inject_hparams",
     "get_hparam",
     "MultiStepsState",
+    "accumulate",
     "multi_steps",
     "ApplyIfFiniteState",
     "apply_if_finite",
@@ -509,6 +510,13 @@ class MultiStepsState(NamedTuple):
     inner_state: Any
 
 
+def accumulate(acc: Any, updates: Any) -> Any:
+    """The running sum ``acc + updates`` leaf by leaf, in ``acc``'s dtypes (a ``None`` update
+    leaves its sum as it is); pure. :func:`multi_steps` accumulates with it."""
+    return optree.tree_map(lambda a, g: a if g is None else a + g.to(a.dtype), acc, updates,
+                           **_NONE)
+
+
 def multi_steps(inner: Transform, every_k: int,
                 accumulator_dtype: torch.dtype | None = None, *,
                 reduction: str = "mean") -> Transform:
@@ -544,8 +552,7 @@ def multi_steps(inner: Transform, every_k: int,
 
     def update(updates, state, params=None, hparams=None, **extra):
         check_state("multi_steps", state, MultiStepsState)
-        acc = optree.tree_map(lambda a, g: a if g is None else a + g.to(a.dtype),
-                              state.acc, updates, **_NONE)
+        acc = accumulate(state.acc, updates)
         boundary = state.mini_step == every_k - 1
         total = optree.tree_map(lambda a, g: None if g is None else (a / divisor).to(g.dtype),
                                 acc, updates, **_NONE)

@@ -277,12 +277,29 @@ def test_get_schedule_by_hf_name(name, kwargs, expected):
 
 
 def test_get_schedule_errors():
-    with pytest.raises(ValueError, match="unknown schedule 'cosyne'"):
+    """HuggingFace's messages (``get_scheduler``, ``SchedulerType``), written out."""
+    with pytest.raises(ValueError) as e:
         sch.get_schedule("cosyne", 0.1)
-    with pytest.raises(ValueError, match="num_training_steps"):
+    assert str(e.value) == (
+        "cosyne is not a valid SchedulerType, please select one of ['linear', 'cosine', "
+        "'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup', "
+        "'inverse_sqrt', 'reduce_lr_on_plateau', 'cosine_with_min_lr', "
+        "'cosine_warmup_with_min_lr', 'warmup_stable_decay', 'greedy']")
+    with pytest.raises(ValueError) as e:
         sch.get_schedule("linear", 0.1, num_warmup_steps=3)
+    assert str(e.value) == ("SchedulerType.LINEAR requires `num_training_steps`, please provide "
+                            "that argument.")
+    with pytest.raises(ValueError) as e:
+        sch.get_schedule("inverse_sqrt", 0.1)
+    assert str(e.value) == ("SchedulerType.INVERSE_SQRT requires `num_warmup_steps`, please "
+                            "provide that argument.")
     with pytest.raises(ValueError, match="reduce_on_plateau"):
         sch.get_schedule("reduce_lr_on_plateau", 0.1)
+    with pytest.raises(ValueError, match="^One of min_lr or min_lr_rate should be set through "
+                                         "the `lr_scheduler_kwargs`$"):
+        sch.get_schedule("cosine_with_min_lr", 0.1, 2, 10)
+    with pytest.raises(ValueError, match="^Only one of min_lr or min_lr_rate should be set$"):
+        sch.get_schedule("cosine_with_min_lr", 0.1, 2, 10, min_lr=0.01, min_lr_rate=0.1)
 
 
 # --------------------------------------------------------------------------------------------

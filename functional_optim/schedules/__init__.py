@@ -23,28 +23,35 @@ from .base import (
     warmup_cosine_decay,
 )
 from .huggingface import (
+    SchedulerType,
     constant_with_warmup,
+    cosine_warmup_with_min_lr,
     cosine_with_hard_restarts_with_warmup,
     cosine_with_warmup,
     get_schedule,
     inverse_sqrt,
     linear_with_warmup,
     polynomial_decay_with_warmup,
+    warmup,
     warmup_stable_decay,
 )
 from .lr_scheduler import (
+    chained_scheduler,
     constant_lr,
     cosine_annealing_lr,
     cosine_annealing_warm_restarts,
     cyclic_lr,
+    cyclic_momentum,
     exponential_lr,
     linear_lr,
+    multiplicative_lr,
     multistep_lr,
     one_cycle_lr,
     one_cycle_momentum,
     polynomial_lr,
     sequential_lr,
     step_lr,
+    swalr,
 )
 from .optax import (
     cosine_onecycle,
@@ -89,6 +96,10 @@ __all__ = [
     "one_cycle_lr",
     "one_cycle_momentum",
     "sequential_lr",
+    "multiplicative_lr",
+    "chained_scheduler",
+    "swalr",
+    "cyclic_momentum",
     # HuggingFace transformers' schedules
     "constant_with_warmup",
     "linear_with_warmup",
@@ -97,5 +108,8 @@ __all__ = [
     "polynomial_decay_with_warmup",
     "inverse_sqrt",
     "warmup_stable_decay",
+    "cosine_warmup_with_min_lr",
+    "warmup",
+    "SchedulerType",
     "get_schedule",
 ]

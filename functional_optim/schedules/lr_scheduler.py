@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..base import HParamError, check_hparam
-from .base import Schedule, _positive_steps
+from .base import Schedule, _positive_steps, as_schedule
 from .optax import join
 
 
@@ -140,37 +140,26 @@ def cosine_annealing_warm_restarts(lr: float, T_0: int, T_mult: int = 1,  # noqa
 _CYCLIC_MODES = {"triangular": "cycle", "triangular2": "cycle", "exp_range": "iterations"}
 
 
-def cyclic_lr(base_lr: float, max_lr: float, step_size_up: int = 2000,
-              step_size_down: int | None = None, mode: str = "triangular", gamma: float = 1.0,
-              scale_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              scale_mode: str = "cycle") -> Schedule:
-    r"""``CyclicLR`` (Smith, 2017): triangular cycles between ``base_lr`` and ``max_lr``.
-
-    With cycle length :math:`C = s_{up} + s_{down}`, :math:`c = \lfloor 1 + t/C \rfloor`,
-    :math:`x = 1 + t/C - c` and :math:`r = s_{up}/C`:
-
-    .. math:: \eta_t = \eta_b + (\eta_m - \eta_b)\,\mathrm{tri}(x)\,\sigma(\cdot),\quad
-              \mathrm{tri}(x) = x/r \text{ if } x \le r \text{ else } (x-1)/(r-1)
-
-    :math:`\sigma` is 1 (``"triangular"``), :math:`2^{1-c}` (``"triangular2"``),
-    :math:`\gamma^t` (``"exp_range"``), or ``scale_fn`` of :math:`c` or :math:`t`
-    (``scale_mode``). torch's momentum cycle is the same formula from ``max_momentum`` to
-    ``base_momentum``: ``cyclic_lr(max_momentum, base_momentum, ...)``.
-    """
+def _cyclic(owner: str, names: tuple[str, str], start: float, end: float, step_size_up: int,
+            step_size_down: int | None, mode: str, gamma: float,
+            scale_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+            scale_mode: str) -> Schedule:
+    """CyclicLR's cycle from ``start`` (hparam ``names[0]``) towards ``end`` (``names[1]``)."""
     if scale_fn is None:
         if mode not in _CYCLIC_MODES:
-            raise ValueError(f"cyclic_lr: mode must be one of {sorted(_CYCLIC_MODES)}, "
+            raise ValueError(f"{owner}: mode must be one of {sorted(_CYCLIC_MODES)}, "
                              f"got {mode!r}")
         scale_mode = _CYCLIC_MODES[mode]
     elif scale_mode not in ("cycle", "iterations"):
-        raise ValueError(f"cyclic_lr: scale_mode must be 'cycle' or 'iterations', "
+        raise ValueError(f"{owner}: scale_mode must be 'cycle' or 'iterations', "
                          f"got {scale_mode!r}")
-    _positive_steps("cyclic_lr", step_size_up=step_size_up)
+    _positive_steps(owner, step_size_up=step_size_up)
     if step_size_down is None:
         step_size_down = step_size_up
-    _positive_steps("cyclic_lr", step_size_down=step_size_down)
+    _positive_steps(owner, step_size_down=step_size_down)
 
-    def fn(step, base_lr, max_lr, step_size_up, step_size_down, gamma):
+    def fn(step, step_size_up, step_size_down, gamma, **ends):
+        start, end = ends[names[0]], ends[names[1]]
         total = step_size_up + step_size_down
         ratio = step_size_up / total
         cycle = torch.floor(1.0 + step / total)
@@ -185,10 +174,47 @@ def cyclic_lr(base_lr: float, max_lr: float, step_size_up: int = 2000,
             scale_ = 1.0 / 2.0 ** (arg - 1.0)
         else:
             scale_ = gamma**arg
-        return base_lr + (max_lr - base_lr) * factor * scale_
+        return start + (end - start) * factor * scale_
 
-    return Schedule(fn, dict(base_lr=base_lr, max_lr=max_lr, step_size_up=step_size_up,
-                             step_size_down=step_size_down, gamma=gamma), f"cyclic_lr[{mode}]")
+    return Schedule(fn, {names[0]: start, names[1]: end, "step_size_up": step_size_up,
+                         "step_size_down": step_size_down, "gamma": gamma},
+                    f"{owner}[{mode}]")
+
+
+def cyclic_lr(base_lr: float, max_lr: float, step_size_up: int = 2000,
+              step_size_down: int | None = None, mode: str = "triangular", gamma: float = 1.0,
+              scale_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              scale_mode: str = "cycle") -> Schedule:
+    r"""``CyclicLR`` (Smith, 2017): triangular cycles between ``base_lr`` and ``max_lr``.
+
+    With cycle length :math:`C = s_{up} + s_{down}`, :math:`c = \lfloor 1 + t/C \rfloor`,
+    :math:`x = 1 + t/C - c` and :math:`r = s_{up}/C`:
+
+    .. math:: \eta_t = \eta_b + (\eta_m - \eta_b)\,\mathrm{tri}(x)\,\sigma(\cdot),\quad
+              \mathrm{tri}(x) = x/r \text{ if } x \le r \text{ else } (x-1)/(r-1)
+
+    :math:`\sigma` is 1 (``"triangular"``), :math:`2^{1-c}` (``"triangular2"``),
+    :math:`\gamma^t` (``"exp_range"``), or ``scale_fn`` of :math:`c` or :math:`t`
+    (``scale_mode``). The momentum that CyclicLR cycles with it: :func:`cyclic_momentum`.
+    """
+    return _cyclic("cyclic_lr", ("base_lr", "max_lr"), base_lr, max_lr, step_size_up,
+                   step_size_down, mode, gamma, scale_fn, scale_mode)
+
+
+def cyclic_momentum(base_momentum: float = 0.8, max_momentum: float = 0.9,
+                    step_size_up: int = 2000, step_size_down: int | None = None,
+                    mode: str = "triangular", gamma: float = 1.0,
+                    scale_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    scale_mode: str = "cycle") -> Schedule:
+    r"""``CyclicLR(cycle_momentum=True)``'s momentum: the cycle of :func:`cyclic_lr` (same
+    arguments) from ``max_momentum`` down to ``base_momentum`` while the learning rate rises,
+    and back: :math:`\mu_t = \mu_{max} + (\mu_{base} - \mu_{max})\,\mathrm{tri}(x)\,
+    \sigma(\cdot)`. A schedule for SGD's ``momentum`` or Adam's ``betas[0]`` (torch cycles
+    ``betas[0]`` for Adam), e.g. ``inject_hparams(tx, {"betas.0": cyclic_momentum(...)})``.
+    """
+    return _cyclic("cyclic_momentum", ("max_momentum", "base_momentum"), max_momentum,
+                   base_momentum, step_size_up, step_size_down, mode, gamma, scale_fn,
+                   scale_mode)
 
 
 def _phases(step, anneal, ends, values):
@@ -271,3 +297,76 @@ def sequential_lr(schedules: list, milestones: list[int]) -> Schedule:
     initial ``lr``).
     """
     return join(schedules, milestones)
+
+
+def multiplicative_lr(lr: float, lr_lambda: Callable[[int], float],
+                      total_steps: int) -> Schedule:
+    r"""``MultiplicativeLR``: :math:`\eta_t = \eta \prod_{i=1}^{t} f(i)`.
+
+    ``lr_lambda`` is torch's: called with each epoch ``i = 1 .. total_steps`` (Python ints) once,
+    here; the factors are fixed then (structural), ``lr`` is a live hyperparameter. The product
+    runs left to right from ``lr``, as torch multiplies the learning rate step by step; from
+    ``total_steps`` on the value stays (``total_steps`` static).
+    """
+    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 0:
+        raise HParamError(f"multiplicative_lr: total_steps must be an int >= 0, "
+                          f"got {total_steps!r}")
+    factors = torch.tensor([float(lr_lambda(i)) for i in range(1, total_steps + 1)],
+                           dtype=torch.float64)
+
+    def fn(step, lr):
+        head = torch.zeros(1, dtype=torch.float64, device=step.device) + lr
+        prefix = torch.cumprod(torch.cat([head, factors.to(step.device)]), dim=0)
+        at = torch.clamp(step, 0.0, float(total_steps))
+        index = torch.arange(total_steps + 1, dtype=torch.float64, device=step.device)
+        return torch.where(index == at, prefix, 0.0).sum()
+
+    return Schedule(fn, dict(lr=lr), "multiplicative_lr")
+
+
+def chained_scheduler(schedules: list, lr: float = 1.0) -> Schedule:
+    r"""``ChainedScheduler``: every scheduler steps each time, each multiplying the learning
+    rate by its own ratio, so :math:`\eta_t = \eta \prod_k s_k(t)` with each :math:`s_k` the
+    factor of one scheduler (its schedule built with ``lr=1.0``, e.g.
+    ``chained_scheduler([constant_lr(1.0, 0.5, 3), exponential_lr(1.0, 0.9)], lr=0.1)``).
+
+    That is torch's chain of the schedulers whose steps multiply the learning rate (``StepLR``,
+    ``MultiStepLR``, ``ConstantLR``, ``LinearLR``, ``ExponentialLR``, ``PolynomialLR``,
+    ``MultiplicativeLR``). Hparams: ``{"lr": lr, "schedules": (h_0, h_1, ...)}``.
+    """
+    pieces = [as_schedule(s, f"chained_scheduler: schedule {i}")
+              for i, s in enumerate(schedules)]
+    if not pieces:
+        raise ValueError("chained_scheduler: needs at least one schedule")
+
+    def fn(step, lr, schedules):
+        value = torch.zeros_like(step) + lr
+        for piece, h in zip(pieces, schedules):
+            value = value * piece(step, h)
+        return value
+
+    return Schedule(fn, dict(lr=lr, schedules=tuple(p.hparams for p in pieces)),
+                    "chained_scheduler")
+
+
+def swalr(lr: float, swa_lr: float, anneal_epochs: int = 10,
+          anneal_strategy: str = "cos") -> Schedule:
+    r"""``torch.optim.swa_utils.SWALR`` (Izmailov et al., 2018) from an initial ``lr``:
+    :math:`\eta_t = \eta_{swa}\,\alpha + \eta\,(1 - \alpha)`, with
+    :math:`\alpha = a(\min(1, t / \max(1, A)))` (:math:`\alpha = 1` from the start when
+    :math:`A = 0`) and :math:`a(x) = (1 - \cos(\pi x))/2` (``"cos"``) or :math:`x`
+    (``"linear"``, structural).
+    """
+    if anneal_strategy not in ("cos", "linear"):
+        raise ValueError("anneal_strategy must be one of 'cos' or 'linear', instead got "
+                         f"{anneal_strategy}")
+    check_hparam("swalr", "anneal_epochs", anneal_epochs, ge=0)
+
+    def fn(step, lr, swa_lr, anneal_epochs):
+        span = torch.zeros_like(step) + anneal_epochs
+        t = torch.where(span == 0, 1.0, torch.clamp(step / torch.clamp(span, min=1.0), 0, 1))
+        alpha = (1 - torch.cos(math.pi * t)) / 2 if anneal_strategy == "cos" else t
+        return swa_lr * alpha + lr * (1 - alpha)
+
+    return Schedule(fn, dict(lr=lr, swa_lr=swa_lr, anneal_epochs=anneal_epochs),
+                    f"swalr[{anneal_strategy}]")
