@@ -304,24 +304,22 @@ def multiplicative_lr(lr: float, lr_lambda: Callable[[int], float],
     r"""``MultiplicativeLR``: :math:`\eta_t = \eta \prod_{i=1}^{t} f(i)`.
 
     ``lr_lambda`` is torch's: called with each epoch ``i = 1 .. total_steps`` (Python ints) once,
-    here; the factors are fixed then (structural), ``lr`` is a live hyperparameter. The product
-    runs left to right from ``lr``, as torch multiplies the learning rate step by step; from
-    ``total_steps`` on the value stays (``total_steps`` static).
+    here. Its values are the hparam ``"factors"`` (a tuple: each a live value) and ``lr`` is
+    ``η``; the product runs left to right from ``lr``, as torch multiplies the learning rate
+    step by step. From ``total_steps`` (static) on, the value stays.
     """
     if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 0:
         raise HParamError(f"multiplicative_lr: total_steps must be an int >= 0, "
                           f"got {total_steps!r}")
-    factors = torch.tensor([float(lr_lambda(i)) for i in range(1, total_steps + 1)],
-                           dtype=torch.float64)
+    factors = tuple(float(lr_lambda(i)) for i in range(1, total_steps + 1))
 
-    def fn(step, lr):
-        head = torch.zeros(1, dtype=torch.float64, device=step.device) + lr
-        prefix = torch.cumprod(torch.cat([head, factors.to(step.device)]), dim=0)
-        at = torch.clamp(step, 0.0, float(total_steps))
-        index = torch.arange(total_steps + 1, dtype=torch.float64, device=step.device)
-        return torch.where(index == at, prefix, 0.0).sum()
+    def fn(step, lr, factors):
+        value = torch.zeros_like(step) + lr
+        for i, factor in enumerate(factors, start=1):
+            value = torch.where(step >= i, value * factor, value)
+        return value
 
-    return Schedule(fn, dict(lr=lr), "multiplicative_lr")
+    return Schedule(fn, dict(lr=lr, factors=factors), "multiplicative_lr")
 
 
 def chained_scheduler(schedules: list, lr: float = 1.0) -> Schedule:
@@ -364,7 +362,8 @@ def swalr(lr: float, swa_lr: float, anneal_epochs: int = 10,
 
     def fn(step, lr, swa_lr, anneal_epochs):
         span = torch.zeros_like(step) + anneal_epochs
-        t = torch.where(span == 0, 1.0, torch.clamp(step / torch.clamp(span, min=1.0), 0, 1))
+        t = torch.where(span == 0, torch.ones_like(step),
+                        torch.clamp(step / torch.clamp(span, min=1.0), 0, 1))
         alpha = (1 - torch.cos(math.pi * t)) / 2 if anneal_strategy == "cos" else t
         return swa_lr * alpha + lr * (1 - alpha)
 

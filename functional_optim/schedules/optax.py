@@ -1,5 +1,5 @@
-"""optax's schedules (``optax/schedules/_schedule.py``, ``_join.py``), written as
-:class:`~functional_optim.schedules.Schedule`\ s."""
+"""optax's schedules (``optax/schedules/_schedule.py``, ``_join.py``), as pure
+:class:`~functional_optim.schedules.Schedule` objects."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def _check_formula(owner: str, formula: str) -> None:
 
 
 def _coefficient(max_norm, norm):
-    """torch's clipping coefficient :math:`\min(1, c/(\|u\| + 10^{-6}))`."""
+    r"""torch's clipping coefficient :math:`\min(1, c/(\|u\| + 10^{-6}))`."""
     return torch.clamp(max_norm / (norm + _NORM_EPS), max=1.0)
 
 

@@ -180,8 +180,10 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, huggingface, momentu
     out = -out
     if not is_off(h["weight_decay"]):
         out = out - p * ((alpha if huggingface else h["lr"]) * h["weight_decay"])
-    rms_state = (rms_p,) if huggingface else ()
-    return (out, t, row, col, var, *new_moment, *rms_state)
+    if not huggingface:
+        return (out, t, row, col, var, *new_moment)
+    # the update in the compute dtype (a 0-d leaf would take the scalars' float64)
+    return (out.to(g.dtype), t, row, col, var, *new_moment, rms_p)
 
 
 def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
