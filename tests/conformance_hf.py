@@ -3,7 +3,7 @@ block options they are built from; ``conformance.CASES`` includes them."""
 
 from __future__ import annotations
 
-from conformance import Case, Live, _warmup_cosine
+from conformance import Case, Live, _loss_like, _warmup_cosine
 
 import functional_optim as fo
 
@@ -21,6 +21,19 @@ _HF_UNSCALED = {**_HF_FLOORS, "eps.1": Live(excluded=_UNSCALED), "eps2": Live(ex
 # Keras's clipping thresholds: below the gradients' norms (~2 per leaf, ~6 in all)
 _CLIPS = {"clipnorm": Live(value=0.5), "global_clipnorm": Live(value=1.5),
           "max_norm": Live(value=0.5)}
+
+def _greedy():
+    return fo.transforms.scale_by_greedy_lr(lr=0.1, factor=0.5, patience=0, min_lr=1e-3,
+                                            max_lr=0.5, smooth=True, window_size=2)
+
+
+# GreedyLR's decisions: a first value (better than inf: the lr doubles), then rising values
+# (each a plateau: the lr halves), or falling ones (each an improvement: it doubles, up to max_lr)
+_RISING, _FALLING = (1.0, 2.0, 3.0, 4.0), (1.0, 0.9, 0.8, 0.7)
+_GREEDY = {"min_lr": Live(value=0.06, steps=4, values=_RISING),
+           "eps": Live(value=0.06, steps=4, values=_RISING),
+           "max_lr": Live(steps=4, values=_FALLING),
+           "threshold": Live(value=0.08, steps=4, values=_FALLING)}
 
 CASES = [
     Case("scale_by_adam_step_size",
@@ -42,6 +55,7 @@ CASES = [
          lambda: fo.scale_by_factored_rms(lr=0.05, relative_step=False,
                                           scale_parameter=False, beta1=0.8),
          complex=False, live=_HF_UNSCALED),
+    Case("scale_by_greedy_lr", _greedy, extra=_loss_like, float64_scalars=True, live=_GREEDY),
     Case("multi_steps_sum", lambda: fo.multi_steps(fo.adam(lr=0.01), 2, reduction="sum")),
     Case("huggingface_adamw", lambda: fo.huggingface_adamw(lr=0.01, weight_decay=0.1)),
     Case("huggingface_adamw_no_correction",

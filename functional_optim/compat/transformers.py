@@ -38,6 +38,7 @@ from ..optim.huggingface import (
 )
 from ..schedules.huggingface import SchedulerType, check_required
 from ..schedules.huggingface import min_lr_rate as _min_lr_rate
+from ..transforms.plateau import greedy_lr_init, greedy_lr_step, is_better
 
 __all__ = [
     "AdamW",
@@ -56,6 +57,8 @@ __all__ = [
     "get_cosine_with_min_lr_schedule_with_warmup",
     "get_cosine_with_min_lr_schedule_with_warmup_lr_rate",
     "get_wsd_schedule",
+    "GreedyLR",
+    "get_greedy_schedule",
     "TYPE_TO_SCHEDULER_FUNCTION",
     "get_scheduler",
     "create_optimizer",
@@ -186,6 +189,147 @@ def get_wsd_schedule(optimizer: Optimizer, num_warmup_steps: int, num_decay_step
         min_lr_ratio, num_cycles, warmup_type, decay_type), last_epoch)
 
 
+class GreedyLR:
+    """HF's ``GreedyLR``: a learning rate that grows while the metric improves and shrinks on
+    plateaus, per ``step(metrics)``. The decisions are
+    :func:`~functional_optim.transforms.greedy_lr_step`'s (functional:
+    :func:`~functional_optim.transforms.scale_by_greedy_lr`); this class holds its state and
+    writes the groups' ``lr``, with HF's arguments, errors, attributes and ``state_dict``."""
+
+    _COUNTERS = ("num_bad_epochs", "num_good_epochs", "cooldown_counter", "warmup_counter")
+
+    def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.95,
+                 patience: int = 10, threshold: float = 1e-6, threshold_mode: str = "abs",
+                 cooldown: int = 0, warmup: int = 0, min_lr: float | list[float] = 1e-3,
+                 max_lr: float | list[float] = 1.0, eps: float = 1e-8, verbose: bool = False,
+                 smooth: bool = False, window_size: int = 50, reset_start: int = 500) -> None:
+        if factor >= 1.0:
+            raise ValueError("Factor should be < 1.0.")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        self.optimizer = optimizer
+        self.factor, self.patience, self.verbose = factor, patience, verbose
+        self.cooldown, self.warmup, self.mode = cooldown, warmup, mode
+        self.threshold, self.threshold_mode, self.eps = threshold, threshold_mode, eps
+        self.smooth, self.window_size = smooth, window_size
+        self.reset_start_original = reset_start
+        self.last_epoch = 0
+        self.min_lrs = self._per_group("min_lr", min_lr)
+        self.max_lrs = self._per_group("max_lr", max_lr)
+        self._init_lrs = [group["lr"] for group in optimizer.param_groups]
+        self._last_lr = self._init_lrs.copy()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode {mode} is unknown!")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold mode {threshold_mode} is unknown!")
+        self._state = greedy_lr_init(self._lrs(self._init_lrs), reset_start, window_size, mode)
+
+    def _per_group(self, name: str, value) -> list:
+        n = len(self.optimizer.param_groups)
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise ValueError(f"expected {n} {name}s, got {len(value)}")
+            return list(value)
+        return [value] * n
+
+    @staticmethod
+    def _lrs(values: list) -> torch.Tensor:
+        return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+    def step(self, metrics: float, epoch: int | None = None) -> None:
+        """One measurement: ``metrics`` (smoothed if ``smooth``) decides the groups' lr."""
+        if epoch is None:
+            epoch = self.last_epoch + 1
+        self.last_epoch = epoch
+        groups = self.optimizer.param_groups
+        old = [float(group["lr"]) for group in groups]
+        h = dict(factor=self.factor, patience=self.patience, threshold=self.threshold,
+                 cooldown=self.cooldown, warmup=self.warmup, min_lr=self._lrs(self.min_lrs),
+                 max_lr=self._lrs(self.max_lrs), eps=self.eps,
+                 reset_start=self.reset_start_original)
+        before = self._state._replace(lr=self._lrs(old))
+        self._state = greedy_lr_step(before, torch.tensor(float(metrics), dtype=torch.float64),
+                                     h, self._lrs(self._init_lrs), mode=self.mode,
+                                     threshold_mode=self.threshold_mode, smooth=self.smooth)
+        reset = bool(torch.isinf(self._state.best)) and not bool(torch.isinf(before.best))
+        for i, (group, new) in enumerate(zip(groups, self._state.lr.tolist())):
+            if new != old[i]:
+                group["lr"] = new
+                if self.verbose and not reset:
+                    what = "reducing" if new < old[i] else "increasing"
+                    print(f"Epoch {epoch}: {what} learning rate of group {i} to {new:.4e}.")
+        if self.verbose and reset:
+            print("Scheduler reset to initial state.")
+        self._last_lr = [group["lr"] for group in groups]
+
+    def is_better(self, current: float, best: float) -> bool:
+        """HF's rule (:func:`~functional_optim.transforms.is_better`)."""
+        return bool(is_better(torch.tensor(float(current), dtype=torch.float64),
+                              torch.tensor(float(best), dtype=torch.float64), self.threshold,
+                              self.mode, self.threshold_mode))
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rates of the last step."""
+        return self._last_lr
+
+    @property
+    def best(self) -> float:
+        return float(self._state.best)
+
+    @property
+    def reset_start(self) -> int:
+        return int(self._state.reset_left)
+
+    def __getattr__(self, name: str):
+        if name in GreedyLR._COUNTERS:
+            return int(getattr(self.__dict__["_state"], name))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """HF's ``GreedyLR.state_dict()`` keys and values."""
+        state = {k: getattr(self, k) for k in (
+            "factor", "min_lrs", "max_lrs", "patience", "verbose", "cooldown", "warmup",
+            "cooldown_counter", "warmup_counter", "mode", "threshold", "threshold_mode", "best",
+            "num_bad_epochs", "num_good_epochs", "eps", "last_epoch", "smooth", "window_size",
+            "reset_start", "reset_start_original", "_last_lr", "_init_lrs")}
+        if self.smooth:
+            seen, size = int(self._state.seen), self.window_size
+            start = (int(self._state.epoch) - seen) % size  # the oldest value's slot
+            window = [float(w) for w in self._state.window]
+            state["_streaming_avg"] = {
+                "window_size": size, "values": [window[(start + k) % size] for k in range(seen)],
+                "sum": float(self._state.window_sum)}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads HF's ``state_dict`` (and writes its last learning rates to the groups)."""
+        for key in ("factor", "min_lrs", "max_lrs", "patience", "verbose", "cooldown", "warmup",
+                    "mode", "threshold", "threshold_mode", "eps", "last_epoch", "smooth",
+                    "window_size", "reset_start_original", "_last_lr", "_init_lrs"):
+            setattr(self, key, state_dict.get(key, getattr(self, key)))
+        s = self._state
+        values = state_dict.get("_streaming_avg", {}).get("values", [])
+        window = tuple(torch.tensor(float(v), dtype=torch.float64)
+                       for v in [*values, *[0.0] * (self.window_size - len(values))])
+        self._state = s._replace(
+            best=torch.tensor(float(state_dict.get("best", self.best)), dtype=torch.float64),
+            reset_left=s.reset_left * 0 + state_dict.get("reset_start", self.reset_start),
+            window=window, seen=s.seen * 0 + len(values), epoch=s.epoch * 0 + len(values),
+            window_sum=torch.tensor(float(state_dict.get("_streaming_avg", {}).get("sum", 0.0)),
+                                    dtype=torch.float64),
+            **{k: getattr(s, k) * 0 + state_dict.get(k, getattr(self, k))
+               for k in self._COUNTERS})
+        if "_last_lr" in state_dict:
+            for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+                group["lr"] = lr
+
+
+def get_greedy_schedule(optimizer: Optimizer, **kwargs: Any) -> GreedyLR:
+    """:class:`GreedyLR` ``(optimizer, **kwargs)``; functional:
+    :func:`~functional_optim.transforms.scale_by_greedy_lr`."""
+    return GreedyLR(optimizer, **kwargs)
+
+
 TYPE_TO_SCHEDULER_FUNCTION = {
     SchedulerType.LINEAR: get_linear_schedule_with_warmup,
     SchedulerType.COSINE: get_cosine_schedule_with_warmup,
@@ -198,6 +342,7 @@ TYPE_TO_SCHEDULER_FUNCTION = {
     SchedulerType.COSINE_WITH_MIN_LR: get_cosine_with_min_lr_schedule_with_warmup,
     SchedulerType.COSINE_WARMUP_WITH_MIN_LR: get_cosine_with_min_lr_schedule_with_warmup_lr_rate,
     SchedulerType.WARMUP_STABLE_DECAY: get_wsd_schedule,
+    SchedulerType.GREEDY: get_greedy_schedule,
 }
 
 
@@ -208,15 +353,12 @@ def get_scheduler(name: str | SchedulerType, optimizer: Optimizer,
     arguments; the pure schedule by the same name: :func:`~functional_optim.schedules.get_schedule`.
     """
     name = SchedulerType(name)
-    if name not in TYPE_TO_SCHEDULER_FUNCTION:
-        raise NotImplementedError(f"{name.value!r}: not available in "
-                                  "functional_optim.compat.transformers")
     schedule_func = TYPE_TO_SCHEDULER_FUNCTION[name]
     kwargs = dict(scheduler_specific_kwargs or {})
     check_required(name, num_warmup_steps, num_training_steps)
     if name == SchedulerType.CONSTANT:
         return schedule_func(optimizer)
-    if name == SchedulerType.REDUCE_ON_PLATEAU:
+    if name in (SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY):
         return schedule_func(optimizer, **kwargs)
     if name == SchedulerType.CONSTANT_WITH_WARMUP:
         return schedule_func(optimizer, num_warmup_steps=num_warmup_steps)

@@ -322,14 +322,16 @@ def get_schedule(name: str, lr: float, num_warmup_steps: int | None = None,
     ``"cosine_with_restarts"``, ``"polynomial"``, ``"inverse_sqrt"``, ``"cosine_with_min_lr"``,
     ``"cosine_warmup_with_min_lr"``, ``"warmup_stable_decay"``. ``kwargs`` are the schedule's
     own options (HF's ``scheduler_specific_kwargs``; ``min_lr`` is divided by ``lr``). The
-    metric-driven ``"reduce_lr_on_plateau"`` is a transform here:
-    :func:`functional_optim.reduce_on_plateau`.
+    metric-driven ``"reduce_lr_on_plateau"`` and ``"greedy"`` are transforms here:
+    :func:`functional_optim.reduce_on_plateau`,
+    :func:`functional_optim.transforms.scale_by_greedy_lr`.
     """
     name = SchedulerType(name)
     if name in _METRIC_DRIVEN:
         raise ValueError(f"get_schedule: {name.value!r} depends on a measured metric, so it is "
                          "a transform here, not a schedule: use functional_optim."
-                         "reduce_on_plateau(...)")
+                         "reduce_on_plateau(...) or functional_optim.transforms."
+                         "scale_by_greedy_lr(...)")
     check_required(name, num_warmup_steps, num_training_steps)
     if name in (_ST.COSINE_WITH_MIN_LR, _ST.COSINE_WARMUP_WITH_MIN_LR):
         kwargs["min_lr_rate"] = min_lr_rate(lr, kwargs.pop("min_lr", None),

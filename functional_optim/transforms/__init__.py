@@ -34,7 +34,14 @@ from .moments import (
     scale_by_rms,
     trace,
 )
-from .plateau import ReduceOnPlateauState, reduce_on_plateau
+from .plateau import (
+    GreedyLrState,
+    ReduceOnPlateauState,
+    greedy_lr_step,
+    is_better,
+    reduce_on_plateau,
+    scale_by_greedy_lr,
+)
 
 __all__ = [
     "ScaleByAdadeltaState",
@@ -53,6 +60,10 @@ __all__ = [
     "scale_by_rss",
     "ReduceOnPlateauState",
     "reduce_on_plateau",
+    "GreedyLrState",
+    "greedy_lr_step",
+    "is_better",
+    "scale_by_greedy_lr",
     "ScaleByAdamState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
