@@ -4,8 +4,10 @@
 ``huggingface_adafactor`` is ``transformers.optimization.Adafactor`` and ``adam_weight_decay``
 is the Keras ``AdamWeightDecay`` of ``transformers.optimization_tf`` (the optimizer of
 ``create_optimizer``). Each exposes a flat hparams dict, so a param group *is* its hparams; the
-drop-in ``torch.optim.Optimizer`` classes are in :mod:`functional_optim.optim.huggingface` and
-HF's module of names in :mod:`functional_optim.compat.transformers`.
+drop-in ``torch.optim.Optimizer`` classes are
+:class:`~functional_optim.optim.HuggingFaceAdamW` and
+:class:`~functional_optim.optim.HuggingFaceAdafactor`, and HF's module of names
+:mod:`functional_optim.compat.transformers`.
 """
 
 from __future__ import annotations

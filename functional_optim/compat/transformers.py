@@ -8,9 +8,10 @@
 The same names, signatures, defaults, validation errors and numbers as HuggingFace
 transformers' (its current schedules; ``AdamW`` as in transformers 4.x, which later removed
 it). The optimizers are drop-in ``torch.optim.Optimizer`` classes
-(:mod:`functional_optim.optim.huggingface`) backed by the functional aliases; each schedule
-function returns the torch scheduler HF returns (a ``LambdaLR`` whose factor is the pure
-schedule of :mod:`functional_optim.schedules`, evaluated at the step), so it drives this
+(:class:`~functional_optim.optim.HuggingFaceAdamW`,
+:class:`~functional_optim.optim.HuggingFaceAdafactor`) backed by the functional aliases; each
+schedule function returns the torch scheduler HF returns (a ``LambdaLR`` whose factor is the
+pure schedule of :mod:`functional_optim.schedules`, evaluated at the step), so it drives this
 library's optimizers and torch's alike. The pure schedule of each is given in its docstring.
 
 ``create_optimizer``, ``AdamWeightDecay``, ``WarmUp`` and ``GradientAccumulator`` are the
@@ -73,7 +74,9 @@ AdafactorSchedule = HuggingFaceAdafactorSchedule
 
 
 def get_adafactor_schedule(optimizer: Optimizer, initial_lr: float = 0.0) -> LambdaLR:
-    """``get_adafactor_schedule``: :class:`AdafactorSchedule` (the step sizes Adafactor used)."""
+    """``get_adafactor_schedule``: ``AdafactorSchedule``
+    (:class:`~functional_optim.optim.HuggingFaceAdafactorSchedule`: the step sizes Adafactor
+    used)."""
     return AdafactorSchedule(optimizer, initial_lr)
 
 
@@ -452,8 +455,9 @@ class GradientAccumulator:
 
     ``accumulator(gradients)`` adds a list of gradients (``None`` entries stay ``None``),
     ``accumulator.gradients`` is the sum so far, ``accumulator.step`` the number of calls (a 0-d
-    int64 tensor), ``reset()`` zeroes both. The sum is :func:`~functional_optim.accumulate`'s;
-    inside a chain, :func:`~functional_optim.multi_steps` with ``reduction="sum"`` applies it.
+    int64 tensor), ``reset()`` zeroes both. The sum is
+    :func:`~functional_optim.combinators.accumulate`'s; inside a chain,
+    :func:`~functional_optim.multi_steps` with ``reduction="sum"`` applies it.
     """
 
     def __init__(self):

@@ -3,8 +3,8 @@ aliases of :mod:`functional_optim.aliases_huggingface`: the same constructor, de
 validation errors, numbers and ``state_dict`` names as ``transformers.optimization``'s.
 
 :mod:`functional_optim.compat.transformers` gives them HF's names (``AdamW``, ``Adafactor``).
-``state["step"]`` is a 0-d tensor in memory (no host sync per step) and HF's Python int in
-``state_dict()``; a checkpoint of either loads into the other.
+``state["step"]`` is torch's 0-d float32 tensor in memory (no host sync per step) and HF's
+Python int in ``state_dict()``; a checkpoint of either loads into the other.
 """
 
 from __future__ import annotations
@@ -22,31 +22,18 @@ from .classes import _empty, _Factored, _TorchCompatible
 __all__ = ["HuggingFaceAdamW", "HuggingFaceAdafactor", "HuggingFaceAdafactorSchedule"]
 
 
-def _as_count(step, device: torch.device):
-    """A saved ``step`` (HF's Python int, or our tensor) as the blocks' count tensor."""
-    if step is None or isinstance(step, torch.Tensor):
-        return step
-    return torch.tensor(int(step), dtype=torch.int64, device=device)
-
-
 class _HFStep(_TorchCompatible):
     """HF's step, a Python int in its checkpoints: ``state_dict()`` writes it so (HF computes
     its bias corrections from it in Python floats: a tensor there would round them to
-    float32), and ``load_state_dict`` reads it as the blocks' count tensor, which the step keeps
+    float32); a checkpoint's int loads as torch's (float32) step tensor, which the step keeps
     in memory (no host sync)."""
-
-    _STEP: tuple = ()
-
-    def _load_leaf(self, store, path, p, group):
-        value = super()._load_leaf(store, path, p, group)
-        return _as_count(value, p.device) if path == self._STEP else value
 
     def state_dict(self) -> dict:
         """torch's ``state_dict``, with HF's Python-int ``step``."""
         saved = super().state_dict()
-        name = self._STATE_NAMES[self._STEP]
-        saved["state"] = {k: {**v, name: int(v[name])} if isinstance(v.get(name), torch.Tensor)
-                          else v for k, v in saved["state"].items()}
+        saved["state"] = {k: {**v, "step": int(v["step"])}
+                          if isinstance(v.get("step"), torch.Tensor) else v
+                          for k, v in saved["state"].items()}
         return saved
 
 
@@ -69,8 +56,6 @@ class HuggingFaceAdamW(_HFStep):
     _HPARAMS = ("lr", "betas", "eps", "weight_decay")
     _STATE_NAMES = {("adam", "step"): "step", ("adam", "mu"): "exp_avg",
                     ("adam", "nu"): "exp_avg_sq"}
-    _STEP = ("adam", "step")
-    _LEAF_PATHS = frozenset([_STEP])
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, correct_bias: bool = True,
@@ -122,8 +107,6 @@ class HuggingFaceAdafactor(_HFStep, _Factored):
     _STATE_NAMES = {("step",): "step", ("row_var",): "exp_avg_sq_row",
                     ("col_var",): "exp_avg_sq_col", ("variance",): "exp_avg_sq",
                     ("exp_avg",): "exp_avg", ("rms",): "RMS"}
-    _STEP = ("step",)
-    _LEAF_PATHS = _Factored._FACTORS | {_STEP}
     _MOMENTS = _Factored._FACTORS | {("exp_avg",)}
 
     def __init__(self, params, lr: float | None = None, eps: tuple[float, float] = (1e-30, 1e-3),

@@ -7,10 +7,9 @@ be changed between CUDA-graph replays. ``schedule(step, hparams=None)`` evaluate
 
 Step counts start at 0: the first update uses ``schedule(0)``, as optax does.
 
-By family: :mod:`~functional_optim.schedules.base` (the type and the basic shapes),
-:mod:`~functional_optim.schedules.optax` (optax's), :mod:`~functional_optim.schedules.lr_scheduler`
-(``torch.optim.lr_scheduler``'s, in closed form) and
-:mod:`~functional_optim.schedules.huggingface` (HuggingFace transformers').
+By family, in modules of this package: ``base`` (the type and the basic shapes), ``optax``
+(optax's), ``lr_scheduler`` (``torch.optim.lr_scheduler``'s, in closed form) and
+``huggingface`` (HuggingFace transformers').
 """
 
 from .base import (

@@ -105,7 +105,7 @@ def relative_step_size(lr: Any, step: Any, rms: Any, eps2: Any, *, relative_step
 
     ``step`` is :math:`t` (>= 1), ``rms`` the parameter's RMS (numbers or 0-d tensors). The
     one definition :func:`scale_by_factored_rms` steps with and
-    :class:`~functional_optim.compat.transformers.AdafactorSchedule` reports.
+    :class:`~functional_optim.optim.HuggingFaceAdafactorSchedule` reports.
     """
     if relative_step:
         cap = lr * step if warmup_init else lr
