@@ -80,7 +80,6 @@ def elementwise(
         donate_state: the rule reads each old state once, so under
             ``multi_tensor(donate=True)`` its state may be updated in place (one flag per
             state, or one for all).
-
         own_update_dtype: the update keeps the dtype the rule gives it (a rule that computes
             half-precision leaves in float32 returns float32 updates, which
             :func:`~functional_optim.apply_updates` and the adapter apply with one rounding).
@@ -91,7 +90,6 @@ def elementwise(
     update) raises :class:`TreeMismatchError`.
     """
     n_states = len(states)
-    own_dtype = own_update_dtype
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
@@ -148,10 +146,10 @@ def elementwise(
                 if as_real and v is not None and like is not None and like.is_complex():
                     v = torch.view_as_complex(v)
                 if not (isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor)
-                        and (v.dtype == like.dtype or own_dtype and j == 0)
+                        and (v.dtype == like.dtype or own_update_dtype and j == 0)
                         and v.shape == like.shape):
                     v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j,
-                              keep_dtype=own_dtype and j == 0)
+                              keep_dtype=own_update_dtype and j == 0)
                 column.append(v)
             out.append(column)
         return out

@@ -554,8 +554,8 @@ def multi_steps(inner: Transform, every_k: int,
         check_state("multi_steps", state, MultiStepsState)
         acc = accumulate(state.acc, updates)
         boundary = state.mini_step == every_k - 1
-        total = optree.tree_map(lambda a, g: None if g is None else (a / divisor).to(g.dtype),
-                                acc, updates, **_NONE)
+        total = optree.tree_map(lambda a, g: None if g is None else (
+            a if divisor == 1 else a / divisor).to(g.dtype), acc, updates, **_NONE)
         with _execute.keep_state():  # the old inner state may be kept
             out, new_inner = inner.update(total, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
