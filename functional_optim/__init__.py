@@ -181,12 +181,20 @@ __all__ = [
 
 # Adafactor, Muon, L-BFGS, SparseAdam
 from .aliases import adafactor, lbfgs, muon, sparse_adam  # noqa: E402
+
+# HuggingFace transformers' optimizers (compat.transformers maps HF's module onto them)
+from .aliases_huggingface import (  # noqa: E402
+    adam_weight_decay,
+    huggingface_adafactor,
+    huggingface_adamw,
+)
 from .transforms import (  # noqa: E402
     LbfgsState,
     ScaleByFactoredRmsState,
     ScaleByMuonState,
     ScaleBySparseAdamState,
     orthogonalize_via_newton_schulz,
+    relative_step_size,
     scale_by_factored_rms,
     scale_by_lbfgs,
     scale_by_muon,
@@ -195,6 +203,9 @@ from .transforms import (  # noqa: E402
 )
 
 __all__ += [
+    "adam_weight_decay",
+    "huggingface_adafactor",
+    "huggingface_adamw",
     "adafactor",
     "lbfgs",
     "muon",
@@ -204,6 +215,7 @@ __all__ += [
     "ScaleByMuonState",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
+    "relative_step_size",
     "scale_by_factored_rms",
     "scale_by_lbfgs",
     "scale_by_muon",

@@ -66,6 +66,7 @@ def elementwise(
     input_names: tuple[str, ...] = (),
     donate_state: bool | tuple[bool, ...] = False,
     sparse: bool = False,
+    own_update_dtype: bool = False,
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -83,10 +84,14 @@ def elementwise(
         sparse: the rule takes sparse COO update leaves (``nn.Embedding(sparse=True)``
             gradients): they run leaf by leaf, complex ones as they are (torch.optim's sparse
             paths do not view them as reals); else a sparse leaf is a ``TypeError``.
+        own_update_dtype: the update keeps the dtype the rule gives it (a rule that computes
+            half-precision leaves in float32 returns float32 updates, which
+            :func:`~functional_optim.apply_updates` and the adapter apply with one rounding).
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
-    otherwise promote a 0-d leaf) and must keep its shape: a result whose shape differs (a
-    parameter or state that broadcast against the update) raises :class:`TreeMismatchError`.
+    otherwise promote a 0-d leaf; except the update with ``own_update_dtype``) and must keep its
+    shape: a result whose shape differs (a parameter or state that broadcast against the
+    update) raises :class:`TreeMismatchError`.
     """
     n_states = len(states)
 
@@ -145,8 +150,10 @@ def elementwise(
                 if as_real and v is not None and like is not None and like.is_complex():
                     v = torch.view_as_complex(v)
                 if not (isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor)
-                        and v.dtype == like.dtype and v.shape == like.shape):
-                    v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j)
+                        and (v.dtype == like.dtype or own_update_dtype and j == 0)
+                        and v.shape == like.shape):
+                    v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j,
+                              keep_dtype=own_update_dtype and j == 0)
                 column.append(v)
             out.append(column)
         return out
@@ -275,8 +282,10 @@ def _multi_tensor_wanted(leaves: list) -> bool:
     return first is not None and not torch._C._functorch.is_functorch_wrapped_tensor(first)
 
 
-def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int) -> Any:
-    """``r`` in ``like``'s dtype; a clear error when a broadcast changed its shape."""
+def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int,
+          keep_dtype: bool = False) -> Any:
+    """``r`` in ``like``'s dtype (unless ``keep_dtype``); a clear error when a broadcast changed
+    its shape."""
     if not isinstance(r, torch.Tensor) or not isinstance(like, torch.Tensor):
         return r
     if r.shape != like.shape:
@@ -286,7 +295,7 @@ def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int) -> Any:
             f"{tuple(r.shape)} instead of {tuple(like.shape)}; the update, its state and its "
             "parameter must all have the same shape"
         )
-    return r if r.dtype == like.dtype else r.to(like.dtype)
+    return r if r.dtype == like.dtype or keep_dtype else r.to(like.dtype)
 
 
 def _leaf_name(tree: Any, i: int) -> str:

@@ -206,6 +206,8 @@ class TensorList:
         return self._binary("div", other, refs=sys.getrefcount(self))
 
     def __rtruediv__(self, other):
+        if isinstance(other, Number):  # as torch.Tensor.__rtruediv__: reciprocal, then times
+            return self.reciprocal() * other
         return self._binary("div", other, reverse=True)
 
     def __pow__(self, other):

@@ -235,7 +235,7 @@ def lr_folded_step(head: Transform, defaults: dict, to_inner: Callable,
             torch._foreach_add_([p for p, _ in same], [u for _, u in same], alpha=-lr)
         for p, u in pairs:
             if u.dtype != p.dtype:
-                p.add_(u.to(p.dtype), alpha=-lr)
+                p.add_(u, alpha=-lr)
         return {**new_state, "lr": state["lr"]}
 
     return fused

@@ -381,13 +381,14 @@ def _add(p, u):
             f"apply_updates: an update of shape {tuple(u.shape)} for a parameter of shape "
             f"{tuple(p.shape)}"
         )
-    return p + (u if u.dtype == p.dtype else u.to(p.dtype))
+    return p + u if u.dtype == p.dtype else (p + u).to(p.dtype)  # (one rounding)
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
     """``params + updates`` leaf-wise, in each parameter's dtype; pure.
 
-    A ``None`` update leaves its parameter as it is.
+    A ``None`` update leaves its parameter as it is. An update of another dtype (a float32
+    update of a bfloat16 parameter) is added in the wider dtype and the sum rounded once.
     """
     try:
         return _tree.map(_add, params, updates)
@@ -413,5 +414,5 @@ def apply_updates_(params: Any, updates: Any) -> Any:
             )
     with torch.no_grad():
         for p, u in pairs:
-            p.add_(u.to(p.dtype))
+            p.add_(u)  # (in the wider dtype, rounded once)
     return params

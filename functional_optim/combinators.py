@@ -47,6 +47,7 @@ __all__ = [
     "inject_hparams",
     "get_hparam",
     "MultiStepsState",
+    "accumulate",
     "multi_steps",
     "ApplyIfFiniteState",
     "apply_if_finite",
@@ -509,15 +510,25 @@ class MultiStepsState(NamedTuple):
     inner_state: Any
 
 
+def accumulate(acc: Any, updates: Any) -> Any:
+    """The running sum ``acc + updates`` leaf by leaf, in ``acc``'s dtypes (a ``None`` update
+    leaves its sum as it is); pure. :func:`multi_steps` accumulates with it."""
+    return optree.tree_map(lambda a, g: a if g is None else a + g.to(a.dtype), acc, updates,
+                           **_NONE)
+
+
 def multi_steps(inner: Transform, every_k: int,
-                accumulator_dtype: torch.dtype | None = None) -> Transform:
+                accumulator_dtype: torch.dtype | None = None, *,
+                reduction: str = "mean") -> Transform:
     r"""Gradient accumulation: ``inner`` runs once every ``every_k`` calls, on the mean update.
 
     .. math:: \bar g = \tfrac1k \sum_{j=1}^{k} g_j, \qquad
               u = \mathrm{inner}(\bar g) \text{ at the } k\text{-th call, else } 0
 
-    With equal micro-batches this is one big-batch step. The inner update is computed on every
-    call and selected with :func:`torch.where` (no Python branch: capturable, one graph);
+    With equal micro-batches this is one big-batch step. ``reduction="sum"`` gives ``inner``
+    the sum :math:`\sum_j g_j` instead (what a loss summed over the micro-batches
+    differentiates to; HuggingFace's ``GradientAccumulator``). The inner update is computed on
+    every call and selected with :func:`torch.where` (no Python branch: capturable, one graph);
     between boundaries the updates are zeros and the inner state is kept.
 
     Args:
@@ -525,10 +536,14 @@ def multi_steps(inner: Transform, every_k: int,
         every_k: micro-steps per step (static int >= 1).
         accumulator_dtype: dtype of the running sum (default: each parameter's dtype; e.g.
             ``torch.float32`` to accumulate bfloat16 gradients).
+        reduction: ``"mean"`` or ``"sum"`` of the micro-steps' updates (structural).
     """
     _check_transform(inner, "multi_steps")
     if not isinstance(every_k, int) or isinstance(every_k, bool) or every_k < 1:
         raise HParamError(f"multi_steps: every_k must be an int >= 1, got {every_k!r}")
+    if reduction not in ("mean", "sum"):
+        raise HParamError(f"multi_steps: reduction must be 'mean' or 'sum', got {reduction!r}")
+    divisor = every_k if reduction == "mean" else 1
 
     def init(params):
         acc = _tree.map(lambda p: torch.zeros_like(p, dtype=accumulator_dtype
@@ -537,13 +552,12 @@ def multi_steps(inner: Transform, every_k: int,
 
     def update(updates, state, params=None, hparams=None, **extra):
         check_state("multi_steps", state, MultiStepsState)
-        acc = optree.tree_map(lambda a, g: a if g is None else a + g.to(a.dtype),
-                              state.acc, updates, **_NONE)
+        acc = accumulate(state.acc, updates)
         boundary = state.mini_step == every_k - 1
-        mean = optree.tree_map(lambda a, g: None if g is None else (a / every_k).to(g.dtype),
-                               acc, updates, **_NONE)
+        total = optree.tree_map(lambda a, g: None if g is None else (
+            a if divisor == 1 else a / divisor).to(g.dtype), acc, updates, **_NONE)
         with _execute.keep_state():  # the old inner state may be kept
-            out, new_inner = inner.update(mean, state.inner_state, params, hparams, **extra)
+            out, new_inner = inner.update(total, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
             boundary, o, torch.zeros_like(o)), out, **_NONE)
         acc = optree.tree_map(lambda a: None if a is None else torch.where(

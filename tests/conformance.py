@@ -94,6 +94,8 @@ class Case:
         ulps: the live-value comparisons' budget where the transform amplifies rounding
             differences beyond the op-count model (an iteration); ``None``: the default
             (``test_hparams_live.ULPS``). Say why next to the case.
+        half_in_float32: the transform computes float16/bfloat16 parameters in float32, with
+            float32 state and updates (HuggingFace's Adafactor).
     """
 
     name: str
@@ -107,6 +109,7 @@ class Case:
     live: dict[str, Live] = dataclasses.field(default_factory=dict)
     precision: torch.dtype | None = None
     ulps: int | None = None
+    half_in_float32: bool = False
 
     def exclusion(self, test_name: str) -> str | None:
         """The documented reason ``test_name`` is excluded for this case, or ``None``."""
@@ -586,3 +589,8 @@ CASES += [
          extra=_lbfgs_extra, float64_scalars=True, excluded=_LBFGS_EXCLUDED,
          live=_LBFGS_TOLERANCES),
 ]
+
+# HuggingFace's optimizers and the block options they are built from (a module of their own)
+from conformance_hf import CASES as _HF_CASES  # noqa: E402
+
+CASES += _HF_CASES

@@ -601,12 +601,27 @@ def test_apply_updates():
          "c": torch.randn(2, dtype=torch.float32), "frozen": None}
     before = {k: v.clone() for k, v in p.items()}
     out = fo.apply_updates(p, u)
-    for k in ("a", "b", "c"):
+    for k in ("a", "b", "c"):  # added in the wider dtype, rounded once
         assert out[k].dtype == p[k].dtype, k
-        assert torch.equal(out[k], p[k] + u[k].to(p[k].dtype)), k
+        assert torch.equal(out[k], (p[k] + u[k]).to(p[k].dtype)), k
     assert torch.equal(out["frozen"], p["frozen"])
     for k in p:  # pure
         assert torch.equal(p[k], before[k]), k
+
+
+def test_apply_updates_rounds_a_wider_update_once():
+    """A float32 update of a bfloat16 parameter (HuggingFace's Adafactor computes half
+    precision in float32) lands as HuggingFace's ``p.copy_(p.float() + u)``: one rounding,
+    where rounding the update first moves ~2% of the elements by an ulp."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(4096, generator=gen).bfloat16()
+    u = torch.randn(4096, generator=gen) * 1e-2
+    expected = (p.float() + u).bfloat16()
+    assert not torch.equal(p + u.bfloat16(), expected)  # (the double rounding this avoids)
+    assert torch.equal(fo.apply_updates({"p": p}, {"p": u})["p"], expected)
+    q = p.clone()
+    fo.apply_updates_({"p": q}, {"p": u})
+    assert torch.equal(q, expected)
 
 
 def test_apply_updates_none_param_and_nested():

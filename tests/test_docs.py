@@ -20,8 +20,11 @@ API_PAGES = {
     "core": ["Transform", "chain", "apply_updates", "apply_updates_"],
     "transforms": ["clip_by_global_norm", "scale_by_adam", "add_decayed_weights",
                    "scale_by_learning_rate"],
-    "aliases": ["adamw"],
-    "schedules": ["warmup_cosine_decay", "one_cycle_lr", "get_schedule"],
+    "aliases": ["adamw", "huggingface_adafactor", "adam_weight_decay"],
+    "compat": ["get_scheduler", "create_optimizer", "GradientAccumulator"],
+    "optim": ["HuggingFaceAdafactor", "HuggingFaceAdamW"],
+    "schedules": ["warmup_cosine_decay", "one_cycle_lr", "get_schedule", "swalr",
+                  "cosine_warmup_with_min_lr"],
     "combinators": ["partition", "inject_hparams", "multi_steps", "reduce_on_plateau"],
     "meta": ["unroll", "train_many", "params_of", "custom_root", "cg"],
 }

@@ -27,3 +27,22 @@ def test_quickstart_runs(tmp_path):
     # fo.adamw and torch.optim.AdamW run the same algorithm: the example says so only if the
     # parameters agree to rounding.
     assert "WARNING" not in out, out
+
+
+def test_finetune_adafactor_runs(tmp_path):
+    """The compat.transformers example: Adafactor + AdafactorSchedule fine-tune a tiny
+    transformer (shortened); the loss falls and the plot is written."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": pythonpath}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "finetune_adafactor.py"),
+         "--steps", "60", "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"finetune_adafactor.py failed:\n{proc.stdout}\n{proc.stderr}"
+    png = tmp_path / "finetune_adafactor.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = next(line for line in proc.stdout.splitlines() if line.startswith("initial loss"))
+    initial, final = float(first.split()[2]), float(first.split("final loss ")[1].split()[0])
+    assert final < 0.8 * initial, proc.stdout
+    assert "AdafactorSchedule" in proc.stdout

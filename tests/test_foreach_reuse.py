@@ -104,3 +104,16 @@ def test_fused_run_never_overwrites_a_state_that_is_also_the_update():
         fused, per_leaf = _steps(tx, multi=True), _steps(tx, multi=False)
         for a, b in zip(optree.tree_leaves(fused), optree.tree_leaves(per_leaf)):
             assert torch.equal(a, b)
+
+
+def test_number_over_tensor_list_is_tensor_rtruediv():
+    """``c / x`` on a TensorList gives the per-leaf path's digits: torch's ``Tensor.__rtruediv__``
+    is ``x.reciprocal() * c`` (two roundings), which ``torch.div(c, x)`` is not (about a
+    fifth of the elements differ for c = 0.05): the multi-tensor path of a rule with a number
+    step size over a tensor (Adafactor with ``relative_step=False``) drifted from the per-leaf
+    path."""
+    x = torch.rand(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+    expected = 0.05 / x
+    assert not torch.equal(torch.div(0.05, x), expected)  # (the difference this is about)
+    assert torch.equal((0.05 / TensorList([x.clone(), x.clone()])).items[1], expected)
+    assert torch.equal((0.05 / TensorList(stacked=x.clone())).stacked, expected)

@@ -40,6 +40,11 @@ def assert_sequence(schedule, expected, rtol=1e-10, atol=1e-14, where=""):
 
 LRS = torch.optim.lr_scheduler
 
+def _mult(epoch):
+    """MultiplicativeLR's ``lr_lambda`` (an int epoch -> a factor)."""
+    return 0.97 if epoch % 3 else 1.05
+
+
 TORCH_CASES = {
     "step_lr": (lambda: sch.step_lr(0.1, step_size=30, gamma=0.5),
                 lambda o: LRS.StepLR(o, step_size=30, gamma=0.5)),
@@ -97,6 +102,22 @@ TORCH_CASES = {
                                               sch.cosine_annealing_lr(0.1, 150, 1e-4)], [20]),
                    lambda o: LRS.SequentialLR(o, [LRS.LinearLR(o, 0.01, 1.0, 20),
                                                   LRS.CosineAnnealingLR(o, 150, 1e-4)], [20])),
+    "multiplicative": (lambda: sch.multiplicative_lr(0.1, _mult, N),
+                       lambda o: LRS.MultiplicativeLR(o, _mult)),
+    "chained": (lambda: sch.chained_scheduler([sch.constant_lr(1.0, 0.5, 17),
+                                               sch.exponential_lr(1.0, 0.99),
+                                               sch.step_lr(1.0, 40, 0.7),
+                                               sch.linear_lr(1.0, 0.2, 1.0, 60)], lr=0.1),
+                lambda o: LRS.ChainedScheduler([LRS.ConstantLR(o, 0.5, 17),
+                                                LRS.ExponentialLR(o, 0.99),
+                                                LRS.StepLR(o, 40, 0.7),
+                                                LRS.LinearLR(o, 0.2, 1.0, 60)])),
+    "swalr_cos": (lambda: sch.swalr(0.1, 0.02, 25),
+                  lambda o: torch.optim.swa_utils.SWALR(o, 0.02, 25)),
+    "swalr_linear": (lambda: sch.swalr(0.1, 0.3, 7, "linear"),
+                     lambda o: torch.optim.swa_utils.SWALR(o, 0.3, 7, "linear")),
+    "swalr_no_anneal": (lambda: sch.swalr(0.1, 0.02, 0),
+                        lambda o: torch.optim.swa_utils.SWALR(o, 0.02, 0)),
     "sequential_three": (lambda: sch.sequential_lr([sch.constant_lr(0.1, 0.5, 10),
                                                     sch.exponential_lr(0.1, 0.97),
                                                     sch.step_lr(0.1, 25, 0.5)], [10, 100]),
@@ -129,17 +150,22 @@ def test_one_cycle_momentum_matches_torch():
         assert_sequence(ours, expected, where=f"momentum {three_phase}")
 
 
-def test_cyclic_momentum_matches_torch():
+@pytest.mark.parametrize("mode,kwargs", [("triangular2", {}), ("exp_range", {"gamma": 0.99}),
+                                         ("triangular", {"step_size_down": 7})])
+@pytest.mark.parametrize("adam", [False, True], ids=["sgd_momentum", "adam_beta1"])
+def test_cyclic_momentum_matches_torch(mode, kwargs, adam):
+    """CyclicLR's momentum cycle (SGD's ``momentum``, Adam's ``betas[0]``)."""
     p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
-    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
-    s = LRS.CyclicLR(opt, 0.01, 0.1, 15, mode="triangular2", base_momentum=0.8,
-                     max_momentum=0.9)
+    opt = torch.optim.Adam([p], lr=0.1) if adam else torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    s = LRS.CyclicLR(opt, 0.01, 0.1, 15, mode=mode, base_momentum=0.8, max_momentum=0.9,
+                     **kwargs)
     expected = []
     for _ in range(N):
-        expected.append(opt.param_groups[0]["momentum"])
+        group = opt.param_groups[0]
+        expected.append(group["betas"][0] if adam else group["momentum"])
         opt.step()
         s.step()
-    assert_sequence(sch.cyclic_lr(0.9, 0.8, 15, mode="triangular2"), expected)
+    assert_sequence(sch.cyclic_momentum(0.8, 0.9, 15, mode=mode, **kwargs), expected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +225,17 @@ def hf_inverse_sqrt(t, w, timescale=None):
     return 1.0 / math.sqrt((t + timescale - w) / timescale)
 
 
+def hf_cosine_warmup_min_lr(t, w, total, num_cycles=0.5, min_lr_rate=0.0,
+                            warmup_lr_rate=None):
+    if t < w:
+        if warmup_lr_rate is None:
+            return (t + 1.0) / max(1.0, w)
+        return warmup_lr_rate + (1.0 - warmup_lr_rate) * t / max(1, w - 1)
+    p = (t - w + 1.0) / max(1.0, total - w)
+    factor = 0.5 * (1.0 + math.cos(math.pi * num_cycles * 2.0 * p))
+    return max(0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+
 def hf_wsd(t, w, stable, decay_steps, min_lr_ratio=0.0, num_cycles=0.5, warmup_type="linear",
            decay_type="cosine"):
     if t < w:
@@ -243,6 +280,12 @@ HF_CASES = {
                                                warmup_type="cosine"),
                        lambda t: hf_wsd(t, 20, 100, 80, 0.1, warmup_type="cosine",
                                         decay_type="linear")),
+    "cosine_warmup_with_min_lr": (
+        sch.cosine_warmup_with_min_lr(LR, 20, 200, num_cycles=0.8, min_lr_rate=0.1),
+        lambda t: hf_cosine_warmup_min_lr(t, 20, 200, 0.8, 0.1)),
+    "cosine_warmup_with_min_lr_rate": (
+        sch.cosine_warmup_with_min_lr(LR, 20, 200, min_lr_rate=0.1, warmup_lr_rate=0.25),
+        lambda t: hf_cosine_warmup_min_lr(t, 20, 200, min_lr_rate=0.1, warmup_lr_rate=0.25)),
     "wsd_1_sqrt": (sch.warmup_stable_decay(LR, 10, 90, num_stable_steps=50,
                                            warmup_type="1-sqrt", decay_type="1-sqrt"),
                    lambda t: hf_wsd(t, 10, 50, 90, warmup_type="1-sqrt",
@@ -277,12 +320,29 @@ def test_get_schedule_by_hf_name(name, kwargs, expected):
 
 
 def test_get_schedule_errors():
-    with pytest.raises(ValueError, match="unknown schedule 'cosyne'"):
+    """HuggingFace's messages (``get_scheduler``, ``SchedulerType``), written out."""
+    with pytest.raises(ValueError) as e:
         sch.get_schedule("cosyne", 0.1)
-    with pytest.raises(ValueError, match="num_training_steps"):
+    assert str(e.value) == (
+        "cosyne is not a valid SchedulerType, please select one of ['linear', 'cosine', "
+        "'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup', "
+        "'inverse_sqrt', 'reduce_lr_on_plateau', 'cosine_with_min_lr', "
+        "'cosine_warmup_with_min_lr', 'warmup_stable_decay', 'greedy']")
+    with pytest.raises(ValueError) as e:
         sch.get_schedule("linear", 0.1, num_warmup_steps=3)
+    assert str(e.value) == ("SchedulerType.LINEAR requires `num_training_steps`, please provide "
+                            "that argument.")
+    with pytest.raises(ValueError) as e:
+        sch.get_schedule("inverse_sqrt", 0.1)
+    assert str(e.value) == ("SchedulerType.INVERSE_SQRT requires `num_warmup_steps`, please "
+                            "provide that argument.")
     with pytest.raises(ValueError, match="reduce_on_plateau"):
         sch.get_schedule("reduce_lr_on_plateau", 0.1)
+    with pytest.raises(ValueError, match="^One of min_lr or min_lr_rate should be set through "
+                                         "the `lr_scheduler_kwargs`$"):
+        sch.get_schedule("cosine_with_min_lr", 0.1, 2, 10)
+    with pytest.raises(ValueError, match="^Only one of min_lr or min_lr_rate should be set$"):
+        sch.get_schedule("cosine_with_min_lr", 0.1, 2, 10, min_lr=0.01, min_lr_rate=0.1)
 
 
 # --------------------------------------------------------------------------------------------

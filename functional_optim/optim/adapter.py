@@ -495,7 +495,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                                         [pairs[i][1] for i in members])
             else:
                 for p, u in pairs:
-                    p.add_(u if u.dtype == p.dtype else u.to(p.dtype))
+                    p.add_(u)  # (another dtype: added in the wider one, rounded once)
         return new_state
 
     def _names(self, group: dict, params: list) -> list:

@@ -617,7 +617,47 @@ def _check_params(owner: str, group: dict) -> None:
             raise RuntimeError(f"{owner} does not support complex parameters")
 
 
-class Adafactor(_TorchCompatible):
+class _Factored(_TorchCompatible):
+    """The state of an Adafactor block in a torch-style format: the factors a parameter does
+    not keep (row/column factors of a vector, the full variance of a matrix) are absent, not
+    empty tensors. ``_STATE_NAMES`` names the block's fields."""
+
+    _FACTORS = frozenset([("row_var",), ("col_var",), ("variance",)])
+    _LEAF_PATHS = _FACTORS
+
+    @staticmethod
+    def _kept(p, path) -> bool:
+        return (path == ("variance",)) == (p.ndim < 2)
+
+    @staticmethod
+    def _empty_for(p) -> torch.Tensor:
+        return _empty(p.dtype, p.device)
+
+    def _load_leaf(self, store, path, p, group):
+        if path in self._FACTORS and not self._kept(p, path):
+            return self._empty_for(p)
+        return super()._load_leaf(store, path, p, group)
+
+    def _load_column(self, stores, path, params, group):
+        if path not in self._FACTORS:
+            return super()._load_column(stores, path, params, group)
+        name = self._STATE_NAMES[path]
+        return [store.get(name) if self._kept(p, path) else self._empty_for(p)
+                for store, p in zip(stores, params)]
+
+    def _store_leaf(self, store, path, value, group):
+        # a factor the parameter does not keep (an empty placeholder) is not stored, as torch
+        if value.shape == (0,) and (path in (("row_var",), ("col_var",)) or (
+                path == ("variance",) and self._STATE_NAMES[("row_var",)] in store)):
+            return
+        super()._store_leaf(store, path, value, group)
+
+    def _state_key(self, path, p):
+        return None if path in self._FACTORS and not self._kept(p, path) else \
+            super()._state_key(path, p)
+
+
+class Adafactor(_Factored):
     """torch.optim.Adafactor, backed by :func:`functional_optim.adafactor`.
 
     State: ``step`` and, for parameters of >= 2 dimensions, ``row_var`` and ``col_var``, else
@@ -625,7 +665,6 @@ class Adafactor(_TorchCompatible):
     """
 
     _HPARAMS = ("lr", "beta2_decay", "eps", "d", "weight_decay")
-    _LEAF_PATHS = frozenset([("row_var",), ("col_var",), ("variance",)])
     _STATE_NAMES = {("step",): "step", ("row_var",): "row_var", ("col_var",): "col_var",
                     ("variance",): "variance"}
 
@@ -649,33 +688,6 @@ class Adafactor(_TorchCompatible):
 
     def _hparams_for(self, tx, group):
         return {k: tuple(group[k]) if k == "eps" else group[k] for k in self._HPARAMS}
-
-    @staticmethod
-    def _kept(p, path) -> bool:
-        return (path == ("variance",)) == (p.ndim < 2)
-
-    def _load_leaf(self, store, path, p, group):
-        if path in self._LEAF_PATHS and not self._kept(p, path):
-            return _empty(p.dtype, p.device)
-        return super()._load_leaf(store, path, p, group)
-
-    def _load_column(self, stores, path, params, group):
-        if path not in self._LEAF_PATHS:
-            return super()._load_column(stores, path, params, group)
-        name, vector = self._STATE_NAMES[path], path == ("variance",)
-        return [store.get(name) if (p.ndim < 2) == vector else _empty(p.dtype, p.device)
-                for store, p in zip(stores, params)]
-
-    def _store_leaf(self, store, path, value, group):
-        # a factor the parameter does not keep (an empty placeholder) is not stored, as torch
-        if value.shape == (0,) and (path in (("row_var",), ("col_var",)) or (
-                path == ("variance",) and "row_var" in store)):
-            return
-        super()._store_leaf(store, path, value, group)
-
-    def _state_key(self, path, p):
-        return None if path in self._LEAF_PATHS and not self._kept(p, path) else \
-            super()._state_key(path, p)
 
     def _step_group(self, group):
         _check_params("Adafactor", group)

@@ -34,7 +34,14 @@ from .moments import (
     scale_by_rms,
     trace,
 )
-from .plateau import ReduceOnPlateauState, reduce_on_plateau
+from .plateau import (
+    GreedyLrState,
+    ReduceOnPlateauState,
+    greedy_lr_step,
+    is_better,
+    reduce_on_plateau,
+    scale_by_greedy_lr,
+)
 
 __all__ = [
     "ScaleByAdadeltaState",
@@ -53,6 +60,10 @@ __all__ = [
     "scale_by_rss",
     "ReduceOnPlateauState",
     "reduce_on_plateau",
+    "GreedyLrState",
+    "greedy_lr_step",
+    "is_better",
+    "scale_by_greedy_lr",
     "ScaleByAdamState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
@@ -72,7 +83,7 @@ __all__ = [
 ]
 
 # Adafactor, Muon, SparseAdam, L-BFGS (torch.optim's special algorithms)
-from .factored import ScaleByFactoredRmsState, scale_by_factored_rms
+from .factored import ScaleByFactoredRmsState, relative_step_size, scale_by_factored_rms
 from .lbfgs import LbfgsState, scale_by_lbfgs
 from .orthogonal import (
     MUON_NS_COEFFICIENTS,
@@ -90,6 +101,7 @@ __all__ += [
     "ScaleByMuonState",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
+    "relative_step_size",
     "scale_by_factored_rms",
     "scale_by_lbfgs",
     "scale_by_muon",

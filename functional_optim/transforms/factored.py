@@ -1,4 +1,5 @@
-"""Factored second moments: Adafactor (Shazeer & Stern, 2018), as torch.optim.Adafactor has it."""
+"""Factored second moments: the Adafactor family (Shazeer & Stern, 2018), one definition with the
+variants of torch.optim.Adafactor and of HuggingFace transformers' Adafactor."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from .. import tree as _tree
 from .._execute import elementwise, full, init_count, is_off, placed_like, scalar_dtype
 from ..base import (
+    EmptyState,
     HParamError,
     Transform,
     check_hparam,
@@ -19,11 +21,13 @@ from ..base import (
     resolve_hparams,
 )
 
-__all__ = ["ScaleByFactoredRmsState", "scale_by_factored_rms"]
+__all__ = ["ScaleByFactoredRmsState", "scale_by_factored_rms", "relative_step_size"]
 
 # the state of a factor that a leaf does not keep (a vector has no row/col factors, a matrix no
 # full variance): an empty tensor, so every state field stays a tree shaped like the parameters
 _NONE_SHAPE = (0,)
+_VARIANTS = ("torch", "huggingface")
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class ScaleByFactoredRmsState(NamedTuple):
@@ -32,27 +36,40 @@ class ScaleByFactoredRmsState(NamedTuple):
     Attributes:
         step: per-parameter step count (0-d int64).
         row_var: for a parameter of >= 2 dimensions, the running mean of the squared gradient
-            over its last dimension (shape ``(..., m, 1)``); an empty tensor otherwise.
-        col_var: the same over the second-to-last dimension (shape ``(..., 1, n)``); empty for
-            parameters of fewer than 2 dimensions.
+            over its last dimension (shape ``(..., m, 1)``; ``(..., m)`` in the HuggingFace
+            variant); an empty tensor otherwise.
+        col_var: the same over the second-to-last dimension (shape ``(..., 1, n)``;
+            ``(..., n)`` in the HuggingFace variant); empty for parameters of fewer than 2
+            dimensions.
         variance: for a parameter of 0 or 1 dimension, the running mean of the squared
             gradient (its shape); empty for >= 2 dimensions.
+        exp_avg: with ``beta1``, the running mean of the scaled updates; else an empty
+            :class:`EmptyState`.
+        rms: in the HuggingFace variant, the RMS of each parameter at its last update (0-d), from
+            which :func:`relative_step_size` gives the step size used; else an empty
+            :class:`EmptyState`.
     """
 
     step: Any
     row_var: Any
     col_var: Any
     variance: Any
+    exp_avg: Any = EmptyState()
+    rms: Any = EmptyState()
 
 
 def _max(x, bound):
     """``max(x, bound)`` for a number or 0-d tensor ``bound`` (no host sync)."""
+    if isinstance(x, Number):
+        return max(x, bound) if isinstance(bound, Number) else torch.clamp(bound, min=x)
     if isinstance(bound, Number):
         return torch.clamp(x, min=bound)
     return torch.maximum(x, bound)
 
 
 def _min(x, bound):
+    if isinstance(x, Number):
+        return min(x, bound) if isinstance(bound, Number) else torch.clamp(bound, max=x)
     if isinstance(bound, Number):
         return torch.clamp(x, max=bound)
     return torch.minimum(x, bound)
@@ -76,43 +93,107 @@ def _statistic(p: torch.Tensor, dim: int) -> torch.Tensor:
     return zeros(shape, dtype=p.dtype, device_mesh=mesh, placements=placements)
 
 
-def _factored_rule(h, g, t, row, col, var, p, root_numel, n_last, n_prev, *, maximize):
+def relative_step_size(lr: Any, step: Any, rms: Any, eps2: Any, *, relative_step: bool = True,
+                       scale_parameter: bool = True, warmup_init: bool = False) -> Any:
+    r"""Adafactor's step size :math:`\alpha_t` (Shazeer & Stern, 2018, Section 8).
+
+    .. math::
+        \rho_t = \min(\eta\,(t \text{ if warmup\_init else } 1),\ 1/\sqrt t)
+        \text{ if relative\_step else } \eta, \qquad
+        \alpha_t = \max(\epsilon_2, \operatorname{RMS}(p_{t-1}))\,\rho_t
+        \text{ if scale\_parameter else } \rho_t
+
+    ``step`` is :math:`t` (>= 1), ``rms`` the parameter's RMS (numbers or 0-d tensors). The
+    one definition :func:`scale_by_factored_rms` steps with and
+    :class:`~functional_optim.optim.HuggingFaceAdafactorSchedule` reports.
+    """
+    if relative_step:
+        cap = lr * step if warmup_init else lr
+        rho = _min(1 / step**0.5, cap)
+    else:
+        rho = lr
+    if not scale_parameter:
+        return rho
+    return _max(rms, eps2) * rho
+
+
+def _decayed(old, new, weight, *, huggingface):
+    """The running mean :math:`\\hat\\beta_2 x + (1 - \\hat\\beta_2) g` with ``weight`` =
+    :math:`1 - \\hat\\beta_2 = t^c`, in each variant's order of operations (HuggingFace
+    computes :math:`\\hat\\beta_2` first, then :math:`1 - \\hat\\beta_2` from it)."""
+    if huggingface:
+        keep = 1 - weight
+        return old * keep + (1 - keep) * new
+    return torch.lerp(old, new, weight.to(old.dtype))
+
+
+def _factored_rule(h, g, t, row, col, var, *rest, maximize, huggingface, momentum,
+                   relative_step, scale_parameter, warmup_init):
+    *moment, p, root_numel, n_last, n_prev = rest
+    if huggingface and g.dtype in _HALF:  # computed in float32, as HuggingFace does
+        g, p = g.float(), p.float()
     if maximize:
         g = -g
-    lr = h["lr"]
     t = t + 1
     tf = t.to(scalar_dtype(g))
-    weight = (tf ** h["beta2_decay"]).to(g.dtype)  # 1 - beta2_t = t^c
-    rho = _min(1 / tf**0.5, lr)
-    # relative step size: max(eps2, RMS(p)) * rho_t, RMS read in the parameter's dtype
-    rms_p = full(torch.linalg.vector_norm(p)).to(tf.dtype) / root_numel
-    alpha = _max(rms_p, h["eps2"]) * rho
+    weight = tf ** h["beta2_decay"]  # 1 - beta2_t = t^c
     eps1 = h["eps1"] if h["eps1"] is not None else torch.finfo(g.dtype).eps
     if isinstance(eps1, torch.Tensor):  # a tensor hparam must not promote the leaf's math
         eps1 = eps1.to(g.dtype)
-    if g.ndim >= 2:  # static: leaves are grouped by ndim
-        row = torch.lerp(row, placed_like(
-            torch.linalg.vector_norm(g, dim=-1, keepdim=True).square() / n_last, row), weight)
-        col = torch.lerp(col, placed_like(
-            torch.linalg.vector_norm(g, dim=-2, keepdim=True).square() / n_prev, col), weight)
-        estimate = torch.matmul(row, col) / torch.clamp(row.mean(dim=-2, keepdim=True), min=eps1)
-    else:
-        var = torch.lerp(var, g * g, weight)
-        estimate = var
-    u = torch.clamp(estimate, min=eps1 * eps1).rsqrt() * g
+    if huggingface:  # eps1 in the squares; the RMS of p in its dtype, as HuggingFace
+        rms_p = full(torch.linalg.vector_norm(p)) / root_numel
+        sq = g * g + eps1
+        if g.ndim >= 2:  # static: leaves are grouped by ndim
+            row = _decayed(row, sq.mean(dim=-1), weight, huggingface=True)
+            col = _decayed(col, sq.mean(dim=-2), weight, huggingface=True)
+            u = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1) \
+                * col.unsqueeze(-2).rsqrt() * g
+        else:
+            var = _decayed(var, sq, weight, huggingface=True)
+            u = var.rsqrt() * g
+    else:  # eps1 floors the estimate; the RMS of p in float64
+        rms_p = full(torch.linalg.vector_norm(p)).to(tf.dtype) / root_numel
+        if g.ndim >= 2:
+            row = _decayed(row, placed_like(torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+                                            .square() / n_last, row), weight, huggingface=False)
+            col = _decayed(col, placed_like(torch.linalg.vector_norm(g, dim=-2, keepdim=True)
+                                            .square() / n_prev, col), weight, huggingface=False)
+            estimate = torch.matmul(row, col) / torch.clamp(row.mean(dim=-2, keepdim=True),
+                                                            min=eps1)
+        else:
+            var = _decayed(var, g * g, weight, huggingface=False)
+            estimate = var
+        u = torch.clamp(estimate, min=eps1 * eps1).rsqrt() * g
+    alpha = relative_step_size(h["lr"], tf, rms_p, h["eps2"], relative_step=relative_step,
+                               scale_parameter=scale_parameter, warmup_init=warmup_init)
     # update clipping: divide by max(1, RMS(u) / d)
-    denom = _max(full(torch.linalg.vector_norm(u)).to(tf.dtype) / (root_numel * h["d"]), 1.0)
-    out = placed_like(u, g) * (-alpha / denom)
+    if huggingface:
+        out = u / _max(full(torch.linalg.vector_norm(u)) / root_numel / h["d"], 1.0) * alpha
+    else:
+        denom = _max(full(torch.linalg.vector_norm(u)).to(tf.dtype) / (root_numel * h["d"]), 1.0)
+        out = placed_like(u, g) * (alpha / denom)
+    new_moment = ()
+    if momentum:
+        beta1 = h["beta1"]
+        out = moment[0] * beta1 + (1 - beta1) * out
+        new_moment = (out,)
+    out = -out
     if not is_off(h["weight_decay"]):
-        out = out - p * (lr * h["weight_decay"])
-    return out, t, row, col, var
+        out = out - p * ((alpha if huggingface else h["lr"]) * h["weight_decay"])
+    if not huggingface:
+        return (out, t, row, col, var, *new_moment)
+    # the update in the compute dtype (a 0-d leaf would take the scalars' float64)
+    return (out.to(g.dtype), t, row, col, var, *new_moment, rms_p)
 
 
 def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
                           eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
-                          weight_decay: float = 0.0, *, maximize: bool = False) -> Transform:
-    r"""Adafactor's factored second moments and relative step size (Shazeer & Stern, 2018), as
-    torch.optim.Adafactor computes them. Outputs the final (descent) update.
+                          weight_decay: float = 0.0, *, maximize: bool = False,
+                          variant: str = "torch", relative_step: bool = True,
+                          scale_parameter: bool = True, warmup_init: bool = False,
+                          beta1: float | None = None) -> Transform:
+    r"""Adafactor's factored second moments and relative step size (Shazeer & Stern, 2018).
+    Outputs the final (descent) update.
 
     With :math:`\hat\beta_{2,t} = 1 - t^{c}` (``c = beta2_decay``), for a parameter of at least
     two dimensions (factored along its last two), with :math:`G_t` the gradient:
@@ -124,34 +205,68 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         \hat V_t = \frac{R_t C_t}{\max(\operatorname{mean}_{-2}(R_t), \epsilon_1)}
 
     and for 0-d and 1-d parameters :math:`\hat V_t = \hat\beta_{2,t}\hat V_{t-1} +
-    (1-\hat\beta_{2,t}) G_t^2` (unfactored). Then
+    (1-\hat\beta_{2,t}) G_t^2` (unfactored). Then, with :math:`\alpha_t` the step size of
+    :func:`relative_step_size` (by default :math:`\max(\epsilon_2, \operatorname{RMS}(p_{t-1}))
+    \min(\eta, 1/\sqrt t)`),
 
     .. math::
         U_t = \frac{G_t}{\sqrt{\max(\hat V_t, \epsilon_1^2)}}, \quad
-        \rho_t = \min(\eta, 1/\sqrt t), \quad
-        \alpha_t = \max(\epsilon_2, \operatorname{RMS}(p_{t-1}))\,\rho_t, \\
         u_t = -\frac{\alpha_t}{\max(1, \operatorname{RMS}(U_t)/d)}\,U_t
               - \eta\lambda\,p_{t-1}
 
     (the last term is decoupled weight decay, skipped where ``weight_decay`` is the number 0).
-    ``maximize`` uses :math:`G_t = -g_t`. The learning rate enters the
-    relative step size, so it is an hparam of this block (not a separate
-    ``scale_by_learning_rate``). Needs ``params``. Real parameters only (as torch).
+    With ``beta1`` the scaled update goes through a running mean first (the paper's optional
+    momentum): :math:`M_t = \beta_1 M_{t-1} + (1-\beta_1)\,\alpha_t U_t / \max(1, \ldots)`,
+    :math:`u_t = -M_t - \ldots`. ``maximize`` uses :math:`G_t = -g_t`. The learning rate enters
+    the relative step size, so it is an hparam of this block. Needs ``params``. Real
+    parameters only.
 
-    ``eps[0] = None`` means ``torch.finfo(dtype).eps`` of each parameter's dtype (torch takes
-    it from the first parameter of a group); the hparam ``eps1`` may be ``None``, a number or
-    a tensor at update time (``None`` there means the default).
+    ``variant`` (structural) selects whose computation, where torch.optim.Adafactor and
+    HuggingFace's ``transformers.optimization.Adafactor`` differ:
+
+    - :math:`\epsilon_1`: torch floors the estimate with it (:math:`\hat V_t` as above, then
+      :math:`\max(\hat V_t, \epsilon_1^2)`); HuggingFace adds it to the squares (the moments of
+      :math:`G_t^2 + \epsilon_1`) and computes :math:`U_t = G_t\,(R_t /
+      \operatorname{mean}(R_t))^{-1/2}\, C_t^{-1/2}`;
+    - weight decay: torch's :math:`\eta\lambda p_{t-1}`, HuggingFace's
+      :math:`\alpha_t\lambda p_{t-1}`;
+    - float16/bfloat16 parameters: torch computes in their dtype; HuggingFace in float32, with
+      float32 state, and the update comes out in float32 (``apply_updates`` and the adapter add
+      it in float32 and round the parameter once, as HuggingFace does);
+    - factor shapes: torch's ``(..., m, 1)`` and ``(..., 1, n)``, HuggingFace's ``(..., m)``
+      and ``(..., n)``; HuggingFace's state also keeps ``rms``, :math:`\operatorname{RMS}
+      (p_{t-1})` in the parameter's (compute) dtype, as the RMS is computed there.
+
+    ``eps[0] = None`` means ``torch.finfo(dtype).eps`` of each parameter's (compute) dtype (torch
+    takes it from the first parameter of a group); the hparam ``eps1`` may be ``None``, a number
+    or a tensor at update time (``None`` there means the default).
     ``row_var``/``col_var``/``variance`` that a leaf does not keep are empty tensors.
 
     Args:
-        lr: ``η`` (default 1e-2).
+        lr: ``η`` (default 1e-2): the cap of the relative step size, or the step size itself
+            without ``relative_step``.
         beta2_decay: ``c <= 0`` (default -0.8).
         eps: ``(ε1, ε2)`` (default ``(None, 1e-3)``).
-        d: clipping threshold ``>= 1`` (default 1).
+        d: clipping threshold (default 1; ``>= 1`` in the torch variant, as torch checks,
+            ``> 0`` in the HuggingFace one).
         weight_decay: ``λ`` (default 0).
-        maximize: ascend instead of descend (static).
+        maximize: ascend instead of descend (structural).
+        variant: ``"torch"`` or ``"huggingface"`` (structural; see the table).
+        relative_step: :math:`\rho_t = \min(\eta, 1/\sqrt t)` rather than :math:`\eta`
+            (structural).
+        scale_parameter: scale the step by :math:`\max(\epsilon_2, \operatorname{RMS}(p))`
+            (structural).
+        warmup_init: :math:`\rho_t = \min(\eta t, 1/\sqrt t)` (structural; needs
+            ``relative_step``).
+        beta1: ``β1`` of the momentum on the scaled updates, or ``None`` (structural: no
+            momentum, no ``exp_avg`` state; default).
     """
     owner = "scale_by_factored_rms"
+    if variant not in _VARIANTS:
+        raise HParamError(f"{owner}: variant must be one of {_VARIANTS}, got {variant!r}")
+    if warmup_init and not relative_step:
+        raise HParamError(f"{owner}: warmup_init=True requires relative_step=True")
+    huggingface = variant == "huggingface"
     check_hparam(owner, "lr", lr, ge=0)
     check_hparam(owner, "beta2_decay", beta2_decay, le=0)
     if not isinstance(eps, (tuple, list)) or len(eps) != 2:
@@ -159,22 +274,45 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
     if eps[0] is not None:
         check_hparam(owner, "eps[0]", eps[0], ge=0)
     check_hparam(owner, "eps[1]", eps[1], ge=0)
-    check_hparam(owner, "d", d, ge=1)
+    check_hparam(owner, "d", d, **({"gt": 0} if huggingface else {"ge": 1}))
     check_hparam(owner, "weight_decay", weight_decay, ge=0)
     defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps1": eps[0], "eps2": eps[1], "d": d,
                 "weight_decay": weight_decay}
-    rule = functools.partial(_factored_rule, maximize=maximize)
+    if beta1 is not None:
+        check_hparam(owner, "beta1", beta1, ge=0, le=1)
+        defaults["beta1"] = beta1
+    rule = functools.partial(_factored_rule, maximize=maximize, huggingface=huggingface,
+                             momentum=beta1 is not None, relative_step=relative_step,
+                             scale_parameter=scale_parameter, warmup_init=warmup_init)
 
     def init(params):
-        def empty(p):
-            return torch.zeros(_NONE_SHAPE, dtype=p.dtype, device=p.device)
+        def compute_dtype(p):
+            return torch.float32 if huggingface and p.dtype in _HALF else p.dtype
 
+        def zeros(p, shape):
+            return torch.zeros(shape, dtype=compute_dtype(p), device=p.device)
+
+        def factor(p, dim):
+            if p.ndim < 2:
+                return zeros(p, _NONE_SHAPE)
+            if huggingface:  # HF's shapes, without the reduced dimension
+                return zeros(p, p.shape[:dim % p.ndim] + p.shape[dim % p.ndim + 1:])
+            return _statistic(p, dim)
+
+        if huggingface:
+            for name, p in _tree.named_leaves(params):
+                if p is not None and _tree.layout(p) is not None:
+                    raise TypeError(f"{owner}: variant='huggingface' takes plain tensors; "
+                                    f"parameter {name!r} is a DTensor (the torch variant "
+                                    "runs on DTensors)")
         return ScaleByFactoredRmsState(
-            init_count(params),
-            _tree.map(lambda p: _statistic(p, -1) if p.ndim >= 2 else empty(p), params),
-            _tree.map(lambda p: _statistic(p, -2) if p.ndim >= 2 else empty(p), params),
-            _tree.map(lambda p: empty(p) if p.ndim >= 2 else torch.zeros_like(p), params),
-        )
+            init_count(params), _tree.map(lambda p: factor(p, -1), params),
+            _tree.map(lambda p: factor(p, -2), params),
+            _tree.map(lambda p: zeros(p, _NONE_SHAPE) if p.ndim >= 2 else
+                      torch.zeros_like(p, dtype=compute_dtype(p)), params),
+            _tree.map(lambda p: torch.zeros_like(p, dtype=compute_dtype(p)), params)
+            if beta1 is not None else EmptyState(),
+            _tree.map(lambda p: zeros(p, ()), params) if huggingface else EmptyState())
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
@@ -185,11 +323,16 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         root_numel = _tree.map(lambda p: p.numel() ** 0.5, params)
         n_last = _tree.map(lambda p: p.shape[-1] if p.ndim >= 1 else 1, params)
         n_prev = _tree.map(lambda p: p.shape[-2] if p.ndim >= 2 else 1, params)
-        out, step, row, col, var = elementwise(
-            rule, h, updates, (state.step, state.row_var, state.col_var, state.variance),
-            (params, root_numel, n_last, n_prev), name=owner, real_only=True,
-            input_names=("params", "size", "size", "size"))
-        return out, ScaleByFactoredRmsState(step, row, col, var)
+        states = (state.step, state.row_var, state.col_var, state.variance)
+        states += ((state.exp_avg,) if beta1 is not None else ()) + (
+            (state.rms,) if huggingface else ())
+        out, *new = elementwise(
+            rule, h, updates, states, (params, root_numel, n_last, n_prev), name=owner,
+            real_only=True, input_names=("params", "size", "size", "size"),
+            own_update_dtype=huggingface)
+        step, row, col, var, *rest = new
+        exp_avg = rest.pop(0) if beta1 is not None else EmptyState()
+        return out, ScaleByFactoredRmsState(step, row, col, var, exp_avg,
+                                            rest[0] if huggingface else EmptyState())
 
     return Transform(init, update, defaults)
-

@@ -56,26 +56,37 @@ class ScaleByAdamState(NamedTuple):
     nu_max: Any = EmptyState()
 
 
-def _adam_rule(h, g, t, m, v, *nu_max):
+def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments"):
     b1, b2 = h["betas"]
     t = t + 1
     tf = t.to(scalar_dtype(g))
     m = lerp(m, g, 1 - b1)
     v = ema_square(v, g, b2)
-    bc1 = 1 - b1**tf
-    bc2 = 1 - b2**tf
     nu_max = tuple(torch.maximum(n, v) for n in nu_max)
     second = nu_max[0] if nu_max else v
     eps_root = h["eps_root"]
-    if isinstance(eps_root, torch.Tensor) or eps_root != 0:
+    if bias_correction != "moments":  # eps on the uncorrected root
+        if not is_off(eps_root):
+            second = second + eps_root
+        u = m / (safe_sqrt(second, nonnegative=True) + h["eps"])
+        if bias_correction == "none":
+            return (u, t, m, v, *nu_max)
+        return (u * (torch.sqrt(1 - b2**tf) / (1 - b1**tf)), t, m, v, *nu_max)
+    bc1 = 1 - b1**tf
+    bc2 = 1 - b2**tf
+    if not is_off(eps_root):
         second = second + eps_root * bc2
     # (m / bc1) / (sqrt(second) / sqrt(bc2) + eps), with bc1 folded into the denominator
     denom = safe_sqrt(second, nonnegative=True) * (bc1 / torch.sqrt(bc2)) + h["eps"] * bc1
     return (m / denom, t, m, v, *nu_max)
 
 
+_BIAS_CORRECTIONS = ("moments", "step_size", "none")
+
+
 def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                  eps_root: float = 0.0, amsgrad: bool = False) -> Transform:
+                  eps_root: float = 0.0, amsgrad: bool = False, *,
+                  bias_correction: str = "moments") -> Transform:
     r"""Rescales updates by Adam's bias-corrected moments (Kingma & Ba, 2015, Algorithm 1).
 
     .. math::
@@ -85,6 +96,18 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t / (1-\beta_2^t) + \epsilon_{root}}
               + \epsilon}
 
+    That is ``bias_correction="moments"`` (torch.optim.Adam's). Where the correction goes is
+    structural, as it moves ``ε``:
+
+    - ``"step_size"``: the paper's "efficient version" (end of its Section 2), HuggingFace's
+      ``AdamW(correct_bias=True)`` and Keras's Adam: ``ε`` is added to the *uncorrected* root
+      and the corrections scale the step,
+      :math:`u_t = \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\,
+      \frac{m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}`;
+    - ``"none"``: no correction (BERT's original optimizer, HuggingFace's
+      ``correct_bias=False``), :math:`u_t = m_t / (\sqrt{\hat v_t + \epsilon_{root}} +
+      \epsilon)`.
+
     AMSGrad: Reddi et al., 2018. Complex parameters are treated as pairs of reals, as
     torch.optim.Adam does. The square root is safe at zero (finite meta-gradients).
 
@@ -93,11 +116,16 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         eps: ``ε`` added to the root (default 1e-8).
         eps_root: ``ε_root`` added inside the root (default 0).
         amsgrad: keep the running maximum of ``v`` (static; default False).
+        bias_correction: ``"moments"``, ``"step_size"`` or ``"none"`` (static; see above).
     """
+    if bias_correction not in _BIAS_CORRECTIONS:
+        raise HParamError(f"scale_by_adam: bias_correction must be one of {_BIAS_CORRECTIONS}, "
+                          f"got {bias_correction!r}")
     check_betas("scale_by_adam", betas)
     check_hparam("scale_by_adam", "eps", eps, ge=0)
     check_hparam("scale_by_adam", "eps_root", eps_root, ge=0)
     defaults = {"betas": tuple(betas), "eps": eps, "eps_root": eps_root}
+    rule = functools.partial(_adam_rule, bias_correction=bias_correction)
 
     def init(params):
         zeros = _tree.zeros_like
@@ -108,11 +136,13 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         h = resolve_hparams(defaults, hparams, "scale_by_adam hparams")
         check_state("scale_by_adam", state, ScaleByAdamState)
         states = (state.step, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
-        return PointwiseCall(_adam_rule, h, states, finish=_adam_state,
+        return PointwiseCall(rule, h, states, finish=_adam_state,
                              donate_state=(True,) * len(states))
 
+    # torch's Adam kernels compute the "moments" correction only
+    kernel = ("adam", amsgrad) if bias_correction == "moments" else ()
     return pointwise_transform(init, defaults, Pointwise(prepare, "scale_by_adam", "as_real",
-                                                         kernel=("adam", amsgrad)))
+                                                         kernel=kernel))
 
 
 def _adam_state(new: tuple) -> ScaleByAdamState:
