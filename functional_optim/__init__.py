@@ -223,3 +223,8 @@ __all__ += [
     "scale_by_sparse_adam",
 ]
 
+# AllenNLP's DenseSparseAdam
+from .aliases import dense_sparse_adam  # noqa: E402
+from .transforms import scale_by_dense_sparse_adam  # noqa: E402
+
+__all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]
