@@ -17,10 +17,9 @@ from typing import Any
 import optree
 import torch
 
-from .. import _execute, _fused
+from .. import _execute, _fused, groups
 from .. import tree as _tree
 from ..base import HParamError, Transform
-from ..groups import ParameterGroups, assign, groups_of
 from . import _checkpoint, _flat, _layout
 
 __all__ = ["FunctionalOptimizer"]
@@ -99,7 +98,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         self._source = transform
         self._cache: dict = {}
         tx = self._base_transform()
-        grouped = groups_of(tx)
+        grouped = groups.groups_of(tx)
         if grouped is not None:
             if defaults:
                 raise HParamError(
@@ -139,7 +138,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if tx is None:
             tx = self._base_transform()
             if index is not None:
-                tx = groups_of(tx).transform(index)
+                tx = groups.groups_of(tx).transform(index)
             if tx.fused is None:  # a chain that is Adam(W) in blocks runs torch's kernel
                 tx = tx._replace(fused=_fused.chain_step(tx))
             self._cache[("base", index)] = tx
@@ -150,13 +149,13 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         that the parameters of ``group`` (by ``param_names``) belong to; else ``None``."""
         grouped = self._cache.get("grouped")
         if grouped is None:
-            grouped = self._cache["grouped"] = groups_of(self._base_transform()) or False
+            grouped = self._cache["grouped"] = groups.groups_of(self._base_transform()) or False
         if grouped is False:
             return None
         names = tuple(group.get("param_names", ()))
         index = self._cache.get(("group", names))
         if index is None:
-            found = sorted(set(assign(names, grouped.groups)[0]))
+            found = sorted(set(groups.assign(names, grouped.groups)[0]))
             if len(found) > 1:
                 raise ValueError(
                     f"{type(self).__name__}: a param group holds parameters of different "
@@ -608,7 +607,7 @@ def _untraced(fn: Callable, *args: Any) -> Any:
     return fn(*args)
 
 
-def _torch_groups(params: Iterable, grouped: ParameterGroups, owner: str) -> list:
+def _torch_groups(params: Iterable, grouped: groups.ParameterGroups, owner: str) -> list:
     """torch's param groups for a :func:`~functional_optim.parameter_groups` transform: from
     ``(name, tensor)`` pairs, one group per unfrozen group (the default last) with its
     transform's hyperparameters; param-group dicts are kept as given."""
