@@ -7,7 +7,7 @@ registry and config format: :func:`make_parameter_groups`, :class:`Optimizer` (`
 ``adam``, ``sparse_adam``, ``adamax``, ``adamw``, ``huggingface_adamw``, ``adagrad``,
 ``adadelta``, ``sgd``, ``rmsprop``, ``averaged_sgd`` and ``dense_sparse_adam``, each a subclass
 of this module's :class:`Optimizer` and of the matching drop-in class of
-:mod:`functional_optim.optim` (torch.optim's numbers and ``state_dict`` format;
+``functional_optim.optim`` (torch.optim's numbers and ``state_dict`` format;
 ``huggingface_adamw`` is ``functional_optim.compat.transformers.AdamW``).
 
 The functional side of the same features: :func:`functional_optim.parameter_groups` (the same
