@@ -48,10 +48,10 @@ from .combinators import (
     lookahead,
     masked,
     multi_steps,
-    parameter_groups,
     partition,
     zero_nans,
 )
+from .groups import parameter_groups
 from .registry import get_optimizer, optimizer_from_config
 from .transforms import (
     ReduceOnPlateauState,
@@ -222,3 +222,9 @@ __all__ += [
     "scale_by_newton_schulz",
     "scale_by_sparse_adam",
 ]
+
+# AllenNLP's DenseSparseAdam
+from .aliases import dense_sparse_adam  # noqa: E402
+from .transforms import scale_by_dense_sparse_adam  # noqa: E402
+
+__all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]

@@ -707,3 +707,30 @@ def sparse_adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0
     """
     _number_or_tensor_lr("sparse_adam", lr)
     return scale_by_sparse_adam(lr, betas, eps, maximize=maximize)
+
+
+# --------------------------------------------------------------------------------------------
+# AllenNLP's DenseSparseAdam
+
+__all__ += ["dense_sparse_adam"]
+
+from .transforms.sparse import scale_by_dense_sparse_adam  # noqa: E402
+
+
+@register(paper=('Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization" (dense, and '
+          'lazy on the rows a sparse gradient has: AllenNLP\'s DenseSparseAdam)'),
+          drop_in='DenseSparseAdam')
+def dense_sparse_adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                      eps: float = 1e-8) -> Transform:
+    r"""AllenNLP's DenseSparseAdam: Adam for dense gradients and lazy Adam for sparse COO ones
+    (``nn.Embedding(sparse=True)``) in one optimizer, both with the bias corrections in the step
+    size and ``ε`` on the uncorrected root; see
+    :func:`~functional_optim.transforms.scale_by_dense_sparse_adam`.
+
+    Args:
+        lr: ``η >= 0`` (default 1e-3), a number or 0-d tensor.
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε >= 0`` (default 1e-8).
+    """
+    _number_or_tensor_lr("dense_sparse_adam", lr)
+    return scale_by_dense_sparse_adam(lr, betas, eps)

@@ -13,7 +13,6 @@ carry no state, so the inner state exists only for the leaves it owns.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -41,7 +40,6 @@ __all__ = [
     "masked",
     "partition",
     "label_params",
-    "parameter_groups",
     "freeze",
     "InjectHparamsState",
     "inject_hparams",
@@ -65,7 +63,6 @@ __all__ = [
     "flatten",
 ]
 
-logger = logging.getLogger(__name__)
 _NONE = {"none_is_leaf": True}
 
 
@@ -306,56 +303,6 @@ def partition(transforms: Mapping[Any, Transform], labels: Any) -> Transform:
 
 def _is(labels: Any, key: Any) -> Any:
     return optree.tree_map(lambda lab: lab == key, labels, **_NONE)
-
-
-def parameter_groups(make: Callable[..., Transform], groups: list, params: Any = None,
-                     **defaults: Any) -> Transform:
-    """AllenNLP's ``make_parameter_groups`` as a :func:`partition`.
-
-    ``groups`` is a list of ``(regexes, overrides)``: a parameter joins the first group one of
-    whose regexes :func:`re.search`-matches its dotted name; unmatched parameters form the
-    default group. Group ``i`` runs ``make(**{**defaults, **overrides})``, the default group
-    ``make(**defaults)``. A group with ``{"requires_grad": False}`` is frozen (:func:`freeze`:
-    zero updates, no state) and its parameter names are logged. A regex that matches nothing is
-    an error naming it (raised at ``init``, or here when ``params`` is given).
-
-    Args:
-        make: an optimizer constructor, e.g. :func:`functional_optim.adamw`.
-        groups: ``[(["regex", ...], {"lr": ..., "weight_decay": ...}), ...]``.
-        params: optionally the parameters, to check the regexes and report frozen names now.
-        **defaults: the options of every group (``lr=1e-3``, ...).
-
-    Returns:
-        The partition; its labels are ``"group_0"``, ``"group_1"``, ... and ``"default"``.
-    """
-    transforms, rules = {}, []
-    for i, (regexes, overrides) in enumerate(groups):
-        overrides = dict(overrides)
-        frozen = overrides.pop("requires_grad", True) is False
-        label = f"group_{i}"
-        transforms[label] = freeze() if frozen else make(**{**defaults, **overrides})
-        rules.append((list(regexes) if not isinstance(regexes, str) else [regexes], label))
-    transforms["default"] = make(**defaults)
-    tx = partition(transforms, rules)
-    frozen_labels = [f"group_{i}" for i, (_, o) in enumerate(groups)
-                     if dict(o).get("requires_grad", True) is False]
-
-    def report(p):
-        lab = label_params(p, rules, tuple(transforms), owner="parameter_groups")
-        names = _tree.leaves(_path_names(p))
-        frozen = [n for n, lab_ in zip(names, _tree.leaves(lab)) if lab_ in frozen_labels]
-        if frozen:
-            logger.info("parameter_groups: frozen (requires_grad=False): %s", frozen)
-        return frozen
-
-    if params is not None:
-        report(params)
-
-    def init(p):
-        report(p)
-        return tx.init(p)
-
-    return Transform(init, tx.update, tx.hparams)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from .base import Transform
-from .combinators import parameter_groups
+from .groups import parameter_groups
 
 __all__ = ["Entry", "register", "entry", "names", "get_optimizer", "optimizer_from_config"]
 
@@ -83,10 +83,20 @@ def names() -> list[str]:
     return sorted(_ENTRIES)
 
 
+#: the name :func:`optimizer_from_config` reads when a config has no ``type`` (AllenNLP's
+#: ``Optimizer.default_implementation``)
+DEFAULT = "adam"
+
+#: other libraries' names of registered optimizers, accepted by :func:`entry` (AllenNLP's
+#: registry calls ``asgd`` ``averaged_sgd``)
+OTHER_NAMES = {"averaged_sgd": "asgd"}
+
+
 def entry(name: str) -> Entry:
-    """The entry of ``name``; an unknown name is a ``KeyError`` listing the known ones."""
+    """The entry of ``name`` (or of its :data:`OTHER_NAMES` name); an unknown name is a
+    ``KeyError`` listing the known ones."""
     try:
-        return _ENTRIES[name]
+        return _ENTRIES[OTHER_NAMES.get(name, name)]
     except KeyError:
         raise KeyError(f"no optimizer named {name!r}; known: {', '.join(names())}") from None
 
@@ -108,18 +118,18 @@ def optimizer_from_config(config: Mapping, params: Any = None) -> Transform:
     """The transform a config dict describes, as AllenNLP's ``Optimizer.from_params`` reads it.
 
     ``{"type": "adamw", "lr": 1e-3, ..., "parameter_groups": [[["regex", ...], {...}], ...]}``:
-    ``type`` is a registered name, the other keys its options; with ``parameter_groups`` the
-    result is :func:`functional_optim.parameter_groups` of it (each group's overrides over the
-    options; ``{"requires_grad": False}`` freezes a group), and ``params`` (the parameter tree)
-    is checked against the regexes now.
+    ``type`` is a registered name or AllenNLP's name of one (:data:`OTHER_NAMES`; absent:
+    ``"adam"``, AllenNLP's default), the other keys its options; with ``parameter_groups`` the
+    result is :func:`functional_optim.parameter_groups` of it (AllenNLP's semantics: each
+    group's overrides over the options, ``{"requires_grad": False}`` freezes a group, a
+    parameter in two groups is an error, an unused regex a logged warning), and ``params`` (the
+    parameter tree), when given, is assigned to the groups now.
     """
-    if not isinstance(config, Mapping) or "type" not in config:
-        raise TypeError(f"optimizer_from_config: expected a dict with a 'type' key (one of "
-                        f"{', '.join(names())}), got {config!r}")
+    if not isinstance(config, Mapping):
+        raise TypeError(f"optimizer_from_config: expected a dict {{'type': name, **options}} "
+                        f"(name one of {', '.join(names())}), got {config!r}")
     options = {k: v for k, v in config.items() if k not in ("type", "parameter_groups")}
-    name = config["type"]
+    name = config.get("type", DEFAULT)
+    tx = get_optimizer(name, **options)  # the options' errors, before any group's
     groups = config.get("parameter_groups")
-    if not groups:
-        return get_optimizer(name, **options)
-    get_optimizer(name, **options)  # the options' errors, before any group's
-    return parameter_groups(entry(name).make, [tuple(g) for g in groups], params, **options)
+    return parameter_groups(entry(name).make, groups, params, **options) if groups else tx

@@ -577,6 +577,10 @@ CASES += [
          live=_NS, precision=torch.bfloat16),
     Case("sparse_adam", lambda: fo.sparse_adam(lr=0.01, maximize=True), complex=False,
          shape=_at_least_1d, grads=_sparse_rows, excluded=_SPARSE_EXCLUDED),
+    # AllenNLP's DenseSparseAdam: dense gradients take every check; sparse ones SparseAdam's
+    Case("dense_sparse_adam", lambda: fo.dense_sparse_adam(lr=0.01)),
+    Case("dense_sparse_adam_sparse_grads", lambda: fo.dense_sparse_adam(lr=0.01), complex=False,
+         shape=_at_least_1d, grads=_sparse_rows, excluded=_SPARSE_EXCLUDED),
     Case("lbfgs", lambda: fo.lbfgs(lr=0.1, max_iter=1, history_size=3), float64_scalars=True,
          excluded=_LBFGS_EXCLUDED, live={
              **_LBFGS_TOLERANCES,

@@ -327,10 +327,12 @@ def test_scheduler_drives_a_chain_as_torchs_class(kind, scheduler):
 
 
 def test_scheduled_keys_only_for_a_single_leaf():
-    """Two ``betas`` leaves (a partition of two Adams, ``parameter_groups``) keep their dotted
-    keys: no scheduler can take one for the other."""
-    tx = fo.parameter_groups(fo.adam, [(["^0\\."], {"lr": 0.01})], lr=0.02)
+    """Two ``betas`` leaves (a partition of two Adams) keep their dotted keys: no scheduler can
+    take one for the other. (A ``parameter_groups`` transform makes one torch param group per
+    group instead, each with torch's keys: tests/test_groups.py.)"""
+    tx = fo.partition({"a": fo.adam(lr=0.01), "b": fo.adam(lr=0.02)},
+                      [(["^0\\."], "a"), (["^2\\."], "b")])
     opt = FunctionalOptimizer(_model().named_parameters(), tx)
     keys = set(opt.param_groups[0])
-    assert {"group_0.betas", "default.betas", "group_0.lr", "default.lr"} <= keys
+    assert {"a.betas", "b.betas", "a.lr", "b.lr"} <= keys
     assert not {"betas", "lr", "momentum"} & keys

@@ -3,7 +3,6 @@ behaviour, torch.optim.lr_scheduler.ReduceLROnPlateau and torch.optim.swa_utils.
 
 from __future__ import annotations
 
-import logging
 import random
 
 import pytest
@@ -97,8 +96,6 @@ def test_partition_unused_regex_is_an_error_naming_it():
                       [(r"bias", "a"), (r"^decoder\.", "a")])
     with pytest.raises(ValueError, match=r"\^decoder"):
         tx.init(params_tree())
-    with pytest.raises(ValueError, match="no_such"):
-        fo.parameter_groups(fo.sgd, [([r"no_such"], {"lr": 1.0})], params=params_tree())
 
 
 def test_partition_unmatched_without_default_and_unknown_label():
@@ -106,13 +103,6 @@ def test_partition_unmatched_without_default_and_unknown_label():
         fo.partition({"a": fo.sgd(lr=0.1)}, [(r"layer|norm", "a")]).init(params_tree())
     with pytest.raises(ValueError, match="'c'"):
         fo.partition({"a": fo.sgd(lr=0.1)}, lambda p: {k: "c" for k in p}).init(params_tree())
-
-
-def test_parameter_groups_reports_frozen(caplog):
-    with caplog.at_level(logging.INFO, logger="functional_optim.combinators"):
-        fo.parameter_groups(fo.sgd, [([r"^embed"], {"requires_grad": False})], lr=0.1,
-                            params=params_tree())
-    assert "embed.weight" in caplog.text
 
 
 def test_partition_per_group_hparams_and_nested_names():

@@ -4,6 +4,7 @@ options derived from each alias, and everything registered is under test."""
 from __future__ import annotations
 
 import inspect
+import logging
 
 import pytest
 import torch
@@ -80,26 +81,59 @@ def test_optimizer_from_config_equals_the_alias():
         torch.testing.assert_close(out[k], expected[k], rtol=0, atol=0)
 
 
-def test_optimizer_from_config_parameter_groups():
+def test_optimizer_from_config_parameter_groups(caplog):
     params = {"w": torch.randn(3, 2, dtype=torch.float64), "b": torch.randn(2, dtype=torch.float64)}
     grads = {k: torch.randn_like(v) for k, v in params.items()}
     config = {"type": "sgd", "lr": 0.1,
               "parameter_groups": [[["^b$"], {"lr": 0.01}], [["^nothing$"], {"lr": 1.0}]]}
-    with pytest.raises(ValueError, match="nothing"):  # an unused regex is named
-        fo.optimizer_from_config(config, params)
-    config["parameter_groups"] = config["parameter_groups"][:1]
-    tx = fo.optimizer_from_config(config, params)
+    with caplog.at_level(logging.WARNING, logger="functional_optim.groups"):
+        tx = fo.optimizer_from_config(config, params)  # an unused regex: a warning naming it
+    assert "^nothing$ does not match any parameter name" in caplog.text
     out, _ = tx.update(grads, tx.init(params), params)
     torch.testing.assert_close(out["b"], -0.01 * grads["b"])
     torch.testing.assert_close(out["w"], -0.1 * grads["w"])
+    config["parameter_groups"] = [[["^b$"], {"lr": 0.01}], [["b|w"], {"lr": 1.0}]]
+    with pytest.raises(ValueError, match=r"^b was specified in two separate parameter groups "
+                                         r"\(group 0 by regex '\^b\$' and group 1 by regex "
+                                         r"'b\|w'\)"):
+        fo.optimizer_from_config(config, params)
+
+
+@pytest.mark.parametrize("groups", [None, []])
+def test_optimizer_from_config_without_groups_is_the_alias(groups):
+    tx = fo.optimizer_from_config({"type": "adamw", "lr": 0.1, "parameter_groups": groups})
+    assert tx.hparams == fo.adamw(lr=0.1).hparams
+
+
+def test_optimizer_from_config_reads_allennlp_configs():
+    """AllenNLP's config dicts: no ``type`` is ``adam`` (its default implementation),
+    ``averaged_sgd`` is ``asgd``, ``betas`` a JSON list, a frozen group."""
+    params = {"emb": torch.randn(4, 2, dtype=torch.float64),
+              "w": torch.randn(2, 2, dtype=torch.float64)}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    assert fo.optimizer_from_config({"lr": 0.1}).hparams == fo.adam(lr=0.1).hparams
+    asgd = fo.optimizer_from_config({"type": "averaged_sgd", "lr": 0.05, "t0": 3.0})
+    assert asgd.hparams == fo.asgd(lr=0.05, t0=3.0).hparams
+    tx = fo.optimizer_from_config(
+        {"type": "adamw", "lr": 0.1, "betas": [0.8, 0.9],
+         "parameter_groups": [[["^emb$"], {"requires_grad": False}]]}, params)
+    out, state = tx.update(grads, tx.init(params), params)
+    assert torch.equal(out["emb"], torch.zeros_like(params["emb"]))
+    ref = fo.adamw(lr=0.1, betas=(0.8, 0.9))
+    expected, _ = ref.update({"w": grads["w"]}, ref.init({"w": params["w"]}), {"w": params["w"]})
+    torch.testing.assert_close(out["w"], expected["w"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("config, error, fragment", [
-    ({"lr": 0.1}, TypeError, "expected a dict with a 'type' key"),
+    ([("type", "sgd")], TypeError, "expected a dict {'type': name, **options}"),
     ({"type": "nope"}, KeyError, "no optimizer named 'nope'"),
     ({"type": "sgd", "betas": (0.9, 0.99)}, TypeError, "unknown option(s) ['betas']"),
     ({"type": "sgd", "betas": (0.9, 0.99), "parameter_groups": [[["w"], {}]]}, TypeError,
      "unknown option(s) ['betas']"),
+    ({"type": "sgd", "parameter_groups": [[["w"], {"betas": (0.9, 0.99)}]]}, TypeError,
+     "parameter_groups: group 0 has unknown option(s) ['betas'] for 'sgd'"),
+    ({"type": "sgd", "parameter_groups": [["w", "x", {}]]}, TypeError,
+     "parameter_groups: group 0 must be a pair (list of regexes, dict of options)"),
 ])
 def test_optimizer_from_config_errors(config, error, fragment):
     with pytest.raises(error) as caught:

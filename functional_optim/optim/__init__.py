@@ -23,3 +23,7 @@ from .huggingface import (  # noqa: E402
 )
 
 __all__ += ["HuggingFaceAdamW", "HuggingFaceAdafactor", "HuggingFaceAdafactorSchedule"]
+
+from .sparse import DenseSparseAdam  # noqa: E402
+
+__all__ += ["DenseSparseAdam"]

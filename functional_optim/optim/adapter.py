@@ -17,7 +17,7 @@ from typing import Any
 import optree
 import torch
 
-from .. import _execute, _fused
+from .. import _execute, _fused, groups
 from .. import tree as _tree
 from ..base import HParamError, Transform
 from . import _checkpoint, _flat, _layout
@@ -83,6 +83,14 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     are exposed under that name, as torch.optim's classes name them, so that torch's schedulers
     drive them (``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` cycle ``betas[0]`` or
     ``momentum``). For an alias (``fo.adamw(...)``) the keys are torch's flat names.
+
+    A :func:`~functional_optim.parameter_groups` transform takes named parameters
+    (``model.named_parameters()``) and makes torch's param groups, as
+    ``torch.optim.AdamW(make_parameter_groups(...))`` has them: one per unfrozen group, last the
+    default group, each with that group's hyperparameters under its transform's keys (``lr``,
+    ``betas``, ``weight_decay``, ... for an alias) and run by that group's transform; frozen
+    parameters are left out. (Param-group dicts given instead are each run by the transform of
+    the group their ``param_names`` belong to.)
     """
 
     def __init__(self, params: Iterable, transform: Transform | Callable[[], Transform], *,
@@ -90,6 +98,14 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         self._source = transform
         self._cache: dict = {}
         tx = self._base_transform()
+        grouped = groups.groups_of(tx)
+        if grouped is not None:
+            if defaults:
+                raise HParamError(
+                    f"{type(self).__name__}: a parameter_groups transform carries its groups' "
+                    f"hyperparameters; give {sorted(defaults)} to parameter_groups(...) instead")
+            params = _torch_groups(params, grouped, type(self).__name__)
+            tx = grouped.transform(len(grouped.groups))
         keys = _layout.hparam_keys(tx.hparams)
         unknown = sorted(set(defaults) - set(keys))
         if unknown:
@@ -115,14 +131,38 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         return tx
 
     def _transform_for(self, group: dict) -> Transform:
-        """The transform that runs ``group`` (one for all groups here; subclasses vary it)."""
-        tx = self._cache.get("base")
+        """The transform that runs ``group``: the one given (subclasses vary it), or for a
+        :func:`~functional_optim.parameter_groups` transform that of the group's parameters."""
+        index = self._group_index(group)
+        tx = self._cache.get(("base", index))
         if tx is None:
             tx = self._base_transform()
+            if index is not None:
+                tx = groups.groups_of(tx).transform(index)
             if tx.fused is None:  # a chain that is Adam(W) in blocks runs torch's kernel
                 tx = tx._replace(fused=_fused.chain_step(tx))
-            self._cache["base"] = tx
+            self._cache[("base", index)] = tx
         return tx
+
+    def _group_index(self, group: dict) -> int | None:
+        """For a :func:`~functional_optim.parameter_groups` transform, the index of the group
+        that the parameters of ``group`` (by ``param_names``) belong to; else ``None``."""
+        grouped = self._cache.get("grouped")
+        if grouped is None:
+            grouped = self._cache["grouped"] = groups.groups_of(self._base_transform()) or False
+        if grouped is False:
+            return None
+        names = tuple(group.get("param_names", ()))
+        index = self._cache.get(("group", names))
+        if index is None:
+            found = sorted(set(groups.assign(names, grouped.groups)[0]))
+            if len(found) > 1:
+                raise ValueError(
+                    f"{type(self).__name__}: a param group holds parameters of different "
+                    f"parameter_groups groups ({found}; {len(grouped.groups)} is the default "
+                    f"group): {list(names)}")
+            index = self._cache[("group", names)] = found[0] if found else len(grouped.groups)
+        return index
 
     def _hparams_for(self, tx: Transform, group: dict) -> Any:
         keys = self._cache.get(("keys", id(tx)))
@@ -565,6 +605,30 @@ def _untraced(fn: Callable, *args: Any) -> Any:
     eagerly (a frame dynamo falls back on, which would compile each call it makes on its own):
     for torch's fused kernels (no fake implementation on the CPU) and sparse gradients."""
     return fn(*args)
+
+
+def _torch_groups(params: Iterable, grouped: groups.ParameterGroups, owner: str) -> list:
+    """torch's param groups for a :func:`~functional_optim.parameter_groups` transform: from
+    ``(name, tensor)`` pairs, one group per unfrozen group (the default last) with its
+    transform's hyperparameters; param-group dicts are kept as given."""
+    items = list(params)
+    if items and all(isinstance(x, dict) for x in items):
+        return items
+    if not all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items):
+        raise TypeError(f"{owner}: a parameter_groups transform assigns parameters by name: "
+                        "pass model.named_parameters() (or (name, tensor) pairs)")
+    index = grouped.check([n for n, _ in items], [p.numel() for _, p in items])
+    out = []
+    for k, g in enumerate([*grouped.groups, None]):
+        if g is not None and g.frozen:
+            continue
+        hparams = grouped.transform(k).hparams
+        values = {key: _layout.get_path(hparams, path)
+                  for key, path in _layout.hparam_keys(hparams).items()}
+        members = [x for x, j in zip(items, index) if j == k]
+        out.append({"params": [p for _, p in members], "param_names": [n for n, _ in members],
+                    **values})
+    return out
 
 
 def _slice(positions: list) -> slice | list:

@@ -108,3 +108,8 @@ __all__ += [
     "scale_by_newton_schulz",
     "scale_by_sparse_adam",
 ]
+
+# AllenNLP's DenseSparseAdam
+from .sparse import scale_by_dense_sparse_adam  # noqa: E402
+
+__all__ += ["scale_by_dense_sparse_adam"]

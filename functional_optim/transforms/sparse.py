@@ -1,5 +1,6 @@
 """Sparse gradients: lazy (sparse) Adam, moments updated only where a sparse gradient has entries
-(SparseAdam), and the helpers of the blocks that take sparse updates (Adagrad's ``scale_by_rss``).
+(SparseAdam), AllenNLP's DenseSparseAdam (dense and sparse gradients in one transform), and the
+helpers of the blocks that take sparse updates (Adagrad's ``scale_by_rss``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,20 @@ import torch
 
 from .. import tree as _tree
 from .._execute import cast_hparams, init_count, scalar_dtype
-from ..base import Transform, check_betas, check_hparam, check_state, resolve_hparams
+from ..base import (
+    EmptyState,
+    Transform,
+    chain,
+    check_betas,
+    check_hparam,
+    check_state,
+    resolve_hparams,
+)
+from .basic import scale_by_learning_rate
+from .moments import ScaleByAdamState, scale_by_adam
 
-__all__ = ["ScaleBySparseAdamState", "scale_by_sparse_adam", "DENSE_GRAD_MESSAGE", "rows",
-           "at_indices"]
+__all__ = ["ScaleBySparseAdamState", "scale_by_sparse_adam", "scale_by_dense_sparse_adam",
+           "DENSE_GRAD_MESSAGE", "rows", "at_indices"]
 
 #: torch.optim.SparseAdam's message for a dense gradient
 DENSE_GRAD_MESSAGE = (
@@ -48,6 +59,12 @@ def at_indices(index: torch.Tensor, values: torch.Tensor, shape: torch.Size) -> 
     coalesced gradient: no check of the invariants)."""
     return torch.sparse_coo_tensor(index, values, shape, is_coalesced=True,
                                    check_invariants=False)
+
+
+def _init(params: Any) -> ScaleBySparseAdamState:
+    zeros = lambda p: torch.zeros_like(p, memory_format=torch.preserve_format)  # noqa: E731
+    return ScaleBySparseAdamState(init_count(params), _tree.map(zeros, params),
+                                  _tree.map(zeros, params))
 
 
 def _sparse_adam_leaf(h: dict, g: torch.Tensor, t, m, v, *, maximize: bool, name: str):
@@ -112,11 +129,6 @@ def scale_by_sparse_adam(lr: float | torch.Tensor = 1e-3,
     check_betas(owner, betas)
     defaults = {"lr": lr, "betas": tuple(betas), "eps": eps}
 
-    def init(params):
-        zeros = lambda p: torch.zeros_like(p, memory_format=torch.preserve_format)  # noqa: E731
-        return ScaleBySparseAdamState(init_count(params), _tree.map(zeros, params),
-                                      _tree.map(zeros, params))
-
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams", {"maximize": maximize})
         check_state(owner, state, ScaleBySparseAdamState)
@@ -138,4 +150,68 @@ def scale_by_sparse_adam(lr: float | torch.Tensor = 1e-3,
         trees = [spec.unflatten(o) for o in outs]
         return trees[0], ScaleBySparseAdamState(*trees[1:])
 
-    return Transform(init, update, defaults)
+    return Transform(_init, update, defaults)
+
+
+def scale_by_dense_sparse_adam(lr: float | torch.Tensor = 1e-3,
+                               betas: tuple[float, float] = (0.9, 0.999),
+                               eps: float = 1e-8) -> Transform:
+    r"""Adam for dense updates and lazy Adam for sparse ones, in one transform with one state,
+    as AllenNLP's ``DenseSparseAdam`` computes them. Outputs the final (descent) update, dense
+    or sparse as the gradient.
+
+    Both are Adam with the bias corrections in the step size and ``ε`` on the uncorrected root
+    (Kingma & Ba's "efficient version"):
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+        u_t = -\eta \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t} \frac{m_t}{\sqrt{v_t} + \epsilon}
+
+    over every entry for a dense gradient (:func:`~functional_optim.transforms.scale_by_adam`
+    with ``bias_correction="step_size"``, then the learning rate), and over the rows a sparse
+    COO gradient has for a sparse one (:func:`scale_by_sparse_adam`'s rule: the other rows of
+    ``m`` and ``v`` keep their values). ``t`` counts the parameter's updates of either kind.
+    The state is :class:`ScaleBySparseAdamState` (``step``, ``exp_avg``, ``exp_avg_sq``).
+
+    Dense updates: pure, differentiable, ``vmap``-able, compilable and capturable, complex
+    parameters as pairs of reals; sparse ones as :func:`scale_by_sparse_adam` (no complex).
+
+    Args:
+        lr: ``η`` (default 1e-3).
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
+        eps: ``ε`` (default 1e-8).
+    """
+    owner = "scale_by_dense_sparse_adam"
+    check_hparam(owner, "lr", lr, ge=0)
+    check_hparam(owner, "eps", eps, ge=0)
+    check_betas(owner, betas)
+    defaults = {"lr": lr, "betas": tuple(betas), "eps": eps}
+    dense = chain(scale_by_adam(betas, eps, bias_correction="step_size"),
+                  scale_by_learning_rate(lr))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, ScaleBySparseAdamState)
+        named = _tree.named_leaves(updates)
+        sparse = {i for i, (_, g) in enumerate(named) if g is not None and g.is_sparse}
+        spec = _tree.structure(updates)
+        if sparse:  # the dense rule leaves them alone (None), the sparse rule runs below
+            updates = spec.unflatten([None if i in sparse else g
+                                      for i, (_, g) in enumerate(named)])
+        inner = ({"betas": h["betas"], "eps": h["eps"], "eps_root": 0.0}, {"lr": h["lr"]})
+        out, (adam, _) = dense.update(updates, (ScaleByAdamState(*state), EmptyState()), params,
+                                      inner)
+        new = ScaleBySparseAdamState(adam.step, adam.mu, adam.nu)
+        if not sparse:
+            return out, new
+        flat = [list(_tree.flatten_like(x, spec, f"{owner} state", "updates"))
+                for x in (out, *new)]
+        for i in sparse:
+            name, g = named[i]
+            flat[0][i], flat[1][i], flat[2][i], flat[3][i] = _sparse_adam_leaf(
+                h, g, flat[1][i], flat[2][i], flat[3][i], maximize=False, name=name)
+        trees = [spec.unflatten(x) for x in flat]
+        return trees[0], ScaleBySparseAdamState(*trees[1:])
+
+    return Transform(_init, update, defaults)
