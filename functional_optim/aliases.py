@@ -83,7 +83,8 @@ def _no_momentum(owner: str, h: dict) -> None:
           '1964; Nesterov: Sutskever et al., 2013'),
           drop_in='SGD')
 def sgd(lr: float | torch.Tensor = 1e-3, momentum: float | None = 0.0, dampening: float = 0.0,
-        weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> Transform:
+        weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+        detach_first: bool = False) -> Transform:
     r"""Stochastic gradient descent, as torch.optim.SGD.
 
     .. math::
@@ -103,6 +104,8 @@ def sgd(lr: float | torch.Tensor = 1e-3, momentum: float | None = 0.0, dampening
         nesterov: Nesterov momentum (structural; needs momentum > 0 and dampening 0 at
             construction).
         maximize: ascend instead of descend (structural).
+        detach_first: the first momentum buffer is a detached copy of the gradient, as
+            torch.optim.SGD makes it (structural; :func:`~functional_optim.trace`).
     """
     owner = "sgd"
     _check_lr(owner, lr)
@@ -117,7 +120,7 @@ def sgd(lr: float | torch.Tensor = 1e-3, momentum: float | None = 0.0, dampening
         blocks["maximize"] = scale(-1.0)
     blocks["weight_decay"] = add_decayed_weights(weight_decay)
     if momentum is not None:
-        blocks["momentum"] = trace(momentum, dampening, nesterov)
+        blocks["momentum"] = trace(momentum, dampening, nesterov, detach_first=detach_first)
     blocks["lr"] = scale_by_learning_rate(lr)
     # for a schedule, "lr" is the schedule's own hparams dict (as in scale_by_learning_rate)
     defaults = dict(lr=blocks["lr"].hparams["lr"], momentum=momentum, dampening=dampening,
@@ -134,7 +137,8 @@ def sgd(lr: float | torch.Tensor = 1e-3, momentum: float | None = 0.0, dampening
     fused = _fused.sgd_step(nesterov=nesterov, maximize=maximize,
                             has_momentum=momentum is not None)
     return _reparametrized(owner, chain(**blocks), defaults, to_inner,
-                           dict(nesterov=nesterov, maximize=maximize))._replace(fused=fused)
+                           dict(nesterov=nesterov, maximize=maximize,
+                                detach_first=detach_first))._replace(fused=fused)
 
 
 def _decay_around(owner: str, lr: Any, weight_decay: Any, maximize: bool, decoupled: bool,

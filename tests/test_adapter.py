@@ -29,6 +29,7 @@ from torch import nn
 
 import functional_optim as fo
 import functional_optim.optim as foo
+from functional_optim import optim as fo_optim
 from functional_optim.optim import SGD, Adam, AdamW, FunctionalOptimizer
 
 RTOL = 1e-10
@@ -277,50 +278,63 @@ def test_trajectory_matches_torch(name, kwargs):
     _same_state_dict(ours, theirs)
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW"])
-def test_capturable_keeps_step_on_the_device_and_matches(name):
-    # torch.optim refuses capturable=True on CPU (an assertion at step time); ours is always
-    # capturable, so compare with torch's capturable=False and check the format of "step"
-    ours_cls, torch_cls = PAIRS[name]
-    m1, m2 = _model(), _model()
-    ours = ours_cls(m1.parameters(), lr=0.02, capturable=True, amsgrad=True)
-    theirs = torch_cls(m2.parameters(), lr=0.02, amsgrad=True)
-    _train(m1, ours, STEPS)
-    _train(m2, theirs, STEPS)
-    _same_params(m1, m2)
-    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
-        step = ours.state[p]["step"]
-        assert step.device == p.device and step.item() == STEPS
-        assert step.dtype == theirs.state[q]["step"].dtype  # float32, as torch's
+CAPTURABLE = ["Adam", "AdamW", "Adadelta", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop",
+              "ASGD"]
+
+
+@pytest.mark.parametrize("name", CAPTURABLE)
+def test_capturable_on_the_cpu_raises_as_torch(name):
+    """torch.optim refuses ``capturable=True`` for parameters CUDA graphs cannot capture (an
+    AssertionError at step time, with its message); ours too, before anything changes. (On a
+    GPU, tests/test_cuda.py checks the capturable step and its device-resident ``step``.)"""
+    errors, states = [], []
+    for cls in (getattr(fo_optim, name), getattr(torch.optim, name)):
+        p = nn.Parameter(torch.linspace(-1, 1, 4, dtype=torch.float64))
+        p.grad = torch.ones_like(p)
+        opt = cls([p], capturable=True)
+        with pytest.raises(AssertionError) as caught:
+            opt.step()
+        errors.append(str(caught.value))
+        states.append(opt.state[p])
+        assert torch.equal(p.detach(), torch.linspace(-1, 1, 4, dtype=torch.float64))
+    assert errors[0] == errors[1] and errors[0].startswith("If capturable=True, ")
+    assert not states[0]  # (torch has made its state by then)
 
 
 def _differentiable_run(cls, kwargs: dict, w0: torch.Tensor, lr: torch.Tensor,
-                        differentiable: bool = True) -> torch.Tensor:
-    """Four steps on ``p = w0.clone()`` (a non-leaf: only differentiable optimizers take it)."""
+                        differentiable: bool = True, steps: int = 4) -> torch.Tensor:
+    """``steps`` steps on ``p = w0.clone()`` (a non-leaf: only differentiable optimizers take
+    it)."""
     target = torch.linspace(-1, 1, 5, dtype=torch.float64)
     p = w0.clone()
     opt = cls([p], lr=lr, differentiable=differentiable, **kwargs)
-    for _ in range(4):
+    for _ in range(steps):
         p.grad = 2 * (p - target)  # depends on p: d(step)/d(grad) flows into the result
         opt.step()
     return (p * torch.arange(5, dtype=torch.float64)).sum()
 
 
-def _differentiable_grads(cls, kwargs):
+def _differentiable_grads(cls, kwargs, steps: int = 4):
     w0 = torch.linspace(0.3, -0.7, 5, dtype=torch.float64).requires_grad_()
     lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
-    out = _differentiable_run(cls, kwargs, w0, lr)
+    out = _differentiable_run(cls, kwargs, w0, lr, steps=steps)
     return (out.detach(), *torch.autograd.grad(out, (w0, lr)))
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("SGD", dict()),
-    ("SGD", dict(weight_decay=0.1, maximize=True)),
-    ("Adam", dict()),
-    ("Adam", dict(weight_decay=0.1)),
-    ("AdamW", dict(weight_decay=0.1)),
+@pytest.mark.parametrize("name, kwargs, steps", [
+    ("SGD", dict(), 4),
+    ("SGD", dict(weight_decay=0.1, maximize=True), 4),
+    # torch's first momentum buffer is a detached copy of the gradient (ours too: the drop-in
+    # runs sgd(detach_first=True)); torch's later in-place buffer updates fail over 4 steps,
+    # except with nesterov
+    ("SGD", dict(momentum=0.9), 1),
+    ("SGD", dict(momentum=0.5, dampening=0.3, weight_decay=0.1, maximize=True), 1),
+    ("SGD", dict(momentum=0.9, nesterov=True), 4),
+    ("Adam", dict(), 4),
+    ("Adam", dict(weight_decay=0.1), 4),
+    ("AdamW", dict(weight_decay=0.1), 4),
 ])
-def test_differentiable_gives_torchs_gradients(name, kwargs):
+def test_differentiable_gives_torchs_gradients(name, kwargs, steps):
     """``differentiable=True``: the step is part of the graph; d(result)/d(init, lr) as torch's.
 
     Under float64 default dtype: torch's differentiable Adam computes its bias corrections in
@@ -328,24 +342,32 @@ def test_differentiable_gives_torchs_gradients(name, kwargs):
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        ours = _differentiable_grads(PAIRS[name][0], kwargs)
-        theirs = _differentiable_grads(PAIRS[name][1], kwargs)
+        ours = _differentiable_grads(PAIRS[name][0], kwargs, steps)
+        theirs = _differentiable_grads(PAIRS[name][1], kwargs, steps)
     finally:
         torch.set_default_dtype(old)
     for a, b, what in zip(ours, theirs, ("result", "d/dw0", "d/dlr"), strict=True):
         _close(a, b, what)
 
 
+def _functional_sgd(**options):
+    """The generic adapter on ``fo.sgd(**options)``: its first momentum buffer is the gradient
+    itself (meta-gradients flow through it, unlike the drop-in's torch-like detached copy)."""
+    def make(params, **kwargs):
+        return FunctionalOptimizer(params, fo.sgd(**options), **kwargs)
+    return make
+
+
 @pytest.mark.parametrize("name, kwargs", [
-    ("SGD", dict(momentum=0.9, weight_decay=0.1)),   # torch: detaches the first momentum buffer
-    ("SGD", dict(momentum=0.9, nesterov=True)),      # (and fails for a lr that requires grad)
+    (_functional_sgd(momentum=0.9, weight_decay=0.1), {}),
+    (_functional_sgd(momentum=0.9, nesterov=True), {}),
     ("Adam", dict(amsgrad=True)),                    # torch: fails (in-place on a saved tensor)
     ("AdamW", dict(weight_decay=0.1, amsgrad=True, maximize=True)),
-])
+], ids=["sgd-momentum-wd", "sgd-nesterov", "Adam-amsgrad", "AdamW-amsgrad"])
 def test_differentiable_gradients_match_finite_differences(name, kwargs):
     """Where torch's differentiable step fails or is wrong, ours is checked against central
     finite differences of the eager (non-differentiable) result."""
-    cls = PAIRS[name][0]
+    cls = PAIRS[name][0] if isinstance(name, str) else name
     value, d_w0, d_lr = _differentiable_grads(cls, kwargs)
     w0 = torch.linspace(0.3, -0.7, 5, dtype=torch.float64)
     lr, h = torch.tensor(0.05, dtype=torch.float64), 1e-6

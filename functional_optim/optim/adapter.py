@@ -371,6 +371,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_step()
         flat = self.__dict__.get("_flat")
         for group in self.param_groups:
             # the flat layout builds and rehomes its buffers in Python: never traced
@@ -378,6 +379,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                                              flat["compile"]):
                 self._step_group(group)
         return loss
+
+    def _check_step(self) -> None:
+        """Checks of the groups before any of them steps (subclasses add torch's)."""
 
     def use_flat(self, *, params: bool = True, compile: bool = False) -> FunctionalOptimizer:
         """Switch to the flat layout (:mod:`functional_optim.optim._flat`); returns ``self``.

@@ -8,7 +8,9 @@ Options with no separate meaning here are accepted and honoured as follows:
   multi-tensor path; ``True`` the multi-tensor path; ``False`` the per-leaf path. All give the
   same numbers (the fused kernel up to rounding order).
 - ``capturable``: the functional update never syncs with the host, so it is always capturable;
-  ``capturable=True`` keeps ``state["step"]`` on the parameter's device, as torch does.
+  ``capturable=True`` keeps ``state["step"]`` on the parameter's device, as torch does, and, as
+  torch does, a step raises torch's ``AssertionError`` for parameters on a device CUDA graphs
+  cannot capture (the CPU), before anything changes.
 - ``differentiable``: the step runs with autograd enabled (the pure path), as torch's does.
 - ``fused``: ``True``/``None`` run the fused kernel when the step allows it (torch keeps ``step``
   on the device then).
@@ -21,7 +23,7 @@ import inspect
 from typing import Any
 
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.optimizer import _get_capturable_supported_devices, _get_scalar_dtype
 
 from .. import _fused, aliases
 from .._execute import is_off
@@ -50,6 +52,10 @@ class _TorchCompatible(FunctionalOptimizer):
     as older torch versions saved it, becomes a tensor as torch's ``__setstate__`` makes it; a
     group option that older versions did not save takes the class's default.
     """
+
+    # torch.optim's check of capturable=True (an AssertionError at step time): the state its
+    # message names, and whether XLA counts as a capturable device; None: no such option
+    _CAPTURABLE: tuple[str, bool] | None = None
 
     _HPARAMS: tuple[str, ...] = ()
     # hyperparameters that torch fills in when an old checkpoint lacks them (others must be there)
@@ -136,6 +142,17 @@ class _TorchCompatible(FunctionalOptimizer):
         if message:
             raise RuntimeError(message)
 
+    def _check_step(self) -> None:
+        if self._CAPTURABLE is None or torch.compiler.is_compiling():
+            return
+        what, xla = self._CAPTURABLE
+        devices = _get_capturable_supported_devices(supports_xla=xla)
+        for group in self.param_groups:
+            if group.get("capturable") and any(p.grad is not None and p.device.type not in devices
+                                               for p in group["params"]):
+                raise AssertionError(
+                    f"If capturable=True, {what} must be on supported devices: {devices}.")
+
     def _static_key(self, group: dict) -> tuple:
         raise NotImplementedError
 
@@ -220,7 +237,7 @@ class SGD(_TorchCompatible):
         momentum = _momentum(group)
         nesterov = group["nesterov"] and momentum is not None  # (torch ignores it without)
         tx = aliases.sgd(group["lr"], momentum, group["dampening"], group["weight_decay"],
-                         nesterov, maximize=group["maximize"])
+                         nesterov, maximize=group["maximize"], detach_first=True)
         # the step counts are derived from the buffers (_load_leaf), so the fused step skips them
         return tx._replace(fused=_fused.sgd_step(
             nesterov=nesterov, maximize=group["maximize"], has_momentum=momentum is not None,
@@ -269,6 +286,8 @@ class Adam(_TorchCompatible):
 
     State: ``step``, ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad).
     """
+
+    _CAPTURABLE = ("params and state_steps", True)
 
     _SPARSE_ERROR = "Adam does not support sparse gradients, please consider SparseAdam instead"
     _HPARAMS = ("lr", "betas", "eps", "weight_decay")
@@ -379,6 +398,8 @@ class Adadelta(_Classic):
     State: ``step``, ``square_avg``, ``acc_delta``.
     """
 
+    _CAPTURABLE = ("params and state_steps", False)
+
     _HPARAMS = ("lr", "rho", "eps", "weight_decay")
     _STATE_NAMES = {("adadelta", "step"): "step", ("adadelta", "square_avg"): "square_avg",
                     ("adadelta", "acc_delta"): "acc_delta"}
@@ -404,6 +425,8 @@ class Adamax(_Classic):
 
     State: ``step``, ``exp_avg``, ``exp_inf``.
     """
+
+    _CAPTURABLE = ("params and state_steps", True)
 
     _HPARAMS = ("lr", "betas", "eps", "weight_decay")
     _STATE_NAMES = {("adamax", "step"): "step", ("adamax", "exp_avg"): "exp_avg",
@@ -431,6 +454,8 @@ class NAdam(_Classic):
 
     State: ``step``, ``mu_product`` (0-d, torch's scalar dtype), ``exp_avg``, ``exp_avg_sq``.
     """
+
+    _CAPTURABLE = ("params, mu_products and state_steps", True)
 
     _HPARAMS = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
     _SCALARS = ("step", "mu_product")
@@ -465,6 +490,8 @@ class RAdam(_Classic):
     State: ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
 
+    _CAPTURABLE = ("params and state_steps", True)
+
     _HPARAMS = ("lr", "betas", "eps", "weight_decay")
     _STATE_NAMES = {("radam", "step"): "step", ("radam", "exp_avg"): "exp_avg",
                     ("radam", "exp_avg_sq"): "exp_avg_sq"}
@@ -494,6 +521,8 @@ class RMSprop(_Classic):
     State: ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
     (centered).
     """
+
+    _CAPTURABLE = ("params and state_steps", True)
 
     _HPARAMS = ("lr", "alpha", "eps", "weight_decay", "momentum")
     _DEFAULTED = ("momentum",)
@@ -535,6 +564,8 @@ class Rprop(_Classic):
     State: ``step``, ``prev``, ``step_size``.
     """
 
+    _CAPTURABLE = ("params and state_steps", True)
+
     _HPARAMS = ("lr", "etas", "step_sizes")
     _STATE_NAMES = {("rprop", "step"): "step", ("rprop", "prev"): "prev",
                     ("rprop", "step_size"): "step_size"}
@@ -570,6 +601,8 @@ class ASGD(_Classic):
     State: ``step``, ``eta``, ``mu`` (0-d, torch's scalar dtype, on the parameter's device),
     ``ax`` (the averaged parameter).
     """
+
+    _CAPTURABLE = ("params, mus, etas, and state_steps", True)
 
     _HPARAMS = ("lr", "lambd", "alpha", "t0", "weight_decay")
     _SCALARS = ("step", "eta", "mu")

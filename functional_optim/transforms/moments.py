@@ -221,7 +221,7 @@ class TraceState(NamedTuple):
     momentum_buffer: Any
 
 
-def _trace_rule(h, g, t, buf, *, nesterov):
+def _trace_rule(h, g, t, buf, *, nesterov, detach_first):
     momentum = h["momentum"]
     if is_off(momentum):  # no momentum (torch.optim.SGD's momentum=0): the buffer waits
         return g, t, buf
@@ -230,11 +230,16 @@ def _trace_rule(h, g, t, buf, *, nesterov):
     started = (t > 0).to(scalar_dtype(g))
     keep = momentum * started
     take = 1 - h["dampening"] * started
-    buf = buf * keep + take * g  # (dense + sparse: a sparse g gives a dense buffer)
+    if detach_first and torch.is_grad_enabled() and not bool(t > 0):
+        g_in = g.detach()  # (read on the host, as torch.optim.SGD's differentiable step does)
+    else:
+        g_in = g
+    buf = buf * keep + take * g_in  # (dense + sparse: a sparse g gives a dense buffer)
     return (momentum * buf + g if nesterov else buf), t + 1, buf
 
 
-def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False) -> Transform:
+def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False, *,
+          detach_first: bool = False) -> Transform:
     r"""Momentum with torch.optim.SGD's semantics (Sutskever et al., 2013 for Nesterov).
 
     .. math::
@@ -251,14 +256,19 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False)
     Args:
         momentum: ``μ`` (default 0.9).
         dampening: ``τ`` (default 0); must be 0 with ``nesterov``.
-        nesterov: Nesterov momentum (static; default False).
+        nesterov: Nesterov momentum (structural; default False).
+        detach_first: the first buffer :math:`b_1` is a detached copy of :math:`g_1`, as
+            torch.optim.SGD makes it: with autograd on (its ``differentiable=True``) no gradient
+            flows through it, and the count is read on the host to tell the first step, as
+            torch's step does (structural; default False: meta-gradients flow through
+            :math:`b_1 = g_1`, as MAML with momentum needs, and nothing is read).
     """
     check_hparam("trace", "momentum", momentum, ge=0)
     check_hparam("trace", "dampening", dampening)
     if nesterov and (isinstance(dampening, torch.Tensor) or dampening != 0):
         raise HParamError("trace: nesterov momentum requires dampening == 0 (as torch.optim.SGD)")
     defaults = {"momentum": momentum, "dampening": dampening}
-    rule = functools.partial(_trace_rule, nesterov=nesterov)
+    rule = functools.partial(_trace_rule, nesterov=nesterov, detach_first=detach_first)
 
     def init(params):
         return TraceState(init_count(params), _tree.zeros_like(params))
