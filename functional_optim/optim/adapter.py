@@ -43,22 +43,39 @@ def _stored(state: dict) -> dict:
     so it never shares storage with the checkpoint)."""
     out = copy.copy(state)  # keeps torch's defaultdict
     for p, entry in state.items():
-        out[p] = entry.entry if isinstance(entry, _Loaded) else _own(entry)
+        out[p] = entry.entry if isinstance(entry, _Loaded) else _own(entry, p)
     return out
 
 
-def _own(value: Any) -> Any:
-    """``value`` with every tensor cloned (dicts, lists and tuples rebuilt)."""
+def _own(value: Any, like: Any = None) -> Any:
+    """``value`` with every tensor copied (:func:`_copy_like` the parameter ``like``; dicts,
+    lists and tuples rebuilt)."""
     if isinstance(value, torch.Tensor):
-        return value.clone()
+        return _copy_like(value, like)
     if isinstance(value, dict):  # a defaultdict keeps its factory
         out = copy.copy(value)
         for k, v in value.items():
-            out[k] = _own(v)
+            out[k] = _own(v, like)
         return out
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_own(v) for v in value)
+        return type(value)(_own(v, like) for v in value)
     return value
+
+
+def _plain(x: Any) -> bool:
+    """Whether ``x`` is a plain tensor or parameter (not a DTensor or other subclass)."""
+    return type(x) in (torch.Tensor, torch.nn.Parameter)
+
+
+def _copy_like(value: torch.Tensor, like: Any) -> torch.Tensor:
+    """A copy of the loaded state tensor ``value``; one shaped like the parameter ``like`` takes
+    its memory layout where that is dense, so that a checkpoint saved in another layout
+    (contiguous, loaded after ``model.to(memory_format=torch.channels_last)``) keeps the fused
+    kernels (:func:`functional_optim._fused.linear`)."""
+    if _plain(like) and _plain(value) and value.shape == like.shape and \
+            value.stride() != like.stride() and _fused.dense(like):
+        return torch.empty_like(like, dtype=value.dtype, device=value.device).copy_(value)
+    return value.clone()
 
 
 class FunctionalOptimizer(torch.optim.Optimizer):
@@ -250,6 +267,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         complex parameter, real floating point for a real one); step counts are whole numbers
         >= 0.
 
+        Each state tensor shaped like its parameter is loaded in the parameter's memory layout
+        (a contiguous checkpoint into a channels_last model keeps the fused kernels).
+
         A ``FunctionalOptimizer`` loads each state leaf in the dtype ``init`` gives it, on the
         parameter's device (not torch's cast to the parameter's dtype): counts stay integers, a
         low-precision or ``scalar_state_dtype`` state keeps its dtype, and a resumed run is the
@@ -355,11 +375,12 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     def _loaded_entry(self, p: torch.Tensor, entry: dict, present: dict, expected: dict) -> Any:
         """A checked entry as it is to be stored: every leaf in the dtype ``init`` gives it, on
-        ``p``'s device, a copy (torch's cast passes the wrapper through)."""
+        ``p``'s device, a copy in ``p``'s layout (:func:`_copy_like`; torch's cast passes the
+        wrapper through)."""
         out: dict = {}
         for path, value in present.items():
             dtype = expected[path].like.dtype
-            _layout.nested_set(out, path, value.to(device=p.device, dtype=dtype, copy=True))
+            _layout.nested_set(out, path, _copy_like(value.to(device=p.device, dtype=dtype), p))
         return _Loaded(out)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
