@@ -408,9 +408,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         ``self.state[p]`` holds views of the buffers (``state_dict`` is unchanged).
 
         Args:
-            params: also move the parameters into one buffer (``p.data`` becomes a view of it),
-                so that the parameter update is one kernel; ``False`` leaves them where they are
-                (one more pass per step, to gather them).
+            params: also move the parameters into one buffer (``p.data`` becomes a view of it,
+                with the parameter's strides: channels_last stays channels_last), so that the
+                parameter update is one kernel; ``False`` leaves them where they are (one more
+                pass per step, to gather them), as does a group holding a strided view of
+                another tensor (``big[:, ::2]``: moving it would cut it off from ``big``).
             compile: run the update of each buffer as one ``torch.compile``'d graph (the number
                 hyperparameters become 0-d tensors, so schedulers do not recompile it). This is
                 how a flat step compiles: within a ``torch.compile``'d ``step`` (or train step)
