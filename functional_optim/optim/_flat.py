@@ -252,7 +252,8 @@ class FlatGroup:
         """One update of the buffers (after :meth:`gather_grads`)."""
         if self.compiled is not None:
             hparams = optree.tree_map(_as_tensor, hparams)
-        with torch.no_grad(), _execute.multi_tensor(self.compiled is None, donate=True):
+        with torch.no_grad(), _execute.multi_tensor(self.compiled is None,
+                                                    donate=_execute.donates_to(self.tx)):
             for seg in self.segments:
                 if self.tx.fused is not None and seg.rehome and self.compiled is None and \
                         self._fused(seg, hparams):

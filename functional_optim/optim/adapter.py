@@ -508,6 +508,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             if missing:
                 if not fresh:
                     init = tx.init(dict(by_name))
+                    if not _execute.donates_to(tx):  # a user's init may return params
+                        init = _unshared(init, params)
                     fresh.update({(pa, ow): leaf for pa, ow, leaf in
                                   _layout.walk_state(init, frozenset(names))})
                 positions = _positions(at)
@@ -548,9 +550,14 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,
                       multi: bool, differentiable: bool) -> Any:
-        """The chain's ``update`` and ``p += u``; returns the new state."""
-        with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=True):
+        """The chain's ``update`` and ``p += u``; returns the new state. The state buffers
+        are this optimizer's, so the library's own transforms may update them in place
+        (:func:`~functional_optim._execute.donates_to`)."""
+        library = _execute.donates_to(tx)
+        with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=library):
             updates, new_state = tx.update(grads, state, dict(by_name), hparams)
+            if not library:  # a user's update may keep its inputs (params, grads) as state
+                new_state = _unshared(new_state, [*by_name.values(), *grads.values()])
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
             if multi and all(u.dtype == p.dtype for p, u in pairs):
                 for members in _tree.by_layout([p for p, _ in pairs]):
@@ -652,6 +659,15 @@ def _torch_groups(params: Iterable, grouped: groups.ParameterGroups, owner: str)
         out.append({"params": [p for _, p in members], "param_names": [n for n, _ in members],
                     **values})
     return out
+
+
+def _unshared(state: Any, tensors: list) -> Any:
+    """``state`` with a copy of each plain tensor that shares memory with one of ``tensors``:
+    the parameters (the step adds to them in place) and their gradients (backward and
+    ``zero_grad`` write them), which a pure transform may keep as state."""
+    storages = {t.untyped_storage().data_ptr() for t in tensors if _plain(t)}
+    return optree.tree_map(lambda x: x.clone() if _plain(x) and
+                           x.untyped_storage().data_ptr() in storages else x, state)
 
 
 def _slice(positions: list) -> slice | list:
