@@ -48,10 +48,10 @@ def _stored(state: dict) -> dict:
 
 
 def _own(value: Any, like: Any = None) -> Any:
-    """``value`` with every tensor copied (:func:`_copy_like` the parameter ``like``; dicts,
-    lists and tuples rebuilt)."""
+    """``value`` with every tensor copied (``_layout.copy_like`` the parameter ``like``;
+    dicts, lists and tuples rebuilt)."""
     if isinstance(value, torch.Tensor):
-        return _copy_like(value, like)
+        return _layout.copy_like(value, like)
     if isinstance(value, dict):  # a defaultdict keeps its factory
         out = copy.copy(value)
         for k, v in value.items():
@@ -60,22 +60,6 @@ def _own(value: Any, like: Any = None) -> Any:
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
         return type(value)(_own(v, like) for v in value)
     return value
-
-
-def _plain(x: Any) -> bool:
-    """Whether ``x`` is a plain tensor or parameter (not a DTensor or other subclass)."""
-    return type(x) in (torch.Tensor, torch.nn.Parameter)
-
-
-def _copy_like(value: torch.Tensor, like: Any) -> torch.Tensor:
-    """A copy of the loaded state tensor ``value``; one shaped like the parameter ``like`` takes
-    its memory layout where that is dense, so that a checkpoint saved in another layout
-    (contiguous, loaded after ``model.to(memory_format=torch.channels_last)``) keeps the fused
-    kernels (:func:`functional_optim._fused.linear`)."""
-    if _plain(like) and _plain(value) and value.shape == like.shape and \
-            value.stride() != like.stride() and _fused.dense(like):
-        return torch.empty_like(like, dtype=value.dtype, device=value.device).copy_(value)
-    return value.clone()
 
 
 class FunctionalOptimizer(torch.optim.Optimizer):
@@ -375,12 +359,12 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     def _loaded_entry(self, p: torch.Tensor, entry: dict, present: dict, expected: dict) -> Any:
         """A checked entry as it is to be stored: every leaf in the dtype ``init`` gives it, on
-        ``p``'s device, a copy in ``p``'s layout (:func:`_copy_like`; torch's cast passes the
-        wrapper through)."""
+        ``p``'s device, a copy in ``p``'s layout (``_layout.copy_like``; torch's cast passes
+        the wrapper through)."""
         out: dict = {}
         for path, value in present.items():
-            dtype = expected[path].like.dtype
-            _layout.nested_set(out, path, _copy_like(value.to(device=p.device, dtype=dtype), p))
+            value = value.to(device=p.device, dtype=expected[path].like.dtype)
+            _layout.nested_set(out, path, _layout.copy_like(value, p))
         return _Loaded(out)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -509,7 +493,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 if not fresh:
                     init = tx.init(dict(by_name))
                     if not _execute.donates_to(tx):  # a user's init may return params
-                        init = _unshared(init, params)
+                        init = _layout.unshared(init, params)
                     fresh.update({(pa, ow): leaf for pa, ow, leaf in
                                   _layout.walk_state(init, frozenset(names))})
                 positions = _positions(at)
@@ -557,7 +541,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=library):
             updates, new_state = tx.update(grads, state, dict(by_name), hparams)
             if not library:  # a user's update may keep its inputs (params, grads) as state
-                new_state = _unshared(new_state, [*by_name.values(), *grads.values()])
+                new_state = _layout.unshared(new_state, [*by_name.values(), *grads.values()])
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
             if multi and all(u.dtype == p.dtype for p, u in pairs):
                 for members in _tree.by_layout([p for p, _ in pairs]):
@@ -659,15 +643,6 @@ def _torch_groups(params: Iterable, grouped: groups.ParameterGroups, owner: str)
         out.append({"params": [p for _, p in members], "param_names": [n for n, _ in members],
                     **values})
     return out
-
-
-def _unshared(state: Any, tensors: list) -> Any:
-    """``state`` with a copy of each plain tensor that shares memory with one of ``tensors``:
-    the parameters (the step adds to them in place) and their gradients (backward and
-    ``zero_grad`` write them), which a pure transform may keep as state."""
-    storages = {t.untyped_storage().data_ptr() for t in tensors if _plain(t)}
-    return optree.tree_map(lambda x: x.clone() if _plain(x) and
-                           x.untyped_storage().data_ptr() in storages else x, state)
 
 
 def _slice(positions: list) -> slice | list:
