@@ -282,15 +282,16 @@ def donates_to(tx: Any) -> bool:
     memory)."""
     update = tx.update
     module = getattr(update, "__module__", None)
-    return isinstance(module, str) and module.partition(".")[0] == _PACKAGE and \
-        not getattr(update, "keeps_state", False)
+    marked = (getattr(x, "keeps_state", False) for x in (update, getattr(update, "__self__", None)))
+    return isinstance(module, str) and module.partition(".")[0] == _PACKAGE and not any(marked)
 
 
 def owning(update: Callable, inners: Any) -> Callable:
     """The ``update`` of a library transform that runs the updates of the transforms
     ``inners`` (a chain's members, a combinator's inner transform): as it is where each of them
     :func:`donates_to`; else it runs in :class:`keep_state`, marked ``keeps_state`` so that its
-    own callers donate nothing to it either."""
+    own callers donate nothing to it either (a library object whose method is an update
+    carries the mark itself)."""
     if all(map(donates_to, inners)):
         return update
 

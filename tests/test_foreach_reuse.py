@@ -248,14 +248,17 @@ def _keeps_inputs():
 
 @pytest.mark.parametrize("set_to_none", [True, False])
 @pytest.mark.parametrize("foreach", [None, True, False])
-@pytest.mark.parametrize("wrap", ["alone", "in a chain"])
+@pytest.mark.parametrize("wrap", ["alone", "in a chain", "in parameter_groups"])
 def test_adapter_never_keeps_parameters_or_gradients_as_state(wrap, foreach, set_to_none):
     """The adapter adds to its parameters in place and backward writes the gradients, so a
     state that is one of them would change under the transform: it stores copies, and the
     trajectory is the pure loop's."""
     import functional_optim as fo
     from functional_optim.optim import FunctionalOptimizer
-    tx = _keeps_inputs() if wrap == "alone" else fo.chain(_keeps_inputs(), fo.scale(1.0))
+    inner = {"alone": _keeps_inputs, "in a chain": _keeps_inputs,
+             "in parameter_groups": lambda: fo.parameter_groups(lambda **_: _keeps_inputs(),
+                                                                [(["w0"], {})])}[wrap]()
+    tx = inner if wrap == "alone" else fo.chain(inner, fo.scale(1.0))
     expected = _pure(tx, steps=4)
     params = {k: v.clone().requires_grad_() for k, v in _trees().items()}
     opt = FunctionalOptimizer(list(params.items()), tx, foreach=foreach)
