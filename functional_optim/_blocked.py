@@ -33,6 +33,7 @@ import torch
 from ._fused import FusedStep, _groups
 from .base import EmptyState, resolve_hparams
 from .transforms.adaptive import RADAM_THRESHOLD, asgd_schedule
+from .transforms.factored import at_least
 
 __all__ = ["BLOCK", "blocks", "classic_step"]
 
@@ -427,6 +428,21 @@ def asgd_step(defaults: dict, where: str, *, maximize: bool, rounding: torch.dty
                         prepare=prepare, kernel=kernel)
 
 
+def _keep_where(out: list, x: list, keep: list) -> None:
+    """``out = x`` where ``keep`` is 1, ``0`` where it is 0 (``torch.where(keep, x, 0)``).
+
+    ``x * keep`` would make an infinite ``x`` NaN where ``keep`` is 0; instead ``x`` is
+    clamped to ``±keep / (1 - keep)``, that is to ``±inf`` (unchanged) or to ``±0``. ``keep`` is
+    overwritten."""
+    bound = torch._foreach_neg(keep)
+    _add_(bound, 1)
+    torch._foreach_div_(keep, bound)
+    torch._foreach_copy_(out, x)
+    torch._foreach_clamp_max_(out, keep)
+    torch._foreach_neg_(keep)
+    torch._foreach_clamp_min_(out, keep)
+
+
 def rprop_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     r"""Rprop: with :math:`s = \mathrm{sign}(g\,g_{prev})`, the step sizes grow by ``η+``
     (:math:`s > 0`) or shrink by ``η-`` (:math:`s < 0`), clipped to ``step_sizes``; where
@@ -450,10 +466,9 @@ def rprop_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
         torch._foreach_mul_(size, factor)
         torch._foreach_clamp_min_(size, h["step_sizes"][0])
         torch._foreach_clamp_max_(size, h["step_sizes"][1])
-        _add_(sign, 1)  # 0 where the sign flipped, else 1 or 2
+        _add_(sign, 1)  # 0 where the sign flipped, else 1 or 2 (torch.sign(nan) is 0)
         torch._foreach_clamp_max_(sign, 1)
-        torch._foreach_copy_(prev, g)
-        torch._foreach_mul_(prev, sign)
+        _keep_where(prev, g, sign)
         direction = torch._foreach_sign(prev)
         torch._foreach_addcmul_(p, direction, size, value=-1)
 
@@ -510,8 +525,8 @@ class _AdafactorScale:
 
     def __call__(self, p_norm: torch.Tensor, u_norm: torch.Tensor, numel: torch.Tensor):
         root = numel.double().sqrt()
-        alpha = torch.clamp(p_norm.double() / root, min=self.eps2) * self.rho
-        return self.sign * alpha / torch.clamp(u_norm.double() / (root * self.d), min=1.0)
+        alpha = at_least(p_norm.double() / root, self.eps2) * self.rho
+        return self.sign * alpha / at_least(u_norm.double() / (root * self.d), 1.0)
 
 
 def _adafactor_vectors(p: list, g: list, var: list, weight: float, eps1: float,

@@ -241,6 +241,8 @@ class multi_tensor:  # noqa: N801 - used like torch.no_grad
 
     ``donate=True`` (the stateful adapter, which owns its state buffers) lets rules that opt in
     update their state in place, as torch.optim does: the input state tensors are overwritten.
+    The caller donates only to a transform that :func:`donates_to`, and library transforms pass
+    it on to their inner ones the same way (:func:`owning`).
     """
 
     def __init__(self, enabled: bool = True, donate: bool = False):
@@ -265,6 +267,40 @@ class keep_state:  # noqa: N801 - a context like torch.no_grad
 
     def __exit__(self, *exc):
         _MULTI_TENSOR[1] = self.previous
+
+
+_PACKAGE = __name__.partition(".")[0]
+
+
+def donates_to(tx: Any) -> bool:
+    """Whether a caller that owns the state it passes to ``tx.update`` may let it update that
+    state in place (donation): only where ``update`` is the library's own code (a block, alias,
+    chain or combinator), which reads each state once and calls each inner update once on it
+    (or runs it in :class:`keep_state`), and runs no other code (see :func:`owning`). Any other
+    ``update`` (a user's transform) may read its state again, keep it, or call an inner update
+    twice on it: it and everything it calls get no donation (the same numbers, without reusing
+    memory)."""
+    update = tx.update
+    module = getattr(update, "__module__", None)
+    marked = (getattr(x, "keeps_state", False) for x in (update, getattr(update, "__self__", None)))
+    return isinstance(module, str) and module.partition(".")[0] == _PACKAGE and not any(marked)
+
+
+def owning(update: Callable, inners: Any) -> Callable:
+    """The ``update`` of a library transform that runs the updates of the transforms
+    ``inners`` (a chain's members, a combinator's inner transform): as it is where each of them
+    :func:`donates_to`; else it runs in :class:`keep_state`, marked ``keeps_state`` so that its
+    own callers donate nothing to it either (a library object whose method is an update
+    carries the mark itself)."""
+    if all(map(donates_to, inners)):
+        return update
+
+    def without_donation(*args: Any, **kwargs: Any) -> Any:
+        with keep_state():
+            return update(*args, **kwargs)
+
+    without_donation.keeps_state = True
+    return without_donation
 
 
 def fusing(updates: Any) -> bool:

@@ -11,8 +11,9 @@ attaches a *fused step* to its :class:`~functional_optim.Transform`::
 ``params``, ``grads`` and ``state`` are the stateful adapter's (dicts keyed by parameter name,
 tensors it owns): the step updates params and state **in place** and returns the state, or returns
 ``None`` when the kernel does not apply (a tensor beta, a schedule, complex or half-precision
-leaves, a DTensor, a step count on another device), and the adapter then runs the chain. The
-numbers are the chain's up to rounding order (tested).
+leaves, a DTensor, a step count on another device, a memory layout the kernel cannot index: see
+:func:`linear`), and the adapter then runs the chain. The numbers are the chain's up to rounding
+order (tested).
 
 Only the adapter calls it, outside autograd and ``torch.compile``, with dense gradients; the pure
 ``update`` is unchanged.
@@ -20,6 +21,7 @@ Only the adapter calls it, outside autograd and ``torch.compile``, with dense gr
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable
 from numbers import Number
@@ -30,7 +32,8 @@ import torch
 from . import _execute
 from .base import EmptyState, Transform, resolve_hparams
 
-__all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step", "chain_step", "first"]
+__all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step", "chain_step", "first",
+           "dense", "linear"]
 
 FusedStep = Callable[[dict, dict, Any, dict], Any]
 
@@ -46,19 +49,57 @@ def _number(x: Any) -> bool:
 _device, _dtype = operator.attrgetter("device"), operator.attrgetter("dtype")
 
 
-def _groups(params: dict, grads: dict, steps: dict | None) -> dict | None:
+def dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill ``t.numel()`` consecutive memory slots, one each: a
+    contiguous tensor or a permutation of one (channels_last, a transpose), not a strided view
+    (``big[:, ::2]``) nor an overlapping one (``expand``)."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return t.numel() == 0
+        expected *= size
+    return True
+
+
+_is_contiguous = torch.Tensor.is_contiguous
+
+
+def linear(columns: list[list[torch.Tensor]]) -> bool:
+    """Whether a kernel that walks each tensor's memory linearly (torch's fused optimizer
+    kernels: element ``i`` of a parameter is element ``i`` of its gradient and state) computes
+    the right thing on ``columns`` (one tensor per parameter in each: parameters, gradients,
+    state buffers): each parameter's tensors are :func:`dense` and have the same strides.
+
+    The usual case, everything contiguous, is one C-level pass of ``is_contiguous``."""
+    if all(map(_is_contiguous, itertools.chain.from_iterable(columns))):
+        return True
+    for row in zip(*columns):
+        if all(map(_is_contiguous, row)):
+            continue
+        strides = row[0].stride()
+        if not (dense(row[0]) and all(t.stride() == strides for t in row[1:])):
+            return False
+    return True
+
+
+def _groups(params: dict, grads: dict, steps: dict | None,
+            buffers: tuple[dict, ...] | None = None) -> dict | None:
     """Names of the leaves by (device, dtype), or ``None`` when a leaf is not for a kernel.
 
     Gradients match their parameter's dtype, device and shape (autograd enforces it on
     assignment), and state buffers too (``init`` and ``load_state_dict`` make them so); a step
     count may sit on another device (torch keeps it on the CPU unless capturable or fused).
     Gradients are dense: the adapter runs a step with a sparse one on the chain.
+    ``buffers`` (the state a kernel updates, by name): the memory layouts are checked too
+    (:func:`linear`); ``None`` for a caller that walks the tensors with layout-aware ops.
     """
     names = list(params)
     gs = list(map(grads.__getitem__, names))
     if not names or set(map(type, gs)) != {torch.Tensor}:
         return None  # a DTensor or other subclass gradient
     ps = list(params.values())
+    if buffers is not None and not linear([ps, gs, *(_take(b, names) for b in buffers)]):
+        return None
     devices, dtypes = list(map(_device, ps)), list(map(_dtype, ps))
     if steps is not None and [steps[n].device for n in names] != devices:
         return None
@@ -94,13 +135,13 @@ def _take(column: dict, names: list) -> list:
     return [column[n] for n in names]
 
 
-def _kernel_groups(params: dict, grads: dict, steps: dict | None, h: dict,
-                   state: dict) -> list | None:
+def _kernel_groups(params: dict, grads: dict, steps: dict | None, h: dict, state: dict,
+                   buffers: tuple[dict, ...]) -> list | None:
     """``[(names, lr)]``, one per (device, dtype) group, or ``None`` when a kernel cannot run
     (also for a schedule: its ``lr`` block keeps a count)."""
     if not isinstance(state["lr"], EmptyState):
         return None
-    groups = _groups(params, grads, steps)
+    groups = _groups(params, grads, steps, buffers)
     if groups is None:
         return None
     out = [(names, _lr(h, device)) for (device, _), names in groups.items()]
@@ -133,7 +174,8 @@ def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool) -> FusedStep:
         if not (_numbers(h, ("eps", "weight_decay")) and all(_number(b) for b in h["betas"])):
             return None
         adam = state["adam"]
-        groups = _kernel_groups(params, grads, adam.step, h, state)
+        groups = _kernel_groups(params, grads, adam.step, h, state,
+                                (adam.mu, adam.nu, adam.nu_max) if amsgrad else (adam.mu, adam.nu))
         if groups is None:
             return None
         for names, lr in groups:
@@ -169,7 +211,8 @@ def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool,
             return None  # (the chain raises the alias's error for a momentum without block)
         moving = has_momentum and momentum != 0
         trace = state["momentum"] if moving else None
-        groups = _kernel_groups(params, grads, trace.step if moving else None, h, state)
+        groups = _kernel_groups(params, grads, trace.step if moving else None, h, state,
+                                (trace.momentum_buffer,) if moving else ())
         if groups is None:
             return None
         steps: dict = {}
@@ -198,7 +241,7 @@ def adagrad_step(*, maximize: bool) -> FusedStep:
         if not _numbers(h, ("lr_decay", "eps", "weight_decay")):
             return None
         rss = state["rss"]
-        groups = _kernel_groups(params, grads, rss.step, h, state)
+        groups = _kernel_groups(params, grads, rss.step, h, state, (rss.sum,))
         if groups is None:
             return None
         for names, lr in groups:
@@ -300,7 +343,7 @@ def chain_step(tx: Transform) -> FusedStep | None:
                 and _number(h["eps_root"]) and h["eps_root"] == 0):
             return None
         steps, mu, nu = adam.states[:3]
-        groups = _groups(params, grads, steps)
+        groups = _groups(params, grads, steps, adam.states[1:4] if amsgrad else (mu, nu))
         if groups is None:
             return None
         lrs = [_lr({"lr": -neg_lr}, device) for device, _ in groups]

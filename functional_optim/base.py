@@ -326,7 +326,7 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
             return call._replace(finish=lambda new: pack(call.finish(new)))
 
         whole = inner._replace(prepare=prepare, parts=tuple(zip(keys, specs)))
-    return Transform(init, update, defaults, pointwise=whole)
+    return Transform(init, _execute.owning(update, txs), defaults, pointwise=whole)
 
 
 def _chain_name(specs: list) -> str:
@@ -370,7 +370,7 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
                                 to_inner(resolve_hparams(hparams, hparams_, name, structural)))
 
         spec = spec._replace(prepare=prepare, parts=())  # (the parts take the inner hparams)
-    return Transform(inner.init, update, hparams, pointwise=spec)
+    return Transform(inner.init, _execute.owning(update, [inner]), hparams, pointwise=spec)
 
 
 def _add(p, u):

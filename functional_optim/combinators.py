@@ -164,7 +164,7 @@ def masked(inner: Transform, mask: Any | Callable[[Any], Any]) -> Transform:
         out, state = inner.update(_select(updates, m), state, sub_params, hparams, **extra)
         return _merge(m, out, updates), state
 
-    return Transform(init, update, inner.hparams)
+    return Transform(init, _execute.owning(update, [inner]), inner.hparams)
 
 
 def freeze(mask: Any | Callable[[Any], Any] | None = None) -> Transform:
@@ -298,7 +298,7 @@ def partition(transforms: Mapping[Any, Transform], labels: Any) -> Transform:
                                  else u, lab, updates, *(outs[k] for k in keys), **_NONE)
         return merged, new_state
 
-    return Transform(init, update, defaults)
+    return Transform(init, _execute.owning(update, transforms.values()), defaults)
 
 
 def _is(labels: Any, key: Any) -> Any:
@@ -407,7 +407,7 @@ def inject_hparams(inner: Transform, schedules: Mapping[str, Any] | None = None,
         stored = {p: values[p].to(state.hparams[p].dtype).reshape(()) for p in paths}
         return out, InjectHparamsState(state.count + 1, stored, inner_state)
 
-    return Transform(init, update, defaults)
+    return Transform(init, _execute.owning(update, [inner]), defaults)
 
 
 def get_hparam(state: Any, name: str) -> torch.Tensor:
@@ -512,7 +512,7 @@ def multi_steps(inner: Transform, every_k: int,
         mini = torch.where(boundary, torch.zeros_like(state.mini_step), state.mini_step + 1)
         return out, MultiStepsState(mini, acc, _pick(boundary, new_inner, state.inner_state))
 
-    return Transform(init, update, inner.hparams)
+    return Transform(init, _execute.owning(update, [inner]), inner.hparams)
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -577,7 +577,7 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
         return out, ApplyIfFiniteState(notfinite, finite, total,
                                        _pick(apply, new_inner, state.inner_state))
 
-    return Transform(init, update, inner.hparams)
+    return Transform(init, _execute.owning(update, [inner]), inner.hparams)
 
 
 class ConditionallyState(NamedTuple):
@@ -619,7 +619,7 @@ def conditionally(inner: Transform, every_k: int | None = None,
         return out, ConditionallyState(state.count + 1,
                                        _pick(apply, new_inner, state.inner_state))
 
-    return Transform(init, update, inner.hparams)
+    return Transform(init, _execute.owning(update, [inner]), inner.hparams)
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,7 +737,7 @@ def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5) -> Tra
                                 name="lookahead", input_names=("params",))
         return out, LookaheadState(state.count + 1, slow, inner_state)
 
-    return Transform(init, update, defaults)
+    return Transform(init, _execute.owning(update, [inner]), defaults)
 
 
 class EmaState(NamedTuple):
@@ -920,4 +920,4 @@ def flatten(inner: Transform) -> Transform:
             flat_out.append(None if g is None else piece.reshape(g.shape))
         return _refill(updates, flat_out), state
 
-    return Transform(init, update, inner.hparams)
+    return Transform(init, _execute.owning(update, [inner]), inner.hparams)

@@ -187,6 +187,8 @@ class ParameterGroups:
 
         self._partition = partition(self.transforms, label_tree)
         self.hparams = self._partition.hparams
+        # (update runs the partition's: donated state reaches a user's transform no more)
+        self.keeps_state = getattr(self._partition.update, "keeps_state", False)
         # the names checked (and logged) at construction: init does not log them again
         self._checked = None if params is None else self.check_tree(params)
 

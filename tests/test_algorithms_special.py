@@ -305,6 +305,25 @@ def test_sparse_adam_rejects_complex():
         tx.update({"p": g}, tx.init({"p": p}), {"p": p})
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_sparse_adam_rejects_integer_parameters(dtype):
+    """torch raises (its float update cannot be cast into the integer state); ours names the
+    leaf and the dtype, and nothing moves, rather than stepping silently."""
+    p = torch.arange(6, dtype=dtype).reshape(3, 2)
+    g = torch.sparse_coo_tensor([[0, 2]], torch.ones(2, 2, dtype=dtype), (3, 2),
+                                check_invariants=True)
+    tx = fo.sparse_adam()
+    with pytest.raises(TypeError, match=f"leaf 'p': update {dtype}, state {dtype}"):
+        tx.update({"p": g}, tx.init({"p": p}), {"p": p})
+    opt = fopt.SparseAdam([p])
+    p.grad = g
+    with pytest.raises(TypeError, match="needs floating-point updates and state"):
+        opt.step()
+    assert torch.equal(p, torch.arange(6, dtype=dtype).reshape(3, 2))
+    with pytest.raises(RuntimeError):
+        torch.optim.SparseAdam([p]).step()
+
+
 # --------------------------------------------------------------------------------------------
 # Tensor lr, param groups, state_dict interop (Adafactor, Muon, SparseAdam)
 

@@ -11,6 +11,7 @@ take runs the chain.
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -309,3 +310,72 @@ def test_counts_of_mixed_dtypes_run_the_chain(spy):
     assert not spy
     assert opt.state[params[1]]["step"].dtype == torch.int64
     assert opt.state[params[0]]["step"] == opt.state[params[1]]["step"] == 1
+
+
+# -- non-finite gradients: they spoil the entries torch.optim's for-loop spoils, no others -----
+
+# entries of each leaf of SHAPES set to the non-finite value (the split leaf: one per piece)
+_SPOILED = [[(1, 2)], [(5,), (_blocked.BLOCK + 10,)], [(1,)], [(10, 20)], [(1, 0, 1)]]
+
+
+def _snapshots(make, value, steps=3, bad_step=1):
+    """Parameters and state after each of ``steps`` steps; step ``bad_step`` has ``value``
+    at the entries of ``_SPOILED``."""
+    params = _params(torch.float64)
+    opt = make(params)
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(steps):
+        for p, entries in zip(params, _SPOILED):
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            for index in entries if i == bad_step else ():
+                p.grad[index] = value
+        opt.step()
+        out.append([(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()
+                                          if torch.is_tensor(v)}) for p in params])
+    return out
+
+
+def _same(a, b):
+    torch.testing.assert_close(a, b.to(a.dtype), rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_nonfinite_gradients_match_torch_on_the_blocked_step_and_the_chain(spy, name, kwargs,
+                                                                            value):
+    """Parameters and state, entry by entry (infinities and NaN where torch has them), after
+    every step. Adafactor's step size clips by ``max(1, RMS(U)/d)`` in Python floats, where a
+    NaN loses: only the rows and columns the bad entry reaches change, not the whole leaf."""
+    theirs = _snapshots(functools.partial(getattr(torch.optim, name), **kwargs), value)
+    blocked = _snapshots(functools.partial(getattr(foo, name), **kwargs), value)
+    assert spy
+    # (ASGD's chain adds its update -p·λη - ηg to a parameter that is now infinite: inf - inf,
+    # where torch scales the parameter in place; torch's own foreach path gives NaN there too)
+    checked = 2 if name == "ASGD" and math.isinf(value) else 3
+    chain = _snapshots(functools.partial(getattr(foo, name), **kwargs, foreach=False), value)
+    for step, (ref, ours, per_leaf) in enumerate(zip(theirs, blocked, chain)):
+        for (p, state), (q, ours_state), (c, chain_state) in zip(ref, ours, per_leaf):
+            _same(q, p)
+            if step < checked:
+                _same(c, p)
+            for key, v in state.items():
+                _same(ours_state[key], v)
+                if step < checked:
+                    _same(chain_state[key], v)
+
+
+def test_rprop_stores_zero_where_an_infinite_gradient_flips_the_sign():
+    """``-1`` then ``+inf``: the sign flipped, so ``prev`` is 0 (as torch), not ``inf * 0``."""
+    results = []
+    for cls, kwargs in ((torch.optim.Rprop, {}), (foo.Rprop, {}), (foo.Rprop, {"foreach": False})):
+        p = torch.zeros(_blocked.BLOCK + 5, dtype=torch.float64, requires_grad=True)
+        opt = cls([p], lr=0.01, **kwargs)
+        for g in (-1.0, float("inf")):
+            p.grad = torch.full_like(p, g)
+            opt.step()
+        results.append((p.detach(), opt.state[p]["prev"], opt.state[p]["step_size"]))
+    for ours in results[1:]:
+        assert torch.equal(ours[1], torch.zeros_like(ours[1]))
+        for a, b in zip(ours, results[0]):
+            assert torch.equal(a, b)

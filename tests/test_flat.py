@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 
 import pytest
 import torch
@@ -272,3 +273,52 @@ def test_many_compiled_optimizers_do_not_share_a_recompile_budget():
 def test_use_flat_rejects_non_boolean_options(kwargs, match):
     with pytest.raises(TypeError, match=match):
         foo.SGD(_params(), lr=0.1).use_flat(**kwargs)
+
+
+def _layouts(seed=0):
+    """A channels_last weight, a transposed matrix, every other column of ``big``, a vector;
+    and ``big``."""
+    gen = torch.Generator().manual_seed(seed)
+    conv = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+    big = torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    params = [conv.contiguous(memory_format=torch.channels_last),
+              torch.randn(3, 5, generator=gen, dtype=torch.float64).t(), big[:, ::2],
+              torch.randn(5, generator=gen, dtype=torch.float64)]
+    return [p.requires_grad_() for p in params], big
+
+
+@pytest.mark.parametrize("rehome", [True, False])
+@pytest.mark.parametrize("name,kwargs", ALGOS[:2] + ALGOS[3:5])
+def test_flat_layout_keeps_each_parameters_memory_and_torchs_numbers(name, kwargs, rehome):
+    """Channels_last and transposed parameters keep their strides (their gradient and state
+    pieces take them too), a strided view keeps writing into the tensor it views, and the
+    steps where a parameter has no gradient (the usual layout, contiguous gradients) give
+    torch's numbers."""
+    (ours, big), (theirs, ref_big) = _layouts(), _layouts()
+    strides = [p.stride() for p in ours]
+    opt = getattr(foo, name)(ours, **kwargs).use_flat(params=rehome)
+    ref = getattr(torch.optim, name)(theirs, **kwargs, foreach=False)
+    skip = {(2, 3), (4, 3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (counts that differ: usual layout)
+        _train(opt, ours, 6, skip=skip)
+    _train(ref, theirs, 6, skip=skip)
+    assert [p.stride() for p in ours] == strides
+    assert ours[2]._base is big
+    for a, b in zip(ours + [big], theirs + [ref_big]):
+        _close(a.detach(), b.detach(), False)
+    for p, q in zip(ours, theirs):
+        for key, value in ref.state[q].items():
+            _close(opt.state[p][key].to(value.dtype), value, False)
+
+
+def test_dense_parameters_move_into_the_buffer_with_their_strides():
+    params, _ = _layouts()
+    dense = [params[0], params[1], params[3]]
+    strides = [p.stride() for p in dense]
+    opt = foo.Adam(dense, lr=0.01).use_flat()
+    _train(opt, dense, 2)
+    assert len({p.untyped_storage().data_ptr() for p in dense}) == 1
+    assert [p.stride() for p in dense] == strides
+    assert [opt.state[p]["exp_avg"].stride() for p in dense] == strides
+    assert [p.grad.stride() for p in dense] == strides

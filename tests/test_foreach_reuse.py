@@ -7,6 +7,7 @@ A named value must never change.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.profiler import profile
 
@@ -117,3 +118,154 @@ def test_number_over_tensor_list_is_tensor_rtruediv():
     assert not torch.equal(torch.div(0.05, x), expected)  # (the difference this is about)
     assert torch.equal((0.05 / TensorList([x.clone(), x.clone()])).items[1], expected)
     assert torch.equal((0.05 / TensorList(stacked=x.clone())).stacked, expected)
+
+
+# -- donation reaches only state that nothing else reads (functional_optim._execute.donates_to)
+
+def _twice(inner):
+    """A user's transform that runs ``inner`` twice on the same state (e.g. two proposals) and
+    keeps the second state: it reads its input state after the first inner update."""
+    import optree
+
+    import functional_optim as fo
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        first, _ = inner.update(updates, state, params, hparams)
+        second, new_state = inner.update(updates, state, params, hparams)
+        return optree.tree_map(lambda a, b: (a + b) / 2, first, second), new_state
+
+    return fo.Transform(inner.init, update, inner.hparams)
+
+
+def _pure(tx, steps=3):
+    """``tx`` stepped by the pure loop on ``_trees``: the parameters after ``steps`` steps."""
+    import functional_optim as fo
+    params = _trees()
+    state = tx.init(params)
+    for k in range(steps):
+        updates, state = tx.update(_trees(seed=k + 1), state, params)
+        params = fo.apply_updates(params, updates)
+    return params
+
+
+def _inners():
+    import functional_optim as fo
+    return [fo.adam(0.01), fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(0.01)),
+            fo.sgd(0.1, momentum=0.9), fo.rmsprop(0.01, momentum=0.5, centered=True)]
+
+
+@pytest.mark.parametrize("mode", [None, True, "flat"])
+@pytest.mark.parametrize("inner", range(4))
+def test_adapter_donates_no_state_to_a_users_transform(inner, mode):
+    """The stateful adapter owns its state, but a user's ``update`` may read it again: it runs
+    without donation (default, ``foreach=True`` and flat layouts) and follows the pure loop
+    exactly (the flat layout: up to rounding order)."""
+    from functional_optim.optim import FunctionalOptimizer
+    tx = _twice(_inners()[inner])
+    expected = _pure(tx)
+    params = {k: v.clone().requires_grad_() for k, v in _trees().items()}
+    opt = FunctionalOptimizer(list(params.items()), tx, foreach=None if mode == "flat" else mode)
+    if mode == "flat":
+        opt.use_flat()
+    for k in range(3):
+        for name, g in _trees(seed=k + 1).items():
+            params[name].grad = g
+        opt.step()
+    for name, p in params.items():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-14, atol=1e-14)
+
+
+def _wrapped():
+    import functional_optim as fo
+    user = _twice(fo.adam(0.01))
+    return {
+        "chain": fo.chain(user, fo.scale(0.5)),
+        "named chain": fo.chain(a=fo.clip_by_global_norm(1.0), b=user),
+        "masked": fo.masked(user, {"w0": True, "w1": False, "w2": True}),
+        "partition": fo.partition({"x": user, "y": fo.sgd(0.1)},
+                                  {"w0": "x", "w1": "y", "w2": "x"}),
+        "inject_hparams": fo.inject_hparams(user, {"lr": fo.schedules.linear(0.01, 0.0, 10)}),
+        "lookahead": fo.lookahead(user, sync_period=2),
+        "flatten": fo.flatten(user),
+        "reparametrize": fo.reparametrize(user, {"rate": 0.01}, lambda h: {**user.hparams,
+                                                                           "lr": h["rate"]}),
+    }
+
+
+@pytest.mark.parametrize("name", list(_wrapped()))
+def test_library_combinators_donate_nothing_to_a_users_transform(name):
+    """A library chain or combinator passes the donation it got on to its own blocks only: a
+    user's transform inside it gets none, and the donated multi-tensor run equals the pure
+    per-leaf one."""
+    import optree
+    tx = _wrapped()[name]
+    donated, pure = _steps(tx, multi=True), _steps(tx, multi=False)
+    for a, b in zip(optree.tree_leaves(donated), optree.tree_leaves(pure)):
+        assert torch.equal(a, b)
+
+
+def test_library_transforms_still_update_the_adapters_state_in_place():
+    """The fast path is kept: a chain of the library's blocks updates its moment buffers in
+    place under the adapter (the same tensors after the step), a user's transform gets new
+    ones."""
+    import optree
+
+    import functional_optim as fo
+    from functional_optim.optim import FunctionalOptimizer
+
+    def moments(opt, p):
+        return [id(x) for x in optree.tree_leaves(opt.state[p]) if x.ndim > 0]
+
+    for tx, in_place in ((fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(0.01)), True),
+                         (_twice(fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(0.01))),
+                          False)):
+        p = torch.randn(5, requires_grad=True)
+        opt = FunctionalOptimizer([p], tx, foreach=True)
+        for _ in range(2):
+            p.grad = torch.randn(5)
+            before = moments(opt, p)
+            opt.step()
+        assert (moments(opt, p) == before) is in_place
+
+
+def _keeps_inputs():
+    """A user's transform that keeps the parameters and gradients it is given as its state
+    (pure: they are values), and steps on their differences."""
+    import optree
+
+    import functional_optim as fo
+
+    def init(params):
+        return {"prev": params, "grad": optree.tree_map(torch.zeros_like, params)}
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        out = optree.tree_map(lambda g, p, q, h: -0.1 * g + 0.5 * (p - q) + 0.01 * h,
+                              updates, params, state["prev"], state["grad"])
+        return out, {"prev": params, "grad": updates}
+
+    return fo.Transform(init, update, {})
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("foreach", [None, True, False])
+@pytest.mark.parametrize("wrap", ["alone", "in a chain", "in parameter_groups"])
+def test_adapter_never_keeps_parameters_or_gradients_as_state(wrap, foreach, set_to_none):
+    """The adapter adds to its parameters in place and backward writes the gradients, so a
+    state that is one of them would change under the transform: it stores copies, and the
+    trajectory is the pure loop's."""
+    import functional_optim as fo
+    from functional_optim.optim import FunctionalOptimizer
+    inner = {"alone": _keeps_inputs, "in a chain": _keeps_inputs,
+             "in parameter_groups": lambda: fo.parameter_groups(lambda **_: _keeps_inputs(),
+                                                                [(["w0"], {})])}[wrap]()
+    tx = inner if wrap == "alone" else fo.chain(inner, fo.scale(1.0))
+    expected = _pure(tx, steps=4)
+    params = {k: v.clone().requires_grad_() for k, v in _trees().items()}
+    opt = FunctionalOptimizer(list(params.items()), tx, foreach=foreach)
+    for k in range(4):
+        opt.zero_grad(set_to_none=set_to_none)
+        loss = sum((p * g).sum() for p, g in zip(params.values(), _trees(seed=k + 1).values()))
+        loss.backward()
+        opt.step()
+    for name, p in params.items():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-14, atol=1e-14)

@@ -284,3 +284,114 @@ def test_user_chain_the_kernel_cannot_run_stays_the_chain(monkeypatch, make):
     chain, *_ = _run(opt_cls, {"foreach": False}, torch.float64, steps=4)
     for a, b in zip(ours, chain):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# -- memory layouts: the kernels walk each tensor's memory linearly (functional_optim._fused.linear)
+
+LAYOUT_CASES = [CASES[1], CASES[4], CASES[6], CASES[8]]
+
+
+def _strided():
+    """A parameter that is every other column of a larger tensor (and that tensor)."""
+    big = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return big, big[:, ::2].requires_grad_()
+
+
+def _cl(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _layout_steps(opt, p, steps, grad_layout, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        p.grad = grad_layout(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        opt.step()
+
+
+@pytest.mark.parametrize("name,kwargs", LAYOUT_CASES)
+def test_kernel_never_writes_outside_a_strided_parameter(monkeypatch, name, kwargs):
+    """torch's kernels update the first ``numel`` elements of a parameter's storage: on a view
+    ``big[:, ::2]`` that is the wrong half of the view and memory outside it. Such a
+    parameter runs the chain, with torch's numbers, and ``big`` changes only under the view."""
+    spy = _Spy(monkeypatch, KERNELS[name])
+    results = []
+    for cls, options in ((getattr(foo, name), {}), (getattr(torch.optim, name),
+                                                    {"foreach": False})):
+        big, p = _strided()
+        _layout_steps(cls([p], **kwargs, **options), p, 3, lambda g: g)
+        results.append((big, p.detach()))
+    assert spy.calls == 0
+    (big, p), (ref_big, ref_p) = results
+    _close(p, ref_p, torch.float64)
+    _close(big, ref_big, torch.float64)
+    assert torch.equal(big[:, 1::2], _strided()[0][:, 1::2])  # outside the view: untouched
+
+
+def _load_contiguous_checkpoint(opt, name, kwargs, p):
+    """Into ``opt`` (over ``p``), the state of two contiguous torch steps: a checkpoint taken
+    before ``model.to(memory_format=torch.channels_last)``."""
+    q = p.detach().contiguous().requires_grad_()
+    ref = getattr(torch.optim, name)([q], **kwargs)  # (its for-loop on the CPU)
+    _layout_steps(ref, q, 2, lambda g: g, seed=2)
+    opt.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        p.copy_(q)
+
+
+LAYOUTS = {  # parameter layout, gradient layout, whether a kernel can take them
+    "channels_last, contiguous grad": (_cl, lambda g: g.contiguous(), False),
+    "contiguous, channels_last grad": (lambda x: x, _cl, False),
+    "transposed, contiguous grad": (lambda x: x.flatten(1).t(), lambda g: g.contiguous(), False),
+    "channels_last, contiguous checkpoint": (_cl, _cl, True),  # loaded in the param's layout
+    "channels_last everywhere": (_cl, _cl, True),
+    "transposed everywhere": (lambda x: x.flatten(1).t(),
+                              lambda g: g.t().contiguous().t(), True),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name,kwargs", LAYOUT_CASES)
+def test_kernel_runs_only_where_param_grad_and_state_share_a_dense_layout(monkeypatch, name,
+                                                                          kwargs, layout):
+    """Strides that differ between a parameter, its gradient and its state (a channels_last
+    model with contiguous gradients) run the chain; the same dense layout everywhere runs the
+    kernel (a contiguous checkpoint loads in the parameter's layout). Either way torch's
+    for-loop trajectory."""
+    param_layout, grad_layout, kernel = LAYOUTS[layout]
+    spy = _Spy(monkeypatch, KERNELS[name])
+    start = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p, q = (torch.nn.Parameter(param_layout(start.clone())) for _ in range(2))
+    opt = getattr(foo, name)([p], **kwargs)
+    ref = getattr(torch.optim, name)([q], **kwargs, foreach=False)
+    if "checkpoint" in layout:
+        _load_contiguous_checkpoint(opt, name, kwargs, p)
+        _load_contiguous_checkpoint(ref, name, kwargs, q)
+    _layout_steps(opt, p, 3, grad_layout)
+    _layout_steps(ref, q, 3, grad_layout)
+    assert spy.calls == (3 if kernel else 0)
+    _close(p.detach(), q.detach(), torch.float64)
+    for key, value in ref.state[q].items():
+        _close(opt.state[p][key].to(value.dtype), value, torch.float64)
+        if kernel and value.ndim:
+            assert opt.state[p][key].stride() == p.stride()
+
+
+def test_user_chain_kernel_checks_layouts_too(monkeypatch):
+    spy = _Spy(monkeypatch, "_fused_adam_")
+    tx = fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(0.01))
+    start = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    p, q = _cl(start.clone()).requires_grad_(), _cl(start.clone()).requires_grad_()
+    _layout_steps(foo.FunctionalOptimizer([p], tx), p, 3, lambda g: g.contiguous())
+    _layout_steps(torch.optim.Adam([q], lr=0.01, foreach=False), q, 3, lambda g: g.contiguous())
+    assert spy.calls == 0
+    _close(p.detach(), q.detach(), torch.float64)
+
+
+@pytest.mark.parametrize("name,kwargs", LAYOUT_CASES)
+def test_overlapping_parameter_raises_as_torch_does(name, kwargs):
+    for cls in (getattr(foo, name), getattr(torch.optim, name)):
+        p = torch.zeros(1, 3, dtype=torch.float64).expand(4, 3).requires_grad_()
+        opt = cls([p], **kwargs)
+        p.grad = torch.ones(4, 3, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="single memory location"):
+            opt.step()

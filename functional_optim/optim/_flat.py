@@ -7,6 +7,11 @@ kernel for the whole update. ``state_dict()`` still reads per-parameter tensors 
 format (views of the buffers), and a loaded checkpoint is gathered into new buffers on the next
 step.
 
+Each parameter's piece of every buffer has the parameter's strides where its layout is dense
+(channels_last, a transpose), so that its gradient and state share them (as fused kernels
+need, and as the usual layout keeps them); a parameter that is a strided view of another tensor
+is not moved into the buffer (nor are the others of its segment), as with ``params=False``.
+
 What the layout needs (checked when the buffers are built, with a clear error):
 
 - a transform whose math is elementwise or uses global reductions (every alias except
@@ -33,6 +38,7 @@ import torch
 
 from .. import _execute
 from .. import tree as _tree
+from .._fused import dense
 from . import _layout
 
 __all__ = ["FlatGroup", "NotFlat"]
@@ -65,20 +71,33 @@ class _Segment:
     def __init__(self, opt: Any, group: dict, tx: Any, params: list, rehome: bool):
         self.params = params
         self.sizes = [p.numel() for p in params]
-        self.rehome = rehome
+        # each parameter's piece of every buffer has the parameter's memory layout where that
+        # is dense (channels_last, a transpose), so that its gradient and state share its
+        # strides (as torch's state does, and as fused kernels need); else row-major
+        self.strides = [None if p.is_contiguous() or not dense(p) else p.stride()
+                        for p in params]
+        # a parameter that is a strided view of a larger tensor stays where it is (moving it
+        # would cut it off from that tensor)
+        self.rehome = rehome and all(map(dense, params))
         with torch.no_grad():
-            self.flat_params = torch.cat([p.detach().reshape(-1) for p in params])
-            if rehome:  # the parameters become views of the buffer
-                for p, view in zip(params, self._views(self.flat_params)):
+            first = params[0]
+            self.flat_params = torch.empty(sum(self.sizes), dtype=first.dtype,
+                                           device=first.device)
+            self.param_views = self._views(self.flat_params)
+            torch._foreach_copy_(self.param_views, [p.detach() for p in params])
+            if self.rehome:  # the parameters become views of the buffer
+                for p, view in zip(params, self.param_views):
                     p.data = view
             self.flat_grads = torch.zeros_like(self.flat_params)
         self.grad_views = self._views(self.flat_grads)
-        self.param_ptrs = [p.data_ptr() for p in params] if rehome else None
+        self.param_ptrs = [p.data_ptr() for p in params] if self.rehome else None
         self.mirrors: list = []  # (0-d leaf, its per-parameter copies), see _gather_state
         self.state = self._gather_state(opt, group, tx)  # a tree of the buffers
 
     def _views(self, flat: torch.Tensor) -> list:
-        return [piece.view(p.shape) for piece, p in zip(flat.split(self.sizes), self.params)]
+        """Each parameter's piece of ``flat``, shaped (and strided) as its views are."""
+        return [piece.view(p.shape) if stride is None else piece.as_strided(p.shape, stride)
+                for piece, p, stride in zip(flat.split(self.sizes), self.params, self.strides)]
 
     def _gather_state(self, opt: Any, group: dict, tx: Any) -> tuple:
         template = tx.init({_NAME: torch.empty_like(self.flat_params, device="meta")})
@@ -102,8 +121,9 @@ class _Segment:
                                                               fresh[(path, owner)], i)
                           for i, (p, v) in enumerate(zip(self.params, values))]
             if elementwise:
-                flat = torch.cat([v.reshape(-1).to(leaf.dtype) for v in values])
+                flat = torch.empty_like(self.flat_params, dtype=leaf.dtype)
                 stored = self._views(flat)
+                torch._foreach_copy_(stored, values)
             else:  # each parameter keeps its own tensor (views of one mirror, refreshed after
                 # every step): torch updates per-parameter state in place, so a checkpoint
                 # whose parameters share one step tensor would count it once per parameter
@@ -157,9 +177,10 @@ class _Segment:
         return True
 
     def flat_params_now(self) -> torch.Tensor:
-        if self.rehome:
-            return self.flat_params
-        torch.cat([p.detach().reshape(-1) for p in self.params], out=self.flat_params)
+        """The parameters' buffer, with their current values (copied in unless they live
+        there)."""
+        if not self.rehome:
+            torch._foreach_copy_(self.param_views, [p.detach() for p in self.params])
         return self.flat_params
 
     def apply(self, update: torch.Tensor) -> None:
@@ -231,7 +252,8 @@ class FlatGroup:
         """One update of the buffers (after :meth:`gather_grads`)."""
         if self.compiled is not None:
             hparams = optree.tree_map(_as_tensor, hparams)
-        with torch.no_grad(), _execute.multi_tensor(self.compiled is None, donate=True):
+        with torch.no_grad(), _execute.multi_tensor(self.compiled is None,
+                                                    donate=_execute.donates_to(self.tx)):
             for seg in self.segments:
                 if self.tx.fused is not None and seg.rehome and self.compiled is None and \
                         self._fused(seg, hparams):

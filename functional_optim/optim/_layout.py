@@ -14,6 +14,10 @@ leaves are stored in ``optimizer.state[p]`` as nested dicts keyed by their path 
 parameter name): ``{"adam": {"step": ..., "mu": ..., "nu": ...}}``. Shared leaves are stored in
 every
 parameter's state of the group (the same tensor) and read back from the first.
+
+*Memory*: a stored state tensor owns its memory (:func:`unshared`: never a parameter or a
+gradient, which the step and backward write in place), and one shaped like its parameter has
+the parameter's layout once loaded (:func:`copy_like`), as the fused kernels need.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from collections.abc import Iterator
 from numbers import Number
 from typing import Any
 
+import optree
 import torch
+
+from .._fused import dense
 
 Path = tuple
 
@@ -137,3 +144,29 @@ def nested_has(store: dict, path: Path) -> bool:
             return False
         store = store[k]
     return True
+
+
+def plain(x: Any) -> bool:
+    """Whether ``x`` is a plain strided tensor or parameter (not sparse, not a DTensor or other
+    subclass)."""
+    return type(x) in (torch.Tensor, torch.nn.Parameter) and x.layout == torch.strided
+
+
+def copy_like(value: torch.Tensor, like: Any) -> torch.Tensor:
+    """A copy of the loaded state tensor ``value``; one shaped like the parameter ``like`` takes
+    its memory layout where that is dense, so that a checkpoint saved in another layout
+    (contiguous, loaded after ``model.to(memory_format=torch.channels_last)``) keeps the fused
+    kernels (:func:`functional_optim._fused.linear`)."""
+    if plain(like) and plain(value) and value.shape == like.shape and \
+            value.stride() != like.stride() and dense(like):
+        return torch.empty_like(like, dtype=value.dtype, device=value.device).copy_(value)
+    return value.clone()
+
+
+def unshared(state: Any, tensors: list) -> Any:
+    """``state`` with a copy of each plain tensor that shares memory with one of ``tensors``:
+    the parameters (the step adds to them in place) and their gradients (backward and
+    ``zero_grad`` write them), which a pure transform may keep as state."""
+    storages = {t.untyped_storage().data_ptr() for t in tensors if plain(t)}
+    return optree.tree_map(lambda x: x.clone() if plain(x) and
+                           x.untyped_storage().data_ptr() in storages else x, state)

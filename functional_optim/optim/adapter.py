@@ -43,21 +43,22 @@ def _stored(state: dict) -> dict:
     so it never shares storage with the checkpoint)."""
     out = copy.copy(state)  # keeps torch's defaultdict
     for p, entry in state.items():
-        out[p] = entry.entry if isinstance(entry, _Loaded) else _own(entry)
+        out[p] = entry.entry if isinstance(entry, _Loaded) else _own(entry, p)
     return out
 
 
-def _own(value: Any) -> Any:
-    """``value`` with every tensor cloned (dicts, lists and tuples rebuilt)."""
+def _own(value: Any, like: Any = None) -> Any:
+    """``value`` with every tensor copied (``_layout.copy_like`` the parameter ``like``;
+    dicts, lists and tuples rebuilt)."""
     if isinstance(value, torch.Tensor):
-        return value.clone()
+        return _layout.copy_like(value, like)
     if isinstance(value, dict):  # a defaultdict keeps its factory
         out = copy.copy(value)
         for k, v in value.items():
-            out[k] = _own(v)
+            out[k] = _own(v, like)
         return out
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_own(v) for v in value)
+        return type(value)(_own(v, like) for v in value)
     return value
 
 
@@ -250,6 +251,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         complex parameter, real floating point for a real one); step counts are whole numbers
         >= 0.
 
+        Each state tensor shaped like its parameter is loaded in the parameter's memory layout
+        (a contiguous checkpoint into a channels_last model keeps the fused kernels).
+
         A ``FunctionalOptimizer`` loads each state leaf in the dtype ``init`` gives it, on the
         parameter's device (not torch's cast to the parameter's dtype): counts stay integers, a
         low-precision or ``scalar_state_dtype`` state keeps its dtype, and a resumed run is the
@@ -355,11 +359,12 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     def _loaded_entry(self, p: torch.Tensor, entry: dict, present: dict, expected: dict) -> Any:
         """A checked entry as it is to be stored: every leaf in the dtype ``init`` gives it, on
-        ``p``'s device, a copy (torch's cast passes the wrapper through)."""
+        ``p``'s device, a copy in ``p``'s layout (``_layout.copy_like``; torch's cast passes
+        the wrapper through)."""
         out: dict = {}
         for path, value in present.items():
-            dtype = expected[path].like.dtype
-            _layout.nested_set(out, path, value.to(device=p.device, dtype=dtype, copy=True))
+            value = value.to(device=p.device, dtype=expected[path].like.dtype)
+            _layout.nested_set(out, path, _layout.copy_like(value, p))
         return _Loaded(out)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -391,9 +396,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         ``self.state[p]`` holds views of the buffers (``state_dict`` is unchanged).
 
         Args:
-            params: also move the parameters into one buffer (``p.data`` becomes a view of it),
-                so that the parameter update is one kernel; ``False`` leaves them where they are
-                (one more pass per step, to gather them).
+            params: also move the parameters into one buffer (``p.data`` becomes a view of it,
+                with the parameter's strides: channels_last stays channels_last), so that the
+                parameter update is one kernel; ``False`` leaves them where they are (one more
+                pass per step, to gather them), as does a group holding a strided view of
+                another tensor (``big[:, ::2]``: moving it would cut it off from ``big``).
             compile: run the update of each buffer as one ``torch.compile``'d graph (the number
                 hyperparameters become 0-d tensors, so schedulers do not recompile it). This is
                 how a flat step compiles: within a ``torch.compile``'d ``step`` (or train step)
@@ -489,6 +496,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             if missing:
                 if not fresh:
                     init = tx.init(dict(by_name))
+                    if not _execute.donates_to(tx):  # a user's init may return params
+                        init = _layout.unshared(init, params)
                     fresh.update({(pa, ow): leaf for pa, ow, leaf in
                                   _layout.walk_state(init, frozenset(names))})
                 positions = _positions(at)
@@ -529,9 +538,14 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,
                       multi: bool, differentiable: bool) -> Any:
-        """The chain's ``update`` and ``p += u``; returns the new state."""
-        with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=True):
+        """The chain's ``update`` and ``p += u``; returns the new state. The state buffers
+        are this optimizer's, so the library's own transforms may update them in place
+        (:func:`~functional_optim._execute.donates_to`)."""
+        library = _execute.donates_to(tx)
+        with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=library):
             updates, new_state = tx.update(grads, state, dict(by_name), hparams)
+            if not library:  # a user's update may keep its inputs (params, grads) as state
+                new_state = _layout.unshared(new_state, [*by_name.values(), *grads.values()])
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
             if multi and all(u.dtype == p.dtype for p, u in pairs):
                 for members in _tree.by_layout([p for p, _ in pairs]):

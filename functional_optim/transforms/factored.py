@@ -59,12 +59,21 @@ class ScaleByFactoredRmsState(NamedTuple):
 
 
 def _max(x, bound):
-    """``max(x, bound)`` for a number or 0-d tensor ``bound`` (no host sync)."""
-    if isinstance(x, Number):
-        return max(x, bound) if isinstance(bound, Number) else torch.clamp(bound, min=x)
+    """``max(x, bound)`` for a tensor ``x`` and a number or 0-d tensor ``bound`` (no host sync;
+    a NaN ``x`` stays NaN, as ``clamp``)."""
     if isinstance(bound, Number):
         return torch.clamp(x, min=bound)
     return torch.maximum(x, bound)
+
+
+def at_least(x, bound):
+    """``max(bound, x)`` as Python's ``max`` gives it, as torch.optim.Adafactor computes its
+    step size and clipping (and HuggingFace's its step size): ``bound`` where ``x`` is NaN, so
+    that a NaN or infinite gradient spoils only the entries it reaches (its row and column),
+    not the whole parameter. Numbers or 0-d tensors (no host sync)."""
+    if isinstance(x, Number) and isinstance(bound, Number):
+        return max(bound, x)
+    return torch.where(x > bound, x, bound)
 
 
 def _min(x, bound):
@@ -114,7 +123,7 @@ def relative_step_size(lr: Any, step: Any, rms: Any, eps2: Any, *, relative_step
         rho = lr
     if not scale_parameter:
         return rho
-    return _max(rms, eps2) * rho
+    return at_least(rms, eps2) * rho
 
 
 def _decayed(old, new, weight, *, huggingface):
@@ -170,7 +179,8 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, huggingface, momentu
     if huggingface:
         out = u / _max(full(torch.linalg.vector_norm(u)) / root_numel / h["d"], 1.0) * alpha
     else:
-        denom = _max(full(torch.linalg.vector_norm(u)).to(tf.dtype) / (root_numel * h["d"]), 1.0)
+        denom = at_least(full(torch.linalg.vector_norm(u)).to(tf.dtype) / (root_numel * h["d"]),
+                         1.0)
         out = placed_like(u, g) * (alpha / denom)
     new_moment = ()
     if momentum:
@@ -215,8 +225,12 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
               - \eta\lambda\,p_{t-1}
 
     (the last term is decoupled weight decay, skipped where ``weight_decay`` is the number 0).
-    With ``beta1`` the scaled update goes through a running mean first (the paper's optional
-    momentum): :math:`M_t = \beta_1 M_{t-1} + (1-\beta_1)\,\alpha_t U_t / \max(1, \ldots)`,
+    The ``max`` in :math:`\alpha_t` is Python's, as in both torch and HuggingFace, and so is the
+    clipping's in torch's variant: a NaN RMS (from a NaN or infinite gradient) gives the bound,
+    so only the entries that gradient reaches become non-finite (HuggingFace clamps the
+    clipping's, so there the whole leaf does). With ``beta1`` the scaled update goes through a
+    running mean first (the paper's optional momentum):
+    :math:`M_t = \beta_1 M_{t-1} + (1-\beta_1)\,\alpha_t U_t / \max(1, \ldots)`,
     :math:`u_t = -M_t - \ldots`. ``maximize`` uses :math:`G_t = -g_t`. The learning rate enters
     the relative step size, so it is an hparam of this block. Needs ``params``. Real
     parameters only.

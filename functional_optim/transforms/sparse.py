@@ -70,6 +70,10 @@ def _init(params: Any) -> ScaleBySparseAdamState:
 def _sparse_adam_leaf(h: dict, g: torch.Tensor, t, m, v, *, maximize: bool, name: str):
     if g.is_complex():
         raise TypeError(f"scale_by_sparse_adam does not support complex updates (leaf {name!r})")
+    if not (g.is_floating_point() and m.is_floating_point()):
+        raise TypeError(
+            f"scale_by_sparse_adam needs floating-point updates and state (leaf {name!r}: "
+            f"update {g.dtype}, state {m.dtype})")
     if not g.is_sparse:
         raise RuntimeError(f"{DENSE_GRAD_MESSAGE} (leaf {name!r})")
     if g.shape != m.shape:
