@@ -180,13 +180,15 @@ __all__ = [
 ]
 
 # Adafactor, Muon, L-BFGS, SparseAdam
-from .aliases import adafactor, lbfgs, muon, sparse_adam  # noqa: E402
-
 # HuggingFace transformers' optimizers (compat.transformers maps HF's module onto them)
-from .aliases_huggingface import (  # noqa: E402
+from .aliases import (  # noqa: E402  # noqa: E402
+    adafactor,
     adam_weight_decay,
     huggingface_adafactor,
     huggingface_adamw,
+    lbfgs,
+    muon,
+    sparse_adam,
 )
 from .transforms import (  # noqa: E402
     LbfgsState,

@@ -1,4 +1,4 @@
-"""Conformance cases of HuggingFace's optimizers (``aliases_huggingface``) and of the native
+"""Conformance cases of HuggingFace's optimizers (``aliases.huggingface``) and of the native
 block options they are built from; ``conformance.CASES`` includes them."""
 
 from __future__ import annotations

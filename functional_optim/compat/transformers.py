@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from .. import schedules as _sch
-from ..aliases_huggingface import adam_weight_decay
+from ..aliases.huggingface import adam_weight_decay
 from ..combinators import accumulate
 from ..optim.adapter import FunctionalOptimizer
 from ..optim.huggingface import (

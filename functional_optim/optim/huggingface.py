@@ -1,5 +1,5 @@
 """Drop-in replacements for HuggingFace transformers' optimizer classes, backed by the functional
-aliases of :mod:`functional_optim.aliases_huggingface`: the same constructor, defaults,
+aliases of :mod:`functional_optim.aliases.huggingface`: the same constructor, defaults,
 validation errors, numbers and ``state_dict`` names as ``transformers.optimization``'s.
 
 :mod:`functional_optim.compat.transformers` gives them HF's names (``AdamW``, ``Adafactor``).
@@ -15,7 +15,7 @@ from numbers import Number
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .. import aliases_huggingface as _hf
+from ..aliases import huggingface as _hf
 from ..transforms.factored import relative_step_size
 from .classes import _empty, _Factored, _TorchCompatible
 

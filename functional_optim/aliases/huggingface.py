@@ -19,12 +19,11 @@ from typing import Any
 import optree
 import torch
 
-from ._execute import is_off
-from .aliases import _number_or_tensor_lr, _reparametrized
-from .base import HParamError, Transform, chain, check_betas, check_hparam
-from .combinators import _path_names
-from .registry import register
-from .transforms import (
+from .._execute import is_off
+from ..base import HParamError, Transform, chain, check_betas, check_hparam
+from ..combinators import _path_names
+from ..registry import register
+from ..transforms import (
     add_decayed_weights,
     clip,
     clip_by_global_norm,
@@ -33,6 +32,7 @@ from .transforms import (
     scale_by_factored_rms,
     scale_by_learning_rate,
 )
+from ._common import _number_or_tensor_lr, _reparametrized
 
 __all__ = ["huggingface_adamw", "huggingface_adafactor", "adam_weight_decay",
            "RELATIVE_STEP_CAP", "WARMUP_INIT_CAP"]

@@ -1,0 +1,29 @@
+"""Whole optimizers as short chains of building blocks, by family: torch.optim's (with its names
+and defaults), HuggingFace's, AllenNLP's.
+
+Each alias exposes one flat hparams dict with PyTorch's keys (``lr``, ``betas``, ``eps``,
+``weight_decay``, ``momentum``, ``dampening``), so a ``param_group`` *is* an hparams dict.
+
+*Live and structural arguments.* Every float hyperparameter is live: a value (a Python number or
+a 0-d tensor, which may require grad, be batched under ``vmap`` or be refilled between CUDA-graph
+replays) read at every update, whatever it was at construction. No block is left out because of
+a value: a weight decay or a momentum of 0 keeps its block in the chain, and where the value at
+update time is the Python number 0 the block skips its work (and ``params`` are not needed for a
+decay of 0). Only options that change the computation's structure are fixed at construction:
+``amsgrad``, ``nesterov``, ``centered``, ``maximize``, ``decoupled_weight_decay``,
+``initial_accumulator_value`` (read by ``init``), ``ns_steps``, ``adjust_lr_fn``, ``ns_dtype``,
+``scalar_state_dtype``, L-BFGS's iteration limits and line search, and ``momentum=None`` (no
+momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each alias's docstring
+lists its structural arguments; giving one in ``hparams`` raises an error that says so.
+"""
+
+from . import basic, classic, huggingface, special
+from .basic import adam, adamw, sgd
+from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
+from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
+
+__all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
+           "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
+           "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
+           "classic", "special", "huggingface"]

@@ -1,0 +1,113 @@
+"""What the aliases share: validation of ``lr``, the decay placement around an algorithm's
+block, the flat torch-named hyperparameters over a chain (:func:`_reparametrized`) and the
+adapter's fast steps of the classic algorithms (:func:`_classic`, :func:`_lr_folded`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from numbers import Number
+from typing import Any
+
+import torch
+
+from .. import _fused
+from .._execute import is_off
+from ..base import HParamError, Transform, chain, check_hparam, reparametrize
+from ..transforms import add_decayed_weights, scale, scale_by_learning_rate
+
+
+def _check_lr(owner: str, lr: Any) -> None:
+    """A number/tensor lr is validated here (schedules are callables, checked by the block)."""
+    if not callable(lr):
+        if not isinstance(lr, (Number, torch.Tensor)):
+            raise HParamError(
+                f"{owner}: lr must be a Python number, a 0-d tensor or a schedule, got "
+                f"{type(lr).__name__} {lr!r}"
+            )
+        check_hparam(owner, "lr", lr, ge=0)
+
+
+def _no_momentum(owner: str, h: dict) -> None:
+    """``momentum=None`` at construction (no block): a momentum at update time must be off."""
+    value = h["momentum"]
+    if value is not None and not is_off(value):
+        got = (f"a tensor of dtype {value.dtype}" if isinstance(value, torch.Tensor)
+               else f"{type(value).__name__} {value!r}")
+        raise HParamError(
+            f"{owner}: momentum is None (structural: no momentum block, so no buffer); got "
+            f"{got} at update time. Construct with a number or tensor momentum (0 by default) "
+            "to set it at run time."
+        )
+
+
+def _decay_around(owner: str, lr: Any, weight_decay: Any, maximize: bool, decoupled: bool,
+                  name: str | None = None, block: Transform | None = None, *,
+                  lr_block: bool = True, **body: Transform) -> dict:
+    """``[maximize] → [coupled decay] → body → [decoupled decay] → [lr]``: the decay block is
+    always in the chain, before the body (L2) or after it (decoupled). The body is ``block``
+    under ``name``, or the keyword blocks in order."""
+    if lr_block:
+        _check_lr(owner, lr)
+    check_hparam(owner, "weight_decay", weight_decay, ge=0)
+    if name is not None:
+        body = {name: block}
+    blocks: dict[str, Transform] = {}
+    if maximize:
+        blocks["maximize"] = scale(-1.0)
+    if not decoupled:
+        blocks["weight_decay"] = add_decayed_weights(weight_decay)
+    blocks.update(body)
+    if decoupled:
+        blocks["weight_decay"] = add_decayed_weights(weight_decay)
+    if lr_block:
+        blocks["lr"] = scale_by_learning_rate(lr)
+    return blocks
+
+
+def _reparametrized(owner: str, inner: Transform, defaults: dict, to_inner: Callable,
+                    structural: dict) -> Transform:
+    """``inner`` with torch's flat ``defaults``; ``structural`` names the construction-time
+    options (a clear error when one is given in ``hparams``)."""
+    return reparametrize(inner, defaults, to_inner, f"{owner} hparams", structural=structural)
+
+
+def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
+             structural: dict, lr_block: bool = True,
+             blocked: Callable | None = None) -> Transform:
+    """``reparametrize`` a chain of ``blocks`` to torch's flat ``defaults``: ``keys`` go to
+    ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block.
+
+    ``blocked(defaults, where)`` makes the alias's cache-blocked step
+    (:mod:`functional_optim._blocked`), the adapter's fast path."""
+
+    def to_inner(h):
+        inner: dict = {block: {k: h[k] for k in keys},
+                       "weight_decay": {"weight_decay": h["weight_decay"]}}
+        if lr_block:
+            inner["lr"] = {"lr": h["lr"]}
+        return inner
+
+    if not lr_block:
+        tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
+        return tx if blocked is None else tx._replace(fused=blocked(defaults, f"{owner} hparams"))
+    return _lr_folded(owner, blocks, defaults, to_inner, structural, blocked)
+
+
+def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: dict,
+               blocked: Callable | None = None) -> Transform:
+    """``reparametrize(chain(**blocks))`` whose adapter step is the cache-blocked one where it
+    applies (``blocked(defaults, where)``), else the chain with the trailing ``lr`` block folded
+    into the parameter update (:func:`functional_optim._fused.lr_folded_step`)."""
+    where = f"{owner} hparams"
+    head = chain(**{k: b for k, b in blocks.items() if k != "lr"})
+    fused = _fused.lr_folded_step(head, defaults, to_inner, where)
+    if blocked is not None:
+        fused = _fused.first(blocked(defaults, where), fused)
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)._replace(
+        fused=fused)
+
+
+def _number_or_tensor_lr(owner: str, lr: Any) -> None:
+    if callable(lr) or not isinstance(lr, (Number, torch.Tensor)):
+        raise HParamError(f"{owner}: lr must be a Python number or a 0-d tensor, got {lr!r}")
+    check_hparam(owner, "lr", lr, ge=0)
