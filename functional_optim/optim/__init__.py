@@ -9,21 +9,13 @@ those names (same constructor, numbers and ``state_dict`` format); ``HuggingFace
 """
 
 from .adapter import FunctionalOptimizer
-from .classes import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop
+from .basic import SGD, Adam, AdamW
+from .classic import ASGD, Adadelta, Adagrad, Adamax, NAdam, RAdam, RMSprop, Rprop
+from .huggingface import HuggingFaceAdafactor, HuggingFaceAdafactorSchedule, HuggingFaceAdamW
+from .sparse import DenseSparseAdam
+from .special import LBFGS, Adafactor, Muon, SparseAdam
 
 __all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD"]
-from .classes import LBFGS, Adafactor, Muon, SparseAdam  # noqa: E402
-
-__all__ += ["Adafactor", "Muon", "SparseAdam", "LBFGS"]
-from .huggingface import (  # noqa: E402
-    HuggingFaceAdafactor,
-    HuggingFaceAdafactorSchedule,
-    HuggingFaceAdamW,
-)
-
-__all__ += ["HuggingFaceAdamW", "HuggingFaceAdafactor", "HuggingFaceAdafactorSchedule"]
-
-from .sparse import DenseSparseAdam  # noqa: E402
-
-__all__ += ["DenseSparseAdam"]
+           "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD", "Adafactor", "Muon", "SparseAdam",
+           "LBFGS", "HuggingFaceAdamW", "HuggingFaceAdafactor", "HuggingFaceAdafactorSchedule",
+           "DenseSparseAdam"]

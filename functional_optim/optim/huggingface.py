@@ -17,7 +17,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ..aliases import huggingface as _hf
 from ..transforms.factored import relative_step_size
-from .classes import _empty, _Factored, _TorchCompatible
+from ._compat import _TorchCompatible
+from .special import _empty, _Factored
 
 __all__ = ["HuggingFaceAdamW", "HuggingFaceAdafactor", "HuggingFaceAdafactorSchedule"]
 

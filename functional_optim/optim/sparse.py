@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from .. import aliases
-from .classes import SparseAdam, _TorchCompatible
+from ._compat import _TorchCompatible
+from .special import SparseAdam
 
 __all__ = ["DenseSparseAdam"]
 
