@@ -37,7 +37,7 @@ class Entry(NamedTuple):
     name: str
     make: Callable[..., Transform]
     paper: str
-    drop_in: str | None = None
+    drop_in: str
 
     @property
     def hyperparameters(self) -> dict:
@@ -60,12 +60,13 @@ def _defaults(make: Callable[..., Transform]) -> dict:
 _ENTRIES: dict[str, Entry] = {}
 
 
-def register(*, paper: str, drop_in: str | None = None) -> Callable:
+def register(*, paper: str, drop_in: str) -> Callable:
     """Decorator: register an alias under its function name.
 
     Args:
         paper: the reference it implements (authors, year, title).
-        drop_in: the name of its class in ``functional_optim.optim``, if any.
+        drop_in: the name of its class in ``functional_optim.optim`` (written by hand there,
+            or made from this entry by ``functional_optim.optim.generated``).
     """
 
     def decorate(make: Callable[..., Transform]) -> Callable[..., Transform]:

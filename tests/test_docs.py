@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from functional_optim import registry
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Pages whose ```python blocks are executed, in order, in one namespace per page.
 # (Blocks fenced as ```text, ```bash, ... are not run.)
@@ -77,6 +79,10 @@ def test_mkdocs_build_strict(tmp_path):
         html = (site / "api" / page / "index.html").read_text()
         assert f'href="{href}"><code>{text}</code></a>' in html, f"api/{page}: no link {text}"
     assert '<div class="arithmatex">' in (site / "api" / "aliases" / "index.html").read_text()
+    # The optimizers page has a row for every registered optimizer (made from the registry).
+    html = (site / "optimizers" / "index.html").read_text()
+    for name in registry.names():
+        assert f"<code>fo.{name}</code>" in html, f"no row for {name} on the optimizers page"
     # The benchmark charts are on the performance page, served from benchmarks/results/.
     html = (site / "performance" / "index.html").read_text()
     for chart in sorted((ROOT / "benchmarks" / "results").glob("*.png")):

@@ -33,7 +33,8 @@ def test_torch_algorithms_are_registered_with_their_drop_in():
 def test_entry_is_documented(name):
     e = registry.entry(name)
     assert len(e.paper) > 15 and any(c.isdigit() for c in e.paper), e.paper
-    assert e.drop_in is None or hasattr(fo_optim, e.drop_in)
+    cls = getattr(fo_optim, e.drop_in)  # every registered alias has its drop-in class
+    assert issubclass(cls, torch.optim.Optimizer) and e.drop_in in fo_optim.__all__
 
 
 @pytest.mark.parametrize("name", registry.names())
@@ -143,4 +144,4 @@ def test_optimizer_from_config_errors(config, error, fragment):
 
 def test_registering_a_name_twice_is_an_error():
     with pytest.raises(ValueError, match="'adam' is registered twice"):
-        registry.register(paper="x 2024")(fo.adam)
+        registry.register(paper="x 2024", drop_in="Adam")(fo.adam)

@@ -193,7 +193,8 @@ _CLIPS = ("clipvalue", "clipnorm", "global_clipnorm")
 
 
 @register(paper=('Devlin et al., 2019, "BERT" (its AdamWeightDecay; Loshchilov & Hutter, 2019), as '
-                 "HuggingFace transformers' TF AdamWeightDecay and Keras's Adam compute it"))
+                 "HuggingFace transformers' TF AdamWeightDecay and Keras's Adam compute it"),
+          drop_in="AdamWeightDecay")
 def adam_weight_decay(lr: float | torch.Tensor = 1e-3,
                       betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-7,
                       weight_decay: float = 0.0, amsgrad: bool = False,

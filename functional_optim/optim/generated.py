@@ -1,0 +1,112 @@
+"""A drop-in ``torch.optim.Optimizer`` class for every registered alias, made by one mechanism.
+
+:func:`drop_in_class` turns a registry entry (:mod:`functional_optim.registry`) into a class:
+
+- the constructor is ``Class(params, *alias arguments)``, with the alias's signature and
+  defaults, validated by the alias itself;
+- each param group holds the alias's arguments under their names: its hyperparameters (read at
+  every step, so ``torch.optim.lr_scheduler``, ``group["lr"] = x`` and per-group values work)
+  and its structural options (a group with other structural values runs its own transform);
+- the state of each parameter is the generic adapter's (:class:`FunctionalOptimizer`): a dict
+  following the alias's state tree, saved and loaded by ``state_dict``/``load_state_dict``;
+- every execution path of the adapter (fused or blocked steps where the alias has them,
+  multi-tensor, per-leaf with ``differentiable=True``, the flat layout) applies.
+
+The classes of :mod:`functional_optim.optim` named by ``register(drop_in=...)`` are made here
+unless written by hand (torch.optim's and HuggingFace's, whose state formats are theirs).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..base import Transform
+from ..registry import Entry
+from .adapter import FunctionalOptimizer
+
+__all__ = ["drop_in_class"]
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+class _AliasOptimizer(FunctionalOptimizer):
+    """The machinery of the generated classes (``_ENTRY``: their registry entry)."""
+
+    _ENTRY: Entry
+
+    def __init__(self, params, *args: Any, foreach: bool | None = None,
+                 differentiable: bool = False, **kwargs: Any):
+        make = self._ENTRY.make
+        bound = inspect.signature(make).bind(*args, **kwargs)
+        bound.apply_defaults()
+        options = dict(bound.arguments)
+        make(**options)  # the alias's validation, with its messages
+        self._source = None
+        self._cache = {}
+        torch.optim.Optimizer.__init__(self, params, dict(
+            options, foreach=foreach, differentiable=differentiable))
+
+    def _transform_for(self, group: dict) -> Transform:
+        structural = self._ENTRY.structural
+        key = ("tx", *(_hashable(group[k]) for k in structural))
+        tx = self._cache.get(key)
+        if tx is None:
+            arguments = inspect.signature(self._ENTRY.make).parameters
+            tx = self._cache[key] = self._ENTRY.make(
+                **{k: _hashable(group[k]) for k in arguments})
+        return tx
+
+    def _hparams_for(self, tx: Transform, group: dict) -> dict:
+        return {k: _hashable(group[k]) for k in self._ENTRY.hyperparameters}
+
+    def _required_group_keys(self) -> list:
+        return list(self._ENTRY.hyperparameters)
+
+    def _fill_group(self, group: dict) -> None:
+        for k, v in self.defaults.items():  # (an older checkpoint without a structural option)
+            group.setdefault(k, v)
+
+
+def drop_in_class(entry: Entry, module: str = "functional_optim.optim") -> type:
+    """The drop-in class of ``entry``, named ``entry.drop_in`` and importable from ``module``
+    (so that it pickles): ``Class(params, ...)`` with the alias's arguments."""
+    make = entry.make
+    signature = inspect.signature(make)
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                  inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                  *signature.parameters.values()]
+    kinds = {p.kind for p in parameters}
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+             for n, d in (("foreach", None), ("differentiable", False))]
+    if inspect.Parameter.VAR_KEYWORD not in kinds:
+        parameters += extra
+    doc = (f"The drop-in ``torch.optim.Optimizer`` of :func:`functional_optim.{entry.name}` "
+           f"({entry.paper}).\n\n"
+           f"``{entry.drop_in}(params, ...)`` takes the alias's arguments (below) and the "
+           "adapter's ``foreach`` and ``differentiable``; each param group holds them, "
+           "hyperparameters and structural options alike; the state of a parameter follows "
+           "the alias's state tree. See :mod:`functional_optim.optim.generated`.\n\n"
+           + inspect.cleandoc(make.__doc__ or ""))
+    cls = type(entry.drop_in, (_AliasOptimizer,), {
+        "_ENTRY": entry, "__doc__": doc, "__module__": module,
+        "__qualname__": entry.drop_in})
+    cls.__init__ = _with_signature(_AliasOptimizer.__init__,
+                                   signature.replace(parameters=parameters,
+                                                     return_annotation=None))
+    return cls
+
+
+def _with_signature(function: Any, signature: inspect.Signature) -> Any:
+    """``function`` (a method) behind a wrapper that shows ``signature``."""
+
+    def __init__(self, *args, **kwargs):  # noqa: N807 - the method it stands for
+        function(self, *args, **kwargs)
+
+    __init__.__signature__ = signature
+    __init__.__doc__ = function.__doc__
+    return __init__
