@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
+import pathlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -594,7 +596,8 @@ CASES += [
          live=_LBFGS_TOLERANCES),
 ]
 
-# HuggingFace's optimizers and the block options they are built from (a module of their own)
-from conformance_hf import CASES as _HF_CASES  # noqa: E402
-
-CASES += _HF_CASES
+# The cases of each further family live in a module of their own, ``conformance_<family>.py``
+# beside this one (HuggingFace's optimizers and block options: conformance_hf.py), each with a
+# ``CASES`` list: all are collected here, in name order.
+for _path in sorted(pathlib.Path(__file__).parent.glob("conformance_*.py")):
+    CASES += importlib.import_module(_path.stem).CASES
