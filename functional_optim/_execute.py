@@ -418,6 +418,26 @@ def init_count(params: Any) -> Any:
     return _tree.map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
 
 
+def zeros_in(params: Any, dtype: torch.dtype | None) -> Any:
+    """Zeros shaped like each leaf for a state kept in a dtype of its own (optax's ``mu_dtype``
+    and ``accumulator_dtype``): ``dtype``, or the leaf's where it is ``None``; a complex leaf
+    takes the complex dtype of ``dtype``'s precision (``float32`` -> ``complex64``)."""
+    if dtype is None:
+        return _tree.zeros_like(params)
+    return _tree.map(lambda p: torch.zeros_like(
+        p, dtype=torch.promote_types(dtype, torch.complex32) if p.is_complex() else dtype),
+        params)
+
+
+def decayed(x: Any, decay: Any, like: Any) -> Any:
+    """``decay * x`` for a state ``x`` kept in a dtype of its own (:func:`zeros_in`): the
+    product in ``x``'s dtype, then in ``like``'s (the dtype the rule computes in), as optax
+    computes its moments with ``mu_dtype``/``accumulator_dtype`` (a 0-d ``decay`` does not
+    promote ``x``, as jax's weakly typed Python numbers do not). :func:`elementwise` rounds the
+    new state back to the state's dtype."""
+    return (x * decay).to(like.dtype)
+
+
 # -- pointwise transforms, and fusing them -----------------------------------------------------
 
 class PointwiseCall(NamedTuple):

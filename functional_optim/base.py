@@ -42,6 +42,7 @@ __all__ = [
     "missing_params",
     "check_pair",
     "check_betas",
+    "check_dtype_option",
     "check_state",
 ]
 
@@ -219,6 +220,12 @@ def check_betas(owner: str, betas: Any) -> None:
     check_pair(owner, "betas", betas)
     check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
     check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+
+
+def check_dtype_option(owner: str, name: str, dtype: Any) -> None:
+    """A structural dtype option (a state's dtype): ``None`` or a floating dtype."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise HParamError(f"{owner}: {name} must be None or a floating dtype, got {dtype!r}")
 
 
 def missing_params(owner: str, updates: Any, params: Any, why: str = "") -> bool:

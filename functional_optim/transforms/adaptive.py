@@ -29,6 +29,7 @@ from ..base import (
     MissingParamsError,
     Transform,
     check_betas,
+    check_dtype_option,
     check_hparam,
     check_pair,
     check_state,
@@ -59,12 +60,6 @@ def _torch_scalar_dtype(dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
         return dtype
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-def _check_scalar_state_dtype(owner: str, dtype: Any) -> None:
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise HParamError(f"{owner}: scalar_state_dtype must be None or a floating dtype, "
-                          f"got {dtype!r}")
 
 
 def _scalar_like(params: Any, value: float, dtype: torch.dtype) -> Any:
@@ -348,7 +343,7 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     check_betas(owner, betas)
     check_hparam(owner, "eps", eps, ge=0)
     check_hparam(owner, "momentum_decay", momentum_decay, ge=0)
-    _check_scalar_state_dtype(owner, scalar_state_dtype)
+    check_dtype_option(owner, "scalar_state_dtype", scalar_state_dtype)
     defaults = {"betas": tuple(betas), "eps": eps, "momentum_decay": momentum_decay}
 
     def init(params):
@@ -612,7 +607,7 @@ def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
     check_hparam(owner, "lambd", lambd)
     check_hparam(owner, "alpha", alpha)
     check_hparam(owner, "t0", t0)
-    _check_scalar_state_dtype(owner, scalar_state_dtype)
+    check_dtype_option(owner, "scalar_state_dtype", scalar_state_dtype)
     defaults = {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0}
 
     def init(params):

@@ -11,18 +11,21 @@ from .. import tree as _tree
 from .._execute import (
     Pointwise,
     PointwiseCall,
+    decayed,
     ema_square,
     init_count,
     is_off,
     lerp,
     safe_sqrt,
     scalar_dtype,
+    zeros_in,
 )
 from ..base import (
     EmptyState,
     HParamError,
     Transform,
     check_betas,
+    check_dtype_option,
     check_hparam,
     check_state,
     pointwise_transform,
@@ -56,37 +59,61 @@ class ScaleByAdamState(NamedTuple):
     nu_max: Any = EmptyState()
 
 
-def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments"):
+def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments", nesterov=False,
+               amsgrad_corrected=False):
     b1, b2 = h["betas"]
     t = t + 1
     tf = t.to(scalar_dtype(g))
-    m = lerp(m, g, 1 - b1)
+    if m.dtype == g.dtype:
+        m = lerp(m, g, 1 - b1)
+    else:  # a first moment kept in mu_dtype
+        m = decayed(m, b1, g) + (1 - b1) * g
     v = ema_square(v, g, b2)
-    nu_max = tuple(torch.maximum(n, v) for n in nu_max)
-    second = nu_max[0] if nu_max else v
-    eps_root = h["eps_root"]
-    if bias_correction != "moments":  # eps on the uncorrected root
-        if not is_off(eps_root):
-            second = second + eps_root
-        u = m / (safe_sqrt(second, nonnegative=True) + h["eps"])
-        if bias_correction == "none":
-            return (u, t, m, v, *nu_max)
+    if bias_correction == "step_size":  # eps on the uncorrected root
+        second = torch.maximum(nu_max[0], v) if nu_max else v
+        nu_max = (second,) if nu_max else ()
+        if not is_off(h["eps_root"]):
+            second = second + h["eps_root"]
+        u = _nesterov(m, g, b1, tf, True) if nesterov else m
+        u = u / (safe_sqrt(second, nonnegative=True) + h["eps"])
         return (u * (torch.sqrt(1 - b2**tf) / (1 - b1**tf)), t, m, v, *nu_max)
-    bc1 = 1 - b1**tf
-    bc2 = 1 - b2**tf
-    if not is_off(eps_root):
-        second = second + eps_root * bc2
-    # (m / bc1) / (sqrt(second) / sqrt(bc2) + eps), with bc1 folded into the denominator
-    denom = safe_sqrt(second, nonnegative=True) * (bc1 / torch.sqrt(bc2)) + h["eps"] * bc1
-    return (m / denom, t, m, v, *nu_max)
+    bc1 = 1 - b1**tf if bias_correction in ("moments", "first_moment") else None
+    bc2 = 1 - b2**tf if bias_correction in ("moments", "second_moment") else None
+    if nu_max and amsgrad_corrected and bc2 is not None:  # the maximum of v / bc2
+        nu_max = (torch.maximum(nu_max[0], v / bc2),)
+        second, bc2 = nu_max[0], None
+    else:
+        nu_max = tuple(torch.maximum(n, v) for n in nu_max)
+        second = nu_max[0] if nu_max else v
+    # (m / bc1) / (sqrt(second / bc2 + eps_root) + eps), with bc1 folded into the denominator
+    if not is_off(h["eps_root"]):
+        second = second + (h["eps_root"] if bc2 is None else h["eps_root"] * bc2)
+    root = safe_sqrt(second, nonnegative=True)
+    if bc2 is not None:
+        root = root * ((1 if bc1 is None else bc1) / torch.sqrt(bc2))
+    elif bc1 is not None:
+        root = root * bc1
+    denom = root + (h["eps"] if bc1 is None else h["eps"] * bc1)
+    num = _nesterov(m, g, b1, tf, bc1 is not None) if nesterov else m
+    return (num / denom, t, m, v, *nu_max)
 
 
-_BIAS_CORRECTIONS = ("moments", "step_size", "none")
+def _nesterov(m, g, b1, tf, corrected):
+    r"""Dozat's Nesterov first moment times :math:`1-\beta_1^t` (``corrected``, so that it takes
+    Adam's correction), else as it is: :math:`\beta_1 m_t \frac{1-\beta_1^t}{1-\beta_1^{t+1}}
+    + (1-\beta_1) g_t`, or :math:`\beta_1 m_t + (1-\beta_1) g_t`."""
+    keep = b1 * ((1 - b1**tf) / (1 - b1 ** (tf + 1))) if corrected else b1
+    return m * keep + g * (1 - b1)
+
+
+_BIAS_CORRECTIONS = ("moments", "step_size", "none", "first_moment", "second_moment")
 
 
 def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                   eps_root: float = 0.0, amsgrad: bool = False, *,
-                  bias_correction: str = "moments") -> Transform:
+                  bias_correction: str = "moments", nesterov: bool = False,
+                  amsgrad_corrected: bool = False,
+                  mu_dtype: torch.dtype | None = None) -> Transform:
     r"""Rescales updates by Adam's bias-corrected moments (Kingma & Ba, 2015, Algorithm 1).
 
     .. math::
@@ -96,8 +123,8 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t / (1-\beta_2^t) + \epsilon_{root}}
               + \epsilon}
 
-    That is ``bias_correction="moments"`` (torch.optim.Adam's). Where the correction goes is
-    structural, as it moves ``ε``:
+    That is ``bias_correction="moments"`` (torch.optim.Adam's and optax's). Where the correction
+    goes is structural, as it moves ``ε``:
 
     - ``"step_size"``: the paper's "efficient version" (end of its Section 2), HuggingFace's
       ``AdamW(correct_bias=True)`` and Keras's Adam: ``ε`` is added to the *uncorrected* root
@@ -105,18 +132,47 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
       :math:`u_t = \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\,
       \frac{m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}`;
     - ``"none"``: no correction (BERT's original optimizer, HuggingFace's
-      ``correct_bias=False``), :math:`u_t = m_t / (\sqrt{\hat v_t + \epsilon_{root}} +
-      \epsilon)`.
+      ``correct_bias=False``, optax's ``amsgrad(bias_correction_mu=False,
+      bias_correction_nu=False)``, Reddi et al.'s AMSGrad), :math:`u_t = m_t / (\sqrt{\hat v_t
+      + \epsilon_{root}} + \epsilon)`;
+    - ``"first_moment"`` / ``"second_moment"``: only :math:`m_t` / only :math:`v_t` corrected
+      (optax's ``amsgrad`` with ``bias_correction_nu=False`` / ``bias_correction_mu=False``).
 
-    AMSGrad: Reddi et al., 2018. Complex parameters are treated as pairs of reals, as
-    torch.optim.Adam does. The square root is safe at zero (finite meta-gradients).
+    AMSGrad (Reddi et al., 2018) keeps the running maximum of :math:`v_t` (torch.optim.Adam's
+    ``max_exp_avg_sq``) and corrects it; with ``amsgrad_corrected`` it keeps the maximum of the
+    *corrected* :math:`v_t / (1-\beta_2^t)` instead, as optax's ``scale_by_amsgrad`` does (the
+    two differ: the correction shrinks as :math:`t` grows, so an early corrected value can stay
+    the maximum), :math:`\hat v_t = \max(\hat v_{t-1}, v_t / (1-\beta_2^t))`,
+    :math:`u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}`
+    (the same as the default where :math:`v_t` is not corrected).
+
+    With ``nesterov`` the first moment is Dozat's Nesterov momentum (Dozat, 2016, *Incorporating
+    Nesterov Momentum into Adam*), as optax's ``scale_by_adam(nesterov=True)`` (its ``nadam``):
+    :math:`m_t / (1-\beta_1^t)` becomes :math:`\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1)
+    g_t / (1-\beta_1^t)` (each term without its correction where :math:`m_t` is not corrected).
+    This is not torch.optim.NAdam's momentum schedule
+    (:func:`~functional_optim.transforms.scale_by_nadam`).
+
+    ``mu_dtype`` keeps :math:`m_t` in the state in another dtype (e.g. ``torch.bfloat16`` to save
+    memory), as optax's ``mu_dtype``: each step computes in the parameters' dtype from the stored
+    :math:`m_{t-1}` and stores :math:`m_t` rounded to ``mu_dtype``; the update uses the unrounded
+    :math:`m_t`. A complex parameter keeps it in the complex dtype of that precision.
+
+    Complex parameters are treated as pairs of reals, as torch.optim.Adam does. The square root
+    is safe at zero (finite meta-gradients).
 
     Args:
         betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
         eps: ``ε`` added to the root (default 1e-8).
         eps_root: ``ε_root`` added inside the root (default 0).
         amsgrad: keep the running maximum of ``v`` (static; default False).
-        bias_correction: ``"moments"``, ``"step_size"`` or ``"none"`` (static; see above).
+        bias_correction: ``"moments"``, ``"step_size"``, ``"none"``, ``"first_moment"`` or
+            ``"second_moment"`` (static; see above).
+        nesterov: Dozat's Nesterov first moment (static; default False).
+        amsgrad_corrected: with ``amsgrad``, the maximum of the corrected second moment, as
+            optax (static; default False: torch's maximum of the raw one).
+        mu_dtype: dtype of the first moment's state (static; default ``None``: the
+            parameters').
     """
     if bias_correction not in _BIAS_CORRECTIONS:
         raise HParamError(f"scale_by_adam: bias_correction must be one of {_BIAS_CORRECTIONS}, "
@@ -124,12 +180,14 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     check_betas("scale_by_adam", betas)
     check_hparam("scale_by_adam", "eps", eps, ge=0)
     check_hparam("scale_by_adam", "eps_root", eps_root, ge=0)
+    check_dtype_option("scale_by_adam", "mu_dtype", mu_dtype)
     defaults = {"betas": tuple(betas), "eps": eps, "eps_root": eps_root}
-    rule = functools.partial(_adam_rule, bias_correction=bias_correction)
+    rule = functools.partial(_adam_rule, bias_correction=bias_correction, nesterov=nesterov,
+                             amsgrad_corrected=amsgrad_corrected)
 
     def init(params):
         zeros = _tree.zeros_like
-        return ScaleByAdamState(init_count(params), zeros(params), zeros(params),
+        return ScaleByAdamState(init_count(params), zeros_in(params, mu_dtype), zeros(params),
                                 zeros(params) if amsgrad else EmptyState())
 
     def prepare(updates, state, params, hparams):
@@ -139,8 +197,10 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         return PointwiseCall(rule, h, states, finish=_adam_state,
                              donate_state=(True,) * len(states))
 
-    # torch's Adam kernels compute the "moments" correction only
-    kernel = ("adam", amsgrad) if bias_correction == "moments" else ()
+    # torch's Adam kernels compute the "moments" correction of torch's Adam only
+    torch_adam = (bias_correction == "moments" and not nesterov and mu_dtype is None
+                  and not (amsgrad and amsgrad_corrected))
+    kernel = ("adam", amsgrad) if torch_adam else ()
     return pointwise_transform(init, defaults, Pointwise(prepare, "scale_by_adam", "as_real",
                                                          kernel=kernel))
 
