@@ -418,6 +418,14 @@ def init_count(params: Any) -> Any:
     return _tree.map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
 
 
+def full_like(params: Any, value: float) -> Any:
+    """A state that starts at ``value`` (an initial accumulator): each leaf filled with it, a
+    complex leaf's real and imaginary parts both (complex leaves are pairs of reals)."""
+    return _tree.map(lambda p: torch.full_like(
+        p, complex(value, value) if p.is_complex() else value,
+        memory_format=torch.preserve_format), params)
+
+
 def zeros_in(params: Any, dtype: torch.dtype | None) -> Any:
     """Zeros shaped like each leaf for a state kept in a dtype of its own (optax's ``mu_dtype``
     and ``accumulator_dtype``): ``dtype``, or the leaf's where it is ``None``; a complex leaf
@@ -432,9 +440,11 @@ def zeros_in(params: Any, dtype: torch.dtype | None) -> Any:
 def decayed(x: Any, decay: Any, like: Any) -> Any:
     """``decay * x`` for a state ``x`` kept in a dtype of its own (:func:`zeros_in`): the
     product in ``x``'s dtype, then in ``like``'s (the dtype the rule computes in), as optax
-    computes its moments with ``mu_dtype``/``accumulator_dtype`` (a 0-d ``decay`` does not
-    promote ``x``, as jax's weakly typed Python numbers do not). :func:`elementwise` rounds the
-    new state back to the state's dtype."""
+    computes its moments with ``mu_dtype``/``accumulator_dtype`` (a tensor ``decay`` is rounded
+    to ``x``'s dtype first, as jax's weakly typed Python numbers are). :func:`elementwise` rounds
+    the new state back to the state's dtype."""
+    if not isinstance(decay, Number):  # a tensor (or a list of the leaves' 0-d values)
+        decay = decay.to(x.dtype)
     return (x * decay).to(like.dtype)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "check_pair",
     "check_betas",
     "check_dtype_option",
+    "check_init_value",
     "check_state",
 ]
 
@@ -226,6 +227,14 @@ def check_dtype_option(owner: str, name: str, dtype: Any) -> None:
     """A structural dtype option (a state's dtype): ``None`` or a floating dtype."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise HParamError(f"{owner}: {name} must be None or a floating dtype, got {dtype!r}")
+
+
+def check_init_value(owner: str, name: str, value: Any) -> float:
+    """A structural initial value of a state (read by ``init``, so a number, ``>= 0``)."""
+    if isinstance(value, torch.Tensor):
+        raise HParamError(f"{owner}: {name} is read at init; give a number")
+    check_hparam(owner, name, value, ge=0)
+    return float(value)
 
 
 def missing_params(owner: str, updates: Any, params: Any, why: str = "") -> bool:

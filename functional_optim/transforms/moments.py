@@ -13,6 +13,7 @@ from .._execute import (
     PointwiseCall,
     decayed,
     ema_square,
+    full_like,
     init_count,
     is_off,
     lerp,
@@ -27,6 +28,7 @@ from ..base import (
     check_betas,
     check_dtype_option,
     check_hparam,
+    check_init_value,
     check_state,
     pointwise_transform,
     resolve_hparams,
@@ -74,7 +76,7 @@ def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments", nesterov=False
         nu_max = (second,) if nu_max else ()
         if not is_off(h["eps_root"]):
             second = second + h["eps_root"]
-        u = _nesterov(m, g, b1, tf, True) if nesterov else m
+        u = nesterov_moment(m, g, b1, tf, True) if nesterov else m
         u = u / (safe_sqrt(second, nonnegative=True) + h["eps"])
         return (u * (torch.sqrt(1 - b2**tf) / (1 - b1**tf)), t, m, v, *nu_max)
     bc1 = 1 - b1**tf if bias_correction in ("moments", "first_moment") else None
@@ -94,11 +96,11 @@ def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments", nesterov=False
     elif bc1 is not None:
         root = root * bc1
     denom = root + (h["eps"] if bc1 is None else h["eps"] * bc1)
-    num = _nesterov(m, g, b1, tf, bc1 is not None) if nesterov else m
+    num = nesterov_moment(m, g, b1, tf, bc1 is not None) if nesterov else m
     return (num / denom, t, m, v, *nu_max)
 
 
-def _nesterov(m, g, b1, tf, corrected):
+def nesterov_moment(m, g, b1, tf, corrected):
     r"""Dozat's Nesterov first moment times :math:`1-\beta_1^t` (``corrected``, so that it takes
     Adam's correction), else as it is: :math:`\beta_1 m_t \frac{1-\beta_1^t}{1-\beta_1^{t+1}}
     + (1-\beta_1) g_t`, or :math:`\beta_1 m_t + (1-\beta_1) g_t`."""
@@ -224,17 +226,26 @@ class ScaleByRmsState(NamedTuple):
     mu: Any = EmptyState()
 
 
-def _rms_rule(h, g, t, v, *mu):
+def _rms_rule(h, g, t, v, *mu, eps_in_sqrt=False, bias_correction=False):
     alpha = h["alpha"]
+    t = t + 1
     v = ema_square(v, g, alpha)
-    if mu:
-        m = lerp(mu[0], g, 1 - alpha)
-        avg = safe_sqrt(v - m * m) + h["eps"]
-        return g / avg, t + 1, v, m
-    return g / (safe_sqrt(v, nonnegative=True) + h["eps"]), t + 1, v
+    m = (lerp(mu[0], g, 1 - alpha),) if mu else ()
+    v_hat, m_hat = v, m
+    if bias_correction:
+        bc = 1 - alpha ** t.to(scalar_dtype(g))
+        v_hat, m_hat = v / bc, tuple(x / bc for x in m)
+    second = v_hat - m_hat[0] * m_hat[0] if mu else v_hat
+    if eps_in_sqrt:
+        u = g / safe_sqrt(second + h["eps"], nonnegative=not mu)
+    else:
+        u = g / (safe_sqrt(second, nonnegative=not mu) + h["eps"])
+    return (u, t, v, *m)
 
 
-def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> Transform:
+def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False, *,
+                 eps_in_sqrt: bool = False, bias_correction: bool = False,
+                 initial_scale: float = 0.0) -> Transform:
     r"""Divides updates by the root of a running mean of their squares (RMSprop; Hinton, 2012).
 
     .. math::
@@ -245,24 +256,36 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
     with :math:`\bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t`, as torch.optim.RMSprop computes
     it (``ε`` outside the root; complex parameters as pairs of reals).
 
+    optax's ``scale_by_rms``/``scale_by_stddev`` (its ``rmsprop``) are the same block with
+    three structural options: ``eps_in_sqrt`` puts ``ε`` inside the root (optax's default),
+    :math:`u_t = g_t / \sqrt{v_t - \bar g_t^2 + \epsilon}`; ``bias_correction`` divides
+    :math:`v_t` and :math:`\bar g_t` by :math:`1-\alpha^t` before use (LaProp; Ziyin et al.,
+    2021); ``initial_scale`` is :math:`v_0` (TF1's RMSprop starts at 1; :math:`\bar g_0 = 0`).
+    The root is safe at zero (finite meta-gradients; a negative centered estimate counts as 0).
+
     Args:
         alpha: smoothing constant (default 0.99).
         eps: ``ε`` (default 1e-8).
         centered: subtract the squared running mean (static; default False).
+        eps_in_sqrt: ``ε`` inside the root (static; default False, torch's).
+        bias_correction: correct the running means (static; default False).
+        initial_scale: :math:`v_0` (static: read by ``init``; default 0).
     """
     check_hparam("scale_by_rms", "alpha", alpha, ge=0, le=1)
     check_hparam("scale_by_rms", "eps", eps, ge=0)
+    v0 = check_init_value("scale_by_rms", "initial_scale", initial_scale)
     defaults = {"alpha": alpha, "eps": eps}
+    rule = functools.partial(_rms_rule, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction)
 
     def init(params):
-        return ScaleByRmsState(init_count(params), _tree.zeros_like(params),
+        return ScaleByRmsState(init_count(params), full_like(params, v0),
                                _tree.zeros_like(params) if centered else EmptyState())
 
     def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale_by_rms hparams")
         check_state("scale_by_rms", state, ScaleByRmsState)
         states = (state.step, state.nu) + ((state.mu,) if centered else ())
-        return PointwiseCall(_rms_rule, h, states, finish=lambda new: ScaleByRmsState(*new),
+        return PointwiseCall(rule, h, states, finish=lambda new: ScaleByRmsState(*new),
                              donate_state=(True,) * len(states))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, "scale_by_rms", "as_real"))
@@ -294,12 +317,14 @@ def _trace_rule(h, g, t, buf, *, nesterov, detach_first):
         g_in = g.detach()  # (read on the host, as torch.optim.SGD's differentiable step does)
     else:
         g_in = g
-    buf = buf * keep + take * g_in  # (dense + sparse: a sparse g gives a dense buffer)
+    kept = buf * keep if buf.dtype == g.dtype else decayed(buf, keep, g)  # (accumulator_dtype)
+    buf = kept + take * g_in  # (dense + sparse: a sparse g gives a dense buffer)
     return (momentum * buf + g if nesterov else buf), t + 1, buf
 
 
 def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False, *,
-          detach_first: bool = False) -> Transform:
+          detach_first: bool = False, accumulator_dtype: torch.dtype | None = None
+          ) -> Transform:
     r"""Momentum with torch.optim.SGD's semantics (Sutskever et al., 2013 for Nesterov).
 
     .. math::
@@ -313,6 +338,11 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
     (``nn.Embedding(sparse=True)``) gives a dense buffer and update, holding the values of
     torch.optim.SGD's sparse buffer.
 
+    ``accumulator_dtype`` keeps the buffer in another dtype, as optax's ``trace(...,
+    accumulator_dtype=)``: :math:`\mu\, b_{t-1}` is computed in that dtype, the rest in the
+    updates' (the output uses the unrounded :math:`b_t`), and :math:`b_t` is stored rounded
+    to it. With dampening 0 this block is optax's ``trace(decay=μ, nesterov=...)``.
+
     Args:
         momentum: ``μ`` (default 0.9).
         dampening: ``τ`` (default 0); must be 0 with ``nesterov``.
@@ -322,8 +352,11 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
             flows through it, and the count is read on the host to tell the first step, as
             torch's step does (structural; default False: meta-gradients flow through
             :math:`b_1 = g_1`, as MAML with momentum needs, and nothing is read).
+        accumulator_dtype: dtype of the buffer's state (structural; default ``None``: the
+            parameters').
     """
     check_hparam("trace", "momentum", momentum, ge=0)
+    check_dtype_option("trace", "accumulator_dtype", accumulator_dtype)
     check_hparam("trace", "dampening", dampening)
     if nesterov and (isinstance(dampening, torch.Tensor) or dampening != 0):
         raise HParamError("trace: nesterov momentum requires dampening == 0 (as torch.optim.SGD)")
@@ -331,7 +364,7 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
     rule = functools.partial(_trace_rule, nesterov=nesterov, detach_first=detach_first)
 
     def init(params):
-        return TraceState(init_count(params), _tree.zeros_like(params))
+        return TraceState(init_count(params), zeros_in(params, accumulator_dtype))
 
     def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "trace hparams")
