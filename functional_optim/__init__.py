@@ -230,3 +230,17 @@ from .aliases import dense_sparse_adam  # noqa: E402
 from .transforms import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]
+
+# optax's variants of torch's names (optax_nadam, ...)
+from .aliases import (  # noqa: E402
+    optax_adafactor,
+    optax_adagrad,
+    optax_amsgrad,
+    optax_nadam,
+    optax_radam,
+    optax_rmsprop,
+    optax_rprop,
+)
+
+__all__ += ["optax_adafactor", "optax_adagrad", "optax_amsgrad", "optax_nadam", "optax_radam",
+            "optax_rmsprop", "optax_rprop"]

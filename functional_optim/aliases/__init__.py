@@ -17,13 +17,23 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import basic, classic, huggingface, special
+from . import basic, classic, huggingface, optax_variants, special
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .optax_variants import (
+    optax_adafactor,
+    optax_adagrad,
+    optax_amsgrad,
+    optax_nadam,
+    optax_radam,
+    optax_rmsprop,
+    optax_rprop,
+)
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
            "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
-           "classic", "special", "huggingface"]
+           "classic", "special", "huggingface", "optax_variants", "optax_nadam", "optax_amsgrad",
+           "optax_adagrad", "optax_rmsprop", "optax_radam", "optax_rprop", "optax_adafactor"]

@@ -145,6 +145,20 @@ def _decayed(old, new, weight, *, huggingface):
     return torch.lerp(old, new, weight.to(old.dtype))
 
 
+def _optax_decay(t, c):
+    r""":math:`\hat\beta_{2,t} = 1 - t^c` and :math:`1 - \hat\beta_{2,t}` (``t``: the step
+    count less the offset, a float), each rounded as optax computes them, in float32 from a
+    float32 ``c`` (as jax computes with a Python number), with the derivatives of the exact
+    formula in ``t``'s dtype, so that meta-gradients do not see float32's rounding."""
+    c32 = c.to(torch.float32) if isinstance(c, torch.Tensor) else torch.full(
+        (), c, dtype=torch.float32, device=t.device)
+    keep32 = 1 - t.to(torch.float32) ** c32
+    weight = t ** c
+    keep = 1 - weight
+    return (keep + (keep32.to(t.dtype) - keep).detach(),
+            weight + ((1 - keep32).to(t.dtype) - weight).detach())
+
+
 def _factored_rule(h, g, t, row, col, var, *rest, maximize, variant, momentum,
                    relative_step, scale_parameter, warmup_init):
     *moment, p, root_numel, n_last, n_prev, dims = rest
@@ -155,11 +169,8 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, variant, momentum,
         g = -g
     t = t + 1
     tf = t.to(scalar_dtype(g))
-    if optax:  # 1 - beta2_t = (t - offset)^c in float32, c too, as optax computes it
-        c = h["beta2_decay"]
-        c = c.to(torch.float32) if isinstance(c, torch.Tensor) else torch.full(
-            (), c, dtype=torch.float32, device=g.device)
-        weight = (t - h["decay_offset"]).to(torch.float32) ** c
+    if optax:
+        keep, weight = _optax_decay(tf - h["decay_offset"], h["beta2_decay"])
     else:
         weight = tf ** h["beta2_decay"]  # 1 - beta2_t = t^c
     eps1 = h["eps1"] if h["eps1"] is not None else torch.finfo(g.dtype).eps
@@ -169,11 +180,11 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, variant, momentum,
         rms_p = full(torch.linalg.vector_norm(p)) / root_numel
         sq = g * g + eps1
         if dims:  # static: leaves are grouped by it
-            row = _decayed(row, sq.mean(dim=dims[1], keepdim=True), weight, huggingface=True)
-            col = _decayed(col, sq.mean(dim=dims[0], keepdim=True), weight, huggingface=True)
+            row = row * keep + weight * sq.mean(dim=dims[1], keepdim=True)
+            col = col * keep + weight * sq.mean(dim=dims[0], keepdim=True)
             u = g * (row / row.mean(dim=dims[0], keepdim=True)).rsqrt() * col.rsqrt()
         else:
-            var = _decayed(var, sq, weight, huggingface=True)
+            var = var * keep + weight * sq
             u = g * var.rsqrt()
     elif huggingface:  # eps1 in the squares; the RMS of p in its dtype, as HuggingFace
         rms_p = full(torch.linalg.vector_norm(p)) / root_numel

@@ -235,11 +235,12 @@ def _rms_rule(h, g, t, v, *mu, eps_in_sqrt=False, bias_correction=False):
     if bias_correction:
         bc = 1 - alpha ** t.to(scalar_dtype(g))
         v_hat, m_hat = v / bc, tuple(x / bc for x in m)
-    second = v_hat - m_hat[0] * m_hat[0] if mu else v_hat
+    uncentered = len(mu) == 0  # (a square root of a mean of squares)
+    second = v_hat if uncentered else v_hat - m_hat[0] * m_hat[0]
     if eps_in_sqrt:
-        u = g / safe_sqrt(second + h["eps"], nonnegative=not mu)
+        u = g / safe_sqrt(second + h["eps"], nonnegative=uncentered)
     else:
-        u = g / (safe_sqrt(second, nonnegative=not mu) + h["eps"])
+        u = g / (safe_sqrt(second, nonnegative=uncentered) + h["eps"])
     return (u, t, v, *m)
 
 
