@@ -462,7 +462,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if not params:
             return
         grads = [g for g in grads if g is not None]
-        if any(map(_IS_SPARSE, grads)):  # (a C-level pass: this runs every step)
+        if _any_sparse(grads):
             self._check_sparse(group)
             # dynamo cannot trace sparse tensors: under torch.compile this step runs eagerly
             # as a whole (no piece of it compiled on its own)
@@ -613,6 +613,14 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             if not compiling:
                 self._cache[key] = plan
         return plan
+
+
+def _any_sparse(grads: list) -> bool:
+    """Whether a gradient is sparse: eagerly one C-level pass (this runs every step: a generator
+    costs a Python call per gradient), traced a plain loop (dynamo cannot trace attrgetter)."""
+    if torch.compiler.is_compiling():
+        return any(g.is_sparse for g in grads)
+    return any(map(_IS_SPARSE, grads))
 
 
 _IS_SPARSE = operator.attrgetter("is_sparse")
