@@ -24,6 +24,58 @@ class MissingParamsError(ValueError):
     """A transform that reads the parameters was called without them."""
 
 
+#: What the leaves of a state share with their update (``elementwise``'s ``state_like``):
+#: shape, dtype and device (a moment, a momentum buffer).
+LIKE = "like"
+#: Shape and device, in a dtype of its own (an accumulator in a chosen ``accumulator_dtype``).
+SHAPED = "shaped"
+#: Dtype and device, in a shape of its own (factored statistics).
+TYPED = "typed"
+_SHARES = {LIKE: (True, True), SHAPED: (True, False), TYPED: (False, True)}
+
+
+def leaf_mismatch(g: torch.Tensor, x: Any, what: str, shape: bool = True,
+                  dtype: bool = True) -> str | None:
+    """``None`` when ``x`` is a tensor on the update ``g``'s device with its shape and dtype
+    (each where asked); else the first difference, for an error message.
+
+    The rule of the functional API: an update leaf, its parameter and its state tensors agree
+    in shape, dtype and device; nothing is broadcast, promoted or moved implicitly. Reads
+    metadata only: static under ``torch.compile`` and ``make_fx`` (checked once, when
+    tracing), logical shapes under ``vmap``.
+    """
+    if not isinstance(x, torch.Tensor):
+        return f"its {what} must be a tensor, got {type(x).__name__}"
+    if shape and x.shape != g.shape:
+        return (f"the update has shape {tuple(g.shape)} but its {what} has shape "
+                f"{tuple(x.shape)}")
+    if dtype and x.dtype != g.dtype:
+        return (f"the update has dtype {g.dtype} but its {what} has dtype {x.dtype} (no "
+                "implicit casts: an update, its parameter and its state share one dtype)")
+    if x.device != g.device:
+        return (f"the update is on device {g.device} but its {what} is on {x.device} (move "
+                "them to the same device)")
+    return None
+
+
+def check_leaves(owner: str, updates: Any, tree: Any, tree_name: str, what: str,
+                 dtype: bool = True) -> None:
+    """Raise :class:`TreeMismatchError` unless ``tree`` has the structure of ``updates`` and
+    each of its leaves matches its update (:func:`leaf_mismatch`; ``None`` leaves skipped).
+
+    A pass of its own over the leaves: for paths that are not hot, or to name the leaf after
+    torch raised."""
+    _tree.flatten_like(tree, _tree.structure(updates), tree_name, "updates")
+    rows: list = []
+    optree.tree_map(lambda *xs: rows.append(xs), updates, tree, none_is_leaf=True)
+    for i, (g, x) in enumerate(rows):
+        if g is not None and x is not None:
+            problem = leaf_mismatch(g, x, what, dtype=dtype)
+            if problem is not None:
+                raise _tree.TreeMismatchError(f"{owner}: leaf {_leaf_name(updates, i)}: "
+                                              f"{problem}")
+
+
 def scalar_dtype(like: torch.Tensor) -> torch.dtype:
     """The dtype of the 0-d coefficients (bias corrections, tensor hparams) used on a leaf.
 
@@ -67,6 +119,7 @@ def elementwise(
     donate_state: bool | tuple[bool, ...] = False,
     sparse: bool = False,
     own_update_dtype: bool = False,
+    state_like: tuple[str | None, ...] = (),
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -87,18 +140,28 @@ def elementwise(
         own_update_dtype: the update keeps the dtype the rule gives it (a rule that computes
             half-precision leaves in float32 returns float32 updates, which
             :func:`~functional_optim.apply_updates` and the adapter apply with one rounding).
+        state_like: for each state, what its leaves share with their update: :data:`LIKE`,
+            :data:`SHAPED`, :data:`TYPED`, or ``None`` (a step count, a 0-d scalar in a dtype
+            of its own); missing entries are ``None``.
+
+    Before the rule runs, in the loop that groups the leaves (no pass of its own), each update
+    leaf is checked against its tensor inputs (the parameters: shape, dtype and device) and its
+    states (``state_like``): a mismatch raises :class:`TreeMismatchError` naming the leaf, the
+    expected and the received (:func:`leaf_mismatch`).
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
     otherwise promote a 0-d leaf; except the update with ``own_update_dtype``) and must keep its
-    shape: a result whose shape differs (a parameter or state that broadcast against the
-    update) raises :class:`TreeMismatchError`.
+    shape: a result whose shape differs (a rule that broadcast) raises
+    :class:`TreeMismatchError`.
     """
     n_states = len(states)
+    shares = [(k, *_SHARES[like]) for k, like in enumerate(state_like[:n_states])
+              if like is not None]
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
 
-    def check(i: int, g: Any, leaf_states: list, leaf_inputs: tuple) -> None:
+    def check(i: int, g: Any, leaf_states: list, leaf_inputs: list) -> None:
         if leaf_states and leaf_states[-1] is None:
             raise _tree.TreeMismatchError(
                 f"{name}: update leaf {_leaf_name(updates, i)} has no state (its parameter was "
@@ -122,17 +185,25 @@ def elementwise(
                 f"{name} does not support complex updates (leaf {_leaf_name(updates, i)}, "
                 f"dtype {g.dtype})"
             )
+        shape, dtype, device = g.shape, g.dtype, g.device
         for k, x in enumerate(leaf_inputs):
             if x is None:
                 raise MissingParamsError(
                     f"{name}: leaf {_leaf_name(updates, i)} has an update but its "
                     f"{input_name(k)} is None"
                 )
-            if isinstance(x, torch.Tensor) and x.shape != g.shape:
-                raise _tree.TreeMismatchError(
-                    f"{name}: leaf {_leaf_name(updates, i)}: the update has shape "
-                    f"{tuple(g.shape)} but the {input_name(k)} has shape {tuple(x.shape)}"
-                )
+            if isinstance(x, torch.Tensor) and (x.shape != shape or x.dtype != dtype
+                                                or x.device != device):
+                mismatch(i, g, x, input_name(k), True, True)
+        for k, same_shape, same_dtype in shares:  # (leaf_mismatch's rule, inlined: hot loop)
+            x = leaf_states[k]
+            if not isinstance(x, torch.Tensor) or x.device != device or (
+                    same_shape and x.shape != shape) or (same_dtype and x.dtype != dtype):
+                mismatch(i, g, x, "state", same_shape, same_dtype)
+
+    def mismatch(i: int, g: Any, x: Any, what: str, shape: bool, dtype: bool) -> None:
+        raise _tree.TreeMismatchError(
+            f"{name}: leaf {_leaf_name(updates, i)}: {leaf_mismatch(g, x, what, shape, dtype)}")
 
     def apply(i: int, h: Any, g: Any, leaf_states: list, leaf_inputs: list,
               likes: list[list]) -> list[list]:
@@ -171,20 +242,21 @@ def elementwise(
     multi = _multi_tensor_wanted(flats[0])
     flags = donate_state if isinstance(donate_state, tuple) else (donate_state,) * n_states
     donate = [multi and _MULTI_TENSOR[1] and flag for flag in flags]
+    state_flats, input_flats = flats[1:1 + n_states], flats[1 + n_states:]
     for i, g in enumerate(flats[0]):
         if g is None:
             continue
-        leaf_states = [f[i] for f in flats[1:1 + n_states]]
-        leaf_inputs = tuple(f[i] for f in flats[1 + n_states:])
+        leaf_states = [f[i] for f in state_flats]
+        leaf_inputs = [f[i] for f in input_flats]
         check(i, g, leaf_states, leaf_inputs)
-        statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
         if multi and not (sparse and g.is_sparse):
             # a DTensor's mesh and placements too (plain tensors skip the call)
+            statics = tuple([x for x in leaf_inputs if not isinstance(x, torch.Tensor)])
             layout = None if type(g) is torch.Tensor else _tree.layout(g)
             key = (g.dtype, g.device, type(g), g.ndim, statics, layout)
+            groups.setdefault(key, []).append(i)
         else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
-            key = i
-        groups.setdefault(key, []).append(i)
+            groups[i] = [i]
     cache: dict = {}
     for key, members in groups.items():
         first = flats[0][members[0]]
@@ -335,8 +407,12 @@ def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int,
 
 
 def _leaf_name(tree: Any, i: int) -> str:
-    """The dotted path of leaf ``i`` of ``tree`` (for error messages only)."""
-    return repr(_tree.named_leaves(tree)[i][0] or "<root>")
+    """The dotted path of leaf ``i`` of ``tree`` in ``optree.tree_map``'s order (the order of the
+    leaves here, also under ``torch.compile``, whose ``tree_map`` follows a dict's insertion
+    order where optree's paths are sorted); for error messages only."""
+    flat: list = []
+    optree.tree_map(flat.append, tree, none_is_leaf=True)
+    return repr(next(n for n, x in _tree.named_leaves(tree) if x is flat[i]) or "<root>")
 
 
 def first_device(tree: Any) -> torch.device:
@@ -436,6 +512,8 @@ class PointwiseCall(NamedTuple):
             it in place).
         input_names: the ``inputs`` trees' names in errors.
         sparse: the rule takes sparse COO updates (see :func:`elementwise`).
+        state_like: for each state, what its leaves share with the update (:data:`LIKE`,
+            :data:`SHAPED`, :data:`TYPED` or ``None``; see :func:`elementwise`).
     """
 
     rule: Callable
@@ -446,6 +524,7 @@ class PointwiseCall(NamedTuple):
     donate_state: tuple[bool, ...] = ()
     input_names: tuple[str, ...] = ()
     sparse: bool = False
+    state_like: tuple[str | None, ...] = ()
 
 
 class Pointwise(NamedTuple):
@@ -490,7 +569,8 @@ def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
     out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
                       name=spec.name, complex_as_real=spec.complex == "as_real",
                       real_only=spec.real_only, input_names=call.input_names,
-                      donate_state=call.donate_state or False, sparse=call.sparse)
+                      donate_state=call.donate_state or False, sparse=call.sparse,
+                      state_like=call.state_like)
     return out[0], call.finish(out[1:])
 
 
@@ -551,10 +631,14 @@ def _fuse_calls(calls: list) -> PointwiseCall:
             start += count
         return out
 
-    donate = tuple(d for c in calls for d in (c.donate_state or (False,) * len(c.states)))
+    def per_state(field: str, missing: Any) -> tuple:
+        return tuple(x for c in calls
+                     for x in (getattr(c, field) + (missing,) * len(c.states))[:len(c.states)])
+
     return PointwiseCall(rule, tuple(c.hparams for c in calls),
                          tuple(st for c in calls for st in c.states), tuple(inputs), finish,
-                         donate, tuple(names), all(c.sparse for c in calls))
+                         per_state("donate_state", False), tuple(names),
+                         all(c.sparse for c in calls), per_state("state_like", None))
 
 
 def _owned(u: Any, g: Any, others: list) -> Any:

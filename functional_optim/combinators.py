@@ -22,7 +22,16 @@ import torch
 
 from . import _execute
 from . import tree as _tree
-from ._execute import elementwise, first_device, full, init_count, placed_like, scalar_dtype
+from ._execute import (
+    LIKE,
+    SHAPED,
+    elementwise,
+    first_device,
+    full,
+    init_count,
+    placed_like,
+    scalar_dtype,
+)
 from .base import (
     EmptyState,
     HParamError,
@@ -459,9 +468,23 @@ class MultiStepsState(NamedTuple):
 
 def accumulate(acc: Any, updates: Any) -> Any:
     """The running sum ``acc + updates`` leaf by leaf, in ``acc``'s dtypes (a ``None`` update
-    leaves its sum as it is); pure. :func:`multi_steps` accumulates with it."""
-    return optree.tree_map(lambda a, g: a if g is None else a + g.to(a.dtype), acc, updates,
-                           **_NONE)
+    leaves its sum as it is); pure. :func:`multi_steps` accumulates with it.
+
+    An update must have its sum's shape and device (else :class:`TreeMismatchError` names the
+    leaf); its dtype is cast to the sum's (the ``accumulator_dtype`` policy).
+    """
+    def add(a, g):
+        if g is None:
+            return a
+        if g.shape != a.shape:  # (a broadcast would be silent; the leaf is named below)
+            raise _tree.TreeMismatchError("accumulate: an update of another shape than its sum")
+        return a + g.to(a.dtype)
+
+    try:
+        return optree.tree_map(add, acc, updates, **_NONE)
+    except (ValueError, RuntimeError):  # the tree, or the leaf (a device: torch's error)
+        _execute.check_leaves("accumulate", updates, acc, "accumulator", "sum", dtype=False)
+        raise
 
 
 def multi_steps(inner: Transform, every_k: int,
@@ -734,7 +757,7 @@ def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5) -> Tra
             return torch.where(sync, new_slow - p, u), new_slow
 
         out, slow = elementwise(rule, {"alpha": h["alpha"]}, fast_u, (state.slow,), (params,),
-                                name="lookahead", input_names=("params",))
+                                name="lookahead", input_names=("params",), state_like=(LIKE,))
         return out, LookaheadState(state.count + 1, slow, inner_state)
 
     return Transform(init, _execute.owning(update, [inner]), defaults)
@@ -782,7 +805,9 @@ def ema(decay: float, debias: bool = True,
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "ema hparams")
         check_state("ema", state, EmaState)
-        out, count, m = elementwise(rule, h, updates, (state.count, state.ema), name="ema")
+        out, count, m = elementwise(rule, h, updates, (state.count, state.ema), name="ema",
+                                    state_like=(None, LIKE if accumulator_dtype is None
+                                                else SHAPED))
         return out, EmaState(count, m)
 
     return Transform(init, update, defaults)
@@ -835,7 +860,8 @@ def average_params(decay: float | None = None) -> Transform:
         if missing_params("average_params", updates, params):
             return updates, state
         out, n, avg = elementwise(rule, h, updates, (state.n_averaged, state.average),
-                                  (params,), name="average_params", input_names=("params",))
+                                  (params,), name="average_params", input_names=("params",),
+                                  state_like=(None, LIKE))
         return out, AverageParamsState(n, avg)
 
     return Transform(init, update, defaults)

@@ -8,7 +8,7 @@ dicts, lists, tuples, NamedTuples, nested.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optree
@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "TreeMismatchError",
+    "check_params",
     "leaves",
     "structure",
     "flatten_like",
@@ -36,7 +37,45 @@ _NONE_IS_LEAF = {"none_is_leaf": True}
 
 
 class TreeMismatchError(ValueError):
-    """Two trees that must have the same structure do not."""
+    """Two trees that must match do not: their structures differ, or a leaf's shape, dtype or
+    device differs from its parameter's or its state's."""
+
+
+_NAMED = "dict(model.named_parameters())"
+
+
+def _mistake(x: Any) -> str | None:
+    """What to pass instead of ``x``, when it is a usual mistake for a tree of parameters."""
+    if isinstance(x, Iterator):
+        return (f"a {type(x).__name__} (model.parameters()?), which optree takes for one leaf "
+                f"and which yields the tensors only once, unnamed: pass {_NAMED}")
+    if isinstance(x, torch.nn.Module):
+        return f"a torch.nn.Module ({type(x).__name__}): pass {_NAMED}"
+    if isinstance(x, (list, tuple)) and x and all(
+            isinstance(g, Mapping) and "params" in g for g in x):
+        return (f"torch.optim param groups (dicts with a 'params' entry): pass the parameters "
+                f"as one tree, {_NAMED}, and give per-group hyperparameters with "
+                "functional_optim.partition or parameter_groups (or use the param groups with "
+                "functional_optim.optim.FunctionalOptimizer)")
+    return None
+
+
+def check_params(params: Any, where: str = "init") -> None:
+    """Raise ``TypeError`` unless ``params`` is a pytree whose leaves are tensors or ``None``.
+
+    A bare tensor is a valid tree (one leaf). The usual mistakes (``model.parameters()``, a
+    module, torch.optim param groups) are named with what to pass instead.
+    """
+    mistake = _mistake(params)
+    if mistake is not None:
+        raise TypeError(f"{where}: expected a pytree of tensors, got {mistake}")
+    flat = leaves(params)
+    if all(x is None or isinstance(x, torch.Tensor) for x in flat):
+        return
+    name, x = next((n, x) for n, x in named_leaves(params)
+                   if x is not None and not isinstance(x, torch.Tensor))
+    raise TypeError(f"{where}: expected a pytree of tensors (or None), but leaf {name!r} is "
+                    + (_mistake(x) or f"a {type(x).__name__}"))
 
 
 def leaves(tree: Any) -> list:
