@@ -13,7 +13,6 @@ to every transform; transforms ignore the ones they do not use.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from numbers import Number
 from typing import Any, NamedTuple
@@ -55,19 +54,22 @@ class EmptyState(NamedTuple):
     """The state of a stateless transform."""
 
 
-def _checking_params(init: Callable[[Any], Any]) -> Callable[[Any], Any]:
+class _CheckedInit:
     """``init`` that first checks its argument is a tree of tensors (:func:`tree.check_params`),
-    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead."""
-    if getattr(init, "_checks_params", False):
-        return init
+    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead. A class,
+    not a closure: a transform of picklable functions stays picklable."""
 
-    @functools.wraps(init)
-    def checked(params: Any) -> Any:
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, init: Callable[[Any], Any]):
+        self.__wrapped__ = init
+
+    def __call__(self, params: Any) -> Any:
         _tree.check_params(params, "init(params)")
-        return init(params)
+        return self.__wrapped__(params)
 
-    checked._checks_params = True
-    return checked
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
 
 
 class Transform(NamedTuple):
@@ -102,7 +104,15 @@ _new_transform = Transform.__new__
 
 
 def _new_checked(cls, init, update, hparams=None, fused=None, pointwise=None):
-    return _new_transform(cls, _checking_params(init), update, hparams, fused, pointwise)
+    """``Transform(...)`` with ``init`` wrapped in :class:`_CheckedInit` (once).
+
+    Set after the class: a NamedTuple body cannot define ``__new__``, and a subclass would
+    make ``torch.compile`` trace transforms as user-defined tuples (it fails on their fields).
+    ``_replace`` and unpickling keep the wrapped ``init``.
+    """
+    if not isinstance(init, _CheckedInit):
+        init = _CheckedInit(init)
+    return _new_transform(cls, init, update, hparams, fused, pointwise)
 
 
 Transform.__new__ = _new_checked

@@ -74,7 +74,8 @@ def check_params(params: Any, where: str = "init") -> None:
         return
     name, x = next((n, x) for n, x in named_leaves(params)
                    if x is not None and not isinstance(x, torch.Tensor))
-    raise TypeError(f"{where}: expected a pytree of tensors (or None), but leaf {name!r} is "
+    where_x = f"leaf {name!r} is" if name else "got"  # (a tree that is one leaf)
+    raise TypeError(f"{where}: expected a pytree of tensors (or None), but {where_x} "
                     + (_mistake(x) or f"a {type(x).__name__}"))
 
 

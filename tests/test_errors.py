@@ -683,6 +683,8 @@ def test_init_leaf_that_is_not_a_tensor(make):
         tx.init({"enc": _model().parameters(), "w": torch.ones(2, 2)})
     with raises(TypeError, "init(params)", "leaf 'w' is a float"):
         tx.init({"w": 1.0, "b": torch.ones(2)})
+    with raises(TypeError, "init(params): expected a pytree of tensors", "got a dict_items"):
+        tx.init({"w": torch.ones(2)}.items())
 
 
 def test_init_accepts_every_tree_of_tensors():
@@ -695,6 +697,23 @@ def test_init_accepts_every_tree_of_tensors():
     grads = {"a": [torch.ones(2), None], "b": torch.ones(2, dtype=torch.float64)}
     updates, _ = tx.update(grads, tx.init(params), params)
     assert updates["b"].dtype == torch.float64 and updates["a"][1] is None
+
+
+def _zeros_init(params):
+    return fo.tree.zeros_like(params)
+
+
+def _passthrough(updates, state, params=None, hparams=None):
+    return updates, state
+
+
+def test_checked_init_keeps_a_transform_picklable():
+    import pickle
+
+    tx = pickle.loads(pickle.dumps(fo.Transform(_zeros_init, _passthrough)))
+    assert torch.equal(tx.init({"w": torch.ones(2)})["w"], torch.zeros(2))
+    with raises(TypeError, "init(params)", "generator"):
+        tx.init(_model().parameters())
 
 
 def test_train_step_given_model_parameters():
