@@ -136,6 +136,15 @@ def _path_names(tree: Any, prefix: str = "") -> Any:
     return optree.tree_map(lambda n: f"{prefix}{n}" if n else prefix[:-1], names, **_NONE)
 
 
+def _check_structures(owner: str, updates: Any, **trees: Any) -> None:
+    """Raise :class:`TreeMismatchError` naming the first of ``trees`` (``None``: not given)
+    whose structure is not that of ``updates``."""
+    spec = _tree.structure(updates)
+    for name, tree in trees.items():
+        if tree is not None:
+            _tree.flatten_like(tree, spec, f"{owner} {name}", "updates")
+
+
 def _check_bools(owner: str, mask: Any) -> None:
     for i, leaf in enumerate(_tree.leaves(mask)):
         if leaf is not None and not isinstance(leaf, bool):  # (None: a None parameter)
@@ -169,8 +178,13 @@ def masked(inner: Transform, mask: Any | Callable[[Any], Any]) -> Transform:
 
     def update(updates, state, params=None, hparams=None, **extra):
         m = resolve(params if params is not None else updates)
-        sub_params = None if params is None else _select(params, m)
-        out, state = inner.update(_select(updates, m), state, sub_params, hparams, **extra)
+        try:
+            sub_params = None if params is None else _select(params, m)
+            selected = _select(updates, m)
+        except ValueError:
+            _check_structures("masked", updates, params=params, mask=m)
+            raise
+        out, state = inner.update(selected, state, sub_params, hparams, **extra)
         return _merge(m, out, updates), state
 
     return Transform(init, _execute.owning(update, [inner]), inner.hparams)
@@ -299,9 +313,14 @@ def partition(transforms: Mapping[Any, Transform], labels: Any) -> Transform:
         outs, new_state = {}, {}
         for k in keys:
             keep = _is(lab, k)
-            sub_params = None if params is None else _select(params, keep)
-            outs[k], new_state[k] = transforms[k].update(_select(updates, keep), state[k],
-                                                         sub_params, h[k], **extra)
+            try:
+                sub_params = None if params is None else _select(params, keep)
+                selected = _select(updates, keep)
+            except ValueError:
+                _check_structures("partition", updates, params=params, labels=lab)
+                raise
+            outs[k], new_state[k] = transforms[k].update(selected, state[k], sub_params, h[k],
+                                                         **extra)
         # (a leaf labelled None, e.g. by a function of a None parameter, passes through)
         merged = optree.tree_map(lambda lab_, u, *xs: xs[keys.index(lab_)] if lab_ in keys
                                  else u, lab, updates, *(outs[k] for k in keys), **_NONE)
@@ -588,12 +607,13 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
 
     def update(updates, state, params=None, hparams=None, **extra):
         check_state("apply_if_finite", state, ApplyIfFiniteState)
+        with _execute.keep_state():  # the old inner state may be kept
+            # (first: its errors name a leaf of another shape, dtype or device)
+            out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
         finite = _all_finite(updates, state.notfinite_count)
         notfinite = torch.where(finite, torch.zeros_like(state.notfinite_count),
                                 state.notfinite_count + 1)
         apply = finite | (notfinite > max_consecutive_errors)
-        with _execute.keep_state():  # the old inner state may be kept
-            out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
             apply, o, torch.zeros_like(o)), out, **_NONE)
         total = torch.where(finite, state.total_notfinite, state.total_notfinite + 1)
@@ -925,8 +945,13 @@ def flatten(inner: Transform) -> Transform:
     def update(updates, state, params=None, hparams=None, **extra):
         g_leaves = _leaves_in_map_order(updates)
         p_leaves = None if params is None else _leaves_in_map_order(params)
-        if p_leaves is not None and len(p_leaves) != len(g_leaves):
-            _tree.flatten_like(params, _tree.structure(updates), "params", "updates")
+        if p_leaves is not None:  # (leaves pair by their sorted names: same tree, same leaves)
+            _tree.flatten_like(params, _tree.structure(updates), "flatten params", "updates")
+            for g, p in zip(g_leaves, p_leaves):
+                if g is not None and p is not None and \
+                        _execute.leaf_mismatch(g, p, "parameter") is not None:
+                    _execute.check_leaves("flatten", updates, params, "flatten params",
+                                          "parameter")
         filled = g_leaves if p_leaves is None else [
             g if g is not None or p is None else torch.zeros_like(p)
             for g, p in zip(g_leaves, p_leaves)]

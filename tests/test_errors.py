@@ -749,6 +749,14 @@ FAMILIES = {
     "average_params": lambda: fo.chain(fo.sgd(0.1), fo.average_params()),
     "multi_steps": lambda: fo.multi_steps(fo.sgd(0.1), 2),
     "lbfgs": lambda: fo.lbfgs(max_iter=1),
+    "flatten": lambda: fo.flatten(fo.adamw()),
+    "masked": lambda: fo.masked(fo.adam(), {"w": True, "b": True}),
+    "partition": lambda: fo.partition({"a": fo.adam(), "s": fo.sgd(0.1, momentum=0.9)},
+                                      {"w": "a", "b": "s"}),
+    "apply_if_finite": lambda: fo.apply_if_finite(fo.adam(), 3),
+    "inject_hparams": lambda: fo.inject_hparams(fo.adam(), {"lr": schedules.linear(0.1, 0, 9)}),
+    "conditionally": lambda: fo.conditionally(fo.adam(), every_k=2),
+    "zero_nans": lambda: fo.chain(fo.zero_nans(), fo.adam()),
 }
 
 
@@ -814,6 +822,21 @@ def test_state_on_another_device(name):
         _update(tx, {"w": torch.ones(3, 4), "b": torch.ones(4, 2)}, state)
 
 
+@pytest.mark.parametrize("name, make", [
+    ("masked", lambda: fo.masked(fo.adamw(), {"w": True, "b": False})),
+    ("partition", lambda: fo.partition({"a": fo.adamw(), "s": fo.sgd(0.1)}, [("w", "a"),
+                                                                           (".*", "s")])),
+    ("flatten", lambda: fo.flatten(fo.adamw())),
+])
+def test_combinator_given_params_of_another_structure(name, make):
+    """Same number of leaves, another key: an error naming both trees, not optree's message
+    (nor, for flatten, a silent pairing of the leaves by their sorted names)."""
+    tx = make()
+    with raises(TreeMismatchError, f"{name} params", "only in updates: ['b']",
+                f"only in {name} params: ['c']"):
+        tx.update(grads_(), tx.init(params_()), {"w": torch.ones(3), "c": torch.zeros(2)})
+
+
 def test_state_of_another_shape_that_broadcasts():
     """A state whose leaf would broadcast against the update (a checkpoint of another model)."""
     tx = fo.scale_by_adam()
@@ -835,8 +858,8 @@ def test_accumulator_dtype_is_a_policy():
 
 def test_multi_steps_update_that_would_broadcast():
     tx = fo.multi_steps(fo.sgd(0.1), 2)
-    with raises(TreeMismatchError, "multi_steps: leaf 'w'", "the update has shape (1,)",
-                "accumulator has shape (3,)"):
+    with raises(TreeMismatchError, "accumulate: leaf 'w'", "the update has shape (1,)",
+                "its sum has shape (3,)"):
         tx.update({"w": torch.ones(1), "b": torch.ones(2)}, tx.init(params_()), params_())
 
 
