@@ -34,48 +34,6 @@ TYPED = "typed"
 _SHARES = {LIKE: (True, True), SHAPED: (True, False), TYPED: (False, True)}
 
 
-def leaf_mismatch(g: torch.Tensor, x: Any, what: str, shape: bool = True,
-                  dtype: bool = True) -> str | None:
-    """``None`` when ``x`` is a tensor on the update ``g``'s device with its shape and dtype
-    (each where asked); else the first difference, for an error message.
-
-    The rule of the functional API: an update leaf, its parameter and its state tensors agree
-    in shape, dtype and device; nothing is broadcast, promoted or moved implicitly. Reads
-    metadata only: static under ``torch.compile`` and ``make_fx`` (checked once, when
-    tracing), logical shapes under ``vmap``.
-    """
-    if not isinstance(x, torch.Tensor):
-        return f"its {what} must be a tensor, got {type(x).__name__}"
-    if shape and x.shape != g.shape:
-        return (f"the update has shape {tuple(g.shape)} but its {what} has shape "
-                f"{tuple(x.shape)}")
-    if dtype and x.dtype != g.dtype:
-        return (f"the update has dtype {g.dtype} but its {what} has dtype {x.dtype} (no "
-                "implicit casts: an update, its parameter and its state share one dtype)")
-    if x.device != g.device:
-        return (f"the update is on device {g.device} but its {what} is on {x.device} (move "
-                "them to the same device)")
-    return None
-
-
-def check_leaves(owner: str, updates: Any, tree: Any, tree_name: str, what: str,
-                 dtype: bool = True) -> None:
-    """Raise :class:`TreeMismatchError` unless ``tree`` has the structure of ``updates`` and
-    each of its leaves matches its update (:func:`leaf_mismatch`; ``None`` leaves skipped).
-
-    A pass of its own over the leaves: for paths that are not hot, or to name the leaf after
-    torch raised."""
-    _tree.flatten_like(tree, _tree.structure(updates), tree_name, "updates")
-    rows: list = []
-    optree.tree_map(lambda *xs: rows.append(xs), updates, tree, none_is_leaf=True)
-    for i, (g, x) in enumerate(rows):
-        if g is not None and x is not None:
-            problem = leaf_mismatch(g, x, what, dtype=dtype)
-            if problem is not None:
-                raise _tree.TreeMismatchError(f"{owner}: leaf {_leaf_name(updates, i)}: "
-                                              f"{problem}")
-
-
 def scalar_dtype(like: torch.Tensor) -> torch.dtype:
     """The dtype of the 0-d coefficients (bias corrections, tensor hparams) used on a leaf.
 
@@ -144,10 +102,14 @@ def elementwise(
             :data:`SHAPED`, :data:`TYPED`, or ``None`` (a step count, a 0-d scalar in a dtype
             of its own); missing entries are ``None``.
 
-    Before the rule runs, in the loop that groups the leaves (no pass of its own), each update
-    leaf is checked against its tensor inputs (the parameters: shape, dtype and device) and its
-    states (``state_like``): a mismatch raises :class:`TreeMismatchError` naming the leaf, the
-    expected and the received (:func:`leaf_mismatch`).
+    Each update leaf must match its tensor inputs (the parameters: shape, dtype and device) and
+    its states (``state_like``), else :class:`TreeMismatchError` names the leaf, the expected
+    and the received (:func:`~functional_optim.tree.leaf_mismatch`). The per-leaf path (also
+    the one ``compile``, ``vmap`` and ``make_fx`` trace) checks all of it before the rule runs,
+    in the loop that groups the leaves. The eager multi-tensor path keeps that loop to the
+    comparisons of what could pass silently (dtypes, the inputs' shapes); a state of another
+    shape or a tensor on another device shows up as torch's error or as a result of another
+    shape, and the leaf is diagnosed then: the same errors, at no measurable cost.
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
     otherwise promote a 0-d leaf; except the update with ``own_update_dtype``) and must keep its
@@ -164,55 +126,75 @@ def elementwise(
     def check(i: int, g: Any, leaf_states: list, leaf_inputs: list) -> None:
         if leaf_states and leaf_states[-1] is None:
             raise _tree.TreeMismatchError(
-                f"{name}: update leaf {_leaf_name(updates, i)} has no state (its parameter was "
-                "None at init)"
+                f"{name}: update leaf {_tree.leaf_label(updates, i)} has no state (its parameter "
+                "was None at init)"
             )
         if not isinstance(g, torch.Tensor):
             raise TypeError(
-                f"{name}: update leaf {_leaf_name(updates, i)} must be a tensor or None, got "
+                f"{name}: update leaf {_tree.leaf_label(updates, i)} must be a tensor or None, got "
                 f"{type(g).__name__}"
             )
         if g.is_sparse and not sparse:
             raise TypeError(
-                f"{name} does not support sparse updates (leaf {_leaf_name(updates, i)})")
+                f"{name} does not support sparse updates (leaf {_tree.leaf_label(updates, i)})")
         if not (g.is_floating_point() or g.is_complex()):
             raise TypeError(
                 f"{name} needs floating-point or complex updates (leaf "
-                f"{_leaf_name(updates, i)}, dtype {g.dtype})"
+                f"{_tree.leaf_label(updates, i)}, dtype {g.dtype})"
             )
-        if g.is_complex() and real_only:
+        if real_only and g.is_complex():
             raise TypeError(
-                f"{name} does not support complex updates (leaf {_leaf_name(updates, i)}, "
+                f"{name} does not support complex updates (leaf {_tree.leaf_label(updates, i)}, "
                 f"dtype {g.dtype})"
             )
-        shape, dtype, device = g.shape, g.dtype, g.device
         for k, x in enumerate(leaf_inputs):
             if x is None:
                 raise MissingParamsError(
-                    f"{name}: leaf {_leaf_name(updates, i)} has an update but its "
+                    f"{name}: leaf {_tree.leaf_label(updates, i)} has an update but its "
                     f"{input_name(k)} is None"
                 )
-            if isinstance(x, torch.Tensor) and (x.shape != shape or x.dtype != dtype
-                                                or x.device != device):
-                mismatch(i, g, x, input_name(k), True, True)
-        for k, same_shape, same_dtype in shares:  # (leaf_mismatch's rule, inlined: hot loop)
+        # (tree.leaf_mismatch's rule, inlined: the hot loop.) The multi-tensor path compares only
+        # what could pass silently, dtypes (a promotion) and the inputs' shapes: a state of
+        # another shape or a tensor on another device shows up as torch's error or as a result
+        # of another shape there, and is diagnosed then (apply)
+        shape, dtype, device = g.shape, g.dtype, None if multi else g.device
+        for x in leaf_inputs:
+            if isinstance(x, torch.Tensor) and (x.shape != shape or x.dtype != dtype or (
+                    device is not None and x.device != device)):
+                diagnose(i)
+        for k, same_shape, same_dtype in shares:
             x = leaf_states[k]
-            if not isinstance(x, torch.Tensor) or x.device != device or (
-                    same_shape and x.shape != shape) or (same_dtype and x.dtype != dtype):
-                mismatch(i, g, x, "state", same_shape, same_dtype)
+            if not isinstance(x, torch.Tensor) or (same_dtype and x.dtype != dtype) or (
+                    device is not None and (x.device != device
+                                            or (same_shape and x.shape != shape))):
+                diagnose(i)
 
-    def mismatch(i: int, g: Any, x: Any, what: str, shape: bool, dtype: bool) -> None:
-        raise _tree.TreeMismatchError(
-            f"{name}: leaf {_leaf_name(updates, i)}: {leaf_mismatch(g, x, what, shape, dtype)}")
+    def diagnose(i: int) -> None:
+        """Raise :class:`TreeMismatchError` if leaf ``i``'s tensor inputs or checked states do
+        not match it (:func:`~functional_optim.tree.leaf_mismatch`)."""
+        g = flats[0][i]
+        problems = [_tree.leaf_mismatch(g, f[i], input_name(k))
+                    for k, f in enumerate(input_flats) if isinstance(f[i], torch.Tensor)]
+        problems += [_tree.leaf_mismatch(g, state_flats[k][i], "state", same_shape, same_dtype)
+                     for k, same_shape, same_dtype in shares]
+        problem = next((p for p in problems if p is not None), None)
+        if problem is not None:
+            raise _tree.TreeMismatchError(f"{name}: leaf {_tree.leaf_label(updates, i)}: {problem}")
 
     def apply(i: int, h: Any, g: Any, leaf_states: list, leaf_inputs: list,
               likes: list[list]) -> list[list]:
         """The rule on one leaf or one group (``TensorList``s); results matched to ``likes``."""
+        members = i if isinstance(i, list) else [i]
         as_real = complex_as_real and likes[0][0].is_complex() and not likes[0][0].is_sparse
-        if as_real:
-            res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
-        else:
-            res = rule(h, g, *leaf_states, *leaf_inputs)
+        try:
+            if as_real:
+                res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
+            else:
+                res = rule(h, g, *leaf_states, *leaf_inputs)
+        except RuntimeError:  # (multi-tensor path: torch's error for a shape or a device)
+            for k in members:
+                diagnose(k)
+            raise
         out = []
         for j, (r, like_col) in enumerate(zip(res, likes)):
             values = r.items if isinstance(r, _foreach.TensorList) else [r]
@@ -223,7 +205,10 @@ def elementwise(
                 if not (isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor)
                         and (v.dtype == like.dtype or own_update_dtype and j == 0)
                         and v.shape == like.shape):
-                    v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j,
+                    if isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor) \
+                            and v.shape != like.shape:
+                        diagnose(members[k])  # (a broadcast: the input or state to name)
+                    v = _like(v, like, name, updates, members[k], j,
                               keep_dtype=own_update_dtype and j == 0)
                 column.append(v)
             out.append(column)
@@ -399,20 +384,11 @@ def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int,
     if r.shape != like.shape:
         what = "update" if j == 0 else f"state {j - 1}"
         raise _tree.TreeMismatchError(
-            f"{name}: leaf {_leaf_name(updates, i)}: the {what} came out with shape "
+            f"{name}: leaf {_tree.leaf_label(updates, i)}: the {what} came out with shape "
             f"{tuple(r.shape)} instead of {tuple(like.shape)}; the update, its state and its "
             "parameter must all have the same shape"
         )
     return r if r.dtype == like.dtype or keep_dtype else r.to(like.dtype)
-
-
-def _leaf_name(tree: Any, i: int) -> str:
-    """The dotted path of leaf ``i`` of ``tree`` in ``optree.tree_map``'s order (the order of the
-    leaves here, also under ``torch.compile``, whose ``tree_map`` follows a dict's insertion
-    order where optree's paths are sorted); for error messages only."""
-    flat: list = []
-    optree.tree_map(flat.append, tree, none_is_leaf=True)
-    return repr(next(n for n, x in _tree.named_leaves(tree) if x is flat[i]) or "<root>")
 
 
 def first_device(tree: Any) -> torch.device:

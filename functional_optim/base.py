@@ -431,7 +431,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
     try:
         return _tree.map(_add, params, updates)
     except (TreeMismatchError, RuntimeError):  # name the leaf (torch's error for a device)
-        _execute.check_leaves("apply_updates", updates, params, "params", "parameter",
+        _tree.check_leaves("apply_updates", updates, params, "params", "parameter",
                               dtype=False)
         raise
 
@@ -441,7 +441,7 @@ def apply_updates_(params: Any, updates: Any) -> Any:
 
     Every leaf is checked (as :func:`apply_updates`) before any parameter changes.
     """
-    _execute.check_leaves("apply_updates_", updates, params, "params", "parameter", dtype=False)
+    _tree.check_leaves("apply_updates_", updates, params, "params", "parameter", dtype=False)
     pairs = [(p, u) for p, u in zip(_tree.leaves(params), _tree.leaves(updates))
              if p is not None and u is not None]
     with torch.no_grad():

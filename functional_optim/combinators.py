@@ -502,7 +502,7 @@ def accumulate(acc: Any, updates: Any) -> Any:
     try:
         return optree.tree_map(add, acc, updates, **_NONE)
     except (ValueError, RuntimeError):  # the tree, or the leaf (a device: torch's error)
-        _execute.check_leaves("accumulate", updates, acc, "accumulator", "sum", dtype=False)
+        _tree.check_leaves("accumulate", updates, acc, "accumulator", "sum", dtype=False)
         raise
 
 
@@ -949,8 +949,8 @@ def flatten(inner: Transform) -> Transform:
             _tree.flatten_like(params, _tree.structure(updates), "flatten params", "updates")
             for g, p in zip(g_leaves, p_leaves):
                 if g is not None and p is not None and \
-                        _execute.leaf_mismatch(g, p, "parameter") is not None:
-                    _execute.check_leaves("flatten", updates, params, "flatten params",
+                        _tree.leaf_mismatch(g, p, "parameter") is not None:
+                    _tree.check_leaves("flatten", updates, params, "flatten params",
                                           "parameter")
         filled = g_leaves if p_leaves is None else [
             g if g is not None or p is None else torch.zeros_like(p)

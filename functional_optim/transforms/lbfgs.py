@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import check_leaves, first_device
+from .._execute import first_device
 from ..base import (
     HParamError,
     Transform,
@@ -437,7 +437,7 @@ def scale_by_lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: i
                 f"{owner} with max_iter > 1 or a line search re-evaluates the loss: call "
                 "update(grads, state, params, value=loss, value_fn=fn) with "
                 "fn(params) -> (loss, grads)")
-        check_leaves(owner, updates, params, f"{owner} params", "parameter")
+        _tree.check_leaves(owner, updates, params, f"{owner} params", "parameter")
         spec = _tree.structure(params)
         flat_g = _tree.leaves(updates)
         flat_p = _tree.leaves(params)

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import cast_hparams, init_count, leaf_mismatch, scalar_dtype
+from .._execute import cast_hparams, init_count, scalar_dtype
 from ..base import (
     EmptyState,
     Transform,
@@ -77,7 +77,7 @@ def _sparse_adam_leaf(h: dict, g: torch.Tensor, t, m, v, *, maximize: bool, name
     if not g.is_sparse:
         raise RuntimeError(f"{DENSE_GRAD_MESSAGE} (leaf {name!r})")
     for x in (m, v):
-        problem = leaf_mismatch(g, x, "state")
+        problem = _tree.leaf_mismatch(g, x, "state")
         if problem is not None:
             raise _tree.TreeMismatchError(f"scale_by_sparse_adam: leaf {name!r}: {problem}")
     h = cast_hparams(h, m)
