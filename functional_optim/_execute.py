@@ -24,13 +24,10 @@ class MissingParamsError(ValueError):
     """A transform that reads the parameters was called without them."""
 
 
-#: What the leaves of a state share with their update (``elementwise``'s ``state_like``):
-#: shape, dtype and device (a moment, a momentum buffer).
-LIKE = "like"
-#: Shape and device, in a dtype of its own (an accumulator in a chosen ``accumulator_dtype``).
-SHAPED = "shaped"
-#: Dtype and device, in a shape of its own (factored statistics).
-TYPED = "typed"
+# What the leaves of a state share with their update (``elementwise``'s ``state_like``): LIKE
+# shape, dtype and device (a moment); SHAPED shape and device (an ``accumulator_dtype``); TYPED
+# dtype and device (factored statistics). _SHARES: (same shape, same dtype) for each.
+LIKE, SHAPED, TYPED = "like", "shaped", "typed"
 _SHARES = {LIKE: (True, True), SHAPED: (True, False), TYPED: (False, True)}
 
 
@@ -98,18 +95,15 @@ def elementwise(
         own_update_dtype: the update keeps the dtype the rule gives it (a rule that computes
             half-precision leaves in float32 returns float32 updates, which
             :func:`~functional_optim.apply_updates` and the adapter apply with one rounding).
-        state_like: for each state, what its leaves share with their update: :data:`LIKE`,
-            :data:`SHAPED`, :data:`TYPED`, or ``None`` (a step count, a 0-d scalar in a dtype
+        state_like: for each state, what its leaves share with their update: ``LIKE``,
+            ``SHAPED``, ``TYPED``, or ``None`` (a step count, a 0-d scalar in a dtype
             of its own); missing entries are ``None``.
 
-    Each update leaf must match its tensor inputs (the parameters: shape, dtype and device) and
-    its states (``state_like``), else :class:`TreeMismatchError` names the leaf, the expected
-    and the received (:func:`~functional_optim.tree.leaf_mismatch`). The per-leaf path (also
-    the one ``compile``, ``vmap`` and ``make_fx`` trace) checks all of it before the rule runs,
-    in the loop that groups the leaves. The eager multi-tensor path keeps that loop to the
-    comparisons of what could pass silently (dtypes, the inputs' shapes); a state of another
-    shape or a tensor on another device shows up as torch's error or as a result of another
-    shape, and the leaf is diagnosed then: the same errors, at no measurable cost.
+    Each update leaf must match its tensor inputs (the parameters) and its states
+    (``state_like``), else :class:`TreeMismatchError` names the leaf, the expected and the
+    received (:func:`~functional_optim.tree.leaf_mismatch`): checked in the loop that groups
+    the leaves (the per-leaf path, which ``compile``/``vmap``/``make_fx`` trace, checks it all;
+    the eager multi-tensor path what could pass silently, and diagnoses torch's errors).
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
     otherwise promote a 0-d leaf; except the update with ``own_update_dtype``) and must keep its
@@ -153,10 +147,8 @@ def elementwise(
                     f"{name}: leaf {_tree.leaf_label(updates, i)} has an update but its "
                     f"{input_name(k)} is None"
                 )
-        # (tree.leaf_mismatch's rule, inlined: the hot loop.) The multi-tensor path compares only
-        # what could pass silently, dtypes (a promotion) and the inputs' shapes: a state of
-        # another shape or a tensor on another device shows up as torch's error or as a result
-        # of another shape there, and is diagnosed then (apply)
+        # (tree.leaf_mismatch inlined.) Multi-tensor: dtypes and the inputs' shapes only; another
+        # state shape or device raises in torch or changes a result's shape: diagnosed in apply
         shape, dtype, device = g.shape, g.dtype, None if multi else g.device
         for x in leaf_inputs:
             if isinstance(x, torch.Tensor) and (x.shape != shape or x.dtype != dtype or (
@@ -170,15 +162,13 @@ def elementwise(
                 diagnose(i)
 
     def diagnose(i: int) -> None:
-        """Raise :class:`TreeMismatchError` if leaf ``i``'s tensor inputs or checked states do
-        not match it (:func:`~functional_optim.tree.leaf_mismatch`)."""
+        """Raise :class:`TreeMismatchError` if leaf ``i``'s tensor inputs or states differ."""
         g = flats[0][i]
         problems = [_tree.leaf_mismatch(g, f[i], input_name(k))
-                    for k, f in enumerate(input_flats) if isinstance(f[i], torch.Tensor)]
-        problems += [_tree.leaf_mismatch(g, state_flats[k][i], "state", same_shape, same_dtype)
-                     for k, same_shape, same_dtype in shares]
-        problem = next((p for p in problems if p is not None), None)
-        if problem is not None:
+                    for k, f in enumerate(input_flats) if isinstance(f[i], torch.Tensor)] + [
+            _tree.leaf_mismatch(g, state_flats[k][i], "state", same_shape, same_dtype)
+            for k, same_shape, same_dtype in shares]
+        for problem in filter(None, problems):
             raise _tree.TreeMismatchError(f"{name}: leaf {_tree.leaf_label(updates, i)}: {problem}")
 
     def apply(i: int, h: Any, g: Any, leaf_states: list, leaf_inputs: list,
@@ -488,8 +478,8 @@ class PointwiseCall(NamedTuple):
             it in place).
         input_names: the ``inputs`` trees' names in errors.
         sparse: the rule takes sparse COO updates (see :func:`elementwise`).
-        state_like: for each state, what its leaves share with the update (:data:`LIKE`,
-            :data:`SHAPED`, :data:`TYPED` or ``None``; see :func:`elementwise`).
+        state_like: for each state, what its leaves share with the update (``LIKE``,
+            ``SHAPED``, ``TYPED`` or ``None``; see :func:`elementwise`).
     """
 
     rule: Callable
