@@ -22,7 +22,16 @@ import torch
 
 from . import _execute
 from . import tree as _tree
-from ._execute import elementwise, first_device, full, init_count, placed_like, scalar_dtype
+from ._execute import (
+    LIKE,
+    SHAPED,
+    elementwise,
+    first_device,
+    full,
+    init_count,
+    placed_like,
+    scalar_dtype,
+)
 from .base import (
     EmptyState,
     HParamError,
@@ -127,6 +136,15 @@ def _path_names(tree: Any, prefix: str = "") -> Any:
     return optree.tree_map(lambda n: f"{prefix}{n}" if n else prefix[:-1], names, **_NONE)
 
 
+def _check_structures(owner: str, updates: Any, **trees: Any) -> None:
+    """Raise :class:`TreeMismatchError` naming the first of ``trees`` (``None``: not given)
+    whose structure is not that of ``updates``."""
+    spec = _tree.structure(updates)
+    for name, tree in trees.items():
+        if tree is not None:
+            _tree.flatten_like(tree, spec, f"{owner} {name}", "updates")
+
+
 def _check_bools(owner: str, mask: Any) -> None:
     for i, leaf in enumerate(_tree.leaves(mask)):
         if leaf is not None and not isinstance(leaf, bool):  # (None: a None parameter)
@@ -160,8 +178,13 @@ def masked(inner: Transform, mask: Any | Callable[[Any], Any]) -> Transform:
 
     def update(updates, state, params=None, hparams=None, **extra):
         m = resolve(params if params is not None else updates)
-        sub_params = None if params is None else _select(params, m)
-        out, state = inner.update(_select(updates, m), state, sub_params, hparams, **extra)
+        try:
+            sub_params = None if params is None else _select(params, m)
+            selected = _select(updates, m)
+        except ValueError:
+            _check_structures("masked", updates, params=params, mask=m)
+            raise
+        out, state = inner.update(selected, state, sub_params, hparams, **extra)
         return _merge(m, out, updates), state
 
     return Transform(init, _execute.owning(update, [inner]), inner.hparams)
@@ -290,9 +313,14 @@ def partition(transforms: Mapping[Any, Transform], labels: Any) -> Transform:
         outs, new_state = {}, {}
         for k in keys:
             keep = _is(lab, k)
-            sub_params = None if params is None else _select(params, keep)
-            outs[k], new_state[k] = transforms[k].update(_select(updates, keep), state[k],
-                                                         sub_params, h[k], **extra)
+            try:
+                sub_params = None if params is None else _select(params, keep)
+                selected = _select(updates, keep)
+            except ValueError:
+                _check_structures("partition", updates, params=params, labels=lab)
+                raise
+            outs[k], new_state[k] = transforms[k].update(selected, state[k], sub_params, h[k],
+                                                         **extra)
         # (a leaf labelled None, e.g. by a function of a None parameter, passes through)
         merged = optree.tree_map(lambda lab_, u, *xs: xs[keys.index(lab_)] if lab_ in keys
                                  else u, lab, updates, *(outs[k] for k in keys), **_NONE)
@@ -459,9 +487,23 @@ class MultiStepsState(NamedTuple):
 
 def accumulate(acc: Any, updates: Any) -> Any:
     """The running sum ``acc + updates`` leaf by leaf, in ``acc``'s dtypes (a ``None`` update
-    leaves its sum as it is); pure. :func:`multi_steps` accumulates with it."""
-    return optree.tree_map(lambda a, g: a if g is None else a + g.to(a.dtype), acc, updates,
-                           **_NONE)
+    leaves its sum as it is); pure. :func:`multi_steps` accumulates with it.
+
+    An update must have its sum's shape and device (else :class:`TreeMismatchError` names the
+    leaf); its dtype is cast to the sum's (the ``accumulator_dtype`` policy).
+    """
+    def add(a, g):
+        if g is None:
+            return a
+        if g.shape != a.shape:  # (a broadcast would be silent; the leaf is named below)
+            raise _tree.TreeMismatchError("accumulate: an update of another shape than its sum")
+        return a + g.to(a.dtype)
+
+    try:
+        return optree.tree_map(add, acc, updates, **_NONE)
+    except (ValueError, RuntimeError):  # the tree, or the leaf (a device: torch's error)
+        _tree.check_leaves("accumulate", updates, acc, "accumulator", "sum", dtype=False)
+        raise
 
 
 def multi_steps(inner: Transform, every_k: int,
@@ -565,12 +607,13 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
 
     def update(updates, state, params=None, hparams=None, **extra):
         check_state("apply_if_finite", state, ApplyIfFiniteState)
+        with _execute.keep_state():  # the old inner state may be kept
+            # (first: its errors name a leaf of another shape, dtype or device)
+            out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
         finite = _all_finite(updates, state.notfinite_count)
         notfinite = torch.where(finite, torch.zeros_like(state.notfinite_count),
                                 state.notfinite_count + 1)
         apply = finite | (notfinite > max_consecutive_errors)
-        with _execute.keep_state():  # the old inner state may be kept
-            out, new_inner = inner.update(updates, state.inner_state, params, hparams, **extra)
         out = optree.tree_map(lambda o: None if o is None else torch.where(
             apply, o, torch.zeros_like(o)), out, **_NONE)
         total = torch.where(finite, state.total_notfinite, state.total_notfinite + 1)
@@ -734,7 +777,7 @@ def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5) -> Tra
             return torch.where(sync, new_slow - p, u), new_slow
 
         out, slow = elementwise(rule, {"alpha": h["alpha"]}, fast_u, (state.slow,), (params,),
-                                name="lookahead", input_names=("params",))
+                                name="lookahead", input_names=("params",), state_like=(LIKE,))
         return out, LookaheadState(state.count + 1, slow, inner_state)
 
     return Transform(init, _execute.owning(update, [inner]), defaults)
@@ -782,7 +825,9 @@ def ema(decay: float, debias: bool = True,
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "ema hparams")
         check_state("ema", state, EmaState)
-        out, count, m = elementwise(rule, h, updates, (state.count, state.ema), name="ema")
+        out, count, m = elementwise(rule, h, updates, (state.count, state.ema), name="ema",
+                                    state_like=(None, LIKE if accumulator_dtype is None
+                                                else SHAPED))
         return out, EmaState(count, m)
 
     return Transform(init, update, defaults)
@@ -835,7 +880,8 @@ def average_params(decay: float | None = None) -> Transform:
         if missing_params("average_params", updates, params):
             return updates, state
         out, n, avg = elementwise(rule, h, updates, (state.n_averaged, state.average),
-                                  (params,), name="average_params", input_names=("params",))
+                                  (params,), name="average_params", input_names=("params",),
+                                  state_like=(None, LIKE))
         return out, AverageParamsState(n, avg)
 
     return Transform(init, update, defaults)
@@ -899,8 +945,13 @@ def flatten(inner: Transform) -> Transform:
     def update(updates, state, params=None, hparams=None, **extra):
         g_leaves = _leaves_in_map_order(updates)
         p_leaves = None if params is None else _leaves_in_map_order(params)
-        if p_leaves is not None and len(p_leaves) != len(g_leaves):
-            _tree.flatten_like(params, _tree.structure(updates), "params", "updates")
+        if p_leaves is not None:  # (leaves pair by their sorted names: same tree, same leaves)
+            _tree.flatten_like(params, _tree.structure(updates), "flatten params", "updates")
+            for g, p in zip(g_leaves, p_leaves):
+                if g is not None and p is not None and \
+                        _tree.leaf_mismatch(g, p, "parameter") is not None:
+                    _tree.check_leaves("flatten", updates, params, "flatten params",
+                                          "parameter")
         filled = g_leaves if p_leaves is None else [
             g if g is not None or p is None else torch.zeros_like(p)
             for g, p in zip(g_leaves, p_leaves)]
