@@ -12,6 +12,7 @@ from . import (  # meta-learning (nothing in the core imports them)
     registry,
     schedules,
     tree,
+    tree_math,
 )
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
@@ -171,6 +172,7 @@ __all__ = [
     "sign",
     "trace",
     "tree",
+    "tree_math",
     "meta",
     "implicit",
     "registry",

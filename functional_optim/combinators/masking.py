@@ -18,6 +18,7 @@ import torch
 from .. import _execute
 from .. import tree as _tree
 from ..base import Transform, _check_transform, resolve_hparams
+from ..tree_math import _ParamsPlaceholder
 from ._common import _NONE
 
 __all__ = ["MaskedNode", "masked", "partition", "label_params", "freeze"]
@@ -32,7 +33,10 @@ class MaskedNode(NamedTuple):
 
 
 def _select(tree: Any, keep: Any) -> Any:
-    """``tree`` with a :class:`MaskedNode` where ``keep`` (a tree of bools) is False."""
+    """``tree`` with a :class:`MaskedNode` where ``keep`` (a tree of bools) is False (the
+    placeholder of :func:`~functional_optim.tree_math.map_params` stays itself)."""
+    if isinstance(tree, _ParamsPlaceholder):
+        return tree
     return optree.tree_map(lambda k, x: x if k or x is None else MaskedNode(), keep, tree,
                            **_NONE)
 
