@@ -234,3 +234,22 @@ from .aliases import dense_sparse_adam  # noqa: E402
 from .transforms import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]
+
+# optax's vocabulary outside the optimizers: bounds on updates, numerics
+from . import numerics  # noqa: E402
+from .transforms import (  # noqa: E402
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    keep_params_nonnegative,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+)
+
+__all__ += [
+    "numerics",
+    "adaptive_grad_clip",
+    "clip_by_block_rms",
+    "keep_params_nonnegative",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+]

@@ -26,6 +26,7 @@ import torch
 
 from . import tree as _tree
 from ._execute import scalar_dtype
+from .numerics import abs_sq
 
 __all__ = [
     "mul",
@@ -175,10 +176,6 @@ def min(tree: Any) -> torch.Tensor:  # noqa: A001 - optax.tree.min
     return _extreme(tree, torch.amin, math.inf)
 
 
-def _abs_sq(x: torch.Tensor) -> torch.Tensor:
-    return x.real * x.real + x.imag * x.imag if x.is_complex() else x * x
-
-
 def norm(tree: Any, ord: int | float | str | None = None,  # noqa: A002 - optax's name
          squared: bool = False) -> torch.Tensor:
     r"""The vector norm of the whole tree as one vector.
@@ -190,7 +187,7 @@ def norm(tree: Any, ord: int | float | str | None = None,  # noqa: A002 - optax'
     """
     if ord is None or ord == 2:
         if squared:
-            return sum(_tree.map(_abs_sq, tree))
+            return sum(_tree.map(abs_sq, tree))
         return _tree.global_norm(tree)
     if ord == 1:
         value = sum(_tree.map(torch.abs, tree))
@@ -282,7 +279,7 @@ def update_moment_per_elem_norm(updates: Any, moments: Any, decay: float | torch
         if not g.is_complex():
             return g ** order
         half = order / 2
-        return _abs_sq(g) ** (int(half) if half.is_integer() else half)
+        return abs_sq(g) ** (int(half) if half.is_integer() else half)
 
     return optree.tree_map(lambda g, m: None if g is None else
                            (1 - decay) * power(g) + decay * m, updates, moments, **_NONE)
