@@ -253,3 +253,34 @@ __all__ += [
     "per_example_global_norm_clip",
     "per_example_layer_norm_clip",
 ]
+
+# optax's wrappers and utilities outside the optimizers
+from .combinators import (  # noqa: E402
+    MonitorState,
+    SnapshotState,
+    incremental_update,
+    measure_with_ema,
+    monitor,
+    periodic_update,
+    skip_large_updates,
+    skip_not_finite,
+    snapshot,
+    stateless,
+    stateless_with_tree_map,
+)
+from .numerics import scale_gradient  # noqa: E402
+
+__all__ += [
+    "MonitorState",
+    "SnapshotState",
+    "incremental_update",
+    "measure_with_ema",
+    "monitor",
+    "periodic_update",
+    "skip_large_updates",
+    "skip_not_finite",
+    "snapshot",
+    "stateless",
+    "stateless_with_tree_map",
+    "scale_gradient",
+]

@@ -6,9 +6,13 @@ decision.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["abs_sq", "safe_norm", "safe_root_mean_squares", "safe_increment"]
+from . import tree as _tree
+
+__all__ = ["abs_sq", "safe_norm", "safe_root_mean_squares", "safe_increment", "scale_gradient"]
 
 
 def abs_sq(x: torch.Tensor) -> torch.Tensor:
@@ -52,3 +56,16 @@ def safe_increment(count: torch.Tensor) -> torch.Tensor:
     info = torch.finfo(count.dtype) if count.is_floating_point() else torch.iinfo(count.dtype)
     top = torch.full_like(count, info.max)
     return torch.where(count < top, count + 1, top)
+
+
+def scale_gradient(tree: Any, scale: float | torch.Tensor) -> Any:
+    r"""``tree`` itself in the forward pass, its gradient multiplied by ``scale`` in the
+    backward pass (each leaf :math:`x` becomes :math:`\operatorname{sg}(x) + s\,(x -
+    \operatorname{sg}(x))`, :math:`\operatorname{sg}` a stop-gradient: the same value
+    exactly). Works under autograd and ``torch.func``; a Python ``scale`` of 1 returns
+    ``tree``, of 0 detaches it."""
+    if isinstance(scale, (int, float)) and scale == 1:
+        return tree
+    if isinstance(scale, (int, float)) and scale == 0:
+        return _tree.map(torch.Tensor.detach, tree)
+    return _tree.map(lambda x: x.detach() + (x - x.detach()) * scale, tree)

@@ -51,7 +51,7 @@ def _clamp(x: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
     beside a tensor bound made a tensor)."""
     if not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor):
         return torch.clamp(x, lo, hi)
-    lo, hi = (None if b is None else torch.as_tensor(b, device=x.device).to(x.dtype)
+    lo, hi = (None if b is None else torch.as_tensor(b, dtype=x.dtype, device=x.device)
               for b in (lo, hi))
     return torch.clamp(x, lo, hi)
 

@@ -177,3 +177,6 @@ def test_live_radius_and_empty_trees():
     (g,) = torch.autograd.grad(_vec(out).sum(), scale)
     torch.testing.assert_close(g, _vec(x).sum() / _vec(x).norm())
     assert P.projection_simplex({}) == {} and P.projection_l1_ball({"a": None}) == {"a": None}
+    # a number bound beside a tensor one keeps every digit (not rounded to float32)
+    box = P.projection_box(x, -0.1, torch.tensor(0.3, dtype=F64))
+    torch.testing.assert_close(_vec(box), _vec(x).clamp(-0.1, 0.3), rtol=0, atol=0)

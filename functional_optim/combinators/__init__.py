@@ -12,8 +12,9 @@ carry no state, so the inner state exists only for the leaves it owns.
 
 The families, one module each: ``masking`` (masks, labels, groups), ``injection``
 (hyperparameters from schedules or the state), ``accumulation`` (accumulation, skipping,
-conditions), ``numerics`` (gradient surgery), ``averaging`` (lookahead and weight averages) and
-``layout`` (one buffer per dtype and device); every public name is importable from here.
+conditions), ``numerics`` (gradient surgery), ``averaging`` (lookahead and weight averages),
+``layout`` (one buffer per dtype and device) and ``functions`` (transforms from functions,
+measurements kept in the state); every public name is importable from here.
 """
 
 from .accumulation import (
@@ -23,7 +24,10 @@ from .accumulation import (
     accumulate,
     apply_if_finite,
     conditionally,
+    has_updated,
     multi_steps,
+    skip_large_updates,
+    skip_not_finite,
 )
 from .averaging import (
     AverageParamsState,
@@ -31,7 +35,18 @@ from .averaging import (
     LookaheadState,
     average_params,
     ema,
+    incremental_update,
     lookahead,
+    periodic_update,
+)
+from .functions import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
+    stateless,
+    stateless_with_tree_map,
 )
 from .injection import InjectHparamsState, get_hparam, inject_hparams
 from .layout import flatten
@@ -59,6 +74,9 @@ __all__ = [
     "MultiStepsState",
     "accumulate",
     "multi_steps",
+    "has_updated",
+    "skip_not_finite",
+    "skip_large_updates",
     "ApplyIfFiniteState",
     "apply_if_finite",
     "ZeroNansState",
@@ -73,4 +91,13 @@ __all__ = [
     "ConditionallyState",
     "conditionally",
     "flatten",
+    "incremental_update",
+    "periodic_update",
+    "stateless",
+    "stateless_with_tree_map",
+    "SnapshotState",
+    "snapshot",
+    "MonitorState",
+    "monitor",
+    "measure_with_ema",
 ]

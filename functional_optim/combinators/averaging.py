@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from .. import _execute
@@ -18,7 +19,7 @@ from ..base import (
     missing_params,
     resolve_hparams,
 )
-from ._common import _count
+from ._common import _NONE, _count, _pick
 
 __all__ = [
     "LookaheadState",
@@ -27,6 +28,8 @@ __all__ = [
     "ema",
     "AverageParamsState",
     "average_params",
+    "incremental_update",
+    "periodic_update",
 ]
 
 
@@ -44,7 +47,8 @@ class LookaheadState(NamedTuple):
     inner_state: Any
 
 
-def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5) -> Transform:
+def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5, *,
+              reset_state: bool = False) -> Transform:
     r"""Lookahead (Zhang et al., 2019): ``k`` fast steps of ``inner``, then the slow weights
     move ``alpha`` of the way to the fast ones and the fast weights restart from them.
 
@@ -58,6 +62,8 @@ def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5) -> Tra
         inner: the fast optimizer.
         sync_period: ``k`` (static int >= 1; default 6).
         alpha: slow step size in [0, 1] (default 0.5).
+        reset_state: restart the fast optimizer's state (its ``init``) at every
+            synchronization (static; default False).
     """
     _check_transform(inner, "lookahead")
     if not isinstance(sync_period, int) or sync_period < 1:
@@ -84,6 +90,8 @@ def lookahead(inner: Transform, sync_period: int = 6, alpha: float = 0.5) -> Tra
 
         out, slow = elementwise(rule, {"alpha": h["alpha"]}, fast_u, (state.slow,), (params,),
                                 name="lookahead", input_names=("params",))
+        if reset_state:
+            inner_state = _pick(sync, inner.init(params), inner_state)
         return out, LookaheadState(state.count + 1, slow, inner_state)
 
     return Transform(init, _execute.owning(update, [inner]), defaults)
@@ -188,3 +196,23 @@ def average_params(decay: float | None = None) -> Transform:
         return out, AverageParamsState(n, avg)
 
     return Transform(init, update, defaults)
+
+
+def incremental_update(new: Any, old: Any, step_size: float | torch.Tensor) -> Any:
+    r"""Polyak averaging of a copy of the parameters (a target network):
+    :math:`\tau\,\theta_{new} + (1 - \tau)\,\theta_{old}` leaf-wise (``step_size``
+    :math:`\tau`; a ``None`` new leaf gives ``None``)."""
+    return optree.tree_map(lambda n, o: None if n is None else step_size * n + (1 - step_size) * o,
+                           new, old, **_NONE)
+
+
+def periodic_update(new: Any, old: Any, steps: int | torch.Tensor,
+                    update_period: int | torch.Tensor) -> Any:
+    """A slow copy of the parameters refreshed every ``update_period`` steps: ``new`` when
+    ``steps`` is a multiple of ``update_period``, else ``old`` (selected with
+    :func:`torch.where`: no host sync for tensor ``steps``)."""
+    if not isinstance(steps, torch.Tensor) and not isinstance(update_period, torch.Tensor):
+        return new if steps % update_period == 0 else old
+    refresh = torch.remainder(torch.as_tensor(steps), update_period) == 0
+    return optree.tree_map(lambda n, o: None if n is None else torch.where(
+        refresh.to(n.device), n, o), new, old, **_NONE)

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from .. import _execute
@@ -29,13 +30,24 @@ class InjectHparamsState(NamedTuple):
     Attributes:
         count: the step count (0-d int64), the schedules' argument.
         hparams: ``{path: value}``: the value each injected hyperparameter had at the last
-            update (0-d float64; ``NaN`` before the first one). Read with :func:`get_hparam`.
+            update (0-d float64; ``NaN`` before the first one), and of each hyperparameter
+            held in the state, the value the next update uses (replace it to change it).
+            Read with :func:`get_hparam`.
         inner_state: the wrapped transform's state.
+        schedule_states: ``{path: state}`` of each stateful schedule.
     """
 
     count: torch.Tensor
     hparams: dict
     inner_state: Any
+    schedule_states: dict
+
+
+def _is_stateful(schedule: Any) -> bool:
+    """A stateful schedule: ``init() -> state``, ``update(state, **extra) -> state`` and
+    ``schedule(state, **extra) -> value`` (optax's ``StatefulSchedule``)."""
+    return callable(schedule) and callable(getattr(schedule, "init", None)) \
+        and callable(getattr(schedule, "update", None))
 
 
 def _split_path(path: str) -> list:
@@ -64,9 +76,10 @@ def _set_in(tree: Any, keys: list, value: Any) -> Any:
 
 
 def inject_hparams(inner: Transform, schedules: Mapping[str, Any] | None = None, *,
-                   from_state: Mapping[str, Callable[[Any, torch.Tensor], Any]] | None = None
-                   ) -> Transform:
-    r"""Drives hyperparameters of ``inner`` by schedules or by functions of its state.
+                   from_state: Mapping[str, Callable[[Any, torch.Tensor], Any]] | None = None,
+                   in_state: Sequence[str] = ()) -> Transform:
+    r"""Drives hyperparameters of ``inner`` by schedules, by functions of its state, or by
+    values held in the state.
 
     Hyperparameters are addressed by their dotted path in ``inner.hparams``: ``"lr"`` in an
     alias, ``"adam.betas.0"`` or ``"lr.lr"`` in a named chain ``chain(adam=..., lr=...)``,
@@ -74,52 +87,80 @@ def inject_hparams(inner: Transform, schedules: Mapping[str, Any] | None = None,
     the value is ``schedule(t)`` or ``fn(inner_state, t)``; it is stored in the state, so
     :func:`get_hparam` reads it back. The wrapper's hparams are ``inner``'s, with each
     scheduled entry replaced by the schedule's own hparams dict (so they stay values: tensors,
-    batched, differentiable), and each entry computed from the state replaced by ``None``
-    (it is no hyperparameter: a value given for it is not read).
+    batched, differentiable), and each entry computed from the state or held in it replaced by
+    ``None`` (it is no hyperparameter: a value given for it is not read).
+
+    A *stateful* schedule (an object with ``init() -> state``, ``update(state, **extra) ->
+    state`` and ``schedule(state, **extra) -> value``, optax's ``StatefulSchedule``) keeps its
+    state in ``state.schedule_states`` (its tensors moved to the parameters' device) and sees
+    ``update``'s keyword arguments (a loss ``value``, say). A path of ``in_state`` is read
+    from ``state.hparams[path]`` at every update (its default at ``init``): replace that value
+    in the state to change it between steps, as optax's ``inject_hyperparams`` keeps its
+    numeric hyperparameters.
 
     Args:
         inner: the transform whose hyperparameters are injected.
-        schedules: ``{path: Schedule or callable step -> value}``.
+        schedules: ``{path: Schedule, callable step -> value, or stateful schedule}``.
         from_state: ``{path: fn(inner_state, count) -> value}``, for values computed from the
             state (e.g. a learning rate from a running statistic).
+        in_state: paths whose values are held in the state.
     """
     _check_transform(inner, "inject_hparams")
-    schedules = {k: as_schedule(v, f"inject_hparams[{k!r}]") for k, v in (schedules or {}).items()}
+    stateful = {k: v for k, v in (schedules or {}).items() if _is_stateful(v)}
+    schedules = {k: as_schedule(v, f"inject_hparams[{k!r}]")
+                 for k, v in (schedules or {}).items() if k not in stateful}
     from_state = dict(from_state or {})
-    both = set(schedules) & set(from_state)
-    if both:
-        raise ValueError(f"inject_hparams: {sorted(both)} given both a schedule and a function")
-    for path in (*schedules, *from_state):
+    in_state = tuple(in_state)
+    paths = tuple(schedules) + tuple(stateful) + tuple(from_state) + in_state
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise ValueError(f"inject_hparams: {repeated} given more than one way (a schedule, a "
+                         "function of the state, a value in the state)")
+    for path in paths:
         _get_in(inner.hparams, _split_path(path), path)
+    held = {p: _get_in(inner.hparams, _split_path(p), p) for p in in_state}
     defaults = inner.hparams
-    for path, s in schedules.items():
-        defaults = _set_in(defaults, _split_path(path), s.hparams)
-    for path in from_state:
+    for path, sched in schedules.items():
+        defaults = _set_in(defaults, _split_path(path), sched.hparams)
+    for path in (*stateful, *from_state, *in_state):
         defaults = _set_in(defaults, _split_path(path), None)
-    paths = tuple(schedules) + tuple(from_state)
 
     def init(params):
         count = _count(params)
-        nan = torch.full((), float("nan"), dtype=scalar_dtype(torch.empty(0, device=count.device)),
-                         device=count.device)
-        return InjectHparamsState(count, {p: nan for p in paths}, inner.init(params))
+        dtype = scalar_dtype(torch.empty(0, device=count.device))
+        nan = torch.full((), float("nan"), dtype=dtype, device=count.device)
+        stored = {p: nan for p in paths}
+        for path, value in held.items():
+            stored[path] = torch.as_tensor(value, dtype=dtype, device=count.device).reshape(())
+        on_device = {p: optree.tree_map(lambda x: x.to(count.device)  # (the params' device)
+                                        if isinstance(x, torch.Tensor) else x, sched.init())
+                     for p, sched in stateful.items()}
+        return InjectHparamsState(count, stored, inner.init(params), on_device)
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, "inject_hparams hparams")
         check_state("inject_hparams", state, InjectHparamsState)
         values = {}
-        for path, s in schedules.items():
+        for path, sched in schedules.items():
             keys = _split_path(path)
-            values[path] = s(state.count, _get_in(h, keys, path))
+            values[path] = sched(state.count, _get_in(h, keys, path))
+        for path, sched in stateful.items():
+            values[path] = sched(state.schedule_states[path], **extra)
         for path, fn in from_state.items():
-            v = fn(state.inner_state, state.count)
-            values[path] = torch.as_tensor(v, dtype=torch.float64, device=state.count.device) \
-                if not isinstance(v, torch.Tensor) else v.to(torch.float64)
+            values[path] = fn(state.inner_state, state.count)
+        for path in in_state:
+            values[path] = state.hparams[path]
+        values = {p: torch.as_tensor(v, dtype=torch.float64, device=state.count.device)
+                  if not isinstance(v, torch.Tensor) else v for p, v in values.items()}
+        for path in (*stateful, *from_state):
+            values[path] = values[path].to(torch.float64)
         for path, v in values.items():
             h = _set_in(h, _split_path(path), v)
         out, inner_state = inner.update(updates, state.inner_state, params, h, **extra)
         stored = {p: values[p].to(state.hparams[p].dtype).reshape(()) for p in paths}
-        return out, InjectHparamsState(state.count + 1, stored, inner_state)
+        new_schedule_states = {p: sched.update(state.schedule_states[p], **extra)
+                               for p, sched in stateful.items()}
+        return out, InjectHparamsState(state.count + 1, stored, inner_state, new_schedule_states)
 
     return Transform(init, _execute.owning(update, [inner]), defaults)
 

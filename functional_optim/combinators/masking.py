@@ -76,7 +76,15 @@ def _check_bools(owner: str, mask: Any) -> None:
                             f"{type(leaf).__name__} (masks are static)")
 
 
-def masked(inner: Transform, mask: Any | Callable[[Any], Any]) -> Transform:
+def _mask_extra(extra: dict, updates: Any, keep: Any) -> dict:
+    """The keyword arguments shaped like the updates (a ``grad=``, say) with the same leaves
+    masked out."""
+    spec = _tree.structure(updates)
+    return {k: _select(v, keep) if _tree.structure(v) == spec else v for k, v in extra.items()}
+
+
+def masked(inner: Transform, mask: Any | Callable[[Any], Any], *,
+           mask_compatible_extra_args: bool = False) -> Transform:
     r"""Applies ``inner`` only where ``mask`` is True; other updates pass through unchanged.
 
     .. math:: u_i \mapsto \mathrm{inner}(u)_i \text{ if } m_i \text{ else } u_i
@@ -86,8 +94,11 @@ def masked(inner: Transform, mask: Any | Callable[[Any], Any]) -> Transform:
 
     Args:
         inner: the transform to apply.
-        mask: a tree of Python bools shaped like the parameters, or a function
-            ``params -> tree of bools`` (called on the updates when ``params`` is not given).
+        mask: a tree of Python bools shaped like the parameters (or a prefix of it: one bool
+            for a subtree), or a function ``params -> tree of bools`` (called on the updates
+            when ``params`` is not given).
+        mask_compatible_extra_args: mask ``update``'s keyword arguments shaped like the
+            updates the same way (structural).
     """
     _check_transform(inner, "masked")
 
@@ -102,6 +113,8 @@ def masked(inner: Transform, mask: Any | Callable[[Any], Any]) -> Transform:
     def update(updates, state, params=None, hparams=None, **extra):
         m = resolve(params if params is not None else updates)
         sub_params = None if params is None else _select(params, m)
+        if mask_compatible_extra_args:
+            extra = _mask_extra(extra, updates, m)
         out, state = inner.update(_select(updates, m), state, sub_params, hparams, **extra)
         return _merge(m, out, updates), state
 
@@ -187,7 +200,8 @@ def label_params(params: Any, labels: Any, known: Any = None, *,
     return out
 
 
-def partition(transforms: Mapping[Any, Transform], labels: Any) -> Transform:
+def partition(transforms: Mapping[Any, Transform], labels: Any, *,
+              mask_compatible_extra_args: bool = False) -> Transform:
     r"""A different transform for each group of parameters.
 
     Every leaf carries a label; ``transforms[label]`` runs on the leaves with that label (the
@@ -200,6 +214,8 @@ def partition(transforms: Mapping[Any, Transform], labels: Any) -> Transform:
         labels: a tree of labels, a function ``params -> tree of labels``, or a list of rules
             ``(regex or list of regexes, label)`` over dotted parameter names, first match
             winning, unmatched leaves labelled ``"default"`` (see :func:`label_params`).
+        mask_compatible_extra_args: give each transform ``update``'s keyword arguments shaped
+            like the updates restricted to its leaves (structural).
     """
     if not isinstance(transforms, Mapping) or not transforms:
         raise TypeError("partition: transforms must be a non-empty dict {label: transform}")
@@ -232,8 +248,9 @@ def partition(transforms: Mapping[Any, Transform], labels: Any) -> Transform:
         for k in keys:
             keep = _is(lab, k)
             sub_params = None if params is None else _select(params, keep)
+            mine = _mask_extra(extra, updates, keep) if mask_compatible_extra_args else extra
             outs[k], new_state[k] = transforms[k].update(_select(updates, keep), state[k],
-                                                         sub_params, h[k], **extra)
+                                                         sub_params, h[k], **mine)
         # (a leaf labelled None, e.g. by a function of a None parameter, passes through)
         merged = optree.tree_map(lambda lab_, u, *xs: xs[keys.index(lab_)] if lab_ in keys
                                  else u, lab, updates, *(outs[k] for k in keys), **_NONE)
