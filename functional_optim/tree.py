@@ -208,9 +208,12 @@ def scale(tree: Any, factor: float | torch.Tensor) -> Any:
     return map(lambda x: x * factor, tree)
 
 
-def cast(tree: Any, dtype: torch.dtype) -> Any:
-    """Floating-point leaves cast to ``dtype``; integer, bool and complex leaves unchanged."""
-    return map(lambda x: x.to(dtype) if x.is_floating_point() else x, tree)
+def cast(tree: Any, dtype: torch.dtype | None, *, floating_only: bool = True) -> Any:
+    """Floating-point leaves cast to ``dtype``; integer, bool and complex leaves unchanged
+    (``floating_only=False``: every leaf cast). ``dtype=None`` returns ``tree`` as it is."""
+    if dtype is None:
+        return tree
+    return map(lambda x: x.to(dtype) if x.is_floating_point() or not floating_only else x, tree)
 
 
 def global_norm(tree: Any) -> torch.Tensor:
@@ -233,9 +236,10 @@ def global_norm(tree: Any) -> torch.Tensor:
     return reduce_by_mesh(xs, torch.linalg.vector_norm, torch.linalg.vector_norm)
 
 
-def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable) -> torch.Tensor:
-    """``combine(stack([leaf(x) for x in xs]))`` for tensors that may be DTensors on several
-    device meshes, as a plain tensor on the first tensor's device.
+def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable, *others: list) -> torch.Tensor:
+    """``combine(stack([leaf(x, *o) for x, *o in zip(xs, *others)]))`` for tensors that may be
+    DTensors on several device meshes, as a plain tensor on the first tensor's device
+    (``others``: lists of tensors laid out as ``xs``, e.g. the second operands of dot products).
 
     ``combine`` must be a reduction that composes (a norm of norms, a sum of sums). The tensors
     of each mesh are combined first and that result is reduced across the mesh's shards by
@@ -245,12 +249,12 @@ def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable) -> torch.Tensor:
     """
     device = xs[0].device
     groups: dict = {}
-    for x in xs:
+    for x, *o in zip(xs, *others):
         key = layout(x)
-        groups.setdefault(None if key is None else key[0], []).append(x)
+        groups.setdefault(None if key is None else key[0], []).append((x, *o))
     totals = []
     for mesh, group in groups.items():
-        values = [leaf(x) if mesh is not None else leaf(x).to(device) for x in group]
+        values = [leaf(*x) if mesh is not None else leaf(*x).to(device) for x in group]
         total = combine(torch.stack(values))
         if mesh is not None:  # a partial result: its reduction is this mesh's all-reduce
             total = total.full_tensor()
