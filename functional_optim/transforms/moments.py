@@ -9,6 +9,8 @@ import torch
 
 from .. import tree as _tree
 from .._execute import (
+    LIKE,
+    SHAPED,
     Pointwise,
     PointwiseCall,
     decayed,
@@ -187,6 +189,8 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     rule = functools.partial(_adam_rule, bias_correction=bias_correction, nesterov=nesterov,
                              amsgrad_corrected=amsgrad_corrected)
 
+    mu_like = LIKE if mu_dtype is None else SHAPED
+
     def init(params):
         zeros = _tree.zeros_like
         return ScaleByAdamState(init_count(params), zeros_in(params, mu_dtype), zeros(params),
@@ -197,7 +201,8 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         check_state("scale_by_adam", state, ScaleByAdamState)
         states = (state.step, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
         return PointwiseCall(rule, h, states, finish=_adam_state,
-                             donate_state=(True,) * len(states))
+                             donate_state=(True,) * len(states),
+                             state_like=(None, mu_like) + (LIKE,) * (len(states) - 2))
 
     # torch's Adam kernels compute the "moments" correction of torch's Adam only
     torch_adam = (bias_correction == "moments" and not nesterov and mu_dtype is None
@@ -287,7 +292,8 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False,
         check_state("scale_by_rms", state, ScaleByRmsState)
         states = (state.step, state.nu) + ((state.mu,) if centered else ())
         return PointwiseCall(rule, h, states, finish=lambda new: ScaleByRmsState(*new),
-                             donate_state=(True,) * len(states))
+                             donate_state=(True,) * len(states),
+                             state_like=(None,) + (LIKE,) * (len(states) - 1))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, "scale_by_rms", "as_real"))
 
@@ -372,6 +378,7 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
         check_state("trace", state, TraceState)
         return PointwiseCall(rule, h, (state.step, state.momentum_buffer),
                              finish=lambda new: TraceState(*new), donate_state=(True, True),
-                             sparse=True)
+                             sparse=True,
+                             state_like=(None, LIKE if accumulator_dtype is None else SHAPED))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, "trace"))
