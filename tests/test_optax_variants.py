@@ -122,6 +122,21 @@ def test_scale_by_adam_nesterov_uncorrected_first_moment():
     _assert_close(_trajectory(tx, grads), _reference(ref, grads))
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_corrected_first_moment(nesterov):
+    """The public helper: :math:`m_t / (1-\\beta_1^t)`, or Dozat's :math:`\\beta_1 m_t /
+    (1-\\beta_1^{t+1}) + (1-\\beta_1) g_t / (1-\\beta_1^t)`; an integer step count is taken in
+    the update's dtype."""
+    m, g = _tree(1)["w"], _tree(2)["w"]
+    b1, t = 0.8, 3
+    expected = (b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t) if nesterov
+                else m / (1 - b1**t))
+    for step in (t, torch.tensor(t), torch.tensor(float(t), dtype=F64)):
+        actual = fo.transforms.corrected_first_moment(m, g, b1, step, nesterov)
+        assert actual.dtype == F64
+        torch.testing.assert_close(actual, expected, rtol=1e-14, atol=0)
+
+
 def test_mu_dtype_keeps_the_first_moment_in_its_dtype():
     """optax's ``mu_dtype``: :math:`\\beta_1 m_{t-1}` in float32, the update from the unrounded
     :math:`m_t`, the state rounded; the multi-tensor path gives the same numbers."""

@@ -46,7 +46,7 @@ from ..base import (
     check_state,
     resolve_hparams,
 )
-from .moments import nesterov_moment
+from .moments import corrected_first_moment
 from .sparse import at_indices, rows
 
 __all__ = [
@@ -412,7 +412,6 @@ def _radam_rule(h, g, t, m, v, *, optax, nesterov):
     tf = t.to(scalar_dtype(g))
     m = lerp(m, g, 1 - b1)
     v = ema_square(v, g, b2)
-    bc1 = 1 - b1 ** tf
     bc2 = 1 - b2 ** tf
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * tf * b2 ** tf / bc2
@@ -420,7 +419,7 @@ def _radam_rule(h, g, t, m, v, *, optax, nesterov):
     ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / torch.where(
         rectify, (rho_inf - 4) * (rho_inf - 2) * rho_t, 1.0)
     rect = torch.sqrt(torch.where(rectify, ratio, 1.0))
-    m_hat = (nesterov_moment(m, g, b1, tf, True) if nesterov else m) / bc1
+    m_hat = corrected_first_moment(m, g, b1, tf, nesterov)
     second = v
     if not is_off(h["eps_root"]):
         second = v + (h["eps_root"] * bc2 if optax else h["eps_root"])

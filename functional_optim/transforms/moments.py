@@ -37,6 +37,7 @@ from ..base import (
 )
 
 __all__ = [
+    "corrected_first_moment",
     "ScaleByAdamState",
     "scale_by_adam",
     "ScaleByRmsState",
@@ -78,7 +79,7 @@ def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments", nesterov=False
         nu_max = (second,) if nu_max else ()
         if not is_off(h["eps_root"]):
             second = second + h["eps_root"]
-        u = nesterov_moment(m, g, b1, tf, True) if nesterov else m
+        u = _nesterov_numerator(m, g, b1, tf, True) if nesterov else m
         u = u / (safe_sqrt(second, nonnegative=True) + h["eps"])
         return (u * (torch.sqrt(1 - b2**tf) / (1 - b1**tf)), t, m, v, *nu_max)
     bc1 = 1 - b1**tf if bias_correction in ("moments", "first_moment") else None
@@ -98,16 +99,42 @@ def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments", nesterov=False
     elif bc1 is not None:
         root = root * bc1
     denom = root + (h["eps"] if bc1 is None else h["eps"] * bc1)
-    num = nesterov_moment(m, g, b1, tf, bc1 is not None) if nesterov else m
+    num = _nesterov_numerator(m, g, b1, tf, bc1 is not None) if nesterov else m
     return (num / denom, t, m, v, *nu_max)
 
 
-def nesterov_moment(m, g, b1, tf, corrected):
+def _nesterov_numerator(m, g, b1, tf, corrected):
     r"""Dozat's Nesterov first moment times :math:`1-\beta_1^t` (``corrected``, so that it takes
     Adam's correction), else as it is: :math:`\beta_1 m_t \frac{1-\beta_1^t}{1-\beta_1^{t+1}}
     + (1-\beta_1) g_t`, or :math:`\beta_1 m_t + (1-\beta_1) g_t`."""
     keep = b1 * ((1 - b1**tf) / (1 - b1 ** (tf + 1))) if corrected else b1
     return m * keep + g * (1 - b1)
+
+
+def corrected_first_moment(m: Any, g: Any, b1: Any, t: Any, nesterov: bool = False) -> Any:
+    r"""Adam's bias-corrected first moment, or with ``nesterov`` Dozat's Nesterov one (Dozat,
+    2016, *Incorporating Nesterov Momentum into Adam*), as optax's ``scale_by_adam``,
+    ``scale_by_radam`` and ``scale_by_belief`` compute them:
+
+    .. math::
+        \hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad
+        \hat m_t^{nesterov} = \frac{\beta_1 m_t}{1-\beta_1^{t+1}}
+                             + \frac{(1-\beta_1) g_t}{1-\beta_1^t}
+
+    A rule written with tensor ops, for blocks that reuse Adam's first moment.
+
+    Args:
+        m: :math:`m_t`, the first moment after this step's update (a tensor).
+        g: :math:`g_t`, this step's update (a tensor like ``m``).
+        b1: :math:`\beta_1` (a number or 0-d tensor).
+        t: the step count :math:`t \ge 1` counting this step (a number or 0-d tensor; an
+            integer tensor is taken in ``g``'s scalar dtype).
+        nesterov: Dozat's first moment (structural).
+    """
+    if isinstance(t, torch.Tensor) and not t.is_floating_point():
+        t = t.to(scalar_dtype(g))
+    bc1 = 1 - b1**t
+    return (_nesterov_numerator(m, g, b1, t, True) if nesterov else m) / bc1
 
 
 _BIAS_CORRECTIONS = ("moments", "step_size", "none", "first_moment", "second_moment")
