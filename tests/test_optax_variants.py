@@ -95,9 +95,9 @@ def _adam_step(lr, b1, b2, eps, eps_root=0.0, *, nesterov=False, amsgrad=False, 
 @pytest.mark.parametrize("decoupled", [True, False], ids=["nadamw", "nadam_l2"])
 def test_optax_nadam(decoupled):
     grads = _grads()
-    tx = fo.optax_nadam(lr=0.01, betas=(0.8, 0.99), eps=1e-6, eps_root=1e-9, weight_decay=0.1,
+    tx = fo.optax_nadam(lr=0.01, betas=(0.8, 0.99), eps=1e-6, eps_root=1e-5, weight_decay=0.1,
                         decoupled_weight_decay=decoupled)
-    ref = _adam_step(0.01, 0.8, 0.99, 1e-6, 1e-9, nesterov=True, wd=0.1, decoupled=decoupled)
+    ref = _adam_step(0.01, 0.8, 0.99, 1e-6, 1e-5, nesterov=True, wd=0.1, decoupled=decoupled)
     _assert_close(_trajectory(tx, grads), _reference(ref, grads))
 
 
@@ -105,9 +105,9 @@ def test_optax_nadam(decoupled):
                                     (False, False)])
 def test_optax_amsgrad(mu, nu):
     grads = _grads()
-    tx = fo.optax_amsgrad(lr=0.01, betas=(0.8, 0.99), eps=1e-6, eps_root=1e-9,
+    tx = fo.optax_amsgrad(lr=0.01, betas=(0.8, 0.99), eps=1e-6, eps_root=1e-5,
                           bias_correction_mu=mu, bias_correction_nu=nu)
-    ref = _adam_step(0.01, 0.8, 0.99, 1e-6, 1e-9, amsgrad=True, mu=mu, nu=nu)
+    ref = _adam_step(0.01, 0.8, 0.99, 1e-6, 1e-5, amsgrad=True, mu=mu, nu=nu)
     _assert_close(_trajectory(tx, grads), _reference(ref, grads))
 
 
@@ -115,10 +115,32 @@ def test_scale_by_adam_nesterov_uncorrected_first_moment():
     """Dozat's momentum without the first moment's correction: :math:`\\beta_1 m_t +
     (1-\\beta_1) g_t`."""
     grads = _grads()
-    tx = fo.chain(fo.scale_by_adam((0.8, 0.99), 1e-6, 1e-9, nesterov=True,
+    tx = fo.chain(fo.scale_by_adam((0.8, 0.99), 1e-6, 1e-5, nesterov=True,
                                    bias_correction="second_moment"),
                   fo.scale_by_learning_rate(0.01))
-    ref = _adam_step(0.01, 0.8, 0.99, 1e-6, 1e-9, nesterov=True, mu=False)
+    ref = _adam_step(0.01, 0.8, 0.99, 1e-6, 1e-5, nesterov=True, mu=False)
+    _assert_close(_trajectory(tx, grads), _reference(ref, grads))
+
+
+def test_scale_by_adam_nesterov_step_size_correction():
+    """Dozat's momentum under the "efficient version" (``ε`` on the uncorrected root):
+    :math:`\\frac{\\sqrt{1-\\beta_2^t}}{1-\\beta_1^t}\\,\\frac{\\beta_1 m_t
+    \\frac{1-\\beta_1^t}{1-\\beta_1^{t+1}} + (1-\\beta_1) g_t}{\\sqrt{v_t + \\epsilon_{root}}
+    + \\epsilon}`."""
+    grads = _grads()
+    b1, b2, eps, eps_root, lr = 0.8, 0.99, 1e-6, 1e-5, 0.01
+
+    def ref(p, g, t, st):
+        m = (1 - b1) * g + b1 * st.get("m", torch.zeros_like(p))
+        v = (1 - b2) * g * g + b2 * st.get("v", torch.zeros_like(p))
+        st["m"], st["v"] = m, v
+        num = b1 * m * (1 - b1**t) / (1 - b1 ** (t + 1)) + (1 - b1) * g
+        u = num / (torch.sqrt(v + eps_root) + eps) * math.sqrt(1 - b2**t) / (1 - b1**t)
+        return p - lr * u
+
+    tx = fo.chain(fo.scale_by_adam((b1, b2), eps, eps_root, nesterov=True,
+                                   bias_correction="step_size"),
+                  fo.scale_by_learning_rate(lr))
     _assert_close(_trajectory(tx, grads), _reference(ref, grads))
 
 
@@ -193,6 +215,21 @@ def test_optax_adagrad(init, eps):
     _assert_close(_trajectory(tx, grads), _reference(ref, grads))
 
 
+def test_optax_adagrad_sparse_gradients_as_dense():
+    """A sparse gradient (rows of an embedding) steps as its dense equivalent: the rows it
+    leaves out have :math:`u = 0` either way (:math:`0 / \\sqrt{s + \\epsilon}`)."""
+    gen = torch.Generator().manual_seed(3)
+    params = {"e": torch.randn(6, 3, generator=gen, dtype=F64)}
+    sparse = []
+    for _ in range(5):
+        index = torch.randint(0, 6, (1, 4), generator=gen)  # (repeated rows are summed)
+        values = torch.randn(4, 3, generator=gen, dtype=F64)
+        sparse.append({"e": torch.sparse_coo_tensor(index, values, (6, 3), check_invariants=True)})
+    dense = [{"e": g["e"].to_dense()} for g in sparse]
+    tx = fo.optax_adagrad(lr=0.1, initial_accumulator_value=0.0, eps=1e-3)
+    _assert_close(_trajectory(tx, sparse, params), _trajectory(tx, dense, params), rtol=1e-14)
+
+
 @pytest.mark.parametrize("centered", [False, True], ids=["plain", "centered"])
 @pytest.mark.parametrize("eps_in_sqrt, bias_correction, momentum, nesterov", [
     (True, False, None, False), (False, True, 0.9, False), (True, True, 0.8, True)])
@@ -232,7 +269,7 @@ def test_optax_radam(threshold, nesterov):
     :math:`\\rho_t \\ge \\tau`, :math:`r_t \\hat m_t / (\\sqrt{\\hat v_t + \\epsilon_{root}} +
     \\epsilon)`, else :math:`\\hat m_t`."""
     grads = _grads()
-    b1, b2, eps, eps_root, lr = 0.9, 0.99, 1e-6, 1e-9, 0.01
+    b1, b2, eps, eps_root, lr = 0.9, 0.99, 1e-6, 1e-5, 0.01
     rho_inf = 2 / (1 - b2) - 1
 
     def ref(p, g, t, st):
@@ -249,6 +286,29 @@ def test_optax_radam(threshold, nesterov):
 
     tx = fo.optax_radam(lr=lr, betas=(b1, b2), eps=eps, eps_root=eps_root, threshold=threshold,
                         nesterov=nesterov)
+    _assert_close(_trajectory(tx, grads), _reference(ref, grads))
+
+
+def test_scale_by_radam_torch_variant_eps_root_nesterov():
+    """torch's RAdam (``ε`` on :math:`\\sqrt{v_t}`, switch at :math:`\\rho_t > 5`) with
+    ``eps_root`` inside that root and Dozat's first moment."""
+    grads = _grads()
+    b1, b2, eps, eps_root, lr = 0.9, 0.99, 1e-6, 1e-5, 0.01
+    rho_inf = 2 / (1 - b2) - 1
+
+    def ref(p, g, t, st):
+        m = (1 - b1) * g + b1 * st.get("m", torch.zeros_like(p))
+        v = (1 - b2) * g * g + b2 * st.get("v", torch.zeros_like(p))
+        st["m"], st["v"] = m, v
+        m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho <= 5:
+            return p - lr * m_hat
+        r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        return p - lr * r * m_hat * math.sqrt(1 - b2**t) / (torch.sqrt(v + eps_root) + eps)
+
+    tx = fo.chain(fo.scale_by_radam((b1, b2), eps, eps_root=eps_root, nesterov=True),
+                  fo.scale_by_learning_rate(lr))
     _assert_close(_trajectory(tx, grads), _reference(ref, grads))
 
 
@@ -328,6 +388,8 @@ def _adafactor_step(lr=1.0, min_dim=128, decay_rate=0.8, offset=0, mps=True, cli
 ], ids=["defaults", "factored", "all_options", "float32_momentum_no_clip", "unfactored"])
 def test_optax_adafactor(options):
     grads = _grads()
+    if "eps" in options:  # squares of 1e-10 next to eps: it counts
+        grads = [{k: v * 1e-10 for k, v in g.items()} for g in grads]
     names = {"min_dim": "min_dim_size_to_factor", "offset": "decay_offset",
              "mps": "multiply_by_parameter_scale", "clip": "clipping_threshold",
              "wd": "weight_decay"}
@@ -337,6 +399,30 @@ def test_optax_adafactor(options):
         with torch.no_grad(), multi_tensor(True):
             multi = _trajectory(tx, grads)
         _assert_close(multi, _trajectory(tx, grads), rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["torch", "huggingface"])
+def test_factoring_options_of_the_other_variants(variant):
+    """``factored=False`` keeps full second moments: a matrix steps as its flattened vector
+    (elementwise moments; the RMS of the parameter and of the update are over all entries);
+    ``min_dim_size_to_factor`` above a leaf's factored dimensions is ``factored=False`` for it;
+    ``d=None`` (no clipping) is an unreachable threshold."""
+    grads = _grads()
+    params = _tree(0)
+
+    def make(**options):
+        return fo.scale_by_factored_rms(0.05, weight_decay=0.01, variant=variant, **options)
+
+    unfactored = _trajectory(make(factored=False), grads, params)
+    flat = _trajectory(make(), [{k: v.reshape(-1) for k, v in g.items()} for g in grads],
+                       {k: v.reshape(-1) for k, v in params.items()})
+    _assert_close(unfactored, [{k: v.reshape(SHAPES[k]) for k, v in p.items()} for p in flat],
+                  rtol=1e-13)
+    _assert_close(_trajectory(make(min_dim_size_to_factor=4), grads, params), unfactored, rtol=0)
+    _assert_close(_trajectory(make(min_dim_size_to_factor=3), grads, params),
+                  _trajectory(make(), grads, params), rtol=0)
+    _assert_close(_trajectory(make(d=None), grads, params),
+                  _trajectory(make(d=1e30), grads, params), rtol=0)
 
 
 def test_optax_adafactor_decay_derivatives_are_the_exact_formulas():
@@ -390,6 +476,9 @@ def test_optax_adafactor_decay_derivatives_are_the_exact_formulas():
     (lambda: fo.scale_by_rms(initial_scale=torch.tensor(1.0)), r"initial_scale is read at init"),
     (lambda: fo.optax_rmsprop(nesterov=True), r"nesterov=True needs a momentum"),
     (lambda: fo.scale_by_adam(bias_correction="mu"), r"bias_correction must be one of"),
+    (lambda: fo.scale_by_adam(amsgrad_corrected=True), r"amsgrad_corrected=True needs amsgrad"),
+    (lambda: fo.scale_by_adam(amsgrad=True, amsgrad_corrected=True, bias_correction="step_size"),
+     r"bias_correction='step_size' does not form"),
 ])
 def test_construction_errors(make, message):
     with pytest.raises(fo.HParamError, match=message):

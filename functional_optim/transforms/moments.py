@@ -208,6 +208,12 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     if bias_correction not in _BIAS_CORRECTIONS:
         raise HParamError(f"scale_by_adam: bias_correction must be one of {_BIAS_CORRECTIONS}, "
                           f"got {bias_correction!r}")
+    if amsgrad_corrected and not amsgrad:
+        raise HParamError("scale_by_adam: amsgrad_corrected=True needs amsgrad=True")
+    if amsgrad_corrected and bias_correction == "step_size":
+        raise HParamError("scale_by_adam: amsgrad_corrected=True takes the maximum of the "
+                          "corrected second moment, which bias_correction='step_size' does not "
+                          "form; use 'moments' or 'second_moment'")
     check_betas("scale_by_adam", betas)
     check_hparam("scale_by_adam", "eps", eps, ge=0)
     check_hparam("scale_by_adam", "eps_root", eps_root, ge=0)
