@@ -3,7 +3,7 @@ r"""optax's variants of the algorithms torch.optim also names: the same names, o
 optax and torch.optim give one name to different computations (issue 19). The library's name
 stays torch's (:func:`~functional_optim.nadam` is torch.optim.NAdam); optax's computation is an
 alias named ``optax_<optax's name>``, with a drop-in class ``Optax<torch's class name>`` in
-:mod:`functional_optim.optim`. Each is a short chain of native blocks with optax's structural
+``functional_optim.optim``. Each is a short chain of native blocks with optax's structural
 options (see each block), torch's hyperparameter names (``lr``, ``betas``, ``eps``,
 ``weight_decay``, ``momentum``, ``alpha``) where torch has the hyperparameter, optax's
 elsewhere (``eps_root``, ``decay_rate``, ``clipping_threshold``, ...), and optax's defaults
@@ -32,7 +32,7 @@ blocks directly (``optax.sgd`` is :func:`~functional_optim.sgd` with ``momentum=
 optax's ``None``, and :func:`~functional_optim.transforms.trace` with ``accumulator_dtype``;
 ``optax.adam``/``adamw`` are :func:`~functional_optim.transforms.scale_by_adam` with
 ``eps_root``, ``mu_dtype``, ``nesterov``; ``optax.adadelta`` and ``optax.adamax`` are torch's
-blocks), as :mod:`functional_optim.compat.optax` does.
+blocks); ``functional_optim.compat.optax`` maps optax's names onto these.
 
 Complex parameters are pairs of reals here, as in torch.optim (optax's second moments take
 :math:`|g|^2` of a complex gradient instead).
