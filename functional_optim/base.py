@@ -42,6 +42,7 @@ __all__ = [
     "missing_params",
     "check_pair",
     "check_betas",
+    "check_choice",
     "check_dtype_option",
     "check_init_value",
     "check_state",
@@ -260,6 +261,12 @@ def check_betas(owner: str, betas: Any) -> None:
     check_pair(owner, "betas", betas)
     check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
     check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
+    """A structural option that is one of ``choices`` (a variant, a placement, ...)."""
+    if value not in choices:
+        raise HParamError(f"{owner}: {name} must be one of {choices}, got {value!r}")
 
 
 def check_dtype_option(owner: str, name: str, dtype: Any) -> None:

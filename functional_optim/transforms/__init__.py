@@ -6,14 +6,12 @@ from .adaptive import (
     ScaleByAsgdState,
     ScaleByNadamState,
     ScaleByRadamState,
-    ScaleByRpropState,
     ScaleByRssState,
     scale_by_adadelta,
     scale_by_adamax,
     scale_by_asgd,
     scale_by_nadam,
     scale_by_radam,
-    scale_by_rprop,
     scale_by_rss,
 )
 from .basic import (
@@ -43,6 +41,7 @@ from .plateau import (
     reduce_on_plateau,
     scale_by_greedy_lr,
 )
+from .rprop import ScaleByRpropState, scale_by_rprop
 
 __all__ = [
     "ScaleByAdadeltaState",

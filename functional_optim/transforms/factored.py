@@ -26,6 +26,7 @@ from ..base import (
     EmptyState,
     HParamError,
     Transform,
+    check_choice,
     check_dtype_option,
     check_hparam,
     check_state,
@@ -363,8 +364,7 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
             dtype).
     """
     owner = "scale_by_factored_rms"
-    if variant not in _VARIANTS:
-        raise HParamError(f"{owner}: variant must be one of {_VARIANTS}, got {variant!r}")
+    check_choice(owner, "variant", variant, _VARIANTS)
     if warmup_init and not relative_step:
         raise HParamError(f"{owner}: warmup_init=True requires relative_step=True")
     huggingface = variant == "huggingface"

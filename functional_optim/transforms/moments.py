@@ -28,6 +28,7 @@ from ..base import (
     HParamError,
     Transform,
     check_betas,
+    check_choice,
     check_dtype_option,
     check_hparam,
     check_init_value,
@@ -205,9 +206,7 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         mu_dtype: dtype of the first moment's state (static; default ``None``: the
             parameters').
     """
-    if bias_correction not in _BIAS_CORRECTIONS:
-        raise HParamError(f"scale_by_adam: bias_correction must be one of {_BIAS_CORRECTIONS}, "
-                          f"got {bias_correction!r}")
+    check_choice("scale_by_adam", "bias_correction", bias_correction, _BIAS_CORRECTIONS)
     if amsgrad_corrected and not amsgrad:
         raise HParamError("scale_by_adam: amsgrad_corrected=True needs amsgrad=True")
     if amsgrad_corrected and bias_correction == "step_size":
