@@ -1,13 +1,14 @@
 """Conformance cases of optax's variants of torch's names (``aliases.optax_variants``) and of the
 block options they are built from; ``conformance.CASES`` includes them.
 
-The options that only keep a state in another dtype (``mu_dtype``, ``accumulator_dtype``,
-``momentum_dtype``) are left out here: float64 finite differences would see their float32
-rounding; ``test_optax_variants.py`` checks them.
+The options that keep a state in another dtype (``mu_dtype``, ``accumulator_dtype``) have a
+case each with the checks that their float32 state defeats excluded (its dtype, and float64
+finite differences); ``test_optax_variants.py`` checks their trajectories.
 """
 
 from __future__ import annotations
 
+import torch
 from conformance import _RADAM, _RPROP_BOUNDS, Case, Live
 
 import functional_optim as fo
@@ -27,6 +28,14 @@ _ADAFACTOR = {"eps": Live(grads_scale=1e-16),
               "decay_rate": Live(excluded=_FLOAT32_DECAY),
               "decay_offset": Live(others={"decay_rate": 0.8}, excluded=_FLOAT32_DECAY)}
 
+# mu_dtype / accumulator_dtype: the state is float32 (complex64) by design, and float64 finite
+# differences see its rounding (test_optax_variants.py checks the trajectories)
+_ROUNDING = "the state is rounded to float32 each step: float64 finite differences see it"
+_OWN_DTYPE = (("test_dtype_kept", "the state keeps its own dtype (float32) by design"),
+              ("test_complex", "the state keeps its own dtype (complex64) by design"),
+              ("test_grad_matches_finite_differences", _ROUNDING))
+_ROUNDED_STATE = Live(excluded=(("grad", _ROUNDING),))
+
 CASES = [
     Case("optax_nadam", lambda: fo.optax_nadam(lr=0.01, eps_root=1e-8, weight_decay=0.1,
                                                decoupled_weight_decay=True)),
@@ -40,6 +49,14 @@ CASES = [
     Case("optax_radam", lambda: fo.optax_radam(lr=0.01, eps_root=1e-8, weight_decay=0.1,
                                                nesterov=True), live=_RADAM),
     Case("optax_rprop", lambda: fo.optax_rprop(lr=0.01, maximize=True), live=_RPROP_BOUNDS),
+    # a state kept in a dtype of its own (float32 beside float64 parameters): pure, vmap,
+    # compile and capture as any block; its dtype and its rounding are the point
+    Case("scale_by_adam_mu_dtype",
+         lambda: fo.scale_by_adam(nesterov=True, mu_dtype=torch.float32),
+         excluded=_OWN_DTYPE, live={"betas.0": _ROUNDED_STATE}),
+    Case("trace_accumulator_dtype",
+         lambda: fo.trace(0.9, nesterov=True, accumulator_dtype=torch.float32),
+         excluded=_OWN_DTYPE, live={"momentum": _ROUNDED_STATE, "dampening": _ROUNDED_STATE}),
     Case("optax_adafactor",
          lambda: fo.optax_adafactor(lr=0.05, min_dim_size_to_factor=2, decay_rate=0.0,
                                     clipping_threshold=0.8, momentum=0.9, momentum_dtype=None,
