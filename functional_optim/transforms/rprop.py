@@ -13,8 +13,16 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import LIKE, elementwise, init_count
-from ..base import Transform, check_choice, check_hparam, check_pair, check_state, resolve_hparams
+from .._execute import LIKE, Pointwise, PointwiseCall, init_count
+from ..base import (
+    Transform,
+    check_choice,
+    check_hparam,
+    check_pair,
+    check_state,
+    pointwise_transform,
+    resolve_hparams,
+)
 from .adaptive import VARIANTS
 
 __all__ = ["ScaleByRpropState", "scale_by_rprop"]
@@ -39,7 +47,7 @@ def _rprop_rule(h, g, t, prev, size, *, optax):
     eta_minus, eta_plus = h["etas"]
     size_min, size_max = h["step_sizes"]
     size_old = torch.where(t == 0, h["init_step_size"], size).to(size.dtype)
-    agree = g * prev
+    agree = prev * g  # (not g * prev: g may be a fused run's donated temporary, read below)
     factor = torch.where(agree > 0, eta_plus,
                          torch.where(agree < 0, eta_minus, torch.ones_like(agree)))
     size = torch.clamp(torch.clamp(size_old * factor.to(size.dtype), min=size_min), max=size_max)
@@ -106,12 +114,11 @@ def scale_by_rprop(init_step_size: float = 1e-2, etas: tuple[float, float] = (0.
         zeros = _tree.zeros_like
         return ScaleByRpropState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRpropState)
-        out, *rest = elementwise(rule, h, updates,
-                                 (state.step, state.prev, state.step_size), name=owner,
-                                 complex_as_real=True, state_like=(None, LIKE, LIKE))
-        return out, ScaleByRpropState(*rest)
+        return PointwiseCall(rule, h, (state.step, state.prev, state.step_size),
+                             finish=lambda new: ScaleByRpropState(*new),
+                             state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
