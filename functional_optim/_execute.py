@@ -447,11 +447,23 @@ def lerp(start: Any, end: Any, weight: Any) -> Any:
     return torch.lerp(start, end, weight)
 
 
+def borrowed(x: Any) -> Any:
+    """``x`` for an op that must leave it readable: on the multi-tensor path, a view of the same
+    tensors that no op overwrites in place (a rule's input ``g`` may be a fused run's donated
+    update, which the first op taking it as its first operand overwrites and consumes); a tensor
+    or number as it is. For a rule that reads ``g`` again after such an op."""
+    if isinstance(x, _foreach.TensorList) and not x.scalar:
+        return _foreach.TensorList(x.items)
+    return x
+
+
 def ema_square(v: torch.Tensor, g: torch.Tensor, decay: Any) -> torch.Tensor:
     r"""The running mean of squares :math:`\beta v + (1-\beta) g^2`, computed as torch.optim does
-    (``v * β`` then ``addcmul``: two passes, no temporary) when ``β`` is a number."""
+    (``v * β`` then ``addcmul``: two passes, no temporary) when ``β`` is a number. ``g`` stays
+    readable (rules read it again)."""
     if isinstance(decay, Number):
         return torch.addcmul(v * decay, g, g, value=1 - decay)
+    g = borrowed(g)
     return v * decay + (1 - decay) * (g * g)
 
 

@@ -13,6 +13,7 @@ from .._execute import (
     SHAPED,
     Pointwise,
     PointwiseCall,
+    borrowed,
     decayed,
     ema_square,
     full_like,
@@ -73,7 +74,7 @@ def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments", nesterov=False
     if m.dtype == g.dtype:
         m = lerp(m, g, 1 - b1)
     else:  # a first moment kept in mu_dtype
-        m = decayed(m, b1, g) + (1 - b1) * g
+        m = decayed(m, b1, g) + (1 - b1) * borrowed(g)
     v = ema_square(v, g, b2)
     if bias_correction == "step_size":  # eps on the uncorrected root
         second = torch.maximum(nu_max[0], v) if nu_max else v
@@ -109,7 +110,7 @@ def _nesterov_numerator(m, g, b1, tf, corrected):
     Adam's correction), else as it is: :math:`\beta_1 m_t \frac{1-\beta_1^t}{1-\beta_1^{t+1}}
     + (1-\beta_1) g_t`, or :math:`\beta_1 m_t + (1-\beta_1) g_t`."""
     keep = b1 * ((1 - b1**tf) / (1 - b1 ** (tf + 1))) if corrected else b1
-    return m * keep + g * (1 - b1)
+    return m * keep + borrowed(g) * (1 - b1)
 
 
 def corrected_first_moment(m: Any, g: Any, b1: Any, t: Any, nesterov: bool = False) -> Any:
