@@ -376,14 +376,27 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update_all({})
+        return loss
+
+    #: the attribute of each parameter that holds its gradient (a class that steps on
+    #: per-example gradients reads Opacus's ``grad_sample``)
+    _GRADIENT = "grad"
+
+    def _update_all(self, extras: dict) -> None:
+        """One update of every group; ``extras``: keyword arguments of every ``update`` (a
+        Hessian-vector product, a norm over all groups: see ``registry.DropInProtocol``)."""
         self._check_step()
         flat = self.__dict__.get("_flat")
-        for group in self.param_groups:
-            # the flat layout builds and rehomes its buffers in Python: never traced
-            if flat is None or not _untraced(self._flat_step, group, flat["rehome"],
-                                             flat["compile"]):
-                self._step_group(group)
-        return loss
+        self._extras = extras
+        try:
+            for group in self.param_groups:
+                # the flat layout builds and rehomes its buffers in Python: never traced
+                if flat is None or not _untraced(self._flat_step, group, flat["rehome"],
+                                                 flat["compile"]):
+                    self._step_group(group)
+        finally:
+            del self._extras
 
     def _check_step(self) -> None:
         """Checks of the groups before any of them steps (subclasses add torch's)."""
@@ -456,7 +469,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict) -> None:
         everything = group["params"]
-        grads = [p.grad for p in everything]
+        grads = [getattr(p, self._GRADIENT, None) for p in everything]
         params = [p for p, g in zip(everything, grads) if g is not None]
         if not params:
             return
@@ -517,7 +530,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
                 new_state = _untraced(tx.fused, by_name, grads, state, hparams)
         if new_state is None:
             new_state = self._update_group(tx, by_name, grads, state, hparams, multi,
-                                           differentiable)
+                                           differentiable, self.__dict__.get("_extras", {}))
         elif new_state is state and not made:
             return  # updated in place: self.state holds the new values already
         new_leaves = optree.tree_leaves(new_state)
@@ -537,13 +550,13 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,
-                      multi: bool, differentiable: bool) -> Any:
-        """The chain's ``update`` and ``p += u``; returns the new state. The state buffers
-        are this optimizer's, so the library's own transforms may update them in place
-        (:func:`~functional_optim._execute.donates_to`)."""
+                      multi: bool, differentiable: bool, extras: dict) -> Any:
+        """The chain's ``update`` (with the keyword arguments ``extras``) and ``p += u``;
+        returns the new state. The state buffers are this optimizer's, so the library's own
+        transforms may update them in place (:func:`~functional_optim._execute.donates_to`)."""
         library = _execute.donates_to(tx)
         with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=library):
-            updates, new_state = tx.update(grads, state, dict(by_name), hparams)
+            updates, new_state = tx.update(grads, state, dict(by_name), hparams, **extras)
             if not library:  # a user's update may keep its inputs (params, grads) as state
                 new_state = _layout.unshared(new_state, [*by_name.values(), *grads.values()])
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
@@ -571,7 +584,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             return names
         if all_names is None:
             all_names = self._names(group, everything)
-        return [n for n, p in zip(all_names, everything) if p.grad is not None]
+        return [n for n, p in zip(all_names, everything)
+                if getattr(p, self._GRADIENT, None) is not None]
 
     def _plan(self, tx: Transform, names: list, params: list) -> tuple:
         """How the state tree is read and written, cached by transform and names.
