@@ -57,12 +57,14 @@ def key(seed: int | torch.Tensor, device: Any = None) -> torch.Tensor:
 
 def next_key(k: torch.Tensor) -> torch.Tensor:
     """The key of the next draw: the counter advanced by one."""
-    return torch.stack([k[0], (k[1] + 1) & _M32])
+    stream, counter = k.unbind()
+    return torch.stack([stream, (counter + 1) & _M32])
 
 
 def _bits(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
     """32 random bits (in int64) per element of ``like``, for draw ``k`` and use ``salt``."""
-    base = _mix(_mix(k[0] ^ _mix(salt & _M32)) ^ k[1]).to(like.device)
+    stream, counter = k.unbind()
+    base = _mix(_mix(stream ^ _mix(salt & _M32)) ^ counter).to(like.device)
     index = torch.arange(like.numel(), dtype=torch.int64, device=like.device).reshape(like.shape)
     high = ((index >> 32) + base) & _M32  # (0 below 2**32 elements)
     return _mix(_mix((index & _M32) ^ base) ^ high)

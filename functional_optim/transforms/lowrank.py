@@ -10,14 +10,13 @@ projected back. The projector is refreshed from the current gradient's SVD every
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
 
 from .. import _execute
 from .. import tree as _tree
-from .._execute import first_device
+from .._execute import _leaf_name, first_device
 from ..base import (
     HParamError,
     Transform,
@@ -70,34 +69,39 @@ def _axes(value: Any, ndim: int) -> tuple[int, ...]:
     return tuple(a % ndim for a in ((value,) if isinstance(value, int) else value))
 
 
-def _matrix(name: str, x: torch.Tensor, dims: GaLoreDimensionNumbers, rank: int) -> _Matrix:
+def _matrix(tree: Any, i: int, x: torch.Tensor, dims: GaLoreDimensionNumbers,
+            rank: int) -> _Matrix:
+    """Leaf ``i`` of ``tree``, ``x``, as GaLore's matrix (its name is read for errors only)."""
     if x.ndim < 2:
-        raise ValueError(f"scale_by_galore: leaf {name!r} has shape {tuple(x.shape)}: GaLore "
-                         "projects tensors of rank >= 2")
+        raise ValueError(f"scale_by_galore: leaf {_leaf_name(tree, i)} has shape "
+                         f"{tuple(x.shape)}: GaLore projects tensors of rank >= 2")
     rows, cols = _axes(dims.reduction_axis, x.ndim), _axes(dims.output_axis, x.ndim)
     if set(rows) & set(cols) or len(set(rows) | set(cols)) != x.ndim:
-        raise ValueError(f"scale_by_galore: leaf {name!r} of shape {tuple(x.shape)}: the "
-                         f"reduction axes {rows} and output axes {cols} must be disjoint and "
-                         "name every axis")
-    m = math.prod(x.shape[a] for a in rows)
-    n = math.prod(x.shape[a] for a in cols)
+        raise ValueError(f"scale_by_galore: leaf {_leaf_name(tree, i)} of shape "
+                         f"{tuple(x.shape)}: the reduction axes {rows} and output axes {cols} "
+                         "must be disjoint and name every axis")
+    m = n = 1
+    for a in rows:
+        m *= x.shape[a]
+    for a in cols:
+        n *= x.shape[a]
     return _Matrix(rows + cols, (m, n), m >= n, min(rank, m, n))
 
 
 def _plan(owner_dims: Any, tree: Any, rank: int) -> list:
     """Per leaf of ``tree`` (flattened), its :class:`_Matrix` or ``None`` (not projected)."""
-    named = _tree.named_leaves(tree)
+    flat = _tree.leaves(tree)
     if owner_dims is None:
         dims = [GaLoreDimensionNumbers() if x is not None and x.ndim == 2 else None
-                for _, x in named]
+                for x in flat]
     elif isinstance(owner_dims, GaLoreDimensionNumbers):
-        dims = [owner_dims if x is not None and x.ndim >= 2 else None for _, x in named]
+        dims = [owner_dims if x is not None and x.ndim >= 2 else None for x in flat]
     else:
         given = owner_dims(tree) if callable(owner_dims) else owner_dims
         dims = _tree.flatten_like(given, _tree.structure(tree),
                                   "scale_by_galore weight_dimension_numbers", "params")
-    return [None if d is None or x is None else _matrix(name, x, d, rank)
-            for (name, x), d in zip(named, dims)]
+    return [None if d is None or x is None else _matrix(tree, i, x, d, rank)
+            for i, (x, d) in enumerate(zip(flat, dims))]
 
 
 def _canonical_signs(p: torch.Tensor) -> torch.Tensor:
@@ -148,7 +152,8 @@ def scale_by_galore(rank: int = 128, update_proj_gap: int = 200, scale: float = 
     (:func:`functional_optim.galore_adamw`).
 
     *The SVD* runs in ``svd_dtype`` (float32, as optax and the authors' code, whatever the
-    parameters' dtype; ``None``: the parameters' dtype), and the projector is cast back to the
+    parameters' dtype; ``None``: the parameters' dtype, float32 for half-precision ones, which
+    ``torch.linalg.svd`` does not take), and the projector is cast back to the
     leaf's dtype. Singular vectors are defined up to sign; each column of a projector is taken
     with its largest entry positive, so the trajectory does not depend on the library that
     computed the SVD (optax takes the raw output, so the two agree up to these signs after
@@ -161,7 +166,9 @@ def scale_by_galore(rank: int = 128, update_proj_gap: int = 200, scale: float = 
     update and keeps it at refresh steps by :func:`torch.where` (no host sync: ``vmap``,
     ``torch.func.grad``, ``torch.compile`` apply; an SVD per matrix per update);
     ``host_refresh=True`` reads the count on the host and computes the SVD only at refresh
-    steps (one sync per update; the same numbers), for eager training. Real parameters only.
+    steps (one sync per update; the same numbers), for eager training. Either way the update
+    is not CUDA-graph capturable: ``torch.linalg.svd`` synchronizes a CUDA device with the host.
+    Real parameters only.
 
     Args:
         rank: the projection's rank (structural int >= 1; default 128).
@@ -203,7 +210,7 @@ def scale_by_galore(rank: int = 128, update_proj_gap: int = 200, scale: float = 
             base_optimizer.init(spec.unflatten(small)), spec.unflatten(projectors))
 
     def svd_projector(g2: torch.Tensor, mat: _Matrix) -> torch.Tensor:
-        x = g2.detach() if svd_dtype is None else g2.detach().to(svd_dtype)
+        x = g2.detach().to(svd_dtype or torch.promote_types(g2.dtype, torch.float32))
         u, _, vh = torch.linalg.svd(x, full_matrices=False)
         return _canonical_signs(u[:, :mat.rank] if mat.left else vh[:mat.rank, :].T).to(
             g2.dtype)
@@ -213,10 +220,10 @@ def scale_by_galore(rank: int = 128, update_proj_gap: int = 200, scale: float = 
         check_state(owner, state, ScaleByGaloreState)
         spec = _tree.structure(updates)
         flat = _tree.leaves(updates)
-        for name, g in _tree.named_leaves(updates):
+        for i, g in enumerate(flat):
             if g is not None and g.is_complex():
-                raise TypeError(f"{owner} does not support complex updates (leaf {name!r}, "
-                                f"dtype {g.dtype})")
+                raise TypeError(f"{owner} does not support complex updates (leaf "
+                                f"{_leaf_name(updates, i)}, dtype {g.dtype})")
         plan = _plan(dims, updates, rank)
         old = _tree.flatten_like(state.projector, spec, f"{owner} state", "updates")
         matrices = [None if mat is None else mat.of(g) for g, mat in zip(flat, plan)]

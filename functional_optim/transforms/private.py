@@ -15,8 +15,14 @@ import torch
 
 from .. import _random
 from .. import tree as _tree
-from .._execute import cast_hparams, first_device, full
-from ..base import HParamError, Transform, check_hparam, check_state, resolve_hparams
+from .._execute import _leaf_name, cast_hparams, first_device, full
+from ..base import (
+    Transform,
+    TreeMismatchError,
+    check_hparam,
+    check_state,
+    resolve_hparams,
+)
 from .second_order import _check_seed
 
 __all__ = ["DifferentiallyPrivateAggregateState", "differentially_private_aggregate"]
@@ -76,32 +82,32 @@ def differentially_private_aggregate(l2_norm_clip: float = 1.0, noise_multiplier
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, DifferentiallyPrivateAggregateState)
-        named = _tree.named_leaves(updates)
-        present = [(i, name, g) for i, (name, g) in enumerate(named) if g is not None]
+        flat = _tree.leaves(updates)
+        present = [(i, g) for i, g in enumerate(flat) if g is not None]
         if not present:
             return updates, state
         batch = None
-        for _, name, g in present:
+        for i, g in present:
             if g.is_complex():
-                raise TypeError(f"{owner} does not support complex updates (leaf {name!r}, "
-                                f"dtype {g.dtype})")
+                raise TypeError(f"{owner} does not support complex updates (leaf "
+                                f"{_leaf_name(updates, i)}, dtype {g.dtype})")
             if g.ndim == 0 or (batch is not None and g.shape[0] != batch):
-                raise HParamError(
-                    f"{owner}: leaf {name!r} has shape {tuple(g.shape)}: every update leaf must "
-                    f"be per-example gradients with one leading batch axis"
+                raise TreeMismatchError(
+                    f"{owner}: leaf {_leaf_name(updates, i)} has shape {tuple(g.shape)}: every "
+                    "update leaf must hold per-example gradients, with one leading batch axis"
                     + ("" if batch is None else f" of size {batch}"))
             batch = g.shape[0]
-        leaves = [g for _, _, g in present]
-        norms = _per_example_norms(leaves)
-        out: list = [None] * len(named)
-        for i, _, g in present:
+        norms = _per_example_norms([g for _, g in present])
+        out: list = [None] * len(flat)
+        for i, g in present:
             hl = cast_hparams(h, g)
             clip = hl["l2_norm_clip"]
             n = norms.to(device=g.device, dtype=torch.float64)
             factor = torch.where(n > clip, clip / torch.where(n > 0, n, 1.0), 1.0)
             summed = torch.tensordot(factor.to(g.dtype), g, dims=1)
             noise = _random.normal(state.key, i, summed)
-            out[i] = (summed + (clip * hl["noise_multiplier"]) * noise) / batch
+            # (a 0-d leaf is promoted by the 0-d float64 tensor hyperparameters: cast back)
+            out[i] = ((summed + (clip * hl["noise_multiplier"]) * noise) / batch).to(g.dtype)
         return _tree.structure(updates).unflatten(out), DifferentiallyPrivateAggregateState(
             _random.next_key(state.key))
 

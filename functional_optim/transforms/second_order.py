@@ -32,7 +32,7 @@ import torch
 
 from .. import _random
 from .. import tree as _tree
-from .._execute import first_device, lerp, scalar_dtype
+from .._execute import _leaf_name, cast_hparams, first_device, lerp, scalar_dtype
 from ..base import (
     HParamError,
     Transform,
@@ -63,10 +63,10 @@ def hessian_vector_product(params: Any, v: Any, hvp_fn: Any = None, obj_fn: Any 
 
 
 def _real_leaves(owner: str, tree: Any) -> None:
-    for name, x in _tree.named_leaves(tree):
+    for i, x in enumerate(_tree.leaves(tree)):
         if x is not None and x.is_complex():
-            raise TypeError(f"{owner} does not support complex updates (leaf {name!r}, "
-                            f"dtype {x.dtype})")
+            raise TypeError(f"{owner} does not support complex updates (leaf "
+                            f"{_leaf_name(tree, i)}, dtype {x.dtype})")
 
 
 class HutchinsonState(NamedTuple):
@@ -230,11 +230,12 @@ def scale_by_sophia(betas: tuple[float, float] = (0.965, 0.99), eps: float = 1e-
                 out.append(None)
                 new_m.append(m)
                 continue
+            hl = cast_hparams(h, g)
             m = lerp(m, g, 1 - b1)
-            u = (m / (1 - b1 ** t.to(scalar_dtype(g)))) / torch.clamp(h["gamma"] * hess,
-                                                                       min=h["eps"])
+            u = (m / (1 - b1 ** t.to(scalar_dtype(g)))) / torch.clamp(hl["gamma"] * hess,
+                                                                       min=hl["eps"])
             if clip_threshold is not None:
-                u = torch.clamp(u, -h["clip_threshold"], h["clip_threshold"])
+                u = torch.clamp(u, -hl["clip_threshold"], hl["clip_threshold"])
             out.append(u.to(g.dtype))
             new_m.append(m)
 
