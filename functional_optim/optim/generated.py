@@ -98,7 +98,8 @@ class _AliasOptimizer(FunctionalOptimizer):
 def _protocol_step(self, closure=None):
     """One step as the alias's :class:`~functional_optim.registry.DropInProtocol` says;
     returns the closure's loss."""
-    return self._ENTRY.protocol.step(self, closure, lambda **extras: self._update_all(extras))
+    return self._ENTRY.protocol.step(self, closure,
+                                     lambda **extras: self._update_all(extras, defer=True))
 
 
 def drop_in_class(entry: Entry, module: str = "functional_optim.optim") -> type:

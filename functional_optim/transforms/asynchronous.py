@@ -61,13 +61,15 @@ def adopt_clip_value(step: torch.Tensor) -> torch.Tensor:
 
 def _adopt_rule(h, g, t, m, v, *, nesterov, clip_value):
     b1, b2 = h["betas"]
-    first = t == 0
-    u = g / torch.clamp(safe_sqrt(v, nonnegative=True), min=h["eps"])
+    first, dtype = t == 0, g.dtype
+    denominator = torch.clamp(safe_sqrt(v, nonnegative=True), min=h["eps"])
+    v = torch.where(first, torch.square(g), ema_square(v, g, b2))
+    u = g / denominator  # (the last read of g: a fused chain may hand it over to overwrite)
     if clip_value is not None:
         bound = clip_value(t.to(scalar_dtype(g)))
         u = torch.clamp(u, -bound, bound)
+    u = u.to(dtype)  # (a 0-d leaf is promoted by the 0-d float64 eps and bound)
     m = torch.where(first, m, lerp(m, u, 1 - b1))
-    v = torch.where(first, g * g, ema_square(v, g, b2))
     out = torch.where(first, m, lerp(m, u, 1 - b1)) if nesterov else m
     return out, t + 1, m, v
 

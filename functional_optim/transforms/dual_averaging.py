@@ -51,8 +51,8 @@ def _safe_cbrt(x: torch.Tensor) -> torch.Tensor:
 def _madgrad_rule(h, g, t, big_g, s, x0, p):
     eps, momentum = h["eps"], h["momentum"]
     lamb = (h["lr"] + eps) * torch.sqrt(t.to(scalar_dtype(g)) + 1)
-    big_g = big_g + lamb * (g * g)
-    s = s + lamb * g
+    big_g = big_g + lamb * torch.square(g)
+    s = s + lamb * g  # (the last read of g: a fused chain may hand it over to overwrite)
     z = x0 - s / (_safe_cbrt(big_g) + eps)
     return (1 - momentum) * z + momentum * p - p, t + 1, big_g, s, x0
 

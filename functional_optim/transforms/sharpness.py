@@ -212,7 +212,9 @@ def sam(optimizer: Transform, adv_optimizer: Transform, sync_period: int = 2,
             ascent, adv_state = adv_optimizer.update(grads, adv_state, point,
                                                      h["adv_optimizer"], **extra)
             point = apply_updates(point, _negated(ascent))
-            grads = grad_fn(point, i)
+            # (a leaf without an incoming gradient gets none: a frozen parameter stays)
+            grads = optree.tree_map(lambda g, u: None if u is None else g, grad_fn(point, i),
+                                    updates, none_is_leaf=True)
         if reset_state:
             adv_state = adv_optimizer.init(params)
         out, opt_state = optimizer.update(grads, state.opt_state, params, h["optimizer"],
