@@ -18,18 +18,23 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import torch
+
 from .base import Transform
 from .groups import parameter_groups
 
-__all__ = ["Entry", "DropInProtocol", "register", "entry", "names", "get_optimizer",
-           "optimizer_from_config"]
+__all__ = ["Entry", "DropInProtocol", "LOSS_AS_VALUE", "register", "entry", "names",
+           "get_optimizer", "optimizer_from_config"]
 
 
 class DropInProtocol(NamedTuple):
     """How the drop-in class of an alias steps, where the adapter's usual step (run the closure,
     then one update of every param group with the parameters' ``.grad``) does not fit: an
     algorithm that needs more than the gradient (SAM's second pass, Sophia's Hessian-vector
-    product) or other gradients (DP-SGD's per-example ones).
+    product, a loss value: :data:`LOSS_AS_VALUE`) or other gradients (DP-SGD's per-example
+    ones). The one extension mechanism of the generated classes
+    (:mod:`functional_optim.optim.generated`): a new kind of behaviour is a new field here, whose
+    default keeps the usual one (e.g. a ``modes`` field for classes with ``train()``/``eval()``).
 
     Attributes:
         gradient: the attribute of each parameter holding the gradient its updates take
@@ -37,11 +42,38 @@ class DropInProtocol(NamedTuple):
         step: ``step(optimizer, closure, run) -> loss``, the class's ``step(closure=None)``:
             ``run(**extras)`` runs one update of every param group, passing ``extras`` as
             keyword arguments to the alias's ``update`` (computed once for all groups, e.g. a
-            norm over all of them); ``None``: the usual step.
+            norm over all of them; every group's update is computed before any parameter
+            moves); ``None``: the usual step.
+
+    Example: the drop-in class of an alias whose ``update`` reads the loss as ``value=``::
+
+        @register(paper="...", drop_in="PolyakSGD", protocol=LOSS_AS_VALUE)
+        def polyak_sgd(lr=1.0, ...): ...
+
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step(lambda: loss)   # or a closure that computes it
     """
 
     gradient: str = "grad"
     step: Callable | None = None
+
+
+def _loss_as_value(optimizer: Any, closure: Any, run: Callable) -> Any:
+    """A step that runs the closure and passes its loss to every update as ``value=``."""
+    if closure is None:
+        raise RuntimeError(
+            f"{type(optimizer).__name__}.step needs a closure that returns the loss (its update "
+            "reads it as value=): e.g. loss.backward(); opt.step(lambda: loss)")
+    with torch.enable_grad():
+        loss = closure()
+    run(value=loss)
+    return loss
+
+
+LOSS_AS_VALUE = DropInProtocol(step=_loss_as_value)
+"""The protocol of an alias whose ``update`` reads the loss (``value=``): the class's
+``step(closure)`` requires the closure and passes what it returns."""
 
 
 class Entry(NamedTuple):

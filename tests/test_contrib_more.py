@@ -502,3 +502,34 @@ def test_drop_in_state_copies_are_not_graphs():
         for leaf in copied.state_dict()["state"][0].values():
             if isinstance(leaf, torch.Tensor):
                 assert leaf.grad_fn is None and not leaf.requires_grad
+
+
+def loss_scaled_sgd(lr: float = 0.1):
+    """SGD whose step is scaled by the loss (``update(..., value=loss)``)."""
+
+    def update(updates, state, params=None, hparams=None, *, value, **extra):
+        h = fo.base.resolve_hparams({"lr": lr}, hparams, "loss_scaled_sgd hparams")
+        return fo.tree.map(lambda g: -h["lr"] * value * g, updates), state
+
+    return fo.Transform(lambda params: fo.EmptyState(), update, {"lr": lr})
+
+
+def test_loss_as_value_protocol():
+    """``registry.LOSS_AS_VALUE``: ``step(closure)`` passes the closure's loss as ``value=``;
+    without a closure it says what it needs."""
+    entry = fo.registry.Entry("loss_scaled_sgd", loss_scaled_sgd, "a test", "LossScaledSGD",
+                              fo.registry.LOSS_AS_VALUE)
+    cls = fo.optim.generated.drop_in_class(entry, module=__name__)
+    params = _module_params()
+    opt = cls(params, lr=0.1)
+    expected = _params()
+    for _ in range(3):
+        opt.zero_grad()
+        loss = _quartic(params)
+        loss.backward()
+        assert opt.step(lambda loss=loss: loss) is loss
+        value = _quartic(expected)
+        expected = [p - 0.1 * value * g for p, g in zip(expected, _quartic_grads(expected))]
+    _close([[p.detach() for p in params]], [expected], rtol=1e-13)
+    with pytest.raises(RuntimeError, match="closure that returns the loss"):
+        opt.step()

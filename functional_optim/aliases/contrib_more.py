@@ -3,10 +3,10 @@ ACProp, AdEMAMix, simplified AdEMAMix, MADGRAD, Sophia, SAM, GaLore and DP-SGD, 
 of blocks with torch's hyperparameter names and optax's numbers.
 
 Three need more than ``p.grad`` in their drop-in class (a
-:class:`~functional_optim.registry.DropInProtocol`): :class:`~functional_optim.optim.SAM` steps
-twice per ``step(closure)``, :class:`~functional_optim.optim.Sophia` takes its Hessian-vector
+:class:`~functional_optim.registry.DropInProtocol`): ``functional_optim.optim.SAM`` steps
+twice per ``step(closure)``, ``functional_optim.optim.Sophia`` takes its Hessian-vector
 products from the graph of ``loss.backward(create_graph=True)``, and
-:class:`~functional_optim.optim.DPSGD` steps on Opacus's per-example ``p.grad_sample``.
+``functional_optim.optim.DPSGD`` steps on Opacus's per-example ``p.grad_sample``.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def sophia(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.965,
     Hessian-vector product as ``hvp_fn=`` or ``obj_fn=`` (worked example:
     :mod:`functional_optim.transforms.second_order`).
 
-    The drop-in class :class:`functional_optim.optim.Sophia` takes it from the gradients'
+    The drop-in class ``functional_optim.optim.Sophia`` takes it from the gradients'
     graph: call ``loss.backward(create_graph=True)``, then ``step()`` (or
     ``step(closure)`` with that backward in the closure), as Hutchinson-based torch optimizers
     (AdaHessian) do.
@@ -302,7 +302,7 @@ def sam_sgd(lr: float | torch.Tensor = 1e-3, rho: float = 0.05, momentum: float 
     (ASAM with ``adaptive``: :math:`\rho\, p^2 g/(\lVert p g\rVert + \epsilon)`) and SGD's step
     taken from the point before it, with the gradient at the perturbed point.
 
-    The drop-in class :class:`functional_optim.optim.SAM`: ``step(closure)`` runs both passes
+    The drop-in class ``functional_optim.optim.SAM``: ``step(closure)`` runs both passes
     (the ascent with the gradients present, the closure at the perturbed point, then the outer
     step), as davda54/sam's ``SAM.step``; ``step()`` alone runs one pass (davda54's
     ``first_step``, then after the next backward its ``second_step``). The ascent is
@@ -394,7 +394,7 @@ def dpsgd(lr: float | torch.Tensor = 1e-3, l2_norm_clip: float = 1.0,
     every leaf; see :mod:`functional_optim.transforms.private`). A momentum of 0 (the default)
     is optax's ``momentum=None``; optax's momentum ``μ`` is :func:`~functional_optim.trace`'s.
 
-    The drop-in class :class:`functional_optim.optim.DPSGD` steps on each parameter's
+    The drop-in class ``functional_optim.optim.DPSGD`` steps on each parameter's
     ``p.grad_sample`` (Opacus's ``GradSampleModule`` attaches them) and its ``zero_grad``
     clears them.
 

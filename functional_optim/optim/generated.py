@@ -11,13 +11,18 @@
   following the alias's state tree, saved and loaded by ``state_dict``/``load_state_dict``;
 - every execution path of the adapter (fused or blocked steps where the alias has them,
   multi-tensor, per-leaf with ``differentiable=True``, the flat layout) applies;
-- an entry's :class:`~functional_optim.registry.DropInProtocol` (the one extension) gives the
-  class its own ``step(closure=None)``, which calls ``protocol.step(self, closure, run)``
-  (``run(**extras)``: one update of every group with those keyword arguments), and/or another
-  gradient attribute (``p.grad_sample``); ``zero_grad`` then clears that attribute too, and
-  ``use_flat`` is refused (the flat layout gathers ``.grad`` and passes no keyword arguments).
+- an entry's :class:`~functional_optim.registry.DropInProtocol` (the one extension: every
+  behaviour of a class beyond the usual step is a field of it) gives the class its own
+  ``step(closure=None)``, which calls ``protocol.step(self, closure, run)`` (``run(**extras)``:
+  one update of every group with those keyword arguments, each group's update computed before
+  any parameter moves), and/or another gradient attribute (``p.grad_sample``); ``zero_grad``
+  then clears that attribute too, and ``use_flat`` is refused (the flat layout gathers
+  ``.grad`` and passes no keyword arguments). Ready-made:
+  :data:`~functional_optim.registry.LOSS_AS_VALUE`, for an alias whose update reads the loss
+  (``value=``): ``step`` requires the closure and passes its loss. SAM's, Sophia's and
+  DP-SGD's protocols are in :mod:`functional_optim.aliases.contrib_more`.
 
-The classes of :mod:`functional_optim.optim` named by ``register(drop_in=...)`` are made here
+The classes of ``functional_optim.optim`` named by ``register(drop_in=...)`` are made here
 unless written by hand (torch.optim's and HuggingFace's, whose state formats are theirs).
 """
 

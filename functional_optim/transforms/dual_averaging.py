@@ -72,7 +72,9 @@ def scale_by_madgrad(lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-6)
 
     The output is the whole step (the learning rate is inside: put no learning-rate block after
     it). Needs ``params``. A schedule of ``lr`` is :func:`functional_optim.inject_hparams`
-    (optax's schedule is read at the same count).
+    (optax's schedule is read at the same count). :math:`\sqrt{k+1}` is computed in float64
+    (the scalar precision); optax takes it of its int32 count, so in float32 even in float64
+    runs: float64 trajectories agree with optax's to ~1e-8 relative.
 
     Args:
         lr: ``η`` (default 1e-2, the authors').

@@ -4,7 +4,7 @@ r"""Differential privacy: DP-SGD's aggregation of per-example gradients (Abadi e
 The updates this block takes are *per-example* gradients: each leaf has a leading batch axis
 (``torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)`` makes them, as
 Opacus's ``p.grad_sample`` holds them); its output has the parameters' shapes. Put it first in a
-chain. The drop-in class :class:`functional_optim.optim.DPSGD` reads ``p.grad_sample``.
+chain. The drop-in class ``functional_optim.optim.DPSGD`` reads ``p.grad_sample``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ A worked example, with a functional model (:func:`torch.func.functional_call`)::
     updates, state = tx.update(grads, state, params, obj_fn=obj_fn)
     params = fo.apply_updates(params, updates)
 
-(The drop-in class :class:`functional_optim.optim.Sophia` builds ``hvp_fn`` from the graph of
+(The drop-in class ``functional_optim.optim.Sophia`` builds ``hvp_fn`` from the graph of
 ``loss.backward(create_graph=True)``.)
 """
 

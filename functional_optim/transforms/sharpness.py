@@ -31,7 +31,7 @@ gradient at ``params`` for adversarial step ``i`` (``0 ... sync_period - 2``; pi
 
 The adversarial optimizer's output is a *descent* update, negated into the ascent step (as in
 optax: ``chain(normalize(), scale_by_learning_rate(rho))`` gives :math:`+\rho g/\lVert g\rVert`).
-The drop-in class :class:`functional_optim.optim.SAM` (:func:`functional_optim.sam_sgd`) runs the
+The drop-in class ``functional_optim.optim.SAM`` (:func:`functional_optim.sam_sgd`) runs the
 transparent protocol, two passes per ``step(closure)``, as davda54/sam's ``SAM.step``.
 """
 
@@ -83,7 +83,7 @@ def normalize(eps: float = 0.0, *, adaptive: bool = False) -> Transform:
 
     ``update(..., norm=n)`` divides by ``n + ε`` instead of this update's own norm: for a norm
     taken over more leaves than one update sees (the drop-in class
-    :class:`functional_optim.optim.SAM` passes the norm over all its param groups, as
+    ``functional_optim.optim.SAM`` passes the norm over all its param groups, as
     davda54/sam's ``SAM`` takes it).
 
     Args:
