@@ -9,9 +9,11 @@ from . import (  # meta-learning (nothing in the core imports them)
     combinators,
     implicit,
     meta,
+    projections,
     registry,
     schedules,
     tree,
+    tree_math,
 )
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
@@ -171,6 +173,8 @@ __all__ = [
     "sign",
     "trace",
     "tree",
+    "tree_math",
+    "projections",
     "meta",
     "implicit",
     "registry",
@@ -304,4 +308,54 @@ __all__ += [
     "scale_by_madgrad",
     "scale_by_simplified_ademamix",
     "scale_by_sophia",
+]
+
+# optax's vocabulary outside the optimizers: bounds on updates, numerics
+from . import numerics  # noqa: E402
+from .transforms import (  # noqa: E402
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    keep_params_nonnegative,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+)
+
+__all__ += [
+    "numerics",
+    "adaptive_grad_clip",
+    "clip_by_block_rms",
+    "keep_params_nonnegative",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+]
+
+# optax's wrappers and utilities outside the optimizers
+from .combinators import (  # noqa: E402
+    MonitorState,
+    SnapshotState,
+    incremental_update,
+    measure_with_ema,
+    monitor,
+    periodic_update,
+    skip_large_updates,
+    skip_not_finite,
+    snapshot,
+    stateless,
+    stateless_with_tree_map,
+)
+from .numerics import scale_gradient  # noqa: E402
+
+__all__ += [
+    "MonitorState",
+    "SnapshotState",
+    "incremental_update",
+    "measure_with_ema",
+    "monitor",
+    "periodic_update",
+    "skip_large_updates",
+    "skip_not_finite",
+    "snapshot",
+    "stateless",
+    "stateless_with_tree_map",
+    "scale_gradient",
 ]

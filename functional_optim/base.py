@@ -54,11 +54,32 @@ class EmptyState(NamedTuple):
     """The state of a stateless transform."""
 
 
+class _CheckedInit:
+    """``init`` that first checks its argument is a tree of tensors (:func:`tree.check_params`),
+    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead. A class,
+    not a closure: a transform of picklable functions stays picklable."""
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, init: Callable[[Any], Any]):
+        self.__wrapped__ = init
+
+    def __call__(self, params: Any) -> Any:
+        _tree.check_params(params, "init(params)")
+        return self.__wrapped__(params)
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+
 class Transform(NamedTuple):
     """A pure optimizer transform.
 
     Attributes:
-        init: ``init(params) -> state``.
+        init: ``init(params) -> state``; ``params`` is a pytree of tensors (``None`` leaves
+            allowed), anything else (``model.parameters()``, a module, torch.optim param
+            groups) a ``TypeError`` saying what to pass instead. The check wraps the given
+            function when the transform is constructed.
         update: ``update(updates, state, params=None, hparams=None, **extra)
             -> (updates, state)``; never mutates its inputs.
         hparams: the default hyperparameters: a pytree (usually a dict) of numbers or 0-d tensors.
@@ -77,6 +98,24 @@ class Transform(NamedTuple):
     hparams: Any = None
     fused: Callable[..., Any] | None = None
     pointwise: Pointwise | None = None
+
+
+_new_transform = Transform.__new__
+
+
+def _new_checked(cls, init, update, hparams=None, fused=None, pointwise=None):
+    """``Transform(...)`` with ``init`` wrapped in :class:`_CheckedInit` (once).
+
+    Set after the class: a NamedTuple body cannot define ``__new__``, and a subclass would
+    make ``torch.compile`` trace transforms as user-defined tuples (it fails on their fields).
+    ``_replace`` and unpickling keep the wrapped ``init``.
+    """
+    if not isinstance(init, _CheckedInit):
+        init = _CheckedInit(init)
+    return _new_transform(cls, init, update, hparams, fused, pointwise)
+
+
+Transform.__new__ = _new_checked
 
 
 def pointwise_transform(init: Callable[[Any], Any], defaults: Any, spec: Pointwise) -> Transform:
@@ -363,24 +402,22 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
         resolved = resolve_hparams(hparams, hparams_, name, structural)
         return inner.update(updates, state, params, to_inner(resolved), **extra)
 
-    spec = inner.pointwise
-    if spec is not None:
+    inner_spec, spec = inner.pointwise, None
+    if inner_spec is not None:
         def prepare(updates, state, params, hparams_):
-            return spec.prepare(updates, state, params,
-                                to_inner(resolve_hparams(hparams, hparams_, name, structural)))
+            return inner_spec.prepare(
+                updates, state, params,
+                to_inner(resolve_hparams(hparams, hparams_, name, structural)))
 
-        spec = spec._replace(prepare=prepare, parts=())  # (the parts take the inner hparams)
+        spec = inner_spec._replace(prepare=prepare, parts=())  # (the parts take inner hparams)
     return Transform(inner.init, _execute.owning(update, [inner]), hparams, pointwise=spec)
 
 
 def _add(p, u):
     if u is None:
         return p
-    if u.shape != p.shape:
-        raise TreeMismatchError(
-            f"apply_updates: an update of shape {tuple(u.shape)} for a parameter of shape "
-            f"{tuple(p.shape)}"
-        )
+    if u.shape != p.shape:  # (a broadcast would be silent; the caller names the leaf)
+        raise TreeMismatchError("apply_updates: an update of another shape than its parameter")
     return p + u if u.dtype == p.dtype else (p + u).to(p.dtype)  # (one rounding)
 
 
@@ -388,30 +425,26 @@ def apply_updates(params: Any, updates: Any) -> Any:
     """``params + updates`` leaf-wise, in each parameter's dtype; pure.
 
     A ``None`` update leaves its parameter as it is. An update of another dtype (a float32
-    update of a bfloat16 parameter) is added in the wider dtype and the sum rounded once.
+    update of a bfloat16 parameter) is added in the wider dtype and the sum rounded once. An
+    update must have its parameter's shape and device, else :class:`TreeMismatchError` names
+    the leaf.
     """
     try:
         return _tree.map(_add, params, updates)
-    except TreeMismatchError:
-        spec_p, spec_u = _tree.structure(params), _tree.structure(updates)
-        if spec_p == spec_u:
-            raise  # a leaf's shape
-        raise TreeMismatchError(
-            _tree.mismatch_message("params", spec_p, "updates", spec_u)) from None
+    except (TreeMismatchError, RuntimeError):  # name the leaf (torch's error for a device)
+        _tree.check_leaves("apply_updates", updates, params, "params", "parameter",
+                              dtype=False)
+        raise
 
 
 def apply_updates_(params: Any, updates: Any) -> Any:
-    """In-place ``p += u`` under ``torch.no_grad()`` for stateful use; returns ``params``."""
-    spec = _tree.structure(params)
-    flat_u = _tree.flatten_like(updates, spec, "updates", "params")
-    pairs = [(p, u) for p, u in zip(_tree.leaves(params), flat_u)
+    """In-place ``p += u`` under ``torch.no_grad()`` for stateful use; returns ``params``.
+
+    Every leaf is checked (as :func:`apply_updates`) before any parameter changes.
+    """
+    _tree.check_leaves("apply_updates_", updates, params, "params", "parameter", dtype=False)
+    pairs = [(p, u) for p, u in zip(_tree.leaves(params), _tree.leaves(updates))
              if p is not None and u is not None]
-    for p, u in pairs:  # check every leaf before mutating any
-        if u.shape != p.shape:
-            raise TreeMismatchError(
-                f"apply_updates_: an update of shape {tuple(u.shape)} for a parameter "
-                f"of shape {tuple(p.shape)}"
-            )
     with torch.no_grad():
         for p, u in pairs:
             p.add_(u)  # (in the wider dtype, rounded once)

@@ -16,7 +16,7 @@ import torch
 
 from .. import _execute
 from .. import tree as _tree
-from .._execute import _leaf_name, first_device
+from .._execute import first_device
 from ..base import (
     HParamError,
     Transform,
@@ -73,11 +73,11 @@ def _matrix(tree: Any, i: int, x: torch.Tensor, dims: GaLoreDimensionNumbers,
             rank: int) -> _Matrix:
     """Leaf ``i`` of ``tree``, ``x``, as GaLore's matrix (its name is read for errors only)."""
     if x.ndim < 2:
-        raise ValueError(f"scale_by_galore: leaf {_leaf_name(tree, i)} has shape "
+        raise ValueError(f"scale_by_galore: leaf {_tree.leaf_label(tree, i)} has shape "
                          f"{tuple(x.shape)}: GaLore projects tensors of rank >= 2")
     rows, cols = _axes(dims.reduction_axis, x.ndim), _axes(dims.output_axis, x.ndim)
     if set(rows) & set(cols) or len(set(rows) | set(cols)) != x.ndim:
-        raise ValueError(f"scale_by_galore: leaf {_leaf_name(tree, i)} of shape "
+        raise ValueError(f"scale_by_galore: leaf {_tree.leaf_label(tree, i)} of shape "
                          f"{tuple(x.shape)}: the reduction axes {rows} and output axes {cols} "
                          "must be disjoint and name every axis")
     m = n = 1
@@ -223,7 +223,7 @@ def scale_by_galore(rank: int = 128, update_proj_gap: int = 200, scale: float = 
         for i, g in enumerate(flat):
             if g is not None and g.is_complex():
                 raise TypeError(f"{owner} does not support complex updates (leaf "
-                                f"{_leaf_name(updates, i)}, dtype {g.dtype})")
+                                f"{_tree.leaf_label(updates, i)}, dtype {g.dtype})")
         plan = _plan(dims, updates, rank)
         old = _tree.flatten_like(state.projector, spec, f"{owner} state", "updates")
         matrices = [None if mat is None else mat.of(g) for g, mat in zip(flat, plan)]

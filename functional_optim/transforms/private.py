@@ -15,7 +15,7 @@ import torch
 
 from .. import _random
 from .. import tree as _tree
-from .._execute import _leaf_name, cast_hparams, first_device, full
+from .._execute import cast_hparams, first_device, full
 from ..base import (
     Transform,
     TreeMismatchError,
@@ -90,11 +90,12 @@ def differentially_private_aggregate(l2_norm_clip: float = 1.0, noise_multiplier
         for i, g in present:
             if g.is_complex():
                 raise TypeError(f"{owner} does not support complex updates (leaf "
-                                f"{_leaf_name(updates, i)}, dtype {g.dtype})")
+                                f"{_tree.leaf_label(updates, i)}, dtype {g.dtype})")
             if g.ndim == 0 or (batch is not None and g.shape[0] != batch):
                 raise TreeMismatchError(
-                    f"{owner}: leaf {_leaf_name(updates, i)} has shape {tuple(g.shape)}: every "
-                    "update leaf must hold per-example gradients, with one leading batch axis"
+                    f"{owner}: leaf {_tree.leaf_label(updates, i)} has shape "
+                    f"{tuple(g.shape)}: every update leaf must hold per-example gradients, with "
+                    "one leading batch axis"
                     + ("" if batch is None else f" of size {batch}"))
             batch = g.shape[0]
         norms = _per_example_norms([g for _, g in present])

@@ -32,7 +32,7 @@ import torch
 
 from .. import _random
 from .. import tree as _tree
-from .._execute import _leaf_name, cast_hparams, first_device, lerp, scalar_dtype
+from .._execute import cast_hparams, first_device, lerp, scalar_dtype
 from ..base import (
     HParamError,
     Transform,
@@ -66,7 +66,7 @@ def _real_leaves(owner: str, tree: Any) -> None:
     for i, x in enumerate(_tree.leaves(tree)):
         if x is not None and x.is_complex():
             raise TypeError(f"{owner} does not support complex updates (leaf "
-                            f"{_leaf_name(tree, i)}, dtype {x.dtype})")
+                            f"{_tree.leaf_label(tree, i)}, dtype {x.dtype})")
 
 
 class HutchinsonState(NamedTuple):
