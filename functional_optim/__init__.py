@@ -235,6 +235,81 @@ from .transforms import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]
 
+# optax.contrib's other algorithms: ADOPT, ACProp, AdEMAMix, MADGRAD, Sophia, SAM, GaLore, DP-SGD
+from .aliases import (  # noqa: E402
+    acprop,
+    ademamix,
+    adopt,
+    dpsgd,
+    galore_adamw,
+    madgrad,
+    sam_sgd,
+    simplified_ademamix,
+    sophia,
+)
+from .transforms import (  # noqa: E402
+    DifferentiallyPrivateAggregateState,
+    GaLoreDimensionNumbers,
+    HutchinsonState,
+    SamState,
+    ScaleByAcpropState,
+    ScaleByAdemamixState,
+    ScaleByAdoptState,
+    ScaleByGaloreState,
+    ScaleByMadgradState,
+    ScaleBySimplifiedAdemamixState,
+    ScaleBySophiaState,
+    adopt_clip_value,
+    differentially_private_aggregate,
+    hessian_vector_product,
+    hutchinson_estimator_diag_hessian,
+    normalize,
+    sam,
+    scale_by_acprop,
+    scale_by_ademamix,
+    scale_by_adopt,
+    scale_by_galore,
+    scale_by_madgrad,
+    scale_by_simplified_ademamix,
+    scale_by_sophia,
+)
+
+__all__ += [
+    "acprop",
+    "ademamix",
+    "adopt",
+    "dpsgd",
+    "galore_adamw",
+    "madgrad",
+    "sam_sgd",
+    "simplified_ademamix",
+    "sophia",
+    "DifferentiallyPrivateAggregateState",
+    "GaLoreDimensionNumbers",
+    "HutchinsonState",
+    "SamState",
+    "ScaleByAcpropState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
+    "ScaleByGaloreState",
+    "ScaleByMadgradState",
+    "ScaleBySimplifiedAdemamixState",
+    "ScaleBySophiaState",
+    "adopt_clip_value",
+    "differentially_private_aggregate",
+    "hessian_vector_product",
+    "hutchinson_estimator_diag_hessian",
+    "normalize",
+    "sam",
+    "scale_by_acprop",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_galore",
+    "scale_by_madgrad",
+    "scale_by_simplified_ademamix",
+    "scale_by_sophia",
+]
+
 # optax's vocabulary outside the optimizers: bounds on updates, numerics
 from . import numerics  # noqa: E402
 from .transforms import (  # noqa: E402

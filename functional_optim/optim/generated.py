@@ -10,9 +10,19 @@
 - the state of each parameter is the generic adapter's (:class:`FunctionalOptimizer`): a dict
   following the alias's state tree, saved and loaded by ``state_dict``/``load_state_dict``;
 - every execution path of the adapter (fused or blocked steps where the alias has them,
-  multi-tensor, per-leaf with ``differentiable=True``, the flat layout) applies.
+  multi-tensor, per-leaf with ``differentiable=True``, the flat layout) applies;
+- an entry's :class:`~functional_optim.registry.DropInProtocol` (the one extension: every
+  behaviour of a class beyond the usual step is a field of it) gives the class its own
+  ``step(closure=None)``, which calls ``protocol.step(self, closure, run)`` (``run(**extras)``:
+  one update of every group with those keyword arguments, each group's update computed before
+  any parameter moves), and/or another gradient attribute (``p.grad_sample``); ``zero_grad``
+  then clears that attribute too, and ``use_flat`` is refused (the flat layout gathers
+  ``.grad`` and passes no keyword arguments). Ready-made:
+  :data:`~functional_optim.registry.LOSS_AS_VALUE`, for an alias whose update reads the loss
+  (``value=``): ``step`` requires the closure and passes its loss. SAM's, Sophia's and
+  DP-SGD's protocols are in :mod:`functional_optim.aliases.contrib_more`.
 
-The classes of :mod:`functional_optim.optim` named by ``register(drop_in=...)`` are made here
+The classes of ``functional_optim.optim`` named by ``register(drop_in=...)`` are made here
 unless written by hand (torch.optim's and HuggingFace's, whose state formats are theirs).
 """
 
@@ -71,6 +81,31 @@ class _AliasOptimizer(FunctionalOptimizer):
         for k, v in self.defaults.items():  # (an older checkpoint without a structural option)
             group.setdefault(k, v)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; a class whose updates take another gradient attribute
+        (``grad_sample``) sets it to ``None`` too."""
+        super().zero_grad(set_to_none)
+        if self._GRADIENT != "grad":
+            for group in self.param_groups:
+                for p in group["params"]:
+                    setattr(p, self._GRADIENT, None)
+
+    def use_flat(self, *, params: bool = True, compile: bool = False) -> FunctionalOptimizer:
+        if self._ENTRY.protocol is not None:
+            raise TypeError(
+                f"{type(self).__name__}.use_flat: its updates take "
+                + (f"p.{self._GRADIENT}" if self._GRADIENT != "grad" else
+                   "keyword arguments from its step")
+                + ", which the flat layout does not pass; it steps in the usual layout")
+        return super().use_flat(params=params, compile=compile)
+
+
+def _protocol_step(self, closure=None):
+    """One step as the alias's :class:`~functional_optim.registry.DropInProtocol` says;
+    returns the closure's loss."""
+    return self._ENTRY.protocol.step(self, closure,
+                                     lambda **extras: self._update_all(extras, defer=True))
+
 
 def drop_in_class(entry: Entry, module: str = "functional_optim.optim") -> type:
     """The drop-in class of ``entry``, named ``entry.drop_in`` and importable from ``module``
@@ -92,9 +127,13 @@ def drop_in_class(entry: Entry, module: str = "functional_optim.optim") -> type:
            "hyperparameters and structural options alike; the state of a parameter follows "
            "the alias's state tree. See :mod:`functional_optim.optim.generated`.\n\n"
            + inspect.cleandoc(make.__doc__ or ""))
-    cls = type(entry.drop_in, (_AliasOptimizer,), {
-        "_ENTRY": entry, "__doc__": doc, "__module__": module,
-        "__qualname__": entry.drop_in})
+    namespace = {"_ENTRY": entry, "__doc__": doc, "__module__": module,
+                 "__qualname__": entry.drop_in}
+    if entry.protocol is not None:
+        namespace["_GRADIENT"] = entry.protocol.gradient
+        if entry.protocol.step is not None:
+            namespace["step"] = _protocol_step
+    cls = type(entry.drop_in, (_AliasOptimizer,), namespace)
     cls.__init__ = _with_signature(_AliasOptimizer.__init__,
                                    signature.replace(parameters=parameters,
                                                      return_annotation=None))

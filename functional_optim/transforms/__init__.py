@@ -114,6 +114,62 @@ from .sparse import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["scale_by_dense_sparse_adam"]
 
+# optax.contrib's other algorithms: ADOPT, ACProp, AdEMAMix, MADGRAD, Sophia, SAM, GaLore, DP-SGD
+from .asynchronous import (  # noqa: E402
+    ScaleByAcpropState,
+    ScaleByAdoptState,
+    adopt_clip_value,
+    scale_by_acprop,
+    scale_by_adopt,
+)
+from .dual_averaging import ScaleByMadgradState, scale_by_madgrad  # noqa: E402
+from .lowrank import GaLoreDimensionNumbers, ScaleByGaloreState, scale_by_galore  # noqa: E402
+from .momentum_mixtures import (  # noqa: E402
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdemamixState,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
+from .private import (  # noqa: E402
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+)
+from .second_order import (  # noqa: E402
+    HutchinsonState,
+    ScaleBySophiaState,
+    hessian_vector_product,
+    hutchinson_estimator_diag_hessian,
+    scale_by_sophia,
+)
+from .sharpness import SamState, normalize, sam  # noqa: E402
+
+__all__ += [
+    "DifferentiallyPrivateAggregateState",
+    "GaLoreDimensionNumbers",
+    "HutchinsonState",
+    "SamState",
+    "ScaleByAcpropState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
+    "ScaleByGaloreState",
+    "ScaleByMadgradState",
+    "ScaleBySimplifiedAdemamixState",
+    "ScaleBySophiaState",
+    "adopt_clip_value",
+    "differentially_private_aggregate",
+    "hessian_vector_product",
+    "hutchinson_estimator_diag_hessian",
+    "normalize",
+    "sam",
+    "scale_by_acprop",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_galore",
+    "scale_by_madgrad",
+    "scale_by_simplified_ademamix",
+    "scale_by_sophia",
+]
+
 # optax's vocabulary outside the optimizers: bounds on updates (block RMS, adaptive gradient
 # clipping, per-example clipping, non-negative parameters)
 from .bounding import (  # noqa: E402
