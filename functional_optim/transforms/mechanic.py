@@ -1,8 +1,8 @@
 r"""Mechanic: a learned scale for any optimizer's updates (Cutkosky, Defazio & Mehta, 2023,
 *Mechanic: A Learning Rate Tuner*), as optax's ``contrib.mechanize`` computes it.
 
-Its scalars and its ``num_betas`` vectors are global, of the scalar dtype, on the parameters'
-device (the policy of :mod:`functional_optim.transforms.parameter_free`).
+Its scalars (``num_betas`` of each of its four sums) are global 0-d tensors of the scalar dtype,
+on the parameters' device (the policy of :mod:`functional_optim.transforms.parameter_free`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ class MechanicState(NamedTuple):
 
     Attributes:
         step: updates so far (0-d int64, global).
-        r: the rewards :math:`r` per :math:`\\beta` (a vector of ``num_betas``, scalar dtype).
-        m: the running maxima :math:`m` per :math:`\\beta`.
-        v: the running sums of squares :math:`v` per :math:`\\beta`.
-        s: the scales :math:`s` per :math:`\\beta`.
+        r: the rewards :math:`r`, one per :math:`\\beta` (a tuple of ``num_betas`` global
+            scalars).
+        m: the running maxima :math:`m`, one per :math:`\\beta`.
+        v: the running sums of squares :math:`v`, one per :math:`\\beta`.
+        s: the scales :math:`s`, one per :math:`\\beta`.
         x0: the reference point :math:`x_0` (the parameters at the first update).
         base: the base optimizer's state.
     """
@@ -77,9 +78,8 @@ def mechanize(base: Transform, weight_decay: float = 1e-2, eps: float = 1e-8,
     (vectors over :math:`j`), with :math:`s_0 = s_{init}` and :math:`x_0` the parameters at the
     first update (a model loaded after ``init`` is taken as it is then). ``base`` gets the raw
     gradients (and the update's keyword arguments). The output is the whole step. Needs
-    ``params``; the vectors and scalars are global, of the scalar dtype, on the parameters'
-    device (see the module's policy). The hparams are ``{"weight_decay", "eps", "s_init",
-    "base": base.hparams}``.
+    ``params``; the scalars are global (see the module's policy). The hparams are
+    ``{"weight_decay", "eps", "s_init", "base": base.hparams}``.
 
     Args:
         base: the optimizer whose updates are scaled (with a learning rate around 1).
@@ -99,11 +99,11 @@ def mechanize(base: Transform, weight_decay: float = 1e-2, eps: float = 1e-8,
                 "base": base.hparams}
 
     def init(params):
-        def vector(value=0.0):
-            return global_scalar(params, value).expand(num_betas).clone()
+        def scalars(value=0.0):
+            return tuple(global_scalar(params, value) for _ in range(num_betas))
 
-        return MechanicState(global_scalar(params, 0).long(), vector(), vector(), vector(),
-                             vector(initial(s_init)), _clone(params), base.init(params))
+        return MechanicState(global_scalar(params, 0).long(), scalars(), scalars(), scalars(),
+                             scalars(initial(s_init)), _clone(params), base.init(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
@@ -111,11 +111,11 @@ def mechanize(base: Transform, weight_decay: float = 1e-2, eps: float = 1e-8,
         if missing_params(owner, updates, params, "it steps from x_0"):
             return updates, state
         base_u, base_state = base.update(updates, state.base, params, h["base"], **extra)
-        like = state.s
-        hs = cast_hparams({k: h[k] for k in ("weight_decay", "eps", "s_init")}, like)
+        r, m, v, s = (torch.stack(x) for x in (state.r, state.m, state.v, state.s))
+        hs = cast_hparams({k: h[k] for k in ("weight_decay", "eps", "s_init")}, s)
         eps = hs["eps"]
         first = state.step == 0
-        s = torch.where(first, hs["s_init"], state.s)
+        s = torch.where(first, hs["s_init"], s)
         s_sum = s.sum()
         shift = s_sum + eps
         if is_off(h["weight_decay"]):
@@ -132,15 +132,16 @@ def mechanize(base: Transform, weight_decay: float = 1e-2, eps: float = 1e-8,
             return decayed * ((torch.where(first, p, x0) - p) / shift)
 
         h_t = global_sum(owner, s_sum, inner, updates, updates, params, state.x0)
-        betas = 1 - 0.1 ** torch.arange(1, num_betas + 1, dtype=like.dtype, device=like.device)
-        m = torch.maximum(betas * state.m, torch.abs(h_t) + eps)
-        v = betas ** 2 * state.v + h_t ** 2
-        r = betas * state.r + torch.clamp(h_t, -state.m, state.m) * s
+        betas = 1 - 0.1 ** torch.arange(1, num_betas + 1, dtype=s.dtype, device=s.device)
+        r = betas * r + torch.clamp(h_t, -m, m) * s
+        m = torch.maximum(betas * m, torch.abs(h_t) + eps)
+        v = betas ** 2 * v + h_t ** 2
         wealth = (hs["s_init"] / num_betas) * m + torch.clamp(r, min=0.0)
         s = wealth / (safe_sqrt(v, nonnegative=True) + eps)
         out, x0 = elementwise(functools.partial(_mechanic_rule, first=first),
                               {"shift": shift, "scale": s.sum()}, base_u, (state.x0,),
                               (params,), name=owner, input_names=("params",))
-        return out, MechanicState(state.step + 1, r, m, v, s, x0, base_state)
+        return out, MechanicState(state.step + 1, *(tuple(x.unbind()) for x in (r, m, v, s)),
+                                  x0, base_state)
 
     return Transform(init, _execute.owning(update, [base]), defaults)

@@ -426,14 +426,15 @@ class ScaleByCocobState(NamedTuple):
 
 
 def _cocob_rule(h, g, c, big_m, big_g, r, x0, p):
-    big_m = torch.maximum(big_m, torch.abs(g))
-    scale = torch.clamp(big_m, min=h["eps"]) if isinstance(h["eps"], Number) else \
-        torch.maximum(big_m, h["eps"] + torch.zeros_like(big_m))
-    big_g = big_g + torch.abs(g)
-    r = torch.clamp(r - g * (p - x0), min=0.0)
     c = c - g
+    r = torch.clamp(r - (p - x0) * g, min=0.0)
+    abs_g = torch.abs(g)  # (the last read of g, which a fused chain may hand over to reuse)
+    big_m = torch.maximum(big_m, abs_g)
+    big_g = big_g + abs_g
+    scale = torch.clamp(big_m, min=h["eps"]) if isinstance(h["eps"], Number) else \
+        at_least(big_m, h["eps"])
     bet = c / (scale * torch.maximum(big_g + scale, h["alpha"] * scale))
-    return -p + (x0 + bet * (scale + r)), c, big_m, big_g, r
+    return (x0 - p) + bet * (scale + r), c, big_m, big_g, r
 
 
 def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8) -> Transform:
@@ -443,7 +444,7 @@ def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8) -> Transform:
     .. math::
         L_t = \max(\epsilon, |g_1|, \dots, |g_t|), \qquad G_t = G_{t-1} + |g_t|, \qquad
         R_t = \max(R_{t-1} - g_t (x_t - x_0), 0), \qquad C_t = C_{t-1} - g_t, \\
-        u_t = x_0 + \frac{C_t}{L_t \max(G_t + L_t, \alpha L_t)}\,(L_t + R_t) - x_t
+        u_t = (x_0 - x_t) + \frac{C_t}{L_t \max(G_t + L_t, \alpha L_t)}\,(L_t + R_t)
 
     The output moves the parameters to the new bet (a whole step: no learning-rate block after
     it; :func:`functional_optim.cocob` scales the gradients by ``lr`` before it). Needs
