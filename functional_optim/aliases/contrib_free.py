@@ -5,8 +5,8 @@ COCOB, MoMo, MoMo-Adam, and Mechanic over Adam.
 Each is a chain of the blocks of :mod:`functional_optim.transforms.parameter_free`,
 :mod:`~functional_optim.transforms.distance_over_gradients`,
 :mod:`~functional_optim.transforms.momo`, :mod:`~functional_optim.transforms.mechanic` and
-:mod:`~functional_optim.transforms.schedule_free`. Optax's names map onto them as the compat
-layer (``functional_optim.compat.optax``) lists; the keyword differences are torch's names
+:mod:`~functional_optim.transforms.schedule_free_learning`. Optax's names map onto them as the
+compat layer (``functional_optim.compat.optax``) lists; the keyword differences are torch's names
 (``lr`` for ``learning_rate``, ``betas`` for ``(b1, b2)``, ``d0`` for ``estim_lr0``,
 ``momentum`` for schedule-free SGD's ``b1``) and ``weight_decay=0`` for optax's ``None``.
 """
@@ -30,7 +30,7 @@ from ..transforms.distance_over_gradients import scale_by_dog, scale_by_dowg
 from ..transforms.mechanic import mechanize
 from ..transforms.momo import scale_by_momo, scale_by_momo_adam
 from ..transforms.parameter_free import scale_by_cocob, scale_by_dadapt_adamw, scale_by_prodigy
-from ..transforms.schedule_free import (
+from ..transforms.schedule_free_learning import (
     schedule_free,
     schedule_free_eval_params,
     schedule_free_train_params,
@@ -96,7 +96,7 @@ def schedule_free_sgd(lr: float | torch.Tensor = 1.0, momentum: float = 0.9,
                       weight_lr_power: float = 2.0, *,
                       state_dtype: torch.dtype | None = None) -> Transform:
     r"""Schedule-free SGD (Defazio et al., 2024), as optax's ``contrib.schedule_free_sgd``:
-    :func:`~functional_optim.transforms.schedule_free.schedule_free` around SGD.
+    :func:`~functional_optim.transforms.schedule_free_learning.schedule_free` around SGD.
 
     Chain: ``schedule_free(add_decayed_weights → scale_by_learning_rate)``; the decay is
     coupled (added to the gradient at :math:`y`, then scaled by the learning rate, as torch
@@ -131,8 +131,8 @@ def schedule_free_adamw(lr: float | torch.Tensor = 0.0025,
                         state_dtype: torch.dtype | None = None) -> Transform:
     r"""Schedule-free AdamW (Defazio et al., 2024), as optax's
     ``contrib.schedule_free_adamw``:
-    :func:`~functional_optim.transforms.schedule_free.schedule_free` around Adam without its
-    first moment.
+    :func:`~functional_optim.transforms.schedule_free_learning.schedule_free` around Adam
+    without its first moment.
 
     Chain: ``schedule_free(scale_by_rms(β2, ε, bias_correction=True) → add_decayed_weights →
     scale_by_learning_rate)``: :math:`u = -\gamma\,(g / (\sqrt{v / (1-\beta_2^t)} + \epsilon)

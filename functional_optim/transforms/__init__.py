@@ -216,7 +216,7 @@ from .parameter_free import (  # noqa: E402
     scale_by_dadapt_adamw,
     scale_by_prodigy,
 )
-from .schedule_free import (  # noqa: E402
+from .schedule_free_learning import (  # noqa: E402
     ScheduleFreeState,
     schedule_free,
     schedule_free_eval_params,

@@ -1,5 +1,6 @@
-r"""Parameter-free building blocks (optax.contrib's): Prodigy, D-Adaptation AdamW, DoG, DoWG,
-layer-wise DoG and COCOB. Each estimates its own step size (a distance to the solution, a
+r"""Parameter-free building blocks (optax.contrib's): Prodigy, D-Adaptation AdamW and COCOB
+(DoG, DoWG and layer-wise DoG are in :mod:`~functional_optim.transforms.distance_over_gradients`),
+and what the family shares. Each estimates its own step size (a distance to the solution, a
 betting wealth) from the gradients, and gives optax's numbers.
 
 *Global scalars.* Prodigy's and D-Adaptation's :math:`d`, DoG's and DoWG's distances and
@@ -398,8 +399,6 @@ def scale_by_dadapt_adamw(lr: Any = 1.0, betas: tuple[float, float] = (0.9, 0.99
                                             numerator, m, v, s)
 
     return Transform(init, update, defaults)
-
-
 
 
 # --------------------------------------------------------------------------------------------
