@@ -13,7 +13,6 @@ closure, checkpoints) is tested at the end.
 
 from __future__ import annotations
 
-import copy
 import math
 import pickle
 
@@ -599,21 +598,21 @@ def test_momo_class_takes_the_loss_from_the_closure():
         opt.step()
 
 
-def test_adapter_takes_the_initial_state_without_autograd_history():
-    """A state leaf ``init`` clones from a parameter (x_0) and ``update`` keeps as it is holds
-    no autograd graph: the optimizer deep-copies (it failed: the clone of an
-    ``nn.Parameter`` made under grad mode is a non-leaf tensor)."""
-
-    def init(params):
-        return {"x0": fo.tree.map(torch.clone, params)}
-
-    def update(updates, state, params=None, hparams=None):
-        return fo.tree.map(lambda g, x0, p: -0.1 * g + 0.01 * (x0 - p), updates, state["x0"],
-                           params), state
-
-    p = torch.nn.Parameter(torch.randn(3, dtype=F64))
-    opt = fo_optim.FunctionalOptimizer([p], fo.Transform(init, update, {}))
-    p.grad = torch.ones_like(p)
-    opt.step()
-    assert opt.state[p]["x0"].grad_fn is None
-    copy.deepcopy(opt)
+def test_schedule_free_class_swaps_in_the_flat_layout():
+    """The modes need no step of their own: the flat layout stays open to the schedule-free
+    classes (equal steps and swaps), and is refused to MoMo's (its step passes the loss)."""
+    runs = []
+    for flat in (False, True):
+        params = _module_params(2)
+        opt = fo_optim.ScheduleFreeSGD(list(params.values()), lr=0.1, weight_decay=0.01)
+        if flat:
+            opt.use_flat()
+        _class_steps(opt, params, 2, 0, 5)
+        y = _values(params)
+        opt.eval()
+        runs.append((y, _values(params)))
+    (y, x), (y_flat, x_flat) = runs
+    _close(y_flat, y, "flat y", 1e-12)
+    _close(x_flat, x, "flat x", 1e-12)
+    with pytest.raises(TypeError, match="keyword arguments"):
+        fo_optim.Momo(list(_module_params(0).values())).use_flat()
