@@ -16,8 +16,8 @@
   ``step(closure=None)``, which calls ``protocol.step(self, closure, run)`` (``run(**extras)``:
   one update of every group with those keyword arguments, each group's update computed before
   any parameter moves), and/or another gradient attribute (``p.grad_sample``); ``zero_grad``
-  then clears that attribute too, and ``use_flat`` is refused (the flat layout gathers
-  ``.grad`` and passes no keyword arguments). Ready-made:
+  then clears that attribute too, and ``use_flat`` is refused to such a class (the flat
+  layout gathers ``.grad`` and passes no keyword arguments). Ready-made:
   :data:`~functional_optim.registry.LOSS_AS_VALUE`, for an alias whose update reads the loss
   (``value=``): ``step`` requires the closure and passes its loss. SAM's, Sophia's and
   DP-SGD's protocols are in :mod:`functional_optim.aliases.contrib_more`;
