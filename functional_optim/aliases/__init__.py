@@ -17,9 +17,21 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import basic, classic, contrib_more, huggingface, special
+from . import basic, classic, contrib_free, contrib_more, huggingface, special
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
+from .contrib_free import (
+    cocob,
+    dadapt_adamw,
+    dog,
+    dowg,
+    mechanic_adam,
+    momo,
+    momo_adam,
+    prodigy,
+    schedule_free_adamw,
+    schedule_free_sgd,
+)
 from .contrib_more import (
     acprop,
     ademamix,
@@ -39,4 +51,5 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
            "classic", "special", "huggingface", "adopt", "acprop", "ademamix",
            "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
-           "contrib_more"]
+           "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
+           "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam"]

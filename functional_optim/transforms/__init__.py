@@ -191,3 +191,59 @@ __all__ += [
     "unitwise_clip",
     "unitwise_norm",
 ]
+
+# optax.contrib's parameter-free and schedule-free blocks
+from .distance_over_gradients import (  # noqa: E402
+    ScaleByDistanceOverGradientsState,
+    ScaleByDogState,
+    ScaleByDowgState,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
+from .mechanic import MechanicState, mechanize  # noqa: E402
+from .momo import (  # noqa: E402
+    ScaleByMomoAdamState,
+    ScaleByMomoState,
+    scale_by_momo,
+    scale_by_momo_adam,
+)
+from .parameter_free import (  # noqa: E402
+    ScaleByCocobState,
+    ScaleByDadaptAdamwState,
+    ScaleByProdigyState,
+    scale_by_cocob,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
+from .schedule_free_learning import (  # noqa: E402
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
+    schedule_free_train_params,
+)
+
+__all__ += [
+    "MechanicState",
+    "ScaleByCocobState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDistanceOverGradientsState",
+    "ScaleByDogState",
+    "ScaleByDowgState",
+    "ScaleByMomoAdamState",
+    "ScaleByMomoState",
+    "ScaleByProdigyState",
+    "ScheduleFreeState",
+    "mechanize",
+    "scale_by_cocob",
+    "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
+    "scale_by_momo",
+    "scale_by_momo_adam",
+    "scale_by_prodigy",
+    "schedule_free",
+    "schedule_free_eval_params",
+    "schedule_free_train_params",
+]
