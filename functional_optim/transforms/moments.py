@@ -293,13 +293,16 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False,
         \text{ or } \frac{g_t}{\sqrt{v_t} + \epsilon}
 
     with :math:`\bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t`, as torch.optim.RMSprop computes
-    it (``ε`` outside the root; complex parameters as pairs of reals).
+    it (``ε`` outside the root; complex parameters as pairs of reals). With ``bias_correction``
+    (optax's option) the means are divided by :math:`1 - \alpha^t` first:
+    :math:`u_t = g_t / (\sqrt{v_t / (1-\alpha^t)} + \epsilon)`, Adam without its first moment
+    (schedule-free AdamW's preconditioner).
 
     optax's ``scale_by_rms``/``scale_by_stddev`` (its ``rmsprop``) are the same block with
-    three structural options: ``eps_in_sqrt`` puts ``ε`` inside the root (optax's default),
-    :math:`u_t = g_t / \sqrt{v_t - \bar g_t^2 + \epsilon}`; ``bias_correction`` divides
-    :math:`v_t` and :math:`\bar g_t` by :math:`1-\alpha^t` before use (LaProp; Ziyin et al.,
-    2021); ``initial_scale`` is :math:`v_0` (TF1's RMSprop starts at 1; :math:`\bar g_0 = 0`).
+    two more structural options: ``eps_in_sqrt`` puts ``ε`` inside the root (optax's default),
+    :math:`u_t = g_t / \sqrt{v_t - \bar g_t^2 + \epsilon}` (the corrected means with
+    ``bias_correction``); ``initial_scale`` is :math:`v_0` (TF1's RMSprop starts at 1;
+    :math:`\bar g_0 = 0`).
     The root is safe at zero (finite meta-gradients; a negative centered estimate counts as 0).
 
     Args:
