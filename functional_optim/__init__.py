@@ -432,3 +432,17 @@ __all__ += [
     "schedule_free_eval_params",
     "schedule_free_train_params",
 ]
+
+# optax's variants of torch's names (optax_nadam, ...)
+from .aliases import (  # noqa: E402
+    optax_adafactor,
+    optax_adagrad,
+    optax_amsgrad,
+    optax_nadam,
+    optax_radam,
+    optax_rmsprop,
+    optax_rprop,
+)
+
+__all__ += ["optax_adafactor", "optax_adagrad", "optax_amsgrad", "optax_nadam", "optax_radam",
+            "optax_rmsprop", "optax_rprop"]

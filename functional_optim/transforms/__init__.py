@@ -6,14 +6,12 @@ from .adaptive import (
     ScaleByAsgdState,
     ScaleByNadamState,
     ScaleByRadamState,
-    ScaleByRpropState,
     ScaleByRssState,
     scale_by_adadelta,
     scale_by_adamax,
     scale_by_asgd,
     scale_by_nadam,
     scale_by_radam,
-    scale_by_rprop,
     scale_by_rss,
 )
 from .basic import (
@@ -30,6 +28,7 @@ from .moments import (
     ScaleByAdamState,
     ScaleByRmsState,
     TraceState,
+    corrected_first_moment,
     scale_by_adam,
     scale_by_rms,
     trace,
@@ -42,6 +41,7 @@ from .plateau import (
     reduce_on_plateau,
     scale_by_greedy_lr,
 )
+from .rprop import ScaleByRpropState, scale_by_rprop
 
 __all__ = [
     "ScaleByAdadeltaState",
@@ -72,6 +72,7 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_norm",
+    "corrected_first_moment",
     "identity",
     "scale",
     "scale_by_adam",
