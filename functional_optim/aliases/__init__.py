@@ -54,6 +54,19 @@ from .optax_variants import (
     optax_rprop,
 )
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
+from .tricks import (
+    adam_mini,
+    adamc,
+    adamw_ema,
+    asam_sgd,
+    cautious_adamw,
+    laprop,
+    mars_adamw,
+    msam_sgd,
+    muon_adamw,
+    muon_labels,
+    orthograd_adamw,
+)
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
@@ -63,4 +76,6 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
            "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
-           "optax_radam", "optax_rprop", "optax_adafactor"]
+           "optax_radam", "optax_rprop", "optax_adafactor", "tricks", "cautious_adamw",
+           "laprop", "mars_adamw", "adam_mini", "adamc", "orthograd_adamw", "muon_adamw",
+           "muon_labels", "adamw_ema", "asam_sgd", "msam_sgd"]
