@@ -46,7 +46,7 @@ def _laprop_rule(h, g, t, m, v):
     tf = t.to(scalar_dtype(g))
     v = ema_square(v, g, b2)
     normalized = g / (safe_sqrt(v / (1 - b2**tf), nonnegative=True) + h["eps"])
-    m = lerp(m, normalized, 1 - b1)
+    m = lerp(m, normalized.to(m.dtype), 1 - b1)  # (a 0-d leaf: its coefficients promote it)
     return (m / (1 - b1**tf), t, m, v)
 
 
@@ -149,9 +149,9 @@ def scale_by_adam_mini(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1
         t = t + 1
         tf = t.to(scalar_dtype(g))
         m = lerp(m, g, 1 - b1)
-        v = v * b2 + (1 - b2) * _mean_square(g)
+        v = (v * b2 + (1 - b2) * _mean_square(g)).to(v.dtype)  # (0-d: not promoted by b2)
         denom = safe_sqrt(v / (1 - b2**tf), nonnegative=True) + hh["eps"]
-        return (m / (1 - b1**tf)) / denom, t, m, v
+        return ((m / (1 - b1**tf)) / denom).to(g.dtype), t, m, v
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")

@@ -311,7 +311,10 @@ def momentum_sam(optimizer: Transform, rho: float = 0.3, eps: float = 1e-12) -> 
         norm = _tree.global_norm(step)
         denom = norm + h["eps"] if not _execute.is_off(h["eps"]) else norm
         scale = torch.where(denom > 0, h["rho"] / torch.where(denom > 0, denom, 1.0), 0.0)
-        perturbation = _tree.map(lambda s: s * scale.to(s.dtype), step)
+        # (a leaf without a gradient is not moved: its perturbation stays)
+        perturbation = optree.tree_map(
+            lambda s, old: old if s is None else s * scale.to(s.dtype), step,
+            state.perturbation, none_is_leaf=True)
         out = _tree.map(lambda s, old, new: s - old + new, step, state.perturbation,
                         perturbation)
         return out, MomentumSamState(opt_state, perturbation)

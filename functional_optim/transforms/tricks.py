@@ -137,7 +137,9 @@ def orthograd() -> Transform:
         g_\perp = g - \frac{\langle p, g\rangle}{\langle p, p\rangle + \epsilon}\, p, \qquad
         g \mapsto g_\perp \frac{\lVert g\rVert}{\lVert g_\perp\rVert + \epsilon}
 
-    with :math:`\epsilon = 10^{-30}` (the reference's). Put it first in a chain:
+    with :math:`\epsilon = 10^{-30}` (the reference's). A one-element leaf keeps its gradient
+    (the formula's exact value there; in floating point the reference returns rounding noise
+    rescaled to :math:`\lVert g\rVert`). Put it first in a chain:
     ``chain(orthograd(), ...)`` (:func:`~functional_optim.orthograd_adamw`). Stateless; needs
     ``params``; real only.
     """
@@ -146,9 +148,12 @@ def orthograd() -> Transform:
     def update(updates, state, params=None, hparams=None, **extra):
         if missing_params(owner, updates, params):
             return updates, state
-        (out,) = elementwise(_orthograd_rule, {}, updates, inputs=(params,), name=owner,
+        # (a one-element leaf has no orthogonal direction: its own gradient, as the exact
+        # formula gives, where rounding would give noise scaled up to the gradient's norm)
+        several = _tree.map(lambda g: g if g.numel() > 1 else None, updates)
+        (out,) = elementwise(_orthograd_rule, {}, several, inputs=(params,), name=owner,
                              real_only=True, input_names=("params",))
-        return out, state
+        return _tree.map(lambda g, o: g if o is None else o, updates, out), state
 
     return Transform(_empty_init, update, {})
 
