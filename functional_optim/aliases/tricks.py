@@ -4,7 +4,7 @@ an EMA of the parameters, and the two-gradient SAM family's ASAM and Momentum-SA
 
 Each is a short chain of the blocks of :mod:`functional_optim.transforms.tricks`,
 :mod:`~functional_optim.transforms.adam_variants`, :mod:`~functional_optim.transforms.orthogonal`,
-:mod:`~functional_optim.transforms.sharpness` and :mod:`functional_optim.combinators.tricks`,
+:mod:`~functional_optim.transforms.sharpness` and :mod:`functional_optim.combinators`,
 with torch's hyperparameter names. Where the drop-in class needs more than the usual step
 (:class:`~functional_optim.registry.DropInProtocol`): ``ASAM`` steps twice per
 ``step(closure)`` as ``SAM`` does; ``MSAM`` and ``AdamWEMA`` have ``eval()`` / ``train()``,
@@ -268,7 +268,7 @@ def muon_adamw(lr: float | torch.Tensor = 0.02, momentum: float = 0.95,
         adamw_weight_decay: AdamW's decoupled ``λ`` (default 0).
         nesterov: Nesterov momentum (structural; default True).
         ns_coefficients: Newton-Schulz coefficients: ``(a, b, c)``, one per iteration, or a
-            name of :data:`~functional_optim.transforms.NS_COEFFICIENTS`.
+            name of ``functional_optim.transforms.NS_COEFFICIENTS``.
         eps: ``ε`` of the Newton-Schulz normalization (default 1e-7).
         ns_steps: Newton-Schulz iterations (structural; default 5).
         adjust_lr_fn: Muon's learning-rate adjustment (structural; see

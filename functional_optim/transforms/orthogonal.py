@@ -55,7 +55,7 @@ def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS
     which pushes every singular value of :math:`G` towards 1 (to roughly ``U S' V^T`` with
     :math:`S'_{ii} \in [0.5, 1.5]`, not exactly ``U V^T``: the coefficients maximize the slope
     at zero). ``coefficients`` is one ``(a, b, c)`` or a sequence of ``steps`` of them, one per
-    iteration (:data:`NS_COEFFICIENTS` names some). Pure; ``dtype`` is the precision of the
+    iteration (``NS_COEFFICIENTS`` names some). Pure; ``dtype`` is the precision of the
     iteration (bfloat16, as torch.optim.Muon; ``None``: the input's dtype); the result is
     returned in that precision.
     """
@@ -106,7 +106,7 @@ def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None) -> float:
 
 def resolve_ns_coefficients(ns_coefficients: Any) -> tuple:
     """``ns_coefficients`` as a tuple (of tuples, per iteration): a name of
-    :data:`NS_COEFFICIENTS` looked up, lists made tuples."""
+    ``NS_COEFFICIENTS`` looked up, lists made tuples."""
     if isinstance(ns_coefficients, str):
         if ns_coefficients not in NS_COEFFICIENTS:
             raise HParamError(f"ns_coefficients: unknown name {ns_coefficients!r}; known: "
@@ -191,7 +191,7 @@ def scale_by_newton_schulz(ns_coefficients: tuple[float, float, float] = MUON_NS
 
     Args:
         ns_coefficients: ``(a, b, c)``, one per iteration, or a name of
-            :data:`NS_COEFFICIENTS` (hparams; default Muon's quintic coefficients).
+            ``NS_COEFFICIENTS`` (hparams; default Muon's quintic coefficients).
         ns_steps: iterations (static int, < 100; default 5).
         eps: ``ε`` in the normalization (default 1e-7).
         ns_dtype: precision of the iteration (static; default bfloat16 as torch.optim.Muon;
@@ -257,7 +257,7 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
         momentum: ``μ`` (default 0.95).
         nesterov: Nesterov momentum (static; default True).
         ns_coefficients: ``(a, b, c)``, one per iteration, or a name of
-            :data:`NS_COEFFICIENTS`.
+            ``NS_COEFFICIENTS``.
         eps: ``ε`` of the Newton-Schulz normalization (default 1e-7).
         ns_steps: Newton-Schulz iterations (static; default 5).
         adjust_lr_fn: ``None``, ``"original"``, ``"match_rms_adamw"``, ``"spectral"`` or

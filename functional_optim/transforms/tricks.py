@@ -4,9 +4,8 @@ cautious weight decay (Chen et al., 2025), MARS's variance-reduced gradients (Yu
 
 Each is a block (or, :func:`cautious`, a wrapper of a block) with live hyperparameters, written
 once as math on tensors and run per leaf or over tensor lists by
-:func:`functional_optim._execute.elementwise`. Per-leaf reductions (a mask's mean, a norm, a
-dot product) are completed across the shards of a DTensor leaf (:func:`~functional_optim.
-_execute.full`).
+the library's one execution mechanism. Per-leaf reductions (a mask's mean, a norm, a dot
+product) are completed across the shards of a DTensor leaf.
 """
 
 from __future__ import annotations
