@@ -436,3 +436,26 @@ def test_msam_sgd_and_drop_in_swap():
     assert state, "MSAM keeps its perturbation in the state"
     opt.train()
     _close([[p.detach() for p in params]], [held], rtol=1e-14)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("CautiousAdamW", dict(lr=0.02, weight_decay=0.1, cautious_weight_decay=True)),
+    ("LaProp", dict(lr=0.01, weight_decay=0.1)), ("MARSAdamW", dict(weight_decay=0.1)),
+    ("AdamMini", {}), ("AdamC", dict(max_lr=0.002)), ("OrthoAdamW", {}),
+    ("MuonAdamW", dict(ns_dtype=None, weight_decay=0.1)), ("AdamWEMA", {}), ("MSAM", {}),
+])
+def test_drop_in_paths_agree(name, kwargs):
+    """The adapter's paths (its fused step where there is one, multi-tensor, per leaf) give one
+    trajectory."""
+    shapes = SHAPES + [(1,), ()]
+    runs = []
+    for foreach in (None, True, False):
+        params = [torch.nn.Parameter(p) for p in _params(shapes)]
+        opt = getattr(fo_optim, name)(params, foreach=foreach, **kwargs)
+        grads = _grad_fn()
+        for t in range(4):
+            for p, g in zip(params, grads([p.detach() for p in params], t)):
+                p.grad = g
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    _close([runs[1], runs[2]], [runs[0], runs[0]], rtol=1e-12)
