@@ -171,14 +171,26 @@ def _orthogonalize_tree(owner: str, updates: Any, h: dict, ns_steps: int,
 
     def one(g):
         hh = cast_hparams(h, g)
-        matrix = g.reshape(g.shape[0], -1) if flatten and g.ndim > 2 else g
+        layout = _tree.layout(g)
+        full = g if layout is None else g.full_tensor()  # (the one all-gather of a DTensor)
+        matrix = full.reshape(full.shape[0], -1) if flatten and full.ndim > 2 else full
         out = orthogonalize_via_newton_schulz(matrix, tuple(hh["ns_coefficients"]), ns_steps,
                                               hh["eps"], ns_dtype).to(g.dtype)
         if scale_lr:
             out = out * _lr_ratio(matrix.shape, adjust_lr_fn)
-        return placed_like(out.reshape(g.shape), g)
+        out = out.reshape(full.shape)
+        if layout is not None:  # every rank holds the result: keep its own shard (no traffic)
+            mesh = layout[0]
+            out = type(g).from_local(out, mesh, [_replicate()] * mesh.ndim, run_check=False)
+        return placed_like(out, g)
 
     return _tree.map(one, updates)
+
+
+def _replicate() -> Any:
+    from torch.distributed.tensor import Replicate  # (loaded: a DTensor exists)
+
+    return Replicate()
 
 
 def scale_by_newton_schulz(ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
@@ -188,6 +200,13 @@ def scale_by_newton_schulz(ns_coefficients: tuple[float, float, float] = MUON_NS
     (:func:`orthogonalize_via_newton_schulz`; Jordan et al., 2024).
 
     Stateless. Only 2-D updates (a clear ``ValueError`` names any other leaf); real only.
+
+    A DTensor leaf (FSDP2, tensor parallel) is gathered whole once per step (one all-gather
+    of the leaf over its mesh, ``full_tensor()``); every rank runs the iteration on the full
+    matrix (the orthogonalization couples all its entries, so no shard can be done alone) and
+    keeps its own shard of the result (no more traffic). The update and state keep the leaf's
+    layout. Communication per step: each matrix leaf's size, once; compute: the full
+    iteration on every rank of the mesh.
 
     Args:
         ns_coefficients: ``(a, b, c)``, one per iteration, or a name of
@@ -249,9 +268,11 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
     :math:`\sqrt{A/B}` (``"spectral"``: the RMS-to-RMS operator norm's scaling, fan-out over
     fan-in; Bernstein & Newhouse, 2024, "Modular Duality in Deep Learning") or 1 (``"none"``).
     Follow with decoupled weight decay and ``scale_by_learning_rate`` (the
-    :func:`~functional_optim.muon` alias). 2-D parameters only, unless ``flatten``: then a
-    leaf of more dimensions (a convolution's ``out x in x kh x kw``) is orthogonalized as the
-    matrix ``A x (rest)`` (Jordan's Muon reshapes them so), and its adjustment is that matrix's.
+    :func:`~functional_optim.muon` alias). DTensor leaves: the momentum stays local, the
+    orthogonalization gathers each leaf once (see :func:`scale_by_newton_schulz`). 2-D
+    parameters only, unless ``flatten``: then a leaf of more dimensions (a convolution's
+    ``out x in x kh x kw``) is orthogonalized as the matrix ``A x (rest)`` (Jordan's Muon
+    reshapes them so), and its adjustment is that matrix's.
 
     Args:
         momentum: ``μ`` (default 0.95).
