@@ -303,14 +303,17 @@ def test_decay_rate_schedule_drives_beta2():
 # -- trust-region clipping -----------------------------------------------------------------------
 
 def test_clip_by_trust_ratio():
+    """``u · min(1, τ‖p‖/‖u‖)`` per leaf; a zero update stays zero, a zero parameter (a bias at
+    initialization) leaves its update free."""
     params = _params(SHAPES)
     updates = [0.5 * p + 0.1 for p in params]
     updates[0] = torch.zeros_like(updates[0])
+    params[1] = torch.zeros_like(params[1])
     tau = 0.3
     out, _ = fo.clip_by_trust_ratio(tau).update(updates, None, params)
     for u, p, o in zip(updates, params, out):
         bound = tau * p.norm()
-        expected = u if u.norm() <= bound else u * (bound / u.norm())
+        expected = u if u.norm() <= bound or bound == 0 else u * (bound / u.norm())
         torch.testing.assert_close(o, expected, rtol=1e-14, atol=0)
 
 

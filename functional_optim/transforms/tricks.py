@@ -218,7 +218,8 @@ def scale_by_mars(gamma: float = 0.025, beta: float = 0.95, *, clip: bool = True
 def _trust_rule(h, u, p):
     u_norm = full(torch.linalg.vector_norm(u))
     bound = h["max_ratio"] * full(torch.linalg.vector_norm(p))
-    return (u * torch.where(u_norm > bound, bound / torch.where(u_norm > 0, u_norm, 1.0), 1.0),)
+    clipped = torch.logical_and(u_norm > bound, bound > 0)  # (a zero parameter: free)
+    return (u * torch.where(clipped, bound / torch.where(u_norm > 0, u_norm, 1.0), 1.0),)
 
 
 def clip_by_trust_ratio(max_ratio: float = 1e-2) -> Transform:
@@ -229,7 +230,9 @@ def clip_by_trust_ratio(max_ratio: float = 1e-2) -> Transform:
     .. math:: u \mapsto u \cdot \min\left(1, \frac{\tau \lVert p\rVert_2}{\lVert u\rVert_2}
               \right)
 
-    (LARS/LAMB's trust ratio as a bound, not a rescaling; a zero update stays zero). The RMS
+    (LARS/LAMB's trust ratio as a bound, not a rescaling; a zero update stays zero; a leaf whose
+    parameters are all zero, a bias at initialization, is not bounded, as LAMB takes a ratio of
+    1 there, else it could never move). The RMS
     clipping of updates (Adafactor's :math:`u / \max(1, \mathrm{RMS}(u)/d)`) is
     :func:`~functional_optim.transforms.clip_by_block_rms`. Stateless; needs ``params``.
 
