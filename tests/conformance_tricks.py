@@ -5,7 +5,7 @@ decay); the trust-region clipping (in no alias)."""
 
 from __future__ import annotations
 
-from conformance import _NS_ULPS, Case, Live
+from conformance import _NS_ULPS, Case, Live, _as_matrix
 
 import functional_optim as fo
 
@@ -44,4 +44,10 @@ CASES = [
     Case("msam_sgd", lambda: fo.msam_sgd(lr=0.1),
          live={"eps": Live(grads_scale=1e-12, others={"weight_decay": 0.0})}),
     Case("clip_by_trust_ratio", lambda: fo.clip_by_trust_ratio(0.05)),
+    # per-iteration Newton-Schulz coefficients (a tuple of triples as hparams)
+    Case("scale_by_newton_schulz_per_step",
+         lambda: fo.scale_by_newton_schulz(((3.4445, -4.7750, 2.0315), (1.5, -0.5, 0.0)), 2,
+                                           ns_dtype=None),
+         complex=False, shape=_as_matrix, live={"eps": Live(grads_scale=1e-9)},
+         ulps=_NS_ULPS),
 ]
