@@ -284,3 +284,30 @@ __all__ += [
     "stateless_with_tree_map",
     "scale_gradient",
 ]
+
+# optax's line searches, pure L-BFGS and microbatching
+from .aliases import optax_lbfgs  # noqa: E402
+from .transforms import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    ScaleByLbfgsDirectionState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    scale_by_lbfgs_direction,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
+
+__all__ += [
+    "optax_lbfgs",
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLbfgsDirectionState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs_direction",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+]

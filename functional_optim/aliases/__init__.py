@@ -17,13 +17,14 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import basic, classic, huggingface, special
+from . import basic, classic, huggingface, search, special
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .search import optax_lbfgs
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
-           "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
-           "classic", "special", "huggingface"]
+           "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "optax_lbfgs",
+           "basic", "classic", "special", "huggingface", "search"]

@@ -135,3 +135,27 @@ __all__ += [
     "unitwise_clip",
     "unitwise_norm",
 ]
+
+# optax's line searches and pure L-BFGS direction
+from .linesearch import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
+from .quasi_newton import ScaleByLbfgsDirectionState, scale_by_lbfgs_direction  # noqa: E402
+
+__all__ += [
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+    "ScaleByLbfgsDirectionState",
+    "scale_by_lbfgs_direction",
+]
