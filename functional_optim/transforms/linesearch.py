@@ -63,6 +63,7 @@ __all__ = [
     "ScaleByZoomLinesearchState",
     "scale_by_zoom_linesearch",
     "value_and_grad_from_state",
+    "real_dot",
 ]
 
 
@@ -109,10 +110,37 @@ def _as(h: Any, like: torch.Tensor) -> Any:
     return h.to(device=like.device, dtype=like.dtype) if isinstance(h, torch.Tensor) else h
 
 
+def _leaf_real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (torch.conj(a) * b).real.sum() if a.is_complex() else (a * b).sum()
+
+
+def real_dot(a: Any, b: Any) -> torch.Tensor:
+    r""":math:`\mathrm{Re}\langle a, b\rangle = \mathrm{Re}\sum_i \bar a_i^\top b_i` over the
+    leaves where both trees have a tensor (DTensor-aware; elementwise products and sums, which
+    trace on any device, where :func:`torch.vdot` does not on fake CUDA tensors)."""
+    spec = _tree.structure(a)
+    pairs = [(x, y) for x, y in zip(_tree.leaves(a), _tree.flatten_like(b, spec, "b", "a"))
+             if x is not None and y is not None]
+    if not pairs:
+        return torch.zeros(())
+    xs, ys = zip(*pairs)
+    return _tree.reduce_by_mesh(list(xs), _leaf_real_dot, torch.sum, list(ys))
+
+
 def _slope(grad: Any, updates: Any) -> torch.Tensor:
-    r""":math:`\mathrm{Re}\langle g, u\rangle` over the leaves where both are present."""
-    grad = _tree.map(lambda u, g: g, updates, grad)
-    return _tm.vdot(grad, updates).real
+    r"""The slope along ``updates``: :math:`\mathrm{Re}\langle g, u\rangle`."""
+    return real_dot(grad, updates)
+
+
+def _like_updates(updates: Any, tree: Any) -> Any:
+    """``tree`` (a gradient) where the updates have leaves: ``None`` where an update is
+    ``None`` (a frozen leaf takes no part in the search), zeros where ``tree`` lacks one."""
+    return _tree.map(lambda u, x: torch.zeros_like(u) if x is None else x, updates, tree)
+
+
+def _kept(old: Any, new: Any) -> Any:
+    """``new``'s leaves, and ``old``'s where ``new`` has ``None`` (a frozen leaf's record)."""
+    return _tree.map(lambda o, n: o if n is None else n, old, new)
 
 
 def _select(cond: torch.Tensor, a: Any, b: Any) -> Any:
@@ -259,7 +287,8 @@ def scale_by_backtracking_linesearch(
                value_fn=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams", structural)
         check_state(owner, state, ScaleByBacktrackingLinesearchState)
-        if missing_params(owner, updates, params, "to evaluate the objective"):
+        if missing_params(owner, updates, params, "to evaluate the objective") or \
+                _tree.num_leaves(updates) == 0:
             return updates, state
         _required(owner, value, grad, value_fn)
         like = state.learning_rate
@@ -290,6 +319,7 @@ def scale_by_backtracking_linesearch(
         new_grad = None
         if store_grad:
             _, new_grad = value_and_grad(value_fn, _tree.add(params, updates, lr), kwargs)
+            new_grad = _kept(state.grad, _like_updates(updates, new_grad))
         lr = torch.where(torch.isinf(err), torch.zeros_like(lr), lr)
         return _tree.scale(updates, lr), ScaleByBacktrackingLinesearchState(
             lr, new_value, new_grad, BacktrackingLinesearchInfo(steps, err))
@@ -456,12 +486,14 @@ def scale_by_zoom_linesearch(
                value_fn=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams", structural)
         check_state(owner, state, ScaleByZoomLinesearchState)
-        if missing_params(owner, updates, params, "to evaluate the objective"):
+        if missing_params(owner, updates, params, "to evaluate the objective") or \
+                _tree.num_leaves(updates) == 0:
             return updates, state
         _required(owner, value, grad, value_fn)
         like = state.learning_rate
         h = {k: _as(v, like) for k, v in h.items()}
         kwargs = _fn_kwargs(value_fn, extra)
+        grad = _like_updates(updates, grad)
         value0 = _scalar(owner, "value", value, like)
         slope0 = _slope(grad, updates).to(like.dtype)
         guess = torch.ones_like(like) if initial_guess_strategy == "one" else state.learning_rate
@@ -488,7 +520,7 @@ def scale_by_zoom_linesearch(
                  cubic_ref=zero, value_cubic_ref=value0,
                  safe_stepsize=zero, safe_value=value0, safe_grad=grad)
         for i in range(max_linesearch_steps):
-            active = ~(s["done"] | s["failed"])
+            active = torch.logical_not(s["done"] | s["failed"])
             if _stop(early_exit, i, active):
                 break
             new = _zoom_iteration(s, h, guess, params, updates, value_fn, kwargs, errors,
@@ -496,7 +528,8 @@ def scale_by_zoom_linesearch(
             s = {k: _select(active, new[k], s[k]) for k in s}
         lr = s["stepsize"]
         return _tree.scale(updates, lr), ScaleByZoomLinesearchState(
-            lr, s["value"], s["grad"], ZoomLinesearchInfo(s["count"], s["dec"], s["curv"]))
+            lr, s["value"], _kept(state.grad, s["grad"]),
+            ZoomLinesearchInfo(s["count"], s["dec"], s["curv"]))
 
     return Transform(init, update, defaults)
 
@@ -521,13 +554,14 @@ def _zoom_iteration(s: dict, h: dict, guess, params, updates, value_fn, kwargs, 
                        s["cubic_ref"], s["value_cubic_ref"])
     use_cubic = (cubic > left + 0.2 * delta) & (cubic < right - 0.2 * delta)
     quad = _quad_min(low, s["value_low"], s["slope_low"], high, s["value_high"])
-    use_quad = ~use_cubic & (quad > left + 0.1 * delta) & (quad < right - 0.1 * delta)
+    use_quad = (torch.logical_not(use_cubic) & (quad > left + 0.1 * delta)
+                & (quad < right - 0.1 * delta))
     middle = torch.where(use_cubic, cubic, torch.where(use_quad, quad, (low + high) / 2.0))
     zooming = s["interval_found"]
     t = torch.where(zooming, middle, grown)
 
     v, g = value_and_grad(value_fn, _tree.add(params, updates, t), kwargs)
-    v = v.to(t.dtype)
+    v, g = v.to(t.dtype), _like_updates(updates, g)
     slope = _slope(g, updates).to(t.dtype)
     dec, curv = errors(t, v, slope)
     error = torch.maximum(dec, curv)
@@ -537,18 +571,18 @@ def _zoom_iteration(s: dict, h: dict, guess, params, updates, value_fn, kwargs, 
 
     # the bracketing step's outcome
     set_high = (dec > 0) | ((v >= s["value"]) & (count > 0))
-    set_low = (slope >= 0) & ~set_high
+    set_low = (slope >= 0) & torch.logical_not(set_high)
     prev = {k: s[k] for k in _POINT}
     b_low = {k: torch.where(set_low, point[k], prev[k]) for k in _POINT}
     b_high = {k: torch.where(set_low, prev[k], point[k]) for k in _POINT}
     b_found = set_high | set_low | (error <= h["tol"])
-    b_done = (error <= h["tol"]) | (reached & ~b_found)
+    b_done = (error <= h["tol"]) | (reached & torch.logical_not(b_found))
     b_safe = sufficient
     # the zoom step's outcome
     z_safe = sufficient & (v < s["safe_value"])
     z_done = error <= h["tol"]
     high_to_middle = (dec > 0) | (v >= s["value_low"])
-    high_to_low = (slope * (high - low) >= 0) & ~high_to_middle
+    high_to_low = (slope * (high - low) >= 0) & torch.logical_not(high_to_middle)
     old_low = {k: s[_bracket_key("low", k)] for k in _POINT}
     old_high = {k: s[_bracket_key("high", k)] for k in _POINT}
     z_high = {k: torch.where(high_to_low, old_low[k],
@@ -566,7 +600,7 @@ def _zoom_iteration(s: dict, h: dict, guess, params, updates, value_fn, kwargs, 
     safe_grad = _select(take_safe, g, s["safe_grad"])
     too_small = (delta <= h["stepsize_precision"]) & (safe_stepsize > 0)
     done = torch.where(zooming, z_done, b_done)
-    failed = torch.where(zooming, last_step | too_small, last_step) & ~done
+    failed = torch.where(zooming, last_step | too_small, last_step) & torch.logical_not(done)
     # a failed search falls back on the best step with sufficient decrease
     fallback = failed & ((safe_stepsize > 0) | torch.isinf(dec))
     out = dict(

@@ -19,7 +19,7 @@ from .. import tree_math as _tm
 from .._execute import first_device
 from ..base import HParamError, Transform, check_state, missing_params, resolve_hparams
 from ..numerics import safe_increment
-from .linesearch import _value_dtype
+from .linesearch import _value_dtype, real_dot
 
 __all__ = ["ScaleByLbfgsDirectionState", "scale_by_lbfgs_direction", "two_loop"]
 
@@ -70,10 +70,6 @@ class ScaleByLbfgsDirectionState(NamedTuple):
     diff_params_memory: Any
     diff_updates_memory: Any
     weights_memory: torch.Tensor
-
-
-def _real_dot(a: Any, b: Any) -> torch.Tensor:
-    return _tm.vdot(a, b).real
 
 
 def scale_by_lbfgs_direction(memory_size: int = 10, scale_init_precond: bool = True
@@ -132,7 +128,7 @@ def scale_by_lbfgs_direction(memory_size: int = 10, scale_init_precond: bool = T
                                 present, _tree.map(lambda u, q: q, updates, state.params))
         diff_updates = _tree.map(lambda u, v: torch.where(started, u - v, torch.zeros_like(u)),
                                  updates, state.updates)
-        product = _real_dot(diff_updates, diff_params).to(weights.dtype)
+        product = real_dot(diff_updates, diff_params).to(weights.dtype)
         nonzero = product != 0
         weight = torch.where(nonzero & started, 1.0 / torch.where(nonzero, product, 1.0), 0.0)
         slots = torch.arange(memory_size, device=weights.device)
@@ -160,11 +156,11 @@ def scale_by_lbfgs_direction(memory_size: int = 10, scale_init_precond: bool = T
 
         def rows(memory):
             ordered = _tree.map(lambda u, m: m.index_select(0, order), updates, memory)
-            return [_tree.map(lambda m, i=i: m[i], ordered) for i in range(memory_size)]
+            return [_tree.map(lambda m, i=i: m.select(0, i), ordered) for i in range(memory_size)]
 
         direction, _ = two_loop(updates, rows(dp_memory), rows(du_memory),
                                 list(weights.index_select(0, order).unbind(0)), gamma,
-                                _real_dot, lambda x, a, y: _tree.add(x, y, a))
+                                real_dot, lambda x, a, y: _tree.add(x, y, a))
         direction = _tm.cast_like(direction, updates)
         kept = _tree.map(lambda old, u, new: old if u is None else new, state.params, updates,
                          params)
