@@ -17,13 +17,36 @@ def _objective(p):
     return sum(torch.log1p(x.abs() ** 2).sum() for x in optree.tree_leaves(p) if x is not None)
 
 
-def _search_extra(grads):
-    """What a line search takes besides the direction (here the incoming gradients): the
-    objective, a value at the parameters and a gradient there (the direction's opposite, so
-    that it is a descent direction; the suite's trees know the gradients only)."""
-    terms = [(g.abs() ** 2).sum() for g in optree.tree_leaves(grads) if g is not None]
-    value = sum(terms) / max(len(terms), 1) if terms else 1.0
-    return {"value": value, "grad": fo.tree.map(torch.neg, grads), "value_fn": _objective}
+def _on_objective(make, direction):
+    """The transform ``make()`` with the objective bound: each ``update`` passes the value and
+    gradient of :func:`_objective` at its parameters and the objective itself, and
+    ``direction(g, u)`` of the gradient ``g`` and the incoming updates ``u`` as the updates (the
+    suite's updates are random: a line search needs a descent direction to do its work)."""
+    def bound():
+        tx = make()
+
+        def update(updates, state, params=None, hparams=None, **extra):
+            if params is None or fo.tree.num_leaves(updates) == 0:
+                return tx.update(updates, state, params, hparams, **extra)
+            value, grad = fo.transforms.linesearch.value_and_grad(_objective, params)
+            grad = fo.tree.map(lambda u, g: g, updates, grad)
+            extra = {"value": value, "grad": grad, "value_fn": _objective, **extra}
+            return tx.update(direction(grad, updates), state, params, hparams, **extra)
+
+        return fo.Transform(tx.init, update, tx.hparams)
+
+    return bound
+
+
+def _descent(grad, updates):
+    """The updates, negated where they ascend (a descent direction that follows them)."""
+    ascent = fo.transforms.linesearch.real_dot(grad, updates) > 0
+    return fo.tree.map(lambda u: torch.where(ascent, -u, u), updates)
+
+
+def _noisy_gradient(grad, updates):
+    """The gradient plus a tenth of the updates (L-BFGS preconditions gradients)."""
+    return fo.tree.add(grad, updates, 0.1)
 
 
 # the trial points' gradients (torch.func.grad_and_value) run autograd's engine, which takes a
@@ -46,14 +69,33 @@ _REAL_WEIGHTS = ("test_complex",
                  "the memory's weights rho = 1/Re<du, dw> are real (optax's); complex "
                  "parameters are checked in test_optax_search.py")
 
+# On the objective the searches accept early: the tolerances act on stricter conditions (a small
+# curv_rtol keeps the zoom bracketing and zooming); Hager-Zhang's approximate decrease acts on
+# the value's scale (a value of -1e6 makes c3|f| the binding term)
+_BACKTRACKING = {"atol": Live(value=1.0), "slope_rtol": Live(value=0.5)}
+_STRICT = {"curv_rtol": 0.05}
+_ZOOM = {"curv_rtol": Live(value=0.3), "slope_rtol": Live(value=0.5),
+         "increase_factor": Live(value=3.0, others=_STRICT),
+         # (the first bracket is [0, 1]: a precision of 1 would sit on its length)
+         "stepsize_precision": Live(value=2.0, others=_STRICT),
+         "tol": Live(value=0.1, others=_STRICT),
+         "approx_dec_rtol": Live(values=(-1e6,) * 3)}
+_LBFGS = {**_ZOOM, "tol": Live(value=0.1), "stepsize_precision": Live(excluded=(("other_value", (
+    "the alias's searches on this objective never zoom with a sufficient-decrease step at "
+    "hand, where the interval's precision decides; the scale_by_zoom_linesearch case (the "
+    "same block) checks it")),))}
+
 CASES = [
     Case("scale_by_backtracking_linesearch",
-         lambda: fo.scale_by_backtracking_linesearch(3, store_grad=True), extra=_search_extra,
-         float64_scalars=True, excluded=(_FAKE_CUDA,)),
-    Case("scale_by_zoom_linesearch", lambda: fo.scale_by_zoom_linesearch(3),
-         extra=_search_extra, float64_scalars=True, excluded=(_FAKE_CUDA,)),
+         _on_objective(lambda: fo.scale_by_backtracking_linesearch(3, store_grad=True),
+                       _descent), float64_scalars=True, excluded=(_FAKE_CUDA,),
+         live=_BACKTRACKING),
+    Case("scale_by_zoom_linesearch",
+         _on_objective(lambda: fo.scale_by_zoom_linesearch(3), _descent),
+         float64_scalars=True, excluded=(_FAKE_CUDA,), live=_ZOOM),
     Case("scale_by_lbfgs_direction", lambda: fo.scale_by_lbfgs_direction(memory_size=2),
          excluded=(_RHO_JUMP, _REAL_WEIGHTS)),
-    Case("optax_lbfgs", lambda: fo.optax_lbfgs(max_linesearch_steps=3), extra=_search_extra,
-         float64_scalars=True, excluded=(_FAKE_CUDA, _RHO_JUMP, _REAL_WEIGHTS)),
+    Case("optax_lbfgs", _on_objective(lambda: fo.optax_lbfgs(max_linesearch_steps=3),
+                                      _noisy_gradient), float64_scalars=True,
+         excluded=(_FAKE_CUDA, _RHO_JUMP, _REAL_WEIGHTS), live=_LBFGS),
 ]

@@ -95,4 +95,6 @@ def optax_lbfgs(lr: float | torch.Tensor | None = None, memory_size: int = 10,
     structural = dict(memory_size=memory_size, scale_init_precond=scale_init_precond,
                       linesearch=linesearch, max_linesearch_steps=max_linesearch_steps,
                       early_exit=early_exit)
+    structural.update((k, v) for k, v in (("lr", lr), ("approx_dec_rtol", approx_dec_rtol))
+                      if v is None)
     return _reparametrized(owner, inner, defaults, to_inner, structural)
