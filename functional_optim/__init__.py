@@ -286,7 +286,9 @@ __all__ += [
 ]
 
 # optax's line searches, pure L-BFGS and microbatching
+from . import microbatching  # noqa: E402
 from .aliases import optax_lbfgs  # noqa: E402
+from .microbatching import microbatch  # noqa: E402
 from .transforms import (  # noqa: E402
     BacktrackingLinesearchInfo,
     ScaleByBacktrackingLinesearchState,
@@ -300,6 +302,8 @@ from .transforms import (  # noqa: E402
 )
 
 __all__ += [
+    "microbatching",
+    "microbatch",
     "optax_lbfgs",
     "BacktrackingLinesearchInfo",
     "ScaleByBacktrackingLinesearchState",
