@@ -6,31 +6,28 @@ import torch
 
 from ..base import Transform, chain
 from ..registry import register
-from ..transforms import scale, scale_by_learning_rate
+from ..transforms import scale_by_learning_rate
 from ..transforms.linesearch import scale_by_zoom_linesearch
 from ..transforms.quasi_newton import scale_by_lbfgs_direction
 from ._common import _check_lr, _reparametrized
 
 __all__ = ["optax_lbfgs"]
 
-#: the zoom search's live hyperparameters, exposed flat by :func:`optax_lbfgs`
-_ZOOM_KEYS = ("tol", "increase_factor", "slope_rtol", "curv_rtol", "approx_dec_rtol",
-              "stepsize_precision")
-
-
 @register(paper=('Liu & Nocedal, 1989, "On the Limited Memory BFGS Method for Large Scale '
                  'Optimization" (optax\'s pure L-BFGS with a zoom line search)'),
           drop_in="OptaxLBFGS")
-def optax_lbfgs(lr: float | torch.Tensor | None = None, memory_size: int = 10,
+def optax_lbfgs(lr: float | torch.Tensor = 1.0, memory_size: int = 10,
                 scale_init_precond: bool = True, linesearch: str | None = "zoom",
                 max_linesearch_steps: int = 20, tol: float = 0.0, increase_factor: float = 2.0,
                 slope_rtol: float = 1e-4, curv_rtol: float = 0.9,
                 approx_dec_rtol: float | None = 1e-6, stepsize_precision: float = 1e-5, *,
                 early_exit: bool = False) -> Transform:
     r"""L-BFGS as optax's ``lbfgs``: ``chain(scale_by_lbfgs_direction(memory_size,
-    scale_init_precond), -lr (or -1), scale_by_zoom_linesearch(max_linesearch_steps, ...,
-    initial_guess_strategy="one"))``: each update is one quasi-Newton step :math:`w \leftarrow
-    w - \eta_k P_k g_k` with :math:`\eta_k` from the zoom search (times ``lr`` if given).
+    scale_init_precond), scale_by_learning_rate(lr), scale_by_zoom_linesearch(
+    max_linesearch_steps, ..., initial_guess_strategy="one"))``: each update is one
+    quasi-Newton step :math:`w \leftarrow w - \eta_k\,\mathrm{lr}\,P_k g_k` with
+    :math:`\eta_k` from the zoom search. optax's ``learning_rate=None`` (its default: the
+    search's step alone, a sign flip) is ``lr=1`` (the same numbers: a product by ``-1.0``).
 
     ``update(grads, state, params, hparams, *, value=loss, grad=grads, value_fn=f)``, as the
     line search needs (:mod:`functional_optim.transforms.linesearch`: ``f(params, **fn_kwargs)
@@ -54,9 +51,11 @@ def optax_lbfgs(lr: float | torch.Tensor | None = None, memory_size: int = 10,
     :class:`functional_optim.optim.OptaxLBFGS` steps without a line search only
     (``linesearch=None``): its ``step`` passes no objective.
 
+    The hyperparameters are ``lr`` and the search's six (the same keys whatever the structural
+    options: without a search, or with ``approx_dec_rtol=None``, those unused are inert).
+
     Args:
-        lr: a fixed step factor (number, tensor or schedule), or ``None`` (default): the
-            search's step alone. Live when given; whether it is ``None`` is structural.
+        lr: a step factor (default 1; a number, 0-d tensor or schedule).
         memory_size: pairs kept (static; default 10).
         scale_init_precond: scaled initial preconditioner (static; default True).
         linesearch: ``"zoom"`` (default) or ``None`` (no search: :math:`-\mathrm{lr}\,P_k g_k`)
@@ -64,37 +63,32 @@ def optax_lbfgs(lr: float | torch.Tensor | None = None, memory_size: int = 10,
         max_linesearch_steps: the zoom search's iterations (static; default 20).
         tol, increase_factor, slope_rtol, curv_rtol, approx_dec_rtol, stepsize_precision: the
             zoom search's (:func:`~functional_optim.transforms.scale_by_zoom_linesearch`;
-            ``approx_dec_rtol=None`` is structural).
+            ``approx_dec_rtol=None``, Armijo's decrease only, is structural).
         early_exit: stop the search when done, reading it on the host (static).
     """
     owner = "optax_lbfgs"
     if linesearch not in ("zoom", None):
         raise ValueError(f"{owner}: linesearch must be 'zoom' or None, got {linesearch!r}; "
                          "chain scale_by_lbfgs_direction, scale(-1.0) and another search")
-    blocks = {"direction": scale_by_lbfgs_direction(memory_size, scale_init_precond)}
-    defaults: dict = {}
-    if lr is None:
-        blocks["lr"] = scale(-1.0)
-    else:
-        _check_lr(owner, lr)
-        blocks["lr"] = scale_by_learning_rate(lr)
-        defaults["lr"] = lr
+    _check_lr(owner, lr)
+    search = scale_by_zoom_linesearch(
+        max_linesearch_steps, None, tol, increase_factor, slope_rtol, curv_rtol,
+        approx_dec_rtol, stepsize_precision, "one", early_exit=early_exit)
+    blocks = {"direction": scale_by_lbfgs_direction(memory_size, scale_init_precond),
+              "lr": scale_by_learning_rate(lr)}
     if linesearch == "zoom":
-        blocks["linesearch"] = scale_by_zoom_linesearch(
-            max_linesearch_steps, None, tol, increase_factor, slope_rtol, curv_rtol,
-            approx_dec_rtol, stepsize_precision, "one", early_exit=early_exit)
-        defaults.update((k, v) for k, v in blocks["linesearch"].hparams.items())
-    inner = chain(**blocks)
+        blocks["linesearch"] = search
+    defaults = dict(lr=lr, tol=tol, increase_factor=increase_factor, slope_rtol=slope_rtol,
+                    curv_rtol=curv_rtol, stepsize_precision=stepsize_precision,
+                    approx_dec_rtol=1e-6 if approx_dec_rtol is None else approx_dec_rtol)
 
     def to_inner(h):
-        out = {"direction": {}, "lr": {"lr": h["lr"]} if lr is not None else None}
+        out = {"direction": {}, "lr": {"lr": h["lr"]}}
         if linesearch == "zoom":
-            out["linesearch"] = {k: h[k] for k in _ZOOM_KEYS if k in h}
+            out["linesearch"] = {k: h[k] for k in search.hparams}
         return out
 
     structural = dict(memory_size=memory_size, scale_init_precond=scale_init_precond,
                       linesearch=linesearch, max_linesearch_steps=max_linesearch_steps,
                       early_exit=early_exit)
-    structural.update((k, v) for k, v in (("lr", lr), ("approx_dec_rtol", approx_dec_rtol))
-                      if v is None)
-    return _reparametrized(owner, inner, defaults, to_inner, structural)
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)

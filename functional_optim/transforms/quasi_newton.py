@@ -162,9 +162,10 @@ def scale_by_lbfgs_direction(memory_size: int = 10, scale_init_precond: bool = T
                                 list(weights.index_select(0, order).unbind(0)), gamma,
                                 real_dot, lambda x, a, y: _tree.add(x, y, a))
         direction = _tm.cast_like(direction, updates)
-        kept = _tree.map(lambda old, u, new: old if u is None else new, state.params, updates,
-                         params)
-        last = _tree.map(lambda old, u: old if u is None else u, state.updates, updates)
+        # copies: a stateful runner may update the parameters (and gradients) in place
+        kept = _tree.map(lambda old, u, new: old if u is None else new.clone(), state.params,
+                         updates, params)
+        last = _tree.map(lambda old, u: old if u is None else u.clone(), state.updates, updates)
         return direction, ScaleByLbfgsDirectionState(
             safe_increment(count), kept, last, dp_memory, du_memory, weights)
 
