@@ -48,7 +48,7 @@ def optax_lbfgs(lr: float | torch.Tensor = 1.0, memory_size: int = 10,
     Pure and capturable (fixed-length masked loops; see the line search's module): every update
     evaluates the objective and its gradient ``max_linesearch_steps`` times unless
     ``early_exit`` (structural; eager only) stops the search when it is done. The drop-in class
-    :class:`functional_optim.optim.OptaxLBFGS` steps without a line search only
+    ``functional_optim.optim.OptaxLBFGS`` steps without a line search only
     (``linesearch=None``): its ``step`` passes no objective.
 
     The hyperparameters are ``lr`` and the search's six (the same keys whatever the structural
@@ -61,9 +61,14 @@ def optax_lbfgs(lr: float | torch.Tensor = 1.0, memory_size: int = 10,
         linesearch: ``"zoom"`` (default) or ``None`` (no search: :math:`-\mathrm{lr}\,P_k g_k`)
             (static). optax's other searches: chain the blocks (see the docs).
         max_linesearch_steps: the zoom search's iterations (static; default 20).
-        tol, increase_factor, slope_rtol, curv_rtol, approx_dec_rtol, stepsize_precision: the
-            zoom search's (:func:`~functional_optim.transforms.scale_by_zoom_linesearch`;
-            ``approx_dec_rtol=None``, Armijo's decrease only, is structural).
+        tol: the zoom search's tolerance on both conditions (default 0); this and the next
+            five are :func:`~functional_optim.transforms.scale_by_zoom_linesearch`'s.
+        increase_factor: the bracketing's growth of the step (default 2).
+        slope_rtol: ``c1``, sufficient decrease (default 1e-4).
+        curv_rtol: ``c2``, curvature (default 0.9).
+        approx_dec_rtol: ``c3``, Hager-Zhang's approximate decrease (default 1e-6; ``None``:
+            Armijo's decrease only, structural).
+        stepsize_precision: the interval length that ends a zoom (default 1e-5).
         early_exit: stop the search when done, reading it on the host (static).
     """
     owner = "optax_lbfgs"

@@ -263,8 +263,9 @@ def strong_wolfe(evaluate: Callable, t, d: torch.Tensor, f, g, gtd, c1: float = 
 
 
 def _two_loop(work: Work, flat_grad: torch.Tensor, history_size: int) -> torch.Tensor:
-    """``-H g`` by the L-BFGS two-loop recursion (:func:`.quasi_newton.two_loop`) over the
-    stored history, with torch's arithmetic (``add`` with a Python ``alpha``)."""
+    """``-H g`` by the L-BFGS two-loop recursion
+    (:func:`~functional_optim.transforms.quasi_newton.two_loop`) over the stored history, with
+    torch's arithmetic (``add`` with a Python ``alpha``)."""
     if work.al is None:
         work.al = [None] * history_size
     r, alphas = two_loop(flat_grad.neg(), work.old_stps, work.old_dirs, work.ro, work.H_diag,
