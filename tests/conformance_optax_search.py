@@ -1,5 +1,5 @@
 """Conformance cases of optax's line searches, optax's pure L-BFGS and its alias
-(``transforms/linesearch.py``, ``transforms/quasi_newton.py``, ``aliases/search.py``);
+(``transforms/linesearch.py``, ``zoom.py``, ``quasi_newton.py``, ``aliases/search.py``);
 ``conformance.CASES`` includes them."""
 
 from __future__ import annotations

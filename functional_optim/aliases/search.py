@@ -7,8 +7,8 @@ import torch
 from ..base import Transform, chain
 from ..registry import register
 from ..transforms import scale_by_learning_rate
-from ..transforms.linesearch import scale_by_zoom_linesearch
 from ..transforms.quasi_newton import scale_by_lbfgs_direction
+from ..transforms.zoom import scale_by_zoom_linesearch
 from ._common import _check_lr, _reparametrized
 
 __all__ = ["optax_lbfgs"]

@@ -140,13 +140,15 @@ __all__ += [
 from .linesearch import (  # noqa: E402
     BacktrackingLinesearchInfo,
     ScaleByBacktrackingLinesearchState,
-    ScaleByZoomLinesearchState,
-    ZoomLinesearchInfo,
     scale_by_backtracking_linesearch,
-    scale_by_zoom_linesearch,
     value_and_grad_from_state,
 )
 from .quasi_newton import ScaleByLbfgsDirectionState, scale_by_lbfgs_direction  # noqa: E402
+from .zoom import (  # noqa: E402
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
 
 __all__ += [
     "BacktrackingLinesearchInfo",
