@@ -285,9 +285,15 @@ __all__ += [
     "scale_gradient",
 ]
 
-# optax's line searches, pure L-BFGS and microbatching
-from . import microbatching  # noqa: E402
+# optax's line searches, pure L-BFGS, microbatching and linear-algebra utilities
+from . import linear_algebra, microbatching  # noqa: E402
 from .aliases import optax_lbfgs  # noqa: E402
+from .linear_algebra import (  # noqa: E402
+    matrix_inverse_pth_root,
+    multi_normal,
+    nnls,
+    power_iteration,
+)
 from .microbatching import microbatch  # noqa: E402
 from .transforms import (  # noqa: E402
     BacktrackingLinesearchInfo,
@@ -302,6 +308,11 @@ from .transforms import (  # noqa: E402
 )
 
 __all__ += [
+    "linear_algebra",
+    "matrix_inverse_pth_root",
+    "multi_normal",
+    "nnls",
+    "power_iteration",
     "microbatching",
     "microbatch",
     "optax_lbfgs",

@@ -469,3 +469,70 @@ def test_micro_grad_clipped_per_example_sum():
     _close(out.values, torch.stack([loss(w, x[i:i + 1]) for i in range(12)]), rtol=1e-12)
     squares = mb.micro_vmap(lambda xi: (xi @ w) ** 2, microbatch_size=3)(x)
     _close(squares, (x @ w) ** 2, rtol=1e-13)
+
+
+# -- linear algebra --------------------------------------------------------------------------------
+
+
+def _spd(seed=0, n=5):
+    gen = torch.Generator().manual_seed(seed)
+    b = torch.randn(n, n, generator=gen, dtype=F64)
+    return b @ b.T + 0.1 * torch.eye(n, dtype=F64)
+
+
+def test_power_iteration_finds_the_dominant_eigenpair():
+    s = _spd()
+    values, vectors = torch.linalg.eigh(s)
+    for early_exit in (False, True):
+        eig, vec = fo.power_iteration(s, num_iters=200, error_tolerance=1e-12,
+                                      early_exit=early_exit)
+        _close(eig, values[-1], rtol=1e-10)
+        _close(vec.abs(), vectors[:, -1].abs(), rtol=1e-5)
+    batch = torch.stack([_spd(i) for i in range(3)])
+    v0 = torch.ones(5, dtype=F64)
+    vmapped = torch.func.vmap(lambda m: fo.power_iteration(m, v0=v0, num_iters=30)[0])(batch)
+    looped = torch.stack([fo.power_iteration(m, v0=v0, num_iters=30)[0] for m in batch])
+    _close(vmapped, looped, rtol=1e-13)
+
+
+@pytest.mark.parametrize("p", [2, 3, 4])
+def test_matrix_inverse_pth_root_is_the_root(p):
+    """(S + eps lambda_max I)^(-1/p) by eigendecomposition; the coupled Newton iterations reach
+    it to optax's tolerance (its exponent -1/p rounded to float32)."""
+    s = _spd()
+    values, vectors = torch.linalg.eigh(s)
+    ridge = 1e-6 * values[-1]
+    expected = vectors @ torch.diag((values + ridge) ** (-1.0 / p)) @ vectors.T
+    root, error = fo.matrix_inverse_pth_root(s, p)
+    _close(root, expected, rtol=1e-5)
+    assert error < 1e-6
+    masked, _ = fo.matrix_inverse_pth_root(s, p, early_exit=True)
+    torch.testing.assert_close(masked, root, rtol=0, atol=0)
+
+
+def test_nnls_solves_the_constrained_problem():
+    """Against the projected-gradient formulas written out, and the optimality conditions."""
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(8, 4, generator=gen, dtype=F64), torch.randn(8, generator=gen, dtype=F64)
+    q_mat, q = a.T @ a, a.T @ b
+    bound = min(float(torch.linalg.matrix_norm(q_mat)),
+                float(torch.linalg.matrix_norm(q_mat, ord=1)))
+    x = y = torch.zeros(4, dtype=F64)
+    c = 0.0
+    for _ in range(300):
+        c_next = (1 + math.sqrt(1 + 4 * c * c)) / 2
+        x_next = torch.clamp(y - (q_mat @ y - q) / bound, min=0)
+        y, x, c = x_next + (c - 1) / c_next * (x_next - x), x_next, c_next
+    got = fo.nnls(a, b, 300)
+    _close(got, x, rtol=1e-12)
+    gradient = q_mat @ got - q  # KKT: x >= 0, gradient >= 0, x * gradient = 0
+    assert (got >= 0).all() and (gradient > -1e-8).all() and (got * gradient).abs().max() < 1e-8
+
+
+def test_multi_normal_log_prob_and_samples():
+    d = fo.multi_normal(torch.tensor([0.5, -1.0], dtype=F64),
+                        torch.tensor([0.1, -0.3], dtype=F64))
+    x = torch.tensor([0.2, 0.1], dtype=F64)
+    expected = torch.distributions.Normal(d.params[0], d.log_scale.exp()).log_prob(x).sum()
+    _close(d.log_prob(x), expected, rtol=1e-14)
+    assert d.sample((7, 3), torch.Generator().manual_seed(0)).shape == (7, 3, 2)
