@@ -402,13 +402,14 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
         resolved = resolve_hparams(hparams, hparams_, name, structural)
         return inner.update(updates, state, params, to_inner(resolved), **extra)
 
-    spec = inner.pointwise
-    if spec is not None:
+    inner_spec, spec = inner.pointwise, None
+    if inner_spec is not None:
         def prepare(updates, state, params, hparams_):
-            return spec.prepare(updates, state, params,
-                                to_inner(resolve_hparams(hparams, hparams_, name, structural)))
+            return inner_spec.prepare(
+                updates, state, params,
+                to_inner(resolve_hparams(hparams, hparams_, name, structural)))
 
-        spec = spec._replace(prepare=prepare, parts=())  # (the parts take the inner hparams)
+        spec = inner_spec._replace(prepare=prepare, parts=())  # (the parts take inner hparams)
     return Transform(inner.init, _execute.owning(update, [inner]), hparams, pointwise=spec)
 
 

@@ -81,7 +81,9 @@ class Case:
         shape: maps each sample leaf's shape to one the transform accepts (params and grads
             alike; e.g. :func:`_as_matrix` for Muon's 2-D-only blocks). ``None``: as sampled.
         grads: maps each (dense) gradient leaf the suite makes to the kind the transform takes
-            (e.g. a sparse COO tensor for SparseAdam). ``None``: as made.
+            (e.g. a sparse COO tensor for SparseAdam, per-example gradients for DP-SGD), leaf
+            of one member: a batched tree (``vmap``) is mapped member by member. ``None``: as
+            made.
         excluded: ``(test function name, reason)`` pairs: checks of ``test_conformance.py``
             that do not hold for this transform, each with the documented reason. They are
             reported as skipped with that reason (never silently), and
@@ -131,13 +133,16 @@ class Case:
 
     def grads_tree(self, seed: int, dtype=torch.float64, device="cpu", batch: tuple = ()):
         """A sample gradient tree this transform accepts (see ``shape`` and ``grads``)."""
-        return self.adapt_grads(random_tree(seed, dtype, device, batch, shape=self.shape))
+        return self.adapt_grads(random_tree(seed, dtype, device, batch, shape=self.shape),
+                                len(batch))
 
-    def adapt_grads(self, tree: Any) -> Any:
+    def adapt_grads(self, tree: Any, batch_dims: int = 0) -> Any:
         if self.grads is None:
             return tree
-        return optree.tree_map(lambda g: None if g is None else self.grads(g), tree,
-                               none_is_leaf=True)
+        fn = self.grads
+        for _ in range(batch_dims):
+            fn = torch.func.vmap(fn)
+        return optree.tree_map(lambda g: None if g is None else fn(g), tree, none_is_leaf=True)
 
     def __post_init__(self):
         if self.extra is not None:

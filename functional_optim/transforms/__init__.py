@@ -114,6 +114,62 @@ from .sparse import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["scale_by_dense_sparse_adam"]
 
+# optax.contrib's other algorithms: ADOPT, ACProp, AdEMAMix, MADGRAD, Sophia, SAM, GaLore, DP-SGD
+from .asynchronous import (  # noqa: E402
+    ScaleByAcpropState,
+    ScaleByAdoptState,
+    adopt_clip_value,
+    scale_by_acprop,
+    scale_by_adopt,
+)
+from .dual_averaging import ScaleByMadgradState, scale_by_madgrad  # noqa: E402
+from .lowrank import GaLoreDimensionNumbers, ScaleByGaloreState, scale_by_galore  # noqa: E402
+from .momentum_mixtures import (  # noqa: E402
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdemamixState,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
+from .private import (  # noqa: E402
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+)
+from .second_order import (  # noqa: E402
+    HutchinsonState,
+    ScaleBySophiaState,
+    hessian_vector_product,
+    hutchinson_estimator_diag_hessian,
+    scale_by_sophia,
+)
+from .sharpness import SamState, normalize, sam  # noqa: E402
+
+__all__ += [
+    "DifferentiallyPrivateAggregateState",
+    "GaLoreDimensionNumbers",
+    "HutchinsonState",
+    "SamState",
+    "ScaleByAcpropState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
+    "ScaleByGaloreState",
+    "ScaleByMadgradState",
+    "ScaleBySimplifiedAdemamixState",
+    "ScaleBySophiaState",
+    "adopt_clip_value",
+    "differentially_private_aggregate",
+    "hessian_vector_product",
+    "hutchinson_estimator_diag_hessian",
+    "normalize",
+    "sam",
+    "scale_by_acprop",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_galore",
+    "scale_by_madgrad",
+    "scale_by_simplified_ademamix",
+    "scale_by_sophia",
+]
+
 # optax's vocabulary outside the optimizers: bounds on updates (block RMS, adaptive gradient
 # clipping, per-example clipping, non-negative parameters)
 from .bounding import (  # noqa: E402
@@ -160,4 +216,60 @@ __all__ += [
     "value_and_grad_from_state",
     "ScaleByLbfgsDirectionState",
     "scale_by_lbfgs_direction",
+]
+
+# optax.contrib's parameter-free and schedule-free blocks
+from .distance_over_gradients import (  # noqa: E402
+    ScaleByDistanceOverGradientsState,
+    ScaleByDogState,
+    ScaleByDowgState,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
+from .mechanic import MechanicState, mechanize  # noqa: E402
+from .momo import (  # noqa: E402
+    ScaleByMomoAdamState,
+    ScaleByMomoState,
+    scale_by_momo,
+    scale_by_momo_adam,
+)
+from .parameter_free import (  # noqa: E402
+    ScaleByCocobState,
+    ScaleByDadaptAdamwState,
+    ScaleByProdigyState,
+    scale_by_cocob,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
+from .schedule_free_learning import (  # noqa: E402
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
+    schedule_free_train_params,
+)
+
+__all__ += [
+    "MechanicState",
+    "ScaleByCocobState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDistanceOverGradientsState",
+    "ScaleByDogState",
+    "ScaleByDowgState",
+    "ScaleByMomoAdamState",
+    "ScaleByMomoState",
+    "ScaleByProdigyState",
+    "ScheduleFreeState",
+    "mechanize",
+    "scale_by_cocob",
+    "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
+    "scale_by_momo",
+    "scale_by_momo_adam",
+    "scale_by_prodigy",
+    "schedule_free",
+    "schedule_free_eval_params",
+    "schedule_free_train_params",
 ]

@@ -25,6 +25,8 @@ import torch
 from .. import tree as _tree
 from .._execute import (
     LIKE,
+    Pointwise,
+    PointwiseCall,
     elementwise,
     ema_square,
     init_count,
@@ -40,6 +42,7 @@ from ..base import (
     check_hparam,
     check_pair,
     check_state,
+    pointwise_transform,
     resolve_hparams,
 )
 from .sparse import at_indices, rows
@@ -216,15 +219,14 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> Transform:
         zeros = _tree.zeros_like
         return ScaleByAdadeltaState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAdadeltaState)
-        out, *rest = elementwise(_adadelta_rule, h, updates,
-                                 (state.step, state.square_avg, state.acc_delta), name=owner,
-                                 complex_as_real=True, state_like=(None, LIKE, LIKE))
-        return out, ScaleByAdadeltaState(*rest)
+        return PointwiseCall(_adadelta_rule, h, (state.step, state.square_avg, state.acc_delta),
+                             finish=lambda new: ScaleByAdadeltaState(*new),
+                             state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,16 +281,14 @@ def scale_by_adamax(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
         zeros = _tree.zeros_like
         return ScaleByAdamaxState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAdamaxState)
-        out, *rest = elementwise(_adamax_rule, h, updates,
-                                 (state.step, state.exp_avg, state.exp_inf), name=owner,
-                                 complex_as_real=True, donate_state=True,
-                                 state_like=(None, LIKE, LIKE))
-        return out, ScaleByAdamaxState(*rest)
+        return PointwiseCall(_adamax_rule, h, (state.step, state.exp_avg, state.exp_inf),
+                             finish=lambda new: ScaleByAdamaxState(*new),
+                             donate_state=(True,) * 3, state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,16 +366,15 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         return ScaleByNadamState(init_count(params), _scalar_like(params, 1.0, dtype),
                                  _tree.zeros_like(params), _tree.zeros_like(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByNadamState)
-        out, *rest = elementwise(_nadam_rule, h, updates,
-                                 (state.step, state.mu_product, state.exp_avg,
-                                  state.exp_avg_sq), name=owner, complex_as_real=True,
-                                 donate_state=True, state_like=(None, None, LIKE, LIKE))
-        return out, ScaleByNadamState(*rest)
+        return PointwiseCall(_nadam_rule, h,
+                             (state.step, state.mu_product, state.exp_avg, state.exp_avg_sq),
+                             finish=lambda new: ScaleByNadamState(*new),
+                             donate_state=(True,) * 4, state_like=(None, None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,16 +454,14 @@ def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         zeros = _tree.zeros_like
         return ScaleByRadamState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRadamState)
-        out, *rest = elementwise(_radam_rule, h, updates,
-                                 (state.step, state.exp_avg, state.exp_avg_sq), name=owner,
-                                 complex_as_real=True, donate_state=True,
-                                 state_like=(None, LIKE, LIKE))
-        return out, ScaleByRadamState(*rest)
+        return PointwiseCall(_radam_rule, h, (state.step, state.exp_avg, state.exp_avg_sq),
+                             finish=lambda new: ScaleByRadamState(*new),
+                             donate_state=(True,) * 3, state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,7 +486,7 @@ def _rprop_rule(h, g, t, prev, size):
     eta_minus, eta_plus = h["etas"]
     size_min, size_max = h["step_sizes"]
     size = torch.where(t == 0, h["init_step_size"], size).to(size.dtype)
-    agree = g * prev
+    agree = prev * g  # (not g * prev: g may be a fused run's donated temporary, read below)
     factor = torch.where(agree > 0, eta_plus,
                          torch.where(agree < 0, eta_minus, torch.ones_like(agree)))
     size = torch.clamp(torch.clamp(size * factor.to(size.dtype), min=size_min), max=size_max)
@@ -533,15 +530,14 @@ def scale_by_rprop(init_step_size: float = 1e-2, etas: tuple[float, float] = (0.
         zeros = _tree.zeros_like
         return ScaleByRpropState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRpropState)
-        out, *rest = elementwise(_rprop_rule, h, updates,
-                                 (state.step, state.prev, state.step_size), name=owner,
-                                 complex_as_real=True, state_like=(None, LIKE, LIKE))
-        return out, ScaleByRpropState(*rest)
+        return PointwiseCall(_rprop_rule, h, (state.step, state.prev, state.step_size),
+                             finish=lambda new: ScaleByRpropState(*new),
+                             state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,20 +628,19 @@ def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
         return ScaleByAsgdState(init_count(params), _scalar_like(params, first, dtype),
                                 _scalar_like(params, 1.0, dtype), _tree.zeros_like(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    rule = functools.partial(_asgd_rule, rounding=_torch_scalar_dtype(scalar_state_dtype))
+
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAsgdState)
         if params is None and _tree.num_leaves(updates):
             raise MissingParamsError(
                 f"{owner} needs the parameters (it decays and averages them): call "
                 "update(updates, state, params)")
-        rule = functools.partial(_asgd_rule, rounding=_torch_scalar_dtype(scalar_state_dtype))
-        out, *rest = elementwise(rule, h, updates,
-                                 (state.step, state.eta, state.mu, state.ax),
-                                 inputs=(params,) if params is not None else (),
-                                 name=owner, complex_as_real=True, input_names=("params",),
-                                 state_like=(None, None, None, LIKE))
-        return out, ScaleByAsgdState(*rest)
+        return PointwiseCall(rule, h, (state.step, state.eta, state.mu, state.ax),
+                             inputs=(params,) if params is not None else (),
+                             finish=lambda new: ScaleByAsgdState(*new), input_names=("params",),
+                             state_like=(None, None, None, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 

@@ -166,17 +166,23 @@ class ScaleByRmsState(NamedTuple):
     mu: Any = EmptyState()
 
 
-def _rms_rule(h, g, t, v, *mu):
+def _rms_rule(h, g, t, v, *mu, bias_correction=False):
     alpha = h["alpha"]
+    t = t + 1
     v = ema_square(v, g, alpha)
+    # (optax's bias correction: the means over 1 - alpha^t)
+    bc = 1 - alpha ** t.to(scalar_dtype(g)) if bias_correction else None
+    v_hat = v if bc is None else v / bc
     if mu:
         m = lerp(mu[0], g, 1 - alpha)
-        avg = safe_sqrt(v - m * m) + h["eps"]
-        return g / avg, t + 1, v, m
-    return g / (safe_sqrt(v, nonnegative=True) + h["eps"]), t + 1, v
+        m_hat = m if bc is None else m / bc
+        avg = safe_sqrt(v_hat - m_hat * m_hat) + h["eps"]
+        return g / avg, t, v, m
+    return g / (safe_sqrt(v_hat, nonnegative=True) + h["eps"]), t, v
 
 
-def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> Transform:
+def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False, *,
+                 bias_correction: bool = False) -> Transform:
     r"""Divides updates by the root of a running mean of their squares (RMSprop; Hinton, 2012).
 
     .. math::
@@ -185,12 +191,16 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         \text{ or } \frac{g_t}{\sqrt{v_t} + \epsilon}
 
     with :math:`\bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t`, as torch.optim.RMSprop computes
-    it (``ε`` outside the root; complex parameters as pairs of reals).
+    it (``ε`` outside the root; complex parameters as pairs of reals). With ``bias_correction``
+    (optax's option) the means are divided by :math:`1 - \alpha^t` first:
+    :math:`u_t = g_t / (\sqrt{v_t / (1-\alpha^t)} + \epsilon)`, Adam without its first moment
+    (schedule-free AdamW's preconditioner).
 
     Args:
         alpha: smoothing constant (default 0.99).
         eps: ``ε`` (default 1e-8).
         centered: subtract the squared running mean (static; default False).
+        bias_correction: divide the means by :math:`1 - \alpha^t` (static; default False).
     """
     check_hparam("scale_by_rms", "alpha", alpha, ge=0, le=1)
     check_hparam("scale_by_rms", "eps", eps, ge=0)
@@ -200,11 +210,13 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         return ScaleByRmsState(init_count(params), _tree.zeros_like(params),
                                _tree.zeros_like(params) if centered else EmptyState())
 
+    rule = functools.partial(_rms_rule, bias_correction=bias_correction)
+
     def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale_by_rms hparams")
         check_state("scale_by_rms", state, ScaleByRmsState)
         states = (state.step, state.nu) + ((state.mu,) if centered else ())
-        return PointwiseCall(_rms_rule, h, states, finish=lambda new: ScaleByRmsState(*new),
+        return PointwiseCall(rule, h, states, finish=lambda new: ScaleByRmsState(*new),
                              donate_state=(True,) * len(states),
                              state_like=(None,) + (LIKE,) * (len(states) - 1))
 
