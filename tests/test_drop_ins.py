@@ -30,9 +30,8 @@ pytestmark = pytest.mark.filterwarnings(  # HuggingFace's AdamW, built with its 
     "ignore:This implementation of AdamW is deprecated:FutureWarning")
 
 CASES_BY_NAME = {c.name: c for c in CASES}
-# L-BFGS's step needs a closure (its own tests: test_algorithms_special.py); optax's L-BFGS
-# with its default zoom line search needs the objective, which a step does not pass (its class
-# without a line search: test_optax_search.py)
+# L-BFGS's step needs a closure (its own tests: test_algorithms_special.py), and so does optax's
+# L-BFGS with its default line search (test_optax_search.py)
 NAMES = [n for n in registry.names() if n not in ("lbfgs", "optax_lbfgs")]
 STEPS = 5
 # torch.optim casts these classes' 0-d scalar state (NAdam's mu_product, ASGD's eta and mu,

@@ -8,6 +8,7 @@ trajectory, complex parameters, the drop-in class, errors)."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -536,3 +537,58 @@ def test_multi_normal_log_prob_and_samples():
     expected = torch.distributions.Normal(d.params[0], d.log_scale.exp()).log_prob(x).sum()
     _close(d.log_prob(x), expected, rtol=1e-14)
     assert d.sample((7, 3), torch.Generator().manual_seed(0)).shape == (7, 3, 2)
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_drop_in_with_its_search_follows_the_alias(early_exit):
+    """OptaxLBFGS.step(closure), as torch.optim.LBFGS's: the closure gives the loss and the
+    gradients at the parameters and at the search's trial points."""
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in _start().items()}
+    opt = fo_optim.OptaxLBFGS(list(params.values()), max_linesearch_steps=10,
+                              early_exit=early_exit)
+    expected = _run(fo.optax_lbfgs(max_linesearch_steps=10), steps=6)
+
+    def closure():
+        opt.zero_grad()
+        loss = _f(params)
+        loss.backward()
+        return loss
+
+    for i in range(6):
+        loss = opt.step(closure)
+        _close(_flat({k: p.detach() for k, p in params.items()}), expected[i], rtol=1e-9)
+    assert loss.requires_grad is False or loss.grad_fn is not None
+    with pytest.raises(RuntimeError, match="needs a closure"):
+        opt.step()
+
+
+def test_drop_in_checkpoint_continues():
+    """A state_dict saved after 3 steps continues as the uninterrupted run (its test_drop_ins
+    checks step without a closure)."""
+    def make():
+        params = {k: torch.nn.Parameter(v.clone()) for k, v in _start().items()}
+        return params, fo_optim.OptaxLBFGS(list(params.values()), memory_size=3,
+                                           max_linesearch_steps=8)
+
+    def steps(params, opt, n):
+        def closure():
+            opt.zero_grad()
+            loss = _f(params)
+            loss.backward()
+            return loss
+        for _ in range(n):
+            opt.step(closure)
+
+    params, opt = make()
+    steps(params, opt, 5)
+    resumed_params, resumed = make()
+    steps(resumed_params, resumed, 3)
+    saved = pickle.loads(pickle.dumps(resumed.state_dict()))
+    params2, opt2 = make()
+    with torch.no_grad():
+        for p, q in zip(params2.values(), resumed_params.values()):
+            p.copy_(q)
+    opt2.load_state_dict(saved)
+    steps(params2, opt2, 2)
+    for k in params:
+        torch.testing.assert_close(params2[k], params[k], rtol=0, atol=0)

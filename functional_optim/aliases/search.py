@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ..base import Transform, chain
-from ..registry import register
+from ..registry import DropInProtocol, register
 from ..transforms import scale_by_learning_rate
 from ..transforms.quasi_newton import scale_by_lbfgs_direction
 from ..transforms.zoom import scale_by_zoom_linesearch
@@ -13,9 +16,57 @@ from ._common import _check_lr, _reparametrized
 
 __all__ = ["optax_lbfgs"]
 
+def _closure_step(optimizer: Any, closure: Any, run: Callable) -> Any:
+    """The drop-in ``OptaxLBFGS``'s step, as torch.optim.LBFGS's: the closure (which computes
+    the loss and calls ``backward``) gives the loss and gradient at the parameters, and, at the
+    line search's trial points, through ``value_and_grad_fn`` (the parameters set to the trial
+    point for the call, then restored with their gradients). One param group, as torch's.
+    Without a line search (``linesearch=None``) it is the usual step (the closure optional)."""
+    if all(group["linesearch"] is None for group in optimizer.param_groups):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        run()
+        return loss
+    if closure is None:
+        raise RuntimeError(
+            f"{type(optimizer).__name__}.step needs a closure that computes the loss and calls "
+            "backward (its line search re-evaluates it), as torch.optim.LBFGS: "
+            "opt.step(closure)")
+    if len(optimizer.param_groups) != 1:
+        raise ValueError(f"{type(optimizer).__name__} doesn't support per-parameter options "
+                         "(parameter groups): its line search moves all parameters together")
+    with torch.enable_grad():
+        loss = closure()
+    group = optimizer.param_groups[0]
+    params = [p for p in group["params"] if p.grad is not None]
+    names = optimizer._names(group, params)
+    grads = {n: p.grad for n, p in zip(names, params)}
+
+    def value_and_grad_fn(trial):
+        saved = [(p.detach().clone(), p.grad) for p in params]
+        with torch.no_grad():
+            for n, p in zip(names, params):
+                p.copy_(trial[n])
+                p.grad = None
+        with torch.enable_grad():
+            value = closure()
+        at = {n: p.grad if p.grad is not None else torch.zeros_like(p)
+              for n, p in zip(names, params)}
+        with torch.no_grad():
+            for p, (data, grad) in zip(params, saved):
+                p.copy_(data)
+                p.grad = grad
+        return torch.as_tensor(value).detach(), at
+
+    run(value=torch.as_tensor(loss).detach(), grad=grads, value_and_grad_fn=value_and_grad_fn)
+    return loss
+
+
 @register(paper=('Liu & Nocedal, 1989, "On the Limited Memory BFGS Method for Large Scale '
                  'Optimization" (optax\'s pure L-BFGS with a zoom line search)'),
-          drop_in="OptaxLBFGS")
+          drop_in="OptaxLBFGS", protocol=DropInProtocol(step=_closure_step))
 def optax_lbfgs(lr: float | torch.Tensor = 1.0, memory_size: int = 10,
                 scale_init_precond: bool = True, linesearch: str | None = "zoom",
                 max_linesearch_steps: int = 20, tol: float = 0.0, increase_factor: float = 2.0,
@@ -47,9 +98,12 @@ def optax_lbfgs(lr: float | torch.Tensor = 1.0, memory_size: int = 10,
 
     Pure and capturable (fixed-length masked loops; see the line search's module): every update
     evaluates the objective and its gradient ``max_linesearch_steps`` times unless
-    ``early_exit`` (structural; eager only) stops the search when it is done. The drop-in class
-    ``functional_optim.optim.OptaxLBFGS`` steps without a line search only
-    (``linesearch=None``): its ``step`` passes no objective.
+    ``early_exit`` (structural; eager only) stops the search when it is done.
+
+    The drop-in class ``functional_optim.optim.OptaxLBFGS`` steps as torch.optim.LBFGS does:
+    ``opt.step(closure)`` with a closure that computes the loss and calls ``backward``; the
+    search re-evaluates it at its trial points (``early_exit=True`` saves the evaluations after
+    the search is done). One param group, as torch's.
 
     The hyperparameters are ``lr`` and the search's six (the same keys whatever the structural
     options: without a search, or with ``approx_dec_rtol=None``, those unused are inert).

@@ -15,7 +15,11 @@ arguments besides the usual ones (chains pass them down to every block)::
   :func:`torch.func.grad_and_value`, so it must be traceable by ``torch.func``;
 - ``fn_kwargs``: the other keyword arguments of ``update`` whose names are parameters of
   ``value_fn`` (a batch ``x=..., y=...``) go to it; the others are ignored (they are meant for
-  other blocks of the chain).
+  other blocks of the chain);
+- or, instead of ``value_fn``, ``value_and_grad_fn(params, **fn_kwargs) -> (value, grads)``:
+  the objective and its gradient computed by the caller (e.g. a closure running ``backward``, as
+  the drop-in class ``functional_optim.optim.OptaxLBFGS`` passes): the search then makes
+  no ``torch.func`` call of its own (and is as pure, vmappable, ... as that function).
 
 The slope along the direction :math:`u` is :math:`\mathrm{Re}\langle\nabla f, u\rangle`. The
 searches return the direction scaled by the step found; their state keeps the step, the value
@@ -83,14 +87,23 @@ def _fn_kwargs(value_fn: Callable, extra: dict) -> dict:
     return {k: v for k, v in extra.items() if k in parameters}
 
 
-def _required(owner: str, value: Any, grad: Any, value_fn: Any) -> None:
-    missing = [n for n, x in (("value", value), ("grad", grad), ("value_fn", value_fn))
-               if x is None]
+def _objective(owner: str, value: Any, grad: Any, value_fn: Any, value_and_grad_fn: Any,
+               extra: dict) -> tuple[Callable, Callable]:
+    """``(value_at, value_and_grad_at)``: the objective and its gradient at a parameter tree,
+    from ``value_fn`` (differentiated by ``torch.func``) or ``value_and_grad_fn``, with their
+    keyword arguments taken from ``extra``; a ``TypeError`` naming what is missing."""
+    fn = value_and_grad_fn if value_and_grad_fn is not None else value_fn
+    missing = [n for n, x in (("value", value), ("grad", grad), ("value_fn", fn)) if x is None]
     if missing:
         raise TypeError(
             f"{owner} evaluates the objective along the update: call update(updates, state, "
-            f"params, value=loss, grad=grads, value_fn=fn) with fn(params, **fn_kwargs) -> loss; "
-            f"missing: {', '.join(missing)}")
+            f"params, value=loss, grad=grads, value_fn=fn) with fn(params, **fn_kwargs) -> loss "
+            f"(or value_and_grad_fn=); missing: {', '.join(missing)}")
+    kwargs = _fn_kwargs(fn, extra)
+    if value_and_grad_fn is not None:
+        return (lambda p: value_and_grad_fn(p, **kwargs)[0],
+                lambda p: value_and_grad_fn(p, **kwargs))
+    return lambda p: value_fn(p, **kwargs), lambda p: value_and_grad(value_fn, p, kwargs)
 
 
 def _scalar(owner: str, name: str, x: Any, like: torch.Tensor) -> torch.Tensor:
@@ -281,16 +294,16 @@ def scale_by_backtracking_linesearch(
             BacktrackingLinesearchInfo(torch.zeros((), dtype=torch.int64, device=device), inf))
 
     def update(updates, state, params=None, hparams=None, *, value=None, grad=None,
-               value_fn=None, **extra):
+               value_fn=None, value_and_grad_fn=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams", structural)
         check_state(owner, state, ScaleByBacktrackingLinesearchState)
         if missing_params(owner, updates, params, "to evaluate the objective") or \
                 _tree.num_leaves(updates) == 0:
             return updates, state
-        _required(owner, value, grad, value_fn)
+        value_at, value_and_grad_at = _objective(owner, value, grad, value_fn,
+                                                 value_and_grad_fn, extra)
         like = state.learning_rate
         h = {k: _as(v, like) for k, v in h.items()}
-        kwargs = _fn_kwargs(value_fn, extra)
         value = _scalar(owner, "value", value, like)
         slope = _slope(grad, updates).to(like.dtype)
 
@@ -308,14 +321,14 @@ def scale_by_backtracking_linesearch(
                 break
             trial = torch.where(active, h["decrease_factor"] * lr, lr) if i else lr
             v = _scalar(owner, "value_fn's value",
-                        value_fn(_tree.add(params, updates, trial), **kwargs), like)
+                        value_at(_tree.add(params, updates, trial)), like)
             lr = trial
             new_value = torch.where(active, v, new_value)
             err = torch.where(active, error(trial, v), err)
             steps = steps + active.to(steps.dtype)
         new_grad = None
         if store_grad:
-            _, new_grad = value_and_grad(value_fn, _tree.add(params, updates, lr), kwargs)
+            _, new_grad = value_and_grad_at(_tree.add(params, updates, lr))
             new_grad = _kept(state.grad, _like_updates(updates, new_grad))
         lr = torch.where(torch.isinf(err), torch.zeros_like(lr), lr)
         return _tree.scale(updates, lr), ScaleByBacktrackingLinesearchState(

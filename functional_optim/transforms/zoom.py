@@ -17,16 +17,14 @@ from ..base import Transform, check_hparam, check_state, missing_params, resolve
 from .linesearch import (
     _as,
     _check_steps,
-    _fn_kwargs,
     _kept,
     _like_updates,
-    _required,
+    _objective,
     _scalar,
     _select,
     _slope,
     _stop,
     _value_dtype,
-    value_and_grad,
 )
 
 __all__ = ["ZoomLinesearchInfo", "ScaleByZoomLinesearchState", "scale_by_zoom_linesearch"]
@@ -186,16 +184,16 @@ def scale_by_zoom_linesearch(
             ZoomLinesearchInfo(torch.zeros((), dtype=torch.int64, device=device), inf, inf))
 
     def update(updates, state, params=None, hparams=None, *, value=None, grad=None,
-               value_fn=None, **extra):
+               value_fn=None, value_and_grad_fn=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams", structural)
         check_state(owner, state, ScaleByZoomLinesearchState)
         if missing_params(owner, updates, params, "to evaluate the objective") or \
                 _tree.num_leaves(updates) == 0:
             return updates, state
-        _required(owner, value, grad, value_fn)
+        _, value_and_grad_at = _objective(owner, value, grad, value_fn, value_and_grad_fn,
+                                          extra)
         like = state.learning_rate
         h = {k: _as(v, like) for k, v in h.items()}
-        kwargs = _fn_kwargs(value_fn, extra)
         grad = _like_updates(updates, grad)
         value0 = _scalar(owner, "value", value, like)
         slope0 = _slope(grad, updates).to(like.dtype)
@@ -226,7 +224,7 @@ def scale_by_zoom_linesearch(
             active = torch.logical_not(s["done"] | s["failed"])
             if _stop(early_exit, i, active):
                 break
-            new = _zoom_iteration(s, h, guess, params, updates, value_fn, kwargs, errors,
+            new = _zoom_iteration(s, h, guess, params, updates, value_and_grad_at, errors,
                                   max_linesearch_steps, max_learning_rate is not None)
             s = {k: _select(active, new[k], s[k]) for k in s}
         lr = s["stepsize"]
@@ -237,7 +235,7 @@ def scale_by_zoom_linesearch(
     return Transform(init, update, defaults)
 
 
-def _zoom_iteration(s: dict, h: dict, guess, params, updates, value_fn, kwargs, errors,
+def _zoom_iteration(s: dict, h: dict, guess, params, updates, value_and_grad_at, errors,
                     max_steps: int, bounded: bool) -> dict:
     """One iteration of the zoom search on the state ``s`` (a dict): a bracketing step before
     an interval is found, a zoom step after; both are computed on scalars and the right one is
@@ -263,8 +261,8 @@ def _zoom_iteration(s: dict, h: dict, guess, params, updates, value_fn, kwargs, 
     zooming = s["interval_found"]
     t = torch.where(zooming, middle, grown)
 
-    v, g = value_and_grad(value_fn, _tree.add(params, updates, t), kwargs)
-    v, g = v.to(t.dtype), _like_updates(updates, g)
+    v, g = value_and_grad_at(_tree.add(params, updates, t))
+    v, g = torch.as_tensor(v, device=t.device).to(t.dtype), _like_updates(updates, g)
     slope = _slope(g, updates).to(t.dtype)
     dec, curv = errors(t, v, slope)
     error = torch.maximum(dec, curv)
