@@ -285,7 +285,6 @@ def signum(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9) -> Transform:
     return _lr_folded(owner, blocks, defaults, to_inner, {})
 
 
-
 @register(paper=('Neelakantan et al., 2015, "Adding Gradient Noise Improves Learning for Very '
                  'Deep Networks"'), drop_in="NoisySGD")
 def noisy_sgd(lr: float | torch.Tensor = 1e-3, eta: float = 0.01, gamma: float = 0.55, *,
