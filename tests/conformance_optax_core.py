@@ -10,7 +10,6 @@ import functional_optim as fo
 
 # tiny gradients, so that an eps next to a root or a norm of the gradients acts
 _TINY = Live(grads_scale=1e-8)
-_TINIER = Live(grads_scale=1e-14)
 _EPS = {"eps": _TINY}
 
 CASES = [
@@ -46,7 +45,8 @@ CASES = [
     Case("novograd", lambda: fo.novograd(lr=0.01, weight_decay=0.1),
          live={"eps": Live(grads_scale=1e-6)}),
     Case("adan", lambda: fo.adan(lr=0.01, weight_decay=0.1),
-         live={"eps": _TINIER, "eps_root": Live(grads_scale=1e-4)}),
+         live={"eps": Live(grads_scale=1e-8, others={"eps_root": 0.0}),
+               "eps_root": Live(grads_scale=1e-4)}),
     Case("sm3", lambda: fo.sm3(lr=0.01), complex=False),
     Case("scale_by_sm3", lambda: fo.scale_by_sm3((0.8, 0.95), eps=1e-6), complex=False,
          live={"eps": Live(grads_scale=1e-3)}),

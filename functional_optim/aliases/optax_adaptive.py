@@ -40,7 +40,7 @@ def adabelief(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9
         nesterov: Nesterov's first moment (structural).
     """
     return _lr_only("adabelief", lr,
-                    {"belief": scale_by_belief(betas, eps, eps_root, nesterov=nesterov)},
+                    {"adabelief": scale_by_belief(betas, eps, eps_root, nesterov=nesterov)},
                     dict(betas=tuple(betas), eps=eps, eps_root=eps_root),
                     dict(nesterov=nesterov))
 

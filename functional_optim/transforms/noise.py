@@ -3,16 +3,16 @@ r"""Gradient noise with its randomness in the state: :func:`add_noise`.
 *Randomness.* The noise is counter-based: the value added to entry :math:`i` of a leaf at step
 :math:`t` is a fixed function of the leaf's key :math:`k` (made at ``init`` from ``seed`` and the
 leaf's position in the tree), :math:`t` and :math:`i`: 32-bit integer hashing (the
-``lowbias32`` mixer of C. Wellons's hash prospector, multiplied exactly in 64-bit integers) turns
-:math:`(k, t, 2i)` and :math:`(k, t, 2i+1)` into two uniform numbers and the Box-Muller transform
-into a standard normal one. No generator object is kept: the state is two int64 tensors per leaf
-(the key and the step), so the noise is reproducible (the same seed gives the same noise on every
-execution path: per leaf, multi-tensor, compiled, captured in a CUDA graph), pure, and follows
-``vmap``: members whose states hold other keys draw independent noise (e.g.
-``state._replace(key=tree.map(lambda k: k + member_offsets, state.key))`` with
-``member_offsets`` a batched int64 tensor, since keys are only mixed, never added as numbers
-elsewhere); members of one key draw the same noise. The numbers are not jax's: optax's
-``add_noise`` draws from ``jax.random``, so only the distribution and its schedule are optax's.
+``lowbias32`` mixer of C. Wellons's hash prospector, its products computed exactly in int64)
+turns :math:`(k, t, 2i)` and :math:`(k, t, 2i+1)` into two uniform numbers, and the Box-Muller
+transform into a standard normal one (``normal_noise``). No generator object is kept: the
+state is two int64 tensors per leaf (the key and the step), so the noise is reproducible (one
+seed gives the same noise on every execution path: per leaf, multi-tensor, compiled, captured
+in a CUDA graph), pure, and batched by ``vmap`` like any state: members whose states hold
+different keys draw independent noise (e.g. ``state._replace(key=...)`` with a tree of batched
+int64 keys, one per member), members that share a key draw the same. The numbers are not
+jax's: optax's ``add_noise`` draws from ``jax.random``, so only the distribution and its
+schedule are optax's.
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ def scale_by_polyak(f_min: float = 0.0, max_lr: float = 1.0, eps: float = 0.0,
                                                     torch.as_tensor(h["max_lr"],
                                                                     dtype=squared.dtype,
                                                                     device=squared.device)))
-        return _tree.map(lambda u: u * step, updates), state
+        # (in each update's dtype: a 0-d update would take the step's float64)
+        return _tree.map(lambda u: (u * step).to(u.dtype), updates), state
 
     return Transform(_empty_init, update, defaults)

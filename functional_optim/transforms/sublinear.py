@@ -130,17 +130,22 @@ def _sm3_leaf(h, g, acc, m):
     else:
         weight = torch.where(b2 == 1, 1.0, 1 - b2)
     if g.ndim < 2:
-        accum = weight * (g * g) + b2 * acc
+        low = acc
+    else:  # the cover's minimum, broadcast over the grid
+        covers = [x.reshape([n if j == i else 1 for j, n in enumerate(g.shape)])
+                  for i, x in enumerate(torch.split(acc, list(g.shape)))]
+        low = functools.reduce(torch.minimum, covers)
+    # (in the leaf's dtype, here and below: a 0-d leaf would take the 0-d hyperparameters'
+    # float64)
+    accum = (weight * (g * g) + b2 * low).to(g.dtype)
+    if g.ndim < 2:
         new = accum
     else:
         dims = range(g.ndim)
-        covers = [x.reshape([n if j == i else 1 for j, n in enumerate(g.shape)])
-                  for i, x in enumerate(torch.split(acc, list(g.shape)))]
-        accum = weight * (g * g) + b2 * functools.reduce(torch.minimum, covers)
         new = torch.cat([torch.amax(accum, dim=[j for j in dims if j != i]) for i in dims])
     positive = accum > 0
-    scaled = g * torch.where(positive, torch.rsqrt(torch.where(positive, accum, 1.0) + h["eps"]),
-                             0.0)
+    root = torch.rsqrt(torch.where(positive, accum, 1.0) + h["eps"])
+    scaled = (g * torch.where(positive, root, 0.0)).to(g.dtype)
     m = lerp(m, scaled, 1 - b1)
     return m, new, m
 
