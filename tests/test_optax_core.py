@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import functional_optim as fo
-from functional_optim.transforms.noise import normal_noise
+from functional_optim import _random
 
 F64 = torch.float64
 SHAPES = {"w": (4, 3), "b": (5,), "c": (2, 3, 2)}
@@ -403,26 +403,30 @@ def test_polyak_needs_the_loss():
 
 
 def test_noisy_sgd_adds_the_annealed_noise_of_its_stream():
-    """u = -lr (g + sqrt(eta / t^gamma) xi_t), xi_t the stream's draw at step t."""
+    """u = -lr (g + sqrt(eta / t^gamma) xi_t), xi_t the draw of leaf 0 with the state's key at
+    step t (the seed's key, advanced once per step)."""
     eta, gamma = 0.3, 0.6
     tx = fo.noisy_sgd(lr=0.5, eta=eta, gamma=gamma, seed=7)
     params = {"w": torch.zeros(300, 200, dtype=F64)}
     grads = {"w": torch.randn(300, 200, dtype=F64)}
     state = tx.init(params)
-    key = state["noise"].key["w"]
+    key = _random.key(7)
     for t in (1, 2, 3):
+        assert torch.equal(state["noise"].key, key)
         u, state = tx.update(grads, state, params)
         noise = -u["w"] / 0.5 - grads["w"]
-        xi = normal_noise(key, torch.tensor(t), grads["w"])
+        xi = _random.normal(key, 0, grads["w"])
         torch.testing.assert_close(noise, math.sqrt(eta / t**gamma) * xi, rtol=1e-12,
                                    atol=1e-12)
         # a standard normal sample: 60000 draws
         assert abs(float(xi.mean())) < 0.02 and abs(float(xi.var()) - 1) < 0.03
         assert abs(float((xi.abs() < 1).double().mean()) - 0.6827) < 0.01
+        key = _random.next_key(key)
 
 
 def test_noise_is_reproducible_and_seeded():
-    params = {"a": torch.zeros(50, dtype=F64), "b": torch.zeros(50, dtype=F64)}
+    params = {"a": torch.zeros(50, dtype=F64), "b": torch.zeros(50, dtype=F64),
+              "c": torch.zeros(25, dtype=torch.complex128)}
     grads = {k: torch.zeros_like(v) for k, v in params.items()}
 
     def draw(seed):
@@ -433,20 +437,22 @@ def test_noise_is_reproducible_and_seeded():
 
     first, again, other = draw(0), draw(0), draw(1)
     for x, y in zip(first, again):
-        assert torch.equal(x["a"], y["a"]) and torch.equal(x["b"], y["b"])
+        assert all(torch.equal(x[k], y[k]) for k in params)
     assert not torch.equal(first[0]["a"], first[0]["b"])  # each leaf its own stream
     assert not torch.equal(first[0]["a"], first[1]["a"])  # a new draw each step
     assert not torch.equal(first[0]["a"], other[0]["a"])  # another seed, other noise
+    c = torch.view_as_real(first[0]["c"])  # independent real and imaginary parts
+    assert not torch.equal(c[:, 0], c[:, 1]) and bool((c != 0).all())
 
 
 def test_noise_under_vmap_follows_each_members_key():
     tx = fo.add_noise(1.0, 0.0)
     params = {"w": torch.zeros(6, dtype=F64)}
     state = tx.init(params)
-    keys = state.key["w"] + torch.arange(3)  # three members, three streams
+    keys = torch.func.vmap(_random.key)(torch.arange(3))  # three members, three streams
 
     def one(key):
-        return tx.update(params, state._replace(key={"w": key}), params)[0]["w"]
+        return tx.update(params, state._replace(key=key), params)[0]["w"]
 
     batched = torch.func.vmap(one)(keys)
     for i, key in enumerate(keys):
