@@ -470,11 +470,33 @@ def test_sm3_keeps_a_sublinear_cover_and_takes_scalars():
     assert torch.isfinite(u["s"]) and u["s"] < 0
 
 
-@pytest.mark.parametrize("make", [lambda: fo.lion(mu_dtype=torch.bfloat16)], ids=["lion"])
-def test_low_precision_momentum(make):
+@pytest.mark.parametrize("make, block", [
+    (lambda: fo.lion(mu_dtype=torch.bfloat16), "lion"),
+    (lambda: fo.nadamw(mu_dtype=torch.bfloat16), "adam"),
+    (lambda: fo.optimistic_adam(mu_dtype=torch.bfloat16), "adam"),
+], ids=["lion", "nadamw", "optimistic_adam"])
+def test_low_precision_momentum(make, block):
     tx = make()
-    params = {"w": torch.randn(4, 3)}
+    params = {"w": torch.randn(4, 3), "z": torch.randn(2, dtype=torch.complex64)}
     state = tx.init(params)
-    assert state["lion"].mu["w"].dtype == torch.bfloat16
-    u, state = tx.update({"w": torch.randn(4, 3)}, state, params)
-    assert u["w"].dtype == torch.float32 and state["lion"].mu["w"].dtype == torch.bfloat16
+    assert state[block].mu["w"].dtype == torch.bfloat16
+    assert state[block].mu["z"].is_complex()
+    grads = {"w": torch.randn(4, 3), "z": torch.randn(2, dtype=torch.complex64)}
+    u, state = tx.update(grads, state, params)
+    assert u["w"].dtype == torch.float32 and state[block].mu["w"].dtype == torch.bfloat16
+
+
+def test_lion_momentum_in_mu_dtype_follows_optax():
+    """optax's Lion with ``mu_dtype``: each product with the stored momentum in ``mu_dtype``,
+    the sums in the update's dtype, the new momentum rounded to ``mu_dtype`` (bit for bit)."""
+    b1, b2 = 0.8, 0.95
+    tx = fo.scale_by_lion((b1, b2), mu_dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    params = {"w": torch.zeros(1000, dtype=F64)}
+    state, m = tx.init(params), torch.zeros(1000, dtype=torch.float32)
+    for _ in range(10):
+        g = torch.randn(1000, generator=gen, dtype=F64)
+        u, state = tx.update({"w": g}, state, params)
+        x = (b1 * m).to(F64) + (1 - b1) * g
+        m = ((b2 * m).to(F64) + (1 - b2) * g).to(torch.float32)
+        assert torch.equal(u["w"], torch.sign(x)) and torch.equal(state.mu["w"], m)

@@ -68,7 +68,8 @@ def yogi(lr: float | torch.Tensor = 1e-2, betas: tuple[float, float] = (0.9, 0.9
                  'Dozat, 2016 (Nesterov)'), drop_in="OptimisticAdam")
 def optimistic_adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                     eps: float = 1e-8, eps_root: float = 0.0, alpha: float = 1.0,
-                    beta: float = 1.0, *, nesterov: bool = True) -> Transform:
+                    beta: float = 1.0, *, nesterov: bool = True,
+                    mu_dtype: torch.dtype | None = None) -> Transform:
     r"""Optimistic Adam, as optax's ``optimistic_adam_v2``: Adam's step :math:`a_t` (with
     Nesterov's first moment by default), then :math:`p_t = p_{t-1} - \eta((\alpha+\beta) a_t -
     \beta a_{t-1})`.
@@ -85,13 +86,15 @@ def optimistic_adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] 
         alpha: ``α`` (default 1).
         beta: ``β`` (default 1).
         nesterov: Nesterov's first moment (structural; default True, optax's).
+        mu_dtype: dtype of the first moment's state (structural; optax's ``mu_dtype``).
     """
     owner = "optimistic_adam"
     check_betas(owner, betas)
-    return _lr_only(owner, lr, {"adam": scale_by_adam(betas, eps, eps_root, nesterov=nesterov),
+    adam = scale_by_adam(betas, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype)
+    return _lr_only(owner, lr, {"adam": adam,
                                 "optimistic": scale_by_optimistic_gradient(alpha, beta)},
                     dict(betas=tuple(betas), eps=eps, eps_root=eps_root, alpha=alpha,
-                         beta=beta), dict(nesterov=nesterov))
+                         beta=beta), dict(nesterov=nesterov, mu_dtype=mu_dtype))
 
 
 @register(paper=('Kingma & Ba, 2015 (Adamax); Loshchilov & Hutter, 2019, "Decoupled Weight Decay '
@@ -122,7 +125,7 @@ def adamaxw(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 
                  'Hutter, 2019 (decoupled decay)'), drop_in="NAdamW")
 def nadamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
            eps: float = 1e-8, eps_root: float = 0.0, weight_decay: float = 1e-4, *,
-           mask: Mask = None) -> Transform:
+           mask: Mask = None, mu_dtype: torch.dtype | None = None) -> Transform:
     r"""NAdamW as optax computes it (``optax.nadamw``; ``weight_decay=0`` is ``optax.nadam``):
     AdamW with Nesterov's first moment,
     :math:`\hat m_t = \beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`,
@@ -140,16 +143,17 @@ def nadamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0
         eps_root: ``ε_root`` (default 0).
         weight_decay: decoupled ``λ`` (default 1e-4, optax's).
         mask: where to decay (structural).
+        mu_dtype: dtype of the first moment's state (structural; optax's ``mu_dtype``).
     """
     owner = "nadamw"
     check_betas(owner, betas)
     check_hparam(owner, "eps", eps, ge=0)
     blocks = _decoupled(owner, lr, weight_decay, mask, "adam",
-                        scale_by_adam(betas, eps, eps_root, nesterov=True))
+                        scale_by_adam(betas, eps, eps_root, nesterov=True, mu_dtype=mu_dtype))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     eps_root=eps_root, weight_decay=weight_decay)
     return _classic(owner, blocks, defaults, "adam", ("betas", "eps", "eps_root"),
-                    dict(mask=mask))
+                    dict(mask=mask, mu_dtype=mu_dtype))
 
 
 @register(paper=('Ginsburg et al., 2019, "Stochastic Gradient Methods with Layer-wise Adaptive '

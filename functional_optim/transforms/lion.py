@@ -8,12 +8,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import tree as _tree
-from .._execute import Pointwise, PointwiseCall, lerp
+from .._execute import Pointwise, PointwiseCall, decayed, lerp, zeros_in
 from ..base import (
     HParamError,
     Transform,
     check_betas,
+    check_dtype_option,
     check_hparam,
     check_state,
     pointwise_transform,
@@ -41,11 +41,12 @@ def _sign(x):
 
 def _lion_rule(h, g, m, *, mode):
     b1, b2 = h["betas"]
-    if m.dtype != g.dtype:  # a low- or high-precision momentum: the math in the wider dtype
-        wide = torch.promote_types(m.dtype, g.dtype)
-        g, m = g.to(wide), m.to(wide)
-    new_m = lerp(m, g, 1 - b2)
-    x = m * b1 + g * (1 - b1)  # (g read last: on the fused path it may be overwritten)
+    if m.dtype == g.dtype:
+        new_m = lerp(m, g, 1 - b2)
+        x = m * b1 + g * (1 - b1)  # (g read last: on the fused path it may be overwritten)
+    else:  # a momentum kept in mu_dtype
+        new_m = decayed(m, b2, g) + g * (1 - b2)
+        x = decayed(m, b1, g) + g * (1 - b1)
     if mode == "hard":
         u = _sign(x)
     elif mode == "smooth":
@@ -68,8 +69,10 @@ def scale_by_lion(betas: tuple[float, float] = (0.9, 0.99), *, mode: str = "hard
     :math:`\tanh(\beta_s x)` (``"smooth"``, with the hyperparameter ``smooth_beta``
     :math:`\beta_s`) or by :math:`x` where :math:`|x| < 1` and :math:`\operatorname{sign}(x)`
     elsewhere (``"refined"``). Complex updates take :math:`x/|x|` for the sign (as optax's).
-    With ``mu_dtype`` the momentum is kept in that dtype (a low-precision memory policy): the
-    step computes in the wider of it and the update's dtype and rounds the new momentum to it.
+    With ``mu_dtype`` the momentum is kept in that dtype (a low-precision memory policy), as
+    optax's ``mu_dtype``: each product with the stored momentum is taken in ``mu_dtype``, the
+    rest in the update's dtype, and the new momentum is rounded to ``mu_dtype`` (a complex
+    parameter keeps it in the complex dtype of that precision).
 
     Args:
         betas: ``(β1, β2)``: the interpolation and the momentum's decay (default
@@ -82,9 +85,7 @@ def scale_by_lion(betas: tuple[float, float] = (0.9, 0.99), *, mode: str = "hard
     owner = "scale_by_lion"
     if mode not in _LION_MODES:
         raise HParamError(f"{owner}: mode must be one of {_LION_MODES}, got {mode!r}")
-    if mu_dtype is not None and not (isinstance(mu_dtype, torch.dtype)
-                                     and mu_dtype.is_floating_point):
-        raise HParamError(f"{owner}: mu_dtype must be None or a floating dtype, got {mu_dtype!r}")
+    check_dtype_option(owner, "mu_dtype", mu_dtype)
     check_betas(owner, betas)
     defaults: dict = {"betas": tuple(betas)}
     if mode == "smooth":
@@ -93,9 +94,7 @@ def scale_by_lion(betas: tuple[float, float] = (0.9, 0.99), *, mode: str = "hard
     rule = functools.partial(_lion_rule, mode=mode)
 
     def init(params):
-        return ScaleByLionState(_tree.map(
-            lambda p: torch.zeros_like(p, dtype=mu_dtype if p.is_floating_point() else None),
-            params))
+        return ScaleByLionState(zeros_in(params, mu_dtype))
 
     def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
