@@ -26,6 +26,7 @@ from . import (
     optax_adaptive,
     optax_core,
     optax_variants,
+    search,
     special,
 )
 from .basic import adam, adamw, sgd
@@ -75,6 +76,7 @@ from .optax_variants import (
     optax_rmsprop,
     optax_rprop,
 )
+from .search import optax_lbfgs
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
@@ -88,4 +90,4 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "optimistic_gradient_descent", "adabelief", "yogi", "novograd", "adan", "sm3",
            "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
-           "optax_radam", "optax_rprop", "optax_adafactor"]
+           "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search"]

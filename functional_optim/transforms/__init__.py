@@ -193,6 +193,32 @@ __all__ += [
     "unitwise_norm",
 ]
 
+# optax's line searches and pure L-BFGS direction
+from .linesearch import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from .quasi_newton import ScaleByLbfgsDirectionState, scale_by_lbfgs_direction  # noqa: E402
+from .zoom import (  # noqa: E402
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
+
+__all__ += [
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+    "ScaleByLbfgsDirectionState",
+    "scale_by_lbfgs_direction",
+]
+
 # optax.contrib's parameter-free and schedule-free blocks
 from .distance_over_gradients import (  # noqa: E402
     ScaleByDistanceOverGradientsState,
