@@ -284,3 +284,30 @@ __all__ += [
     "stateless_with_tree_map",
     "scale_gradient",
 ]
+
+# the precision policy (low-precision state and parameters)
+from .transforms import (  # noqa: E402
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]

@@ -135,3 +135,34 @@ __all__ += [
     "unitwise_clip",
     "unitwise_norm",
 ]
+
+# the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
+from .precision import (  # noqa: E402
+    CastStorage,
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    Storage,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "CastStorage",
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "Storage",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]
