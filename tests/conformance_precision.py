@@ -1,4 +1,4 @@
-"""Conformance cases of the precision policy (``transforms.precision``); ``conformance.CASES``
+"""Conformance cases of the precision policy (``transforms.low_precision``); ``conformance.CASES``
 includes them. The suite runs on float64 parameters, where the policy's casts are the identity
 (float64 computes in float64), so every check holds; the low-precision numbers are tested in
 ``test_precision.py``."""

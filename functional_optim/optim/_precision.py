@@ -3,7 +3,7 @@
 Every optimizer of :mod:`functional_optim.optim` (the generic adapter, the torch.optim drop-ins,
 the generated classes) takes the policy the same way: ``opt.use_precision(...)`` wraps the
 transform of each group in :func:`functional_optim.precision`. The wrapped state keeps the
-names it had (:class:`~functional_optim.transforms.precision.PrecisionState`'s ``inner`` adds no
+names it had (:class:`~functional_optim.transforms.low_precision.PrecisionState`'s ``inner`` adds no
 level); the policy's own leaves are stored as ``rounding_key``, ``compensation`` and
 ``master_param``.
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from ..base import Transform
-from ..transforms.precision import precision, storage
+from ..base import HParamError, Transform
+from ..transforms.low_precision import precision, storage
 from . import _layout
 
 __all__ = ["POLICY_PATHS", "Kept", "check", "wrap", "loaded", "warn_converted"]
@@ -51,13 +51,14 @@ def check(owner: str, policy: dict) -> dict:
     """``policy`` (the arguments of :func:`functional_optim.precision`) validated now, with
     ``precision``'s messages; returns it."""
     fields = {k: v for k, v in policy.items() if k not in _OPTIONS}
+    for name, spec in fields.items():
+        storage(spec, where=f"{owner}.use_precision: {name}")
+    options = {k: v for k, v in policy.items() if k in _OPTIONS}
     try:
-        for name, spec in fields.items():
-            storage(spec, where=f"{owner}.use_precision: {name}")
-        options = {k: v for k, v in policy.items() if k in _OPTIONS}
         precision(Transform(lambda p: (), lambda u, s, p=None, h=None: (u, s), {}), **options)
-    except TypeError as e:
-        raise TypeError(f"{owner}.use_precision: {e}") from None
+    except HParamError as e:
+        raise HParamError(f"{owner}.use_precision: "
+                          + str(e).removeprefix("precision: ")) from None
     return policy
 
 

@@ -137,7 +137,7 @@ __all__ += [
 ]
 
 # the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
-from .precision import (  # noqa: E402
+from .low_precision import (  # noqa: E402
     CastStorage,
     KahanState,
     MasterWeightsState,

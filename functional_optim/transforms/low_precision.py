@@ -162,7 +162,7 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, key: torch.Tensor,
     other = torch.nextafter(r, toward)
     chance = err.abs() / (other.to(x.dtype) - wide_r).abs()
     out = torch.where(_random.uniform(key, salt, x) < chance, other, r)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and x.requires_grad:
         out = (x + (out.to(x.dtype) - x).detach()).to(dtype)
     return out
 
@@ -397,6 +397,9 @@ def _policy(name: str, inner: Transform, default: Any, fields: dict, stochastic:
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise HParamError(f"{name}: compute_dtype must be a floating torch.dtype, got "
                           f"{compute_dtype!r}")
+    if not isinstance(stochastic, bool):
+        raise HParamError(f"{name}: stochastic_rounding must be True or False, got "
+                          f"{stochastic!r}")
     base = None if default is None else storage(default, stochastic, f"{name}: state_dtype")
     stores = {f: storage(s, stochastic, f"{name}: {f}") for f, s in fields.items()}
     keyed = stochastic
