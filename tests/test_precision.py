@@ -285,3 +285,41 @@ def test_generic_adapter_and_sgd_stall():
         v.grad = torch.full_like(v, 1e-4)
         generic.step()
     assert bool((v < 1.0).all()) and "compensation" in generic.state[v]
+
+
+@pytest.mark.parametrize("policy", [dict(state_dtype=BF16, stochastic_rounding=True),
+                                    dict(params="kahan"), dict(params="master")])
+def test_bfloat16_policies_are_capturable(policy):
+    """No host sync and every tensor on the device in a symbolic trace on fake CUDA bfloat16
+    parameters (the conformance suite's check, on the low-precision paths)."""
+    from test_conformance import _sync_ops
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    tx = fo.precision(fo.adamw(lr=0.1), **policy)
+    with FakeTensorMode(shape_env=ShapeEnv()):
+        params = {"w": torch.ones(3, 2, dtype=BF16, device="cuda")}
+        grads = {"w": torch.ones(3, 2, dtype=BF16, device="cuda")}
+        state = tx.init(params)
+    graph = make_fx(lambda g, s, p: tx.update(g, s, p), tracing_mode="symbolic")(
+        grads, state, params).graph
+    assert not _sync_ops(graph)
+    devices = {v.device.type for n in graph.nodes for v in [n.meta.get("val")]
+               if isinstance(v, torch.Tensor)}
+    assert devices <= {"cuda"}, devices
+
+
+def test_stochastic_policy_compiles_to_the_eager_numbers():
+    """One graph (``fullgraph``), the eager bits. (Inductor's code generation may fuse away
+    the bfloat16 round trip that measures the rounding error: aot_eager runs the traced graph
+    as traced.)"""
+    tx = fo.precision(fo.adamw(lr=0.1), BF16, stochastic_rounding=True, seed=4)
+    params = {"w": torch.randn(3, 2).to(BF16)}
+    grads = {"w": torch.randn(3, 2).to(BF16)}
+    state = tx.init(params)
+    eager = tx.update(grads, state, params)
+    compiled = torch.compile(tx.update, fullgraph=True, backend="aot_eager")(grads, state, params)
+    for a, b in zip(fo.tree.leaves(eager), fo.tree.leaves(compiled)):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)

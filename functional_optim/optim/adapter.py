@@ -457,10 +457,12 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
         The state keeps its names (``exp_avg`` in the policy's dtype); ``state_dict`` saves
         the policy's leaves too and round-trips exactly. Loading converts explicitly, by the
-        rule of :mod:`functional_optim.optim._precision` (a float32 torch.optim checkpoint
-        into bfloat16 state: rounded to nearest, with a warning naming the keys; the policy's
-        leaves start fresh when absent). The fused kernels do not run under a policy (the
-        multi-tensor, per-leaf and flat paths do).
+        rule of the "Low precision and memory" guide: each floating state tensor to the dtype
+        the policy stores it in (a float32 torch.optim checkpoint into bfloat16 state: rounded
+        to nearest, with a warning naming the keys and dtypes), on the parameter's device;
+        the policy's leaves start fresh when absent; an optimizer without the policy refuses
+        them. The fused kernels do not run under a policy (the multi-tensor, per-leaf and
+        flat paths do; the flat layout draws other random numbers, of the same law).
         """
         policy = dict(state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
                       params=params, seed=seed, **fields)
