@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -323,3 +324,28 @@ def test_stochastic_policy_compiles_to_the_eager_numbers():
     for a, b in zip(fo.tree.leaves(eager), fo.tree.leaves(compiled)):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b)
+
+
+class _AccState(NamedTuple):
+    acc: Any
+
+
+def test_stochastic_rounding_also_stores_state_that_keeps_its_dtype():
+    """With ``stochastic_rounding`` and no storage given, bfloat16 state (that of bfloat16
+    parameters) is stored stochastically too: an accumulator of steps below half an ulp moves
+    on average (to nearest it stays)."""
+    inner = fo.Transform(lambda p: _AccState(fo.tree.zeros_like(p)),
+                         lambda u, s, p=None, h=None: (u, _AccState(fo.tree.map(
+                             torch.add, s.acc, u))), {})
+    params = {"w": torch.zeros(2000, dtype=BF16)}
+    means = {}
+    for stochastic in (False, True):
+        tx = fo.with_state_dtype(inner, stochastic_rounding=stochastic)
+        state = tx.init(params)
+        _, state = tx.update({"w": torch.ones(2000, dtype=BF16)}, state, params)
+        for _ in range(64):
+            _, state = tx.update({"w": torch.full((2000,), 2.0 ** -10, dtype=BF16)}, state,
+                                 params)
+        assert state.inner.acc["w"].dtype == BF16
+        means[stochastic] = state.inner.acc["w"].double().mean().item()
+    assert means[False] == 1.0 and abs(means[True] - 1.0625) < 2e-3

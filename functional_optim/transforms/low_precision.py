@@ -407,10 +407,15 @@ def _policy(name: str, inner: Transform, default: Any, fields: dict, stochastic:
     writes = param_mode is not None or (mode == "round" and keyed)  # (reads the parameters)
 
     def storage_of(field: str | None, leaf: Any) -> Storage | None:
-        """A named field's storage, else the default for floating leaves of rank >= 1."""
+        """A named field's storage, else the default for floating leaves of rank >= 1 (with
+        stochastic rounding and no default: their own dtype, stochastically)."""
         if not _floating(leaf):  # (complex state keeps its dtype)
             return None
-        return stores.get(field, base if leaf.ndim > 0 else None)
+        if field in stores:
+            return stores[field]
+        if leaf.ndim == 0:
+            return None
+        return base if base is not None or not stochastic else CastStorage(leaf.dtype, True)
 
     def holds(field, old):
         s = stores.get(field)
@@ -487,8 +492,9 @@ def with_state_dtype(inner: Transform, dtype: Any = None, *, stochastic_rounding
     NamedTuple's field (``mu=torch.bfloat16, nu="fp32"`` for Adam's moments, ``exp_avg`` being
     ``mu``), ``dtype`` for every other floating state leaf of rank >= 1 (0-d ones, such as
     NAdam's ``mu_product``, keep their dtype unless named); a leaf with no storage is stored in
-    the dtype it had. A storage is a dtype, ``"bf16"``, ``"fp16"``, ``"fp32"`` or a
-    :class:`Storage`. The updates come out in the compute dtype
+    the dtype it had (stochastically with ``stochastic_rounding``, when narrower than the
+    compute dtype: bfloat16 state of bfloat16 parameters). A storage is a dtype, ``"bf16"``,
+    ``"fp16"``, ``"fp32"`` or a :class:`Storage`. The updates come out in the compute dtype
     (:func:`~functional_optim.apply_updates` adds them to a bfloat16 parameter with one
     rounding). Hyperparameters are ``inner``'s.
 
