@@ -235,6 +235,81 @@ from .transforms import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]
 
+# optax.contrib's other algorithms: ADOPT, ACProp, AdEMAMix, MADGRAD, Sophia, SAM, GaLore, DP-SGD
+from .aliases import (  # noqa: E402
+    acprop,
+    ademamix,
+    adopt,
+    dpsgd,
+    galore_adamw,
+    madgrad,
+    sam_sgd,
+    simplified_ademamix,
+    sophia,
+)
+from .transforms import (  # noqa: E402
+    DifferentiallyPrivateAggregateState,
+    GaLoreDimensionNumbers,
+    HutchinsonState,
+    SamState,
+    ScaleByAcpropState,
+    ScaleByAdemamixState,
+    ScaleByAdoptState,
+    ScaleByGaloreState,
+    ScaleByMadgradState,
+    ScaleBySimplifiedAdemamixState,
+    ScaleBySophiaState,
+    adopt_clip_value,
+    differentially_private_aggregate,
+    hessian_vector_product,
+    hutchinson_estimator_diag_hessian,
+    normalize,
+    sam,
+    scale_by_acprop,
+    scale_by_ademamix,
+    scale_by_adopt,
+    scale_by_galore,
+    scale_by_madgrad,
+    scale_by_simplified_ademamix,
+    scale_by_sophia,
+)
+
+__all__ += [
+    "acprop",
+    "ademamix",
+    "adopt",
+    "dpsgd",
+    "galore_adamw",
+    "madgrad",
+    "sam_sgd",
+    "simplified_ademamix",
+    "sophia",
+    "DifferentiallyPrivateAggregateState",
+    "GaLoreDimensionNumbers",
+    "HutchinsonState",
+    "SamState",
+    "ScaleByAcpropState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
+    "ScaleByGaloreState",
+    "ScaleByMadgradState",
+    "ScaleBySimplifiedAdemamixState",
+    "ScaleBySophiaState",
+    "adopt_clip_value",
+    "differentially_private_aggregate",
+    "hessian_vector_product",
+    "hutchinson_estimator_diag_hessian",
+    "normalize",
+    "sam",
+    "scale_by_acprop",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_galore",
+    "scale_by_madgrad",
+    "scale_by_simplified_ademamix",
+    "scale_by_sophia",
+]
+
 # optax's vocabulary outside the optimizers: bounds on updates, numerics
 from . import numerics  # noqa: E402
 from .transforms import (  # noqa: E402
@@ -284,6 +359,93 @@ __all__ += [
     "stateless_with_tree_map",
     "scale_gradient",
 ]
+
+# optax.contrib's parameter-free and schedule-free optimizers
+from .aliases import (  # noqa: E402
+    cocob,
+    dadapt_adamw,
+    dog,
+    dowg,
+    mechanic_adam,
+    momo,
+    momo_adam,
+    prodigy,
+    schedule_free_adamw,
+    schedule_free_sgd,
+)
+from .transforms import (  # noqa: E402
+    MechanicState,
+    ScaleByCocobState,
+    ScaleByDadaptAdamwState,
+    ScaleByDistanceOverGradientsState,
+    ScaleByDogState,
+    ScaleByDowgState,
+    ScaleByMomoAdamState,
+    ScaleByMomoState,
+    ScaleByProdigyState,
+    ScheduleFreeState,
+    mechanize,
+    scale_by_cocob,
+    scale_by_dadapt_adamw,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+    scale_by_momo,
+    scale_by_momo_adam,
+    scale_by_prodigy,
+    schedule_free,
+    schedule_free_eval_params,
+    schedule_free_train_params,
+)
+
+__all__ += [
+    "cocob",
+    "dadapt_adamw",
+    "dog",
+    "dowg",
+    "mechanic_adam",
+    "momo",
+    "momo_adam",
+    "prodigy",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "MechanicState",
+    "ScaleByCocobState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDistanceOverGradientsState",
+    "ScaleByDogState",
+    "ScaleByDowgState",
+    "ScaleByMomoAdamState",
+    "ScaleByMomoState",
+    "ScaleByProdigyState",
+    "ScheduleFreeState",
+    "mechanize",
+    "scale_by_cocob",
+    "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
+    "scale_by_momo",
+    "scale_by_momo_adam",
+    "scale_by_prodigy",
+    "schedule_free",
+    "schedule_free_eval_params",
+    "schedule_free_train_params",
+]
+
+# optax's variants of torch's names (optax_nadam, ...)
+from .aliases import (  # noqa: E402
+    optax_adafactor,
+    optax_adagrad,
+    optax_amsgrad,
+    optax_nadam,
+    optax_radam,
+    optax_rmsprop,
+    optax_rprop,
+)
+
+__all__ += ["optax_adafactor", "optax_adagrad", "optax_amsgrad", "optax_nadam", "optax_radam",
+            "optax_rmsprop", "optax_rprop"]
 
 # the precision policy (low-precision state and parameters)
 from .transforms import (  # noqa: E402
