@@ -322,3 +322,34 @@ __all__ += [
     "scale_by_trust_ratio",
     "scale_by_yogi",
 ]
+
+# the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
+from .low_precision import (  # noqa: E402
+    CastStorage,
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    Storage,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "CastStorage",
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "Storage",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]
