@@ -17,7 +17,7 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import basic, classic, contrib_more, huggingface, special
+from . import basic, classic, contrib_more, huggingface, quantized, special
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
 from .contrib_more import (
@@ -32,6 +32,7 @@ from .contrib_more import (
     sophia,
 )
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .quantized import adam_8bit, adamw_4bit, adamw_8bit
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
@@ -39,4 +40,4 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
            "classic", "special", "huggingface", "adopt", "acprop", "ademamix",
            "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
-           "contrib_more"]
+           "contrib_more", "adam_8bit", "adamw_8bit", "adamw_4bit", "quantized"]
