@@ -49,6 +49,32 @@ def test_maps(bits, signed):
     assert (float(got[0]) < 0) == signed
 
 
+@pytest.mark.parametrize("bits,signed", list(PLAIN_MAPS))
+def test_each_float_bucket_holds_at_most_one_midpoint(bits, signed):
+    """What the quantization's table lookup rests on (``_tables``): the floats that share their
+    top 16 bits lie on one side of every midpoint between map values but at most one."""
+    values = q.quantization_map(bits, signed)
+    middles = (values[1:] + values[:-1]) / 2
+    floors = q._bucket_floors("cpu")
+    k = torch.arange(1 << 16, dtype=torch.int64)
+    last = torch.where(k >= 1 << 15, k << 16, (k << 16) | 0xFFFF)
+    ceilings = (last - (last >= 1 << 31).long() * (1 << 32)).int().view(torch.float32)
+    real = ~torch.isnan(floors) & ~torch.isnan(ceilings)
+    inside = torch.searchsorted(middles, ceilings, right=True) - torch.searchsorted(middles,
+                                                                                   floors)
+    assert int(inside[real].max()) == 1 and bool((floors[real] <= ceilings[real]).all())
+
+
+def test_quantize_all_equals_one_by_one():
+    xs = [torch.randn(5, 7), torch.randn(64), torch.randn(3, dtype=torch.float64)]
+    together = q.quantize_all(xs, 8, 16, True)
+    for x, t in zip(xs, together):
+        alone = q.quantize(x, 8, 16, True)
+        assert torch.equal(t.codes, alone.codes) and torch.equal(t.absmax, alone.absmax)
+    for x, back in zip(xs, q.dequantize_all(together, xs, 8)):
+        assert torch.equal(back, q.dequantize(q.quantize(x, 8, 16, True), x, 8))
+
+
 def plain_quantize(x: torch.Tensor, qmap: list, block: int):
     """Codes (nearest map index, by brute force) and block maxima of ``x``, in float32."""
     flat = x.reshape(-1).float()

@@ -37,6 +37,7 @@ state never exceed one chunk.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, NamedTuple
 
 import optree
@@ -46,8 +47,8 @@ from .. import _execute
 from .. import tree as _tree
 from ..base import HParamError, Transform
 
-__all__ = ["Quantized", "quantization_map", "quantize", "dequantize", "quantize_tree",
-           "quantized_state"]
+__all__ = ["Quantized", "quantization_map", "quantize", "dequantize", "quantize_all",
+           "dequantize_all", "quantize_tree", "quantized_state"]
 
 #: default block sizes by bits (bitsandbytes' and torchao's 8-bit: 256; torchao's 4-bit: 128)
 BLOCK_SIZES = {8: 256, 4: 128}
@@ -61,8 +62,9 @@ class Quantized(NamedTuple):
 
     Attributes:
         codes: the map indices, flat, for the padded tensor (one byte each in 8 bits, two per
-            byte in 4 bits: the first in the high nibble). Their dtype names the map: ``int8``
-            the signed map (index ``code + 128`` in 8 bits), ``uint8`` the unsigned one.
+            byte in 4 bits: the first in the high nibble), read as unsigned bytes. Their dtype
+            names the map: ``int8`` (the same bytes) the signed map, ``uint8`` the unsigned
+            one.
         absmax: float32, one absolute maximum per block.
     """
 
@@ -88,22 +90,44 @@ def _build_map(bits: int, signed: bool, device: Any) -> torch.Tensor:
     return torch.sort(torch.cat(parts)).values.to(torch.float32)
 
 
+def _bucket_floors(device: Any) -> torch.Tensor:
+    """The least float32 of each of the 65536 buckets of floats that share their top 16 bits
+    (sign, exponent, 7 mantissa bits), indexed by those bits."""
+    k = torch.arange(1 << 16, dtype=torch.int64, device=device)
+    bits = torch.where(k >= 1 << 15, (k << 16) | 0xFFFF, k << 16)  # negative: the last float
+    return (bits - (bits >= 1 << 31).to(torch.int64) * (1 << 32)).to(torch.int32).view(
+        torch.float32)
+
+
 _ON_DEVICE: dict = {}
 
 
-def _tables(bits: int, signed: bool, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The map and the midpoints between its neighbours on ``device`` (made once per device
-    eagerly, so that a captured update makes nothing)."""
+def _tables(bits: int, signed: bool, device: Any) -> tuple[torch.Tensor, ...]:
+    """On ``device`` (made once per device eagerly, so that a captured update makes nothing):
+    the map; for each bucket of :func:`_bucket_floors`, the code nearest to its least float
+    (uint8) and the midpoint between that code and the next (``inf`` after the last).
+
+    The nearest code of ``v`` is its bucket's code, plus one where ``v`` is above the bucket's
+    midpoint: every bucket holds at most one midpoint of the maps here (their neighbours are
+    more than a bucket's width, 2**-7 relative, apart; ``tests/test_quantized.py`` checks it),
+    so this is the binary search's answer (ties to the lower code) in two gathers."""
     key = (bits, signed, torch.device(device))
     found = _ON_DEVICE.get(key)
     if found is not None:
         return found
     values = _build_map(bits, signed, device)
     n = values.numel() - 1  # (narrow, not indexing: fake CUDA tensors have no indexing)
-    found = (values, (values.narrow(0, 1, n) + values.narrow(0, 0, n)) / 2)
+    middles = (values.narrow(0, 1, n) + values.narrow(0, 0, n)) / 2
+    codes = torch.searchsorted(middles, _bucket_floors(device))
+    upper = torch.cat([middles, torch.full((1,), float("inf"), device=device)])
+    found = (values, codes.to(torch.uint8), upper.index_select(0, codes))
     if type(values) is torch.Tensor and not torch.compiler.is_compiling():
         _ON_DEVICE[key] = found
     return found
+
+
+#: which of a float32's two 16-bit halves holds its top bits
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0
 
 
 def quantization_map(bits: int, signed: bool, device: Any = "cpu") -> torch.Tensor:
@@ -126,37 +150,59 @@ def _check_bits(owner: str, bits: Any, block_size: Any) -> int:
 def quantize(x: torch.Tensor, bits: int = 8, block_size: int | None = None,
              signed: bool = True) -> Quantized:
     """``x`` blockwise-quantized (see the module docstring); computed in float32."""
-    block_size = _check_bits("quantize", bits, block_size)
-    flat = x.reshape(-1).to(torch.float32)
-    blocks = math.ceil(flat.numel() / block_size) if flat.numel() else 0
-    pad = blocks * block_size - flat.numel()
-    if pad:
-        flat = torch.nn.functional.pad(flat, (0, pad))
-    flat = flat.view(blocks, block_size)
-    absmax = flat.abs().amax(dim=1) if blocks else flat.new_zeros(0)
-    values, middles = _tables(bits, signed, x.device)
+    return quantize_all([x], bits, _check_bits("quantize", bits, block_size), signed)[0]
+
+
+def quantize_all(xs: list, bits: int, block_size: int, signed: bool) -> list[Quantized]:
+    """Each tensor of ``xs`` blockwise-quantized, with one pass of each op over all of them:
+    they are concatenated (each padded to whole blocks) and their codes and block maxima are
+    views of one buffer each."""
+    sizes = [x.numel() for x in xs]
+    blocks = [math.ceil(n / block_size) for n in sizes]
+    pieces = []
+    for x, n, b in zip(xs, sizes, blocks):
+        pieces.append(x.reshape(-1).to(torch.float32))
+        if b * block_size > n:
+            pieces.append(x.new_zeros(b * block_size - n, dtype=torch.float32))
+    flat = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).view(-1, block_size)
+    absmax = torch.maximum(flat.amax(dim=1), -flat.amin(dim=1)) if flat.numel() else \
+        flat.new_zeros(0)
+    _, nearest, split = _tables(bits, signed, flat.device)
     scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    index = torch.searchsorted(middles, (flat / scale.unsqueeze(1)).contiguous()).view(-1)
+    normalized = (flat / scale.unsqueeze(1)).view(-1)
+    bucket = normalized.view(torch.uint16).view(-1, 2).select(1, _HIGH_HALF).to(torch.int32)
+    above = normalized > split.index_select(0, bucket)
+    index = nearest.index_select(0, bucket) + above.view(torch.uint8)
     if bits == 4:
         high, low = index.view(-1, 2).unbind(1)
         index = high * 16 + low
-        codes = index.to(torch.uint8)
-        return Quantized(codes.view(torch.int8) if signed else codes, absmax)
-    return Quantized((index - 128).to(torch.int8) if signed else index.to(torch.uint8), absmax)
+    codes = index.view(torch.int8) if signed else index
+    return [Quantized(c, a) for c, a in zip(codes.split([b * block_size * bits // 8
+                                                          for b in blocks]),
+                                             absmax.split(blocks))]
 
 
 def dequantize(q: Quantized, like: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """The tensor ``q`` stores, with ``like``'s shape and dtype (the products in float32)."""
-    signed = q.codes.dtype == torch.int8
-    values, _ = _tables(bits, signed, q.codes.device)
+    return dequantize_all([q], [like], bits)[0]
+
+
+def dequantize_all(qs: list[Quantized], likes: list, bits: int) -> list[torch.Tensor]:
+    """The tensors ``qs`` store (of one map and block size), each with the shape and dtype of
+    its entry of ``likes``, with one pass of each op over all of them (the results are views
+    of one float32 buffer where their dtype is float32)."""
+    signed = qs[0].codes.dtype == torch.int8
+    values = _tables(bits, signed, qs[0].codes.device)[0]
+    codes = [q.codes.view(torch.uint8) if signed else q.codes for q in qs]
+    codes = codes[0] if len(codes) == 1 else torch.cat(codes)
+    absmax = qs[0].absmax if len(qs) == 1 else torch.cat([q.absmax for q in qs])
     if bits == 4:
-        packed = q.codes.view(torch.uint8) if signed else q.codes
-        index = torch.stack((packed >> 4, packed & 15), dim=-1).view(-1).to(torch.int32)
-    else:
-        index = q.codes.to(torch.int32) + 128 if signed else q.codes.to(torch.int32)
-    blocks = q.absmax.shape[-1]
-    out = values.index_select(0, index).view(blocks, -1) * q.absmax.unsqueeze(1)
-    return out.view(-1).narrow(0, 0, like.numel()).view(like.shape).to(like.dtype)
+        codes = torch.stack((codes >> 4, codes & 15), dim=-1).view(-1)
+    out = values.index_select(0, codes.to(torch.int32)).view(absmax.shape[-1], -1) * \
+        absmax.unsqueeze(1)
+    parts = out.view(-1).split([q.codes.shape[-1] * 8 // bits for q in qs])
+    return [x.narrow(0, 0, like.numel()).view(like.shape).to(like.dtype)
+            for x, like in zip(parts, likes)]
 
 
 def quantize_tree(state: Any, *, bits: int = 8, block_size: int | None = None,
@@ -249,21 +295,30 @@ def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = No
         new_leaves = list(leaves)
         new_states = [list(column) for column in states]
         for chunk in _chunks(leaves):
+            mine = [[i for i in chunk if isinstance(column[i], Quantized) and
+                     leaves[i] is not None] for column in states]
+            read = [{i: column[i] for i in chunk} for column in states]
+            for column, where, out in zip(states, mine, read):
+                for group in _by_map(column, where):
+                    out.update(zip(group, dequantize_all([column[i] for i in group],
+                                                         [leaves[i] for i in group], bits)))
             got = _execute.elementwise(
                 call.rule, call.hparams, [leaves[i] for i in chunk],
-                tuple([_read(column[i], leaves[i], bits) for i in chunk] for column in states),
+                tuple(list(out.values()) for out in read),
                 tuple([x[i] for i in chunk] for x in inputs),
                 name=f"quantized_state({spec.name})", complex_as_real=spec.complex == "as_real",
                 real_only=spec.real_only, input_names=call.input_names, donate_state=donate,
                 sparse=False, state_like=call.state_like)
             for k, i in enumerate(chunk):
                 new_leaves[i] = got[0][k]
-                for j, column in enumerate(states):
-                    old = column[i]
-                    new = got[1 + j][k]
-                    new_states[j][i] = quantize(new, bits, block_size,
-                                                old.codes.dtype == torch.int8) \
-                        if isinstance(old, Quantized) and leaves[i] is not None else new
+                for j in range(len(states)):
+                    new_states[j][i] = got[1 + j][k]
+            for column, where, new in zip(states, mine, new_states):
+                for group in _by_map(column, where):
+                    stored = quantize_all([new[i] for i in group], bits, block_size,
+                                          column[group[0]].codes.dtype == torch.int8)
+                    for i, q in zip(group, stored):
+                        new[i] = q
         out = optree.tree_unflatten(treespec, new_leaves)
         return out, call.finish(tuple(optree.tree_unflatten(treespec, column)
                                       for column in new_states))
@@ -271,9 +326,13 @@ def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = No
     return Transform(init, _execute.owning(update, [inner]), inner.hparams)
 
 
-def _read(leaf: Any, like: Any, bits: int) -> Any:
-    return dequantize(leaf, like, bits) if isinstance(leaf, Quantized) and like is not None \
-        else leaf
+def _by_map(column: list, where: list[int]) -> list[list[int]]:
+    """The positions ``where`` of quantized leaves of ``column``, grouped by map (signed or
+    unsigned codes)."""
+    groups: dict = {}
+    for i in where:
+        groups.setdefault(column[i].codes.dtype, []).append(i)
+    return list(groups.values())
 
 
 def _chunks(leaves: list) -> list[list[int]]:
