@@ -44,8 +44,10 @@ def adamw_8bit(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.
     parameters' dtype and quantizes them again. Parameters with fewer than ``min_size``
     elements keep float moments (bitsandbytes' ``min_8bit_size``).
 
+    ``lr``, ``betas``, ``eps``, ``weight_decay``, ``amsgrad`` and ``maximize`` are
+    :func:`~functional_optim.adamw`'s.
+
     Args:
-        lr, betas, eps, weight_decay, amsgrad, maximize: as :func:`~functional_optim.adamw`.
         block_size: elements per quantization block (structural; default 256).
         min_size: smallest parameter whose moments are quantized (structural; default 4096).
     """
@@ -79,8 +81,10 @@ def adamw_4bit(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.
     dynamic map of 3 exponent bits, ``nu`` with the linear map :math:`\{k/16\}_{k=1}^{16}`
     without zero (Li et al., 2023; a zero code would make :math:`1/\sqrt{\hat v}` explode).
 
+    ``lr``, ``betas``, ``eps``, ``weight_decay``, ``amsgrad`` and ``maximize`` are
+    :func:`~functional_optim.adamw`'s.
+
     Args:
-        lr, betas, eps, weight_decay, amsgrad, maximize: as :func:`~functional_optim.adamw`.
         block_size: elements per quantization block (structural; default 128, torchao's).
         min_size: smallest parameter whose moments are quantized (structural; default 4096).
     """
