@@ -295,3 +295,26 @@ def test_errors():
     # the explicit conversion
     u, _ = tx.update({"w": torch.ones(300)}, fo.quantize_tree(float_state, min_size=256))
     assert u["w"].shape == (300,)
+
+
+def test_drop_in_paths_agree_with_the_functional_alias():
+    """The drop-in class's multi-tensor (default) and per-leaf (foreach=False) steps give the
+    functional alias's numbers exactly; the flat layout refuses the per-block state clearly."""
+    params, grads = _problem(4)
+    make = dict(lr=0.01, min_size=8, block_size=16)
+    expected, _ = _run(fo.adamw_4bit(**make), params, grads)
+    for kw in ({}, {"foreach": False}):
+        ps = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
+        opt = foo.AdamW4bit(list(ps.values()), **make, **kw)
+        for g in grads:
+            for k, p in ps.items():
+                p.grad = g[k].clone()
+            opt.step()
+        for k in expected:
+            assert torch.equal(ps[k].detach(), expected[k]), (kw, k)
+    ps = [torch.nn.Parameter(v.clone()) for v in params.values()]
+    opt = foo.AdamW4bit(ps, **make).use_flat()
+    for p, g in zip(ps, grads[0].values()):
+        p.grad = g.clone()
+    with pytest.raises(ValueError, match="flat layout needs elementwise state"):
+        opt.step()

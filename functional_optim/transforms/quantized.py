@@ -254,6 +254,8 @@ def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = No
     quantized); its hyperparameters are this transform's, unchanged (live as they are).
     Quantization is a rounding: gradients flow through the dequantized values and the block
     maxima, not through the choice of code. Complex leaves keep their full-precision state.
+    The state is per block, not elementwise: the adapter's flat layout (``use_flat``) refuses
+    it (its multi-tensor and per-leaf paths run it).
 
     Args:
         inner: the pointwise block whose state is stored quantized.
