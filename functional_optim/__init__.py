@@ -360,6 +360,93 @@ __all__ += [
     "scale_gradient",
 ]
 
+# optax.contrib's parameter-free and schedule-free optimizers
+from .aliases import (  # noqa: E402
+    cocob,
+    dadapt_adamw,
+    dog,
+    dowg,
+    mechanic_adam,
+    momo,
+    momo_adam,
+    prodigy,
+    schedule_free_adamw,
+    schedule_free_sgd,
+)
+from .transforms import (  # noqa: E402
+    MechanicState,
+    ScaleByCocobState,
+    ScaleByDadaptAdamwState,
+    ScaleByDistanceOverGradientsState,
+    ScaleByDogState,
+    ScaleByDowgState,
+    ScaleByMomoAdamState,
+    ScaleByMomoState,
+    ScaleByProdigyState,
+    ScheduleFreeState,
+    mechanize,
+    scale_by_cocob,
+    scale_by_dadapt_adamw,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+    scale_by_momo,
+    scale_by_momo_adam,
+    scale_by_prodigy,
+    schedule_free,
+    schedule_free_eval_params,
+    schedule_free_train_params,
+)
+
+__all__ += [
+    "cocob",
+    "dadapt_adamw",
+    "dog",
+    "dowg",
+    "mechanic_adam",
+    "momo",
+    "momo_adam",
+    "prodigy",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "MechanicState",
+    "ScaleByCocobState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDistanceOverGradientsState",
+    "ScaleByDogState",
+    "ScaleByDowgState",
+    "ScaleByMomoAdamState",
+    "ScaleByMomoState",
+    "ScaleByProdigyState",
+    "ScheduleFreeState",
+    "mechanize",
+    "scale_by_cocob",
+    "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
+    "scale_by_momo",
+    "scale_by_momo_adam",
+    "scale_by_prodigy",
+    "schedule_free",
+    "schedule_free_eval_params",
+    "schedule_free_train_params",
+]
+
+# optax's variants of torch's names (optax_nadam, ...)
+from .aliases import (  # noqa: E402
+    optax_adafactor,
+    optax_adagrad,
+    optax_amsgrad,
+    optax_nadam,
+    optax_radam,
+    optax_rmsprop,
+    optax_rprop,
+)
+
+__all__ += ["optax_adafactor", "optax_adagrad", "optax_amsgrad", "optax_nadam", "optax_radam",
+            "optax_rmsprop", "optax_rprop"]
+
 # quantized optimizer state (issue 21 §2): 8-bit and 4-bit blockwise moments
 from .aliases import adam_8bit, adamw_4bit, adamw_8bit  # noqa: E402
 from .transforms import Quantized, quantize_tree, quantized_state  # noqa: E402

@@ -34,7 +34,7 @@ class DropInProtocol(NamedTuple):
     product, a loss value: :data:`LOSS_AS_VALUE`) or other gradients (DP-SGD's per-example
     ones). The one extension mechanism of the generated classes
     (:mod:`functional_optim.optim.generated`): a new kind of behaviour is a new field here, whose
-    default keeps the usual one (e.g. a ``modes`` field for classes with ``train()``/``eval()``).
+    default keeps the usual one.
 
     Attributes:
         gradient: the attribute of each parameter holding the gradient its updates take
@@ -44,6 +44,13 @@ class DropInProtocol(NamedTuple):
             keyword arguments to the alias's ``update`` (computed once for all groups, e.g. a
             norm over all of them; every group's update is computed before any parameter
             moves); ``None``: the usual step.
+        modes: ``(to_eval, to_train)`` for an optimizer that steps at one point and is
+            evaluated at another (schedule-free learning): ``to_eval(state, params) ->
+            eval_params`` and its inverse ``to_train(state, eval_params) -> params``, pure
+            functions of the alias's state. The class gets ``eval()`` and ``train()``, which
+            swap every parameter that has state in place, as the reference implementation's
+            classes do; each param group holds its ``train_mode`` (saved with checkpoints) and
+            ``step`` in eval mode raises. ``None``: no modes.
 
     Example: the drop-in class of an alias whose ``update`` reads the loss as ``value=``::
 
@@ -57,6 +64,7 @@ class DropInProtocol(NamedTuple):
 
     gradient: str = "grad"
     step: Callable | None = None
+    modes: tuple[Callable, Callable] | None = None
 
 
 def _loss_as_value(optimizer: Any, closure: Any, run: Callable) -> Any:

@@ -7,7 +7,8 @@ alias's name (its shapes and gradient kind: Muon's matrices, SparseAdam's sparse
 float64. The fused and blocked steps round in another order than the chain: 1e-12 relative.
 A class with a :class:`~functional_optim.registry.DropInProtocol` gets its gradients where it
 reads them (``p.grad_sample``; Sophia's ``.grad`` with the graph of the case's Hessian-vector
-product), and the alias's pure loop the case's ``update`` keyword arguments.
+product) and a closure returning the case's loss where its step passes it on (MoMo), and the
+alias's pure loop the case's ``update`` keyword arguments.
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ def _feed(cls):
     return lambda p, g: setattr(p, attribute, g.clone())
 
 
+def _closure(cls, g: dict):
+    """The closure a step of class ``cls`` takes: the case's loss for a class whose step
+    passes it to the update (:data:`~functional_optim.registry.LOSS_AS_VALUE`), else none."""
+    entry = getattr(cls, "_ENTRY", None)
+    if entry is None or entry.protocol is not registry.LOSS_AS_VALUE:
+        return None
+    value = CASES_BY_NAME[entry.name].extra(g)["value"]
+    return lambda: value
+
+
 def _run_class(cls, named: dict, grads: list, scheduler=None, opt=None, params=None,
                start: int = 0, stop: int = STEPS):
     params = params if params is not None else {
@@ -79,7 +90,7 @@ def _run_class(cls, named: dict, grads: list, scheduler=None, opt=None, params=N
     for g in grads[start:stop]:
         for k, p in params.items():
             feed(p, g[k])
-        opt.step()
+        opt.step(_closure(cls, g))
         if sched is not None:
             sched.step()
     return params, opt

@@ -17,9 +17,30 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import basic, classic, contrib_more, huggingface, quantized, special
+from . import (
+    basic,
+    classic,
+    contrib_free,
+    contrib_more,
+    huggingface,
+    optax_variants,
+    quantized,
+    special,
+)
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
+from .contrib_free import (
+    cocob,
+    dadapt_adamw,
+    dog,
+    dowg,
+    mechanic_adam,
+    momo,
+    momo_adam,
+    prodigy,
+    schedule_free_adamw,
+    schedule_free_sgd,
+)
 from .contrib_more import (
     acprop,
     ademamix,
@@ -32,6 +53,15 @@ from .contrib_more import (
     sophia,
 )
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .optax_variants import (
+    optax_adafactor,
+    optax_adagrad,
+    optax_amsgrad,
+    optax_nadam,
+    optax_radam,
+    optax_rmsprop,
+    optax_rprop,
+)
 from .quantized import adam_8bit, adamw_4bit, adamw_8bit
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
@@ -40,4 +70,8 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
            "classic", "special", "huggingface", "adopt", "acprop", "ademamix",
            "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
-           "contrib_more", "adam_8bit", "adamw_8bit", "adamw_4bit", "quantized"]
+           "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
+           "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam",
+           "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
+           "optax_radam", "optax_rprop", "optax_adafactor",
+           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit"]

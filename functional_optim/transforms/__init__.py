@@ -6,14 +6,12 @@ from .adaptive import (
     ScaleByAsgdState,
     ScaleByNadamState,
     ScaleByRadamState,
-    ScaleByRpropState,
     ScaleByRssState,
     scale_by_adadelta,
     scale_by_adamax,
     scale_by_asgd,
     scale_by_nadam,
     scale_by_radam,
-    scale_by_rprop,
     scale_by_rss,
 )
 from .basic import (
@@ -30,6 +28,7 @@ from .moments import (
     ScaleByAdamState,
     ScaleByRmsState,
     TraceState,
+    corrected_first_moment,
     scale_by_adam,
     scale_by_rms,
     trace,
@@ -42,6 +41,7 @@ from .plateau import (
     reduce_on_plateau,
     scale_by_greedy_lr,
 )
+from .rprop import ScaleByRpropState, scale_by_rprop
 
 __all__ = [
     "ScaleByAdadeltaState",
@@ -72,6 +72,7 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_norm",
+    "corrected_first_moment",
     "identity",
     "scale",
     "scale_by_adam",
@@ -190,6 +191,62 @@ __all__ += [
     "per_example_layer_norm_clip",
     "unitwise_clip",
     "unitwise_norm",
+]
+
+# optax.contrib's parameter-free and schedule-free blocks
+from .distance_over_gradients import (  # noqa: E402
+    ScaleByDistanceOverGradientsState,
+    ScaleByDogState,
+    ScaleByDowgState,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
+from .mechanic import MechanicState, mechanize  # noqa: E402
+from .momo import (  # noqa: E402
+    ScaleByMomoAdamState,
+    ScaleByMomoState,
+    scale_by_momo,
+    scale_by_momo_adam,
+)
+from .parameter_free import (  # noqa: E402
+    ScaleByCocobState,
+    ScaleByDadaptAdamwState,
+    ScaleByProdigyState,
+    scale_by_cocob,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
+from .schedule_free_learning import (  # noqa: E402
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
+    schedule_free_train_params,
+)
+
+__all__ += [
+    "MechanicState",
+    "ScaleByCocobState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDistanceOverGradientsState",
+    "ScaleByDogState",
+    "ScaleByDowgState",
+    "ScaleByMomoAdamState",
+    "ScaleByMomoState",
+    "ScaleByProdigyState",
+    "ScheduleFreeState",
+    "mechanize",
+    "scale_by_cocob",
+    "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
+    "scale_by_momo",
+    "scale_by_momo_adam",
+    "scale_by_prodigy",
+    "schedule_free",
+    "schedule_free_eval_params",
+    "schedule_free_train_params",
 ]
 
 # quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
