@@ -242,8 +242,8 @@ def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = No
     The state is ``inner``'s with its large floating-point leaves as :class:`Quantized`
     (:func:`quantize_tree`: at least ``min_size`` elements, bitsandbytes' ``min_8bit_size``;
     smaller ones stay as they are, as in bitsandbytes and torchao). Each update, for each chunk
-    of leaves (up to :data:`CHUNK` elements), dequantizes their state into the parameters'
-    dtype, runs ``inner``'s pointwise rule (the multi-tensor path over the chunk's leaves),
+    of leaves (up to :data:`CHUNK` elements), dequantizes their state into the updates' dtype,
+    runs ``inner``'s pointwise rule (the multi-tensor path over the chunk's leaves),
     and quantizes the new state (:func:`quantize`):
 
     .. math:: s_t = Q\bigl(\mathrm{rule}(g_t, Q^{-1}(s_{t-1}))\bigr)
@@ -291,9 +291,6 @@ def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = No
         inputs = [treespec.flatten_up_to(x) for x in call.inputs]
         like = call.state_like + (None,) * (len(states) - len(call.state_like))
         _check_quantized(spec.name, updates, leaves, states, like, min_size)
-        donate = tuple(True if any(isinstance(s, Quantized) for s in column) else flag
-                       for column, flag in zip(states, call.donate_state or
-                                               (False,) * len(states)))
         new_leaves = list(leaves)
         new_states = [list(column) for column in states]
         for chunk in _chunks(leaves):
@@ -309,7 +306,8 @@ def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = No
                 tuple(list(out.values()) for out in read),
                 tuple([x[i] for i in chunk] for x in inputs),
                 name=f"quantized_state({spec.name})", complex_as_real=spec.complex == "as_real",
-                real_only=spec.real_only, input_names=call.input_names, donate_state=donate,
+                real_only=spec.real_only, input_names=call.input_names,
+                donate_state=call.donate_state or False,
                 sparse=False, state_like=call.state_like)
             for k, i in enumerate(chunk):
                 new_leaves[i] = got[0][k]
