@@ -318,3 +318,28 @@ def test_drop_in_paths_agree_with_the_functional_alias():
         p.grad = g.clone()
     with pytest.raises(ValueError, match="flat layout needs elementwise state"):
         opt.step()
+
+
+def test_donation_as_the_inner_rule_declares_it():
+    """A rule that reads its old state twice (no ``donate_state``) keeps its dequantized state
+    intact on the donating multi-tensor path (regression: the wrapper donated every quantized
+    column, and the first in-place op consumed the state the rule read again)."""
+    from functional_optim._execute import Pointwise, PointwiseCall
+    from functional_optim.base import pointwise_transform
+
+    def rule(h, g, m):
+        halved = m * 0.5  # (in place on a donated state)
+        return g + m, halved + g
+
+    def prepare(updates, state, params, hparams):
+        return PointwiseCall(rule, {}, (state,), finish=lambda new: new[0], state_like=(None,))
+
+    tx = fo.quantized_state(pointwise_transform(fo_tree.zeros_like, {},
+                                                Pointwise(prepare, "twice")), min_size=0)
+    params = {"w": torch.zeros(64), "v": torch.zeros(32)}
+    grads = {"w": torch.linspace(-1, 1, 64), "v": torch.linspace(0, 1, 32)}
+    expected = tx.update(grads, tx.update(grads, tx.init(params))[1])[0]
+    with torch.no_grad(), multi_tensor(donate=True):
+        got = tx.update(grads, tx.update(grads, tx.init(params))[1])[0]
+    for k in params:
+        assert torch.equal(got[k], expected[k]), k
