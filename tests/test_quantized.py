@@ -343,3 +343,13 @@ def test_donation_as_the_inner_rule_declares_it():
         got = tx.update(grads, tx.update(grads, tx.init(params))[1])[0]
     for k in params:
         assert torch.equal(got[k], expected[k]), k
+
+
+def test_a_float_checkpoint_is_refused_not_loaded_silently():
+    w = torch.nn.Parameter(torch.randn(64, 128))
+    plain = torch.optim.AdamW([w])
+    w.grad = torch.randn_like(w)
+    plain.step()
+    with pytest.raises(ValueError, match=r"AdamW8bit.load_state_dict: state 'step'.*"
+                                         r"'adam\.mu\.codes'.*nothing was loaded"):
+        foo.AdamW8bit([w]).load_state_dict(plain.state_dict())
