@@ -23,6 +23,8 @@ from . import (
     contrib_free,
     contrib_more,
     huggingface,
+    optax_adaptive,
+    optax_core,
     optax_variants,
     quantized,
     special,
@@ -53,6 +55,18 @@ from .contrib_more import (
     sophia,
 )
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .optax_adaptive import adabelief, adamaxw, adan, nadamw, novograd, optimistic_adam, sm3, yogi
+from .optax_core import (
+    fromage,
+    lamb,
+    lars,
+    lion,
+    noisy_sgd,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    sign_sgd,
+    signum,
+)
 from .optax_variants import (
     optax_adafactor,
     optax_adagrad,
@@ -72,6 +86,9 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
            "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
            "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam",
+           "lion", "sign_sgd", "signum", "lamb", "lars", "fromage", "noisy_sgd", "polyak_sgd",
+           "optimistic_gradient_descent", "adabelief", "yogi", "novograd", "adan", "sm3",
+           "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
            "optax_radam", "optax_rprop", "optax_adafactor",
            "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit"]

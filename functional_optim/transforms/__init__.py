@@ -249,6 +249,54 @@ __all__ += [
     "schedule_free_train_params",
 ]
 
+# optax's core algorithms that torch.optim lacks (issue 19)
+from .belief import (  # noqa: E402
+    ScaleByAdanState,
+    ScaleByBeliefState,
+    ScaleByYogiState,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_yogi,
+)
+from .lion import ScaleByLionState, scale_by_lion  # noqa: E402
+from .noise import AddNoiseState, add_noise  # noqa: E402
+from .optimistic import ScaleByOptimisticGradientState, scale_by_optimistic_gradient  # noqa: E402
+from .polyak import scale_by_polyak  # noqa: E402
+from .sublinear import (  # noqa: E402
+    ScaleByNovogradState,
+    ScaleBySm3State,
+    scale_by_novograd,
+    scale_by_sm3,
+)
+from .trust_ratio import (  # noqa: E402
+    scale_by_param_block_norm,
+    scale_by_param_block_rms,
+    scale_by_trust_ratio,
+)
+
+__all__ += [
+    "AddNoiseState",
+    "ScaleByAdanState",
+    "ScaleByBeliefState",
+    "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
+    "ScaleBySm3State",
+    "ScaleByYogiState",
+    "add_noise",
+    "scale_by_adan",
+    "scale_by_belief",
+    "scale_by_lion",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_sm3",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
+]
+
 # quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
 # transform's state
 from .quantized import (  # noqa: E402
