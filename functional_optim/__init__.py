@@ -598,3 +598,9 @@ __all__ += [
     "stochastic_rounding",
     "with_state_dtype",
 ]
+# quantized optimizer state (issue 21 §2): 8-bit and 4-bit blockwise moments
+from .aliases import adam_8bit, adamw_4bit, adamw_8bit  # noqa: E402
+from .transforms import Quantized, quantize_tree, quantized_state  # noqa: E402
+
+__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "quantize_tree",
+            "quantized_state"]

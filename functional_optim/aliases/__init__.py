@@ -26,6 +26,7 @@ from . import (
     optax_adaptive,
     optax_core,
     optax_variants,
+    quantized,
     search,
     special,
 )
@@ -76,6 +77,7 @@ from .optax_variants import (
     optax_rmsprop,
     optax_rprop,
 )
+from .quantized import adam_8bit, adamw_4bit, adamw_8bit
 from .search import optax_lbfgs
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
@@ -90,4 +92,5 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "optimistic_gradient_descent", "adabelief", "yogi", "novograd", "adan", "sm3",
            "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
-           "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search"]
+           "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search",
+           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit"]

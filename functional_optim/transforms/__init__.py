@@ -353,3 +353,16 @@ __all__ += [
     "stochastic_rounding",
     "with_state_dtype",
 ]
+# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
+# transform's state
+from .quantized import (  # noqa: E402
+    Quantized,
+    dequantize,
+    quantization_map,
+    quantize,
+    quantize_tree,
+    quantized_state,
+)
+
+__all__ += ["Quantized", "dequantize", "quantization_map", "quantize", "quantize_tree",
+            "quantized_state"]
