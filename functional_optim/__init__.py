@@ -360,6 +360,48 @@ __all__ += [
     "scale_gradient",
 ]
 
+# optax's line searches, pure L-BFGS, microbatching and linear-algebra utilities
+from . import linear_algebra, microbatching  # noqa: E402
+from .aliases import optax_lbfgs  # noqa: E402
+from .linear_algebra import (  # noqa: E402
+    matrix_inverse_pth_root,
+    multi_normal,
+    nnls,
+    power_iteration,
+)
+from .microbatching import microbatch  # noqa: E402
+from .transforms import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    ScaleByLbfgsDirectionState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    scale_by_lbfgs_direction,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
+
+__all__ += [
+    "linear_algebra",
+    "matrix_inverse_pth_root",
+    "multi_normal",
+    "nnls",
+    "power_iteration",
+    "microbatching",
+    "microbatch",
+    "optax_lbfgs",
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLbfgsDirectionState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs_direction",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+]
+
 # optax.contrib's parameter-free and schedule-free optimizers
 from .aliases import (  # noqa: E402
     cocob,
@@ -446,6 +488,122 @@ from .aliases import (  # noqa: E402
 
 __all__ += ["optax_adafactor", "optax_adagrad", "optax_amsgrad", "optax_nadam", "optax_radam",
             "optax_rmsprop", "optax_rprop"]
+
+# optax's core algorithms that torch.optim lacks (issue 19)
+from .aliases import (  # noqa: E402
+    adabelief,
+    adamaxw,
+    adan,
+    fromage,
+    lamb,
+    lars,
+    lion,
+    nadamw,
+    noisy_sgd,
+    novograd,
+    optimistic_adam,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    sign_sgd,
+    signum,
+    sm3,
+    yogi,
+)
+from .transforms import (  # noqa: E402
+    AddNoiseState,
+    ScaleByAdanState,
+    ScaleByBeliefState,
+    ScaleByLionState,
+    ScaleByNovogradState,
+    ScaleByOptimisticGradientState,
+    ScaleBySm3State,
+    ScaleByYogiState,
+    add_noise,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_lion,
+    scale_by_novograd,
+    scale_by_optimistic_gradient,
+    scale_by_param_block_norm,
+    scale_by_param_block_rms,
+    scale_by_polyak,
+    scale_by_sm3,
+    scale_by_trust_ratio,
+    scale_by_yogi,
+)
+
+__all__ += [
+    "adabelief",
+    "adamaxw",
+    "adan",
+    "fromage",
+    "lamb",
+    "lars",
+    "lion",
+    "nadamw",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_gradient_descent",
+    "polyak_sgd",
+    "sign_sgd",
+    "signum",
+    "sm3",
+    "yogi",
+    "AddNoiseState",
+    "ScaleByAdanState",
+    "ScaleByBeliefState",
+    "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
+    "ScaleBySm3State",
+    "ScaleByYogiState",
+    "add_noise",
+    "scale_by_adan",
+    "scale_by_belief",
+    "scale_by_lion",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_sm3",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
+]
+
+# the precision policy (low-precision state and parameters)
+from .transforms import (  # noqa: E402
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]
+# quantized optimizer state (issue 21 §2): 8-bit and 4-bit blockwise moments
+from .aliases import adam_8bit, adamw_4bit, adamw_8bit  # noqa: E402
+from .transforms import Quantized, quantize_tree, quantized_state  # noqa: E402
+
+__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "quantize_tree",
+            "quantized_state"]
 
 # the tricks of current research (issue 20): cautious masking, MARS, LaProp, OrthoGrad, AdamC,
 # Adam-mini, trust-region clipping, parameter EMA, Muon with AdamW, ASAM, Momentum-SAM

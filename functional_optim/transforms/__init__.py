@@ -197,6 +197,32 @@ __all__ += [
     "unitwise_norm",
 ]
 
+# optax's line searches and pure L-BFGS direction
+from .linesearch import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from .quasi_newton import ScaleByLbfgsDirectionState, scale_by_lbfgs_direction  # noqa: E402
+from .zoom import (  # noqa: E402
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
+
+__all__ += [
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+    "ScaleByLbfgsDirectionState",
+    "scale_by_lbfgs_direction",
+]
+
 # optax.contrib's parameter-free and schedule-free blocks
 from .distance_over_gradients import (  # noqa: E402
     ScaleByDistanceOverGradientsState,
@@ -252,6 +278,98 @@ __all__ += [
     "schedule_free_eval_params",
     "schedule_free_train_params",
 ]
+
+# optax's core algorithms that torch.optim lacks (issue 19)
+from .belief import (  # noqa: E402
+    ScaleByAdanState,
+    ScaleByBeliefState,
+    ScaleByYogiState,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_yogi,
+)
+from .lion import ScaleByLionState, scale_by_lion  # noqa: E402
+from .noise import AddNoiseState, add_noise  # noqa: E402
+from .optimistic import ScaleByOptimisticGradientState, scale_by_optimistic_gradient  # noqa: E402
+from .polyak import scale_by_polyak  # noqa: E402
+from .sublinear import (  # noqa: E402
+    ScaleByNovogradState,
+    ScaleBySm3State,
+    scale_by_novograd,
+    scale_by_sm3,
+)
+from .trust_ratio import (  # noqa: E402
+    scale_by_param_block_norm,
+    scale_by_param_block_rms,
+    scale_by_trust_ratio,
+)
+
+__all__ += [
+    "AddNoiseState",
+    "ScaleByAdanState",
+    "ScaleByBeliefState",
+    "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
+    "ScaleBySm3State",
+    "ScaleByYogiState",
+    "add_noise",
+    "scale_by_adan",
+    "scale_by_belief",
+    "scale_by_lion",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_sm3",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
+]
+
+# the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
+from .low_precision import (  # noqa: E402
+    CastStorage,
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    Storage,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "CastStorage",
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "Storage",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]
+# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
+# transform's state
+from .quantized import (  # noqa: E402
+    Quantized,
+    dequantize,
+    quantization_map,
+    quantize,
+    quantize_tree,
+    quantized_state,
+)
+
+__all__ += ["Quantized", "dequantize", "quantization_map", "quantize", "quantize_tree",
+            "quantized_state"]
 
 # the tricks of current research: cautious masking and decay, MARS, OrthoGrad, trust-region
 # clipping, LaProp, Adam-mini, Momentum-SAM
