@@ -250,7 +250,8 @@ def test_muon_adamw(adjust):
 
 
 def test_newton_schulz_coefficient_variants():
-    """Per-iteration coefficients (You's six quintics) and the cubic iteration, by name."""
+    """Per-iteration coefficients (You's six quintics), as many as iterations, and the cubic
+    iteration; a drop-in class's group holding them as lists (as a checkpoint may)."""
     g = _params([(4, 6)])[0]
     you = fo.NS_COEFFICIENTS["you"]
     out = fo.orthogonalize_via_newton_schulz(g, you, 6, dtype=None)
@@ -258,13 +259,25 @@ def test_newton_schulz_coefficient_variants():
     cubic = fo.orthogonalize_via_newton_schulz(g, fo.NS_COEFFICIENTS["cubic"], 30, dtype=None)
     torch.testing.assert_close(cubic @ cubic.T, torch.eye(4, dtype=g.dtype), atol=1e-8,
                                rtol=0)
-    tx = fo.scale_by_newton_schulz("you", 6, ns_dtype=None)
+    tx = fo.scale_by_newton_schulz([list(c) for c in you], 6, ns_dtype=None)
     assert tx.hparams["ns_coefficients"] == you
     torch.testing.assert_close(tx.update([g], tx.init([g]))[0][0], out, rtol=1e-14, atol=0)
     with pytest.raises(fo.HParamError, match="ns_steps must be 6"):
+        fo.muon(ns_coefficients=you)
+    with pytest.raises(fo.HParamError, match="one per iteration"):
         fo.muon(ns_coefficients="you")
-    with pytest.raises(fo.HParamError, match="unknown name 'yours'"):
-        fo.muon(ns_coefficients="yours")
+    runs = []
+    for as_lists in (False, True):
+        params = [torch.nn.Parameter(p) for p in _params([(4, 6), (3,)])]
+        opt = fo_optim.MuonAdamW(params, ns_coefficients=you, ns_steps=6, ns_dtype=None)
+        if as_lists:
+            opt.param_groups[0]["ns_coefficients"] = [list(c) for c in you]
+        for t in range(3):
+            for p, gi in zip(params, _grad_fn()([p.detach() for p in params], t)):
+                p.grad = gi
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    _close([runs[1]], [runs[0]], rtol=1e-14)
 
 
 def test_muon_adamw_labels_by_name():

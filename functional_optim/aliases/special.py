@@ -82,8 +82,8 @@ def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: f
         weight_decay: decoupled ``λ`` (default 0.1).
         momentum: ``μ`` (default 0.95).
         nesterov: Nesterov momentum (structural; default True).
-        ns_coefficients: ``(a, b, c)`` of the quintic iteration, one per iteration, or a name
-            of ``functional_optim.transforms.NS_COEFFICIENTS``.
+        ns_coefficients: ``(a, b, c)`` of the quintic iteration, or one per iteration
+            (``functional_optim.transforms.NS_COEFFICIENTS``).
         eps: ``ε`` of the normalization (default 1e-7).
         ns_steps: Newton-Schulz iterations (structural; default 5).
         adjust_lr_fn: ``None``/``"original"`` (:math:`r = \sqrt{\max(1, A/B)}`),

@@ -267,8 +267,8 @@ def muon_adamw(lr: float | torch.Tensor = 0.02, momentum: float = 0.95,
         adamw_eps: AdamW's ``ε`` (default 1e-8).
         adamw_weight_decay: AdamW's decoupled ``λ`` (default 0).
         nesterov: Nesterov momentum (structural; default True).
-        ns_coefficients: Newton-Schulz coefficients: ``(a, b, c)``, one per iteration, or a
-            name of ``functional_optim.transforms.NS_COEFFICIENTS``.
+        ns_coefficients: Newton-Schulz coefficients: ``(a, b, c)``, or one per iteration
+            (``functional_optim.transforms.NS_COEFFICIENTS``).
         eps: ``ε`` of the Newton-Schulz normalization (default 1e-7).
         ns_steps: Newton-Schulz iterations (structural; default 5).
         adjust_lr_fn: Muon's learning-rate adjustment (structural; see
@@ -280,8 +280,9 @@ def muon_adamw(lr: float | torch.Tensor = 0.02, momentum: float = 0.95,
     muon_blocks = _decay_around(owner, lr, weight_decay, False, True, "muon", scale_by_muon(
         momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype,
         flatten=True))
-    adam_blocks = _decay_around(owner, adamw_lr, adamw_weight_decay, False, True, "adam",
-                                scale_by_adam(adamw_betas, adamw_eps))
+    # (errors name the AdamW part's arguments by its blocks' names: "muon_adamw (AdamW): lr")
+    adam_blocks = _decay_around(f"{owner} (AdamW)", adamw_lr, adamw_weight_decay, False, True,
+                                "adam", scale_by_adam(adamw_betas, adamw_eps))
     inner = partition({"muon": chain(**muon_blocks), "adamw": chain(**adam_blocks)}, labels)
     defaults = dict(lr=muon_blocks["lr"].hparams["lr"], momentum=momentum,
                     weight_decay=weight_decay, adamw_lr=adam_blocks["lr"].hparams["lr"],

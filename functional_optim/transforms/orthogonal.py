@@ -25,8 +25,9 @@ __all__ = [
 
 #: the quintic Newton-Schulz coefficients ``(a, b, c)`` of Muon (and torch.optim.Muon)
 MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-#: named Newton-Schulz coefficients, for ``ns_coefficients=name``: one ``(a, b, c)`` for every
-#: iteration, or one per iteration (then ``ns_steps`` is their number)
+#: Newton-Schulz coefficients used in practice, for ``ns_coefficients=NS_COEFFICIENTS[name]``:
+#: one ``(a, b, c)`` for every iteration, or one per iteration (then ``ns_steps`` is their
+#: number)
 NS_COEFFICIENTS = {
     # Jordan et al., 2024 (Muon, torch.optim.Muon): the quintic of largest slope at 0
     "muon": MUON_NS_COEFFICIENTS,
@@ -104,16 +105,12 @@ def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None) -> float:
     return 0.2 * math.sqrt(max(rows, cols))
 
 
-def resolve_ns_coefficients(ns_coefficients: Any) -> tuple:
-    """``ns_coefficients`` as a tuple (of tuples, per iteration): a name of
-    ``NS_COEFFICIENTS`` looked up, lists made tuples."""
-    if isinstance(ns_coefficients, str):
-        if ns_coefficients not in NS_COEFFICIENTS:
-            raise HParamError(f"ns_coefficients: unknown name {ns_coefficients!r}; known: "
-                              f"{sorted(NS_COEFFICIENTS)}")
-        return NS_COEFFICIENTS[ns_coefficients]
+def resolve_ns_coefficients(ns_coefficients: Any) -> Any:
+    """``ns_coefficients`` as a tuple, of tuples when it gives one per iteration (lists, as a
+    checkpoint's param group holds them, made tuples); anything else as it is (for
+    :func:`_check_ns` to refuse)."""
     if not isinstance(ns_coefficients, (tuple, list)) or not ns_coefficients:
-        return ns_coefficients  # (refused by _check_ns)
+        return ns_coefficients
     if _per_step(ns_coefficients):
         return tuple(tuple(c) if isinstance(c, (tuple, list)) else c for c in ns_coefficients)
     return tuple(ns_coefficients)
@@ -129,7 +126,7 @@ def _check_ns(owner: str, ns_coefficients: Any, ns_steps: Any, eps: Any,
     triples = ns_coefficients if per_step else (ns_coefficients,)
     if not triples or any(not isinstance(t, tuple) or len(t) != 3 for t in triples):
         raise HParamError(f"{owner}: ns_coefficients must be a tuple (a, b, c), one per "
-                          f"iteration, or a name of NS_COEFFICIENTS, got {ns_coefficients!r}")
+                          f"iteration (e.g. NS_COEFFICIENTS['you']), got {ns_coefficients!r}")
     if per_step and len(triples) != ns_steps:
         raise HParamError(f"{owner}: ns_coefficients gives {len(triples)} iterations' "
                           f"coefficients; ns_steps must be {len(triples)}, got {ns_steps}")
@@ -209,8 +206,8 @@ def scale_by_newton_schulz(ns_coefficients: tuple[float, float, float] = MUON_NS
     iteration on every rank of the mesh.
 
     Args:
-        ns_coefficients: ``(a, b, c)``, one per iteration, or a name of
-            ``NS_COEFFICIENTS`` (hparams; default Muon's quintic coefficients).
+        ns_coefficients: ``(a, b, c)``, or one per iteration (``NS_COEFFICIENTS`` holds those
+            used in practice; hparams; default Muon's quintic coefficients).
         ns_steps: iterations (static int, < 100; default 5).
         eps: ``ε`` in the normalization (default 1e-7).
         ns_dtype: precision of the iteration (static; default bfloat16 as torch.optim.Muon;
@@ -277,8 +274,7 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
     Args:
         momentum: ``μ`` (default 0.95).
         nesterov: Nesterov momentum (static; default True).
-        ns_coefficients: ``(a, b, c)``, one per iteration, or a name of
-            ``NS_COEFFICIENTS``.
+        ns_coefficients: ``(a, b, c)``, or one per iteration (``NS_COEFFICIENTS``).
         eps: ``ε`` of the Newton-Schulz normalization (default 1e-7).
         ns_steps: Newton-Schulz iterations (static; default 5).
         adjust_lr_fn: ``None``, ``"original"``, ``"match_rms_adamw"``, ``"spectral"`` or
