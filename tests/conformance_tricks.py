@@ -21,6 +21,12 @@ _MUON = {"eps": Live(grads_scale=1e-9, others={"weight_decay": 0.0, "adamw_weigh
 _ASAM = {"eps": Live(grads_scale=1e-12), "momentum": Live(steps=5),
          "dampening": Live(steps=5, others={"momentum": 0.9})}
 
+
+
+def _halves(params):
+    return fo.tree.map(lambda p: p.numel() if p.numel() % 2 else 2, params)
+
+
 CASES = [
     Case("cautious_adamw", lambda: fo.cautious_adamw(lr=0.01, weight_decay=0.1),
          complex=False, live=_EPS),
@@ -32,6 +38,9 @@ CASES = [
     Case("mars_adamw", lambda: fo.mars_adamw(lr=0.01, weight_decay=0.1, gamma=0.5),
          complex=False, live=_EPS),
     Case("adam_mini", lambda: fo.adam_mini(lr=0.01), complex=False, live=_EPS),
+    # several blocks per leaf: two halves of an even leaf, one per element of an odd one
+    Case("adam_mini_blocks", lambda: fo.adam_mini(lr=0.01, blocks=_halves), complex=False,
+         live=_EPS),
     Case("adamc", lambda: fo.adamc(lr=0.01, weight_decay=0.1, max_lr=0.02), live=_EPS),
     Case("orthograd_adamw", lambda: fo.orthograd_adamw(lr=0.01, weight_decay=0.1),
          complex=False, live=_EPS),

@@ -122,33 +122,49 @@ def test_mars_adamw():
 
 # -- Adam-mini -----------------------------------------------------------------------------------
 
-def test_adam_mini():
-    """Adam-mini: one ``v`` per output row of a matrix (the mean of ``g²`` over the row), one
-    per vector; ``p ← p(1 - ηλ) - η (m/bc1)/(sqrt(v/bc2) + ε)``."""
+@pytest.mark.parametrize("partition", [False, True])
+def test_adam_mini(partition):
+    """The authors' ``Adam_mini.step``: ``vmean`` the running mean of ``mean(g²)`` over each
+    block (the whole leaf; with the Transformer partition, also per head of a query's weight and
+    per element of an embedding), ``p ← p(1 - ηλ) - η (m/bc1)/(sqrt(vmean/bc2) + ε)``."""
     lr, b1, b2, eps, wd = 0.01, 0.8, 0.9, 1e-6, 0.1
-    params = _params(SHAPES)
-    m = _zeros(params)
-    v = [torch.zeros((p.shape[0],) + (1,) * (p.ndim - 1) if p.ndim >= 2 else (),
-                     dtype=p.dtype) for p in params]
+    shapes = SHAPES + [(4, 2)]
+    names = ["bias", "q_proj.weight", "w", "conv", "embed"]
+    heads = {"q_proj.weight": 2, "embed": 8} if partition else {}
+    params = dict(zip(names, _params(shapes)))
+    m = {k: torch.zeros_like(p) for k, p in params.items()}
+    vmean = {k: torch.zeros(heads.get(k, 1), 1, dtype=p.dtype) for k, p in params.items()}
 
     def step(t, ps, gs):
-        out = []
-        for i, (p, g) in enumerate(zip(ps, gs)):
+        out = {}
+        for k, p in ps.items():
+            g = gs[k].reshape(heads.get(k, 1), -1)
             p = p * (1 - lr * wd)
-            m[i] = m[i] * b1 + (1 - b1) * g
-            if g.ndim >= 2:
-                sq = (g * g).reshape(g.shape[0], -1).mean(1).reshape(v[i].shape)
-            else:
-                sq = (g * g).mean()
-            v[i] = v[i] * b2 + (1 - b2) * sq
-            h = torch.sqrt(v[i]) / math.sqrt(1 - b2 ** (t + 1)) + eps
-            out.append(p - lr * (1 / (1 - b1 ** (t + 1))) / h * m[i])
+            m[k] = torch.lerp(m[k], gs[k], 1 - b1)
+            vmean[k] = vmean[k] * b2 + (1 - b2) * torch.mean(g * g, dim=1, keepdim=True)
+            h = torch.sqrt(vmean[k]) / math.sqrt(1 - b2 ** (t + 1)) + eps
+            stepsize = (1 / (1 - b1 ** (t + 1))) / h
+            out[k] = p - lr * (m[k].reshape(g.shape) * stepsize).reshape(p.shape)
         return out
 
-    _close(_trajectory(fo.adam_mini(lr, (b1, b2), eps, wd), _params(SHAPES), _grad_fn()),
-           _run(step, params, _grad_fn()))
-    state = fo.adam_mini().init(_params(SHAPES))
-    assert [tuple(x.shape) for x in state["adam_mini"].nu] == [(), (2, 1), (5, 1), (2, 1, 1)]
+    base = _grad_fn()
+
+    def grads(ps, t):
+        return dict(zip(ps, base(list(ps.values()), t)))
+
+    def blocks(ps):
+        return {k: heads.get(k, 1) for k in ps}
+
+    tx = fo.adam_mini(lr, (b1, b2), eps, wd, blocks=blocks if partition else None)
+    actual = _trajectory(tx, dict(params), grads)
+    expected = _run(step, dict(params), grads)
+    _close([list(a.values()) for a in actual], [list(e.values()) for e in expected])
+    state = tx.init(params)
+    assert {k: tuple(x.shape) for k, x in state["adam_mini"].nu.items()} == {
+        k: (heads[k], 1) if k in heads else () for k in names}
+    with pytest.raises(fo.HParamError, match="blocks of leaf 'embed' must be an int >= 1 "
+                                             "dividing its 8 elements, got 3"):
+        fo.adam_mini(blocks=lambda ps: {k: 3 for k in ps}).init(params)
 
 
 # -- AdamC ---------------------------------------------------------------------------------------

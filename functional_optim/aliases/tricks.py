@@ -155,10 +155,10 @@ def mars_adamw(lr: float | torch.Tensor = 3e-3, betas: tuple[float, float] = (0.
 @register(paper='Zhang et al., 2024, "Adam-mini: Use Fewer Learning Rates To Gain More"',
           drop_in="AdamMini")
 def adam_mini(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-              eps: float = 1e-8, weight_decay: float = 0.1) -> Transform:
-    r"""Adam-mini (Zhang et al., 2024): AdamW with one second moment per block (each output row
-    of a matrix, each other leaf whole; see
-    :func:`~functional_optim.transforms.scale_by_adam_mini`).
+              eps: float = 1e-8, weight_decay: float = 0.1, *, blocks: Any = None) -> Transform:
+    r"""Adam-mini (Zhang et al., 2024), as the authors' ``Adam_mini``: AdamW with one second
+    moment per block (by default one per leaf; ``blocks`` gives the authors' partition of a
+    Transformer, see :func:`~functional_optim.transforms.scale_by_adam_mini`).
 
     Chain: ``scale_by_adam_mini → add_decayed_weights → scale_by_learning_rate``.
 
@@ -167,13 +167,16 @@ def adam_mini(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9
         betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
         eps: ``ε`` (default 1e-8).
         weight_decay: decoupled ``λ`` (default 0.1, the authors').
+        blocks: the number of blocks of each leaf, a tree or a function ``params -> tree``
+            (structural; default one per leaf).
     """
     owner = "adam_mini"
-    blocks = _decay_around(owner, lr, weight_decay, False, True, "adam_mini",
-                           scale_by_adam_mini(betas, eps))
-    defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
+    blocks_ = _decay_around(owner, lr, weight_decay, False, True, "adam_mini",
+                            scale_by_adam_mini(betas, eps, blocks=blocks))
+    defaults = dict(lr=blocks_["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
-    return _classic(owner, blocks, defaults, "adam_mini", ("betas", "eps"), {})
+    return _classic(owner, blocks_, defaults, "adam_mini", ("betas", "eps"),
+                    dict(blocks=blocks))
 
 
 @register(paper=('Defazio et al., 2025, "Why Gradients Rapidly Increase Near the End of '

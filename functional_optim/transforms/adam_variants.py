@@ -20,6 +20,7 @@ from .._execute import (
     scalar_dtype,
 )
 from ..base import (
+    HParamError,
     Transform,
     check_betas,
     check_hparam,
@@ -93,8 +94,8 @@ class ScaleByAdamMiniState(NamedTuple):
     Attributes:
         step: per-parameter step count (0-d int64).
         mu: first moment, shaped like the parameter.
-        nu: the second moment of each block: shape ``(rows, 1, ..., 1)`` for a leaf of 2 or
-            more dimensions (one per output row), 0-d for the others.
+        nu: the second moment of each block: 0-d for a leaf that is one block, shape ``(n, 1)``
+            for a leaf of ``n`` blocks.
     """
 
     step: Any
@@ -102,17 +103,29 @@ class ScaleByAdamMiniState(NamedTuple):
     nu: Any
 
 
-def _block_shape(p: torch.Tensor) -> tuple:
-    return (p.shape[0],) + (1,) * (p.ndim - 1) if p.ndim >= 2 else ()
+def _blocks_view(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``x`` as rows of its blocks, ``(n, numel / n)``, ``n`` read from the block moment ``v``
+    (a 0-d ``v``: one block, the flat leaf)."""
+    return x.reshape(v.shape[0], -1) if v.ndim else x.reshape(-1)
 
 
-def _mean_square(g: torch.Tensor) -> torch.Tensor:
-    sq = g * g
-    return torch.mean(sq, dim=tuple(range(1, g.ndim)), keepdim=True) if g.ndim >= 2 else (
-        torch.mean(sq))
+def _check_blocks(owner: str, params: Any, blocks: Any) -> Any:
+    """The number of blocks of each leaf (a tree like ``params``), validated."""
+    if blocks is None:
+        return _tree.map(lambda p: 1, params)
+    tree = blocks(params) if callable(blocks) else blocks
+    for (name, p), n in zip(_tree.named_leaves(params), _tree.flatten_like(
+            tree, _tree.structure(params), "blocks", "params")):
+        if p is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1 or p.numel() % n:
+            raise HParamError(f"{owner}: blocks of leaf {name!r} must be an int >= 1 dividing "
+                              f"its {p.numel()} elements, got {n!r}")
+    return tree
 
 
-def scale_by_adam_mini(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Transform:
+def scale_by_adam_mini(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+                       blocks: Any = None) -> Transform:
     r"""Adam-mini's direction (Zhang et al., 2024, *Adam-mini: Use Fewer Learning Rates To Gain
     More*): Adam with one second moment per block, the mean of the squared gradient over it.
 
@@ -121,15 +134,19 @@ def scale_by_adam_mini(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1
         v_{t,b} = \beta_2 v_{t-1,b} + (1-\beta_2)\,\operatorname{mean}_{i \in b} g_{t,i}^2,
         \qquad u_{t,i} = \frac{m_{t,i}/(1-\beta_1^t)}{\sqrt{v_{t,b(i)}/(1-\beta_2^t)} + \epsilon}
 
-    The blocks are the authors' default partition for the layers it does not special-case:
-    each output row (``p[i]``) of a leaf of 2 or more dimensions, the whole leaf otherwise.
-    Their special cases (embeddings and output layers keep Adam's per-coordinate moment,
-    queries and keys one block per head) are a :func:`~functional_optim.partition` away: Adam
-    on the embeddings, this block on the rest. The state holds one number per block. Real only.
+    ``blocks`` gives each leaf's number ``n`` of blocks: its elements in order (row-major) cut
+    into ``n`` equal runs. The authors' partition (their ``Adam_mini``): one block for a leaf
+    (the default, ``n = 1``), one per head for the queries' and keys' weights (``n =
+    n_heads``), one per element for embeddings and the output layer (``n = numel``: Adam's own
+    moment), e.g. ``blocks=lambda ps: {k: p.numel() if "embed" in k or "lm_head" in k else
+    n_heads if k.endswith(("q_proj.weight", "k_proj.weight")) else 1 for k, p in ps.items()}``.
+    The state holds one number per block. Real only.
 
     Args:
         betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
         eps: ``ε`` (default 1e-8).
+        blocks: a tree of ints like the parameters, or a function ``params -> tree``
+            (structural; default ``None``: one block per leaf).
     """
     owner = "scale_by_adam_mini"
     check_betas(owner, betas)
@@ -137,9 +154,10 @@ def scale_by_adam_mini(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1
     defaults = {"betas": tuple(betas), "eps": eps}
 
     def init(params):
+        counts = _check_blocks(owner, params, blocks)
         return ScaleByAdamMiniState(
             init_count(params), _tree.zeros_like(params),
-            _tree.map(lambda p: p.new_zeros(_block_shape(p)), params))
+            _tree.map(lambda p, n: p.new_zeros((n, 1) if n > 1 else ()), params, counts))
 
     def one(h, g, t, m, v):
         if g.is_complex():
@@ -149,9 +167,12 @@ def scale_by_adam_mini(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1
         t = t + 1
         tf = t.to(scalar_dtype(g))
         m = lerp(m, g, 1 - b1)
-        v = (v * b2 + (1 - b2) * _mean_square(g)).to(v.dtype)  # (0-d: not promoted by b2)
+        rows = _blocks_view(g, v)
+        square = torch.mean(rows * rows, dim=-1, keepdim=v.ndim > 0)
+        v = (v * b2 + (1 - b2) * square).to(v.dtype)  # (0-d: not promoted by b2)
         denom = safe_sqrt(v / (1 - b2**tf), nonnegative=True) + hh["eps"]
-        return ((m / (1 - b1**tf)) / denom).to(g.dtype), t, m, v
+        u = (_blocks_view(m, v) / (1 - b1**tf)) / denom
+        return u.reshape(g.shape).to(g.dtype), t, m, v
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
