@@ -61,6 +61,24 @@ def test_cautious_adamw(cautious_wd):
     _close(_trajectory(tx, _params(SHAPES), _grad_fn()), _run(step, params, _grad_fn()))
 
 
+def test_cautious_around_any_direction():
+    """``cautious`` wraps any direction block: SGD's momentum here (timm's cautious SGD)."""
+    lr, mu = 0.05, 0.9
+    params = _params(SHAPES)
+    buf = _zeros(params)
+
+    def step(t, ps, gs):
+        out = []
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            buf[i] = mu * buf[i] + g
+            mask = (buf[i] * g > 0).to(g.dtype)
+            out.append(p - lr * buf[i] * mask / torch.clamp(mask.mean(), min=1e-3))
+        return out
+
+    tx = fo.chain(fo.cautious(fo.trace(mu)), fo.scale_by_learning_rate(lr))
+    _close(_trajectory(tx, _params(SHAPES), _grad_fn()), _run(step, params, _grad_fn()))
+
+
 # -- LaProp --------------------------------------------------------------------------------------
 
 def test_laprop():
