@@ -87,7 +87,7 @@ def cautious_adamw(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] =
 
 @register(paper=('Ziyin, Wang & Ueda, 2020, "LaProp: Separating Momentum and Adaptivity in '
                  'Adam"'), drop_in="LaProp")
-def laprop(lr: float | torch.Tensor = 4e-4, betas: tuple[float, float] = (0.8, 0.99),
+def laprop(lr: float | torch.Tensor = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
            eps: float = 1e-15, weight_decay: float = 0.0) -> Transform:
     r"""LaProp (Ziyin et al., 2020), as the authors' ``LaProp`` with a constant learning rate
     (their momentum folds in the rate; see
@@ -98,9 +98,9 @@ def laprop(lr: float | torch.Tensor = 4e-4, betas: tuple[float, float] = (0.8, 0
     - \eta u_t)(1 - \lambda)`).
 
     Args:
-        lr: ``η`` (default 4e-4), a number, tensor or schedule.
-        betas: ``(β1, β2)`` (default ``(0.8, 0.99)``, the authors').
-        eps: ``ε`` (default 1e-15).
+        lr: ``η`` (default 4e-4, the authors'), a number, tensor or schedule.
+        betas: ``(β1, β2)`` (default ``(0.9, 0.999)``, the authors').
+        eps: ``ε`` (default 1e-15, the authors').
         weight_decay: ``λ`` (default 0).
     """
     owner = "laprop"
