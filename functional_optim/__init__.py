@@ -604,3 +604,53 @@ from .transforms import Quantized, quantize_tree, quantized_state  # noqa: E402
 
 __all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "quantize_tree",
             "quantized_state"]
+
+# the tricks of current research (issue 20): cautious masking, MARS, LaProp, OrthoGrad, AdamC,
+# Adam-mini, trust-region clipping, parameter EMA, Muon with AdamW, ASAM, Momentum-SAM
+from .aliases import (  # noqa: E402
+    adam_mini,
+    adamc,
+    adamw_ema,
+    asam_sgd,
+    cautious_adamw,
+    laprop,
+    mars_adamw,
+    msam_sgd,
+    muon_adamw,
+    muon_labels,
+    orthograd_adamw,
+)
+from .combinators import (  # noqa: E402
+    EmaParamsState,
+    corrected_decay,
+    ema_eval_params,
+    ema_params,
+    ema_train_params,
+)
+from .transforms import (  # noqa: E402
+    NS_COEFFICIENTS,
+    MomentumSamState,
+    ScaleByAdamMiniState,
+    ScaleByLapropState,
+    ScaleByMarsState,
+    add_cautious_decayed_weights,
+    asam_scale,
+    cautious,
+    clip_by_trust_ratio,
+    momentum_sam,
+    momentum_sam_eval_params,
+    momentum_sam_train_params,
+    orthograd,
+    scale_by_adam_mini,
+    scale_by_laprop,
+    scale_by_mars,
+)
+
+__all__ += ["adam_mini", "adamc", "adamw_ema", "asam_sgd", "cautious_adamw", "laprop",
+            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "orthograd_adamw",
+            "EmaParamsState", "corrected_decay", "ema_eval_params", "ema_params",
+            "ema_train_params", "NS_COEFFICIENTS", "MomentumSamState", "ScaleByAdamMiniState",
+            "ScaleByLapropState", "ScaleByMarsState", "add_cautious_decayed_weights",
+            "asam_scale", "cautious", "clip_by_trust_ratio", "momentum_sam",
+            "momentum_sam_eval_params", "momentum_sam_train_params", "orthograd",
+            "scale_by_adam_mini", "scale_by_laprop", "scale_by_mars"]

@@ -80,6 +80,19 @@ from .optax_variants import (
 from .quantized import adam_8bit, adamw_4bit, adamw_8bit
 from .search import optax_lbfgs
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
+from .tricks import (
+    adam_mini,
+    adamc,
+    adamw_ema,
+    asam_sgd,
+    cautious_adamw,
+    laprop,
+    mars_adamw,
+    msam_sgd,
+    muon_adamw,
+    muon_labels,
+    orthograd_adamw,
+)
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
@@ -93,4 +106,6 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
            "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search",
-           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit"]
+           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit", "tricks", "cautious_adamw",
+           "laprop", "mars_adamw", "adam_mini", "adamc", "orthograd_adamw", "muon_adamw",
+           "muon_labels", "adamw_ema", "asam_sgd", "msam_sgd"]
