@@ -310,6 +310,12 @@ __all__ += [
     "scale_by_sophia",
 ]
 
+# the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
+from .aliases import soap  # noqa: E402
+from .transforms import ScaleBySoapState, scale_by_soap  # noqa: E402
+
+__all__ += ["soap", "ScaleBySoapState", "scale_by_soap"]
+
 # optax's vocabulary outside the optimizers: bounds on updates, numerics
 from . import numerics  # noqa: E402
 from .transforms import (  # noqa: E402

@@ -17,7 +17,7 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import basic, classic, contrib_free, contrib_more, huggingface, special
+from . import basic, classic, contrib_free, contrib_more, huggingface, preconditioned, special
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
 from .contrib_free import (
@@ -44,6 +44,7 @@ from .contrib_more import (
     sophia,
 )
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .preconditioned import soap
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
@@ -52,4 +53,5 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "classic", "special", "huggingface", "adopt", "acprop", "ademamix",
            "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
            "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
-           "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam"]
+           "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam",
+           "preconditioned", "soap"]

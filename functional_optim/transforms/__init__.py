@@ -247,3 +247,8 @@ __all__ += [
     "schedule_free_eval_params",
     "schedule_free_train_params",
 ]
+
+# the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
+from .soap import ScaleBySoapState, scale_by_soap  # noqa: E402
+
+__all__ += ["ScaleBySoapState", "scale_by_soap"]

@@ -1,0 +1,80 @@
+"""The Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo and PSGD-Kron, each a
+short chain of blocks with torch's hyperparameter names and its reference implementation's
+numbers and defaults."""
+
+from __future__ import annotations
+
+import torch
+
+from ..base import Transform
+from ..combinators import conditionally
+from ..registry import register
+from ..transforms import add_decayed_weights, scale_by_learning_rate, scale_by_soap
+from ._common import _check_lr, _lr_folded
+
+__all__ = ["soap"]
+
+
+def _after_first(count: torch.Tensor) -> torch.Tensor:
+    return count > 0
+
+
+@register(paper=('Vyas et al., 2024, "SOAP: Improving and Stabilizing Shampoo using Adam"'),
+          drop_in="SOAP")
+def soap(lr: float | torch.Tensor = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
+         shampoo_beta: float = -1.0, eps: float = 1e-8, weight_decay: float = 0.01, *,
+         precondition_frequency: int = 10, max_precond_dim: int = 10000,
+         merge_dims: bool = False, precondition_1d: bool = False, normalize_grads: bool = False,
+         correct_bias: bool = True, precond_dtype: torch.dtype | None = torch.float32,
+         host_refresh: bool = False) -> Transform:
+    r"""SOAP (Vyas et al., 2024), as the authors' published ``SOAP`` class (same arguments and
+    defaults, ``data_format="channels_first"``).
+
+    Chain: ``scale_by_soap → conditionally(add_decayed_weights, from update 1) →
+    scale_by_learning_rate``: the first update only builds the eigenbases (no step, no
+    decay), then :math:`p \leftarrow p - \eta\,(u + \lambda p)` with :math:`u` SOAP's
+    direction (:func:`~functional_optim.transforms.scale_by_soap`: which leaves are rotated,
+    the decompositions' precision and their refresh on the host). The decay is decoupled and
+    reads the parameters before the step, as the authors' current code and heavyball's (their
+    first release decayed the stepped parameters: a difference of order :math:`\eta^2\lambda`).
+
+    Args:
+        lr: ``η`` (default 3e-3), a number, tensor or schedule.
+        betas: Adam's ``(β1, β2)`` (default ``(0.95, 0.95)``).
+        shampoo_beta: the factors' decay; negative: ``β2`` (default -1).
+        eps: Adam's ``ε`` (default 1e-8).
+        weight_decay: ``λ`` (default 0.01).
+        precondition_frequency: updates between basis refreshes (structural; default 10).
+        max_precond_dim: the largest axis with a factor (structural; default 10000).
+        merge_dims: merge consecutive axes first (structural).
+        precondition_1d: rotate vectors too (structural).
+        normalize_grads: divide each leaf's step by its RMS (structural).
+        correct_bias: Adam's bias correction (structural; default True).
+        precond_dtype: the decompositions' precision (structural; default float32).
+        host_refresh: decide the decompositions on the host (structural).
+    """
+    owner = "soap"
+    _check_lr(owner, lr)
+    block = scale_by_soap(betas, shampoo_beta, eps,
+                          precondition_frequency=precondition_frequency,
+                          max_precond_dim=max_precond_dim, merge_dims=merge_dims,
+                          precondition_1d=precondition_1d, normalize_grads=normalize_grads,
+                          correct_bias=correct_bias, precond_dtype=precond_dtype,
+                          host_refresh=host_refresh)
+    blocks = {"soap": block,
+              "weight_decay": conditionally(add_decayed_weights(weight_decay),
+                                            predicate=_after_first, otherwise="identity"),
+              "lr": scale_by_learning_rate(lr)}
+    defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas),
+                    shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay)
+
+    def to_inner(h):
+        return {"soap": {"betas": h["betas"], "shampoo_beta": h["shampoo_beta"], "eps": h["eps"]},
+                "weight_decay": {"weight_decay": h["weight_decay"]}, "lr": {"lr": h["lr"]}}
+
+    structural = dict(precondition_frequency=precondition_frequency,
+                      max_precond_dim=max_precond_dim, merge_dims=merge_dims,
+                      precondition_1d=precondition_1d, normalize_grads=normalize_grads,
+                      correct_bias=correct_bias, precond_dtype=precond_dtype,
+                      host_refresh=host_refresh)
+    return _lr_folded(owner, blocks, defaults, to_inner, structural)

@@ -1,0 +1,30 @@
+"""Conformance cases of the Kronecker-factored and eigenbasis preconditioners
+(``aliases.preconditioned``): one case per alias (its registry case), on the suite's tiny tree
+with a refresh period of 2, so that the first decomposition (update 0) and a refresh (update 2)
+happen within the checks' steps; ``conformance.CASES`` includes them."""
+
+from __future__ import annotations
+
+from conformance import Case, Live
+
+import functional_optim as fo
+
+_NOT_DIFFERENTIATED = (
+    "the eigenbases are a choice of coordinates, not differentiated (documented: the "
+    "eigenvectors' derivative is undefined where eigenvalues repeat, e.g. at a zero gradient); "
+    "shampoo_beta acts only through them (their refresh at update 2)")
+
+CASES = [
+    # eps against a root of about |g|: tiny gradients make it act; shampoo_beta (given, so that
+    # beta2 does not act through the bases) acts through the bases refreshed at update 2, used
+    # from update 3
+    Case("soap", lambda: fo.soap(lr=0.01, shampoo_beta=0.8, weight_decay=0.1,
+                                 precondition_frequency=2, precond_dtype=None),
+         complex=False, live={"eps": Live(grads_scale=1e-9),
+                              "shampoo_beta": Live(steps=5, excluded=(
+                                  ("grad", _NOT_DIFFERENTIATED),))},
+         excluded=(("test_capturable_fake_cuda_trace",
+                    "torch.linalg.eigh synchronizes a CUDA device with the host (torch's "
+                    "documented behaviour): SOAP's eigendecomposition at update 0 cannot be "
+                    "captured in a CUDA graph"),)),
+]
