@@ -311,10 +311,16 @@ __all__ += [
 ]
 
 # the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
-from .aliases import soap  # noqa: E402
-from .transforms import ScaleBySoapState, scale_by_soap  # noqa: E402
+from .aliases import shampoo, soap  # noqa: E402
+from .transforms import (  # noqa: E402
+    ScaleByShampooState,
+    ScaleBySoapState,
+    scale_by_shampoo,
+    scale_by_soap,
+)
 
-__all__ += ["soap", "ScaleBySoapState", "scale_by_soap"]
+__all__ += ["soap", "ScaleBySoapState", "scale_by_soap", "shampoo", "ScaleByShampooState",
+            "scale_by_shampoo"]
 
 # optax's vocabulary outside the optimizers: bounds on updates, numerics
 from . import numerics  # noqa: E402

@@ -9,6 +9,10 @@ from conformance import Case, Live
 
 import functional_optim as fo
 
+_ROOTS_NOT_DIFFERENTIATED = (
+    "the roots' eigenvectors are not differentiated (documented: their derivative is undefined "
+    "where eigenvalues repeat, e.g. at a zero gradient); beta2 acts only through the "
+    "statistics' eigendecomposition (the roots of update 3)")
 _NOT_DIFFERENTIATED = (
     "the eigenbases are a choice of coordinates, not differentiated (documented: the "
     "eigenvectors' derivative is undefined where eigenvalues repeat, e.g. at a zero gradient); "
@@ -27,4 +31,15 @@ CASES = [
                     "torch.linalg.eigh synchronizes a CUDA device with the host (torch's "
                     "documented behaviour): SOAP's eigendecomposition at update 0 cannot be "
                     "captured in a CUDA graph"),)),
+    # block_size 3 merges nothing and cuts the (4, 3) leaf's first axis in two blocks; the roots
+    # are recomputed at update 3 (t = 3), after the Adam graft's own step at t = 1
+    Case("shampoo", lambda: fo.shampoo(lr=0.01, weight_decay=0.1, block_size=3,
+                                       precondition_frequency=3, start_preconditioning_step=2,
+                                       root_dtype=None),
+         complex=False, live={"eps": Live(value=0.5), "graft_eps": Live(grads_scale=1e-9),
+                              "beta2": Live(excluded=(("grad", _ROOTS_NOT_DIFFERENTIATED),))},
+         excluded=(("test_capturable_fake_cuda_trace",
+                    "torch.linalg.eigh synchronizes a CUDA device with the host (torch's "
+                    "documented behaviour): Shampoo's inverse roots cannot be captured in a CUDA "
+                    "graph"),)),
 ]

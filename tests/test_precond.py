@@ -175,3 +175,144 @@ def test_soap_host_refresh_same_numbers():
     grads = _grads()
     _close(_trajectory(fo.soap(0.02, host_refresh=True, **kw), _params(SOAP_SHAPES), grads, 8),
            _trajectory(fo.soap(0.02, **kw), _params(SOAP_SHAPES), grads, 8), rtol=1e-12)
+
+
+# -- Shampoo -------------------------------------------------------------------------------------
+
+def _split_blocks(x, block):
+    """The reference's block partitioner: each axis cut into pieces of ``block`` (the last
+    smaller), blocks in row-major order."""
+    pieces = [x]
+    for axis, d in enumerate(x.shape):
+        if d > block:
+            sizes = [block] * (d // block) + ([d % block] if d % block else [])
+            pieces = [q for p in pieces for q in torch.split(p, sizes, dim=axis)]
+    return pieces
+
+
+def _merge_blocks(pieces, shape, block):
+    for axis in reversed(range(len(shape))):
+        n = -(-shape[axis] // block)
+        if n > 1:
+            pieces = [torch.cat(pieces[i:i + n], dim=axis) for i in range(0, len(pieces), n)]
+    return pieces[0]
+
+
+def _small_dims_merged(shape, max_dim):
+    """Anil et al.'s ``_merge_small_dims``."""
+    out, product = [], 1
+    for d in shape:
+        if product * d <= max_dim:
+            product *= d
+        else:
+            if product > 1:
+                out.append(product)
+            product = d
+    if product > 1:
+        out.append(product)
+    return out
+
+
+def shampoo_reference(params, grads, lr, mom, wd, b2, eps, gb2, geps, block, freq, start,
+                      graft, nesterov=False, exponent=None, merge=True, steps=STEPS):
+    """Shampoo as Anil et al.'s PyTorch ``Shampoo`` orders a step (statistics, roots every
+    ``freq`` steps, preconditioned gradient, grafting by norm, L2 decay, heavy-ball momentum),
+    with the root ``(L + eps I)^(-1/p)`` by eigendecomposition and the grafting method's own
+    direction before ``start``."""
+    state = [None] * len(params)
+    out = []
+    for t in range(1, steps + 1):
+        gs = grads(params, t - 1)
+        new = []
+        for i, (p, g) in enumerate(zip(params, gs)):
+            view = _small_dims_merged(p.shape, block) if merge else list(p.shape)
+            rank = len(view)
+            if state[i] is None:
+                blocks = _split_blocks(torch.zeros(view, dtype=p.dtype), block) \
+                    if rank > 1 else []
+                state[i] = {"m": torch.zeros_like(p), "s": torch.zeros_like(p),
+                            "L": [[torch.zeros(d, d, dtype=p.dtype) for d in b.shape]
+                                  for b in blocks],
+                            "P": [[torch.eye(d, dtype=p.dtype) for d in b.shape]
+                                  for b in blocks]}
+            st = state[i]
+            if graft == "adagrad":
+                st["s"] = st["s"] + g * g
+                d = g / (st["s"].sqrt() + geps)
+            elif graft == "adam":
+                st["s"] = gb2 * st["s"] + (1 - gb2) * g * g
+                d = g / ((st["s"] / (1 - gb2 ** t)).sqrt() + geps)
+            else:
+                d = g
+            s = g
+            if rank > 1:
+                pieces = _split_blocks(g.reshape(view), block)
+                outs = []
+                for j, x in enumerate(pieces):
+                    for k in range(rank):
+                        axes = [a for a in range(rank) if a != k]
+                        w = 1.0 if b2 == 1.0 else 1 - b2
+                        st["L"][j][k] = b2 * st["L"][j][k] + w * torch.tensordot(x, x,
+                                                                                 [axes, axes])
+                        if t % freq == 0:
+                            lam, v = torch.linalg.eigh(st["L"][j][k])
+                            pw = exponent or 2 * rank
+                            st["P"][j][k] = v @ torch.diag((lam.clamp(min=0) + eps)
+                                                           ** (-1 / pw)) @ v.T
+                    for k in range(rank):
+                        x = torch.tensordot(x, st["P"][j][k], [[0], [0]])
+                    outs.append(x)
+                s = _merge_blocks(outs, view, block).reshape(p.shape)
+            if graft != "none":
+                s = s * (d.norm() / (s.norm() + 1e-16))
+            u = s if t >= start else d
+            u = u + wd * p
+            st["m"] = mom * st["m"] + u
+            u = mom * st["m"] + u if nesterov else st["m"]
+            new.append(p - lr * u)
+        params = new
+        out.append(params)
+    return out
+
+
+SHAMPOO_SHAPES = [(), (3,), (4, 3), (5, 2), (2, 3, 2), (1, 7)]
+
+
+@pytest.mark.parametrize("options", [
+    dict(graft="adam", block_size=3, precondition_frequency=2, start_preconditioning_step=3),
+    dict(graft="adagrad", block_size=4, beta2=1.0, nesterov=True, merge_small_dims=False),
+    dict(graft="sgd", block_size=6, precondition_frequency=3, inverse_exponent=2),
+    dict(graft="none", block_size=2),
+], ids=["adam_blocked_start3", "adagrad_sums_nesterov_unmerged", "sgd_merged_p2", "none"])
+def test_shampoo(options):
+    lr, mom, wd, eps, gb2, geps = 0.05, 0.8, 0.05, 1e-6, 0.9, 1e-5
+    opts = dict(options)
+    b2 = opts.pop("beta2", 0.95)
+    tx = fo.shampoo(lr, mom, wd, b2, eps, gb2, geps, **opts)
+    ref = dict(block=opts["block_size"], freq=opts.get("precondition_frequency", 1),
+               start=opts.get("start_preconditioning_step", 1), graft=opts["graft"],
+               nesterov=opts.get("nesterov", False), exponent=opts.get("inverse_exponent"),
+               merge=opts.get("merge_small_dims", True))
+    grads = _grads()
+    _close(_trajectory(tx, _params(SHAMPOO_SHAPES), grads),
+           shampoo_reference(_params(SHAMPOO_SHAPES), grads, lr, mom, wd, b2, eps, gb2, geps,
+                             **ref))
+
+
+def test_shampoo_host_refresh_and_fallback():
+    """The roots decided on the host give the same trajectory; a root that fails (a
+    non-finite statistic) keeps the previous preconditioner."""
+    kw = dict(block_size=3, precondition_frequency=2)
+    grads = _grads()
+    _close(_trajectory(fo.shampoo(0.05, host_refresh=True, **kw), _params(SHAMPOO_SHAPES),
+                       grads, 6),
+           _trajectory(fo.shampoo(0.05, **kw), _params(SHAMPOO_SHAPES), grads, 6), rtol=1e-12)
+    tx = fo.scale_by_shampoo(block_size=4)
+    g = torch.randn(4, 3, dtype=torch.float64)
+    _, state = tx.update([g], tx.init([g]))
+    kept = state.preconditioners[0]
+    broken = state._replace(statistics=[tuple(torch.full_like(s, float("nan"))
+                                              for s in state.statistics[0])])
+    _, after = tx.update([g], broken)
+    for old, new in zip(kept, after.preconditioners[0]):
+        torch.testing.assert_close(new, old, rtol=0, atol=0)

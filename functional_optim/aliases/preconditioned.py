@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Transform
+from ..base import Transform, check_hparam
 from ..combinators import conditionally
 from ..registry import register
-from ..transforms import add_decayed_weights, scale_by_learning_rate, scale_by_soap
+from ..transforms import (
+    add_decayed_weights,
+    scale_by_learning_rate,
+    scale_by_shampoo,
+    scale_by_soap,
+    trace,
+)
 from ._common import _check_lr, _lr_folded
 
-__all__ = ["soap"]
+__all__ = ["soap", "shampoo"]
 
 
 def _after_first(count: torch.Tensor) -> torch.Tensor:
@@ -77,4 +83,73 @@ def soap(lr: float | torch.Tensor = 3e-3, betas: tuple[float, float] = (0.95, 0.
                       precondition_1d=precondition_1d, normalize_grads=normalize_grads,
                       correct_bias=correct_bias, precond_dtype=precond_dtype,
                       host_refresh=host_refresh)
+    return _lr_folded(owner, blocks, defaults, to_inner, structural)
+
+
+@register(paper=('Gupta, Koren & Singer, 2018, "Shampoo: Preconditioned Stochastic Tensor '
+                 'Optimization"; Anil et al., 2020, "Scalable Second Order Optimization for Deep '
+                 'Learning"'), drop_in="Shampoo")
+def shampoo(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+            beta2: float = 0.999, eps: float = 1e-12, graft_beta2: float = 0.999,
+            graft_eps: float = 1e-8, *, nesterov: bool = False, block_size: int = 128,
+            precondition_frequency: int = 1, start_preconditioning_step: int = 1,
+            inverse_exponent: int | None = None, merge_small_dims: bool = True,
+            graft: str = "adam", root_dtype: torch.dtype | None = torch.float64,
+            host_refresh: bool = False) -> Transform:
+    r"""Shampoo with grafting, blocking and merged dimensions (Gupta et al., 2018; Anil et al.,
+    2020), as the authors' PyTorch ``Shampoo`` (``scalable_shampoo/pytorch``) orders its
+    step, with one momentum buffer and grafting onto Adam's norm by default (as
+    ``distributed_shampoo``'s recipe: take the learning rate of the Adam it replaces).
+
+    Chain: ``scale_by_shampoo → add_decayed_weights → trace(momentum, nesterov) →
+    scale_by_learning_rate``: the grafted direction (the grafting method's own step before
+    ``start_preconditioning_step``; see
+    :func:`~functional_optim.transforms.scale_by_shampoo`), plus :math:`\lambda p` (L2 after
+    grafting, as the authors'), heavy-ball momentum :math:`m \leftarrow \mu m + u` (Nesterov:
+    :math:`\mu m + u`), times :math:`\eta`.
+
+    Args:
+        lr: ``η`` (default 1e-3), a number, tensor or schedule.
+        momentum: ``μ`` (default 0.9).
+        weight_decay: ``λ`` (default 0).
+        beta2: the statistics' decay (default 0.999; 1: sums).
+        eps: added to the statistics' eigenvalues before the root (default 1e-12).
+        graft_beta2: Adam grafting's ``β2`` (default 0.999).
+        graft_eps: the grafting's ``ε`` (default 1e-8).
+        nesterov: Nesterov momentum (structural).
+        block_size: the largest block and merged size (structural; default 128).
+        precondition_frequency: updates between roots (structural; default 1).
+        start_preconditioning_step: the first preconditioned update, from 1 (structural).
+        inverse_exponent: the roots' ``p`` (structural; default ``None``: twice the rank).
+        merge_small_dims: merge small consecutive axes (structural; default True).
+        graft: ``"adam"``, ``"adagrad"``, ``"sgd"`` or ``"none"`` (structural).
+        root_dtype: the roots' precision (structural; default float64).
+        host_refresh: decide the roots on the host (structural).
+    """
+    owner = "shampoo"
+    _check_lr(owner, lr)
+    check_hparam(owner, "weight_decay", weight_decay, ge=0)
+    block = scale_by_shampoo(beta2, eps, graft_beta2, graft_eps, block_size=block_size,
+                             precondition_frequency=precondition_frequency,
+                             start_preconditioning_step=start_preconditioning_step,
+                             inverse_exponent=inverse_exponent,
+                             merge_small_dims=merge_small_dims, graft=graft,
+                             root_dtype=root_dtype, host_refresh=host_refresh)
+    blocks = {"shampoo": block, "weight_decay": add_decayed_weights(weight_decay),
+              "momentum": trace(momentum, 0.0, nesterov), "lr": scale_by_learning_rate(lr)}
+    defaults = dict(lr=blocks["lr"].hparams["lr"], momentum=momentum,
+                    weight_decay=weight_decay, beta2=beta2, eps=eps, graft_beta2=graft_beta2,
+                    graft_eps=graft_eps)
+
+    def to_inner(h):
+        return {"shampoo": {k: h[k] for k in ("beta2", "eps", "graft_beta2", "graft_eps")},
+                "weight_decay": {"weight_decay": h["weight_decay"]},
+                "momentum": {"momentum": h["momentum"], "dampening": 0.0},
+                "lr": {"lr": h["lr"]}}
+
+    structural = dict(nesterov=nesterov, block_size=block_size,
+                      precondition_frequency=precondition_frequency,
+                      start_preconditioning_step=start_preconditioning_step,
+                      inverse_exponent=inverse_exponent, merge_small_dims=merge_small_dims,
+                      graft=graft, root_dtype=root_dtype, host_refresh=host_refresh)
     return _lr_folded(owner, blocks, defaults, to_inner, structural)

@@ -249,6 +249,7 @@ __all__ += [
 ]
 
 # the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
+from .shampoo import ScaleByShampooState, scale_by_shampoo  # noqa: E402
 from .soap import ScaleBySoapState, scale_by_soap  # noqa: E402
 
-__all__ += ["ScaleBySoapState", "scale_by_soap"]
+__all__ += ["ScaleBySoapState", "scale_by_soap", "ScaleByShampooState", "scale_by_shampoo"]
