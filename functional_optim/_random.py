@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["key", "next_key", "rademacher", "normal"]
+__all__ = ["key", "next_key", "rademacher", "normal", "uniform"]
 
 _M32 = 0xFFFFFFFF
 
@@ -84,3 +84,9 @@ def normal(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
     u1 = (_bits(k, 2 * salt, like).to(torch.float64) + 0.5) * scale
     u2 = (_bits(k, 2 * salt + 1, like).to(torch.float64) + 0.5) * scale
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).to(like.dtype)
+
+
+def uniform(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
+    r"""Independent uniform samples in :math:`(0, 1)`, :math:`(b + \frac12) / 2^{32}` of 32
+    random bits :math:`b`, computed in float64 and cast to ``like``'s dtype, shaped like it."""
+    return ((_bits(k, salt, like).to(torch.float64) + 0.5) * 2.0 ** -32).to(like.dtype)

@@ -1,7 +1,7 @@
 """Conformance cases of the Kronecker-factored and eigenbasis preconditioners
 (``aliases.preconditioned``): one case per alias (its registry case), on the suite's tiny tree
-with a refresh period of 2, so that the first decomposition (update 0) and a refresh (update 2)
-happen within the checks' steps; ``conformance.CASES`` includes them."""
+with short refresh periods, so that the decompositions happen within the checks' steps
+(PSGD-Kron fits its factors at every update); ``conformance.CASES`` includes them."""
 
 from __future__ import annotations
 
@@ -42,4 +42,7 @@ CASES = [
                     "torch.linalg.eigh synchronizes a CUDA device with the host (torch's "
                     "documented behaviour): Shampoo's inverse roots cannot be captured in a CUDA "
                     "graph"),)),
+    # every update fits the factors (p = 1): a tiny p (no fit in 3 updates) shows it is read
+    Case("psgd_kron", lambda: fo.psgd_kron(lr=0.01, weight_decay=0.1, seed=3), complex=False,
+         live={"preconditioner_update_probability": Live(value=0.01)}),
 ]

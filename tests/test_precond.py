@@ -316,3 +316,141 @@ def test_shampoo_host_refresh_and_fallback():
     _, after = tx.update([g], broken)
     for old, new in zip(kept, after.preconditioners[0]):
         torch.testing.assert_close(new, old, rtol=0, atol=0)
+
+
+# -- PSGD-Kron -----------------------------------------------------------------------------------
+
+def _along(x, k, fn):
+    """``fn`` applied to ``x`` viewed as a matrix with axis ``k`` as its rows."""
+    moved = x.movedim(k, 0)
+    return fn(moved.reshape(moved.shape[0], -1)).reshape(moved.shape).movedim(0, k)
+
+
+def _spectral_lower_bound(a):
+    """The reference's cheap lower bound of the spectral norm (its branch on the host)."""
+    max_abs = a.abs().max()
+    if max_abs == 0:
+        return max_abs
+    a = a / max_abs
+    aa = a * a
+    value0, i = torch.max(aa.sum(0), 0)
+    value1, j = torch.max(aa.sum(1), 0)
+    if value0 > value1:
+        x = a[:, i] @ a
+        return max_abs * torch.linalg.vector_norm((x / torch.linalg.vector_norm(x)) @ a.T)
+    x = a @ a[j]
+    return max_abs * torch.linalg.vector_norm(a.T @ (x / torch.linalg.vector_norm(x)))
+
+
+def psgd_kron_reference(params, grads, lr, beta, wd, prob, plr, max_tri=2048, min_ndim=2,
+                        mode=None, into=True, scale=1.0, seed=0, steps=STEPS):
+    """``kron_torch``'s ``Kron`` step: debiased momentum; with probability ``prob`` (one draw
+    per step) each factor steps on the whitening criterion with a normal probe; the momentum
+    preconditioned by Q^T Q per axis, its RMS capped at 1.1; decay on matrices only. The draws
+    are the library's documented stream (:mod:`functional_optim._random`)."""
+    from functional_optim import _random
+    tiny = torch.finfo(torch.bfloat16).tiny
+    key = _random.key(seed)
+    state = [None] * len(params)
+    out = []
+    for t in range(1, steps + 1):
+        gs = grads(params, t - 1)
+        do = bool(_random.uniform(key, 0, torch.zeros((), dtype=torch.float64)) < prob)
+        new = []
+        for i, (p, g) in enumerate(zip(params, gs)):
+            if state[i] is None:
+                if p.ndim == 0:
+                    qs = [scale * torch.ones((), dtype=p.dtype)]
+                else:
+                    s = scale ** (1 / p.ndim)
+                    largest = max(range(p.ndim), key=lambda a: (p.shape[a], a))
+                    qs = []
+                    for a, d in enumerate(p.shape):
+                        diag = (d == 1 or d > max_tri or p.ndim < min_ndim or mode == "all_diag"
+                                or (mode == "one_diag" and a == largest))
+                        qs.append(s * torch.ones(d, dtype=p.dtype) if diag
+                                  else s * torch.eye(d, dtype=p.dtype))
+                state[i] = {"m": torch.zeros_like(p), "Q": qs}
+            st = state[i]
+            st["m"] = beta * st["m"] + (1 - beta) * g
+            mh = st["m"] / (1 - beta ** t)
+            if do:
+                h = mh if into else g
+                v = _random.normal(key, 1 + i, h)
+                a, b = h, v
+                for k, q in enumerate(st["Q"]):
+                    if q.ndim == 0:
+                        a, b = a * q, b / q
+                    elif q.ndim == 1:
+                        a = _along(a, k, lambda x, q=q: q[:, None] * x)
+                        b = _along(b, k, lambda x, q=q: x / q[:, None])
+                    else:
+                        a = _along(a, k, lambda x, q=q: q @ x)
+                        b = _along(b, k, lambda x, q=q: torch.linalg.solve_triangular(
+                            q.T, x, upper=False))
+                for k, q in enumerate(st["Q"]):
+                    if q.ndim == 0:
+                        t1, t2 = a * a, b * b
+                    else:
+                        am = a.movedim(k, 0).reshape(a.shape[k], -1)
+                        bm = b.movedim(k, 0).reshape(b.shape[k], -1)
+                        t1, t2 = am @ am.T, bm @ bm.T
+                        if q.ndim == 1:
+                            t1, t2 = torch.diag(t1), torch.diag(t2)
+                    if q.ndim < 2:
+                        st["Q"][k] = q - plr * (t1 - t2) * q / ((t1 + t2).abs().max() + tiny)
+                    else:
+                        st["Q"][k] = q - plr * torch.triu(t1 - t2) @ q / (
+                            _spectral_lower_bound(t1 + t2) + tiny)
+            pre = mh
+            for k, q in enumerate(st["Q"]):
+                if q.ndim == 0:
+                    pre = pre * q * q
+                elif q.ndim == 1:
+                    pre = _along(pre, k, lambda x, q=q: (q * q)[:, None] * x)
+                else:
+                    pre = _along(pre, k, lambda x, q=q: q.T @ q @ x)
+            pre = pre * min(1.0, 1.1 / (float(pre.square().mean().sqrt()) + 1e-6))
+            if p.ndim >= 2:
+                pre = pre + wd * p
+            new.append(p - lr * pre)
+        key = _random.next_key(key)
+        params = new
+        out.append(params)
+    return out
+
+
+PSGD_SHAPES = [(), (3,), (4, 3), (2, 5), (2, 3, 2), (1, 4)]
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    dict(preconditioner_update_probability=0.5, memory_save_mode="one_diag",
+         momentum_into_precond_update=False, precond_init_scale=2.0, seed=7),
+    dict(max_size_triangular=3, min_ndim_triangular=1, memory_save_mode=None),
+    dict(memory_save_mode="all_diag"),
+], ids=["default", "half_prob_one_diag_grad_scale2", "max3_vectors_triangular", "all_diag"])
+def test_psgd_kron(options):
+    lr, beta, wd, plr = 0.05, 0.8, 0.1, 0.3
+    opts = dict(options)
+    prob = opts.pop("preconditioner_update_probability", 1.0)
+    tx = fo.psgd_kron(lr, beta, wd, prob, plr, **opts)
+    ref = dict(max_tri=opts.get("max_size_triangular", 2048),
+               min_ndim=opts.get("min_ndim_triangular", 2), mode=opts.get("memory_save_mode"),
+               into=opts.get("momentum_into_precond_update", True),
+               scale=opts.get("precond_init_scale", 1.0), seed=opts.get("seed", 0))
+    grads = _grads()
+    _close(_trajectory(tx, _params(PSGD_SHAPES), grads),
+           psgd_kron_reference(_params(PSGD_SHAPES), grads, lr, beta, wd, prob, plr, **ref))
+
+
+def test_uniform_draws():
+    """``_random.uniform``: in (0, 1), about uniform, a pure function of the key and salt."""
+    from functional_optim import _random
+    k = _random.key(5)
+    like = torch.zeros(4000, dtype=torch.float64)
+    u = _random.uniform(k, 1, like)
+    assert u.dtype == torch.float64 and bool(((u > 0) & (u < 1)).all())
+    assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float(u.var()) - 1 / 12) < 0.01
+    assert torch.equal(u, _random.uniform(k, 1, like))
+    assert not torch.equal(u, _random.uniform(_random.next_key(k), 1, like))

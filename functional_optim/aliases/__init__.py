@@ -44,7 +44,7 @@ from .contrib_more import (
     sophia,
 )
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
-from .preconditioned import shampoo, soap
+from .preconditioned import psgd_kron, shampoo, soap
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
@@ -54,4 +54,4 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
            "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
            "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam",
-           "preconditioned", "soap", "shampoo"]
+           "preconditioned", "soap", "shampoo", "psgd_kron"]

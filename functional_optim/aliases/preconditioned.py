@@ -6,23 +6,30 @@ from __future__ import annotations
 
 import torch
 
+from .. import tree as _tree
 from ..base import Transform, check_hparam
 from ..combinators import conditionally
 from ..registry import register
 from ..transforms import (
     add_decayed_weights,
     scale_by_learning_rate,
+    scale_by_psgd_kron,
     scale_by_shampoo,
     scale_by_soap,
     trace,
 )
 from ._common import _check_lr, _lr_folded
 
-__all__ = ["soap", "shampoo"]
+__all__ = ["soap", "shampoo", "psgd_kron"]
 
 
 def _after_first(count: torch.Tensor) -> torch.Tensor:
     return count > 0
+
+
+def _matrices(params):
+    """``True`` for the leaves of rank >= 2 (PSGD-Kron's reference decays only those)."""
+    return _tree.map(lambda p: p.ndim >= 2, params)
 
 
 @register(paper=('Vyas et al., 2024, "SOAP: Improving and Stabilizing Shampoo using Adam"'),
@@ -152,4 +159,64 @@ def shampoo(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay
                       start_preconditioning_step=start_preconditioning_step,
                       inverse_exponent=inverse_exponent, merge_small_dims=merge_small_dims,
                       graft=graft, root_dtype=root_dtype, host_refresh=host_refresh)
+    return _lr_folded(owner, blocks, defaults, to_inner, structural)
+
+
+@register(paper='Li, 2018, "Preconditioned Stochastic Gradient Descent"', drop_in="PSGDKron")
+def psgd_kron(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+              preconditioner_update_probability: float = 1.0, precond_lr: float = 0.1, *,
+              max_size_triangular: int = 2048, min_ndim_triangular: int = 2,
+              memory_save_mode: str | None = None, momentum_into_precond_update: bool = True,
+              precond_init_scale: float = 1.0, precond_dtype: torch.dtype | None = None,
+              seed: int = 0) -> Transform:
+    r"""PSGD-Kron (Li, 2018), as ``kron_torch``'s ``Kron`` (same arguments and defaults, but a
+    constant update probability by default; its annealing schedule through
+    :func:`functional_optim.inject_hparams`).
+
+    Chain: ``scale_by_psgd_kron → add_decayed_weights (leaves of rank >= 2) →
+    scale_by_learning_rate``: :math:`p \leftarrow p - \eta\,(u + \lambda p)` with :math:`u`
+    the clipped preconditioned momentum
+    (:func:`~functional_optim.transforms.scale_by_psgd_kron`: the factors, their fit and its
+    randomness).
+
+    Args:
+        lr: ``η`` (default 1e-3), a number, tensor or schedule.
+        momentum: ``β`` (default 0.9).
+        weight_decay: ``λ``, on leaves of rank >= 2 (default 0).
+        preconditioner_update_probability: ``p`` (default 1).
+        precond_lr: the factors' step (default 0.1).
+        max_size_triangular: the largest triangular factor (structural; default 2048).
+        min_ndim_triangular: the smallest rank with triangular factors (structural; 2).
+        memory_save_mode: ``None``, ``"one_diag"`` or ``"all_diag"`` (structural).
+        momentum_into_precond_update: fit on the momentum (structural; default True).
+        precond_init_scale: the factors' initial scale (structural; default 1).
+        precond_dtype: the factors' update precision (structural).
+        seed: the random stream (structural).
+    """
+    owner = "psgd_kron"
+    _check_lr(owner, lr)
+    check_hparam(owner, "weight_decay", weight_decay, ge=0)
+    block = scale_by_psgd_kron(momentum, preconditioner_update_probability, precond_lr,
+                               max_size_triangular=max_size_triangular,
+                               min_ndim_triangular=min_ndim_triangular,
+                               memory_save_mode=memory_save_mode,
+                               momentum_into_precond_update=momentum_into_precond_update,
+                               precond_init_scale=precond_init_scale,
+                               precond_dtype=precond_dtype, seed=seed)
+    blocks = {"psgd": block, "weight_decay": add_decayed_weights(weight_decay, mask=_matrices),
+              "lr": scale_by_learning_rate(lr)}
+    defaults = dict(lr=blocks["lr"].hparams["lr"], momentum=momentum, weight_decay=weight_decay,
+                    preconditioner_update_probability=preconditioner_update_probability,
+                    precond_lr=precond_lr)
+
+    def to_inner(h):
+        return {"psgd": {k: h[k] for k in ("momentum", "preconditioner_update_probability",
+                                           "precond_lr")},
+                "weight_decay": {"weight_decay": h["weight_decay"]}, "lr": {"lr": h["lr"]}}
+
+    structural = dict(max_size_triangular=max_size_triangular,
+                      min_ndim_triangular=min_ndim_triangular, memory_save_mode=memory_save_mode,
+                      momentum_into_precond_update=momentum_into_precond_update,
+                      precond_init_scale=precond_init_scale, precond_dtype=precond_dtype,
+                      seed=seed)
     return _lr_folded(owner, blocks, defaults, to_inner, structural)
