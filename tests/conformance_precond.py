@@ -32,16 +32,23 @@ CASES = [
                     "documented behaviour): SOAP's eigendecomposition at update 0 cannot be "
                     "captured in a CUDA graph"),)),
     # block_size 3 merges nothing and cuts the (4, 3) leaf's first axis in two blocks; the roots
-    # are recomputed at update 3 (t = 3), after the Adam graft's own step at t = 1
+    # are recomputed at update 3 (t = 3), after the Adam graft's own step at t = 1. The alias's
+    # case takes the Newton roots (matrix products: capturable, differentiated); the block's the
+    # eigendecomposition
     Case("shampoo", lambda: fo.shampoo(lr=0.01, weight_decay=0.1, block_size=3,
                                        precondition_frequency=3, start_preconditioning_step=2,
-                                       root_dtype=None),
-         complex=False, live={"eps": Live(value=0.5), "graft_eps": Live(grads_scale=1e-9),
-                              "beta2": Live(excluded=(("grad", _ROOTS_NOT_DIFFERENTIATED),))},
+                                       root_dtype=None, root_method="newton",
+                                       root_iterations=6),
+         complex=False, live={"eps": Live(value=0.5), "graft_eps": Live(grads_scale=1e-9)}),
+    Case("scale_by_shampoo_eigh", lambda: fo.scale_by_shampoo(
+        0.9, block_size=3, precondition_frequency=3, graft="adam", root_dtype=None),
+         complex=False,
+         live={"eps": Live(value=0.5), "graft_eps": Live(grads_scale=1e-9),
+               "beta2": Live(excluded=(("grad", _ROOTS_NOT_DIFFERENTIATED),))},
          excluded=(("test_capturable_fake_cuda_trace",
                     "torch.linalg.eigh synchronizes a CUDA device with the host (torch's "
-                    "documented behaviour): Shampoo's inverse roots cannot be captured in a CUDA "
-                    "graph"),)),
+                    "documented behaviour): Shampoo's eigh roots cannot be captured in a CUDA "
+                    "graph (root_method='newton' can)"),)),
     # every update fits the factors (p = 1): a tiny p (no fit in 3 updates) shows it is read
     Case("psgd_kron", lambda: fo.psgd_kron(lr=0.01, weight_decay=0.1, seed=3), complex=False,
          live={"preconditioner_update_probability": Live(value=0.01)}),

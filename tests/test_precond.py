@@ -454,3 +454,16 @@ def test_uniform_draws():
     assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float(u.var()) - 1 / 12) < 0.01
     assert torch.equal(u, _random.uniform(k, 1, like))
     assert not torch.equal(u, _random.uniform(_random.next_key(k), 1, like))
+
+
+def test_shampoo_newton_roots_match_eigh():
+    """The coupled Newton roots (matrix products only) converge to the eigendecomposition's:
+    the reference trajectory (eigh roots) to ~1e-8 relative."""
+    lr, mom, wd, eps, gb2, geps = 0.05, 0.8, 0.05, 1e-6, 0.9, 1e-5
+    kw = dict(block_size=3, precondition_frequency=2)
+    tx = fo.shampoo(lr, mom, wd, 0.95, eps, gb2, geps, root_method="newton",
+                    root_iterations=60, **kw)
+    grads = _grads()
+    _close(_trajectory(tx, _params(SHAMPOO_SHAPES), grads, 10),
+           shampoo_reference(_params(SHAMPOO_SHAPES), grads, lr, mom, wd, 0.95, eps, gb2, geps,
+                             3, 2, 1, "adam", steps=10), rtol=1e-8)

@@ -102,6 +102,7 @@ def shampoo(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay
             precondition_frequency: int = 1, start_preconditioning_step: int = 1,
             inverse_exponent: int | None = None, merge_small_dims: bool = True,
             graft: str = "adam", root_dtype: torch.dtype | None = torch.float64,
+            root_method: str = "eigh", root_iterations: int = 50,
             host_refresh: bool = False) -> Transform:
     r"""Shampoo with grafting, blocking and merged dimensions (Gupta et al., 2018; Anil et al.,
     2020), as the authors' PyTorch ``Shampoo`` (``scalable_shampoo/pytorch``) orders its
@@ -131,6 +132,8 @@ def shampoo(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay
         merge_small_dims: merge small consecutive axes (structural; default True).
         graft: ``"adam"``, ``"adagrad"``, ``"sgd"`` or ``"none"`` (structural).
         root_dtype: the roots' precision (structural; default float64).
+        root_method: ``"eigh"`` or ``"newton"`` (capturable) (structural).
+        root_iterations: the Newton steps (structural; default 50).
         host_refresh: decide the roots on the host (structural).
     """
     owner = "shampoo"
@@ -141,7 +144,8 @@ def shampoo(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay
                              start_preconditioning_step=start_preconditioning_step,
                              inverse_exponent=inverse_exponent,
                              merge_small_dims=merge_small_dims, graft=graft,
-                             root_dtype=root_dtype, host_refresh=host_refresh)
+                             root_dtype=root_dtype, root_method=root_method,
+                             root_iterations=root_iterations, host_refresh=host_refresh)
     blocks = {"shampoo": block, "weight_decay": add_decayed_weights(weight_decay),
               "momentum": trace(momentum, 0.0, nesterov), "lr": scale_by_learning_rate(lr)}
     defaults = dict(lr=blocks["lr"].hparams["lr"], momentum=momentum,
@@ -158,7 +162,8 @@ def shampoo(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay
                       precondition_frequency=precondition_frequency,
                       start_preconditioning_step=start_preconditioning_step,
                       inverse_exponent=inverse_exponent, merge_small_dims=merge_small_dims,
-                      graft=graft, root_dtype=root_dtype, host_refresh=host_refresh)
+                      graft=graft, root_dtype=root_dtype, root_method=root_method,
+                      root_iterations=root_iterations, host_refresh=host_refresh)
     return _lr_folded(owner, blocks, defaults, to_inner, structural)
 
 

@@ -111,11 +111,44 @@ def _inverse_root(stat: torch.Tensor, old: torch.Tensor, p: int, eps: Any,
     return torch.where(finite & torch.isfinite(root).all(), root, old)
 
 
+def _newton_root(stat: torch.Tensor, old: torch.Tensor, p: int, eps: Any, dtype: torch.dtype,
+                 iterations: int) -> torch.Tensor:
+    r""":math:`(L + \epsilon I)^{-1/p}` by ``iterations`` steps of the coupled Newton iteration
+    (Guo & Higham, 2006; Anil et al.'s ``ComputePower``) in ``dtype``: from
+    :math:`X = z^{1/p} I`, :math:`M = z A`, :math:`z = (1 + p) / (2 \lVert A \rVert_F)`,
+    :math:`T = ((p + 1) I - M) / p`, :math:`X \leftarrow X T`, :math:`M \leftarrow T^p M`
+    (:math:`M \to I`, :math:`X \to A^{-1/p}`); as there, the iteration stops (a tensor select)
+    once :math:`\max |M - I|` grows by more than a factor 1.2. Matrix products only: capturable
+    and differentiable. ``old`` where ``L`` or the root has a non-finite entry."""
+    a = stat.to(dtype)
+    eye = torch.eye(a.shape[0], dtype=dtype, device=a.device)
+    a = a + eps * eye
+    z = (1 + p) / (2 * torch.linalg.matrix_norm(a))
+    x = eye * z ** (1.0 / p)
+    m = a * z
+    error = (m - eye).abs().amax()
+    alive = torch.isfinite(error)
+    for _ in range(iterations):
+        t = ((p + 1) * eye - m) / p
+        x_next, m_next = x @ t, torch.linalg.matrix_power(t, p) @ m
+        error_next = (m_next - eye).abs().amax()
+        alive = alive & (error_next <= 1.2 * error)
+        x = torch.where(alive, x_next, x)
+        m = torch.where(alive, m_next, m)
+        error = torch.where(alive, error_next, error)
+    root = x.to(stat.dtype)
+    return torch.where(torch.isfinite(stat).all() & torch.isfinite(root).all(), root, old)
+
+
+_ROOT_METHODS = ("eigh", "newton")
+
+
 def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float = 0.999,
                      graft_eps: float = 1e-8, *, block_size: int = 128,
                      precondition_frequency: int = 1, start_preconditioning_step: int = 1,
                      inverse_exponent: int | None = None, merge_small_dims: bool = True,
                      graft: str = "adagrad", root_dtype: torch.dtype | None = torch.float64,
+                     root_method: str = "eigh", root_iterations: int = 50,
                      host_refresh: bool = False) -> Transform:
     r"""Shampoo's grafted direction (Gupta et al., 2018; Anil et al., 2020), without momentum,
     weight decay and learning rate (:func:`functional_optim.shampoo` adds them).
@@ -129,11 +162,12 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
         w = 1 \text{ if } \beta_2 = 1 \text{ (sums, AdaGrad-like) else } 1 - \beta_2,
 
     and when :math:`t \bmod f = 0` (``precondition_frequency``) :math:`P_k \leftarrow
-    (L_k + \epsilon I)^{-1/p}`, :math:`p = 2r` (``inverse_exponent`` overrides it), computed by
-    an eigendecomposition in ``root_dtype`` (eigenvalues clipped at 0). *Fallback*: where the
-    statistic or its root has a non-finite entry, the root is dropped and the previous
-    :math:`P_k` kept (a tensor select; an ``eigh`` that does not converge on a finite matrix
-    raises, as torch's).
+    (L_k + \epsilon I)^{-1/p}`, :math:`p = 2r` (``inverse_exponent`` overrides it), computed in
+    ``root_dtype`` by an eigendecomposition (``root_method="eigh"``, eigenvalues clipped at 0)
+    or by ``root_iterations`` coupled Newton steps (``"newton"``: matrix products only).
+    *Fallback*: where the statistic or its root has a non-finite entry, the root is dropped
+    and the previous :math:`P_k` kept (a tensor select; an ``eigh`` that does not converge on a
+    finite matrix raises, as torch's).
     The direction:
 
     .. math::
@@ -149,13 +183,14 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
     A leaf of rank <= 1 once merged (a scalar, a vector) has no factors: :math:`S = G`
     (the gradient's direction with the grafting method's norm, as the authors').
 
-    *Derivatives*: the eigenvectors are not differentiated (their derivative is undefined where
-    eigenvalues repeat); meta-gradients flow through the eigenvalues' ``eps``, the blocks and
-    the grafting. *The refresh*: ``host_refresh=False`` (default) computes the roots at every
-    update and keeps them where due by :func:`torch.where` (``vmap``, ``torch.func.grad``,
-    ``torch.compile`` apply; ``torch.linalg.eigh`` synchronizes a CUDA device with the host, so
-    the update is not CUDA-graph capturable); ``host_refresh=True`` reads the count on the host
-    and decomposes only when due (eager training; the same numbers). Real parameters only.
+    *Derivatives*: with ``"eigh"`` the eigenvectors are not differentiated (their derivative is
+    undefined where eigenvalues repeat); meta-gradients flow through the eigenvalues' ``eps``,
+    the blocks and the grafting. ``"newton"`` is differentiated throughout. *The refresh*:
+    ``host_refresh=False`` (default) computes the roots at every update and keeps them where
+    due by :func:`torch.where` (``vmap``, ``torch.func.grad``, ``torch.compile`` apply; with
+    ``"newton"`` the update is CUDA-graph capturable, while ``torch.linalg.eigh`` synchronizes
+    a CUDA device with the host); ``host_refresh=True`` reads the count on the host and
+    computes the roots only when due (eager training; the same numbers). Real parameters only.
 
     Args:
         beta2: ``β2``, the statistics' decay (default 1: sums).
@@ -170,6 +205,8 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
         graft: one of :data:`GRAFTS` (structural; default ``"adagrad"``).
         root_dtype: the roots' precision (structural; default float64; ``None``: the leaf's
             dtype, at least float32).
+        root_method: ``"eigh"`` or ``"newton"`` (structural; see above).
+        root_iterations: the Newton steps (structural int; default 50).
         host_refresh: decide the roots on the host (structural; see above).
     """
     owner = "scale_by_shampoo"
@@ -185,6 +222,10 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
     if graft not in GRAFTS:
         raise HParamError(f"{owner}: graft must be one of {GRAFTS}, got {graft!r}")
     check_dtype(owner, "root_dtype", root_dtype)
+    if root_method not in _ROOT_METHODS:
+        raise HParamError(f"{owner}: root_method must be one of {_ROOT_METHODS}, got "
+                          f"{root_method!r}")
+    check_dim(owner, "root_iterations", root_iterations)
     defaults = {"beta2": beta2, "eps": eps, "graft_beta2": graft_beta2, "graft_eps": graft_eps}
     moment = graft in ("adagrad", "adam")
 
@@ -253,6 +294,9 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
         root_in = precision(dtype, root_dtype)
 
         def fresh():
+            if root_method == "newton":
+                return tuple(_newton_root(st, old, p, eps, root_in, root_iterations)
+                             for st, old in zip(stats, roots))
             return tuple(_inverse_root(st, old, p, eps, root_in)
                          for st, old in zip(stats, roots))
 
