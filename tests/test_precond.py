@@ -467,3 +467,31 @@ def test_shampoo_newton_roots_match_eigh():
     _close(_trajectory(tx, _params(SHAMPOO_SHAPES), grads, 10),
            shampoo_reference(_params(SHAMPOO_SHAPES), grads, lr, mom, wd, 0.95, eps, gb2, geps,
                              3, 2, 1, "adam", steps=10), rtol=1e-8)
+
+
+@pytest.mark.parametrize("make", [fo.soap, lambda: fo.shampoo(block_size=3), fo.psgd_kron],
+                         ids=["soap", "shampoo", "psgd_kron"])
+def test_errors_name_the_leaf(make):
+    """A state made for other parameters, a state of another dtype and a complex update each
+    raise an error naming the leaf, not a deep stack trace."""
+    tx = make()
+    state = tx.init({"w": torch.randn(4, 3), "b": torch.randn(3)})
+    with pytest.raises(fo.TreeMismatchError, match="leaf 'w'.*shape"):
+        tx.update({"w": torch.randn(3, 4), "b": torch.randn(3)}, state,
+                  {"w": torch.randn(3, 4), "b": torch.randn(3)})
+    with pytest.raises(fo.TreeMismatchError, match="leaf 'b'.*dtype"):
+        tx.update({"w": torch.randn(4, 3), "b": torch.randn(3, dtype=torch.float64)}, state,
+                  {"w": torch.randn(4, 3), "b": torch.randn(3)})
+    with pytest.raises(TypeError, match="complex.*leaf 'w'"):
+        tx.update({"w": torch.randn(4, 3, dtype=torch.complex64), "b": torch.randn(3)}, state,
+                  {"w": torch.randn(4, 3), "b": torch.randn(3)})
+
+
+def test_soap_negative_shampoo_beta_tensor_means_beta2():
+    """``shampoo_beta < 0`` as a tensor selects ``β2`` as the Python number does."""
+    grads = _grads()
+    kw = dict(precondition_frequency=2, precond_dtype=None)
+    _close(_trajectory(fo.soap(0.02, shampoo_beta=torch.tensor(-1.0, dtype=torch.float64), **kw),
+                       _params(SOAP_SHAPES), grads, 6),
+           _trajectory(fo.soap(0.02, shampoo_beta=-1.0, **kw), _params(SOAP_SHAPES), grads, 6),
+           rtol=1e-14)

@@ -67,6 +67,37 @@ def per_leaf(tree: Any, spec: Any, owner: str, field: str) -> list:
             "updates", spec, f"{owner} state.{field}", _tree.structure(tree))) from None
 
 
+def check_real(owner: str, updates: Any, flat: list) -> None:
+    """A clear error for a complex update leaf (these preconditioners take real ones)."""
+    for i, g in enumerate(flat):
+        if g is not None and g.is_complex():
+            raise TypeError(f"{owner} does not support complex updates (leaf "
+                            f"{_tree.leaf_label(updates, i)}, dtype {g.dtype})")
+
+
+def check_like(owner: str, updates: Any, i: int, g: torch.Tensor, x: Any, what: str) -> None:
+    """A clear error unless state tensor ``x`` matches update leaf ``i`` (``g``): shape,
+    dtype, device (:func:`functional_optim.tree.leaf_mismatch`)."""
+    problem = _tree.leaf_mismatch(g, x, what)
+    if problem is not None:
+        raise TreeMismatchError(f"{owner}: leaf {_tree.leaf_label(updates, i)}: {problem}")
+
+
+def check_factors(owner: str, updates: Any, i: int, field: str, got: Any,
+                  shapes: list) -> None:
+    """A clear error unless leaf ``i``'s state tuple ``got`` holds tensors of ``shapes`` (a
+    state made for other parameters); metadata only."""
+    if not isinstance(got, tuple) or [tuple(getattr(x, "shape", ())) for x in got] != [
+            tuple(s) for s in shapes] or not all(isinstance(x, torch.Tensor) for x in got):
+        found = (f"a tuple of shapes {[tuple(x.shape) for x in got]}"
+                 if isinstance(got, tuple) and all(isinstance(x, torch.Tensor) for x in got)
+                 else type(got).__name__)
+        raise TreeMismatchError(
+            f"{owner}: state.{field} of leaf {_tree.leaf_label(updates, i)} must be a tuple of "
+            f"tensors of shapes {[tuple(s) for s in shapes]} (made by init for this "
+            f"parameter), got {found}")
+
+
 def axis_covariance(x: torch.Tensor, axis: int) -> torch.Tensor:
     r"""The Gram matrix of ``x`` along ``axis``: :math:`\sum_{\text{other axes}} x_{\ldots i
     \ldots} x_{\ldots j \ldots}` (:math:`G G^\top` and :math:`G^\top G` for a matrix)."""

@@ -20,7 +20,17 @@ from .. import _execute, _random
 from .. import tree as _tree
 from .._execute import first_device, safe_sqrt
 from ..base import HParamError, Transform, check_hparam, check_state, resolve_hparams
-from ._kronecker import axis_covariance, check_dim, check_dtype, per_leaf, precision, rotate
+from ._kronecker import (
+    axis_covariance,
+    check_dim,
+    check_dtype,
+    check_factors,
+    check_like,
+    check_real,
+    per_leaf,
+    precision,
+    rotate,
+)
 
 __all__ = ["ScaleByPsgdKronState", "scale_by_psgd_kron"]
 
@@ -190,6 +200,11 @@ def scale_by_psgd_kron(momentum: float = 0.9, preconditioner_update_probability:
     def diagonal(shape):
         return _diagonal_axes(shape, max_size_triangular, min_ndim_triangular, memory_save_mode)
 
+    def factor_shapes(x):
+        if x.ndim == 0:
+            return [()]
+        return [(d,) if diag else (d, d) for d, diag in zip(x.shape, diagonal(tuple(x.shape)))]
+
     def init(params):
         spec, flat = _tree.structure(params), _tree.leaves(params)
         factors = []
@@ -231,8 +246,6 @@ def scale_by_psgd_kron(momentum: float = 0.9, preconditioner_update_probability:
         return tuple(new.to(old.dtype) for new, old in zip(out, factors))
 
     def leaf(g, m, factors, h, t, key, do_update, salt):
-        if g.is_complex():
-            raise TypeError(f"{owner} does not support complex updates (dtype {g.dtype})")
         beta = h["momentum"]
         m = _execute.lerp(m, g, 1 - beta)
         debiased = m / (1 - beta ** t.to(g.dtype))
@@ -254,8 +267,12 @@ def scale_by_psgd_kron(momentum: float = 0.9, preconditioner_update_probability:
         draw = _random.uniform(state.key, 0, torch.zeros((), dtype=torch.float64,
                                                          device=state.key.device))
         do_update = draw < h["preconditioner_update_probability"]
+        check_real(owner, updates, flat)
         out = [[], [], []]
         for i, (g, m, f) in enumerate(zip(flat, mus, factors)):
+            if g is not None:
+                check_like(owner, updates, i, g, m, "state.mu")
+                check_factors(owner, updates, i, "factors", f, factor_shapes(g))
             results = (None, m, f) if g is None else leaf(g, m, f, h, t, state.key, do_update,
                                                           1 + i)
             for column, value in zip(out, results):

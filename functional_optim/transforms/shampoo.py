@@ -25,6 +25,9 @@ from ._kronecker import (
     axis_covariance,
     check_dim,
     check_dtype,
+    check_factors,
+    check_like,
+    check_real,
     merged_shape,
     per_leaf,
     precision,
@@ -253,8 +256,6 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
         return g, s
 
     def leaf(g, s, stats, roots, h, count):
-        if g.is_complex():
-            raise TypeError(f"{owner} does not support complex updates (dtype {g.dtype})")
         t = (count + 1).to(g.dtype)
         direction, s = graft_direction(g, s, h, t)
         plan = _blocks(tuple(g.shape), block_size, merge_small_dims)
@@ -313,8 +314,16 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
         seconds = _tree.flatten_like(state.graft, spec, f"{owner} state.graft", "updates")
         stats = per_leaf(state.statistics, spec, owner, "statistics")
         roots = per_leaf(state.preconditioners, spec, owner, "preconditioners")
+        check_real(owner, updates, flat)
         out = [[], [], [], []]
-        for g, s, st, r in zip(flat, seconds, stats, roots):
+        for i, (g, s, st, r) in enumerate(zip(flat, seconds, stats, roots)):
+            if g is not None:
+                if moment:
+                    check_like(owner, updates, i, g, s, "state.graft")
+                plan = _blocks(tuple(g.shape), block_size, merge_small_dims)
+                shapes = [] if plan is None else [(d, d) for d in plan.factor_sizes()]
+                check_factors(owner, updates, i, "statistics", st, shapes)
+                check_factors(owner, updates, i, "preconditioners", r, shapes)
             results = (None, s, st, r) if g is None else leaf(g, s, st, r, h, state.count)
             for column, value in zip(out, results):
                 column.append(value)

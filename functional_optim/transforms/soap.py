@@ -23,6 +23,9 @@ from ._kronecker import (
     axis_covariance,
     check_dim,
     check_dtype,
+    check_factors,
+    check_like,
+    check_real,
     merged_shape,
     per_leaf,
     precision,
@@ -177,8 +180,6 @@ def scale_by_soap(betas: tuple[float, float] = (0.95, 0.95), shampoo_beta: float
                                 spec.unflatten(factors), spec.unflatten(bases))
 
     def leaf(g, m, v, factors, bases, h, count):
-        if g.is_complex():
-            raise TypeError(f"{owner} does not support complex updates (dtype {g.dtype})")
         lay = layout(g)
         b1, b2 = h["betas"]
         beta_s = h["shampoo_beta"]
@@ -252,8 +253,15 @@ def scale_by_soap(betas: tuple[float, float] = (0.95, 0.95), shampoo_beta: float
         nus = _tree.flatten_like(state.nu, spec, f"{owner} state.nu", "updates")
         factors = per_leaf(state.factors, spec, owner, "factors")
         bases = per_leaf(state.bases, spec, owner, "bases")
+        check_real(owner, updates, flat)
         out = [[], [], [], [], []]
-        for g, m, v, f, q in zip(flat, mus, nus, factors, bases):
+        for i, (g, m, v, f, q) in enumerate(zip(flat, mus, nus, factors, bases)):
+            if g is not None:
+                check_like(owner, updates, i, g, m, "state.mu")
+                check_like(owner, updates, i, g, v, "state.nu")
+                shapes = layout(g).factor_shapes()
+                check_factors(owner, updates, i, "factors", f, shapes)
+                check_factors(owner, updates, i, "bases", q, [(s[0], s[0]) for s in shapes])
             results = (None, m, v, f, q) if g is None else leaf(g, m, v, f, q, h, state.count)
             for column, value in zip(out, results):
                 column.append(value)
