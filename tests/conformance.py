@@ -432,10 +432,10 @@ def _radam_rectified():
 _F64 = torch.float64
 # step sizes start at 0.01 and move by the etas (0.5, 1.2): bounds next to 0.01 take effect
 _RPROP_BOUNDS = {"step_sizes.0": Live(value=0.009), "step_sizes.1": Live(value=0.011)}
-# RAdam's eps acts once the rectification starts (rho_t > 5 from the 6th step, beta2 0.999);
-# a threshold of 4.5 starts it at the 5th
+# RAdam's eps and eps_root act once the rectification starts (rho_t > 5 from the 6th step,
+# beta2 0.999); a threshold of 4.5 starts it at the 5th
 _RADAM_EPS = {"eps": Live(steps=7)}
-_RADAM = {**_RADAM_EPS, "threshold": Live(value=4.5, steps=7)}
+_RADAM = {**_RADAM_EPS, "eps_root": Live(steps=7), "threshold": Live(value=4.5, steps=7)}
 
 CASES += [
     Case("scale_by_rss", fo.scale_by_rss),

@@ -51,3 +51,35 @@ def test_alias_pointwise_prepare_takes_the_flat_hparams():
     params = _trees()
     call = tx.pointwise.prepare(_trees(1), tx.init(params), params, {"lr": 0.2})
     assert call.hparams[-1] == {"lr": -0.2}
+
+
+def _as_tensors(h: dict) -> dict:
+    """Every float hyperparameter (and float pair) as a 0-d float64 tensor."""
+    def tensor(x):
+        return torch.tensor(x, dtype=torch.float64) if isinstance(x, float) else x
+    return {k: tuple(map(tensor, v)) if isinstance(v, tuple) else tensor(v) for k, v in h.items()}
+
+
+@pytest.mark.parametrize("make,kwargs", ALIASES + [
+    (fo.optax_nadam, dict(weight_decay=0.1, mu_dtype=torch.float32)),
+    (fo.optax_rmsprop, dict(weight_decay=0.1, centered=True, bias_correction=True)),
+    (fo.optax_radam, dict(weight_decay=0.1, nesterov=True)),
+], ids=lambda x: getattr(x, "__name__", ""))
+def test_tensor_hparams_keep_the_donated_update_readable(make, kwargs):
+    """With tensor hyperparameters, a rule that squares its input (``ema_square``) or mixes it
+    into a moment and reads it again got the fused run's donated update (the decay's or
+    maximize's fresh result) overwritten in place by the first op: 'a donated state was read
+    after its in-place update'. The multi-tensor path gives the per-leaf numbers."""
+    tx = make(**kwargs)
+    h = _as_tensors(tx.hparams)
+    params = _trees()
+    results = []
+    for multi in (False, True):
+        p, state = dict(params), tx.init(params)
+        for step in range(3):
+            with torch.no_grad(), _execute.multi_tensor(multi):
+                updates, state = tx.update(_trees(step + 1), state, p, h)
+            p = fo.apply_updates(p, updates)
+        results.append(p)
+    for name in params:
+        torch.testing.assert_close(results[1][name], results[0][name], rtol=1e-14, atol=0)

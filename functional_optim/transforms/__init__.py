@@ -6,14 +6,12 @@ from .adaptive import (
     ScaleByAsgdState,
     ScaleByNadamState,
     ScaleByRadamState,
-    ScaleByRpropState,
     ScaleByRssState,
     scale_by_adadelta,
     scale_by_adamax,
     scale_by_asgd,
     scale_by_nadam,
     scale_by_radam,
-    scale_by_rprop,
     scale_by_rss,
 )
 from .basic import (
@@ -30,6 +28,7 @@ from .moments import (
     ScaleByAdamState,
     ScaleByRmsState,
     TraceState,
+    corrected_first_moment,
     scale_by_adam,
     scale_by_rms,
     trace,
@@ -42,6 +41,7 @@ from .plateau import (
     reduce_on_plateau,
     scale_by_greedy_lr,
 )
+from .rprop import ScaleByRpropState, scale_by_rprop
 
 __all__ = [
     "ScaleByAdadeltaState",
@@ -72,6 +72,7 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_norm",
+    "corrected_first_moment",
     "identity",
     "scale",
     "scale_by_adam",
@@ -246,6 +247,54 @@ __all__ += [
     "schedule_free",
     "schedule_free_eval_params",
     "schedule_free_train_params",
+]
+
+# optax's core algorithms that torch.optim lacks (issue 19)
+from .belief import (  # noqa: E402
+    ScaleByAdanState,
+    ScaleByBeliefState,
+    ScaleByYogiState,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_yogi,
+)
+from .lion import ScaleByLionState, scale_by_lion  # noqa: E402
+from .noise import AddNoiseState, add_noise  # noqa: E402
+from .optimistic import ScaleByOptimisticGradientState, scale_by_optimistic_gradient  # noqa: E402
+from .polyak import scale_by_polyak  # noqa: E402
+from .sublinear import (  # noqa: E402
+    ScaleByNovogradState,
+    ScaleBySm3State,
+    scale_by_novograd,
+    scale_by_sm3,
+)
+from .trust_ratio import (  # noqa: E402
+    scale_by_param_block_norm,
+    scale_by_param_block_rms,
+    scale_by_trust_ratio,
+)
+
+__all__ += [
+    "AddNoiseState",
+    "ScaleByAdanState",
+    "ScaleByBeliefState",
+    "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
+    "ScaleBySm3State",
+    "ScaleByYogiState",
+    "add_noise",
+    "scale_by_adan",
+    "scale_by_belief",
+    "scale_by_lion",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_sm3",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
 ]
 
 # the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
