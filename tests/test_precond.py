@@ -355,7 +355,8 @@ def psgd_kron_reference(params, grads, lr, beta, wd, prob, plr, max_tri=2048, mi
     out = []
     for t in range(1, steps + 1):
         gs = grads(params, t - 1)
-        do = bool(_random.uniform(key, 0, torch.zeros((), dtype=torch.float64)) < prob)
+        p_t = prob(t - 1) if callable(prob) else prob
+        do = bool(_random.uniform(key, 0, torch.zeros((), dtype=torch.float64)) < p_t)
         new = []
         for i, (p, g) in enumerate(zip(params, gs)):
             if state[i] is None:
@@ -495,3 +496,19 @@ def test_soap_negative_shampoo_beta_tensor_means_beta2():
                        _params(SOAP_SHAPES), grads, 6),
            _trajectory(fo.soap(0.02, shampoo_beta=-1.0, **kw), _params(SOAP_SHAPES), grads, 6),
            rtol=1e-14)
+
+
+def test_psgd_kron_annealed_update_probability():
+    """The reference's annealing of the update probability, ``clamp(exp(-d (n - n0)), p_min,
+    1)`` at step ``n`` (from 0), is optax's exponential decay injected as a live value."""
+    import math
+    d, n0, p_min = 0.4, 3, 0.2
+    schedule = fo.schedules.exponential_decay(1.0, 1, math.exp(-d), transition_begin=n0,
+                                              end_value=p_min)
+    tx = fo.inject_hparams(fo.psgd_kron(0.05, 0.8, 0.1, precond_lr=0.3, seed=2),
+                           {"preconditioner_update_probability": schedule})
+    grads = _grads()
+    _close(_trajectory(tx, _params(PSGD_SHAPES), grads),
+           psgd_kron_reference(_params(PSGD_SHAPES), grads, 0.05, 0.8, 0.1,
+                               lambda n: min(1.0, max(p_min, math.exp(-d * (n - n0)))), 0.3,
+                               seed=2))

@@ -175,8 +175,15 @@ def psgd_kron(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_dec
               precond_init_scale: float = 1.0, precond_dtype: torch.dtype | None = None,
               seed: int = 0) -> Transform:
     r"""PSGD-Kron (Li, 2018), as ``kron_torch``'s ``Kron`` (same arguments and defaults, but a
-    constant update probability by default; its annealing schedule through
-    :func:`functional_optim.inject_hparams`).
+    constant update probability by default). Its default annealing,
+    :math:`\min(1, \max(0.03, e^{-0.001 (n - 500)}))` at step :math:`n` (from 0), is a live
+    value injected from a schedule::
+
+        import math
+        anneal = fo.schedules.exponential_decay(1.0, 1, math.exp(-0.001),
+                                                transition_begin=500, end_value=0.03)
+        tx = fo.inject_hparams(fo.psgd_kron(lr=1e-3),
+                               {"preconditioner_update_probability": anneal})
 
     Chain: ``scale_by_psgd_kron → add_decayed_weights (leaves of rank >= 2) →
     scale_by_learning_rate``: :math:`p \leftarrow p - \eta\,(u + \lambda p)` with :math:`u`

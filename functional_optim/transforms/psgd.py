@@ -164,7 +164,8 @@ def scale_by_psgd_kron(momentum: float = 0.9, preconditioner_update_probability:
     *Randomness*: a counter-based key in the state, seeded by ``seed``
     (:mod:`functional_optim._random`): reproducible, one stream per ``vmap`` member with a
     batched seed, capturable. *Precision*: the factors' update runs in ``precond_dtype``
-    (``None``: the leaf's dtype, at least float32) and they are stored in the leaf's dtype.
+    (``None``: the leaf's dtype, at least float32; the reference solves its triangular systems
+    in float32 whatever the dtype) and they are stored in the leaf's dtype.
     Everything is a tensor select: pure, differentiable (the draw is not), capturable.
     Real parameters only.
 
