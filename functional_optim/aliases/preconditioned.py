@@ -51,6 +51,10 @@ def soap(lr: float | torch.Tensor = 3e-3, betas: tuple[float, float] = (0.95, 0.
     reads the parameters before the step, as the authors' current code and heavyball's (their
     first release decayed the stepped parameters: a difference of order :math:`\eta^2\lambda`).
 
+    *Speed*: the default refresh (tensor selects) decomposes at every update; for eager training
+    (no ``vmap``, ``torch.func`` or ``torch.compile`` of the step) ``host_refresh=True``
+    decomposes only when due, several times faster (``benchmarks/results/precond_cpu.md``).
+
     Args:
         lr: ``η`` (default 3e-3), a number, tensor or schedule.
         betas: Adam's ``(β1, β2)`` (default ``(0.95, 0.95)``).
@@ -115,6 +119,11 @@ def shampoo(lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, weight_decay
     :func:`~functional_optim.transforms.scale_by_shampoo`), plus :math:`\lambda p` (L2 after
     grafting, as the authors'), heavy-ball momentum :math:`m \leftarrow \mu m + u` (Nesterov:
     :math:`\mu m + u`), times :math:`\eta`.
+
+    *Speed*: the default refresh (tensor selects) computes the roots at every update; for eager
+    training ``host_refresh=True`` computes them only when due, several times faster
+    (``benchmarks/results/precond_cpu.md``); ``root_method="newton"`` makes the step
+    CUDA-graph capturable.
 
     Args:
         lr: ``η`` (default 1e-3), a number, tensor or schedule.

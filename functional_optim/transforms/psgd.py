@@ -285,10 +285,14 @@ def scale_by_psgd_kron(momentum: float = 0.9, preconditioner_update_probability:
 
 
 def _precondition(x: torch.Tensor, factors: tuple) -> torch.Tensor:
-    r""":math:`x \times_k Q_k^\top Q_k`: each axis multiplied by :math:`Q_k^\top Q_k`."""
+    r""":math:`x \times_k Q_k^\top Q_k`: each axis multiplied by :math:`Q_k`, then by
+    :math:`Q_k^\top` (two products of the leaf's size, never :math:`Q_k^\top Q_k` itself)."""
     if x.ndim == 0:
         return x * factors[0] * factors[0]
     for q in factors:
-        x = x.movedim(0, -1) * (q * q) if q.ndim < 2 else torch.tensordot(x, q.T @ q,
-                                                                           dims=([0], [0]))
+        if q.ndim < 2:
+            x = x.movedim(0, -1) * (q * q)
+        else:
+            x = torch.tensordot(x, q, dims=([0], [1]))
+            x = torch.tensordot(x, q, dims=([x.ndim - 1], [0]))
     return x
