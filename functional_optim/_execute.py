@@ -629,7 +629,7 @@ def _fuse_calls(calls: list) -> PointwiseCall:
             res = c.rule(hc, g, *olds[start:start + count], *mine)
             start += count
             new.extend(res[1:])
-            g = _owned(res[0], g, [original, *res[1:], *mine])
+            g = _owned(_in_dtype(res[0], original), g, [original, *res[1:], *mine])
         return (g, *new)
 
     def finish(new_states):
@@ -647,6 +647,16 @@ def _fuse_calls(calls: list) -> PointwiseCall:
                          tuple(st for c in calls for st in c.states), tuple(inputs), finish,
                          per_state("donate_state", False), tuple(names),
                          all(c.sparse for c in calls), per_state("state_like", None))
+
+
+def _in_dtype(u: Any, like: Any) -> Any:
+    """A rule's update in the run's input dtype, as the unfused transform returns it
+    (:func:`elementwise` casts each result): a 0-d leaf's update computed with 0-d float64
+    coefficients comes out float64."""
+    if isinstance(u, (torch.Tensor, _foreach.TensorList)) and \
+            isinstance(like, (torch.Tensor, _foreach.TensorList)) and u.dtype != like.dtype:
+        return u.to(like.dtype)
+    return u
 
 
 def _owned(u: Any, g: Any, others: list) -> Any:

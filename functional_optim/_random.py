@@ -76,6 +76,12 @@ def rademacher(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
     return (1 - 2 * (_bits(k, salt, like) >> 31)).to(like.dtype)
 
 
+def uniform(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
+    r"""Independent uniform samples in :math:`[0, 1)` shaped like ``like``, of its dtype: the
+    top 24 of 32 random bits times :math:`2^{-24}` (exact in float32 and float64)."""
+    return (_bits(k, salt, like) >> 8).to(like.dtype) * 2.0 ** -24
+
+
 def normal(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
     r"""Independent standard normal samples shaped like ``like``, of its dtype: the Box-Muller
     transform :math:`\sqrt{-2\ln u_1}\cos(2\pi u_2)` of two 32-bit uniforms
@@ -84,9 +90,3 @@ def normal(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
     u1 = (_bits(k, 2 * salt, like).to(torch.float64) + 0.5) * scale
     u2 = (_bits(k, 2 * salt + 1, like).to(torch.float64) + 0.5) * scale
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).to(like.dtype)
-
-
-def uniform(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
-    r"""Independent uniform samples in :math:`(0, 1)`, :math:`(b + \frac12) / 2^{32}` of 32
-    random bits :math:`b`, computed in float64 and cast to ``like``'s dtype, shaped like it."""
-    return ((_bits(k, salt, like).to(torch.float64) + 0.5) * 2.0 ** -32).to(like.dtype)

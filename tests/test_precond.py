@@ -445,31 +445,6 @@ def test_psgd_kron(options):
            psgd_kron_reference(_params(PSGD_SHAPES), grads, lr, beta, wd, prob, plr, **ref))
 
 
-def test_uniform_draws():
-    """``_random.uniform``: in (0, 1), about uniform, a pure function of the key and salt."""
-    from functional_optim import _random
-    k = _random.key(5)
-    like = torch.zeros(4000, dtype=torch.float64)
-    u = _random.uniform(k, 1, like)
-    assert u.dtype == torch.float64 and bool(((u > 0) & (u < 1)).all())
-    assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float(u.var()) - 1 / 12) < 0.01
-    assert torch.equal(u, _random.uniform(k, 1, like))
-    assert not torch.equal(u, _random.uniform(_random.next_key(k), 1, like))
-
-
-def test_shampoo_newton_roots_match_eigh():
-    """The coupled Newton roots (matrix products only) converge to the eigendecomposition's:
-    the reference trajectory (eigh roots) to ~1e-8 relative."""
-    lr, mom, wd, eps, gb2, geps = 0.05, 0.8, 0.05, 1e-6, 0.9, 1e-5
-    kw = dict(block_size=3, precondition_frequency=2)
-    tx = fo.shampoo(lr, mom, wd, 0.95, eps, gb2, geps, root_method="newton",
-                    root_iterations=60, **kw)
-    grads = _grads()
-    _close(_trajectory(tx, _params(SHAMPOO_SHAPES), grads, 10),
-           shampoo_reference(_params(SHAMPOO_SHAPES), grads, lr, mom, wd, 0.95, eps, gb2, geps,
-                             3, 2, 1, "adam", steps=10), rtol=1e-8)
-
-
 @pytest.mark.parametrize("make", [fo.soap, lambda: fo.shampoo(block_size=3), fo.psgd_kron],
                          ids=["soap", "shampoo", "psgd_kron"])
 def test_errors_name_the_leaf(make):

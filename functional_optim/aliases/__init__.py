@@ -27,6 +27,8 @@ from . import (
     optax_core,
     optax_variants,
     preconditioned,
+    quantized,
+    search,
     special,
 )
 from .basic import adam, adamw, sgd
@@ -77,6 +79,8 @@ from .optax_variants import (
     optax_rprop,
 )
 from .preconditioned import psgd_kron, shampoo, soap
+from .quantized import adam_8bit, adamw_4bit, adamw_8bit
+from .search import optax_lbfgs
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
@@ -90,5 +94,6 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "optimistic_gradient_descent", "adabelief", "yogi", "novograd", "adan", "sm3",
            "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
-           "optax_radam", "optax_rprop", "optax_adafactor",
+           "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search",
+           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit",
            "preconditioned", "soap", "shampoo", "psgd_kron"]

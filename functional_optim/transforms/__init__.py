@@ -193,6 +193,32 @@ __all__ += [
     "unitwise_norm",
 ]
 
+# optax's line searches and pure L-BFGS direction
+from .linesearch import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from .quasi_newton import ScaleByLbfgsDirectionState, scale_by_lbfgs_direction  # noqa: E402
+from .zoom import (  # noqa: E402
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
+
+__all__ += [
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+    "ScaleByLbfgsDirectionState",
+    "scale_by_lbfgs_direction",
+]
+
 # optax.contrib's parameter-free and schedule-free blocks
 from .distance_over_gradients import (  # noqa: E402
     ScaleByDistanceOverGradientsState,
@@ -296,6 +322,50 @@ __all__ += [
     "scale_by_trust_ratio",
     "scale_by_yogi",
 ]
+
+# the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
+from .low_precision import (  # noqa: E402
+    CastStorage,
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    Storage,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "CastStorage",
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "Storage",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]
+# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
+# transform's state
+from .quantized import (  # noqa: E402
+    Quantized,
+    dequantize,
+    quantization_map,
+    quantize,
+    quantize_tree,
+    quantized_state,
+)
+
+__all__ += ["Quantized", "dequantize", "quantization_map", "quantize", "quantize_tree",
+            "quantized_state"]
 
 # the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
 from .psgd import ScaleByPsgdKronState, scale_by_psgd_kron  # noqa: E402

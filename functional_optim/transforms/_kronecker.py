@@ -117,7 +117,7 @@ def rotate(x: torch.Tensor, matrices: tuple, back: bool = False) -> torch.Tensor
     return x
 
 
-def precision(dtype: torch.dtype, chosen: torch.dtype | None) -> torch.dtype:
+def decomposition_dtype(dtype: torch.dtype, chosen: torch.dtype | None) -> torch.dtype:
     """The dtype of a factor's decomposition: ``chosen``, else the leaf's (at least float32:
     the linear-algebra routines take no half precision)."""
     return chosen or torch.promote_types(dtype, torch.float32)

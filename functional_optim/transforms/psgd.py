@@ -27,8 +27,8 @@ from ._kronecker import (
     check_factors,
     check_like,
     check_real,
+    decomposition_dtype,
     per_leaf,
-    precision,
     rotate,
 )
 
@@ -228,7 +228,7 @@ def scale_by_psgd_kron(momentum: float = 0.9, preconditioner_update_probability:
 
     def fitted(h, factors, key, salt, lr):
         """The factors after one step on the whitening criterion, in the update's precision."""
-        dtype = precision(h.dtype, precond_dtype)
+        dtype = decomposition_dtype(h.dtype, precond_dtype)
         qs = tuple(q.to(dtype) for q in factors)
         h = h.to(dtype)
         v = _random.normal(key, salt, h)

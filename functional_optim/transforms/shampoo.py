@@ -28,9 +28,9 @@ from ._kronecker import (
     check_factors,
     check_like,
     check_real,
+    decomposition_dtype,
     merged_shape,
     per_leaf,
-    precision,
 )
 from ._refresh import check_interval
 
@@ -292,7 +292,7 @@ def scale_by_shampoo(beta2: float = 1.0, eps: float = 1e-12, graft_beta2: float 
 
     def refresh(count, stats, roots, plan, eps, dtype):
         p = inverse_exponent or 2 * plan.rank
-        root_in = precision(dtype, root_dtype)
+        root_in = decomposition_dtype(dtype, root_dtype)
 
         def fresh():
             if root_method == "newton":

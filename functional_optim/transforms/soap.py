@@ -26,9 +26,9 @@ from ._kronecker import (
     check_factors,
     check_like,
     check_real,
+    decomposition_dtype,
     merged_shape,
     per_leaf,
-    precision,
     rotate,
 )
 from ._refresh import check_interval
@@ -210,7 +210,7 @@ def scale_by_soap(betas: tuple[float, float] = (0.95, 0.95), shampoo_beta: float
             new_bases
 
     def refresh(count, x, factors, bases, v, m, lay):
-        dtype = precision(x.dtype, precond_dtype)
+        dtype = decomposition_dtype(x.dtype, precond_dtype)
         due = (torch.remainder(count, precondition_frequency) == 0) & (count > 0)
         first = count == 0
 
