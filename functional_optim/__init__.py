@@ -310,6 +310,20 @@ __all__ += [
     "scale_by_sophia",
 ]
 
+# the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
+from .aliases import psgd_kron, shampoo, soap  # noqa: E402
+from .transforms import (  # noqa: E402
+    ScaleByPsgdKronState,
+    ScaleByShampooState,
+    ScaleBySoapState,
+    scale_by_psgd_kron,
+    scale_by_shampoo,
+    scale_by_soap,
+)
+
+__all__ += ["soap", "ScaleBySoapState", "scale_by_soap", "shampoo", "ScaleByShampooState",
+            "scale_by_shampoo", "psgd_kron", "ScaleByPsgdKronState", "scale_by_psgd_kron"]
+
 # optax's vocabulary outside the optimizers: bounds on updates, numerics
 from . import numerics  # noqa: E402
 from .transforms import (  # noqa: E402

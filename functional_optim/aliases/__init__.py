@@ -26,6 +26,7 @@ from . import (
     optax_adaptive,
     optax_core,
     optax_variants,
+    preconditioned,
     quantized,
     search,
     special,
@@ -77,6 +78,7 @@ from .optax_variants import (
     optax_rmsprop,
     optax_rprop,
 )
+from .preconditioned import psgd_kron, shampoo, soap
 from .quantized import adam_8bit, adamw_4bit, adamw_8bit
 from .search import optax_lbfgs
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
@@ -108,4 +110,5 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search",
            "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit", "tricks", "cautious_adamw",
            "laprop", "mars_adamw", "adam_mini", "adamc", "orthograd_adamw", "muon_adamw",
-           "muon_labels", "adamw_ema", "asam_sgd", "msam_sgd"]
+           "muon_labels", "adamw_ema", "asam_sgd", "msam_sgd",
+           "preconditioned", "soap", "shampoo", "psgd_kron"]

@@ -411,3 +411,10 @@ __all__ += [
     "orthograd",
     "scale_by_mars",
 ]
+# the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
+from .psgd import ScaleByPsgdKronState, scale_by_psgd_kron  # noqa: E402
+from .shampoo import ScaleByShampooState, scale_by_shampoo  # noqa: E402
+from .soap import ScaleBySoapState, scale_by_soap  # noqa: E402
+
+__all__ += ["ScaleBySoapState", "scale_by_soap", "ScaleByShampooState", "scale_by_shampoo",
+            "ScaleByPsgdKronState", "scale_by_psgd_kron"]
