@@ -1,0 +1,188 @@
+"""optax's API over this library: ``import functional_optim.compat.optax as optax``.
+
+A PyTorch port of an optax program keeps its optax calls: the names of ``optax`` (top
+level), ``optax.tree`` (and ``optax.tree_utils``), ``optax.contrib``, ``optax.projections`` and
+``optax.schedules``, with optax's arguments, defaults and numbers. Every one is a name over a
+native transform (DESIGN.md §7: compat layers are names, not code): an optax optimizer is the
+chain of native blocks optax builds, with optax's variant of each selected, and its
+hyperparameters under optax's argument names (``learning_rate``, ``b1``, ``b2``, ...), so
+:func:`inject_hyperparams` and ``state.hparams["learning_rate"]`` work as in optax.
+
+A transform is a :class:`~functional_optim.Transform`: ``tx.init(params)``,
+``tx.update(updates, state, params=None, **extra)`` (optax's protocol), pure, and usable
+under ``torch.func``, ``vmap``, ``torch.compile`` and CUDA graphs. What differs from optax:
+trees hold torch tensors; randomness comes from integer seeds or :class:`torch.Generator`
+(``key=`` arguments take either); there is no ``jax.jit`` (use ``torch.compile``). The
+"Migrating from optax" page of the docs has the details and a side-by-side example.
+"""
+
+from ... import numerics as _numerics
+from ... import tree_math as _tree_math
+from ...base import EmptyState
+from ...combinators import (
+    ApplyIfFiniteState,
+    ConditionallyState,
+    EmaState,
+    InjectHparamsState,
+    LookaheadState,
+    MaskedNode,
+    MonitorState,
+    MultiStepsState,
+    SnapshotState,
+    ZeroNansState,
+    apply_if_finite,
+    flatten,
+    incremental_update,
+    measure_with_ema,
+    monitor,
+    periodic_update,
+    skip_large_updates,
+    skip_not_finite,
+    snapshot,
+    stateless,
+    stateless_with_tree_map,
+)
+from ...transforms import (
+    ScaleByAdadeltaState,
+    ScaleByAdamState,
+    ScaleByFactoredRmsState,
+    ScaleByRmsState,
+    ScaleByRpropState,
+    ScaleByRssState,
+    ScaleByScheduleState,
+    TraceState,
+)
+from . import contrib, projections, schedules, tree
+from ._aliases import adadelta, adam, adamax, adamw, sgd, sign_sgd, signum
+from ._base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    MaskOrFn,
+    OptState,
+    Params,
+    ScalarOrSchedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
+    Updates,
+    apply_updates,
+    chain,
+    global_norm,
+    identity,
+    init_empty_state,
+    named_chain,
+    set_to_zero,
+    with_extra_args_support,
+)
+from ._transforms import (
+    adaptive_grad_clip,
+    add_decayed_weights,
+    centralize,
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    ema,
+    keep_params_nonnegative,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+    scale,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_learning_rate,
+    scale_by_schedule,
+    scale_by_sign,
+    trace,
+    zero_nans,
+)
+from ._wrappers import (
+    LookaheadParams,
+    MultiSteps,
+    ShouldSkipUpdateFunction,
+    apply_every,
+    conditionally_mask,
+    conditionally_transform,
+    freeze,
+    inject_hyperparams,
+    inject_stateful_hyperparams,
+    lookahead,
+    masked,
+    multi_transform,
+    partition,
+    selective_transform,
+)
+from .schedules import (
+    Schedule,
+    WrappedSchedule,
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    exponential_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+)
+
+tree_utils = tree
+
+# optax's state classes are the native transforms' states; optax's stateless transforms (whose
+# own states are empty NamedTuples) have the native EmptyState.
+AddDecayedWeightsState = AdaptiveGradClipState = ClipByGlobalNormState = ClipState = EmptyState
+NonNegativeParamsState = ScaleState = EmptyState
+ApplyEvery = MultiStepsState
+ConditionallyMaskState = ConditionallyTransformState = ConditionallyState
+InjectHyperparamsState = InjectStatefulHyperparamsState = InjectHparamsState
+ScaleByAdaDeltaState = ScaleByAdadeltaState
+FactoredState = ScaleByFactoredRmsState
+
+# optax's numerics and tree helpers at the top level
+bias_correction = _tree_math.bias_correction
+update_moment = _tree_math.update_moment
+update_moment_per_elem_norm = _tree_math.update_moment_per_elem_norm
+update_infinity_moment = _tree_math.update_infinity_moment
+tree_map_params = _tree_math.map_params
+safe_norm = _numerics.safe_norm
+safe_root_mean_squares = _numerics.safe_root_mean_squares
+safe_increment = safe_int32_increment = _numerics.safe_increment
+scale_gradient = _numerics.scale_gradient
+
+__all__ = [
+    "AdaptiveGradClipState", "AddDecayedWeightsState", "ApplyEvery", "ApplyIfFiniteState",
+    "ClipByGlobalNormState", "ClipState", "ConditionallyMaskState", "ConditionallyState",
+    "ConditionallyTransformState", "EmaState", "EmptyState", "FactoredState",
+    "GradientTransformation", "GradientTransformationExtraArgs", "InjectHparamsState",
+    "InjectHyperparamsState", "InjectStatefulHyperparamsState", "LookaheadParams",
+    "LookaheadState", "MaskOrFn", "MaskedNode", "MonitorState", "MultiSteps", "MultiStepsState",
+    "NonNegativeParamsState", "OptState", "Params", "ScalarOrSchedule", "ScaleByAdaDeltaState",
+    "ScaleByAdadeltaState", "ScaleByAdamState", "ScaleByFactoredRmsState", "ScaleByRmsState",
+    "ScaleByRpropState", "ScaleByRssState", "ScaleByScheduleState", "ScaleState", "Schedule",
+    "ShouldSkipUpdateFunction", "SnapshotState", "TraceState", "TransformInitFn",
+    "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates", "WrappedSchedule",
+    "ZeroNansState", "adadelta", "adam", "adamax", "adamw", "adaptive_grad_clip",
+    "add_decayed_weights", "apply_every", "apply_if_finite", "apply_updates", "bias_correction",
+    "centralize", "chain", "clip", "clip_by_block_rms", "clip_by_global_norm",
+    "conditionally_mask", "conditionally_transform", "constant_schedule", "contrib",
+    "cosine_decay_schedule", "cosine_onecycle_schedule", "ema", "exponential_decay", "flatten",
+    "freeze", "global_norm", "identity", "incremental_update", "init_empty_state",
+    "inject_hyperparams", "inject_stateful_hyperparams", "join_schedules",
+    "keep_params_nonnegative", "linear_onecycle_schedule", "linear_schedule", "lookahead",
+    "masked", "measure_with_ema", "monitor", "multi_transform", "named_chain", "partition",
+    "per_example_global_norm_clip", "per_example_layer_norm_clip", "periodic_update",
+    "piecewise_constant_schedule", "piecewise_interpolate_schedule", "polynomial_schedule",
+    "projections", "safe_increment", "safe_int32_increment", "safe_norm",
+    "safe_root_mean_squares", "scale", "scale_by_adadelta", "scale_by_adam", "scale_by_adamax",
+    "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign", "scale_gradient",
+    "schedules", "selective_transform", "set_to_zero", "sgd", "sgdr_schedule", "sign_sgd",
+    "signum", "skip_large_updates", "skip_not_finite", "snapshot", "stateless",
+    "stateless_with_tree_map", "trace", "tree", "tree_map_params", "tree_utils",
+    "update_infinity_moment", "update_moment", "update_moment_per_elem_norm",
+    "warmup_constant_schedule", "warmup_cosine_decay_schedule",
+    "warmup_exponential_decay_schedule", "with_extra_args_support", "zero_nans",
+]

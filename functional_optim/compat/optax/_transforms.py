@@ -1,0 +1,130 @@
+"""optax's building blocks (``scale_by_*``, clipping, decay, ``trace``, ``ema``) over the
+native blocks of :mod:`functional_optim.transforms` and :mod:`functional_optim.combinators`.
+
+Each function has optax's name, arguments and defaults and returns the native block with
+optax's variant selected; its hyperparameters are under optax's argument names
+(:func:`~functional_optim.compat.optax._base.optax_names`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ... import combinators as _C
+from ... import transforms as _T
+from ...base import Transform
+from ._base import optax_names
+
+__all__ = [
+    "adaptive_grad_clip",
+    "add_decayed_weights",
+    "centralize",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+    "ema",
+    "keep_params_nonnegative",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "scale",
+    "scale_by_adadelta",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_learning_rate",
+    "scale_by_schedule",
+    "scale_by_sign",
+    "trace",
+    "zero_nans",
+]
+
+centralize = _C.centralize
+zero_nans = _C.zero_nans
+keep_params_nonnegative = _T.keep_params_nonnegative
+clip_by_block_rms = _T.clip_by_block_rms
+per_example_global_norm_clip = _T.per_example_global_norm_clip
+per_example_layer_norm_clip = _T.per_example_layer_norm_clip
+clip = _T.clip
+scale = _T.scale
+scale_by_sign = _T.sign
+
+
+def given(**options: Any) -> dict:
+    """The structural options given a value other than optax's default (``None``/``False``):
+    the native block keeps its own default for the others."""
+    return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
+                  mu_dtype: torch.dtype | None = None, *, nesterov: bool = False) -> Transform:
+    """optax's ``scale_by_adam``: :func:`functional_optim.scale_by_adam` (``nesterov``: its
+    Nesterov first moment; ``mu_dtype``: the first moment's dtype)."""
+    return optax_names(
+        _T.scale_by_adam((b1, b2), eps, eps_root, **given(nesterov=nesterov, mu_dtype=mu_dtype)),
+        {"b1": "betas.0", "b2": "betas.1", "eps": "eps", "eps_root": "eps_root"})
+
+
+def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Transform:
+    """optax's ``scale_by_adamax``: :func:`functional_optim.scale_by_adamax` (the same
+    infinity norm, :math:`\\max(\\beta_2 u, |g| + \\epsilon)`)."""
+    return optax_names(_T.scale_by_adamax((b1, b2), eps),
+                       {"b1": "betas.0", "b2": "betas.1", "eps": "eps"})
+
+
+def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> Transform:
+    """optax's ``scale_by_adadelta``: :func:`functional_optim.scale_by_adadelta`."""
+    return _T.scale_by_adadelta(rho, eps)
+
+
+def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Transform:
+    """optax's ``scale_by_learning_rate``: :func:`functional_optim.scale_by_learning_rate`
+    (a number, tensor or schedule); ``None`` is :func:`functional_optim.identity`, as optax's."""
+    if learning_rate is None:
+        return _T.identity()
+    return optax_names(_T.scale_by_learning_rate(learning_rate, flip_sign=flip_sign),
+                       {"learning_rate": "lr"})
+
+
+def scale_by_schedule(step_size_fn: Callable[[torch.Tensor], Any]) -> Transform:
+    """optax's ``scale_by_schedule``: the updates times ``step_size_fn(count)``, no sign flip
+    (:func:`functional_optim.scale_by_learning_rate` with ``flip_sign=False``; state
+    :class:`~functional_optim.ScaleByScheduleState`)."""
+    return optax_names(_T.scale_by_learning_rate(step_size_fn, flip_sign=False),
+                       {"step_size_fn": "lr"})
+
+
+def clip_by_global_norm(max_norm: float) -> Transform:
+    """optax's ``clip_by_global_norm``: :math:`u \\cdot c / \\max(\\|u\\|, c)`
+    (:func:`functional_optim.clip_by_global_norm` with ``formula="tensorflow"``, optax's rule;
+    torch's adds 1e-6 to the norm)."""
+    return _T.clip_by_global_norm(max_norm, formula="tensorflow")
+
+
+def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: Any = None) -> Transform:
+    """optax's ``adaptive_grad_clip``: :func:`functional_optim.adaptive_grad_clip` with
+    ``layout="jax"`` (optax's units: JAX kernels are ``(in, out)``; the native default,
+    ``layout="torch"``, is the rule for torch's ``(out, in)`` weights)."""
+    return _T.adaptive_grad_clip(clipping, eps, axis, layout="jax")
+
+
+def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Transform:
+    """optax's ``add_decayed_weights``: :math:`u + \\lambda p` where ``mask`` is True
+    (:func:`functional_optim.add_decayed_weights`)."""
+    return _T.add_decayed_weights(weight_decay, mask)
+
+
+def trace(decay: float, nesterov: bool = False,
+          accumulator_dtype: torch.dtype | None = None) -> Transform:
+    """optax's ``trace``: :math:`t = g + \\mu t`, the update :math:`t` or with ``nesterov``
+    :math:`g + \\mu t` (:func:`functional_optim.trace` with no dampening)."""
+    return optax_names(_T.trace(decay, 0.0, nesterov,
+                                **given(accumulator_dtype=accumulator_dtype)),
+                       {"decay": "momentum"})
+
+
+def ema(decay: float, debias: bool = True,
+        accumulator_dtype: torch.dtype | None = None) -> Transform:
+    """optax's ``ema``: :func:`functional_optim.ema`."""
+    return _C.ema(decay, debias, accumulator_dtype)
