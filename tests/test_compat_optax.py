@@ -498,8 +498,7 @@ def test_hparams_have_optax_names():
         torch.testing.assert_close(got[k], want[k], rtol=1e-12, atol=1e-14)
     tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
     state = tx.init(P)
-    # optax: state.hyperparams["learning_rate"] = 0.0
-    state.hparams["learning_rate"] = torch.tensor(0.0, dtype=torch.float64)
+    state.hparams["learning_rate"] = 0.0  # optax: state.hyperparams["learning_rate"] = 0.0
     updates, state = tx.update(G, state, P)
     assert all((u == 0).all() for u in updates.values())
     assert float(state.hparams["momentum"]) == 0.9
