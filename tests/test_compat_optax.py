@@ -14,6 +14,7 @@ import typing
 
 import pytest
 import torch
+from optax_signatures import SIGNATURES
 
 import functional_optim as fo
 import functional_optim.compat.optax as optax
@@ -189,7 +190,7 @@ def _mapped():
 
 
 def test_lists_are_consistent():
-    assert set(PENDING) <= set(ALL) and set(NOT_PROVIDED) <= set(ALL)
+    assert set(PENDING) | set(NOT_PROVIDED) | set(SIGNATURES) <= set(ALL)
     assert not set(PENDING) & set(NOT_PROVIDED)
     assert len(ALL) == len(set(ALL)) == 201 + 35 + 58 + 12 + 21
 
@@ -197,6 +198,15 @@ def test_lists_are_consistent():
 @pytest.mark.parametrize("name", _mapped())
 def test_name_resolves(name):
     _resolve(name)
+
+
+@pytest.mark.parametrize("name", [n for n in _mapped() if n in SIGNATURES])
+def test_signature_is_optax(name):
+    """optax's parameters, in optax's order, keyword-only where optax's are."""
+    params = inspect.signature(_resolve(name)).parameters.values()
+    got = " ".join(("*" if p.kind == p.KEYWORD_ONLY else "") + p.name for p in params
+                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    assert got == SIGNATURES[name]
 
 
 def test_pending_names_are_not_mapped_yet():

@@ -32,15 +32,10 @@ from ...combinators import (
     ZeroNansState,
     apply_if_finite,
     flatten,
-    incremental_update,
     measure_with_ema,
     monitor,
-    periodic_update,
     skip_large_updates,
     skip_not_finite,
-    snapshot,
-    stateless,
-    stateless_with_tree_map,
 )
 from ...transforms import (
     ScaleByAdadeltaState,
@@ -67,7 +62,6 @@ from ._base import (
     Updates,
     apply_updates,
     chain,
-    global_norm,
     identity,
     init_empty_state,
     named_chain,
@@ -94,6 +88,17 @@ from ._transforms import (
     scale_by_sign,
     trace,
     zero_nans,
+)
+from ._utilities import (
+    global_norm,
+    incremental_update,
+    periodic_update,
+    safe_norm,
+    scale_gradient,
+    snapshot,
+    stateless,
+    stateless_with_tree_map,
+    tree_map_params,
 )
 from ._wrappers import (
     LookaheadParams,
@@ -147,11 +152,8 @@ bias_correction = _tree_math.bias_correction
 update_moment = _tree_math.update_moment
 update_moment_per_elem_norm = _tree_math.update_moment_per_elem_norm
 update_infinity_moment = _tree_math.update_infinity_moment
-tree_map_params = _tree_math.map_params
-safe_norm = _numerics.safe_norm
 safe_root_mean_squares = _numerics.safe_root_mean_squares
 safe_increment = safe_int32_increment = _numerics.safe_increment
-scale_gradient = _numerics.scale_gradient
 
 __all__ = [
     "AdaptiveGradClipState", "AddDecayedWeightsState", "ApplyEvery", "ApplyIfFiniteState",

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from ... import base as _base
-from ... import tree as _tree
 from ...base import EmptyState, Transform, apply_updates, reparametrize
 from ...combinators.injection import _get_in, _set_in, _split_path
 from ...transforms import identity, set_to_zero
@@ -26,7 +25,6 @@ __all__ = [
     "named_chain",
     "identity",
     "set_to_zero",
-    "global_norm",
     "optax_names",
     "Params",
     "Updates",
@@ -46,8 +44,6 @@ ScalarOrSchedule = float | torch.Tensor | Callable[[torch.Tensor], Any]
 TransformInitFn = Callable[[Any], Any]
 TransformUpdateFn = Callable[..., tuple[Any, Any]]
 TransformUpdateExtraArgsFn = Callable[..., tuple[Any, Any]]
-
-global_norm = _tree.global_norm
 
 
 class _OptaxUpdate:

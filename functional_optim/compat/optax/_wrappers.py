@@ -157,12 +157,12 @@ def conditionally_transform(inner: Transform, should_transform_fn: Callable[...,
                             forward_extra_args=forward_extra_args)
 
 
-def masked(inner: Transform, mask: Any, mask_compatible_extra_args: bool = False) -> Transform:
+def masked(inner: Transform, mask: Any, *, mask_compatible_extra_args: bool = False) -> Transform:
     """optax's ``masked`` (:func:`functional_optim.masked`); its state is ``inner``'s."""
     return _C.masked(inner, mask, mask_compatible_extra_args=mask_compatible_extra_args)
 
 
-def partition(transforms: Mapping[Any, Transform], param_labels: Any,
+def partition(transforms: Mapping[Any, Transform], param_labels: Any, *,
               mask_compatible_extra_args: bool = False) -> Transform:
     """optax's ``partition`` (``multi_transform``): :func:`functional_optim.partition`; its
     state is a dict of the transforms' states by label."""

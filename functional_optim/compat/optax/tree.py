@@ -13,35 +13,28 @@ from typing import Any
 import torch
 
 from ... import tree as _tree
+from ... import tree_math as _tm
 from ...tree_math import (
     allclose,
     batch_shape,
     bias_correction,
-    cast_like,
     clip,
     conj,
-    div,
     dtype,
     full_like,
     get,
     get_all_with_path,
-    map_params,
     max,
     min,
-    mul,
     norm,
     ones_like,
     real,
     set,
-    sum,
     update_infinity_moment,
     update_moment,
     update_moment_per_elem_norm,
-    vdot,
-    where,
 )
 from ...tree_math import random_like as _random_like
-from ...tree_math import split_generator_like as split_key_like
 
 __all__ = [
     "add",
@@ -81,9 +74,62 @@ __all__ = [
     "zeros_like",
 ]
 
-sub = _tree.sub
 zeros_like = _tree.zeros_like
 size = _tree.num_elements
+
+
+def sub(tree_x: Any, tree_y: Any) -> Any:
+    """``tree_x - tree_y`` leaf-wise (:func:`functional_optim.tree.sub`)."""
+    return _tree.sub(tree_x, tree_y)
+
+
+def mul(tree_x: Any, tree_y: Any) -> Any:
+    """``tree_x * tree_y`` leaf-wise (:func:`functional_optim.tree_math.mul`)."""
+    return _tm.mul(tree_x, tree_y)
+
+
+def div(tree_x: Any, tree_y: Any) -> Any:
+    """``tree_x / tree_y`` leaf-wise (:func:`functional_optim.tree_math.div`)."""
+    return _tm.div(tree_x, tree_y)
+
+
+def vdot(tree_x: Any, tree_y: Any) -> torch.Tensor:
+    """The inner product of two trees (:func:`functional_optim.tree_math.vdot`)."""
+    return _tm.vdot(tree_x, tree_y)
+
+
+def where(condition: Any, tree_x: Any, tree_y: Any) -> Any:
+    """``tree_x`` where ``condition``, else ``tree_y``
+    (:func:`functional_optim.tree_math.where`)."""
+    return _tm.where(condition, tree_x, tree_y)
+
+
+def sum(tree: Any, associative_reduction: bool = False) -> torch.Tensor:  # noqa: A001
+    """The sum of every element (:func:`functional_optim.tree_math.sum`);
+    ``associative_reduction`` is accepted for optax's signature (the reduction order is
+    torch's)."""
+    del associative_reduction
+    return _tm.sum(tree)
+
+
+def cast_like(tree: Any, other_tree: Any) -> Any:
+    """``tree`` cast leaf-wise to ``other_tree``'s dtypes
+    (:func:`functional_optim.tree_math.cast_like`)."""
+    return _tm.cast_like(tree, other_tree)
+
+
+def map_params(initable: Any, f: Any, state: Any, /, *rest: Any,
+               transform_non_params: Any = None, is_leaf: Any = None) -> Any:
+    """``f`` on every parameter-shaped part of ``state``
+    (:func:`functional_optim.tree_math.map_params`)."""
+    return _tm.map_params(initable, f, state, *rest,
+                          transform_non_params=transform_non_params, is_leaf=is_leaf)
+
+
+def split_key_like(rng_key: torch.Generator, target_tree: Any) -> Any:
+    """One :class:`torch.Generator` per leaf of ``target_tree``, seeded from ``rng_key``
+    (:func:`functional_optim.tree_math.split_generator_like`)."""
+    return _tm.split_generator_like(rng_key, target_tree)
 
 
 def add(tree_x: Any, tree_y: Any, *other_trees: Any) -> Any:
