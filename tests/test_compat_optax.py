@@ -114,7 +114,6 @@ _CORE = "optax-core"
 _VARIANTS = "optax-variants"
 _SEARCH = "optax-search"
 _FREE = "contrib-free"
-_MORE = "contrib-more"
 _NONE = "no branch: needs a native block or option"
 PENDING = {
     **dict.fromkeys([
@@ -146,15 +145,6 @@ PENDING = {
         "scale_by_cocob", "schedule_free", "schedule_free_adamw", "schedule_free_eval_params",
         "schedule_free_sgd",
     ]], _FREE),
-    **dict.fromkeys([f"contrib.{n}" for n in [
-        "DifferentiallyPrivateAggregateState", "GaLoreDimensionNumbers", "GaLoreState",
-        "HutchinsonState", "MadgradState", "NormalizeState", "SAMState", "ScaleByAdemamixState",
-        "ScaleBySimplifiedAdEMAMixState", "SophiaState", "acprop", "ademamix", "adopt",
-        "differentially_private_aggregate", "dpsgd", "galore",
-        "hutchinson_estimator_diag_hessian", "madgrad", "normalize", "sam", "scale_by_acprop",
-        "scale_by_ademamix", "scale_by_adopt", "scale_by_galore", "scale_by_madgrad",
-        "scale_by_simplified_ademamix", "simplified_ademamix", "sophia",
-    ]], _MORE),
     # optax's muon (adaptive, preconditioning, consistent_rms, Adam on non-matrix leaves) is
     # not torch's Muon; optax's plateau rule (rtol and atol together, averaged values) is not
     # torch's ReduceLROnPlateau; split_real_and_imaginary has no native wrapper yet.
@@ -239,7 +229,7 @@ def _custom(extra):
         return optax.EmptyState()
 
     def update(updates, state, params=None, **kw):
-        assert kw == ({"value": 1.0} if extra else {})
+        assert set(kw) == ({"value", "obj_fn"} if extra else set())
         return updates, state
 
     cls = optax.GradientTransformationExtraArgs if extra else optax.GradientTransformation
@@ -247,6 +237,14 @@ def _custom(extra):
 
 
 MASK = {"w": True, "b": False}
+
+
+def _loss(params):
+    return sum((v ** 2).sum() for v in params.values())
+
+
+PER_EXAMPLE = {"w": torch.ones(4, 3, 2, dtype=torch.float64),
+               "b": torch.ones(4, 2, dtype=torch.float64)}
 LABELS = {"w": "a", "b": "b"}
 STEPS = {
     "adadelta": lambda: optax.adadelta(),
@@ -256,6 +254,27 @@ STEPS = {
     "sgd": lambda: optax.sgd(1e-2, 0.9, nesterov=True),
     "sign_sgd": lambda: optax.sign_sgd(1e-2),
     "signum": lambda: optax.signum(1e-2),
+    "contrib.acprop": lambda: optax.contrib.acprop(1e-2, weight_decay=1e-2, mask=MASK),
+    "contrib.ademamix": lambda: optax.contrib.ademamix(1e-2, weight_decay=1e-2),
+    "contrib.adopt": lambda: optax.contrib.adopt(1e-2, nesterov=True),
+    "contrib.differentially_private_aggregate":
+        lambda: optax.contrib.differentially_private_aggregate(1.0, 0.1, seed=1),
+    "contrib.dpsgd": lambda: optax.contrib.dpsgd(1e-2, 1.0, 0.1, 0, momentum=0.9),
+    "contrib.galore": lambda: optax.contrib.galore(1e-2, rank=1, update_proj_gap=2),
+    "contrib.hutchinson_estimator_diag_hessian":
+        lambda: optax.contrib.hutchinson_estimator_diag_hessian(3),
+    "contrib.madgrad": lambda: optax.contrib.madgrad(1e-2, weight_decay=1e-2),
+    "contrib.normalize": lambda: optax.contrib.normalize(),
+    "contrib.sam": lambda: optax.contrib.sam(optax.sgd(0.1), optax.chain(
+        optax.contrib.normalize(), optax.sgd(0.05))),
+    "contrib.scale_by_acprop": lambda: optax.contrib.scale_by_acprop(),
+    "contrib.scale_by_ademamix": lambda: optax.contrib.scale_by_ademamix(),
+    "contrib.scale_by_adopt": lambda: optax.contrib.scale_by_adopt(use_clipping=False),
+    "contrib.scale_by_galore": lambda: optax.contrib.scale_by_galore(rank=1),
+    "contrib.scale_by_madgrad": lambda: optax.contrib.scale_by_madgrad(),
+    "contrib.scale_by_simplified_ademamix": lambda: optax.contrib.scale_by_simplified_ademamix(),
+    "contrib.simplified_ademamix": lambda: optax.contrib.simplified_ademamix(1e-2),
+    "contrib.sophia": lambda: optax.contrib.sophia(1e-2, update_interval=1),
     "adaptive_grad_clip": lambda: optax.adaptive_grad_clip(0.1),
     "add_decayed_weights": lambda: optax.add_decayed_weights(1e-2, MASK),
     "apply_every": lambda: optax.apply_every(2),
@@ -433,9 +452,11 @@ def test_transform_runs_a_step(name):
     tx = STEPS[name]()
     params = optax.LookaheadParams.init_synced(P) if name == "lookahead" else P
     state = tx.init(params)
-    extra = {"value": 1.0} if name == "GradientTransformationExtraArgs" else {}
+    grads = PER_EXAMPLE if name in ("contrib.differentially_private_aggregate",
+                                    "contrib.dpsgd") else G
     for _ in range(2):
-        updates, state = tx.update(G, state, params, **extra)
+        # the loss and the objective, for the algorithms that read them (the others ignore them)
+        updates, state = tx.update(grads, state, params, value=_loss(P), obj_fn=_loss)
         params = optax.apply_updates(params, updates)
     assert isinstance(tx, optax.GradientTransformation) or name == "MultiSteps"
     leaves = params.fast if name == "lookahead" else params
@@ -466,6 +487,14 @@ SAME = {
                     lambda: fo.multi_steps(fo.identity(), 3, reduction="sum")),
     "MultiSteps": (lambda: optax.MultiSteps(optax.sgd(0.1), 3).gradient_transformation(),
                    lambda: fo.multi_steps(fo.sgd(0.1), 3)),
+    "contrib.acprop": (lambda: optax.contrib.acprop(1e-2, weight_decay=0.1),
+                       lambda: fo.aliases.acprop(1e-2, weight_decay=0.1)),
+    "contrib.adopt": (lambda: optax.contrib.adopt(1e-2, nesterov=True),
+                      lambda: fo.aliases.adopt(1e-2, nesterov=True)),
+    "contrib.madgrad": (lambda: optax.contrib.madgrad(1e-2, weight_decay=0.1),
+                        lambda: fo.aliases.madgrad(1e-2, weight_decay=0.1)),
+    "contrib.ademamix": (lambda: optax.contrib.ademamix(1e-2, weight_decay=0.1),
+                         lambda: fo.aliases.ademamix(1e-2, weight_decay=0.1)),
     "inject_hyperparams": (
         lambda: optax.inject_hyperparams(optax.adam)(optax.linear_schedule(**SCHED)),
         lambda: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(

@@ -128,3 +128,19 @@ def ema(decay: float, debias: bool = True,
         accumulator_dtype: torch.dtype | None = None) -> Transform:
     """optax's ``ema``: :func:`functional_optim.ema`."""
     return _C.ema(decay, debias, accumulator_dtype)
+
+
+def seed_of(key: Any, seed: int | None, owner: str) -> int:
+    """The integer seed of optax's ``key``/``seed`` arguments: an int, or a draw from a
+    :class:`torch.Generator` (a JAX key has no meaning here)."""
+    if key is not None and seed is not None:
+        raise ValueError(f"{owner}: give key or seed, not both")
+    if isinstance(key, torch.Generator):
+        return int(torch.randint(0, 2**31 - 1, (), generator=key))
+    value = key if key is not None else seed
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner}: key must be an int seed or a torch.Generator, got "
+                        f"{type(value).__name__}")
+    return value
