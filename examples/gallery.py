@@ -4,9 +4,11 @@ to a Markdown table.
 
 Each alias runs with its own default learning rate and with that rate divided and multiplied
 by 3 (``--grid 1`` keeps the default only); the best final training loss is shown. Every
-alias gets the same keyword arguments at ``update`` (the loss ``value=`` and ``value_fn=``,
-for the algorithms that read them; the others ignore them). An alias that cannot run on this
-problem (sparse gradients only, say) is listed with its error instead of a curve.
+alias gets the same keyword arguments at ``update`` (the loss ``value=``, ``value_fn=`` and
+``obj_fn=``, for the algorithms that read them; the others ignore them), and per-example
+gradients where its drop-in class reads them (``registry.DropInProtocol(gradient=
+"grad_sample")``: DP-SGD). An alias that cannot run on this problem (sparse gradients only,
+say) is listed with its error instead of a curve.
 
     python examples/gallery.py [--steps 200] [--grid 3] [--out examples/out] [--quick]
 
@@ -66,6 +68,16 @@ def value_fn(params):
     return value, grads
 
 
+def per_example_grads(params):
+    """One gradient per training example (the leading axis), for the aliases whose drop-in
+    class reads ``p.grad_sample`` (DP-SGD)."""
+    def one(x, y):
+        return torch.func.grad(lambda p: torch.nn.functional.cross_entropy(
+            functional_call(model, p, (x[None],)), y[None]))(params)
+
+    return torch.func.vmap(one)(X[train], Y[train])
+
+
 def accuracy(params):
     logits = functional_call(model, params, (X[test],))
     return (logits.argmax(1) == Y[test]).float().mean().item()
@@ -80,6 +92,8 @@ def default_lr(name):
 def run(name, lr):
     """Losses over the steps (NaN once diverged) and the final parameters."""
     tx = registry.get_optimizer(name) if lr is None else registry.get_optimizer(name, lr=lr)
+    protocol = registry.entry(name).protocol
+    per_example = protocol is not None and protocol.gradient == "grad_sample"
     params = dict(INIT)
     state = tx.init(params)
     losses = []
@@ -88,7 +102,10 @@ def run(name, lr):
         losses.append(value.item())
         if not math.isfinite(losses[-1]):
             break
-        updates, state = tx.update(grads, state, params, value=value, value_fn=value_fn)
+        if per_example:
+            grads = per_example_grads(params)
+        updates, state = tx.update(grads, state, params, value=value, value_fn=value_fn,
+                                   obj_fn=loss_fn)
         params = fo.apply_updates(params, updates)
     return losses, params
 
