@@ -113,7 +113,6 @@ SCHEDULES = [
 _CORE = "optax-core"
 _VARIANTS = "optax-variants"
 _SEARCH = "optax-search"
-_FREE = "contrib-free"
 _NONE = "no branch: needs a native block or option"
 PENDING = {
     **dict.fromkeys([
@@ -138,13 +137,6 @@ PENDING = {
         "value_and_grad_from_state", "microbatch", "microbatching", "matrix_inverse_pth_root",
         "power_iteration", "nnls", "multi_normal", "normalize_by_update_norm",
     ], _SEARCH),
-    **dict.fromkeys(["scale_by_distance_over_gradients"] + [f"contrib.{n}" for n in [
-        "COCOBState", "DAdaptAdamWState", "DoGState", "DoWGState", "MechanicState",
-        "MomoAdamState", "MomoState", "ProdigyState", "ScheduleFreeState", "cocob",
-        "dadapt_adamw", "dog", "dowg", "mechanize", "momo", "momo_adam", "prodigy",
-        "scale_by_cocob", "schedule_free", "schedule_free_adamw", "schedule_free_eval_params",
-        "schedule_free_sgd",
-    ]], _FREE),
     # optax's muon (adaptive, preconditioning, consistent_rms, Adam on non-matrix leaves) is
     # not torch's Muon; optax's plateau rule (rtol and atol together, averaged values) is not
     # torch's ReduceLROnPlateau; split_real_and_imaginary has no native wrapper yet.
@@ -275,6 +267,20 @@ STEPS = {
     "contrib.scale_by_simplified_ademamix": lambda: optax.contrib.scale_by_simplified_ademamix(),
     "contrib.simplified_ademamix": lambda: optax.contrib.simplified_ademamix(1e-2),
     "contrib.sophia": lambda: optax.contrib.sophia(1e-2, update_interval=1),
+    "scale_by_distance_over_gradients": lambda: optax.scale_by_distance_over_gradients(),
+    "contrib.cocob": lambda: optax.contrib.cocob(weight_decay=1e-2, mask=MASK),
+    "contrib.dadapt_adamw": lambda: optax.contrib.dadapt_adamw(weight_decay=1e-2),
+    "contrib.dog": lambda: optax.contrib.dog(weight_decay=1e-2),
+    "contrib.dowg": lambda: optax.contrib.dowg(),
+    "contrib.mechanize": lambda: optax.contrib.mechanize(optax.adam(1e-2)),
+    "contrib.momo": lambda: optax.contrib.momo(adapt_lower_bound=True),
+    "contrib.momo_adam": lambda: optax.contrib.momo_adam(),
+    "contrib.prodigy": lambda: optax.contrib.prodigy(safeguard_warmup=True),
+    "contrib.scale_by_cocob": lambda: optax.contrib.scale_by_cocob(),
+    "contrib.schedule_free": lambda: optax.contrib.schedule_free(optax.adam(1e-2, b1=0.0),
+                                                                 1e-2),
+    "contrib.schedule_free_adamw": lambda: optax.contrib.schedule_free_adamw(warmup_steps=2),
+    "contrib.schedule_free_sgd": lambda: optax.contrib.schedule_free_sgd(weight_decay=1e-2),
     "adaptive_grad_clip": lambda: optax.adaptive_grad_clip(0.1),
     "add_decayed_weights": lambda: optax.add_decayed_weights(1e-2, MASK),
     "apply_every": lambda: optax.apply_every(2),
@@ -370,6 +376,8 @@ CALLS = {
     "update_infinity_moment": lambda: optax.update_infinity_moment(G, P, 0.9, 1e-8),
     "update_moment": lambda: optax.update_moment(G, P, 0.9, 2),
     "update_moment_per_elem_norm": lambda: optax.update_moment_per_elem_norm(G, P, 0.9, 2),
+    "contrib.schedule_free_eval_params": lambda: optax.contrib.schedule_free_eval_params(
+        _sf_state(), P),
     **{name: (lambda name=name, args=args: getattr(optax, name)(*args)(torch.tensor(4)))
        for name, args in SCHEDULE_CALLS.items()},
     **{f"schedules.{name}": (lambda name=name, args=args:
@@ -378,6 +386,11 @@ CALLS = {
     **{f"projections.{name}": (lambda name=name: _project(name)) for name in PROJECTIONS},
     **{f"tree.{name}": (lambda name=name: TREE_CALLS[name]()) for name in TREE},
 }
+
+
+def _sf_state():
+    tx = optax.contrib.schedule_free_adamw()
+    return tx.update(G, tx.init(P), P)[1]
 
 
 def _project(name):
@@ -495,6 +508,10 @@ SAME = {
                         lambda: fo.aliases.madgrad(1e-2, weight_decay=0.1)),
     "contrib.ademamix": (lambda: optax.contrib.ademamix(1e-2, weight_decay=0.1),
                          lambda: fo.aliases.ademamix(1e-2, weight_decay=0.1)),
+    "contrib.prodigy": (lambda: optax.contrib.prodigy(0.5, estim_lr0=1e-3),
+                        lambda: fo.aliases.prodigy(0.5, d0=1e-3)),
+    "contrib.schedule_free_adamw": (lambda: optax.contrib.schedule_free_adamw(1e-2, 3),
+                                    lambda: fo.aliases.schedule_free_adamw(1e-2, warmup_steps=3)),
     "inject_hyperparams": (
         lambda: optax.inject_hyperparams(optax.adam)(optax.linear_schedule(**SCHED)),
         lambda: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(

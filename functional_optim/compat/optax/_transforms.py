@@ -19,6 +19,7 @@ from ...base import Transform
 from ._base import optax_names
 
 __all__ = [
+    "scale_by_distance_over_gradients",
     "adaptive_grad_clip",
     "add_decayed_weights",
     "centralize",
@@ -144,3 +145,14 @@ def seed_of(key: Any, seed: int | None, owner: str) -> int:
         raise TypeError(f"{owner}: key must be an int seed or a torch.Generator, got "
                         f"{type(value).__name__}")
     return value
+
+
+def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
+                                     param_dtype: torch.dtype | None = None,
+                                     global_scale: float = 1.0) -> Transform:
+    """optax's ``scale_by_distance_over_gradients`` (DoG with per-layer distances):
+    :func:`functional_optim.transforms.scale_by_distance_over_gradients` (``param_dtype``:
+    the dtype of the initial parameters kept; ``None``, the parameters' own, where optax
+    defaults to float32)."""
+    return _T.scale_by_distance_over_gradients(reps_rel, eps, global_scale,
+                                               param_dtype=param_dtype)

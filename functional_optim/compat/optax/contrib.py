@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ... import aliases as _A
 from ... import transforms as _T
 from ...base import EmptyState, Transform
 from ...base import chain as _chain
@@ -24,6 +25,28 @@ from ._base import optax_names
 from ._transforms import given, seed_of
 
 __all__ = [
+    "COCOBState",
+    "DAdaptAdamWState",
+    "DoGState",
+    "DoWGState",
+    "MechanicState",
+    "MomoAdamState",
+    "MomoState",
+    "ProdigyState",
+    "ScheduleFreeState",
+    "cocob",
+    "dadapt_adamw",
+    "dog",
+    "dowg",
+    "mechanize",
+    "momo",
+    "momo_adam",
+    "prodigy",
+    "scale_by_cocob",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
     "DifferentiallyPrivateAggregateState",
     "GaLoreDimensionNumbers",
     "GaLoreState",
@@ -54,6 +77,16 @@ __all__ = [
     "sophia",
 ]
 
+COCOBState = _T.ScaleByCocobState
+DAdaptAdamWState = _T.ScaleByDadaptAdamwState
+DoGState = _T.ScaleByDogState
+DoWGState = _T.ScaleByDowgState
+MechanicState = _T.MechanicState
+MomoAdamState = _T.ScaleByMomoAdamState
+MomoState = _T.ScaleByMomoState
+ProdigyState = _T.ScaleByProdigyState
+ScheduleFreeState = _T.ScheduleFreeState
+schedule_free_eval_params = _T.schedule_free_eval_params
 GaLoreState = _T.ScaleByGaloreState
 MadgradState = _T.ScaleByMadgradState
 NormalizeState = EmptyState
@@ -259,3 +292,134 @@ def sam(optimizer: Transform, adv_optimizer: Transform, sync_period: int = 2,
         raise ValueError("sam: batch_axis_name is a JAX pmap axis; average the gradients with "
                          "torch.distributed (DDP) instead")
     return _T.sam(optimizer, adv_optimizer, sync_period, reset_state, opaque_mode)
+
+
+# -- parameter-free and schedule-free methods ---------------------------------------------------
+
+
+def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8) -> Transform:
+    """optax's ``scale_by_cocob``: :func:`functional_optim.transforms.scale_by_cocob`."""
+    return _T.scale_by_cocob(alpha, eps)
+
+
+def cocob(learning_rate: Any = 1.0, alpha: float = 100.0, eps: float = 1e-8,
+          weight_decay: float = 0.0, mask: Any = None) -> Transform:
+    """optax's ``cocob``: ``add_decayed_weights(mask) → scale_by_learning_rate (no sign flip)
+    → scale_by_cocob``."""
+    return optax_names(
+        _chain(weight_decay=_T.add_decayed_weights(weight_decay, mask),
+               lr=_T.scale_by_learning_rate(learning_rate, flip_sign=False),
+               cocob=_T.scale_by_cocob(alpha, eps)),
+        {"learning_rate": "lr.lr", "alpha": "cocob.alpha", "eps": "cocob.eps", **_WD})
+
+
+def dadapt_adamw(learning_rate: Any = 1.0, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, estim_lr0: float = 1e-6,
+                 weight_decay: float = 0.0) -> Transform:
+    """optax's ``dadapt_adamw``: :func:`functional_optim.aliases.dadapt_adamw` (``d0`` is
+    ``estim_lr0``)."""
+    return optax_names(_A.dadapt_adamw(learning_rate, betas, eps, weight_decay, estim_lr0),
+                       {"learning_rate": "lr", "betas": "betas", "eps": "eps",
+                        "estim_lr0": "d0", "weight_decay": "weight_decay"})
+
+
+def _optional_decay(weight_decay: float | None, mask: Any) -> dict:
+    """optax's ``add_decayed_weights`` member, or none for ``weight_decay=None``."""
+    return {} if weight_decay is None else _decay(weight_decay, mask)
+
+
+def dog(learning_rate: Any = 1.0, init_step: tuple[str, float] = ("heuristic", 1e-6),
+        eps: float = 1e-8, weight_decay: float | None = None, mask: Any = None) -> Transform:
+    """optax's ``dog``: ``[add_decayed_weights(mask)] → scale_by_dog → scale_by_learning_rate``
+    (:func:`functional_optim.transforms.scale_by_dog`; ``init_step`` is the pair
+    ``(kind, value)``: ``"distance"``, ``"learning_rate"`` or ``"heuristic"``)."""
+    kind, value = init_step
+    return lr_chain(learning_rate,
+                    {"eps": "dog.eps", **({} if weight_decay is None else _WD)},
+                    **_optional_decay(weight_decay, mask),
+                    dog=_T.scale_by_dog(value, eps, init_step_type=kind))
+
+
+def dowg(learning_rate: Any = 1.0, init_estim_sq_dist: float | None = None, eps: float = 1e-4,
+         weight_decay: float | None = None, mask: Any = None) -> Transform:
+    """optax's ``dowg``: ``[add_decayed_weights(mask)] → scale_by_dowg →
+    scale_by_learning_rate`` (:func:`functional_optim.transforms.scale_by_dowg`)."""
+    return lr_chain(learning_rate,
+                    {"eps": "dowg.eps", **({} if weight_decay is None else _WD)},
+                    **_optional_decay(weight_decay, mask),
+                    dowg=_T.scale_by_dowg(init_estim_sq_dist, eps))
+
+
+def mechanize(base_optimizer: Transform, weight_decay: float = 1e-2, eps: float = 1e-8,
+              s_init: float = 1e-6, num_betas: int = 6) -> Transform:
+    """optax's ``mechanize`` (Mechanic's learned scale of ``base_optimizer``'s updates):
+    :func:`functional_optim.transforms.mechanize`."""
+    return _T.mechanize(base_optimizer, weight_decay, eps, s_init, num_betas=num_betas)
+
+
+def momo(learning_rate: Any = 1.0, beta: float = 0.9, lower_bound: float = 0.0,
+         weight_decay: float = 0.0, adapt_lower_bound: bool = False) -> Transform:
+    """optax's ``momo`` (the loss as ``value=`` at ``update``):
+    :func:`functional_optim.aliases.momo`."""
+    return optax_names(_A.momo(learning_rate, beta, lower_bound, weight_decay,
+                               adapt_lower_bound=adapt_lower_bound),
+                       {"learning_rate": "lr", "beta": "beta", "lower_bound": "lower_bound",
+                        "weight_decay": "weight_decay"})
+
+
+def momo_adam(learning_rate: Any = 1e-2, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+              lower_bound: float = 0.0, weight_decay: float = 0.0,
+              adapt_lower_bound: bool = False) -> Transform:
+    """optax's ``momo_adam`` (the loss as ``value=`` at ``update``):
+    :func:`functional_optim.aliases.momo_adam`."""
+    return optax_names(_A.momo_adam(learning_rate, (b1, b2), eps, lower_bound, weight_decay,
+                                    adapt_lower_bound=adapt_lower_bound),
+                       {"learning_rate": "lr", **_B12, "eps": "eps",
+                        "lower_bound": "lower_bound", "weight_decay": "weight_decay"})
+
+
+def prodigy(learning_rate: Any = 1.0, betas: tuple[float, float] = (0.9, 0.999),
+            beta3: float | None = None, eps: float = 1e-8, estim_lr0: float = 1e-6,
+            estim_lr_coef: float = 1.0, weight_decay: float = 0.0,
+            safeguard_warmup: bool = False) -> Transform:
+    """optax's ``prodigy``: :func:`functional_optim.aliases.prodigy` (``d0`` is ``estim_lr0``,
+    ``d_coef`` is ``estim_lr_coef``)."""
+    return optax_names(_A.prodigy(learning_rate, betas, beta3, eps, weight_decay, estim_lr0,
+                                  estim_lr_coef, safeguard_warmup=safeguard_warmup),
+                       {"learning_rate": "lr", "betas": "betas", "beta3": "beta3", "eps": "eps",
+                        "estim_lr0": "d0", "estim_lr_coef": "d_coef",
+                        "weight_decay": "weight_decay"})
+
+
+def schedule_free(base_optimizer: Transform, learning_rate: Any, b1: float = 0.9,
+                  weight_lr_power: float = 2.0,
+                  state_dtype: torch.dtype | None = None) -> Transform:
+    """optax's ``schedule_free`` (the evaluation parameters:
+    :func:`schedule_free_eval_params`): :func:`functional_optim.transforms.schedule_free`."""
+    return _T.schedule_free(base_optimizer, learning_rate, b1, weight_lr_power,
+                            state_dtype=state_dtype)
+
+
+def schedule_free_adamw(learning_rate: Any = 0.0025, warmup_steps: int | None = None,
+                        b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                        weight_decay: float = 0.0, weight_lr_power: float = 2.0,
+                        state_dtype: torch.dtype | None = None) -> Transform:
+    """optax's ``schedule_free_adamw``: :func:`functional_optim.aliases.schedule_free_adamw`."""
+    return optax_names(_A.schedule_free_adamw(learning_rate, (b1, b2), eps, weight_decay,
+                                              warmup_steps, weight_lr_power,
+                                              state_dtype=state_dtype),
+                       {"learning_rate": "lr", **_B12, "eps": "eps",
+                        "weight_decay": "weight_decay", "weight_lr_power": "weight_lr_power"})
+
+
+def schedule_free_sgd(learning_rate: Any = 1.0, warmup_steps: int | None = None,
+                      b1: float = 0.9, weight_decay: float | None = None,
+                      weight_lr_power: float = 2.0,
+                      state_dtype: torch.dtype | None = None) -> Transform:
+    """optax's ``schedule_free_sgd``: :func:`functional_optim.aliases.schedule_free_sgd`
+    (``momentum`` is ``b1``; ``weight_decay=None`` is no decay)."""
+    return optax_names(_A.schedule_free_sgd(learning_rate, b1, weight_decay or 0.0,
+                                            warmup_steps, weight_lr_power,
+                                            state_dtype=state_dtype),
+                       {"learning_rate": "lr", "b1": "momentum",
+                        "weight_decay": "weight_decay", "weight_lr_power": "weight_lr_power"})
