@@ -135,7 +135,7 @@ PENDING = {
         "ScaleByZoomLinesearchState", "ZoomLinesearchInfo", "lbfgs", "scale_by_lbfgs",
         "scale_by_backtracking_linesearch", "scale_by_zoom_linesearch",
         "value_and_grad_from_state", "microbatch", "microbatching", "matrix_inverse_pth_root",
-        "power_iteration", "nnls", "multi_normal", "normalize_by_update_norm",
+        "power_iteration", "nnls", "multi_normal",
     ], _SEARCH),
     # optax's muon (adaptive, preconditioning, consistent_rms, Adam on non-matrix leaves) is
     # not torch's Muon; optax's plateau rule (rtol and atol together, averaged values) is not
@@ -281,6 +281,7 @@ STEPS = {
                                                                  1e-2),
     "contrib.schedule_free_adamw": lambda: optax.contrib.schedule_free_adamw(warmup_steps=2),
     "contrib.schedule_free_sgd": lambda: optax.contrib.schedule_free_sgd(weight_decay=1e-2),
+    "normalize_by_update_norm": lambda: optax.normalize_by_update_norm(-1.0),
     "adaptive_grad_clip": lambda: optax.adaptive_grad_clip(0.1),
     "add_decayed_weights": lambda: optax.add_decayed_weights(1e-2, MASK),
     "apply_every": lambda: optax.apply_every(2),

@@ -16,9 +16,11 @@ import torch
 from ... import combinators as _C
 from ... import transforms as _T
 from ...base import Transform
+from ...base import chain as _base_chain
 from ._base import optax_names
 
 __all__ = [
+    "normalize_by_update_norm",
     "scale_by_distance_over_gradients",
     "adaptive_grad_clip",
     "add_decayed_weights",
@@ -156,3 +158,10 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
     defaults to float32)."""
     return _T.scale_by_distance_over_gradients(reps_rel, eps, global_scale,
                                                param_dtype=param_dtype)
+
+
+def normalize_by_update_norm(scale_factor: float = 1.0, eps: float = 1e-6) -> Transform:
+    """optax's ``normalize_by_update_norm``: :math:`s\,u / (\|u\| + \epsilon)`
+    (:func:`functional_optim.transforms.normalize`, then :func:`functional_optim.scale`)."""
+    return optax_names(_base_chain(normalize=_T.normalize(eps), scale=_T.scale(scale_factor)),
+                       {"scale_factor": "scale.step_size", "eps": "normalize.eps"})
