@@ -111,25 +111,19 @@ SCHEDULES = [
 
 # Names waiting for a native home, with the branch (issue 19) that brings it.
 _CORE = "optax-core"
-_VARIANTS = "optax-variants"
 _SEARCH = "optax-search"
 _NONE = "no branch: needs a native block or option"
 PENDING = {
     **dict.fromkeys([
         "AddNoiseState", "ScaleByAdanState", "ScaleByBeliefState", "ScaleByLionState",
         "ScaleByNovogradState", "ScaleBySM3State", "ScaleByTrustRatioState", "adabelief",
-        "adamaxw", "adan", "add_noise", "fromage", "lamb", "lars", "lion", "nadamw",
+        "adamaxw", "adan", "add_noise", "fromage", "lamb", "lars", "lion",
         "noisy_sgd", "novograd", "optimistic_adam", "optimistic_adam_v2",
         "optimistic_gradient_descent", "polyak_sgd", "scale_by_adan", "scale_by_belief",
         "scale_by_lion", "scale_by_novograd", "scale_by_optimistic_gradient",
         "scale_by_param_block_norm", "scale_by_param_block_rms", "scale_by_polyak",
         "scale_by_sm3", "scale_by_trust_ratio", "scale_by_yogi", "sm3", "yogi",
     ], _CORE),
-    **dict.fromkeys([
-        "ScaleByAmsgradState", "ScaleByRStdDevState", "adafactor", "adagrad", "amsgrad",
-        "nadam", "radam", "rmsprop", "rprop", "scale_by_amsgrad", "scale_by_factored_rms",
-        "scale_by_radam", "scale_by_rms", "scale_by_rprop", "scale_by_rss", "scale_by_stddev",
-    ], _VARIANTS),
     **dict.fromkeys([
         "ScaleByBacktrackingLinesearchState", "ScaleByLBFGSState",
         "ScaleByZoomLinesearchState", "ZoomLinesearchInfo", "lbfgs", "scale_by_lbfgs",
@@ -282,6 +276,21 @@ STEPS = {
     "contrib.schedule_free_adamw": lambda: optax.contrib.schedule_free_adamw(warmup_steps=2),
     "contrib.schedule_free_sgd": lambda: optax.contrib.schedule_free_sgd(weight_decay=1e-2),
     "normalize_by_update_norm": lambda: optax.normalize_by_update_norm(-1.0),
+    "adafactor": lambda: optax.adafactor(1e-2, min_dim_size_to_factor=2, momentum=0.9),
+    "adagrad": lambda: optax.adagrad(1e-2),
+    "amsgrad": lambda: optax.amsgrad(1e-2, bias_correction_nu=False),
+    "nadam": lambda: optax.nadam(1e-2),
+    "nadamw": lambda: optax.nadamw(1e-2, mask=MASK),
+    "radam": lambda: optax.radam(1e-2, threshold=4.5),
+    "rmsprop": lambda: optax.rmsprop(1e-2, centered=True, momentum=0.9, nesterov=True),
+    "rprop": lambda: optax.rprop(1e-2),
+    "scale_by_amsgrad": lambda: optax.scale_by_amsgrad(),
+    "scale_by_factored_rms": lambda: optax.scale_by_factored_rms(min_dim_size_to_factor=2),
+    "scale_by_radam": lambda: optax.scale_by_radam(),
+    "scale_by_rms": lambda: optax.scale_by_rms(),
+    "scale_by_rprop": lambda: optax.scale_by_rprop(0.1),
+    "scale_by_rss": lambda: optax.scale_by_rss(),
+    "scale_by_stddev": lambda: optax.scale_by_stddev(),
     "adaptive_grad_clip": lambda: optax.adaptive_grad_clip(0.1),
     "add_decayed_weights": lambda: optax.add_decayed_weights(1e-2, MASK),
     "apply_every": lambda: optax.apply_every(2),
@@ -513,6 +522,11 @@ SAME = {
                         lambda: fo.aliases.prodigy(0.5, d0=1e-3)),
     "contrib.schedule_free_adamw": (lambda: optax.contrib.schedule_free_adamw(1e-2, 3),
                                     lambda: fo.aliases.schedule_free_adamw(1e-2, warmup_steps=3)),
+    "nadam": (lambda: optax.nadam(1e-2, b1=0.8),
+              lambda: fo.aliases.optax_nadam(1e-2, (0.8, 0.999))),
+    "rmsprop": (lambda: optax.rmsprop(1e-2, centered=True, momentum=0.9),
+                lambda: fo.aliases.optax_rmsprop(1e-2, momentum=0.9, centered=True)),
+    "adagrad": (lambda: optax.adagrad(0.1), lambda: fo.aliases.optax_adagrad(0.1)),
     "inject_hyperparams": (
         lambda: optax.inject_hyperparams(optax.adam)(optax.linear_schedule(**SCHED)),
         lambda: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(

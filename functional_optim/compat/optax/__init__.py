@@ -48,7 +48,23 @@ from ...transforms import (
     TraceState,
 )
 from . import contrib, projections, schedules, tree
-from ._aliases import adadelta, adam, adamax, adamw, sgd, sign_sgd, signum
+from ._aliases import (
+    adadelta,
+    adafactor,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    amsgrad,
+    nadam,
+    nadamw,
+    radam,
+    rmsprop,
+    rprop,
+    sgd,
+    sign_sgd,
+    signum,
+)
 from ._base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -84,10 +100,17 @@ from ._transforms import (
     scale_by_adadelta,
     scale_by_adam,
     scale_by_adamax,
+    scale_by_amsgrad,
     scale_by_distance_over_gradients,
+    scale_by_factored_rms,
     scale_by_learning_rate,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
     scale_by_schedule,
     scale_by_sign,
+    scale_by_stddev,
     trace,
     zero_nans,
 )
@@ -148,6 +171,8 @@ ConditionallyMaskState = ConditionallyTransformState = ConditionallyState
 InjectHyperparamsState = InjectStatefulHyperparamsState = InjectHparamsState
 ScaleByAdaDeltaState = ScaleByAdadeltaState
 FactoredState = ScaleByFactoredRmsState
+ScaleByAmsgradState = ScaleByAdamState
+ScaleByRStdDevState = ScaleByRmsState
 
 # optax's numerics and tree helpers at the top level
 bias_correction = _tree_math.bias_correction
@@ -165,29 +190,31 @@ __all__ = [
     "InjectHyperparamsState", "InjectStatefulHyperparamsState", "LookaheadParams",
     "LookaheadState", "MaskOrFn", "MaskedNode", "MonitorState", "MultiSteps", "MultiStepsState",
     "NonNegativeParamsState", "OptState", "Params", "ScalarOrSchedule", "ScaleByAdaDeltaState",
-    "ScaleByAdadeltaState", "ScaleByAdamState", "ScaleByFactoredRmsState", "ScaleByRmsState",
-    "ScaleByRpropState", "ScaleByRssState", "ScaleByScheduleState", "ScaleState", "Schedule",
+    "ScaleByAdadeltaState", "ScaleByAdamState", "ScaleByAmsgradState",
+    "ScaleByFactoredRmsState", "ScaleByRStdDevState", "ScaleByRmsState", "ScaleByRpropState",
+    "ScaleByRssState", "ScaleByScheduleState", "ScaleState", "Schedule",
     "ShouldSkipUpdateFunction", "SnapshotState", "TraceState", "TransformInitFn",
     "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates", "WrappedSchedule",
-    "ZeroNansState", "adadelta", "adam", "adamax", "adamw", "adaptive_grad_clip",
-    "add_decayed_weights", "apply_every", "apply_if_finite", "apply_updates", "bias_correction",
-    "centralize", "chain", "clip", "clip_by_block_rms", "clip_by_global_norm",
-    "conditionally_mask", "conditionally_transform", "constant_schedule", "contrib",
-    "cosine_decay_schedule", "cosine_onecycle_schedule", "ema", "exponential_decay", "flatten",
-    "freeze", "global_norm", "identity", "incremental_update", "init_empty_state",
+    "ZeroNansState", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw",
+    "adaptive_grad_clip", "add_decayed_weights", "amsgrad", "apply_every", "apply_if_finite",
+    "apply_updates", "bias_correction", "centralize", "chain", "clip", "clip_by_block_rms",
+    "clip_by_global_norm", "conditionally_mask", "conditionally_transform", "constant_schedule",
+    "contrib", "cosine_decay_schedule", "cosine_onecycle_schedule", "ema", "exponential_decay",
+    "flatten", "freeze", "global_norm", "identity", "incremental_update", "init_empty_state",
     "inject_hyperparams", "inject_stateful_hyperparams", "join_schedules",
     "keep_params_nonnegative", "linear_onecycle_schedule", "linear_schedule", "lookahead",
-    "masked", "measure_with_ema", "monitor", "multi_transform", "named_chain",
-    "normalize_by_update_norm", "partition", "per_example_global_norm_clip",
+    "masked", "measure_with_ema", "monitor", "multi_transform", "nadam", "nadamw",
+    "named_chain", "normalize_by_update_norm", "partition", "per_example_global_norm_clip",
     "per_example_layer_norm_clip", "periodic_update", "piecewise_constant_schedule",
-    "piecewise_interpolate_schedule", "polynomial_schedule", "projections", "safe_increment",
-    "safe_int32_increment", "safe_norm", "safe_root_mean_squares", "scale", "scale_by_adadelta",
-    "scale_by_adam", "scale_by_adamax", "scale_by_distance_over_gradients",
-    "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign", "scale_gradient",
-    "schedules", "selective_transform", "set_to_zero", "sgd", "sgdr_schedule", "sign_sgd",
-    "signum", "skip_large_updates", "skip_not_finite", "snapshot", "stateless",
-    "stateless_with_tree_map", "trace", "tree", "tree_map_params", "tree_utils",
-    "update_infinity_moment", "update_moment", "update_moment_per_elem_norm",
-    "warmup_constant_schedule", "warmup_cosine_decay_schedule",
+    "piecewise_interpolate_schedule", "polynomial_schedule", "projections", "radam", "rmsprop",
+    "rprop", "safe_increment", "safe_int32_increment", "safe_norm", "safe_root_mean_squares",
+    "scale", "scale_by_adadelta", "scale_by_adam", "scale_by_adamax", "scale_by_amsgrad",
+    "scale_by_distance_over_gradients", "scale_by_factored_rms", "scale_by_learning_rate",
+    "scale_by_radam", "scale_by_rms", "scale_by_rprop", "scale_by_rss", "scale_by_schedule",
+    "scale_by_sign", "scale_by_stddev", "scale_gradient", "schedules", "selective_transform",
+    "set_to_zero", "sgd", "sgdr_schedule", "sign_sgd", "signum", "skip_large_updates",
+    "skip_not_finite", "snapshot", "stateless", "stateless_with_tree_map", "trace", "tree",
+    "tree_map_params", "tree_utils", "update_infinity_moment", "update_moment",
+    "update_moment_per_elem_norm", "warmup_constant_schedule", "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule", "with_extra_args_support", "zero_nans",
 ]

@@ -7,13 +7,30 @@ from typing import Any
 
 import torch
 
+from ... import aliases as _A
 from ... import combinators as _C
 from ... import transforms as _T
 from ...base import Transform, chain
 from . import _transforms as _ox
 from ._base import optax_names
 
-__all__ = ["adadelta", "adam", "adamax", "adamw", "sgd", "sign_sgd", "signum"]
+__all__ = [
+    "adadelta",
+    "adafactor",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "amsgrad",
+    "nadam",
+    "nadamw",
+    "radam",
+    "rmsprop",
+    "rprop",
+    "sgd",
+    "sign_sgd",
+    "signum",
+]
 
 
 def lr_chain(learning_rate: Any, names: dict[str, str], **blocks: Transform) -> Transform:
@@ -93,3 +110,100 @@ def signum(learning_rate: Any, beta: float = 0.9,
     return lr_chain(learning_rate, {"beta": "momentum.decay"},
                     momentum=_C.ema(beta, debias=False, accumulator_dtype=accumulator_dtype),
                     sign=_T.sign())
+
+# -- optax's variants of the names torch also uses: the native optax_* aliases ------------------
+
+_LR = {"learning_rate": "lr"}
+_ADAM = {**_LR, "b1": "betas.0", "b2": "betas.1", "eps": "eps", "eps_root": "eps_root"}
+
+
+def nadam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          eps_root: float = 0.0, mu_dtype: torch.dtype | None = None, *,
+          nesterov: bool = True) -> Transform:
+    """optax's ``nadam``: :func:`adam` with Dozat's Nesterov first moment (not torch's NAdam;
+    :func:`functional_optim.aliases.optax_nadam` is the native alias)."""
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+
+
+def nadamw(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+           eps_root: float = 0.0, mu_dtype: torch.dtype | None = None,
+           weight_decay: float = 1e-4, mask: Any = None, *, nesterov: bool = True) -> Transform:
+    """optax's ``nadamw``: :func:`adamw` with Dozat's Nesterov first moment."""
+    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
+                 nesterov=nesterov)
+
+
+def amsgrad(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+            eps_root: float = 0.0, mu_dtype: torch.dtype | None = None,
+            bias_correction_mu: bool = True, bias_correction_nu: bool = True) -> Transform:
+    """optax's ``amsgrad``: the maximum of the bias-corrected second moments
+    (:func:`functional_optim.aliases.optax_amsgrad`; not ``adam(amsgrad=True)``)."""
+    return optax_names(_A.optax_amsgrad(learning_rate, (b1, b2), eps, eps_root,
+                                        bias_correction_mu=bias_correction_mu,
+                                        bias_correction_nu=bias_correction_nu,
+                                        **_ox.given(mu_dtype=mu_dtype)), _ADAM)
+
+
+def adagrad(learning_rate: Any, initial_accumulator_value: float = 0.1,
+            eps: float = 1e-7) -> Transform:
+    """optax's ``adagrad``: ``ε`` inside the square root
+    (:func:`functional_optim.aliases.optax_adagrad`; not torch's Adagrad)."""
+    return optax_names(_A.optax_adagrad(learning_rate, initial_accumulator_value, eps),
+                       {**_LR, "eps": "eps"})
+
+
+def rmsprop(learning_rate: Any, decay: float = 0.9, eps: float = 1e-8,
+            initial_scale: float = 0.0, eps_in_sqrt: bool = True, centered: bool = False,
+            momentum: float | None = None, nesterov: bool = False,
+            bias_correction: bool = False) -> Transform:
+    """optax's ``rmsprop``: ``ε`` inside the root by default
+    (:func:`functional_optim.aliases.optax_rmsprop`; not torch's RMSprop)."""
+    names = {**_LR, "decay": "alpha", "eps": "eps"}
+    if momentum is not None:
+        names["momentum"] = "momentum"
+    return optax_names(_A.optax_rmsprop(learning_rate, decay, eps, momentum=momentum,
+                                        centered=centered, nesterov=nesterov,
+                                        eps_in_sqrt=eps_in_sqrt,
+                                        bias_correction=bias_correction,
+                                        initial_scale=initial_scale), names)
+
+
+def radam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          eps_root: float = 0.0, threshold: float = 5.0, *, nesterov: bool = False) -> Transform:
+    """optax's ``radam``: :func:`functional_optim.aliases.optax_radam` (``ε`` on the corrected
+    root, ``ρ_t >= threshold``)."""
+    return optax_names(_A.optax_radam(learning_rate, (b1, b2), eps, eps_root, threshold,
+                                      nesterov=nesterov), {**_ADAM, "threshold": "threshold"})
+
+
+def rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
+          min_step_size: float = 1e-6, max_step_size: float = 50.0) -> Transform:
+    """optax's ``rprop``: :func:`functional_optim.aliases.optax_rprop`."""
+    return optax_names(_A.optax_rprop(learning_rate, (eta_minus, eta_plus),
+                                      (min_step_size, max_step_size)),
+                       {**_LR, "eta_minus": "etas.0", "eta_plus": "etas.1",
+                        "min_step_size": "step_sizes.0", "max_step_size": "step_sizes.1"})
+
+
+def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
+              decay_rate: float = 0.8, decay_offset: int = 0,
+              multiply_by_parameter_scale: bool = True, clipping_threshold: float | None = 1.0,
+              momentum: float | None = None, dtype_momentum: torch.dtype = torch.float32,
+              weight_decay_rate: float | None = None, eps: float = 1e-30,
+              factored: bool = True, weight_decay_mask: Any = None) -> Transform:
+    """optax's ``adafactor``: :func:`functional_optim.aliases.optax_adafactor`
+    (``learning_rate=None``: a unit step; ``weight_decay_rate=None``: no decay)."""
+    if weight_decay_mask is not None:
+        raise NotImplementedError("adafactor: weight_decay_mask has no native option yet "
+                                  "(functional_optim.aliases.optax_adafactor)")
+    names = {"decay_rate": "decay_rate", "decay_offset": "decay_offset",
+             "clipping_threshold": "clipping_threshold", "eps": "eps",
+             "weight_decay_rate": "weight_decay"}
+    if learning_rate is not None:
+        names.update(_LR)
+    if momentum is not None:
+        names["momentum"] = "momentum"
+    return optax_names(_A.optax_adafactor(
+        1.0 if learning_rate is None else learning_rate, min_dim_size_to_factor, decay_rate,
+        decay_offset, multiply_by_parameter_scale, clipping_threshold, momentum, dtype_momentum,
+        weight_decay_rate or 0.0, eps, factored), names)

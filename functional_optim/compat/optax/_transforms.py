@@ -20,6 +20,13 @@ from ...base import chain as _base_chain
 from ._base import optax_names
 
 __all__ = [
+    "scale_by_amsgrad",
+    "scale_by_factored_rms",
+    "scale_by_radam",
+    "scale_by_rms",
+    "scale_by_rprop",
+    "scale_by_rss",
+    "scale_by_stddev",
     "normalize_by_update_norm",
     "scale_by_distance_over_gradients",
     "adaptive_grad_clip",
@@ -165,3 +172,90 @@ def normalize_by_update_norm(scale_factor: float = 1.0, eps: float = 1e-6) -> Tr
     (:func:`functional_optim.transforms.normalize`, then :func:`functional_optim.scale`)."""
     return optax_names(_base_chain(normalize=_T.normalize(eps), scale=_T.scale(scale_factor)),
                        {"scale_factor": "scale.step_size", "eps": "normalize.eps"})
+
+
+# -- optax's variants of the blocks torch also has ------------------------------------------------
+
+
+def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                     eps_root: float = 0.0, mu_dtype: torch.dtype | None = None,
+                     bias_correction_mu: bool = True,
+                     bias_correction_nu: bool = True) -> Transform:
+    """optax's ``scale_by_amsgrad``: the maximum of the bias-corrected second moments
+    (:func:`functional_optim.scale_by_adam` with ``amsgrad=True, amsgrad_corrected=True``)."""
+    corrections = {(True, True): "moments", (True, False): "first_moment",
+                   (False, True): "second_moment", (False, False): "none"}
+    return optax_names(
+        _T.scale_by_adam((b1, b2), eps, eps_root, amsgrad=True, amsgrad_corrected=True,
+                         bias_correction=corrections[bias_correction_mu, bias_correction_nu],
+                         **given(mu_dtype=mu_dtype)),
+        {"b1": "betas.0", "b2": "betas.1", "eps": "eps", "eps_root": "eps_root"})
+
+
+def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
+                 eps_in_sqrt: bool = True, bias_correction: bool = False) -> Transform:
+    """optax's ``scale_by_rms``: :func:`functional_optim.scale_by_rms` with ``ε`` inside the
+    root by default (``eps_in_sqrt``), ``initial_scale`` and ``bias_correction``."""
+    return optax_names(_T.scale_by_rms(decay, eps, eps_in_sqrt=eps_in_sqrt,
+                                       bias_correction=bias_correction,
+                                       initial_scale=initial_scale),
+                       {"decay": "alpha", "eps": "eps"})
+
+
+def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
+                    eps_in_sqrt: bool = True, bias_correction: bool = False) -> Transform:
+    """optax's ``scale_by_stddev``: the centered :func:`scale_by_rms`
+    (:func:`functional_optim.scale_by_rms` with ``centered=True``)."""
+    return optax_names(_T.scale_by_rms(decay, eps, True, eps_in_sqrt=eps_in_sqrt,
+                                       bias_correction=bias_correction,
+                                       initial_scale=initial_scale),
+                       {"decay": "alpha", "eps": "eps"})
+
+
+def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> Transform:
+    """optax's ``scale_by_rss``: :func:`functional_optim.scale_by_rss` with ``ε`` inside the
+    square root (``eps_in_sqrt=True``) and no learning-rate decay."""
+    return optax_names(_T.scale_by_rss(0.0, initial_accumulator_value, eps, eps_in_sqrt=True),
+                       {"eps": "eps"})
+
+
+def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   eps_root: float = 0.0, threshold: float = 5.0, *,
+                   nesterov: bool = False) -> Transform:
+    """optax's ``scale_by_radam``: :func:`functional_optim.scale_by_radam` with
+    ``variant="optax"``."""
+    return optax_names(_T.scale_by_radam((b1, b2), eps, threshold, eps_root=eps_root,
+                                         nesterov=nesterov, variant="optax"),
+                       {"b1": "betas.0", "b2": "betas.1", "eps": "eps", "eps_root": "eps_root",
+                        "threshold": "threshold"})
+
+
+def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
+                   min_step_size: float = 1e-6, max_step_size: float = 50.0) -> Transform:
+    """optax's ``scale_by_rprop`` (an ascent step, as optax's: its ``rprop`` negates it):
+    :func:`functional_optim.scale_by_rprop` with ``variant="optax"``, whose output is the
+    descent step, negated."""
+    native = _T.scale_by_rprop(learning_rate, (eta_minus, eta_plus),
+                               (min_step_size, max_step_size), variant="optax")
+    return optax_names(_base_chain(rprop=native, sign=_T.scale(-1.0)),
+                       {"learning_rate": "rprop.init_step_size",
+                        "eta_minus": "rprop.etas.0", "eta_plus": "rprop.etas.1",
+                        "min_step_size": "rprop.step_sizes.0",
+                        "max_step_size": "rprop.step_sizes.1"})
+
+
+def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_offset: int = 0,
+                          min_dim_size_to_factor: int = 128, epsilon: float = 1e-30,
+                          decay_rate_fn: Callable[..., Any] | None = None) -> Transform:
+    """optax's ``scale_by_factored_rms``: :func:`functional_optim.scale_by_factored_rms` with
+    ``variant="optax"``, a unit step, no clipping, no parameter scale (the blocks optax's
+    ``adafactor`` chains after it), negated back to optax's sign. ``decay_rate_fn`` must be
+    optax's default :math:`1 - (t - t_0)^{-c}` (the native block's)."""
+    if decay_rate_fn is not None:
+        raise NotImplementedError("scale_by_factored_rms: decay_rate_fn other than optax's "
+                                  "default (1 - t^-decay_rate) has no native block")
+    native = _T.scale_by_factored_rms(1.0, -decay_rate, (epsilon, 1e-3), None, variant="optax",
+                                      relative_step=False, scale_parameter=False,
+                                      decay_offset=step_offset, factored=factored,
+                                      min_dim_size_to_factor=min_dim_size_to_factor)
+    return _base_chain(factored_rms=native, sign=_T.scale(-1.0))
