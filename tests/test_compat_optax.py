@@ -110,20 +110,9 @@ SCHEDULES = [
 ]
 
 # Names waiting for a native home, with the branch (issue 19) that brings it.
-_CORE = "optax-core"
 _SEARCH = "optax-search"
 _NONE = "no branch: needs a native block or option"
 PENDING = {
-    **dict.fromkeys([
-        "AddNoiseState", "ScaleByAdanState", "ScaleByBeliefState", "ScaleByLionState",
-        "ScaleByNovogradState", "ScaleBySM3State", "ScaleByTrustRatioState", "adabelief",
-        "adamaxw", "adan", "add_noise", "fromage", "lamb", "lars", "lion",
-        "noisy_sgd", "novograd", "optimistic_adam", "optimistic_adam_v2",
-        "optimistic_gradient_descent", "polyak_sgd", "scale_by_adan", "scale_by_belief",
-        "scale_by_lion", "scale_by_novograd", "scale_by_optimistic_gradient",
-        "scale_by_param_block_norm", "scale_by_param_block_rms", "scale_by_polyak",
-        "scale_by_sm3", "scale_by_trust_ratio", "scale_by_yogi", "sm3", "yogi",
-    ], _CORE),
     **dict.fromkeys([
         "ScaleByBacktrackingLinesearchState", "ScaleByLBFGSState",
         "ScaleByZoomLinesearchState", "ZoomLinesearchInfo", "lbfgs", "scale_by_lbfgs",
@@ -291,6 +280,33 @@ STEPS = {
     "scale_by_rprop": lambda: optax.scale_by_rprop(0.1),
     "scale_by_rss": lambda: optax.scale_by_rss(),
     "scale_by_stddev": lambda: optax.scale_by_stddev(),
+    "adabelief": lambda: optax.adabelief(1e-2, nesterov=True),
+    "adamaxw": lambda: optax.adamaxw(1e-2, mask=MASK),
+    "adan": lambda: optax.adan(1e-2, weight_decay=1e-2),
+    "add_noise": lambda: optax.add_noise(0.01, 0.55, seed=3),
+    "fromage": lambda: optax.fromage(1e-2),
+    "lamb": lambda: optax.lamb(1e-2, weight_decay=1e-2, mask=MASK),
+    "lars": lambda: optax.lars(1e-2, weight_decay=1e-2, nesterov=True),
+    "lion": lambda: optax.lion(1e-3),
+    "noisy_sgd": lambda: optax.noisy_sgd(1e-2, key=torch.Generator().manual_seed(1)),
+    "novograd": lambda: optax.novograd(1e-2, weight_decay=1e-2),
+    "optimistic_adam": lambda: optax.optimistic_adam(1e-2),
+    "optimistic_adam_v2": lambda: optax.optimistic_adam_v2(1e-2, alpha=0.5, beta=0.5),
+    "optimistic_gradient_descent": lambda: optax.optimistic_gradient_descent(1e-2),
+    "polyak_sgd": lambda: optax.polyak_sgd(0.5),
+    "sm3": lambda: optax.sm3(1e-2),
+    "yogi": lambda: optax.yogi(1e-2),
+    "scale_by_adan": lambda: optax.scale_by_adan(),
+    "scale_by_belief": lambda: optax.scale_by_belief(),
+    "scale_by_lion": lambda: optax.scale_by_lion(),
+    "scale_by_novograd": lambda: optax.scale_by_novograd(),
+    "scale_by_optimistic_gradient": lambda: optax.scale_by_optimistic_gradient(),
+    "scale_by_param_block_norm": lambda: optax.scale_by_param_block_norm(),
+    "scale_by_param_block_rms": lambda: optax.scale_by_param_block_rms(),
+    "scale_by_polyak": lambda: optax.scale_by_polyak(),
+    "scale_by_sm3": lambda: optax.scale_by_sm3(),
+    "scale_by_trust_ratio": lambda: optax.scale_by_trust_ratio(),
+    "scale_by_yogi": lambda: optax.scale_by_yogi(),
     "adaptive_grad_clip": lambda: optax.adaptive_grad_clip(0.1),
     "add_decayed_weights": lambda: optax.add_decayed_weights(1e-2, MASK),
     "apply_every": lambda: optax.apply_every(2),

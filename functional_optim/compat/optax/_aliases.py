@@ -15,21 +15,36 @@ from . import _transforms as _ox
 from ._base import optax_names
 
 __all__ = [
+    "adabelief",
     "adadelta",
     "adafactor",
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
+    "adan",
     "amsgrad",
+    "fromage",
+    "lamb",
+    "lars",
+    "lion",
     "nadam",
     "nadamw",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
+    "polyak_sgd",
     "radam",
     "rmsprop",
     "rprop",
     "sgd",
     "sign_sgd",
     "signum",
+    "sm3",
+    "yogi",
 ]
 
 
@@ -207,3 +222,130 @@ def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
         1.0 if learning_rate is None else learning_rate, min_dim_size_to_factor, decay_rate,
         decay_offset, multiply_by_parameter_scale, clipping_threshold, momentum, dtype_momentum,
         weight_decay_rate or 0.0, eps, factored), names)
+
+# -- optax's other optimizers: the native aliases of optax-core ---------------------------------
+
+
+def lion(learning_rate: Any, b1: float = 0.9, b2: float = 0.99,
+         mu_dtype: torch.dtype | None = None, weight_decay: float = 1e-3,
+         mask: Any = None) -> Transform:
+    """optax's ``lion``: :func:`functional_optim.aliases.lion`."""
+    return optax_names(_A.lion(learning_rate, (b1, b2), weight_decay, mask=mask,
+                               mu_dtype=mu_dtype),
+                       {**_LR, "b1": "betas.0", "b2": "betas.1",
+                        "weight_decay": "weight_decay"})
+
+
+def lamb(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+         eps_root: float = 0.0, weight_decay: float = 0.0, mask: Any = None) -> Transform:
+    """optax's ``lamb``: :func:`functional_optim.aliases.lamb`."""
+    return optax_names(_A.lamb(learning_rate, (b1, b2), eps, eps_root, weight_decay, mask=mask),
+                       {**_ADAM, "weight_decay": "weight_decay"})
+
+
+def lars(learning_rate: Any, weight_decay: float = 0.0, weight_decay_mask: Any = True,
+         trust_coefficient: float = 0.001, eps: float = 0.0, trust_ratio_mask: Any = True,
+         momentum: float = 0.9, nesterov: bool = False) -> Transform:
+    """optax's ``lars``: :func:`functional_optim.aliases.lars`."""
+    return optax_names(_A.lars(learning_rate, weight_decay, trust_coefficient, eps, momentum,
+                               nesterov, weight_decay_mask=weight_decay_mask,
+                               trust_ratio_mask=trust_ratio_mask),
+                       {**_LR, "weight_decay": "weight_decay",
+                        "trust_coefficient": "trust_coefficient", "eps": "eps",
+                        "momentum": "momentum"})
+
+
+def fromage(learning_rate: float, min_norm: float = 1e-6) -> Transform:
+    """optax's ``fromage``: :func:`functional_optim.aliases.fromage`."""
+    return optax_names(_A.fromage(learning_rate, min_norm), {**_LR, "min_norm": "min_norm"})
+
+
+def adabelief(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16,
+              eps_root: float = 1e-16, *, nesterov: bool = False) -> Transform:
+    """optax's ``adabelief``: :func:`functional_optim.aliases.adabelief`."""
+    return optax_names(_A.adabelief(learning_rate, (b1, b2), eps, eps_root, nesterov=nesterov),
+                       _ADAM)
+
+
+def yogi(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3) -> Transform:
+    """optax's ``yogi``: :func:`functional_optim.aliases.yogi`."""
+    return optax_names(_A.yogi(learning_rate, (b1, b2), eps),
+                       {**_LR, "b1": "betas.0", "b2": "betas.1", "eps": "eps"})
+
+
+def novograd(learning_rate: Any, b1: float = 0.9, b2: float = 0.25, eps: float = 1e-6,
+             eps_root: float = 0.0, weight_decay: float = 0.0) -> Transform:
+    """optax's ``novograd``: :func:`functional_optim.aliases.novograd`."""
+    return optax_names(_A.novograd(learning_rate, (b1, b2), eps, eps_root, weight_decay),
+                       {**_ADAM, "weight_decay": "weight_decay"})
+
+
+def adan(learning_rate: Any, b1: float = 0.98, b2: float = 0.92, b3: float = 0.99,
+         eps: float = 1e-8, eps_root: float = 1e-8, weight_decay: float = 0.0,
+         mask: Any = None) -> Transform:
+    """optax's ``adan``: :func:`functional_optim.aliases.adan`."""
+    return optax_names(_A.adan(learning_rate, (b1, b2, b3), eps, eps_root, weight_decay,
+                               mask=mask),
+                       {**_ADAM, "b3": "betas.2", "weight_decay": "weight_decay"})
+
+
+def adamaxw(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+            weight_decay: float = 1e-4, mask: Any = None) -> Transform:
+    """optax's ``adamaxw``: :func:`functional_optim.aliases.adamaxw`."""
+    return optax_names(_A.adamaxw(learning_rate, (b1, b2), eps, weight_decay, mask=mask),
+                       {**_LR, "b1": "betas.0", "b2": "betas.1", "eps": "eps",
+                        "weight_decay": "weight_decay"})
+
+
+def sm3(learning_rate: float, momentum: float = 0.9) -> Transform:
+    """optax's ``sm3``: :func:`functional_optim.aliases.sm3`."""
+    return optax_names(_A.sm3(learning_rate, momentum), {**_LR, "momentum": "momentum"})
+
+
+def noisy_sgd(learning_rate: Any, eta: float = 0.01, gamma: float = 0.55, key: Any = None, *,
+              seed: int | None = None) -> Transform:
+    """optax's ``noisy_sgd``: :func:`functional_optim.aliases.noisy_sgd` (``key``: an integer
+    seed or a :class:`torch.Generator`)."""
+    return optax_names(_A.noisy_sgd(learning_rate, eta, gamma,
+                                    seed=_ox.seed_of(key, seed, "noisy_sgd")),
+                       {**_LR, "eta": "eta", "gamma": "gamma"})
+
+
+def polyak_sgd(max_learning_rate: float = 1.0, scaling: Any = 1.0, f_min: float = 0.0,
+               eps: float = 0.0, variant: str = "sps") -> Transform:
+    """optax's ``polyak_sgd`` (the loss as ``value=`` at ``update``):
+    :func:`functional_optim.aliases.polyak_sgd` with ``lr=scaling``."""
+    return optax_names(_A.polyak_sgd(scaling, max_learning_rate, f_min, eps, variant=variant),
+                       {"max_learning_rate": "max_lr", "scaling": "lr", "f_min": "f_min",
+                        "eps": "eps"})
+
+
+def optimistic_gradient_descent(learning_rate: Any, alpha: float = 1.0,
+                                beta: float = 1.0) -> Transform:
+    """optax's ``optimistic_gradient_descent``:
+    :func:`functional_optim.aliases.optimistic_gradient_descent`."""
+    return optax_names(_A.optimistic_gradient_descent(learning_rate, alpha, beta),
+                       {**_LR, "alpha": "alpha", "beta": "beta"})
+
+
+def optimistic_adam_v2(learning_rate: Any, *, alpha: float = 1.0, beta: float = 1.0,
+                       b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                       eps_root: float = 0.0, mu_dtype: torch.dtype | None = None,
+                       nesterov: bool = True) -> Transform:
+    """optax's ``optimistic_adam_v2``: :func:`functional_optim.aliases.optimistic_adam`."""
+    return optax_names(_A.optimistic_adam(learning_rate, (b1, b2), eps, eps_root, alpha, beta,
+                                          nesterov=nesterov, **_ox.given(mu_dtype=mu_dtype)),
+                       {**_ADAM, "alpha": "alpha", "beta": "beta"})
+
+
+def optimistic_adam(learning_rate: float, optimism: float | None = None, b1: float = 0.9,
+                    b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
+                    mu_dtype: torch.dtype | None = None, *, nesterov: bool = True) -> Transform:
+    """optax's ``optimistic_adam``: :func:`optimistic_adam_v2` with a unit step,
+    ``alpha=learning_rate`` and ``beta=optimism`` (``learning_rate`` by default), as optax
+    defines it."""
+    return optax_names(_A.optimistic_adam(1.0, (b1, b2), eps, eps_root, learning_rate,
+                                          learning_rate if optimism is None else optimism,
+                                          nesterov=nesterov, **_ox.given(mu_dtype=mu_dtype)),
+                       {"learning_rate": "alpha", "optimism": "beta", "b1": "betas.0",
+                        "b2": "betas.1", "eps": "eps", "eps_root": "eps_root"})

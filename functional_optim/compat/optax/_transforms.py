@@ -20,6 +20,18 @@ from ...base import chain as _base_chain
 from ._base import optax_names
 
 __all__ = [
+    "add_noise",
+    "scale_by_adan",
+    "scale_by_belief",
+    "scale_by_lion",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_sm3",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
     "scale_by_amsgrad",
     "scale_by_factored_rms",
     "scale_by_radam",
@@ -259,3 +271,71 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
                                       decay_offset=step_offset, factored=factored,
                                       min_dim_size_to_factor=min_dim_size_to_factor)
     return _base_chain(factored_rms=native, sign=_T.scale(-1.0))
+
+
+# -- optax's other blocks ----------------------------------------------------------------------
+
+scale_by_trust_ratio = _T.scale_by_trust_ratio
+scale_by_param_block_norm = _T.scale_by_param_block_norm
+scale_by_param_block_rms = _T.scale_by_param_block_rms
+scale_by_optimistic_gradient = _T.scale_by_optimistic_gradient
+
+_B12 = {"b1": "betas.0", "b2": "betas.1"}
+
+
+def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | None = None, *,
+                  mode: str = "hard", smooth_beta: float = 1.0) -> Transform:
+    """optax's ``scale_by_lion``: :func:`functional_optim.scale_by_lion`."""
+    return optax_names(_T.scale_by_lion((b1, b2), mode=mode, smooth_beta=smooth_beta,
+                                        mu_dtype=mu_dtype), _B12)
+
+
+def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16,
+                    eps_root: float = 1e-16, *, nesterov: bool = False) -> Transform:
+    """optax's ``scale_by_belief`` (AdaBelief): :func:`functional_optim.scale_by_belief`."""
+    return optax_names(_T.scale_by_belief((b1, b2), eps, eps_root, nesterov=nesterov),
+                       {**_B12, "eps": "eps", "eps_root": "eps_root"})
+
+
+def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_root: float = 0.0,
+                  initial_accumulator_value: float = 1e-6) -> Transform:
+    """optax's ``scale_by_yogi``: :func:`functional_optim.scale_by_yogi`."""
+    return optax_names(_T.scale_by_yogi((b1, b2), eps, eps_root, initial_accumulator_value),
+                       {**_B12, "eps": "eps", "eps_root": "eps_root"})
+
+
+def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: float = 1e-8,
+                  eps_root: float = 0.0) -> Transform:
+    """optax's ``scale_by_adan``: :func:`functional_optim.scale_by_adan`."""
+    return optax_names(_T.scale_by_adan((b1, b2, b3), eps, eps_root),
+                       {**_B12, "b3": "betas.2", "eps": "eps", "eps_root": "eps_root"})
+
+
+def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8,
+                      eps_root: float = 0.0, weight_decay: float = 0.0,
+                      mu_dtype: torch.dtype | None = None) -> Transform:
+    """optax's ``scale_by_novograd``: :func:`functional_optim.scale_by_novograd` (``mu_dtype``
+    other than the parameters' has no native option)."""
+    return optax_names(_T.scale_by_novograd((b1, b2), eps, eps_root, weight_decay,
+                                            **given(mu_dtype=mu_dtype)),
+                       {**_B12, "eps": "eps", "eps_root": "eps_root",
+                        "weight_decay": "weight_decay"})
+
+
+def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Transform:
+    """optax's ``scale_by_sm3``: :func:`functional_optim.scale_by_sm3`."""
+    return optax_names(_T.scale_by_sm3((b1, b2), eps), {**_B12, "eps": "eps"})
+
+
+def scale_by_polyak(f_min: float = 0.0, max_learning_rate: float = 1.0, eps: float = 0.0,
+                    variant: str = "sps") -> Transform:
+    """optax's ``scale_by_polyak`` (the loss as ``value=`` at ``update``):
+    :func:`functional_optim.scale_by_polyak`."""
+    return optax_names(_T.scale_by_polyak(f_min, max_learning_rate, eps, variant),
+                       {"f_min": "f_min", "max_learning_rate": "max_lr", "eps": "eps"})
+
+
+def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = None) -> Transform:
+    """optax's ``add_noise``: :func:`functional_optim.add_noise` (``key``: an integer seed or
+    a :class:`torch.Generator`; the noise comes from a counter-based key in the state)."""
+    return _T.add_noise(eta, gamma, seed_of(key, seed, "add_noise"))
