@@ -16,6 +16,7 @@ trees hold torch tensors; randomness comes from integer seeds or :class:`torch.G
 "Migrating from optax" page of the docs has the details and a side-by-side example.
 """
 
+from ... import microbatching
 from ... import numerics as _numerics
 from ... import tree_math as _tree_math
 from ...base import EmptyState
@@ -42,8 +43,10 @@ from ...transforms import (
     ScaleByAdadeltaState,
     ScaleByAdamState,
     ScaleByAdanState,
+    ScaleByBacktrackingLinesearchState,
     ScaleByBeliefState,
     ScaleByFactoredRmsState,
+    ScaleByLbfgsDirectionState,
     ScaleByLionState,
     ScaleByNovogradState,
     ScaleByRmsState,
@@ -51,7 +54,9 @@ from ...transforms import (
     ScaleByRssState,
     ScaleByScheduleState,
     ScaleBySm3State,
+    ScaleByZoomLinesearchState,
     TraceState,
+    ZoomLinesearchInfo,
 )
 from . import contrib, projections, schedules, tree
 from ._aliases import (
@@ -68,6 +73,7 @@ from ._aliases import (
     fromage,
     lamb,
     lars,
+    lbfgs,
     lion,
     nadam,
     nadamw,
@@ -124,9 +130,11 @@ from ._transforms import (
     scale_by_adamax,
     scale_by_adan,
     scale_by_amsgrad,
+    scale_by_backtracking_linesearch,
     scale_by_belief,
     scale_by_distance_over_gradients,
     scale_by_factored_rms,
+    scale_by_lbfgs,
     scale_by_learning_rate,
     scale_by_lion,
     scale_by_novograd,
@@ -144,19 +152,26 @@ from ._transforms import (
     scale_by_stddev,
     scale_by_trust_ratio,
     scale_by_yogi,
+    scale_by_zoom_linesearch,
     trace,
     zero_nans,
 )
 from ._utilities import (
     global_norm,
     incremental_update,
+    matrix_inverse_pth_root,
+    microbatch,
+    multi_normal,
+    nnls,
     periodic_update,
+    power_iteration,
     safe_norm,
     scale_gradient,
     snapshot,
     stateless,
     stateless_with_tree_map,
     tree_map_params,
+    value_and_grad_from_state,
 )
 from ._wrappers import (
     LookaheadParams,
@@ -204,6 +219,7 @@ ConditionallyMaskState = ConditionallyTransformState = ConditionallyState
 InjectHyperparamsState = InjectStatefulHyperparamsState = InjectHparamsState
 ScaleByAdaDeltaState = ScaleByAdadeltaState
 FactoredState = ScaleByFactoredRmsState
+ScaleByLBFGSState = ScaleByLbfgsDirectionState
 ScaleByAmsgradState = ScaleByAdamState
 ScaleByRStdDevState = ScaleByRmsState
 ScaleBySM3State = ScaleBySm3State
@@ -225,37 +241,42 @@ __all__ = [
     "LookaheadParams", "LookaheadState", "MaskOrFn", "MaskedNode", "MonitorState", "MultiSteps",
     "MultiStepsState", "NonNegativeParamsState", "OptState", "Params", "ScalarOrSchedule",
     "ScaleByAdaDeltaState", "ScaleByAdadeltaState", "ScaleByAdamState", "ScaleByAdanState",
-    "ScaleByAmsgradState", "ScaleByBeliefState", "ScaleByFactoredRmsState", "ScaleByLionState",
-    "ScaleByNovogradState", "ScaleByRStdDevState", "ScaleByRmsState", "ScaleByRpropState",
-    "ScaleByRssState", "ScaleBySM3State", "ScaleByScheduleState", "ScaleBySm3State",
-    "ScaleByTrustRatioState", "ScaleState", "Schedule", "ShouldSkipUpdateFunction",
-    "SnapshotState", "TraceState", "TransformInitFn", "TransformUpdateExtraArgsFn",
-    "TransformUpdateFn", "Updates", "WrappedSchedule", "ZeroNansState", "adabelief", "adadelta",
-    "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw", "adan", "adaptive_grad_clip",
-    "add_decayed_weights", "add_noise", "amsgrad", "apply_every", "apply_if_finite",
-    "apply_updates", "bias_correction", "centralize", "chain", "clip", "clip_by_block_rms",
+    "ScaleByAmsgradState", "ScaleByBacktrackingLinesearchState", "ScaleByBeliefState",
+    "ScaleByFactoredRmsState", "ScaleByLBFGSState", "ScaleByLbfgsDirectionState",
+    "ScaleByLionState", "ScaleByNovogradState", "ScaleByRStdDevState", "ScaleByRmsState",
+    "ScaleByRpropState", "ScaleByRssState", "ScaleBySM3State", "ScaleByScheduleState",
+    "ScaleBySm3State", "ScaleByTrustRatioState", "ScaleByZoomLinesearchState", "ScaleState",
+    "Schedule", "ShouldSkipUpdateFunction", "SnapshotState", "TraceState", "TransformInitFn",
+    "TransformUpdateExtraArgsFn", "TransformUpdateFn", "Updates", "WrappedSchedule",
+    "ZeroNansState", "ZoomLinesearchInfo", "adabelief", "adadelta", "adafactor", "adagrad",
+    "adam", "adamax", "adamaxw", "adamw", "adan", "adaptive_grad_clip", "add_decayed_weights",
+    "add_noise", "amsgrad", "apply_every", "apply_if_finite", "apply_updates",
+    "bias_correction", "centralize", "chain", "clip", "clip_by_block_rms",
     "clip_by_global_norm", "conditionally_mask", "conditionally_transform", "constant_schedule",
     "contrib", "cosine_decay_schedule", "cosine_onecycle_schedule", "ema", "exponential_decay",
     "flatten", "freeze", "fromage", "global_norm", "identity", "incremental_update",
     "init_empty_state", "inject_hyperparams", "inject_stateful_hyperparams", "join_schedules",
-    "keep_params_nonnegative", "lamb", "lars", "linear_onecycle_schedule", "linear_schedule",
-    "lion", "lookahead", "masked", "measure_with_ema", "monitor", "multi_transform", "nadam",
-    "nadamw", "named_chain", "noisy_sgd", "normalize_by_update_norm", "novograd",
-    "optimistic_adam", "optimistic_adam_v2", "optimistic_gradient_descent", "partition",
-    "per_example_global_norm_clip", "per_example_layer_norm_clip", "periodic_update",
-    "piecewise_constant_schedule", "piecewise_interpolate_schedule", "polyak_sgd",
-    "polynomial_schedule", "projections", "radam", "rmsprop", "rprop", "safe_increment",
-    "safe_int32_increment", "safe_norm", "safe_root_mean_squares", "scale", "scale_by_adadelta",
-    "scale_by_adam", "scale_by_adamax", "scale_by_adan", "scale_by_amsgrad", "scale_by_belief",
-    "scale_by_distance_over_gradients", "scale_by_factored_rms", "scale_by_learning_rate",
-    "scale_by_lion", "scale_by_novograd", "scale_by_optimistic_gradient",
-    "scale_by_param_block_norm", "scale_by_param_block_rms", "scale_by_polyak",
-    "scale_by_radam", "scale_by_rms", "scale_by_rprop", "scale_by_rss", "scale_by_schedule",
-    "scale_by_sign", "scale_by_sm3", "scale_by_stddev", "scale_by_trust_ratio", "scale_by_yogi",
-    "scale_gradient", "schedules", "selective_transform", "set_to_zero", "sgd", "sgdr_schedule",
-    "sign_sgd", "signum", "skip_large_updates", "skip_not_finite", "sm3", "snapshot",
-    "stateless", "stateless_with_tree_map", "trace", "tree", "tree_map_params", "tree_utils",
+    "keep_params_nonnegative", "lamb", "lars", "lbfgs", "linear_onecycle_schedule",
+    "linear_schedule", "lion", "lookahead", "masked", "matrix_inverse_pth_root",
+    "measure_with_ema", "microbatch", "microbatching", "monitor", "multi_normal",
+    "multi_transform", "nadam", "nadamw", "named_chain", "nnls", "noisy_sgd",
+    "normalize_by_update_norm", "novograd", "optimistic_adam", "optimistic_adam_v2",
+    "optimistic_gradient_descent", "partition", "per_example_global_norm_clip",
+    "per_example_layer_norm_clip", "periodic_update", "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule", "polyak_sgd", "polynomial_schedule", "power_iteration",
+    "projections", "radam", "rmsprop", "rprop", "safe_increment", "safe_int32_increment",
+    "safe_norm", "safe_root_mean_squares", "scale", "scale_by_adadelta", "scale_by_adam",
+    "scale_by_adamax", "scale_by_adan", "scale_by_amsgrad", "scale_by_backtracking_linesearch",
+    "scale_by_belief", "scale_by_distance_over_gradients", "scale_by_factored_rms",
+    "scale_by_lbfgs", "scale_by_learning_rate", "scale_by_lion", "scale_by_novograd",
+    "scale_by_optimistic_gradient", "scale_by_param_block_norm", "scale_by_param_block_rms",
+    "scale_by_polyak", "scale_by_radam", "scale_by_rms", "scale_by_rprop", "scale_by_rss",
+    "scale_by_schedule", "scale_by_sign", "scale_by_sm3", "scale_by_stddev",
+    "scale_by_trust_ratio", "scale_by_yogi", "scale_by_zoom_linesearch", "scale_gradient",
+    "schedules", "selective_transform", "set_to_zero", "sgd", "sgdr_schedule", "sign_sgd",
+    "signum", "skip_large_updates", "skip_not_finite", "sm3", "snapshot", "stateless",
+    "stateless_with_tree_map", "trace", "tree", "tree_map_params", "tree_utils",
     "update_infinity_moment", "update_moment", "update_moment_per_elem_norm",
-    "warmup_constant_schedule", "warmup_cosine_decay_schedule",
+    "value_and_grad_from_state", "warmup_constant_schedule", "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule", "with_extra_args_support", "yogi", "zero_nans",
 ]

@@ -16,6 +16,7 @@ from ._base import optax_names
 
 __all__ = [
     "adabelief",
+    "lbfgs",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -349,3 +350,21 @@ def optimistic_adam(learning_rate: float, optimism: float | None = None, b1: flo
                                           nesterov=nesterov, **_ox.given(mu_dtype=mu_dtype)),
                        {"learning_rate": "alpha", "optimism": "beta", "b1": "betas.0",
                         "b2": "betas.1", "eps": "eps", "eps_root": "eps_root"})
+
+_ZOOM = _ox.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+
+
+def lbfgs(learning_rate: Any = None, memory_size: int = 10, scale_init_precond: bool = True,
+          linesearch: Transform | None = _ZOOM) -> Transform:
+    """optax's ``lbfgs`` (``value=``, ``grad=``, ``value_fn=`` at ``update`` for its line
+    search): ``scale_by_lbfgs → scale(-1) (or scale_by_learning_rate) → linesearch``, as
+    optax's; the default line search is optax's zoom with ``initial_guess_strategy="one"``
+    (:func:`functional_optim.aliases.optax_lbfgs` is the native alias)."""
+    blocks: dict[str, Transform] = {
+        "lbfgs": _T.scale_by_lbfgs_direction(memory_size, scale_init_precond),
+        "scale": _T.scale(-1.0) if learning_rate is None
+        else _T.scale_by_learning_rate(learning_rate)}
+    if linesearch is not None:
+        blocks["linesearch"] = linesearch
+    names = {} if learning_rate is None else {"learning_rate": "scale.lr"}
+    return optax_names(chain(**blocks), names)

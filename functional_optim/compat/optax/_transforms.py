@@ -32,6 +32,9 @@ __all__ = [
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs",
+    "scale_by_zoom_linesearch",
     "scale_by_amsgrad",
     "scale_by_factored_rms",
     "scale_by_radam",
@@ -339,3 +342,41 @@ def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = N
     """optax's ``add_noise``: :func:`functional_optim.add_noise` (``key``: an integer seed or
     a :class:`torch.Generator`; the noise comes from a counter-based key in the state)."""
     return _T.add_noise(eta, gamma, seed_of(key, seed, "add_noise"))
+# -- line searches and L-BFGS --------------------------------------------------------------------
+
+
+def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Transform:
+    """optax's ``scale_by_lbfgs`` (the two-loop recursion's direction):
+    :func:`functional_optim.transforms.scale_by_lbfgs_direction` (not torch's L-BFGS,
+    :func:`functional_optim.scale_by_lbfgs`)."""
+    return _T.scale_by_lbfgs_direction(memory_size, scale_init_precond)
+
+
+def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: float = 1e-4,
+                                     decrease_factor: float = 0.8, increase_factor: float = 1.5,
+                                     max_learning_rate: float = 1.0, atol: float = 0.0,
+                                     rtol: float = 0.0, store_grad: bool = False,
+                                     verbose: bool = False) -> Transform:
+    """optax's ``scale_by_backtracking_linesearch`` (``value=``, ``grad=``, ``value_fn=`` at
+    ``update``): :func:`functional_optim.transforms.scale_by_backtracking_linesearch`;
+    ``verbose`` prints nothing here (no host sync)."""
+    del verbose
+    return _T.scale_by_backtracking_linesearch(max_backtracking_steps, slope_rtol,
+                                               decrease_factor, increase_factor,
+                                               max_learning_rate, atol, rtol, store_grad)
+
+
+def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: float | None = None,
+                             tol: float = 0.0, increase_factor: float = 2.0,
+                             slope_rtol: float = 1e-4, curv_rtol: float = 0.9,
+                             approx_dec_rtol: float | None = 1e-6,
+                             stepsize_precision: float = 1e-5,
+                             initial_guess_strategy: str = "keep",
+                             verbose: bool = False) -> Transform:
+    """optax's ``scale_by_zoom_linesearch`` (strong Wolfe; ``value=``, ``grad=``, ``value_fn=``
+    at ``update``): :func:`functional_optim.transforms.scale_by_zoom_linesearch`; ``verbose``
+    prints nothing here (no host sync)."""
+    del verbose
+    return _T.scale_by_zoom_linesearch(max_linesearch_steps, max_learning_rate, tol,
+                                       increase_factor, slope_rtol, curv_rtol, approx_dec_rtol,
+                                       stepsize_precision, initial_guess_strategy)

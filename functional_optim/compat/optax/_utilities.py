@@ -10,12 +10,24 @@ from typing import Any
 import torch
 
 from ... import combinators as _C
+from ... import linear_algebra as _la
 from ... import numerics as _numerics
 from ... import tree as _tree
 from ... import tree_math as _tree_math
 from ...base import Transform
+from ...microbatching import microbatch
+from ...transforms import value_and_grad_from_state
+
+nnls = _la.nnls
+multi_normal = _la.multi_normal
 
 __all__ = [
+    "matrix_inverse_pth_root",
+    "microbatch",
+    "multi_normal",
+    "nnls",
+    "power_iteration",
+    "value_and_grad_from_state",
     "global_norm",
     "incremental_update",
     "periodic_update",
@@ -84,3 +96,25 @@ def tree_map_params(initable: Any, f: Callable[..., Any], state: Any, /, *rest: 
     (:func:`functional_optim.tree_math.map_params`)."""
     return _tree_math.map_params(initable, f, state, *rest,
                                  transform_non_params=transform_non_params, is_leaf=is_leaf)
+
+
+def power_iteration(matrix: Any, *, v0: Any = None, num_iters: int = 100,
+                    error_tolerance: float = 1e-6, precision: Any = None,
+                    key: Any = None) -> tuple[torch.Tensor, Any]:
+    """The dominant eigenvalue and eigenvector (:func:`functional_optim.linear_algebra.
+    power_iteration`); ``key``: a :class:`torch.Generator` (or an integer seed) for the random
+    start; ``precision`` (JAX's matmul precision) has no meaning here."""
+    del precision
+    generator = torch.Generator().manual_seed(key) if isinstance(key, int) else key
+    return _la.power_iteration(matrix, v0=v0, num_iters=num_iters,
+                               error_tolerance=error_tolerance, generator=generator)
+
+
+def matrix_inverse_pth_root(matrix: torch.Tensor, p: int, num_iters: int = 100,
+                            ridge_epsilon: float = 1e-6, error_tolerance: float = 1e-6,
+                            precision: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:math:`A^{-1/p}` by coupled Newton iterations
+    (:func:`functional_optim.linear_algebra.matrix_inverse_pth_root`); ``precision`` (JAX's
+    matmul precision) has no meaning here."""
+    del precision
+    return _la.matrix_inverse_pth_root(matrix, p, num_iters, ridge_epsilon, error_tolerance)
