@@ -2,15 +2,16 @@
 digits, with a fixed budget of full-batch steps; the loss curves go to one plot, the results
 to a Markdown table.
 
-Each alias runs with its own default learning rate and with that rate divided and multiplied
-by 3 (``--grid 1`` keeps the default only); the best final training loss is shown. Every
-alias gets the same keyword arguments at ``update`` (the loss ``value=``, ``value_fn=`` and
-``obj_fn=``, for the algorithms that read them; the others ignore them), and per-example
+Each alias runs with its own default learning rate times 0.1, 0.3, 1, 3 and 10 (``--grid 3``:
+0.3, 1, 3; ``--grid 1``: the default only); the best final training loss is shown. Every
+alias gets the same keyword arguments at ``update`` (the loss ``value=`` and its ``grad=``,
+``value_fn=``/``value_and_grad_fn=`` returning both, and the objective ``obj_fn=``, for the
+algorithms that read them; the others ignore them), and per-example
 gradients where its drop-in class reads them (``registry.DropInProtocol(gradient=
 "grad_sample")``: DP-SGD). An alias that cannot run on this problem (sparse gradients only,
 say) is listed with its error instead of a curve.
 
-    python examples/gallery.py [--steps 200] [--grid 3] [--out examples/out] [--quick]
+    python examples/gallery.py [--steps 200] [--grid 5] [--out examples/out] [--quick]
 
 ``--quick`` (the test) runs 3 steps per alias at its default rate.
 """
@@ -35,8 +36,8 @@ from functional_optim import registry  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--steps", type=int, default=200, help="full-batch steps per run")
-p.add_argument("--grid", type=int, choices=(1, 3), default=3,
-               help="learning rates per alias: the default, or default/3, default, default*3")
+p.add_argument("--grid", type=int, choices=(1, 3, 5), default=5,
+               help="learning rates per alias: the default times 1; 0.3, 1, 3; or 0.1 ... 10")
 p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out")
 p.add_argument("--quick", action="store_true", help="3 steps, the default rate (for tests)")
 args = p.parse_args()
@@ -63,7 +64,8 @@ def loss_fn(params, idx=train):
 
 
 def value_fn(params):
-    """The loss and its gradient at ``params`` (for line searches and L-BFGS)."""
+    """The loss and its gradient at ``params`` (torch's L-BFGS's ``value_fn=``, the line
+    searches' ``value_and_grad_fn=``)."""
     grads, value = grad_and_value(loss_fn)(params)
     return value, grads
 
@@ -104,17 +106,19 @@ def run(name, lr):
             break
         if per_example:
             grads = per_example_grads(params)
-        updates, state = tx.update(grads, state, params, value=value, value_fn=value_fn,
+        updates, state = tx.update(grads, state, params, value=value, grad=grads,
+                                   value_fn=value_fn, value_and_grad_fn=value_fn,
                                    obj_fn=loss_fn)
         params = fo.apply_updates(params, updates)
     return losses, params
 
 
+GRIDS = {1: (1.0,), 3: (0.3, 1.0, 3.0), 5: (0.1, 0.3, 1.0, 3.0, 10.0)}
 results = {}
 names = registry.names()
 for name in tqdm(names, desc="gallery", unit="alias"):
     base = default_lr(name)
-    lrs = [base] if base is None or args.grid == 1 else [base / 3, base, base * 3]
+    lrs = [base] if base is None else [base * f for f in GRIDS[args.grid]]
     best = None
     for lr in lrs:
         try:
@@ -146,7 +150,7 @@ for ax in list(axes.flat)[len(ran):]:
     ax.axis("off")
 fig.suptitle(f"digits, MLP 64-64-10, {args.steps} full-batch steps: training loss "
              "(grey: adam)", fontsize=10)
-fig.tight_layout()
+fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
 args.out.mkdir(parents=True, exist_ok=True)
 fig.savefig(args.out / "gallery.png", dpi=90)
 
