@@ -101,9 +101,10 @@ def tree_map_params(initable: Any, f: Callable[..., Any], state: Any, /, *rest: 
 def power_iteration(matrix: Any, *, v0: Any = None, num_iters: int = 100,
                     error_tolerance: float = 1e-6, precision: Any = None,
                     key: Any = None) -> tuple[torch.Tensor, Any]:
-    """The dominant eigenvalue and eigenvector (:func:`functional_optim.linear_algebra.
-    power_iteration`); ``key``: a :class:`torch.Generator` (or an integer seed) for the random
-    start; ``precision`` (JAX's matmul precision) has no meaning here."""
+    """The dominant eigenvalue and eigenvector
+    (:func:`functional_optim.linear_algebra.power_iteration`); ``key``: a
+    :class:`torch.Generator` (or an integer seed) for the random start; ``precision`` (JAX's
+    matmul precision) has no meaning here."""
     del precision
     generator = torch.Generator().manual_seed(key) if isinstance(key, int) else key
     return _la.power_iteration(matrix, v0=v0, num_iters=num_iters,
