@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Pages whose ```python blocks are executed, in order, in one namespace per page.
 # (Blocks fenced as ```text, ```bash, ... are not run.)
 EXECUTED_PAGES = ["README.md", "docs/index.md", "docs/getting-started.md",
-                  "docs/meta-learning.md", "docs/guides/composing-chains.md", "docs/algorithms.md"]
+                  "docs/meta-learning.md", "docs/guides/composing-chains.md", "docs/algorithms.md",
+                  "docs/migrating-optax.md"]
 # Objects that each API page must render (the ones the docs and the quickstart use).
 API_PAGES = {
     "core": ["Transform", "chain", "apply_updates", "apply_updates_"],
