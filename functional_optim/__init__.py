@@ -36,6 +36,7 @@ from .combinators import (
     InjectHparamsState,
     LookaheadState,
     MultiStepsState,
+    SplitRealAndImaginaryState,
     ZeroNansState,
     apply_if_finite,
     average_params,
@@ -51,6 +52,7 @@ from .combinators import (
     masked,
     multi_steps,
     partition,
+    split_real_and_imaginary,
     zero_nans,
 )
 from .groups import parameter_groups
@@ -129,6 +131,8 @@ __all__ = [
     "conditionally",
     "ema",
     "flatten",
+    "SplitRealAndImaginaryState",
+    "split_real_and_imaginary",
     "freeze",
     "get_hparam",
     "inject_hparams",

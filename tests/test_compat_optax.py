@@ -115,11 +115,10 @@ _NONE = "no branch: needs a native block or option"
 PENDING = {
     # optax's muon (adaptive, preconditioning, consistent_rms, Adam on non-matrix leaves) is
     # not torch's Muon; optax's plateau rule (rtol and atol together, averaged values) is not
-    # torch's ReduceLROnPlateau; split_real_and_imaginary has no native wrapper yet.
+    # torch's ReduceLROnPlateau.
     **dict.fromkeys([f"contrib.{n}" for n in [
         "MuonDimensionNumbers", "MuonState", "muon", "scale_by_muon",
         "ReduceLROnPlateauState", "reduce_on_plateau",
-        "SplitRealAndImaginaryState", "split_real_and_imaginary",
     ]], _NONE),
 }
 
@@ -242,6 +241,8 @@ STEPS = {
     "contrib.scale_by_madgrad": lambda: optax.contrib.scale_by_madgrad(),
     "contrib.scale_by_simplified_ademamix": lambda: optax.contrib.scale_by_simplified_ademamix(),
     "contrib.simplified_ademamix": lambda: optax.contrib.simplified_ademamix(1e-2),
+    "contrib.split_real_and_imaginary":
+        lambda: optax.contrib.split_real_and_imaginary(optax.adam(1e-2)),
     "contrib.sophia": lambda: optax.contrib.sophia(1e-2, update_interval=1),
     "scale_by_distance_over_gradients": lambda: optax.scale_by_distance_over_gradients(),
     "contrib.cocob": lambda: optax.contrib.cocob(weight_decay=1e-2, mask=MASK),

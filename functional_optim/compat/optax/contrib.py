@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ... import aliases as _A
+from ... import combinators as _C
 from ... import transforms as _T
 from ...base import EmptyState, Transform
 from ...base import chain as _chain
@@ -75,6 +76,8 @@ __all__ = [
     "scale_by_simplified_ademamix",
     "simplified_ademamix",
     "sophia",
+    "SplitRealAndImaginaryState",
+    "split_real_and_imaginary",
 ]
 
 COCOBState = _T.ScaleByCocobState
@@ -93,6 +96,7 @@ NormalizeState = EmptyState
 SAMState = _T.SamState
 ScaleBySimplifiedAdEMAMixState = _T.ScaleBySimplifiedAdemamixState
 SophiaState = _T.ScaleBySophiaState
+SplitRealAndImaginaryState = _C.SplitRealAndImaginaryState
 
 _B12 = {"b1": "betas.0", "b2": "betas.1"}
 _EPS = {"eps": "eps", "eps_root": "eps_root"}
@@ -423,3 +427,11 @@ def schedule_free_sgd(learning_rate: Any = 1.0, warmup_steps: int | None = None,
                                             state_dtype=state_dtype),
                        {"learning_rate": "lr", "b1": "momentum",
                         "weight_decay": "weight_decay", "weight_lr_power": "weight_lr_power"})
+
+
+def split_real_and_imaginary(inner: Transform) -> Transform:
+    """optax's ``split_real_and_imaginary``: ``inner`` on the real and imaginary parts of
+    complex leaves as separate real leaves
+    (:func:`functional_optim.combinators.split_real_and_imaginary`; PyTorch's complex gradients
+    need no conjugation)."""
+    return _C.split_real_and_imaginary(inner)
