@@ -58,6 +58,7 @@ from .combinators import (
 from .groups import parameter_groups
 from .registry import get_optimizer, optimizer_from_config
 from .transforms import (
+    ReduceOnPlateauAveragedState,
     ReduceOnPlateauState,
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -144,6 +145,7 @@ __all__ = [
     "partition",
     "zero_nans",
     "ReduceOnPlateauState",
+    "ReduceOnPlateauAveragedState",
     "reduce_on_plateau",
     "capture",
     "combinators",

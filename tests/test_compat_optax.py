@@ -114,11 +114,9 @@ SCHEDULES = [
 _NONE = "no branch: needs a native block or option"
 PENDING = {
     # optax's muon (adaptive, preconditioning, consistent_rms, Adam on non-matrix leaves) is
-    # not torch's Muon; optax's plateau rule (rtol and atol together, averaged values) is not
-    # torch's ReduceLROnPlateau.
+    # not torch's Muon.
     **dict.fromkeys([f"contrib.{n}" for n in [
         "MuonDimensionNumbers", "MuonState", "muon", "scale_by_muon",
-        "ReduceLROnPlateauState", "reduce_on_plateau",
     ]], _NONE),
 }
 
@@ -243,6 +241,8 @@ STEPS = {
     "contrib.simplified_ademamix": lambda: optax.contrib.simplified_ademamix(1e-2),
     "contrib.split_real_and_imaginary":
         lambda: optax.contrib.split_real_and_imaginary(optax.adam(1e-2)),
+    "contrib.reduce_on_plateau":
+        lambda: optax.contrib.reduce_on_plateau(patience=1, atol=1e-3, accumulation_size=2),
     "contrib.sophia": lambda: optax.contrib.sophia(1e-2, update_interval=1),
     "scale_by_distance_over_gradients": lambda: optax.scale_by_distance_over_gradients(),
     "contrib.cocob": lambda: optax.contrib.cocob(weight_decay=1e-2, mask=MASK),

@@ -35,6 +35,7 @@ from .moments import (
 )
 from .plateau import (
     GreedyLrState,
+    ReduceOnPlateauAveragedState,
     ReduceOnPlateauState,
     greedy_lr_step,
     is_better,
@@ -59,6 +60,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "ReduceOnPlateauState",
+    "ReduceOnPlateauAveragedState",
     "reduce_on_plateau",
     "GreedyLrState",
     "greedy_lr_step",

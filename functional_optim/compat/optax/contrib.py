@@ -12,7 +12,7 @@ import torch
 from ... import aliases as _A
 from ... import combinators as _C
 from ... import transforms as _T
-from ...base import EmptyState, Transform
+from ...base import EmptyState, Transform, check_hparam
 from ...base import chain as _chain
 from ...transforms import (
     DifferentiallyPrivateAggregateState,
@@ -78,6 +78,8 @@ __all__ = [
     "sophia",
     "SplitRealAndImaginaryState",
     "split_real_and_imaginary",
+    "ReduceLROnPlateauState",
+    "reduce_on_plateau",
 ]
 
 COCOBState = _T.ScaleByCocobState
@@ -97,6 +99,7 @@ SAMState = _T.SamState
 ScaleBySimplifiedAdEMAMixState = _T.ScaleBySimplifiedAdemamixState
 SophiaState = _T.ScaleBySophiaState
 SplitRealAndImaginaryState = _C.SplitRealAndImaginaryState
+ReduceLROnPlateauState = _T.ReduceOnPlateauAveragedState
 
 _B12 = {"b1": "betas.0", "b2": "betas.1"}
 _EPS = {"eps": "eps", "eps_root": "eps_root"}
@@ -435,3 +438,23 @@ def split_real_and_imaginary(inner: Transform) -> Transform:
     (:func:`functional_optim.combinators.split_real_and_imaginary`; PyTorch's complex gradients
     need no conjugation)."""
     return _C.split_real_and_imaginary(inner)
+
+
+def reduce_on_plateau(factor: float = 0.1, patience: int = 10, rtol: float = 1e-4,
+                      atol: float = 0.0, cooldown: int = 0, accumulation_size: int = 1,
+                      min_scale: float = 0.0) -> Transform:
+    """optax's ``reduce_on_plateau`` (the loss as ``value=`` at ``update``; a scale, no sign
+    flip): :func:`functional_optim.reduce_on_plateau` with ``rule="optax"`` and ``lr=1``
+    (``rtol`` is ``threshold``, ``min_scale`` is ``min_lr``)."""
+    owner = "reduce_on_plateau"
+    check_hparam(owner, "factor", factor, gt=0, lt=1)
+    check_hparam(owner, "rtol", rtol, ge=0, le=1)
+    if rtol == 0 and atol == 0:
+        raise ValueError(f"{owner}: at least one of rtol and atol must be positive, got "
+                         f"rtol={rtol!r} and atol={atol!r}")
+    return optax_names(
+        _T.reduce_on_plateau(1.0, factor, patience, rtol, "rel", cooldown, min_scale,
+                             rule="optax", atol=atol, accumulation_size=accumulation_size),
+        {"factor": "factor", "patience": "patience", "rtol": "threshold", "atol": "atol",
+         "cooldown": "cooldown", "accumulation_size": "accumulation_size",
+         "min_scale": "min_lr"})
