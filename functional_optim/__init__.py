@@ -203,6 +203,7 @@ from .aliases import (  # noqa: E402  # noqa: E402
 from .transforms import (  # noqa: E402
     LbfgsState,
     ScaleByFactoredRmsState,
+    ScaleByMuonCountedState,
     ScaleByMuonState,
     ScaleBySparseAdamState,
     orthogonalize_via_newton_schulz,
@@ -225,6 +226,7 @@ __all__ += [
     "LbfgsState",
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
+    "ScaleByMuonCountedState",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
     "relative_step_size",
@@ -638,6 +640,8 @@ from .aliases import (  # noqa: E402
     msam_sgd,
     muon_adamw,
     muon_labels,
+    optax_muon,
+    optax_muon_labels,
     orthograd_adamw,
 )
 from .combinators import (  # noqa: E402
@@ -667,7 +671,8 @@ from .transforms import (  # noqa: E402
 )
 
 __all__ += ["adam_mini", "adamc", "adamw_ema", "asam_sgd", "cautious_adamw", "laprop",
-            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "orthograd_adamw",
+            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "optax_muon",
+            "optax_muon_labels", "orthograd_adamw",
             "EmaParamsState", "corrected_decay", "ema_eval_params", "ema_params",
             "ema_train_params", "NS_COEFFICIENTS", "MomentumSamState", "ScaleByAdamMiniState",
             "ScaleByLapropState", "ScaleByMarsState", "add_cautious_decayed_weights",

@@ -3,7 +3,7 @@ plateau rule and optax's Muon; ``conformance.CASES`` includes them."""
 
 from __future__ import annotations
 
-from conformance import Case, Live, _loss_like
+from conformance import _NS_ULPS, Case, Live, _loss_like
 
 import functional_optim as fo
 
@@ -29,4 +29,17 @@ CASES += [
                                others={"atol": 0.0}),
              # improvements of 0.05 (absolute): a plateau for 0.1, not for 1e-3
              "atol": Live(value=0.1, steps=4, values=(1.0, 0.95, 0.9, 0.85))}),
+]
+
+# optax's Muon: ε floors the norm of tiny momenta and Adam's root (no decay to dwarf them)
+_NO_DECAY = {"weight_decay": 0.0, "adam_weight_decay": 0.0}
+CASES += [
+    Case("optax_muon",
+         lambda: fo.optax_muon(lr=0.01, weight_decay=0.1, adam_weight_decay=0.1, match_rms=True,
+                               adaptive=True),
+         complex=False, ulps=_NS_ULPS, live={
+             "eps": Live(grads_scale=1e-9, others=_NO_DECAY),
+             "adam_eps_root": Live(value=1e-3, grads_scale=1e-2, others=_NO_DECAY),
+             "ns_coefficients.0": Live(value=3.5), "ns_coefficients.1": Live(value=-4.8),
+             "ns_coefficients.2": Live(value=2.05)}),
 ]

@@ -115,3 +115,133 @@ def test_reduce_on_plateau_optax_rule():
         fo.reduce_on_plateau(atol=0.1)
     with pytest.raises(ValueError, match="rule='torch'"):
         fo.reduce_on_plateau(eps=0.0, rule="optax")
+
+
+def _ns_reference(x, coeffs, steps, eps):
+    """optax's Newton-Schulz: the wide orientation, X / (||X||_F + eps), quintic steps."""
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (torch.linalg.norm(x) + eps)
+    per_step = isinstance(coeffs[0], tuple)
+    for i in range(len(coeffs) if per_step else steps):
+        a, b, c = coeffs[i] if per_step else coeffs
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def _optax_muon_reference(params, grads, lr, beta=0.95, eps=1e-8, weight_decay=0.0,
+                          adam_lr=None, b1=0.9, b2=0.999, eps_root=0.0, adam_weight_decay=0.0,
+                          nesterov=True, adaptive=False, consistent_rms=None,
+                          ns_coeffs=(3.4445, -4.7750, 2.0315), ns_steps=5):
+    """optax's muon: the parameters after each step (2-D leaves Muon's, the others AdamW's)."""
+    adam_lr = lr if adam_lr is None else adam_lr
+    p = {k: v.clone() for k, v in params.items()}
+    m = {k: torch.zeros_like(v) for k, v in p.items()}
+    v2 = {k: torch.zeros_like(v) for k, v in p.items()}
+    out = []
+    for t, grad_fn in enumerate(grads, 1):
+        g = grad_fn(p)
+        for k in p:
+            if p[k].ndim == 2:
+                m[k] = beta * m[k] + (1 - beta) * g[k]
+                if nesterov:
+                    d = beta * m[k] / (1 - beta ** (t + 1)) + (1 - beta) * g[k] / (1 - beta ** t)
+                else:
+                    d = m[k] / (1 - beta ** t)
+                o = _ns_reference(d, ns_coeffs, ns_steps, eps)
+                if adaptive:
+                    o = (d * o).sum() * o
+                fan_in, fan_out = p[k].shape
+                if consistent_rms is None:
+                    o = o * max(1.0, fan_out / fan_in) ** 0.5
+                else:
+                    o = o * max(fan_in, fan_out) ** 0.5 * consistent_rms
+                p[k] = p[k] - lr * (o + weight_decay * p[k])
+            else:
+                m[k] = b1 * m[k] + (1 - b1) * g[k]
+                v2[k] = b2 * v2[k] + (1 - b2) * g[k] ** 2
+                if nesterov:
+                    mh = b1 * m[k] / (1 - b1 ** (t + 1)) + (1 - b1) * g[k] / (1 - b1 ** t)
+                else:
+                    mh = m[k] / (1 - b1 ** t)
+                vh = v2[k] / (1 - b2 ** t)
+                u = mh / ((vh + eps_root).sqrt() + eps) + adam_weight_decay * p[k]
+                p[k] = p[k] - adam_lr * u
+        out.append({k: x.clone() for k, x in p.items()})
+    return out
+
+
+def _muon_problem(steps=20):
+    gen = torch.Generator().manual_seed(3)
+    params = {"w": torch.randn(3, 5, dtype=D, generator=gen),
+              "v": torch.randn(4, 2, dtype=D, generator=gen),
+              "b": torch.randn(3, dtype=D, generator=gen)}
+    noise = [{k: torch.randn(x.shape, dtype=D, generator=gen) for k, x in params.items()}
+             for _ in range(steps)]
+    return params, [lambda p, n=n: {k: n[k] + 0.3 * p[k] for k in p} for n in noise]
+
+
+MUON_CASES = [
+    ({}, {}),
+    (dict(momentum=0.9, eps=1e-3, weight_decay=0.1, adam_lr=0.03, adam_betas=(0.8, 0.99),
+          adam_eps_root=1e-4, adam_weight_decay=0.05, nesterov=False, adaptive=True,
+          match_rms=True, rms_scale=0.2),
+     dict(beta=0.9, eps=1e-3, weight_decay=0.1, adam_lr=0.03, b1=0.8, b2=0.99, eps_root=1e-4,
+          adam_weight_decay=0.05, nesterov=False, adaptive=True, consistent_rms=0.2)),
+    (dict(ns_coefficients=fo.NS_COEFFICIENTS["dion"], ns_steps=5),
+     dict(ns_coeffs=fo.NS_COEFFICIENTS["dion"])),
+]
+
+
+@pytest.mark.parametrize("native, reference", MUON_CASES)
+def test_optax_muon_matches_reference(native, reference):
+    params, grads = _muon_problem()
+    tx = fo.optax_muon(lr=0.02, **native)
+    state = tx.init(params)
+    p = dict(params)
+    for want, grad_fn in zip(_optax_muon_reference(params, grads, 0.02, **reference), grads):
+        u, state = tx.update(grad_fn(p), state, p)
+        p = {k: p[k] + u[k] for k in p}
+        for k in p:
+            torch.testing.assert_close(p[k], want[k], rtol=1e-10, atol=1e-12)
+
+
+def test_compat_muon_is_optax_muon():
+    import functional_optim.compat.optax as optax
+
+    params, grads = _muon_problem(steps=8)
+    kw = dict(beta=0.9, eps=1e-3, weight_decay=0.1, adam_lr=0.03, b1=0.8, b2=0.99,
+              eps_root=1e-4, adam_weight_decay=0.05, nesterov=False, adaptive=True,
+              consistent_rms=0.2, ns_coeffs=fo.NS_COEFFICIENTS["dion"])
+    tx = optax.contrib.muon(0.02, ns_coeffs="dion", beta=0.9, eps=1e-3, weight_decay=0.1,
+                            adam_learning_rate=0.03, adam_b1=0.8, adam_b2=0.99,
+                            adam_eps_root=1e-4, adam_weight_decay=0.05, nesterov=False,
+                            adaptive=True, consistent_rms=0.2)
+    state = tx.init(params)
+    p = dict(params)
+    for want, grad_fn in zip(_optax_muon_reference(params, grads, 0.02, **kw), grads):
+        u, state = tx.update(grad_fn(p), state, p)
+        p = optax.apply_updates(p, u)
+        for k in p:
+            torch.testing.assert_close(p[k], want[k], rtol=1e-10, atol=1e-12)
+    with pytest.raises(NotImplementedError, match="preconditioning"):
+        optax.contrib.muon(0.02, preconditioning="aol")
+
+
+def test_compat_scale_by_muon_has_no_shape_scaling():
+    import functional_optim.compat.optax as optax
+
+    gen = torch.Generator().manual_seed(5)
+    g_seq = [torch.randn(2, 5, dtype=D, generator=gen) for _ in range(6)]
+    tx = optax.contrib.scale_by_muon(beta=0.8)
+    state = tx.init({"w": torch.zeros(2, 5, dtype=D)})
+    assert isinstance(state, optax.contrib.MuonState)
+    m = torch.zeros(2, 5, dtype=D)
+    for t, g in enumerate(g_seq, 1):
+        u, state = tx.update({"w": g}, state)
+        m = 0.8 * m + 0.2 * g
+        d = 0.8 * m / (1 - 0.8 ** (t + 1)) + 0.2 * g / (1 - 0.8 ** t)
+        torch.testing.assert_close(u["w"], _ns_reference(d, (3.4445, -4.7750, 2.0315), 5, 1e-8),
+                                   rtol=1e-10, atol=1e-12)

@@ -91,6 +91,7 @@ from .lbfgs import LbfgsState, scale_by_lbfgs
 from .orthogonal import (
     MUON_NS_COEFFICIENTS,
     NS_COEFFICIENTS,
+    ScaleByMuonCountedState,
     ScaleByMuonState,
     orthogonalize_via_newton_schulz,
     resolve_ns_coefficients,
@@ -106,6 +107,7 @@ __all__ += [
     "resolve_ns_coefficients",
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
+    "ScaleByMuonCountedState",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
     "relative_step_size",
