@@ -59,8 +59,10 @@ class EmptyState(NamedTuple):
 
 class _CheckedInit:
     """``init`` that first checks its argument is a tree of tensors (:func:`tree.check_params`),
-    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead. A class,
-    not a closure: a transform of picklable functions stays picklable."""
+    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead, and
+    gives each tensor of the state its own memory (:func:`tree.unshared`: a state can live in
+    static buffers). A class, not a closure: a transform of picklable functions stays
+    picklable."""
 
     __slots__ = ("__wrapped__",)
 
@@ -69,7 +71,7 @@ class _CheckedInit:
 
     def __call__(self, params: Any) -> Any:
         _tree.check_params(params, "init(params)")
-        return self.__wrapped__(params)
+        return _tree.unshared(self.__wrapped__(params))
 
     def __repr__(self) -> str:
         return repr(self.__wrapped__)

@@ -288,6 +288,14 @@ def test_trace_once_replay_with_new_hparams(case):
         assert_trees_close(got, expected)
 
 
+def test_state_buffers_are_distinct(case):
+    """No two tensors of a fresh state share memory, so the state can live in static buffers
+    (``capture.inplace_step`` copies each new leaf into its own buffer)."""
+    leaves = [x for x in tensors(case.make().init(case.params_tree(0))) if x.numel()]
+    storages = [x.untyped_storage().data_ptr() for x in leaves]
+    assert len(set(storages)) == len(storages), f"{case.name}: state tensors share memory"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_dtype_kept(case, dtype):
     tx, params, grads, state = setup(case, dtype=dtype, steps=2)
