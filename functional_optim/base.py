@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from numbers import Number
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from . import _execute
@@ -296,7 +297,7 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
         hparams = resolve_hparams(defaults, hparams, "chain hparams")
         check(state)
         new_state = []
-        if runs and _execute.fusing(updates):
+        if runs and _execute.fusing(updates, params, hparams):
             for start, stop, spec in runs:
                 part = keys[start:stop]
                 if spec is None:
@@ -363,56 +364,86 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
         resolved = resolve_hparams(hparams, hparams_, name, structural)
         return inner.update(updates, state, params, to_inner(resolved), **extra)
 
-    spec = inner.pointwise
-    if spec is not None:
+    inner_spec, spec = inner.pointwise, None
+    if inner_spec is not None:
         def prepare(updates, state, params, hparams_):
-            return spec.prepare(updates, state, params,
-                                to_inner(resolve_hparams(hparams, hparams_, name, structural)))
+            return inner_spec.prepare(
+                updates, state, params,
+                to_inner(resolve_hparams(hparams, hparams_, name, structural)))
 
-        spec = spec._replace(prepare=prepare, parts=())  # (the parts take the inner hparams)
+        spec = inner_spec._replace(prepare=prepare, parts=())  # (the parts take inner hparams)
     return Transform(inner.init, _execute.owning(update, [inner]), hparams, pointwise=spec)
 
 
-def _add(p, u):
-    if u is None:
-        return p
-    if u.shape != p.shape:
-        raise TreeMismatchError(
-            f"apply_updates: an update of shape {tuple(u.shape)} for a parameter of shape "
-            f"{tuple(p.shape)}"
-        )
-    return p + u if u.dtype == p.dtype else (p + u).to(p.dtype)  # (one rounding)
+def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list]:
+    """The leaves of ``params`` and ``updates`` (the structures checked), and the indices of the
+    leaves where both are tensors (the shapes checked)."""
+    spec = _tree.structure(params)
+    try:
+        flat_u = _tree.flatten_like(updates, spec, "updates", "params")
+    except TreeMismatchError:
+        raise TreeMismatchError(_tree.mismatch_message(
+            "params", spec, "updates", _tree.structure(updates))) from None
+    flat_p = _tree.leaves(params)
+    both = [i for i, (p, u) in enumerate(zip(flat_p, flat_u)) if p is not None and u is not None]
+    for i in both:  # every leaf checked before any is computed or changed
+        p, u = flat_p[i], flat_u[i]
+        if u.shape != p.shape:
+            raise TreeMismatchError(
+                f"{where}: an update of shape {tuple(u.shape)} for a parameter of shape "
+                f"{tuple(p.shape)} (leaf {_execute._leaf_name(params, i)})")
+    return flat_p, flat_u, both
+
+
+def _foreach_groups(ps: list, us: list, both: list) -> tuple[list, list]:
+    """``both`` split into groups for one foreach kernel each (same device, dtype, tensor type
+    and layout on both sides) and the rest (an update of another dtype: one rounding)."""
+    groups: dict = {}
+    rest = []
+    for i in both:
+        p, u = ps[i], us[i]
+        if u.dtype != p.dtype or u.device != p.device or type(u) is not type(p):
+            rest.append(i)
+            continue
+        layout = None if type(p) is torch.Tensor else _tree.layout(p)
+        groups.setdefault((p.device, p.dtype, type(p), layout), []).append(i)
+    return list(groups.values()), rest
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` leaf-wise, in each parameter's dtype; pure.
+    """``params + updates`` leaf-wise, in each parameter's dtype; pure (new tensors).
 
     A ``None`` update leaves its parameter as it is. An update of another dtype (a float32
-    update of a bfloat16 parameter) is added in the wider dtype and the sum rounded once.
+    update of a bfloat16 parameter) is added in the wider dtype and the sum rounded once. Where
+    the updates run multi-tensor (:class:`~functional_optim._execute.multi_tensor`: eager,
+    nothing requires grad), the sums are one ``torch._foreach_add`` per group of leaves.
     """
-    try:
-        return _tree.map(_add, params, updates)
-    except TreeMismatchError:
-        spec_p, spec_u = _tree.structure(params), _tree.structure(updates)
-        if spec_p == spec_u:
-            raise  # a leaf's shape
-        raise TreeMismatchError(
-            _tree.mismatch_message("params", spec_p, "updates", spec_u)) from None
+    ps, us, both = _pairs(params, updates, "apply_updates")
+    out = list(ps)
+    if _execute.multi_tensor_wanted([ps, us]):
+        groups, rest = _foreach_groups(ps, us, both)
+        for members in groups:
+            for i, x in zip(members, torch._foreach_add([ps[i] for i in members],
+                                                        [us[i] for i in members])):
+                out[i] = x
+    else:
+        rest = both
+    for i in rest:
+        p, u = ps[i], us[i]
+        out[i] = p + u if u.dtype == p.dtype else (p + u).to(p.dtype)  # (one rounding)
+    return optree.tree_unflatten(_tree.structure(params), out)
 
 
 def apply_updates_(params: Any, updates: Any) -> Any:
-    """In-place ``p += u`` under ``torch.no_grad()`` for stateful use; returns ``params``."""
-    spec = _tree.structure(params)
-    flat_u = _tree.flatten_like(updates, spec, "updates", "params")
-    pairs = [(p, u) for p, u in zip(_tree.leaves(params), flat_u)
-             if p is not None and u is not None]
-    for p, u in pairs:  # check every leaf before mutating any
-        if u.shape != p.shape:
-            raise TreeMismatchError(
-                f"apply_updates_: an update of shape {tuple(u.shape)} for a parameter "
-                f"of shape {tuple(p.shape)}"
-            )
+    """In-place ``p += u`` under ``torch.no_grad()`` (for stateful use, and for a caller that
+    donates its parameters); returns ``params``. Every leaf is checked before any changes; the
+    sums are foreach kernels per group of leaves, as in :func:`apply_updates`."""
+    ps, us, both = _pairs(params, updates, "apply_updates_")
     with torch.no_grad():
-        for p, u in pairs:
-            p.add_(u)  # (in the wider dtype, rounded once)
+        groups, rest = (_foreach_groups(ps, us, both) if _execute.multi_tensor_wanted([ps, us])
+                        else ([], both))
+        for members in groups:
+            torch._foreach_add_([ps[i] for i in members], [us[i] for i in members])
+        for i in rest:
+            ps[i].add_(us[i])  # (in the wider dtype, rounded once)
     return params
