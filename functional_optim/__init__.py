@@ -13,6 +13,7 @@ from . import (  # meta-learning (nothing in the core imports them)
     schedules,
     tree,
 )
+from ._step import step
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
     EmptyState,
@@ -155,6 +156,7 @@ __all__ = [
     "add_decayed_weights",
     "apply_updates",
     "apply_updates_",
+    "step",
     "chain",
     "clip",
     "clip_by_global_norm",

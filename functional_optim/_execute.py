@@ -171,7 +171,8 @@ def elementwise(
     groups: dict = {}
     multi = multi_tensor_wanted(flats, hparams)
     flags = donate_state if isinstance(donate_state, tuple) else (donate_state,) * n_states
-    donate = [multi and _MULTI_TENSOR[1] and flag for flag in flags]
+    level = _MULTI_TENSOR[1]
+    donate = [multi and bool(level) and flag for flag in flags]
     for i, g in enumerate(flats[0]):
         if g is None:
             continue
@@ -190,14 +191,32 @@ def elementwise(
     # (nothing requires grad on the multi-tensor path: no graph to record, and rules take their
     # cheaper no-autograd forms, e.g. safe_sqrt's; the same values)
     if multi:
-        with torch.no_grad():
-            _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
+        try:
+            with torch.no_grad():
+                _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
+        except RuntimeError:  # a foreach kernel refused the shapes (an update that would
+            # broadcast against its state): leaf by leaf, the check that names the leaf raises
+            leaves = {i: [i] for members in groups.values() for i in members}
+            _run_groups(leaves, cache, hparams, flats, n_states, [False] * n_states,
+                        [list(f) for f in flats[:1 + n_states]], apply)
+            raise
     else:
         _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
+    if level == DONATED and not multi and torch.compiler.is_compiling():
+        _write_back(flats, results, flags)
     if multi:  # (eager: the treespec's own unflatten, faster than tree_map)
         spec = _tree.structure(updates)
         return tuple(spec.unflatten(r) for r in results)
     return tuple(_unflatten_like(updates, r) for r in results)
+
+
+def _write_back(flats: list, results: list, flags: tuple) -> None:
+    """Each new state leaf of a donated state (``flags``) copied into the old one, which takes its
+    place: compiled, the rule then computes into the caller's buffers (no allocation)."""
+    for j, flag in enumerate(flags, start=1):
+        if flag:
+            results[j] = [old if old is None or new is old else old.copy_(new)
+                          for old, new in zip(flats[j], results[j])]
 
 
 def _run_groups(groups: dict, cache: dict, hparams: Any, flats: list, n_states: int,
@@ -246,7 +265,12 @@ def _check_structures(updates: Any, trees: tuple, n_states: int, name: str,
         _tree.flatten_like(tree, spec, tree_name, "updates")
 
 
-_MULTI_TENSOR = [True, False, False]  # [multi-tensor allowed, donate state, donation forbidden]
+ADAPTER, DONATED = 1, 2
+"""Donation levels: the adapter's state buffers (rules that opt in update them in place on the
+multi-tensor path); a caller's donated state (``update(..., donate=True)``: also written back
+under ``torch.compile``, see :class:`donating`)."""
+
+_MULTI_TENSOR = [True, 0, False]  # [multi-tensor allowed, donation level, donation forbidden]
 
 
 class multi_tensor:  # noqa: N801 - used like torch.no_grad
@@ -262,9 +286,9 @@ class multi_tensor:  # noqa: N801 - used like torch.no_grad
 
     ``donate=True`` (the stateful adapter, which owns its state buffers) lets rules that opt in
     update their state in place, as torch.optim does: the input state tensors are overwritten
-    (not inside :class:`keep_state`). The caller donates only to
-    a transform that :func:`donates_to`, and library transforms pass it on to their inner ones
-    the same way (:func:`owning`).
+    (not inside :class:`keep_state`). The caller donates only to a transform that
+    :func:`donates_to`, and library transforms pass it on to their inner ones the same way
+    (:func:`owning`).
     """
 
     def __init__(self, enabled: bool = True, donate: bool = False):
@@ -273,10 +297,31 @@ class multi_tensor:  # noqa: N801 - used like torch.no_grad
 
     def __enter__(self):
         self.previous = list(_MULTI_TENSOR)
-        _MULTI_TENSOR[:2] = [self.enabled, self.enabled and self.donate and not _MULTI_TENSOR[2]]
+        donate = self.enabled and self.donate and not _MULTI_TENSOR[2]
+        _MULTI_TENSOR[:2] = [self.enabled, ADAPTER if donate else 0]
 
     def __exit__(self, *exc):
         _MULTI_TENSOR[:] = self.previous
+
+
+class donating:  # noqa: N801 - a context like torch.no_grad
+    """The updates run in this context may reuse the memory of the state they are given: the
+    caller donated it (``tx.update(..., donate=True)``; library updates enter this context
+    with their ``donate`` keyword). On the multi-tensor path, rules that opt in
+    (``donate_state``) update their state in place; under ``torch.compile`` their new state is
+    written into the old tensors, so that the compiled code computes in place. Elsewhere (leaf
+    by leaf in eager mode) nothing changes. Inside :class:`keep_state` nothing is donated."""
+
+    def __init__(self, donate: Any):
+        self.donate = donate is True
+
+    def __enter__(self):
+        self.previous = _MULTI_TENSOR[1]
+        if self.donate and not _MULTI_TENSOR[2]:
+            _MULTI_TENSOR[1] = DONATED
+
+    def __exit__(self, *exc):
+        _MULTI_TENSOR[1] = self.previous
 
 
 class keep_state:  # noqa: N801 - a context like torch.no_grad
@@ -286,7 +331,7 @@ class keep_state:  # noqa: N801 - a context like torch.no_grad
 
     def __enter__(self):
         self.previous = list(_MULTI_TENSOR)
-        _MULTI_TENSOR[1:] = [False, True]
+        _MULTI_TENSOR[1:] = [0, True]
 
     def __exit__(self, *exc):
         _MULTI_TENSOR[:] = self.previous

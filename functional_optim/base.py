@@ -9,6 +9,15 @@ A transform is two pure functions and its default hyperparameters::
 tensor may require grad, be batched under :func:`torch.func.vmap`, or be changed in place between
 CUDA-graph replays. Keyword ``**extra`` arguments (a loss ``value``, say) are passed down a chain
 to every transform; transforms ignore the ones they do not use.
+
+*Donation.* ``update(..., donate=True)`` gives up ``state``: the update may reuse its memory
+(the library's rules then update it in place on the multi-tensor path, and write into it under
+``torch.compile``), so the returned state may share tensors with it, and the old state must not
+be read again (its tensors may hold the new values). The numbers are the same either way; a
+transform may ignore the keyword (a user's transform, or one that keeps no state to reuse), and
+a library transform that holds a user's transform donates nothing to it (see
+:func:`functional_optim._execute.donating`). :func:`apply_updates_` donates the parameters, and
+:func:`functional_optim.step` runs a whole donated step on the fastest path there is.
 """
 
 from __future__ import annotations
@@ -61,7 +70,8 @@ class Transform(NamedTuple):
     Attributes:
         init: ``init(params) -> state``.
         update: ``update(updates, state, params=None, hparams=None, **extra)
-            -> (updates, state)``; never mutates its inputs.
+            -> (updates, state)``; never mutates its inputs, unless the caller donates the
+            state (``donate=True``, see the module docstring).
         hparams: the default hyperparameters: a pytree (usually a dict) of numbers or 0-d tensors.
         fused: optional in-place step ``fused(params, grads, state, hparams) -> state | None``
             that the stateful adapter runs instead of ``update`` + ``apply_updates`` when it
@@ -93,7 +103,8 @@ def pointwise_transform(init: Callable[[Any], Any], defaults: Any, spec: Pointwi
     """
 
     def update(updates, state, params=None, hparams=None, **extra):
-        return _execute.run_pointwise(spec, updates, state, params, hparams)
+        with _execute.donating(extra.get("donate")):
+            return _execute.run_pointwise(spec, updates, state, params, hparams)
 
     return Transform(init, update, defaults, pointwise=spec)
 
@@ -294,6 +305,10 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
             )
 
     def update(updates, state, params=None, hparams=None, **extra):
+        with _execute.donating(extra.get("donate")):
+            return run(updates, state, params, hparams, extra)
+
+    def run(updates, state, params, hparams, extra):
         hparams = resolve_hparams(defaults, hparams, "chain hparams")
         check(state)
         new_state = []
@@ -306,8 +321,12 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
                                                    **extra)
                     new_state.append(s)
                     continue
-                updates, ss = _execute.run_pointwise(
-                    spec, updates, [state[k] for k in part], params, [hparams[k] for k in part])
+                try:
+                    updates, ss = _execute.run_pointwise(spec, updates, [state[k] for k in part],
+                                                         params, [hparams[k] for k in part])
+                except (TreeMismatchError, MissingParamsError, TypeError):
+                    _name_the_member(txs[start:stop], part, updates, state, params, hparams)
+                    raise
                 new_state.extend(ss)
             return updates, pack(new_state)
         for key, tx in zip(keys, txs):
@@ -328,6 +347,16 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
 
         whole = inner._replace(prepare=prepare, parts=tuple(zip(keys, specs)))
     return Transform(init, _execute.owning(update, txs), defaults, pointwise=whole)
+
+
+def _name_the_member(txs: tuple, keys: tuple, updates: Any, state: Any, params: Any,
+                     hparams: Any) -> None:
+    """A fused run raised (a structure, shape, dtype or missing-parameters check, before any
+    work): run its transforms one by one (donating nothing) for the error that names the
+    transform it concerns."""
+    with _execute.keep_state():
+        for key, tx in zip(keys, txs):
+            updates, _ = tx.update(updates, state[key], params, hparams[key])
 
 
 def _chain_name(specs: list) -> str:
