@@ -89,28 +89,36 @@ def candidates(algo: str, baseline=None) -> dict:
     return out
 
 
+COPIES = 2
+"""With a baseline, ``ours default`` and ``baseline default`` each step ``COPIES`` optimizers
+(on their own buffers, made alternately), pooled: where a step's buffers land in memory moves
+its time by a few percent, which one copy of each would read as a difference of the code."""
+
+
 def medians_ms(makers: dict, shapes, repeats: int) -> dict:
     """Median step time (ms) of each optimizer; the repeats are interleaved (one step of each
     in turn, in a new random order each round), so a change in the machine's speed during the
     run (other tenants, frequency) affects every implementation alike, and none always runs
     after the same neighbour (whose freed memory or evicted caches it would inherit)."""
-    opts = {}
-    for name, make in makers.items():
+    pooled = ("ours default", "baseline default") if "baseline default" in makers else ()
+    names = [n for n in makers if n not in pooled] + [n for _ in range(COPIES) for n in pooled]
+    opts = []
+    for name in names:
         gen = torch.Generator().manual_seed(0)
         params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen)
-        opts[name] = make(params)
+        opt = makers[name](params)
         for _ in range(3):
-            opts[name].step()
-    times: dict = {name: [] for name in opts}
-    order = list(opts)
+            opt.step()
+        opts.append((name, opt))
+    times: dict = {name: [] for name in makers}
     rng = random.Random(0)
     for _ in range(repeats):
-        rng.shuffle(order)
-        for name in order:
+        rng.shuffle(opts)
+        for name, opt in opts:
             start = time.perf_counter()
-            opts[name].step()
+            opt.step()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 

@@ -9,15 +9,18 @@ from . import (  # meta-learning (nothing in the core imports them)
     combinators,
     implicit,
     meta,
+    projections,
     registry,
     schedules,
     tree,
+    tree_math,
 )
 from ._step import step
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
     EmptyState,
     HParamError,
+    DonatedStateError,
     MissingParamsError,
     Transform,
     TreeMismatchError,
@@ -144,6 +147,7 @@ __all__ = [
     "combinators",
     "EmptyState",
     "HParamError",
+    "DonatedStateError",
     "MissingParamsError",
     "ScaleByAdamState",
     "ScaleByRmsState",
@@ -173,6 +177,8 @@ __all__ = [
     "sign",
     "trace",
     "tree",
+    "tree_math",
+    "projections",
     "meta",
     "implicit",
     "registry",
@@ -232,3 +238,53 @@ from .aliases import dense_sparse_adam  # noqa: E402
 from .transforms import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]
+
+# optax's vocabulary outside the optimizers: bounds on updates, numerics
+from . import numerics  # noqa: E402
+from .transforms import (  # noqa: E402
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    keep_params_nonnegative,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+)
+
+__all__ += [
+    "numerics",
+    "adaptive_grad_clip",
+    "clip_by_block_rms",
+    "keep_params_nonnegative",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+]
+
+# optax's wrappers and utilities outside the optimizers
+from .combinators import (  # noqa: E402
+    MonitorState,
+    SnapshotState,
+    incremental_update,
+    measure_with_ema,
+    monitor,
+    periodic_update,
+    skip_large_updates,
+    skip_not_finite,
+    snapshot,
+    stateless,
+    stateless_with_tree_map,
+)
+from .numerics import scale_gradient  # noqa: E402
+
+__all__ += [
+    "MonitorState",
+    "SnapshotState",
+    "incremental_update",
+    "measure_with_ema",
+    "monitor",
+    "periodic_update",
+    "skip_large_updates",
+    "skip_not_finite",
+    "snapshot",
+    "stateless",
+    "stateless_with_tree_map",
+    "scale_gradient",
+]

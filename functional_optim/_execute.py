@@ -25,6 +25,13 @@ class MissingParamsError(ValueError):
     """A transform that reads the parameters was called without them."""
 
 
+# What the leaves of a state share with their update (``elementwise``'s ``state_like``): LIKE
+# shape, dtype and device (a moment); SHAPED shape and device (an ``accumulator_dtype``); TYPED
+# dtype and device (factored statistics). _SHARES: (same shape, same dtype) for each.
+LIKE, SHAPED, TYPED = "like", "shaped", "typed"
+_SHARES = {LIKE: (True, True), SHAPED: (True, False), TYPED: (False, True)}
+
+
 def scalar_dtype(like: torch.Tensor) -> torch.dtype:
     """The dtype of the 0-d coefficients (bias corrections, tensor hparams) used on a leaf.
 
@@ -68,6 +75,7 @@ def elementwise(
     donate_state: bool | tuple[bool, ...] = False,
     sparse: bool = False,
     own_update_dtype: bool = False,
+    state_like: tuple[str | None, ...] = (),
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -88,61 +96,100 @@ def elementwise(
         own_update_dtype: the update keeps the dtype the rule gives it (a rule that computes
             half-precision leaves in float32 returns float32 updates, which
             :func:`~functional_optim.apply_updates` and the adapter apply with one rounding).
+        state_like: for each state, what its leaves share with their update: ``LIKE``,
+            ``SHAPED``, ``TYPED``, or ``None`` (a step count, a 0-d scalar in a dtype
+            of its own); missing entries are ``None``.
+
+    Each update leaf must match its tensor inputs (the parameters) and its states
+    (``state_like``), else :class:`TreeMismatchError` names the leaf, the expected and the
+    received (:func:`~functional_optim.tree.leaf_mismatch`): checked in the loop that groups
+    the leaves (the per-leaf path, which ``compile``/``vmap``/``make_fx`` trace, checks it all;
+    the eager multi-tensor path what could pass silently, and diagnoses torch's errors).
 
     Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
     otherwise promote a 0-d leaf; except the update with ``own_update_dtype``) and must keep its
-    shape: a result whose shape differs (a parameter or state that broadcast against the
-    update) raises :class:`TreeMismatchError`.
+    shape: a result whose shape differs (a rule that broadcast) raises
+    :class:`TreeMismatchError`.
     """
     n_states = len(states)
+    shares = [(k, *_SHARES[like]) for k, like in enumerate(state_like[:n_states])
+              if like is not None]
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
 
-    def check(i: int, g: Any, leaf_states: list, leaf_inputs: tuple) -> None:
+    def check(i: int, g: Any, leaf_states: list, leaf_inputs: list) -> None:
         if leaf_states and leaf_states[-1] is None:
             raise _tree.TreeMismatchError(
-                f"{name}: update leaf {_leaf_name(updates, i)} has no state (its parameter was "
-                "None at init)"
+                f"{name}: update leaf {_tree.leaf_label(updates, i)} has no state (its parameter "
+                "was None at init)"
             )
         if not isinstance(g, torch.Tensor):
             raise TypeError(
-                f"{name}: update leaf {_leaf_name(updates, i)} must be a tensor or None, got "
+                f"{name}: update leaf {_tree.leaf_label(updates, i)} must be a tensor or None, got "
                 f"{type(g).__name__}"
             )
         if g.is_sparse and not sparse:
             raise TypeError(
-                f"{name} does not support sparse updates (leaf {_leaf_name(updates, i)})")
+                f"{name} does not support sparse updates (leaf {_tree.leaf_label(updates, i)})")
         if not (g.is_floating_point() or g.is_complex()):
             raise TypeError(
                 f"{name} needs floating-point or complex updates (leaf "
-                f"{_leaf_name(updates, i)}, dtype {g.dtype})"
+                f"{_tree.leaf_label(updates, i)}, dtype {g.dtype})"
             )
-        if g.is_complex() and real_only:
+        if real_only and g.is_complex():
             raise TypeError(
-                f"{name} does not support complex updates (leaf {_leaf_name(updates, i)}, "
+                f"{name} does not support complex updates (leaf {_tree.leaf_label(updates, i)}, "
                 f"dtype {g.dtype})"
             )
         for k, x in enumerate(leaf_inputs):
             if x is None:
                 raise MissingParamsError(
-                    f"{name}: leaf {_leaf_name(updates, i)} has an update but its "
+                    f"{name}: leaf {_tree.leaf_label(updates, i)} has an update but its "
                     f"{input_name(k)} is None"
                 )
-            if isinstance(x, torch.Tensor) and x.shape != g.shape:
-                raise _tree.TreeMismatchError(
-                    f"{name}: leaf {_leaf_name(updates, i)}: the update has shape "
-                    f"{tuple(g.shape)} but the {input_name(k)} has shape {tuple(x.shape)}"
-                )
+        # (tree.leaf_mismatch inlined.) Multi-tensor: dtypes and the inputs' shapes only; another
+        # state shape or device raises in torch or changes a result's shape: diagnosed in apply
+        shape, dtype, device = g.shape, g.dtype, None if multi else g.device
+        for x in leaf_inputs:
+            if isinstance(x, torch.Tensor) and (x.shape != shape or x.dtype != dtype or (
+                    device is not None and x.device != device)):
+                diagnose(i)
+        for k, same_shape, same_dtype in shares:
+            x = leaf_states[k]
+            if not isinstance(x, torch.Tensor) or (same_dtype and x.dtype != dtype) or (
+                    device is not None and (x.device != device
+                                            or (same_shape and x.shape != shape))):
+                diagnose(i)
+
+    def diagnose(i: int) -> None:
+        """Raise :class:`TreeMismatchError` if leaf ``i``'s tensor inputs or states differ."""
+        g = flats[0][i]
+        problems = [_tree.leaf_mismatch(g, f[i], input_name(k))
+                    for k, f in enumerate(input_flats) if isinstance(f[i], torch.Tensor)] + [
+            _tree.leaf_mismatch(g, state_flats[k][i], "state", same_shape, same_dtype)
+            for k, same_shape, same_dtype in shares]
+        for problem in filter(None, problems):
+            raise _tree.TreeMismatchError(f"{name}: leaf {_tree.leaf_label(updates, i)}: {problem}")
 
     def apply(i: int, h: Any, g: Any, leaf_states: list, leaf_inputs: list,
               likes: list[list]) -> list[list]:
         """The rule on one leaf or one group (``TensorList``s); results matched to ``likes``."""
+        members = i if isinstance(i, list) else [i]
         as_real = complex_as_real and likes[0][0].is_complex() and not likes[0][0].is_sparse
-        if as_real:
-            res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
-        else:
-            res = rule(h, g, *leaf_states, *leaf_inputs)
+        try:
+            if as_real:
+                res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
+            else:
+                res = rule(h, g, *leaf_states, *leaf_inputs)
+        except RuntimeError:  # (multi-tensor path: torch's error for a shape or a device)
+            for k in members:
+                diagnose(k)
+            raise
+        u, like = _sample(res[0]), likes[0][0]
+        if isinstance(u, torch.Tensor) and u.device != like.device:
+            for k in members:  # (once per group: a state or input on another device that
+                diagnose(k)  # torch combined without raising, a meta update with CPU state)
         out = []
         for j, (r, like_col) in enumerate(zip(res, likes)):
             values = r.items if isinstance(r, _foreach.TensorList) else [r]
@@ -153,7 +200,10 @@ def elementwise(
                 if not (isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor)
                         and (v.dtype == like.dtype or own_update_dtype and j == 0)
                         and v.shape == like.shape):
-                    v = _like(v, like, name, updates, i[k] if isinstance(i, list) else i, j,
+                    if isinstance(v, torch.Tensor) and isinstance(like, torch.Tensor) \
+                            and v.shape != like.shape:
+                        diagnose(members[k])  # (a broadcast: the input or state to name)
+                    v = _like(v, like, name, updates, members[k], j,
                               keep_dtype=own_update_dtype and j == 0)
                 column.append(v)
             out.append(column)
@@ -173,41 +223,59 @@ def elementwise(
     flags = donate_state if isinstance(donate_state, tuple) else (donate_state,) * n_states
     level = _MULTI_TENSOR[1]
     donate = [multi and bool(level) and flag for flag in flags]
+    state_flats, input_flats = flats[1:1 + n_states], flats[1 + n_states:]
+    first = next((i for i, g in enumerate(flats[0]) if g is not None), None)
+    if first is not None and (multi or not torch.compiler.is_compiling()):
+        for f in state_flats:  # (one leaf a state: a whole state passed again, cheaply)
+            if getattr(f[first], _GIVEN_UP, False):
+                raise DonatedStateError(
+                    f"{name}: the state given (leaf {_tree.leaf_label(updates, first)}) was "
+                    "donated to an earlier update (update(..., donate=True) or "
+                    "step(..., donate=True)), which replaced it: pass the state that update "
+                    "returned")
     for i, g in enumerate(flats[0]):
         if g is None:
             continue
-        leaf_states = [f[i] for f in flats[1:1 + n_states]]
-        leaf_inputs = tuple(f[i] for f in flats[1 + n_states:])
+        leaf_states = [f[i] for f in state_flats]
+        leaf_inputs = [f[i] for f in input_flats]
         check(i, g, leaf_states, leaf_inputs)
-        statics = tuple(x for x in leaf_inputs if not isinstance(x, torch.Tensor))
         if multi and not (sparse and g.is_sparse):
             # a DTensor's mesh and placements too (plain tensors skip the call)
+            statics = tuple([x for x in leaf_inputs if not isinstance(x, torch.Tensor)])
             layout = None if type(g) is torch.Tensor else _tree.layout(g)
             key = (g.dtype, g.device, type(g), g.ndim, statics, layout)
+            groups.setdefault(key, []).append(i)
         else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
-            key = i
-        groups.setdefault(key, []).append(i)
+            groups[i] = [i]
     cache: dict = {}
     # (nothing requires grad on the multi-tensor path: no graph to record, and rules take their
     # cheaper no-autograd forms, e.g. safe_sqrt's; the same values)
     if multi:
-        try:
-            with torch.no_grad():
-                _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
-        except RuntimeError:  # a foreach kernel refused the shapes (an update that would
-            # broadcast against its state): leaf by leaf, the check that names the leaf raises
-            leaves = {i: [i] for members in groups.values() for i in members}
-            _run_groups(leaves, cache, hparams, flats, n_states, [False] * n_states,
-                        [list(f) for f in flats[:1 + n_states]], apply)
-            raise
+        with torch.no_grad():
+            _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
     else:
         _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
-    if level == DONATED and not multi and torch.compiler.is_compiling():
+    if level == DONATED and multi and first is not None:
+        for j, flag in enumerate(donate, start=1):  # (the state's first leaf marks it)
+            old = flats[j][first]
+            if flag and results[j][first] is not old:
+                setattr(old, _GIVEN_UP, True)
+    elif level == DONATED and torch.compiler.is_compiling():
         _write_back(flats, results, flags)
     if multi:  # (eager: the treespec's own unflatten, faster than tree_map)
         spec = _tree.structure(updates)
         return tuple(spec.unflatten(r) for r in results)
     return tuple(_unflatten_like(updates, r) for r in results)
+
+
+class DonatedStateError(RuntimeError):
+    """An update was given a state that the caller had donated to an earlier update."""
+
+
+_GIVEN_UP = "_functional_optim_donated"
+"""The attribute that marks a donated state tensor that its update replaced instead of updating
+in place (a step count): :func:`elementwise` looks at one leaf of each state it is given (a few
+attribute reads a call), so passing a donated state again raises :class:`DonatedStateError`."""
 
 
 def _write_back(flats: list, results: list, flags: tuple) -> None:
@@ -308,7 +376,9 @@ class donating:  # noqa: N801 - a context like torch.no_grad
     """The updates run in this context may reuse the memory of the state they are given: the
     caller donated it (``tx.update(..., donate=True)``; library updates enter this context
     with their ``donate`` keyword). On the multi-tensor path, rules that opt in
-    (``donate_state``) update their state in place; under ``torch.compile`` their new state is
+    (``donate_state``) update their state in place (a state leaf they replace instead, a step
+    count, is marked: an update given that state again raises :class:`DonatedStateError`);
+    under ``torch.compile`` their new state is
     written into the old tensors, so that the compiled code computes in place. Elsewhere (leaf
     by leaf in eager mode) nothing changes. Inside :class:`keep_state` nothing is donated."""
 
@@ -412,16 +482,11 @@ def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int,
     if r.shape != like.shape:
         what = "update" if j == 0 else f"state {j - 1}"
         raise _tree.TreeMismatchError(
-            f"{name}: leaf {_leaf_name(updates, i)}: the {what} came out with shape "
+            f"{name}: leaf {_tree.leaf_label(updates, i)}: the {what} came out with shape "
             f"{tuple(r.shape)} instead of {tuple(like.shape)}; the update, its state and its "
             "parameter must all have the same shape"
         )
     return r if r.dtype == like.dtype or keep_dtype else r.to(like.dtype)
-
-
-def _leaf_name(tree: Any, i: int) -> str:
-    """The dotted path of leaf ``i`` of ``tree`` (for error messages only)."""
-    return repr(_tree.named_leaves(tree)[i][0] or "<root>")
 
 
 def first_device(tree: Any) -> torch.device:

@@ -30,6 +30,8 @@ class PointwiseCall(NamedTuple):
             it in place).
         input_names: the ``inputs`` trees' names in errors.
         sparse: the rule takes sparse COO updates (see :func:`elementwise`).
+        state_like: for each state, what its leaves share with the update (``LIKE``,
+            ``SHAPED``, ``TYPED`` or ``None``; see :func:`elementwise`).
         reads_update_once: the rule reads its update ``g`` in one operation only, so that in
             a fused run a temporary made by the transform before it may be overwritten in
             place (:func:`fuse`); a rule that reads ``g`` twice (``g * g`` and ``g / d``) must
@@ -44,6 +46,7 @@ class PointwiseCall(NamedTuple):
     donate_state: tuple[bool, ...] = ()
     input_names: tuple[str, ...] = ()
     sparse: bool = False
+    state_like: tuple[str | None, ...] = ()
     reads_update_once: bool = False
 
 
@@ -89,7 +92,8 @@ def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
     out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
                       name=spec.name, complex_as_real=spec.complex == "as_real",
                       real_only=spec.real_only, input_names=call.input_names,
-                      donate_state=call.donate_state or False, sparse=call.sparse)
+                      donate_state=call.donate_state or False, sparse=call.sparse,
+                      state_like=call.state_like)
     return out[0], call.finish(out[1:])
 
 
@@ -155,10 +159,14 @@ def _fuse_calls(calls: list) -> PointwiseCall:
             start += count
         return out
 
-    donate = tuple(d for c in calls for d in (c.donate_state or (False,) * len(c.states)))
+    def per_state(field: str, missing: Any) -> tuple:
+        return tuple(x for c in calls
+                     for x in (getattr(c, field) + (missing,) * len(c.states))[:len(c.states)])
+
     return PointwiseCall(rule, tuple(c.hparams for c in calls),
                          tuple(st for c in calls for st in c.states), tuple(inputs), finish,
-                         donate, tuple(names), all(c.sparse for c in calls),
+                         per_state("donate_state", False), tuple(names),
+                         all(c.sparse for c in calls), per_state("state_like", None),
                          all(c.reads_update_once for c in calls))
 
 

@@ -31,13 +31,14 @@ import torch
 
 from . import _execute
 from . import tree as _tree
-from ._execute import MissingParamsError, Pointwise, PointwiseCall
+from ._execute import DonatedStateError, MissingParamsError, Pointwise, PointwiseCall
 from .tree import TreeMismatchError
 
 __all__ = [
     "Transform",
     "EmptyState",
     "HParamError",
+    "DonatedStateError",
     "MissingParamsError",
     "TreeMismatchError",
     "chain",
@@ -64,11 +65,32 @@ class EmptyState(NamedTuple):
     """The state of a stateless transform."""
 
 
+class _CheckedInit:
+    """``init`` that first checks its argument is a tree of tensors (:func:`tree.check_params`),
+    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead. A class,
+    not a closure: a transform of picklable functions stays picklable."""
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, init: Callable[[Any], Any]):
+        self.__wrapped__ = init
+
+    def __call__(self, params: Any) -> Any:
+        _tree.check_params(params, "init(params)")
+        return self.__wrapped__(params)
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+
 class Transform(NamedTuple):
     """A pure optimizer transform.
 
     Attributes:
-        init: ``init(params) -> state``.
+        init: ``init(params) -> state``; ``params`` is a pytree of tensors (``None`` leaves
+            allowed), anything else (``model.parameters()``, a module, torch.optim param
+            groups) a ``TypeError`` saying what to pass instead. The check wraps the given
+            function when the transform is constructed.
         update: ``update(updates, state, params=None, hparams=None, **extra)
             -> (updates, state)``; never mutates its inputs, unless the caller donates the
             state (``donate=True``, see the module docstring).
@@ -88,6 +110,24 @@ class Transform(NamedTuple):
     hparams: Any = None
     fused: Callable[..., Any] | None = None
     pointwise: Pointwise | None = None
+
+
+_new_transform = Transform.__new__
+
+
+def _new_checked(cls, init, update, hparams=None, fused=None, pointwise=None):
+    """``Transform(...)`` with ``init`` wrapped in :class:`_CheckedInit` (once).
+
+    Set after the class: a NamedTuple body cannot define ``__new__``, and a subclass would
+    make ``torch.compile`` trace transforms as user-defined tuples (it fails on their fields).
+    ``_replace`` and unpickling keep the wrapped ``init``.
+    """
+    if not isinstance(init, _CheckedInit):
+        init = _CheckedInit(init)
+    return _new_transform(cls, init, update, hparams, fused, pointwise)
+
+
+Transform.__new__ = _new_checked
 
 
 def pointwise_transform(init: Callable[[Any], Any], defaults: Any, spec: Pointwise) -> Transform:
@@ -406,7 +446,7 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
 
 def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list]:
     """The leaves of ``params`` and ``updates`` (the structures checked), and the indices of the
-    leaves where both are tensors (the shapes checked)."""
+    leaves where both are given (shapes and devices checked: a mismatch names the leaf)."""
     spec = _tree.structure(params)
     try:
         flat_u = _tree.flatten_like(updates, spec, "updates", "params")
@@ -417,10 +457,8 @@ def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list]:
     both = [i for i, (p, u) in enumerate(zip(flat_p, flat_u)) if p is not None and u is not None]
     for i in both:  # every leaf checked before any is computed or changed
         p, u = flat_p[i], flat_u[i]
-        if u.shape != p.shape:
-            raise TreeMismatchError(
-                f"{where}: an update of shape {tuple(u.shape)} for a parameter of shape "
-                f"{tuple(p.shape)} (leaf {_execute._leaf_name(params, i)})")
+        if u.shape != p.shape or u.device != p.device:
+            _tree.check_leaves(where, updates, params, "params", "parameter", dtype=False)
     return flat_p, flat_u, both
 
 

@@ -97,11 +97,11 @@ def _record(fn: Callable[..., Any], args: tuple, warmup: int, pool: Any) -> tupl
 
 
 def _check_params(params: Any) -> None:
+    _tree.check_params(params, "train_step: params")
     for name, p in _tree.named_leaves(params):
-        if p is not None and not (isinstance(p, torch.Tensor) and p.is_floating_point()):
-            got = f"a {p.dtype} tensor" if isinstance(p, torch.Tensor) else type(p).__name__
+        if p is not None and not p.is_floating_point():
             raise TypeError(f"train_step: params[{name}] must be a floating-point tensor (or "
-                            f"None for a frozen one); got {got}")
+                            f"None for a frozen one); got a {p.dtype} tensor")
 
 
 def _whole_step(loss_fn: Callable[..., Any], tx: Transform, has_aux: bool) -> Callable:

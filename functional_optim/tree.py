@@ -8,7 +8,7 @@ dicts, lists, tuples, NamedTuples, nested.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optree
@@ -16,6 +16,10 @@ import torch
 
 __all__ = [
     "TreeMismatchError",
+    "check_params",
+    "leaf_mismatch",
+    "check_leaves",
+    "leaf_label",
     "leaves",
     "structure",
     "flatten_like",
@@ -36,7 +40,46 @@ _NONE_IS_LEAF = {"none_is_leaf": True}
 
 
 class TreeMismatchError(ValueError):
-    """Two trees that must have the same structure do not."""
+    """Two trees that must match do not: their structures differ, or a leaf's shape, dtype or
+    device differs from its parameter's or its state's."""
+
+
+_NAMED = "dict(model.named_parameters())"
+
+
+def _mistake(x: Any) -> str | None:
+    """What to pass instead of ``x``, when it is a usual mistake for a tree of parameters."""
+    if isinstance(x, Iterator):
+        return (f"a {type(x).__name__} (model.parameters()?), which optree takes for one leaf "
+                f"and which yields the tensors only once, unnamed: pass {_NAMED}")
+    if isinstance(x, torch.nn.Module):
+        return f"a torch.nn.Module ({type(x).__name__}): pass {_NAMED}"
+    if isinstance(x, (list, tuple)) and x and all(
+            isinstance(g, Mapping) and "params" in g for g in x):
+        return (f"torch.optim param groups (dicts with a 'params' entry): pass the parameters "
+                f"as one tree, {_NAMED}, and give per-group hyperparameters with "
+                "functional_optim.partition or parameter_groups (or use the param groups with "
+                "functional_optim.optim.FunctionalOptimizer)")
+    return None
+
+
+def check_params(params: Any, where: str = "init") -> None:
+    """Raise ``TypeError`` unless ``params`` is a pytree whose leaves are tensors or ``None``.
+
+    A bare tensor is a valid tree (one leaf). The usual mistakes (``model.parameters()``, a
+    module, torch.optim param groups) are named with what to pass instead.
+    """
+    mistake = _mistake(params)
+    if mistake is not None:
+        raise TypeError(f"{where}: expected a pytree of tensors, got {mistake}")
+    flat = leaves(params)
+    if all(x is None or isinstance(x, torch.Tensor) for x in flat):
+        return
+    name, x = next((n, x) for n, x in named_leaves(params)
+                   if x is not None and not isinstance(x, torch.Tensor))
+    where_x = f"leaf {name!r} is" if name else "got"  # (a tree that is one leaf)
+    raise TypeError(f"{where}: expected a pytree of tensors (or None), but {where_x} "
+                    + (_mistake(x) or f"a {type(x).__name__}"))
 
 
 def leaves(tree: Any) -> list:
@@ -82,6 +125,57 @@ def flatten_like(tree: Any, spec: optree.PyTreeSpec, name: str, ref_name: str) -
     return flat
 
 
+def leaf_mismatch(g: torch.Tensor, x: Any, what: str, shape: bool = True,
+                  dtype: bool = True) -> str | None:
+    """``None`` when ``x`` is a tensor on the update ``g``'s device with its shape and dtype
+    (each where asked); else the first difference, for an error message.
+
+    The rule of the functional API: an update leaf, its parameter and its state tensors agree
+    in shape, dtype and device; nothing is broadcast, promoted or moved implicitly. Reads
+    metadata only: static under ``torch.compile`` and ``make_fx`` (checked once, when
+    tracing), logical shapes under ``vmap``.
+    """
+    if not isinstance(x, torch.Tensor):
+        return f"its {what} must be a tensor, got {type(x).__name__}"
+    if shape and x.shape != g.shape:
+        return (f"the update has shape {tuple(g.shape)} but its {what} has shape "
+                f"{tuple(x.shape)}")
+    if dtype and x.dtype != g.dtype:
+        return (f"the update has dtype {g.dtype} but its {what} has dtype {x.dtype} (no "
+                "implicit casts: an update, its parameter and its state share one dtype)")
+    if x.device != g.device:
+        return (f"the update is on device {g.device} but its {what} is on {x.device} (move "
+                "them to the same device)")
+    return None
+
+
+def check_leaves(owner: str, updates: Any, tree: Any, tree_name: str, what: str,
+                 dtype: bool = True) -> None:
+    """Raise :class:`TreeMismatchError` unless ``tree`` has the structure of ``updates`` and
+    each of its leaves matches its update (:func:`leaf_mismatch`; ``None`` leaves skipped).
+
+    A pass of its own over the leaves: for paths that are not hot, or to name the leaf after
+    torch raised."""
+    flatten_like(tree, structure(updates), tree_name, "updates")
+    rows: list = []
+    optree.tree_map(lambda *xs: rows.append(xs), updates, tree, **_NONE_IS_LEAF)
+    for i, (g, x) in enumerate(rows):
+        if g is not None and x is not None:
+            problem = leaf_mismatch(g, x, what, dtype=dtype)
+            if problem is not None:
+                raise TreeMismatchError(f"{owner}: leaf {leaf_label(updates, i)}: {problem}")
+
+
+def leaf_label(tree: Any, i: int) -> str:
+    """The dotted path of leaf ``i`` of ``tree``, quoted, for error messages (``'enc.0.weight'``,
+    ``'<root>'`` for a tree that is one leaf). ``i`` counts in ``optree.tree_map``'s order, which
+    under ``torch.compile`` follows a dict's insertion order where optree's paths are sorted:
+    the leaf is found by identity."""
+    flat: list = []
+    optree.tree_map(flat.append, tree, **_NONE_IS_LEAF)
+    return repr(next(n for n, x in named_leaves(tree) if x is flat[i]) or "<root>")
+
+
 def map(fn: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 - mirrors tree_map
     """``fn`` applied leaf-wise; ``None`` in ``tree`` stays ``None`` without calling ``fn``."""
     try:
@@ -114,9 +208,12 @@ def scale(tree: Any, factor: float | torch.Tensor) -> Any:
     return map(lambda x: x * factor, tree)
 
 
-def cast(tree: Any, dtype: torch.dtype) -> Any:
-    """Floating-point leaves cast to ``dtype``; integer, bool and complex leaves unchanged."""
-    return map(lambda x: x.to(dtype) if x.is_floating_point() else x, tree)
+def cast(tree: Any, dtype: torch.dtype | None, *, floating_only: bool = True) -> Any:
+    """Floating-point leaves cast to ``dtype``; integer, bool and complex leaves unchanged
+    (``floating_only=False``: every leaf cast). ``dtype=None`` returns ``tree`` as it is."""
+    if dtype is None:
+        return tree
+    return map(lambda x: x.to(dtype) if x.is_floating_point() or not floating_only else x, tree)
 
 
 def global_norm(tree: Any) -> torch.Tensor:
@@ -139,9 +236,10 @@ def global_norm(tree: Any) -> torch.Tensor:
     return reduce_by_mesh(xs, torch.linalg.vector_norm, torch.linalg.vector_norm)
 
 
-def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable) -> torch.Tensor:
-    """``combine(stack([leaf(x) for x in xs]))`` for tensors that may be DTensors on several
-    device meshes, as a plain tensor on the first tensor's device.
+def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable, *others: list) -> torch.Tensor:
+    """``combine(stack([leaf(x, *o) for x, *o in zip(xs, *others)]))`` for tensors that may be
+    DTensors on several device meshes, as a plain tensor on the first tensor's device
+    (``others``: lists of tensors laid out as ``xs``, e.g. the second operands of dot products).
 
     ``combine`` must be a reduction that composes (a norm of norms, a sum of sums). The tensors
     of each mesh are combined first and that result is reduced across the mesh's shards by
@@ -151,12 +249,12 @@ def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable) -> torch.Tensor:
     """
     device = xs[0].device
     groups: dict = {}
-    for x in xs:
+    for x, *o in zip(xs, *others):
         key = layout(x)
-        groups.setdefault(None if key is None else key[0], []).append(x)
+        groups.setdefault(None if key is None else key[0], []).append((x, *o))
     totals = []
     for mesh, group in groups.items():
-        values = [leaf(x) if mesh is not None else leaf(x).to(device) for x in group]
+        values = [leaf(*x) if mesh is not None else leaf(*x).to(device) for x in group]
         total = combine(torch.stack(values))
         if mesh is not None:  # a partial result: its reduction is this mesh's all-reduce
             total = total.full_tensor()

@@ -163,9 +163,12 @@ def _run_blocks(page, blocks):
 
 
 def test_migration_guide_names_every_drop_in():
-    """The migration guide's list of drop-in classes is functional_optim.optim's."""
+    """The migration guide names functional_optim.optim's hand-written classes (the generated
+    ones are listed, from the registry, on the optimizers page: test_mkdocs_build_strict)."""
     import functional_optim.optim as optim
+    from functional_optim.optim.generated import _AliasOptimizer
 
     text = (ROOT / "docs" / "migrating.md").read_text()
-    missing = [name for name in optim.__all__ if f"`{name}`" not in text]
+    written = [n for n in optim.__all__ if not issubclass(getattr(optim, n), _AliasOptimizer)]
+    missing = [name for name in written if f"`{name}`" not in text]
     assert not missing, f"docs/migrating.md does not name the drop-in classes {missing}"

@@ -191,3 +191,23 @@ def test_compiled_donated_step_writes_into_the_callers_buffers():
         train_step(p, state, grads[0])
     big = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage >= 64 * 4]
     assert not big, big
+
+
+@pytest.mark.parametrize("name", ["adamw", "user_chain", "sgd"])
+def test_a_donated_state_passed_again_raises(name):
+    """The state a donated update replaced is marked: passing it again (the caller forgot to
+    take the returned one) raises, to a donated or a pure update alike; the returned state
+    goes on."""
+    tx = ALIASES[name]()
+    params, grads = _trees()
+    old = tx.init(params)
+    updates, new = tx.update(grads[0], old, params, donate=True)
+    for donate in (True, False):
+        with pytest.raises(fo.DonatedStateError, match=r"donated to an earlier update.*returned"):
+            tx.update(grads[1], old, params, donate=donate)
+    tx.update(grads[1], new, params, donate=True)
+    nested = {"layer": params}  # (fo.step's chain path: not torch's fused kernel)
+    state = tx.init(nested)
+    p, _ = fo.step(tx, {"layer": grads[0]}, state, nested, donate=True)
+    with pytest.raises(fo.DonatedStateError):
+        fo.step(tx, {"layer": grads[1]}, state, p, donate=True)

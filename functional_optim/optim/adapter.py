@@ -9,6 +9,7 @@ transform itself is never put in a param group.
 from __future__ import annotations
 
 import copy
+import operator
 import pickle
 import warnings
 from collections.abc import Callable, Iterable
@@ -461,7 +462,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if not params:
             return
         grads = [g for g in grads if g is not None]
-        if any(g.is_sparse for g in grads):
+        if _any_sparse(grads):
             self._check_sparse(group)
             # dynamo cannot trace sparse tensors: under torch.compile this step runs eagerly
             # as a whole (no piece of it compiled on its own)
@@ -614,6 +615,15 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         return plan
 
 
+def _any_sparse(grads: list) -> bool:
+    """Whether a gradient is sparse: eagerly one C-level pass (this runs every step: a generator
+    costs a Python call per gradient), traced a plain loop (dynamo cannot trace attrgetter)."""
+    if torch.compiler.is_compiling():
+        return any(g.is_sparse for g in grads)
+    return any(map(_IS_SPARSE, grads))
+
+
+_IS_SPARSE = operator.attrgetter("is_sparse")
 _FRESH = object()  # marks a state leaf made by ``init`` this step (it must be stored)
 
 

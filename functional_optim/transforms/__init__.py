@@ -113,3 +113,25 @@ __all__ += [
 from .sparse import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["scale_by_dense_sparse_adam"]
+
+# optax's vocabulary outside the optimizers: bounds on updates (block RMS, adaptive gradient
+# clipping, per-example clipping, non-negative parameters)
+from .bounding import (  # noqa: E402
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    keep_params_nonnegative,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+    unitwise_clip,
+    unitwise_norm,
+)
+
+__all__ += [
+    "adaptive_grad_clip",
+    "clip_by_block_rms",
+    "keep_params_nonnegative",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "unitwise_clip",
+    "unitwise_norm",
+]

@@ -23,7 +23,15 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, ema_square, init_count, lerp, safe_sqrt, scalar_dtype
+from .._execute import (
+    LIKE,
+    elementwise,
+    ema_square,
+    init_count,
+    lerp,
+    safe_sqrt,
+    scalar_dtype,
+)
 from ..base import (
     HParamError,
     MissingParamsError,
@@ -150,7 +158,8 @@ def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRssState)
         out, step, s = elementwise(_rss_rule, h, updates, (state.step, state.sum), name=owner,
-                                   complex_as_real=True, donate_state=True, sparse=True)
+                                   complex_as_real=True, donate_state=True, sparse=True,
+                                   state_like=(None, LIKE))
         return out, ScaleByRssState(step, s)
 
     return Transform(init, update, defaults)
@@ -212,7 +221,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> Transform:
         check_state(owner, state, ScaleByAdadeltaState)
         out, *rest = elementwise(_adadelta_rule, h, updates,
                                  (state.step, state.square_avg, state.acc_delta), name=owner,
-                                 complex_as_real=True)
+                                 complex_as_real=True, state_like=(None, LIKE, LIKE))
         return out, ScaleByAdadeltaState(*rest)
 
     return Transform(init, update, defaults)
@@ -275,7 +284,8 @@ def scale_by_adamax(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
         check_state(owner, state, ScaleByAdamaxState)
         out, *rest = elementwise(_adamax_rule, h, updates,
                                  (state.step, state.exp_avg, state.exp_inf), name=owner,
-                                 complex_as_real=True, donate_state=True)
+                                 complex_as_real=True, donate_state=True,
+                                 state_like=(None, LIKE, LIKE))
         return out, ScaleByAdamaxState(*rest)
 
     return Transform(init, update, defaults)
@@ -362,7 +372,7 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         out, *rest = elementwise(_nadam_rule, h, updates,
                                  (state.step, state.mu_product, state.exp_avg,
                                   state.exp_avg_sq), name=owner, complex_as_real=True,
-                                 donate_state=True)
+                                 donate_state=True, state_like=(None, None, LIKE, LIKE))
         return out, ScaleByNadamState(*rest)
 
     return Transform(init, update, defaults)
@@ -450,7 +460,8 @@ def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         check_state(owner, state, ScaleByRadamState)
         out, *rest = elementwise(_radam_rule, h, updates,
                                  (state.step, state.exp_avg, state.exp_avg_sq), name=owner,
-                                 complex_as_real=True, donate_state=True)
+                                 complex_as_real=True, donate_state=True,
+                                 state_like=(None, LIKE, LIKE))
         return out, ScaleByRadamState(*rest)
 
     return Transform(init, update, defaults)
@@ -527,7 +538,7 @@ def scale_by_rprop(init_step_size: float = 1e-2, etas: tuple[float, float] = (0.
         check_state(owner, state, ScaleByRpropState)
         out, *rest = elementwise(_rprop_rule, h, updates,
                                  (state.step, state.prev, state.step_size), name=owner,
-                                 complex_as_real=True)
+                                 complex_as_real=True, state_like=(None, LIKE, LIKE))
         return out, ScaleByRpropState(*rest)
 
     return Transform(init, update, defaults)
@@ -632,7 +643,8 @@ def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
         out, *rest = elementwise(rule, h, updates,
                                  (state.step, state.eta, state.mu, state.ax),
                                  inputs=(params,) if params is not None else (),
-                                 name=owner, complex_as_real=True, input_names=("params",))
+                                 name=owner, complex_as_real=True, input_names=("params",),
+                                 state_like=(None, None, None, LIKE))
         return out, ScaleByAsgdState(*rest)
 
     return Transform(init, update, defaults)

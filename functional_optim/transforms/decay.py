@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
-from .._execute import Pointwise, PointwiseCall, _leaf_name, is_off
+from .._execute import Pointwise, PointwiseCall, is_off
 from ..base import (
     EmptyState,
     Transform,
@@ -78,8 +78,8 @@ def add_decayed_weights(weight_decay: float = 0.0,
             for i, leaf in enumerate(_tree.leaves(keep)):
                 if leaf is not None and not isinstance(leaf, bool):
                     raise TypeError(
-                        f"add_decayed_weights: mask leaf {_leaf_name(keep, i)} must be a bool, "
-                        f"got {type(leaf).__name__}"
+                        f"add_decayed_weights: mask leaf {_tree.leaf_label(keep, i)} must be a "
+                        f"bool, got {type(leaf).__name__}"
                     )
             inputs = (params, keep)
         return PointwiseCall(rule, h, inputs=inputs, finish=lambda new: state,

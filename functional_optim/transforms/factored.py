@@ -10,7 +10,17 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, full, init_count, is_off, placed_like, scalar_dtype
+from .._execute import (
+    LIKE,
+    SHAPED,
+    TYPED,
+    elementwise,
+    full,
+    init_count,
+    is_off,
+    placed_like,
+    scalar_dtype,
+)
 from ..base import (
     EmptyState,
     HParamError,
@@ -340,10 +350,13 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         states = (state.step, state.row_var, state.col_var, state.variance)
         states += ((state.exp_avg,) if beta1 is not None else ()) + (
             (state.rms,) if huggingface else ())
+        # (the HuggingFace variant keeps half-precision leaves' statistics in float32)
+        typed, like = (None, SHAPED) if huggingface else (TYPED, LIKE)
         out, *new = elementwise(
             rule, h, updates, states, (params, root_numel, n_last, n_prev), name=owner,
             real_only=True, input_names=("params", "size", "size", "size"),
-            own_update_dtype=huggingface)
+            own_update_dtype=huggingface,
+            state_like=(None, typed, typed, typed) + ((like,) if beta1 is not None else ()))
         step, row, col, var, *rest = new
         exp_avg = rest.pop(0) if beta1 is not None else EmptyState()
         return out, ScaleByFactoredRmsState(step, row, col, var, exp_avg,

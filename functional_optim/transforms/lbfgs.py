@@ -437,21 +437,22 @@ def scale_by_lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: i
                 f"{owner} with max_iter > 1 or a line search re-evaluates the loss: call "
                 "update(grads, state, params, value=loss, value_fn=fn) with "
                 "fn(params) -> (loss, grads)")
+        _tree.check_leaves(owner, updates, params, f"{owner} params", "parameter")
         spec = _tree.structure(params)
-        flat_g = _tree.flatten_like(updates, spec, f"{owner} updates", "params")
+        flat_g = _tree.leaves(updates)
         flat_p = _tree.leaves(params)
         present = [i for i, p in enumerate(flat_p) if p is not None]
-        for i in present:
-            if flat_g[i] is not None and flat_g[i].shape != flat_p[i].shape:
-                raise _tree.TreeMismatchError(
-                    f"{owner}: an update of shape {tuple(flat_g[i].shape)} for a parameter of "
-                    f"shape {tuple(flat_p[i].shape)}")
         leaves = [flat_p[i] for i in present]
         n = sum(_real(p).numel() for p in leaves)
         if state.d.shape != (n,) or state.old_dirs.shape[0] != history_size:
             raise _tree.TreeMismatchError(
                 f"{owner}: the state is for {state.d.shape[0]} parameter elements and a history "
                 f"of {state.old_dirs.shape[0]}, the parameters have {n} (history {history_size})")
+        dtype, device = flat_dtype(leaves), first_device(params)
+        if state.d.dtype != dtype or state.d.device != device:
+            raise _tree.TreeMismatchError(
+                f"{owner}: the state holds {state.d.dtype} on {state.d.device}, the parameters "
+                f"need {dtype} on {device} (a state made by init for other parameters?)")
         frozen = None
         if any(flat_g[i] is None for i in present):
             frozen = flatten([None if flat_g[i] is None else torch.ones_like(flat_g[i])

@@ -9,6 +9,7 @@ import torch
 
 from .. import tree as _tree
 from .._execute import (
+    LIKE,
     Pointwise,
     PointwiseCall,
     ema_square,
@@ -137,7 +138,8 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         check_state("scale_by_adam", state, ScaleByAdamState)
         states = (state.step, state.mu, state.nu) + ((state.nu_max,) if amsgrad else ())
         return PointwiseCall(rule, h, states, finish=_adam_state,
-                             donate_state=(True,) * len(states))
+                             donate_state=(True,) * len(states),
+                             state_like=(None,) + (LIKE,) * (len(states) - 1))
 
     # torch's Adam kernels compute the "moments" correction only
     kernel = ("adam", amsgrad) if bias_correction == "moments" else ()
@@ -203,7 +205,8 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         check_state("scale_by_rms", state, ScaleByRmsState)
         states = (state.step, state.nu) + ((state.mu,) if centered else ())
         return PointwiseCall(_rms_rule, h, states, finish=lambda new: ScaleByRmsState(*new),
-                             donate_state=(True,) * len(states))
+                             donate_state=(True,) * len(states),
+                             state_like=(None,) + (LIKE,) * (len(states) - 1))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, "scale_by_rms", "as_real"))
 
@@ -278,6 +281,6 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
         check_state("trace", state, TraceState)
         return PointwiseCall(rule, h, (state.step, state.momentum_buffer),
                              finish=lambda new: TraceState(*new), donate_state=(True, True),
-                             sparse=True)
+                             sparse=True, state_like=(None, LIKE))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, "trace"))

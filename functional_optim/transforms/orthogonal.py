@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import cast_hparams, elementwise, lerp, placed_like
+from .._execute import LIKE, cast_hparams, elementwise, lerp, placed_like
 from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
 
 __all__ = [
@@ -212,7 +212,7 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
         check_state(owner, state, ScaleByMuonState)
         _check_matrices(owner, updates)
         direction, buf = elementwise(rule, h, updates, (state.momentum_buffer,), name=owner,
-                                     real_only=True)
+                                     real_only=True, state_like=(LIKE,))
         out = _orthogonalize_tree(owner, direction, h, ns_steps, ns_dtype, adjust_lr_fn, True)
         return out, ScaleByMuonState(buf)
 

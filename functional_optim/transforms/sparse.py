@@ -76,10 +76,10 @@ def _sparse_adam_leaf(h: dict, g: torch.Tensor, t, m, v, *, maximize: bool, name
             f"update {g.dtype}, state {m.dtype})")
     if not g.is_sparse:
         raise RuntimeError(f"{DENSE_GRAD_MESSAGE} (leaf {name!r})")
-    if g.shape != m.shape:
-        raise _tree.TreeMismatchError(
-            f"scale_by_sparse_adam: leaf {name!r}: the update has shape {tuple(g.shape)} but its "
-            f"state has shape {tuple(m.shape)}")
+    for x in (m, v):
+        problem = _tree.leaf_mismatch(g, x, "state")
+        if problem is not None:
+            raise _tree.TreeMismatchError(f"scale_by_sparse_adam: leaf {name!r}: {problem}")
     h = cast_hparams(h, m)
     b1, b2 = h["betas"]
     if maximize:
