@@ -18,9 +18,9 @@ from . import (  # meta-learning (nothing in the core imports them)
 from ._step import step
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
+    DonatedStateError,
     EmptyState,
     HParamError,
-    DonatedStateError,
     MissingParamsError,
     Transform,
     TreeMismatchError,
