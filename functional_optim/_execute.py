@@ -555,17 +555,59 @@ def lerp(start: Any, end: Any, weight: Any) -> Any:
     return torch.lerp(start, end, weight)
 
 
+def borrowed(x: Any) -> Any:
+    """``x`` for an op that must leave it readable: on the multi-tensor path, a view of the same
+    tensors that no op overwrites in place (a rule's input ``g`` may be a fused run's donated
+    update, which the first op taking it as its first operand overwrites and consumes); a tensor
+    or number as it is. For a rule that reads ``g`` again after such an op."""
+    if isinstance(x, _foreach.TensorList) and not x.scalar:
+        return _foreach.TensorList(x.items)
+    return x
+
+
 def ema_square(v: torch.Tensor, g: torch.Tensor, decay: Any) -> torch.Tensor:
     r"""The running mean of squares :math:`\beta v + (1-\beta) g^2`, computed as torch.optim does
-    (``v * β`` then ``addcmul``: two passes, no temporary) when ``β`` is a number."""
+    (``v * β`` then ``addcmul``: two passes, no temporary) when ``β`` is a number. ``g`` stays
+    readable (rules read it again)."""
     if isinstance(decay, Number):
         return torch.addcmul(v * decay, g, g, value=1 - decay)
+    g = borrowed(g)
     return v * decay + (1 - decay) * (g * g)
 
 
 def init_count(params: Any) -> Any:
     """A per-leaf step counter: an int64 0-d zero on each parameter's device."""
     return _tree.map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
+
+
+def full_like(params: Any, value: float) -> Any:
+    """A state that starts at ``value`` (an initial accumulator): each leaf filled with it, a
+    complex leaf's real and imaginary parts both (complex leaves are pairs of reals)."""
+    return _tree.map(lambda p: torch.full_like(
+        p, complex(value, value) if p.is_complex() else value,
+        memory_format=torch.preserve_format), params)
+
+
+def zeros_in(params: Any, dtype: torch.dtype | None) -> Any:
+    """Zeros shaped like each leaf for a state kept in a dtype of its own (optax's ``mu_dtype``
+    and ``accumulator_dtype``): ``dtype``, or the leaf's where it is ``None``; a complex leaf
+    takes the complex dtype of ``dtype``'s precision (``float32`` -> ``complex64``)."""
+    if dtype is None:
+        return _tree.zeros_like(params)
+    return _tree.map(lambda p: torch.zeros_like(
+        p, dtype=torch.promote_types(dtype, torch.complex32) if p.is_complex() else dtype),
+        params)
+
+
+def decayed(x: Any, decay: Any, like: Any) -> Any:
+    """``decay * x`` for a state ``x`` kept in a dtype of its own (:func:`zeros_in`): the
+    product in ``x``'s dtype, then in ``like``'s (the dtype the rule computes in), as optax
+    computes its moments with ``mu_dtype``/``accumulator_dtype`` (a tensor ``decay`` is rounded
+    to ``x``'s dtype first, as jax's weakly typed Python numbers are). :func:`elementwise` rounds
+    the new state back to the state's dtype."""
+    if not isinstance(decay, Number):  # a tensor (or a list of the leaves' 0-d values)
+        decay = decay.to(x.dtype)
+    return (x * decay).to(like.dtype)
 
 
 # pointwise transforms and their fusion live beside: the names stay importable from here

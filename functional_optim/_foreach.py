@@ -235,6 +235,9 @@ class TensorList:
     def __lt__(self, other):
         return self._compare(torch.lt, other)
 
+    def __ge__(self, other):
+        return self._compare(torch.ge, other)
+
     __hash__ = None  # type: ignore[assignment]
 
     # -- torch functions ---------------------------------------------------------------------

@@ -53,6 +53,9 @@ __all__ = [
     "missing_params",
     "check_pair",
     "check_betas",
+    "check_choice",
+    "check_dtype_option",
+    "check_init_value",
     "check_state",
 ]
 
@@ -271,6 +274,26 @@ def check_betas(owner: str, betas: Any) -> None:
     check_pair(owner, "betas", betas)
     check_hparam(owner, "betas[0]", betas[0], ge=0, lt=1)
     check_hparam(owner, "betas[1]", betas[1], ge=0, lt=1)
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
+    """A structural option that is one of ``choices`` (a variant, a placement, ...)."""
+    if value not in choices:
+        raise HParamError(f"{owner}: {name} must be one of {choices}, got {value!r}")
+
+
+def check_dtype_option(owner: str, name: str, dtype: Any) -> None:
+    """A structural dtype option (a state's dtype): ``None`` or a floating dtype."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise HParamError(f"{owner}: {name} must be None or a floating dtype, got {dtype!r}")
+
+
+def check_init_value(owner: str, name: str, value: Any) -> float:
+    """A structural initial value of a state (read by ``init``, so a number, ``>= 0``)."""
+    if isinstance(value, torch.Tensor):
+        raise HParamError(f"{owner}: {name} is read at init; give a number")
+    check_hparam(owner, name, value, ge=0)
+    return float(value)
 
 
 def missing_params(owner: str, updates: Any, params: Any, why: str = "") -> bool:

@@ -18,10 +18,70 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import torch
+
 from .base import Transform
 from .groups import parameter_groups
 
-__all__ = ["Entry", "register", "entry", "names", "get_optimizer", "optimizer_from_config"]
+__all__ = ["Entry", "DropInProtocol", "LOSS_AS_VALUE", "register", "entry", "names",
+           "get_optimizer", "optimizer_from_config"]
+
+
+class DropInProtocol(NamedTuple):
+    """How the drop-in class of an alias steps, where the adapter's usual step (run the closure,
+    then one update of every param group with the parameters' ``.grad``) does not fit: an
+    algorithm that needs more than the gradient (SAM's second pass, Sophia's Hessian-vector
+    product, a loss value: :data:`LOSS_AS_VALUE`) or other gradients (DP-SGD's per-example
+    ones). The one extension mechanism of the generated classes
+    (:mod:`functional_optim.optim.generated`): a new kind of behaviour is a new field here, whose
+    default keeps the usual one.
+
+    Attributes:
+        gradient: the attribute of each parameter holding the gradient its updates take
+            (``"grad"``; ``"grad_sample"`` for per-example gradients as Opacus attaches them).
+        step: ``step(optimizer, closure, run) -> loss``, the class's ``step(closure=None)``:
+            ``run(**extras)`` runs one update of every param group, passing ``extras`` as
+            keyword arguments to the alias's ``update`` (computed once for all groups, e.g. a
+            norm over all of them; every group's update is computed before any parameter
+            moves); ``None``: the usual step.
+        modes: ``(to_eval, to_train)`` for an optimizer that steps at one point and is
+            evaluated at another (schedule-free learning): ``to_eval(state, params) ->
+            eval_params`` and its inverse ``to_train(state, eval_params) -> params``, pure
+            functions of the alias's state. The class gets ``eval()`` and ``train()``, which
+            swap every parameter that has state in place, as the reference implementation's
+            classes do; each param group holds its ``train_mode`` (saved with checkpoints) and
+            ``step`` in eval mode raises. ``None``: no modes.
+
+    Example: the drop-in class of an alias whose ``update`` reads the loss as ``value=``::
+
+        @register(paper="...", drop_in="PolyakSGD", protocol=LOSS_AS_VALUE)
+        def polyak_sgd(lr=1.0, ...): ...
+
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step(lambda: loss)   # or a closure that computes it
+    """
+
+    gradient: str = "grad"
+    step: Callable | None = None
+    modes: tuple[Callable, Callable] | None = None
+
+
+def _loss_as_value(optimizer: Any, closure: Any, run: Callable) -> Any:
+    """A step that runs the closure and passes its loss to every update as ``value=``."""
+    if closure is None:
+        raise RuntimeError(
+            f"{type(optimizer).__name__}.step needs a closure that returns the loss (its update "
+            "reads it as value=): e.g. loss.backward(); opt.step(lambda: loss)")
+    with torch.enable_grad():
+        loss = closure()
+    run(value=loss)
+    return loss
+
+
+LOSS_AS_VALUE = DropInProtocol(step=_loss_as_value)
+"""The protocol of an alias whose ``update`` reads the loss (``value=``): the class's
+``step(closure)`` requires the closure and passes what it returns."""
 
 
 class Entry(NamedTuple):
@@ -32,12 +92,14 @@ class Entry(NamedTuple):
         make: the alias: ``make(**options) -> Transform``.
         paper: the reference (authors, year, title).
         drop_in: the name of its drop-in class in ``functional_optim.optim``.
+        protocol: how that class steps, where not as usual (:class:`DropInProtocol`).
     """
 
     name: str
     make: Callable[..., Transform]
     paper: str
     drop_in: str
+    protocol: DropInProtocol | None = None
 
     @property
     def hyperparameters(self) -> dict:
@@ -60,20 +122,21 @@ def _defaults(make: Callable[..., Transform]) -> dict:
 _ENTRIES: dict[str, Entry] = {}
 
 
-def register(*, paper: str, drop_in: str) -> Callable:
+def register(*, paper: str, drop_in: str, protocol: DropInProtocol | None = None) -> Callable:
     """Decorator: register an alias under its function name.
 
     Args:
         paper: the reference it implements (authors, year, title).
         drop_in: the name of its class in ``functional_optim.optim`` (written by hand there,
             or made from this entry by ``functional_optim.optim.generated``).
+        protocol: how the generated class steps, where not as usual (:class:`DropInProtocol`).
     """
 
     def decorate(make: Callable[..., Transform]) -> Callable[..., Transform]:
         name = make.__name__
         if name in _ENTRIES:
             raise ValueError(f"registry: {name!r} is registered twice")
-        _ENTRIES[name] = Entry(name, make, paper, drop_in)
+        _ENTRIES[name] = Entry(name, make, paper, drop_in, protocol)
         return make
 
     return decorate

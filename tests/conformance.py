@@ -81,7 +81,9 @@ class Case:
         shape: maps each sample leaf's shape to one the transform accepts (params and grads
             alike; e.g. :func:`_as_matrix` for Muon's 2-D-only blocks). ``None``: as sampled.
         grads: maps each (dense) gradient leaf the suite makes to the kind the transform takes
-            (e.g. a sparse COO tensor for SparseAdam). ``None``: as made.
+            (e.g. a sparse COO tensor for SparseAdam, per-example gradients for DP-SGD), leaf
+            of one member: a batched tree (``vmap``) is mapped member by member. ``None``: as
+            made.
         excluded: ``(test function name, reason)`` pairs: checks of ``test_conformance.py``
             that do not hold for this transform, each with the documented reason. They are
             reported as skipped with that reason (never silently), and
@@ -131,13 +133,16 @@ class Case:
 
     def grads_tree(self, seed: int, dtype=torch.float64, device="cpu", batch: tuple = ()):
         """A sample gradient tree this transform accepts (see ``shape`` and ``grads``)."""
-        return self.adapt_grads(random_tree(seed, dtype, device, batch, shape=self.shape))
+        return self.adapt_grads(random_tree(seed, dtype, device, batch, shape=self.shape),
+                                len(batch))
 
-    def adapt_grads(self, tree: Any) -> Any:
+    def adapt_grads(self, tree: Any, batch_dims: int = 0) -> Any:
         if self.grads is None:
             return tree
-        return optree.tree_map(lambda g: None if g is None else self.grads(g), tree,
-                               none_is_leaf=True)
+        fn = self.grads
+        for _ in range(batch_dims):
+            fn = torch.func.vmap(fn)
+        return optree.tree_map(lambda g: None if g is None else fn(g), tree, none_is_leaf=True)
 
     def __post_init__(self):
         if self.extra is not None:
@@ -427,10 +432,10 @@ def _radam_rectified():
 _F64 = torch.float64
 # step sizes start at 0.01 and move by the etas (0.5, 1.2): bounds next to 0.01 take effect
 _RPROP_BOUNDS = {"step_sizes.0": Live(value=0.009), "step_sizes.1": Live(value=0.011)}
-# RAdam's eps acts once the rectification starts (rho_t > 5 from the 6th step, beta2 0.999);
-# a threshold of 4.5 starts it at the 5th
+# RAdam's eps and eps_root act once the rectification starts (rho_t > 5 from the 6th step,
+# beta2 0.999); a threshold of 4.5 starts it at the 5th
 _RADAM_EPS = {"eps": Live(steps=7)}
-_RADAM = {**_RADAM_EPS, "threshold": Live(value=4.5, steps=7)}
+_RADAM = {**_RADAM_EPS, "eps_root": Live(steps=7), "threshold": Live(value=4.5, steps=7)}
 
 CASES += [
     Case("scale_by_rss", fo.scale_by_rss),

@@ -72,3 +72,13 @@ def test_a_suite_run_in_parts_merges_into_one_table(tmp_path):
     assert "| best / torch fused | chain, L | 0.500 | 1 | met |" in table
     assert "| best / bound | chain, L | 2.000 | 1.05 | missed by 90% |" in table
     assert "default / torch fused | chain" not in table  # a chain is not a fused alias
+
+
+
+@pytest.mark.parametrize("algo", ["SGD", "Rprop"])  # a fused step and a blocked one
+def test_step_work_counts_are_deterministic(algo):
+    import step_work
+
+    first = step_work.count(algo)
+    assert first["aten ops"] > 0 and first["python calls"] > 0
+    assert step_work.count(algo) == first

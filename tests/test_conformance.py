@@ -291,8 +291,8 @@ def test_dtype_kept(case, dtype):
     tx, params, grads, state = setup(case, dtype=dtype, steps=2)
     out, new_state = tx.update(grads, state, params)
     computed = torch.float32 if case.half_in_float32 and dtype == torch.bfloat16 else dtype
-    for g, u in zip(tensors(grads), tensors(out)):
-        assert u.dtype == computed and u.shape == g.shape
+    for p, u in zip(tensors(params), tensors(out)):  # (DP-SGD's grads are per-example)
+        assert u.dtype == computed and u.shape == p.shape
         assert torch.isfinite(_dense(u).float()).all()
     for leaf in float_state(new_state)[0]:
         if case.float64_scalars and leaf.ndim == 0 and leaf.dtype == torch.float64:
@@ -328,7 +328,7 @@ def test_none_leaves(case):
     grads = case.adapt_grads({"a": torch.randn(shape((3,)), dtype=torch.float64),
                               "frozen": None, "b": None})
     out, new_state = tx.update(grads, state, params)
-    assert out["frozen"] is None and out["b"] is None and out["a"].shape == grads["a"].shape
+    assert out["frozen"] is None and out["b"] is None and out["a"].shape == params["a"].shape
     # b's state is untouched: same tensors as before the update
     old, new = optree.tree_leaves(state, none_is_leaf=True), optree.tree_leaves(
         new_state, none_is_leaf=True)

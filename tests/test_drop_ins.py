@@ -5,6 +5,10 @@ schedulers drive it, its checkpoint continues bit for bit, and it deep-copies an
 Each class is built with its alias's defaults and stepped on the conformance case of the
 alias's name (its shapes and gradient kind: Muon's matrices, SparseAdam's sparse rows), in
 float64. The fused and blocked steps round in another order than the chain: 1e-12 relative.
+A class with a :class:`~functional_optim.registry.DropInProtocol` gets its gradients where it
+reads them (``p.grad_sample``; Sophia's ``.grad`` with the graph of the case's Hessian-vector
+product) and a closure returning the case's loss where its step passes it on (MoMo), and the
+alias's pure loop the case's ``update`` keyword arguments.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ pytestmark = pytest.mark.filterwarnings(  # HuggingFace's AdamW, built with its 
     "ignore:This implementation of AdamW is deprecated:FutureWarning")
 
 CASES_BY_NAME = {c.name: c for c in CASES}
-# L-BFGS's step needs a closure (its own tests: test_algorithms_special.py)
-NAMES = [n for n in registry.names() if n != "lbfgs"]
+# L-BFGS's step needs a closure (its own tests: test_algorithms_special.py); Polyak's step
+# needs the loss as ``value=``, which the adapter does not pass from a closure (its functional
+# tests: test_optax_core.py)
+NAMES = [n for n in registry.names() if n not in ("lbfgs", "polyak_sgd")]
 STEPS = 5
 # torch.optim casts these classes' 0-d scalar state (NAdam's mu_product, ASGD's eta and mu,
 # float32 during a run) to the parameters' float64 at load, so a resumed run continues as torch's
@@ -46,28 +52,59 @@ def _setup(name: str):
     return named, grads
 
 
+def _with_hvp_graph(p: torch.nn.Parameter, g: torch.Tensor) -> None:
+    r"""``p.grad = g`` with the graph of the gradient of :math:`\sum p^4/12 + p^2/2` (zero in
+    value), whose Hessian-vector product is the conformance case's ``quartic_hvp``."""
+    with torch.enable_grad():
+        f = p ** 3 / 3 + p
+        p.grad = g.clone() + (f - f.detach())
+
+
+FEED = {"sophia": _with_hvp_graph}
+
+
+def _feed(cls):
+    """How a step's gradient ``g`` reaches parameter ``p`` of class ``cls``."""
+    entry = cls._ENTRY if hasattr(cls, "_ENTRY") else None
+    if entry is not None and entry.name in FEED:
+        return FEED[entry.name]
+    attribute = entry.protocol.gradient if entry is not None and entry.protocol else "grad"
+    return lambda p, g: setattr(p, attribute, g.clone())
+
+
+def _closure(cls, g: dict):
+    """The closure a step of class ``cls`` takes: the case's loss for a class whose step
+    passes it to the update (:data:`~functional_optim.registry.LOSS_AS_VALUE`), else none."""
+    entry = getattr(cls, "_ENTRY", None)
+    if entry is None or entry.protocol is not registry.LOSS_AS_VALUE:
+        return None
+    value = CASES_BY_NAME[entry.name].extra(g)["value"]
+    return lambda: value
+
+
 def _run_class(cls, named: dict, grads: list, scheduler=None, opt=None, params=None,
                start: int = 0, stop: int = STEPS):
     params = params if params is not None else {
         k: torch.nn.Parameter(v.clone()) for k, v in named.items()}
     opt = opt if opt is not None else cls(list(params.values()))
     sched = scheduler(opt) if scheduler is not None else None
+    feed = _feed(cls)
     for g in grads[start:stop]:
         for k, p in params.items():
-            p.grad = g[k].clone()
-        opt.step()
+            feed(p, g[k])
+        opt.step(_closure(cls, g))
         if sched is not None:
             sched.step()
     return params, opt
 
 
-def _run_pure(make, named: dict, grads: list, lr_at=None):
+def _run_pure(make, named: dict, grads: list, lr_at=None, extra=None):
     tx = make()
     params = dict(named)
     state = tx.init(params)
     for i, g in enumerate(grads):
         hparams = None if lr_at is None else {**tx.hparams, "lr": lr_at(i)}
-        u, state = tx.update(g, state, params, hparams)
+        u, state = tx.update(g, state, params, hparams, **(extra(g) if extra else {}))
         params = fo.apply_updates(params, u)
     return params
 
@@ -83,7 +120,7 @@ def test_steps_follow_the_alias(name):
     e = registry.entry(name)
     named, grads = _setup(name)
     ours, _ = _run_class(getattr(fo_optim, e.drop_in), named, grads)
-    _close(ours, _run_pure(e.make, named, grads))
+    _close(ours, _run_pure(e.make, named, grads, extra=CASES_BY_NAME[name].extra))
 
 
 # (HuggingFace's Adafactor has no lr by default: its step size is relative, no scheduler's)
@@ -98,7 +135,8 @@ def test_lr_scheduler_drives_it(name):
     lr0 = e.hyperparameters["lr"]
     schedule = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5**t)  # noqa: E731
     ours, _ = _run_class(getattr(fo_optim, e.drop_in), named, grads, schedule)
-    _close(ours, _run_pure(e.make, named, grads, lambda i: lr0 * 0.5**i))
+    _close(ours, _run_pure(e.make, named, grads, lambda i: lr0 * 0.5**i,
+                           CASES_BY_NAME[name].extra))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -17,13 +17,75 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import basic, classic, huggingface, special
+from . import (
+    basic,
+    classic,
+    contrib_free,
+    contrib_more,
+    huggingface,
+    optax_adaptive,
+    optax_core,
+    optax_variants,
+    special,
+)
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
+from .contrib_free import (
+    cocob,
+    dadapt_adamw,
+    dog,
+    dowg,
+    mechanic_adam,
+    momo,
+    momo_adam,
+    prodigy,
+    schedule_free_adamw,
+    schedule_free_sgd,
+)
+from .contrib_more import (
+    acprop,
+    ademamix,
+    adopt,
+    dpsgd,
+    galore_adamw,
+    madgrad,
+    sam_sgd,
+    simplified_ademamix,
+    sophia,
+)
 from .huggingface import adam_weight_decay, huggingface_adafactor, huggingface_adamw
+from .optax_adaptive import adabelief, adamaxw, adan, nadamw, novograd, optimistic_adam, sm3, yogi
+from .optax_core import (
+    fromage,
+    lamb,
+    lars,
+    lion,
+    noisy_sgd,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    sign_sgd,
+    signum,
+)
+from .optax_variants import (
+    optax_adafactor,
+    optax_adagrad,
+    optax_amsgrad,
+    optax_nadam,
+    optax_radam,
+    optax_rmsprop,
+    optax_rprop,
+)
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
            "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
-           "classic", "special", "huggingface"]
+           "classic", "special", "huggingface", "adopt", "acprop", "ademamix",
+           "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
+           "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
+           "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam",
+           "lion", "sign_sgd", "signum", "lamb", "lars", "fromage", "noisy_sgd", "polyak_sgd",
+           "optimistic_gradient_descent", "adabelief", "yogi", "novograd", "adan", "sm3",
+           "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
+           "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
+           "optax_radam", "optax_rprop", "optax_adafactor"]

@@ -8,7 +8,9 @@ transform itself is never put in a param group.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import operator
 import pickle
 import warnings
@@ -377,14 +379,33 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update_all({})
+        return loss
+
+    #: the attribute of each parameter that holds its gradient (a class that steps on
+    #: per-example gradients reads Opacus's ``grad_sample``)
+    _GRADIENT = "grad"
+
+    def _update_all(self, extras: dict, defer: bool = False) -> None:
+        """One update of every group; ``extras``: keyword arguments of every ``update`` (a
+        Hessian-vector product, a norm over all groups: see ``registry.DropInProtocol``).
+        ``defer``: every group's update is computed before any parameter moves (a graph
+        through the parameters, such as a closure's ``create_graph`` gradients, stays valid
+        for every group; no fused step then)."""
         self._check_step()
         flat = self.__dict__.get("_flat")
-        for group in self.param_groups:
-            # the flat layout builds and rehomes its buffers in Python: never traced
-            if flat is None or not _untraced(self._flat_step, group, flat["rehome"],
-                                             flat["compile"]):
-                self._step_group(group)
-        return loss
+        self._extras = extras
+        self._pending = [] if defer else None
+        try:
+            for group in self.param_groups:
+                # the flat layout builds and rehomes its buffers in Python: never traced
+                if flat is None or not _untraced(self._flat_step, group, flat["rehome"],
+                                                 flat["compile"]):
+                    self._step_group(group)
+            for add in self._pending or ():
+                add()
+        finally:
+            del self._extras, self._pending
 
     def _check_step(self) -> None:
         """Checks of the groups before any of them steps (subclasses add torch's)."""
@@ -457,7 +478,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict) -> None:
         everything = group["params"]
-        grads = [p.grad for p in everything]
+        grads = [getattr(p, self._GRADIENT, None) for p in everything]
         params = [p for p, g in zip(everything, grads) if g is not None]
         if not params:
             return
@@ -496,7 +517,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             missing = [k for k, v in enumerate(values) if v is None]
             if missing:
                 if not fresh:
-                    init = tx.init(dict(by_name))
+                    with torch.no_grad():  # (a copy of a parameter is state, not a graph)
+                        init = tx.init(dict(by_name))
                     if not _execute.donates_to(tx):  # a user's init may return params
                         init = _layout.unshared(init, params)
                     fresh.update({(pa, ow): leaf for pa, ow, leaf in
@@ -512,13 +534,15 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         differentiable = group.get("differentiable", False)
         multi = group.get("foreach") is not False and not differentiable
         new_state = None
+        pending = self.__dict__.get("_pending")
         if tx.fused is not None and group.get("foreach") is None and not differentiable and \
-                not sparse and not torch.compiler.is_compiling():
+                not sparse and pending is None and not torch.compiler.is_compiling():
             with torch.no_grad():
                 new_state = _untraced(tx.fused, by_name, grads, state, hparams)
         if new_state is None:
             new_state = self._update_group(tx, by_name, grads, state, hparams, multi,
-                                           differentiable)
+                                           differentiable, self.__dict__.get("_extras", {}),
+                                           pending)
         elif new_state is state and not made:
             return  # updated in place: self.state holds the new values already
         new_leaves = optree.tree_leaves(new_state)
@@ -538,16 +562,31 @@ class FunctionalOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _update_group(tx: Transform, by_name: dict, grads: dict, state: Any, hparams: Any,
-                      multi: bool, differentiable: bool) -> Any:
-        """The chain's ``update`` and ``p += u``; returns the new state. The state buffers
-        are this optimizer's, so the library's own transforms may update them in place
-        (:func:`~functional_optim._execute.donates_to`)."""
+                      multi: bool, differentiable: bool, extras: dict,
+                      pending: list | None = None) -> Any:
+        """The chain's ``update`` (with the keyword arguments ``extras``) and ``p += u`` (or,
+        with a ``pending`` list, that addition appended to it, to run later); returns the new
+        state. The state buffers are this optimizer's, so the library's own transforms may
+        update them in place (:func:`~functional_optim._execute.donates_to`)."""
         library = _execute.donates_to(tx)
         with torch.set_grad_enabled(differentiable), _execute.multi_tensor(multi, donate=library):
-            updates, new_state = tx.update(grads, state, dict(by_name), hparams)
+            updates, new_state = tx.update(grads, state, dict(by_name), hparams, **extras)
             if not library:  # a user's update may keep its inputs (params, grads) as state
                 new_state = _layout.unshared(new_state, [*by_name.values(), *grads.values()])
             pairs = [(p, updates[n]) for n, p in by_name.items() if updates[n] is not None]
+            if pending is None:
+                FunctionalOptimizer._add_updates(pairs, multi)
+        if pending is not None:
+            pending.append(functools.partial(FunctionalOptimizer._add_updates, pairs, multi,
+                                             differentiable))
+        return new_state
+
+    @staticmethod
+    def _add_updates(pairs: list, multi: bool, differentiable: bool | None = None) -> None:
+        """``p += u`` for each pair (``differentiable``: in that grad mode, else the
+        current one)."""
+        with contextlib.nullcontext() if differentiable is None else \
+                torch.set_grad_enabled(differentiable):
             if multi and all(u.dtype == p.dtype for p, u in pairs):
                 for members in _tree.by_layout([p for p, _ in pairs]):
                     torch._foreach_add_([pairs[i][0] for i in members],
@@ -555,7 +594,6 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             else:
                 for p, u in pairs:
                     p.add_(u)  # (another dtype: added in the wider one, rounded once)
-        return new_state
 
     def _names(self, group: dict, params: list) -> list:
         """The names of ``params`` (those of ``group`` with a gradient): ``param_names``, or
@@ -572,7 +610,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             return names
         if all_names is None:
             all_names = self._names(group, everything)
-        return [n for n, p in zip(all_names, everything) if p.grad is not None]
+        return [n for n, p in zip(all_names, everything)
+                if getattr(p, self._GRADIENT, None) is not None]
 
     def _plan(self, tx: Transform, names: list, params: list) -> tuple:
         """How the state tree is read and written, cached by transform and names.

@@ -6,14 +6,12 @@ from .adaptive import (
     ScaleByAsgdState,
     ScaleByNadamState,
     ScaleByRadamState,
-    ScaleByRpropState,
     ScaleByRssState,
     scale_by_adadelta,
     scale_by_adamax,
     scale_by_asgd,
     scale_by_nadam,
     scale_by_radam,
-    scale_by_rprop,
     scale_by_rss,
 )
 from .basic import (
@@ -30,6 +28,7 @@ from .moments import (
     ScaleByAdamState,
     ScaleByRmsState,
     TraceState,
+    corrected_first_moment,
     scale_by_adam,
     scale_by_rms,
     trace,
@@ -42,6 +41,7 @@ from .plateau import (
     reduce_on_plateau,
     scale_by_greedy_lr,
 )
+from .rprop import ScaleByRpropState, scale_by_rprop
 
 __all__ = [
     "ScaleByAdadeltaState",
@@ -72,6 +72,7 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_norm",
+    "corrected_first_moment",
     "identity",
     "scale",
     "scale_by_adam",
@@ -114,6 +115,62 @@ from .sparse import scale_by_dense_sparse_adam  # noqa: E402
 
 __all__ += ["scale_by_dense_sparse_adam"]
 
+# optax.contrib's other algorithms: ADOPT, ACProp, AdEMAMix, MADGRAD, Sophia, SAM, GaLore, DP-SGD
+from .asynchronous import (  # noqa: E402
+    ScaleByAcpropState,
+    ScaleByAdoptState,
+    adopt_clip_value,
+    scale_by_acprop,
+    scale_by_adopt,
+)
+from .dual_averaging import ScaleByMadgradState, scale_by_madgrad  # noqa: E402
+from .lowrank import GaLoreDimensionNumbers, ScaleByGaloreState, scale_by_galore  # noqa: E402
+from .momentum_mixtures import (  # noqa: E402
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdemamixState,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
+from .private import (  # noqa: E402
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+)
+from .second_order import (  # noqa: E402
+    HutchinsonState,
+    ScaleBySophiaState,
+    hessian_vector_product,
+    hutchinson_estimator_diag_hessian,
+    scale_by_sophia,
+)
+from .sharpness import SamState, normalize, sam  # noqa: E402
+
+__all__ += [
+    "DifferentiallyPrivateAggregateState",
+    "GaLoreDimensionNumbers",
+    "HutchinsonState",
+    "SamState",
+    "ScaleByAcpropState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
+    "ScaleByGaloreState",
+    "ScaleByMadgradState",
+    "ScaleBySimplifiedAdemamixState",
+    "ScaleBySophiaState",
+    "adopt_clip_value",
+    "differentially_private_aggregate",
+    "hessian_vector_product",
+    "hutchinson_estimator_diag_hessian",
+    "normalize",
+    "sam",
+    "scale_by_acprop",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_galore",
+    "scale_by_madgrad",
+    "scale_by_simplified_ademamix",
+    "scale_by_sophia",
+]
+
 # optax's vocabulary outside the optimizers: bounds on updates (block RMS, adaptive gradient
 # clipping, per-example clipping, non-negative parameters)
 from .bounding import (  # noqa: E402
@@ -134,4 +191,108 @@ __all__ += [
     "per_example_layer_norm_clip",
     "unitwise_clip",
     "unitwise_norm",
+]
+
+# optax.contrib's parameter-free and schedule-free blocks
+from .distance_over_gradients import (  # noqa: E402
+    ScaleByDistanceOverGradientsState,
+    ScaleByDogState,
+    ScaleByDowgState,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
+from .mechanic import MechanicState, mechanize  # noqa: E402
+from .momo import (  # noqa: E402
+    ScaleByMomoAdamState,
+    ScaleByMomoState,
+    scale_by_momo,
+    scale_by_momo_adam,
+)
+from .parameter_free import (  # noqa: E402
+    ScaleByCocobState,
+    ScaleByDadaptAdamwState,
+    ScaleByProdigyState,
+    scale_by_cocob,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
+from .schedule_free_learning import (  # noqa: E402
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
+    schedule_free_train_params,
+)
+
+__all__ += [
+    "MechanicState",
+    "ScaleByCocobState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDistanceOverGradientsState",
+    "ScaleByDogState",
+    "ScaleByDowgState",
+    "ScaleByMomoAdamState",
+    "ScaleByMomoState",
+    "ScaleByProdigyState",
+    "ScheduleFreeState",
+    "mechanize",
+    "scale_by_cocob",
+    "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
+    "scale_by_momo",
+    "scale_by_momo_adam",
+    "scale_by_prodigy",
+    "schedule_free",
+    "schedule_free_eval_params",
+    "schedule_free_train_params",
+]
+
+# optax's core algorithms that torch.optim lacks (issue 19)
+from .belief import (  # noqa: E402
+    ScaleByAdanState,
+    ScaleByBeliefState,
+    ScaleByYogiState,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_yogi,
+)
+from .lion import ScaleByLionState, scale_by_lion  # noqa: E402
+from .noise import AddNoiseState, add_noise  # noqa: E402
+from .optimistic import ScaleByOptimisticGradientState, scale_by_optimistic_gradient  # noqa: E402
+from .polyak import scale_by_polyak  # noqa: E402
+from .sublinear import (  # noqa: E402
+    ScaleByNovogradState,
+    ScaleBySm3State,
+    scale_by_novograd,
+    scale_by_sm3,
+)
+from .trust_ratio import (  # noqa: E402
+    scale_by_param_block_norm,
+    scale_by_param_block_rms,
+    scale_by_trust_ratio,
+)
+
+__all__ += [
+    "AddNoiseState",
+    "ScaleByAdanState",
+    "ScaleByBeliefState",
+    "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
+    "ScaleBySm3State",
+    "ScaleByYogiState",
+    "add_noise",
+    "scale_by_adan",
+    "scale_by_belief",
+    "scale_by_lion",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_sm3",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
 ]

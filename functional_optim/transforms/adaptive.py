@@ -1,5 +1,5 @@
 r"""Adaptive building blocks of the classic optimizers: Adagrad, Adadelta, Adamax, NAdam, RAdam,
-Rprop and averaged SGD.
+and averaged SGD (Rprop: :mod:`functional_optim.transforms.rprop`).
 
 Each is written once as math on tensors (see :func:`functional_optim._execute.elementwise`) and
 gives torch.optim's numbers when chained as in :mod:`functional_optim.aliases`. Every block keeps
@@ -25,23 +25,30 @@ import torch
 from .. import tree as _tree
 from .._execute import (
     LIKE,
+    Pointwise,
+    PointwiseCall,
     elementwise,
     ema_square,
+    full_like,
     init_count,
+    is_off,
     lerp,
     safe_sqrt,
     scalar_dtype,
 )
 from ..base import (
-    HParamError,
     MissingParamsError,
     Transform,
     check_betas,
+    check_choice,
+    check_dtype_option,
     check_hparam,
-    check_pair,
+    check_init_value,
     check_state,
+    pointwise_transform,
     resolve_hparams,
 )
+from .moments import corrected_first_moment
 from .sparse import at_indices, rows
 
 __all__ = [
@@ -55,8 +62,6 @@ __all__ = [
     "scale_by_nadam",
     "ScaleByRadamState",
     "scale_by_radam",
-    "ScaleByRpropState",
-    "scale_by_rprop",
     "ScaleByAsgdState",
     "scale_by_asgd",
 ]
@@ -67,12 +72,6 @@ def _torch_scalar_dtype(dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
         return dtype
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-def _check_scalar_state_dtype(owner: str, dtype: Any) -> None:
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise HParamError(f"{owner}: scalar_state_dtype must be None or a floating dtype, "
-                          f"got {dtype!r}")
 
 
 def _scalar_like(params: Any, value: float, dtype: torch.dtype) -> Any:
@@ -96,31 +95,41 @@ class ScaleByRssState(NamedTuple):
     sum: Any
 
 
-def _rss_rule(h, g, t, s):
+def _rss_rule(h, g, t, s, *, eps_in_sqrt):
     t = t + 1
     if isinstance(g, torch.Tensor) and g.is_sparse:
-        s, u = _sparse_rss(h, g, s)
+        s, u = _sparse_rss(h, g, s, eps_in_sqrt)
     else:
         s = torch.addcmul(s, g, g)
-        u = g / (safe_sqrt(s, nonnegative=True) + h["eps"])
+        u = _rss_scaled(g, s, h["eps"], eps_in_sqrt)
     decay = h["lr_decay"]
     if isinstance(decay, torch.Tensor) or decay != 0:
         u = u / (1 + (t.to(scalar_dtype(g)) - 1) * decay)
     return u, t, s
 
 
-def _sparse_rss(h, g, s):
+def _rss_scaled(g, s, eps, eps_in_sqrt):
+    """:math:`g / (\\sqrt s + \\epsilon)`, or with ``eps_in_sqrt`` optax's
+    :math:`g / \\sqrt{s + \\epsilon}` where :math:`s > 0` and 0 elsewhere."""
+    if not eps_in_sqrt:
+        return g / (safe_sqrt(s, nonnegative=True) + eps)
+    positive = s > 0
+    root = safe_sqrt(torch.where(positive, s + eps, 1.0), nonnegative=True)
+    return torch.where(positive, g / root, 0.0)
+
+
+def _sparse_rss(h, g, s, eps_in_sqrt):
     """The rule's sum and update for a sparse ``g``, as torch.optim.Adagrad computes them: on
     the coalesced gradient's entries only (complex values as they are, as torch's sparse path)."""
     g = g.coalesce()  # not linear in g: repeated indices are summed first
     index, values = g.indices(), g.values()
     s = s + at_indices(index, values.pow(2), s.shape)
-    u = values / (torch.sqrt(rows(s, index)) + h["eps"])
+    u = _rss_scaled(values, rows(s, index), h["eps"], eps_in_sqrt)
     return s, at_indices(index, u, g.shape)
 
 
 def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10) -> Transform:
+                 eps: float = 1e-10, *, eps_in_sqrt: bool = False) -> Transform:
     r"""Divides updates by the root of the sum of their squares (Adagrad; Duchi, Hazan & Singer,
     2011, *Adaptive Subgradient Methods for Online Learning and Stochastic Optimization*).
 
@@ -134,30 +143,31 @@ def scale_by_rss(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
     entries only, as torch.optim.Adagrad's sparse path (which squares complex entries as
     complex numbers); the update stays sparse.
 
+    With ``eps_in_sqrt`` it is optax's ``scale_by_rss`` (its ``adagrad``, with
+    ``initial_accumulator_value=0.1``, ``eps=1e-7`` and ``lr_decay=0`` there):
+    :math:`u_t = g_t / \sqrt{s_t + \epsilon}` where :math:`s_t > 0`, and 0 where
+    :math:`s_t = 0`.
+
     Args:
         lr_decay: ``δ`` (default 0).
         initial_accumulator_value: ``s_init`` (static: read by ``init``; default 0).
         eps: ``ε`` (default 1e-10).
+        eps_in_sqrt: ``ε`` inside the root, as optax (static; default False, torch's).
     """
     owner = "scale_by_rss"
     check_hparam(owner, "lr_decay", lr_decay, ge=0)
     check_hparam(owner, "eps", eps, ge=0)
-    if isinstance(initial_accumulator_value, torch.Tensor):
-        raise HParamError(f"{owner}: initial_accumulator_value is read at init; give a number")
-    check_hparam(owner, "initial_accumulator_value", initial_accumulator_value, ge=0)
-    init_value = float(initial_accumulator_value)
+    init_value = check_init_value(owner, "initial_accumulator_value", initial_accumulator_value)
     defaults = {"lr_decay": lr_decay, "eps": eps}
+    rule = functools.partial(_rss_rule, eps_in_sqrt=eps_in_sqrt)
 
     def init(params):
-        return ScaleByRssState(init_count(params), _tree.map(
-            lambda p: torch.full_like(
-                p, complex(init_value, init_value) if p.is_complex() else init_value,
-                memory_format=torch.preserve_format), params))
+        return ScaleByRssState(init_count(params), full_like(params, init_value))
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRssState)
-        out, step, s = elementwise(_rss_rule, h, updates, (state.step, state.sum), name=owner,
+        out, step, s = elementwise(rule, h, updates, (state.step, state.sum), name=owner,
                                    complex_as_real=True, donate_state=True, sparse=True,
                                    state_like=(None, LIKE))
         return out, ScaleByRssState(step, s)
@@ -216,15 +226,14 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> Transform:
         zeros = _tree.zeros_like
         return ScaleByAdadeltaState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAdadeltaState)
-        out, *rest = elementwise(_adadelta_rule, h, updates,
-                                 (state.step, state.square_avg, state.acc_delta), name=owner,
-                                 complex_as_real=True, state_like=(None, LIKE, LIKE))
-        return out, ScaleByAdadeltaState(*rest)
+        return PointwiseCall(_adadelta_rule, h, (state.step, state.square_avg, state.acc_delta),
+                             finish=lambda new: ScaleByAdadeltaState(*new),
+                             state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,16 +288,14 @@ def scale_by_adamax(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
         zeros = _tree.zeros_like
         return ScaleByAdamaxState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAdamaxState)
-        out, *rest = elementwise(_adamax_rule, h, updates,
-                                 (state.step, state.exp_avg, state.exp_inf), name=owner,
-                                 complex_as_real=True, donate_state=True,
-                                 state_like=(None, LIKE, LIKE))
-        return out, ScaleByAdamaxState(*rest)
+        return PointwiseCall(_adamax_rule, h, (state.step, state.exp_avg, state.exp_inf),
+                             finish=lambda new: ScaleByAdamaxState(*new),
+                             donate_state=(True,) * 3, state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +365,7 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     check_betas(owner, betas)
     check_hparam(owner, "eps", eps, ge=0)
     check_hparam(owner, "momentum_decay", momentum_decay, ge=0)
-    _check_scalar_state_dtype(owner, scalar_state_dtype)
+    check_dtype_option(owner, "scalar_state_dtype", scalar_state_dtype)
     defaults = {"betas": tuple(betas), "eps": eps, "momentum_decay": momentum_decay}
 
     def init(params):
@@ -366,16 +373,15 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         return ScaleByNadamState(init_count(params), _scalar_like(params, 1.0, dtype),
                                  _tree.zeros_like(params), _tree.zeros_like(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByNadamState)
-        out, *rest = elementwise(_nadam_rule, h, updates,
-                                 (state.step, state.mu_product, state.exp_avg,
-                                  state.exp_avg_sq), name=owner, complex_as_real=True,
-                                 donate_state=True, state_like=(None, None, LIKE, LIKE))
-        return out, ScaleByNadamState(*rest)
+        return PointwiseCall(_nadam_rule, h,
+                             (state.step, state.mu_product, state.exp_avg, state.exp_avg_sq),
+                             finish=lambda new: ScaleByNadamState(*new),
+                             donate_state=(True,) * 4, state_like=(None, None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,22 +402,26 @@ class ScaleByRadamState(NamedTuple):
     exp_avg_sq: Any
 
 
-def _radam_rule(h, g, t, m, v):
+def _radam_rule(h, g, t, m, v, *, optax, nesterov):
     b1, b2 = h["betas"]
     t = t + 1
     tf = t.to(scalar_dtype(g))
     m = lerp(m, g, 1 - b1)
     v = ema_square(v, g, b2)
-    bc1 = 1 - b1 ** tf
     bc2 = 1 - b2 ** tf
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * tf * b2 ** tf / bc2
-    rectify = rho_t > h["threshold"]
+    rectify = rho_t >= h["threshold"] if optax else rho_t > h["threshold"]
     ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / torch.where(
         rectify, (rho_inf - 4) * (rho_inf - 2) * rho_t, 1.0)
     rect = torch.sqrt(torch.where(rectify, ratio, 1.0))
-    m_hat = m / bc1
-    adaptive = torch.sqrt(bc2) / (safe_sqrt(v, nonnegative=True) + h["eps"])
+    m_hat = corrected_first_moment(m, g, b1, tf, nesterov)
+    second = v
+    if not is_off(h["eps_root"]):
+        second = v + (h["eps_root"] * bc2 if optax else h["eps_root"])
+    root = torch.sqrt(bc2)  # optax: 1 / (sqrt(v / bc2 + eps_root) + eps)
+    adaptive = root / (safe_sqrt(second, nonnegative=True)
+                       + (h["eps"] * root if optax else h["eps"]))
     u = torch.where(rectify, m_hat * adaptive * rect, m_hat)
     return u, t, m, v
 
@@ -420,9 +430,13 @@ RADAM_THRESHOLD = 5.0
 """The rectification switch of RAdam: the adaptive step is used once ``ρ_t > 5`` (the paper's
 and torch.optim.RAdam's)."""
 
+VARIANTS = ("torch", "optax")
+"""The variants of the blocks that torch.optim and optax compute differently."""
+
 
 def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                   threshold: float = RADAM_THRESHOLD) -> Transform:
+                   threshold: float = RADAM_THRESHOLD, *, eps_root: float = 0.0,
+                   nesterov: bool = False, variant: str = "torch") -> Transform:
     r"""Rectified Adam (Liu et al., 2020, *On the Variance of the Adaptive Learning Rate and
     Beyond*).
 
@@ -440,108 +454,42 @@ def scale_by_radam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     with Adam's moments :math:`m_t, v_t` and the rectification switch at ``τ`` (5 in the paper
     and in torch.optim.RAdam), evaluated with ``torch.where`` (no host sync).
 
+    ``variant="optax"`` is optax's ``scale_by_radam``: ``ε`` is added to the *corrected* root,
+    :math:`\hat m_t r_t / (\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon)`, and the
+    switch is :math:`\rho_t \ge \tau`. ``eps_root`` goes inside the root (of
+    :math:`v_t` in torch's variant); ``nesterov`` replaces :math:`\hat m_t` by Dozat's
+    :math:`\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)`, as optax's
+    ``nesterov=True`` (see :func:`~functional_optim.transforms.scale_by_adam`).
+
     Args:
         betas: ``(β1, β2)`` (default ``(0.9, 0.999)``).
         eps: ``ε`` (default 1e-8).
         threshold: ``τ``: the adaptive step is used once ``ρ_t > τ`` (default 5).
+        eps_root: ``ε_root`` inside the root (default 0).
+        nesterov: Dozat's Nesterov first moment (static; default False).
+        variant: ``"torch"`` or ``"optax"`` (static; see above).
     """
     owner = "scale_by_radam"
     check_betas(owner, betas)
     check_hparam(owner, "eps", eps, ge=0)
     check_hparam(owner, "threshold", threshold, ge=4)
-    defaults = {"betas": tuple(betas), "eps": eps, "threshold": threshold}
+    check_hparam(owner, "eps_root", eps_root, ge=0)
+    check_choice(owner, "variant", variant, VARIANTS)
+    defaults = {"betas": tuple(betas), "eps": eps, "threshold": threshold, "eps_root": eps_root}
+    rule = functools.partial(_radam_rule, optax=variant == "optax", nesterov=nesterov)
 
     def init(params):
         zeros = _tree.zeros_like
         return ScaleByRadamState(init_count(params), zeros(params), zeros(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByRadamState)
-        out, *rest = elementwise(_radam_rule, h, updates,
-                                 (state.step, state.exp_avg, state.exp_avg_sq), name=owner,
-                                 complex_as_real=True, donate_state=True,
-                                 state_like=(None, LIKE, LIKE))
-        return out, ScaleByRadamState(*rest)
+        return PointwiseCall(rule, h, (state.step, state.exp_avg, state.exp_avg_sq),
+                             finish=lambda new: ScaleByRadamState(*new),
+                             donate_state=(True,) * 3, state_like=(None, LIKE, LIKE))
 
-    return Transform(init, update, defaults)
-
-
-# --------------------------------------------------------------------------------------------
-# Rprop
-
-
-class ScaleByRpropState(NamedTuple):
-    """State of :func:`scale_by_rprop`.
-
-    Attributes:
-        step: per-parameter step count (0-d int64).
-        prev: the previous update (zero where its sign flipped).
-        step_size: per-element step sizes (set to ``init_step_size`` at the first update).
-    """
-
-    step: Any
-    prev: Any
-    step_size: Any
-
-
-def _rprop_rule(h, g, t, prev, size):
-    eta_minus, eta_plus = h["etas"]
-    size_min, size_max = h["step_sizes"]
-    size = torch.where(t == 0, h["init_step_size"], size).to(size.dtype)
-    agree = g * prev
-    factor = torch.where(agree > 0, eta_plus,
-                         torch.where(agree < 0, eta_minus, torch.ones_like(agree)))
-    size = torch.clamp(torch.clamp(size * factor.to(size.dtype), min=size_min), max=size_max)
-    g = torch.where(agree < 0, 0.0, g)
-    return -torch.sign(g) * size, t + 1, g, size
-
-
-def scale_by_rprop(init_step_size: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
-                   step_sizes: tuple[float, float] = (1e-6, 50.0)) -> Transform:
-    r"""Resilient backpropagation (Riedmiller & Braun, 1993, *A Direct Adaptive Method for Faster
-    Backpropagation Learning: The RPROP Algorithm*), as torch.optim.Rprop computes it.
-
-    .. math::
-        s_t = \mathrm{clip}\big(s_{t-1} \cdot
-              \begin{cases}\eta_+ & g_t g_{t-1} > 0\\ \eta_- & g_t g_{t-1} < 0\\
-              1 & \text{else}\end{cases},\ s_{min},\ s_{max}\big), \qquad
-        \tilde g_t = \begin{cases} 0 & g_t g_{t-1} < 0 \\ g_t & \text{else}\end{cases}, \qquad
-        u_t = -\mathrm{sign}(\tilde g_t)\, s_t
-
-    with :math:`s_0 = ` ``init_step_size`` (read at the first update) and :math:`\tilde g_t`
-    kept as the next step's :math:`g_{t-1}`. The output is already a descent step (add it to the
-    parameters; no learning-rate block after it). Complex parameters as pairs of reals.
-
-    Args:
-        init_step_size: ``s_0`` (torch.optim.Rprop's ``lr``; default 1e-2).
-        etas: ``(η-, η+)`` with ``0 < η- < 1 < η+`` (default ``(0.5, 1.2)``).
-        step_sizes: ``(s_min, s_max)`` (default ``(1e-6, 50)``).
-    """
-    owner = "scale_by_rprop"
-    check_hparam(owner, "init_step_size", init_step_size, ge=0)
-    check_pair(owner, "etas", etas)
-    check_hparam(owner, "etas[0]", etas[0], gt=0, lt=1)
-    check_hparam(owner, "etas[1]", etas[1], gt=1)
-    check_pair(owner, "step_sizes", step_sizes)
-    check_hparam(owner, "step_sizes[0]", step_sizes[0], ge=0)
-    check_hparam(owner, "step_sizes[1]", step_sizes[1], ge=0)
-    defaults = {"init_step_size": init_step_size, "etas": tuple(etas),
-                "step_sizes": tuple(step_sizes)}
-
-    def init(params):
-        zeros = _tree.zeros_like
-        return ScaleByRpropState(init_count(params), zeros(params), zeros(params))
-
-    def update(updates, state, params=None, hparams=None, **extra):
-        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
-        check_state(owner, state, ScaleByRpropState)
-        out, *rest = elementwise(_rprop_rule, h, updates,
-                                 (state.step, state.prev, state.step_size), name=owner,
-                                 complex_as_real=True, state_like=(None, LIKE, LIKE))
-        return out, ScaleByRpropState(*rest)
-
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,7 +571,7 @@ def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
     check_hparam(owner, "lambd", lambd)
     check_hparam(owner, "alpha", alpha)
     check_hparam(owner, "t0", t0)
-    _check_scalar_state_dtype(owner, scalar_state_dtype)
+    check_dtype_option(owner, "scalar_state_dtype", scalar_state_dtype)
     defaults = {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0}
 
     def init(params):
@@ -632,20 +580,19 @@ def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
         return ScaleByAsgdState(init_count(params), _scalar_like(params, first, dtype),
                                 _scalar_like(params, 1.0, dtype), _tree.zeros_like(params))
 
-    def update(updates, state, params=None, hparams=None, **extra):
+    rule = functools.partial(_asgd_rule, rounding=_torch_scalar_dtype(scalar_state_dtype))
+
+    def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAsgdState)
         if params is None and _tree.num_leaves(updates):
             raise MissingParamsError(
                 f"{owner} needs the parameters (it decays and averages them): call "
                 "update(updates, state, params)")
-        rule = functools.partial(_asgd_rule, rounding=_torch_scalar_dtype(scalar_state_dtype))
-        out, *rest = elementwise(rule, h, updates,
-                                 (state.step, state.eta, state.mu, state.ax),
-                                 inputs=(params,) if params is not None else (),
-                                 name=owner, complex_as_real=True, input_names=("params",),
-                                 state_like=(None, None, None, LIKE))
-        return out, ScaleByAsgdState(*rest)
+        return PointwiseCall(rule, h, (state.step, state.eta, state.mu, state.ax),
+                             inputs=(params,) if params is not None else (),
+                             finish=lambda new: ScaleByAsgdState(*new), input_names=("params",),
+                             state_like=(None, None, None, LIKE))
 
-    return Transform(init, update, defaults)
+    return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 

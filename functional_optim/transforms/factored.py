@@ -1,5 +1,5 @@
 """Factored second moments: the Adafactor family (Shazeer & Stern, 2018), one definition with the
-variants of torch.optim.Adafactor and of HuggingFace transformers' Adafactor."""
+variants of torch.optim.Adafactor, of HuggingFace transformers' Adafactor and of optax's."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .._execute import (
     LIKE,
     SHAPED,
     TYPED,
+    decayed,
     elementwise,
     full,
     init_count,
@@ -25,6 +26,8 @@ from ..base import (
     EmptyState,
     HParamError,
     Transform,
+    check_choice,
+    check_dtype_option,
     check_hparam,
     check_state,
     missing_params,
@@ -36,7 +39,7 @@ __all__ = ["ScaleByFactoredRmsState", "scale_by_factored_rms", "relative_step_si
 # the state of a factor that a leaf does not keep (a vector has no row/col factors, a matrix no
 # full variance): an empty tensor, so every state field stays a tree shaped like the parameters
 _NONE_SHAPE = (0,)
-_VARIANTS = ("torch", "huggingface")
+_VARIANTS = ("torch", "huggingface", "optax")
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -146,23 +149,51 @@ def _decayed(old, new, weight, *, huggingface):
     return torch.lerp(old, new, weight.to(old.dtype))
 
 
-def _factored_rule(h, g, t, row, col, var, *rest, maximize, huggingface, momentum,
+def _optax_decay(t, c):
+    r""":math:`\hat\beta_{2,t} = 1 - t^c` and :math:`1 - \hat\beta_{2,t}` (``t``: the step
+    count less the offset, a float), each rounded as optax computes them, in float32 from a
+    float32 ``c`` (as jax computes with a Python number), with the derivatives of the exact
+    formula in ``t``'s dtype, so that meta-gradients do not see float32's rounding."""
+    c32 = c.to(torch.float32) if isinstance(c, torch.Tensor) else torch.full(
+        (), c, dtype=torch.float32, device=t.device)
+    keep32 = 1 - t.to(torch.float32) ** c32
+    weight = t ** c
+    keep = 1 - weight
+    return (keep + (keep32.to(t.dtype) - keep).detach(),
+            weight + ((1 - keep32).to(t.dtype) - weight).detach())
+
+
+def _factored_rule(h, g, t, row, col, var, *rest, maximize, variant, momentum,
                    relative_step, scale_parameter, warmup_init):
-    *moment, p, root_numel, n_last, n_prev = rest
+    *moment, p, root_numel, n_last, n_prev, dims = rest
+    huggingface, optax = variant == "huggingface", variant == "optax"
     if huggingface and g.dtype in _HALF:  # computed in float32, as HuggingFace does
         g, p = g.float(), p.float()
     if maximize:
         g = -g
     t = t + 1
     tf = t.to(scalar_dtype(g))
-    weight = tf ** h["beta2_decay"]  # 1 - beta2_t = t^c
+    if optax:
+        keep, weight = _optax_decay(tf - h["decay_offset"], h["beta2_decay"])
+    else:
+        weight = tf ** h["beta2_decay"]  # 1 - beta2_t = t^c
     eps1 = h["eps1"] if h["eps1"] is not None else torch.finfo(g.dtype).eps
     if isinstance(eps1, torch.Tensor):  # a tensor hparam must not promote the leaf's math
         eps1 = eps1.to(g.dtype)
-    if huggingface:  # eps1 in the squares; the RMS of p in its dtype, as HuggingFace
+    if optax:  # as HuggingFace, factored along the two largest dimensions (dims)
         rms_p = full(torch.linalg.vector_norm(p)) / root_numel
         sq = g * g + eps1
-        if g.ndim >= 2:  # static: leaves are grouped by ndim
+        if dims:  # static: leaves are grouped by it
+            row = row * keep + weight * sq.mean(dim=dims[1], keepdim=True)
+            col = col * keep + weight * sq.mean(dim=dims[0], keepdim=True)
+            u = g * (row / row.mean(dim=dims[0], keepdim=True)).rsqrt() * col.rsqrt()
+        else:
+            var = var * keep + weight * sq
+            u = g * var.rsqrt()
+    elif huggingface:  # eps1 in the squares; the RMS of p in its dtype, as HuggingFace
+        rms_p = full(torch.linalg.vector_norm(p)) / root_numel
+        sq = g * g + eps1
+        if dims:  # static: leaves are grouped by it
             row = _decayed(row, sq.mean(dim=-1), weight, huggingface=True)
             col = _decayed(col, sq.mean(dim=-2), weight, huggingface=True)
             u = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1) \
@@ -172,7 +203,7 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, huggingface, momentu
             u = var.rsqrt() * g
     else:  # eps1 floors the estimate; the RMS of p in float64
         rms_p = full(torch.linalg.vector_norm(p)).to(tf.dtype) / root_numel
-        if g.ndim >= 2:
+        if dims:
             row = _decayed(row, placed_like(torch.linalg.vector_norm(g, dim=-1, keepdim=True)
                                             .square() / n_last, row), weight, huggingface=False)
             col = _decayed(col, placed_like(torch.linalg.vector_norm(g, dim=-2, keepdim=True)
@@ -186,7 +217,9 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, huggingface, momentu
     alpha = relative_step_size(h["lr"], tf, rms_p, h["eps2"], relative_step=relative_step,
                                scale_parameter=scale_parameter, warmup_init=warmup_init)
     # update clipping: divide by max(1, RMS(u) / d)
-    if huggingface:
+    if h["d"] is None:  # (no clipping)
+        out = u * alpha
+    elif huggingface or optax:
         out = u / _max(full(torch.linalg.vector_norm(u)) / root_numel / h["d"], 1.0) * alpha
     else:
         denom = at_least(full(torch.linalg.vector_norm(u)).to(tf.dtype) / (root_numel * h["d"]),
@@ -195,15 +228,34 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, huggingface, momentu
     new_moment = ()
     if momentum:
         beta1 = h["beta1"]
-        out = moment[0] * beta1 + (1 - beta1) * out
+        if moment[0].dtype == out.dtype:
+            out = moment[0] * beta1 + (1 - beta1) * out
+        else:  # momentum_dtype
+            out = decayed(moment[0], beta1, out) + (1 - beta1) * out
         new_moment = (out,)
     out = -out
     if not is_off(h["weight_decay"]):
-        out = out - p * ((alpha if huggingface else h["lr"]) * h["weight_decay"])
+        decay = {"torch": h["lr"], "huggingface": alpha}.get(variant, 1) * h["weight_decay"]
+        out = out - p * decay
     if not huggingface:
         return (out, t, row, col, var, *new_moment)
     # the update in the compute dtype (a 0-d leaf would take the scalars' float64)
     return (out.to(g.dtype), t, row, col, var, *new_moment, rms_p)
+
+
+def _factored_dims(p: torch.Tensor, variant: str, factored: bool, min_size: int) -> tuple:
+    """The two dimensions a leaf's second moment is factored along, or ``()`` (unfactored).
+
+    torch and HuggingFace factor a leaf of >= 2 dimensions along its last two, optax along its
+    two largest (the larger last; ties in order); only where ``factored`` and both have at
+    least ``min_size`` elements."""
+    if not factored or p.ndim < 2:
+        return ()
+    if variant == "optax":
+        second, first = sorted(range(p.ndim), key=lambda i: p.shape[i])[-2:]
+    else:
+        second, first = p.ndim - 2, p.ndim - 1
+    return (second, first) if min(p.shape[second], p.shape[first]) >= min_size else ()
 
 
 def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
@@ -211,7 +263,9 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
                           weight_decay: float = 0.0, *, maximize: bool = False,
                           variant: str = "torch", relative_step: bool = True,
                           scale_parameter: bool = True, warmup_init: bool = False,
-                          beta1: float | None = None) -> Transform:
+                          beta1: float | None = None, decay_offset: float = 0.0,
+                          factored: bool = True, min_dim_size_to_factor: int = 0,
+                          momentum_dtype: torch.dtype | None = None) -> Transform:
     r"""Adafactor's factored second moments and relative step size (Shazeer & Stern, 2018).
     Outputs the final (descent) update.
 
@@ -261,6 +315,25 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
       and ``(..., n)``; HuggingFace's state also keeps ``rms``, :math:`\operatorname{RMS}
       (p_{t-1})` in the parameter's (compute) dtype, as the RMS is computed there.
 
+    ``variant="optax"`` is optax's ``scale_by_factored_rms`` with the blocks its ``adafactor``
+    chains after it (``clip_by_block_rms``, ``scale_by_learning_rate``,
+    ``scale_by_param_block_rms``, ``ema``, ``add_decayed_weights``; the alias
+    :func:`~functional_optim.aliases.optax_variants.optax_adafactor`): HuggingFace's moments of
+    :math:`G_t^2 + \epsilon_1`, except that
+
+    - a leaf is factored along its two *largest* dimensions (not its last two);
+    - :math:`1-\hat\beta_{2,t} = (t - t_0)^c` with ``decay_offset`` :math:`t_0` (optax's
+      ``decay_rate`` is :math:`-c`), computed in float32 as optax computes it;
+    - weight decay is :math:`\lambda p_{t-1}` (not scaled by the learning rate);
+    - the update is in the parameter's dtype (no float32 for half-precision parameters).
+
+    For every variant: ``factored=False`` keeps full second moments for every leaf, and a leaf
+    is factored only where both its factored dimensions have at least ``min_dim_size_to_factor``
+    elements (optax's default is 128; 0 here, torch's and HuggingFace's rule); ``d=None`` skips
+    the update clipping (optax's ``clipping_threshold=None``), and ``momentum_dtype`` keeps the
+    momentum ``exp_avg`` in another dtype (optax's ``dtype_momentum``; its product with
+    :math:`\beta_1` in that dtype, the rest in the parameter's).
+
     ``eps[0] = None`` means ``torch.finfo(dtype).eps`` of each parameter's (compute) dtype (torch
     takes it from the first parameter of a group); the hparam ``eps1`` may be ``None``, a number
     or a tensor at update time (``None`` there means the default).
@@ -272,10 +345,10 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         beta2_decay: ``c <= 0`` (default -0.8).
         eps: ``(ε1, ε2)`` (default ``(None, 1e-3)``).
         d: clipping threshold (default 1; ``>= 1`` in the torch variant, as torch checks,
-            ``> 0`` in the HuggingFace one).
+            ``> 0`` in the others), or ``None``: no clipping (structural).
         weight_decay: ``λ`` (default 0).
         maximize: ascend instead of descend (structural).
-        variant: ``"torch"`` or ``"huggingface"`` (structural; see the table).
+        variant: ``"torch"``, ``"huggingface"`` or ``"optax"`` (structural; see above).
         relative_step: :math:`\rho_t = \min(\eta, 1/\sqrt t)` rather than :math:`\eta`
             (structural).
         scale_parameter: scale the step by :math:`\max(\epsilon_2, \operatorname{RMS}(p))`
@@ -284,13 +357,21 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
             ``relative_step``).
         beta1: ``β1`` of the momentum on the scaled updates, or ``None`` (structural: no
             momentum, no ``exp_avg`` state; default).
+        decay_offset: ``t_0`` (optax variant only; default 0).
+        factored: factor the second moments (structural; default True).
+        min_dim_size_to_factor: the smallest factored dimension (structural; default 0).
+        momentum_dtype: dtype of ``exp_avg`` (structural; default ``None``: the compute
+            dtype).
     """
     owner = "scale_by_factored_rms"
-    if variant not in _VARIANTS:
-        raise HParamError(f"{owner}: variant must be one of {_VARIANTS}, got {variant!r}")
+    check_choice(owner, "variant", variant, _VARIANTS)
     if warmup_init and not relative_step:
         raise HParamError(f"{owner}: warmup_init=True requires relative_step=True")
     huggingface = variant == "huggingface"
+    check_dtype_option(owner, "momentum_dtype", momentum_dtype)
+    if not isinstance(min_dim_size_to_factor, int) or min_dim_size_to_factor < 0:
+        raise HParamError(f"{owner}: min_dim_size_to_factor must be an int >= 0, got "
+                          f"{min_dim_size_to_factor!r}")
     check_hparam(owner, "lr", lr, ge=0)
     check_hparam(owner, "beta2_decay", beta2_decay, le=0)
     if not isinstance(eps, (tuple, list)) or len(eps) != 2:
@@ -298,16 +379,26 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
     if eps[0] is not None:
         check_hparam(owner, "eps[0]", eps[0], ge=0)
     check_hparam(owner, "eps[1]", eps[1], ge=0)
-    check_hparam(owner, "d", d, **({"gt": 0} if huggingface else {"ge": 1}))
+    if d is not None:
+        check_hparam(owner, "d", d, **({"ge": 1} if variant == "torch" else {"gt": 0}))
     check_hparam(owner, "weight_decay", weight_decay, ge=0)
     defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps1": eps[0], "eps2": eps[1], "d": d,
                 "weight_decay": weight_decay}
     if beta1 is not None:
         check_hparam(owner, "beta1", beta1, ge=0, le=1)
         defaults["beta1"] = beta1
-    rule = functools.partial(_factored_rule, maximize=maximize, huggingface=huggingface,
+    if variant == "optax":
+        check_hparam(owner, "decay_offset", decay_offset)
+        defaults["decay_offset"] = decay_offset
+    elif not is_off(decay_offset):
+        raise HParamError(f"{owner}: decay_offset is optax's (variant='optax'), got "
+                          f"{decay_offset!r} with variant={variant!r}")
+    rule = functools.partial(_factored_rule, maximize=maximize, variant=variant,
                              momentum=beta1 is not None, relative_step=relative_step,
                              scale_parameter=scale_parameter, warmup_init=warmup_init)
+
+    def dims(p):
+        return _factored_dims(p, variant, factored, min_dim_size_to_factor)
 
     def init(params):
         def compute_dtype(p):
@@ -316,11 +407,12 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         def zeros(p, shape):
             return torch.zeros(shape, dtype=compute_dtype(p), device=p.device)
 
-        def factor(p, dim):
-            if p.ndim < 2:
+        def factor(p, which):  # which: 1 for the rows' statistic, 0 for the columns'
+            if not dims(p):
                 return zeros(p, _NONE_SHAPE)
+            dim = dims(p)[which]
             if huggingface:  # HF's shapes, without the reduced dimension
-                return zeros(p, p.shape[:dim % p.ndim] + p.shape[dim % p.ndim + 1:])
+                return zeros(p, p.shape[:dim] + p.shape[dim + 1:])
             return _statistic(p, dim)
 
         if huggingface:
@@ -330,12 +422,12 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
                                     f"parameter {name!r} is a DTensor (the torch variant "
                                     "runs on DTensors)")
         return ScaleByFactoredRmsState(
-            init_count(params), _tree.map(lambda p: factor(p, -1), params),
-            _tree.map(lambda p: factor(p, -2), params),
-            _tree.map(lambda p: zeros(p, _NONE_SHAPE) if p.ndim >= 2 else
+            init_count(params), _tree.map(lambda p: factor(p, 1), params),
+            _tree.map(lambda p: factor(p, 0), params),
+            _tree.map(lambda p: zeros(p, _NONE_SHAPE) if dims(p) else
                       torch.zeros_like(p, dtype=compute_dtype(p)), params),
-            _tree.map(lambda p: torch.zeros_like(p, dtype=compute_dtype(p)), params)
-            if beta1 is not None else EmptyState(),
+            _tree.map(lambda p: torch.zeros_like(p, dtype=momentum_dtype or compute_dtype(p)),
+                      params) if beta1 is not None else EmptyState(),
             _tree.map(lambda p: zeros(p, ()), params) if huggingface else EmptyState())
 
     def update(updates, state, params=None, hparams=None, **extra):
@@ -347,14 +439,17 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         root_numel = _tree.map(lambda p: p.numel() ** 0.5, params)
         n_last = _tree.map(lambda p: p.shape[-1] if p.ndim >= 1 else 1, params)
         n_prev = _tree.map(lambda p: p.shape[-2] if p.ndim >= 2 else 1, params)
+        factored_dims = _tree.map(dims, params)
         states = (state.step, state.row_var, state.col_var, state.variance)
         states += ((state.exp_avg,) if beta1 is not None else ()) + (
             (state.rms,) if huggingface else ())
         # (the HuggingFace variant keeps half-precision leaves' statistics in float32)
         typed, like = (None, SHAPED) if huggingface else (TYPED, LIKE)
+        if momentum_dtype is not None:
+            like = SHAPED
         out, *new = elementwise(
-            rule, h, updates, states, (params, root_numel, n_last, n_prev), name=owner,
-            real_only=True, input_names=("params", "size", "size", "size"),
+            rule, h, updates, states, (params, root_numel, n_last, n_prev, factored_dims),
+            name=owner, real_only=True, input_names=("params", "size", "size", "size", "dims"),
             own_update_dtype=huggingface,
             state_like=(None, typed, typed, typed) + ((like,) if beta1 is not None else ()))
         step, row, col, var, *rest = new
