@@ -364,6 +364,48 @@ __all__ += [
     "scale_gradient",
 ]
 
+# optax's line searches, pure L-BFGS, microbatching and linear-algebra utilities
+from . import linear_algebra, microbatching  # noqa: E402
+from .aliases import optax_lbfgs  # noqa: E402
+from .linear_algebra import (  # noqa: E402
+    matrix_inverse_pth_root,
+    multi_normal,
+    nnls,
+    power_iteration,
+)
+from .microbatching import microbatch  # noqa: E402
+from .transforms import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    ScaleByLbfgsDirectionState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    scale_by_lbfgs_direction,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
+
+__all__ += [
+    "linear_algebra",
+    "matrix_inverse_pth_root",
+    "multi_normal",
+    "nnls",
+    "power_iteration",
+    "microbatching",
+    "microbatch",
+    "optax_lbfgs",
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLbfgsDirectionState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs_direction",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+]
+
 # optax.contrib's parameter-free and schedule-free optimizers
 from .aliases import (  # noqa: E402
     cocob,
@@ -533,3 +575,86 @@ __all__ += [
     "scale_by_trust_ratio",
     "scale_by_yogi",
 ]
+
+# the precision policy (low-precision state and parameters)
+from .transforms import (  # noqa: E402
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]
+# quantized optimizer state (issue 21 §2): 8-bit and 4-bit blockwise moments
+from .aliases import adam_8bit, adamw_4bit, adamw_8bit  # noqa: E402
+from .transforms import Quantized, quantize_tree, quantized_state  # noqa: E402
+
+__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "quantize_tree",
+            "quantized_state"]
+
+# the tricks of current research (issue 20): cautious masking, MARS, LaProp, OrthoGrad, AdamC,
+# Adam-mini, trust-region clipping, parameter EMA, Muon with AdamW, ASAM, Momentum-SAM
+from .aliases import (  # noqa: E402
+    adam_mini,
+    adamc,
+    adamw_ema,
+    asam_sgd,
+    cautious_adamw,
+    laprop,
+    mars_adamw,
+    msam_sgd,
+    muon_adamw,
+    muon_labels,
+    orthograd_adamw,
+)
+from .combinators import (  # noqa: E402
+    EmaParamsState,
+    corrected_decay,
+    ema_eval_params,
+    ema_params,
+    ema_train_params,
+)
+from .transforms import (  # noqa: E402
+    NS_COEFFICIENTS,
+    MomentumSamState,
+    ScaleByAdamMiniState,
+    ScaleByLapropState,
+    ScaleByMarsState,
+    add_cautious_decayed_weights,
+    asam_scale,
+    cautious,
+    clip_by_trust_ratio,
+    momentum_sam,
+    momentum_sam_eval_params,
+    momentum_sam_train_params,
+    orthograd,
+    scale_by_adam_mini,
+    scale_by_laprop,
+    scale_by_mars,
+)
+
+__all__ += ["adam_mini", "adamc", "adamw_ema", "asam_sgd", "cautious_adamw", "laprop",
+            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "orthograd_adamw",
+            "EmaParamsState", "corrected_decay", "ema_eval_params", "ema_params",
+            "ema_train_params", "NS_COEFFICIENTS", "MomentumSamState", "ScaleByAdamMiniState",
+            "ScaleByLapropState", "ScaleByMarsState", "add_cautious_decayed_weights",
+            "asam_scale", "cautious", "clip_by_trust_ratio", "momentum_sam",
+            "momentum_sam_eval_params", "momentum_sam_train_params", "orthograd",
+            "scale_by_adam_mini", "scale_by_laprop", "scale_by_mars"]

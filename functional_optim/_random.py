@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["key", "next_key", "rademacher", "normal"]
+__all__ = ["key", "next_key", "rademacher", "normal", "uniform"]
 
 _M32 = 0xFFFFFFFF
 
@@ -74,6 +74,12 @@ def rademacher(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
     """Independent signs ±1, each with probability 1/2, shaped like ``like`` and of its
     dtype (a Hutchinson probe)."""
     return (1 - 2 * (_bits(k, salt, like) >> 31)).to(like.dtype)
+
+
+def uniform(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:
+    r"""Independent uniform samples in :math:`[0, 1)` shaped like ``like``, of its dtype: the
+    top 24 of 32 random bits times :math:`2^{-24}` (exact in float32 and float64)."""
+    return (_bits(k, salt, like) >> 8).to(like.dtype) * 2.0 ** -24
 
 
 def normal(k: torch.Tensor, salt: int, like: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,14 @@ def test_compile_fullgraph_no_recompile(case):
     """``torch.compile(update, fullgraph=True)`` compiles once, on a tree mixing float32 and
     float64 leaves, with every float hyperparameter a 0-d tensor; a new value of each in turn
     (check (e) of ``test_hparams_live.py``) runs without recompiling and gives eager's
-    numbers."""
+    numbers.
+
+    The backend is dynamo's ``"eager"``: what this checks is dynamo's capture (one graph, its
+    guards, no recompile), and that is the cost that grows with every registered case. The
+    trace below dynamo is checked per case by :func:`test_capturable_fake_cuda_trace` and
+    :func:`test_trace_once_replay_with_new_hparams` (``make_fx``: dispatch, fake tensors, no
+    host sync), and ``aot_eager`` end to end by the dedicated compile tests
+    (``test_compile_step.py``, ``test_adapter_compile.py``, ``test_adapter.py``)."""
     cells = float_hparams(case.make().hparams)
     tx = case.make()
     params = _mixed_tree(case, 0)
@@ -203,7 +210,7 @@ def test_compile_fullgraph_no_recompile(case):
             h = with_hparam(h, path, v)
         return tx.update(g, s, p, h)
 
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
     compiled = torch.compile(update, backend=counter, fullgraph=True, dynamic=False)
     torch._dynamo.reset()
     try:

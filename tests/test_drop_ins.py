@@ -30,10 +30,11 @@ pytestmark = pytest.mark.filterwarnings(  # HuggingFace's AdamW, built with its 
     "ignore:This implementation of AdamW is deprecated:FutureWarning")
 
 CASES_BY_NAME = {c.name: c for c in CASES}
-# L-BFGS's step needs a closure (its own tests: test_algorithms_special.py); Polyak's step
-# needs the loss as ``value=``, which the adapter does not pass from a closure (its functional
-# tests: test_optax_core.py)
-NAMES = [n for n in registry.names() if n not in ("lbfgs", "polyak_sgd")]
+# L-BFGS's step needs a closure (its own tests: test_algorithms_special.py), and so does optax's
+# L-BFGS with its default line search (test_optax_search.py); Polyak's step needs the loss as
+# ``value=``, which the adapter does not pass from a closure (its functional tests:
+# test_optax_core.py)
+NAMES = [n for n in registry.names() if n not in ("lbfgs", "optax_lbfgs", "polyak_sgd")]
 STEPS = 5
 # torch.optim casts these classes' 0-d scalar state (NAdam's mu_product, ASGD's eta and mu,
 # float32 during a run) to the parameters' float64 at load, so a resumed run continues as torch's

@@ -83,3 +83,24 @@ def test_tensor_hparams_keep_the_donated_update_readable(make, kwargs):
         results.append(p)
     for name in params:
         torch.testing.assert_close(results[1][name], results[0][name], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("second", [lambda: fo.scale_by_rms(centered=True), fo.scale_by_adam],
+                         ids=["rms", "adam"])
+def test_fused_run_hands_on_updates_in_the_leaf_dtype(second):
+    """A fused run hands each rule's update to the next in the leaf's dtype, as the unfused
+    chain does: momentum's 0-d float64 coefficients promoted a 0-d float32 leaf's update, which
+    the next rule's lerp refused (regression: the multi-tensor path raised)."""
+    tx = fo.chain(fo.trace(0.9), second())
+    params = {k: v.float() for k, v in _trees().items()}
+    results = []
+    for multi in (False, True):
+        state = tx.init(params)
+        for step in range(3):
+            grads = {k: v.float() for k, v in _trees(step + 1).items()}
+            with torch.no_grad(), _execute.multi_tensor(multi):
+                updates, state = tx.update(grads, state, params)
+        results.append(updates)
+    for k in params:
+        assert results[1][k].dtype == torch.float32
+        torch.testing.assert_close(results[1][k], results[0][k], rtol=1e-6, atol=1e-7)

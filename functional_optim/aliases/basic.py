@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from .. import _fused
@@ -100,10 +103,22 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
         decoupled_weight_decay: AdamW's decay (Loshchilov & Hutter, 2019; structural).
     """
     owner = "adamw" if decoupled_weight_decay else "adam"
+    fused = _fused.adam_step(decoupled=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize)
+    return adam_chain(owner, lambda: scale_by_adam(betas, eps, amsgrad=amsgrad), lr, betas, eps,
+                      weight_decay, maximize, decoupled_weight_decay,
+                      dict(amsgrad=amsgrad, maximize=maximize,
+                           decoupled_weight_decay=decoupled_weight_decay))._replace(fused=fused)
+
+
+def adam_chain(owner: str, block: Callable[[], Transform], lr: Any, betas: tuple, eps: Any,
+               weight_decay: Any, maximize: bool, decoupled: bool,
+               structural: dict) -> Transform:
+    """Adam's chain with torch's flat hyperparameters around the Adam block ``block()`` (built
+    after the checks: :func:`scale_by_adam`, or it with its state stored otherwise), without
+    a fused step; ``structural`` names the construction-time options."""
     check_hparam(owner, "eps", eps, ge=0)
     check_betas(owner, betas)
-    blocks = _decay_around(owner, lr, weight_decay, maximize, decoupled_weight_decay, "adam",
-                           scale_by_adam(betas, eps, amsgrad=amsgrad))
+    blocks = _decay_around(owner, lr, weight_decay, maximize, decoupled, "adam", block())
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
 
@@ -111,11 +126,7 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
         return {"adam": {"betas": h["betas"], "eps": h["eps"]}, "lr": {"lr": h["lr"]},
                 "weight_decay": {"weight_decay": h["weight_decay"]}}
 
-    fused = _fused.adam_step(decoupled=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize)
-    return _reparametrized(owner, chain(**blocks), defaults, to_inner,
-                           dict(amsgrad=amsgrad, maximize=maximize,
-                                decoupled_weight_decay=decoupled_weight_decay))._replace(
-        fused=fused)
+    return _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
 
 
 @register(paper='Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization"',

@@ -28,6 +28,7 @@ from torch.optim.optimizer import _get_capturable_supported_devices, _get_scalar
 
 from .._execute import is_off
 from ..base import Transform
+from ._precision import POLICY_PATHS
 from .adapter import FunctionalOptimizer
 
 
@@ -120,10 +121,12 @@ class _TorchCompatible(FunctionalOptimizer):
     def _state_key(self, path, p):
         # every stored leaf has a torch name; a path without one is derived from the others
         name = self._STATE_NAMES.get(path)
-        return None if name is None else (name,)
+        if name is None:  # the precision policy's own leaves keep their names
+            return path if path in POLICY_PATHS else None
+        return (name,)
 
     def _known_state(self, expected):
-        return {(name,) for name in self._STATE_NAMES.values()}
+        return {(name,) for name in self._STATE_NAMES.values()} | (set(expected) & POLICY_PATHS)
 
     def _number_keys(self):
         return frozenset((k,) for k in self._SCALARS)

@@ -103,8 +103,10 @@ def walk_state(node: Any, names: frozenset, path: Path = (), owner: Any = None
         for k in sorted(node):
             yield from walk_state(node[k], names, path + (str(k),), owner)
     elif _is_namedtuple(node):
+        inline = getattr(type(node), "_inline", ())  # (a wrapper's fields that add no level)
         for field in node._fields:
-            yield from walk_state(getattr(node, field), names, path + (field,), owner)
+            yield from walk_state(getattr(node, field), names,
+                                  path if field in inline else path + (field,), owner)
     elif isinstance(node, (tuple, list)):
         for i, v in enumerate(node):
             yield from walk_state(v, names, path + (str(i),), owner)

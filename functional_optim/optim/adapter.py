@@ -23,7 +23,7 @@ import torch
 from .. import _execute, _fused, groups
 from .. import tree as _tree
 from ..base import HParamError, Transform
-from . import _checkpoint, _flat, _layout
+from . import _checkpoint, _flat, _layout, _precision
 
 __all__ = ["FunctionalOptimizer"]
 
@@ -55,6 +55,8 @@ def _own(value: Any, like: Any = None) -> Any:
     dicts, lists and tuples rebuilt)."""
     if isinstance(value, torch.Tensor):
         return _layout.copy_like(value, like)
+    if isinstance(value, _precision.Kept):  # converted by the precision policy: ours already
+        return value.value
     if isinstance(value, dict):  # a defaultdict keeps its factory
         out = copy.copy(value)
         for k, v in value.items():
@@ -148,6 +150,13 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             self._cache[("base", index)] = tx
         return tx
 
+    def _step_transform(self, group: dict) -> Transform:
+        """The transform that steps ``group``: :meth:`_transform_for`'s, under the precision
+        policy when :meth:`use_precision` set one."""
+        tx = self._transform_for(group)
+        policy = self.__dict__.get("_policy")
+        return tx if policy is None else _precision.wrap(self._cache, tx, policy)
+
     def _group_index(self, group: dict) -> int | None:
         """For a :func:`~functional_optim.parameter_groups` transform, the index of the group
         that the parameters of ``group`` (by ``param_names``) belong to; else ``None``."""
@@ -223,8 +232,9 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         source = self._source
         state["_source"] = _Source(source, type(self).__name__) if isinstance(
             source, Transform) else source
-        if self.__dict__.get("_flat") is not None:  # the copy keeps the layout choice
-            state["_flat"] = self._flat
+        for key in ("_flat", "_policy"):  # the copy keeps the layout and the policy
+            if self.__dict__.get(key) is not None:
+                state[key] = self.__dict__[key]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -317,14 +327,23 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         """Checks the saved state ``entries`` of ``group`` (by position in it; ``ids`` are the
         checkpoint's indices of its parameters); returns them, by index, as they are to be
         loaded (see :meth:`_loaded_entry`)."""
-        expected = self._expected_state(self._transform_for(group), group)
+        expected = self._expected_state(self._step_transform(group), group)
         numbers = self._number_keys()
+        policy = self.__dict__.get("_policy") is not None
+        converted: list = []
         out = {}
         for k, entry in entries.items():
             where = _checkpoint.Where.of(owner, index, group, ids, k)
-            present = _checkpoint.check_entry(where, entry, expected[k],
-                                              self._known_state(expected[k]), numbers)
-            out[ids[k]] = self._loaded_entry(group["params"][k], entry, present, expected[k])
+            full = expected[k]
+            required = full if not policy else {  # the policy's own leaves are optional
+                path: leaf for path, leaf in full.items() if path not in _precision.POLICY_PATHS}
+            present = _checkpoint.check_entry(where, entry, required, self._known_state(full),
+                                              numbers)
+            p = group["params"][k]
+            if policy:
+                entry = _precision.loaded(p, entry, present, full, converted)
+            out[ids[k]] = self._loaded_entry(p, entry, present, full)
+        _precision.warn_converted(owner, converted)
         return out
 
     def _expected_state(self, tx: Transform, group: dict) -> list[dict]:
@@ -443,6 +462,35 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         self._cache = {k: v for k, v in self._cache.items() if not _is_flat_key(k)}
         return self
 
+    def use_precision(self, state_dtype: Any = None, *, stochastic_rounding: bool = False,
+                      params: str = "round", seed: int = 0, **fields: Any
+                      ) -> FunctionalOptimizer:
+        """Run every group under the precision policy :func:`functional_optim.precision`
+        (the one mechanism of every class here); returns ``self``.
+
+        ``state_dtype`` (a dtype, ``"bf16"``, ``"fp16"``, ``"fp32"`` or a
+        :class:`~functional_optim.transforms.low_precision.Storage`) stores the floating state
+        tensors shaped like their parameter (``fields`` per state field of the transform,
+        e.g. ``mu=torch.bfloat16``); the math runs in float32. ``stochastic_rounding`` rounds
+        every narrower store stochastically (state, and with ``params="round"`` the
+        parameters); ``params`` is ``"round"``, ``"kahan"`` (a ``compensation`` per parameter)
+        or ``"master"`` (a float32 ``master_param``). ``seed`` starts ``rounding_key``.
+
+        The state keeps its names (``exp_avg`` in the policy's dtype); ``state_dict`` saves
+        the policy's leaves too and round-trips exactly. Loading converts explicitly, by the
+        rule of the "Low precision and memory" guide: each floating state tensor to the dtype
+        the policy stores it in (a float32 torch.optim checkpoint into bfloat16 state: rounded
+        to nearest, with a warning naming the keys and dtypes), on the parameter's device;
+        the policy's leaves start fresh when absent; an optimizer without the policy refuses
+        them. The fused kernels do not run under a policy (the multi-tensor, per-leaf and
+        flat paths do; the flat layout draws other random numbers, of the same law).
+        """
+        policy = dict(state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                      params=params, seed=seed, **fields)
+        self._policy = _precision.check(type(self).__name__, policy)
+        self._cache = {}
+        return self
+
     def _flat_step(self, group: dict, rehome: bool, compile: bool) -> bool:
         """One step of ``group`` in the flat layout; ``False``: it must take the usual one."""
         key = ("flat", id(group))
@@ -455,7 +503,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         if flat is False:
             return False
         if flat is None or not flat.valid():
-            tx = self._transform_for(group)
+            tx = self._step_transform(group)
             try:
                 flat = _flat.FlatGroup(self, group, tx, rehome=rehome, compile=compile)
             except _flat.NotFlat as e:
@@ -498,7 +546,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         names = self._names(group, params)
         by_name = dict(zip(names, params))
         grads = dict(zip(names, grads))
-        tx = self._transform_for(group)
+        tx = self._step_transform(group)
         hparams = self._hparams_for(tx, group)
         spec, template, plan, columns, order = self._plan(tx, names, params)
 

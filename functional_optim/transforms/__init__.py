@@ -88,8 +88,10 @@ from .factored import ScaleByFactoredRmsState, relative_step_size, scale_by_fact
 from .lbfgs import LbfgsState, scale_by_lbfgs
 from .orthogonal import (
     MUON_NS_COEFFICIENTS,
+    NS_COEFFICIENTS,
     ScaleByMuonState,
     orthogonalize_via_newton_schulz,
+    resolve_ns_coefficients,
     scale_by_muon,
     scale_by_newton_schulz,
 )
@@ -98,6 +100,8 @@ from .sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 __all__ += [
     "LbfgsState",
     "MUON_NS_COEFFICIENTS",
+    "NS_COEFFICIENTS",
+    "resolve_ns_coefficients",
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
     "ScaleBySparseAdamState",
@@ -142,7 +146,7 @@ from .second_order import (  # noqa: E402
     hutchinson_estimator_diag_hessian,
     scale_by_sophia,
 )
-from .sharpness import SamState, normalize, sam  # noqa: E402
+from .sharpness import SamState, asam_scale, normalize, sam  # noqa: E402
 
 __all__ += [
     "DifferentiallyPrivateAggregateState",
@@ -191,6 +195,32 @@ __all__ += [
     "per_example_layer_norm_clip",
     "unitwise_clip",
     "unitwise_norm",
+]
+
+# optax's line searches and pure L-BFGS direction
+from .linesearch import (  # noqa: E402
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from .quasi_newton import ScaleByLbfgsDirectionState, scale_by_lbfgs_direction  # noqa: E402
+from .zoom import (  # noqa: E402
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
+
+__all__ += [
+    "BacktrackingLinesearchInfo",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "scale_by_backtracking_linesearch",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
+    "ScaleByLbfgsDirectionState",
+    "scale_by_lbfgs_direction",
 ]
 
 # optax.contrib's parameter-free and schedule-free blocks
@@ -295,4 +325,89 @@ __all__ += [
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+]
+
+# the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
+from .low_precision import (  # noqa: E402
+    CastStorage,
+    KahanState,
+    MasterWeightsState,
+    PrecisionState,
+    StochasticRoundingState,
+    Storage,
+    kahan_summation,
+    master_weights,
+    precision,
+    stochastic_round,
+    stochastic_rounding,
+    with_state_dtype,
+)
+
+__all__ += [
+    "CastStorage",
+    "KahanState",
+    "MasterWeightsState",
+    "PrecisionState",
+    "StochasticRoundingState",
+    "Storage",
+    "kahan_summation",
+    "master_weights",
+    "precision",
+    "stochastic_round",
+    "stochastic_rounding",
+    "with_state_dtype",
+]
+# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
+# transform's state
+from .quantized import (  # noqa: E402
+    Quantized,
+    dequantize,
+    quantization_map,
+    quantize,
+    quantize_tree,
+    quantized_state,
+)
+
+__all__ += ["Quantized", "dequantize", "quantization_map", "quantize", "quantize_tree",
+            "quantized_state"]
+
+# the tricks of current research: cautious masking and decay, MARS, OrthoGrad, trust-region
+# clipping, LaProp, Adam-mini, Momentum-SAM
+from .adam_variants import (  # noqa: E402
+    ScaleByAdamMiniState,
+    ScaleByLapropState,
+    scale_by_adam_mini,
+    scale_by_laprop,
+)
+from .sharpness import (  # noqa: E402
+    MomentumSamState,
+    momentum_sam,
+    momentum_sam_eval_params,
+    momentum_sam_train_params,
+)
+from .tricks import (  # noqa: E402
+    ScaleByMarsState,
+    add_cautious_decayed_weights,
+    cautious,
+    clip_by_trust_ratio,
+    orthograd,
+    scale_by_mars,
+)
+
+__all__ += [
+    "asam_scale",
+    "ScaleByAdamMiniState",
+    "ScaleByLapropState",
+    "scale_by_adam_mini",
+    "scale_by_laprop",
+    "MomentumSamState",
+    "momentum_sam",
+    "momentum_sam_eval_params",
+    "momentum_sam_train_params",
+    "ScaleByMarsState",
+    "add_cautious_decayed_weights",
+    "cautious",
+    "clip_by_trust_ratio",
+    "orthograd",
+    "scale_by_mars",
 ]

@@ -51,6 +51,7 @@ from ..base import (
     missing_params,
     resolve_hparams,
 )
+from .quasi_newton import two_loop
 
 __all__ = ["LbfgsState", "scale_by_lbfgs"]
 
@@ -262,19 +263,14 @@ def strong_wolfe(evaluate: Callable, t, d: torch.Tensor, f, g, gtd, c1: float = 
 
 
 def _two_loop(work: Work, flat_grad: torch.Tensor, history_size: int) -> torch.Tensor:
-    """``-H g`` by the L-BFGS two-loop recursion (Nocedal, 1980) over the stored history."""
-    num_old = len(work.old_dirs)
+    """``-H g`` by the L-BFGS two-loop recursion
+    (:func:`~functional_optim.transforms.quasi_newton.two_loop`) over the stored history, with
+    torch's arithmetic (``add`` with a Python ``alpha``)."""
     if work.al is None:
         work.al = [None] * history_size
-    al = work.al
-    q = flat_grad.neg()
-    for i in range(num_old - 1, -1, -1):
-        al[i] = work.old_stps[i].dot(q) * work.ro[i]
-        q = q.add(work.old_dirs[i], alpha=-float(al[i]))
-    r = torch.mul(q, work.H_diag)
-    for i in range(num_old):
-        be_i = work.old_dirs[i].dot(r) * work.ro[i]
-        r = r.add(work.old_stps[i], alpha=float(al[i] - be_i))
+    r, alphas = two_loop(flat_grad.neg(), work.old_stps, work.old_dirs, work.ro, work.H_diag,
+                         lambda a, b: a.dot(b), lambda x, a, y: x.add(y, alpha=float(a)))
+    work.al[:len(alphas)] = alphas
     return r
 
 
