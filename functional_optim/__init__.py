@@ -15,8 +15,10 @@ from . import (  # meta-learning (nothing in the core imports them)
     tree,
     tree_math,
 )
+from ._step import step
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
+    DonatedStateError,
     EmptyState,
     HParamError,
     MissingParamsError,
@@ -145,6 +147,7 @@ __all__ = [
     "combinators",
     "EmptyState",
     "HParamError",
+    "DonatedStateError",
     "MissingParamsError",
     "ScaleByAdamState",
     "ScaleByRmsState",
@@ -157,6 +160,7 @@ __all__ = [
     "add_decayed_weights",
     "apply_updates",
     "apply_updates_",
+    "step",
     "chain",
     "clip",
     "clip_by_global_norm",
