@@ -337,9 +337,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             full = expected[k]
             required = full if not policy else {  # the policy's own leaves are optional
                 path: leaf for path, leaf in full.items() if path not in _precision.POLICY_PATHS}
+            p = group["params"][k]
+            if policy:
+                entry = _precision.encoded(owner, p, entry, full, self._policy, converted)
             present = _checkpoint.check_entry(where, entry, required, self._known_state(full),
                                               numbers)
-            p = group["params"][k]
             if policy:
                 entry = _precision.loaded(p, entry, present, full, converted)
             out[ids[k]] = self._loaded_entry(p, entry, present, full)

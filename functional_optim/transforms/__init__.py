@@ -329,11 +329,14 @@ from .low_precision import (  # noqa: E402
     KahanState,
     MasterWeightsState,
     PrecisionState,
+    QuantizedStorage,
     StochasticRoundingState,
     Storage,
     kahan_summation,
     master_weights,
     precision,
+    quantize_tree,
+    quantized_state,
     stochastic_round,
     stochastic_rounding,
     with_state_dtype,
@@ -344,6 +347,7 @@ __all__ += [
     "KahanState",
     "MasterWeightsState",
     "PrecisionState",
+    "QuantizedStorage",
     "StochasticRoundingState",
     "Storage",
     "kahan_summation",
@@ -353,15 +357,13 @@ __all__ += [
     "stochastic_rounding",
     "with_state_dtype",
 ]
-# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
-# transform's state
+# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit codes, the storage
+# (QuantizedStorage, quantized_state) of the precision policy above
 from .quantized import (  # noqa: E402
     Quantized,
     dequantize,
     quantization_map,
     quantize,
-    quantize_tree,
-    quantized_state,
 )
 
 __all__ += ["Quantized", "dequantize", "quantization_map", "quantize", "quantize_tree",
