@@ -471,7 +471,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         (the one mechanism of every class here); returns ``self``.
 
         ``state_dtype`` (a dtype, ``"bf16"``, ``"fp16"``, ``"fp32"`` or a
-        :class:`~functional_optim.transforms.low_precision.Storage`) stores the floating state
+        :class:`~functional_optim.transforms.storage.Storage`) stores the floating state
         tensors shaped like their parameter (``fields`` per state field of the transform,
         e.g. ``mu=torch.bfloat16``); the math runs in float32. ``stochastic_rounding`` rounds
         every narrower store stochastically (state, and with ``params="round"`` the

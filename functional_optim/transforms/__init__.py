@@ -325,22 +325,19 @@ __all__ += [
 
 # the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
 from .low_precision import (  # noqa: E402
-    CastStorage,
     KahanState,
     MasterWeightsState,
     PrecisionState,
-    QuantizedStorage,
     StochasticRoundingState,
-    Storage,
     kahan_summation,
     master_weights,
     precision,
     quantize_tree,
     quantized_state,
-    stochastic_round,
     stochastic_rounding,
     with_state_dtype,
 )
+from .storage import CastStorage, QuantizedStorage, Storage, stochastic_round  # noqa: E402
 
 __all__ += [
     "CastStorage",

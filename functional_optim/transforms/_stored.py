@@ -125,13 +125,14 @@ def store_fresh(state: Any, storage_of) -> Any:
                       storage_of(f, old) is not None)
 
 
-def _stored_as(name: str, s: Storage, field: str | None, old: Any, leaf: str = "") -> Storage:
+def _stored_as(name: str, s: Storage, field: str | None, old: Any, leaf=lambda: "") -> Storage:
     """``s``, after checking that it holds ``old`` (a float tensor where quantized codes are
-    expected is refused, never read as a float state); ``leaf`` names the place."""
+    expected is refused, never read as a float state); ``leaf()`` names the place (called only
+    for the error)."""
     if not s.holds(old):
         what = "tensor" if isinstance(old, torch.Tensor) else type(old).__name__
         raise _tree.TreeMismatchError(
-            f"{name}: {leaf}state field {field!r}: got a {what} of shape "
+            f"{name}: {leaf()}state field {field!r}: got a {what} of shape "
             f"{tuple(getattr(old, 'shape', ()))} and dtype {getattr(old, 'dtype', None)}, "
             f"expected what {s!r} stores: convert a float state explicitly (quantize_tree, "
             "or the adapter's load_state_dict)")
@@ -172,18 +173,20 @@ def fields_of(node: Any, found: set) -> set:
 
 
 def _field_names(node: Any, field: str | None, found: dict) -> dict:
-    """``id(subtree) -> field``: the nearest enclosing NamedTuple field name of every subtree
-    of ``node`` (a fused rule's state columns are such subtrees)."""
+    """``id(subtree) -> field``: the nearest enclosing NamedTuple field name of every container
+    subtree of ``node`` (a fused rule's state columns are such subtrees)."""
     found[id(node)] = field
     if _is_namedtuple(node):
-        for f, v in zip(node._fields, node):
-            _field_names(v, f, found)
+        children = zip(node._fields, node)
     elif isinstance(node, Mapping):
-        for v in node.values():
-            _field_names(v, field, found)
+        children = ((field, v) for v in node.values())
     elif isinstance(node, (tuple, list)):
-        for v in node:
-            _field_names(v, field, found)
+        children = ((field, v) for v in node)
+    else:
+        return found
+    for f, v in children:
+        if not isinstance(v, _UNITS) and v is not None:
+            _field_names(v, f, found)
     return found
 
 
@@ -252,27 +255,26 @@ def run_chunked(name, inner, storage_of, holds, up, wide, key, updates, stored, 
         places = [(j, i, storage_of(field, column[i])) for j, (field, column) in
                   enumerate(zip(fields, states)) for i in chunk if leaves[i] is not None]
         places = [(j, i, _stored_as(name, s, fields[j], states[j][i],
-                                    f"leaf {_tree.leaf_label(updates, i)}: "))
+                                    lambda i=i: f"leaf {_tree.leaf_label(updates, i)}: "))
                   for j, i, s in places if s is not None]
-        read = [{i: up(column[i]) for i in chunk} for column in states]
-        for (j, i, _), value in zip(places, _decode([(s, states[j][i], leaves[i])
-                                                     for j, i, s in places], wide)):
-            read[j][i] = value
+        decoded = dict(zip([(j, i) for j, i, _ in places],
+                           _decode([(s, states[j][i], leaves[i]) for j, i, s in places], wide)))
         got = _execute.elementwise(
             call.rule, call.hparams, [leaves[i] for i in chunk],
-            tuple(list(column.values()) for column in read),
+            tuple([decoded[j, i] if (j, i) in decoded else up(column[i]) for i in chunk]
+                  for j, column in enumerate(states)),
             tuple([x[i] for i in chunk] for x in inputs), name=f"{name}({spec.name})",
             complex_as_real=spec.complex == "as_real", real_only=spec.real_only,
             input_names=call.input_names, donate_state=call.donate_state or False,
             sparse=False, state_like=call.state_like)
+        encoded = dict(zip([(j, i) for j, i, _ in places],
+                           _encode([(s, got[1 + j][at[i]], 2 * (j * n + i))
+                                    for j, i, s in places], key)))
         for k, i in enumerate(chunk):
             new_leaves[i] = got[0][k]
             for j, column in enumerate(states):
-                new_states[j][i] = _kept(got[1 + j][k], column[i])
-        for (j, i, _), value in zip(places, _encode([(s, got[1 + j][at[i]],
-                                                      2 * (j * n + i)) for j, i, s in places],
-                                                    key)):
-            new_states[j][i] = value
+                new_states[j][i] = encoded[j, i] if (j, i) in encoded else \
+                    _kept(got[1 + j][k], column[i])
     return (optree.tree_unflatten(treespec, new_leaves),
             call.finish(tuple(optree.tree_unflatten(treespec, column)
                               for column in new_states)))

@@ -59,9 +59,7 @@ from ._stored import (
     store_fresh,
 )
 from .storage import (
-    CastStorage,
     QuantizedStorage,
-    Storage,
     advance,
     narrower,
     seed_key,
@@ -71,11 +69,6 @@ from .storage import (
 )
 
 __all__ = [
-    "Storage",
-    "CastStorage",
-    "QuantizedStorage",
-    "storage",
-    "stochastic_round",
     "PrecisionState",
     "with_state_dtype",
     "precision",
