@@ -409,13 +409,12 @@ def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = No
     .. math:: s_t = Q\bigl(\mathrm{rule}(g_t, Q^{-1}(s_{t-1}))\bigr)
 
     When ``inner`` is one pointwise block (a moment block such as
-    :func:`~functional_optim.scale_by_adam`: what the quantized aliases wrap), this runs chunk
-    by chunk of leaves (:data:`CHUNK` elements), the rule on the multi-tensor path over each
-    chunk, so the float copies of the state never exceed one chunk; any other transform has
-    its whole state decoded for the update. Quantization is a rounding: gradients flow through
-    the dequantized values and the block maxima, not through the choice of code. The state is
-    per block, not elementwise: the adapter's flat layout refuses it. Every argument is
-    structural.
+    :func:`~functional_optim.scale_by_adam`: what the quantized aliases wrap), this runs chunk by
+    chunk of leaves (at most 4M elements decoded at once), the rule on the multi-tensor path over
+    each chunk, so the float copies of the state never exceed one chunk; any other transform has its
+    whole state decoded for the update. Quantization is a rounding: gradients flow through the
+    dequantized values and the block maxima, not through the choice of code. The state is per block,
+    not elementwise: the adapter's flat layout refuses it. Every argument is structural.
     """
     return with_state_dtype(inner, QuantizedStorage(bits, block_size, min_size=min_size,
                                                     unsigned=unsigned), compute_dtype=None)
