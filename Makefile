@@ -1,6 +1,7 @@
 # functional_optim — developer tasks.
 #
 #   make demo    set up .venv (if needed) and run examples/quickstart.py
+#   make gallery train every alias on the digits (examples/gallery.py), plot to docs/img
 #   make test    set up .venv (if needed), run the whole test suite, build the docs strictly
 #   make docs    build the docs into site/        make docs-serve   serve them locally
 #   make bench   run benchmarks/run_all.py (when it exists)
@@ -25,10 +26,10 @@ SITE    ?= site
 TORCH_STAMP   := $(VENV)/.stamp-torch
 INSTALL_STAMP := $(VENV)/.stamp-install
 
-.PHONY: help venv install demo test pytest docs docs-serve bench clean distclean
+.PHONY: help venv install demo gallery test pytest docs docs-serve bench clean distclean
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 venv: $(VPY)
 
@@ -52,6 +53,10 @@ install: $(INSTALL_STAMP)
 
 demo: install
 	$(VPY) examples/quickstart.py
+
+gallery: install
+	$(VPY) examples/gallery.py --out examples/out
+	cp examples/out/gallery.png docs/img/gallery.png
 
 # One torch thread per xdist worker: $(JOBS) workers on a 2-core machine, each also running
 # torch's intra-op thread pool, oversubscribe the cores and slow small-tensor tests badly.

@@ -15,8 +15,10 @@ from . import (  # meta-learning (nothing in the core imports them)
     tree,
     tree_math,
 )
+from ._step import step
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
+    DonatedStateError,
     EmptyState,
     HParamError,
     MissingParamsError,
@@ -145,6 +147,7 @@ __all__ = [
     "combinators",
     "EmptyState",
     "HParamError",
+    "DonatedStateError",
     "MissingParamsError",
     "ScaleByAdamState",
     "ScaleByRmsState",
@@ -157,6 +160,7 @@ __all__ = [
     "add_decayed_weights",
     "apply_updates",
     "apply_updates_",
+    "step",
     "chain",
     "clip",
     "clip_by_global_norm",
@@ -309,6 +313,20 @@ __all__ += [
     "scale_by_simplified_ademamix",
     "scale_by_sophia",
 ]
+
+# the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
+from .aliases import psgd_kron, shampoo, soap  # noqa: E402
+from .transforms import (  # noqa: E402
+    ScaleByPsgdKronState,
+    ScaleByShampooState,
+    ScaleBySoapState,
+    scale_by_psgd_kron,
+    scale_by_shampoo,
+    scale_by_soap,
+)
+
+__all__ += ["soap", "ScaleBySoapState", "scale_by_soap", "shampoo", "ScaleByShampooState",
+            "scale_by_shampoo", "psgd_kron", "ScaleByPsgdKronState", "scale_by_psgd_kron"]
 
 # optax's vocabulary outside the optimizers: bounds on updates, numerics
 from . import numerics  # noqa: E402
@@ -604,3 +622,53 @@ from .transforms import Quantized, QuantizedStorage, quantize_tree, quantized_st
 
 __all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "QuantizedStorage",
             "quantize_tree", "quantized_state"]
+
+# the tricks of current research (issue 20): cautious masking, MARS, LaProp, OrthoGrad, AdamC,
+# Adam-mini, trust-region clipping, parameter EMA, Muon with AdamW, ASAM, Momentum-SAM
+from .aliases import (  # noqa: E402
+    adam_mini,
+    adamc,
+    adamw_ema,
+    asam_sgd,
+    cautious_adamw,
+    laprop,
+    mars_adamw,
+    msam_sgd,
+    muon_adamw,
+    muon_labels,
+    orthograd_adamw,
+)
+from .combinators import (  # noqa: E402
+    EmaParamsState,
+    corrected_decay,
+    ema_eval_params,
+    ema_params,
+    ema_train_params,
+)
+from .transforms import (  # noqa: E402
+    NS_COEFFICIENTS,
+    MomentumSamState,
+    ScaleByAdamMiniState,
+    ScaleByLapropState,
+    ScaleByMarsState,
+    add_cautious_decayed_weights,
+    asam_scale,
+    cautious,
+    clip_by_trust_ratio,
+    momentum_sam,
+    momentum_sam_eval_params,
+    momentum_sam_train_params,
+    orthograd,
+    scale_by_adam_mini,
+    scale_by_laprop,
+    scale_by_mars,
+)
+
+__all__ += ["adam_mini", "adamc", "adamw_ema", "asam_sgd", "cautious_adamw", "laprop",
+            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "orthograd_adamw",
+            "EmaParamsState", "corrected_decay", "ema_eval_params", "ema_params",
+            "ema_train_params", "NS_COEFFICIENTS", "MomentumSamState", "ScaleByAdamMiniState",
+            "ScaleByLapropState", "ScaleByMarsState", "add_cautious_decayed_weights",
+            "asam_scale", "cautious", "clip_by_trust_ratio", "momentum_sam",
+            "momentum_sam_eval_params", "momentum_sam_train_params", "orthograd",
+            "scale_by_adam_mini", "scale_by_laprop", "scale_by_mars"]

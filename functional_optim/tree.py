@@ -34,6 +34,7 @@ __all__ = [
     "num_elements",
     "named_leaves",
     "names",
+    "unshared",
 ]
 
 _NONE_IS_LEAF = {"none_is_leaf": True}
@@ -174,6 +175,36 @@ def leaf_label(tree: Any, i: int) -> str:
     flat: list = []
     optree.tree_map(flat.append, tree, **_NONE_IS_LEAF)
     return repr(next(n for n, x in named_leaves(tree) if x is flat[i]) or "<root>")
+
+
+def _storage(x: Any) -> int | None:
+    """The address of a dense plain tensor's memory (``None``: empty, sparse, a subclass such
+    as a fake or distributed tensor, or a functorch wrapper, whose memory is not its own)."""
+    if type(x) not in (torch.Tensor, torch.nn.Parameter) or x.layout != torch.strided \
+            or not x.numel():
+        return None
+    try:
+        return x.untyped_storage().data_ptr()
+    except RuntimeError:  # (a batched or functional wrapper under vmap / grad)
+        return None
+
+
+def unshared(tree: Any) -> Any:
+    """``tree`` with every tensor that shares memory with an earlier leaf cloned: each leaf its
+    own buffer (a state made of one ``zero`` used twice would otherwise be written through
+    both names by an in-place step, see :func:`functional_optim.capture.inplace_step`)."""
+    seen: set = set()
+
+    def own(x):
+        address = _storage(x)
+        if address is None:
+            return x
+        if address in seen:
+            return x.clone()
+        seen.add(address)
+        return x
+
+    return optree.tree_map(own, tree, none_is_leaf=True)
 
 
 def map(fn: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 - mirrors tree_map

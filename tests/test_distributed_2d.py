@@ -185,6 +185,7 @@ BLOCKS = {  # name -> (transform factory, 2-D leaves only)
     "centralize": (lambda: fo.centralize(), False),
     "scale_by_newton_schulz": (lambda: fo.scale_by_newton_schulz(ns_dtype=None), True),
     "muon": (lambda: fo.muon(ns_dtype=None), True),
+    "muon_adamw": (lambda: fo.muon_adamw(ns_dtype=None, adjust_lr_fn="spectral"), False),
     "scale_by_factored_rms": (lambda: fo.scale_by_factored_rms(weight_decay=0.1), False),
     "adafactor": (lambda: fo.adafactor(), False),
     "apply_if_finite": (lambda: fo.apply_if_finite(fo.scale_by_adam(), 3), False),
@@ -362,7 +363,8 @@ def _comparable(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_blocks_dtensor(results):
-    """``clip_by_norm``, ``clip_by_global_norm``, ``centralize``, Newton-Schulz, Muon,
+    """``clip_by_norm``, ``clip_by_global_norm``, ``centralize``, Newton-Schulz, Muon (and
+    Muon with AdamW on the vectors; Newton-Schulz gathers each leaf once),
     Adafactor's factored statistics, ``apply_if_finite`` and ``zero_nans`` on DTensor leaves of
     two meshes: the values of the same blocks on the full tensors, on both execution paths, and
     the updates and the state keep each leaf's layout (a NaN on one shard is seen by all).

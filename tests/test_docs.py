@@ -16,10 +16,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Pages whose ```python blocks are executed, in order, in one namespace per page.
 # (Blocks fenced as ```text, ```bash, ... are not run.)
 EXECUTED_PAGES = ["README.md", "docs/index.md", "docs/getting-started.md",
-                  "docs/meta-learning.md", "docs/guides/composing-chains.md", "docs/algorithms.md"]
+                  "docs/meta-learning.md", "docs/guides/composing-chains.md", "docs/algorithms.md",
+                  "docs/migrating-optax.md"]
 # Objects that each API page must render (the ones the docs and the quickstart use).
 API_PAGES = {
-    "core": ["Transform", "chain", "apply_updates", "apply_updates_"],
+    "core": ["Transform", "chain", "apply_updates", "apply_updates_", "step",
+             "DonatedStateError"],
     "transforms": ["clip_by_global_norm", "scale_by_adam", "add_decayed_weights",
                    "scale_by_learning_rate"],
     "aliases": ["adamw", "huggingface_adafactor", "adam_weight_decay"],

@@ -257,3 +257,17 @@ def test_stateless_updates_and_scale_gradient():
     assert fo.scale_gradient({"x": x}, 0)["x"].requires_grad is False
     grad_fn = torch.func.grad(lambda v: (fo.scale_gradient(v, torch.tensor(2.0)) ** 3).sum())
     torch.testing.assert_close(grad_fn(x.detach()), 2 * 3 * x.detach() ** 2)
+
+
+def test_inject_hparams_value_held_in_state_set_to_a_number():
+    """A value held in the state replaced by a Python number (optax's
+    ``state.hyperparams["learning_rate"] = 0.1``) is used, and stored back as a tensor (it
+    raised AttributeError: a float has no dtype)."""
+    tx = fo.inject_hparams(fo.sgd(lr=0.1), in_state=("lr",))
+    params = _tree(0)
+    state = tx.init(params)
+    state.hparams["lr"] = 0.5
+    g = _tree(1)
+    u, state = tx.update(g, state, params)
+    _close(u, {k: -0.5 * v for k, v in g.items()})
+    assert isinstance(state.hparams["lr"], torch.Tensor) and float(state.hparams["lr"]) == 0.5

@@ -61,7 +61,14 @@ def ref_exponential_decay(t, init_value, transition_steps, decay_rate, transitio
     return value
 
 
+def ref_decay_rate_schedule(t, exponent=0.8):
+    # PaLM's beta2 at step k = t + 1: 1 - k^-0.8
+    return 1 - (t + 1) ** -exponent
+
+
 CASES = {
+    "decay_rate": (sch.decay_rate_schedule, ref_decay_rate_schedule, dict(exponent=0.8)),
+    "decay_rate_fast": (sch.decay_rate_schedule, ref_decay_rate_schedule, dict(exponent=2.5)),
     "constant": (sch.constant, ref_constant, dict(value=0.3)),
     "constant_negative": (sch.constant, ref_constant, dict(value=-2.5)),
     "linear": (sch.linear, ref_linear, dict(init_value=1.0, end_value=0.01,
@@ -125,7 +132,8 @@ def _close(actual: float, expected: float, scale: float, where: str) -> None:
 
 
 def _scale(args: dict) -> float:
-    return max(abs(v) for k, v in args.items() if k.endswith("value") and v is not None)
+    return max((abs(v) for k, v in args.items() if k.endswith("value") and v is not None),
+               default=1.0)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -241,6 +249,7 @@ def test_step_on_a_device_gives_a_value_there():
 GRAD_CASES = [
     # (case, hparam, steps at which the schedule is smooth in that hparam)
     ("constant", "value", (0, 10)),
+    ("decay_rate", "exponent", (1, 10, 300)),
     ("linear", "init_value", (0, 100, 300)),
     ("linear", "end_value", (100, 300)),
     ("linear", "transition_steps", (100, 200)),

@@ -26,6 +26,7 @@ from . import (
     optax_adaptive,
     optax_core,
     optax_variants,
+    preconditioned,
     quantized,
     search,
     special,
@@ -77,9 +78,23 @@ from .optax_variants import (
     optax_rmsprop,
     optax_rprop,
 )
+from .preconditioned import psgd_kron, shampoo, soap
 from .quantized import adam_8bit, adamw_4bit, adamw_8bit
 from .search import optax_lbfgs
 from .special import adafactor, dense_sparse_adam, lbfgs, muon, sparse_adam
+from .tricks import (
+    adam_mini,
+    adamc,
+    adamw_ema,
+    asam_sgd,
+    cautious_adamw,
+    laprop,
+    mars_adamw,
+    msam_sgd,
+    muon_adamw,
+    muon_labels,
+    orthograd_adamw,
+)
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
@@ -93,4 +108,7 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
            "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search",
-           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit"]
+           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit", "tricks", "cautious_adamw",
+           "laprop", "mars_adamw", "adam_mini", "adamc", "orthograd_adamw", "muon_adamw",
+           "muon_labels", "adamw_ema", "asam_sgd", "msam_sgd",
+           "preconditioned", "soap", "shampoo", "psgd_kron"]

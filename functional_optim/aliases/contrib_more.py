@@ -20,6 +20,7 @@ from .. import tree as _tree
 from ..base import Transform, chain, check_hparam
 from ..registry import DropInProtocol, register
 from ..transforms import (
+    asam_scale,
     differentially_private_aggregate,
     hutchinson_estimator_diag_hessian,
     normalize,
@@ -266,12 +267,16 @@ def sophia(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.965,
 
 
 def _sam_norm(optimizer: Any) -> torch.Tensor:
-    """The norm of the gradients over all param groups (of :math:`|p| \\odot g` in an
-    ``adaptive`` group), as davda54/sam's ``SAM._grad_norm``."""
-    scaled = [p.grad * p.abs() if group["adaptive"] else p.grad
-              for group in optimizer.param_groups for p in group["params"]
-              if p.grad is not None]
-    return _tree.global_norm(scaled)
+    """The norm of the gradients over all param groups (of :math:`T \\odot g` in an adaptive
+    group: :math:`T = |p|` with ``adaptive``, ASAM's :math:`|p| + \\eta` in a group with an
+    ``eta``), as davda54/sam's ``SAM._grad_norm`` and the authors' ``ASAM``."""
+    def scaled(group, p):
+        if "eta" in group:
+            return p.grad * asam_scale(p, group["eta"])
+        return p.grad * p.abs() if group["adaptive"] else p.grad
+
+    return _tree.global_norm([scaled(group, p) for group in optimizer.param_groups
+                              for p in group["params"] if p.grad is not None])
 
 
 def _sam_step(optimizer: Any, closure: Any, run: Callable) -> Any:

@@ -82,11 +82,14 @@ def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: f
         weight_decay: decoupled ``λ`` (default 0.1).
         momentum: ``μ`` (default 0.95).
         nesterov: Nesterov momentum (structural; default True).
-        ns_coefficients: ``(a, b, c)`` of the quintic iteration.
+        ns_coefficients: ``(a, b, c)`` of the quintic iteration, or one per iteration
+            (``functional_optim.transforms.NS_COEFFICIENTS``).
         eps: ``ε`` of the normalization (default 1e-7).
         ns_steps: Newton-Schulz iterations (structural; default 5).
-        adjust_lr_fn: ``None``/``"original"`` (:math:`r = \sqrt{\max(1, A/B)}`) or
-            ``"match_rms_adamw"`` (:math:`r = 0.2\sqrt{\max(A, B)}`) (structural).
+        adjust_lr_fn: ``None``/``"original"`` (:math:`r = \sqrt{\max(1, A/B)}`),
+            ``"match_rms_adamw"`` (:math:`r = 0.2\sqrt{\max(A, B)}`), ``"spectral"``
+            (:math:`\sqrt{A/B}`) or ``"none"`` (structural; see
+            :func:`~functional_optim.transforms.scale_by_muon`).
         ns_dtype: precision of the iteration (structural; bfloat16 as torch; ``None``: the
             parameter's).
     """
@@ -95,7 +98,8 @@ def muon(lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1, momentum: f
                            scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps,
                                          adjust_lr_fn, ns_dtype=ns_dtype))
     defaults = dict(lr=blocks["lr"].hparams["lr"], weight_decay=weight_decay,
-                    momentum=momentum, ns_coefficients=tuple(ns_coefficients), eps=eps)
+                    momentum=momentum, ns_coefficients=blocks["muon"].hparams["ns_coefficients"],
+                    eps=eps)
 
     def to_inner(h):
         return {"muon": {"momentum": h["momentum"], "ns_coefficients": h["ns_coefficients"],

@@ -13,7 +13,8 @@ carry no state, so the inner state exists only for the leaves it owns.
 The families, one module each: ``masking`` (masks, labels, groups), ``injection``
 (hyperparameters from schedules or the state), ``accumulation`` (accumulation, skipping,
 conditions), ``numerics`` (gradient surgery), ``averaging`` (lookahead and weight averages),
-``layout`` (one buffer per dtype and device) and ``functions`` (transforms from functions,
+``layout`` (one buffer per dtype and device), ``tricks`` (AdamC's corrected decay, an EMA of
+the parameters) and ``functions`` (transforms from functions,
 measurements kept in the state); every public name is importable from here.
 """
 
@@ -61,8 +62,20 @@ from .masking import _compile_rules as _compile_rules  # (used by groups.py)
 from .masking import _path_names as _path_names  # (groups.py, aliases/huggingface.py)
 from .masking import _rule_labels as _rule_labels  # (groups.py)
 from .numerics import ZeroNansState, centralize, zero_nans
+from .tricks import (
+    EmaParamsState,
+    corrected_decay,
+    ema_eval_params,
+    ema_params,
+    ema_train_params,
+)
 
 __all__ = [
+    "EmaParamsState",
+    "corrected_decay",
+    "ema_eval_params",
+    "ema_params",
+    "ema_train_params",
     "MaskedNode",
     "masked",
     "partition",

@@ -157,12 +157,19 @@ def inject_hparams(inner: Transform, schedules: Mapping[str, Any] | None = None,
         for path, v in values.items():
             h = _set_in(h, _split_path(path), v)
         out, inner_state = inner.update(updates, state.inner_state, params, h, **extra)
-        stored = {p: values[p].to(state.hparams[p].dtype).reshape(()) for p in paths}
+        stored = {p: values[p].to(_held_dtype(state.hparams[p], values[p])).reshape(())
+                  for p in paths}
         new_schedule_states = {p: sched.update(state.schedule_states[p], **extra)
                                for p, sched in stateful.items()}
         return out, InjectHparamsState(state.count + 1, stored, inner_state, new_schedule_states)
 
     return Transform(init, _execute.owning(update, [inner]), defaults)
+
+
+def _held_dtype(held: Any, value: torch.Tensor) -> torch.dtype:
+    """The dtype a value is stored in: the state's (a number put there by hand, as optax's
+    ``state.hyperparams[name] = 0.1``, keeps the value's)."""
+    return held.dtype if isinstance(held, torch.Tensor) else value.dtype
 
 
 def get_hparam(state: Any, name: str) -> torch.Tensor:

@@ -17,6 +17,7 @@ from .base import (
     as_schedule,
     constant,
     cosine_decay,
+    decay_rate_schedule,
     exponential_decay,
     linear,
     warmup_cosine_decay,
@@ -72,6 +73,7 @@ __all__ = [
     "cosine_decay",
     "warmup_cosine_decay",
     "exponential_decay",
+    "decay_rate_schedule",
     # optax's set
     "polynomial",
     "warmup_constant",

@@ -219,3 +219,22 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
         return floor if decay_rate < 1 else ceiling
 
     return Schedule(fn, hparams, "exponential_decay")
+
+
+def decay_rate_schedule(exponent: float = 0.8) -> Schedule:
+    r"""A moment's decay that tends to 1 as the step grows: :math:`\beta(t) = 1 - (t+1)^{-c}`
+    (:math:`t` from 0, so the first step averages nothing: :math:`\beta = 0`).
+
+    PaLM's :math:`\beta_2` (Chowdhery et al., 2022, Section 5: :math:`1 - k^{-0.8}` at step
+    :math:`k \ge 1`), Adafactor's :math:`\hat\beta_{2t}` (Shazeer & Stern, 2018), as a live
+    schedule of any hyperparameter: ``fo.inject_hparams(fo.adamw(...), {"betas.1":
+    fo.schedules.decay_rate_schedule()})``. PaLM's optimizer has no bias correction of the second
+    moment (this :math:`\beta_2` needs none): inject it into ``scale_by_adam(bias_correction=
+    "first_moment")``; Adam's correction of the second moment is the constant ``β2``'s.
+
+    Args:
+        exponent: ``c`` (> 0; default 0.8).
+    """
+    check_hparam("decay_rate_schedule", "exponent", exponent, gt=0)
+    return Schedule(lambda step, exponent: 1 - (step + 1) ** -exponent, {"exponent": exponent},
+                    "decay_rate_schedule")

@@ -88,8 +88,10 @@ from .factored import ScaleByFactoredRmsState, relative_step_size, scale_by_fact
 from .lbfgs import LbfgsState, scale_by_lbfgs
 from .orthogonal import (
     MUON_NS_COEFFICIENTS,
+    NS_COEFFICIENTS,
     ScaleByMuonState,
     orthogonalize_via_newton_schulz,
+    resolve_ns_coefficients,
     scale_by_muon,
     scale_by_newton_schulz,
 )
@@ -98,6 +100,8 @@ from .sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 __all__ += [
     "LbfgsState",
     "MUON_NS_COEFFICIENTS",
+    "NS_COEFFICIENTS",
+    "resolve_ns_coefficients",
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
     "ScaleBySparseAdamState",
@@ -142,7 +146,7 @@ from .second_order import (  # noqa: E402
     hutchinson_estimator_diag_hessian,
     scale_by_sophia,
 )
-from .sharpness import SamState, normalize, sam  # noqa: E402
+from .sharpness import SamState, asam_scale, normalize, sam  # noqa: E402
 
 __all__ += [
     "DifferentiallyPrivateAggregateState",
@@ -365,3 +369,51 @@ from .quantized import (  # noqa: E402
 
 __all__ += ["Quantized", "dequantize", "quantization_map", "quantize", "quantize_tree",
             "quantized_state"]
+
+# the tricks of current research: cautious masking and decay, MARS, OrthoGrad, trust-region
+# clipping, LaProp, Adam-mini, Momentum-SAM
+from .adam_variants import (  # noqa: E402
+    ScaleByAdamMiniState,
+    ScaleByLapropState,
+    scale_by_adam_mini,
+    scale_by_laprop,
+)
+from .sharpness import (  # noqa: E402
+    MomentumSamState,
+    momentum_sam,
+    momentum_sam_eval_params,
+    momentum_sam_train_params,
+)
+from .tricks import (  # noqa: E402
+    ScaleByMarsState,
+    add_cautious_decayed_weights,
+    cautious,
+    clip_by_trust_ratio,
+    orthograd,
+    scale_by_mars,
+)
+
+__all__ += [
+    "asam_scale",
+    "ScaleByAdamMiniState",
+    "ScaleByLapropState",
+    "scale_by_adam_mini",
+    "scale_by_laprop",
+    "MomentumSamState",
+    "momentum_sam",
+    "momentum_sam_eval_params",
+    "momentum_sam_train_params",
+    "ScaleByMarsState",
+    "add_cautious_decayed_weights",
+    "cautious",
+    "clip_by_trust_ratio",
+    "orthograd",
+    "scale_by_mars",
+]
+# the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
+from .psgd import ScaleByPsgdKronState, scale_by_psgd_kron  # noqa: E402
+from .shampoo import ScaleByShampooState, scale_by_shampoo  # noqa: E402
+from .soap import ScaleBySoapState, scale_by_soap  # noqa: E402
+
+__all__ += ["ScaleBySoapState", "scale_by_soap", "ScaleByShampooState", "scale_by_shampoo",
+            "ScaleByPsgdKronState", "scale_by_psgd_kron"]

@@ -15,15 +15,32 @@ from ..base import EmptyState, HParamError, Transform, check_hparam, check_state
 
 __all__ = [
     "MUON_NS_COEFFICIENTS",
+    "NS_COEFFICIENTS",
     "ScaleByMuonState",
     "orthogonalize_via_newton_schulz",
+    "resolve_ns_coefficients",
     "scale_by_newton_schulz",
     "scale_by_muon",
 ]
 
 #: the quintic Newton-Schulz coefficients ``(a, b, c)`` of Muon (and torch.optim.Muon)
 MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-_ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+#: Newton-Schulz coefficients used in practice, for ``ns_coefficients=NS_COEFFICIENTS[name]``:
+#: one ``(a, b, c)`` for every iteration, or one per iteration (then ``ns_steps`` is their
+#: number)
+NS_COEFFICIENTS = {
+    # Jordan et al., 2024 (Muon, torch.optim.Muon): the quintic of largest slope at 0
+    "muon": MUON_NS_COEFFICIENTS,
+    # the cubic Newton-Schulz iteration X <- 1.5 X - 0.5 X X^T X (Kovarik, 1970; Bjorck &
+    # Bowie, 1971): converges to U V^T exactly, slowly from small singular values
+    "cubic": (1.5, -0.5, 0.0),
+    # You Jiacheng's six per-iteration quintics (modded-nanogpt, 2025; Bernstein's modula):
+    # singular values closer to 1 than Muon's in six steps
+    "you": ((3955 / 1024, -8306 / 1024, 5008 / 1024), (3735 / 1024, -6681 / 1024, 3463 / 1024),
+            (3799 / 1024, -6499 / 1024, 3211 / 1024), (4019 / 1024, -6385 / 1024, 2906 / 1024),
+            (2677 / 1024, -3029 / 1024, 1162 / 1024), (2172 / 1024, -1833 / 1024, 682 / 1024)),
+}
+_ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "spectral", "none")
 
 
 def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS_COEFFICIENTS,
@@ -38,13 +55,15 @@ def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS
 
     which pushes every singular value of :math:`G` towards 1 (to roughly ``U S' V^T`` with
     :math:`S'_{ii} \in [0.5, 1.5]`, not exactly ``U V^T``: the coefficients maximize the slope
-    at zero). Pure; ``dtype`` is the precision of the iteration (bfloat16, as torch.optim.Muon;
-    ``None``: the input's dtype); the result is returned in that precision.
+    at zero). ``coefficients`` is one ``(a, b, c)`` or a sequence of ``steps`` of them, one per
+    iteration (``NS_COEFFICIENTS`` names some). Pure; ``dtype`` is the precision of the
+    iteration (bfloat16, as torch.optim.Muon; ``None``: the input's dtype); the result is
+    returned in that precision.
     """
     if g.ndim != 2:
         raise ValueError(f"Newton-Schulz orthogonalization needs a 2-D matrix, got shape "
                          f"{tuple(g.shape)}")
-    a, b, c = coefficients
+    per_step = _per_step(coefficients)
     x = g if dtype is None else g.to(dtype)
     tall = g.shape[0] > g.shape[1]
     if tall:
@@ -52,8 +71,9 @@ def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS
     norm = torch.linalg.vector_norm(x)
     x = x / (torch.clamp(norm, min=eps) if isinstance(eps, Number) else torch.maximum(
         norm, eps.to(norm.dtype)))
-    fused = all(isinstance(v, Number) for v in (a, b, c))
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coefficients[i] if per_step else coefficients
+        fused = all(isinstance(v, Number) for v in (a, b, c))
         gram = x @ x.T
         if fused:  # one kernel each, as torch.optim.Muon
             poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
@@ -69,31 +89,61 @@ def _in(value: Any, x: torch.Tensor) -> Any:
     return value.to(x.dtype) if isinstance(value, torch.Tensor) else value
 
 
+def _per_step(coefficients: Any) -> bool:
+    """Whether ``coefficients`` holds one ``(a, b, c)`` per iteration."""
+    return isinstance(coefficients[0], (tuple, list))
+
+
 def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None) -> float:
     rows, cols = shape[0], shape[1]
     if adjust_lr_fn in (None, "original"):
         return math.sqrt(max(1, rows / cols))
+    if adjust_lr_fn == "spectral":
+        return math.sqrt(rows / cols)
+    if adjust_lr_fn == "none":
+        return 1.0
     return 0.2 * math.sqrt(max(rows, cols))
+
+
+def resolve_ns_coefficients(ns_coefficients: Any) -> Any:
+    """``ns_coefficients`` as a tuple, of tuples when it gives one per iteration (lists, as a
+    checkpoint's param group holds them, made tuples); anything else as it is (for
+    :func:`_check_ns` to refuse)."""
+    if not isinstance(ns_coefficients, (tuple, list)) or not ns_coefficients:
+        return ns_coefficients
+    if _per_step(ns_coefficients):
+        return tuple(tuple(c) if isinstance(c, (tuple, list)) else c for c in ns_coefficients)
+    return tuple(ns_coefficients)
 
 
 def _check_ns(owner: str, ns_coefficients: Any, ns_steps: Any, eps: Any,
               adjust_lr_fn: Any) -> None:
-    if not isinstance(ns_coefficients, (tuple, list)) or len(ns_coefficients) != 3:
-        raise HParamError(f"{owner}: ns_coefficients must be a tuple (a, b, c), got "
-                          f"{ns_coefficients!r}")
-    for i, v in enumerate(ns_coefficients):
-        check_hparam(owner, f"ns_coefficients[{i}]", v)
+    """Validates the resolved coefficients (:func:`resolve_ns_coefficients`) and options."""
     if not isinstance(ns_steps, int) or isinstance(ns_steps, bool) or not 0 <= ns_steps < 100:
         raise HParamError(f"{owner}: ns_steps must be an int in [0, 100), got {ns_steps!r}")
+    per_step = isinstance(ns_coefficients, tuple) and bool(ns_coefficients) and _per_step(
+        ns_coefficients)
+    triples = ns_coefficients if per_step else (ns_coefficients,)
+    if not triples or any(not isinstance(t, tuple) or len(t) != 3 for t in triples):
+        raise HParamError(f"{owner}: ns_coefficients must be a tuple (a, b, c), one per "
+                          f"iteration (e.g. NS_COEFFICIENTS['you']), got {ns_coefficients!r}")
+    if per_step and len(triples) != ns_steps:
+        raise HParamError(f"{owner}: ns_coefficients gives {len(triples)} iterations' "
+                          f"coefficients; ns_steps must be {len(triples)}, got {ns_steps}")
+    for k, triple in enumerate(triples):
+        for i, v in enumerate(triple):
+            check_hparam(owner, f"ns_coefficients[{k}][{i}]" if per_step else
+                         f"ns_coefficients[{i}]", v)
     check_hparam(owner, "eps", eps, ge=0)
     if adjust_lr_fn not in _ADJUST_LR_FNS:
         raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
 
 
-def _check_matrices(owner: str, updates: Any) -> None:
-    """A clear error for complex or non-2-D leaves (names are computed only when raising)."""
+def _check_matrices(owner: str, updates: Any, flatten: bool = False) -> None:
+    """A clear error for complex or non-2-D leaves (with ``flatten``: under 2-D; names are
+    computed only when raising)."""
     for g in _tree.leaves(updates):
-        if g is not None and (g.is_complex() or g.ndim != 2):
+        if g is not None and (g.is_complex() or (g.ndim < 2 if flatten else g.ndim != 2)):
             break
     else:
         return
@@ -103,26 +153,41 @@ def _check_matrices(owner: str, updates: Any) -> None:
         if g.is_complex():
             raise TypeError(f"{owner} does not support complex updates (leaf {name!r}, dtype "
                             f"{g.dtype})")
-        if g.ndim != 2:
+        if g.ndim < 2 if flatten else g.ndim != 2:
             raise ValueError(
-                f"{owner} only supports 2-D parameters, but leaf {name!r} has shape "
+                f"{owner} only supports {'2-D or larger' if flatten else '2-D'} parameters, "
+                f"but leaf {name!r} has shape "
                 f"{tuple(g.shape)}; optimize the others with another transform (e.g. "
                 "fo.partition)")
 
 
 def _orthogonalize_tree(owner: str, updates: Any, h: dict, ns_steps: int,
-                        ns_dtype: torch.dtype | None, adjust_lr_fn: Any, scale_lr: bool) -> Any:
-    _check_matrices(owner, updates)
+                        ns_dtype: torch.dtype | None, adjust_lr_fn: Any, scale_lr: bool,
+                        flatten: bool = False) -> Any:
+    _check_matrices(owner, updates, flatten)
 
     def one(g):
         hh = cast_hparams(h, g)
-        out = placed_like(orthogonalize_via_newton_schulz(
-            g, tuple(hh["ns_coefficients"]), ns_steps, hh["eps"], ns_dtype).to(g.dtype), g)
+        layout = _tree.layout(g)
+        full = g if layout is None else g.full_tensor()  # (the one all-gather of a DTensor)
+        matrix = full.reshape(full.shape[0], -1) if flatten and full.ndim > 2 else full
+        out = orthogonalize_via_newton_schulz(matrix, tuple(hh["ns_coefficients"]), ns_steps,
+                                              hh["eps"], ns_dtype).to(g.dtype)
         if scale_lr:
-            out = out * _lr_ratio(g.shape, adjust_lr_fn)
-        return out
+            out = out * _lr_ratio(matrix.shape, adjust_lr_fn)
+        out = out.reshape(full.shape)
+        if layout is not None:  # every rank holds the result: keep its own shard (no traffic)
+            mesh = layout[0]
+            out = type(g).from_local(out, mesh, [_replicate()] * mesh.ndim, run_check=False)
+        return placed_like(out, g)
 
     return _tree.map(one, updates)
+
+
+def _replicate() -> Any:
+    from torch.distributed.tensor import Replicate  # (loaded: a DTensor exists)
+
+    return Replicate()
 
 
 def scale_by_newton_schulz(ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
@@ -133,16 +198,25 @@ def scale_by_newton_schulz(ns_coefficients: tuple[float, float, float] = MUON_NS
 
     Stateless. Only 2-D updates (a clear ``ValueError`` names any other leaf); real only.
 
+    A DTensor leaf (FSDP2, tensor parallel) is gathered whole once per step (one all-gather
+    of the leaf over its mesh, ``full_tensor()``); every rank runs the iteration on the full
+    matrix (the orthogonalization couples all its entries, so no shard can be done alone) and
+    keeps its own shard of the result (no more traffic). The update and state keep the leaf's
+    layout. Communication per step: each matrix leaf's size, once; compute: the full
+    iteration on every rank of the mesh.
+
     Args:
-        ns_coefficients: ``(a, b, c)`` (hparams; default Muon's quintic coefficients).
+        ns_coefficients: ``(a, b, c)``, or one per iteration (``NS_COEFFICIENTS`` holds those
+            used in practice; hparams; default Muon's quintic coefficients).
         ns_steps: iterations (static int, < 100; default 5).
         eps: ``ε`` in the normalization (default 1e-7).
         ns_dtype: precision of the iteration (static; default bfloat16 as torch.optim.Muon;
             ``None``: the update's dtype, which is differentiable to float64 precision).
     """
     owner = "scale_by_newton_schulz"
+    ns_coefficients = resolve_ns_coefficients(ns_coefficients)
     _check_ns(owner, ns_coefficients, ns_steps, eps, None)
-    defaults = {"ns_coefficients": tuple(ns_coefficients), "eps": eps}
+    defaults = {"ns_coefficients": ns_coefficients, "eps": eps}
 
     def init(params):
         return EmptyState()
@@ -174,7 +248,8 @@ def _muon_momentum_rule(h, g, buf, *, nesterov):
 def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
                   ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
                   eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None, *,
-                  ns_dtype: torch.dtype | None = torch.bfloat16) -> Transform:
+                  ns_dtype: torch.dtype | None = torch.bfloat16,
+                  flatten: bool = False) -> Transform:
     r"""Muon's direction (Jordan et al., 2024): momentum, Newton-Schulz orthogonalization and
     the shape-dependent learning-rate ratio, as torch.optim.Muon computes them.
 
@@ -183,24 +258,35 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
         \tilde B_t = (1-\mu) g_t + \mu B_t \text{ (nesterov) or } B_t, \qquad
         u_t = r(A, B)\,\mathrm{NS}^{(a,b,c)}_k(\tilde B_t; \epsilon)
 
-    with :math:`r = \sqrt{\max(1, A/B)}` (``adjust_lr_fn`` ``None``/``"original"``, Jordan) or
+    with, for an ``A x B`` parameter, the learning-rate adjustment ``adjust_lr_fn``:
+    :math:`r = \sqrt{\max(1, A/B)}` (``None``/``"original"``, Jordan),
     :math:`0.2\sqrt{\max(A, B)}` (``"match_rms_adamw"``; Liu et al., 2025, "Muon is Scalable for
-    LLM Training") for an ``A x B`` parameter. Follow with decoupled weight decay and
-    ``scale_by_learning_rate`` (the :func:`~functional_optim.muon` alias). 2-D parameters only.
+    LLM Training": the update's RMS of AdamW's, so AdamW's rate and decay carry over),
+    :math:`\sqrt{A/B}` (``"spectral"``: the RMS-to-RMS operator norm's scaling, fan-out over
+    fan-in; Bernstein & Newhouse, 2024, "Modular Duality in Deep Learning") or 1 (``"none"``).
+    Follow with decoupled weight decay and ``scale_by_learning_rate`` (the
+    :func:`~functional_optim.muon` alias). DTensor leaves: the momentum stays local, the
+    orthogonalization gathers each leaf once (see :func:`scale_by_newton_schulz`). 2-D
+    parameters only, unless ``flatten``: then a leaf of more dimensions (a convolution's
+    ``out x in x kh x kw``) is orthogonalized as the matrix ``A x (rest)`` (Jordan's Muon
+    reshapes them so), and its adjustment is that matrix's.
 
     Args:
         momentum: ``μ`` (default 0.95).
         nesterov: Nesterov momentum (static; default True).
-        ns_coefficients: ``(a, b, c)``.
+        ns_coefficients: ``(a, b, c)``, or one per iteration (``NS_COEFFICIENTS``).
         eps: ``ε`` of the Newton-Schulz normalization (default 1e-7).
         ns_steps: Newton-Schulz iterations (static; default 5).
-        adjust_lr_fn: ``None``, ``"original"`` or ``"match_rms_adamw"`` (static).
+        adjust_lr_fn: ``None``, ``"original"``, ``"match_rms_adamw"``, ``"spectral"`` or
+            ``"none"`` (static).
         ns_dtype: precision of the iteration (static; default bfloat16, as torch).
+        flatten: orthogonalize leaves of more than 2 dimensions as matrices (static).
     """
     owner = "scale_by_muon"
     check_hparam(owner, "momentum", momentum, ge=0)
+    ns_coefficients = resolve_ns_coefficients(ns_coefficients)
     _check_ns(owner, ns_coefficients, ns_steps, eps, adjust_lr_fn)
-    defaults = {"momentum": momentum, "ns_coefficients": tuple(ns_coefficients), "eps": eps}
+    defaults = {"momentum": momentum, "ns_coefficients": ns_coefficients, "eps": eps}
     rule = functools.partial(_muon_momentum_rule, nesterov=nesterov)
 
     def init(params):
@@ -210,10 +296,11 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByMuonState)
-        _check_matrices(owner, updates)
+        _check_matrices(owner, updates, flatten)
         direction, buf = elementwise(rule, h, updates, (state.momentum_buffer,), name=owner,
                                      real_only=True, state_like=(LIKE,))
-        out = _orthogonalize_tree(owner, direction, h, ns_steps, ns_dtype, adjust_lr_fn, True)
+        out = _orthogonalize_tree(owner, direction, h, ns_steps, ns_dtype, adjust_lr_fn, True,
+                                  flatten)
         return out, ScaleByMuonState(buf)
 
     return Transform(init, update, defaults)

@@ -57,7 +57,14 @@ from ..base import (
     resolve_hparams,
 )
 
-__all__ = ["normalize", "SamState", "sam"]
+__all__ = ["normalize", "asam_scale", "SamState", "sam", "MomentumSamState", "momentum_sam",
+           "momentum_sam_eval_params", "momentum_sam_train_params"]
+
+
+def asam_scale(p: Any, eta: Any = 0.0) -> Any:
+    r"""ASAM's normalization operator :math:`T_p = |p| + \eta` (Kwon et al., 2021), elementwise;
+    ``η`` that is the Python number 0 gives :math:`|p|`."""
+    return p.abs() if _execute.is_off(eta) else p.abs() + eta
 
 
 def _divide_rule(h, g):
@@ -65,10 +72,11 @@ def _divide_rule(h, g):
 
 
 def _adaptive_rule(h, g, p):
-    return ((p.abs() ** 2 * g) / h["norm"],)
+    return ((asam_scale(p, h["eta"]) ** 2 * g) / h["norm"],)
 
 
-def normalize(eps: float = 0.0, *, adaptive: bool = False) -> Transform:
+def normalize(eps: float = 0.0, *, adaptive: bool = False, eta: float | None = None
+              ) -> Transform:
     r"""Divides all updates together by their global L2 norm (optax's ``normalize``): SAM's
     ascent direction.
 
@@ -89,10 +97,17 @@ def normalize(eps: float = 0.0, *, adaptive: bool = False) -> Transform:
     Args:
         eps: ``ε`` added to the norm (default 0, as optax; davda54/sam's is 1e-12).
         adaptive: ASAM's scale-invariant version (structural).
+        eta: ASAM's ``η`` (a hyperparameter with ``adaptive`` only; default 0).
     """
     owner = "normalize"
     check_hparam(owner, "eps", eps, ge=0)
     defaults = {"eps": eps}
+    if adaptive:
+        defaults["eta"] = 0.0 if eta is None else eta
+        check_hparam(owner, "eta", defaults["eta"], ge=0)
+    elif eta is not None:
+        raise HParamError(f"{owner}: eta is ASAM's (adaptive=True); got eta={eta!r} with "
+                          "adaptive=False")
 
     def init(params):
         return EmptyState()
@@ -103,12 +118,13 @@ def normalize(eps: float = 0.0, *, adaptive: bool = False) -> Transform:
             return updates, state
         if norm is None:
             scaled = updates if not adaptive else _tree.map(
-                lambda g, p: g * p.abs(), updates, params)
+                lambda g, p: g * asam_scale(p, h["eta"]), updates, params)
             norm = _tree.global_norm(scaled)
         denom = norm + h["eps"] if not _execute.is_off(h["eps"]) else norm
         denom = torch.where(denom > 0, denom, 1.0)  # (then every update is 0)
         if adaptive:
-            (out,) = elementwise(_adaptive_rule, {"norm": denom}, updates, inputs=(params,),
+            (out,) = elementwise(_adaptive_rule, {"norm": denom, "eta": h["eta"]}, updates,
+                                 inputs=(params,),
                                  name=owner, input_names=("params",))
         else:
             (out,) = elementwise(_divide_rule, {"norm": denom}, updates, name=owner)
@@ -231,3 +247,87 @@ def sam(optimizer: Transform, adv_optimizer: Transform, sync_period: int = 2,
         return run(h, updates, state, params, dict(extra))
 
     return Transform(init, _execute.owning(update, [optimizer, adv_optimizer]), defaults)
+
+
+class MomentumSamState(NamedTuple):
+    """State of :func:`momentum_sam`.
+
+    Attributes:
+        opt_state: the outer optimizer's state.
+        perturbation: :math:`e_t`, where the parameters stand from the point the optimizer
+            steps (zeros at first).
+    """
+
+    opt_state: Any
+    perturbation: Any
+
+
+def momentum_sam(optimizer: Transform, rho: float = 0.3, eps: float = 1e-12) -> Transform:
+    r"""Momentum-SAM (Becker et al., 2024, *Momentum-SAM: Sharpness Aware Minimization without
+    Computational Overhead*): SAM's perturbation taken along the optimizer's own step instead of
+    an extra gradient, so one gradient per step.
+
+    The parameters the caller holds are the perturbed ones :math:`\tilde w_t = w_t + e_t`; the
+    gradient is taken there, and each update moves them to the next perturbed point:
+
+    .. math::
+        s_t = \mathrm{opt}(g(\tilde w_t);\ \text{at } \tilde w_t), \qquad
+        e_{t+1} = \rho\, \frac{s_t}{\lVert s_t\rVert_2 + \epsilon}, \qquad
+        u_t = s_t - e_t + e_{t+1}
+
+    (:math:`e_0 = 0`; the norm over all leaves). With SGD, :math:`s_t = -\eta b_t`
+    (:math:`b_t` the momentum buffer) and :math:`e_t = -\rho b_t/\lVert b_t\rVert`, the
+    authors' ``MSAM`` (:func:`~functional_optim.msam_sgd`). The evaluation parameters
+    :math:`w_t = \tilde w_t - e_t` come from :func:`momentum_sam_eval_params` (and back from
+    :func:`momentum_sam_train_params`); the drop-in class ``functional_optim.optim.MSAM``
+    swaps them with ``eval()`` / ``train()``, as the authors' ``move_back_from_momentumAscent``.
+    The state holds :math:`e_t` (one buffer more than the authors', who recompute it from the
+    momentum buffer: this works around any optimizer). Needs ``params``.
+
+    The hparams are ``{"optimizer": optimizer.hparams, "rho": rho, "eps": eps}``.
+
+    Args:
+        optimizer: the outer optimizer (its update is the descent step, learning rate
+            included).
+        rho: ``ρ``, the perturbation's radius (default 0.3, the authors').
+        eps: ``ε`` added to the norm (default 1e-12).
+    """
+    owner = "momentum_sam"
+    _check_transform(optimizer, f"{owner}: optimizer")
+    check_hparam(owner, "rho", rho, ge=0)
+    check_hparam(owner, "eps", eps, ge=0)
+    defaults = {"optimizer": optimizer.hparams, "rho": rho, "eps": eps}
+
+    def init(params):
+        return MomentumSamState(optimizer.init(params), _tree.zeros_like(params))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        h = resolve_hparams(defaults, hparams, f"{owner} hparams")
+        check_state(owner, state, MomentumSamState)
+        if missing_params(owner, updates, params):
+            return updates, state
+        step, opt_state = optimizer.update(updates, state.opt_state, params, h["optimizer"],
+                                           **extra)
+        norm = _tree.global_norm(step)
+        denom = norm + h["eps"] if not _execute.is_off(h["eps"]) else norm
+        scale = torch.where(denom > 0, h["rho"] / torch.where(denom > 0, denom, 1.0), 0.0)
+        # (a leaf without a gradient is not moved: its perturbation stays)
+        perturbation = optree.tree_map(
+            lambda s, old: old if s is None else s * scale.to(s.dtype), step,
+            state.perturbation, none_is_leaf=True)
+        out = _tree.map(lambda s, old, new: s - old + new, step, state.perturbation,
+                        perturbation)
+        return out, MomentumSamState(opt_state, perturbation)
+
+    return Transform(init, _execute.owning(update, [optimizer]), defaults)
+
+
+def momentum_sam_eval_params(state: MomentumSamState, params: Any) -> Any:
+    r"""The evaluation parameters :math:`w_t = \tilde w_t - e_t` of :func:`momentum_sam`."""
+    return _tree.map(lambda p, e: p - e, params, state.perturbation)
+
+
+def momentum_sam_train_params(state: MomentumSamState, eval_params: Any) -> Any:
+    r"""The perturbed parameters :math:`\tilde w_t = w_t + e_t` back (the inverse of
+    :func:`momentum_sam_eval_params`)."""
+    return _tree.map(lambda w, e: w + e, eval_params, state.perturbation)
