@@ -157,3 +157,25 @@ def test_float_torch_checkpoint_into_quantized_state_converts_explicitly():
     assert torch.equal(next(iter(again.state.values()))["exp_avg"]["codes"],
                        state["exp_avg"]["codes"])
 
+
+
+@pytest.mark.parametrize("name", ["adamw_8bit", "int8_around_adamw", "bf16_kahan"])
+def test_donated_updates_give_the_pure_numbers(name):
+    """``update(..., donate=True)`` through the policy's mechanism (both paths, quantized and
+    cast storages) gives the pure update's numbers and state."""
+    make = {"adamw_8bit": lambda: fo.adamw_8bit(lr=0.01, block_size=16, min_size=8),
+            "int8_around_adamw": lambda: fo.with_state_dtype(fo.adamw(lr=0.01),
+                                                              fo.QuantizedStorage(**Q8)),
+            "bf16_kahan": lambda: fo.precision(fo.adamw(lr=0.01), BF16, params="kahan",
+                                               stochastic_rounding=True)}[name]
+    params, grads = _problem(3, torch.float32)
+    expected = _run(make(), params, grads)
+    tx = make()
+    p, state = {k: v.clone() for k, v in params.items()}, tx.init(params)
+    for g in grads:
+        u, state = tx.update(g, state, p, donate=True)
+        p = fo.apply_updates(p, u)
+    leaves = optree.tree_leaves((p, state))
+    assert len(leaves) == len(optree.tree_leaves(expected))
+    for a, b in zip(leaves, optree.tree_leaves(expected)):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
