@@ -1,6 +1,7 @@
 """Conformance cases of the quantized optimizer state (``transforms.quantized``,
 ``aliases.quantized``); ``conformance.CASES`` includes them. One case per alias (its registry
-case) and the storage wrapper around other moments (momentum, centered RMS) in 4 bits.
+case), the storage wrapper around other moments (momentum, centered RMS) in 4 bits, and the
+precision policy with an 8-bit storage around a fused alias.
 Every leaf of at least one dimension is quantized (``min_size=0``), in blocks of 4 so that the
 sample leaves have several."""
 

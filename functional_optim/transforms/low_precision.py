@@ -348,9 +348,14 @@ def with_state_dtype(inner: Transform, dtype: Any = None, *, stochastic_rounding
     NAdam's ``mu_product``, keep their dtype unless named); a leaf with no storage is stored in
     the dtype it had (stochastically with ``stochastic_rounding``, when narrower than the
     compute dtype: bfloat16 state of bfloat16 parameters). A storage is a dtype, ``"bf16"``,
-    ``"fp16"``, ``"fp32"`` or a :class:`Storage`. The updates come out in the compute dtype
-    (:func:`~functional_optim.apply_updates` adds them to a bfloat16 parameter with one
-    rounding). Hyperparameters are ``inner``'s.
+    ``"fp16"``, ``"fp32"``, ``"int8"``/``"int4"`` (:class:`QuantizedStorage`: blockwise codes
+    and float32 scales, the unsigned map for ``nu``/``nu_max``) or any :class:`Storage`; a
+    state already quantized by an inner policy passes through whole. The updates come out in
+    the compute dtype (:func:`~functional_optim.apply_updates` adds them to a bfloat16
+    parameter with one rounding). Hyperparameters are ``inner``'s. Around one pointwise rule
+    (a moment block, or an alias that fuses into one, such as :func:`~functional_optim.adamw`)
+    the state is decoded, updated and encoded chunk by chunk of leaves; around any other
+    transform, whole.
 
     Args:
         inner: the transform (any chain or alias).
