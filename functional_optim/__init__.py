@@ -618,10 +618,10 @@ __all__ += [
 ]
 # quantized optimizer state (issue 21 §2): 8-bit and 4-bit blockwise moments
 from .aliases import adam_8bit, adamw_4bit, adamw_8bit  # noqa: E402
-from .transforms import Quantized, quantize_tree, quantized_state  # noqa: E402
+from .transforms import Quantized, QuantizedStorage, quantize_tree, quantized_state  # noqa: E402
 
-__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "quantize_tree",
-            "quantized_state"]
+__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "QuantizedStorage",
+            "quantize_tree", "quantized_state"]
 
 # the tricks of current research (issue 20): cautious masking, MARS, LaProp, OrthoGrad, AdamC,
 # Adam-mini, trust-region clipping, parameter EMA, Muon with AdamW, ASAM, Momentum-SAM

@@ -337,9 +337,11 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             full = expected[k]
             required = full if not policy else {  # the policy's own leaves are optional
                 path: leaf for path, leaf in full.items() if path not in _precision.POLICY_PATHS}
+            p = group["params"][k]
+            if policy:
+                entry = _precision.encoded(owner, p, entry, full, self._policy, converted)
             present = _checkpoint.check_entry(where, entry, required, self._known_state(full),
                                               numbers)
-            p = group["params"][k]
             if policy:
                 entry = _precision.loaded(p, entry, present, full, converted)
             out[ids[k]] = self._loaded_entry(p, entry, present, full)
@@ -468,22 +470,24 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         """Run every group under the precision policy :func:`functional_optim.precision`
         (the one mechanism of every class here); returns ``self``.
 
-        ``state_dtype`` (a dtype, ``"bf16"``, ``"fp16"``, ``"fp32"`` or a
-        :class:`~functional_optim.transforms.low_precision.Storage`) stores the floating state
-        tensors shaped like their parameter (``fields`` per state field of the transform,
-        e.g. ``mu=torch.bfloat16``); the math runs in float32. ``stochastic_rounding`` rounds
-        every narrower store stochastically (state, and with ``params="round"`` the
-        parameters); ``params`` is ``"round"``, ``"kahan"`` (a ``compensation`` per parameter)
-        or ``"master"`` (a float32 ``master_param``). ``seed`` starts ``rounding_key``.
+        ``state_dtype`` (a dtype, ``"bf16"``, ``"fp16"``, ``"fp32"``, ``"int8"``/``"int4"``
+        (blockwise-quantized codes) or a :class:`~functional_optim.transforms.storage.Storage`)
+        stores the floating state tensors shaped like their parameter (``fields`` per state
+        field of the transform, e.g. ``mu=torch.bfloat16``); the math runs in float32.
+        ``stochastic_rounding`` rounds every narrower store stochastically (state, and with
+        ``params="round"`` the parameters); ``params`` is ``"round"``, ``"kahan"`` (a
+        ``compensation`` per parameter) or ``"master"`` (a float32 ``master_param``). ``seed``
+        starts ``rounding_key``.
 
-        The state keeps its names (``exp_avg`` in the policy's dtype); ``state_dict`` saves
-        the policy's leaves too and round-trips exactly. Loading converts explicitly, by the
-        rule of the "Low precision and memory" guide: each floating state tensor to the dtype
-        the policy stores it in (a float32 torch.optim checkpoint into bfloat16 state: rounded
-        to nearest, with a warning naming the keys and dtypes), on the parameter's device;
-        the policy's leaves start fresh when absent; an optimizer without the policy refuses
-        them. The fused kernels do not run under a policy (the multi-tensor, per-leaf and
-        flat paths do; the flat layout draws other random numbers, of the same law).
+        The state keeps its names (``exp_avg`` in the policy's dtype); ``state_dict`` saves the
+        policy's leaves too and round-trips exactly. Loading converts explicitly, by the rule of the
+        "Low precision and memory" guide: each floating state tensor to the dtype the policy stores
+        it in (a float32 torch.optim checkpoint into bfloat16 state: rounded to nearest, with a
+        warning naming the keys and dtypes; into quantized state: encoded by the storage as
+        ``exp_avg.codes`` and ``exp_avg.absmax``, with the same warning), on the parameter's device;
+        the policy's leaves start fresh when absent; an optimizer without the policy refuses them.
+        The fused kernels do not run under a policy (the multi-tensor, per-leaf and flat paths do;
+        the flat layout draws other random numbers, of the same law).
         """
         policy = dict(state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
                       params=params, seed=seed, **fields)
