@@ -177,31 +177,26 @@ def leaf_label(tree: Any, i: int) -> str:
     return repr(next(n for n, x in named_leaves(tree) if x is flat[i]) or "<root>")
 
 
-def _storage(x: Any) -> int | None:
-    """The address of a dense plain tensor's memory (``None``: empty, sparse, a subclass such
-    as a fake or distributed tensor, or a functorch wrapper, whose memory is not its own)."""
-    if type(x) not in (torch.Tensor, torch.nn.Parameter) or x.layout != torch.strided \
-            or not x.numel():
-        return None
-    try:
-        return x.untyped_storage().data_ptr()
-    except RuntimeError:  # (a batched or functional wrapper under vmap / grad)
-        return None
-
-
 def unshared(tree: Any) -> Any:
-    """``tree`` with every tensor that shares memory with an earlier leaf cloned: each leaf its
-    own buffer (a state made of one ``zero`` used twice would otherwise be written through
-    both names by an in-place step, see :func:`functional_optim.capture.inplace_step`)."""
-    seen: set = set()
+    """``tree`` with every tensor that is an earlier leaf again cloned: each leaf its own buffer
+    (a state made of one ``zero`` used twice would otherwise be written through both names by an
+    in-place step, see :func:`functional_optim.capture.inplace_step`). Leaves are compared by
+    identity: by ``id`` eagerly, by ``is`` inside a ``torch.compile`` trace (where ``id`` of a
+    traced tensor is not the eager one's)."""
+    traced = torch.compiler.is_compiling()
+    seen: list = []
+    ids: set = set()
 
     def own(x):
-        address = _storage(x)
-        if address is None:
+        if not isinstance(x, torch.Tensor):
             return x
-        if address in seen:
+        again = any(x is y for y in seen) if traced else id(x) in ids
+        if again:
             return x.clone()
-        seen.add(address)
+        if traced:
+            seen.append(x)
+        else:
+            ids.add(id(x))
         return x
 
     return optree.tree_map(own, tree, none_is_leaf=True)
