@@ -322,10 +322,12 @@ def bandwidth_gbs(n: int, repeats: int = 7, device: str = "cpu") -> float:
     return best / 1e9
 
 
-def optax_results(threads: int, repeats: int, python: str) -> dict:
+def optax_results(threads: int, repeats: int, python: str, suite: str = "speed") -> dict:
+    """optax's rows (``bench_speed_optax.py``, a subprocess) for this suite or
+    ``bench_functional.py``'s (``suite="functional"``)."""
     env = dict(os.environ)
     here = os.path.dirname(os.path.abspath(__file__))
-    cmd = [python, os.path.join(here, "bench_speed_optax.py"), str(repeats)]
+    cmd = [python, os.path.join(here, "bench_speed_optax.py"), str(repeats), "--suite", suite]
     if threads == 1:  # XLA_FLAGS alone does not keep XLA's CPU runtime on one core: pin it
         env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         cmd = ["taskset", "-c", "0", *cmd]

@@ -6,7 +6,10 @@
 - ``bench_speed.py``: AdamW, SGD-momentum and a chain on every path, ours and the peers', with the
   bandwidth bound, first-step time, peak memory and identity-transform cost (1 and 2 threads),
   and its chart; on a machine with a CUDA GPU, the same suite on the GPU
-  (``results/speed_cuda``).
+  (``results/speed_cuda``);
+- ``bench_functional.py``: the functional API (pure, donated and compiled steps of every alias
+  torch has and a user chain) against torch and the peers (1 thread), and what a compiled
+  functional train step allocates (``results/functional_*``).
 
 The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
 (``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out. ``--speed-only`` skips
@@ -44,6 +47,11 @@ def main() -> None:
         out = os.path.join(RESULTS, f"speed_cpu_{threads}thread")
         run(python, "bench_speed.py", "--threads", str(threads), "--out", out)
         run(sys.executable, "plot_speed.py", out + ".json", out + ".png")
+    if "--two-threads-only" not in sys.argv:
+        out = os.path.join(RESULTS, "functional_cpu_1thread")
+        run(python, "bench_functional.py", "--threads", "1", "--out", out)
+        run(sys.executable, "bench_functional.py", "--train-step",
+            "--out", os.path.join(RESULTS, "functional_train_step_cpu"))
     if torch.cuda.is_available():
         out = os.path.join(RESULTS, "speed_cuda")
         run(python, "bench_speed.py", "--device", "cuda", "--out", out)

@@ -1,14 +1,18 @@
 """Quickstart: train a small MLP with functional_optim, side by side with torch.optim.AdamW.
 
-Three runs from the same initial weights on the same data:
+Four runs from the same initial weights on the same data:
 
   * ``fo chain``   -- fo.chain(clip, adam, decoupled weight decay, warmup-cosine learning rate)
-  * ``fo.adamw``   -- the functional AdamW alias, constant learning rate
+  * ``fo.adamw``   -- the functional AdamW alias, constant learning rate, pure (new trees)
+  * ``fo.adamw donated`` -- the same step with ``fo.step(..., donate=True)``: the old
+    parameters and state are given up, so the step updates them in place
   * ``torch AdamW`` -- torch.optim.AdamW with the same hyperparameters as ``fo.adamw``
 
 ``fo.adamw`` and ``torch.optim.AdamW`` run the same algorithm, so their curves overlap. The
-script prints final losses, the median time of one optimizer step, and how far apart the
-fo.adamw and torch.optim.AdamW parameters ended up; it saves both loss curves to a PNG.
+script prints final losses, the median time of one optimizer step and its ratio to
+torch.optim.AdamW's, and how far apart the fo.adamw and torch.optim.AdamW parameters ended up;
+it saves the loss curves to a PNG. (docs/performance.md: the three ways to run a functional
+step, and when to use which.)
 
     python examples/quickstart.py [--steps 500] [--out examples/out]
 """
@@ -64,16 +68,20 @@ def loss_fn(params, x, y):
 loss_and_grad = grad_and_value(loss_fn)  # returns (grads, loss); grads is a dict like params
 
 
-def run_functional(tx, name):
-    """Full-batch training with a pure transform: no optimizer object, just trees."""
+def run_functional(tx, name, donate=False):
+    """Full-batch training with a transform: no optimizer object, just trees. Pure (new trees
+    every step) or donated (the old trees given up: updated in place, the same numbers)."""
     params = {k: v.clone() for k, v in params0.items()}
     state = tx.init(params)
     losses, times = [], []
     for _ in tqdm(range(args.steps), desc=f"{name:>12}"):
         grads, loss = loss_and_grad(params, X, Y)
         t0 = time.perf_counter()
-        updates, state = tx.update(grads, state, params)  # pure: returns new trees
-        params = fo.apply_updates(params, updates)
+        if donate:
+            params, state = fo.step(tx, grads, state, params, donate=True)
+        else:
+            updates, state = tx.update(grads, state, params)  # pure: returns new trees
+            params = fo.apply_updates(params, updates)
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     return losses, times, params
@@ -104,21 +112,27 @@ chain = fo.chain(
     fo.add_decayed_weights(WD),
     fo.scale_by_learning_rate(schedule),
 )
+adamw = fo.adamw(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
 runs = {
     "fo chain": run_functional(chain, "fo chain"),
-    "fo.adamw": run_functional(fo.adamw(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD), "fo.adamw"),
+    "fo.adamw": run_functional(adamw, "fo.adamw"),
+    "fo.adamw donated": run_functional(adamw, "donated", donate=True),
     "torch AdamW": run_torch_adamw("torch AdamW"),
 }
 
 # --- report -------------------------------------------------------------------------------
-print(f"\n{'optimizer':<40} {'final loss':>12} {'median step':>14}")
+print(f"\n{'optimizer':<46} {'final loss':>12} {'median step':>14} {'vs torch':>9}")
 labels = {
-    "fo chain": "fo.chain(clip, adam, wd, warmup-cosine)",
-    "fo.adamw": "fo.adamw",
+    "fo chain": "fo.chain(clip, adam, wd, warmup-cosine), pure",
+    "fo.adamw": "fo.adamw, pure (update + apply_updates)",
+    "fo.adamw donated": "fo.adamw, donated (fo.step(donate=True))",
     "torch AdamW": "torch.optim.AdamW",
 }
+torch_step = statistics.median(runs["torch AdamW"][1])
 for name, (losses, times, _) in runs.items():
-    print(f"{labels[name]:<40} {losses[-1]:>12.5f} {statistics.median(times) * 1e6:>11.1f} us")
+    step = statistics.median(times)
+    print(f"{labels[name]:<46} {losses[-1]:>12.5f} {step * 1e6:>11.1f} us "
+          f"{step / torch_step:>8.2f}x")
 fo_p, th_p = runs["fo.adamw"][2], runs["torch AdamW"][2]
 diff = max((fo_p[k] - th_p[k]).abs().max().item() for k in fo_p)
 scale = max(th_p[k].abs().max().item() for k in th_p)
@@ -127,11 +141,16 @@ print(f"\nfo.adamw vs torch.optim.AdamW after {args.steps} steps: max |param dif
 print("Same algorithm, same hyperparameters: the two curves overlap; "
       "the difference is float64 rounding." if diff <= 1e-6 * max(scale, 1.0) else
       "WARNING: fo.adamw and torch.optim.AdamW diverged more than rounding explains.")
+donated = runs["fo.adamw donated"][2]
+gap = max((donated[k] - fo_p[k]).abs().max().item() for k in fo_p)
+print(f"fo.adamw donated vs pure: max |param difference| = {gap:.2e}" + (
+    "" if gap <= 1e-6 * max(scale, 1.0) else " WARNING: more than rounding explains"))
 
 # --- plot ---------------------------------------------------------------------------------
 args.out.mkdir(parents=True, exist_ok=True)
 fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-styles = {"fo chain": ("C0", "-", 2), "fo.adamw": ("C1", "-", 3), "torch AdamW": ("k", "--", 1.2)}
+styles = {"fo chain": ("C0", "-", 2), "fo.adamw": ("C1", "-", 3),
+          "fo.adamw donated": ("C2", ":", 2), "torch AdamW": ("k", "--", 1.2)}
 for name, (losses, _, _) in runs.items():
     color, ls, lw = styles[name]
     ax_loss.plot(losses, color=color, ls=ls, lw=lw, label=labels[name])

@@ -15,8 +15,10 @@ from . import (  # meta-learning (nothing in the core imports them)
     tree,
     tree_math,
 )
+from ._step import step
 from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
 from .base import (
+    DonatedStateError,
     EmptyState,
     HParamError,
     MissingParamsError,
@@ -151,6 +153,7 @@ __all__ = [
     "combinators",
     "EmptyState",
     "HParamError",
+    "DonatedStateError",
     "MissingParamsError",
     "ScaleByAdamState",
     "ScaleByRmsState",
@@ -163,6 +166,7 @@ __all__ = [
     "add_decayed_weights",
     "apply_updates",
     "apply_updates_",
+    "step",
     "chain",
     "clip",
     "clip_by_global_norm",
@@ -622,10 +626,10 @@ __all__ += [
 ]
 # quantized optimizer state (issue 21 §2): 8-bit and 4-bit blockwise moments
 from .aliases import adam_8bit, adamw_4bit, adamw_8bit  # noqa: E402
-from .transforms import Quantized, quantize_tree, quantized_state  # noqa: E402
+from .transforms import Quantized, QuantizedStorage, quantize_tree, quantized_state  # noqa: E402
 
-__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "quantize_tree",
-            "quantized_state"]
+__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "QuantizedStorage",
+            "quantize_tree", "quantized_state"]
 
 # the tricks of current research (issue 20): cautious masking, MARS, LaProp, OrthoGrad, AdamC,
 # Adam-mini, trust-region clipping, parameter EMA, Muon with AdamW, ASAM, Momentum-SAM

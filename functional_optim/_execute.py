@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from numbers import Number
-from typing import Any, NamedTuple
+from typing import Any
 
 import optree
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from . import _foreach
 from . import tree as _tree
@@ -185,6 +186,10 @@ def elementwise(
             for k in members:
                 diagnose(k)
             raise
+        u, like = _sample(res[0]), likes[0][0]
+        if isinstance(u, torch.Tensor) and u.device != like.device:
+            for k in members:  # (once per group: a state or input on another device that
+                diagnose(k)  # torch combined without raising, a meta update with CPU state)
         out = []
         for j, (r, like_col) in enumerate(zip(res, likes)):
             values = r.items if isinstance(r, _foreach.TensorList) else [r]
@@ -214,10 +219,20 @@ def elementwise(
     flats = [list(col) for col in zip(*rows)] if rows else [[] for _ in trees]
     results = [list(flats[j]) for j in range(1 + n_states)]
     groups: dict = {}
-    multi = _multi_tensor_wanted(flats[0])
+    multi = multi_tensor_wanted(flats, hparams)
     flags = donate_state if isinstance(donate_state, tuple) else (donate_state,) * n_states
-    donate = [multi and _MULTI_TENSOR[1] and flag for flag in flags]
+    level = _MULTI_TENSOR[1]
+    donate = [multi and bool(level) and flag for flag in flags]
     state_flats, input_flats = flats[1:1 + n_states], flats[1 + n_states:]
+    first = next((i for i, g in enumerate(flats[0]) if g is not None), None)
+    if first is not None and (multi or not torch.compiler.is_compiling()):
+        for f in state_flats:  # (one leaf a state: a whole state passed again, cheaply)
+            if getattr(f[first], _GIVEN_UP, False):
+                raise DonatedStateError(
+                    f"{name}: the state given (leaf {_tree.leaf_label(updates, first)}) was "
+                    "donated to an earlier update (update(..., donate=True) or "
+                    "step(..., donate=True)), which replaced it: pass the state that update "
+                    "returned")
     for i, g in enumerate(flats[0]):
         if g is None:
             continue
@@ -233,6 +248,48 @@ def elementwise(
         else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
             groups[i] = [i]
     cache: dict = {}
+    # (nothing requires grad on the multi-tensor path: no graph to record, and rules take their
+    # cheaper no-autograd forms, e.g. safe_sqrt's; the same values)
+    if multi:
+        with torch.no_grad():
+            _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
+    else:
+        _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
+    if level == DONATED and multi and first is not None:
+        for j, flag in enumerate(donate, start=1):  # (the state's first leaf marks it)
+            old = flats[j][first]
+            if flag and results[j][first] is not old:
+                setattr(old, _GIVEN_UP, True)
+    elif level == DONATED and torch.compiler.is_compiling():
+        _write_back(flats, results, flags)
+    if multi:  # (eager: the treespec's own unflatten, faster than tree_map)
+        spec = _tree.structure(updates)
+        return tuple(spec.unflatten(r) for r in results)
+    return tuple(_unflatten_like(updates, r) for r in results)
+
+
+class DonatedStateError(RuntimeError):
+    """An update was given a state that the caller had donated to an earlier update."""
+
+
+_GIVEN_UP = "_functional_optim_donated"
+"""The attribute that marks a donated state tensor that its update replaced instead of updating
+in place (a step count): :func:`elementwise` looks at one leaf of each state it is given (a few
+attribute reads a call), so passing a donated state again raises :class:`DonatedStateError`."""
+
+
+def _write_back(flats: list, results: list, flags: tuple) -> None:
+    """Each new state leaf of a donated state (``flags``) copied into the old one, which takes its
+    place: compiled, the rule then computes into the caller's buffers (no allocation)."""
+    for j, flag in enumerate(flags, start=1):
+        if flag:
+            results[j] = [old if old is None or new is old else old.copy_(new)
+                          for old, new in zip(flats[j], results[j])]
+
+
+def _run_groups(groups: dict, cache: dict, hparams: Any, flats: list, n_states: int,
+                donate: list, results: list, apply: Callable) -> None:
+    """``apply`` on each group of leaves (a tuple key: a multi-tensor group), into ``results``."""
     for key, members in groups.items():
         first = flats[0][members[0]]
         hkey = (first.dtype, first.device)
@@ -251,7 +308,6 @@ def elementwise(
         for j, column in enumerate(out):
             for i, v in zip(members, column):
                 results[j][i] = v
-    return tuple(_unflatten_like(updates, r) for r in results)
 
 
 def _pack(flat: list, members: list, donate: bool = False) -> Any:
@@ -277,19 +333,30 @@ def _check_structures(updates: Any, trees: tuple, n_states: int, name: str,
         _tree.flatten_like(tree, spec, tree_name, "updates")
 
 
-_MULTI_TENSOR = [False, False]  # [enabled, donate state]
+ADAPTER, DONATED = 1, 2
+"""Donation levels: the adapter's state buffers (rules that opt in update them in place on the
+multi-tensor path); a caller's donated state (``update(..., donate=True)``: also written back
+under ``torch.compile``, see :class:`donating`)."""
+
+_MULTI_TENSOR = [True, 0, False]  # [multi-tensor allowed, donation level, donation forbidden]
 
 
 class multi_tensor:  # noqa: N801 - used like torch.no_grad
-    """Within this context, eager updates outside autograd and ``torch.func`` run each rule once
-    per group of leaves with ``torch._foreach_*`` kernels (same numbers): a group shares device,
-    dtype, tensor type, ``ndim`` and, for DTensors, device mesh and placements
-    (:func:`functional_optim.tree.layout`).
+    """The execution of the updates run in this context.
+
+    ``enabled`` (the default outside any context too): eager updates in which nothing needs
+    autograd (no tensor among the updates, state, inputs and tensor hyperparameters requires
+    grad, or grad mode is off), outside ``torch.func`` transforms, ``torch.compile``, tracing
+    (fake tensors, ``make_fx``) and forward-mode AD, run each rule once per group of leaves
+    with ``torch._foreach_*`` kernels, out of place (pure; the same numbers as leaf by leaf). A
+    group shares device, dtype, tensor type, ``ndim`` and, for DTensors, device mesh and
+    placements (:func:`functional_optim.tree.layout`). ``enabled=False``: leaf by leaf.
 
     ``donate=True`` (the stateful adapter, which owns its state buffers) lets rules that opt in
-    update their state in place, as torch.optim does: the input state tensors are overwritten.
-    The caller donates only to a transform that :func:`donates_to`, and library transforms pass
-    it on to their inner ones the same way (:func:`owning`).
+    update their state in place, as torch.optim does: the input state tensors are overwritten
+    (not inside :class:`keep_state`). The caller donates only to a transform that
+    :func:`donates_to`, and library transforms pass it on to their inner ones the same way
+    (:func:`owning`).
     """
 
     def __init__(self, enabled: bool = True, donate: bool = False):
@@ -298,22 +365,46 @@ class multi_tensor:  # noqa: N801 - used like torch.no_grad
 
     def __enter__(self):
         self.previous = list(_MULTI_TENSOR)
-        _MULTI_TENSOR[:] = [self.enabled, self.enabled and self.donate]
+        donate = self.enabled and self.donate and not _MULTI_TENSOR[2]
+        _MULTI_TENSOR[:2] = [self.enabled, ADAPTER if donate else 0]
 
     def __exit__(self, *exc):
         _MULTI_TENSOR[:] = self.previous
 
 
-class keep_state:  # noqa: N801 - a context like torch.no_grad
-    """Inner updates in this context leave their input state intact (no donation): for
-    combinators that may keep the old state instead of the new one (``multi_steps``, ...)."""
+class donating:  # noqa: N801 - a context like torch.no_grad
+    """The updates run in this context may reuse the memory of the state they are given: the
+    caller donated it (``tx.update(..., donate=True)``; library updates enter this context
+    with their ``donate`` keyword). On the multi-tensor path, rules that opt in
+    (``donate_state``) update their state in place (a state leaf they replace instead, a step
+    count, is marked: an update given that state again raises :class:`DonatedStateError`);
+    under ``torch.compile`` their new state is
+    written into the old tensors, so that the compiled code computes in place. Elsewhere (leaf
+    by leaf in eager mode) nothing changes. Inside :class:`keep_state` nothing is donated."""
+
+    def __init__(self, donate: Any):
+        self.donate = donate is True
 
     def __enter__(self):
         self.previous = _MULTI_TENSOR[1]
-        _MULTI_TENSOR[1] = False
+        if self.donate and not _MULTI_TENSOR[2]:
+            _MULTI_TENSOR[1] = DONATED
 
     def __exit__(self, *exc):
         _MULTI_TENSOR[1] = self.previous
+
+
+class keep_state:  # noqa: N801 - a context like torch.no_grad
+    """Inner updates in this context leave their input state intact (no donation, also where
+    an inner update asks for it): for combinators that may keep the old state instead of the
+    new one (``multi_steps``, ...) or that hold a user's transform (:func:`owning`)."""
+
+    def __enter__(self):
+        self.previous = list(_MULTI_TENSOR)
+        _MULTI_TENSOR[1:] = [0, True]
+
+    def __exit__(self, *exc):
+        _MULTI_TENSOR[:] = self.previous
 
 
 _PACKAGE = __name__.partition(".")[0]
@@ -350,19 +441,36 @@ def owning(update: Callable, inners: Any) -> Callable:
     return without_donation
 
 
-def fusing(updates: Any) -> bool:
-    """Whether a chain fuses its pointwise runs on ``updates``: on the multi-tensor path, for
-    real leaves (complex ones run transform by transform: passing a temporary from one rule to
-    the next in place moves the last digit there)."""
+def fusing(updates: Any, params: Any, hparams: Any) -> bool:
+    """Whether a chain fuses its pointwise runs on ``updates`` (with ``params`` and ``hparams``):
+    on the multi-tensor path, for real leaves (complex ones run transform by transform: passing
+    a temporary from one rule to the next in place moves the last digit there). (A state that
+    requires grad is seen by :func:`elementwise`, which then runs the fused rule leaf by leaf:
+    the numbers of the transforms run one by one.)"""
     leaves = [x for x in _tree.leaves(updates) if x is not None]
-    return _multi_tensor_wanted(leaves) and not any(x.is_complex() for x in leaves)
+    return not any(x.is_complex() for x in leaves) and multi_tensor_wanted(
+        [leaves, optree.tree_leaves(params)], hparams)
 
 
-def _multi_tensor_wanted(leaves: list) -> bool:
-    if not _MULTI_TENSOR[0] or torch.is_grad_enabled() or torch.compiler.is_compiling():
+def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
+    """Whether the leaves ``columns`` (the updates first, then state and inputs) and
+    ``hparams`` run on the multi-tensor path (see :class:`multi_tensor`)."""
+    if not _MULTI_TENSOR[0] or torch.compiler.is_compiling():
         return False
-    first = next((x for x in leaves if isinstance(x, torch.Tensor)), None)
-    return first is not None and not torch._C._functorch.is_functorch_wrapped_tensor(first)
+    if torch._C._functorch.peek_interpreter_stack() is not None or \
+            torch._C._len_torch_dispatch_stack() or _forward_ad._current_level >= 0 or \
+            not any(isinstance(x, torch.Tensor) for x in columns[0]):
+        return False  # (a torch.func transform, a dispatch mode: fake tensors, make_fx)
+    return not torch.is_grad_enabled() or not (
+        any(map(_requires_grad, columns)) or _requires_grad(optree.tree_leaves(hparams)))
+
+
+def _requires_grad(leaves: list) -> bool:
+    """Whether a tensor among ``leaves`` (tensors, ``None`` and other values) requires grad."""
+    try:
+        return any(x.requires_grad for x in leaves if x is not None)
+    except AttributeError:  # (a static input: a mask's bools)
+        return any(getattr(x, "requires_grad", False) for x in leaves)
 
 
 def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int,
@@ -502,177 +610,11 @@ def decayed(x: Any, decay: Any, like: Any) -> Any:
     return (x * decay).to(like.dtype)
 
 
-# -- pointwise transforms, and fusing them -----------------------------------------------------
-
-class PointwiseCall(NamedTuple):
-    """One update of a pointwise transform as an :func:`elementwise` call, ready to run alone or
-    fused with its neighbours in a chain.
-
-    Attributes:
-        rule: ``rule(h, g, *states, *inputs) -> (u, *new_states)`` (see :func:`elementwise`),
-            pointwise: each output element depends on the same element of every tensor argument
-            and on 0-d values only.
-        hparams: ``h``, resolved.
-        states: the state trees the rule updates.
-        inputs: read-only trees shaped like the updates (the parameters, a mask).
-        finish: ``finish(new_states) -> state``: the transform's new state from the rule's.
-        donate_state: for each state, whether the rule reads it once (so the adapter may update
-            it in place).
-        input_names: the ``inputs`` trees' names in errors.
-        sparse: the rule takes sparse COO updates (see :func:`elementwise`).
-        state_like: for each state, what its leaves share with the update (``LIKE``,
-            ``SHAPED``, ``TYPED`` or ``None``; see :func:`elementwise`).
-    """
-
-    rule: Callable
-    hparams: Any
-    states: tuple = ()
-    inputs: tuple = ()
-    finish: Callable[[tuple], Any] = tuple
-    donate_state: tuple[bool, ...] = ()
-    input_names: tuple[str, ...] = ()
-    sparse: bool = False
-    state_like: tuple[str | None, ...] = ()
-
-
-class Pointwise(NamedTuple):
-    """A transform whose update is one pointwise rule (:attr:`Transform.pointwise`).
-
-    A chain runs consecutive pointwise transforms as one rule (:func:`fuse`) on the eager
-    multi-tensor path: one pass of Python over the leaves instead of one per transform, and
-    temporaries pass from one rule to the next in place. The numbers are those of the
-    transforms run one by one.
-
-    Attributes:
-        prepare: ``prepare(updates, state, params, hparams) -> PointwiseCall``: checks and
-            resolves what ``update`` would; reads the values of ``updates`` only if
-            ``reads_updates``.
-        name: the transform's name in errors.
-        complex: how complex leaves are treated: ``"as_real"`` (as pairs of reals, like
-            torch.optim), ``"native"``, or ``"neutral"`` (the same numbers either way: linear
-            maps with real coefficients).
-        real_only: complex leaves are an error.
-        reads_updates: ``prepare`` reads the updates' values (a global norm), so the transform
-            can only start a fused run.
-        kernel: what the transform is, for the adapter to run a chain of such blocks with one of
-            torch's fused kernels (:func:`functional_optim._fused.chain_step`): ``("adam",
-            amsgrad)``, ``("decay",)`` (unmasked), ``("lr",)`` (descending), ``("clip",)``
-            (global norm), ``("identity",)``; ``()`` for the others.
-        parts: a chain's members, ``((key, spec), ...)`` (empty for a single transform).
-    """
-
-    prepare: Callable[..., PointwiseCall]
-    name: str
-    complex: str = "neutral"
-    real_only: bool = False
-    reads_updates: bool = False
-    kernel: tuple = ()
-    parts: tuple = ()
-
-
-def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
-                  hparams: Any) -> tuple[Any, Any]:
-    """``update`` of the transform that ``spec`` describes."""
-    call = spec.prepare(updates, state, params, hparams)
-    out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
-                      name=spec.name, complex_as_real=spec.complex == "as_real",
-                      real_only=spec.real_only, input_names=call.input_names,
-                      donate_state=call.donate_state or False, sparse=call.sparse,
-                      state_like=call.state_like)
-    return out[0], call.finish(out[1:])
-
-
-def fusable(specs: list) -> bool:
-    """Whether these transforms can run as one rule: each has a :class:`Pointwise`, only the
-    first reads the updates' values, and they agree on complex leaves."""
-    if not specs or any(s is None for s in specs) or any(s.reads_updates for s in specs[1:]):
-        return False
-    return len({s.complex for s in specs} - {"neutral"}) <= 1
-
-
-def fuse(specs: list, name: str) -> Pointwise:
-    """The :class:`Pointwise` of ``specs`` run one after the other (:func:`fusable` ones): its
-    ``prepare`` takes and its ``finish`` gives sequences of the members' states and
-    hparams."""
-    modes = {s.complex for s in specs} - {"neutral"}
-
-    def prepare(updates, states, params, hparams):
-        calls = [s.prepare(updates, st, params, h) for s, st, h in zip(specs, states, hparams)]
-        return _fuse_calls(calls)
-
-    return Pointwise(prepare, name, modes.pop() if modes else "neutral",
-                     any(s.real_only for s in specs), specs[0].reads_updates)
-
-
-def _fuse_calls(calls: list) -> PointwiseCall:
-    inputs: list = []
-    names: list = []
-    slots = []
-    for c in calls:  # each input tree once (several transforms read the parameters)
-        slot = []
-        for n, tree in enumerate(c.inputs):
-            k = next((j for j, x in enumerate(inputs) if x is tree), None)
-            if k is None:
-                k = len(inputs)
-                inputs.append(tree)
-                names.append(c.input_names[n] if n < len(c.input_names) else "input")
-            slot.append(k)
-        slots.append(slot)
-    counts = [len(c.states) for c in calls]
-    total = sum(counts)
-
-    def rule(h, g, *args):
-        olds, ins = args[:total], args[total:]
-        original, new, start = g, [], 0
-        for c, hc, count, slot in zip(calls, h, counts, slots):
-            mine = [ins[k] for k in slot]
-            res = c.rule(hc, g, *olds[start:start + count], *mine)
-            start += count
-            new.extend(res[1:])
-            g = _owned(_in_dtype(res[0], original), g, [original, *res[1:], *mine])
-        return (g, *new)
-
-    def finish(new_states):
-        out, start = [], 0
-        for c, count in zip(calls, counts):
-            out.append(c.finish(tuple(new_states[start:start + count])))
-            start += count
-        return out
-
-    def per_state(field: str, missing: Any) -> tuple:
-        return tuple(x for c in calls
-                     for x in (getattr(c, field) + (missing,) * len(c.states))[:len(c.states)])
-
-    return PointwiseCall(rule, tuple(c.hparams for c in calls),
-                         tuple(st for c in calls for st in c.states), tuple(inputs), finish,
-                         per_state("donate_state", False), tuple(names),
-                         all(c.sparse for c in calls), per_state("state_like", None))
-
-
-def _in_dtype(u: Any, like: Any) -> Any:
-    """A rule's update in the run's input dtype, as the unfused transform returns it
-    (:func:`elementwise` casts each result): a 0-d leaf's update computed with 0-d float64
-    coefficients comes out float64."""
-    if isinstance(u, (torch.Tensor, _foreach.TensorList)) and \
-            isinstance(like, (torch.Tensor, _foreach.TensorList)) and u.dtype != like.dtype:
-        return u.to(like.dtype)
-    return u
-
-
-def _owned(u: Any, g: Any, others: list) -> Any:
-    """A rule's result ``u`` handed to the next rule of a fused run: *donated* (the next rule
-    may overwrite it in place) when it is a fresh multi-tensor result that shares no tensor with
-    the run's input, an input, or a state the rule returned (momentum returns its buffer as
-    the update too)."""
-    if not isinstance(u, _foreach.TensorList) or u is g or not u._fresh or u._donated \
-            or u.scalar:
-        return u
-    items = u.items
-    mine = {id(x) for x in items}
-    for other in others:
-        if isinstance(other, _foreach.TensorList):
-            if not other.scalar and any(id(x) in mine for x in other.items):
-                return u
-        elif isinstance(other, torch.Tensor) and id(other) in mine:
-            return u
-    return _foreach.TensorList(items, donated=True)
+# pointwise transforms and their fusion live beside: the names stay importable from here
+from ._pointwise import (  # noqa: E402, F401
+    Pointwise,
+    PointwiseCall,
+    fusable,
+    fuse,
+    run_pointwise,
+)

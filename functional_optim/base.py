@@ -9,6 +9,15 @@ A transform is two pure functions and its default hyperparameters::
 tensor may require grad, be batched under :func:`torch.func.vmap`, or be changed in place between
 CUDA-graph replays. Keyword ``**extra`` arguments (a loss ``value``, say) are passed down a chain
 to every transform; transforms ignore the ones they do not use.
+
+*Donation.* ``update(..., donate=True)`` gives up ``state``: the update may reuse its memory
+(the library's rules then update it in place on the multi-tensor path, and write into it under
+``torch.compile``), so the returned state may share tensors with it, and the old state must not
+be read again (its tensors may hold the new values). The numbers are the same either way; a
+transform may ignore the keyword (a user's transform, or one that keeps no state to reuse), and
+a library transform that holds a user's transform donates nothing to it (see
+:func:`functional_optim._execute.donating`). :func:`apply_updates_` donates the parameters, and
+:func:`functional_optim.step` runs a whole donated step on the fastest path there is.
 """
 
 from __future__ import annotations
@@ -17,17 +26,19 @@ from collections.abc import Callable, Mapping
 from numbers import Number
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from . import _execute
 from . import tree as _tree
-from ._execute import MissingParamsError, Pointwise, PointwiseCall
+from ._execute import DonatedStateError, MissingParamsError, Pointwise, PointwiseCall
 from .tree import TreeMismatchError
 
 __all__ = [
     "Transform",
     "EmptyState",
     "HParamError",
+    "DonatedStateError",
     "MissingParamsError",
     "TreeMismatchError",
     "chain",
@@ -59,8 +70,10 @@ class EmptyState(NamedTuple):
 
 class _CheckedInit:
     """``init`` that first checks its argument is a tree of tensors (:func:`tree.check_params`),
-    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead. A class,
-    not a closure: a transform of picklable functions stays picklable."""
+    so that ``init(model.parameters())`` and ``init(model)`` say what to pass instead, and
+    gives each tensor of the state its own memory (:func:`tree.unshared`: a state can live in
+    static buffers). A class, not a closure: a transform of picklable functions stays
+    picklable."""
 
     __slots__ = ("__wrapped__",)
 
@@ -69,7 +82,7 @@ class _CheckedInit:
 
     def __call__(self, params: Any) -> Any:
         _tree.check_params(params, "init(params)")
-        return self.__wrapped__(params)
+        return _tree.unshared(self.__wrapped__(params))
 
     def __repr__(self) -> str:
         return repr(self.__wrapped__)
@@ -84,7 +97,8 @@ class Transform(NamedTuple):
             groups) a ``TypeError`` saying what to pass instead. The check wraps the given
             function when the transform is constructed.
         update: ``update(updates, state, params=None, hparams=None, **extra)
-            -> (updates, state)``; never mutates its inputs.
+            -> (updates, state)``; never mutates its inputs, unless the caller donates the
+            state (``donate=True``, see the module docstring).
         hparams: the default hyperparameters: a pytree (usually a dict) of numbers or 0-d tensors.
         fused: optional in-place step ``fused(params, grads, state, hparams) -> state | None``
             that the stateful adapter runs instead of ``update`` + ``apply_updates`` when it
@@ -134,7 +148,8 @@ def pointwise_transform(init: Callable[[Any], Any], defaults: Any, spec: Pointwi
     """
 
     def update(updates, state, params=None, hparams=None, **extra):
-        return _execute.run_pointwise(spec, updates, state, params, hparams)
+        with _execute.donating(extra.get("donate")):
+            return _execute.run_pointwise(spec, updates, state, params, hparams)
 
     return Transform(init, update, defaults, pointwise=spec)
 
@@ -355,10 +370,14 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
             )
 
     def update(updates, state, params=None, hparams=None, **extra):
+        with _execute.donating(extra.get("donate")):
+            return run(updates, state, params, hparams, extra)
+
+    def run(updates, state, params, hparams, extra):
         hparams = resolve_hparams(defaults, hparams, "chain hparams")
         check(state)
         new_state = []
-        if runs and _execute.fusing(updates):
+        if runs and _execute.fusing(updates, params, hparams):
             for start, stop, spec in runs:
                 part = keys[start:stop]
                 if spec is None:
@@ -367,8 +386,12 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
                                                    **extra)
                     new_state.append(s)
                     continue
-                updates, ss = _execute.run_pointwise(
-                    spec, updates, [state[k] for k in part], params, [hparams[k] for k in part])
+                try:
+                    updates, ss = _execute.run_pointwise(spec, updates, [state[k] for k in part],
+                                                         params, [hparams[k] for k in part])
+                except (TreeMismatchError, MissingParamsError, TypeError):
+                    _name_the_member(txs[start:stop], part, updates, state, params, hparams)
+                    raise
                 new_state.extend(ss)
             return updates, pack(new_state)
         for key, tx in zip(keys, txs):
@@ -389,6 +412,16 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
 
         whole = inner._replace(prepare=prepare, parts=tuple(zip(keys, specs)))
     return Transform(init, _execute.owning(update, txs), defaults, pointwise=whole)
+
+
+def _name_the_member(txs: tuple, keys: tuple, updates: Any, state: Any, params: Any,
+                     hparams: Any) -> None:
+    """A fused run raised (a structure, shape, dtype or missing-parameters check, before any
+    work): run its transforms one by one (donating nothing) for the error that names the
+    transform it concerns."""
+    with _execute.keep_state():
+        for key, tx in zip(keys, txs):
+            updates, _ = tx.update(updates, state[key], params, hparams[key])
 
 
 def _chain_name(specs: list) -> str:
@@ -436,39 +469,73 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
     return Transform(inner.init, _execute.owning(update, [inner]), hparams, pointwise=spec)
 
 
-def _add(p, u):
-    if u is None:
-        return p
-    if u.shape != p.shape:  # (a broadcast would be silent; the caller names the leaf)
-        raise TreeMismatchError("apply_updates: an update of another shape than its parameter")
-    return p + u if u.dtype == p.dtype else (p + u).to(p.dtype)  # (one rounding)
+def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list]:
+    """The leaves of ``params`` and ``updates`` (the structures checked), and the indices of the
+    leaves where both are given (shapes and devices checked: a mismatch names the leaf)."""
+    spec = _tree.structure(params)
+    try:
+        flat_u = _tree.flatten_like(updates, spec, "updates", "params")
+    except TreeMismatchError:
+        raise TreeMismatchError(_tree.mismatch_message(
+            "params", spec, "updates", _tree.structure(updates))) from None
+    flat_p = _tree.leaves(params)
+    both = [i for i, (p, u) in enumerate(zip(flat_p, flat_u)) if p is not None and u is not None]
+    for i in both:  # every leaf checked before any is computed or changed
+        p, u = flat_p[i], flat_u[i]
+        if u.shape != p.shape or u.device != p.device:
+            _tree.check_leaves(where, updates, params, "params", "parameter", dtype=False)
+    return flat_p, flat_u, both
+
+
+def _foreach_groups(ps: list, us: list, both: list) -> tuple[list, list]:
+    """``both`` split into groups for one foreach kernel each (same device, dtype, tensor type
+    and layout on both sides) and the rest (an update of another dtype: one rounding)."""
+    groups: dict = {}
+    rest = []
+    for i in both:
+        p, u = ps[i], us[i]
+        if u.dtype != p.dtype or u.device != p.device or type(u) is not type(p):
+            rest.append(i)
+            continue
+        layout = None if type(p) is torch.Tensor else _tree.layout(p)
+        groups.setdefault((p.device, p.dtype, type(p), layout), []).append(i)
+    return list(groups.values()), rest
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` leaf-wise, in each parameter's dtype; pure.
+    """``params + updates`` leaf-wise, in each parameter's dtype; pure (new tensors).
 
     A ``None`` update leaves its parameter as it is. An update of another dtype (a float32
-    update of a bfloat16 parameter) is added in the wider dtype and the sum rounded once. An
-    update must have its parameter's shape and device, else :class:`TreeMismatchError` names
-    the leaf.
+    update of a bfloat16 parameter) is added in the wider dtype and the sum rounded once. Where
+    the updates run multi-tensor (:class:`~functional_optim._execute.multi_tensor`: eager,
+    nothing requires grad), the sums are one ``torch._foreach_add`` per group of leaves.
     """
-    try:
-        return _tree.map(_add, params, updates)
-    except (TreeMismatchError, RuntimeError):  # name the leaf (torch's error for a device)
-        _tree.check_leaves("apply_updates", updates, params, "params", "parameter",
-                              dtype=False)
-        raise
+    ps, us, both = _pairs(params, updates, "apply_updates")
+    out = list(ps)
+    if _execute.multi_tensor_wanted([ps, us]):
+        groups, rest = _foreach_groups(ps, us, both)
+        for members in groups:
+            for i, x in zip(members, torch._foreach_add([ps[i] for i in members],
+                                                        [us[i] for i in members])):
+                out[i] = x
+    else:
+        rest = both
+    for i in rest:
+        p, u = ps[i], us[i]
+        out[i] = p + u if u.dtype == p.dtype else (p + u).to(p.dtype)  # (one rounding)
+    return optree.tree_unflatten(_tree.structure(params), out)
 
 
 def apply_updates_(params: Any, updates: Any) -> Any:
-    """In-place ``p += u`` under ``torch.no_grad()`` for stateful use; returns ``params``.
-
-    Every leaf is checked (as :func:`apply_updates`) before any parameter changes.
-    """
-    _tree.check_leaves("apply_updates_", updates, params, "params", "parameter", dtype=False)
-    pairs = [(p, u) for p, u in zip(_tree.leaves(params), _tree.leaves(updates))
-             if p is not None and u is not None]
+    """In-place ``p += u`` under ``torch.no_grad()`` (for stateful use, and for a caller that
+    donates its parameters); returns ``params``. Every leaf is checked before any changes; the
+    sums are foreach kernels per group of leaves, as in :func:`apply_updates`."""
+    ps, us, both = _pairs(params, updates, "apply_updates_")
     with torch.no_grad():
-        for p, u in pairs:
-            p.add_(u)  # (in the wider dtype, rounded once)
+        groups, rest = (_foreach_groups(ps, us, both) if _execute.multi_tensor_wanted([ps, us])
+                        else ([], both))
+        for members in groups:
+            torch._foreach_add_([ps[i] for i in members], [us[i] for i in members])
+        for i in rest:
+            ps[i].add_(us[i])  # (in the wider dtype, rounded once)
     return params

@@ -34,6 +34,7 @@ __all__ = [
     "num_elements",
     "named_leaves",
     "names",
+    "unshared",
 ]
 
 _NONE_IS_LEAF = {"none_is_leaf": True}
@@ -174,6 +175,31 @@ def leaf_label(tree: Any, i: int) -> str:
     flat: list = []
     optree.tree_map(flat.append, tree, **_NONE_IS_LEAF)
     return repr(next(n for n, x in named_leaves(tree) if x is flat[i]) or "<root>")
+
+
+def unshared(tree: Any) -> Any:
+    """``tree`` with every tensor that is an earlier leaf again cloned: each leaf its own buffer
+    (a state made of one ``zero`` used twice would otherwise be written through both names by an
+    in-place step, see :func:`functional_optim.capture.inplace_step`). Leaves are compared by
+    identity: by ``id`` eagerly, by ``is`` inside a ``torch.compile`` trace (where ``id`` of a
+    traced tensor is not the eager one's)."""
+    traced = torch.compiler.is_compiling()
+    seen: list = []
+    ids: set = set()
+
+    def own(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        again = any(x is y for y in seen) if traced else id(x) in ids
+        if again:
+            return x.clone()
+        if traced:
+            seen.append(x)
+        else:
+            ids.add(id(x))
+        return x
+
+    return optree.tree_map(own, tree, none_is_leaf=True)
 
 
 def map(fn: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 - mirrors tree_map

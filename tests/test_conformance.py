@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import optree
@@ -61,14 +62,18 @@ def setup(case, seed=0, dtype=torch.float64, device="cpu", steps=1):
     return tx, params, grads, state
 
 
-def test_pure(case):
+@pytest.mark.parametrize("multi", [True, False], ids=["automatic", "per_leaf"])
+def test_pure(case, multi):
+    """Nothing is mutated, on the path a plain eager call takes (multi-tensor: nothing requires
+    grad) and leaf by leaf."""
     tx, params, grads, state = setup(case)
     hp, rebuild = tensor_hparams(tx.hparams)
     everything = (grads, state, params, hp)
     versions = [t._version for t in tensors(everything)]
     values = [t.clone() for t in tensors(everything)]
     for _ in range(2):
-        out, new_state = tx.update(grads, state, params, rebuild(hp))
+        with fo._execute.multi_tensor(multi):
+            out, new_state = tx.update(grads, state, params, rebuild(hp))
     assert [t._version for t in tensors(everything)] == versions
     for before, now in zip(values, tensors(everything)):
         assert _equal(before, now)
@@ -288,6 +293,14 @@ def test_trace_once_replay_with_new_hparams(case):
         assert_trees_close(got, expected)
 
 
+def test_state_buffers_are_distinct(case):
+    """No two tensors of a fresh state share memory, so the state can live in static buffers
+    (``capture.inplace_step`` copies each new leaf into its own buffer)."""
+    leaves = [x for x in tensors(case.make().init(case.params_tree(0))) if x.numel()]
+    storages = [x.untyped_storage().data_ptr() for x in leaves]
+    assert len(set(storages)) == len(storages), f"{case.name}: state tensors share memory"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_dtype_kept(case, dtype):
     tx, params, grads, state = setup(case, dtype=dtype, steps=2)
@@ -351,7 +364,8 @@ def test_empty_tree(case):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, "mixed"])
 def test_multi_tensor_path_matches_per_leaf(case, dtype):
     """The foreach path (eager, no autograd) gives exactly the per-leaf path's numbers, also when
-    rules may update donated state in place (as inside the stateful adapter)."""
+    rules may update donated state in place (as inside the stateful adapter), and when a plain
+    call takes it by itself (grad mode on, nothing requires grad: ``None`` below)."""
     if dtype == torch.complex128 and not case.complex:
         return
     tx = case.make()
@@ -364,10 +378,12 @@ def test_multi_tensor_path_matches_per_leaf(case, dtype):
         params, grads = case.params_tree(0, dtype), case.params_tree(1, dtype)
     grads = case.adapt_grads(grads)
     results = []
-    for multi, donate in ((False, False), (True, False), (True, True)):
+    for multi, donate in ((False, False), (True, False), (True, True), (None, False)):
         state = tx.init(params)
         inputs = [t.clone() for t in tensors((grads, params))]
-        with torch.no_grad(), fo._execute.multi_tensor(multi, donate=donate):
+        mode = (contextlib.nullcontext() if multi is None else
+                fo._execute.multi_tensor(multi, donate=donate))
+        with torch.set_grad_enabled(multi is None), mode:
             for step in range(3):
                 batch = grads if step != 1 else case.adapt_grads(params_like(params))
                 out, state = tx.update(batch, state, params)

@@ -20,7 +20,8 @@ EXECUTED_PAGES = ["README.md", "docs/index.md", "docs/getting-started.md",
                   "docs/migrating-optax.md"]
 # Objects that each API page must render (the ones the docs and the quickstart use).
 API_PAGES = {
-    "core": ["Transform", "chain", "apply_updates", "apply_updates_"],
+    "core": ["Transform", "chain", "apply_updates", "apply_updates_", "step",
+             "DonatedStateError"],
     "transforms": ["clip_by_global_norm", "scale_by_adam", "add_decayed_weights",
                    "scale_by_learning_rate"],
     "aliases": ["adamw", "huggingface_adafactor", "adam_weight_decay"],

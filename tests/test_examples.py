@@ -24,7 +24,7 @@ def test_quickstart_runs(tmp_path):
     assert png.exists() and png.stat().st_size > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = proc.stdout
-    for name in ("fo.adamw", "torch.optim.AdamW", "final loss"):
+    for name in ("fo.adamw", "torch.optim.AdamW", "final loss", "vs torch", "donated"):
         assert name in out
     # fo.adamw and torch.optim.AdamW run the same algorithm: the example says so only if the
     # parameters agree to rounding.

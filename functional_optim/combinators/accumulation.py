@@ -137,7 +137,7 @@ def multi_steps(inner: Transform, every_k: int | Callable[[torch.Tensor], Any],
                                                    if p.is_floating_point() else None), params)
         count = _count(params)
         _, info = skip_fn(_tree.zeros_like(params), count, params)
-        return MultiStepsState(count, acc, inner.init(params), count, info)
+        return MultiStepsState(count, acc, inner.init(params), count.clone(), info)
 
     def update(updates, state, params=None, hparams=None, **extra):
         check_state("multi_steps", state, MultiStepsState)
@@ -239,7 +239,7 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
     def init(params):
         zero = _count(params)
         return ApplyIfFiniteState(zero, torch.ones((), dtype=torch.bool, device=zero.device),
-                                  zero, inner.init(params))
+                                  zero.clone(), inner.init(params))
 
     def update(updates, state, params=None, hparams=None, **extra):
         check_state("apply_if_finite", state, ApplyIfFiniteState)

@@ -28,6 +28,8 @@ from torch.optim.optimizer import _get_capturable_supported_devices, _get_scalar
 
 from .._execute import is_off
 from ..base import Transform
+from ..transforms.quantized import Quantized
+from . import _layout
 from ._precision import POLICY_PATHS
 from .adapter import FunctionalOptimizer
 
@@ -120,13 +122,25 @@ class _TorchCompatible(FunctionalOptimizer):
 
     def _state_key(self, path, p):
         # every stored leaf has a torch name; a path without one is derived from the others
-        name = self._STATE_NAMES.get(path)
-        if name is None:  # the precision policy's own leaves keep their names
+        key = self._key_path(path)
+        if key is None:  # the precision policy's own leaves keep their names
             return path if path in POLICY_PATHS else None
-        return (name,)
+        return key
+
+    def _key_path(self, path: tuple) -> tuple | None:
+        """The torch key path of the state leaf at ``path``: ``(name,)``, or ``(name, part)``
+        for the codes and scales of a quantized state (``exp_avg.codes``); ``None``: none."""
+        name = self._STATE_NAMES.get(path)
+        if name is not None:
+            return (name,)
+        if path and path[-1] in Quantized._fields and path[:-1] in self._STATE_NAMES:
+            return (self._STATE_NAMES[path[:-1]], path[-1])
+        return None
 
     def _known_state(self, expected):
-        return {(name,) for name in self._STATE_NAMES.values()} | (set(expected) & POLICY_PATHS)
+        parts = {k for k in expected if len(k) == 2 and k[-1] in Quantized._fields}
+        return {(name,) for name in self._STATE_NAMES.values() if (name, "codes") not in parts} \
+            | parts | (set(expected) & POLICY_PATHS)
 
     def _number_keys(self):
         return frozenset((k,) for k in self._SCALARS)
@@ -170,29 +184,26 @@ class _TorchCompatible(FunctionalOptimizer):
         return {k: tuple(group[k]) if k == "betas" else group[k] for k in self._HPARAMS}
 
     def _load_leaf(self, store, path, p, group):
-        name = self._STATE_NAMES.get(path)
-        return store.get(name) if name is not None else super()._load_leaf(store, path, p, group)
+        key = self._key_path(path)
+        return super()._load_leaf(store, path if key is None else key, p, group)
 
     def _load_column(self, stores, path, params, group):
-        name = self._STATE_NAMES.get(path)
-        if name is None or path in self._LEAF_PATHS:
+        key = self._key_path(path)
+        if key is None or path in self._LEAF_PATHS:
             return super()._load_column(stores, path, params, group)
-        return [store.get(name) for store in stores]
+        return _layout.nested_column(stores, key)
 
     def _store_leaf(self, store, path, value, group):
-        name = self._STATE_NAMES.get(path)
-        if name is None:
-            super()._store_leaf(store, path, value, group)
-        else:
-            store[name] = value
+        key = self._key_path(path)
+        super()._store_leaf(store, path if key is None else key, value, group)
 
     def _store_column(self, stores, path, values, group):
-        name = self._STATE_NAMES.get(path)
-        if name is None or path in self._LEAF_PATHS:
+        key = self._key_path(path)
+        if key is None or path in self._LEAF_PATHS:
             super()._store_column(stores, path, values, group)
             return
         for store, value in zip(stores, values):
-            store[name] = value
+            _layout.nested_set(store, key, value)
 
 
 class _Classic(_TorchCompatible):

@@ -13,6 +13,10 @@ Loading a checkpoint (the rule, also in the "Low precision and memory" guide):
   nearest) on the parameter's device, not cast to the parameter's dtype as torch.optim does; a
   conversion that changes a dtype (a float32 torch.optim checkpoint into bfloat16 state) warns
   once per ``load_state_dict``, naming the keys and dtypes;
+- a floating state tensor where the policy keeps quantized codes and scales
+  (:class:`~functional_optim.transforms.storage.QuantizedStorage`: ``exp_avg.codes`` and
+  ``exp_avg.absmax``) is encoded by that storage (each element to its nearest code), with the
+  same warning;
 - the policy's own leaves are optional: a checkpoint without them (torch.optim's) starts them
   fresh at the next step (the key from the seed, a zero compensation, master weights copied
   from the parameters); a checkpoint that has them round-trips exactly;
@@ -29,9 +33,11 @@ import torch
 
 from ..base import HParamError, Transform
 from ..transforms.low_precision import precision, storage
+from ..transforms.quantized import Quantized
+from ..transforms.storage import QuantizedStorage
 from . import _layout
 
-__all__ = ["POLICY_PATHS", "Kept", "check", "wrap", "loaded", "warn_converted"]
+__all__ = ["POLICY_PATHS", "Kept", "check", "wrap", "encoded", "loaded", "warn_converted"]
 
 # where the policy's own leaves are stored in a parameter's state
 POLICY_PATHS = frozenset({("rounding_key",), ("compensation",), ("master_param",)})
@@ -75,6 +81,48 @@ def wrap(cache: dict, tx: Transform, policy: dict) -> Transform:
     return wrapped
 
 
+def encoded(owner: str, p: torch.Tensor, entry: Any, expected: dict, policy: dict,
+            converted: list) -> Any:
+    """``entry`` with each floating tensor of ``p``'s shape where the policy keeps quantized
+    codes and scales (a float checkpoint's moment) encoded by the policy's
+    :class:`~functional_optim.transforms.storage.QuantizedStorage` (the map the optimizer's
+    own state uses there); each conversion appended to ``converted``."""
+    spots = sorted(k[:-1] for k in expected
+                   if k[-1] == "codes" and k[:-1] + ("absmax",) in expected)
+    if not spots or not isinstance(entry, dict):
+        return entry
+    out = entry
+    for path in spots:
+        value = _layout.nested_get(entry, path) if _layout.nested_has(entry, path) else None
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and
+                value.shape == p.shape):
+            continue
+        s = _quantized_storage(owner, policy, path)
+        codes = expected[path + ("codes",)].like
+        s = QuantizedStorage(s.bits, s.block_size, min_size=s.min_size, unsigned=s.unsigned,
+                             signed=codes.dtype == torch.int8)
+        q = s.encode(value.to(p.device), None, 0)
+        if out is entry:
+            out = _copy_dicts(entry)
+        _layout.nested_set(out, path, q._asdict())
+        converted.append((".".join(map(str, path)), value.dtype, f"{s.bits}-bit codes"))
+    return out
+
+
+def _quantized_storage(owner: str, policy: dict, path: tuple) -> QuantizedStorage:
+    """The policy's quantized storage (one configuration, else the error naming ``path``)."""
+    specs = [v for k, v in policy.items() if k not in _OPTIONS] + [policy.get("state_dtype")]
+    found = {(s.bits, s.block_size, s.min_size): s for s in
+             (storage(spec) for spec in specs if spec is not None)
+             if isinstance(s, QuantizedStorage)}
+    if len(found) != 1:
+        raise ValueError(f"{owner}: state {'.'.join(map(str, path))!r}: a float tensor where the "
+                         "policy keeps quantized codes, and the policy has "
+                         f"{len(found)} quantized storages ({sorted(found)}) to encode it: "
+                         "convert it before loading; nothing was loaded")
+    return next(iter(found.values()))
+
+
 def loaded(p: torch.Tensor, entry: dict, present: dict, expected: dict,
            converted: list) -> dict:
     """``entry`` with every floating state tensor and policy leaf converted to what the policy
@@ -84,7 +132,8 @@ def loaded(p: torch.Tensor, entry: dict, present: dict, expected: dict,
     for path, value in present.items():
         leaf = expected.get(path)
         if leaf is None or not isinstance(value, torch.Tensor) or not (
-                leaf.like.is_floating_point() or path in POLICY_PATHS):
+                leaf.like.is_floating_point() or path in POLICY_PATHS or
+                path[-1] in Quantized._fields):  # (codes kept as they are, not torch's cast)
             continue
         if value.dtype != leaf.like.dtype and value.is_floating_point():
             converted.append((".".join(map(str, path)), value.dtype, leaf.like.dtype))

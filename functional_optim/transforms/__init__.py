@@ -333,25 +333,26 @@ __all__ += [
 
 # the precision policy: state storage dtypes, stochastic rounding, Kahan, master weights
 from .low_precision import (  # noqa: E402
-    CastStorage,
     KahanState,
     MasterWeightsState,
     PrecisionState,
     StochasticRoundingState,
-    Storage,
     kahan_summation,
     master_weights,
     precision,
-    stochastic_round,
+    quantize_tree,
+    quantized_state,
     stochastic_rounding,
     with_state_dtype,
 )
+from .storage import CastStorage, QuantizedStorage, Storage, stochastic_round  # noqa: E402
 
 __all__ += [
     "CastStorage",
     "KahanState",
     "MasterWeightsState",
     "PrecisionState",
+    "QuantizedStorage",
     "StochasticRoundingState",
     "Storage",
     "kahan_summation",
@@ -361,15 +362,13 @@ __all__ += [
     "stochastic_rounding",
     "with_state_dtype",
 ]
-# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit storage of any pointwise
-# transform's state
+# quantized optimizer state (issue 21 §2): blockwise 8-bit and 4-bit codes, the storage
+# (QuantizedStorage, quantized_state) of the precision policy above
 from .quantized import (  # noqa: E402
     Quantized,
     dequantize,
     quantization_map,
     quantize,
-    quantize_tree,
-    quantized_state,
 )
 
 __all__ += ["Quantized", "dequantize", "quantization_map", "quantize", "quantize_tree",

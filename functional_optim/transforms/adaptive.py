@@ -111,8 +111,8 @@ def _rss_rule(h, g, t, s, *, eps_in_sqrt):
 def _rss_scaled(g, s, eps, eps_in_sqrt):
     """:math:`g / (\\sqrt s + \\epsilon)`, or with ``eps_in_sqrt`` optax's
     :math:`g / \\sqrt{s + \\epsilon}` where :math:`s > 0` and 0 elsewhere."""
-    if not eps_in_sqrt:
-        return g / (safe_sqrt(s, nonnegative=True) + eps)
+    if not eps_in_sqrt:  # (a complex sum, from torch's sparse path: its principal root)
+        return g / ((torch.sqrt(s) if s.is_complex() else safe_sqrt(s, nonnegative=True)) + eps)
     positive = s > 0
     root = safe_sqrt(torch.where(positive, s + eps, 1.0), nonnegative=True)
     return torch.where(positive, g / root, 0.0)

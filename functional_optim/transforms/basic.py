@@ -46,7 +46,8 @@ def identity() -> Transform:
 
     def prepare(updates, state, params, hparams):
         resolve_hparams({}, hparams, "identity hparams")
-        return PointwiseCall(_identity_rule, {}, finish=lambda new: state, sparse=True)
+        return PointwiseCall(_identity_rule, {}, finish=lambda new: state, sparse=True,
+                             reads_update_once=True)
 
     return Transform(_empty_init, update, {},
                      pointwise=Pointwise(prepare, "identity", kernel=("identity",)))
@@ -77,7 +78,8 @@ def scale(step_size: float) -> Transform:
 
     def prepare(updates, state, params, hparams):
         h = resolve_hparams(defaults, hparams, "scale hparams")
-        return PointwiseCall(_scale_rule, h, finish=lambda new: state, sparse=True)
+        return PointwiseCall(_scale_rule, h, finish=lambda new: state, sparse=True,
+                             reads_update_once=True)
 
     return pointwise_transform(_empty_init, defaults, Pointwise(prepare, "scale"))
 
@@ -131,7 +133,7 @@ def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
         def prepare(updates, state, params, hparams):
             h = resolve_hparams(defaults, hparams, "scale_by_learning_rate hparams")
             return PointwiseCall(_lr_rule, {"lr": sign_ * h["lr"]}, finish=lambda new: state,
-                                 sparse=True)
+                                 sparse=True, reads_update_once=True)
 
         return pointwise_transform(_empty_init, defaults,
                                    Pointwise(prepare, "scale_by_learning_rate", kernel=kind))
@@ -153,7 +155,8 @@ def scale_by_learning_rate(lr: float | torch.Tensor | Schedule, *,
         check_state("scale_by_learning_rate", state, ScaleByScheduleState)
         value = sign_ * schedule(state.step, h["lr"])
         after = ScaleByScheduleState(state.step + 1)
-        return PointwiseCall(_lr_rule, {"lr": value}, finish=lambda new: after, sparse=True)
+        return PointwiseCall(_lr_rule, {"lr": value}, finish=lambda new: after, sparse=True,
+                             reads_update_once=True)
 
     return pointwise_transform(init_schedule, defaults,
                                Pointwise(prepare_schedule, "scale_by_learning_rate",

@@ -69,7 +69,8 @@ def add_decayed_weights(weight_decay: float = 0.0,
                 "add_decayed_weights", updates, params,
                 "weight decay reads them; this block is in every alias with a weight_decay, "
                 "and runs unless weight_decay is the number 0"):
-            return PointwiseCall(_identity_rule, h, finish=lambda new: state, sparse=True)
+            return PointwiseCall(_identity_rule, h, finish=lambda new: state, sparse=True,
+                                 reads_update_once=True)
         if mask is None:
             inputs: tuple = (params,)  # (no tree of True: cheaper, and compiles)
         else:
@@ -82,7 +83,8 @@ def add_decayed_weights(weight_decay: float = 0.0,
                     )
             inputs = (params, keep)
         return PointwiseCall(rule, h, inputs=inputs, finish=lambda new: state,
-                             input_names=("params", "mask")[:len(inputs)])
+                             input_names=("params", "mask")[:len(inputs)],
+                             reads_update_once=not after_step)
 
     # torch's kernels decay before the step only
     kernel = ("decay",) if mask is None and not after_step else ()

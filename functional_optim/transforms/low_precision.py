@@ -21,34 +21,54 @@ their multi-tensor and flat layouts.
 
 *Randomness.* Stochastic rounding draws from a key carried in the state
 (:mod:`functional_optim._random`): a 0-d int64 ``rounding_key`` holding
-:math:`\mathrm{stream} \cdot 2^{32} + \mathrm{counter}`, advanced once per update; leaf ``i`` of
-the state uses salt ``2i``, parameter ``i`` salt ``2i + 1``. Reproducible, no global generator,
-capturable; under ``vmap`` a batched ``seed`` (a 0-d int tensor per member) gives each member its
-own stream. The flat layout (one leaf per buffer) draws other numbers of the same law.
+:math:`\mathrm{stream} \cdot 2^{32} + \mathrm{counter}`, advanced once per update; the state's
+leaves use even salts (see *Storage*), parameter ``i`` salt ``2i + 1``. Reproducible, no
+global generator, capturable; under ``vmap`` a batched ``seed`` (a 0-d int tensor per member)
+gives each member its own stream. The flat layout (one leaf per buffer) draws other numbers
+of the same law.
 
-*Storage.* A state field's storage is a :class:`Storage`: :class:`CastStorage` (``"bf16"``,
-``"fp16"``, ``"fp32"`` or a dtype) here; a quantized storage (8-bit blockwise codes and scales)
-is another :class:`Storage` whose ``encode`` returns its own NamedTuple of tensors, which this
-module passes through the state as one unit (:meth:`Storage.holds`).
+*Storage.* A state field's storage is a :class:`~functional_optim.transforms.storage.Storage`
+(:mod:`functional_optim.transforms.storage`): :class:`CastStorage` (``"bf16"``, ``"fp16"``,
+``"fp32"`` or a dtype) or :class:`QuantizedStorage` (``"int8"``, ``"int4"``: blockwise codes and
+their float32 scales, a :class:`~functional_optim.transforms.quantized.Quantized` that the state
+walk passes through as one unit; :func:`quantized_state` is its name). One mechanism runs them
+(:mod:`functional_optim.transforms._stored`): around one pointwise rule (a moment block, or an
+alias that fuses into one rule, such as :func:`~functional_optim.adamw`), chunk by chunk of
+leaves, each chunk's state decoded, the rule run on the multi-tensor path, the new state
+encoded, each storage's leaves at once; around any other transform, the whole state at once.
+With stochastic rounding, state leaf ``i`` in walk order draws with salt ``2i`` (around a
+pointwise rule, leaf ``i`` of state column ``j`` of ``n`` leaves: ``2 (j n + i)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import optree
 import torch
 
-from .. import _execute, _random
+from .. import _execute
 from .. import tree as _tree
 from ..base import EmptyState, HParamError, Transform, check_state, missing_params
+from ._stored import (
+    fields_of,
+    floating,
+    resolver,
+    run_chunked,
+    run_whole,
+    store_fresh,
+)
+from .storage import (
+    QuantizedStorage,
+    advance,
+    narrower,
+    seed_key,
+    stochastic_round,
+    storage,
+    words,
+)
 
 __all__ = [
-    "Storage",
-    "CastStorage",
-    "storage",
-    "stochastic_round",
     "PrecisionState",
     "with_state_dtype",
     "precision",
@@ -58,153 +78,11 @@ __all__ = [
     "kahan_summation",
     "MasterWeightsState",
     "master_weights",
+    "quantized_state",
+    "quantize_tree",
 ]
 
-_M32 = 0xFFFFFFFF
 _PARAM_MODES = ("round", "kahan", "master")
-
-
-# -- storage -----------------------------------------------------------------------------------
-
-class Storage:
-    """How one state field is kept between updates (a base class to subclass).
-
-    ``encode(x, key, salt)`` turns the value computed in the compute dtype into what the state
-    holds (a tensor, or a NamedTuple of tensors such as quantized codes and their scales);
-    ``key`` is the update's 2-word random key (``None`` at ``init``) and ``salt`` the leaf's.
-    ``decode(stored, dtype)`` gives the value back in ``dtype``, the compute dtype.
-    ``holds(node)`` says whether ``node`` is one stored value (so it is decoded as a unit).
-    """
-
-    def encode(self, x: torch.Tensor, key: torch.Tensor | None, salt: int) -> Any:
-        raise NotImplementedError
-
-    def decode(self, stored: Any, dtype: torch.dtype) -> torch.Tensor:
-        raise NotImplementedError
-
-    def holds(self, node: Any) -> bool:
-        return isinstance(node, torch.Tensor)
-
-
-class CastStorage(Storage):
-    """A tensor stored in ``dtype``: to nearest, or stochastically (:func:`stochastic_round`)
-    when ``stochastic`` and a key is given."""
-
-    def __init__(self, dtype: torch.dtype, stochastic: bool = False):
-        self.dtype = dtype
-        self.stochastic = stochastic
-
-    def encode(self, x, key, salt):
-        if self.stochastic and key is not None and _narrower(self.dtype, x.dtype):
-            return stochastic_round(x, self.dtype, key, salt)
-        return x.to(self.dtype)
-
-    def decode(self, stored, dtype):
-        return stored.to(dtype)
-
-    def __repr__(self) -> str:
-        return f"CastStorage({self.dtype}, stochastic={self.stochastic})"
-
-
-_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-          "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32,
-          "fp64": torch.float64, "float64": torch.float64}
-
-
-def storage(spec: Any, stochastic: bool = False, where: str = "state_dtype") -> Storage:
-    """The :class:`Storage` that ``spec`` names: a :class:`Storage`, a floating ``torch.dtype``,
-    or one of ``"bf16"``, ``"fp16"``, ``"fp32"``, ``"fp64"`` (and the dtypes' names)."""
-    if isinstance(spec, Storage):
-        return spec
-    dtype = _NAMES.get(spec) if isinstance(spec, str) else spec
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise HParamError(f"{where}: expected a floating torch.dtype, one of {sorted(_NAMES)} or "
-                          f"a Storage, got {spec!r}")
-    return CastStorage(dtype, stochastic)
-
-
-def _narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
-    return torch.finfo(dtype).bits < torch.finfo(than).bits
-
-
-# -- stochastic rounding -------------------------------------------------------------------------
-
-def _seed_key(seed: int | torch.Tensor) -> torch.Tensor:
-    """The packed key of stream ``seed`` (31 bits) at counter 0, a 0-d int64 tensor."""
-    if isinstance(seed, torch.Tensor):
-        return (seed.to(torch.int64) & 0x7FFFFFFF) << 32
-    return torch.tensor((int(seed) & 0x7FFFFFFF) << 32, dtype=torch.int64)
-
-
-def _words(packed: torch.Tensor) -> torch.Tensor:
-    """The 2-word key of :mod:`functional_optim._random` of a packed key."""
-    return torch.stack([packed >> 32, packed & _M32])
-
-
-def _advance(packed: torch.Tensor) -> torch.Tensor:
-    return ((packed >> 32) << 32) | ((packed + 1) & _M32)
-
-
-def stochastic_round(x: torch.Tensor, dtype: torch.dtype, key: torch.Tensor,
-                     salt: int) -> torch.Tensor:
-    r"""``x`` rounded to ``dtype`` stochastically, without bias.
-
-    With :math:`r` the nearest value of ``dtype`` and :math:`o` its neighbour on the other side
-    of :math:`x`, the result is :math:`o` with probability :math:`|x - r| / |o - r|`, else
-    :math:`r`: its mean is :math:`x`. The uniform draw is :func:`functional_optim._random.uniform`
-    of ``key`` (a 2-word key) and ``salt``; non-finite values round to nearest. Under autograd
-    the gradient is the identity's (straight through).
-    """
-    r = x.to(dtype)
-    wide_r = r.to(x.dtype)
-    err = x - wide_r
-    toward = torch.where(err > 0, float("inf"), float("-inf")).to(dtype)
-    other = torch.nextafter(r, toward)
-    chance = err.abs() / (other.to(x.dtype) - wide_r).abs()
-    out = torch.where(_random.uniform(key, salt, x) < chance, other, r)
-    if torch.is_grad_enabled() and x.requires_grad:
-        out = (x + (out.to(x.dtype) - x).detach()).to(dtype)
-    return out
-
-
-# -- walking a state by field --------------------------------------------------------------------
-
-def _is_namedtuple(node: Any) -> bool:
-    return isinstance(node, tuple) and hasattr(node, "_fields")
-
-
-def _map_state(fn, node: Any, old: Any, field: str | None, holds) -> Any:
-    """``fn(new_leaf, old_leaf, field)`` on every tensor (or stored unit: ``holds(field,
-    old)``) of ``node``, ``old`` being the same place in the stored state; ``field`` is the
-    nearest enclosing NamedTuple field name."""
-    if holds(field, old) or isinstance(node, torch.Tensor):
-        return fn(node, old, field)
-    if _is_namedtuple(node):
-        return type(node)(*(_map_state(fn, v, o, f, holds)
-                            for f, v, o in zip(node._fields, node, old)))
-    if isinstance(node, Mapping):
-        return type(node)({k: _map_state(fn, v, old[k], field, holds) for k, v in node.items()})
-    if isinstance(node, (tuple, list)):
-        return type(node)(_map_state(fn, v, o, field, holds) for v, o in zip(node, old))
-    return node
-
-
-def _fields_of(node: Any, found: set) -> set:
-    if _is_namedtuple(node):
-        found.update(node._fields)
-        for v in node:
-            _fields_of(v, found)
-    elif isinstance(node, Mapping):
-        for v in node.values():
-            _fields_of(v, found)
-    elif isinstance(node, (tuple, list)):
-        for v in node:
-            _fields_of(v, found)
-    return found
-
-
-def _floating(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.is_floating_point()
 
 
 # -- parameter writes ----------------------------------------------------------------------------
@@ -215,7 +93,7 @@ def _round_delta(p: torch.Tensor, u: torch.Tensor, key: torch.Tensor | None,
     when ``key`` is given and ``p`` is narrower than the sum, else ``u`` (nearest, by
     ``apply_updates``)."""
     wide = torch.promote_types(torch.promote_types(p.dtype, u.dtype), torch.float32)
-    if key is None or not _narrower(p.dtype, wide):
+    if key is None or not narrower(p.dtype, wide):
         return u
     pw = p.to(wide)
     return stochastic_round(pw + u.to(wide), p.dtype, key, salt).to(wide) - pw
@@ -314,7 +192,7 @@ def _param_transform(name: str, mode: str, state_cls: type, dtype: torch.dtype |
                      seed: Any = None) -> Transform:
     def init(params):
         if mode == "round":
-            return StochasticRoundingState(_seed_key(seed).to(_execute.first_device(params)))
+            return StochasticRoundingState(seed_key(seed).to(_execute.first_device(params)))
         return _param_state(mode, params, dtype)
 
     def update(updates, state, params=None, hparams=None, **extra):
@@ -323,8 +201,8 @@ def _param_transform(name: str, mode: str, state_cls: type, dtype: torch.dtype |
         check_state(name, state, state_cls)
         if mode == "round":
             updates, _ = _write_params(mode, updates, params, EmptyState(),
-                                       _words(state.rounding_key), name)
-            return updates, StochasticRoundingState(_advance(state.rounding_key))
+                                       words(state.rounding_key), name)
+            return updates, StochasticRoundingState(advance(state.rounding_key))
         return _write_params(mode, updates, params, state, None, name)
 
     return Transform(init, update, {})
@@ -394,8 +272,9 @@ def _policy(name: str, inner: Transform, default: Any, fields: dict, stochastic:
     if not isinstance(inner, Transform):
         raise TypeError(f"{name}: expected a functional_optim.Transform to wrap, got "
                         f"{type(inner).__name__}")
-    if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
-        raise HParamError(f"{name}: compute_dtype must be a floating torch.dtype, got "
+    if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype) and
+                                          compute_dtype.is_floating_point):
+        raise HParamError(f"{name}: compute_dtype must be a floating torch.dtype or None, got "
                           f"{compute_dtype!r}")
     if not isinstance(stochastic, bool):
         raise HParamError(f"{name}: stochastic_rounding must be True or False, got "
@@ -406,35 +285,22 @@ def _policy(name: str, inner: Transform, default: Any, fields: dict, stochastic:
     param_mode = mode if mode != "round" else None
     writes = param_mode is not None or (mode == "round" and keyed)  # (reads the parameters)
 
-    def storage_of(field: str | None, leaf: Any) -> Storage | None:
-        """A named field's storage, else the default for floating leaves of rank >= 1 (with
-        stochastic rounding and no default: their own dtype, stochastically)."""
-        if not _floating(leaf):  # (complex state keeps its dtype)
-            return None
-        if field in stores:
-            return stores[field]
-        if leaf.ndim == 0:
-            return None
-        return base if base is not None or not stochastic else CastStorage(leaf.dtype, True)
+    storage_of = resolver(base, {f: s.for_field(f) for f, s in stores.items()}, stochastic)
+    spec = inner.pointwise
+    chunked = spec is not None and not spec.parts and not spec.reads_updates
 
     def holds(field, old):
-        s = stores.get(field)
-        return s is not None and not isinstance(old, torch.Tensor) and s.holds(old)
+        return not isinstance(old, torch.Tensor) and storage_of(field, old) is not None
 
     def init(params):
         state = inner.init(params)
-        unknown = sorted(set(stores) - _fields_of(state, set()))
+        unknown = sorted(set(stores) - fields_of(state, set()))
         if unknown:
             raise HParamError(f"{name}: no state field {unknown} in the wrapped transform's "
-                              f"state (its fields: {sorted(_fields_of(state, set()))})")
-
-        def encode(x, old, field):
-            s = storage_of(field, x)
-            return x if s is None else s.encode(x, None, 0)
-
+                              f"state (its fields: {sorted(fields_of(state, set()))})")
         return PrecisionState(
-            _map_state(encode, state, state, None, holds),
-            _seed_key(seed).to(_execute.first_device(params)) if keyed else EmptyState(),
+            store_fresh(state, storage_of),
+            seed_key(seed).to(_execute.first_device(params)) if keyed else EmptyState(),
             _param_state(param_mode, params, param_dtype))
 
     def update(updates, state, params=None, hparams=None, **extra):
@@ -442,47 +308,35 @@ def _policy(name: str, inner: Transform, default: Any, fields: dict, stochastic:
         if writes and missing_params(name, updates, params, "it writes them"):
             return updates, state
         wide = compute_dtype
-        for g in _tree.leaves(updates):
-            if _floating(g):
+        for g in _tree.leaves(updates) if wide is not None else ():
+            if floating(g):
                 wide = torch.promote_types(wide, g.dtype)
 
         def up(x):
-            return x.to(wide) if _floating(x) and _narrower(x.dtype, wide) else x
-
-        def decode(x, old, field):
-            s = storage_of(field, old)
-            return s.decode(old, wide) if s is not None else up(old)
+            return x.to(wide) if wide is not None and floating(x) and \
+                narrower(x.dtype, wide) else x
 
         inner_params = params
         if param_mode == "master":
             inner_params = state.params.master_param
-        stored = state.inner
-        given = _map_state(decode, stored, stored, None, holds)
-        u, new = inner.update(optree.tree_map(up, updates, none_is_leaf=True), given,
-                              None if inner_params is None else _tree.map(up, inner_params),
-                              hparams, **extra)
-        key = _words(state.rounding_key) if keyed else None
-        salt = [0]  # state leaf i: salt 2i
-
-        def encode(x, old, field):
-            s = storage_of(field, old)
-            if s is not None:
-                salt[0] += 2
-                return s.encode(x, key, salt[0] - 2)
-            return x.to(old.dtype) if _floating(x) and x.dtype != old.dtype else x
-
-        new = _map_state(encode, new, stored, None, holds)
+        key = words(state.rounding_key) if keyed else None
+        run = run_chunked if chunked else run_whole
+        u, new = run(name, inner, storage_of, holds, up, wide, key,
+                     optree.tree_map(up, updates, none_is_leaf=True), state.inner,
+                     None if inner_params is None else _tree.map(up, inner_params), hparams,
+                     extra)
         param_state = state.params
         if writes:
             u, param_state = _write_params(mode, u, params, param_state, key, name)
-        return u, PrecisionState(new, _advance(state.rounding_key) if keyed else EmptyState(),
+        return u, PrecisionState(new, advance(state.rounding_key) if keyed else EmptyState(),
                                  param_state)
 
     return Transform(init, _execute.owning(update, [inner]), inner.hparams)
 
 
 def with_state_dtype(inner: Transform, dtype: Any = None, *, stochastic_rounding: bool = False,
-                     seed: int | torch.Tensor = 0, compute_dtype: torch.dtype = torch.float32,
+                     seed: int | torch.Tensor = 0,
+                     compute_dtype: torch.dtype | None = torch.float32,
                      **fields: Any) -> Transform:
     r"""``inner`` with its state stored in other dtypes; the math runs in ``compute_dtype``.
 
@@ -494,9 +348,14 @@ def with_state_dtype(inner: Transform, dtype: Any = None, *, stochastic_rounding
     NAdam's ``mu_product``, keep their dtype unless named); a leaf with no storage is stored in
     the dtype it had (stochastically with ``stochastic_rounding``, when narrower than the
     compute dtype: bfloat16 state of bfloat16 parameters). A storage is a dtype, ``"bf16"``,
-    ``"fp16"``, ``"fp32"`` or a :class:`Storage`. The updates come out in the compute dtype
-    (:func:`~functional_optim.apply_updates` adds them to a bfloat16 parameter with one
-    rounding). Hyperparameters are ``inner``'s.
+    ``"fp16"``, ``"fp32"``, ``"int8"``/``"int4"`` (:class:`QuantizedStorage`: blockwise codes
+    and float32 scales, the unsigned map for ``nu``/``nu_max``) or any :class:`Storage`; a
+    state already quantized by an inner policy passes through whole. The updates come out in
+    the compute dtype (:func:`~functional_optim.apply_updates` adds them to a bfloat16
+    parameter with one rounding). Hyperparameters are ``inner``'s. Around one pointwise rule
+    (a moment block, or an alias that fuses into one, such as :func:`~functional_optim.adamw`)
+    the state is decoded, updated and encoded chunk by chunk of leaves; around any other
+    transform, whole.
 
     Args:
         inner: the transform (any chain or alias).
@@ -504,7 +363,9 @@ def with_state_dtype(inner: Transform, dtype: Any = None, *, stochastic_rounding
         stochastic_rounding: store narrower state stochastically (:func:`stochastic_round`),
             from a key in the state (structural).
         seed: the random stream (an int or a 0-d int tensor, one per ``vmap`` member).
-        compute_dtype: the narrowest dtype the math runs in (structural; default float32).
+        compute_dtype: the narrowest dtype the math runs in (structural; default float32);
+            ``None``: each leaf's own dtype (the state decoded into the update's dtype, the
+            updates keep theirs: what a block inside a chain needs).
         **fields: storages by state field name (structural).
     """
     return _policy("with_state_dtype", inner, dtype, fields, stochastic_rounding, None, seed,
@@ -534,3 +395,40 @@ def precision(inner: Transform, state_dtype: Any = None, *, stochastic_rounding:
         raise HParamError(f"precision: params must be one of {_PARAM_MODES}, got {params!r}")
     return _policy("precision", inner, state_dtype, fields, stochastic_rounding, params, seed,
                    compute_dtype, param_dtype)
+
+
+def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = None, *,
+                    min_size: int = 4096,
+                    unsigned: tuple[str, ...] = ("nu", "nu_max")) -> Transform:
+    r"""``inner`` with its state stored blockwise-quantized in ``bits`` (8 or 4) bits: a name
+    for ``with_state_dtype(inner, QuantizedStorage(bits, block_size, min_size=min_size,
+    unsigned=unsigned))`` (:class:`~functional_optim.transforms.storage.QuantizedStorage`).
+
+    The floating state leaves of at least ``min_size`` elements become
+    :class:`~functional_optim.transforms.quantized.Quantized` pairs (smaller ones keep their
+    dtype, as bitsandbytes' ``min_8bit_size``); the state fields named in ``unsigned`` (Adam's
+    nonnegative ``nu`` and ``nu_max``) use the unsigned map. Each update dequantizes the state
+    into the updates' dtype (``compute_dtype=None``: the updates keep their dtype, as the next
+    block of a chain needs), runs ``inner`` and quantizes the new state:
+
+    .. math:: s_t = Q\bigl(\mathrm{rule}(g_t, Q^{-1}(s_{t-1}))\bigr)
+
+    When ``inner`` is one pointwise block (a moment block such as
+    :func:`~functional_optim.scale_by_adam`: what the quantized aliases wrap), this runs chunk by
+    chunk of leaves (at most 4M elements decoded at once), the rule on the multi-tensor path over
+    each chunk, so the float copies of the state never exceed one chunk; any other transform has its
+    whole state decoded for the update. Quantization is a rounding: gradients flow through the
+    dequantized values and the block maxima, not through the choice of code. The state is per block,
+    not elementwise: the adapter's flat layout refuses it. Every argument is structural.
+    """
+    return with_state_dtype(inner, QuantizedStorage(bits, block_size, min_size=min_size,
+                                                    unsigned=unsigned), compute_dtype=None)
+
+
+def quantize_tree(state: Any, *, bits: int = 8, block_size: int | None = None,
+                  min_size: int = 4096, unsigned: tuple[str, ...] = ("nu", "nu_max")) -> Any:
+    """``state`` (a float state, e.g. a checkpoint of the unquantized transform) with each leaf
+    that :func:`quantized_state` stores quantized encoded as it does: the explicit conversion
+    (the fields are the NamedTuple fields on a leaf's path)."""
+    return store_fresh(state, resolver(QuantizedStorage(bits, block_size, min_size=min_size,
+                                                          unsigned=unsigned), {}, False))

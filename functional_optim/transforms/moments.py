@@ -360,8 +360,9 @@ def _trace_rule(h, g, t, buf, *, nesterov, detach_first):
         g_in = g.detach()  # (read on the host, as torch.optim.SGD's differentiable step does)
     else:
         g_in = g
-    kept = buf * keep if buf.dtype == g.dtype else decayed(buf, keep, g)  # (accumulator_dtype)
-    buf = kept + take * g_in  # (dense + sparse: a sparse g gives a dense buffer)
+    # (one expression: the decayed buffer is a temporary, which the sum may overwrite in place,
+    # so a donated buffer stays the buffer; dense + sparse: a sparse g gives a dense buffer)
+    buf = (buf * keep if buf.dtype == g.dtype else decayed(buf, keep, g)) + take * g_in
     return (momentum * buf + g if nesterov else buf), t + 1, buf
 
 

@@ -26,12 +26,12 @@ The maps (:func:`quantization_map`):
   zero-point problem: a small second moment rounded to 0 would blow up :math:`1/\sqrt{v}`).
   Block size 128 by default (torchao's).
 
-:func:`quantized_state` makes this a storage option of any pointwise transform's state: its
-state leaves become :class:`Quantized` pairs (what the adapter's ``state_dict`` saves), and
-each update dequantizes a chunk of leaves, runs the inner transform's rule on it (the
-multi-tensor path groups the chunk's leaves), and quantizes the new state: every step of it
-vectorized over the blocks, never a Python loop over blocks, and the float copies of the
-state never exceed one chunk.
+:class:`~functional_optim.transforms.storage.QuantizedStorage` makes this a storage of the
+precision policy (:func:`~functional_optim.transforms.with_state_dtype`; ``"int8"``/``"int4"``,
+:func:`~functional_optim.transforms.quantized_state`): the state leaves become
+:class:`Quantized` pairs (what the adapter's ``state_dict`` saves), each update dequantizes a
+chunk of leaves, runs the rule and quantizes the new state, every step vectorized over the
+blocks (:func:`quantize_all`, :func:`dequantize_all`), never a Python loop over blocks.
 """
 
 from __future__ import annotations
@@ -40,22 +40,15 @@ import math
 import sys
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
-from .. import _execute
-from .. import tree as _tree
-from ..base import HParamError, Transform
+from ..base import HParamError
 
 __all__ = ["Quantized", "quantization_map", "quantize", "dequantize", "quantize_all",
-           "dequantize_all", "quantize_tree", "quantized_state"]
+           "dequantize_all"]
 
 #: default block sizes by bits (bitsandbytes' and torchao's 8-bit: 256; torchao's 4-bit: 128)
 BLOCK_SIZES = {8: 256, 4: 128}
-
-#: at most this many elements of the state are dequantized at once (per state field)
-CHUNK = 1 << 22
-
 
 class Quantized(NamedTuple):
     """One blockwise-quantized state tensor.
@@ -133,11 +126,11 @@ _HIGH_HALF = 1 if sys.byteorder == "little" else 0
 def quantization_map(bits: int, signed: bool, device: Any = "cpu") -> torch.Tensor:
     """The sorted map values (float32) for ``bits`` (8 or 4) and signedness (see the module
     docstring)."""
-    _check_bits("quantization_map", bits, None)
+    check_bits("quantization_map", bits, None)
     return _tables(bits, signed, device)[0]
 
 
-def _check_bits(owner: str, bits: Any, block_size: Any) -> int:
+def check_bits(owner: str, bits: Any, block_size: Any) -> int:
     if bits not in BLOCK_SIZES:
         raise HParamError(f"{owner}: bits must be 8 or 4, got {bits!r}")
     block_size = BLOCK_SIZES[bits] if block_size is None else block_size
@@ -150,7 +143,7 @@ def _check_bits(owner: str, bits: Any, block_size: Any) -> int:
 def quantize(x: torch.Tensor, bits: int = 8, block_size: int | None = None,
              signed: bool = True) -> Quantized:
     """``x`` blockwise-quantized (see the module docstring); computed in float32."""
-    return quantize_all([x], bits, _check_bits("quantize", bits, block_size), signed)[0]
+    return quantize_all([x], bits, check_bits("quantize", bits, block_size), signed)[0]
 
 
 def quantize_all(xs: list, bits: int, block_size: int, signed: bool) -> list[Quantized]:
@@ -191,6 +184,13 @@ def dequantize_all(qs: list[Quantized], likes: list, bits: int) -> list[torch.Te
     """The tensors ``qs`` store (of one map and block size), each with the shape and dtype of
     its entry of ``likes``, with one pass of each op over all of them (the results are views
     of one float32 buffer where their dtype is float32)."""
+    return [x.narrow(0, 0, like.numel()).view(like.shape).to(like.dtype)
+            for x, like in zip(dequantize_flat(qs, bits), likes)]
+
+
+def dequantize_flat(qs: list[Quantized], bits: int) -> list[torch.Tensor]:
+    """The padded flat float32 tensors ``qs`` store (of one map and block size): views of one
+    buffer, each op run once over all of them."""
     signed = qs[0].codes.dtype == torch.int8
     values = _tables(bits, signed, qs[0].codes.device)[0]
     codes = [q.codes.view(torch.uint8) if signed else q.codes for q in qs]
@@ -200,167 +200,4 @@ def dequantize_all(qs: list[Quantized], likes: list, bits: int) -> list[torch.Te
         codes = torch.stack((codes >> 4, codes & 15), dim=-1).view(-1)
     out = values.index_select(0, codes.to(torch.int32)).view(absmax.shape[-1], -1) * \
         absmax.unsqueeze(1)
-    parts = out.view(-1).split([q.codes.shape[-1] * 8 // bits for q in qs])
-    return [x.narrow(0, 0, like.numel()).view(like.shape).to(like.dtype)
-            for x, like in zip(parts, likes)]
-
-
-def quantize_tree(state: Any, *, bits: int = 8, block_size: int | None = None,
-                  min_size: int = 4096, unsigned: tuple[str, ...] = ("nu", "nu_max")) -> Any:
-    """``state`` with each real floating-point tensor of at least ``min_size`` elements (and at
-    least one dimension) replaced by its :class:`Quantized` form: with the unsigned map where a
-    field or key on its path is named in ``unsigned`` (the nonnegative second moments), else
-    the signed one. What :func:`quantized_state`'s ``init`` stores; call it to convert a float
-    state explicitly (a checkpoint of the unquantized transform)."""
-    block_size = _check_bits("quantize_tree", bits, block_size)
-
-    def walk(node: Any, signed: bool) -> Any:
-        if isinstance(node, torch.Tensor):
-            if node.is_floating_point() and node.ndim and node.numel() >= min_size:
-                return quantize(node, bits, block_size, signed)
-            return node
-        if isinstance(node, Quantized) or node is None:
-            return node
-        if isinstance(node, dict):
-            return type(node)((k, walk(v, signed and str(k) not in unsigned))
-                              for k, v in node.items())
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return type(node)(*(walk(getattr(node, f), signed and f not in unsigned)
-                                for f in node._fields))
-        if isinstance(node, (tuple, list)):
-            return type(node)(walk(v, signed) for v in node)
-        return node
-
-    return walk(state, True)
-
-
-def quantized_state(inner: Transform, bits: int = 8, block_size: int | None = None, *,
-                    min_size: int = 4096,
-                    unsigned: tuple[str, ...] = ("nu", "nu_max")) -> Transform:
-    r"""``inner`` with its state stored blockwise-quantized in ``bits`` (8 or 4) bits.
-
-    The state is ``inner``'s with its large floating-point leaves as :class:`Quantized`
-    (:func:`quantize_tree`: at least ``min_size`` elements, bitsandbytes' ``min_8bit_size``;
-    smaller ones stay as they are, as in bitsandbytes and torchao). Each update, for each chunk
-    of leaves (up to :data:`CHUNK` elements), dequantizes their state into the updates' dtype,
-    runs ``inner``'s pointwise rule (the multi-tensor path over the chunk's leaves),
-    and quantizes the new state (:func:`quantize`):
-
-    .. math:: s_t = Q\bigl(\mathrm{rule}(g_t, Q^{-1}(s_{t-1}))\bigr)
-
-    ``inner`` must be one pointwise block (:attr:`Transform.pointwise`: a moment block such as
-    :func:`~functional_optim.scale_by_adam`, :func:`~functional_optim.trace` or
-    :func:`~functional_optim.scale_by_rms`; in a chain, wrap each block whose state is to be
-    quantized); its hyperparameters are this transform's, unchanged (live as they are).
-    Quantization is a rounding: gradients flow through the dequantized values and the block
-    maxima, not through the choice of code. Complex leaves keep their full-precision state.
-    The state is per block, not elementwise: the adapter's flat layout (``use_flat``) refuses
-    it (its multi-tensor and per-leaf paths run it).
-
-    Args:
-        inner: the pointwise block whose state is stored quantized.
-        bits: 8 (dynamic map) or 4 (dynamic signed map, linear unsigned map without zero)
-            (structural).
-        block_size: elements per block (structural; default 256 in 8 bits, 128 in 4 bits).
-        min_size: leaves with fewer elements keep a full-precision state (structural; default
-            4096).
-        unsigned: the state fields (NamedTuple fields or dict keys on a leaf's path) that are
-            nonnegative and use the unsigned map (structural; default Adam's ``nu`` and
-            ``nu_max``). A negative value stored with the unsigned map becomes 0: list only
-            fields that cannot be negative.
-    """
-    block_size = _check_bits("quantized_state", bits, block_size)
-    spec = getattr(inner, "pointwise", None)
-    if spec is None or spec.reads_updates or spec.parts:
-        raise TypeError("quantized_state: inner must be one pointwise block (a moment block "
-                        "such as scale_by_adam or trace: Transform.pointwise set, not reading "
-                        "the updates' values; wrap each block of a chain on its own), got "
-                        f"{getattr(spec, 'name', inner)!r}")
-    if not isinstance(min_size, int) or min_size < 0:
-        raise HParamError(f"quantized_state: min_size must be an int >= 0, got {min_size!r}")
-    options = dict(bits=bits, block_size=block_size, min_size=min_size,
-                   unsigned=tuple(unsigned))
-
-    def init(params):
-        return quantize_tree(inner.init(params), **options)
-
-    def update(updates, state, params=None, hparams=None, **extra):
-        call = spec.prepare(updates, state, params, hparams)
-        leaves, treespec = optree.tree_flatten(updates, none_is_leaf=True)
-        states = [treespec.flatten_up_to(s) for s in call.states]
-        inputs = [treespec.flatten_up_to(x) for x in call.inputs]
-        like = call.state_like + (None,) * (len(states) - len(call.state_like))
-        _check_quantized(spec.name, updates, leaves, states, like, min_size)
-        new_leaves = list(leaves)
-        new_states = [list(column) for column in states]
-        for chunk in _chunks(leaves):
-            mine = [[i for i in chunk if isinstance(column[i], Quantized) and
-                     leaves[i] is not None] for column in states]
-            read = [{i: column[i] for i in chunk} for column in states]
-            for column, where, out in zip(states, mine, read):
-                for group in _by_map(column, where):
-                    out.update(zip(group, dequantize_all([column[i] for i in group],
-                                                         [leaves[i] for i in group], bits)))
-            got = _execute.elementwise(
-                call.rule, call.hparams, [leaves[i] for i in chunk],
-                tuple(list(out.values()) for out in read),
-                tuple([x[i] for i in chunk] for x in inputs),
-                name=f"quantized_state({spec.name})", complex_as_real=spec.complex == "as_real",
-                real_only=spec.real_only, input_names=call.input_names,
-                donate_state=call.donate_state or False,
-                sparse=False, state_like=call.state_like)
-            for k, i in enumerate(chunk):
-                new_leaves[i] = got[0][k]
-                for j in range(len(states)):
-                    new_states[j][i] = got[1 + j][k]
-            for column, where, new in zip(states, mine, new_states):
-                for group in _by_map(column, where):
-                    stored = quantize_all([new[i] for i in group], bits, block_size,
-                                          column[group[0]].codes.dtype == torch.int8)
-                    for i, q in zip(group, stored):
-                        new[i] = q
-        out = optree.tree_unflatten(treespec, new_leaves)
-        return out, call.finish(tuple(optree.tree_unflatten(treespec, column)
-                                      for column in new_states))
-
-    return Transform(init, _execute.owning(update, [inner]), inner.hparams)
-
-
-def _by_map(column: list, where: list[int]) -> list[list[int]]:
-    """The positions ``where`` of quantized leaves of ``column``, grouped by map (signed or
-    unsigned codes)."""
-    groups: dict = {}
-    for i in where:
-        groups.setdefault(column[i].codes.dtype, []).append(i)
-    return list(groups.values())
-
-
-def _chunks(leaves: list) -> list[list[int]]:
-    """Consecutive leaf indices in runs of at most :data:`CHUNK` elements (a larger leaf alone)."""
-    out: list[list[int]] = [[]]
-    size = 0
-    for i, x in enumerate(leaves):
-        n = x.numel() if isinstance(x, torch.Tensor) else 0
-        if out[-1] and size + n > CHUNK:
-            out.append([])
-            size = 0
-        out[-1].append(i)
-        size += n
-    return out
-
-
-def _check_quantized(name: str, updates: Any, leaves: list, states: list, like: tuple,
-                     min_size: int) -> None:
-    """A state leaf that ``quantize_tree`` would have quantized but that is a plain tensor (a
-    float state handed to the quantized transform) is an error, never a silent float state."""
-    for j, column in enumerate(states):
-        if like[j] != _execute.LIKE:
-            continue
-        for i, (g, s) in enumerate(zip(leaves, column)):
-            if isinstance(s, torch.Tensor) and isinstance(g, torch.Tensor) and \
-                    g.is_floating_point() and g.ndim and g.numel() >= min_size:
-                raise _tree.TreeMismatchError(
-                    f"quantized_state({name}): leaf {_tree.leaf_label(updates, i)}: state {j} "
-                    f"is a float tensor of shape {tuple(s.shape)} and dtype {s.dtype}, expected "
-                    "a Quantized(codes, absmax) (leaves of at least min_size elements are "
-                    "stored quantized): convert a float state with quantize_tree")
+    return list(out.view(-1).split([q.codes.shape[-1] * 8 // bits for q in qs]))

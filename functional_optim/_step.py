@@ -1,0 +1,66 @@
+"""One optimizer step of a functional transform, :func:`step`: the update and its application, pure
+or on the caller's donated state and parameters (the fastest path the step allows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _execute, _fused
+from . import tree as _tree
+from .base import Transform, apply_updates, apply_updates_, resolve_hparams
+
+__all__ = ["step"]
+
+
+def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None, *,
+         donate: bool = False, **extra: Any) -> tuple[Any, Any]:
+    """``updates, state = tx.update(grads, state, params, hparams, **extra)``, then
+    ``params = apply_updates(params, updates)``; returns ``(params, state)``.
+
+    ``donate=False`` (the default): pure, the two calls above (multi-tensor where nothing
+    requires grad, leaf by leaf under ``torch.func`` transforms and ``torch.compile``).
+
+    ``donate=True``: the caller gives up ``state`` and ``params``. The returned trees are the
+    new ones; they share the old tensors (updated in place), so the old ones must not be read
+    again. The step runs outside autograd (no gradient flows through it; a tensor that requires
+    grad among the inputs is updated in place under ``torch.no_grad()``, as an optimizer
+    does). The numbers are the pure step's (up to rounding order on a fused kernel). Eagerly:
+
+    - an alias with a fused step (SGD, Adam, AdamW, Adagrad: torch's fused kernels; the other
+      classic algorithms: the cache-blocked in-place step), or a library chain that one of
+      torch's Adam kernels computes (``[clip_by_global_norm] → [add_decayed_weights] →
+      scale_by_adam → [add_decayed_weights] → scale_by_learning_rate``), on a dict of plain
+      CPU/CUDA float32/float64 tensors that all have gradients: that step, in place, as
+      :class:`functional_optim.optim.FunctionalOptimizer` runs it;
+    - otherwise ``tx.update(..., donate=True)`` (the library's rules update the state in place)
+      and :func:`~functional_optim.apply_updates_`.
+
+    Under ``torch.compile`` the update writes the new state into the donated tensors and the
+    updates are added into the parameters, so that a compiled train step computes in place and
+    allocates nothing for the optimizer. A transform that is not the library's (a user's
+    ``update``) gets no ``donate`` (its state is never reused); its parameters are still
+    updated in place.
+    """
+    if not donate:
+        updates, state = tx.update(grads, state, params, hparams, **extra)
+        return apply_updates(params, updates), state
+    library = _execute.donates_to(tx)
+    with torch.no_grad():
+        if library and not extra and _fusable(params, grads):
+            fused = tx.fused or _fused.chain_step(tx)
+            if fused is not None:
+                new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
+                if new_state is not None:
+                    return params, new_state
+        updates, state = tx.update(grads, state, params, hparams, donate=library, **extra)
+        return apply_updates_(params, updates), state
+
+
+def _fusable(params: Any, grads: Any) -> bool:
+    """Whether a fused step may take these trees: eager, dicts of the same keys, every value a
+    tensor (the fused steps check dtypes, devices and layouts themselves)."""
+    return (isinstance(params, dict) and isinstance(grads, dict) and params.keys() == grads.keys()
+            and _execute.multi_tensor_wanted([_tree.leaves(grads), _tree.leaves(params)])
+            and all(isinstance(x, torch.Tensor) for x in params.values()))

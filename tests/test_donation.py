@@ -1,0 +1,213 @@
+"""Donation (DESIGN.md §7, issue 18 §2): ``update(..., donate=True)``, ``apply_updates_`` and
+``fo.step(..., donate=True)`` reuse the caller's state and parameters, give the pure step's
+numbers, and never hand donated state to a user's transform."""
+
+from __future__ import annotations
+
+import optree
+import pytest
+import torch
+
+import functional_optim as fo
+from functional_optim import _execute
+
+
+def _trees(seed=0, dtype=torch.float64, shapes=None):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = shapes or {"w": (6, 3), "b": (6,), "s": ()}
+    params = {k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()}
+    grads = [{k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()}
+             for _ in range(3)]
+    return params, grads
+
+
+def _clone(tree):
+    return optree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, tree)
+
+
+ALIASES = {
+    "adamw": lambda: fo.adamw(lr=0.01, weight_decay=0.1),
+    "adam_amsgrad": lambda: fo.adam(lr=0.01, amsgrad=True, weight_decay=0.1),
+    "sgd": lambda: fo.sgd(lr=0.01, momentum=0.9, nesterov=True),
+    "adagrad": lambda: fo.adagrad(lr=0.01),
+    "rmsprop": lambda: fo.rmsprop(lr=0.01, momentum=0.9, centered=True),
+    "adadelta": lambda: fo.adadelta(weight_decay=0.1),
+    "adamax": lambda: fo.adamax(),
+    "nadam": lambda: fo.nadam(weight_decay=0.1, decoupled_weight_decay=True),
+    "radam": lambda: fo.radam(),
+    "asgd": lambda: fo.asgd(t0=1),
+    "rprop": lambda: fo.rprop(),
+    "user_chain": lambda: fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(),
+                                   fo.add_decayed_weights(0.1),
+                                   fo.scale_by_learning_rate(fo.schedules.linear(
+                                       0.01, 0.001, 10))),
+    "named_chain": lambda: fo.chain(momentum=fo.trace(0.9), rms=fo.scale_by_rms(),
+                                    lr=fo.scale_by_learning_rate(torch.tensor(0.01))),
+}
+
+
+def _pure(tx, params, grads):
+    state = tx.init(params)
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        params = fo.apply_updates(params, updates)
+    return params, state
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_donated_update_reuses_the_state_and_gives_the_pure_numbers(name):
+    tx = ALIASES[name]()
+    params, grads = _trees()
+    expected = _pure(tx, params, grads)
+    p, state = _clone(params), tx.init(params)
+    kept = set()
+    for g in grads:
+        old = {id(x) for x in optree.tree_leaves(state) if x.ndim > 0}
+        updates, state = tx.update(g, state, p, donate=True)
+        kept |= old & {id(x) for x in optree.tree_leaves(state)}
+        p = fo.apply_updates_(p, updates)
+    for a, b in zip(optree.tree_leaves((p, state)), optree.tree_leaves(expected)):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    if name not in ("adadelta", "rprop", "asgd"):  # (their rules read a state twice)
+        assert kept, f"{name}: no state tensor was reused"
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_step_donated_matches_the_pure_step(name):
+    tx = ALIASES[name]()
+    params, grads = _trees()
+    expected = _pure(tx, params, grads)
+    p, state = _clone(params), tx.init(params)
+    ids = {k: id(v) for k, v in p.items()}
+    for g in grads:
+        p, state = fo.step(tx, g, state, p, donate=True)
+    assert {k: id(v) for k, v in p.items()} == ids  # the parameters updated in place
+    for a, b in zip(optree.tree_leaves((p, state)), optree.tree_leaves(expected)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)  # (a fused kernel's order)
+    pure = tx.init(params), params
+    for g in grads:
+        params2, state2 = fo.step(tx, g, pure[0], pure[1])
+        pure = state2, params2
+    for a, b in zip(optree.tree_leaves((pure[1], pure[0])), optree.tree_leaves(expected)):
+        assert torch.equal(a, b)
+
+
+def test_step_donated_runs_torchs_fused_kernel(monkeypatch):
+    calls = []
+    kernel = torch._fused_adamw_
+    monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    params, grads = _trees(dtype=torch.float32)
+    tx = fo.adamw()
+    state = tx.init(params)
+    fo.step(tx, grads[0], state, params, donate=True)
+    assert calls
+    nested = {"layer": params}  # not a flat dict: the chain, in place
+    calls.clear()
+    fo.step(tx, {"layer": grads[0]}, tx.init(nested), nested, donate=True)
+    assert not calls
+
+
+def test_step_passes_extra_keywords_and_hparams():
+    tx = fo.chain(fo.scale_by_adam(), fo.reduce_on_plateau(patience=0, factor=0.5),
+                  fo.scale_by_learning_rate(0.1))
+    params, grads = _trees()
+    state = tx.init(params)
+    for i, g in enumerate(grads):
+        params, state = fo.step(tx, g, state, params, donate=True, value=torch.tensor(1.0 + i))
+    adam = fo.adamw(lr=0.1)
+    p, s = _trees()[0], adam.init(params)
+    p2, s2 = fo.step(adam, grads[0], s, _clone(p), {"lr": 0.0}, donate=True)
+    for k in p:
+        assert torch.equal(p2[k], p[k]) or k == "s"  # lr 0: only the decay moves them
+    assert torch.equal(p2["w"], p["w"] * (1 - 0.0 * 1e-2))
+
+
+def _users(inner):
+    def update(updates, state, params=None, hparams=None, **extra):
+        first, _ = inner.update(updates, state, params, hparams, **extra)
+        again, new = inner.update(updates, state, params, hparams, **extra)  # reads it again
+        assert all(torch.equal(a, b) for a, b in zip(optree.tree_leaves(first),
+                                                     optree.tree_leaves(again)))
+        return again, new
+    return fo.Transform(inner.init, update, inner.hparams)
+
+
+@pytest.mark.parametrize("wrap", ["top", "in_chain", "masked"])
+def test_no_donated_state_reaches_a_users_transform(wrap):
+    """A user's update that calls an inner library update twice on the same state sees the
+    same numbers with donate=True: the donation never reaches it (nor what it calls)."""
+    user = _users(fo.scale_by_adam())
+    tx = {"top": user, "in_chain": fo.chain(user, fo.scale_by_learning_rate(0.1)),
+          "masked": fo.masked(fo.chain(user), lambda p: optree.tree_map(lambda _: True, p))}[wrap]
+    params, grads = _trees()
+    state = tx.init(params)
+    before = _clone(state)
+    if wrap != "top":  # (called with donate=True itself, a user's update decides what it does)
+        tx.update(grads[0], state, params, donate=True)
+        for a, b in zip(optree.tree_leaves(state), optree.tree_leaves(before)):
+            assert torch.equal(a, b)
+    fo.step(tx, grads[0], state, _clone(params), donate=True)
+    for a, b in zip(optree.tree_leaves(state), optree.tree_leaves(before)):
+        assert torch.equal(a, b)
+
+
+def test_donation_context_levels():
+    assert _execute._MULTI_TENSOR == [True, 0, False]
+    with _execute.donating(True):
+        assert _execute._MULTI_TENSOR[1] == _execute.DONATED
+        with _execute.keep_state():
+            with _execute.donating(True), _execute.multi_tensor(True, donate=True):
+                assert _execute._MULTI_TENSOR[1] == 0
+        with _execute.donating(False):
+            assert _execute._MULTI_TENSOR[1] == _execute.DONATED
+    with _execute.donating("yes"):  # only True donates
+        assert _execute._MULTI_TENSOR[1] == 0
+    assert _execute._MULTI_TENSOR == [True, 0, False]
+
+
+def test_compiled_donated_step_writes_into_the_callers_buffers():
+    """Compiled with donation, the new state and parameters are the old tensors, written in
+    place: the optimizer allocates nothing per step (allocator statistics: no CPU allocation
+    event as large as a parameter)."""
+    tx = fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.add_decayed_weights(0.1),
+                  fo.scale_by_learning_rate(0.01))
+    params, grads = _trees(dtype=torch.float32, shapes={"w": (64, 64), "b": (64,)})
+    expected = _pure(tx, params, grads)
+    p, state = _clone(params), tx.init(params)
+    buffers = [x.data_ptr() for x in optree.tree_leaves((p, state))]
+
+    @torch.compile(fullgraph=True)
+    def train_step(p, state, g):
+        return fo.step(tx, g, state, p, donate=True)
+
+    for g in grads:
+        p, state = train_step(p, state, g)
+    assert [x.data_ptr() for x in optree.tree_leaves((p, state))] == buffers
+    for a, b in zip(optree.tree_leaves((p, state)), optree.tree_leaves(expected)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        train_step(p, state, grads[0])
+    big = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage >= 64 * 4]
+    assert not big, big
+
+
+@pytest.mark.parametrize("name", ["adamw", "user_chain", "sgd"])
+def test_a_donated_state_passed_again_raises(name):
+    """The state a donated update replaced is marked: passing it again (the caller forgot to
+    take the returned one) raises, to a donated or a pure update alike; the returned state
+    goes on."""
+    tx = ALIASES[name]()
+    params, grads = _trees()
+    old = tx.init(params)
+    updates, new = tx.update(grads[0], old, params, donate=True)
+    for donate in (True, False):
+        with pytest.raises(fo.DonatedStateError, match=r"donated to an earlier update.*returned"):
+            tx.update(grads[1], old, params, donate=donate)
+    tx.update(grads[1], new, params, donate=True)
+    nested = {"layer": params}  # (fo.step's chain path: not torch's fused kernel)
+    state = tx.init(nested)
+    p, _ = fo.step(tx, {"layer": grads[0]}, state, nested, donate=True)
+    with pytest.raises(fo.DonatedStateError):
+        fo.step(tx, {"layer": grads[1]}, state, p, donate=True)
