@@ -206,6 +206,7 @@ from .aliases import (  # noqa: E402  # noqa: E402
 )
 from .transforms import (  # noqa: E402
     LbfgsState,
+    MuonDimensionNumbers,
     ScaleByFactoredRmsState,
     ScaleByMuonCountedState,
     ScaleByMuonState,
@@ -231,6 +232,7 @@ __all__ += [
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
     "ScaleByMuonCountedState",
+    "MuonDimensionNumbers",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
     "relative_step_size",

@@ -43,3 +43,23 @@ CASES += [
              "ns_coefficients.0": Live(value=3.5), "ns_coefficients.1": Live(value=-4.8),
              "ns_coefficients.2": Live(value=2.05)}),
 ]
+
+
+def _last_axis_out(tree):
+    """optax's dimension numbers for every leaf of 2 or more axes: fan-in the first axis,
+    fan-out the last, the others batch axes; the rest AdamW's."""
+    return fo.tree.map(lambda p: fo.MuonDimensionNumbers(0, p.ndim - 1) if p.ndim >= 2
+                       else None, tree)
+
+
+CASES += [
+    Case("optax_muon_dimension_numbers",
+         lambda: fo.optax_muon(lr=0.01, dimension_numbers=_last_axis_out),
+         complex=False, ulps=_NS_ULPS, live={
+             "rms_scale": Live(excluded=tuple((check, "the RMS of match_rms, off here (the "
+                                               "optax_muon case checks it)")
+                                              for check in ("other_value", "grad"))),
+             "eps": Live(grads_scale=1e-9, others=_NO_DECAY),
+             "ns_coefficients.0": Live(value=3.5), "ns_coefficients.1": Live(value=-4.8),
+             "ns_coefficients.2": Live(value=2.05)}),
+]

@@ -134,9 +134,12 @@ def _ns_reference(x, coeffs, steps, eps):
 def _optax_muon_reference(params, grads, lr, beta=0.95, eps=1e-8, weight_decay=0.0,
                           adam_lr=None, b1=0.9, b2=0.999, eps_root=0.0, adam_weight_decay=0.0,
                           nesterov=True, adaptive=False, consistent_rms=None,
-                          ns_coeffs=(3.4445, -4.7750, 2.0315), ns_steps=5):
-    """optax's muon: the parameters after each step (2-D leaves Muon's, the others AdamW's)."""
+                          ns_coeffs=(3.4445, -4.7750, 2.0315), ns_steps=5, dims=None):
+    """optax's muon: the parameters after each step (2-D leaves Muon's, the others AdamW's;
+    ``dims``: each leaf's ``(reduction axis, output axis)``, ``None`` for AdamW's)."""
     adam_lr = lr if adam_lr is None else adam_lr
+    if dims is None:
+        dims = {k: (0, 1) if x.ndim == 2 else None for k, x in params.items()}
     p = {k: v.clone() for k, v in params.items()}
     m = {k: torch.zeros_like(v) for k, v in p.items()}
     v2 = {k: torch.zeros_like(v) for k, v in p.items()}
@@ -144,16 +147,23 @@ def _optax_muon_reference(params, grads, lr, beta=0.95, eps=1e-8, weight_decay=0
     for t, grad_fn in enumerate(grads, 1):
         g = grad_fn(p)
         for k in p:
-            if p[k].ndim == 2:
+            if dims[k] is not None:
                 m[k] = beta * m[k] + (1 - beta) * g[k]
                 if nesterov:
                     d = beta * m[k] / (1 - beta ** (t + 1)) + (1 - beta) * g[k] / (1 - beta ** t)
                 else:
                     d = m[k] / (1 - beta ** t)
-                o = _ns_reference(d, ns_coeffs, ns_steps, eps)
+                red, outax = dims[k]
+                batch = [a for a in range(d.ndim) if a not in (red, outax)]
+                # one (fan_in x fan_out) matrix per index of the batch axes (at most one here)
+                mats = d.permute(batch + [red, outax])
+                mats = mats.unsqueeze(0) if not batch else mats
+                o = torch.stack([_ns_reference(x, ns_coeffs, ns_steps, eps) for x in mats])
+                o = o[0] if not batch else o
+                o = o.permute([(batch + [red, outax]).index(a) for a in range(d.ndim)])
                 if adaptive:
                     o = (d * o).sum() * o
-                fan_in, fan_out = p[k].shape
+                fan_in, fan_out = p[k].shape[red], p[k].shape[outax]
                 if consistent_rms is None:
                     o = o * max(1.0, fan_out / fan_in) ** 0.5
                 else:
@@ -245,3 +255,39 @@ def test_compat_scale_by_muon_has_no_shape_scaling():
         d = 0.8 * m / (1 - 0.8 ** (t + 1)) + 0.2 * g / (1 - 0.8 ** t)
         torch.testing.assert_close(u["w"], _ns_reference(d, (3.4445, -4.7750, 2.0315), 5, 1e-8),
                                    rtol=1e-10, atol=1e-12)
+
+
+def test_optax_muon_dimension_numbers():
+    """optax's muon_weight_dimension_numbers: a 3-D leaf as one (fan_in x fan_out) matrix per
+    index of its batch axis, a transposed 2-D leaf, and a 2-D leaf given to AdamW."""
+    params, grads = _muon_problem(steps=10)
+    gen = torch.Generator().manual_seed(4)
+    params["k"] = torch.randn(2, 3, 4, dtype=D, generator=gen)
+    noise = [torch.randn(2, 3, 4, dtype=D, generator=gen) for _ in grads]
+    grads = [lambda p, f=f, n=n: {**f({k: p[k] for k in "wvb"}), "k": n + 0.3 * p["k"]}
+             for f, n in zip(grads, noise)]
+    specs = {"w": fo.MuonDimensionNumbers(1, 0), "v": None, "b": None,
+             "k": fo.MuonDimensionNumbers((0,), (2,))}
+    tx = fo.optax_muon(lr=0.02, weight_decay=0.1, dimension_numbers=specs)
+    state = tx.init(params)
+    p = dict(params)
+    ref = _optax_muon_reference(params, grads, 0.02, weight_decay=0.1,
+                                dims={"w": (1, 0), "v": None, "b": None, "k": (0, 2)})
+    for want, grad_fn in zip(ref, grads):
+        u, state = tx.update(grad_fn(p), state, p)
+        p = {k: p[k] + u[k] for k in p}
+        for k in p:
+            torch.testing.assert_close(p[k], want[k], rtol=1e-10, atol=1e-12)
+
+
+def test_muon_dimension_numbers_errors():
+    g = {"w": torch.ones(2, 3, dtype=D), "b": torch.ones(3, dtype=D)}
+    for specs, match in (({"w": fo.MuonDimensionNumbers(0, 0), "b": None}, "overlap"),
+                         ({"w": fo.MuonDimensionNumbers(0, 2), "b": None}, "do not fit"),
+                         ({"w": fo.MuonDimensionNumbers(), "b": None}, "no dimension numbers")):
+        tx = fo.transforms.scale_by_muon(layout="jax", dimension_numbers=specs, ns_dtype=None)
+        with pytest.raises(ValueError, match=match):
+            tx.update(g if match == "no dimension numbers" else {"w": g["w"], "b": None},
+                      tx.init(g))
+    with pytest.raises(ValueError, match="layout='jax'"):
+        fo.transforms.scale_by_muon(dimension_numbers={"w": fo.MuonDimensionNumbers()})

@@ -3,16 +3,24 @@ optax's bias-corrected momentum, normalization, ``jax`` fan layout and options."
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import optree
 import torch
 
 from .. import tree as _tree
 from ..base import Transform, chain, check_betas, check_hparam
 from ..combinators import partition
 from ..registry import register
-from ..transforms import MUON_NS_COEFFICIENTS, add_decayed_weights, scale_by_adam, scale_by_muon
+from ..transforms import (
+    MUON_NS_COEFFICIENTS,
+    MuonDimensionNumbers,
+    add_decayed_weights,
+    scale_by_adam,
+    scale_by_muon,
+)
 from ._common import _decay_around, _reparametrized
 
 __all__ = ["optax_muon", "optax_muon_labels"]
@@ -23,6 +31,15 @@ def optax_muon_labels(params: Any) -> Any:
     return _tree.map(lambda p: "muon" if p.ndim == 2 else "adam", params)
 
 
+def _labels_of(dimension_numbers: Any, params: Any) -> Any:
+    """``"muon"`` where ``dimension_numbers`` (a tree or ``params -> tree``) gives a leaf
+    :class:`~functional_optim.transforms.MuonDimensionNumbers`, ``"adam"`` where ``None``."""
+    specs = dimension_numbers(params) if callable(dimension_numbers) else dimension_numbers
+    return optree.tree_map(lambda spec, p: "adam" if spec is None else "muon", specs, params,
+                           none_is_leaf=True,
+                           is_leaf=lambda x: isinstance(x, MuonDimensionNumbers))
+
+
 @register(paper=('Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"; '
                  'optax\'s contrib.muon'), drop_in="OptaxMuon")
 def optax_muon(lr: float | torch.Tensor = 0.02, momentum: float = 0.95, eps: float = 1e-8,
@@ -31,7 +48,7 @@ def optax_muon(lr: float | torch.Tensor = 0.02, momentum: float = 0.95, eps: flo
                adam_weight_decay: float = 0.0, rms_scale: float = 0.2, *,
                nesterov: bool = True, adaptive: bool = False, match_rms: bool = False,
                ns_coefficients: Any = MUON_NS_COEFFICIENTS, ns_steps: int = 5,
-               weight_decay_mask: Any = None,
+               weight_decay_mask: Any = None, dimension_numbers: Any = None,
                labels: Callable[[Any], Any] | list = optax_muon_labels) -> Transform:
     r"""optax's Muon: ``partition({"muon": scale_by_muon(bias_correction, eps_added, "jax"
     layout) → add_decayed_weights(mask) → scale_by_learning_rate(lr), "adam": scale_by_adam(
@@ -67,6 +84,11 @@ def optax_muon(lr: float | torch.Tensor = 0.02, momentum: float = 0.95, eps: flo
         ns_steps: Newton-Schulz iterations (structural; the number of triples when one per
             iteration).
         weight_decay_mask: which leaves Muon's decay applies to (structural).
+        dimension_numbers: a tree of
+            :class:`~functional_optim.transforms.MuonDimensionNumbers` (``None`` for Adam's
+            leaves) or a function ``params -> tree`` (optax's
+            ``muon_weight_dimension_numbers``): Muon's leaves and their matrices (structural;
+            the labels then follow from it).
         labels: ``"muon"``/``"adam"`` per leaf (structural; default: 2-D leaves are Muon's).
     """
     owner = "optax_muon"
@@ -76,10 +98,16 @@ def optax_muon(lr: float | torch.Tensor = 0.02, momentum: float = 0.95, eps: flo
     check_hparam(owner, "rms_scale", rms_scale, ge=0)
     if adam_lr is None:
         adam_lr = lr
+    if dimension_numbers is not None:
+        if labels is not optax_muon_labels:
+            raise ValueError(f"{owner}: give labels or dimension_numbers, not both (the labels "
+                             "follow from the dimension numbers)")
+        labels = functools.partial(_labels_of, dimension_numbers)
     muon_body = scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps,
                               "match_rms_adamw" if match_rms else None, ns_dtype=None,
                               bias_correction=True, eps_added=True, adaptive=adaptive,
-                              layout="jax", rms_scale=rms_scale if match_rms else None)
+                              layout="jax", rms_scale=rms_scale if match_rms else None,
+                              dimension_numbers=dimension_numbers)
     muon_blocks = _decay_around(owner, lr, weight_decay, False, True, "muon", muon_body)
     muon_blocks["weight_decay"] = add_decayed_weights(weight_decay, weight_decay_mask)
     adam_blocks = _decay_around(f"{owner} (Adam)", adam_lr, adam_weight_decay, False, True,
@@ -105,6 +133,6 @@ def optax_muon(lr: float | torch.Tensor = 0.02, momentum: float = 0.95, eps: flo
                          "lr": {"lr": h["adam_lr"]}}}
 
     structural = dict(nesterov=nesterov, adaptive=adaptive, match_rms=match_rms,
-                      ns_steps=ns_steps,
+                      ns_steps=ns_steps, dimension_numbers=dimension_numbers,
                       weight_decay_mask=weight_decay_mask, labels=labels)
     return _reparametrized(owner, inner, defaults, to_inner, structural)

@@ -91,6 +91,7 @@ from .lbfgs import LbfgsState, scale_by_lbfgs
 from .orthogonal import (
     MUON_NS_COEFFICIENTS,
     NS_COEFFICIENTS,
+    MuonDimensionNumbers,
     ScaleByMuonCountedState,
     ScaleByMuonState,
     orthogonalize_via_newton_schulz,
@@ -108,6 +109,7 @@ __all__ += [
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
     "ScaleByMuonCountedState",
+    "MuonDimensionNumbers",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
     "relative_step_size",

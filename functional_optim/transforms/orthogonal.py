@@ -7,6 +7,7 @@ import math
 from numbers import Number
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from .. import tree as _tree
@@ -23,6 +24,7 @@ from ..base import EmptyState, HParamError, Transform, check_hparam, check_state
 
 __all__ = [
     "MUON_NS_COEFFICIENTS",
+    "MuonDimensionNumbers",
     "NS_COEFFICIENTS",
     "ScaleByMuonState",
     "ScaleByMuonCountedState",
@@ -182,31 +184,90 @@ def _check_matrices(owner: str, updates: Any, flatten: bool = False) -> None:
                 "fo.partition)")
 
 
+class MuonDimensionNumbers(NamedTuple):
+    """Which axes of a leaf form the matrix Muon orthogonalizes (optax's convention): the
+    ``reduction_axis`` axes (fan-in) and the ``output_axis`` axes (fan-out), an int or a
+    sequence each; every other axis is a batch axis (one matrix per index)."""
+
+    reduction_axis: Any = 0
+    output_axis: Any = 1
+
+
+def _spec_axes(owner: str, spec: MuonDimensionNumbers, shape: torch.Size) -> tuple:
+    """``spec``'s (batch, reduction, output) axes of a leaf of ``shape``, non-negative."""
+    ndim = len(shape)
+    red, out = [(a,) if isinstance(a, int) else tuple(a)
+                for a in (spec.reduction_axis, spec.output_axis)]
+    if ndim < 2 or not all([-ndim <= a < ndim for a in red + out]):
+        raise ValueError(f"{owner}: dimension numbers {spec} do not fit a leaf of shape "
+                         f"{tuple(shape)}")
+    red, out = tuple([a % ndim for a in red]), tuple([a % ndim for a in out])
+    if set(red) & set(out):
+        raise ValueError(f"{owner}: the reduction and output axes of {spec} overlap")
+    return tuple([a for a in range(ndim) if a not in red + out]), red, out
+
+
+def _batched_matrices(owner: str, x: torch.Tensor, spec: MuonDimensionNumbers) -> tuple:
+    """``x`` as ``(batch, fan_in, fan_out)`` matrices, and the map back to ``x``'s layout."""
+    batch, red, out = _spec_axes(owner, spec, x.shape)
+    perm = batch + red + out
+    permuted = [x.shape[a] for a in perm]
+    sizes = [math.prod([x.shape[a] for a in axes]) for axes in (batch, red, out)]
+    inverse = sorted(range(x.ndim), key=perm.__getitem__)
+    return (x.permute(perm).reshape(sizes),
+            lambda m: m.reshape(permuted).permute(inverse))
+
+
 def _orthogonalize_tree(owner: str, updates: Any, h: dict, ns_steps: int,
                         ns_dtype: torch.dtype | None, adjust_lr_fn: Any, scale_lr: bool,
                         flatten: bool = False, *, eps_added: bool = False,
-                        adaptive: bool = False, fans: str = "torch") -> Any:
-    _check_matrices(owner, updates, flatten)
+                        adaptive: bool = False, fans: str = "torch",
+                        dimension_numbers: Any = None) -> Any:
+    if dimension_numbers is None:
+        _check_matrices(owner, updates, flatten)
 
-    def one(g):
+    def ns(matrix, hh):
+        return orthogonalize_via_newton_schulz(matrix, tuple(hh["ns_coefficients"]), ns_steps,
+                                               hh["eps"], ns_dtype, eps_added)
+
+    def one(g, spec=None):
         hh = cast_hparams(h, g)
         layout = _tree.layout(g)
         full = g if layout is None else g.full_tensor()  # (the one all-gather of a DTensor)
-        matrix = full.reshape(full.shape[0], -1) if flatten and full.ndim > 2 else full
-        out = orthogonalize_via_newton_schulz(matrix, tuple(hh["ns_coefficients"]), ns_steps,
-                                              hh["eps"], ns_dtype, eps_added).to(g.dtype)
+        if spec is not None:  # one (fan_in x fan_out) matrix per batch index
+            mats, back = _batched_matrices(owner, full, spec)
+            out = back(torch.stack([ns(m, hh) for m in mats.unbind(0)]).to(g.dtype))
+            matrix, shape = full, mats.shape[1:]
+        else:
+            matrix = full.reshape(full.shape[0], -1) if flatten and full.ndim > 2 else full
+            out, shape = ns(matrix, hh).to(g.dtype), matrix.shape
         if adaptive:  # the dual norm of the direction: <B, O> O
             out = (matrix * out).sum() * out
         if scale_lr:
-            out = out * _lr_ratio(matrix.shape, adjust_lr_fn, fans,
-                                  hh.get("rms_scale", 0.2))
+            out = out * _lr_ratio(shape, adjust_lr_fn, fans, hh.get("rms_scale", 0.2))
         out = out.reshape(full.shape)
         if layout is not None:  # every rank holds the result: keep its own shard (no traffic)
             mesh = layout[0]
             out = type(g).from_local(out, mesh, [_replicate()] * mesh.ndim, run_check=False)
         return placed_like(out, g)
 
-    return _tree.map(one, updates)
+    if dimension_numbers is None:
+        return _tree.map(one, updates)
+    specs = dimension_numbers(updates) if callable(dimension_numbers) else dimension_numbers
+
+    def with_spec(g, spec):
+        if not isinstance(g, torch.Tensor):  # None, or a leaf another transform owns
+            return g
+        if spec is None:
+            raise ValueError(f"{owner}: an update of shape {tuple(g.shape)} has no dimension "
+                             "numbers (None); give it to another transform (e.g. fo.partition)")
+        return one(g, spec)
+
+    # (an empty node, e.g. partition's MaskedNode of a leaf it gives another transform, is
+    # a leaf here, as its spec is None)
+    return optree.tree_map(with_spec, updates, specs, none_is_leaf=True,
+                           is_leaf=lambda x: isinstance(x, MuonDimensionNumbers) or (
+                               isinstance(x, tuple) and not x))
 
 
 def _replicate() -> Any:
@@ -302,7 +363,7 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
                   ns_dtype: torch.dtype | None = torch.bfloat16,
                   flatten: bool = False, bias_correction: bool = False,
                   eps_added: bool = False, adaptive: bool = False, layout: str = "torch",
-                  rms_scale: float | None = None) -> Transform:
+                  rms_scale: float | None = None, dimension_numbers: Any = None) -> Transform:
     r"""Muon's direction (Jordan et al., 2024): momentum, Newton-Schulz orthogonalization and
     the shape-dependent learning-rate ratio, as torch.optim.Muon computes them.
 
@@ -346,6 +407,11 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
             ``fan_in x fan_out`` (optax's ``x W = y``), for the adjustment (static).
         rms_scale: with ``adjust_lr_fn="match_rms_adamw"``, the RMS matched instead of 0.2
             (optax's ``consistent_rms``; hparam when given).
+        dimension_numbers: a tree of :class:`MuonDimensionNumbers` (a prefix of the updates;
+            ``None`` where a leaf is not Muon's), or a function ``updates -> tree``: each leaf
+            is orthogonalized as the ``fan_in x fan_out`` matrices its axes give, one per
+            batch index, with the adjustment of that matrix (optax's
+            ``weight_dimension_numbers``; needs ``layout="jax"``; static).
     """
     owner = "scale_by_muon"
     check_hparam(owner, "momentum", momentum, ge=0)
@@ -353,6 +419,9 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
     _check_ns(owner, ns_coefficients, ns_steps, eps, adjust_lr_fn)
     if layout not in ("torch", "jax"):
         raise ValueError(f"{owner}: layout must be 'torch' or 'jax', got {layout!r}")
+    if dimension_numbers is not None and layout != "jax":
+        raise ValueError(f"{owner}: dimension_numbers give (fan_in, fan_out) axes: they need "
+                         f"layout='jax', got layout={layout!r}")
     defaults = {"momentum": momentum, "ns_coefficients": ns_coefficients, "eps": eps}
     if rms_scale is not None:
         if adjust_lr_fn != "match_rms_adamw":
@@ -373,11 +442,13 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, state_cls)
-        _check_matrices(owner, updates, flatten)
+        if dimension_numbers is None:
+            _check_matrices(owner, updates, flatten)
         direction, *new = elementwise(rule, h, updates, tuple(state), name=owner,
                                       real_only=True, state_like=(None, LIKE)[-len(state):])
         out = _orthogonalize_tree(owner, direction, h, ns_steps, ns_dtype, adjust_lr_fn, True,
-                                  flatten, eps_added=eps_added, adaptive=adaptive, fans=layout)
+                                  flatten, eps_added=eps_added, adaptive=adaptive, fans=layout,
+                                  dimension_numbers=dimension_numbers)
         return out, state_cls(*new)
 
     return Transform(init, update, defaults)

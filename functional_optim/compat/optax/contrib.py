@@ -5,7 +5,7 @@ is the chain optax builds, of the native blocks."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -465,19 +465,12 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, rtol: float = 1e-
          "min_scale": "min_lr"})
 
 
-class MuonDimensionNumbers(NamedTuple):
-    """optax's Muon weight axes: which axes of a leaf are the matrix's reduction (fan-in) and
-    output (fan-out) axes. Only the default ``(0, 1)`` on 2-D leaves is supported here."""
-
-    reduction_axis: Any = 0
-    output_axis: Any = 1
-
-
+MuonDimensionNumbers = _T.MuonDimensionNumbers
 _OPTAX_MUON_COEFFS = {"standard": _T.MUON_NS_COEFFICIENTS, "dion": _T.NS_COEFFICIENTS["dion"]}
 
 
 def _muon_options(owner: str, ns_coeffs: Any, ns_steps: int, mu_dtype: Any,
-                  preconditioning: str, dimension_numbers: Any) -> tuple:
+                  preconditioning: str) -> tuple:
     """optax's Newton-Schulz arguments as the native ones (``ns_steps`` is the number of
     triples when one per iteration is given); a clear error for optax's options that have no
     native home yet."""
@@ -493,13 +486,11 @@ def _muon_options(owner: str, ns_coeffs: Any, ns_steps: int, mu_dtype: Any,
                              f"{ns_steps}: not enough steps")
         ns_steps = len(coeffs)
     unsupported = {"mu_dtype": mu_dtype is not None,
-                   "preconditioning": preconditioning != "frobenius",
-                   "weight_dimension_numbers": dimension_numbers is not None}
+                   "preconditioning": preconditioning != "frobenius"}
     given_ = [k for k, v in unsupported.items() if v]
     if given_:
         raise NotImplementedError(f"{owner}: {given_} have no native home yet (supported: "
-                                  "mu_dtype=None, preconditioning='frobenius', 2-D leaves "
-                                  "with the default dimension numbers)")
+                                  "mu_dtype=None, preconditioning='frobenius')")
     return coeffs, ns_steps
 
 
@@ -512,10 +503,11 @@ def scale_by_muon(ns_coeffs: Any = _T.MUON_NS_COEFFICIENTS, ns_steps: int = 5,
     :func:`functional_optim.transforms.scale_by_muon` with ``bias_correction``, ``eps_added``,
     ``adjust_lr_fn="none"`` and the iteration in the parameters' dtype."""
     coeffs, ns_steps = _muon_options("scale_by_muon", ns_coeffs, ns_steps, mu_dtype,
-                                     preconditioning, weight_dimension_numbers)
+                                     preconditioning)
     return optax_names(
         _T.scale_by_muon(beta, nesterov, coeffs, eps, ns_steps, "none", ns_dtype=None,
-                         bias_correction=True, eps_added=True, adaptive=adaptive),
+                         bias_correction=True, eps_added=True, adaptive=adaptive, layout="jax",
+                         dimension_numbers=weight_dimension_numbers),
         {"beta": "momentum", "eps": "eps", "ns_coeffs": "ns_coefficients"})
 
 
@@ -530,8 +522,7 @@ def muon(learning_rate: Any, ns_coeffs: Any = _T.MUON_NS_COEFFICIENTS, ns_steps:
     """optax's ``muon``: :func:`functional_optim.optax_muon` (``beta`` is ``momentum``,
     ``consistent_rms`` is ``rms_scale`` with ``match_rms``; Muon on 2-D leaves, AdamW on the
     others)."""
-    coeffs, ns_steps = _muon_options("muon", ns_coeffs, ns_steps, mu_dtype, preconditioning,
-                                     muon_weight_dimension_numbers)
+    coeffs, ns_steps = _muon_options("muon", ns_coeffs, ns_steps, mu_dtype, preconditioning)
     names = {"learning_rate": "lr", "beta": "momentum", "eps": "eps",
              "weight_decay": "weight_decay", "adam_b1": "adam_betas.0",
              "adam_b2": "adam_betas.1", "adam_eps_root": "adam_eps_root",
@@ -546,4 +537,5 @@ def muon(learning_rate: Any, ns_coeffs: Any = _T.MUON_NS_COEFFICIENTS, ns_steps:
                       0.2 if consistent_rms is None else consistent_rms, nesterov=nesterov,
                       adaptive=adaptive, match_rms=consistent_rms is not None,
                       ns_coefficients=coeffs, ns_steps=ns_steps,
-                      weight_decay_mask=weight_decay_mask), names)
+                      weight_decay_mask=weight_decay_mask,
+                      dimension_numbers=muon_weight_dimension_numbers), names)
