@@ -38,6 +38,7 @@ from .combinators import (
     InjectHparamsState,
     LookaheadState,
     MultiStepsState,
+    SplitRealAndImaginaryState,
     ZeroNansState,
     apply_if_finite,
     average_params,
@@ -53,11 +54,13 @@ from .combinators import (
     masked,
     multi_steps,
     partition,
+    split_real_and_imaginary,
     zero_nans,
 )
 from .groups import parameter_groups
 from .registry import get_optimizer, optimizer_from_config
 from .transforms import (
+    ReduceOnPlateauAveragedState,
     ReduceOnPlateauState,
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -131,6 +134,8 @@ __all__ = [
     "conditionally",
     "ema",
     "flatten",
+    "SplitRealAndImaginaryState",
+    "split_real_and_imaginary",
     "freeze",
     "get_hparam",
     "inject_hparams",
@@ -142,6 +147,7 @@ __all__ = [
     "partition",
     "zero_nans",
     "ReduceOnPlateauState",
+    "ReduceOnPlateauAveragedState",
     "reduce_on_plateau",
     "capture",
     "combinators",
@@ -200,7 +206,9 @@ from .aliases import (  # noqa: E402  # noqa: E402
 )
 from .transforms import (  # noqa: E402
     LbfgsState,
+    MuonDimensionNumbers,
     ScaleByFactoredRmsState,
+    ScaleByMuonCountedState,
     ScaleByMuonState,
     ScaleBySparseAdamState,
     orthogonalize_via_newton_schulz,
@@ -223,6 +231,8 @@ __all__ += [
     "LbfgsState",
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
+    "ScaleByMuonCountedState",
+    "MuonDimensionNumbers",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
     "relative_step_size",
@@ -636,6 +646,8 @@ from .aliases import (  # noqa: E402
     msam_sgd,
     muon_adamw,
     muon_labels,
+    optax_muon,
+    optax_muon_labels,
     orthograd_adamw,
 )
 from .combinators import (  # noqa: E402
@@ -665,7 +677,8 @@ from .transforms import (  # noqa: E402
 )
 
 __all__ += ["adam_mini", "adamc", "adamw_ema", "asam_sgd", "cautious_adamw", "laprop",
-            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "orthograd_adamw",
+            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "optax_muon",
+            "optax_muon_labels", "orthograd_adamw",
             "EmaParamsState", "corrected_decay", "ema_eval_params", "ema_params",
             "ema_train_params", "NS_COEFFICIENTS", "MomentumSamState", "ScaleByAdamMiniState",
             "ScaleByLapropState", "ScaleByMarsState", "add_cautious_decayed_weights",

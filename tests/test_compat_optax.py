@@ -109,19 +109,9 @@ SCHEDULES = [
     "warmup_exponential_decay_schedule",
 ]
 
-# Names waiting for a native home (every family of issue 19 has landed: these need a native
-# block or option that no branch provides).
-_NONE = "no branch: needs a native block or option"
-PENDING = {
-    # optax's muon (adaptive, preconditioning, consistent_rms, Adam on non-matrix leaves) is
-    # not torch's Muon; optax's plateau rule (rtol and atol together, averaged values) is not
-    # torch's ReduceLROnPlateau; split_real_and_imaginary has no native wrapper yet.
-    **dict.fromkeys([f"contrib.{n}" for n in [
-        "MuonDimensionNumbers", "MuonState", "muon", "scale_by_muon",
-        "ReduceLROnPlateauState", "reduce_on_plateau",
-        "SplitRealAndImaginaryState", "split_real_and_imaginary",
-    ]], _NONE),
-}
+# Names waiting for a native home (none left: every optax name of the issue's families is
+# mapped).
+PENDING: dict = {}
 
 # Left out by design.
 NOT_PROVIDED = {
@@ -242,6 +232,13 @@ STEPS = {
     "contrib.scale_by_madgrad": lambda: optax.contrib.scale_by_madgrad(),
     "contrib.scale_by_simplified_ademamix": lambda: optax.contrib.scale_by_simplified_ademamix(),
     "contrib.simplified_ademamix": lambda: optax.contrib.simplified_ademamix(1e-2),
+    "contrib.split_real_and_imaginary":
+        lambda: optax.contrib.split_real_and_imaginary(optax.adam(1e-2)),
+    "contrib.reduce_on_plateau":
+        lambda: optax.contrib.reduce_on_plateau(patience=1, atol=1e-3, accumulation_size=2),
+    "contrib.muon": lambda: optax.contrib.muon(1e-2, weight_decay=1e-2, consistent_rms=0.2),
+    "contrib.scale_by_muon": lambda: optax.masked(optax.contrib.scale_by_muon(adaptive=True),
+                                                  MASK),
     "contrib.sophia": lambda: optax.contrib.sophia(1e-2, update_interval=1),
     "scale_by_distance_over_gradients": lambda: optax.scale_by_distance_over_gradients(),
     "contrib.cocob": lambda: optax.contrib.cocob(weight_decay=1e-2, mask=MASK),

@@ -25,6 +25,7 @@ from . import (
     huggingface,
     optax_adaptive,
     optax_core,
+    optax_orthogonal,
     optax_variants,
     preconditioned,
     quantized,
@@ -69,6 +70,7 @@ from .optax_core import (
     sign_sgd,
     signum,
 )
+from .optax_orthogonal import optax_muon, optax_muon_labels
 from .optax_variants import (
     optax_adafactor,
     optax_adagrad,
@@ -108,6 +110,7 @@ __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "ra
            "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
            "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
            "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search",
+           "optax_orthogonal", "optax_muon", "optax_muon_labels",
            "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit", "tricks", "cautious_adamw",
            "laprop", "mars_adamw", "adam_mini", "adamc", "orthograd_adamw", "muon_adamw",
            "muon_labels", "adamw_ema", "asam_sgd", "msam_sgd",

@@ -13,9 +13,9 @@ carry no state, so the inner state exists only for the leaves it owns.
 The families, one module each: ``masking`` (masks, labels, groups), ``injection``
 (hyperparameters from schedules or the state), ``accumulation`` (accumulation, skipping,
 conditions), ``numerics`` (gradient surgery), ``averaging`` (lookahead and weight averages),
-``layout`` (one buffer per dtype and device), ``tricks`` (AdamC's corrected decay, an EMA of
-the parameters) and ``functions`` (transforms from functions,
-measurements kept in the state); every public name is importable from here.
+``layout`` (one buffer per dtype and device, complex leaves as real pairs), ``tricks``
+(AdamC's corrected decay, an EMA of the parameters) and ``functions`` (transforms from
+functions, measurements kept in the state); every public name is importable from here.
 """
 
 from .accumulation import (
@@ -50,7 +50,12 @@ from .functions import (
     stateless_with_tree_map,
 )
 from .injection import InjectHparamsState, get_hparam, inject_hparams
-from .layout import flatten
+from .layout import (
+    RealImaginary,
+    SplitRealAndImaginaryState,
+    flatten,
+    split_real_and_imaginary,
+)
 from .masking import (
     MaskedNode,
     freeze,
@@ -104,6 +109,9 @@ __all__ = [
     "ConditionallyState",
     "conditionally",
     "flatten",
+    "RealImaginary",
+    "SplitRealAndImaginaryState",
+    "split_real_and_imaginary",
     "incremental_update",
     "periodic_update",
     "stateless",

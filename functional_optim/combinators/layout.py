@@ -1,19 +1,22 @@
-"""One buffer per dtype/device: :func:`flatten`."""
+"""How the inner transform sees the leaves: one buffer per dtype/device (:func:`flatten`);
+complex leaves as pairs of real ones (:func:`split_real_and_imaginary`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import optree
 import torch
 
 from .. import _execute
 from .. import tree as _tree
-from ..base import Transform, _check_transform
+from ..base import Transform, _check_transform, check_state
 from ._common import _NONE
 from .masking import _path_names
 
-__all__ = ["flatten"]
+__all__ = [
+    "RealImaginary", "SplitRealAndImaginaryState", "flatten", "split_real_and_imaginary",
+]
 
 
 def _group_key(x: torch.Tensor) -> str:
@@ -95,5 +98,77 @@ def flatten(inner: Transform) -> Transform:
             piece = pieces[_group_key(f)].pop(0)
             flat_out.append(None if g is None else piece.reshape(g.shape))
         return _refill(updates, flat_out), state
+
+    return Transform(init, _execute.owning(update, [inner]), inner.hparams)
+
+
+class RealImaginary(NamedTuple):
+    """The real and imaginary parts of a complex leaf, as two real leaves."""
+
+    real: torch.Tensor | None
+    imaginary: torch.Tensor | None
+
+
+class SplitRealAndImaginaryState(NamedTuple):
+    """:func:`split_real_and_imaginary`'s state: the inner transform's, on the split tree."""
+
+    inner_state: Any
+
+
+def _split(tree: Any, like: Any = None) -> Any:
+    """``tree`` with each complex leaf as a :class:`RealImaginary` pair; a ``None`` leaf whose
+    leaf of ``like`` (the parameters) is complex becomes a pair of ``None``."""
+
+    def one(x, p=None):
+        if x is not None and x.is_complex():
+            return RealImaginary(x.real, x.imag)
+        if x is None and p is not None and p.is_complex():
+            return RealImaginary(None, None)
+        return x
+
+    if like is None:
+        return optree.tree_map(one, tree, **_NONE)
+    _tree.flatten_like(like, _tree.structure(tree), "split_real_and_imaginary params", "updates")
+    return optree.tree_map(one, tree, like, **_NONE)
+
+
+def _merge(updates: Any, out: Any) -> Any:
+    """The inner transform's ``out`` on the split tree, each :class:`RealImaginary` pair merged
+    back into a complex leaf (``None`` where the update of ``updates`` is ``None``)."""
+
+    def one(g, piece):
+        if isinstance(piece, RealImaginary):
+            return None if g is None else torch.complex(piece.real, piece.imaginary)
+        return piece
+
+    return optree.tree_map(one, updates, out, **_NONE)
+
+
+def split_real_and_imaginary(inner: Transform) -> Transform:
+    """Runs ``inner`` on the real and imaginary parts of complex leaves as separate real leaves.
+
+    Each complex leaf ``z = x + iy`` (of the updates, the parameters, ``inner``'s state) is
+    replaced by the pair ``RealImaginary(x, y)``; ``inner`` transforms the pairs as two real
+    leaves and each output pair ``(u, v)`` becomes the complex update ``u + iv``. Real leaves pass
+    through unchanged. So a complex parameter behaves as two real parameters, for elementwise
+    rules and for those that act per leaf (a norm, a shape: Muon, a factored moment) alike
+    (optax's ``contrib.split_real_and_imaginary``).
+
+    PyTorch's gradient of a real loss with respect to a complex ``z`` is already
+    ``∂L/∂x + i ∂L/∂y`` (JAX's is its conjugate, which optax's users conjugate by hand): pass it
+    as it is. The hyperparameters are ``inner``'s; the state is a
+    :class:`SplitRealAndImaginaryState` holding ``inner``'s state on the split tree.
+    """
+    _check_transform(inner, "split_real_and_imaginary")
+
+    def init(params):
+        return SplitRealAndImaginaryState(inner.init(_split(params)))
+
+    def update(updates, state, params=None, hparams=None, **extra):
+        check_state("split_real_and_imaginary", state, SplitRealAndImaginaryState)
+        split_p = None if params is None else _split(params)
+        out, inner_state = inner.update(_split(updates, params), state.inner_state, split_p,
+                                        hparams, **extra)
+        return _merge(updates, out), SplitRealAndImaginaryState(inner_state)
 
     return Transform(init, _execute.owning(update, [inner]), inner.hparams)

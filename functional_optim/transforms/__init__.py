@@ -35,6 +35,7 @@ from .moments import (
 )
 from .plateau import (
     GreedyLrState,
+    ReduceOnPlateauAveragedState,
     ReduceOnPlateauState,
     greedy_lr_step,
     is_better,
@@ -59,6 +60,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "ReduceOnPlateauState",
+    "ReduceOnPlateauAveragedState",
     "reduce_on_plateau",
     "GreedyLrState",
     "greedy_lr_step",
@@ -89,6 +91,8 @@ from .lbfgs import LbfgsState, scale_by_lbfgs
 from .orthogonal import (
     MUON_NS_COEFFICIENTS,
     NS_COEFFICIENTS,
+    MuonDimensionNumbers,
+    ScaleByMuonCountedState,
     ScaleByMuonState,
     orthogonalize_via_newton_schulz,
     resolve_ns_coefficients,
@@ -104,6 +108,8 @@ __all__ += [
     "resolve_ns_coefficients",
     "ScaleByFactoredRmsState",
     "ScaleByMuonState",
+    "ScaleByMuonCountedState",
+    "MuonDimensionNumbers",
     "ScaleBySparseAdamState",
     "orthogonalize_via_newton_schulz",
     "relative_step_size",

@@ -7,16 +7,27 @@ import math
 from numbers import Number
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from .. import tree as _tree
-from .._execute import LIKE, cast_hparams, elementwise, lerp, placed_like
+from .._execute import (
+    LIKE,
+    cast_hparams,
+    elementwise,
+    init_count,
+    lerp,
+    placed_like,
+    scalar_dtype,
+)
 from ..base import EmptyState, HParamError, Transform, check_hparam, check_state, resolve_hparams
 
 __all__ = [
     "MUON_NS_COEFFICIENTS",
+    "MuonDimensionNumbers",
     "NS_COEFFICIENTS",
     "ScaleByMuonState",
+    "ScaleByMuonCountedState",
     "orthogonalize_via_newton_schulz",
     "resolve_ns_coefficients",
     "scale_by_newton_schulz",
@@ -39,16 +50,22 @@ NS_COEFFICIENTS = {
     "you": ((3955 / 1024, -8306 / 1024, 5008 / 1024), (3735 / 1024, -6681 / 1024, 3463 / 1024),
             (3799 / 1024, -6499 / 1024, 3211 / 1024), (4019 / 1024, -6385 / 1024, 2906 / 1024),
             (2677 / 1024, -3029 / 1024, 1162 / 1024), (2172 / 1024, -1833 / 1024, 682 / 1024)),
+    # Ahn et al., 2025 ("Dion: Distributed Orthonormalized Updates"; optax's "dion" preset):
+    # five per-iteration quintics
+    "dion": ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
+             (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)),
 }
 _ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "spectral", "none")
 
 
 def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS_COEFFICIENTS,
                                     steps: int = 5, eps: Any = 1e-7,
-                                    dtype: torch.dtype | None = torch.bfloat16) -> torch.Tensor:
+                                    dtype: torch.dtype | None = torch.bfloat16,
+                                    eps_added: bool = False) -> torch.Tensor:
     r"""Approximately orthogonalize a matrix: ``k`` steps of the quintic Newton-Schulz map.
 
-    With :math:`X_0 = G / \max(\lVert G\rVert_F, \epsilon)` (transposed when it has more rows
+    With :math:`X_0 = G / \max(\lVert G\rVert_F, \epsilon)` (``eps_added``:
+    :math:`G / (\lVert G\rVert_F + \epsilon)`, as optax) (transposed when it has more rows
     than columns, so that :math:`X X^\top` is the smaller Gram matrix),
 
     .. math:: A = X_k X_k^\top, \qquad X_{k+1} = a X_k + (b A + c A^2) X_k
@@ -69,8 +86,11 @@ def orthogonalize_via_newton_schulz(g: torch.Tensor, coefficients: Any = MUON_NS
     if tall:
         x = x.T
     norm = torch.linalg.vector_norm(x)
-    x = x / (torch.clamp(norm, min=eps) if isinstance(eps, Number) else torch.maximum(
-        norm, eps.to(norm.dtype)))
+    if eps_added:
+        x = x / (norm + _in(eps, norm))
+    else:
+        x = x / (torch.clamp(norm, min=eps) if isinstance(eps, Number) else torch.maximum(
+            norm, eps.to(norm.dtype)))
     for i in range(steps):
         a, b, c = coefficients[i] if per_step else coefficients
         fused = all(isinstance(v, Number) for v in (a, b, c))
@@ -94,15 +114,18 @@ def _per_step(coefficients: Any) -> bool:
     return isinstance(coefficients[0], (tuple, list))
 
 
-def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None) -> float:
-    rows, cols = shape[0], shape[1]
+def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None, layout: str = "torch",
+              rms_scale: Any = 0.2) -> Any:
+    """The learning-rate adjustment of a matrix of ``shape``: ``(fan_out, fan_in)`` for
+    ``layout="torch"`` (``nn.Linear``'s weight), ``(fan_in, fan_out)`` for ``"jax"``."""
+    rows, cols = (shape[0], shape[1]) if layout == "torch" else (shape[1], shape[0])
     if adjust_lr_fn in (None, "original"):
         return math.sqrt(max(1, rows / cols))
     if adjust_lr_fn == "spectral":
         return math.sqrt(rows / cols)
     if adjust_lr_fn == "none":
         return 1.0
-    return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(rows, cols)) * rms_scale
 
 
 def resolve_ns_coefficients(ns_coefficients: Any) -> Any:
@@ -161,27 +184,90 @@ def _check_matrices(owner: str, updates: Any, flatten: bool = False) -> None:
                 "fo.partition)")
 
 
+class MuonDimensionNumbers(NamedTuple):
+    """Which axes of a leaf form the matrix Muon orthogonalizes (optax's convention): the
+    ``reduction_axis`` axes (fan-in) and the ``output_axis`` axes (fan-out), an int or a
+    sequence each; every other axis is a batch axis (one matrix per index)."""
+
+    reduction_axis: Any = 0
+    output_axis: Any = 1
+
+
+def _spec_axes(owner: str, spec: MuonDimensionNumbers, shape: torch.Size) -> tuple:
+    """``spec``'s (batch, reduction, output) axes of a leaf of ``shape``, non-negative."""
+    ndim = len(shape)
+    red, out = [(a,) if isinstance(a, int) else tuple(a)
+                for a in (spec.reduction_axis, spec.output_axis)]
+    if ndim < 2 or not all([-ndim <= a < ndim for a in red + out]):
+        raise ValueError(f"{owner}: dimension numbers {spec} do not fit a leaf of shape "
+                         f"{tuple(shape)}")
+    red, out = tuple([a % ndim for a in red]), tuple([a % ndim for a in out])
+    if set(red) & set(out):
+        raise ValueError(f"{owner}: the reduction and output axes of {spec} overlap")
+    return tuple([a for a in range(ndim) if a not in red + out]), red, out
+
+
+def _batched_matrices(owner: str, x: torch.Tensor, spec: MuonDimensionNumbers) -> tuple:
+    """``x`` as ``(batch, fan_in, fan_out)`` matrices, and the map back to ``x``'s layout."""
+    batch, red, out = _spec_axes(owner, spec, x.shape)
+    perm = batch + red + out
+    permuted = [x.shape[a] for a in perm]
+    sizes = [math.prod([x.shape[a] for a in axes]) for axes in (batch, red, out)]
+    inverse = sorted(range(x.ndim), key=perm.__getitem__)
+    return (x.permute(perm).reshape(sizes),
+            lambda m: m.reshape(permuted).permute(inverse))
+
+
 def _orthogonalize_tree(owner: str, updates: Any, h: dict, ns_steps: int,
                         ns_dtype: torch.dtype | None, adjust_lr_fn: Any, scale_lr: bool,
-                        flatten: bool = False) -> Any:
-    _check_matrices(owner, updates, flatten)
+                        flatten: bool = False, *, eps_added: bool = False,
+                        adaptive: bool = False, fans: str = "torch",
+                        dimension_numbers: Any = None) -> Any:
+    if dimension_numbers is None:
+        _check_matrices(owner, updates, flatten)
 
-    def one(g):
+    def ns(matrix, hh):
+        return orthogonalize_via_newton_schulz(matrix, tuple(hh["ns_coefficients"]), ns_steps,
+                                               hh["eps"], ns_dtype, eps_added)
+
+    def one(g, spec=None):
         hh = cast_hparams(h, g)
         layout = _tree.layout(g)
         full = g if layout is None else g.full_tensor()  # (the one all-gather of a DTensor)
-        matrix = full.reshape(full.shape[0], -1) if flatten and full.ndim > 2 else full
-        out = orthogonalize_via_newton_schulz(matrix, tuple(hh["ns_coefficients"]), ns_steps,
-                                              hh["eps"], ns_dtype).to(g.dtype)
+        if spec is not None:  # one (fan_in x fan_out) matrix per batch index
+            mats, back = _batched_matrices(owner, full, spec)
+            out = back(torch.stack([ns(m, hh) for m in mats.unbind(0)]).to(g.dtype))
+            matrix, shape = full, mats.shape[1:]
+        else:
+            matrix = full.reshape(full.shape[0], -1) if flatten and full.ndim > 2 else full
+            out, shape = ns(matrix, hh).to(g.dtype), matrix.shape
+        if adaptive:  # the dual norm of the direction: <B, O> O
+            out = (matrix * out).sum() * out
         if scale_lr:
-            out = out * _lr_ratio(matrix.shape, adjust_lr_fn)
+            out = out * _lr_ratio(shape, adjust_lr_fn, fans, hh.get("rms_scale", 0.2))
         out = out.reshape(full.shape)
         if layout is not None:  # every rank holds the result: keep its own shard (no traffic)
             mesh = layout[0]
             out = type(g).from_local(out, mesh, [_replicate()] * mesh.ndim, run_check=False)
         return placed_like(out, g)
 
-    return _tree.map(one, updates)
+    if dimension_numbers is None:
+        return _tree.map(one, updates)
+    specs = dimension_numbers(updates) if callable(dimension_numbers) else dimension_numbers
+
+    def with_spec(g, spec):
+        if not isinstance(g, torch.Tensor):  # None, or a leaf another transform owns
+            return g
+        if spec is None:
+            raise ValueError(f"{owner}: an update of shape {tuple(g.shape)} has no dimension "
+                             "numbers (None); give it to another transform (e.g. fo.partition)")
+        return one(g, spec)
+
+    # (an empty node, e.g. partition's MaskedNode of a leaf it gives another transform, is
+    # a leaf here, as its spec is None)
+    return optree.tree_map(with_spec, updates, specs, none_is_leaf=True,
+                           is_leaf=lambda x: isinstance(x, MuonDimensionNumbers) or (
+                               isinstance(x, tuple) and not x))
 
 
 def _replicate() -> Any:
@@ -245,11 +331,39 @@ def _muon_momentum_rule(h, g, buf, *, nesterov):
     return (lerp(g, buf, mu) if nesterov else buf), buf
 
 
+class ScaleByMuonCountedState(NamedTuple):
+    """State of :func:`scale_by_muon` with ``bias_correction=True`` (optax's ``MuonState``).
+
+    Attributes:
+        step: per-parameter step count (0-d int64).
+        momentum_buffer: the momentum :math:`B_t`, zeros at first.
+    """
+
+    step: Any
+    momentum_buffer: Any
+
+
+def _muon_corrected_rule(h, g, t, buf, *, nesterov):
+    """optax's Muon momentum: bias-corrected; Nesterov's form mixes ``B_t / (1 - μ^{t+1})``
+    and ``g_t / (1 - μ^t)``."""
+    mu = h["momentum"]
+    t = t + 1
+    tf = t.to(scalar_dtype(g))
+    buf = lerp(buf, g, 1 - mu)
+    if nesterov:
+        direction = mu * buf / (1 - mu ** (tf + 1)) + (1 - mu) * g / (1 - mu ** tf)
+    else:
+        direction = buf / (1 - mu ** tf)
+    return direction, t, buf
+
+
 def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
                   ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
                   eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None, *,
                   ns_dtype: torch.dtype | None = torch.bfloat16,
-                  flatten: bool = False) -> Transform:
+                  flatten: bool = False, bias_correction: bool = False,
+                  eps_added: bool = False, adaptive: bool = False, layout: str = "torch",
+                  rms_scale: float | None = None, dimension_numbers: Any = None) -> Transform:
     r"""Muon's direction (Jordan et al., 2024): momentum, Newton-Schulz orthogonalization and
     the shape-dependent learning-rate ratio, as torch.optim.Muon computes them.
 
@@ -281,26 +395,60 @@ def scale_by_muon(momentum: float = 0.95, nesterov: bool = True,
             ``"none"`` (static).
         ns_dtype: precision of the iteration (static; default bfloat16, as torch).
         flatten: orthogonalize leaves of more than 2 dimensions as matrices (static).
+        bias_correction: optax's momentum (static): :math:`\tilde B_t = \mu B_t / (1 -
+            \mu^{t+1}) + (1-\mu) g_t / (1 - \mu^t)` (nesterov) or :math:`B_t / (1 - \mu^t)`;
+            the state is then a :class:`ScaleByMuonCountedState`.
+        eps_added: normalize by :math:`\lVert \tilde B\rVert_F + \epsilon` (optax) instead
+            of :math:`\max(\lVert \tilde B\rVert_F, \epsilon)` (static).
+        adaptive: scale the orthogonalized :math:`O` by the dual norm
+            :math:`\langle \tilde B, O\rangle` (Bernstein & Newhouse, 2024, "Old Optimizer,
+            New Norm"; optax's ``adaptive``; static).
+        layout: ``"torch"``: a matrix is ``fan_out x fan_in`` (``nn.Linear``); ``"jax"``:
+            ``fan_in x fan_out`` (optax's ``x W = y``), for the adjustment (static).
+        rms_scale: with ``adjust_lr_fn="match_rms_adamw"``, the RMS matched instead of 0.2
+            (optax's ``consistent_rms``; hparam when given).
+        dimension_numbers: a tree of :class:`MuonDimensionNumbers` (a prefix of the updates;
+            ``None`` where a leaf is not Muon's), or a function ``updates -> tree``: each leaf
+            is orthogonalized as the ``fan_in x fan_out`` matrices its axes give, one per
+            batch index, with the adjustment of that matrix (optax's
+            ``weight_dimension_numbers``; needs ``layout="jax"``; static).
     """
     owner = "scale_by_muon"
     check_hparam(owner, "momentum", momentum, ge=0)
     ns_coefficients = resolve_ns_coefficients(ns_coefficients)
     _check_ns(owner, ns_coefficients, ns_steps, eps, adjust_lr_fn)
+    if layout not in ("torch", "jax"):
+        raise ValueError(f"{owner}: layout must be 'torch' or 'jax', got {layout!r}")
+    if dimension_numbers is not None and layout != "jax":
+        raise ValueError(f"{owner}: dimension_numbers give (fan_in, fan_out) axes: they need "
+                         f"layout='jax', got layout={layout!r}")
     defaults = {"momentum": momentum, "ns_coefficients": ns_coefficients, "eps": eps}
-    rule = functools.partial(_muon_momentum_rule, nesterov=nesterov)
+    if rms_scale is not None:
+        if adjust_lr_fn != "match_rms_adamw":
+            raise ValueError(f"{owner}: rms_scale is the RMS of adjust_lr_fn='match_rms_adamw'; "
+                             f"got adjust_lr_fn={adjust_lr_fn!r}")
+        check_hparam(owner, "rms_scale", rms_scale, ge=0)
+        defaults["rms_scale"] = rms_scale
+    rule = functools.partial(_muon_corrected_rule if bias_correction else _muon_momentum_rule,
+                             nesterov=nesterov)
+    state_cls = ScaleByMuonCountedState if bias_correction else ScaleByMuonState
 
     def init(params):
-        return ScaleByMuonState(_tree.map(
-            lambda p: torch.zeros_like(p, memory_format=torch.preserve_format), params))
+        buf = _tree.map(lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
+                        params)
+        return ScaleByMuonCountedState(init_count(params), buf) if bias_correction else \
+            ScaleByMuonState(buf)
 
     def update(updates, state, params=None, hparams=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
-        check_state(owner, state, ScaleByMuonState)
-        _check_matrices(owner, updates, flatten)
-        direction, buf = elementwise(rule, h, updates, (state.momentum_buffer,), name=owner,
-                                     real_only=True, state_like=(LIKE,))
+        check_state(owner, state, state_cls)
+        if dimension_numbers is None:
+            _check_matrices(owner, updates, flatten)
+        direction, *new = elementwise(rule, h, updates, tuple(state), name=owner,
+                                      real_only=True, state_like=(None, LIKE)[-len(state):])
         out = _orthogonalize_tree(owner, direction, h, ns_steps, ns_dtype, adjust_lr_fn, True,
-                                  flatten)
-        return out, ScaleByMuonState(buf)
+                                  flatten, eps_added=eps_added, adaptive=adaptive, fans=layout,
+                                  dimension_numbers=dimension_numbers)
+        return out, state_cls(*new)
 
     return Transform(init, update, defaults)

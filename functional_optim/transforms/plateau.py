@@ -8,11 +8,11 @@ from typing import NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import cast_hparams, first_device, scalar_dtype
+from .._execute import cast_hparams, first_device, is_off, scalar_dtype
 from ..base import HParamError, Transform, check_hparam, check_state, resolve_hparams
 
-__all__ = ["ReduceOnPlateauState", "reduce_on_plateau", "is_better", "GreedyLrState",
-           "greedy_lr_step", "scale_by_greedy_lr"]
+__all__ = ["ReduceOnPlateauState", "ReduceOnPlateauAveragedState", "reduce_on_plateau",
+           "is_better", "GreedyLrState", "greedy_lr_step", "scale_by_greedy_lr"]
 
 
 def _check_modes(owner: str, mode: str, threshold_mode: str) -> None:
@@ -23,14 +23,17 @@ def _check_modes(owner: str, mode: str, threshold_mode: str) -> None:
 
 
 def is_better(value: torch.Tensor, best: torch.Tensor, threshold, mode: str,
-              threshold_mode: str) -> torch.Tensor:
+              threshold_mode: str, atol=0.0) -> torch.Tensor:
     r"""Whether ``value`` improves on ``best`` (``ReduceLROnPlateau``'s and ``GreedyLR``'s rule):
-    ``"min"``: :math:`v < b(1 - \tau)` (``"rel"``) or :math:`v < b - \tau` (``"abs"``);
-    ``"max"``: :math:`v > b(1 + \tau)` or :math:`v > b + \tau`."""
+    ``"min"``: :math:`v < b(1 - \tau) - a` (``"rel"``) or :math:`v < b - \tau - a` (``"abs"``);
+    ``"max"``: :math:`v > b(1 + \tau) + a` or :math:`v > b + \tau + a`. The absolute margin
+    :math:`a` (``atol``) is 0 for torch's rule; optax's uses a relative and an absolute one
+    together."""
     if mode == "min":
-        return value < (best * (1.0 - threshold) if threshold_mode == "rel"
-                        else best - threshold)
-    return value > (best * (threshold + 1.0) if threshold_mode == "rel" else best + threshold)
+        bound = best * (1.0 - threshold) if threshold_mode == "rel" else best - threshold
+        return value < (bound if is_off(atol) else bound - atol)
+    bound = best * (threshold + 1.0) if threshold_mode == "rel" else best + threshold
+    return value > (bound if is_off(atol) else bound + atol)
 
 
 def _measured(owner: str, value, like: torch.Tensor) -> torch.Tensor:
@@ -58,47 +61,103 @@ class ReduceOnPlateauState(NamedTuple):
     scale: torch.Tensor
 
 
+class ReduceOnPlateauAveragedState(NamedTuple):
+    """State of :func:`reduce_on_plateau` with ``rule="optax"``: :class:`ReduceOnPlateauState`'s
+    fields, and the values of the measurement being accumulated.
+
+    Attributes:
+        best, num_bad_epochs, cooldown_counter, scale: as in :class:`ReduceOnPlateauState`.
+        count: values accumulated since the last measurement (int64).
+        avg_value: their mean (float64, 0 at first).
+    """
+
+    best: torch.Tensor
+    num_bad_epochs: torch.Tensor
+    cooldown_counter: torch.Tensor
+    scale: torch.Tensor
+    count: torch.Tensor
+    avg_value: torch.Tensor
+
+
+_RULES = ("torch", "optax")
+
+
 def reduce_on_plateau(lr: float = 1.0, factor: float = 0.1, patience: int = 10,
                       threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
                       min_lr: float = 0.0, eps: float = 1e-8, mode: str = "min",
-                      flip_sign: bool = False) -> Transform:
+                      flip_sign: bool = False, *, rule: str = "torch", atol: float = 0.0,
+                      accumulation_size: int = 1) -> Transform:
     r"""Scales updates by a learning rate that ``torch.optim.lr_scheduler.ReduceLROnPlateau``
-    would set, from the values passed as ``update(..., value=loss)``.
+    (``rule="torch"``) or optax's ``contrib.reduce_on_plateau`` (``rule="optax"``) would set,
+    from the values passed as ``update(..., value=loss)``.
 
-    Each call with a ``value`` is one measurement (a scheduler ``step(metrics)``): the value
-    improves on the best one if (``mode="min"``) :math:`v < b(1 - \tau)` (``"rel"``) or
-    :math:`v < b - \tau` (``"abs"``), mirrored for ``"max"``. After more than ``patience``
-    measurements without improvement (not counting ``cooldown`` measurements after a reduction)
-    the learning rate :math:`\eta` becomes :math:`\max(\eta f, \eta_{min})`, if that lowers it
-    by more than ``eps``. Every decision is a :func:`torch.where` on state tensors: no
-    ``.item()``, capturable. A call without ``value`` (``value=None``) makes no measurement, so
-    a value can be given once per epoch while updates run every step. Updates are scaled by
-    the learning rate after the measurement.
+    ``rule="torch"``: each call with a ``value`` is one measurement (a scheduler
+    ``step(metrics)``): the value improves on the best one if (``mode="min"``)
+    :math:`v < b(1 - 	au)` (``"rel"``) or :math:`v < b - 	au` (``"abs"``), mirrored for
+    ``"max"`` (:func:`is_better`). After more than ``patience`` measurements without improvement
+    (not counting ``cooldown`` measurements after a reduction) the learning rate :math:`\eta`
+    becomes :math:`\max(\eta f, \eta_{min})`, if that lowers it by more than ``eps``.
+
+    ``rule="optax"``: the mean of ``accumulation_size`` values is one measurement; it improves
+    if :math:`ar v < b(1 - 	au) - a` (``"rel"``; ``atol`` :math:`a`). An improvement resets
+    the count of bad measurements, any other measurement increments it. Outside a cooldown,
+    once the count reaches ``patience`` (``patience`` bad measurements, not more than it) the
+    learning rate becomes :math:`\eta f`, the count restarts and ``cooldown`` measurements
+    follow, in which the count stays 0 and the learning rate is kept (the best value is still
+    updated); and outside a cooldown the learning rate is floored at :math:`\eta_{min}` at
+    every measurement (optax's ``min_scale``; no ``eps``).
+
+    Every decision is a :func:`torch.where` on state tensors: no ``.item()``, capturable. A call
+    without ``value`` (``value=None``) makes no measurement (and accumulates nothing), so a value
+    can be given once per epoch while updates run every step. Updates are scaled by the learning
+    rate after the measurement.
 
     Args:
         lr: the initial learning rate :math:`\eta_0` (hparam; default 1: a pure scale, to put
             after another learning rate). The state holds the current ``lr`` as a scale of it.
         factor: :math:`f` in [0, 1).
         patience: measurements without improvement tolerated (hparam int).
-        threshold: :math:`\tau`.
+        threshold: :math:`	au` (optax's ``rtol``).
         threshold_mode: ``"rel"`` or ``"abs"`` (static).
         cooldown: measurements to wait after a reduction (hparam int).
         min_lr: :math:`\eta_{min}`.
-        eps: smallest change applied.
+        eps: smallest change applied (``rule="torch"`` only).
         mode: ``"min"`` or ``"max"`` (static).
         flip_sign: negate (for use as the last block of a descent chain; static).
+        rule: ``"torch"`` or ``"optax"`` (static); the state is a :class:`ReduceOnPlateauState`
+            or a :class:`ReduceOnPlateauAveragedState`.
+        atol: :math:`a`, the absolute margin of an improvement (hparam; ``rule="optax"``).
+        accumulation_size: values averaged into one measurement (hparam int;
+            ``rule="optax"``).
     """
     owner = "reduce_on_plateau"
     _check_modes(owner, mode, threshold_mode)
+    if rule not in _RULES:
+        raise ValueError(f"{owner}: rule must be one of {_RULES}, got {rule!r}")
+    optax_rule = rule == "optax"
+    if not optax_rule and (atol != 0.0 or accumulation_size != 1):
+        raise ValueError(f"{owner}: atol and accumulation_size belong to rule='optax'; got "
+                         f"atol={atol!r}, accumulation_size={accumulation_size!r} with "
+                         "rule='torch'")
+    if optax_rule and eps != 1e-8:
+        raise ValueError(f"{owner}: eps belongs to rule='torch' (optax's rule applies every "
+                         f"change); got eps={eps!r} with rule='optax'")
     check_hparam(owner, "lr", lr, ge=0)
     check_hparam(owner, "factor", factor, ge=0, lt=1)
     check_hparam(owner, "patience", patience, ge=0)
     check_hparam(owner, "threshold", threshold, ge=0)
     check_hparam(owner, "cooldown", cooldown, ge=0)
     check_hparam(owner, "min_lr", min_lr, ge=0)
-    check_hparam(owner, "eps", eps, ge=0)
     defaults = dict(lr=lr, factor=factor, patience=patience, threshold=threshold,
-                    cooldown=cooldown, min_lr=min_lr, eps=eps)
+                    cooldown=cooldown, min_lr=min_lr)
+    if optax_rule:
+        check_hparam(owner, "atol", atol, ge=0)
+        check_hparam(owner, "accumulation_size", accumulation_size, ge=1)
+        defaults.update(atol=atol, accumulation_size=accumulation_size)
+    else:
+        check_hparam(owner, "eps", eps, ge=0)
+        defaults.update(eps=eps)
+    state_cls = ReduceOnPlateauAveragedState if optax_rule else ReduceOnPlateauState
     sign_ = -1.0 if flip_sign else 1.0
 
     def init(params):
@@ -107,10 +166,21 @@ def reduce_on_plateau(lr: float = 1.0, factor: float = 0.1, patience: int = 10,
         zero = torch.zeros((), dtype=torch.int64, device=device)
         best = torch.full((), float("inf") if mode == "min" else float("-inf"), dtype=dtype,
                           device=device)
-        return ReduceOnPlateauState(best, zero, zero, torch.ones((), dtype=dtype, device=device))
+        state = ReduceOnPlateauState(best, zero, zero,
+                                     torch.ones((), dtype=dtype, device=device))
+        if optax_rule:
+            return ReduceOnPlateauAveragedState(*state, zero,
+                                                torch.zeros((), dtype=dtype, device=device))
+        return state
+
+    def scale_of(h, new):
+        """The absolute learning rate ``new`` as a scale of ``lr`` (1 where ``lr`` is 0)."""
+        safe_lr = torch.where(torch.as_tensor(h["lr"], dtype=new.dtype, device=new.device) > 0,
+                              h["lr"] + 0.0 * new, torch.ones_like(new))
+        return new / safe_lr
 
     def measure(h, state, value):
-        value = _measured(owner, value, state.best)
+        """torch's rule: one measurement of ``value``."""
         best = state.best
         better = is_better(value, best, h["threshold"], mode, threshold_mode)
         best = torch.where(better, value, best)
@@ -124,20 +194,43 @@ def reduce_on_plateau(lr: float = 1.0, factor: float = 0.1, patience: int = 10,
         old = h["lr"] * state.scale
         new = torch.clamp(old * h["factor"], min=h["min_lr"])
         lowered = reduce & (old - new > h["eps"])
-        safe_lr = torch.where(torch.as_tensor(h["lr"], dtype=old.dtype, device=old.device) > 0,
-                              h["lr"] + 0.0 * old, torch.ones_like(old))
-        scale = torch.where(lowered, new / safe_lr, state.scale)
+        scale = torch.where(lowered, scale_of(h, new), state.scale)
         cooldown_counter = torch.where(
             reduce, torch.zeros_like(cooldown_counter) + h["cooldown"], cooldown_counter)
         bad = torch.where(reduce, torch.zeros_like(bad), bad)
         return ReduceOnPlateauState(best, bad, cooldown_counter, scale)
 
+    def measure_averaged(h, state, value):
+        """optax's rule: ``value`` joins the running mean; a measurement once it holds
+        ``accumulation_size`` values."""
+        count = state.count + 1
+        avg = (state.count * state.avg_value + value) / count
+        better = is_better(avg, state.best, h["threshold"], mode, threshold_mode, h["atol"])
+        best = torch.where(better, avg, state.best)
+        zero = torch.zeros_like(state.num_bad_epochs)
+        bad = torch.where(better, zero, state.num_bad_epochs + 1)
+        cooling = state.cooldown_counter > 0
+        reduce = torch.logical_not(cooling) & (bad >= h["patience"])
+        old = h["lr"] * state.scale
+        new = torch.clamp(torch.where(reduce, old * h["factor"], old), min=h["min_lr"])
+        decided = ReduceOnPlateauAveragedState(
+            best, torch.where(cooling | reduce, zero, bad),
+            torch.where(cooling, state.cooldown_counter - 1,
+                        torch.where(reduce, (zero + h["cooldown"]).to(zero.dtype), zero)),
+            torch.where(cooling, state.scale, scale_of(h, new)), zero, torch.zeros_like(avg))
+        due = count >= h["accumulation_size"]
+        waiting = state._replace(count=count, avg_value=avg)
+        return ReduceOnPlateauAveragedState(*(torch.where(due, d, w)
+                                              for d, w in zip(decided, waiting)))
+
+    step = measure_averaged if optax_rule else measure
+
     def update(updates, state, params=None, hparams=None, *, value=None, **extra):
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
-        check_state(owner, state, ReduceOnPlateauState)
+        check_state(owner, state, state_cls)
         hd = cast_hparams(h, state.best)
         if value is not None:
-            state = measure(hd, state, value)
+            state = step(hd, state, _measured(owner, value, state.best))
         current = sign_ * hd["lr"] * state.scale
         out = _tree.map(lambda g: g * current.to(g.device if current.device.type == "cpu"
                                                  and g.device.type != "cpu" else
@@ -146,7 +239,6 @@ def reduce_on_plateau(lr: float = 1.0, factor: float = 0.1, patience: int = 10,
         return out, state
 
     return Transform(init, update, defaults)
-
 
 
 class GreedyLrState(NamedTuple):

@@ -183,7 +183,7 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
 
 
 def normalize_by_update_norm(scale_factor: float = 1.0, eps: float = 1e-6) -> Transform:
-    """optax's ``normalize_by_update_norm``: :math:`s\,u / (\|u\| + \epsilon)`
+    r"""optax's ``normalize_by_update_norm``: :math:`s\,u / (\|u\| + \epsilon)`
     (:func:`functional_optim.transforms.normalize`, then :func:`functional_optim.scale`)."""
     return optax_names(_base_chain(normalize=_T.normalize(eps), scale=_T.scale(scale_factor)),
                        {"scale_factor": "scale.step_size", "eps": "normalize.eps"})

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from ... import aliases as _A
+from ... import combinators as _C
 from ... import transforms as _T
-from ...base import EmptyState, Transform
+from ...base import EmptyState, Transform, check_hparam
 from ...base import chain as _chain
 from ...transforms import (
     DifferentiallyPrivateAggregateState,
@@ -75,6 +76,14 @@ __all__ = [
     "scale_by_simplified_ademamix",
     "simplified_ademamix",
     "sophia",
+    "SplitRealAndImaginaryState",
+    "split_real_and_imaginary",
+    "ReduceLROnPlateauState",
+    "reduce_on_plateau",
+    "MuonDimensionNumbers",
+    "MuonState",
+    "muon",
+    "scale_by_muon",
 ]
 
 COCOBState = _T.ScaleByCocobState
@@ -93,6 +102,9 @@ NormalizeState = EmptyState
 SAMState = _T.SamState
 ScaleBySimplifiedAdEMAMixState = _T.ScaleBySimplifiedAdemamixState
 SophiaState = _T.ScaleBySophiaState
+SplitRealAndImaginaryState = _C.SplitRealAndImaginaryState
+ReduceLROnPlateauState = _T.ReduceOnPlateauAveragedState
+MuonState = _T.ScaleByMuonCountedState
 
 _B12 = {"b1": "betas.0", "b2": "betas.1"}
 _EPS = {"eps": "eps", "eps_root": "eps_root"}
@@ -423,3 +435,107 @@ def schedule_free_sgd(learning_rate: Any = 1.0, warmup_steps: int | None = None,
                                             state_dtype=state_dtype),
                        {"learning_rate": "lr", "b1": "momentum",
                         "weight_decay": "weight_decay", "weight_lr_power": "weight_lr_power"})
+
+
+def split_real_and_imaginary(inner: Transform) -> Transform:
+    """optax's ``split_real_and_imaginary``: ``inner`` on the real and imaginary parts of
+    complex leaves as separate real leaves
+    (:func:`functional_optim.combinators.split_real_and_imaginary`; PyTorch's complex gradients
+    need no conjugation)."""
+    return _C.split_real_and_imaginary(inner)
+
+
+def reduce_on_plateau(factor: float = 0.1, patience: int = 10, rtol: float = 1e-4,
+                      atol: float = 0.0, cooldown: int = 0, accumulation_size: int = 1,
+                      min_scale: float = 0.0) -> Transform:
+    """optax's ``reduce_on_plateau`` (the loss as ``value=`` at ``update``; a scale, no sign
+    flip): :func:`functional_optim.reduce_on_plateau` with ``rule="optax"`` and ``lr=1``
+    (``rtol`` is ``threshold``, ``min_scale`` is ``min_lr``)."""
+    owner = "reduce_on_plateau"
+    check_hparam(owner, "factor", factor, gt=0, lt=1)
+    check_hparam(owner, "rtol", rtol, ge=0, le=1)
+    if rtol == 0 and atol == 0:
+        raise ValueError(f"{owner}: at least one of rtol and atol must be positive, got "
+                         f"rtol={rtol!r} and atol={atol!r}")
+    return optax_names(
+        _T.reduce_on_plateau(1.0, factor, patience, rtol, "rel", cooldown, min_scale,
+                             rule="optax", atol=atol, accumulation_size=accumulation_size),
+        {"factor": "factor", "patience": "patience", "rtol": "threshold", "atol": "atol",
+         "cooldown": "cooldown", "accumulation_size": "accumulation_size",
+         "min_scale": "min_lr"})
+
+
+MuonDimensionNumbers = _T.MuonDimensionNumbers
+_OPTAX_MUON_COEFFS = {"standard": _T.MUON_NS_COEFFICIENTS, "dion": _T.NS_COEFFICIENTS["dion"]}
+
+
+def _muon_options(owner: str, ns_coeffs: Any, ns_steps: int, mu_dtype: Any,
+                  preconditioning: str) -> tuple:
+    """optax's Newton-Schulz arguments as the native ones (``ns_steps`` is the number of
+    triples when one per iteration is given); a clear error for optax's options that have no
+    native home yet."""
+    if isinstance(ns_coeffs, str):
+        if ns_coeffs not in _OPTAX_MUON_COEFFS:
+            raise ValueError(f"{owner}: unknown ns_coeffs preset {ns_coeffs!r}; known: "
+                             f"{sorted(_OPTAX_MUON_COEFFS)}")
+        ns_coeffs = _OPTAX_MUON_COEFFS[ns_coeffs]
+    coeffs = _T.resolve_ns_coefficients(ns_coeffs)
+    if isinstance(coeffs, tuple) and coeffs and isinstance(coeffs[0], tuple):
+        if len(coeffs) > ns_steps:
+            raise ValueError(f"{owner}: {len(coeffs)} coefficient triples for ns_steps="
+                             f"{ns_steps}: not enough steps")
+        ns_steps = len(coeffs)
+    unsupported = {"mu_dtype": mu_dtype is not None,
+                   "preconditioning": preconditioning != "frobenius"}
+    given_ = [k for k, v in unsupported.items() if v]
+    if given_:
+        raise NotImplementedError(f"{owner}: {given_} have no native home yet (supported: "
+                                  "mu_dtype=None, preconditioning='frobenius')")
+    return coeffs, ns_steps
+
+
+def scale_by_muon(ns_coeffs: Any = _T.MUON_NS_COEFFICIENTS, ns_steps: int = 5,
+                  beta: float = 0.95, eps: float = 1e-8, mu_dtype: torch.dtype | None = None,
+                  *, nesterov: bool = True, adaptive: bool = False,
+                  preconditioning: str = "frobenius",
+                  weight_dimension_numbers: Any = None) -> Transform:
+    """optax's ``scale_by_muon`` (no shape scaling):
+    :func:`functional_optim.transforms.scale_by_muon` with ``bias_correction``, ``eps_added``,
+    ``adjust_lr_fn="none"`` and the iteration in the parameters' dtype."""
+    coeffs, ns_steps = _muon_options("scale_by_muon", ns_coeffs, ns_steps, mu_dtype,
+                                     preconditioning)
+    return optax_names(
+        _T.scale_by_muon(beta, nesterov, coeffs, eps, ns_steps, "none", ns_dtype=None,
+                         bias_correction=True, eps_added=True, adaptive=adaptive, layout="jax",
+                         dimension_numbers=weight_dimension_numbers),
+        {"beta": "momentum", "eps": "eps", "ns_coeffs": "ns_coefficients"})
+
+
+def muon(learning_rate: Any, ns_coeffs: Any = _T.MUON_NS_COEFFICIENTS, ns_steps: int = 5,
+         beta: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.0,
+         weight_decay_mask: Any = None, mu_dtype: torch.dtype | None = None, *,
+         nesterov: bool = True, adaptive: bool = False, preconditioning: str = "frobenius",
+         adam_b1: float = 0.9, adam_b2: float = 0.999, adam_eps_root: float = 0.0,
+         adam_weight_decay: float = 0.0, adam_learning_rate: Any = None,
+         muon_weight_dimension_numbers: Any = None,
+         consistent_rms: float | None = None) -> Transform:
+    """optax's ``muon``: :func:`functional_optim.optax_muon` (``beta`` is ``momentum``,
+    ``consistent_rms`` is ``rms_scale`` with ``match_rms``; Muon on 2-D leaves, AdamW on the
+    others)."""
+    coeffs, ns_steps = _muon_options("muon", ns_coeffs, ns_steps, mu_dtype, preconditioning)
+    names = {"learning_rate": "lr", "beta": "momentum", "eps": "eps",
+             "weight_decay": "weight_decay", "adam_b1": "adam_betas.0",
+             "adam_b2": "adam_betas.1", "adam_eps_root": "adam_eps_root",
+             "adam_weight_decay": "adam_weight_decay", "ns_coeffs": "ns_coefficients"}
+    if adam_learning_rate is not None:
+        names["adam_learning_rate"] = "adam_lr"
+    if consistent_rms is not None:
+        names["consistent_rms"] = "rms_scale"
+    return optax_names(
+        _A.optax_muon(learning_rate, beta, eps, weight_decay, adam_learning_rate,
+                      (adam_b1, adam_b2), adam_eps_root, adam_weight_decay,
+                      0.2 if consistent_rms is None else consistent_rms, nesterov=nesterov,
+                      adaptive=adaptive, match_rms=consistent_rms is not None,
+                      ns_coefficients=coeffs, ns_steps=ns_steps,
+                      weight_decay_mask=weight_decay_mask,
+                      dimension_numbers=muon_weight_dimension_numbers), names)
