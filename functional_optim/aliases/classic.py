@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from numbers import Number
+from typing import Any
 
 import torch
 
@@ -195,6 +196,26 @@ def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
                     blocked=blocked)
 
 
+def _rmsprop_hparams(owner: str, blocks: dict, alpha: Any, eps: Any, weight_decay: Any,
+                     momentum: Any, **momentum_options: Any) -> tuple[dict, Any]:
+    """The flat hyperparameters of an RMSprop chain (``rms``, ``momentum``, ``weight_decay``,
+    ``lr`` blocks) and ``to_inner`` mapping them onto its blocks; ``momentum_options`` are
+    fixed values given to the momentum block (torch's ``dampening=0``)."""
+    defaults = dict(lr=blocks["lr"].hparams["lr"], alpha=alpha, eps=eps,
+                    weight_decay=weight_decay, momentum=momentum)
+
+    def to_inner(h):
+        inner: dict = {"rms": {"alpha": h["alpha"], "eps": h["eps"]}, "lr": {"lr": h["lr"]},
+                       "weight_decay": {"weight_decay": h["weight_decay"]}}
+        if momentum is None:
+            _no_momentum(owner, h)
+        else:
+            inner["momentum"] = {"momentum": h["momentum"], **momentum_options}
+        return inner
+
+    return defaults, to_inner
+
+
 @register(paper=('Hinton, 2012, "Neural Networks for Machine Learning", lecture 6e; centered: '
           'Graves, 2013'),
           drop_in='RMSprop')
@@ -227,18 +248,8 @@ def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1
     if momentum is not None:
         body["momentum"] = trace(momentum)
     blocks = _decay_around(owner, lr, weight_decay, maximize, False, **body)
-    defaults = dict(lr=blocks["lr"].hparams["lr"], alpha=alpha, eps=eps,
-                    weight_decay=weight_decay, momentum=momentum)
-
-    def to_inner(h):
-        inner: dict = {"rms": {"alpha": h["alpha"], "eps": h["eps"]}, "lr": {"lr": h["lr"]},
-                       "weight_decay": {"weight_decay": h["weight_decay"]}}
-        if momentum is None:
-            _no_momentum(owner, h)
-        else:
-            inner["momentum"] = {"momentum": h["momentum"], "dampening": 0.0}
-        return inner
-
+    defaults, to_inner = _rmsprop_hparams(owner, blocks, alpha, eps, weight_decay, momentum,
+                                          dampening=0.0)
     blocked = functools.partial(_blocked.rmsprop_step, maximize=maximize, centered=centered,
                                 has_momentum=momentum is not None)
     return _lr_folded(owner, blocks, defaults, to_inner,

@@ -62,6 +62,7 @@ from ._common import (
     _number_or_tensor_lr,
     _reparametrized,
 )
+from .classic import _rmsprop_hparams
 
 __all__ = ["optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop", "optax_radam",
            "optax_rprop", "optax_adafactor"]
@@ -243,18 +244,7 @@ def optax_rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.9, eps: floa
         blocks["momentum"] = trace(momentum, nesterov=nesterov)
     elif nesterov:
         raise HParamError(f"{owner}: nesterov=True needs a momentum (got None)")
-    defaults = dict(lr=blocks["lr"].hparams["lr"], alpha=alpha, eps=eps,
-                    weight_decay=weight_decay, momentum=momentum)
-
-    def to_inner(h):
-        inner: dict = {"rms": {"alpha": h["alpha"], "eps": h["eps"]}, "lr": {"lr": h["lr"]},
-                       "weight_decay": {"weight_decay": h["weight_decay"]}}
-        if momentum is None:
-            _no_momentum(owner, h)
-        else:
-            inner["momentum"] = {"momentum": h["momentum"]}
-        return inner
-
+    defaults, to_inner = _rmsprop_hparams(owner, blocks, alpha, eps, weight_decay, momentum)
     structural = dict(centered=centered, nesterov=nesterov, eps_in_sqrt=eps_in_sqrt,
                       bias_correction=bias_correction, initial_scale=initial_scale,
                       maximize=maximize)
