@@ -76,6 +76,7 @@ def elementwise(
     sparse: bool = False,
     own_update_dtype: bool = False,
     state_like: tuple[str | None, ...] = (),
+    pointwise: bool = False,
 ) -> tuple:
     """Run ``rule`` on every leaf of ``updates``; return ``(new_updates, *new_states)``.
 
@@ -99,6 +100,9 @@ def elementwise(
         state_like: for each state, what its leaves share with their update: ``LIKE``,
             ``SHAPED``, ``TYPED``, or ``None`` (a step count, a 0-d scalar in a dtype
             of its own); missing entries are ``None``.
+        pointwise: the rule is pointwise (:class:`PointwiseCall`), so leaves of any rank
+            share a multi-tensor group (0-d leaves keep theirs, which is stacked); else a
+            group's leaves also share ``ndim``, which a rule may branch on.
 
     Each update leaf must match its tensor inputs (the parameters) and its states
     (``state_like``), else :class:`TreeMismatchError` names the leaf, the expected and the
@@ -243,7 +247,8 @@ def elementwise(
             # a DTensor's mesh and placements too (plain tensors skip the call)
             statics = tuple([x for x in leaf_inputs if not isinstance(x, torch.Tensor)])
             layout = None if type(g) is torch.Tensor else _tree.layout(g)
-            key = (g.dtype, g.device, type(g), g.ndim, statics, layout)
+            key = (g.dtype, g.device, type(g), g.ndim == 0 if pointwise else g.ndim, statics,
+                   layout)
             groups.setdefault(key, []).append(i)
         else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
             groups[i] = [i]

@@ -93,7 +93,7 @@ def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
                       name=spec.name, complex_as_real=spec.complex == "as_real",
                       real_only=spec.real_only, input_names=call.input_names,
                       donate_state=call.donate_state or False, sparse=call.sparse,
-                      state_like=call.state_like)
+                      state_like=call.state_like, pointwise=True)
     return out[0], call.finish(out[1:])
 
 

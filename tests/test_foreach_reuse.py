@@ -94,6 +94,23 @@ def test_chain_runs_consecutive_pointwise_transforms_as_one_rule(monkeypatch):
     assert calls == ["chain(trace, add_decayed_weights, scale_by_learning_rate)"]
 
 
+def test_pure_adamw_step_on_a_model_of_mixed_ranks_is_one_multi_tensor_group():
+    """A pointwise rule runs its leaves of every rank in one group (weights and biases: one
+    foreach kernel per op, not one per rank), and Adam's denominator ``sqrt(v) * c + eps``
+    takes one buffer: (issue 18) the update allocates its moments, the root and the update."""
+    import functional_optim as fo
+    params = {"w1": torch.randn(6, 5), "b1": torch.randn(6), "w2": torch.randn(3, 6),
+              "b2": torch.randn(3)}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    tx = fo.adamw(lr=1e-3, weight_decay=1e-2)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    ops = _ops(lambda: tx.update(grads, state, params))
+    assert ops.count("aten::_foreach_lerp") == 1 and ops.count("aten::_foreach_sqrt") == 1
+    assert ops.count("aten::_foreach_mul") == 1  # v * beta2; the root is scaled in place
+    assert ops.count("aten::_foreach_add") == 0 and ops.count("aten::_foreach_div") == 1
+
+
 def test_fused_run_never_overwrites_a_state_that_is_also_the_update():
     """Momentum returns its buffer as the update: the next rule must not scale it in place."""
     import optree

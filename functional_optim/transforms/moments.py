@@ -95,12 +95,12 @@ def _adam_rule(h, g, t, m, v, *nu_max, bias_correction="moments", nesterov=False
     # (m / bc1) / (sqrt(second / bc2 + eps_root) + eps), with bc1 folded into the denominator
     if not is_off(h["eps_root"]):
         second = second + (h["eps_root"] if bc2 is None else h["eps_root"] * bc2)
-    root = safe_sqrt(second, nonnegative=True)
-    if bc2 is not None:
-        root = root * ((1 if bc1 is None else bc1) / torch.sqrt(bc2))
-    elif bc1 is not None:
-        root = root * bc1
-    denom = root + (h["eps"] if bc1 is None else h["eps"] * bc1)
+    scale = ((1 if bc1 is None else bc1) / torch.sqrt(bc2)) if bc2 is not None else bc1
+    eps = h["eps"] if bc1 is None else h["eps"] * bc1
+    if scale is None:  # (one expression each: the root's temporary is scaled in place)
+        denom = safe_sqrt(second, nonnegative=True) + eps
+    else:
+        denom = safe_sqrt(second, nonnegative=True) * scale + eps
     num = _nesterov_numerator(m, g, b1, tf, bc1 is not None) if nesterov else m
     return (num / denom, t, m, v, *nu_max)
 
