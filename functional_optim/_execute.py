@@ -197,6 +197,9 @@ def elementwise(
         out = []
         for j, (r, like_col) in enumerate(zip(res, likes)):
             values = r.items if isinstance(r, _foreach.TensorList) else [r]
+            if not as_real and _same_layout(values, like_col, not (own_update_dtype and j == 0)):
+                out.append(values)  # (the common case, checked a column at a time)
+                continue
             column = []
             for k, (v, like) in enumerate(zip(values, like_col)):
                 if as_real and v is not None and like is not None and like.is_complex():
@@ -453,7 +456,7 @@ def fusing(updates: Any, params: Any, hparams: Any) -> bool:
     requires grad is seen by :func:`elementwise`, which then runs the fused rule leaf by leaf:
     the numbers of the transforms run one by one.)"""
     leaves = [x for x in _tree.leaves(updates) if x is not None]
-    return not any(x.is_complex() for x in leaves) and multi_tensor_wanted(
+    return not any([x.is_complex() for x in leaves]) and multi_tensor_wanted(
         [leaves, optree.tree_leaves(params)], hparams)
 
 
@@ -464,7 +467,7 @@ def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
         return False
     if torch._C._functorch.peek_interpreter_stack() is not None or \
             torch._C._len_torch_dispatch_stack() or _forward_ad._current_level >= 0 or \
-            not any(isinstance(x, torch.Tensor) for x in columns[0]):
+            not any([isinstance(x, torch.Tensor) for x in columns[0]]):
         return False  # (a torch.func transform, a dispatch mode: fake tensors, make_fx)
     return not torch.is_grad_enabled() or not (
         any(map(_requires_grad, columns)) or _requires_grad(optree.tree_leaves(hparams)))
@@ -473,9 +476,19 @@ def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
 def _requires_grad(leaves: list) -> bool:
     """Whether a tensor among ``leaves`` (tensors, ``None`` and other values) requires grad."""
     try:
-        return any(x.requires_grad for x in leaves if x is not None)
+        return any([x.requires_grad for x in leaves if x is not None])  # (a list: no frames)
     except AttributeError:  # (a static input: a mask's bools)
         return any(getattr(x, "requires_grad", False) for x in leaves)
+
+
+def _same_layout(values: list, likes: list, dtypes: bool) -> bool:
+    """Whether each tensor of ``values`` has the shape (and, with ``dtypes``, the dtype) of the
+    tensor of ``likes`` it replaces."""
+    try:
+        return [v.shape for v in values] == [x.shape for x in likes] and (
+            not dtypes or [v.dtype for v in values] == [x.dtype for x in likes])
+    except AttributeError:  # (a value or a like that is no tensor: checked one by one)
+        return False
 
 
 def _like(r: Any, like: Any, name: str, updates: Any, i: int, j: int,

@@ -71,7 +71,7 @@ class TensorList:
     tensor, so scalar arithmetic on it is one small kernel, not one per leaf.
     """
 
-    __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed")
+    __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed", "_scalar")
 
     def __init__(self, items: list | None = None, stacked: torch.Tensor | None = None, *,
                  fresh: bool = False, donated: bool = False):
@@ -80,6 +80,7 @@ class TensorList:
         self._fresh = fresh  # its tensors were allocated by an op and belong to nobody else
         self._donated = donated
         self._consumed = False
+        self._scalar = None
 
     @property
     def items(self) -> list:
@@ -106,7 +107,9 @@ class TensorList:
     @property
     def scalar(self) -> bool:
         """Whether every element is 0-d (then :attr:`stacked` is cheap)."""
-        return self._stacked is not None or all(x.ndim == 0 for x in self._items)
+        if self._scalar is None:
+            self._scalar = self._stacked is not None or not any([x.ndim for x in self._items])
+        return self._scalar
 
     @property
     def stacked(self) -> torch.Tensor:

@@ -184,10 +184,10 @@ def _owned(u: Any, g: Any, others: list, reads_once: bool) -> Any:
     if u is g or not u._fresh or u._donated or u.scalar:
         return u
     items = u.items
-    mine = {id(x) for x in items}
+    mine = set(map(id, items))
     for other in others:
         if isinstance(other, _foreach.TensorList):
-            if not other.scalar and any(id(x) in mine for x in other.items):
+            if not other.scalar and not mine.isdisjoint(map(id, other.items)):
                 return u
         elif isinstance(other, torch.Tensor) and id(other) in mine:
             return u
