@@ -217,22 +217,26 @@ def elementwise(
         return out
 
     trees = (updates, *states, *inputs)
-    rows: list = []
+    compiling = torch.compiler.is_compiling()
     try:  # one traversal that checks the structures and collects the leaves
-        optree.tree_map(lambda *xs: rows.append(xs), *trees, none_is_leaf=True)
+        if compiling:  # (tree_map: what dynamo traces)
+            rows: list = []
+            optree.tree_map(lambda *xs: rows.append(xs), *trees, none_is_leaf=True)
+            flats = [list(col) for col in zip(*rows)] if rows else [[] for _ in trees]
+        else:  # (each tree flattened in C)
+            spec = _tree.structure(updates)
+            flats = [spec.flatten_up_to(tree) for tree in trees]
     except ValueError:
         _check_structures(updates, trees, n_states, name, input_name)
         raise
-    flats = [list(col) for col in zip(*rows)] if rows else [[] for _ in trees]
     results = [list(flats[j]) for j in range(1 + n_states)]
-    groups: dict = {}
     multi = multi_tensor_wanted(flats, hparams)
     flags = donate_state if isinstance(donate_state, tuple) else (donate_state,) * n_states
     level = _MULTI_TENSOR[1]
     donate = [multi and bool(level) and flag for flag in flags]
     state_flats, input_flats = flats[1:1 + n_states], flats[1 + n_states:]
     first = next((i for i, g in enumerate(flats[0]) if g is not None), None)
-    if first is not None and (multi or not torch.compiler.is_compiling()):
+    if first is not None and (multi or not compiling):
         for f in state_flats:  # (one leaf a state: a whole state passed again, cheaply)
             if getattr(f[first], _GIVEN_UP, False):
                 raise DonatedStateError(
@@ -240,7 +244,9 @@ def elementwise(
                     "donated to an earlier update (update(..., donate=True) or "
                     "step(..., donate=True)), which replaced it: pass the state that update "
                     "returned")
-    for i, g in enumerate(flats[0]):
+    plain = _plain_groups(flats, n_states, shares, pointwise, real_only) if multi else None
+    groups: dict = plain or {}
+    for i, g in enumerate(flats[0] if plain is None else ()):
         if g is None:
             continue
         leaf_states = [f[i] for f in state_flats]
@@ -268,12 +274,49 @@ def elementwise(
             old = flats[j][first]
             if flag and results[j][first] is not old:
                 setattr(old, _GIVEN_UP, True)
-    elif level == DONATED and torch.compiler.is_compiling():
+    elif level == DONATED and compiling:
         _write_back(flats, results, flags)
-    if multi:  # (eager: the treespec's own unflatten, faster than tree_map)
-        spec = _tree.structure(updates)
+    if not compiling:  # (eager: the treespec's own unflatten, faster than tree_map)
         return tuple(spec.unflatten(r) for r in results)
     return tuple(_unflatten_like(updates, r) for r in results)
+
+
+def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
+                  real_only: bool) -> dict | None:
+    """The multi-tensor groups of :func:`elementwise`'s leaves when they are plain dense tensors
+    that pass its checks column by column (list comparisons in C, not a Python loop per leaf):
+    floating-point updates (real with ``real_only``), a last state and tensor inputs for every
+    update, the inputs' shapes and dtypes and the ``shares`` states' dtypes those of the
+    updates. ``None`` otherwise: the loop over the leaves checks them and names the leaf."""
+    live = [i for i, g in enumerate(flats[0]) if g is not None]
+    gs = [flats[0][i] for i in live]
+    if not gs or not all([type(g) is torch.Tensor for g in gs]) or any(
+            [g.is_sparse for g in gs]):
+        return None
+    dtypes = [g.dtype for g in gs]
+    if any(not (d.is_floating_point or d.is_complex) or real_only and d.is_complex
+           for d in set(dtypes)):
+        return None
+    shapes = [g.shape for g in gs]
+    columns = [[f[i] for i in live] for f in flats[1:]]
+    if n_states and any([x is None for x in columns[n_states - 1]]):
+        return None
+    try:
+        for col in columns[n_states:]:
+            if [x.shape for x in col] != shapes or [x.dtype for x in col] != dtypes:
+                return None
+        for k, _, same_dtype in shares:
+            col = columns[k]
+            if not all([isinstance(x, torch.Tensor) for x in col]) or (
+                    same_dtype and [x.dtype for x in col] != dtypes):
+                return None
+    except AttributeError:  # (a static input: a mask's bools)
+        return None
+    ranks = [g.ndim == 0 for g in gs] if pointwise else [g.ndim for g in gs]
+    groups: dict = {}
+    for i, dtype, device, rank in zip(live, dtypes, [g.device for g in gs], ranks):
+        groups.setdefault((dtype, device, torch.Tensor, rank, (), None), []).append(i)
+    return groups
 
 
 class DonatedStateError(RuntimeError):
