@@ -1,0 +1,135 @@
+"""The math that update rules are written with: tensor helpers that take a tensor or a
+:class:`~functional_optim._foreach.TensorList` alike (so a rule runs leaf by leaf or over a
+multi-tensor group with the same numbers), and the initial states they start from. Importable
+from :mod:`functional_optim._execute` as well."""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Any
+
+import torch
+
+from . import _foreach
+from . import tree as _tree
+
+
+def first_device(tree: Any) -> torch.device:
+    """The device of the first tensor leaf (CPU for a tree with none)."""
+    for x in _tree.leaves(tree):
+        if x is not None:
+            return x.device
+    return torch.device("cpu")
+
+
+def _sample(x: Any) -> Any:
+    """A tensor that stands for ``x`` (the first of a
+    :class:`~functional_optim._foreach.TensorList`)."""
+    return x.items[0] if isinstance(x, _foreach.TensorList) else x
+
+
+def full(x: Any) -> Any:
+    """A 0-d result of a reduction over a DTensor leaf as a plain tensor holding the full value
+    (a partial norm or sum completed across the shards: one all-reduce, no host sync); a plain
+    tensor unchanged. Rules use it for the global statistics of a leaf (its RMS), which then
+    combine with the plain hyperparameters and step counts."""
+    return x if _tree.layout(_sample(x)) is None else x.full_tensor()
+
+
+def placed_like(x: Any, like: Any) -> Any:
+    """``x`` laid out as ``like``: a DTensor result moved to ``like``'s placements (a partial
+    reduction completed, a layout that sharding propagation picked put back), so that state and
+    updates keep their parameter's layout from step to step; plain tensors unchanged."""
+    key = _tree.layout(_sample(like))
+    return x if key is None else x.redistribute(*key)
+
+
+def safe_sqrt(x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
+    r"""``sqrt(x)`` for ``x > 0``, ``0`` otherwise, with a finite gradient at ``0``.
+
+    :math:`\frac{d}{dx}\sqrt{x}` is infinite at 0, so differentiating an update whose second moment
+    is exactly zero would give ``0 * inf = NaN``; here that gradient is 0. Without autograd it is
+    ``sqrt(clamp(x, min=0))``: the same values in two passes instead of four, and one pass
+    (``sqrt(x)``) when the caller knows ``x >= 0`` (``nonnegative``: a running mean of squares).
+    """
+    if not torch.is_grad_enabled():
+        return torch.sqrt(x) if nonnegative else torch.sqrt(torch.clamp(x, min=0.0))
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, 1.0)), 0.0)
+
+
+def is_off(value: Any) -> bool:
+    """Whether a hyperparameter is the Python number 0, so that its block skips its work.
+
+    A Python check on a number is free and syncs nothing; a tensor (even a zero one) always
+    runs the math, so the value stays live under ``vmap``, ``grad``, ``compile`` and capture.
+    A block's *shape* never depends on this: it only decides whether the arithmetic runs.
+    """
+    return isinstance(value, Number) and not isinstance(value, bool) and value == 0
+
+
+def lerp(start: Any, end: Any, weight: Any) -> Any:
+    """``torch.lerp(start, end, weight)`` with a tensor ``weight`` cast to ``start``'s dtype.
+
+    lerp's kernels (and its ``vmap`` batching rule) require a tensor weight of the inputs'
+    dtype; a number weight is rounded to that dtype by the kernel, so both give the same digits
+    (hyperparameters arrive as 0-d float64 tensors: :func:`cast_hparams`).
+    """
+    if isinstance(weight, torch.Tensor) and weight.dtype != start.dtype:
+        weight = weight.to(start.dtype)
+    return torch.lerp(start, end, weight)
+
+
+def borrowed(x: Any) -> Any:
+    """``x`` for an op that must leave it readable: on the multi-tensor path, a view of the same
+    tensors that no op overwrites in place (a rule's input ``g`` may be a fused run's donated
+    update, which the first op taking it as its first operand overwrites and consumes); a tensor
+    or number as it is. For a rule that reads ``g`` again after such an op."""
+    if isinstance(x, _foreach.TensorList) and not x.scalar:
+        return _foreach.TensorList(x.items)
+    return x
+
+
+def ema_square(v: torch.Tensor, g: torch.Tensor, decay: Any) -> torch.Tensor:
+    r"""The running mean of squares :math:`\beta v + (1-\beta) g^2`, computed as torch.optim does
+    (``v * β`` then ``addcmul``: two passes, no temporary) when ``β`` is a number. ``g`` stays
+    readable (rules read it again)."""
+    if isinstance(decay, Number):
+        return torch.addcmul(v * decay, g, g, value=1 - decay)
+    g = borrowed(g)
+    return v * decay + (1 - decay) * (g * g)
+
+
+def init_count(params: Any) -> Any:
+    """A per-leaf step counter: an int64 0-d zero on each parameter's device."""
+    return _tree.map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
+
+
+def full_like(params: Any, value: float) -> Any:
+    """A state that starts at ``value`` (an initial accumulator): each leaf filled with it, a
+    complex leaf's real and imaginary parts both (complex leaves are pairs of reals)."""
+    return _tree.map(lambda p: torch.full_like(
+        p, complex(value, value) if p.is_complex() else value,
+        memory_format=torch.preserve_format), params)
+
+
+def zeros_in(params: Any, dtype: torch.dtype | None) -> Any:
+    """Zeros shaped like each leaf for a state kept in a dtype of its own (optax's ``mu_dtype``
+    and ``accumulator_dtype``): ``dtype``, or the leaf's where it is ``None``; a complex leaf
+    takes the complex dtype of ``dtype``'s precision (``float32`` -> ``complex64``)."""
+    if dtype is None:
+        return _tree.zeros_like(params)
+    return _tree.map(lambda p: torch.zeros_like(
+        p, dtype=torch.promote_types(dtype, torch.complex32) if p.is_complex() else dtype),
+        params)
+
+
+def decayed(x: Any, decay: Any, like: Any) -> Any:
+    """``decay * x`` for a state ``x`` kept in a dtype of its own (:func:`zeros_in`): the
+    product in ``x``'s dtype, then in ``like``'s (the dtype the rule computes in), as optax
+    computes its moments with ``mu_dtype``/``accumulator_dtype`` (a tensor ``decay`` is rounded
+    to ``x``'s dtype first, as jax's weakly typed Python numbers are). :func:`elementwise` rounds
+    the new state back to the state's dtype."""
+    if not isinstance(decay, Number):  # a tensor (or a list of the leaves' 0-d values)
+        decay = decay.to(x.dtype)
+    return (x * decay).to(like.dtype)
