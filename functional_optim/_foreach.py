@@ -33,6 +33,7 @@ __all__ = ["TensorList"]
 
 
 _NAMED = 1 << 30
+_UNKNOWN = object()
 # sys.getrefcount of an operand that only the expression being evaluated refers to, as seen by
 # TensorList._binary (from a dunder method), and the extra references the __torch_function__
 # route adds; measured on this interpreter by _calibrate() at import
@@ -71,7 +72,7 @@ class TensorList:
     tensor, so scalar arithmetic on it is one small kernel, not one per leaf.
     """
 
-    __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed", "_scalar")
+    __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed", "_scalar", "_value")
 
     def __init__(self, items: list | None = None, stacked: torch.Tensor | None = None, *,
                  fresh: bool = False, donated: bool = False):
@@ -81,6 +82,7 @@ class TensorList:
         self._donated = donated
         self._consumed = False
         self._scalar = None
+        self._value = _UNKNOWN  # (uniform()'s answer, once asked)
 
     @property
     def items(self) -> list:
@@ -159,11 +161,26 @@ class TensorList:
         ``None``. Applied to many tensors, that one value takes the single-tensor overload of
         the foreach kernels instead of one 0-d operand per leaf: the same numbers, a third of
         the per-leaf cost. (Not on accelerators: the check would be a host sync.)"""
-        stacked = self.stacked
-        if stacked.device.type != "cpu" or stacked.shape[0] == 0:
-            return None
-        first = stacked[0]
-        return first if bool(torch.all(stacked == first)) else None
+        if self._value is _UNKNOWN:
+            stacked = self.stacked
+            self._value = None
+            if stacked.device.type == "cpu" and stacked.shape[0]:
+                first = stacked[0]
+                self._value = first if bool(torch.all(stacked == first)) else None
+        return self._value
+
+    def _pow_of_scalars(self, other: Any, reverse: bool) -> TensorList:
+        """``self ** other`` (``other ** self`` if ``reverse``) for 0-d values, as each leaf's own
+        0-d ``pow`` gives it: on the CPU the kernel's vector loop (a long enough list) computes
+        another ``pow`` than its scalar loop, an ulp apart at some exponents (``0.999 ** 32``),
+        so the one value of uniform lists is raised once, other lists element by element."""
+        n, fn = len(self), (lambda x, y: torch.pow(y, x)) if reverse else torch.pow
+        a = self.uniform()
+        b = other.uniform() if isinstance(other, TensorList) else other
+        if a is not None and b is not None:
+            return TensorList(stacked=fn(a, b).expand(n).clone())
+        return TensorList(stacked=torch.stack([fn(x, y) for x, y in zip(self.items, _items(
+            other, n))]))
 
     def _binary(self, name: str, other: Any, reverse: bool = False,
                 refs: int = _NAMED) -> TensorList:
@@ -187,6 +204,8 @@ class TensorList:
             return self._reused(items)
         if self.scalar and (not isinstance(other, TensorList) or other.scalar) and not (
                 isinstance(other, torch.Tensor) and other.ndim > 0):
+            if name == "pow" and self.device.type == "cpu" and len(self) > 1:
+                return self._pow_of_scalars(other, reverse)
             b = other.stacked if isinstance(other, TensorList) else other
             fn = getattr(torch, name)
             return TensorList(stacked=fn(b, self.stacked) if reverse else fn(self.stacked, b))
