@@ -22,6 +22,8 @@ Values are the same either way (the in-place kernels compute the same thing).
 
 from __future__ import annotations
 
+import math
+import operator
 import sys
 from collections.abc import Callable
 from numbers import Number
@@ -34,6 +36,7 @@ __all__ = ["TensorList"]
 
 _NAMED = 1 << 30
 _UNKNOWN = object()
+_CPU = torch.device("cpu")
 # sys.getrefcount of an operand that only the expression being evaluated refers to, as seen by
 # TensorList._binary (from a dunder method), and the extra references the __torch_function__
 # route adds; measured on this interpreter by _calibrate() at import
@@ -50,6 +53,22 @@ _NUMBER_AS_TENSOR = ("add", "sub", "mul", "div")
 element): on a float32/float64 CPU list a number becomes a 0-d tensor of the list's dtype first
 (the kernel rounds it to that dtype either way: the same numbers; half precision computes in
 float32, so there the number stays)."""
+
+
+_CONSTANTS: dict = {}
+
+
+def _constant(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as a 0-d CPU tensor of ``dtype``, made once for each value (a rule's numbers
+    recur every step; creating the tensor costs as much as a foreach kernel's Python call). The
+    cached tensors are only read, as kernel operands."""
+    key = (value, dtype, math.copysign(1.0, value))  # (-0.0 and 0.0 are equal keys otherwise)
+    tensor = _CONSTANTS.get(key)
+    if tensor is None:
+        if len(_CONSTANTS) >= 1024:  # (a schedule's new value every step: bounded)
+            _CONSTANTS.clear()
+        tensor = _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
+    return tensor
 
 
 def _keeps_dtype(target: TensorList, other: Any) -> bool:
@@ -69,10 +88,16 @@ class TensorList:
     """A list of tensors of one device and dtype that a rule treats as one tensor.
 
     A list of 0-d tensors (per-leaf step counts, bias corrections) is kept stacked in one 1-d
-    tensor, so scalar arithmetic on it is one small kernel, not one per leaf.
+    tensor, so scalar arithmetic on it is one small kernel, not one per leaf. On the CPU, a list
+    of int64 or float64 0-d tensors that all hold one value (the counts of parameters stepped
+    together) computes with that value as a Python number (:meth:`_number_op`): the same IEEE
+    double arithmetic and C ``pow`` as torch's 0-d kernels (unary functions run torch's 0-d
+    kernel on it), without a kernel per op; it becomes tensors again where a tensor is needed
+    (:func:`_number_list`).
     """
 
-    __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed", "_scalar", "_value")
+    __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed", "_scalar", "_value",
+                 "_value_as", "_number", "_shape")
 
     def __init__(self, items: list | None = None, stacked: torch.Tensor | None = None, *,
                  fresh: bool = False, donated: bool = False):
@@ -83,6 +108,9 @@ class TensorList:
         self._consumed = False
         self._scalar = None
         self._value = _UNKNOWN  # (uniform()'s answer, once asked)
+        self._value_as = None
+        self._number = _UNKNOWN  # (its one value as a Python number, once asked)
+        self._shape = None  # (a number list's length and dtype)
 
     @property
     def items(self) -> list:
@@ -92,7 +120,7 @@ class TensorList:
                 "passes donate_state=True must read each old state once"
             )
         if self._items is None:
-            self._items = list(self._stacked.unbind())
+            self._items = list(self.stacked.unbind())
         return self._items
 
     def _reusable(self, refs: int) -> bool:
@@ -116,18 +144,28 @@ class TensorList:
     @property
     def stacked(self) -> torch.Tensor:
         if self._stacked is None:
-            self._stacked = torch.stack(self._items)
+            if self._items is None:  # (a number list)
+                n, dtype = self._shape
+                self._stacked = torch.full((n,), self._number, dtype=dtype)
+            else:
+                self._stacked = torch.stack(self._items)
         return self._stacked
 
     def __len__(self) -> int:
+        if self._shape is not None:
+            return self._shape[0]
         return len(self._items) if self._items is not None else self._stacked.shape[0]
 
     @property
     def dtype(self) -> torch.dtype:
+        if self._shape is not None:
+            return self._shape[1]
         return self._stacked.dtype if self._stacked is not None else self._items[0].dtype
 
     @property
     def device(self) -> torch.device:
+        if self._shape is not None:
+            return _CPU
         return self._stacked.device if self._stacked is not None else self._items[0].device
 
     def is_complex(self) -> bool:
@@ -149,6 +187,11 @@ class TensorList:
         return values[0]
 
     def to(self, *args: Any, **kwargs: Any) -> TensorList:
+        if (args == (torch.float64,) and not kwargs or not args and kwargs == {
+                "dtype": torch.float64}) and self.scalar:
+            a = self._number_value()
+            if a is not None and abs(a) < 1 << 53:  # (exact in float64)
+                return _number_list(float(a), len(self), torch.float64)
         if self.scalar:
             return TensorList(stacked=self.stacked.to(*args, **kwargs))
         return TensorList([x.to(*args, **kwargs) for x in self.items])
@@ -161,6 +204,8 @@ class TensorList:
         ``None``. Applied to many tensors, that one value takes the single-tensor overload of
         the foreach kernels instead of one 0-d operand per leaf: the same numbers, a third of
         the per-leaf cost. (Not on accelerators: the check would be a host sync.)"""
+        if self._value is _UNKNOWN and self._shape is not None:  # (a number list)
+            self._value = torch.tensor(self._number, dtype=self._shape[1])
         if self._value is _UNKNOWN:
             stacked = self.stacked
             self._value = None
@@ -168,6 +213,53 @@ class TensorList:
                 first = stacked[0]
                 self._value = first if bool(torch.all(stacked == first)) else None
         return self._value
+
+    def _number_value(self) -> Number | None:
+        """The one value of a CPU list of int64 or float64 0-d tensors as a Python number, else
+        ``None`` (values differ: some parameters skipped steps)."""
+        if self._number is _UNKNOWN:
+            self._number = None
+            if self.scalar and self.dtype in _NUMBER_DTYPES and self.device.type == "cpu" \
+                    and len(self):
+                value = self.uniform()
+                if value is not None:
+                    self._number = value.item()
+        return self._number
+
+    def _number_op(self, name: str, other: Any, reverse: bool = False) -> TensorList | None:
+        """``self op other`` (``other op self`` if ``reverse``) on Python numbers, where both
+        are numbers (:meth:`_number_value`, or a Python int or float) and torch's result is
+        float64 (or int64: ints added or subtracted), as a number list; else ``None`` (also
+        where Python raises or leaves the reals: torch's tensors give inf and nan there)."""
+        if isinstance(other, TensorList):
+            if len(other) != len(self):
+                return None
+            b, other_dtype = other._number_value(), other.dtype
+        elif isinstance(other, Number) and not isinstance(other, (bool, complex)):
+            b, other_dtype = other, None
+        else:
+            return None
+        a = self._number_value()
+        if a is None or b is None or name not in _NUMBER_OPS:
+            return None
+        dtype = self.dtype
+        if other_dtype is not None and other_dtype != dtype:
+            dtype = torch.float64  # (int64 with float64)
+        if dtype == torch.int64 and not (name in ("add", "sub") and isinstance(b, int)):
+            return None  # (torch's int64 division and float products take other dtypes)
+        try:
+            r = _NUMBER_OPS[name](b, a) if reverse else _NUMBER_OPS[name](a, b)
+        except (ZeroDivisionError, OverflowError):
+            return None
+        if isinstance(r, complex) or dtype == torch.int64 and not -(1 << 63) <= r < 1 << 63:
+            return None
+        return _number_list(float(r) if dtype == torch.float64 else r, len(self), dtype)
+
+    def _uniform_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`uniform`'s value in ``dtype`` (kept: a list's value is read by several ops)."""
+        if self._value_as is None or self._value_as.dtype != dtype:
+            self._value_as = self._value.to(dtype)
+        return self._value_as
 
     def _pow_of_scalars(self, other: Any, reverse: bool) -> TensorList:
         """``self ** other`` (``other ** self`` if ``reverse``) for 0-d values, as each leaf's own
@@ -184,16 +276,26 @@ class TensorList:
 
     def _binary(self, name: str, other: Any, reverse: bool = False,
                 refs: int = _NAMED) -> TensorList:
+        if self.scalar:
+            result = self._number_op(name, other, reverse)
+            if result is not None:
+                return result
+        elif (name in _NUMBER_AS_TENSOR and isinstance(other, TensorList) and not reverse
+              and self.dtype in (torch.float32, torch.float64)):
+            value = other._number_value()
+            if value is not None:  # (as a Python number: a cached 0-d tensor, below)
+                other = value
         if (name in _TENSOR_OVERLOADS and isinstance(other, TensorList) and other.scalar
                 and not self.scalar):
             value = other.uniform()
             if value is not None:  # in this list's dtype, as the kernel would cast it per leaf
                 floating = self.dtype.is_floating_point or self.dtype.is_complex
-                other = value.to(self.dtype) if floating and not value.is_complex() else value
+                other = other._uniform_as(self.dtype) if floating and not value.is_complex() \
+                    else value
         if not reverse and name in _NUMBER_AS_TENSOR and isinstance(other, Number) and not \
                 isinstance(other, (bool, complex)) and not self.scalar and \
                 self.dtype in (torch.float32, torch.float64) and self.device.type == "cpu":
-            other = torch.tensor(other, dtype=self.dtype)
+            other = _constant(other, self.dtype)
         if name in _LIST_OVERLOADS and isinstance(other, torch.Tensor) and other.ndim == 0 \
                 and not self.scalar:
             other = TensorList([other] * len(self))
@@ -244,7 +346,8 @@ class TensorList:
 
     def __rtruediv__(self, other):
         if isinstance(other, Number):  # as torch.Tensor.__rtruediv__: reciprocal, then times
-            return self.reciprocal() * other
+            inverse = self._number_op("div", 1, reverse=True) if self.scalar else None
+            return (self.reciprocal() if inverse is None else inverse) * other
         return self._binary("div", other, reverse=True)
 
     def __pow__(self, other):
@@ -303,6 +406,12 @@ def _unary(name: str) -> Callable:
     fn = getattr(torch, name)
 
     def unary(x, *, _refs=_NAMED):
+        if x.scalar and x.dtype == torch.float64:
+            a = x._number_value()
+            if a is not None:  # (torch's 0-d kernel, as on each leaf: its float64 sqrt is not
+                # always the correctly rounded one of math.sqrt)
+                return _number_list(fn(torch.tensor(a, dtype=torch.float64)).item(), len(x),
+                                    torch.float64)
         if x.scalar:
             return TensorList(stacked=fn(x.stacked))
         if x._reusable(_refs):
@@ -311,6 +420,21 @@ def _unary(name: str) -> Callable:
         return TensorList(op(x.items), fresh=True)
 
     return unary
+
+
+def _number_list(value: Number, n: int, dtype: torch.dtype) -> TensorList:
+    """``n`` CPU 0-d tensors of ``dtype`` that hold ``value``, kept as the number until a tensor
+    is needed (see :class:`TensorList`)."""
+    out = TensorList()
+    out._number, out._shape, out._scalar = value, (n, dtype), True
+    return out
+
+
+_NUMBER_DTYPES = (torch.int64, torch.float64)
+_NUMBER_OPS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+               "div": operator.truediv, "pow": operator.pow}
+"""The ops a number list computes in Python: IEEE double arithmetic and C ``pow``, as torch's
+0-d CPU kernels compute them (and torch.optim's Python-float bias corrections)."""
 
 
 def _add(a, b, *, alpha=1, _refs=_NAMED):

@@ -97,7 +97,8 @@ def test_chain_runs_consecutive_pointwise_transforms_as_one_rule(monkeypatch):
 def test_pure_adamw_step_on_a_model_of_mixed_ranks_is_one_multi_tensor_group():
     """A pointwise rule runs its leaves of every rank in one group (weights and biases: one
     foreach kernel per op, not one per rank), and Adam's denominator ``sqrt(v) * c + eps``
-    takes one buffer: (issue 18) the update allocates its moments, the root and the update."""
+    takes one buffer: (issue 18) the update allocates its moments, the root and the update;
+    its bias corrections need no kernel."""
     import functional_optim as fo
     params = {"w1": torch.randn(6, 5), "b1": torch.randn(6), "w2": torch.randn(3, 6),
               "b2": torch.randn(3)}
@@ -109,6 +110,8 @@ def test_pure_adamw_step_on_a_model_of_mixed_ranks_is_one_multi_tensor_group():
     assert ops.count("aten::_foreach_lerp") == 1 and ops.count("aten::_foreach_sqrt") == 1
     assert ops.count("aten::_foreach_mul") == 1  # v * beta2; the root is scaled in place
     assert ops.count("aten::_foreach_add") == 0 and ops.count("aten::_foreach_div") == 1
+    # the counts are equal: Adam's bias corrections are Python numbers (no 0-d kernels)
+    assert ops.count("aten::pow") == 0 and ops.count("aten::sub") == 0
 
 
 def test_fused_run_never_overwrites_a_state_that_is_also_the_update():
