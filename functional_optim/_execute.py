@@ -517,10 +517,7 @@ def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
 
 def _requires_grad(leaves: list) -> bool:
     """Whether a tensor among ``leaves`` (tensors, ``None`` and other values) requires grad."""
-    try:
-        return any([x.requires_grad for x in leaves if x is not None])  # (a list: no frames)
-    except AttributeError:  # (a static input: a mask's bools)
-        return any(getattr(x, "requires_grad", False) for x in leaves)
+    return any([x.requires_grad for x in leaves if isinstance(x, torch.Tensor)])
 
 
 def _same_layout(values: list, likes: list, dtypes: bool) -> bool:

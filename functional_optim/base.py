@@ -172,8 +172,8 @@ def resolve_hparams(defaults: Any, given: Any, where: str = "hparams",
     """
     if given is None:
         return defaults
-    if isinstance(defaults, Mapping):
-        if not isinstance(given, Mapping):
+    if type(defaults) is dict or isinstance(defaults, Mapping):
+        if type(given) is not dict and not isinstance(given, Mapping):
             raise HParamError(
                 f"{where}: expected a dict with keys {sorted(defaults)}, got {_describe(given)}"
             )
@@ -214,7 +214,7 @@ def resolve_hparams(defaults: Any, given: Any, where: str = "hparams",
         return given
     if isinstance(given, bool) and not isinstance(defaults, bool):
         raise HParamError(f"{where}: expected a Python number or a 0-d tensor, got bool {given!r}")
-    if isinstance(given, Number) and not isinstance(given, complex):
+    if type(given) is float or isinstance(given, Number) and not isinstance(given, complex):
         return given
     raise HParamError(f"{where}: expected a Python number or a 0-d tensor, got {_describe(given)}")
 
