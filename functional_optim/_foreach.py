@@ -247,6 +247,10 @@ class TensorList:
             dtype = torch.float64  # (int64 with float64)
         if dtype == torch.int64 and not (name in ("add", "sub") and isinstance(b, int)):
             return None  # (torch's int64 division and float products take other dtypes)
+        if name == "pow" and not reverse and other_dtype is None:  # (tensor ** number takes
+            # other kernels for some exponents, 0.5 its sqrt: the 0-d one, as on each leaf)
+            r = torch.pow(torch.tensor(a, dtype=dtype), b).item()
+            return _number_list(r, len(self), dtype)
         try:
             r = _NUMBER_OPS[name](b, a) if reverse else _NUMBER_OPS[name](a, b)
         except (ZeroDivisionError, OverflowError):
@@ -508,6 +512,44 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None, _refs=_NAMED)
     return TensorList(torch._foreach_norm(x.items), fresh=True)
 
 
+def _function(name: str) -> Callable:
+    """``torch.<name>(a, b)`` with a list among its operands: as ``a <op> b``."""
+
+    def function(a, b, *, _refs=_NAMED, **kwargs):
+        if kwargs:  # (alpha=, rounding_mode=: per leaf)
+            return NotImplemented
+        if isinstance(a, TensorList):
+            return a._binary(name, b, refs=_refs)
+        return b._binary(name, a, reverse=True)
+
+    return function
+
+
+def _where(condition, input, other, *, _refs=_NAMED):  # noqa: A002 - torch's name
+    """``torch.where`` whose condition is one value for every leaf (a uniform list of 0-d bools:
+    a branch on the step count): the chosen operand as it is, with no copy and no pass over
+    memory (the same values as the per-leaf ``where``; a list so chosen is not overwritten in
+    place by later ops). Other conditions: element by element."""
+    if not (isinstance(condition, TensorList) and condition.scalar
+            and condition.dtype == torch.bool):
+        return NotImplemented
+    lists = [x for x in (input, other) if isinstance(x, TensorList)]
+    if not lists or any(len(x) != len(condition) for x in lists) or len(
+            {(x.scalar, x.dtype) for x in lists}) > 1:
+        return NotImplemented
+    value = condition.uniform()
+    if value is None:
+        return NotImplemented
+    chosen = input if bool(value) else other
+    if isinstance(chosen, TensorList):
+        return chosen if chosen._shape is not None else TensorList(chosen.items)
+    like = lists[0]
+    if not (like.scalar and like.dtype == torch.float64 and isinstance(chosen, Number)
+            and not isinstance(chosen, (bool, complex))):
+        return NotImplemented  # (a number shaped like a tensor list: per leaf)
+    return _number_list(float(chosen), len(like), torch.float64)
+
+
 _SPECIAL = {
     torch.sqrt: _unary("sqrt"),
     torch.sign: _unary("sign"),
@@ -520,6 +562,11 @@ _SPECIAL = {
     torch.maximum: _maximum,
     torch.clamp: _clamp,
     torch.linalg.vector_norm: _vector_norm,
+    torch.where: _where,
+    torch.mul: _function("mul"),
+    torch.sub: _function("sub"),
+    torch.div: _function("div"),
+    torch.pow: _function("pow"),
 }
 
 

@@ -289,3 +289,36 @@ def test_adapter_never_keeps_parameters_or_gradients_as_state(wrap, foreach, set
         opt.step()
     for name, p in params.items():
         torch.testing.assert_close(p.detach(), expected[name], rtol=1e-14, atol=1e-14)
+
+
+def test_where_on_one_condition_picks_a_whole_list_without_a_kernel():
+    """A condition that is one value for every leaf (a branch on the step count) picks its
+    operand as it is; conditions that differ between leaves run per leaf. Same values as the
+    per-leaf ``torch.where`` either way."""
+    a, b = _lists(), TensorList([torch.zeros(4), torch.zeros(2)])
+    for flags in ((True, True), (False, False), (True, False)):
+        cond = TensorList([torch.tensor(f) for f in flags]) == True  # noqa: E712 - a 0-d list
+        ops = _ops(lambda cond=cond: torch.where(cond, a, b))
+        out = torch.where(cond, a, b)
+        for r, c, x, y in zip(out.items, flags, a.items, b.items):
+            assert torch.equal(r, torch.where(torch.tensor(c), x, y))
+        assert ("aten::where" in ops) == (flags[0] != flags[1])
+    counts = TensorList([torch.tensor(3.0, dtype=torch.float64)] * 2)
+    out = torch.where(counts > 5.0, counts, 1.0)  # a number for the other branch
+    assert [x.item() for x in out.items] == [1.0, 1.0] and out.dtype == torch.float64
+
+
+def test_function_forms_of_arithmetic_match_per_tensor_ops():
+    """``torch.div(number, list)``, ``torch.pow(list, number)`` and friends: one foreach kernel
+    (or the 0-d math of equal counts), the per-leaf values."""
+    x = TensorList([torch.rand(3, dtype=torch.float64) + 0.5, torch.rand(2, dtype=torch.float64)])
+    counts = TensorList([torch.tensor(7.0, dtype=torch.float64)] * 3)
+    for fn, args in ((torch.div, (0.3, x)), (torch.pow, (x, 0.75)), (torch.mul, (x, 3.0)),
+                     (torch.sub, (x, 0.5)), (torch.div, (0.3, counts)),
+                     (torch.pow, (counts, 0.5)), (torch.pow, (1.5, counts))):
+        out = fn(*args)
+        lists = [a for a in args if isinstance(a, TensorList)][0]
+        for k, r in enumerate(out.items):
+            ref = fn(*(a.items[k] if isinstance(a, TensorList) else a for a in args))
+            assert torch.equal(r, ref), (fn, args)
+        assert len(out) == len(lists)
