@@ -355,14 +355,15 @@ def _trace_rule(h, g, t, buf, *, nesterov, detach_first):
     # per-leaf coefficients instead of a select, so the multi-tensor path stays foreach
     started = (t > 0).to(scalar_dtype(g))
     keep = momentum * started
-    take = 1 - h["dampening"] * started
+    take = None if is_off(h["dampening"]) else 1 - h["dampening"] * started  # (None: times 1)
     if detach_first and torch.is_grad_enabled() and not bool(t > 0):
         g_in = g.detach()  # (read on the host, as torch.optim.SGD's differentiable step does)
     else:
         g_in = g
     # (one expression: the decayed buffer is a temporary, which the sum may overwrite in place,
     # so a donated buffer stays the buffer; dense + sparse: a sparse g gives a dense buffer)
-    buf = (buf * keep if buf.dtype == g.dtype else decayed(buf, keep, g)) + take * g_in
+    buf = (buf * keep if buf.dtype == g.dtype else decayed(buf, keep, g)) + (
+        g_in if take is None else take * g_in)
     return (momentum * buf + g if nesterov else buf), t + 1, buf
 
 
