@@ -5,7 +5,9 @@
 # build. Then:  benchmarks/.venv-peers/bin/python benchmarks/maml_sinusoid.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MAIN_SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# every site-packages directory ../.venv sees (its own, and the system's when it was made with
+# --system-site-packages, as the Makefile makes it where torch is installed system-wide)
+MAIN_SITE=$(.venv/bin/python -c 'import sys; print("\n".join(p for p in sys.path if p.endswith("site-packages")))')
 PY=${PYTHON:-python3}
 $PY -m venv benchmarks/.venv-peers
 echo '*' > benchmarks/.venv-peers/.gitignore
