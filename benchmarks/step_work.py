@@ -9,9 +9,11 @@ one step after warm-up on 300 tensors (Adafactor: 300 matrices of 64 x 64, so th
 
 Two checkouts with equal counts run the same kernels with the same host work, so their step
 times differ only by noise. ``--baseline CHECKOUT`` counts another checkout's package in a
-subprocess (its ``PYTHONPATH``) and prints both side by side.
+subprocess (its ``PYTHONPATH``) and prints both side by side. ``--pure`` counts the functional
+aliases' pure step instead (``tx.update`` and ``apply_updates``; its aten ops by the profiler's
+top-level events, since a dispatch mode sends ``update`` leaf by leaf).
 
-    python benchmarks/step_work.py [--baseline CHECKOUT] [--out FILE]
+    python benchmarks/step_work.py [--pure] [--baseline CHECKOUT] [--out FILE]
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(algo: str) -> dict:
-    """Python calls and aten ops of one default step of ``algo`` (after three warm-up steps)."""
+def count(algo: str, pure: bool = False) -> dict:
+    """Python calls and aten ops of one default step of ``algo`` (after three warm-up steps):
+    the drop-in class's ``step``, or with ``pure`` the functional alias's
+    ``updates, state = tx.update(grads, state, params)`` and ``apply_updates``. The aten ops of
+    the pure step are counted by the profiler: under a dispatch mode ``update`` runs leaf by
+    leaf (:func:`functional_optim._execute.multi_tensor_wanted`)."""
+    import functional_optim as fo
     import functional_optim.optim as foo
 
     torch.manual_seed(0)
@@ -49,23 +56,40 @@ def count(algo: str) -> dict:
     params = [torch.randn(shape, requires_grad=True) for _ in range(300)]
     for p in params:
         p.grad = torch.randn_like(p)
-    opt = getattr(foo, algo)(params, **HPARAMS[algo])
+    if pure:
+        tx = getattr(fo, algo.lower())(**HPARAMS[algo])
+        box = [{str(i): p.detach() for i, p in enumerate(params)}]
+        grads = {str(i): p.grad for i, p in enumerate(params)}
+        box.append(tx.init(box[0]))
+
+        def step():
+            updates, box[1] = tx.update(grads, box[1], box[0])
+            box[0] = fo.apply_updates(box[0], updates)
+    else:
+        step = getattr(foo, algo)(params, **HPARAMS[algo]).step
     for _ in range(3):
-        opt.step()
+        step()
     profile = cProfile.Profile()
     profile.enable()
-    opt.step()
+    step()
     profile.disable()
-    with _CountOps() as ops:
-        opt.step()
-    return {"python calls": pstats.Stats(profile).total_calls,
-            "aten ops": sum(ops.count.values())}
+    if pure:
+        from torch.profiler import profile as torch_profile
+        with torch_profile() as prof:
+            step()
+        aten = sum(e.name.startswith("aten::") and e.cpu_parent is None for e in prof.events())
+    else:
+        with _CountOps() as ops:
+            step()
+        aten = sum(ops.count.values())
+    return {"python calls": pstats.Stats(profile).total_calls, "aten ops": aten}
 
 
-def counts_of(checkout: str) -> dict:
+def counts_of(checkout: str, pure: bool = False) -> dict:
     """:func:`count` of every algorithm, with ``checkout``'s package (in a subprocess)."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env,
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"]
+                         + (["--pure"] if pure else []), env=env,
                          cwd=os.path.dirname(os.path.abspath(__file__)), check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -75,17 +99,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", default=None, help="another checkout to compare with")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--pure", action="store_true",
+                        help="the functional aliases' pure step (update + apply_updates)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    ours = {algo: count(algo) for algo in HPARAMS}
+    ours = {algo: count(algo, args.pure) for algo in HPARAMS}
     if args.json:
         print(json.dumps(ours))
         return
-    base = counts_of(args.baseline) if args.baseline else None
+    base = counts_of(args.baseline, args.pure) if args.baseline else None
     head = "| algorithm | python calls | aten ops |"
     if base is not None:
         head += f" baseline ({args.baseline}) python calls | baseline aten ops |"
-    lines = [f"# Per-step work of the default path (300 tensors)\n\nMachine: {machine()}\n",
+    what = ("the functional aliases' pure step (update + apply_updates; aten ops: top-level "
+            "profiler events)" if args.pure else "the default path")
+    lines = [f"# Per-step work of {what} (300 tensors)\n\nMachine: {machine()}\n",
              head, "|" + "---|" * (head.count("|") - 1)]
     for algo, c in ours.items():
         row = f"| {algo} | {c['python calls']} | {c['aten ops']} |"

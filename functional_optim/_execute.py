@@ -312,8 +312,11 @@ def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
     except AttributeError:  # (a static input: a mask's bools)
         return None
     ranks = [g.ndim == 0 for g in gs] if pointwise else [g.ndim for g in gs]
+    devices = [g.device for g in gs]
+    if dtypes.count(dtypes[0]) == devices.count(devices[0]) == ranks.count(ranks[0]) == len(gs):
+        return {(dtypes[0], devices[0], torch.Tensor, ranks[0], (), None): live}
     groups: dict = {}
-    for i, dtype, device, rank in zip(live, dtypes, [g.device for g in gs], ranks):
+    for i, dtype, device, rank in zip(live, dtypes, devices, ranks):
         groups.setdefault((dtype, device, torch.Tensor, rank, (), None), []).append(i)
     return groups
 
@@ -517,7 +520,10 @@ def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
 
 def _requires_grad(leaves: list) -> bool:
     """Whether a tensor among ``leaves`` (tensors, ``None`` and other values) requires grad."""
-    return any([x.requires_grad for x in leaves if isinstance(x, torch.Tensor)])
+    try:
+        return any([x.requires_grad for x in leaves if x is not None])
+    except AttributeError:  # (numbers: hparams, a static input's bools)
+        return any([x.requires_grad for x in leaves if isinstance(x, torch.Tensor)])
 
 
 def _same_layout(values: list, likes: list, dtypes: bool) -> bool:

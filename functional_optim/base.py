@@ -490,6 +490,12 @@ def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list]:
 def _foreach_groups(ps: list, us: list, both: list) -> tuple[list, list]:
     """``both`` split into groups for one foreach kernel each (same device, dtype, tensor type
     and layout on both sides) and the rest (an update of another dtype: one rounding)."""
+    pb, ub = [ps[i] for i in both], [us[i] for i in both]
+    dtypes, devices = [p.dtype for p in pb], [p.device for p in pb]
+    if pb and all([type(x) is torch.Tensor for x in pb + ub]) and dtypes.count(dtypes[0]) == len(
+            pb) and devices.count(devices[0]) == len(pb) and [u.dtype for u in ub] == dtypes \
+            and [u.device for u in ub] == devices:
+        return [list(both)], []  # (the usual case, checked a column at a time)
     groups: dict = {}
     rest = []
     for i in both:
