@@ -63,4 +63,4 @@ def _fusable(params: Any, grads: Any) -> bool:
     tensor (the fused steps check dtypes, devices and layouts themselves)."""
     return (isinstance(params, dict) and isinstance(grads, dict) and params.keys() == grads.keys()
             and _execute.multi_tensor_wanted([_tree.leaves(grads), _tree.leaves(params)])
-            and all(isinstance(x, torch.Tensor) for x in params.values()))
+            and all([isinstance(x, torch.Tensor) for x in params.values()]))
