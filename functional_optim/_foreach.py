@@ -203,13 +203,15 @@ class TensorList:
         and bias corrections, unless some parameters skipped steps), as a 0-d tensor; else
         ``None``. Applied to many tensors, that one value takes the single-tensor overload of
         the foreach kernels instead of one 0-d operand per leaf: the same numbers, a third of
-        the per-leaf cost. (Not on accelerators: the check would be a host sync.)"""
+        the per-leaf cost. (Not on accelerators: the check would be a host sync; not for
+        DTensors and other subclasses, whose values are local shards or partial sums.)"""
         if self._value is _UNKNOWN and self._shape is not None:  # (a number list)
             self._value = torch.tensor(self._number, dtype=self._shape[1])
         if self._value is _UNKNOWN:
-            stacked = self.stacked
             self._value = None
-            if stacked.device.type == "cpu" and stacked.shape[0]:
+            sample = self._stacked if self._items is None else self._items[0]
+            stacked = self.stacked if type(sample) is torch.Tensor else None
+            if stacked is not None and stacked.device.type == "cpu" and stacked.shape[0]:
                 first = stacked[0]
                 self._value = first if bool(torch.all(stacked == first)) else None
         return self._value
