@@ -9,6 +9,7 @@ and works under ``torch.func`` transforms, ``torch.compile`` and CUDA-graph capt
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -261,12 +262,13 @@ def elementwise(
         else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
             groups[i] = [i]
     cache: dict = {}
-    # (nothing requires grad on the multi-tensor path: no graph to record, and rules take their
-    # cheaper no-autograd forms, e.g. safe_sqrt's; the same values)
-    if multi:
-        with torch.no_grad():
-            _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
+    if multi:  # (nothing requires grad: no graph to record, and rules take their cheaper
+        context = torch.no_grad()  # no-autograd forms, e.g. safe_sqrt's; the same values)
+    elif compiling:  # (inductor computes each 0-d coefficient once, not once per element)
+        context = scalars_once()
     else:
+        context = contextlib.nullcontext()
+    with context:
         _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
     if level == DONATED and multi and first is not None:
         for j, flag in enumerate(donate, start=1):  # (the state's first leaf marks it)
@@ -574,5 +576,6 @@ from ._rulemath import (  # noqa: E402, F401
     lerp,
     placed_like,
     safe_sqrt,
+    scalars_once,
     zeros_in,
 )

@@ -1,5 +1,7 @@
 """A whole training step (forward, grad, update, apply) under ``torch.compile(fullgraph=True)``."""
 
+import re
+
 import pytest
 import torch
 import torch._dynamo.testing
@@ -56,3 +58,54 @@ def test_train_step_compiles_without_graph_break(make):
             frames = counter.frame_count
     torch._dynamo.reset()
     assert counter.frame_count == frames, "a new learning-rate value recompiled the step"
+
+
+# -- what inductor generates: each 0-d coefficient computed once per step ------------------------
+
+_SCALAR_MATH = re.compile(r"std::(pow|sqrt|exp|log|cos|sin)\b")
+
+
+def _loop_bodies(source: str) -> list[str]:
+    """The body of every ``for`` loop in inductor's generated C++ (nested loops included)."""
+    bodies = []
+    for match in re.finditer(r"for\(int64_t", source):
+        start = source.index("{", match.end())
+        depth = 0
+        for end in range(start, len(source)):
+            depth += {"{": 1, "}": -1}.get(source[end], 0)
+            if depth == 0:
+                break
+        bodies.append(source[start:end])
+    return bodies
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fo.adamw(lr=1e-3, weight_decay=1e-2),
+    lambda: fo.radam(),
+    lambda: fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(),
+                     fo.add_decayed_weights(0.01),
+                     fo.scale_by_learning_rate(
+                         fo.schedules.warmup_cosine_decay(0.0, 1e-2, 3, 20))),
+], ids=["adamw", "radam", "chain_schedule"])
+def test_inductor_computes_each_coefficient_once_per_step(make):
+    """Compiled with inductor on CPU, the 0-d coefficients of a step (bias corrections
+    ``1 - β**t``, RAdam's rectification, a schedule's value: float64 ``pow``/``sqrt``/``cos``)
+    are computed once per step, outside the loops over the tensors' elements. Inlined into
+    the loops they ran once per vector of elements: the compiled AdamW step took 3.6x torch's
+    fused kernel on 4 x 4M floats. Deterministic: the generated code is read, not timed."""
+    from torch._inductor.utils import run_and_get_code
+
+    tx = make()
+    gen = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(16, 16, generator=gen), "b": torch.randn(64, generator=gen)}
+    grads = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    state = tx.init(params)
+    torch._dynamo.reset()
+    step = torch.compile(lambda g, s, p: fo.step(tx, g, s, p, donate=True), fullgraph=True)
+    _, code = run_and_get_code(step, grads, state, params)
+    torch._dynamo.reset()
+    loops = _loop_bodies("\n".join(code))
+    if not any("Vectorized" in body for body in loops):
+        pytest.skip("inductor did not vectorize on this CPU (scalar loops call std:: per element)")
+    inside = [m.group(0) for body in loops for m in _SCALAR_MATH.finditer(body)]
+    assert not inside, f"scalar math inside the element loops: {inside}"
