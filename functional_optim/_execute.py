@@ -9,7 +9,6 @@ and works under ``torch.func`` transforms, ``torch.compile`` and CUDA-graph capt
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -262,13 +261,9 @@ def elementwise(
         else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
             groups[i] = [i]
     cache: dict = {}
-    if multi:  # (nothing requires grad: no graph to record, and rules take their cheaper
-        context = torch.no_grad()  # no-autograd forms, e.g. safe_sqrt's; the same values)
-    elif compiling:  # (inductor computes each 0-d coefficient once, not once per element)
-        context = scalars_once()
-    else:
-        context = contextlib.nullcontext()
-    with context:
+    # (multi-tensor: nothing requires grad, no graph to record, and rules take their cheaper
+    # no-autograd forms, e.g. safe_sqrt's; compiled: each 0-d coefficient computed once)
+    with torch.no_grad() if multi else scalars_once():
         _run_groups(groups, cache, hparams, flats, n_states, donate, results, apply)
     if level == DONATED and multi and first is not None:
         for j, flag in enumerate(donate, start=1):  # (the state's first leaf marks it)

@@ -136,17 +136,40 @@ def decayed(x: Any, decay: Any, like: Any) -> Any:
     return (x * decay).to(like.dtype)
 
 
-class scalars_once(TorchFunctionMode):  # noqa: N801 - a context like torch.no_grad
-    """Where ``torch.compile`` traces a rule on CPU tensors: each 0-d tensor that meets a larger
-    CPU tensor in an op (a rule's coefficient: a bias correction ``1 - β**t``, a step size, a
-    hyperparameter) is taken as a view of a buffer of its own (``torch.as_strided``), so that
+class scalars_once:  # noqa: N801 - a context like torch.no_grad
+    """Where ``torch.compile`` traces an update on CPU tensors: each 0-d tensor that meets a
+    larger CPU tensor in an op (a coefficient: a bias correction ``1 - β**t``, a step size, a
+    schedule's value) is taken as a view of a buffer of its own (``torch.as_strided``), so that
     inductor computes it once per step. Otherwise inductor inlines its arithmetic (float64
-    ``pow``, ``sqrt``, divisions: a C++ loop does not hoist them) into the loop over the
-    tensor's elements, where it runs once per vector of elements and costs more than the
-    update's memory traffic (Adam on 4 x 1M floats: 3.7x torch's fused kernel, 1.0x with it).
-    The same values: only where they are computed moves. A 0-d tensor that is already a buffer
-    (an input) becomes a view of it, no copy; DTensors and other devices are left as they are
-    (a GPU kernel computes a 0-d value once per block of elements)."""
+    ``pow``, ``sqrt``, ``cos``, divisions: the C++ compiler does not hoist them) into the loop
+    over the tensor's elements, where it runs once per vector of elements and costs more than
+    the update's memory traffic (Adam on 4 x 1M floats: 3.7x torch's fused kernel, 1.0x with
+    it). The same values: only where they are computed moves. A 0-d tensor that is already a
+    buffer (an input) becomes a view of it, no copy; DTensors and other devices are left as
+    they are (a GPU kernel computes a 0-d value once per block of elements).
+
+    :func:`~functional_optim._execute.elementwise` runs its rules in it and ``chain`` its
+    members (the blocks that loop over their leaves themselves); outside ``torch.compile``,
+    and inside another ``scalars_once``, it does nothing."""
+
+    def __enter__(self):
+        self.mode = None
+        if torch.compiler.is_compiling() and not _SCALARS_ONCE[0]:
+            _SCALARS_ONCE[0] = True
+            self.mode = _ScalarBuffers()
+            self.mode.__enter__()
+
+    def __exit__(self, *exc):
+        if self.mode is not None:
+            self.mode.__exit__(*exc)
+            _SCALARS_ONCE[0] = False
+
+
+_SCALARS_ONCE = [False]  # (whether a scalars_once context runs its mode)
+
+
+class _ScalarBuffers(TorchFunctionMode):
+    """The mode of :class:`scalars_once`."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

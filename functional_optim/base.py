@@ -370,7 +370,9 @@ def chain(*transforms: Transform, **named: Transform) -> Transform:
             )
 
     def update(updates, state, params=None, hparams=None, **extra):
-        with _execute.donating(extra.get("donate")):
+        # (scalars_once: compiled, the members that loop over their leaves themselves compute
+        # each 0-d coefficient once too, as elementwise's rules do)
+        with _execute.donating(extra.get("donate")), _execute.scalars_once():
             return run(updates, state, params, hparams, extra)
 
     def run(updates, state, params, hparams, extra):
@@ -456,7 +458,8 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
 
     def update(updates, state, params=None, hparams_=None, **extra):
         resolved = resolve_hparams(hparams, hparams_, name, structural)
-        return inner.update(updates, state, params, to_inner(resolved), **extra)
+        with _execute.scalars_once():  # (an alias's combinators too: see chain)
+            return inner.update(updates, state, params, to_inner(resolved), **extra)
 
     inner_spec, spec = inner.pointwise, None
     if inner_spec is not None:

@@ -86,13 +86,17 @@ def _loop_bodies(source: str) -> list[str]:
                      fo.add_decayed_weights(0.01),
                      fo.scale_by_learning_rate(
                          fo.schedules.warmup_cosine_decay(0.0, 1e-2, 3, 20))),
-], ids=["adamw", "radam", "chain_schedule"])
+    lambda: fo.adam_mini(),
+    lambda: fo.msam_sgd(lr=1e-2, momentum=0.9),
+], ids=["adamw", "radam", "chain_schedule", "adam_mini", "msam_sgd"])
 def test_inductor_computes_each_coefficient_once_per_step(make):
     """Compiled with inductor on CPU, the 0-d coefficients of a step (bias corrections
-    ``1 - β**t``, RAdam's rectification, a schedule's value: float64 ``pow``/``sqrt``/``cos``)
-    are computed once per step, outside the loops over the tensors' elements. Inlined into
-    the loops they ran once per vector of elements: the compiled AdamW step took 3.6x torch's
-    fused kernel on 4 x 4M floats. Deterministic: the generated code is read, not timed."""
+    ``1 - β**t``, RAdam's rectification, a schedule's value, SAM's ``ρ / ‖g‖``: float64
+    ``pow``/``sqrt``/``cos``) are computed once per step, outside the loops over the tensors'
+    elements. Inlined into the loops they ran once per vector of elements: the compiled AdamW
+    step took 3.6x torch's fused kernel on 4 x 4M floats. Blocks that loop over their leaves
+    themselves (Adam-mini) and combinators (momentum SAM) too, within an alias or a chain.
+    Deterministic: the generated code is read, not timed."""
     from torch._inductor.utils import run_and_get_code
 
     tx = make()
