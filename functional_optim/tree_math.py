@@ -25,7 +25,7 @@ import optree
 import torch
 
 from . import tree as _tree
-from ._execute import scalar_dtype
+from ._execute import scalar_dtype, scalars_once
 from .numerics import abs_sq
 
 __all__ = [
@@ -255,13 +255,16 @@ def bias_correction(moment: Any, decay: float | torch.Tensor, count: int | torch
                     ) -> Any:
     r"""``moment`` divided by :math:`1 - \beta^t` (``decay`` :math:`\beta`, ``count`` :math:`t`);
     the correction is computed in float64 (:func:`~functional_optim._execute.scalar_dtype`)
-    and the division in each leaf's dtype."""
+    and the division in each leaf's dtype. Under ``torch.compile`` the correction is computed
+    once per leaf, not once per vector of elements
+    (:class:`~functional_optim._execute.scalars_once`)."""
     def corrected(m):
         dt = scalar_dtype(m)
         t = torch.as_tensor(count, device=m.device).to(dt)
         return m / (1 - torch.as_tensor(decay, dtype=dt, device=m.device) ** t).to(m.dtype)
 
-    return _tree.map(corrected, moment)
+    with scalars_once():
+        return _tree.map(corrected, moment)
 
 
 def update_moment(updates: Any, moments: Any, decay: float | torch.Tensor, order: int) -> Any:

@@ -113,3 +113,23 @@ def test_inductor_computes_each_coefficient_once_per_step(make):
         pytest.skip("inductor did not vectorize on this CPU (scalar loops call std:: per element)")
     inside = [m.group(0) for body in loops for m in _SCALAR_MATH.finditer(body)]
     assert not inside, f"scalar math inside the element loops: {inside}"
+
+
+def test_inductor_computes_tree_math_bias_correction_once():
+    """``tree_math.bias_correction`` (optax's helper, called from a user's own update)
+    computes ``1 - β**t`` once per leaf under inductor too, not inside the element loop."""
+    from torch._inductor.utils import run_and_get_code
+
+    moments = {"w": torch.randn(16, 16), "b": torch.randn(64)}
+    correct = torch.compile(
+        lambda m, t: fo.tree_math.bias_correction(m, 0.999, t), fullgraph=True)
+    torch._dynamo.reset()
+    out, code = run_and_get_code(correct, moments, torch.tensor(3))
+    torch._dynamo.reset()
+    for k, m in moments.items():
+        torch.testing.assert_close(out[k], m / (1 - 0.999**3))
+    loops = _loop_bodies("\n".join(code))
+    if not any("Vectorized" in body for body in loops):
+        pytest.skip("inductor did not vectorize on this CPU (scalar loops call std:: per element)")
+    inside = [m.group(0) for body in loops for m in _SCALAR_MATH.finditer(body)]
+    assert not inside, f"scalar math inside the element loops: {inside}"
