@@ -138,15 +138,16 @@ def decayed(x: Any, decay: Any, like: Any) -> Any:
 
 class scalars_once:  # noqa: N801 - a context like torch.no_grad
     """Where ``torch.compile`` traces an update on CPU tensors: each 0-d tensor that meets a
-    larger CPU tensor in an op (a coefficient: a bias correction ``1 - β**t``, a step size, a
-    schedule's value) is taken as a view of a buffer of its own (``torch.as_strided``), so that
-    inductor computes it once per step. Otherwise inductor inlines its arithmetic (float64
-    ``pow``, ``sqrt``, ``cos``, divisions: the C++ compiler does not hoist them) into the loop
-    over the tensor's elements, where it runs once per vector of elements and costs more than
-    the update's memory traffic (Adam on 4 x 1M floats: 3.7x torch's fused kernel, 1.0x with
-    it). The same values: only where they are computed moves. A 0-d tensor that is already a
-    buffer (an input) becomes a view of it, no copy; DTensors and other devices are left as
-    they are (a GPU kernel computes a 0-d value once per block of elements).
+    CPU tensor of at least :data:`ONCE_MIN_NUMEL` elements in an op (a coefficient: a bias
+    correction ``1 - β**t``, a step size, a schedule's value) is taken as a view of a buffer of
+    its own (``torch.as_strided``), so that inductor computes it once per step. Otherwise
+    inductor inlines its arithmetic (float64 ``pow``, ``sqrt``, ``cos``, divisions: the C++
+    compiler does not hoist them) into the loop over the tensor's elements, where it runs once
+    per vector of elements and costs more than the update's memory traffic (Adam on 4 x 1M
+    floats: 3.7x torch's fused kernel, 1.0x with it). The same values: only where they are
+    computed moves. A 0-d tensor that is already a buffer (an input) becomes a view of it, no
+    copy; DTensors and other devices are left as they are (a GPU kernel computes a 0-d value
+    once per block of elements).
 
     :func:`~functional_optim._execute.elementwise` runs its rules in it and ``chain`` its
     members (the blocks that loop over their leaves themselves); outside ``torch.compile``,
@@ -167,6 +168,12 @@ class scalars_once:  # noqa: N801 - a context like torch.no_grad
 
 _SCALARS_ONCE = [False]  # (whether a scalars_once context runs its mode)
 
+ONCE_MIN_NUMEL = 1024
+"""The smallest tensor whose 0-d coefficients :class:`scalars_once` computes apart: a buffer of
+its own costs about 1 us a step (inductor allocates it each call), Adam's inlined
+coefficients about 30 ns per vector of 16 floats; measured even at 1024 floats (100 leaves,
+AdamW, one thread), a loss below (100 leaves of 16 floats: 0.44 -> 0.64 ms)."""
+
 
 class _ScalarBuffers(TorchFunctionMode):
     """The mode of :class:`scalars_once`."""
@@ -179,7 +186,7 @@ class _ScalarBuffers(TorchFunctionMode):
                 if isinstance(x, torch.Tensor):
                     if not x.ndim:
                         scalar = True
-                    elif x.device.type == "cpu":
+                    elif x.device.type == "cpu" and x.numel() >= ONCE_MIN_NUMEL:
                         larger = True
             if scalar and larger:
                 args = tuple(map(_own_buffer, args))
