@@ -151,3 +151,33 @@ def test_inductor_inlines_the_coefficients_of_small_tensors():
     _, code = run_and_get_code(step, grads, tx.init(params), params)
     torch._dynamo.reset()
     assert "empty_strided_cpu((), ()" not in "\n".join(code)
+
+
+def test_compiled_step_on_large_leaves_matches_eager_without_recompiling():
+    """On leaves large enough for ``scalars_once`` to take the coefficients apart, the
+    compiled donated step gives the eager step's numbers, and a new learning-rate value does
+    not recompile it."""
+    tx = fo.adamw(lr=1e-2, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"w": (32, 32), "b": (1024,)}
+    params = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    grads = [{k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+             for _ in range(4)]
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda g, s, p, h: fo.step(tx, g, s, p, h, donate=True),
+                             backend=counter, fullgraph=True)
+    torch._dynamo.reset()
+    eager_p = {k: v.clone() for k, v in params.items()}
+    comp_p = {k: v.clone() for k, v in params.items()}
+    eager_s, comp_s = tx.init(params), tx.init(params)
+    frames = None
+    for i, g in enumerate(grads):
+        h = {"lr": torch.tensor(1e-2 / (i + 1), dtype=torch.float64)}
+        eager_p, eager_s = fo.step(tx, g, eager_s, eager_p, h, donate=True)
+        comp_p, comp_s = compiled(g, comp_s, comp_p, h)
+        for k in shapes:
+            torch.testing.assert_close(comp_p[k], eager_p[k], rtol=1e-12, atol=1e-14)
+        if i == 1:
+            frames = counter.frame_count
+    torch._dynamo.reset()
+    assert counter.frame_count == frames, "a new learning-rate value recompiled the step"
