@@ -79,6 +79,15 @@ def _loop_bodies(source: str) -> list[str]:
     return bodies
 
 
+def _assert_no_scalar_math_in_loops(code: list[str]) -> None:
+    """No ``std::pow``/``sqrt``/... inside the element loops of inductor's generated code."""
+    loops = _loop_bodies("\n".join(code))
+    if not any("Vectorized" in body for body in loops):
+        pytest.skip("inductor did not vectorize on this CPU (scalar loops call std:: per element)")
+    inside = [m.group(0) for body in loops for m in _SCALAR_MATH.finditer(body)]
+    assert not inside, f"scalar math inside the element loops: {inside}"
+
+
 @pytest.mark.parametrize("make", [
     lambda: fo.adamw(lr=1e-3, weight_decay=1e-2),
     lambda: fo.radam(),
@@ -108,11 +117,7 @@ def test_inductor_computes_each_coefficient_once_per_step(make):
     step = torch.compile(lambda g, s, p: fo.step(tx, g, s, p, donate=True), fullgraph=True)
     _, code = run_and_get_code(step, grads, state, params)
     torch._dynamo.reset()
-    loops = _loop_bodies("\n".join(code))
-    if not any("Vectorized" in body for body in loops):
-        pytest.skip("inductor did not vectorize on this CPU (scalar loops call std:: per element)")
-    inside = [m.group(0) for body in loops for m in _SCALAR_MATH.finditer(body)]
-    assert not inside, f"scalar math inside the element loops: {inside}"
+    _assert_no_scalar_math_in_loops(code)
 
 
 def test_inductor_computes_tree_math_bias_correction_once():
@@ -128,11 +133,7 @@ def test_inductor_computes_tree_math_bias_correction_once():
     torch._dynamo.reset()
     for k, m in moments.items():
         torch.testing.assert_close(out[k], m / (1 - 0.999**3))
-    loops = _loop_bodies("\n".join(code))
-    if not any("Vectorized" in body for body in loops):
-        pytest.skip("inductor did not vectorize on this CPU (scalar loops call std:: per element)")
-    inside = [m.group(0) for body in loops for m in _SCALAR_MATH.finditer(body)]
-    assert not inside, f"scalar math inside the element loops: {inside}"
+    _assert_no_scalar_math_in_loops(code)
 
 
 def test_inductor_inlines_the_coefficients_of_small_tensors():
