@@ -291,12 +291,13 @@ def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable, *others: list) -
 def _norms(xs: list, device: torch.device) -> list:
     """The L2 norm of each tensor of ``xs``, on ``device``.
 
-    Eager and outside autograd and ``torch.func``, one ``torch._foreach_norm`` per (device, dtype)
-    group, as ``clip_grad_norm_(foreach=True)`` does (on CPU it runs the same per-tensor kernel);
-    otherwise one ``vector_norm`` per tensor, which every transformation traces.
+    Eager, outside ``torch.func``, where no tensor of ``xs`` requires grad (or grad mode is off),
+    one ``torch._foreach_norm`` per (device, dtype) group, as ``clip_grad_norm_(foreach=True)``
+    does (on CPU it runs the same per-tensor kernel); otherwise one ``vector_norm`` per tensor,
+    which every transformation traces.
     """
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or torch._C._functorch.is_functorch_wrapped_tensor(xs[0])):
+    if (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(xs[0])
+            or torch.is_grad_enabled() and any([x.requires_grad for x in xs])):
         return [torch.linalg.vector_norm(x).to(device) for x in xs]
     keys = [(x.device, x.dtype) for x in xs]
     if keys.count(keys[0]) == len(keys):  # the usual case: one group
