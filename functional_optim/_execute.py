@@ -14,7 +14,6 @@ from typing import Any
 
 import optree
 import torch
-import torch.autograd.forward_ad as _forward_ad
 
 from . import _foreach
 from . import tree as _tree
@@ -279,11 +278,12 @@ def elementwise(
 
 def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
                   real_only: bool) -> dict | None:
-    """The multi-tensor groups of :func:`elementwise`'s leaves when they are plain dense tensors
-    that pass its checks column by column (list comparisons in C, not a Python loop per leaf):
-    floating-point updates (real with ``real_only``), a last state and tensor inputs for every
-    update, the inputs' shapes and dtypes and the ``shares`` states' dtypes those of the
-    updates. ``None`` otherwise: the loop over the leaves checks them and names the leaf."""
+    """The one multi-tensor group of :func:`elementwise`'s leaves when they are plain dense
+    tensors of one dtype, device and rank (class) that pass its checks column by column (list
+    comparisons in C, not a Python loop per leaf): floating-point updates (real with
+    ``real_only``), a last state and tensor inputs for every update, the inputs' shapes and
+    dtypes and the ``shares`` states' dtypes those of the updates. ``None`` otherwise: the loop
+    over the leaves checks them, names the leaf and keys the groups."""
     live = [i for i, g in enumerate(flats[0]) if g is not None]
     gs = [flats[0][i] for i in live]
     if not gs or not all([type(g) is torch.Tensor for g in gs]) or any(
@@ -312,10 +312,7 @@ def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
     devices = [g.device for g in gs]
     if dtypes.count(dtypes[0]) == devices.count(devices[0]) == ranks.count(ranks[0]) == len(gs):
         return {(dtypes[0], devices[0], torch.Tensor, ranks[0], (), None): live}
-    groups: dict = {}
-    for i, dtype, device, rank in zip(live, dtypes, devices, ranks):
-        groups.setdefault((dtype, device, torch.Tensor, rank, (), None), []).append(i)
-    return groups
+    return None  # (several groups: the loop keys them)
 
 
 class DonatedStateError(RuntimeError):
@@ -505,12 +502,9 @@ def fusing(updates: Any, params: Any, hparams: Any) -> bool:
 def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
     """Whether the leaves ``columns`` (the updates first, then state and inputs) and
     ``hparams`` run on the multi-tensor path (see :class:`multi_tensor`)."""
-    if not _MULTI_TENSOR[0] or torch.compiler.is_compiling():
+    if not _MULTI_TENSOR[0] or _tree.traced() or not any(
+            [isinstance(x, torch.Tensor) for x in columns[0]]):
         return False
-    if torch._C._functorch.peek_interpreter_stack() is not None or \
-            torch._C._len_torch_dispatch_stack() or _forward_ad._current_level >= 0 or \
-            not any([isinstance(x, torch.Tensor) for x in columns[0]]):
-        return False  # (a torch.func transform, a dispatch mode: fake tensors, make_fx)
     return not torch.is_grad_enabled() or not (
         any(map(_requires_grad, columns)) or _requires_grad(optree.tree_leaves(hparams)))
 

@@ -97,7 +97,7 @@ class TensorList:
     """
 
     __slots__ = ("_items", "_stacked", "_fresh", "_donated", "_consumed", "_scalar", "_value",
-                 "_value_as", "_number", "_shape")
+                 "_number", "_shape")
 
     def __init__(self, items: list | None = None, stacked: torch.Tensor | None = None, *,
                  fresh: bool = False, donated: bool = False):
@@ -108,7 +108,6 @@ class TensorList:
         self._consumed = False
         self._scalar = None
         self._value = _UNKNOWN  # (uniform()'s answer, once asked)
-        self._value_as = None
         self._number = _UNKNOWN  # (its one value as a Python number, once asked)
         self._shape = None  # (a number list's length and dtype)
 
@@ -261,12 +260,6 @@ class TensorList:
             return None
         return _number_list(float(r) if dtype == torch.float64 else r, len(self), dtype)
 
-    def _uniform_as(self, dtype: torch.dtype) -> torch.Tensor:
-        """:meth:`uniform`'s value in ``dtype`` (kept: a list's value is read by several ops)."""
-        if self._value_as is None or self._value_as.dtype != dtype:
-            self._value_as = self._value.to(dtype)
-        return self._value_as
-
     def _pow_of_scalars(self, other: Any, reverse: bool) -> TensorList:
         """``self ** other`` (``other ** self`` if ``reverse``) for 0-d values, as each leaf's own
         0-d ``pow`` gives it: on the CPU the kernel's vector loop (a long enough list) computes
@@ -296,8 +289,7 @@ class TensorList:
             value = other.uniform()
             if value is not None:  # in this list's dtype, as the kernel would cast it per leaf
                 floating = self.dtype.is_floating_point or self.dtype.is_complex
-                other = other._uniform_as(self.dtype) if floating and not value.is_complex() \
-                    else value
+                other = value.to(self.dtype) if floating and not value.is_complex() else value
         if not reverse and name in _NUMBER_AS_TENSOR and isinstance(other, Number) and not \
                 isinstance(other, (bool, complex)) and not self.scalar and \
                 self.dtype in (torch.float32, torch.float64) and self.device.type == "cpu":

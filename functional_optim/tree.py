@@ -13,6 +13,7 @@ from typing import Any
 
 import optree
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 __all__ = [
     "TreeMismatchError",
@@ -288,16 +289,25 @@ def reduce_by_mesh(xs: list, leaf: Callable, combine: Callable, *others: list) -
     return totals[0] if len(totals) == 1 else combine(torch.stack(totals))
 
 
+def traced() -> bool:
+    """Whether ops are being traced or transformed, so that eager shortcuts (foreach kernels
+    standing for per-tensor ops) must not run: ``torch.compile``, a ``torch.func`` transform, a
+    dispatch mode (fake tensors, ``make_fx``) or forward-mode AD."""
+    return bool(torch.compiler.is_compiling()
+                or torch._C._functorch.peek_interpreter_stack() is not None
+                or torch._C._len_torch_dispatch_stack()
+                or _forward_ad._current_level >= 0)
+
+
 def _norms(xs: list, device: torch.device) -> list:
     """The L2 norm of each tensor of ``xs``, on ``device``.
 
-    Eager, outside ``torch.func``, where no tensor of ``xs`` requires grad (or grad mode is off),
-    one ``torch._foreach_norm`` per (device, dtype) group, as ``clip_grad_norm_(foreach=True)``
-    does (on CPU it runs the same per-tensor kernel); otherwise one ``vector_norm`` per tensor,
-    which every transformation traces.
+    Eager and untraced (:func:`traced`), where no tensor of ``xs`` requires grad (or grad mode
+    is off), one ``torch._foreach_norm`` per (device, dtype) group, as
+    ``clip_grad_norm_(foreach=True)`` does (on CPU it runs the same per-tensor kernel);
+    otherwise one ``vector_norm`` per tensor, which every transformation traces.
     """
-    if (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(xs[0])
-            or torch.is_grad_enabled() and any([x.requires_grad for x in xs])):
+    if traced() or torch.is_grad_enabled() and any([x.requires_grad for x in xs]):
         return [torch.linalg.vector_norm(x).to(device) for x in xs]
     keys = [(x.device, x.dtype) for x in xs]
     if keys.count(keys[0]) == len(keys):  # the usual case: one group
