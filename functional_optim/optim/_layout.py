@@ -172,3 +172,33 @@ def unshared(state: Any, tensors: list) -> Any:
     storages = {t.untyped_storage().data_ptr() for t in tensors if plain(t)}
     return optree.tree_map(lambda x: x.clone() if plain(x) and
                            x.untyped_storage().data_ptr() in storages else x, state)
+
+
+# -- where a column (one state path, every parameter) sits in the flat list of state leaves
+
+def slice_of(positions: list) -> slice | list:
+    """``positions`` as a slice when evenly spaced, else the list (:func:`take` and
+    :func:`assign` read and write either)."""
+    if len(positions) == 1:
+        return slice(positions[0], positions[0] + 1, 1)
+    step = positions[1] - positions[0]
+    if step > 0 and positions == list(range(positions[0], positions[-1] + 1, step)):
+        return slice(positions[0], positions[-1] + 1, step)
+    return positions
+
+
+def positions(at: slice | list) -> Any:
+    """The indices that ``at`` (a :func:`slice_of`) names."""
+    return range(at.start, at.stop, at.step) if isinstance(at, slice) else at
+
+
+def take(seq: list, at: slice | list) -> list:
+    return seq[at] if isinstance(at, slice) else [seq[k] for k in at]
+
+
+def assign(seq: list, at: slice | list, values: list) -> None:
+    if isinstance(at, slice):
+        seq[at] = values
+    else:
+        for k, v in zip(at, values):
+            seq[k] = v

@@ -393,11 +393,11 @@ class FunctionalOptimizer(CheckpointLoading, torch.optim.Optimizer):
                         init = _layout.unshared(init, params)
                     fresh.update({(pa, ow): leaf for pa, ow, leaf in
                                   _layout.walk_state(init, frozenset(names))})
-                positions = _positions(at)
+                positions = _layout.positions(at)
                 for k in missing:
                     values[k] = self._fresh_leaf(cp[k], path, fresh[plan[positions[k]]], group)
                     made.add(positions[k])
-            _assign(leaves, at, values)
+            _layout.assign(leaves, at, values)
         before = [_FRESH if k in made else v for k, v in enumerate(leaves)] if made else leaves
         state = optree.tree_unflatten(
             optree.tree_structure(template) if spec is None else spec, leaves)
@@ -417,7 +417,7 @@ class FunctionalOptimizer(CheckpointLoading, torch.optim.Optimizer):
             return  # updated in place: self.state holds the new values already
         new_leaves = optree.tree_leaves(new_state)
         for path, at, owners, shared in columns:
-            new = _take(new_leaves, at)
+            new = _layout.take(new_leaves, at)
             if shared:
                 # shared leaves go to every parameter of the group (also those without a grad
                 # now), so that the next step reads the current value whichever comes first
@@ -425,7 +425,7 @@ class FunctionalOptimizer(CheckpointLoading, torch.optim.Optimizer):
                                    new * len(everything), group)
                 continue
             cs = ordered[0] if owners is None else [state_of[params[i]] for i in owners]
-            changed = [(s, v) for s, v, o in zip(cs, new, _take(before, at)) if v is not o]
+            changed = [(s, v) for s, v, o in zip(cs, new, _layout.take(before, at)) if v is not o]
             if changed:
                 self._store_column([s for s, _ in changed], path, [v for _, v in changed],
                                    group)
@@ -513,7 +513,7 @@ class FunctionalOptimizer(CheckpointLoading, torch.optim.Optimizer):
                 column = by_path.setdefault((path, owner is None), ([], []))
                 column[0].append(position)
                 column[1].append(0 if owner is None else index[owner])
-            columns = [(path, _slice(positions), None if owners == order and not shared
+            columns = [(path, _layout.slice_of(positions), None if owners == order and not shared
                         else owners, shared)
                        for (path, shared), (positions, owners) in by_path.items()]
             order = None if order == list(range(len(names))) else order
@@ -566,33 +566,6 @@ def _torch_groups(params: Iterable, grouped: groups.ParameterGroups, owner: str)
         out.append({"params": [p for _, p in members], "param_names": [n for n, _ in members],
                     **values})
     return out
-
-
-def _slice(positions: list) -> slice | list:
-    """``positions`` as a slice when evenly spaced, else the list (:func:`_take` and
-    :func:`_assign` read and write either)."""
-    if len(positions) == 1:
-        return slice(positions[0], positions[0] + 1, 1)
-    step = positions[1] - positions[0]
-    if step > 0 and positions == list(range(positions[0], positions[-1] + 1, step)):
-        return slice(positions[0], positions[-1] + 1, step)
-    return positions
-
-
-def _positions(at: slice | list) -> Any:
-    return range(at.start, at.stop, at.step) if isinstance(at, slice) else at
-
-
-def _take(seq: list, at: slice | list) -> list:
-    return seq[at] if isinstance(at, slice) else [seq[k] for k in at]
-
-
-def _assign(seq: list, at: slice | list, values: list) -> None:
-    if isinstance(at, slice):
-        seq[at] = values
-    else:
-        for k, v in zip(at, values):
-            seq[k] = v
 
 
 def _is_flat_key(key: Any) -> bool:

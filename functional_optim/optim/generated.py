@@ -41,7 +41,8 @@ import torch
 
 from ..base import Transform
 from ..registry import Entry
-from .adapter import FunctionalOptimizer, _assign
+from . import _layout
+from .adapter import FunctionalOptimizer
 
 __all__ = ["drop_in_class"]
 
@@ -153,7 +154,8 @@ class _TrainEval:
         leaves: list = [None] * len(plan)
         for path, at, owners, _ in columns:
             cp = in_order if owners is None else [params[i] for i in owners]
-            _assign(leaves, at, self._load_column([self.state[p] for p in cp], path, cp, group))
+            _layout.assign(leaves, at,
+                           self._load_column([self.state[p] for p in cp], path, cp, group))
         state = optree.tree_unflatten(
             optree.tree_structure(template) if spec is None else spec, leaves)
         return dict(zip(names, params)), state
