@@ -44,6 +44,11 @@ def layouts() -> dict[str, list[tuple[int, ...]]]:
     return {"300 x 4096": [(4096,)] * 300, "GPT-like": gpt, "4 x 4M": [(4 * 1024 * 1024,)] * 4}
 
 
+EXTRA_LAYOUTS = {"300 x 64 x 64": [(64, 64)] * 300}
+"""Layouts that ``--layouts`` can name besides :func:`layouts` (many small matrices: Adafactor's
+factored step per matrix)."""
+
+
 def numel(shapes) -> int:
     """Elements in a layout."""
     return sum(torch.Size(s).numel() for s in shapes)
@@ -141,7 +146,16 @@ def main() -> None:
     parser.add_argument("--algos", default="all", help="comma-separated torch.optim names")
     parser.add_argument("--out", default=None)
     parser.add_argument("--baseline", default=None, help="another checkout to compare with")
+    parser.add_argument("--layouts", default="default",
+                        help="comma-separated layout names (default: " + ", ".join(layouts())
+                        + "; also " + ", ".join(EXTRA_LAYOUTS) + ")")
     args = parser.parse_args()
+    known = {**layouts(), **EXTRA_LAYOUTS}
+    names = list(layouts()) if args.layouts == "default" else args.layouts.split(",")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        parser.error(f"--layouts: unknown {unknown}; known: {list(known)}")
+    chosen = {name: known[name] for name in names}
     torch.set_num_threads(args.threads)
     baseline = load_baseline(args.baseline) if args.baseline else None
     lines = [f"# Optimizer step time, CPU\n\nMachine: {machine()}\n",
@@ -153,7 +167,7 @@ def main() -> None:
                "The adapter's target is the first (<= 1.0x); the second also counts torch's "
                "for-loop, its CPU default, which is faster than its foreach on the large "
                "layouts (it keeps each tensor's intermediates in cache).\n",
-               "| algorithm | " + " | ".join(layouts()) + " |", "|---|---|---|---|"]
+               "| algorithm | " + " | ".join(chosen) + " |", "|---" * (len(chosen) + 1) + "|"]
     if baseline is not None:
         summary[-3] = summary[-3].rstrip() + " The third is ours / the baseline checkout " \
             f"({args.baseline}), same rounds.\n"
@@ -161,7 +175,7 @@ def main() -> None:
     algos = list(HPARAMS) if args.algos == "all" else args.algos.split(",")
     for algo in algos:
         row = []
-        for layout, shapes in layouts().items():
+        for layout, shapes in chosen.items():
             n = numel(shapes)
             lines.append(f"\n## {algo}, {layout} ({len(shapes)} tensors, {n / 1e6:.1f}M "
                          "params)\n\n| implementation | ms | vs torch default | vs torch foreach "

@@ -9,7 +9,7 @@ in-place ops (``torch._foreach_*_``, so scalars stay Python numbers) on *blocks*
 :data:`BLOCK` elements: small tensors are grouped, large ones split into views. Every pass after
 the first reads the block from cache, and the Python cost is one call per op and block.
 Adafactor, whose step size depends on norms over each parameter, makes two such passes per
-parameter (see :func:`adafactor_step`).
+parameter (see :mod:`functional_optim._blocked_adafactor`).
 
 Each step is the alias's ``fused`` step (see :mod:`functional_optim._fused`):
 ``fused(params, grads, state, hparams) -> state | None``, in place on the adapter's tensors;
@@ -22,7 +22,6 @@ chain and torch.optim).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Iterator
 from numbers import Number
@@ -33,7 +32,6 @@ import torch
 from ._fused import FusedStep, _groups
 from .base import EmptyState, resolve_hparams
 from .transforms.adaptive import RADAM_THRESHOLD, asgd_schedule
-from .transforms.factored import at_least
 
 __all__ = ["BLOCK", "blocks", "classic_step"]
 
@@ -87,7 +85,8 @@ def _constant(value: float, like: list) -> torch.Tensor:
     return torch.tensor(value, dtype=like[0].dtype)
 
 
-def _mul_(xs: list, value: float) -> None:
+def mul_(xs: list, value: float) -> None:
+    """``xs *= value`` in place, one kernel (the value a 0-d tensor: see :func:`_constant`)."""
     torch._foreach_mul_(xs, _constant(value, xs))
 
 
@@ -215,7 +214,7 @@ def _decayed(h: dict, p: list, g: list, maximize: bool, decoupled: bool) -> list
     """The gradient after ``maximize`` and coupled decay; decoupled decay scales ``p`` now."""
     if decoupled:
         if h["weight_decay"]:
-            _mul_(p, 1 - h["lr"] * h["weight_decay"])
+            mul_(p, 1 - h["lr"] * h["weight_decay"])
         return _gradients(p, g, 0, maximize)
     return _gradients(p, g, h["weight_decay"], maximize)
 
@@ -224,7 +223,7 @@ def _adam_moments(h: dict, g: list, m: list, v: list) -> None:
     """``m = lerp(m, g, 1-β1)``, ``v = β2 v + (1-β2) g²``, in place."""
     beta1, beta2 = h["betas"]
     torch._foreach_lerp_(m, g, 1 - beta1)
-    _mul_(v, beta2)
+    mul_(v, beta2)
     torch._foreach_addcmul_(v, g, g, value=1 - beta2)
 
 
@@ -232,7 +231,8 @@ def _none(h, key, likes):
     return None, ()
 
 
-def _any(h, state):
+def accepts_any(h, state) -> bool:
+    """``accepts`` for a step that takes every state (its alias has no lr block)."""
     return True
 
 
@@ -256,7 +256,7 @@ def rmsprop_step(defaults: dict, where: str, *, maximize: bool, centered: bool,
     def kernel(h, _, p, g, v, *rest):
         g = _gradients(p, g, h["weight_decay"], maximize)
         alpha = h["alpha"]
-        _mul_(v, alpha)
+        mul_(v, alpha)
         torch._foreach_addcmul_(v, g, g, value=1 - alpha)
         if centered:
             mean = rest[0]
@@ -269,7 +269,7 @@ def rmsprop_step(defaults: dict, where: str, *, maximize: bool, centered: bool,
         _add_(avg, h["eps"])
         if has_momentum and h["momentum"]:
             buf = rest[-1]
-            _mul_(buf, h["momentum"])
+            mul_(buf, h["momentum"])
             torch._foreach_addcdiv_(buf, g, avg)
             torch._foreach_add_(p, buf, alpha=-h["lr"])
         else:
@@ -287,7 +287,7 @@ def adadelta_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     def kernel(h, _, p, g, v, acc):
         g = _gradients(p, g, h["weight_decay"], maximize)
         rho, eps = h["rho"], h["eps"]
-        _mul_(v, rho)
+        mul_(v, rho)
         torch._foreach_addcmul_(v, g, g, value=1 - rho)
         std = torch._foreach_add(v, eps)
         torch._foreach_sqrt_(std)
@@ -295,7 +295,7 @@ def adadelta_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
         torch._foreach_sqrt_(delta)
         torch._foreach_div_(delta, std)
         torch._foreach_mul_(delta, g)
-        _mul_(acc, rho)
+        mul_(acc, rho)
         torch._foreach_addcmul_(acc, delta, delta, value=1 - rho)
         torch._foreach_add_(p, delta, alpha=-h["lr"])
 
@@ -317,7 +317,7 @@ def adamax_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
         g = _gradients(p, g, h["weight_decay"], maximize)
         beta1, beta2 = h["betas"]
         torch._foreach_lerp_(m, g, 1 - beta1)
-        _mul_(n, beta2)
+        mul_(n, beta2)
         bound = torch._foreach_abs(g)
         _add_(bound, h["eps"])
         torch._foreach_maximum_(n, bound)
@@ -414,7 +414,7 @@ def asgd_step(defaults: dict, where: str, *, maximize: bool, rounding: torch.dty
     def kernel(h, coefficients, p, g, ax):
         keep, step_size, mu = coefficients
         g = _gradients(p, g, h["weight_decay"], maximize)
-        _mul_(p, keep)
+        mul_(p, keep)
         torch._foreach_add_(p, g, alpha=step_size)
         if mu == 1:
             torch._foreach_copy_(ax, p)
@@ -424,7 +424,7 @@ def asgd_step(defaults: dict, where: str, *, maximize: bool, rounding: torch.dty
     return classic_step(defaults=defaults, where=where,
                         counts=(("asgd", "step"),), scalars=(("asgd", "eta"), ("asgd", "mu")),
                         columns=(("asgd", "ax"),),
-                        accepts=_any,
+                        accepts=accepts_any,
                         prepare=prepare, kernel=kernel)
 
 
@@ -475,123 +475,5 @@ def rprop_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     return classic_step(defaults=defaults, where=where,
                         counts=(("rprop", "step"),),
                         columns=(("rprop", "prev"), ("rprop", "step_size")),
-                        accepts=_any,
+                        accepts=accepts_any,
                         prepare=lambda h, key, likes: (key[0] == 1, ()), kernel=kernel)
-
-
-def adafactor_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
-    r"""Adafactor (see ``scale_by_factored_rms``), in two passes over each large leaf.
-
-    The update :math:`U = G / \sqrt{\max(\hat V, \epsilon_1^2)}` is scaled by
-    :math:`\alpha_t / \max(1, \mathrm{RMS}(U)/d)`, which needs all of :math:`U` first. torch
-    materializes :math:`U` (and :math:`\hat V`) at full size; here the first pass updates the
-    moments and accumulates :math:`\|U\|^2` block by block, and the second recomputes each
-    block of :math:`U` (in cache) and applies it. Small vectors go through foreach kernels
-    together. ``maximize`` flips the sign of the step (the moments see :math:`g^2`)."""
-
-    def prepare(h, key, likes):
-        t = key[0]
-        return (t ** h["beta2_decay"], min(h["lr"], 1 / t ** 0.5)), ()
-
-    def kernel(h, coefficients, p, g, row, col, var):
-        weight, rho = coefficients
-        eps1, eps2 = h["eps"]
-        eps1 = torch.finfo(p[0].dtype).eps if eps1 is None else eps1
-        scale = _AdafactorScale(h, rho, eps2, maximize)
-        vectors = [i for i, x in enumerate(p) if x.ndim < 2]
-        if len(vectors) > 1 or (vectors and p[vectors[0]].numel() <= BLOCK):
-            _adafactor_vectors(*([c[i] for i in vectors] for c in (p, g, var)), weight, eps1,
-                               scale)
-        elif vectors:
-            _adafactor_vector(p[0], g[0], var[0], weight, eps1, scale)
-        for i in range(len(p)):
-            if p[i].ndim >= 2:
-                _adafactor_matrix(p[i], g[i], row[i], col[i], weight, eps1, scale)
-
-    return classic_step(defaults=defaults, where=where, counts=((None, "step"),),
-                        columns=((None, "row_var"), (None, "col_var"), (None, "variance")),
-                        accepts=_any, prepare=prepare, kernel=kernel, split=False)
-
-
-class _AdafactorScale:
-    r"""The step size of one leaf: :math:`-\alpha_t / \max(1, \mathrm{RMS}(U)/d)` with
-    :math:`\alpha_t = \max(\epsilon_2, \mathrm{RMS}(p))\rho_t` (norms in float64), and the
-    decoupled decay factor :math:`1 - \eta\lambda`."""
-
-    def __init__(self, h: dict, rho: float, eps2: float, maximize: bool):
-        self.rho, self.eps2, self.d = rho, eps2, h["d"]
-        self.sign = 1.0 if maximize else -1.0
-        self.keep = 1 - h["lr"] * h["weight_decay"]
-
-    def __call__(self, p_norm: torch.Tensor, u_norm: torch.Tensor, numel: torch.Tensor):
-        root = numel.double().sqrt()
-        alpha = at_least(p_norm.double() / root, self.eps2) * self.rho
-        return self.sign * alpha / at_least(u_norm.double() / (root * self.d), 1.0)
-
-
-def _adafactor_vectors(p: list, g: list, var: list, weight: float, eps1: float,
-                       scale: _AdafactorScale) -> None:
-    """Small 0-d/1-d leaves together: foreach kernels, per-leaf norms."""
-    p_norms = torch._foreach_norm(p)
-    torch._foreach_lerp_(var, torch._foreach_mul(g, g), weight)
-    u = torch._foreach_clamp_min(var, eps1 * eps1)
-    torch._foreach_rsqrt_(u)
-    torch._foreach_mul_(u, g)
-    steps = scale(torch.stack(p_norms), torch.stack(torch._foreach_norm(u)),
-                  torch.tensor([x.numel() for x in p]))
-    if scale.keep != 1:
-        _mul_(p, scale.keep)
-    torch._foreach_mul_(u, list(steps.to(p[0].dtype).unbind()))
-    torch._foreach_add_(p, u)
-
-
-def _vector_update(var: torch.Tensor, g: torch.Tensor, eps1: float) -> torch.Tensor:
-    return var.clamp_min(eps1 * eps1).rsqrt_().mul_(g)
-
-
-def _adafactor_vector(p, g, var, weight, eps1, scale) -> None:
-    """One large 1-d leaf, block by block: the moment and ``‖U‖²``, then the update."""
-    pieces = list(zip(*(x.reshape(-1).split(BLOCK) for x in (p, g, var))))
-    u_sq = torch.zeros((), dtype=torch.float64)
-    for _, gc, vc in pieces:
-        vc.lerp_(gc * gc, weight)
-        u_sq += torch.linalg.vector_norm(_vector_update(vc, gc, eps1)).double().square()
-    step = scale(torch.linalg.vector_norm(p), u_sq.sqrt(), torch.tensor(p.numel())).item()
-    for pc, gc, vc in pieces:
-        if scale.keep != 1:
-            pc.mul_(scale.keep)
-        pc.add_(_vector_update(vc, gc, eps1), alpha=step)
-
-
-def _adafactor_matrix(p, g, row, col, weight, eps1, scale) -> None:
-    """One leaf of >= 2 dimensions (factored over its last two), by blocks of rows: the row
-    and column means of :math:`g^2` in one pass, the moments, ``‖U‖²``, then the update."""
-    m, n = g.shape[-2:]
-    chunk = max(1, BLOCK // n)
-    # (leading index, first row): views of every layout, also non-contiguous ones
-    parts = [(index, start) for index in itertools.product(*map(range, g.shape[:-2]))
-             for start in range(0, m, chunk)]
-    means = {}
-    for index in itertools.product(*map(range, g.shape[:-2])):
-        col_sq = torch.zeros_like(col[index])
-        for start in range(0, m, chunk):
-            sq = g[index][start:start + chunk].square()
-            row[index][start:start + chunk].lerp_(sq.sum(dim=-1, keepdim=True).div_(n), weight)
-            col_sq += sq.sum(dim=-2, keepdim=True)
-        col[index].lerp_(col_sq.div_(m), weight)
-        means[index] = row[index].mean(dim=-2, keepdim=True).clamp_(min=eps1)
-
-    def update(index, start):
-        estimate = row[index][start:start + chunk] @ col[index]
-        return estimate.div_(means[index]).clamp_(min=eps1 * eps1).rsqrt_().mul_(
-            g[index][start:start + chunk])
-
-    u_sq = torch.zeros((), dtype=torch.float64)
-    for index, start in parts:
-        u_sq += torch.linalg.vector_norm(update(index, start)).double().square()
-    step = scale(torch.linalg.vector_norm(p), u_sq.sqrt(), torch.tensor(p.numel())).item()
-    for index, start in parts:
-        piece = p[index][start:start + chunk]
-        if scale.keep != 1:
-            piece.mul_(scale.keep)
-        piece.add_(update(index, start), alpha=step)

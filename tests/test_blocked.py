@@ -26,7 +26,7 @@ from tolerance import (
 
 import functional_optim as fo
 import functional_optim.optim as foo
-from functional_optim import _blocked
+from functional_optim import _blocked, _blocked_adafactor
 
 CASES = [
     ("RMSprop", dict(lr=0.01)),
@@ -149,6 +149,43 @@ def test_blocked_step_runs_and_matches_the_chain_and_torch(spy, name, kwargs, dt
         for key, value in torch_opt.state[q].items():
             assert opt.state[p][key].dtype == value.dtype
             _close(opt.state[p][key], value, dtype, value.abs().max(), ulps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adafactor_batches_small_matrices_of_one_shape(monkeypatch, dtype):
+    """Small matrices that share a shape (a non-contiguous one, 3-d ones among them) run as one
+    batch per shape, with the numbers of the chain and torch.optim.Adafactor."""
+    batches = []
+    batched = _blocked_adafactor._adafactor_matrices
+    monkeypatch.setattr(_blocked_adafactor, "_adafactor_matrices",
+                        lambda p, *a: batches.append(len(p)) or batched(p, *a))
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 5)] * 3 + [(5, 6), (3, 4, 5), (3, 4, 5), (6,)]
+
+    def run(make, steps=6):
+        params = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+        params[1] = params[1].t().contiguous().t()  # (non-contiguous)
+        params = [p.requires_grad_() for p in params]
+        opt = make(params)
+        grads = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=grads, dtype=dtype)
+            opt.step()
+        return params
+
+    kwargs = dict(lr=0.05, weight_decay=0.1)
+    ours = run(functools.partial(foo.Adafactor, **kwargs))
+    assert batches == [3, 1, 2] * 6
+    gen.manual_seed(0)
+    chain = run(functools.partial(foo.Adafactor, **kwargs, foreach=False))
+    gen.manual_seed(0)
+    theirs = run(functools.partial(torch.optim.Adafactor, **kwargs))
+    ulps = ulp_budget(6, adafactor_ops(30))
+    for a, b, c in zip(ours, chain, theirs):
+        top = c.abs().max()
+        _close(a, b, dtype, top, ulps)
+        _close(a, c, dtype, top, ulps)
 
 
 @pytest.mark.parametrize("name,kwargs", CASES)

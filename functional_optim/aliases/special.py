@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _blocked
+from .. import _blocked_adafactor
 from ..base import Transform, chain
 from ..registry import register
 from ..transforms import (
@@ -53,7 +53,7 @@ def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
                 "d": h["d"], "weight_decay": h["weight_decay"]}
 
     where = f"{owner} hparams"
-    blocked = _blocked.adafactor_step(defaults, where, maximize=maximize)
+    blocked = _blocked_adafactor.adafactor_step(defaults, where, maximize=maximize)
     return _reparametrized(owner, inner, defaults, to_inner, dict(maximize=maximize))._replace(
         fused=blocked)
 
