@@ -137,7 +137,8 @@ class TensorList:
     def scalar(self) -> bool:
         """Whether every element is 0-d (then :attr:`stacked` is cheap)."""
         if self._scalar is None:
-            self._scalar = self._stacked is not None or not any([x.ndim for x in self._items])
+            self._scalar = self._stacked is not None or not (  # (the first decides, mostly)
+                self._items[0].ndim or any([x.ndim for x in self._items]))
         return self._scalar
 
     @property

@@ -472,22 +472,26 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
     return Transform(inner.init, _execute.owning(update, [inner]), hparams, pointwise=spec)
 
 
-def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list]:
-    """The leaves of ``params`` and ``updates`` (the structures checked), and the indices of the
-    leaves where both are given (shapes and devices checked: a mismatch names the leaf)."""
-    spec = _tree.structure(params)
+def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list, Any]:
+    """The leaves of ``params`` and ``updates`` (the structures checked), the indices of the
+    leaves where both are given (shapes and devices checked: a mismatch names the leaf), and
+    the structure of ``params``."""
+    flat_p, spec = optree.tree_flatten(params, none_is_leaf=True)
     try:
         flat_u = _tree.flatten_like(updates, spec, "updates", "params")
     except TreeMismatchError:
         raise TreeMismatchError(_tree.mismatch_message(
             "params", spec, "updates", _tree.structure(updates))) from None
-    flat_p = _tree.leaves(params)
     both = [i for i, (p, u) in enumerate(zip(flat_p, flat_u)) if p is not None and u is not None]
-    for i in both:  # every leaf checked before any is computed or changed
-        p, u = flat_p[i], flat_u[i]
-        if u.shape != p.shape or u.device != p.device:
-            _tree.check_leaves(where, updates, params, "params", "parameter", dtype=False)
-    return flat_p, flat_u, both
+    pb, ub = [flat_p[i] for i in both], [flat_u[i] for i in both]
+    try:  # every leaf checked before any is computed or changed (a column at a time)
+        same = [u.shape for u in ub] == [p.shape for p in pb] and [
+            u.device for u in ub] == [p.device for p in pb]
+    except AttributeError:  # (a leaf that is no tensor)
+        same = False
+    if not same:
+        _tree.check_leaves(where, updates, params, "params", "parameter", dtype=False)
+    return flat_p, flat_u, both, spec
 
 
 def _foreach_groups(ps: list, us: list, both: list) -> tuple[list, list]:
@@ -519,7 +523,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
     the updates run multi-tensor (:class:`~functional_optim._execute.multi_tensor`: eager,
     nothing requires grad), the sums are one ``torch._foreach_add`` per group of leaves.
     """
-    ps, us, both = _pairs(params, updates, "apply_updates")
+    ps, us, both, spec = _pairs(params, updates, "apply_updates")
     out = list(ps)
     if _execute.multi_tensor_wanted([ps, us]):
         groups, rest = _foreach_groups(ps, us, both)
@@ -532,14 +536,14 @@ def apply_updates(params: Any, updates: Any) -> Any:
     for i in rest:
         p, u = ps[i], us[i]
         out[i] = p + u if u.dtype == p.dtype else (p + u).to(p.dtype)  # (one rounding)
-    return optree.tree_unflatten(_tree.structure(params), out)
+    return optree.tree_unflatten(spec, out)
 
 
 def apply_updates_(params: Any, updates: Any) -> Any:
     """In-place ``p += u`` under ``torch.no_grad()`` (for stateful use, and for a caller that
     donates its parameters); returns ``params``. Every leaf is checked before any changes; the
     sums are foreach kernels per group of leaves, as in :func:`apply_updates`."""
-    ps, us, both = _pairs(params, updates, "apply_updates_")
+    ps, us, both, _ = _pairs(params, updates, "apply_updates_")
     with torch.no_grad():
         groups, rest = (_foreach_groups(ps, us, both) if _execute.multi_tensor_wanted([ps, us])
                         else ([], both))

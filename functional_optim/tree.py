@@ -120,7 +120,18 @@ def mismatch_message(name_a: str, spec_a, name_b: str, spec_b) -> str:
 
 
 def flatten_like(tree: Any, spec: optree.PyTreeSpec, name: str, ref_name: str) -> list:
-    """Flatten ``tree``, raising :class:`TreeMismatchError` unless its structure is ``spec``."""
+    """Flatten ``tree``, raising :class:`TreeMismatchError` unless its structure is ``spec``.
+
+    Eagerly flattened along ``spec`` in C (a dict's keys are not sorted again); what that
+    leaves open (a subtree where ``spec`` has a leaf) is settled by the leaves being tensors or
+    ``None``, else by flattening ``tree`` on its own."""
+    if not torch.compiler.is_compiling():  # (dynamo traces optree's functions, not this)
+        try:
+            flat = spec.flatten_up_to(tree)
+        except (ValueError, TypeError):
+            flat = None
+        if flat is not None and all([x is None or isinstance(x, torch.Tensor) for x in flat]):
+            return flat
     flat, tree_spec = optree.tree_flatten(tree, **_NONE_IS_LEAF)
     if tree_spec != spec:
         raise TreeMismatchError(mismatch_message(ref_name, spec, name, tree_spec))

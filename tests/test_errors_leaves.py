@@ -324,3 +324,32 @@ def test_apply_updates_keeps_the_parameters_dtype():
     parameter's."""
     out = fo.apply_updates(params_(), {"w": torch.ones(3, dtype=torch.float64), "b": None})
     assert out["w"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("tree,accepted", [
+    ({"a": torch.zeros(2), "b": torch.ones(3)}, True),
+    ({"b": torch.ones(3), "a": torch.zeros(2)}, True),  # (another insertion order)
+    ({"a": None, "b": torch.ones(3)}, True),  # (None is a leaf)
+    ({"a": 1.0, "b": torch.ones(3)}, True),  # (a number is a leaf)
+    ({"a": {"c": torch.zeros(2)}, "b": torch.ones(3)}, False),  # (a subtree at a leaf)
+    ({"a": (torch.zeros(2),), "b": torch.ones(3)}, False),
+    ({"a": torch.zeros(2)}, False),
+    ({"a": torch.zeros(2), "b": torch.ones(3), "c": None}, False),
+    ([torch.zeros(2), torch.ones(3)], False),
+])
+def test_flatten_like_accepts_exactly_the_structure(tree, accepted):
+    """``tree.flatten_like`` flattens along the reference structure (fast) and accepts exactly
+    the trees whose own structure is that one."""
+    spec = fo.tree.structure({"a": torch.zeros(2), "b": torch.ones(3)})
+    if accepted:
+        assert fo.tree.flatten_like(tree, spec, "t", "ref") == fo.tree.leaves(tree)
+    else:
+        with pytest.raises(TreeMismatchError, match="different tree structures"):
+            fo.tree.flatten_like(tree, spec, "t", "ref")
+
+
+def test_apply_updates_names_a_mismatched_leaf():
+    params = {str(i): torch.zeros(3) for i in range(5)}
+    updates = dict(params, **{"3": torch.zeros(4)})
+    with pytest.raises(TreeMismatchError, match="'3'"):
+        fo.apply_updates(params, updates)
