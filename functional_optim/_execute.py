@@ -284,8 +284,13 @@ def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
     ``real_only``), a last state and tensor inputs for every update, the inputs' shapes and
     dtypes and the ``shares`` states' dtypes those of the updates. ``None`` otherwise: the loop
     over the leaves checks them, names the leaf and keys the groups."""
-    live = [i for i, g in enumerate(flats[0]) if g is not None]
-    gs = [flats[0][i] for i in live]
+    gs = flats[0]
+    if any([g is None for g in gs]):
+        live = [i for i, g in enumerate(gs) if g is not None]
+        gs = [gs[i] for i in live]
+        columns = [[f[i] for i in live] for f in flats[1:]]
+    else:  # (every leaf has an update: the columns as they are)
+        live, columns = list(range(len(gs))), flats[1:]
     if not gs or not all([type(g) is torch.Tensor for g in gs]) or any(
             [g.is_sparse for g in gs]):
         return None
@@ -294,7 +299,6 @@ def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
            for d in set(dtypes)):
         return None
     shapes = [g.shape for g in gs]
-    columns = [[f[i] for i in live] for f in flats[1:]]
     if n_states and any([x is None for x in columns[n_states - 1]]):
         return None
     try:
@@ -494,9 +498,17 @@ def fusing(updates: Any, params: Any, hparams: Any) -> bool:
     a temporary from one rule to the next in place moves the last digit there). (A state that
     requires grad is seen by :func:`elementwise`, which then runs the fused rule leaf by leaf:
     the numbers of the transforms run one by one.)"""
-    leaves = [x for x in _tree.leaves(updates) if x is not None]
-    return not any([x.is_complex() for x in leaves]) and multi_tensor_wanted(
-        [leaves, optree.tree_leaves(params)], hparams)
+    if _tree.traced():  # (per leaf: see multi_tensor_wanted)
+        return False
+    flat, spec = optree.tree_flatten(updates, none_is_leaf=True)
+    leaves = [x for x in flat if x is not None]
+    if any([x.is_complex() for x in leaves]):
+        return False
+    try:  # (the parameters along the updates' structure, in C; else as they are)
+        inputs = [] if params is None else spec.flatten_up_to(params)
+    except (ValueError, TypeError):
+        inputs = optree.tree_leaves(params)
+    return multi_tensor_wanted([leaves, inputs], hparams)
 
 
 def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
