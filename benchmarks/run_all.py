@@ -9,7 +9,9 @@
   (``results/speed_cuda``);
 - ``bench_functional.py``: the functional API (pure, donated and compiled steps of every alias
   torch has and a user chain) against torch and the peers (1 thread), and what a compiled
-  functional train step allocates (``results/functional_*``).
+  functional train step allocates (``results/functional_*``); ``pure_floor.py``: the pure
+  eager AdamW step against a hand-written out-of-place foreach AdamW
+  (``results/pure_floor_cpu_1thread.md``).
 
 The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
 (``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out. ``--speed-only`` skips
@@ -52,6 +54,8 @@ def main() -> None:
         run(python, "bench_functional.py", "--threads", "1", "--out", out)
         run(sys.executable, "bench_functional.py", "--train-step",
             "--out", os.path.join(RESULTS, "functional_train_step_cpu"))
+        run(sys.executable, "pure_floor.py",
+            "--out", os.path.join(RESULTS, "pure_floor_cpu_1thread.md"))
     if torch.cuda.is_available():
         out = os.path.join(RESULTS, "speed_cuda")
         run(python, "bench_speed.py", "--device", "cuda", "--out", out)
