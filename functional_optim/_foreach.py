@@ -58,7 +58,7 @@ float32, so there the number stays)."""
 _CONSTANTS: dict = {}
 
 
-def _constant(value: float, dtype: torch.dtype) -> torch.Tensor:
+def constant(value: float, dtype: torch.dtype) -> torch.Tensor:
     """``value`` as a 0-d CPU tensor of ``dtype``, made once for each value (a rule's numbers
     recur every step; creating the tensor costs as much as a foreach kernel's Python call). The
     cached tensors are only read, as kernel operands."""
@@ -294,7 +294,7 @@ class TensorList:
         if not reverse and name in _NUMBER_AS_TENSOR and isinstance(other, Number) and not \
                 isinstance(other, (bool, complex)) and not self.scalar and \
                 self.dtype in (torch.float32, torch.float64) and self.device.type == "cpu":
-            other = _constant(other, self.dtype)
+            other = constant(other, self.dtype)
         if name in _LIST_OVERLOADS and isinstance(other, torch.Tensor) and other.ndim == 0 \
                 and not self.scalar:
             other = TensorList([other] * len(self))

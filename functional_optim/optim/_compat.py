@@ -202,8 +202,7 @@ class _TorchCompatible(FunctionalOptimizer):
         if key is None or path in self._LEAF_PATHS:
             super()._store_column(stores, path, values, group)
             return
-        for store, value in zip(stores, values):
-            _layout.nested_set(store, key, value)
+        _layout.nested_set_column(stores, key, values)
 
 
 class _Classic(_TorchCompatible):

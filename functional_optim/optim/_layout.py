@@ -114,6 +114,18 @@ def walk_state(node: Any, names: frozenset, path: Path = (), owner: Any = None
         yield path, owner, node
 
 
+def leaves_along(spec: Any, tree: Any) -> list:
+    """The leaves of ``tree``, flattened along ``spec`` (the plan's structure: the state's dicts
+    of names are not sorted again) when it has that structure; else (and while dynamo traces)
+    flattened on their own."""
+    if spec is not None:
+        try:
+            return spec.flatten_up_to(tree)
+        except ValueError:
+            pass
+    return optree.tree_leaves(tree)
+
+
 def nested_get(store: dict, path: Path) -> Any:
     for k in path:
         store = store[k]
@@ -124,6 +136,16 @@ def nested_set(store: dict, path: Path, value: Any) -> None:
     for k in path[:-1]:
         store = store.setdefault(k, {})
     store[path[-1]] = value
+
+
+def nested_set_column(stores: list, path: Path, values: list) -> None:
+    """``nested_set(store, path, value)`` for each store and value (the loop inlined: this runs
+    every step, once per state leaf)."""
+    *inner, last = path
+    for store, value in zip(stores, values):
+        for k in inner:
+            store = store.setdefault(k, {})
+        store[last] = value
 
 
 def nested_column(stores: list, path: Path) -> list:

@@ -166,11 +166,7 @@ class FunctionalOptimizer(CheckpointLoading, torch.optim.Optimizer):
             for store, value in zip(stores, values):
                 self._store_leaf(store, path, value, group)
             return
-        *inner, last = path
-        for store, value in zip(stores, values):
-            for k in inner:
-                store = store.setdefault(k, {})
-            store[last] = value
+        _layout.nested_set_column(stores, path, values)
 
     def _fresh_leaf(self, p: torch.Tensor, path: tuple, value: Any, group: dict) -> Any:
         """The initial value of a state leaf (``value`` is what ``transform.init`` gave)."""
@@ -415,7 +411,7 @@ class FunctionalOptimizer(CheckpointLoading, torch.optim.Optimizer):
                                            pending)
         elif new_state is state and not made:
             return  # updated in place: self.state holds the new values already
-        new_leaves = optree.tree_leaves(new_state)
+        new_leaves = _layout.leaves_along(spec, new_state)
         for path, at, owners, shared in columns:
             new = _layout.take(new_leaves, at)
             if shared:
