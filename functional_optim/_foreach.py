@@ -242,8 +242,9 @@ class TensorList:
         else:
             return None
         a = self._number_value()
-        if a is None or b is None or name not in _NUMBER_OPS:
-            return None
+        if a is None or b is None or name not in _NUMBER_OPS or torch.bool in (
+                self.dtype, other_dtype):
+            return None  # (bools: torch's arithmetic on them is not Python's)
         dtype = self.dtype
         if other_dtype is not None and other_dtype != dtype:
             dtype = torch.float64  # (int64 with float64)
@@ -283,7 +284,7 @@ class TensorList:
         elif (name in _NUMBER_AS_TENSOR and isinstance(other, TensorList) and not reverse
               and self.dtype in (torch.float32, torch.float64)):
             value = other._number_value()
-            if value is not None:  # (as a Python number: a cached 0-d tensor, below)
+            if value is not None and other.dtype != torch.bool:  # (a cached 0-d tensor, below)
                 other = value
         if (name in _TENSOR_OVERLOADS and isinstance(other, TensorList) and other.scalar
                 and not self.scalar):
@@ -362,6 +363,13 @@ class TensorList:
 
     def _compare(self, op: Callable, other: Any) -> TensorList:
         if self.scalar and not isinstance(other, TensorList):
+            a = self._number_value()
+            if a is not None and type(other) in (int, float) and (
+                    isinstance(other, int) and (self.dtype == torch.int64 or abs(other) < 1 << 53)
+                    or self.dtype == torch.float64):
+                # (a step count against a number: Python compares what torch's 0-d kernel
+                # compares, exactly; an int64 count against a float torch compares in float32)
+                return _number_list(_COMPARISONS[op](a, other), len(self), torch.bool)
             return TensorList(stacked=op(self.stacked, other))
         return TensorList([op(x, o) for x, o in zip(self.items, _items(other, len(self)))])
 
@@ -409,6 +417,10 @@ def _number_list(value: Number, n: int, dtype: torch.dtype) -> TensorList:
 
 
 _NUMBER_DTYPES = (torch.int64, torch.float64)
+_COMPARISONS = {torch.eq: operator.eq, torch.gt: operator.gt, torch.lt: operator.lt,
+                torch.ge: operator.ge}
+"""The comparisons a number list computes in Python (a list of one bool: a number list of
+dtype bool, which arithmetic turns into tensors first and ``.to(float64)`` into 0.0 or 1.0)."""
 _NUMBER_OPS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
                "div": operator.truediv, "pow": operator.pow}
 """The ops a number list computes in Python: IEEE double arithmetic and C ``pow``, as torch's
