@@ -322,3 +322,27 @@ def test_function_forms_of_arithmetic_match_per_tensor_ops():
             ref = fn(*(a.items[k] if isinstance(a, TensorList) else a for a in args))
             assert torch.equal(r, ref), (fn, args)
         assert len(out) == len(lists)
+
+
+@pytest.mark.parametrize("count", [torch.tensor(3), torch.tensor(0),
+                                   torch.tensor(2.5, dtype=torch.float64),
+                                   torch.tensor(float("nan"), dtype=torch.float64)])
+@pytest.mark.parametrize("other", [0, 3, 2.5, -1.0, 1 << 60])
+def test_counts_compared_with_a_number_match_per_tensor_ops(count, other):
+    """A list of equal counts compared with a number: one bool without a kernel where Python's
+    comparison is torch's (else torch's kernel); its ``.to(float64)``, its product with a list
+    and ``torch.where`` on it, the per-leaf values."""
+    counts = TensorList([count.clone() for _ in range(3)])
+    x = TensorList([torch.rand(3), torch.rand(2), torch.rand(4)])
+    for op in (lambda t: t > other, lambda t: t < other, lambda t: t >= other,
+               lambda t: t == other):
+        out = op(counts)
+        ref = op(count)
+        assert [r.item() for r in out.items] == [ref.item()] * 3 and out.dtype == torch.bool
+        as_float = out.to(torch.float64)
+        assert as_float.dtype == torch.float64
+        assert [r.item() for r in as_float.items] == [ref.to(torch.float64).item()] * 3
+        for r, y in zip((x * out).items, x.items):
+            assert torch.equal(r, y * ref)
+        for r, y in zip(torch.where(out, x, 2 * x).items, x.items):
+            assert torch.equal(r, torch.where(ref, y, 2 * y))
