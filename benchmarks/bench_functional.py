@@ -278,8 +278,10 @@ def main() -> None:
             k = ALGOS[algo][2]
             bw = bandwidth_gbs((2 + k) * n)
             bound_ms = bytes_per_param(algo) * n / (bw * 1e9) * 1e3
-            row = measure_row(implementations(algo, peers, algo in args.compiled.split(",")),
-                              shapes, args.repeats)
+            compiled = algo in args.compiled.split(",")
+            if compiled:  # (each row compiles its own steps: dynamo recompiles the one run()
+                torch._dynamo.reset()  # closure for each (algo, layout), at most 8 times)
+            row = measure_row(implementations(algo, peers, compiled), shapes, args.repeats)
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
             results["runs"][f"{algo}/{layout}"] = {"numel": n, "bound_ms": bound_ms,
