@@ -122,14 +122,14 @@ def _pure(algo: str) -> Callable:
     return make
 
 
-def _donated(algo: str, compiled: bool = False) -> Callable:
+def _donated(algo: str, compiled: bool = False, grads_too: bool = False) -> Callable:
     def make(params):
         tx = transform(algo)
         data, grads = _trees(params)
         box = [data, tx.init(data)]
 
         def run(p, state, g):
-            return fo.step(tx, g, state, p, donate=True)
+            return fo.step(tx, g, state, p, donate=True, donate_grads=grads_too)
 
         run = torch.compile(run, fullgraph=True) if compiled else run
 
@@ -182,6 +182,8 @@ def implementations(algo: str, peers: set, compiled: bool) -> dict:
         out["torch compiled"] = _torch(algo, compiled=True, foreach=True)
     out.update({"ours pure (eager)": _pure(algo), "ours donated (eager)": _donated(algo),
                 "ours adapter (fo.optim)": _adapter(algo)})
+    if algo == "chain":  # (clipped in place, as torch's clip_grad_norm_)
+        out["ours donated, grads too (eager)"] = _donated(algo, grads_too=True)
     if compiled:
         out["ours compiled (donated)"] = _donated(algo, compiled=True)
     if "torchopt" in peers and (algo in TORCHOPT or algo == "chain"):
@@ -300,6 +302,7 @@ def main() -> None:
 
 SUMMARY = (("ours pure (eager)", "torch foreach", 1.0), ("ours donated (eager)", "torch fused",
                                                           1.1),
+           ("ours donated, grads too (eager)", "torch fused", 1.1),
            ("ours compiled (donated)", "torch fused", 1.0))
 
 

@@ -306,7 +306,7 @@ _CHAINS = {
 }
 
 
-def chain_step(tx: Transform) -> FusedStep | None:
+def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
     """The fused step of a user chain that is Adam or AdamW in blocks, else ``None``.
 
     ``chain([clip_by_global_norm], [add_decayed_weights], scale_by_adam,
@@ -314,9 +314,10 @@ def chain_step(tx: Transform) -> FusedStep | None:
     or schedule, ``eps_root`` 0, identities anywhere) computes what ``torch._fused_adam_``
     (decay before the moments: L2) or ``_fused_adamw_`` (decay after: decoupled) computes. The
     step clips into new gradient tensors (one foreach multiply by the norm's coefficient, as
-    the chain), then runs the kernel; the blocks' hparams are read from the chain's as the chain
-    reads them (a schedule's value from its count). The numbers are the chain's up to rounding
-    order (tested). Anything the kernel cannot take runs the chain (see :func:`adam_step`).
+    the chain; with ``grads_donated``, in place, as ``torch.nn.utils.clip_grad_norm_``), then
+    runs the kernel; the blocks' hparams are read from the chain's as the chain reads them (a
+    schedule's value from its count). The numbers are the chain's up to rounding order
+    (tested). Anything the kernel cannot take runs the chain (see :func:`adam_step`).
     """
     spec = tx.pointwise
     if spec is None or not spec.parts:
@@ -354,7 +355,9 @@ def chain_step(tx: Transform) -> FusedStep | None:
         new_steps: dict = {}
         for ((device, _), names), lr in zip(groups.items(), lrs):
             g = _take(grads, names)
-            if coef is not None:
+            if coef is not None and grads_donated:
+                torch._foreach_mul_(g, coef.to(device))
+            elif coef is not None:
                 g = torch._foreach_mul(g, coef.to(device))
             counts = _plus_one(_take(steps, names), inplace=False)
             new_steps.update(zip(names, counts))

@@ -15,7 +15,7 @@ __all__ = ["step"]
 
 
 def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None, *,
-         donate: bool = False, **extra: Any) -> tuple[Any, Any]:
+         donate: bool = False, donate_grads: bool = False, **extra: Any) -> tuple[Any, Any]:
     """``updates, state = tx.update(grads, state, params, hparams, **extra)``, then
     ``params = apply_updates(params, updates)``; returns ``(params, state)``.
 
@@ -37,19 +37,27 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     - otherwise ``tx.update(..., donate=True)`` (the library's rules update the state in place)
       and :func:`~functional_optim.apply_updates_`.
 
+    ``donate_grads=True`` (with ``donate=True``): the caller gives up ``grads`` too, so the
+    step may overwrite them; a library chain that runs one of torch's Adam kernels clips them
+    in place (as ``torch.nn.utils.clip_grad_norm_`` does) instead of into new tensors: one pass
+    over memory less. Their values afterwards are unspecified.
+
     Under ``torch.compile`` the update writes the new state into the donated tensors and the
     updates are added into the parameters, so that a compiled train step computes in place and
     allocates nothing for the optimizer. A transform that is not the library's (a user's
     ``update``) gets no ``donate`` (its state is never reused); its parameters are still
     updated in place.
     """
+    if donate_grads and not donate:
+        raise ValueError("step: donate_grads=True gives up the gradients of a donated step: "
+                         "pass donate=True too (got donate=False)")
     if not donate:
         updates, state = tx.update(grads, state, params, hparams, **extra)
         return apply_updates(params, updates), state
     library = _execute.donates_to(tx)
     with torch.no_grad():
         if library and not extra and _fusable(params, grads):
-            fused = tx.fused or _fused.chain_step(tx)
+            fused = tx.fused or _fused.chain_step(tx, grads_donated=donate_grads)
             if fused is not None:
                 new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
                 if new_state is not None:

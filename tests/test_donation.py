@@ -211,3 +211,32 @@ def test_a_donated_state_passed_again_raises(name):
     p, _ = fo.step(tx, {"layer": grads[0]}, state, nested, donate=True)
     with pytest.raises(fo.DonatedStateError):
         fo.step(tx, {"layer": grads[1]}, state, p, donate=True)
+
+
+def test_donated_grads_are_clipped_in_place_with_the_same_numbers():
+    """``donate_grads=True``: a chain that runs torch's Adam kernel clips the caller's gradients
+    in place (no new gradient tensors) and gives the numbers of the step that keeps them."""
+    tx = ALIASES["user_chain"]()
+    params, grads = _trees(shapes={"w": (6, 3), "b": (6,)})
+    grads = [optree.tree_map(lambda g: 10 * g, g) for g in grads]  # (norms above the clip)
+    kept = _clone(params), tx.init(params)
+    given = _clone(params), tx.init(params)
+    for g in grads:
+        kept = fo.step(tx, _clone(g), kept[1], kept[0], donate=True)
+        mine = _clone(g)
+        before = {k: v.clone() for k, v in mine.items()}
+        given = fo.step(tx, mine, given[1], given[0], donate=True, donate_grads=True)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v)
+                                                     for v in before.values()]))
+        for k, v in mine.items():  # (overwritten: the clipped gradient)
+            torch.testing.assert_close(v, before[k] * (1.0 / (norm + 1e-6)), rtol=1e-12,
+                                       atol=0)
+    for a, b in zip(optree.tree_leaves(given), optree.tree_leaves(kept)):
+        assert torch.equal(a, b)
+
+
+def test_donate_grads_needs_donate():
+    tx = fo.adamw()
+    params, grads = _trees()
+    with pytest.raises(ValueError, match="donate=True"):
+        fo.step(tx, grads[0], tx.init(params), params, donate_grads=True)
