@@ -472,10 +472,10 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
     return Transform(inner.init, _execute.owning(update, [inner]), hparams, pointwise=spec)
 
 
-def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list, Any]:
+def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list, list, list, Any]:
     """The leaves of ``params`` and ``updates`` (the structures checked), the indices of the
-    leaves where both are given (shapes and devices checked: a mismatch names the leaf), and
-    the structure of ``params``."""
+    leaves where both are given and those leaves of each (shapes and devices checked: a
+    mismatch names the leaf), and the structure of ``params``."""
     flat_p, spec = optree.tree_flatten(params, none_is_leaf=True)
     try:
         flat_u = _tree.flatten_like(updates, spec, "updates", "params")
@@ -491,23 +491,21 @@ def _pairs(params: Any, updates: Any, where: str) -> tuple[list, list, list, Any
         same = False
     if not same:
         _tree.check_leaves(where, updates, params, "params", "parameter", dtype=False)
-    return flat_p, flat_u, both, spec
+    return flat_p, flat_u, both, pb, ub, spec
 
 
-def _foreach_groups(ps: list, us: list, both: list) -> tuple[list, list]:
-    """``both`` split into groups for one foreach kernel each (same device, dtype, tensor type
-    and layout on both sides) and the rest (an update of another dtype: one rounding)."""
-    pb, ub = [ps[i] for i in both], [us[i] for i in both]
+def _foreach_groups(both: list, pb: list, ub: list) -> tuple[list, list]:
+    """``both`` (whose parameters ``pb`` and updates ``ub`` share devices: see :func:`_pairs`)
+    split into groups for one foreach kernel each (same device, dtype, tensor type and layout
+    on both sides) and the rest (an update of another dtype: one rounding)."""
     dtypes, devices = [p.dtype for p in pb], [p.device for p in pb]
     if pb and all([type(x) is torch.Tensor for x in pb + ub]) and dtypes.count(dtypes[0]) == len(
-            pb) and devices.count(devices[0]) == len(pb) and [u.dtype for u in ub] == dtypes \
-            and [u.device for u in ub] == devices:
+            pb) and devices.count(devices[0]) == len(pb) and [u.dtype for u in ub] == dtypes:
         return [list(both)], []  # (the usual case, checked a column at a time)
     groups: dict = {}
     rest = []
-    for i in both:
-        p, u = ps[i], us[i]
-        if u.dtype != p.dtype or u.device != p.device or type(u) is not type(p):
+    for i, p, u in zip(both, pb, ub):
+        if u.dtype != p.dtype or type(u) is not type(p):
             rest.append(i)
             continue
         layout = None if type(p) is torch.Tensor else _tree.layout(p)
@@ -523,10 +521,10 @@ def apply_updates(params: Any, updates: Any) -> Any:
     the updates run multi-tensor (:class:`~functional_optim._execute.multi_tensor`: eager,
     nothing requires grad), the sums are one ``torch._foreach_add`` per group of leaves.
     """
-    ps, us, both, spec = _pairs(params, updates, "apply_updates")
+    ps, us, both, pb, ub, spec = _pairs(params, updates, "apply_updates")
     out = list(ps)
     if _execute.multi_tensor_wanted([ps, us]):
-        groups, rest = _foreach_groups(ps, us, both)
+        groups, rest = _foreach_groups(both, pb, ub)
         for members in groups:
             for i, x in zip(members, torch._foreach_add([ps[i] for i in members],
                                                         [us[i] for i in members])):
@@ -543,9 +541,9 @@ def apply_updates_(params: Any, updates: Any) -> Any:
     """In-place ``p += u`` under ``torch.no_grad()`` (for stateful use, and for a caller that
     donates its parameters); returns ``params``. Every leaf is checked before any changes; the
     sums are foreach kernels per group of leaves, as in :func:`apply_updates`."""
-    ps, us, both, _ = _pairs(params, updates, "apply_updates_")
+    ps, us, both, pb, ub, _ = _pairs(params, updates, "apply_updates_")
     with torch.no_grad():
-        groups, rest = (_foreach_groups(ps, us, both) if _execute.multi_tensor_wanted([ps, us])
+        groups, rest = (_foreach_groups(both, pb, ub) if _execute.multi_tensor_wanted([ps, us])
                         else ([], both))
         for members in groups:
             torch._foreach_add_([ps[i] for i in members], [us[i] for i in members])

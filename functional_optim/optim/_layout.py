@@ -133,9 +133,7 @@ def nested_get(store: dict, path: Path) -> Any:
 
 
 def nested_set(store: dict, path: Path, value: Any) -> None:
-    for k in path[:-1]:
-        store = store.setdefault(k, {})
-    store[path[-1]] = value
+    nested_set_column([store], path, [value])
 
 
 def nested_set_column(stores: list, path: Path, values: list) -> None:
