@@ -515,7 +515,7 @@ def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
     """Whether the leaves ``columns`` (the updates first, then state and inputs) and
     ``hparams`` run on the multi-tensor path (see :class:`multi_tensor`)."""
     if not _MULTI_TENSOR[0] or _tree.traced() or not any(
-            [isinstance(x, torch.Tensor) for x in columns[0]]):
+            isinstance(x, torch.Tensor) for x in columns[0]):
         return False
     return not torch.is_grad_enabled() or not (
         any(map(_requires_grad, columns)) or _requires_grad(optree.tree_leaves(hparams)))

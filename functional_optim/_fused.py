@@ -15,7 +15,8 @@ leaves, a DTensor, a step count on another device, a memory layout the kernel ca
 :func:`linear`), and the adapter then runs the chain. The numbers are the chain's up to rounding
 order (tested).
 
-Only the adapter calls it, outside autograd and ``torch.compile``, with dense gradients; the pure
+Only the adapter and ``fo.step(..., donate=True)`` (whose caller gives up the state, counts
+included) call it, outside autograd and ``torch.compile``, with dense gradients; the pure
 ``update`` is unchanged.
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from . import _execute
+from . import _execute, _foreach
 from .base import EmptyState, Transform, resolve_hparams
 
 __all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step", "chain_step", "first",
@@ -43,7 +44,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 def _number(x: Any) -> bool:
-    return isinstance(x, Number) and not isinstance(x, (bool, complex))
+    return type(x) in (float, int) or isinstance(x, Number) and not isinstance(x, (bool, complex))
 
 
 _device, _dtype = operator.attrgetter("device"), operator.attrgetter("dtype")
@@ -101,7 +102,7 @@ def _groups(params: dict, grads: dict, steps: dict | None,
     if buffers is not None and not linear([ps, gs, *(_take(b, names) for b in buffers)]):
         return None
     devices, dtypes = list(map(_device, ps)), list(map(_dtype, ps))
-    if steps is not None and [steps[n].device for n in names] != devices:
+    if steps is not None and list(map(_device, map(steps.__getitem__, names))) != devices:
         return None
     if devices.count(devices[0]) == len(ps) and dtypes.count(dtypes[0]) == len(ps):
         groups = {(devices[0], dtypes[0]): names}  # the usual case: one device and dtype
@@ -154,11 +155,19 @@ def _plus_one(counts: list, inplace: bool) -> Any:
     number overload torch's fused optimizers use (0.12 against 0.37 ms for 300 CPU counts),
     the same numbers."""
     first = counts[0]
-    one = torch.ones((), dtype=first.dtype, device=first.device)
+    one = _foreach.constant(1, first.dtype) if first.is_cpu else \
+        torch.ones((), dtype=first.dtype, device=first.device)
     if inplace:
         torch._foreach_add_(counts, one, alpha=1)
         return counts
     return torch._foreach_add(counts, one, alpha=1)
+
+
+def _counted(counts: list) -> list:
+    """``counts + 1`` for a caller that was given the state: in place where each count is a
+    tensor of its own, else new tensors (the adapter's SGD derives one count tensor for every
+    leaf whose buffer has started: in place, it would be advanced once per leaf)."""
+    return _plus_one(counts, inplace=len(set(map(id, counts))) == len(counts))
 
 
 def _advanced(steps: dict, names: list) -> list:
@@ -215,21 +224,23 @@ def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool,
                                 (trace.momentum_buffer,) if moving else ())
         if groups is None:
             return None
-        steps: dict = {}
+        fresh: dict = {}  # (counts advanced into new tensors)
         for names, lr in groups:
             buffers = []
             if moving:
                 buffers = _take(trace.momentum_buffer, names)
-                if count:  # new tensors: the adapter may hand out shared read-only counts
-                    steps.update(zip(names, _plus_one(_take(trace.step, names), inplace=False)))
+                counts = _take(trace.step, names) if count else None
+                new = _counted(counts) if count else counts
+                if new is not counts:
+                    fresh.update(zip(names, new))
             torch._fused_sgd_(_take(params, names), _take(grads, names), buffers,
                               weight_decay=float(h["weight_decay"]),
                               momentum=float(h["momentum"]) if moving else 0.0, lr=lr,
                               dampening=0.0, nesterov=nesterov and moving, maximize=maximize,
                               is_first_step=False)
-        if not (moving and count):
+        if not fresh:
             return state
-        return {**state, "momentum": trace._replace(step=steps)}
+        return {**state, "momentum": trace._replace(step={**trace.step, **fresh})}
 
     return fused
 
@@ -359,7 +370,7 @@ def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
                 torch._foreach_mul_(g, coef.to(device))
             elif coef is not None:
                 g = torch._foreach_mul(g, coef.to(device))
-            counts = _plus_one(_take(steps, names), inplace=False)
+            counts = _counted(_take(steps, names))
             new_steps.update(zip(names, counts))
             kernel(_take(params, names), g, _take(mu, names), _take(nu, names),
                    _take(adam.states[3], names) if amsgrad else [], counts, lr=lr,

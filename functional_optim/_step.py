@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from . import _execute, _fused
-from . import tree as _tree
 from .base import Transform, apply_updates, apply_updates_, resolve_hparams
 
 __all__ = ["step"]
@@ -70,5 +69,5 @@ def _fusable(params: Any, grads: Any) -> bool:
     """Whether a fused step may take these trees: eager, dicts of the same keys, every value a
     tensor (the fused steps check dtypes, devices and layouts themselves)."""
     return (isinstance(params, dict) and isinstance(grads, dict) and params.keys() == grads.keys()
-            and _execute.multi_tensor_wanted([_tree.leaves(grads), _tree.leaves(params)])
-            and all([isinstance(x, torch.Tensor) for x in params.values()]))
+            and all([isinstance(x, torch.Tensor) for x in params.values()])
+            and _execute.multi_tensor_wanted([list(params.values())]))
