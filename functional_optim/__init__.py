@@ -2,21 +2,31 @@
 
 >>> import functional_optim as fo
 >>> tx = fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.scale_by_learning_rate(1e-3))
+
+The top level holds the core (``base``, ``fo.step``) and re-exports every public name of
+:mod:`~functional_optim.aliases`, :mod:`~functional_optim.transforms` and
+:mod:`~functional_optim.combinators` (their ``__all__``: each name is listed once, beside its
+family).
 """
 
-from . import (  # meta-learning (nothing in the core imports them)
+from . import (  # meta-learning and the helpers' modules (nothing in the core imports them)
+    aliases,
     capture,
     combinators,
     implicit,
+    linear_algebra,
     meta,
+    microbatching,
+    numerics,
     projections,
     registry,
     schedules,
+    transforms,
     tree,
     tree_math,
 )
 from ._step import step
-from .aliases import adadelta, adagrad, adam, adamax, adamw, asgd, nadam, radam, rmsprop, rprop, sgd
+from .aliases import *  # noqa: F403
 from .base import (
     DonatedStateError,
     EmptyState,
@@ -30,658 +40,51 @@ from .base import (
     reparametrize,
     resolve_hparams,
 )
-from .combinators import (
-    ApplyIfFiniteState,
-    AverageParamsState,
-    ConditionallyState,
-    EmaState,
-    InjectHparamsState,
-    LookaheadState,
-    MultiStepsState,
-    SplitRealAndImaginaryState,
-    ZeroNansState,
-    apply_if_finite,
-    average_params,
-    centralize,
-    conditionally,
-    ema,
-    flatten,
-    freeze,
-    get_hparam,
-    inject_hparams,
-    label_params,
-    lookahead,
-    masked,
-    multi_steps,
-    partition,
-    split_real_and_imaginary,
-    zero_nans,
-)
+from .combinators import *  # noqa: F403
 from .groups import parameter_groups
+from .linear_algebra import matrix_inverse_pth_root, multi_normal, nnls, power_iteration
+from .microbatching import microbatch
+from .numerics import scale_gradient
 from .registry import get_optimizer, optimizer_from_config
-from .transforms import (
-    ReduceOnPlateauAveragedState,
-    ReduceOnPlateauState,
-    ScaleByAdadeltaState,
-    ScaleByAdamaxState,
-    ScaleByAdamState,
-    ScaleByAsgdState,
-    ScaleByNadamState,
-    ScaleByRadamState,
-    ScaleByRmsState,
-    ScaleByRpropState,
-    ScaleByRssState,
-    ScaleByScheduleState,
-    TraceState,
-    add_decayed_weights,
-    clip,
-    clip_by_global_norm,
-    clip_by_norm,
-    identity,
-    reduce_on_plateau,
-    scale,
-    scale_by_adadelta,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_asgd,
-    scale_by_learning_rate,
-    scale_by_nadam,
-    scale_by_radam,
-    scale_by_rms,
-    scale_by_rprop,
-    scale_by_rss,
-    set_to_zero,
-    sign,
-    trace,
-)
+from .transforms import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "adadelta",
-    "adagrad",
-    "adamax",
-    "asgd",
-    "nadam",
-    "radam",
-    "rmsprop",
-    "rprop",
-    "ScaleByAdadeltaState",
-    "ScaleByAdamaxState",
-    "ScaleByAsgdState",
-    "ScaleByNadamState",
-    "ScaleByRadamState",
-    "ScaleByRpropState",
-    "ScaleByRssState",
-    "scale_by_adadelta",
-    "scale_by_adamax",
-    "scale_by_asgd",
-    "scale_by_nadam",
-    "scale_by_radam",
-    "scale_by_rprop",
-    "scale_by_rss",
-    "ApplyIfFiniteState",
-    "AverageParamsState",
-    "ConditionallyState",
-    "EmaState",
-    "InjectHparamsState",
-    "LookaheadState",
-    "MultiStepsState",
-    "ZeroNansState",
-    "apply_if_finite",
-    "average_params",
-    "centralize",
-    "conditionally",
-    "ema",
-    "flatten",
-    "SplitRealAndImaginaryState",
-    "split_real_and_imaginary",
-    "freeze",
-    "get_hparam",
-    "inject_hparams",
-    "label_params",
-    "lookahead",
-    "masked",
-    "multi_steps",
-    "parameter_groups",
-    "partition",
-    "zero_nans",
-    "ReduceOnPlateauState",
-    "ReduceOnPlateauAveragedState",
-    "reduce_on_plateau",
-    "capture",
-    "combinators",
+    "DonatedStateError",
     "EmptyState",
     "HParamError",
-    "DonatedStateError",
     "MissingParamsError",
-    "ScaleByAdamState",
-    "ScaleByRmsState",
-    "ScaleByScheduleState",
-    "TraceState",
     "Transform",
     "TreeMismatchError",
-    "adam",
-    "adamw",
-    "add_decayed_weights",
     "apply_updates",
     "apply_updates_",
-    "step",
+    "capture",
     "chain",
-    "clip",
-    "clip_by_global_norm",
-    "clip_by_norm",
-    "identity",
-    "reparametrize",
-    "resolve_hparams",
-    "scale",
-    "scale_by_adam",
-    "scale_by_learning_rate",
-    "scale_by_rms",
-    "schedules",
-    "set_to_zero",
-    "sign",
-    "trace",
-    "tree",
-    "tree_math",
-    "projections",
-    "meta",
-    "implicit",
-    "registry",
+    "combinators",
     "get_optimizer",
-    "optimizer_from_config",
-    "sgd",
-]
-
-# Adafactor, Muon, L-BFGS, SparseAdam
-# HuggingFace transformers' optimizers (compat.transformers maps HF's module onto them)
-from .aliases import (  # noqa: E402  # noqa: E402
-    adafactor,
-    adam_weight_decay,
-    huggingface_adafactor,
-    huggingface_adamw,
-    lbfgs,
-    muon,
-    sparse_adam,
-)
-from .transforms import (  # noqa: E402
-    LbfgsState,
-    MuonDimensionNumbers,
-    ScaleByFactoredRmsState,
-    ScaleByMuonCountedState,
-    ScaleByMuonState,
-    ScaleBySparseAdamState,
-    orthogonalize_via_newton_schulz,
-    relative_step_size,
-    scale_by_factored_rms,
-    scale_by_lbfgs,
-    scale_by_muon,
-    scale_by_newton_schulz,
-    scale_by_sparse_adam,
-)
-
-__all__ += [
-    "adam_weight_decay",
-    "huggingface_adafactor",
-    "huggingface_adamw",
-    "adafactor",
-    "lbfgs",
-    "muon",
-    "sparse_adam",
-    "LbfgsState",
-    "ScaleByFactoredRmsState",
-    "ScaleByMuonState",
-    "ScaleByMuonCountedState",
-    "MuonDimensionNumbers",
-    "ScaleBySparseAdamState",
-    "orthogonalize_via_newton_schulz",
-    "relative_step_size",
-    "scale_by_factored_rms",
-    "scale_by_lbfgs",
-    "scale_by_muon",
-    "scale_by_newton_schulz",
-    "scale_by_sparse_adam",
-]
-
-# AllenNLP's DenseSparseAdam
-from .aliases import dense_sparse_adam  # noqa: E402
-from .transforms import scale_by_dense_sparse_adam  # noqa: E402
-
-__all__ += ["dense_sparse_adam", "scale_by_dense_sparse_adam"]
-
-# optax.contrib's other algorithms: ADOPT, ACProp, AdEMAMix, MADGRAD, Sophia, SAM, GaLore, DP-SGD
-from .aliases import (  # noqa: E402
-    acprop,
-    ademamix,
-    adopt,
-    dpsgd,
-    galore_adamw,
-    madgrad,
-    sam_sgd,
-    simplified_ademamix,
-    sophia,
-)
-from .transforms import (  # noqa: E402
-    DifferentiallyPrivateAggregateState,
-    GaLoreDimensionNumbers,
-    HutchinsonState,
-    SamState,
-    ScaleByAcpropState,
-    ScaleByAdemamixState,
-    ScaleByAdoptState,
-    ScaleByGaloreState,
-    ScaleByMadgradState,
-    ScaleBySimplifiedAdemamixState,
-    ScaleBySophiaState,
-    adopt_clip_value,
-    differentially_private_aggregate,
-    hessian_vector_product,
-    hutchinson_estimator_diag_hessian,
-    normalize,
-    sam,
-    scale_by_acprop,
-    scale_by_ademamix,
-    scale_by_adopt,
-    scale_by_galore,
-    scale_by_madgrad,
-    scale_by_simplified_ademamix,
-    scale_by_sophia,
-)
-
-__all__ += [
-    "acprop",
-    "ademamix",
-    "adopt",
-    "dpsgd",
-    "galore_adamw",
-    "madgrad",
-    "sam_sgd",
-    "simplified_ademamix",
-    "sophia",
-    "DifferentiallyPrivateAggregateState",
-    "GaLoreDimensionNumbers",
-    "HutchinsonState",
-    "SamState",
-    "ScaleByAcpropState",
-    "ScaleByAdemamixState",
-    "ScaleByAdoptState",
-    "ScaleByGaloreState",
-    "ScaleByMadgradState",
-    "ScaleBySimplifiedAdemamixState",
-    "ScaleBySophiaState",
-    "adopt_clip_value",
-    "differentially_private_aggregate",
-    "hessian_vector_product",
-    "hutchinson_estimator_diag_hessian",
-    "normalize",
-    "sam",
-    "scale_by_acprop",
-    "scale_by_ademamix",
-    "scale_by_adopt",
-    "scale_by_galore",
-    "scale_by_madgrad",
-    "scale_by_simplified_ademamix",
-    "scale_by_sophia",
-]
-
-# the Kronecker-factored and eigenbasis preconditioners: SOAP, Shampoo, PSGD-Kron
-from .aliases import psgd_kron, shampoo, soap  # noqa: E402
-from .transforms import (  # noqa: E402
-    ScaleByPsgdKronState,
-    ScaleByShampooState,
-    ScaleBySoapState,
-    scale_by_psgd_kron,
-    scale_by_shampoo,
-    scale_by_soap,
-)
-
-__all__ += ["soap", "ScaleBySoapState", "scale_by_soap", "shampoo", "ScaleByShampooState",
-            "scale_by_shampoo", "psgd_kron", "ScaleByPsgdKronState", "scale_by_psgd_kron"]
-
-# optax's vocabulary outside the optimizers: bounds on updates, numerics
-from . import numerics  # noqa: E402
-from .transforms import (  # noqa: E402
-    adaptive_grad_clip,
-    clip_by_block_rms,
-    keep_params_nonnegative,
-    per_example_global_norm_clip,
-    per_example_layer_norm_clip,
-)
-
-__all__ += [
-    "numerics",
-    "adaptive_grad_clip",
-    "clip_by_block_rms",
-    "keep_params_nonnegative",
-    "per_example_global_norm_clip",
-    "per_example_layer_norm_clip",
-]
-
-# optax's wrappers and utilities outside the optimizers
-from .combinators import (  # noqa: E402
-    MonitorState,
-    SnapshotState,
-    incremental_update,
-    measure_with_ema,
-    monitor,
-    periodic_update,
-    skip_large_updates,
-    skip_not_finite,
-    snapshot,
-    stateless,
-    stateless_with_tree_map,
-)
-from .numerics import scale_gradient  # noqa: E402
-
-__all__ += [
-    "MonitorState",
-    "SnapshotState",
-    "incremental_update",
-    "measure_with_ema",
-    "monitor",
-    "periodic_update",
-    "skip_large_updates",
-    "skip_not_finite",
-    "snapshot",
-    "stateless",
-    "stateless_with_tree_map",
-    "scale_gradient",
-]
-
-# optax's line searches, pure L-BFGS, microbatching and linear-algebra utilities
-from . import linear_algebra, microbatching  # noqa: E402
-from .aliases import optax_lbfgs  # noqa: E402
-from .linear_algebra import (  # noqa: E402
-    matrix_inverse_pth_root,
-    multi_normal,
-    nnls,
-    power_iteration,
-)
-from .microbatching import microbatch  # noqa: E402
-from .transforms import (  # noqa: E402
-    BacktrackingLinesearchInfo,
-    ScaleByBacktrackingLinesearchState,
-    ScaleByLbfgsDirectionState,
-    ScaleByZoomLinesearchState,
-    ZoomLinesearchInfo,
-    scale_by_backtracking_linesearch,
-    scale_by_lbfgs_direction,
-    scale_by_zoom_linesearch,
-    value_and_grad_from_state,
-)
-
-__all__ += [
+    "implicit",
     "linear_algebra",
     "matrix_inverse_pth_root",
+    "meta",
+    "microbatch",
+    "microbatching",
     "multi_normal",
     "nnls",
+    "numerics",
+    "optimizer_from_config",
+    "parameter_groups",
     "power_iteration",
-    "microbatching",
-    "microbatch",
-    "optax_lbfgs",
-    "BacktrackingLinesearchInfo",
-    "ScaleByBacktrackingLinesearchState",
-    "ScaleByLbfgsDirectionState",
-    "ScaleByZoomLinesearchState",
-    "ZoomLinesearchInfo",
-    "scale_by_backtracking_linesearch",
-    "scale_by_lbfgs_direction",
-    "scale_by_zoom_linesearch",
-    "value_and_grad_from_state",
+    "projections",
+    "registry",
+    "reparametrize",
+    "resolve_hparams",
+    "scale_gradient",
+    "schedules",
+    "step",
+    "tree",
+    "tree_math",
 ]
-
-# optax.contrib's parameter-free and schedule-free optimizers
-from .aliases import (  # noqa: E402
-    cocob,
-    dadapt_adamw,
-    dog,
-    dowg,
-    mechanic_adam,
-    momo,
-    momo_adam,
-    prodigy,
-    schedule_free_adamw,
-    schedule_free_sgd,
-)
-from .transforms import (  # noqa: E402
-    MechanicState,
-    ScaleByCocobState,
-    ScaleByDadaptAdamwState,
-    ScaleByDistanceOverGradientsState,
-    ScaleByDogState,
-    ScaleByDowgState,
-    ScaleByMomoAdamState,
-    ScaleByMomoState,
-    ScaleByProdigyState,
-    ScheduleFreeState,
-    mechanize,
-    scale_by_cocob,
-    scale_by_dadapt_adamw,
-    scale_by_distance_over_gradients,
-    scale_by_dog,
-    scale_by_dowg,
-    scale_by_momo,
-    scale_by_momo_adam,
-    scale_by_prodigy,
-    schedule_free,
-    schedule_free_eval_params,
-    schedule_free_train_params,
-)
-
-__all__ += [
-    "cocob",
-    "dadapt_adamw",
-    "dog",
-    "dowg",
-    "mechanic_adam",
-    "momo",
-    "momo_adam",
-    "prodigy",
-    "schedule_free_adamw",
-    "schedule_free_sgd",
-    "MechanicState",
-    "ScaleByCocobState",
-    "ScaleByDadaptAdamwState",
-    "ScaleByDistanceOverGradientsState",
-    "ScaleByDogState",
-    "ScaleByDowgState",
-    "ScaleByMomoAdamState",
-    "ScaleByMomoState",
-    "ScaleByProdigyState",
-    "ScheduleFreeState",
-    "mechanize",
-    "scale_by_cocob",
-    "scale_by_dadapt_adamw",
-    "scale_by_distance_over_gradients",
-    "scale_by_dog",
-    "scale_by_dowg",
-    "scale_by_momo",
-    "scale_by_momo_adam",
-    "scale_by_prodigy",
-    "schedule_free",
-    "schedule_free_eval_params",
-    "schedule_free_train_params",
-]
-
-# optax's variants of torch's names (optax_nadam, ...)
-from .aliases import (  # noqa: E402
-    optax_adafactor,
-    optax_adagrad,
-    optax_amsgrad,
-    optax_nadam,
-    optax_radam,
-    optax_rmsprop,
-    optax_rprop,
-)
-
-__all__ += ["optax_adafactor", "optax_adagrad", "optax_amsgrad", "optax_nadam", "optax_radam",
-            "optax_rmsprop", "optax_rprop"]
-
-# optax's core algorithms that torch.optim lacks (issue 19)
-from .aliases import (  # noqa: E402
-    adabelief,
-    adamaxw,
-    adan,
-    fromage,
-    lamb,
-    lars,
-    lion,
-    nadamw,
-    noisy_sgd,
-    novograd,
-    optimistic_adam,
-    optimistic_gradient_descent,
-    polyak_sgd,
-    sign_sgd,
-    signum,
-    sm3,
-    yogi,
-)
-from .transforms import (  # noqa: E402
-    AddNoiseState,
-    ScaleByAdanState,
-    ScaleByBeliefState,
-    ScaleByLionState,
-    ScaleByNovogradState,
-    ScaleByOptimisticGradientState,
-    ScaleBySm3State,
-    ScaleByYogiState,
-    add_noise,
-    scale_by_adan,
-    scale_by_belief,
-    scale_by_lion,
-    scale_by_novograd,
-    scale_by_optimistic_gradient,
-    scale_by_param_block_norm,
-    scale_by_param_block_rms,
-    scale_by_polyak,
-    scale_by_sm3,
-    scale_by_trust_ratio,
-    scale_by_yogi,
-)
-
-__all__ += [
-    "adabelief",
-    "adamaxw",
-    "adan",
-    "fromage",
-    "lamb",
-    "lars",
-    "lion",
-    "nadamw",
-    "noisy_sgd",
-    "novograd",
-    "optimistic_adam",
-    "optimistic_gradient_descent",
-    "polyak_sgd",
-    "sign_sgd",
-    "signum",
-    "sm3",
-    "yogi",
-    "AddNoiseState",
-    "ScaleByAdanState",
-    "ScaleByBeliefState",
-    "ScaleByLionState",
-    "ScaleByNovogradState",
-    "ScaleByOptimisticGradientState",
-    "ScaleBySm3State",
-    "ScaleByYogiState",
-    "add_noise",
-    "scale_by_adan",
-    "scale_by_belief",
-    "scale_by_lion",
-    "scale_by_novograd",
-    "scale_by_optimistic_gradient",
-    "scale_by_param_block_norm",
-    "scale_by_param_block_rms",
-    "scale_by_polyak",
-    "scale_by_sm3",
-    "scale_by_trust_ratio",
-    "scale_by_yogi",
-]
-
-# the precision policy (low-precision state and parameters)
-from .transforms import (  # noqa: E402
-    KahanState,
-    MasterWeightsState,
-    PrecisionState,
-    StochasticRoundingState,
-    kahan_summation,
-    master_weights,
-    precision,
-    stochastic_round,
-    stochastic_rounding,
-    with_state_dtype,
-)
-
-__all__ += [
-    "KahanState",
-    "MasterWeightsState",
-    "PrecisionState",
-    "StochasticRoundingState",
-    "kahan_summation",
-    "master_weights",
-    "precision",
-    "stochastic_round",
-    "stochastic_rounding",
-    "with_state_dtype",
-]
-# quantized optimizer state (issue 21 §2): 8-bit and 4-bit blockwise moments
-from .aliases import adam_8bit, adamw_4bit, adamw_8bit  # noqa: E402
-from .transforms import Quantized, QuantizedStorage, quantize_tree, quantized_state  # noqa: E402
-
-__all__ += ["adam_8bit", "adamw_4bit", "adamw_8bit", "Quantized", "QuantizedStorage",
-            "quantize_tree", "quantized_state"]
-
-# the tricks of current research (issue 20): cautious masking, MARS, LaProp, OrthoGrad, AdamC,
-# Adam-mini, trust-region clipping, parameter EMA, Muon with AdamW, ASAM, Momentum-SAM
-from .aliases import (  # noqa: E402
-    adam_mini,
-    adamc,
-    adamw_ema,
-    asam_sgd,
-    cautious_adamw,
-    laprop,
-    mars_adamw,
-    msam_sgd,
-    muon_adamw,
-    muon_labels,
-    optax_muon,
-    optax_muon_labels,
-    orthograd_adamw,
-)
-from .combinators import (  # noqa: E402
-    EmaParamsState,
-    corrected_decay,
-    ema_eval_params,
-    ema_params,
-    ema_train_params,
-)
-from .transforms import (  # noqa: E402
-    NS_COEFFICIENTS,
-    MomentumSamState,
-    ScaleByAdamMiniState,
-    ScaleByLapropState,
-    ScaleByMarsState,
-    add_cautious_decayed_weights,
-    asam_scale,
-    cautious,
-    clip_by_trust_ratio,
-    momentum_sam,
-    momentum_sam_eval_params,
-    momentum_sam_train_params,
-    orthograd,
-    scale_by_adam_mini,
-    scale_by_laprop,
-    scale_by_mars,
-)
-
-__all__ += ["adam_mini", "adamc", "adamw_ema", "asam_sgd", "cautious_adamw", "laprop",
-            "mars_adamw", "msam_sgd", "muon_adamw", "muon_labels", "optax_muon",
-            "optax_muon_labels", "orthograd_adamw",
-            "EmaParamsState", "corrected_decay", "ema_eval_params", "ema_params",
-            "ema_train_params", "NS_COEFFICIENTS", "MomentumSamState", "ScaleByAdamMiniState",
-            "ScaleByLapropState", "ScaleByMarsState", "add_cautious_decayed_weights",
-            "asam_scale", "cautious", "clip_by_trust_ratio", "momentum_sam",
-            "momentum_sam_eval_params", "momentum_sam_train_params", "orthograd",
-            "scale_by_adam_mini", "scale_by_laprop", "scale_by_mars"]
+__all__ += aliases.__all__
+__all__ += combinators.__all__
+__all__ += transforms.__all__

@@ -17,21 +17,6 @@ momentum block at all, so no buffer: the memory-lean plain SGD/RMSprop). Each al
 lists its structural arguments; giving one in ``hparams`` raises an error that says so.
 """
 
-from . import (
-    basic,
-    classic,
-    contrib_free,
-    contrib_more,
-    huggingface,
-    optax_adaptive,
-    optax_core,
-    optax_orthogonal,
-    optax_variants,
-    preconditioned,
-    quantized,
-    search,
-    special,
-)
 from .basic import adam, adamw, sgd
 from .classic import adadelta, adagrad, adamax, asgd, nadam, radam, rmsprop, rprop
 from .contrib_free import (
@@ -100,18 +85,14 @@ from .tricks import (
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop",
            "rprop", "asgd", "adafactor", "muon", "lbfgs", "sparse_adam", "dense_sparse_adam",
-           "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "basic",
-           "classic", "special", "huggingface", "adopt", "acprop", "ademamix",
-           "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw", "dpsgd",
-           "contrib_more", "contrib_free", "schedule_free_sgd", "schedule_free_adamw", "prodigy",
-           "dadapt_adamw", "dog", "dowg", "cocob", "momo", "momo_adam", "mechanic_adam",
-           "lion", "sign_sgd", "signum", "lamb", "lars", "fromage", "noisy_sgd", "polyak_sgd",
-           "optimistic_gradient_descent", "adabelief", "yogi", "novograd", "adan", "sm3",
-           "optimistic_adam", "adamaxw", "nadamw", "optax_core", "optax_adaptive",
-           "optax_variants", "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop",
-           "optax_radam", "optax_rprop", "optax_adafactor", "optax_lbfgs", "search",
-           "optax_orthogonal", "optax_muon", "optax_muon_labels",
-           "quantized", "adam_8bit", "adamw_8bit", "adamw_4bit", "tricks", "cautious_adamw",
-           "laprop", "mars_adamw", "adam_mini", "adamc", "orthograd_adamw", "muon_adamw",
-           "muon_labels", "adamw_ema", "asam_sgd", "msam_sgd",
-           "preconditioned", "soap", "shampoo", "psgd_kron"]
+           "huggingface_adamw", "huggingface_adafactor", "adam_weight_decay", "adopt", "acprop",
+           "ademamix", "simplified_ademamix", "madgrad", "sophia", "sam_sgd", "galore_adamw",
+           "dpsgd", "schedule_free_sgd", "schedule_free_adamw", "prodigy", "dadapt_adamw", "dog",
+           "dowg", "cocob", "momo", "momo_adam", "mechanic_adam", "lion", "sign_sgd", "signum",
+           "lamb", "lars", "fromage", "noisy_sgd", "polyak_sgd", "optimistic_gradient_descent",
+           "adabelief", "yogi", "novograd", "adan", "sm3", "optimistic_adam", "adamaxw", "nadamw",
+           "optax_nadam", "optax_amsgrad", "optax_adagrad", "optax_rmsprop", "optax_radam",
+           "optax_rprop", "optax_adafactor", "optax_lbfgs", "optax_muon", "optax_muon_labels",
+           "adam_8bit", "adamw_8bit", "adamw_4bit", "cautious_adamw", "laprop", "mars_adamw",
+           "adam_mini", "adamc", "orthograd_adamw", "muon_adamw", "muon_labels", "adamw_ema",
+           "asam_sgd", "msam_sgd", "soap", "shampoo", "psgd_kron"]
