@@ -7,6 +7,8 @@ Every alias that torch.optim has, plus a user chain (``clip_by_global_norm(1.0) 
 
 - ``ours pure (eager)``: ``updates, state = tx.update(grads, state, params)`` and
   ``params = fo.apply_updates(params, updates)``: nothing mutated;
+- ``ours pure step (eager)``: ``params, state = fo.step(tx, grads, state, params)``: nothing
+  mutated either (the fused or blocked step on copies where the alias or chain has one);
 - ``ours donated (eager)``: ``params, state = fo.step(tx, grads, state, params, donate=True)``;
 - ``ours compiled (donated)``: the same call in ``torch.compile(fullgraph=True)``;
 
@@ -122,6 +124,18 @@ def _pure(algo: str) -> Callable:
     return make
 
 
+def _pure_step(algo: str) -> Callable:
+    def make(params):
+        tx = transform(algo)
+        data, grads = _trees(params)
+        box = [data, tx.init(data)]
+
+        def step():
+            box[0], box[1] = fo.step(tx, grads, box[1], box[0])
+        return step
+    return make
+
+
 def _donated(algo: str, compiled: bool = False, grads_too: bool = False) -> Callable:
     def make(params):
         tx = transform(algo)
@@ -180,7 +194,8 @@ def implementations(algo: str, peers: set, compiled: bool) -> dict:
         out["torch fused"] = _torch(algo, fused=True)
     if compiled:
         out["torch compiled"] = _torch(algo, compiled=True, foreach=True)
-    out.update({"ours pure (eager)": _pure(algo), "ours donated (eager)": _donated(algo),
+    out.update({"ours pure (eager)": _pure(algo), "ours pure step (eager)": _pure_step(algo),
+                "ours donated (eager)": _donated(algo),
                 "ours adapter (fo.optim)": _adapter(algo)})
     if algo == "chain":  # (clipped in place, as torch's clip_grad_norm_)
         out["ours donated, grads too (eager)"] = _donated(algo, grads_too=True)
@@ -300,8 +315,9 @@ def main() -> None:
                 write(results, args.out)
 
 
-SUMMARY = (("ours pure (eager)", "torch foreach", 1.0), ("ours donated (eager)", "torch fused",
-                                                          1.1),
+SUMMARY = (("ours pure (eager)", "torch foreach", 1.0), ("ours pure step (eager)", "torch foreach",
+                                                        1.0),
+           ("ours donated (eager)", "torch fused", 1.1),
            ("ours donated, grads too (eager)", "torch fused", 1.1),
            ("ours compiled (donated)", "torch fused", 1.0))
 

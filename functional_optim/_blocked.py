@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ._foreach import constant
-from ._fused import FusedStep, _groups
+from ._fused import FusedStep, _groups, _owned
 from .base import EmptyState, resolve_hparams
 from .transforms.adaptive import RADAM_THRESHOLD, asgd_schedule
 
@@ -156,6 +156,7 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
                 t.is_cpu for column in olds.values() for t in column.values()) or any(
                 len({t.dtype for t in olds[f].values()}) > 1 for f in advancing):
             return None
+        params, state = _owned(params, state, shared=tuple(olds.values()))
         names = list(params)
         advanced = [torch.stack([olds[f][n] for n in names]) + 1 for f in advancing]
         new = {f: dict(zip(names, column.unbind())) for f, column in zip(advancing, advanced)}

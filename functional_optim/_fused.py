@@ -22,12 +22,15 @@ included) call it, outside autograd and ``torch.compile``, with dense gradients;
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from numbers import Number
 from typing import Any
 
+import optree
 import torch
 
 from . import _execute, _foreach
@@ -166,13 +169,56 @@ def _plus_one(counts: list, inplace: bool) -> Any:
 def _counted(counts: list) -> list:
     """``counts + 1`` for a caller that was given the state: in place where each count is a
     tensor of its own, else new tensors (the adapter's SGD derives one count tensor for every
-    leaf whose buffer has started: in place, it would be advanced once per leaf)."""
-    return _plus_one(counts, inplace=len(set(map(id, counts))) == len(counts))
+    leaf whose buffer has started: in place, it would be advanced once per leaf; a pure step,
+    :func:`owning`, shares the caller's counts)."""
+    return _plus_one(counts, inplace=_OWNING.copies is None
+                     and len(set(map(id, counts))) == len(counts))
 
 
-def _advanced(steps: dict, names: list) -> list:
-    """The step counts of ``names``, incremented in place (as torch does before its kernels)."""
-    return _plus_one(_take(steps, names), inplace=True)
+def _advance(steps: dict, names: list, fresh: dict) -> list:
+    """The counts of ``names`` advanced (:func:`_counted`); new tensors go into ``fresh``."""
+    counts = _take(steps, names)
+    new = _counted(counts)
+    if new is not counts:
+        fresh.update(zip(names, new))
+    return new
+
+
+class _Owning(threading.local):
+    copies: list | None = None
+
+
+_OWNING = _Owning()
+
+
+@contextlib.contextmanager
+def owning(copies: list) -> Iterator[None]:
+    """Within: the fused steps leave their inputs alone (``fo.step`` without donation). Once a
+    step's checks pass, it copies the parameters and the state it updates, runs in place on
+    the copies and returns the new state on them; the parameters' copy is appended to
+    ``copies`` (empty if no step ran)."""
+    before, _OWNING.copies = _OWNING.copies, copies
+    try:
+        yield
+    finally:
+        _OWNING.copies = before
+
+
+def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
+    """``(params, *trees)``, or, within :func:`owning`, copies of them (their tensors cloned:
+    the same strides), the parameters' copy handed to the caller. The tensors of ``shared``
+    (dicts of counts that the step replaces with new ones, :func:`_counted`) are not copied."""
+    copies = _OWNING.copies
+    if copies is None:
+        return (params, *trees)
+    params = dict(zip(params, [p.clone() for p in params.values()]))
+    copies.append(params)
+    keep = {id(x) for column in shared for x in column.values()}
+
+    def clone(x):
+        return x.clone() if isinstance(x, torch.Tensor) and id(x) not in keep else x
+
+    return (params, *(optree.tree_map(clone, tree, none_is_leaf=True) for tree in trees))
 
 
 def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool) -> FusedStep:
@@ -187,13 +233,15 @@ def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool) -> FusedStep:
                                 (adam.mu, adam.nu, adam.nu_max) if amsgrad else (adam.mu, adam.nu))
         if groups is None:
             return None
+        params, state = _owned(params, state, shared=(adam.step,))
+        adam, fresh = state["adam"], {}
         for names, lr in groups:
             kernel(_take(params, names), _take(grads, names), _take(adam.mu, names),
                    _take(adam.nu, names), _take(adam.nu_max, names) if amsgrad else [],
-                   _advanced(adam.step, names), lr=lr, beta1=float(h["betas"][0]),
+                   _advance(adam.step, names, fresh), lr=lr, beta1=float(h["betas"][0]),
                    beta2=float(h["betas"][1]), weight_decay=float(h["weight_decay"]),
                    eps=float(h["eps"]), amsgrad=amsgrad, maximize=maximize)
-        return state
+        return {**state, "adam": adam._replace(step={**adam.step, **fresh})} if fresh else state
 
     return fused
 
@@ -224,15 +272,15 @@ def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool,
                                 (trace.momentum_buffer,) if moving else ())
         if groups is None:
             return None
+        params, state = _owned(params, state, shared=(trace.step,) if moving else ())
+        trace = state["momentum"] if moving else None
         fresh: dict = {}  # (counts advanced into new tensors)
         for names, lr in groups:
             buffers = []
             if moving:
                 buffers = _take(trace.momentum_buffer, names)
-                counts = _take(trace.step, names) if count else None
-                new = _counted(counts) if count else counts
-                if new is not counts:
-                    fresh.update(zip(names, new))
+                if count:
+                    _advance(trace.step, names, fresh)
             torch._fused_sgd_(_take(params, names), _take(grads, names), buffers,
                               weight_decay=float(h["weight_decay"]),
                               momentum=float(h["momentum"]) if moving else 0.0, lr=lr,
@@ -255,13 +303,15 @@ def adagrad_step(*, maximize: bool) -> FusedStep:
         groups = _kernel_groups(params, grads, rss.step, h, state, (rss.sum,))
         if groups is None:
             return None
+        params, state = _owned(params, state, shared=(rss.step,))
+        rss, fresh = state["rss"], {}
         for names, lr in groups:
             torch._fused_adagrad_(_take(params, names), _take(grads, names),
-                                  _take(rss.sum, names), _advanced(rss.step, names), lr=lr,
+                                  _take(rss.sum, names), _advance(rss.step, names, fresh), lr=lr,
                                   lr_decay=float(h["lr_decay"]),
                                   weight_decay=float(h["weight_decay"]), eps=float(h["eps"]),
                                   maximize=maximize)
-        return state
+        return {**state, "rss": rss._replace(step={**rss.step, **fresh})} if fresh else state
 
     return fused
 
@@ -280,6 +330,7 @@ def lr_folded_step(head: Transform, defaults: dict, to_inner: Callable,
         if not (_number(lr) and isinstance(state["lr"], EmptyState)):
             return None
         inner = {k: v for k, v in to_inner(h).items() if k != "lr"}  # raises the alias's errors
+        params, state = _owned(params, state)  # (counts too: the rules advance them in place)
         head_state = {k: v for k, v in state.items() if k != "lr"}
         with _execute.multi_tensor(True, donate=True):
             updates, new_state = head.update(grads, head_state, params, inner)
@@ -361,6 +412,8 @@ def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
         lrs = [_lr({"lr": -neg_lr}, device) for device, _ in groups]
         if any(lr is None for lr in lrs):
             return None
+        params, *states = _owned(params, *adam.states, shared=(steps,))
+        mu, nu = states[1:3]
         coef = calls[clip].hparams["coef"] if clip is not None else None
         kernel = getattr(torch, name)
         new_steps: dict = {}
@@ -373,11 +426,11 @@ def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
             counts = _counted(_take(steps, names))
             new_steps.update(zip(names, counts))
             kernel(_take(params, names), g, _take(mu, names), _take(nu, names),
-                   _take(adam.states[3], names) if amsgrad else [], counts, lr=lr,
+                   _take(states[3], names) if amsgrad else [], counts, lr=lr,
                    beta1=float(h["betas"][0]), beta2=float(h["betas"][1]),
                    weight_decay=float(wd), eps=float(h["eps"]), amsgrad=amsgrad,
                    maximize=False)
-        new = {k: c.finish((new_steps, *adam.states[1:]) if k == keys["adam"] else ())
+        new = {k: c.finish((new_steps, *states[1:]) if k == keys["adam"] else ())
                for k, c in calls.items()}
         return {k: new[k] for k in state} if isinstance(state, dict) else \
             tuple(new[k] for k in range(len(state)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import optree
 import torch
 
 from . import _execute, _fused
@@ -19,7 +20,11 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     ``params = apply_updates(params, updates)``; returns ``(params, state)``.
 
     ``donate=False`` (the default): pure, the two calls above (multi-tensor where nothing
-    requires grad, leaf by leaf under ``torch.func`` transforms and ``torch.compile``).
+    requires grad, leaf by leaf under ``torch.func`` transforms and ``torch.compile``); where
+    the donated step below would run a fused or blocked step and no tensor requires grad (or
+    grad mode is off), that step on copies of the state and parameters instead (the inputs
+    untouched; the donated step's numbers, which are the two calls' up to a fused kernel's
+    rounding order): one pass of copies instead of the chain's out-of-place temporaries.
 
     ``donate=True``: the caller gives up ``state`` and ``params``. The returned trees are the
     new ones; they share the old tensors (updated in place), so the old ones must not be read
@@ -50,24 +55,45 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     if donate_grads and not donate:
         raise ValueError("step: donate_grads=True gives up the gradients of a donated step: "
                          "pass donate=True too (got donate=False)")
+    library = _execute.donates_to(tx)
     if not donate:
+        if library and not extra and _fusable(params, grads, (grads, state, hparams)):
+            copies: list = []
+            with torch.no_grad(), _fused.owning(copies):
+                new_state = _fused_step(tx, params, grads, state, hparams, False)
+            if new_state is not None:
+                return copies[-1], new_state
         updates, state = tx.update(grads, state, params, hparams, **extra)
         return apply_updates(params, updates), state
-    library = _execute.donates_to(tx)
     with torch.no_grad():
         if library and not extra and _fusable(params, grads):
-            fused = tx.fused or _fused.chain_step(tx, grads_donated=donate_grads)
-            if fused is not None:
-                new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
-                if new_state is not None:
-                    return params, new_state
+            new_state = _fused_step(tx, params, grads, state, hparams, donate_grads)
+            if new_state is not None:
+                return params, new_state
         updates, state = tx.update(grads, state, params, hparams, donate=library, **extra)
         return apply_updates_(params, updates), state
 
 
-def _fusable(params: Any, grads: Any) -> bool:
+def _fused_step(tx: Transform, params: dict, grads: dict, state: Any, hparams: Any,
+                grads_donated: bool) -> Any:
+    """The new state from the alias's fused step or a library chain's (torch's Adam kernel),
+    or ``None`` where neither applies."""
+    fused = tx.fused or _fused.chain_step(tx, grads_donated=grads_donated)
+    if fused is None:
+        return None
+    return fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
+
+
+def _fusable(params: Any, grads: Any, others: Any = None) -> bool:
     """Whether a fused step may take these trees: eager, dicts of the same keys, every value a
-    tensor (the fused steps check dtypes, devices and layouts themselves)."""
-    return (isinstance(params, dict) and isinstance(grads, dict) and params.keys() == grads.keys()
-            and all([isinstance(x, torch.Tensor) for x in params.values()])
-            and _execute.multi_tensor_wanted([list(params.values())]))
+    tensor (the fused steps check dtypes, devices and layouts themselves), and, with grad mode
+    on, no tensor among them and ``others`` (trees) that requires grad (a pure step's graph
+    runs the chain)."""
+    if not (isinstance(params, dict) and isinstance(grads, dict)
+            and params.keys() == grads.keys()
+            and all([isinstance(x, torch.Tensor) for x in params.values()])):
+        return False
+    columns = [list(params.values())]
+    if others is not None and torch.is_grad_enabled():
+        columns.append(optree.tree_leaves(others, none_is_leaf=True))
+    return _execute.multi_tensor_wanted(columns)

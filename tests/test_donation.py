@@ -85,12 +85,16 @@ def test_step_donated_matches_the_pure_step(name):
     for a, b in zip(optree.tree_leaves((p, state)), optree.tree_leaves(expected)):
         assert a.dtype == b.dtype and a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)  # (a fused kernel's order)
-    pure = tx.init(params), params
+    # the pure step runs the donated one on copies: its numbers, the inputs untouched
+    pure = params, tx.init(params)
     for g in grads:
-        params2, state2 = fo.step(tx, g, pure[0], pure[1])
-        pure = state2, params2
-    for a, b in zip(optree.tree_leaves((pure[1], pure[0])), optree.tree_leaves(expected)):
-        assert torch.equal(a, b)
+        inputs = (pure, g)
+        before = _clone(inputs)
+        pure = fo.step(tx, g, pure[1], pure[0])
+        for a, b in zip(optree.tree_leaves(inputs), optree.tree_leaves(before)):
+            assert torch.equal(a, b)
+    for a, b in zip(optree.tree_leaves(pure), optree.tree_leaves((p, state))):
+        assert torch.equal(a, b) and a.stride() == b.stride()
 
 
 def test_step_donated_runs_torchs_fused_kernel(monkeypatch):
@@ -270,3 +274,22 @@ def test_donate_grads_needs_donate():
     params, grads = _trees()
     with pytest.raises(ValueError, match="donate=True"):
         fo.step(tx, grads[0], tx.init(params), params, donate_grads=True)
+
+
+def test_pure_step_keeps_a_graph_through_the_chain():
+    """Where a tensor requires grad (grad mode on), the pure step is the chain's update and
+    apply (a graph through it), not the fused step on copies."""
+    tx = fo.adamw(lr=0.01, weight_decay=0.1)
+    params, grads = _trees()
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    state = tx.init(params)
+    new, new_state = fo.step(tx, grads[0], state, params)
+    updates, expected_state = tx.update(grads[0], state, params)
+    expected = fo.apply_updates(params, updates)
+    for k, v in new.items():
+        assert v.grad_fn is not None and torch.equal(v, expected[k])
+    with torch.no_grad():  # (nothing records a graph: the fused step on copies)
+        fast, _ = fo.step(tx, grads[0], state, params)
+    for k, v in fast.items():
+        assert v.grad_fn is None and v is not params[k]
+        torch.testing.assert_close(v, expected[k], rtol=1e-12, atol=1e-14)
