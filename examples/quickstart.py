@@ -1,9 +1,12 @@
 """Quickstart: train a small MLP with functional_optim, side by side with torch.optim.AdamW.
 
-Four runs from the same initial weights on the same data:
+Five runs from the same initial weights on the same data:
 
   * ``fo chain``   -- fo.chain(clip, adam, decoupled weight decay, warmup-cosine learning rate)
-  * ``fo.adamw``   -- the functional AdamW alias, constant learning rate, pure (new trees)
+  * ``fo.adamw``   -- the functional AdamW alias, constant learning rate, pure (new trees):
+    ``tx.update`` then ``fo.apply_updates``
+  * ``fo.adamw step`` -- the same step in one pure call, ``fo.step(...)``: torch's fused
+    kernel on copies of the parameters and state (the inputs untouched)
   * ``fo.adamw donated`` -- the same step with ``fo.step(..., donate=True)``: the old
     parameters and state are given up, so the step updates them in place
   * ``torch AdamW`` -- torch.optim.AdamW with the same hyperparameters as ``fo.adamw``
@@ -68,17 +71,20 @@ def loss_fn(params, x, y):
 loss_and_grad = grad_and_value(loss_fn)  # returns (grads, loss); grads is a dict like params
 
 
-def run_functional(tx, name, donate=False):
+def run_functional(tx, name, how="update"):
     """Full-batch training with a transform: no optimizer object, just trees. Pure (new trees
-    every step) or donated (the old trees given up: updated in place, the same numbers)."""
+    every step: ``how="update"``, update then apply; ``"step"``, one call) or donated
+    (``"donated"``: the old trees given up, updated in place; the same numbers)."""
     params = {k: v.clone() for k, v in params0.items()}
     state = tx.init(params)
     losses, times = [], []
     for _ in tqdm(range(args.steps), desc=f"{name:>12}"):
         grads, loss = loss_and_grad(params, X, Y)
         t0 = time.perf_counter()
-        if donate:
+        if how == "donated":
             params, state = fo.step(tx, grads, state, params, donate=True)
+        elif how == "step":
+            params, state = fo.step(tx, grads, state, params)  # pure: new trees
         else:
             updates, state = tx.update(grads, state, params)  # pure: returns new trees
             params = fo.apply_updates(params, updates)
@@ -116,7 +122,8 @@ adamw = fo.adamw(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
 runs = {
     "fo chain": run_functional(chain, "fo chain"),
     "fo.adamw": run_functional(adamw, "fo.adamw"),
-    "fo.adamw donated": run_functional(adamw, "donated", donate=True),
+    "fo.adamw step": run_functional(adamw, "step", how="step"),
+    "fo.adamw donated": run_functional(adamw, "donated", how="donated"),
     "torch AdamW": run_torch_adamw("torch AdamW"),
 }
 
@@ -125,6 +132,7 @@ print(f"\n{'optimizer':<46} {'final loss':>12} {'median step':>14} {'vs torch':>
 labels = {
     "fo chain": "fo.chain(clip, adam, wd, warmup-cosine), pure",
     "fo.adamw": "fo.adamw, pure (update + apply_updates)",
+    "fo.adamw step": "fo.adamw, pure (fo.step)",
     "fo.adamw donated": "fo.adamw, donated (fo.step(donate=True))",
     "torch AdamW": "torch.optim.AdamW",
 }
@@ -141,16 +149,17 @@ print(f"\nfo.adamw vs torch.optim.AdamW after {args.steps} steps: max |param dif
 print("Same algorithm, same hyperparameters: the two curves overlap; "
       "the difference is float64 rounding." if diff <= 1e-6 * max(scale, 1.0) else
       "WARNING: fo.adamw and torch.optim.AdamW diverged more than rounding explains.")
-donated = runs["fo.adamw donated"][2]
-gap = max((donated[k] - fo_p[k]).abs().max().item() for k in fo_p)
-print(f"fo.adamw donated vs pure: max |param difference| = {gap:.2e}" + (
-    "" if gap <= 1e-6 * max(scale, 1.0) else " WARNING: more than rounding explains"))
+for other in ("fo.adamw step", "fo.adamw donated"):
+    gap = max((runs[other][2][k] - fo_p[k]).abs().max().item() for k in fo_p)
+    print(f"{other} vs fo.adamw: max |param difference| = {gap:.2e}" + (
+        "" if gap <= 1e-6 * max(scale, 1.0) else " WARNING: more than rounding explains"))
 
 # --- plot ---------------------------------------------------------------------------------
 args.out.mkdir(parents=True, exist_ok=True)
 fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
 styles = {"fo chain": ("C0", "-", 2), "fo.adamw": ("C1", "-", 3),
-          "fo.adamw donated": ("C2", ":", 2), "torch AdamW": ("k", "--", 1.2)}
+          "fo.adamw step": ("C3", "-.", 2), "fo.adamw donated": ("C2", ":", 2),
+          "torch AdamW": ("k", "--", 1.2)}
 for name, (losses, _, _) in runs.items():
     color, ls, lw = styles[name]
     ax_loss.plot(losses, color=color, ls=ls, lw=lw, label=labels[name])

@@ -293,3 +293,37 @@ def test_pure_step_keeps_a_graph_through_the_chain():
     for k, v in fast.items():
         assert v.grad_fn is None and v is not params[k]
         torch.testing.assert_close(v, expected[k], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam_amsgrad", "sgd", "adagrad", "rmsprop_plain",
+                                  "nadam", "adafactor", "user_chain_constant_lr"])
+def test_pure_step_on_large_and_strided_leaves_is_the_donated_step(name):
+    """The pure ``fo.step`` runs the donated step on copies, also where the blocked steps split
+    a leaf larger than a block or keep a transposed one whole: the donated step's numbers bit
+    for bit, the inputs untouched, the layouts kept."""
+    from functional_optim._blocked import BLOCK
+    tx = {"rmsprop_plain": lambda: fo.rmsprop(lr=0.01),
+          "adafactor": lambda: fo.adafactor(lr=0.01),
+          "user_chain_constant_lr": lambda: fo.chain(
+              fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.add_decayed_weights(0.1),
+              fo.scale_by_learning_rate(0.01))}.get(name, ALIASES.get(name))()
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"big": (BLOCK + 1000,), "t": (7, 5), "w": (6, 3), "s": ()}
+
+    def tree():
+        out = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+        out["t"] = out["t"].t()  # (not contiguous)
+        return out
+
+    params, grads = tree(), [tree() for _ in range(3)]
+    pure, donated = (params, tx.init(params)), (_clone(params), tx.init(params))
+    for g in grads:
+        inputs = (pure, g)
+        before = _clone(inputs)
+        pure = fo.step(tx, g, pure[1], pure[0])
+        donated = fo.step(tx, g, donated[1], donated[0], donate=True)
+        for a, b in zip(optree.tree_leaves(inputs), optree.tree_leaves(before)):
+            assert torch.equal(a, b)
+    for a, b in zip(optree.tree_leaves(pure), optree.tree_leaves(donated)):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    assert pure[0]["t"].stride() == params["t"].stride()
