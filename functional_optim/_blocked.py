@@ -23,53 +23,19 @@ chain and torch.optim).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from numbers import Number
 from typing import Any
 
 import torch
 
+from ._blocks import BLOCK, blocks
 from ._foreach import constant
 from ._fused import FusedStep, _groups, _owned
 from .base import EmptyState, resolve_hparams
 from .transforms.adaptive import RADAM_THRESHOLD, asgd_schedule
 
 __all__ = ["BLOCK", "blocks", "classic_step"]
-
-BLOCK = 1 << 17
-"""Elements per block: a block's parameters, gradients, state and temporaries (2-3 MB in
-float32) stay in a core's L2 cache. Measured on 300 x 4096, a GPT-like model and 4 x 4M:
-64K-256K elements are all within 10% of each other, and 30% faster than one foreach op per pass
-on the large layouts."""
-
-
-def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
-           split: bool = True) -> Iterator[list[list]]:
-    """``columns`` (lists of same-shaped tensors, one row per leaf) cut into blocks of about
-    ``size`` elements: consecutive small leaves share a block; a contiguous leaf larger than
-    ``size`` is split into flat views of ``size`` elements (``split=False``: kept whole), each
-    its own block."""
-    start, filled = 0, 0
-    for i, t in enumerate(columns[0]):
-        n = t.numel()
-        if n <= size:
-            filled += n
-            if filled >= size:
-                yield [column[start:i + 1] for column in columns]
-                start, filled = i + 1, 0
-            continue
-        if filled:
-            yield [column[start:i] for column in columns]
-        start, filled = i + 1, 0
-        row = [column[i] for column in columns]
-        if split and all(x.is_contiguous() for x in row):
-            for pieces in zip(*(x.view(-1).split(size) for x in row)):
-                yield [[piece] for piece in pieces]
-        else:
-            yield [[x] for x in row]
-    if filled:
-        yield [column[start:] for column in columns]
-
 
 def _plain(value: Any) -> bool:
     """A number, ``None`` (RMSprop's ``momentum`` without block, Adafactor's ``eps[0]``), or a

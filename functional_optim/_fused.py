@@ -23,6 +23,7 @@ included) call it, outside autograd and ``torch.compile``, with dense gradients;
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import operator
 import threading
@@ -34,6 +35,7 @@ import optree
 import torch
 
 from . import _execute, _foreach
+from ._blocks import BLOCK, blocks
 from .base import EmptyState, Transform, resolve_hparams
 
 __all__ = ["adam_step", "sgd_step", "adagrad_step", "lr_folded_step", "chain_step", "first",
@@ -368,6 +370,13 @@ _CHAINS = {
 }
 
 
+def _adam_columns(kernel: Callable, columns: list, **kwargs: Any) -> None:
+    """One of torch's Adam kernels on ``columns``: parameters, gradients, ``mu``, ``nu``,
+    [``nu_max``, with ``amsgrad``], counts."""
+    p, g, mu, nu, *rest = columns
+    kernel(p, g, mu, nu, rest[0] if kwargs["amsgrad"] else [], rest[-1], **kwargs)
+
+
 def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
     """The fused step of a user chain that is Adam or AdamW in blocks, else ``None``.
 
@@ -375,11 +384,14 @@ def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
     [add_decayed_weights], scale_by_learning_rate)`` (unmasked decay, a descending learning rate
     or schedule, ``eps_root`` 0, identities anywhere) computes what ``torch._fused_adam_``
     (decay before the moments: L2) or ``_fused_adamw_`` (decay after: decoupled) computes. The
-    step clips into new gradient tensors (one foreach multiply by the norm's coefficient, as
-    the chain; with ``grads_donated``, in place, as ``torch.nn.utils.clip_grad_norm_``), then
-    runs the kernel; the blocks' hparams are read from the chain's as the chain reads them (a
-    schedule's value from its count). The numbers are the chain's up to rounding order
-    (tested). Anything the kernel cannot take runs the chain (see :func:`adam_step`).
+    step clips the gradients (one foreach multiply by the norm's coefficient, as the chain)
+    into new tensors; where a leaf is larger than a cache-sized block, a block at a time
+    (:func:`~functional_optim._blocks.blocks`), the kernel running on each block while its
+    clipped gradients are in cache, not on fresh memory (with ``grads_donated``: in place, as
+    ``torch.nn.utils.clip_grad_norm_``, then the kernel on everything); the blocks' hparams
+    are read from the chain's as the chain reads them (a schedule's value from its count). The
+    numbers are the chain's up to rounding order (tested). Anything the kernel cannot take runs
+    the chain (see :func:`adam_step`).
     """
     spec = tx.pointwise
     if spec is None or not spec.parts:
@@ -418,18 +430,25 @@ def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
         kernel = getattr(torch, name)
         new_steps: dict = {}
         for ((device, _), names), lr in zip(groups.items(), lrs):
-            g = _take(grads, names)
-            if coef is not None and grads_donated:
-                torch._foreach_mul_(g, coef.to(device))
-            elif coef is not None:
-                g = torch._foreach_mul(g, coef.to(device))
             counts = _counted(_take(steps, names))
             new_steps.update(zip(names, counts))
-            kernel(_take(params, names), g, _take(mu, names), _take(nu, names),
-                   _take(states[3], names) if amsgrad else [], counts, lr=lr,
-                   beta1=float(h["betas"][0]), beta2=float(h["betas"][1]),
-                   weight_decay=float(wd), eps=float(h["eps"]), amsgrad=amsgrad,
-                   maximize=False)
+            columns = [_take(params, names), _take(grads, names), _take(mu, names),
+                       _take(nu, names), *([_take(states[3], names)] if amsgrad else []), counts]
+            run = functools.partial(
+                _adam_columns, kernel, lr=lr, beta1=float(h["betas"][0]),
+                beta2=float(h["betas"][1]), weight_decay=float(wd), eps=float(h["eps"]),
+                amsgrad=amsgrad, maximize=False)
+            if coef is None:
+                run(columns)
+            elif grads_donated:
+                torch._foreach_mul_(columns[1], coef.to(device))
+                run(columns)
+            else:  # (a leaf larger than a block: clipped a block at a time, in cache)
+                coef_here = coef.to(device)
+                large = any(x.numel() > BLOCK for x in columns[1])
+                for part in blocks(columns) if large else [columns]:
+                    part[1] = torch._foreach_mul(part[1], coef_here)
+                    run(part)
         new = {k: c.finish((new_steps, *states[1:]) if k == keys["adam"] else ())
                for k, c in calls.items()}
         return {k: new[k] for k in state} if isinstance(state, dict) else \

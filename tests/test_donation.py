@@ -249,9 +249,11 @@ def test_donated_kernel_step_advances_each_count_once(name, share):
 
 def test_donated_grads_are_clipped_in_place_with_the_same_numbers():
     """``donate_grads=True``: a chain that runs torch's Adam kernel clips the caller's gradients
-    in place (no new gradient tensors) and gives the numbers of the step that keeps them."""
+    in place (no new gradient tensors) and gives the numbers of the step that keeps them (which
+    clips a leaf larger than a block a block at a time)."""
+    from functional_optim._blocks import BLOCK
     tx = ALIASES["user_chain"]()
-    params, grads = _trees(shapes={"w": (6, 3), "b": (6,)})
+    params, grads = _trees(shapes={"w": (6, 3), "b": (6,), "big": (BLOCK + 1000,)})
     grads = [optree.tree_map(lambda g: 10 * g, g) for g in grads]  # (norms above the clip)
     kept = _clone(params), tx.init(params)
     given = _clone(params), tx.init(params)
@@ -301,7 +303,7 @@ def test_pure_step_on_large_and_strided_leaves_is_the_donated_step(name):
     """The pure ``fo.step`` runs the donated step on copies, also where the blocked steps split
     a leaf larger than a block or keep a transposed one whole: the donated step's numbers bit
     for bit, the inputs untouched, the layouts kept."""
-    from functional_optim._blocked import BLOCK
+    from functional_optim._blocks import BLOCK
     tx = {"rmsprop_plain": lambda: fo.rmsprop(lr=0.01),
           "adafactor": lambda: fo.adafactor(lr=0.01),
           "user_chain_constant_lr": lambda: fo.chain(
