@@ -111,27 +111,19 @@ def _trees(params) -> tuple[dict, dict]:
             {str(i): p.grad for i, p in enumerate(params)})
 
 
-def _pure(algo: str) -> Callable:
+def _pure(algo: str, one_call: bool = False) -> Callable:
+    """``tx.update`` then ``fo.apply_updates``, or (``one_call``) ``fo.step``: both pure."""
     def make(params):
         tx = transform(algo)
         data, grads = _trees(params)
         box = [data, tx.init(data)]
 
         def step():
+            if one_call:
+                box[0], box[1] = fo.step(tx, grads, box[1], box[0])
+                return
             updates, box[1] = tx.update(grads, box[1], box[0])
             box[0] = fo.apply_updates(box[0], updates)
-        return step
-    return make
-
-
-def _pure_step(algo: str) -> Callable:
-    def make(params):
-        tx = transform(algo)
-        data, grads = _trees(params)
-        box = [data, tx.init(data)]
-
-        def step():
-            box[0], box[1] = fo.step(tx, grads, box[1], box[0])
         return step
     return make
 
@@ -194,7 +186,8 @@ def implementations(algo: str, peers: set, compiled: bool) -> dict:
         out["torch fused"] = _torch(algo, fused=True)
     if compiled:
         out["torch compiled"] = _torch(algo, compiled=True, foreach=True)
-    out.update({"ours pure (eager)": _pure(algo), "ours pure step (eager)": _pure_step(algo),
+    out.update({"ours pure (eager)": _pure(algo),
+                "ours pure step (eager)": _pure(algo, one_call=True),
                 "ours donated (eager)": _donated(algo),
                 "ours adapter (fo.optim)": _adapter(algo)})
     if algo == "chain":  # (clipped in place, as torch's clip_grad_norm_)
