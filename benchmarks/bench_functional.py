@@ -211,6 +211,20 @@ def allocated_bytes(step: Callable) -> tuple[int, int]:
     return len(sizes), sum(sizes)
 
 
+def inductor_buffers(step: Callable) -> int:
+    """The buffers inductor's compiled code allocates in one call of ``step``: calls of its
+    allocation helpers (``empty_strided_cpu``...), which the profiler's memory events do not
+    show (counted with ``cProfile``)."""
+    import cProfile
+    import pstats
+    profiler = cProfile.Profile()
+    profiler.enable()
+    step()
+    profiler.disable()
+    return sum(calls for (_, _, name), (calls, *_) in pstats.Stats(profiler).stats.items()
+               if "empty_strided" in name)
+
+
 def train_step_allocations(shapes, algo: str = "adamw", steps: int = 5) -> dict:
     """A compiled functional train step (a least-squares loss's ``torch.func.grad`` on the
     layout, then ``fo.step(donate=True)``), fullgraph, and the compiled gradient alone: what
@@ -243,7 +257,8 @@ def train_step_allocations(shapes, algo: str = "adamw", steps: int = 5) -> dict:
     grads_n, grads_b = allocated_bytes(lambda: grad_only(box[0]))
     n, b = allocated_bytes(step)
     return {"numel": numel(shapes), "train_events": n, "train_bytes": b,
-            "grad_events": grads_n, "grad_bytes": grads_b}
+            "train_buffers": inductor_buffers(step), "grad_events": grads_n,
+            "grad_bytes": grads_b, "grad_buffers": inductor_buffers(lambda: grad_only(box[0]))}
 
 
 # -- the suite -------------------------------------------------------------------------------
@@ -383,13 +398,18 @@ def write_train_step(results: dict, out: str) -> None:
              "``torch.compile(fullgraph=True)`` of ``fo.step(tx, torch.func.grad(loss)(p), "
              "state, p, donate=True)`` (AdamW, a least-squares loss on the layout) against the "
              "compiled gradient alone, once warm: allocation events and bytes of one step "
-             "(profiler, ``profile_memory=True``). The gradient alone returns new tensors; the "
-             "train step writes the new state and parameters into the donated ones.\n",
-             "| layout | params | train step: events, bytes | gradient alone: events, bytes "
-             "|\n|---|---|---|---|"]
+             "(profiler, ``profile_memory=True``), and the buffers inductor's code allocates "
+             "itself (calls of its ``empty_strided`` helpers, counted with ``cProfile``: the "
+             "profiler's memory events do not show them). The gradient alone returns new "
+             "tensors; the train step writes the new state and parameters into the donated "
+             "ones, and allocates 0-d buffers for the per-leaf coefficients it computes once "
+             "per step (Adam's bias corrections: two per leaf of 1024 elements or more).\n",
+             "| layout | params | train step: events, bytes; inductor buffers | gradient "
+             "alone: events, bytes; inductor buffers |\n|---|---|---|---|"]
     for layout, r in results["train_step"].items():
-        lines.append(f"| {layout} | {r['numel']} | {r['train_events']}, {r['train_bytes']} | "
-                     f"{r['grad_events']}, {r['grad_bytes']} |")
+        lines.append(f"| {layout} | {r['numel']} | {r['train_events']}, {r['train_bytes']}; "
+                     f"{r.get('train_buffers', '-')} | {r['grad_events']}, {r['grad_bytes']}; "
+                     f"{r.get('grad_buffers', '-')} |")
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(out + ".json", "w") as f:
