@@ -48,9 +48,9 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
 
     Under ``torch.compile`` the update writes the new state into the donated tensors and the
     updates are added into the parameters, so that a compiled train step computes in place and
-    allocates nothing for the optimizer but 0-d buffers for its per-leaf coefficients. A transform that is not the library's (a user's
-    ``update``) gets no ``donate`` (its state is never reused); its parameters are still
-    updated in place.
+    allocates nothing for the optimizer but 0-d buffers for its per-leaf coefficients. A
+    transform that is not the library's (a user's ``update``) gets no ``donate`` (its state is
+    never reused); its parameters are still updated in place.
     """
     if donate_grads and not donate:
         raise ValueError("step: donate_grads=True gives up the gradients of a donated step: "
