@@ -15,9 +15,9 @@ leaves, a DTensor, a step count on another device, a memory layout the kernel ca
 :func:`linear`), and the adapter then runs the chain. The numbers are the chain's up to rounding
 order (tested).
 
-Only the adapter and ``fo.step(..., donate=True)`` (whose caller gives up the state, counts
-included) call it, outside autograd and ``torch.compile``, with dense gradients; the pure
-``update`` is unchanged.
+Only the adapter and ``fo.step`` call it, outside autograd and ``torch.compile``, with dense
+gradients: donated (the caller gives up the state, counts included) or pure (within
+:func:`owning`: on copies); the pure ``update`` is unchanged.
 """
 
 from __future__ import annotations
