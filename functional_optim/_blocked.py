@@ -40,9 +40,11 @@ __all__ = ["BLOCK", "blocks", "classic_step"]
 def _plain(value: Any) -> bool:
     """A number, ``None`` (RMSprop's ``momentum`` without block, Adafactor's ``eps[0]``), or a
     tuple of those (``betas``, Adafactor's ``eps``): what the blocked steps take."""
+    if type(value) in (float, int) or value is None:
+        return True
     if isinstance(value, tuple):
         return all(_plain(v) for v in value)
-    return value is None or isinstance(value, Number) and not isinstance(value, (bool, complex))
+    return isinstance(value, Number) and not isinstance(value, (bool, complex))
 
 
 def mul_(xs: list, value: float) -> None:

@@ -193,9 +193,7 @@ def resolve_hparams(defaults: Any, given: Any, where: str = "hparams",
                 f"{where}: unknown hyperparameter(s) {sorted(map(str, unknown))}; "
                 f"known: {sorted(map(str, defaults))}"
             )
-        return {
-            k: resolve_hparams(v, given.get(k), f"{where}[{k!r}]") for k, v in defaults.items()
-        }
+        return {k: _resolve_entry(v, given.get(k), where, k) for k, v in defaults.items()}
     if isinstance(defaults, tuple):
         if not isinstance(given, (tuple, list)) or len(given) != len(defaults):
             raise HParamError(
@@ -217,6 +215,20 @@ def resolve_hparams(defaults: Any, given: Any, where: str = "hparams",
     if type(given) is float or isinstance(given, Number) and not isinstance(given, complex):
         return given
     raise HParamError(f"{where}: expected a Python number or a 0-d tensor, got {_describe(given)}")
+
+
+def _resolve_entry(default: Any, given: Any, where: str, key: Any) -> Any:
+    """One entry of a dict of hyperparameters (:func:`resolve_hparams`): a Python float or int
+    over a number's default (or a tensor's, or ``None``) as it is, without formatting the
+    entry's name for an error that cannot happen."""
+    if given is None:
+        return default
+    if type(given) in (float, int) and type(default) in _NUMBER_DEFAULTS:
+        return given
+    return resolve_hparams(default, given, f"{where}[{key!r}]")
+
+
+_NUMBER_DEFAULTS = (float, int, bool, type(None), torch.Tensor)
 
 
 def check_hparam(
