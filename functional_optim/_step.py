@@ -56,32 +56,25 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
         raise ValueError("step: donate_grads=True gives up the gradients of a donated step: "
                          "pass donate=True too (got donate=False)")
     library = _execute.donates_to(tx)
+    # the alias's fused step or a library chain's (torch's Adam kernel), if it has one
+    fused = (tx.fused or _fused.chain_step(tx, grads_donated=donate_grads)
+             if library and not extra else None)
     if not donate:
-        if library and not extra and _fusable(params, grads, (grads, state, hparams)):
+        if fused is not None and _fusable(params, grads, (grads, state, hparams)):
             copies: list = []
             with torch.no_grad(), _fused.owning(copies):
-                new_state = _fused_step(tx, params, grads, state, hparams, False)
+                new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
             if new_state is not None:
                 return copies[-1], new_state
         updates, state = tx.update(grads, state, params, hparams, **extra)
         return apply_updates(params, updates), state
     with torch.no_grad():
-        if library and not extra and _fusable(params, grads):
-            new_state = _fused_step(tx, params, grads, state, hparams, donate_grads)
+        if fused is not None and _fusable(params, grads):
+            new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
             if new_state is not None:
                 return params, new_state
         updates, state = tx.update(grads, state, params, hparams, donate=library, **extra)
         return apply_updates_(params, updates), state
-
-
-def _fused_step(tx: Transform, params: dict, grads: dict, state: Any, hparams: Any,
-                grads_donated: bool) -> Any:
-    """The new state from the alias's fused step or a library chain's (torch's Adam kernel),
-    or ``None`` where neither applies."""
-    fused = tx.fused or _fused.chain_step(tx, grads_donated=grads_donated)
-    if fused is None:
-        return None
-    return fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
 
 
 def _fusable(params: Any, grads: Any, others: Any = None) -> bool:
