@@ -165,8 +165,8 @@ def assert_close_ulps(actual: torch.Tensor, expected: torch.Tensor, *, ulps: flo
     real = actual.real.dtype if actual.is_complex() else actual.dtype
     a = actual.detach().to(torch.complex128 if actual.is_complex() else torch.float64)
     b = expected.detach().to(a.dtype)
-    mag = (b.abs() if scale is None else torch.as_tensor(scale, dtype=torch.float64).abs()
-           ).expand(b.shape)
+    mag = (b.abs() if scale is None else torch.as_tensor(
+        scale, dtype=torch.float64, device=b.device).abs()).expand(b.shape)
     unit = ulp(mag, real)
     off = (torch.where(a == b, 0.0, (a - b).abs()) / unit).nan_to_num(nan=math.inf)
     worst = int(off.argmax())

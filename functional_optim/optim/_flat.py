@@ -47,7 +47,8 @@ __all__ = ["FlatGroup", "NotFlat"]
 # Inductor inlines a 0-d intermediate (a bias correction) into every loop iteration of the kernel
 # that reads it: computed once per 16 elements, ``pow``/``sqrt`` in float64 cost 3x the memory
 # traffic (3.9 ms vs 1.3 ms for AdamW on 1.2M floats). Realizing every intermediate of more than
-# two ops computes such scalars once, before the elementwise kernel.
+# two ops computes such scalars once, before the elementwise kernel. (Older torch builds have no
+# CPU threshold: torch.compile rejects an option it does not know, so only known ones are given.)
 _INDUCTOR = {"realize_cpu_opcount_threshold": 2, "realize_opcount_threshold": 2}
 
 
@@ -222,8 +223,9 @@ class FlatGroup:
             # object, so every optimizer would otherwise share one budget of 8 graphs
             step = FlatGroup._compiled_step
             code = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__)
-            self.compiled = torch.compile(types.MethodType(code, self), fullgraph=True,
-                                          options=_INDUCTOR)
+            from torch._inductor import config
+            self.compiled = torch.compile(types.MethodType(code, self), fullgraph=True, options={
+                k: v for k, v in _INDUCTOR.items() if hasattr(config, k)})
 
     def valid(self) -> bool:
         return all(seg.valid() for seg in self.segments)
