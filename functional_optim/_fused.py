@@ -93,8 +93,9 @@ def _groups(params: dict, grads: dict, steps: dict | None,
     """Names of the leaves by (device, dtype), or ``None`` when a leaf is not for a kernel.
 
     Gradients match their parameter's dtype, device and shape (autograd enforces it on
-    assignment), and state buffers too (``init`` and ``load_state_dict`` make them so); a step
-    count may sit on another device (torch keeps it on the CPU unless capturable or fused).
+    assignment), and state buffers too (``init`` and ``load_state_dict`` make them so). The step
+    counts sit on their parameters' devices, or all on the CPU (torch keeps them there unless
+    capturable or fused: :func:`_as_read` copies them over, outside a CUDA graph's capture).
     Gradients are dense: the adapter runs a step with a sparse one on the chain.
     ``buffers`` (the state a kernel updates, by name): the memory layouts are checked too
     (:func:`linear`); ``None`` for a caller that walks the tensors with layout-aware ops.
@@ -107,8 +108,11 @@ def _groups(params: dict, grads: dict, steps: dict | None,
     if buffers is not None and not linear([ps, gs, *(_take(b, names) for b in buffers)]):
         return None
     devices, dtypes = list(map(_device, ps)), list(map(_dtype, ps))
-    if steps is not None and list(map(_device, map(steps.__getitem__, names))) != devices:
-        return None
+    if steps is not None:
+        at = list(map(_device, map(steps.__getitem__, names)))
+        if at != devices and (any(d.type != "cpu" for d in at) or torch.cuda.is_available()
+                              and torch.cuda.is_current_stream_capturing()):
+            return None
     if devices.count(devices[0]) == len(ps) and dtypes.count(dtypes[0]) == len(ps):
         groups = {(devices[0], dtypes[0]): names}  # the usual case: one device and dtype
     else:
@@ -127,8 +131,8 @@ def _lr(h: dict, device: torch.device) -> Any:
     if _number(lr):
         return float(lr)
     if isinstance(lr, torch.Tensor) and lr.ndim == 0 and lr.device == device and \
-            lr.dtype.is_floating_point:
-        return lr
+            lr.dtype.is_floating_point:  # (a GPU kernel reads a tensor lr as float32)
+        return lr if device.type == "cpu" or lr.dtype == torch.float32 else lr.float()
     return None
 
 
@@ -142,13 +146,14 @@ def _take(column: dict, names: list) -> list:
 
 
 def _kernel_groups(params: dict, grads: dict, steps: dict | None, h: dict, state: dict,
-                   buffers: tuple[dict, ...]) -> list | None:
+                   buffers: tuple[dict, ...], cpu_only: bool = False) -> list | None:
     """``[(names, lr)]``, one per (device, dtype) group, or ``None`` when a kernel cannot run
-    (also for a schedule: its ``lr`` block keeps a count)."""
+    (also for a schedule: its ``lr`` block keeps a count; with ``cpu_only``, a kernel torch
+    has for the CPU alone, off it)."""
     if not isinstance(state["lr"], EmptyState):
         return None
     groups = _groups(params, grads, steps, buffers)
-    if groups is None:
+    if groups is None or cpu_only and any(device.type != "cpu" for device, _ in groups):
         return None
     out = [(names, _lr(h, device)) for (device, _), names in groups.items()]
     return None if any(lr is None for _, lr in out) else out
@@ -175,6 +180,22 @@ def _counted(counts: list) -> list:
     :func:`owning`, shares the caller's counts)."""
     return _plus_one(counts, inplace=_OWNING.copies is None
                      and len(set(map(id, counts))) == len(counts))
+
+
+def _as_read(counts: list, device: torch.device) -> list:
+    """The counts as torch's Adam kernels on ``device`` read them. On the CPU, as they are (the
+    kernel converts each). On a GPU, float32 tensors there: the CUDA kernel reads each count's
+    memory as a float32 whatever its dtype (an int64 count of 1 would read as 1e-45, and the
+    step divide by zero), so other counts are read from a float32 copy (one stack and one
+    cast); counts on the CPU (torch.optim's format) are copied over from pinned memory, which
+    does not wait for the GPU."""
+    if device.type == "cpu" or counts[0].device == device and all(
+            [c.dtype == torch.float32 for c in counts]):
+        return counts
+    read = torch.stack(counts).float()
+    if read.device != device:
+        read = read.pin_memory().to(device, non_blocking=True)
+    return list(read.unbind())
 
 
 def _advance(steps: dict, names: list, fresh: dict) -> list:
@@ -238,9 +259,10 @@ def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool) -> FusedStep:
         params, state = _owned(params, state, shared=(adam.step,))
         adam, fresh = state["adam"], {}
         for names, lr in groups:
+            counts = _as_read(_advance(adam.step, names, fresh), params[names[0]].device)
             kernel(_take(params, names), _take(grads, names), _take(adam.mu, names),
                    _take(adam.nu, names), _take(adam.nu_max, names) if amsgrad else [],
-                   _advance(adam.step, names, fresh), lr=lr, beta1=float(h["betas"][0]),
+                   counts, lr=lr, beta1=float(h["betas"][0]),
                    beta2=float(h["betas"][1]), weight_decay=float(h["weight_decay"]),
                    eps=float(h["eps"]), amsgrad=amsgrad, maximize=maximize)
         return {**state, "adam": adam._replace(step={**adam.step, **fresh})} if fresh else state
@@ -296,13 +318,14 @@ def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool,
 
 
 def adagrad_step(*, maximize: bool) -> FusedStep:
-    """The fused step of ``adagrad`` (``torch._fused_adagrad_``)."""
+    """The fused step of ``adagrad`` (``torch._fused_adagrad_``, which torch has for the CPU
+    alone)."""
 
     def fused(params, grads, state, h):
         if not _numbers(h, ("lr_decay", "eps", "weight_decay")):
             return None
         rss = state["rss"]
-        groups = _kernel_groups(params, grads, rss.step, h, state, (rss.sum,))
+        groups = _kernel_groups(params, grads, rss.step, h, state, (rss.sum,), cpu_only=True)
         if groups is None:
             return None
         params, state = _owned(params, state, shared=(rss.step,))
@@ -433,7 +456,8 @@ def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
             counts = _counted(_take(steps, names))
             new_steps.update(zip(names, counts))
             columns = [_take(params, names), _take(grads, names), _take(mu, names),
-                       _take(nu, names), *([_take(states[3], names)] if amsgrad else []), counts]
+                       _take(nu, names), *([_take(states[3], names)] if amsgrad else []),
+                       _as_read(counts, device)]
             run = functools.partial(
                 _adam_columns, kernel, lr=lr, beta1=float(h["betas"][0]),
                 beta2=float(h["betas"][1]), weight_decay=float(wd), eps=float(h["eps"]),

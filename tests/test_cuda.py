@@ -157,3 +157,85 @@ def test_dropin_in_whole_network_capture_matches_torch(name):
     # every tensor of this seeded model (its smallest, the last bias, starts at 0.059).
     for a, b, top in zip(model.parameters(), reference.parameters(), peak):
         assert_close_ulps(a, b, ulps=ulp_budget(8, UPDATE_OPS[name.lower()]), scale=top)
+
+
+GPU_STEPS = {
+    "adamw": ("adamw", "_fused_adamw_"), "adam_amsgrad": ("adam", "_fused_adam_"),
+    "sgd": ("sgd", "_fused_sgd_"), "user_chain": ("adamw", "_fused_adamw_"),
+    "adagrad": ("adagrad", None),  # (torch's Adagrad kernel is for the CPU alone: the chain runs)
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", GPU_STEPS)
+def test_step_on_the_gpu_runs_the_kernel_with_the_chains_numbers(name, dtype, monkeypatch):
+    """``fo.step`` on CUDA tensors, donated and pure, runs torch's CUDA kernel where it has one
+    and gives the chain's numbers. The CUDA kernels read a tensor lr (the user chain's schedule:
+    float64) and each count (ours: int64) as float32; given as they are, the lr raised and an
+    int64 count read as 1e-45, a step of inf."""
+    from test_donation import ALIASES, _clone, _pure, _trees
+
+    algo, kernel = GPU_STEPS[name]
+    calls = []
+    if kernel is not None:
+        real = getattr(torch, kernel)
+        monkeypatch.setattr(torch, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
+    tx = ALIASES[name]()
+    params, grads = optree.tree_map(lambda x: x.cuda(), _trees(dtype=dtype))
+    expected, state = _pure(tx, params, grads)
+    peak = max(float(p.abs().max()) for p in (*params.values(), *expected.values()))
+    donated, pure = (_clone(params), tx.init(params)), (params, tx.init(params))
+    for g in grads:
+        donated = fo.step(tx, g, donated[1], donated[0], donate=True)
+        pure = fo.step(tx, g, pure[1], pure[0])
+    assert len(calls) == (2 * len(grads) if kernel else 0)
+    for got in (donated, pure):
+        for a, b in zip(optree.tree_leaves(got[0]), optree.tree_leaves(expected)):
+            assert a.device == b.device and a.dtype == b.dtype
+            # float32: 3 steps of the algorithm's ops (+ the clip's 3), 2 ulps each, at the
+            # largest parameter; float64: a fused kernel's order, as on the CPU
+            if dtype == torch.float32:
+                assert_close_ulps(a, b, ulps=ulp_budget(3, UPDATE_OPS[algo] + 3), scale=peak)
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        for a, b in zip(optree.tree_leaves(got[1]), optree.tree_leaves(state)):
+            if not a.is_floating_point():
+                assert torch.equal(a, b)  # every count advanced once per step
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_dropin_on_the_gpu_runs_the_kernel_with_torchs_state(name, monkeypatch):
+    """The drop-in's default step on CUDA parameters keeps torch.optim's state (``step`` a
+    float32 CPU tensor) and still runs torch's CUDA kernel (the counts copied over from pinned
+    memory, without a sync), with torch.optim's numbers."""
+    from functional_optim import optim as foo
+
+    kernel = f"_fused_{name.lower()}_"
+    real, calls = getattr(torch, kernel), []
+    monkeypatch.setattr(torch, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(33, 17), (17,), ()]
+    ours = [torch.randn(s, generator=gen).cuda().requires_grad_() for s in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt = getattr(foo, name)(ours, lr=1e-2, weight_decay=0.1)
+    ref = getattr(torch.optim, name)(theirs, lr=1e-2, weight_decay=0.1, foreach=True)
+    peak = [float(p.detach().abs().max()) for p in theirs]
+    steps = 5
+    for i in range(steps):
+        grads = [torch.randn(s, generator=gen).cuda() for s in shapes]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        if i:  # (the first step builds the state, and may sync as torch's does)
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        ref.step()
+        peak = [max(top, float(q.abs().max())) for top, q in zip(peak, theirs)]
+    assert len(calls) == steps
+    for p, q, top in zip(ours, theirs, peak):
+        assert_close_ulps(p.detach(), q.detach(), ulps=ulp_budget(steps, UPDATE_OPS["adam"]),
+                          scale=top)
+        step = opt.state[p]["step"]
+        assert step.device.type == "cpu" and step.dtype == torch.float32 and float(step) == steps
