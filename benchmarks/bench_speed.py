@@ -387,6 +387,9 @@ def main() -> None:
                         help="measure only the identity transforms' cost, into --out's results")
     parser.add_argument("--no-identity", action="store_true",
                         help="skip the identity transforms' cost")
+    parser.add_argument("--skip", default="", metavar="NAMES",
+                        help="implementations left out, comma-separated (a run that must fit a "
+                             "GPU lease leaves out the slow compilations)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="join the rows of results files (runs of a suite in parts) into --out")
     args = parser.parse_args()
@@ -423,8 +426,9 @@ def main() -> None:
             n = numel(shapes)
             bw = bandwidth[ARRAYS[algo] * n]
             bound_ms = BYTES_PER_PARAM[algo] * n / (bw * 1e9) * 1e3
-            row = measure_row(implementations(algo, peers, args.device), shapes, args.repeats,
-                              args.device)
+            makes = {name: make for name, make in implementations(algo, peers, args.device).items()
+                     if name not in args.skip.split(",")}
+            row = measure_row(makes, shapes, args.repeats, args.device)
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
             results["runs"][f"{algo}/{layout}"] = {"numel": n, "bound_ms": bound_ms,
