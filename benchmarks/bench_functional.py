@@ -25,6 +25,8 @@ parameter for ``k`` state arrays, at the best streaming bandwidth measured in th
     python benchmarks/bench_functional.py --threads 1 \
         --out benchmarks/results/functional_cpu_1thread
 
+``--device cuda`` runs the same rows on a GPU (optax stays on the CPU: left out there).
+
 ``--train-step`` measures instead what a compiled functional train step (``torch.func.grad``
 + update + apply, fullgraph, donated) allocates per step in steady state, against the same
 step without the optimizer (profiler allocation events, CPU).
@@ -271,13 +273,17 @@ def main() -> None:
     parser.add_argument("--layouts", default=",".join(layouts()))
     parser.add_argument("--compiled", default=",".join(ALGOS),
                         help="the algorithms whose compiled steps (ours and torch's) are measured")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: on a GPU (bound: its device-to-device copy bandwidth)")
     parser.add_argument("--train-step", action="store_true")
     parser.add_argument("--note", default="", help="a line for the results (machine load...)")
     parser.add_argument("--out", default=None, help="path without extension (.md and .json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chosen = {k: v for k, v in layouts().items() if k in args.layouts.split(",")}
-    results: dict = {"machine": machine(), "threads": args.threads, "note": args.note,
+    gpu = f"; {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
+    results: dict = {"machine": machine() + gpu, "threads": args.threads, "note": args.note,
+                     "device": args.device,
                      "runs": {}, "train_step": {}}
     if args.train_step:
         for layout, shapes in chosen.items():
@@ -287,7 +293,7 @@ def main() -> None:
             write_train_step(results, args.out)
         return
     peers = set()
-    for name in ("torchopt", "jax"):
+    for name in ("torchopt",) + (("jax",) if args.device == "cpu" else ()):
         try:
             __import__(name)
             peers.add(name)
@@ -301,12 +307,13 @@ def main() -> None:
         for layout, shapes in chosen.items():
             n = numel(shapes)
             k = ALGOS[algo][2]
-            bw = bandwidth_gbs((2 + k) * n)
+            bw = bandwidth_gbs((2 + k) * n, device=args.device)
             bound_ms = bytes_per_param(algo) * n / (bw * 1e9) * 1e3
             compiled = algo in args.compiled.split(",")
             if compiled:  # (each row compiles its own steps: dynamo recompiles the one run()
                 torch._dynamo.reset()  # closure for each (algo, layout), at most 8 times)
-            row = measure_row(implementations(algo, peers, compiled), shapes, args.repeats)
+            row = measure_row(implementations(algo, peers, compiled), shapes, args.repeats,
+                              args.device)
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
             results["runs"][f"{algo}/{layout}"] = {"numel": n, "bound_ms": bound_ms,
