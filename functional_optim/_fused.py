@@ -125,15 +125,20 @@ def _groups(params: dict, grads: dict, steps: dict | None,
     return groups
 
 
-def _lr(h: dict, device: torch.device) -> Any:
-    """The lr as the kernels take it (a number, or a 0-d tensor on the parameters' device)."""
+def _lr(h: dict, device: torch.device, dtype: torch.dtype) -> Any:
+    """The lr as the kernels on ``device`` take it for ``dtype`` parameters: a number, or a 0-d
+    tensor on that device. A GPU kernel reads a tensor lr as float32: a float64 one is rounded
+    to float32 for float32 parameters (as the chain's product rounds it) and declined for
+    float64 ones (the chain keeps its digits: 1e-9 relative on a float64 schedule's step)."""
     lr = h["lr"]
     if _number(lr):
         return float(lr)
-    if isinstance(lr, torch.Tensor) and lr.ndim == 0 and lr.device == device and \
-            lr.dtype.is_floating_point:  # (a GPU kernel reads a tensor lr as float32)
-        return lr if device.type == "cpu" or lr.dtype == torch.float32 else lr.float()
-    return None
+    if not (isinstance(lr, torch.Tensor) and lr.ndim == 0 and lr.device == device
+            and lr.dtype.is_floating_point):
+        return None
+    if device.type == "cpu" or lr.dtype == torch.float32:
+        return lr
+    return lr.float() if dtype == torch.float32 else None
 
 
 def _numbers(h: dict, keys: tuple[str, ...]) -> bool:
@@ -155,7 +160,7 @@ def _kernel_groups(params: dict, grads: dict, steps: dict | None, h: dict, state
     groups = _groups(params, grads, steps, buffers)
     if groups is None or cpu_only and any(device.type != "cpu" for device, _ in groups):
         return None
-    out = [(names, _lr(h, device)) for (device, _), names in groups.items()]
+    out = [(names, _lr(h, *key)) for key, names in groups.items()]
     return None if any(lr is None for _, lr in out) else out
 
 
@@ -444,7 +449,7 @@ def chain_step(tx: Transform, grads_donated: bool = False) -> FusedStep | None:
         groups = _groups(params, grads, steps, adam.states[1:4] if amsgrad else (mu, nu))
         if groups is None:
             return None
-        lrs = [_lr({"lr": -neg_lr}, device) for device, _ in groups]
+        lrs = [_lr({"lr": -neg_lr}, *key) for key in groups]
         if any(lr is None for lr in lrs):
             return None
         params, *states = _owned(params, *adam.states, shared=(steps,))

@@ -172,7 +172,8 @@ def test_step_on_the_gpu_runs_the_kernel_with_the_chains_numbers(name, dtype, mo
     """``fo.step`` on CUDA tensors, donated and pure, runs torch's CUDA kernel where it has one
     and gives the chain's numbers. The CUDA kernels read a tensor lr (the user chain's schedule:
     float64) and each count (ours: int64) as float32; given as they are, the lr raised and an
-    int64 count read as 1e-45, a step of inf."""
+    int64 count read as 1e-45, a step of inf. A float64 schedule's lr for float64 parameters
+    stays on the chain (rounded to float32, it moved them by 1e-9 relative)."""
     from test_donation import ALIASES, _clone, _pure, _trees
 
     algo, kernel = GPU_STEPS[name]
@@ -188,7 +189,8 @@ def test_step_on_the_gpu_runs_the_kernel_with_the_chains_numbers(name, dtype, mo
     for g in grads:
         donated = fo.step(tx, g, donated[1], donated[0], donate=True)
         pure = fo.step(tx, g, pure[1], pure[0])
-    assert len(calls) == (2 * len(grads) if kernel else 0)
+    runs = kernel and not (name == "user_chain" and dtype == torch.float64)
+    assert len(calls) == (2 * len(grads) if runs else 0)
     for got in (donated, pure):
         for a, b in zip(optree.tree_leaves(got[0]), optree.tree_leaves(expected)):
             assert a.device == b.device and a.dtype == b.dtype
