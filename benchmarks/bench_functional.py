@@ -343,7 +343,9 @@ def _ratio(row: dict, name: str, ref: str) -> float | None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# The functional API's step time, CPU, {results['threads']} thread(s)\n",
+    gpu = results.get("device") == "cuda"
+    where = "CUDA" if gpu else f"CPU, {results['threads']} thread(s)"
+    lines = [f"# The functional API's step time, {where}\n",
              f"Machine: {results['machine']}.  ",
              f"Peers: {', '.join(results.get('peers') or []) or 'none'}.  ",
              f"{results['note']}\n" if results.get("note") else "",
@@ -351,7 +353,7 @@ def markdown(results: dict) -> str:
              "random order every round); ratios to torch foreach, to torch fused (where torch "
              "has a fused kernel; the others fall back to foreach in the summary) and to the "
              "bandwidth bound; time to first step (construction, compilation); peak extra "
-             "memory of a step (profiler, CPU).\n",
+             f"memory of a step ({'the allocator' if gpu else 'profiler, CPU'}).\n",
              "## Summary\n",
              "Each cell: ours / torch, same rounds; where torch has no fused kernel, against "
              "its foreach (marked). '-': not measured.\n"]

@@ -390,12 +390,14 @@ def main() -> None:
     parser.add_argument("--skip", default="", metavar="NAMES",
                         help="implementations left out, comma-separated (a run that must fit a "
                              "GPU lease leaves out the slow compilations)")
+    parser.add_argument("--note", default="", help="a paragraph for the results (what was left "
+                        "out, the commit measured...)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="join the rows of results files (runs of a suite in parts) into --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:
-        write(merge(args.merge), args.out)
+        write({**merge(args.merge), "note": args.note}, args.out)
         return
     if args.identity_only:
         with open(args.out + ".json") as f:
@@ -419,6 +421,7 @@ def main() -> None:
     optax = optax_results(args.threads, args.repeats, sys.executable) if "jax" in peers else {}
     gpu = f"; {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     results: dict = {"machine": machine() + gpu, "threads": args.threads, "device": args.device,
+                     "note": args.note,
                      "peers": sorted(peers), "caches": os.environ.get(
                          "TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1", "runs": {}}
     for algo in args.algos.split(","):
@@ -523,6 +526,7 @@ def markdown(results: dict) -> str:
     lines = [f"# Speed at the limit, {where}\n",
              f"Machine: {results['machine']}.  ",
              f"Peers installed: {', '.join(results['peers']) or 'none'}.\n",
+             f"{results['note']}\n" if results.get("note") else "",
              "Median step time over rounds in which the implementations step in turn (each on its "
              "own copy of the layout, in a new random order every round); ratios to torch's fused "
              f"implementation and to the bandwidth bound (the bytes a step must move at {bound} "
