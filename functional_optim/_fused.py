@@ -235,18 +235,30 @@ def owning(copies: list) -> Iterator[None]:
 def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
     """``(params, *trees)``, or, within :func:`owning`, copies of them (their tensors cloned:
     the same strides), the parameters' copy handed to the caller. The tensors of ``shared``
-    (dicts of counts that the step replaces with new ones, :func:`_counted`) are not copied."""
+    (dicts of counts that the step replaces with new ones, :func:`_counted`) are not copied.
+    All the copies are made by one ``torch._foreach_copy_`` into new tensors: on a GPU a clone
+    per tensor is a kernel launch per tensor (900 clones on 300 parameters: 18 ms of a pure
+    AdamW step whose donated step takes 2.7 ms, on an H200)."""
     copies = _OWNING.copies
     if copies is None:
         return (params, *trees)
-    params = dict(zip(params, [p.clone() for p in params.values()]))
-    copies.append(params)
     keep = {id(x) for column in shared for x in column.values()}
-
-    def clone(x):
-        return x.clone() if isinstance(x, torch.Tensor) and id(x) not in keep else x
-
-    return (params, *(optree.tree_map(clone, tree, none_is_leaf=True) for tree in trees))
+    flat = [optree.tree_flatten(tree, none_is_leaf=True) for tree in trees]
+    at = [[i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and id(x) not in keep]
+          for leaves, _ in flat]
+    sources = [*params.values(), *(leaves[i] for (leaves, _), idx in zip(flat, at) for i in idx)]
+    news = [torch.empty_like(x) for x in sources]
+    torch._foreach_copy_(news, sources)
+    params = dict(zip(params, news))
+    copies.append(params)
+    out, position = [params], len(params)
+    for (leaves, spec), idx in zip(flat, at):
+        leaves = list(leaves)
+        for i, x in zip(idx, news[position:position + len(idx)]):
+            leaves[i] = x
+        position += len(idx)
+        out.append(optree.tree_unflatten(spec, leaves))
+    return tuple(out)
 
 
 def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool) -> FusedStep:
