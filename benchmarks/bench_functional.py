@@ -451,7 +451,8 @@ def plot(results: dict, dst: str) -> None:
         ax.set_yscale("log")
         ax.set_xticks(range(len(algos)), algos)
         ax.set_ylabel("step time / torch foreach")
-        ax.set_title(f"{layout} ({results['threads']} thread(s); lower is faster)")
+        where = "CUDA" if results.get("device") == "cuda" else f"{results['threads']} thread(s)"
+        ax.set_title(f"{layout} ({where}; lower is faster)")
     axes[0, 0].legend(fontsize=7, ncol=5, loc="upper left")
     fig.suptitle(results["machine"], fontsize=8)
     fig.tight_layout()
