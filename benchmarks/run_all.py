@@ -11,7 +11,8 @@
   torch has and a user chain) against torch and the peers (1 thread), and what a compiled
   functional train step allocates (``results/functional_*``); ``pure_floor.py``: the pure
   eager AdamW step against a hand-written out-of-place foreach AdamW
-  (``results/pure_floor_cpu_1thread.md``).
+  (``results/pure_floor_cpu_1thread.md``); ``launches.py``: what one step of each of those
+  rows launches (top-level aten ops; CUDA kernels on a GPU: ``results/launches_*.md``).
 
 The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
 (``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out. ``--speed-only`` skips
@@ -56,10 +57,15 @@ def main() -> None:
             "--out", os.path.join(RESULTS, "functional_train_step_cpu"))
         run(sys.executable, "pure_floor.py",
             "--out", os.path.join(RESULTS, "pure_floor_cpu_1thread.md"))
+        run(sys.executable, "launches.py", "--out", os.path.join(RESULTS, "launches_cpu.md"))
     if torch.cuda.is_available():
         out = os.path.join(RESULTS, "speed_cuda")
         run(python, "bench_speed.py", "--device", "cuda", "--out", out)
         run(sys.executable, "plot_speed.py", out + ".json", out + ".png")
+        run(python, "bench_functional.py", "--device", "cuda", "--compiled", "",
+            "--out", os.path.join(RESULTS, "functional_cuda"))
+        run(sys.executable, "launches.py", "--device", "cuda",
+            "--out", os.path.join(RESULTS, "launches_cuda.md"))
 
 
 if __name__ == "__main__":

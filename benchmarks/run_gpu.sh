@@ -4,7 +4,8 @@
 #   bash benchmarks/run_gpu.sh OUTDIR lease     # all of it in about 6 minutes (a lent machine's
 #                                               # 15 minutes hold one start and one such call):
 #                                               # the tests, the speed suite without its
-#                                               # compilations, the functional API's rows
+#                                               # compilations, the functional API's rows,
+#                                               # the kernels a step launches (launches.py)
 #   bash benchmarks/run_gpu.sh OUTDIR tests     # pytest -m cuda  -> OUTDIR/cuda_tests.log
 #   bash benchmarks/run_gpu.sh OUTDIR adamw     # bench_speed.py --device cuda, AdamW rows
 #   bash benchmarks/run_gpu.sh OUTDIR sgd       #   -> OUTDIR/speed_cuda_sgd.{json,md,log}
@@ -51,6 +52,9 @@ lease)  # each step under its own limit; at most 8 files come back from a lent m
         --out "$OUT/functional_cuda" > "$OUT/functional_cuda.log" 2>&1
     echo "functional: exit $?"
     rm -f "$OUT"/*.md "$OUT"/*.png
+    timeout 60 $PY benchmarks/launches.py --device cuda --out "$OUT/launches_cuda.md" \
+        > /dev/null 2>&1
+    echo "launches: exit $?"
     exit 0 ;;
 esac
 extra=()
