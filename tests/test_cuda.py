@@ -1,14 +1,17 @@
-"""CUDA-graph capture of ``update`` (``pytest -m cuda``; skipped without a GPU).
+"""On a CUDA GPU (``pytest -m cuda``; skipped without one).
 
 DESIGN.md §2.5: capture one update in a ``torch.cuda.CUDAGraph``, replay it N times, equal to N
 eager steps, with hyperparameters changed in place (``fill_``) between replays honoured, and no
-implicit host-device sync.
+implicit host-device sync. And the eager steps on CUDA tensors: torch's CUDA kernels under
+``fo.step`` and the drop-in classes, and every drop-in class against torch.optim there.
 """
 
 import optree
 import pytest
 import torch
 from conformance import CASES, tensor_hparams
+from test_blocked import CASES as BLOCKED_CASES
+from test_blocked import _close, _ops
 from tolerance import UPDATE_OPS, assert_close_ulps, ulp_budget
 
 import functional_optim as fo
@@ -241,3 +244,40 @@ def test_dropin_on_the_gpu_runs_the_kernel_with_torchs_state(name, monkeypatch):
                           scale=top)
         step = opt.state[p]["step"]
         assert step.device.type == "cpu" and step.dtype == torch.float32 and float(step) == steps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,kwargs", [
+    ("SGD", dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1)), ("Adam", {}),
+    ("AdamW", dict(amsgrad=True)), ("Adagrad", dict(lr=0.01, weight_decay=0.1)),
+    *[c for c in BLOCKED_CASES if c[1]]])
+def test_every_dropin_on_the_gpu_gives_torchs_numbers(name, kwargs, dtype):
+    """Each drop-in class's default step on CUDA parameters (a kernel, the chain, whatever the
+    device takes) against torch.optim's default on the same device: 12 steps, one parameter
+    without a gradient on one of them."""
+    from functional_optim import optim as foo
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(7, 3), (300, 5), (5,), (64, 64)]
+    ours = [torch.randn(s, generator=gen, dtype=dtype).cuda().requires_grad_() for s in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt = getattr(foo, name)(ours, **kwargs)
+    ref = getattr(torch.optim, name)(theirs, **kwargs)
+    peak = [float(p.detach().abs().max()) for p in theirs]
+    for i in range(12):
+        for k, (p, q) in enumerate(zip(ours, theirs)):
+            g = torch.randn(p.shape, generator=gen, dtype=dtype).cuda()
+            p.grad, q.grad = (None, None) if (i, k) == (5, 2) else (g, g.clone())
+        opt.step()
+        ref.step()
+        peak = [max(top, float(q.detach().abs().max())) for top, q in zip(peak, theirs)]
+    # float32: 2 ulps per op of the update rule, every step, of the peak (tests/tolerance.py)
+    ulps = ulp_budget(12, _ops(name) if name not in ("SGD", "Adam", "AdamW", "Adagrad")
+                      else UPDATE_OPS[name.lower()])
+    for p, q, top in zip(ours, theirs, peak):
+        _close(p.detach(), q.detach(), dtype, top, ulps)
+        assert set(opt.state[p]) == set(ref.state[q])
+        for key, value in ref.state[q].items():
+            mine = opt.state[p][key]
+            assert mine.dtype == value.dtype and mine.device == value.device, key
+            _close(mine, value, dtype, value.abs().max(), ulps)
