@@ -16,8 +16,8 @@ Each step is the alias's ``fused`` step (see :mod:`functional_optim._fused`):
 ``None`` (the adapter then runs the chain) unless every hyperparameter is a number, the leaves
 are float32/float64 plain CPU tensors, and the step counts live on the CPU (torch's
 non-capturable layout). On CUDA the chain runs (its multi-tensor path: on an H200, 1.9x-2.2x
-torch's foreach RMSprop step, donated; these sequences have not run there). The numbers are the chain's up to rounding order (tested against the
-chain and torch.optim).
+torch's foreach RMSprop step, donated; these sequences have not run there). The numbers are
+the chain's up to rounding order (tested against the chain and torch.optim).
 """
 
 from __future__ import annotations
