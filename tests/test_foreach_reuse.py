@@ -346,3 +346,26 @@ def test_counts_compared_with_a_number_match_per_tensor_ops(count, other):
             assert torch.equal(r, y * ref)
         for r, y in zip(torch.where(out, x, 2 * x).items, x.items):
             assert torch.equal(r, torch.where(ref, y, 2 * y))
+
+
+@pytest.mark.parametrize("name,dunder", [("add", "add"), ("sub", "sub"), ("mul", "mul"),
+                                         ("div", "truediv")])
+def test_an_accelerator_list_takes_a_cpu_coefficient_as_a_number(monkeypatch, name, dunder):
+    """On a GPU the foreach kernels take their fast path only with a Python number or a 0-d
+    tensor on the list's own device: a CPU 0-d tensor (one value for every leaf, or a list of
+    them) sends each leaf to a kernel of its own. So a list off the CPU (meta here, as CUDA in
+    the H200 run) gets one count-derived coefficient as a number: the value it would have had
+    as a tensor of the list's dtype."""
+    seen = []
+    for op in (name, f"{name}_"):
+        real = getattr(torch, f"_foreach_{op}")
+        monkeypatch.setattr(torch, f"_foreach_{op}", lambda a, b, *r, _real=real, **k: (
+            seen.append(b), _real(a, b, *r, **k))[1])
+    xs = TensorList([torch.empty(4, device="meta"), torch.empty(3, device="meta")])
+    counts = TensorList([torch.tensor(3.0), torch.tensor(3.0)])  # (torch's float32 counts)
+    coefficient = 1 - 0.9 ** counts
+    getattr(xs, f"__{dunder}__")(coefficient)
+    getattr(xs, f"__{dunder}__")(torch.tensor(0.25, dtype=torch.float64))
+    expected = float(1 - 0.9 ** torch.tensor(3.0))  # (in float32, as each leaf computes it)
+    assert seen[0] == expected and type(seen[0]) is float
+    assert seen[1] == 0.25 and type(seen[1]) is float
