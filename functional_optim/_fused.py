@@ -248,7 +248,14 @@ def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
           for leaves, _ in flat]
     sources = [*params.values(), *(leaves[i] for (leaves, _), idx in zip(flat, at) for i in idx)]
     news = [torch.empty_like(x) for x in sources]
-    torch._foreach_copy_(news, sources)
+    if sources[0].is_cpu:  # (the CPU kernel copies tensor by tensor whatever the mix)
+        torch._foreach_copy_(news, sources)
+    else:  # (a GPU's fast path needs one dtype and device: a mix copies tensor by tensor)
+        by: dict = {}
+        for k, x in enumerate(sources):
+            by.setdefault((x.device, x.dtype), []).append(k)
+        for ks in by.values():
+            torch._foreach_copy_([news[k] for k in ks], [sources[k] for k in ks])
     params = dict(zip(params, news))
     copies.append(params)
     out, position = [params], len(params)

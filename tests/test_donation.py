@@ -329,3 +329,30 @@ def test_pure_step_on_large_and_strided_leaves_is_the_donated_step(name):
     for a, b in zip(optree.tree_leaves(pure), optree.tree_leaves(donated)):
         assert torch.equal(a, b) and a.stride() == b.stride()
     assert pure[0]["t"].stride() == params["t"].stride()
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_pure_step_copies_keep_each_tensors_layout_and_share_the_counts(device):
+    """The pure step's copies (``_fused._owned``): new tensors of each one's dtype, device and
+    strides, the counts it replaces shared, other leaves as they are; off the CPU (meta here,
+    as CUDA) grouped by dtype for the GPU's one-launch copy."""
+    from functional_optim import _fused
+
+    def t(*shape, dtype=torch.float32):
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    params = {"w": t(3, 4).t(), "b": t(4, dtype=torch.float64)}
+    counts = {"w": t(dtype=torch.int64), "b": t(dtype=torch.int64)}
+    state = {"mu": {"w": t(3, 4).t(), "b": t(4, dtype=torch.float64)}, "count": counts,
+             "flag": True, "none": None}
+    copies: list = []
+    with _fused.owning(copies):
+        new_params, new_state = _fused._owned(params, state, shared=(counts,))
+    assert copies == [new_params]
+    for old, new in [(params, new_params), (state["mu"], new_state["mu"])]:
+        for k in old:
+            assert new[k] is not old[k]
+            assert (new[k].dtype, new[k].device, new[k].stride()) == (
+                old[k].dtype, old[k].device, old[k].stride())
+    assert all(new_state["count"][k] is counts[k] for k in counts)
+    assert new_state["flag"] is True and new_state["none"] is None
