@@ -286,15 +286,16 @@ class TensorList:
             value = other._number_value()
             if value is not None and other.dtype != torch.bool:  # (a cached 0-d tensor, below)
                 other = value
-        accelerated = name in _NUMBER_AS_TENSOR and not (reverse or self.scalar) and \
-            self.device.type != "cpu"
         if isinstance(other, TensorList) and other.scalar and not self.scalar and (
-                name in _TENSOR_OVERLOADS or accelerated):
+                name in _TENSOR_OVERLOADS or name in _NUMBER_AS_TENSOR and not reverse
+                and self.device.type != "cpu"):
             value = other.uniform()
             if value is not None:  # in this list's dtype, as the kernel would cast it per leaf
                 floating = self.dtype.is_floating_point or self.dtype.is_complex
                 other = value.to(self.dtype) if floating and not value.is_complex() else value
-        if accelerated and isinstance(other, torch.Tensor) and other.ndim == 0 and other.is_cpu:
+        if isinstance(other, torch.Tensor) and other.ndim == 0 and other.is_cpu and \
+                name in _NUMBER_AS_TENSOR and not (reverse or self.scalar) and \
+                self.device.type != "cpu":
             # On a GPU the foreach kernels take their fast path (one launch for many tensors)
             # with a number or a 0-d tensor on the list's device; a CPU 0-d tensor, or a list of
             # them, sends each tensor to a kernel of its own (torch's slow path). So a CPU 0-d
