@@ -100,6 +100,11 @@ class Case:
             (``test_hparams_live.ULPS``). Say why next to the case.
         half_in_float32: the transform computes float16/bfloat16 parameters in float32, with
             float32 state and updates (HuggingFace's Adafactor).
+        rounded_params: the parameters are stored stochastically rounded from a wider master
+            copy, so an update is the difference of two rounded parameters: an ulp-level change
+            of the computation may move the stored parameter by one of its ulps, and the update
+            by that ulp, however small the update. The live-value comparisons then bound every
+            output in ulps of the parameters' scale where that is larger than its own.
     """
 
     name: str
@@ -114,6 +119,7 @@ class Case:
     precision: torch.dtype | None = None
     ulps: int | None = None
     half_in_float32: bool = False
+    rounded_params: bool = False
 
     def exclusion(self, test_name: str) -> str | None:
         """The documented reason ``test_name`` is excluded for this case, or ``None``."""

@@ -33,7 +33,7 @@ CASES = [
          excluded=_DTYPES, live={"*": _RESIDUAL}),
     Case("precision_master_stochastic",
          lambda: fo.precision(fo.adamw(lr=0.01, weight_decay=0.1), stochastic_rounding=True,
-                              params="master"), excluded=_DTYPES),
+                              params="master"), excluded=_DTYPES, rounded_params=True),
     Case("stochastic_rounding", lambda: fo.chain(fo.sgd(lr=0.1), fo.stochastic_rounding(3)),
          excluded=_DTYPES, live=_DAMPENING),
     Case("kahan_summation", lambda: fo.chain(fo.sgd(lr=0.1), fo.kahan_summation()),

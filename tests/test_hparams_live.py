@@ -125,11 +125,13 @@ def _max_abs(x: torch.Tensor) -> torch.Tensor:
 
 
 def assert_close(actual: list, expected: list, where: str, precision=None,
-                 ulps: int | None = None, scalars: torch.dtype | None = None) -> None:
+                 ulps: int | None = None, scalars: torch.dtype | None = None,
+                 floor: torch.Tensor | None = None) -> None:
     """Each tensor within ``ulps`` (default :data:`ULPS`) ulps (of ``precision``, else its own
-    dtype) of its reference's max-abs; integer tensors (counts) equal. ``scalars``: the dtype
-    whose ulps bound the 0-d float64 outputs (a case's ``float64_scalars``: global sums of
-    leaves of that dtype carry its rounding)."""
+    dtype) of its reference's max-abs (or of ``floor`` where that is larger: a case's
+    ``rounded_params``, the parameters' scale); integer tensors (counts) equal. ``scalars``:
+    the dtype whose ulps bound the 0-d float64 outputs (a case's ``float64_scalars``: global
+    sums of leaves of that dtype carry its rounding)."""
     assert len(actual) == len(expected), where
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert a.dtype == e.dtype and a.shape == e.shape, (where, i, a.dtype, e.dtype)
@@ -141,8 +143,17 @@ def assert_close(actual: list, expected: list, where: str, precision=None,
         if scalars is not None and e.ndim == 0 and e.dtype == torch.float64:
             bound = scalars
         narrow = torch.finfo(bound).eps / torch.finfo(e.dtype).eps if bound else 1
-        assert_close_ulps(a, e, ulps=(ulps or ULPS) * narrow, scale=_max_abs(e),
+        scale = _max_abs(e) if floor is None else torch.maximum(_max_abs(e), floor.to(e.dtype))
+        assert_close_ulps(a, e, ulps=(ulps or ULPS) * narrow, scale=scale,
                           where=f"{where}: output {i}")
+
+
+def _floor(case, params) -> torch.Tensor | None:
+    """The parameters' max-abs for a case with ``rounded_params`` (see :func:`assert_close`)."""
+    if not case.rounded_params:
+        return None
+    return max(_max_abs(_real(x)).double() for x in optree.tree_leaves(params)
+               if isinstance(x, torch.Tensor) and x.is_floating_point())
 
 
 def _scalars(case, dtype: torch.dtype) -> torch.dtype | None:
@@ -190,7 +201,7 @@ def test_same_value(case, path, default, dtype):
     actual = _trajectory(tx, _hparams(case, tx, path, tensor), params, grads, extras,
                          with_state=False)
     assert_close(actual, expected, f"{case.name} {path}={default} as a tensor", case.precision,
-                 case.ulps, _scalars(case, dtype))
+                 case.ulps, _scalars(case, dtype), _floor(case, params))
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
@@ -206,7 +217,7 @@ def test_other_value(case, path, default, dtype):
     expected = _trajectory(tx, _hparams(case, tx, path, number), params, grads, extras)
     actual = _trajectory(tx, _hparams(case, tx, path, tensor), params, grads, extras)
     assert_close(actual, expected, f"{case.name} {path}={number} as a tensor", case.precision,
-                 case.ulps, _scalars(case, dtype))
+                 case.ulps, _scalars(case, dtype), _floor(case, params))
     if dtype == F64:
         baseline = _trajectory(tx, _hparams(case, tx, path, None), params, grads, extras)
         assert _differs(expected, baseline), (
