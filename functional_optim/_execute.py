@@ -116,6 +116,9 @@ def elementwise(
     n_states = len(states)
     shares = [(k, *_SHARES[like]) for k, like in enumerate(state_like[:n_states])
               if like is not None]
+    # the states in dtypes of their own (step counts): a multi-tensor group shares their
+    # dtypes, as a list of 0-d tensors runs stacked (float32 and float64 counts: in float64)
+    own = tuple(k for k in range(n_states) if k not in {s[0] for s in shares})
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
@@ -242,7 +245,7 @@ def elementwise(
                     "donated to an earlier update (update(..., donate=True) or "
                     "step(..., donate=True)), which replaced it: pass the state that update "
                     "returned")
-    plain = _plain_groups(flats, n_states, shares, pointwise, real_only) if multi else None
+    plain = _plain_groups(flats, n_states, shares, own, pointwise, real_only) if multi else None
     groups: dict = plain or {}
     for i, g in enumerate(flats[0] if plain is None else ()):
         if g is None:
@@ -255,7 +258,7 @@ def elementwise(
             statics = tuple([x for x in leaf_inputs if not isinstance(x, torch.Tensor)])
             layout = None if type(g) is torch.Tensor else _tree.layout(g)
             key = (g.dtype, g.device, type(g), g.ndim == 0 if pointwise else g.ndim, statics,
-                   layout)
+                   layout, tuple([getattr(leaf_states[k], "dtype", None) for k in own]))
             groups.setdefault(key, []).append(i)
         else:  # (a sparse leaf runs alone: the foreach kernels take dense tensors)
             groups[i] = [i]
@@ -276,14 +279,15 @@ def elementwise(
     return tuple(_unflatten_like(updates, r) for r in results)
 
 
-def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
+def _plain_groups(flats: list, n_states: int, shares: list, own: tuple, pointwise: bool,
                   real_only: bool) -> dict | None:
     """The one multi-tensor group of :func:`elementwise`'s leaves when they are plain dense
     tensors of one dtype, device and rank (class) that pass its checks column by column (list
     comparisons in C, not a Python loop per leaf): floating-point updates (real with
     ``real_only``), a last state and tensor inputs for every update, the inputs' shapes and
-    dtypes and the ``shares`` states' dtypes those of the updates. ``None`` otherwise: the loop
-    over the leaves checks them, names the leaf and keys the groups."""
+    dtypes and the ``shares`` states' dtypes those of the updates, one dtype in each ``own``
+    state. ``None`` otherwise: the loop over the leaves checks them, names the leaf and keys
+    the groups."""
     gs = flats[0]
     if any([g is None for g in gs]):
         live = [i for i, g in enumerate(gs) if g is not None]
@@ -312,10 +316,15 @@ def _plain_groups(flats: list, n_states: int, shares: list, pointwise: bool,
                 return None
     except AttributeError:  # (a static input: a mask's bools)
         return None
+    for k in own:
+        kinds = [getattr(x, "dtype", None) for x in columns[k]]
+        if kinds.count(kinds[0]) != len(kinds):
+            return None
     ranks = [g.ndim == 0 for g in gs] if pointwise else [g.ndim for g in gs]
     devices = [g.device for g in gs]
     if dtypes.count(dtypes[0]) == devices.count(devices[0]) == ranks.count(ranks[0]) == len(gs):
-        return {(dtypes[0], devices[0], torch.Tensor, ranks[0], (), None): live}
+        return {(dtypes[0], devices[0], torch.Tensor, ranks[0], (), None,
+                 tuple([getattr(columns[k][0], "dtype", None) for k in own])): live}
     return None  # (several groups: the loop keys them)
 
 

@@ -264,3 +264,24 @@ def test_many_leaves_take_each_leafs_bias_corrections(make):
             out.append(u)
         assert all(out[0][n] is None and out[1][n] is None or torch.equal(out[0][n], out[1][n])
                    for n in params), step
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one_dtype_each", "mixed"])
+def test_a_multi_tensor_group_shares_the_dtypes_of_its_0d_state(shared):
+    """0-d state keeps its own dtype on the multi-tensor path: a parameter whose NAdam
+    ``mu_product`` is float32 (started fresh) beside float64 ones (loaded from torch.optim) is
+    computed in float32, not stacked with the others into float64; the per-leaf numbers bit
+    for bit."""
+    tx = fo.nadam(lr=0.1)
+    params, grads = _trees(dtype=torch.float64)
+    state = tx.init(params)
+    products = dict(state["nadam"].mu_product)
+    for name in (params if shared else ["w", "b"]):
+        products[name] = products[name].to(torch.float64) * 0.5
+    state = {**state, "nadam": state["nadam"]._replace(mu_product=products)}
+    results = []
+    for multi in (True, False):
+        with _execute.multi_tensor(multi):
+            results.append(tx.update(grads, state, params))
+    for a, b in zip(*(optree.tree_leaves(r) for r in results)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
