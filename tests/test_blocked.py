@@ -66,6 +66,7 @@ def spy(monkeypatch):
             yield part
 
     monkeypatch.setattr(_blocked, "blocks", counting)
+    monkeypatch.setattr(_blocked_adafactor, "blocks", counting)
     return calls
 
 
@@ -334,9 +335,10 @@ def test_mixed_dtypes_in_one_group_run_per_dtype(spy, name, kwargs):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_counts_of_mixed_dtypes_run_the_chain(spy):
-    """A checkpoint may give one parameter an int64 count and another a float32 one: the chain
-    keeps each count's dtype, so it runs that step."""
+def test_counts_of_mixed_dtypes_keep_their_dtypes(spy):
+    """A checkpoint may give one parameter an int64 count and another a float32 one: the
+    blocked step runs the parameters of each count dtype apart (one block each), and each
+    count keeps its dtype."""
     params = [torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)]
     opt = foo.RMSprop(params, lr=0.1)
     opt.state[params[1]]["step"] = torch.tensor(0, dtype=torch.int64)
@@ -344,7 +346,8 @@ def test_counts_of_mixed_dtypes_run_the_chain(spy):
     for p in params:
         p.grad = torch.ones(3)
     opt.step()
-    assert not spy
+    assert spy == [1, 1]
+    assert opt.state[params[0]]["step"].dtype == torch.float32
     assert opt.state[params[1]]["step"].dtype == torch.int64
     assert opt.state[params[0]]["step"] == opt.state[params[1]]["step"] == 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from numbers import Number
 from typing import Any
 
@@ -23,7 +22,6 @@ from ..transforms import (
     scale_by_rss,
     trace,
 )
-from ..transforms.adaptive import _torch_scalar_dtype
 from ._common import _classic, _decay_around, _lr_folded, _no_momentum, _reparametrized
 
 __all__ = ["adagrad", "adadelta", "adamax", "nadam", "radam", "rmsprop", "rprop", "asgd"]
@@ -86,9 +84,8 @@ def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6
     blocks = _decay_around(owner, lr, weight_decay, maximize, False, "adadelta",
                            scale_by_adadelta(rho, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], rho=rho, eps=eps, weight_decay=weight_decay)
-    blocked = functools.partial(_blocked.adadelta_step, maximize=maximize)
     return _classic(owner, blocks, defaults, "adadelta", ("rho", "eps"),
-                    dict(maximize=maximize), blocked=blocked)
+                    dict(maximize=maximize), blocked=True)
 
 
 @register(paper='Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", section 7.1',
@@ -116,9 +113,8 @@ def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0
                            scale_by_adamax(betas, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
-    blocked = functools.partial(_blocked.adamax_step, maximize=maximize)
     return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"), dict(maximize=maximize),
-                    blocked=blocked)
+                    blocked=True)
 
 
 @register(paper='Dozat, 2016, "Incorporating Nesterov Momentum into Adam"', drop_in='NAdam')
@@ -154,12 +150,10 @@ def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.
                                           scalar_state_dtype=scalar_state_dtype))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay, momentum_decay=momentum_decay)
-    blocked = functools.partial(_blocked.nadam_step, maximize=maximize,
-                                decoupled=decoupled_weight_decay)
     structural = dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                       scalar_state_dtype=scalar_state_dtype)
     return _classic(owner, blocks, defaults, "nadam", ("betas", "eps", "momentum_decay"),
-                    structural, blocked=blocked)
+                    structural, blocked=True)
 
 
 @register(paper='Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond"',
@@ -189,11 +183,9 @@ def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
                            scale_by_radam(betas, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
-    blocked = functools.partial(_blocked.radam_step, maximize=maximize,
-                                decoupled=decoupled_weight_decay)
     structural = dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     return _classic(owner, blocks, defaults, "radam", ("betas", "eps"), structural,
-                    blocked=blocked)
+                    blocked=True)
 
 
 def _rmsprop_hparams(owner: str, blocks: dict, alpha: Any, eps: Any, weight_decay: Any,
@@ -250,10 +242,8 @@ def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1
     blocks = _decay_around(owner, lr, weight_decay, maximize, False, **body)
     defaults, to_inner = _rmsprop_hparams(owner, blocks, alpha, eps, weight_decay, momentum,
                                           dampening=0.0)
-    blocked = functools.partial(_blocked.rmsprop_step, maximize=maximize, centered=centered,
-                                has_momentum=momentum is not None)
     return _lr_folded(owner, blocks, defaults, to_inner,
-                      dict(centered=centered, maximize=maximize), blocked)
+                      dict(centered=centered, maximize=maximize), blocked=True)
 
 
 @register(paper=('Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster Backpropagation '
@@ -292,9 +282,8 @@ def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2
         return {"rprop": {"init_step_size": h["lr"], "etas": h["etas"],
                           "step_sizes": h["step_sizes"]}}
 
-    return _reparametrized(owner, chain(**blocks), defaults, to_inner,
-                           dict(maximize=maximize))._replace(
-        fused=_blocked.rprop_step(defaults, f"{owner} hparams", maximize=maximize))
+    tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, dict(maximize=maximize))
+    return tx._replace(fused=_blocked.rule_step(tx, defaults, f"{owner} hparams"))
 
 
 @register(paper='Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by '
@@ -332,8 +321,6 @@ def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.
                            asgd=scale_by_asgd(lr, lambd, alpha, t0,
                                               scalar_state_dtype=scalar_state_dtype))
     defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
-    blocked = functools.partial(_blocked.asgd_step, maximize=maximize,
-                                rounding=_torch_scalar_dtype(scalar_state_dtype))
     return _classic(owner, blocks, defaults, "asgd", ("lr", "lambd", "alpha", "t0"),
                     dict(maximize=maximize, scalar_state_dtype=scalar_state_dtype),
-                    lr_block=False, blocked=blocked)
+                    lr_block=False, blocked=True)

@@ -1,0 +1,102 @@
+"""A rule traced into a foreach program (``functional_optim._program``), the mechanism of the
+blocked steps: its scalar part gives torch's digits on Python numbers, its tensor part makes
+torch.optim's passes, and what is not pointwise has no program (the chain runs). The blocked
+steps' numbers against the chain and torch.optim: ``tests/test_blocked.py``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import functional_optim as fo
+from functional_optim import _blocked, _program
+from functional_optim._program import SCALAR, TENSOR
+
+
+def _scalar_rule(g, count, a, b):
+    """Scalar arithmetic as the rules write it (a bias correction, a rectification, a cast to
+    the state's float32, a branch) feeding one tensor op."""
+    t = (count + 1).to(torch.float64)
+    bc = 1 - a ** t
+    r = torch.sqrt((t * 2 - 4) * (t - 2) / bc) / (1 - b)
+    r = torch.where(r > 5.0, r * a, 1.0 / bc)
+    low = (r * b).to(torch.float32) * (a.to(torch.float32) - 0.5)
+    return [g * low + g * (b / a) ** 0.5]
+
+
+def _program_of(rule, n_scalars=3):
+    inputs = [torch.ones(2), torch.tensor(3), torch.tensor(0.9, dtype=torch.float64),
+              torch.tensor(0.999, dtype=torch.float64)][:1 + n_scalars]
+    prog = _program.trace(rule, inputs, [TENSOR] + [SCALAR] * n_scalars, [0])
+    assert prog is not None
+    return prog
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 10**6), a=st.floats(0.01, 0.9999), b=st.floats(1e-6, 0.9999))
+def test_the_scalar_part_on_python_numbers_gives_torchs_digits(count, a, b):
+    """Every scalar value the Python evaluation computes (float64 arithmetic, powers, casts to
+    float32, comparisons, ``where``) equals the traced op's on 0-d tensors, bit for bit."""
+    prog = _program_of(_scalar_rule)
+    fast = prog.scalars([None, count, a, b])
+    slow = list(fast)
+    for node, run in zip(prog.scalar_nodes, prog._slow):
+        slow[node.out] = run(slow)
+    for node in prog.scalar_nodes:
+        x, y = fast[node.out], slow[node.out]
+        assert type(x) is type(y) and (x == y or math.isnan(x) and math.isnan(y)), (node, x, y)
+
+
+def test_python_arithmetic_that_raises_gives_torchs_inf():
+    """Where Python raises (a division by 0, a power past the float range) and torch gives inf
+    or NaN, the scalar part runs torch's ops for that step."""
+    prog = _program_of(lambda g, a: [g * (1 / (a - 0.5)) * 10.0 ** (a * 400)], 1)
+    env = prog.scalars([None, 0.5])
+    assert math.isinf(env[prog.scalar_nodes[-1].out])
+
+
+_FOREACH_CALLS = {  # torch.optim's in-place foreach sequence per algorithm, per block
+    "rmsprop": 5, "adadelta": 11, "adamax": 6, "nadam": 8, "radam": 6, "asgd": 3,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FOREACH_CALLS))
+def test_a_blocked_program_makes_torchs_passes(name):
+    """The program of each alias's rule makes no more foreach calls per block than torch.optim's
+    hand-written foreach step: ``x + s·a/b`` as one ``addcdiv``, scalars multiplied into one
+    coefficient, new state in place (RAdam after its fifth step, where it rectifies)."""
+    tx = getattr(fo, name)()
+    step = _blocked.rule_step(tx, tx.hparams, name)
+    params = {"w": torch.randn(10), "b": torch.randn(3)}
+    state = tx.init(params)
+    for _ in range(6):
+        state = step(params, {k: torch.randn(v.shape) for k, v in params.items()}, state, None)
+        assert state is not None
+    sources = [run.source for prog in step.programs.values() for run, _ in prog._plans.values()]
+    assert sources
+    last = max(sources, key=lambda s: s.count("torch._foreach_"))
+    calls = last.count("torch._foreach_")
+    assert calls <= _FOREACH_CALLS[name], last
+    assert "_each(" not in last, last
+
+
+def test_a_rule_that_is_not_pointwise_has_no_program():
+    """LAMB's trust ratio reads each parameter's norm: no program, the blocked step declines
+    and the chain runs."""
+    tx = fo.lamb(lr=1e-2)
+    step = _blocked.rule_step(tx, tx.hparams, "lamb")
+    params = {"w": torch.randn(10)}
+    assert step(params, {"w": torch.randn(10)}, tx.init(params), None) is None
+
+
+def test_a_state_with_more_than_parameter_shaped_parts_declines():
+    """A schedule's count is shared by every parameter: the blocked step of a chain that keeps
+    one declines (the chain runs)."""
+    tx = fo.rmsprop(lr=fo.schedules.linear(1e-2, 0.0, 10))
+    step = _blocked.rule_step(tx, tx.hparams, "rmsprop")
+    params = {"w": torch.randn(10)}
+    assert step(params, {"w": torch.randn(10)}, tx.init(params), None) is None
