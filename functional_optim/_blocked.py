@@ -60,11 +60,11 @@ def _by_value(names: list[str], values: list) -> dict:
     return groups
 
 
-def _spread(value: torch.Tensor, olds: list, names: list) -> dict:
-    """A new 0-d tensor per name, holding ``value`` in the dtype of the one it replaces."""
-    if len({o.dtype for o in olds}) == 1:
-        return dict(zip(names, value.to(olds[0].dtype).expand(len(names)).clone().unbind()))
-    return {n: value.to(o.dtype).clone() for n, o in zip(names, olds)}
+def _filled(value: Any, dtype: torch.dtype, names: list) -> dict:
+    """A new 0-d tensor of ``dtype`` per name, holding ``value`` (a number or 0-d tensor)."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    return dict(zip(names, torch.full((len(names),), value, dtype=dtype).unbind()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,17 +167,18 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
                                   targets)
         return programs[key]
 
-    def rule_runs(rule: _Rule, dtype: torch.dtype, columns: list, names: list,
+    def rule_runs(rule: _Rule, dtype: torch.dtype, columns: list, names: list, counts: dict,
                   runs: list) -> bool:
         """Appends the runs of the parameters ``names`` (one dtype, one dtype of each state
-        column) to ``runs``: one per value of the 0-d state the rule reads (the step counts,
-        unless some parameters skipped steps); ``False`` where the rule has no program."""
+        column; ``counts``: their 0-d state, by column) to ``runs``: one per value of the 0-d
+        state the rule reads (the step counts, unless some parameters skipped steps);
+        ``False`` where the rule has no program."""
         column_dtypes = [c[names[0]].dtype for c in columns]
         prog = program(rule, dtype, column_dtypes)
         if prog is None:
             return False
-        keyed = [c for c, kind in enumerate(kinds) if kind == SCALAR and 2 + c in prog.read]
-        values = [torch.stack([columns[c][n] for n in names]).tolist() for c in keyed]
+        keyed = [c for c in scalar if 2 + c in prog.read]
+        values = [torch.stack(counts[c]).tolist() for c in keyed]
         keys = list(zip(*values)) if keyed else [()] * len(names)
         owned = (1, *(2 + c for c, kind in enumerate(kinds) if kind == TENSOR))
         for key, members in _by_value(names, keys).items():
@@ -202,24 +203,26 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
         rule = _Rule(tx, parts, h)
         runs = []
         for (_, dtype), names in groups.items():
-            counts = [[columns[c][n] for n in names] for c in scalar]
-            if not all([x.is_cpu for column in counts for x in column]):
+            counts = {c: [columns[c][n] for n in names] for c in scalar}
+            if not all([x.is_cpu for column in counts.values() for x in column]):
                 return None
-            dtypes = [[x.dtype for x in column] for column in counts]
+            dtypes = [[x.dtype for x in column] for column in counts.values()]
             if all(d.count(d[0]) == len(d) for d in dtypes):
-                subgroups = [names]  # (the usual case: one dtype in each column)
-            else:
-                subgroups = _by_value(names, list(zip(*dtypes))).values()
-            for members in subgroups:
-                if not rule_runs(rule, dtype, columns, members, runs):
+                if not rule_runs(rule, dtype, columns, names, counts, runs):
+                    return None
+                continue
+            for members in _by_value(names, list(zip(*dtypes))).values():  # (apart: each
+                sub = {c: [columns[c][n] for n in members] for c in scalar}  # its dtypes)
+                if not rule_runs(rule, dtype, columns, members, sub, runs):
                     return None
         params, state = _owned(params, state, shared=tuple(columns[c] for c in scalar))
         columns = parts.columns(state)
         new = list(columns)
         with torch.no_grad():
             for prog, env, (run, k), members in runs:
+                at = [c for c, kind in enumerate(kinds) if kind == TENSOR and (
+                    2 + c in prog.read or not prog.unchanged(1 + c, 2 + c))]
                 tables = [[params[n] for n in members], [grads[n] for n in members]]
-                at = [c for c, kind in enumerate(kinds) if kind == TENSOR]
                 tables += [[columns[c][n] for n in members] for c in at]
                 lists = [None] * (2 + len(kinds) + len(rule.live))
                 for part in blocks(tables, BLOCK):
@@ -227,14 +230,12 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
                     for c, column in zip(at, part[2:]):
                         lists[2 + c] = column
                     run(lists, k)
-                for c, kind in enumerate(kinds):
-                    if kind == SCALAR and not prog.unchanged(1 + c, 2 + c):
-                        value = prog.output(1 + c, env)
-                        olds = [columns[c][n] for n in members]
+                for c in scalar:
+                    if not prog.unchanged(1 + c, 2 + c):
                         if new[c] is columns[c]:
                             new[c] = dict(columns[c])
-                        new[c].update(_spread(torch.as_tensor(value, dtype=olds[0].dtype), olds,
-                                              members))
+                        new[c].update(_filled(prog.output(1 + c, env),
+                                              columns[c][members[0]].dtype, members))
         return parts.rebuilt(state, new)
 
     fused.programs = programs  # (by dtypes and structural hparams: for inspection)

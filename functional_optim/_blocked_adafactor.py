@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._blocked import BLOCK, _by_value, _plain, _spread, blocks
+from ._blocked import BLOCK, _by_value, _plain, blocks
 from ._foreach import constant
 from ._fused import FusedStep, _groups, _owned
 from .base import resolve_hparams
@@ -102,6 +102,13 @@ def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], 
         return state._replace(**{field: column for (_, field), column in new.items()})
 
     return fused
+
+
+def _spread(value: torch.Tensor, olds: list, names: list) -> dict:
+    """A new 0-d tensor per name, holding ``value`` in the dtype of the one it replaces."""
+    if len({o.dtype for o in olds}) == 1:
+        return dict(zip(names, value.to(olds[0].dtype).expand(len(names)).clone().unbind()))
+    return {n: value.to(o.dtype).clone() for n, o in zip(names, olds)}
 
 
 def _get(state: Any, field: Field) -> dict:
