@@ -204,15 +204,15 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
         runs = []
         for (_, dtype), names in groups.items():
             counts = {c: [columns[c][n] for n in names] for c in scalar}
-            if not all([x.is_cpu for column in counts.values() for x in column]):
+            if not all(x.is_cpu for column in counts.values() for x in column):
                 return None
-            dtypes = [[x.dtype for x in column] for column in counts.values()]
-            if all(d.count(d[0]) == len(d) for d in dtypes):
+            if all(len({x.dtype for x in column}) == 1 for column in counts.values()):
                 if not rule_runs(rule, dtype, columns, names, counts, runs):
                     return None
                 continue
-            for members in _by_value(names, list(zip(*dtypes))).values():  # (apart: each
-                sub = {c: [columns[c][n] for n in members] for c in scalar}  # its dtypes)
+            dtypes = zip(*([x.dtype for x in column] for column in counts.values()))
+            for members in _by_value(names, list(dtypes)).values():  # (apart: each its
+                sub = {c: [columns[c][n] for n in members] for c in scalar}  # dtypes)
                 if not rule_runs(rule, dtype, columns, members, sub, runs):
                     return None
         params, state = _owned(params, state, shared=tuple(columns[c] for c in scalar))
@@ -232,10 +232,12 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
                     run(lists, k)
                 for c in scalar:
                     if not prog.unchanged(1 + c, 2 + c):
-                        if new[c] is columns[c]:
-                            new[c] = dict(columns[c])
-                        new[c].update(_filled(prog.output(1 + c, env),
-                                              columns[c][members[0]].dtype, members))
+                        filled = _filled(prog.output(1 + c, env), columns[c][members[0]].dtype,
+                                         members)
+                        if len(filled) == len(columns[c]):  # (every parameter: the usual step)
+                            new[c] = filled
+                        else:
+                            new[c] = {**new[c], **filled}
         return parts.rebuilt(state, new)
 
     fused.programs = programs  # (by dtypes and structural hparams: for inspection)
