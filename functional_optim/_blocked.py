@@ -149,17 +149,14 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
     ``None`` (the chain runs) unless every hyperparameter is a number, the state is all
     parameter-shaped (no schedule), the leaves are float32/float64 CPU tensors, the 0-d state
     is on the CPU and the rule is pointwise (:func:`~functional_optim._program.trace`)."""
-    parts = _Parts(tx.init(_ParamsPlaceholder()))
-    if not parts.only:
-        return lambda params, grads, state, hparams: None
     programs: dict = {}
-    sample = parts.columns(tx.init({"x": torch.ones(2)}))
-    kinds = [TENSOR if c["x"].ndim else SCALAR for c in sample]
-    scalar = [c for c, kind in enumerate(kinds) if kind == SCALAR]
+    layout: list = []  # (parts, kinds, scalar columns): made at the first step, not here (a
+    # compiled adapter step builds its transform under dynamo; the step itself runs untraced)
 
     def program(rule: _Rule, dtype: torch.dtype, column_dtypes: list) -> Program | None:
         key = (dtype, tuple(column_dtypes), rule.key())
         if key not in programs:
+            _, kinds, _ = layout
             n = len(kinds)
             all_kinds = [TENSOR, TENSOR, *kinds, *[SCALAR] * len(rule.live)]
             targets = [1] + [2 + c if kinds[c] == TENSOR else None for c in range(n)]
@@ -173,6 +170,7 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
         column; ``counts``: their 0-d state, by column) to ``runs``: one per value of the 0-d
         state the rule reads (the step counts, unless some parameters skipped steps);
         ``False`` where the rule has no program."""
+        _, kinds, scalar = layout
         column_dtypes = [c[names[0]].dtype for c in columns]
         prog = program(rule, dtype, column_dtypes)
         if prog is None:
@@ -196,8 +194,14 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
         h = resolve_hparams(defaults, hparams, where)
         if not all(_plain(v) for v in h.values()):
             return None
+        if not layout:
+            parts = _Parts(tx.init(_ParamsPlaceholder()))
+            sample = parts.columns(tx.init({"x": torch.ones(2)})) if parts.only else []
+            kinds = [TENSOR if c["x"].ndim else SCALAR for c in sample]
+            layout.extend((parts, kinds, [c for c, kind in enumerate(kinds) if kind == SCALAR]))
+        parts, kinds, scalar = layout
         groups = _groups(params, grads, None)
-        if groups is None or any(device.type != "cpu" for device, _ in groups):
+        if not parts.only or groups is None or any(d.type != "cpu" for d, _ in groups):
             return None
         columns = parts.columns(state)
         rule = _Rule(tx, parts, h)
