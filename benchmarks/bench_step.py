@@ -128,6 +128,14 @@ def medians_ms(makers: dict, shapes, repeats: int) -> dict:
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
+def commit(checkout: str) -> str:
+    """``", commit <hash>"`` of a git checkout (``""`` where git cannot tell): which code a
+    baseline was."""
+    out = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return f", commit {out.stdout.strip()}" if out.returncode == 0 else ""
+
+
 def machine() -> str:
     try:
         cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -170,7 +178,7 @@ def main() -> None:
                "| algorithm | " + " | ".join(chosen) + " |", "|---" * (len(chosen) + 1) + "|"]
     if baseline is not None:
         summary[-3] = summary[-3].rstrip() + " The third is ours / the baseline checkout " \
-            f"({args.baseline}), same rounds.\n"
+            f"({args.baseline}{commit(args.baseline)}), same rounds.\n"
         summary[0] = summary[0].rstrip() + ", and ours / baseline\n"
     algos = list(HPARAMS) if args.algos == "all" else args.algos.split(",")
     for algo in algos:

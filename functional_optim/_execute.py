@@ -118,7 +118,7 @@ def elementwise(
               if like is not None]
     # the states in dtypes of their own (step counts): a multi-tensor group shares their
     # dtypes, as a list of 0-d tensors runs stacked (float32 and float64 counts: in float64)
-    own = tuple(k for k in range(n_states) if k not in {s[0] for s in shares})
+    own = tuple(k for k in range(n_states) if k >= len(state_like) or state_like[k] is None)
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
@@ -316,10 +316,13 @@ def _plain_groups(flats: list, n_states: int, shares: list, own: tuple, pointwis
                 return None
     except AttributeError:  # (a static input: a mask's bools)
         return None
-    for k in own:
-        kinds = [getattr(x, "dtype", None) for x in columns[k]]
-        if kinds.count(kinds[0]) != len(kinds):
-            return None
+    try:
+        for k in own:
+            kinds = [x.dtype for x in columns[k]]
+            if kinds.count(kinds[0]) != len(kinds):
+                return None
+    except AttributeError:  # (a leaf that is no tensor: the loop keys the groups)
+        return None
     ranks = [g.ndim == 0 for g in gs] if pointwise else [g.ndim for g in gs]
     devices = [g.device for g in gs]
     if dtypes.count(dtypes[0]) == devices.count(devices[0]) == ranks.count(ranks[0]) == len(gs):
