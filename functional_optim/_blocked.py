@@ -115,8 +115,8 @@ class _Rule:
         return tuple((k, repr(v)) for k, v in enumerate(self.leaves) if _baked(v))
 
     def inputs(self, dtype: torch.dtype, column_dtypes: list, kinds: list) -> tuple:
-        leaf = torch.ones(2, dtype=dtype)
-        columns = [torch.ones(2 if kind == TENSOR else (), dtype=d)
+        leaf = torch.ones(_SAMPLE, dtype=dtype)
+        columns = [torch.ones(_SAMPLE if kind == TENSOR else (), dtype=d)
                    for d, kind in zip(column_dtypes, kinds)]
         hparams = [torch.tensor(float(self.leaves[k]), dtype=torch.float64) for k in self.live]
         return [leaf, leaf.clone(), *columns, *hparams]
@@ -137,6 +137,28 @@ class _Rule:
 def _baked(value: Any) -> bool:
     """A hyperparameter traced as the value it is (0: the rule skips that work; ``None``)."""
     return value is None or value == 0
+
+
+def _layout(tx: Any) -> tuple:
+    """``(parts, kinds, scalar)``: the parameter-shaped parts of ``tx``'s state, whether each
+    holds a tensor shaped like its parameter (``TENSOR``) or a 0-d one (``SCALAR``), and the
+    indices of the 0-d ones; ``kinds`` is ``None`` where the state has other parts (a
+    schedule's count) or other shapes (SM3's accumulator per dimension, factored moments)."""
+    parts = _Parts(tx.init(_ParamsPlaceholder()))
+    leaf = torch.ones(_SAMPLE)
+    kinds: list | None = []
+    for column in parts.columns(tx.init({"x": leaf})) if parts.only else [None]:
+        x = None if column is None else column.get("x")
+        if not isinstance(x, torch.Tensor) or x.ndim and x.shape != leaf.shape:
+            kinds = None
+            break
+        kinds.append(TENSOR if x.ndim else SCALAR)
+    return parts, kinds, [c for c, kind in enumerate(kinds or ()) if kind == SCALAR]
+
+
+_SAMPLE = (2, 3)
+"""The shape of the parameter a rule is traced on (a matrix: state that is not shaped like its
+parameter, per row or column, shows)."""
 
 
 def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
@@ -195,13 +217,10 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
         if not all(_plain(v) for v in h.values()):
             return None
         if not layout:
-            parts = _Parts(tx.init(_ParamsPlaceholder()))
-            sample = parts.columns(tx.init({"x": torch.ones(2)})) if parts.only else []
-            kinds = [TENSOR if c["x"].ndim else SCALAR for c in sample]
-            layout.extend((parts, kinds, [c for c, kind in enumerate(kinds) if kind == SCALAR]))
+            layout.extend(_layout(tx))
         parts, kinds, scalar = layout
         groups = _groups(params, grads, None)
-        if not parts.only or groups is None or any(d.type != "cpu" for d, _ in groups):
+        if kinds is None or groups is None or any(d.type != "cpu" for d, _ in groups):
             return None
         columns = parts.columns(state)
         rule = _Rule(tx, parts, h)

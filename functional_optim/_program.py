@@ -102,10 +102,12 @@ def trace(fn: Callable, inputs: list[torch.Tensor], kinds: list[str],
             if func in _ALIASES and isinstance(args[0], torch.Tensor):
                 ids[id(out)] = ref(args[0])
                 continue
-            if not isinstance(out, torch.Tensor) or func._schema.is_mutable or any(
+            if not isinstance(out, torch.Tensor) or func._schema.is_mutable or \
+                    torch.Tag.nondeterministic_seeded in func.tags or any(
                     isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a)
                     for a in args):
-                return None  # a value read on the host, an in-place op, a tensor list
+                return None  # a value read on the host, an in-place op, random numbers (a
+                # program would draw them per block, not as the chain does), a tensor list
             a = tuple(map(ref, args))
             kw = {k: ref(v) for k, v in kwargs.items()}
             found = {values[r.index].kind for r in (*a, *kw.values()) if isinstance(r, Ref)}

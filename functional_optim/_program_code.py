@@ -232,6 +232,8 @@ class _Lowering:
                 self.atom(Ref(out))
             return
         atoms = tuple(self.atom(a) for a in args)
+        if not any(map(self.tensor, atoms)):
+            raise _NoPlan  # (a where took a scalar branch into a tensor op: the chain runs)
         if same and self._direct(name, atoms, kw, out, dtype):
             return
         self.alias[out] = self.emit("each", atoms, dtype=dtype, func=node.func, kwargs=kw)

@@ -100,3 +100,29 @@ def test_a_state_with_more_than_parameter_shaped_parts_declines():
     step = _blocked.rule_step(tx, tx.hparams, "rmsprop")
     params = {"w": torch.randn(10)}
     assert step(params, {"w": torch.randn(10)}, tx.init(params), None) is None
+
+
+@pytest.mark.parametrize("name", ["lion", "adopt", "ademamix", "adan", "optax_nadam",
+                                  "optax_rmsprop"])
+def test_any_pointwise_alias_takes_its_blocked_step(name, monkeypatch):
+    """An alias built from the library's blocks gets a blocked step from its rule without a line
+    of its own (Adan's first step, whose ``where`` takes a scalar branch into a tensor op, runs
+    the chain); its numbers are the chain's up to rounding order (float64, 8 steps)."""
+    steps = []
+    blocks = _blocked.blocks
+    monkeypatch.setattr(_blocked, "blocks", lambda *a: steps.append(1) or blocks(*a))
+    tx = getattr(fo, name)()
+    gen = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(6, 5, generator=gen, dtype=torch.float64),
+              "b": torch.randn(5, generator=gen, dtype=torch.float64)}
+    chain_params, chain_state = params, tx.init(params)
+    params = {k: v.clone() for k, v in params.items()}
+    state = tx.init(params)
+    for _ in range(8):
+        grads = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+        updates, chain_state = tx.update(grads, chain_state, chain_params)
+        chain_params = fo.apply_updates(chain_params, updates)
+        params, state = fo.step(tx, grads, state, params, donate=True)
+    assert len(steps) >= 7
+    for k in params:
+        torch.testing.assert_close(params[k], chain_params[k], rtol=1e-12, atol=1e-14)

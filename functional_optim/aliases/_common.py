@@ -72,12 +72,12 @@ def _reparametrized(owner: str, inner: Transform, defaults: dict, to_inner: Call
 
 
 def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
-             structural: dict, lr_block: bool = True, blocked: bool = False) -> Transform:
+             structural: dict, lr_block: bool = True) -> Transform:
     """``reparametrize`` a chain of ``blocks`` to torch's flat ``defaults``: ``keys`` go to
     ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block.
 
-    ``blocked``: the adapter's fast path is the chain's own rule run in place a cache-sized
-    block at a time (:func:`functional_optim._blocked.rule_step`)."""
+    The adapter's fast path is the chain's own rule run in place a cache-sized block at a time
+    (:func:`functional_optim._blocked.rule_step`), where the rule is pointwise."""
 
     def to_inner(h):
         inner: dict = {block: {k: h[k] for k in keys},
@@ -88,24 +88,21 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
 
     if not lr_block:
         tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
-        return tx._replace(fused=_blocked.rule_step(tx, defaults, f"{owner} hparams")) \
-            if blocked else tx
-    return _lr_folded(owner, blocks, defaults, to_inner, structural, blocked)
+        return tx._replace(fused=_blocked.rule_step(tx, defaults, f"{owner} hparams"))
+    return _lr_folded(owner, blocks, defaults, to_inner, structural)
 
 
-def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: dict,
-               blocked: bool = False) -> Transform:
-    """``reparametrize(chain(**blocks))`` whose adapter step is, with ``blocked``, the chain's
-    rule run a cache-sized block at a time where it applies
-    (:func:`functional_optim._blocked.rule_step`), else the chain with the trailing ``lr``
-    block folded into the parameter update (:func:`functional_optim._fused.lr_folded_step`)."""
+def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: dict
+               ) -> Transform:
+    """``reparametrize(chain(**blocks))`` whose adapter step is the chain's rule run a
+    cache-sized block at a time where it is pointwise (:func:`functional_optim._blocked.
+    rule_step`), else the chain with the trailing ``lr`` block folded into the parameter update
+    (:func:`functional_optim._fused.lr_folded_step`)."""
     where = f"{owner} hparams"
     head = chain(**{k: b for k, b in blocks.items() if k != "lr"})
     fused = _fused.lr_folded_step(head, defaults, to_inner, where)
     tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
-    if blocked:
-        fused = _fused.first(_blocked.rule_step(tx, defaults, where), fused)
-    return tx._replace(fused=fused)
+    return tx._replace(fused=_fused.first(_blocked.rule_step(tx, defaults, where), fused))
 
 
 def _number_or_tensor_lr(owner: str, lr: Any) -> None:

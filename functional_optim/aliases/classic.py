@@ -85,7 +85,7 @@ def adadelta(lr: float | torch.Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6
                            scale_by_adadelta(rho, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], rho=rho, eps=eps, weight_decay=weight_decay)
     return _classic(owner, blocks, defaults, "adadelta", ("rho", "eps"),
-                    dict(maximize=maximize), blocked=True)
+                    dict(maximize=maximize))
 
 
 @register(paper='Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", section 7.1',
@@ -113,8 +113,7 @@ def adamax(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0
                            scale_by_adamax(betas, eps))
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
-    return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"), dict(maximize=maximize),
-                    blocked=True)
+    return _classic(owner, blocks, defaults, "adamax", ("betas", "eps"), dict(maximize=maximize))
 
 
 @register(paper='Dozat, 2016, "Incorporating Nesterov Momentum into Adam"', drop_in='NAdam')
@@ -153,7 +152,7 @@ def nadam(lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.
     structural = dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                       scalar_state_dtype=scalar_state_dtype)
     return _classic(owner, blocks, defaults, "nadam", ("betas", "eps", "momentum_decay"),
-                    structural, blocked=True)
+                    structural)
 
 
 @register(paper='Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond"',
@@ -184,8 +183,7 @@ def radam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     weight_decay=weight_decay)
     structural = dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-    return _classic(owner, blocks, defaults, "radam", ("betas", "eps"), structural,
-                    blocked=True)
+    return _classic(owner, blocks, defaults, "radam", ("betas", "eps"), structural)
 
 
 def _rmsprop_hparams(owner: str, blocks: dict, alpha: Any, eps: Any, weight_decay: Any,
@@ -243,7 +241,7 @@ def rmsprop(lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1
     defaults, to_inner = _rmsprop_hparams(owner, blocks, alpha, eps, weight_decay, momentum,
                                           dampening=0.0)
     return _lr_folded(owner, blocks, defaults, to_inner,
-                      dict(centered=centered, maximize=maximize), blocked=True)
+                      dict(centered=centered, maximize=maximize))
 
 
 @register(paper=('Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster Backpropagation '
@@ -323,4 +321,4 @@ def asgd(lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.
     defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
     return _classic(owner, blocks, defaults, "asgd", ("lr", "lambd", "alpha", "t0"),
                     dict(maximize=maximize, scalar_state_dtype=scalar_state_dtype),
-                    lr_block=False, blocked=True)
+                    lr_block=False)
