@@ -186,18 +186,27 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
                                   targets)
         return programs[key]
 
-    def rule_runs(rule: _Rule, dtype: torch.dtype, columns: list, names: list, counts: dict,
+    def rule_runs(rule: _Rule, dtype: torch.dtype, columns: list, names: list,
                   runs: list) -> bool:
-        """Appends the runs of the parameters ``names`` (one dtype, one dtype of each state
-        column; ``counts``: their 0-d state, by column) to ``runs``: one per value of the 0-d
-        state the rule reads (the step counts, unless some parameters skipped steps);
-        ``False`` where the rule has no program."""
+        """Appends the runs of the parameters ``names`` (one dtype) to ``runs``: one per value
+        of the 0-d state the rule reads (the step counts, unless some parameters skipped
+        steps), apart where a column of 0-d state it reads or writes mixes dtypes; ``False``
+        where the rule has no program. Only that 0-d state is looked at (RMSprop's momentum
+        count, untouched while its momentum is 0, is not: on 300 tensors each count read is a
+        cache miss)."""
         _, kinds, scalar = layout
-        column_dtypes = [c[names[0]].dtype for c in columns]
-        prog = program(rule, dtype, column_dtypes)
+        prog = program(rule, dtype, [c[names[0]].dtype for c in columns])
         if prog is None:
             return False
-        keyed = [c for c in scalar if 2 + c in prog.read]
+        used = [c for c in scalar if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
+        counts = {c: [columns[c][n] for n in names] for c in used}
+        if not all(x.is_cpu for column in counts.values() for x in column):
+            return False
+        if not all(len({x.dtype for x in column}) == 1 for column in counts.values()):
+            dtypes = list(zip(*([x.dtype for x in column] for column in counts.values())))
+            return all(rule_runs(rule, dtype, columns, members, runs)
+                       for members in _by_value(names, dtypes).values())
+        keyed = [c for c in used if 2 + c in prog.read]
         values = [torch.stack(counts[c]).tolist() for c in keyed]
         keys = list(zip(*values)) if keyed else [()] * len(names)
         owned = (1, *(2 + c for c, kind in enumerate(kinds) if kind == TENSOR))
@@ -224,20 +233,10 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
             return None
         columns = parts.columns(state)
         rule = _Rule(tx, parts, h)
-        runs = []
-        for (_, dtype), names in groups.items():
-            counts = {c: [columns[c][n] for n in names] for c in scalar}
-            if not all(x.is_cpu for column in counts.values() for x in column):
-                return None
-            if all(len({x.dtype for x in column}) == 1 for column in counts.values()):
-                if not rule_runs(rule, dtype, columns, names, counts, runs):
-                    return None
-                continue
-            dtypes = zip(*([x.dtype for x in column] for column in counts.values()))
-            for members in _by_value(names, list(dtypes)).values():  # (apart: each its
-                sub = {c: [columns[c][n] for n in members] for c in scalar}  # dtypes)
-                if not rule_runs(rule, dtype, columns, members, sub, runs):
-                    return None
+        runs: list = []
+        if not all(rule_runs(rule, dtype, columns, names, runs)
+                   for (_, dtype), names in groups.items()):
+            return None
         params, state = _owned(params, state, shared=tuple(columns[c] for c in scalar))
         columns = parts.columns(state)
         new = list(columns)
