@@ -77,7 +77,9 @@ def _placeholder(x: Any) -> bool:
 
 class _Parts:
     """The parameter-shaped parts of a transform's state (where ``init`` of a placeholder
-    puts one), each a dict of the parameters' leaves: read and replaced in a fixed order."""
+    puts one, as :func:`~functional_optim.tree_math.map_params` finds them), each a dict of
+    the parameters' leaves: read and replaced in a fixed order, through a spec made once (a
+    step reads them twice)."""
 
     def __init__(self, marked: Any) -> None:
         self.spec = optree.tree_structure(marked, is_leaf=_placeholder, none_is_leaf=True)

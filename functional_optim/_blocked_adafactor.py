@@ -2,14 +2,12 @@
 blocks are :mod:`functional_optim._blocked`'s): its step size depends on norms over each
 parameter, so each large leaf takes two passes, and small matrices of one shape run as one
 batch. Not a pointwise rule, so not traced into a program (:func:`~functional_optim._blocked.
-rule_step`): the step is written out here as foreach ops (:func:`classic_step`), beside the
-chain's ``scale_by_factored_rms`` (tested against it and torch.optim.Adafactor)."""
+rule_step`): the step is written out here as foreach ops, beside the chain's
+``scale_by_factored_rms`` (tested against it and torch.optim.Adafactor)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -30,98 +28,6 @@ def mul_(xs: list, value: float) -> None:
     torch._foreach_mul_(xs, constant(value, xs[0].dtype))
 
 
-Field = tuple  # (block, field): a per-parameter column of the chain's state, e.g. ("rms", "nu")
-# (block None: the state of an alias that is one block, e.g. adafactor)
-
-
-def classic_step(*, defaults: dict, where: str, accepts: Callable[[dict, dict], bool],
-                 counts: tuple[Field, ...], columns: tuple[Field, ...],
-                 prepare: Callable[..., tuple], kernel: Callable[..., None],
-                 scalars: tuple[Field, ...] = (), split: bool = True) -> FusedStep:
-    """A fused step that runs ``kernel`` block by block (see :mod:`functional_optim._blocked`).
-
-    Args:
-        defaults: the alias's flat hyperparameters (to resolve a partial ``hparams``).
-        where: the alias's name in errors.
-        accepts: ``accepts(h, state)``: whether this step can take the hparams (all numbers)
-            and the state (no schedule); else the chain runs.
-        counts: the step counts, each ``+1`` (or ``counts(h)``: those that this step advances).
-        columns: the per-element state the kernel updates in place, in its argument order.
-        prepare: ``prepare(h, key, likes)`` → ``(coefficients, new_scalars)`` for the
-            parameters that share ``key`` = (count after this step, *old values of
-            ``scalars``); ``likes`` are the old ``scalars`` tensors of one of them (for their
-            dtype); ``new_scalars`` holds one 0-d tensor per ``scalars`` field.
-        kernel: ``kernel(h, coefficients, p, g, *columns)``, in place on one block (lists).
-        scalars: 0-d state fields whose values the coefficients depend on (NAdam's
-            ``mu_product``, ASGD's ``eta`` and ``mu``).
-        split: whether a large leaf is split into blocks (``False``: the kernel gets it whole,
-            for math that reduces over a leaf).
-
-    0-d state (counts, ``scalars``) is replaced, never written in place: the adapter may hand
-    the same tensor to several parameters (a flat layout's shared count), also to those that
-    skip this step. Each parameter gets its own new tensor (views of one buffer), as torch's
-    per-parameter state.
-    """
-
-    def fused(params, grads, state, hparams):
-        h = resolve_hparams(defaults, hparams, where)
-        if not (all(_plain(v) for v in h.values()) and accepts(h, state)):
-            return None
-        advancing = counts(h) if callable(counts) else counts
-        olds = {f: _get(state, f) for f in advancing + scalars}
-        groups = _groups(params, grads, None)
-        if groups is None or any(device.type != "cpu" for device, _ in groups) or not all(
-                t.is_cpu for column in olds.values() for t in column.values()) or any(
-                len({t.dtype for t in olds[f].values()}) > 1 for f in advancing):
-            return None
-        params, state = _owned(params, state, shared=tuple(olds.values()))
-        names = list(params)
-        advanced = [torch.stack([olds[f][n] for n in names]) + 1 for f in advancing]
-        new = {f: dict(zip(names, column.unbind())) for f, column in zip(advancing, advanced)}
-        keys = dict(zip(names, zip(
-            advanced[0].tolist(),
-            *(torch.stack([olds[f][n] for n in names]).tolist() for f in scalars))))
-        state_columns = [_get(state, f) for f in columns]
-        with torch.no_grad():
-            for group in groups.values():
-                for key, members in _by_value(group, [keys[n] for n in group]).items():
-                    coefficients, values = prepare(h, key,
-                                                   [olds[f][members[0]] for f in scalars])
-                    for f, value in zip(scalars, values):
-                        new.setdefault(f, {}).update(
-                            _spread(value, [olds[f][n] for n in members], members))
-                    tables = [[params[n] for n in members], [grads[n] for n in members]]
-                    tables += [[column[n] for n in members] for column in state_columns]
-                    for part in blocks(tables, BLOCK, split):
-                        kernel(h, coefficients, *part)
-        if isinstance(state, dict):
-            out = dict(state)
-            for (block, field), column in new.items():
-                out[block] = out[block]._replace(**{field: column})
-            return out
-        return state._replace(**{field: column for (_, field), column in new.items()})
-
-    return fused
-
-
-def _spread(value: torch.Tensor, olds: list, names: list) -> dict:
-    """A new 0-d tensor per name, holding ``value`` in the dtype of the one it replaces."""
-    if len({o.dtype for o in olds}) == 1:
-        return dict(zip(names, value.to(olds[0].dtype).expand(len(names)).clone().unbind()))
-    return {n: value.to(o.dtype).clone() for n, o in zip(names, olds)}
-
-
-def _get(state: Any, field: Field) -> dict:
-    """A field of the chain's state (``(None, field)``: of a one-block alias's own state)."""
-    block, name = field
-    return getattr(state if block is None else state[block], name)
-
-
-def accepts_any(h, state) -> bool:
-    """``accepts`` for a step that takes every state (its alias has no lr block)."""
-    return True
-
-
 def adafactor_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     r"""Adafactor (see ``scale_by_factored_rms``), in two passes over each large leaf.
 
@@ -131,10 +37,6 @@ def adafactor_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
     moments and accumulates :math:`\|U\|^2` block by block, and the second recomputes each
     block of :math:`U` (in cache) and applies it. Small vectors go through foreach kernels
     together. ``maximize`` flips the sign of the step (the moments see :math:`g^2`)."""
-
-    def prepare(h, key, likes):
-        t = key[0]
-        return (t ** h["beta2_decay"], min(h["lr"], 1 / t ** 0.5)), ()
 
     def kernel(h, coefficients, p, g, row, col, var):
         weight, rho = coefficients
@@ -158,9 +60,32 @@ def adafactor_step(defaults: dict, where: str, *, maximize: bool) -> FusedStep:
                 _adafactor_matrices(*([c[i] for i in members] for c in (p, g, row, col)),
                                     weight, eps1, scale)
 
-    return classic_step(defaults=defaults, where=where, counts=((None, "step"),),
-                        columns=((None, "row_var"), (None, "col_var"), (None, "variance")),
-                        accepts=accepts_any, prepare=prepare, kernel=kernel, split=False)
+    def fused(params, grads, state, hparams):
+        h = resolve_hparams(defaults, hparams, where)
+        steps = state.step
+        groups = _groups(params, grads, None)
+        if not all(_plain(v) for v in h.values()) or groups is None or any(
+                d.type != "cpu" for d, _ in groups) or not all(
+                t.is_cpu for t in steps.values()) or len({t.dtype for t in steps.values()}) > 1:
+            return None
+        # (the counts replaced, never written in place: the adapter may hand one tensor to
+        # several parameters, a flat layout's shared count)
+        params, state = _owned(params, state, shared=(steps,))
+        names = list(params)
+        advanced = torch.stack([steps[n] for n in names]) + 1
+        counts = dict(zip(names, advanced.tolist()))
+        columns = (state.row_var, state.col_var, state.variance)
+        with torch.no_grad():
+            for group in groups.values():
+                for t, members in _by_value(group, [counts[n] for n in group]).items():
+                    coefficients = (t ** h["beta2_decay"], min(h["lr"], 1 / t ** 0.5))
+                    tables = [[params[n] for n in members], [grads[n] for n in members]]
+                    tables += [[column[n] for n in members] for column in columns]
+                    for part in blocks(tables, BLOCK, False):  # (whole: norms per leaf)
+                        kernel(h, coefficients, *part)
+        return state._replace(step=dict(zip(names, advanced.unbind())))
+
+    return fused
 
 
 class _AdafactorScale:
