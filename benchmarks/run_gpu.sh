@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with a CUDA GPU and a torch that sees it (torch is not
 # installed here; optree comes from wheels in .whl/ when that machine has no network).
-#   bash benchmarks/run_gpu.sh OUTDIR lease     # all of it in about 6 minutes (a lent machine's
+#   bash benchmarks/run_gpu.sh OUTDIR lease     # all of it in at most 8 minutes (a lent machine's
 #                                               # 15 minutes hold one start and one such call):
-#                                               # the tests, the speed suite without its
-#                                               # compilations, the functional API's rows,
-#                                               # the kernels a step launches (launches.py)
+#                                               # the tests, the functional API's rows, the
+#                                               # kernels a step launches (launches.py), the
+#                                               # speed suite's AdamW and chain rows without
+#                                               # their compilations
 #   bash benchmarks/run_gpu.sh OUTDIR tests     # pytest -m cuda  -> OUTDIR/cuda_tests.log
 #   bash benchmarks/run_gpu.sh OUTDIR adamw     # bench_speed.py --device cuda, AdamW rows
 #   bash benchmarks/run_gpu.sh OUTDIR sgd       #   -> OUTDIR/speed_cuda_sgd.{json,md,log}
@@ -39,22 +40,22 @@ functional)
     exit "${PIPESTATUS[0]}" ;;
 lease)  # each step under its own limit; at most 8 files come back from a lent machine
     xdist=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8")
-    timeout 90 $PY -m pytest -m cuda -q -p no:cacheprovider -rfE $xdist tests \
+    timeout 150 $PY -m pytest -m cuda -q -p no:cacheprovider -rfE $xdist tests \
         > "$OUT/cuda_tests.log" 2>&1
     echo "tests: exit $?"; tail -3 "$OUT/cuda_tests.log"
-    for algo in adamw sgd chain; do
+    timeout 220 $PY benchmarks/bench_functional.py --device cuda --repeats 5 --compiled "" \
+        --out "$OUT/functional_cuda" > "$OUT/functional_cuda.log" 2>&1
+    echo "functional: exit $?"
+    timeout 60 $PY benchmarks/launches.py --device cuda --algos adamw,sgd,rmsprop,nadam,chain \
+        --out "$OUT/launches_cuda.md" > /dev/null 2>&1
+    echo "launches: exit $?"
+    for algo in adamw chain; do
         timeout 50 $PY benchmarks/bench_speed.py --device cuda --algos $algo --no-identity \
             --repeats 7 --skip "torch compiled,ours flat compiled" \
             --out "$OUT/speed_cuda_$algo" >> "$OUT/speed_cuda.log" 2>&1
         echo "speed $algo: exit $?"
     done
-    timeout 110 $PY benchmarks/bench_functional.py --device cuda --repeats 5 --compiled "" \
-        --out "$OUT/functional_cuda" > "$OUT/functional_cuda.log" 2>&1
-    echo "functional: exit $?"
-    rm -f "$OUT"/*.md "$OUT"/*.png
-    timeout 60 $PY benchmarks/launches.py --device cuda --out "$OUT/launches_cuda.md" \
-        > /dev/null 2>&1
-    echo "launches: exit $?"
+    rm -f "$OUT"/speed_cuda_*.md "$OUT"/*.png
     exit 0 ;;
 esac
 extra=()

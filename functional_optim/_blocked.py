@@ -40,6 +40,9 @@ from .tree_math import _ParamsPlaceholder
 
 __all__ = ["BLOCK", "blocks", "rule_step"]
 
+_CPU = torch.device("cpu")
+
+
 def _plain(value: Any) -> bool:
     """A number, ``None`` (RMSprop's ``momentum`` without block, Adafactor's ``eps[0]``), or a
     tuple of those (``betas``, Adafactor's ``eps``): what the blocked steps take."""
@@ -48,6 +51,21 @@ def _plain(value: Any) -> bool:
     if isinstance(value, tuple):
         return all(_plain(v) for v in value)
     return isinstance(value, Number) and not isinstance(value, (bool, complex))
+
+
+def _runs_on(group: tuple) -> bool:
+    """Whether a group's ``(device, dtype)`` has a blocked step: the CPU, or a GPU outside a
+    CUDA graph's capture (a captured step would replay the numbers this one computes)."""
+    device = group[0]
+    return device.type == "cpu" or device.type == "cuda" and not \
+        torch.cuda.is_current_stream_capturing()
+
+
+def _whole(device: torch.device) -> bool:
+    """Whether a program runs on ``device``'s lists whole, its scalars as Python numbers (a
+    GPU: a launch per op and list, not per block; torch's one-launch path takes numbers), not a
+    block at a time with cached CPU 0-d tensors (the CPU)."""
+    return device.type != "cpu"
 
 
 def _by_value(names: list[str], values: list) -> dict:
@@ -64,7 +82,8 @@ def _filled(value: Any, dtype: torch.dtype, names: list) -> dict:
     """A new 0-d tensor of ``dtype`` per name, holding ``value`` (a number or 0-d tensor)."""
     if isinstance(value, torch.Tensor):
         value = value.item()
-    return dict(zip(names, torch.full((len(names),), value, dtype=dtype).unbind()))
+    return dict(zip(names, torch.full((len(names),), value, dtype=dtype,
+                                      device=_CPU).unbind()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +207,7 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
                                   targets)
         return programs[key]
 
-    def rule_runs(rule: _Rule, dtype: torch.dtype, columns: list, names: list,
+    def rule_runs(rule: _Rule, dtype: torch.dtype, numbers: bool, columns: list, names: list,
                   runs: list) -> bool:
         """Appends the runs of the parameters ``names`` (one dtype) to ``runs``: one per value
         of the 0-d state the rule reads (the step counts, unless some parameters skipped
@@ -206,7 +225,7 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
             return False
         if not all(len({x.dtype for x in column}) == 1 for column in counts.values()):
             dtypes = list(zip(*([x.dtype for x in column] for column in counts.values())))
-            return all(rule_runs(rule, dtype, columns, members, runs)
+            return all(rule_runs(rule, dtype, numbers, columns, members, runs)
                        for members in _by_value(names, dtypes).values())
         keyed = [c for c in used if 2 + c in prog.read]
         values = [torch.stack(counts[c]).tolist() for c in keyed]
@@ -217,10 +236,10 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
             for c, v in zip(keyed, key):
                 inputs[2 + c] = v
             env = prog.scalars(inputs)
-            plan = prog.plan(env, owned, dtype)
+            plan = prog.plan(env, owned, dtype, numbers)
             if plan is None:
                 return False
-            runs.append((prog, env, plan, members))
+            runs.append((prog, env, plan, members, numbers))
         return True
 
     def fused(params, grads, state, hparams):
@@ -231,25 +250,25 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
             layout.extend(_layout(tx))
         parts, kinds, scalar = layout
         groups = _groups(params, grads, None)
-        if kinds is None or groups is None or any(d.type != "cpu" for d, _ in groups):
+        if kinds is None or groups is None or not all(map(_runs_on, groups)):
             return None
         columns = parts.columns(state)
         rule = _Rule(tx, parts, h)
         runs: list = []
-        if not all(rule_runs(rule, dtype, columns, names, runs)
-                   for (_, dtype), names in groups.items()):
+        if not all(rule_runs(rule, dtype, _whole(device), columns, names, runs)
+                   for (device, dtype), names in groups.items()):
             return None
         params, state = _owned(params, state, shared=tuple(columns[c] for c in scalar))
         columns = parts.columns(state)
         new = list(columns)
         with torch.no_grad():
-            for prog, env, (run, k), members in runs:
+            for prog, env, (run, k), members, whole in runs:
                 at = [c for c, kind in enumerate(kinds) if kind == TENSOR and (
                     2 + c in prog.read or not prog.unchanged(1 + c, 2 + c))]
                 tables = [[params[n] for n in members], [grads[n] for n in members]]
                 tables += [[columns[c][n] for n in members] for c in at]
                 lists = [None] * (2 + len(kinds) + len(rule.live))
-                for part in blocks(tables, BLOCK):
+                for part in [tables] if whole else blocks(tables, BLOCK):
                     lists[1], lists[0] = part[0], part[1]
                     for c, column in zip(at, part[2:]):
                         lists[2 + c] = column

@@ -316,12 +316,13 @@ class Program:
         """Whether output ``slot`` is input ``k`` as it came."""
         return self.outputs[slot] == Ref(k)
 
-    def plan(self, env: list, owned: tuple[int, ...], dtype: torch.dtype
-             ) -> tuple[Callable, tuple] | None:
+    def plan(self, env: list, owned: tuple[int, ...], dtype: torch.dtype,
+             numbers: bool = False) -> tuple[Callable, tuple] | None:
         """``(run, k)``: ``run(lists, k)`` computes the tensor outputs in place on ``lists``
         (one list per input, ``None`` at scalars), for the scalar values ``env``; inputs
         ``owned`` may be overwritten (the parameters, donated state). ``None``: a tensor op
-        that does not keep ``dtype``.
+        that does not keep ``dtype``. ``numbers``: the scalar operands of the foreach kernels
+        are Python numbers (for lists on a GPU), not cached CPU 0-d tensors.
 
         A plan holds for the branches its ``where`` ops take and for which of the scalars
         that the tensor ops read are exactly 1 (a plan drops a multiplication by 1, and the
@@ -329,10 +330,10 @@ class Program:
         torch.optim runs it); other values are read from ``env`` at each call."""
         where = tuple(bool(env[n.args[0].index]) for n in self.wheres)
         key = (where, tuple(map(_special, map(env.__getitem__, self.coefficients))), owned,
-               dtype)
+               dtype, numbers)
         compiled = self._plans.get(key)
         if compiled is None:
-            compiled = self._plans[key] = _compile(self, env, owned, dtype)
+            compiled = self._plans[key] = _compile(self, env, owned, dtype, numbers)
         if compiled is False:
             return None
         run, operands = compiled

@@ -432,8 +432,9 @@ def _each(func: Any, args: list, lists: tuple, kwargs: dict) -> list:
 class _Code:
     """Foreach code for a list of :class:`IR` calls."""
 
-    def __init__(self, lowering: _Lowering, owned: tuple, dtype: torch.dtype) -> None:
-        self.low, self.dtype = lowering, dtype
+    def __init__(self, lowering: _Lowering, owned: tuple, dtype: torch.dtype,
+                 numbers: bool) -> None:
+        self.low, self.dtype, self.numbers = lowering, dtype, numbers
         self.lines: list[str] = []
         self.operands: list[Callable] = []
         self.funcs: list = []
@@ -449,7 +450,12 @@ class _Code:
 
     def tensor0d(self, coef: tuple) -> str:
         """A 0-d tensor of the lists' dtype (cached: the foreach kernels' fast overload on the
-        CPU; the value rounded to that dtype, as each leaf's op rounds it)."""
+        CPU; the value rounded to that dtype, as each leaf's op rounds it); with ``numbers``,
+        the number itself (on a GPU a CPU tensor sends each tensor to a kernel of its own; a
+        number takes the one-launch path, which rounds it to the lists' float32 or float64 as
+        each leaf's op does)."""
+        if self.numbers:
+            return self.number(coef)
         dtype = self.dtype
         return self.bind(lambda env: constant(_value(env, coef), dtype))
 
@@ -523,7 +529,8 @@ class _Code:
                 self.lines.append(f"torch._foreach_copy_({t}, {pending.pop(t)})")
 
 
-def compile_plan(program: Program, env: list, owned: tuple, dtype: torch.dtype) -> Any:
+def compile_plan(program: Program, env: list, owned: tuple, dtype: torch.dtype,
+                 numbers: bool) -> Any:
     """``(run, operands)`` for :meth:`Program.plan`, or ``False`` where the tensor outputs
     are not all tensors of ``dtype`` computed from the tensor inputs."""
     alias = {n.out: n.args[1] if env[n.args[0].index] else n.args[2]
@@ -564,7 +571,7 @@ def compile_plan(program: Program, env: list, owned: tuple, dtype: torch.dtype) 
                 last[a.index] = i
     for r in outs.values():
         last[r.index] = len(low.ir)
-    code = _Code(low, owned, dtype)
+    code = _Code(low, owned, dtype, numbers)
     for k in range(program.n_inputs):
         if program.kind(Ref(k)) == TENSOR:
             code.home[k] = f"a{k}"

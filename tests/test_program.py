@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import optree
 import pytest
 import torch
 from hypothesis import given, settings
@@ -126,3 +127,29 @@ def test_any_pointwise_alias_takes_its_blocked_step(name, monkeypatch):
     assert len(steps) >= 7
     for k in params:
         torch.testing.assert_close(params[k], chain_params[k], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", [*sorted(_FOREACH_CALLS), "rprop", "lion", "ademamix"])
+def test_whole_lists_with_number_scalars_give_the_blocked_numbers(name, monkeypatch):
+    """On a GPU a program runs on whole lists, its scalar operands Python numbers (torch's
+    one-launch path), not cached CPU 0-d tensors: the same digits (the kernels round a number
+    to the lists' dtype, as a 0-d tensor of that dtype is rounded), checked here on the CPU,
+    float32, a leaf larger than a block included."""
+    shapes = {"w": (3, _blocked.BLOCK // 2 + 5), "b": (7,), "s": ()}
+    results = []
+    for whole in (False, True):
+        monkeypatch.setattr(_blocked, "_whole", lambda device, whole=whole: whole)
+        tx = getattr(fo, name)()
+        step = _blocked.rule_step(tx, tx.hparams, name)
+        gen = torch.Generator().manual_seed(0)
+        params = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+        state = tx.init(params)
+        for _ in range(7):
+            state = step(params, {k: torch.randn(s, generator=gen) for k, s in shapes.items()},
+                         state, None)
+            assert state is not None
+        plans = [key[-1] for prog in step.programs.values() for key in prog._plans]
+        assert plans and all(numbers == whole for numbers in plans)
+        results.append((params, state))
+    for a, b in zip(*(optree.tree_leaves(r) for r in results)):
+        assert torch.equal(a, b)
