@@ -318,9 +318,11 @@ class TensorList:
                 isinstance(other, torch.Tensor) and other.ndim > 0):
             if name == "pow" and self.device.type == "cpu" and len(self) > 1:
                 return self._pow_of_scalars(other, reverse)
-            b = other.stacked if isinstance(other, TensorList) else other
+            a, b = self.stacked, other.stacked if isinstance(other, TensorList) else other
+            if isinstance(b, torch.Tensor) and b.ndim and b.device != a.device:
+                a, b = _one_device(a, b)
             fn = getattr(torch, name)
-            return TensorList(stacked=fn(b, self.stacked) if reverse else fn(self.stacked, b))
+            return TensorList(stacked=fn(b, a) if reverse else fn(a, b))
         op = getattr(torch, f"_foreach_{name}")
         if isinstance(other, TensorList):
             a, b = (other.items, self.items) if reverse else (self.items, other.items)
@@ -416,6 +418,18 @@ class TensorList:
         if out and isinstance(out[0], tuple):
             return tuple(TensorList(list(col)) for col in zip(*out))
         return TensorList(out)
+
+
+def _one_device(a: torch.Tensor, b: torch.Tensor) -> tuple:
+    """Two stacked lists of 0-d tensors, one on the CPU, the other's device: each leaf's op
+    takes the CPU 0-d operand as a number and gives its result on the other's device (Adafactor's
+    RMS of a GPU parameter times a step size from its CPU count, in torch.optim's layout), so the
+    CPU one moves there (a copy to the device, no sync)."""
+    if a.is_cpu:
+        return a.to(b.device), b
+    if b.is_cpu:
+        return a, b.to(a.device)
+    return a, b  # (two accelerators: torch's error, as on each leaf)
 
 
 def _number_list(value: Number, n: int, dtype: torch.dtype) -> TensorList:

@@ -268,7 +268,12 @@ def test_every_dropin_on_the_gpu_gives_torchs_numbers(name, kwargs, dtype, monke
     ours = [torch.randn(s, generator=gen, dtype=dtype).cuda().requires_grad_() for s in shapes]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
     opt = getattr(foo, name)(ours, **kwargs)
-    ref = getattr(torch.optim, name)(theirs, **kwargs)
+    # torch's foreach ASGD (its CUDA default) computes each step's eta in float32 on the GPU
+    # from the float32 count, its for-loop in Python floats (rounded to float32 at the end): a
+    # float32 ulp of eta apart (9e-8 relative in float64 parameters after 12 steps, measured on
+    # an H200). Ours computes it as the for-loop does, the reference here as on the CPU.
+    ref = getattr(torch.optim, name)(theirs, **kwargs, **(
+        {"foreach": False} if name == "ASGD" else {}))
     peak = [float(p.detach().abs().max()) for p in theirs]
     for i in range(12):
         for k, (p, q) in enumerate(zip(ours, theirs)):

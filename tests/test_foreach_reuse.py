@@ -369,3 +369,16 @@ def test_an_accelerator_list_takes_a_cpu_coefficient_as_a_number(monkeypatch, na
     expected = float(1 - 0.9 ** torch.tensor(3.0))  # (in float32, as each leaf computes it)
     assert seen[0] == expected and type(seen[0]) is float
     assert seen[1] == 0.25 and type(seen[1]) is float
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_0d_lists_on_two_devices_compute_on_the_accelerator(reverse):
+    """0-d values of accelerator tensors (Adafactor's RMS of each GPU parameter) against 0-d
+    values from CPU counts (its step size, torch.optim's layout): each leaf's op takes the CPU
+    operand as a number and gives its result on the accelerator; the stacked lists do the same
+    (meta here, as CUDA in the H200 run, where they had raised)."""
+    rms = TensorList([torch.tensor(2.0, device="meta")] * 3)
+    step = TensorList([torch.tensor(0.5, dtype=torch.float64)] * 3) + 0.25
+    out = step * rms if reverse else rms * step
+    each = [x * y for x, y in zip(rms.items, step.items)]
+    assert [(r.device, r.dtype) for r in out.items] == [(e.device, e.dtype) for e in each]
