@@ -23,7 +23,8 @@ def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
     """``columns`` (lists of same-shaped tensors, one row per leaf) cut into blocks of about
     ``size`` elements: consecutive small leaves share a block; a contiguous leaf larger than
     ``size`` is split into flat views of ``size`` elements (``split=False``: kept whole), each
-    its own block; a 0-d entry of a row (a step count) is in each of its pieces."""
+    its own block; a 0-d entry of a row (a step count) or a ``None`` is in each of its
+    pieces."""
     start, filled = 0, 0
     for i, t in enumerate(columns[0]):
         n = t.numel()
@@ -48,8 +49,8 @@ def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
 
 
 def _pieces(x: torch.Tensor, size: int) -> tuple | None:
-    """The flat views of ``size`` elements of a contiguous tensor (``()`` for a 0-d one: the
-    same in every piece; ``None``: not contiguous)."""
-    if x.ndim == 0:
+    """The flat views of ``size`` elements of a contiguous tensor (``()`` for a 0-d one or
+    ``None``: the same in every piece; ``None``: not contiguous)."""
+    if x is None or x.ndim == 0:
         return ()
     return x.view(-1).split(size) if x.is_contiguous() else None

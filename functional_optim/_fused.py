@@ -232,6 +232,12 @@ def owning(copies: list) -> Iterator[None]:
         _OWNING.copies = before
 
 
+def pure_copies() -> list | None:
+    """Within :func:`owning`, the list the new parameters go to (a step that makes new tensors
+    itself instead of copying its inputs: the blocked programs); else ``None``."""
+    return _OWNING.copies
+
+
 def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
     """``(params, *trees)``, or, within :func:`owning`, copies of them (their tensors cloned:
     the same strides), the parameters' copy handed to the caller. The tensors of ``shared``

@@ -320,9 +320,11 @@ class Program:
              numbers: bool = False) -> tuple[Callable, tuple] | None:
         """``(run, k)``: ``run(lists, k)`` computes the tensor outputs in place on ``lists``
         (one list per input, ``None`` at scalars), for the scalar values ``env``; inputs
-        ``owned`` may be overwritten (the parameters, donated state). ``None``: a tensor op
-        that does not keep ``dtype``. ``numbers``: the scalar operands of the foreach kernels
-        are Python numbers (for lists on a GPU), not cached CPU 0-d tensors.
+        ``owned`` may be overwritten (the parameters, donated state). With nothing owned,
+        ``run`` leaves its inputs alone and returns the tensor outputs' new lists instead (in
+        slot order; an unchanged input's own list; the same ops, so the same digits). ``None``:
+        a tensor op that does not keep ``dtype``. ``numbers``: the scalar operands of the
+        foreach kernels are Python numbers (for lists on a GPU), not cached CPU 0-d tensors.
 
         A plan holds for the branches its ``where`` ops take and for which of the scalars
         that the tensor ops read are exactly 1 (a plan drops a multiplication by 1, and the

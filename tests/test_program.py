@@ -153,3 +153,34 @@ def test_whole_lists_with_number_scalars_give_the_blocked_numbers(name, monkeypa
         results.append((params, state))
     for a, b in zip(*(optree.tree_leaves(r) for r in results)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adadelta", "rprop", "asgd", "lion"])
+def test_a_pure_step_runs_the_program_into_new_tensors(name, monkeypatch):
+    """``fo.step`` without donation runs the blocked program out of place: no copy of the
+    inputs first (a split leaf's new tensor is written a block at a time), the inputs left as
+    they were, the donated step's numbers bit for bit and each tensor's layout."""
+    from functional_optim import _fused
+
+    monkeypatch.setattr(_fused, "_copies", lambda sources: pytest.fail("copied its inputs"))
+    tx = getattr(fo, name)()
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"big": (_blocked.BLOCK + 3,), "t": (4, 6), "b": (6,), "s": ()}
+
+    def tree():
+        out = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+        out["t"] = out["t"].t()
+        return out
+
+    params = tree()
+    pure, donated = (params, tx.init(params)), ({k: v.clone() for k, v in params.items()},
+                                                 tx.init(params))
+    for _ in range(4):
+        grads = tree()
+        inputs = optree.tree_leaves((pure, grads))
+        before = [x.clone() for x in inputs]
+        pure = fo.step(tx, grads, pure[1], pure[0])
+        donated = fo.step(tx, grads, donated[1], donated[0], donate=True)
+        assert all(torch.equal(a, b) for a, b in zip(inputs, before))
+    for a, b in zip(optree.tree_leaves(pure), optree.tree_leaves(donated)):
+        assert torch.equal(a, b) and a.stride() == b.stride()
