@@ -16,11 +16,13 @@ step is not pointwise (its step size depends on norms over each parameter): it i
 in :mod:`functional_optim._blocked_adafactor`, two passes per parameter.
 
 Each step is the alias's ``fused`` step (see :mod:`functional_optim._fused`):
-``fused(params, grads, state, hparams) -> state | None``, in place on the adapter's tensors;
-``None`` (the adapter then runs the chain) unless every hyperparameter is a number, the leaves
-are float32/float64 plain CPU tensors, and the step counts live on the CPU (torch's
-non-capturable layout). On CUDA the chain runs (its multi-tensor path: on an H200, 1.9x-2.2x
-torch's foreach RMSprop step, donated; the blocked steps have not run there). The numbers are
+``fused(params, grads, state, hparams) -> state | None``, in place on the adapter's tensors
+(within :func:`functional_optim._fused.owning`, the pure ``fo.step``: out of place, into new
+tensors); ``None`` (the adapter then runs the chain) unless every hyperparameter is a number,
+the leaves are float32/float64 plain CPU or CUDA tensors, and the step counts live on the CPU
+(torch's non-capturable layout). On a GPU a program runs on whole lists, a launch per op as
+torch's foreach step (blocks would multiply the launches), its scalar operands Python numbers,
+not under a CUDA graph's capture (the numbers of one step would be replayed). The numbers are
 the chain's up to rounding order (tested against the chain and torch.optim).
 """
 
@@ -33,10 +35,11 @@ from typing import Any
 import optree
 import torch
 
+from . import _execute
 from ._blocks import BLOCK, blocks
-from ._fused import FusedStep, _groups, pure_copies
+from ._fused import FusedStep, _groups, first, pure_copies
 from ._program import SCALAR, TENSOR, Program, trace
-from .base import apply_updates, resolve_hparams
+from .base import HParamError, apply_updates, resolve_hparams
 from .tree_math import _ParamsPlaceholder
 
 __all__ = ["BLOCK", "blocks", "rule_step"]
@@ -87,12 +90,15 @@ class _Blocks:
             yield lists, part[len(self.tables):]
 
 
-def _pure_run(run: Callable, k: tuple, each_block: Callable, olds: list, whole: bool) -> list:
+def _pure_run(run: Callable, k: tuple, each_block: Callable, olds: list, whole: bool,
+              layouts: bool) -> list:
     """A program's new tensors for the outputs whose old tensors are ``olds`` (``None``: an
     output left as it is), its inputs untouched. A block of small leaves gets new tensors from
     the program's ops; a leaf that the blocks split (larger than a block) gets its new tensors
     first, which the ops write a block at a time (``out=``: the fresh memory written once,
-    from cache; 0.65x the time of each op on whole leaves, RMSprop on 4 x 4M)."""
+    from cache; 0.65x the time of each op on whole leaves, RMSprop on 4 x 4M). ``layouts``:
+    the new tensors take the strides of the old ones (the pure step's promise; an exact
+    program's are those of the chain's ops, which it runs)."""
     big = [not whole and x.numel() > BLOCK for x in olds[0]]
     at = [j for j, old in enumerate(olds) if old is not None]
     outs = [[torch.empty_like(x) if b else None for x, b in zip(olds[j], big)] for j in at]
@@ -108,9 +114,38 @@ def _pure_run(run: Callable, k: tuple, each_block: Callable, olds: list, whole: 
                 fresh[i] += got[j]
     result: list = [None] * len(olds)
     for i, j in enumerate(at):
-        small = iter(_laid_out(fresh[i], [x for x, b in zip(olds[j], big) if not b]))
+        small = fresh[i] if not layouts else _laid_out(
+            fresh[i], [x for x, b in zip(olds[j], big) if not b])
+        small = iter(small)
         result[j] = [out if out is not None else next(small) for out in outs[i]]
     return result
+
+
+def _matches(params: dict, grads: dict, columns: list, kinds: list) -> bool:
+    """Whether the gradients are shaped, typed and placed like the parameters, and the state's
+    ``columns`` are dicts of their keys, each a tensor like its parameter (``TENSOR``) or a
+    0-d tensor (``SCALAR``): what the chain checks (its errors name the leaf) before a pure
+    program runs on them (the adapter's own tensors are made so)."""
+    ps = list(params.values())
+    shapes, dtypes, devices = [p.shape for p in ps], [p.dtype for p in ps], [p.device for p in ps]
+    try:
+        gs = list(grads.values())
+        if [g.shape for g in gs] != shapes or [g.dtype for g in gs] != dtypes or \
+                [g.device for g in gs] != devices:
+            return False
+        for column, kind in zip(columns, kinds):
+            if not isinstance(column, dict) or column.keys() != grads.keys():
+                return False
+            xs = list(column.values())
+            if kind == TENSOR and ([x.shape for x in xs] != shapes or
+                                   [x.dtype for x in xs] != dtypes or
+                                   [x.device for x in xs] != devices):
+                return False
+            if kind == SCALAR and any([x.ndim for x in xs]):
+                return False
+    except AttributeError:  # (a leaf that is no tensor)
+        return False
+    return True
 
 
 def _laid_out(new: list, old: list) -> list:
@@ -176,17 +211,19 @@ class _Parts:
 class _Rule:
     """What :func:`rule_step` traces: ``tx``'s update of a one-parameter tree, as a function of
     the gradient, the parameter, the state's columns and the hyperparameters' leaves, returning
-    the new parameter and columns."""
+    the new parameter (``exact``: the update, :func:`rule_update`) and columns. ``exact``
+    traces every hyperparameter as the number it is (the ops the chain runs with it); else
+    only the structural ones (:func:`_baked`), the others as 0-d float64 inputs."""
 
-    def __init__(self, tx: Any, parts: _Parts, h: Any) -> None:
-        self.tx, self.parts = tx, parts
+    def __init__(self, tx: Any, parts: _Parts, h: Any, exact: bool = False) -> None:
+        self.tx, self.parts, self.exact = tx, parts, exact
         self.leaves, self.spec = optree.tree_flatten(h, none_is_leaf=True)
-        self.live = [k for k, v in enumerate(self.leaves) if not _baked(v)]
+        self.live = [] if exact else [k for k, v in enumerate(self.leaves) if not _baked(v)]
 
     def key(self) -> tuple:
-        """What a program depends on besides dtypes: the hyperparameters that are structural
-        to the trace (0 switches a block's work off, ``None``)."""
-        return tuple((k, repr(v)) for k, v in enumerate(self.leaves) if _baked(v))
+        """What a program depends on besides dtypes: the hyperparameters traced as values."""
+        live = set(self.live)
+        return tuple((k, repr(v)) for k, v in enumerate(self.leaves) if k not in live)
 
     def inputs(self, dtype: torch.dtype, column_dtypes: list, kinds: list) -> tuple:
         leaf = torch.ones(_SAMPLE, dtype=dtype)
@@ -204,8 +241,8 @@ class _Rule:
         h = optree.tree_unflatten(self.spec, leaves)
         state = self.parts.rebuilt(self.tx.init({"x": p}), [{"x": c} for c in columns])
         updates, state = self.tx.update({"x": g}, state, {"x": p}, h)
-        new = apply_updates({"x": p}, updates)["x"]
-        return [new, *(c["x"] for c in self.parts.columns(state))]
+        lead = updates["x"] if self.exact else apply_updates({"x": p}, updates)["x"]
+        return [lead, *(c["x"] for c in self.parts.columns(state))]
 
 
 def _baked(value: Any) -> bool:
@@ -218,7 +255,10 @@ def _layout(tx: Any) -> tuple:
     holds a tensor shaped like its parameter (``TENSOR``) or a 0-d one (``SCALAR``), and the
     indices of the 0-d ones; ``kinds`` is ``None`` where the state has other parts (a
     schedule's count) or other shapes (SM3's accumulator per dimension, factored moments)."""
-    parts = _Parts(tx.init(_ParamsPlaceholder()))
+    try:
+        parts = _Parts(tx.init(_ParamsPlaceholder()))
+    except (TypeError, ValueError):  # (an init that reads its parameters' structure: Adam-mini
+        return None, None, []        # with a partition)
     leaf = torch.ones(_SAMPLE)
     kinds: list | None = []
     for column in parts.columns(tx.init({"x": leaf})) if parts.only else [None]:
@@ -235,41 +275,41 @@ _SAMPLE = (2, 3)
 parameter, per row or column, shows)."""
 
 
-def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
-    """The blocked step of ``tx`` (an alias: flat hyperparameters ``defaults``): its chain's
-    update traced once per dtype and structural hyperparameters (:func:`_baked`) into a
-    foreach program (:mod:`functional_optim._program`) and run in place, a cache-sized block
-    at a time, on the parameters and the state's tensors; 0-d state (step counts) is replaced
-    by new tensors, one per parameter, as torch.optim keeps it.
+class _Programs:
+    """The programs of an alias's rule, by dtypes and the hyperparameters a trace bakes in
+    (:meth:`_Rule.key`), and their runs on a step's tensors: what its blocked step
+    (:func:`rule_step`) and its pure update (:func:`rule_update`) share."""
 
-    ``None`` (the chain runs) unless every hyperparameter is a number, the state is all
-    parameter-shaped (no schedule), the leaves are float32/float64 CPU tensors, the 0-d state
-    is on the CPU and the rule is pointwise (:func:`~functional_optim._program.trace`)."""
-    programs: dict = {}
-    layout: list = []  # (parts, kinds, scalar columns): made at the first step, not here (a
-    # compiled adapter step builds its transform under dynamo; the step itself runs untraced)
+    def __init__(self, tx: Any, defaults: dict, where: str) -> None:
+        self.tx, self.defaults, self.where = tx, defaults, where
+        self.programs: dict = {}
+        self.layout: list = []  # (parts, kinds, scalar columns): made at the first step, not
+        # here (a compiled adapter step builds its transform under dynamo; the step runs
+        # untraced)
 
-    def program(rule: _Rule, dtype: torch.dtype, column_dtypes: list) -> Program | None:
-        key = (dtype, tuple(column_dtypes), rule.key())
-        if key not in programs:
-            _, kinds, _ = layout
-            n = len(kinds)
+    def program(self, rule: _Rule, dtype: torch.dtype, column_dtypes: list) -> Program | None:
+        key = (dtype, tuple(column_dtypes), rule.key(), rule.exact)
+        if key not in self.programs:
+            if rule.exact and sum(k[3] for k in self.programs) >= _EXACT_PROGRAMS:
+                return None  # (numbers that change every step: the chain runs)
+            _, kinds, _ = self.layout
             all_kinds = [TENSOR, TENSOR, *kinds, *[SCALAR] * len(rule.live)]
-            targets = [1] + [2 + c if kinds[c] == TENSOR else None for c in range(n)]
-            programs[key] = trace(rule, rule.inputs(dtype, column_dtypes, kinds), all_kinds,
-                                  targets)
-        return programs[key]
+            targets = [0 if rule.exact else 1] + [2 + c if kind == TENSOR else None
+                                                  for c, kind in enumerate(kinds)]
+            self.programs[key] = trace(rule, rule.inputs(dtype, column_dtypes, kinds),
+                                       all_kinds, targets)
+        return self.programs[key]
 
-    def rule_runs(rule: _Rule, dtype: torch.dtype, numbers: bool, columns: list, names: list,
-                  runs: list) -> bool:
+    def rule_runs(self, rule: _Rule, dtype: torch.dtype, numbers: bool, columns: list,
+                  names: list, owned: tuple, runs: list) -> bool:
         """Appends the runs of the parameters ``names`` (one dtype) to ``runs``: one per value
         of the 0-d state the rule reads (the step counts, unless some parameters skipped
         steps), apart where a column of 0-d state it reads or writes mixes dtypes; ``False``
         where the rule has no program. Only that 0-d state is looked at (RMSprop's momentum
         count, untouched while its momentum is 0, is not: on 300 tensors each count read is a
         cache miss)."""
-        _, kinds, scalar = layout
-        prog = program(rule, dtype, [c[names[0]].dtype for c in columns])
+        _, kinds, scalar = self.layout
+        prog = self.program(rule, dtype, [c[names[0]].dtype for c in columns])
         if prog is None:
             return False
         used = [c for c in scalar if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
@@ -278,59 +318,85 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
             return False
         if not all(len({x.dtype for x in column}) == 1 for column in counts.values()):
             dtypes = list(zip(*([x.dtype for x in column] for column in counts.values())))
-            return all(rule_runs(rule, dtype, numbers, columns, members, runs)
+            return all(self.rule_runs(rule, dtype, numbers, columns, members, owned, runs)
                        for members in _by_value(names, dtypes).values())
         keyed = [c for c in used if 2 + c in prog.read]
         values = [torch.stack(counts[c]).tolist() for c in keyed]
         keys = list(zip(*values)) if keyed else [()] * len(names)
-        owned = () if pure_copies() is not None else (
-            1, *(2 + c for c, kind in enumerate(kinds) if kind == TENSOR))
         for key, members in _by_value(names, keys).items():
             inputs = [None] * (2 + len(kinds)) + [rule.leaves[k] for k in rule.live]
             for c, v in zip(keyed, key):
                 inputs[2 + c] = v
             env = prog.scalars(inputs)
-            plan = prog.plan(env, owned, dtype, numbers)
+            plan = prog.plan(env, owned, dtype, numbers, rule.exact)
             if plan is None:
                 return False
             runs.append((prog, env, plan, members, numbers))
         return True
 
-    def fused(params, grads, state, hparams):
-        h = resolve_hparams(defaults, hparams, where)
+    def runs(self, params: dict, grads: dict, state: Any, hparams: Any, exact: bool,
+             owned: bool) -> tuple | None:
+        """``(columns, runs)`` of a step or an update (``exact``: the pure update's programs,
+        op for op, on the CPU; ``owned``: the parameters and state may be overwritten), or
+        ``None`` where the chain must run."""
+        try:
+            h = resolve_hparams(self.defaults, hparams, self.where)
+        except HParamError:  # (the chain's error names what is fixed at construction)
+            return None
         if not all(_plain(v) for v in h.values()):
             return None
-        if not layout:
-            layout.extend(_layout(tx))
-        parts, kinds, scalar = layout
-        tensor = [c for c, kind in enumerate(kinds or ()) if kind == TENSOR]
-        groups = _groups(params, grads, None)
-        if kinds is None or groups is None or not all(map(_runs_on, groups)):
+        if not self.layout:
+            self.layout.extend(_layout(self.tx))
+        parts, kinds, _ = self.layout
+        if kinds is None or params.keys() != grads.keys():
             return None
-        columns = parts.columns(state)
-        rule = _Rule(tx, parts, h)
+        groups = _groups(params, grads, None)
+        if groups is None or not all(map(_runs_on, groups)) or any(
+                [g.is_sparse for g in grads.values()]):
+            return None
+        if exact and (any(d.type != "cpu" for d, _ in groups) or 0 in [
+                g.ndim for g in grads.values()]):
+            return None  # (a 0-d leaf's op with a 0-d coefficient computes in float64; the
+            # multi-tensor path stacks such leaves)
+        try:
+            columns = parts.columns(state)
+        except (ValueError, TypeError):  # (not the state of this transform: its error)
+            return None
+        if not owned and not _matches(params, grads, columns, kinds) or exact and \
+                _execute.given_up_or_graphed(columns):
+            return None  # (the chain names what differs, raises for a donated state, or
+            # records a graph through the state)
+        rule = _Rule(self.tx, parts, h, exact)
+        mine = (1, *(2 + c for c, kind in enumerate(kinds) if kind == TENSOR)) if owned else ()
         runs: list = []
-        if not all(rule_runs(rule, dtype, _whole(device), columns, names, runs)
+        if not all(self.rule_runs(rule, dtype, _whole(device), columns, names, mine, runs)
                    for (device, dtype), names in groups.items()):
             return None
-        copies = pure_copies()
-        new, new_params = list(columns), params if copies is None else dict(params)
+        return columns, runs
+
+    def run(self, params: dict, grads: dict, state: Any, columns: list, runs: list,
+            owned: bool) -> tuple:
+        """``(lead, state)``: the runs in place (``owned``: ``lead`` is ``params``, updated) or
+        into new tensors (``lead``: the new parameters, or the updates of an exact program),
+        the 0-d state replaced by new tensors."""
+        parts, kinds, scalar = self.layout
+        tensor = [c for c, kind in enumerate(kinds) if kind == TENSOR]
+        new, lead = list(columns), params if owned else {}
         with torch.no_grad():
             for prog, env, (run, k), members, whole in runs:
-                at = [c for c, kind in enumerate(kinds) if kind == TENSOR and (
-                    2 + c in prog.read or not prog.unchanged(1 + c, 2 + c))]
+                at = [c for c in tensor if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
                 tables = [[params[n] for n in members], [grads[n] for n in members]]
                 tables += [[columns[c][n] for n in members] for c in at]
-                each = _Blocks(tables, at, 2 + len(kinds) + len(rule.live), whole)
-                if copies is None:
+                each = _Blocks(tables, at, prog.n_inputs, whole)
+                if owned:
                     for lists, _ in each([]):
                         run(lists, k)
-                else:  # (fo.step without donation: new tensors, the inputs left alone)
-                    olds = [tables[0]] + [
+                else:  # (new tensors, the inputs left alone)
+                    olds = [tables[0] if prog.targets[0] == 1 else tables[1]] + [
                         [columns[c][n] for n in members] if not prog.unchanged(1 + c, 2 + c)
                         else None for c in tensor]
-                    made = _pure_run(run, k, each, olds, whole)
-                    new_params.update(zip(members, made[0]))
+                    made = _pure_run(run, k, each, olds, whole, prog.targets[0] == 1)
+                    lead.update(zip(members, made[0]))
                     for c, tensors in zip(tensor, made[1:]):
                         if tensors is not None:
                             new[c] = {**new[c], **dict(zip(members, tensors))}
@@ -342,9 +408,77 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
                             new[c] = filled
                         else:
                             new[c] = {**new[c], **filled}
+        if not owned:  # (in the order of the trees given)
+            lead = {n: lead[n] for n in (params if runs[0][0].targets[0] == 1 else grads)}
+        return lead, parts.rebuilt(state, new)
+
+
+_EXACT_PROGRAMS = 16
+"""The most exact programs an alias traces (a Python-number hyperparameter that changes every
+step, a schedule's lr given as a float, would trace one per step: beyond, the chain runs)."""
+
+
+def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
+    """The blocked step of ``tx`` (an alias: flat hyperparameters ``defaults``): its chain's
+    update traced once per dtype and structural hyperparameters (:func:`_baked`) into a
+    foreach program (:mod:`functional_optim._program`) and run in place, a cache-sized block
+    at a time, on the parameters and the state's tensors; 0-d state (step counts) is replaced
+    by new tensors, one per parameter, as torch.optim keeps it.
+
+    ``None`` (the chain runs) unless every hyperparameter is a number, the state is all
+    parameter-shaped (no schedule), the leaves are float32/float64 CPU or CUDA tensors, the
+    0-d state is on the CPU and the rule is pointwise (:func:`~functional_optim._program.trace`).
+    Within :func:`~functional_optim._fused.owning` (``fo.step`` without donation) the program
+    runs out of place (:func:`_pure_run`): the same ops, so the donated step's numbers.
+    ``step.rules``: its :class:`_Programs`, shared with :func:`rule_update`."""
+    programs = _Programs(tx, defaults, where)
+
+    def fused(params, grads, state, hparams):
+        copies = pure_copies()
+        prepared = programs.runs(params, grads, state, hparams, False, copies is None)
+        if prepared is None:
+            return None
+        new_params, new_state = programs.run(params, grads, state, *prepared, copies is None)
         if copies is not None:
             copies.append(new_params)
-        return parts.rebuilt(state, new)
+        return new_state
 
-    fused.programs = programs  # (by dtypes and structural hparams: for inspection)
+    fused.programs = programs.programs  # (by dtypes and hyperparameters: for inspection)
+    fused.rules = programs  # (shared with the alias's pure update: with_rule_steps)
     return fused
+
+
+def rule_update(programs: _Programs, update: Callable) -> Callable:
+    """``update`` (an alias's pure ``tx.update``, whose rule ``programs`` traces) run, where
+    it may, as the rule's exact program (:mod:`functional_optim._program_exact`): traced once
+    per dtype and hyperparameter values, replayed op for op on blocks of the leaves into new
+    tensors. The same ops per leaf, so the same numbers as ``update`` leaf by leaf (and its
+    multi-tensor path), bit for bit, without its Python per op. Where ``update`` would run
+    its multi-tensor path on dicts of plain float32/float64 CPU tensors with no 0-d leaf and
+    number hyperparameters, called with nothing but these four arguments; ``update`` itself
+    otherwise (and where the rule has no program)."""
+
+    def fast(updates, state, params=None, hparams=None, **extra):
+        if not extra and isinstance(params, dict) and isinstance(updates, dict) and \
+                _execute.pure_multi_tensor([list(updates.values()), list(params.values())],
+                                           hparams):
+            prepared = programs.runs(params, updates, state, hparams, True, False)
+            if prepared is not None:
+                return programs.run(params, updates, state, *prepared, False)
+        return update(updates, state, params, hparams, **extra)
+
+    return fast
+
+
+def with_rule_steps(tx: Any, defaults: dict, where: str, then: FusedStep | None = None, *,
+                    blocked: bool = True) -> Any:
+    """``tx`` (an alias: flat hyperparameters ``defaults``) with its pure ``update`` run as the
+    rule's exact program where it may (:func:`rule_update`) and, with ``blocked``, its rule's
+    blocked step as its ``fused`` step (:func:`rule_step`; ``then`` where that declines);
+    else ``then`` (torch's fused kernels)."""
+    if not blocked:
+        return tx._replace(update=rule_update(_Programs(tx, defaults, where), tx.update),
+                           fused=then)
+    step = rule_step(tx, defaults, where)
+    return tx._replace(update=rule_update(step.rules, tx.update),
+                       fused=step if then is None else first(step, then))

@@ -317,7 +317,7 @@ class Program:
         return self.outputs[slot] == Ref(k)
 
     def plan(self, env: list, owned: tuple[int, ...], dtype: torch.dtype,
-             numbers: bool = False) -> tuple[Callable, tuple] | None:
+             numbers: bool = False, exact: bool = False) -> tuple[Callable, tuple] | None:
         """``(run, k)``: ``run(lists, k)`` computes the tensor outputs in place on ``lists``
         (one list per input, ``None`` at scalars), for the scalar values ``env``; inputs
         ``owned`` may be overwritten (the parameters, donated state). With nothing owned,
@@ -325,6 +325,7 @@ class Program:
         slot order; an unchanged input's own list; the same ops, so the same digits). ``None``:
         a tensor op that does not keep ``dtype``. ``numbers``: the scalar operands of the
         foreach kernels are Python numbers (for lists on a GPU), not cached CPU 0-d tensors.
+        ``exact``: op for op (:mod:`functional_optim._program_exact`), with nothing owned.
 
         A plan holds for the branches its ``where`` ops take and for which of the scalars
         that the tensor ops read are exactly 1 (a plan drops a multiplication by 1, and the
@@ -332,10 +333,12 @@ class Program:
         torch.optim runs it); other values are read from ``env`` at each call."""
         where = tuple(bool(env[n.args[0].index]) for n in self.wheres)
         key = (where, tuple(map(_special, map(env.__getitem__, self.coefficients))), owned,
-               dtype, numbers)
+               dtype, numbers, exact)
         compiled = self._plans.get(key)
         if compiled is None:
-            compiled = self._plans[key] = _compile(self, env, owned, dtype, numbers)
+            compiled = self._plans[key] = (
+                _compile_exact(self, env, dtype, numbers) if exact else
+                _compile(self, env, owned, dtype, numbers))
         if compiled is False:
             return None
         run, operands = compiled
@@ -343,5 +346,6 @@ class Program:
 
 
 from ._program_code import compile_plan as _compile  # noqa: E402
+from ._program_exact import compile_exact as _compile_exact  # noqa: E402
 
 

@@ -24,7 +24,8 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     the donated step below would run a fused or blocked step and no tensor requires grad (or
     grad mode is off), that step on copies of the state and parameters instead (the inputs
     untouched; the donated step's numbers, which are the two calls' up to a fused kernel's
-    rounding order): one pass of copies instead of the chain's out-of-place temporaries.
+    rounding order): one pass of copies instead of the chain's out-of-place temporaries; a
+    blocked step runs its program out of place instead, into new tensors, with no copies.
 
     ``donate=True``: the caller gives up ``state`` and ``params``. The returned trees are the
     new ones; they share the old tensors (updated in place), so the old ones must not be read
@@ -33,7 +34,8 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     does). The numbers are the pure step's (up to rounding order on a fused kernel). Eagerly:
 
     - an alias with a fused step (SGD, Adam, AdamW, Adagrad: torch's fused kernels; the other
-      classic algorithms: the cache-blocked in-place step), or a library chain that one of
+      classic algorithms and every pointwise alias: the cache-blocked in-place step, whole
+      lists on a GPU), or a library chain that one of
       torch's Adam kernels computes (``[clip_by_global_norm] → [add_decayed_weights] →
       scale_by_adam → [add_decayed_weights] → scale_by_learning_rate``), on a dict of plain
       CPU/CUDA float32/float64 tensors that all have gradients: that step, in place, as

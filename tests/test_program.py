@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import functional_optim as fo
-from functional_optim import _blocked, _program
+from functional_optim import _blocked, _execute, _program
 from functional_optim._program import SCALAR, TENSOR
 
 
@@ -148,7 +148,7 @@ def test_whole_lists_with_number_scalars_give_the_blocked_numbers(name, monkeypa
             state = step(params, {k: torch.randn(s, generator=gen) for k, s in shapes.items()},
                          state, None)
             assert state is not None
-        plans = [key[-1] for prog in step.programs.values() for key in prog._plans]
+        plans = [key[-2] for prog in step.programs.values() for key in prog._plans]
         assert plans and all(numbers == whole for numbers in plans)
         results.append((params, state))
     for a, b in zip(*(optree.tree_leaves(r) for r in results)):
@@ -184,3 +184,70 @@ def test_a_pure_step_runs_the_program_into_new_tensors(name, monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(inputs, before))
     for a, b in zip(optree.tree_leaves(pure), optree.tree_leaves(donated)):
         assert torch.equal(a, b) and a.stride() == b.stride()
+
+
+_EXACT = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adadelta", "adamax", "nadam", "radam",
+          "asgd", "rprop", "lion", "adopt", "ademamix", "adan"]
+
+
+def _exact_plans(monkeypatch) -> list:
+    """The exact plans a test's updates run (one entry per group and step)."""
+    used, plan = [], _program.Program.plan
+    monkeypatch.setattr(_program.Program, "plan", lambda self, *a: (
+        used.append(1) if a[-1] else None, plan(self, *a))[1])
+    return used
+
+
+@pytest.mark.parametrize("name", _EXACT)
+def test_a_pure_update_runs_the_exact_program_with_the_per_leaf_numbers(name, monkeypatch):
+    """An alias's pure ``tx.update`` runs its rule's exact program (op for op, into new
+    tensors): the per-leaf path's numbers bit for bit (float32 and float64 leaves, one larger
+    than a block, one transposed), its inputs untouched (Adan's first step runs the chain: its
+    ``where`` puts a scalar into a tensor)."""
+    used = _exact_plans(monkeypatch)
+    tx = getattr(fo, name)()
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"big": (_blocked.BLOCK + 3,), "t": (4, 6), "w": (5, 3), "d": (7,)}
+
+    def tree():
+        out = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+        out["t"], out["d"] = out["t"].t(), out["d"].double()
+        return out
+
+    params = tree()
+    fast, slow = (params, tx.init(params)), (params, tx.init(params))
+    for _ in range(5):
+        grads = tree()
+        inputs = optree.tree_leaves((fast, grads))
+        versions = [x._version for x in inputs]
+        updates, state = tx.update(grads, fast[1], fast[0])
+        assert [x._version for x in inputs] == versions
+        assert list(updates) == list(grads)
+        fast = fo.apply_updates(fast[0], updates), state
+        with _execute.multi_tensor(False):
+            updates, state = tx.update(grads, slow[1], slow[0])
+        slow = fo.apply_updates(slow[0], updates), state
+    assert len(used) >= 8  # (two dtype groups, every step but Adan's first)
+    for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(slow)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_an_exact_program_per_hyperparameter_value_within_a_bound(monkeypatch):
+    """An exact program bakes in its hyperparameters' numbers: a Python-number lr that changes
+    every step traces a program per value, up to a bound, then runs the chain (the same
+    numbers either way)."""
+    used = _exact_plans(monkeypatch)
+    tx = fo.rmsprop()
+    params = {"w": torch.randn(5, 3)}
+    fast = slow = (params, tx.init(params))
+    for i in range(_blocked._EXACT_PROGRAMS + 4):
+        grads = {"w": torch.randn(5, 3)}
+        h = {"lr": 0.01 / (1 + i)}
+        updates, state = tx.update(grads, fast[1], fast[0], h)
+        fast = fo.apply_updates(fast[0], updates), state
+        with _execute.multi_tensor(False):
+            updates, state = tx.update(grads, slow[1], slow[0], h)
+        slow = fo.apply_updates(slow[0], updates), state
+    assert len(used) == _blocked._EXACT_PROGRAMS
+    for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(slow)):
+        assert torch.equal(a, b)

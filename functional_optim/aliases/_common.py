@@ -77,7 +77,8 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
     ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block.
 
     The adapter's fast path is the chain's own rule run in place a cache-sized block at a time
-    (:func:`functional_optim._blocked.rule_step`), where the rule is pointwise."""
+    (:func:`functional_optim._blocked.rule_step`), where the rule is pointwise; its pure
+    ``update`` the rule's exact program (:func:`functional_optim._blocked.rule_update`)."""
 
     def to_inner(h):
         inner: dict = {block: {k: h[k] for k in keys},
@@ -88,7 +89,7 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
 
     if not lr_block:
         tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
-        return tx._replace(fused=_blocked.rule_step(tx, defaults, f"{owner} hparams"))
+        return _blocked.with_rule_steps(tx, defaults, f"{owner} hparams")
     return _lr_folded(owner, blocks, defaults, to_inner, structural)
 
 
@@ -102,7 +103,7 @@ def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: d
     head = chain(**{k: b for k, b in blocks.items() if k != "lr"})
     fused = _fused.lr_folded_step(head, defaults, to_inner, where)
     tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
-    return tx._replace(fused=_fused.first(_blocked.rule_step(tx, defaults, where), fused))
+    return _blocked.with_rule_steps(tx, defaults, where, fused)
 
 
 def _number_or_tensor_lr(owner: str, lr: Any) -> None:

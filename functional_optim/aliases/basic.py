@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .. import _fused
+from .. import _blocked, _fused
 from .._execute import is_off
 from ..base import HParamError, Transform, chain, check_betas, check_hparam
 from ..registry import register
@@ -74,9 +74,9 @@ def sgd(lr: float | torch.Tensor = 1e-3, momentum: float | None = 0.0, dampening
 
     fused = _fused.sgd_step(nesterov=nesterov, maximize=maximize,
                             has_momentum=momentum is not None)
-    return _reparametrized(owner, chain(**blocks), defaults, to_inner,
-                           dict(nesterov=nesterov, maximize=maximize,
-                                detach_first=detach_first))._replace(fused=fused)
+    tx = _reparametrized(owner, chain(**blocks), defaults, to_inner,
+                         dict(nesterov=nesterov, maximize=maximize, detach_first=detach_first))
+    return _blocked.with_rule_steps(tx, defaults, f"{owner} hparams", fused, blocked=False)
 
 
 @register(paper=('Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization"; AMSGrad: Reddi '
@@ -104,10 +104,11 @@ def adam(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
     """
     owner = "adamw" if decoupled_weight_decay else "adam"
     fused = _fused.adam_step(decoupled=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize)
-    return adam_chain(owner, lambda: scale_by_adam(betas, eps, amsgrad=amsgrad), lr, betas, eps,
-                      weight_decay, maximize, decoupled_weight_decay,
-                      dict(amsgrad=amsgrad, maximize=maximize,
-                           decoupled_weight_decay=decoupled_weight_decay))._replace(fused=fused)
+    tx = adam_chain(owner, lambda: scale_by_adam(betas, eps, amsgrad=amsgrad), lr, betas, eps,
+                    weight_decay, maximize, decoupled_weight_decay,
+                    dict(amsgrad=amsgrad, maximize=maximize,
+                         decoupled_weight_decay=decoupled_weight_decay))
+    return _blocked.with_rule_steps(tx, tx.hparams, f"{owner} hparams", fused, blocked=False)
 
 
 def adam_chain(owner: str, block: Callable[[], Transform], lr: Any, betas: tuple, eps: Any,

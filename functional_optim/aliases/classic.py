@@ -281,7 +281,7 @@ def rprop(lr: float | torch.Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2
                           "step_sizes": h["step_sizes"]}}
 
     tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, dict(maximize=maximize))
-    return tx._replace(fused=_blocked.rule_step(tx, defaults, f"{owner} hparams"))
+    return _blocked.with_rule_steps(tx, defaults, f"{owner} hparams")
 
 
 @register(paper='Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by '
