@@ -348,16 +348,15 @@ class _Programs:
         if not self.layout:
             self.layout.extend(_layout(self.tx))
         parts, kinds, _ = self.layout
-        if kinds is None or params.keys() != grads.keys():
-            return None
+        if kinds is None or exact and params.keys() != grads.keys():
+            return None  # (fo.step and the adapter give dicts of the same keys)
         groups = _groups(params, grads, None)
-        if groups is None or not all(map(_runs_on, groups)) or any(
-                [g.is_sparse for g in grads.values()]):
+        if groups is None or not all(map(_runs_on, groups)):
             return None
-        if exact and (any(d.type != "cpu" for d, _ in groups) or 0 in [
-                g.ndim for g in grads.values()]):
-            return None  # (a 0-d leaf's op with a 0-d coefficient computes in float64; the
-            # multi-tensor path stacks such leaves)
+        if exact and (any(d.type != "cpu" for d, _ in groups) or any(
+                [g.is_sparse or not g.ndim for g in grads.values()])):
+            return None  # (sparse: the chain's error or sparse rule; a 0-d leaf's op with a
+            # 0-d coefficient computes in float64, the multi-tensor path stacks such leaves)
         try:
             columns = parts.columns(state)
         except (ValueError, TypeError):  # (not the state of this transform: its error)

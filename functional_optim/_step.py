@@ -81,13 +81,14 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
 
 def _fusable(params: Any, grads: Any, others: Any = None) -> bool:
     """Whether a fused step may take these trees: eager, dicts of the same keys, every value a
-    tensor (the fused steps check dtypes, devices and layouts themselves), and, with grad mode
-    on, no tensor among them and ``others`` (trees) that requires grad (a pure step's graph
-    runs the chain)."""
+    tensor, the gradients dense (the fused steps check dtypes, devices and layouts themselves),
+    and, with grad mode on, no tensor among them and ``others`` (trees) that requires grad (a
+    pure step's graph runs the chain)."""
     if not (isinstance(params, dict) and isinstance(grads, dict)
             and params.keys() == grads.keys()
-            and all([isinstance(x, torch.Tensor) for x in params.values()])):
-        return False
+            and all([isinstance(x, torch.Tensor) for x in params.values()])
+            and not any([getattr(g, "is_sparse", False) for g in grads.values()])):
+        return False  # (a sparse gradient: the chain, whose rule takes it or names it)
     columns = [list(params.values())]
     if others is not None and torch.is_grad_enabled():
         columns.append(optree.tree_leaves(others, none_is_leaf=True))
