@@ -148,6 +148,16 @@ def _matches(params: dict, grads: dict, columns: list, kinds: list) -> bool:
     return True
 
 
+def _given_up_or_graphed(columns: list) -> bool:
+    """Whether the state ``columns`` hold a donated state (its first leaf marks it: the chain
+    raises :class:`~functional_optim._execute.DonatedStateError`) or, with grad mode on, a
+    tensor that requires grad (the chain records a graph through the state)."""
+    if any(getattr(next(iter(c.values()), None), _execute._GIVEN_UP, False) for c in columns):
+        return True
+    return torch.is_grad_enabled() and any(
+        map(_execute._requires_grad, (c.values() for c in columns)))
+
+
 def _laid_out(new: list, old: list) -> list:
     """``new`` (a pure step's tensors) with the strides of ``old`` (the inputs they replace),
     as the pure step promises: copied where an op laid one out otherwise (a transposed
@@ -362,7 +372,7 @@ class _Programs:
         except (ValueError, TypeError):  # (not the state of this transform: its error)
             return None
         if not owned and not _matches(params, grads, columns, kinds) or exact and \
-                _execute.given_up_or_graphed(columns):
+                _given_up_or_graphed(columns):
             return None  # (the chain names what differs, raises for a donated state, or
             # records a graph through the state)
         rule = _Rule(self.tx, parts, h, exact)

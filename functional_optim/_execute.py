@@ -525,18 +525,8 @@ def fusing(updates: Any, params: Any, hparams: Any) -> bool:
 
 def pure_multi_tensor(columns: list, hparams: Any) -> bool:
     """Whether a pure update of the leaves ``columns`` (updates, parameters) runs the
-    multi-tensor path with nothing donated (no donation context): where
-    :func:`functional_optim._blocked.rule_update` may run an exact program instead."""
+    multi-tensor path with nothing donated (where an alias may run its exact program)."""
     return not _MULTI_TENSOR[1] and multi_tensor_wanted(columns, hparams)
-
-
-def given_up_or_graphed(columns: list) -> bool:
-    """Whether the state ``columns`` (dicts of tensors) hold a donated state (the first leaf of
-    each marks it: :class:`DonatedStateError` from :func:`elementwise`), or, with grad mode
-    on, a tensor that requires grad (a graph through the state)."""
-    if any(getattr(next(iter(c.values()), None), _GIVEN_UP, False) for c in columns):
-        return True
-    return torch.is_grad_enabled() and any(map(_requires_grad, (c.values() for c in columns)))
 
 
 def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:

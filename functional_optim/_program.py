@@ -337,7 +337,7 @@ class Program:
         compiled = self._plans.get(key)
         if compiled is None:
             compiled = self._plans[key] = (
-                _compile_exact(self, env, dtype, numbers) if exact else
+                _compile_exact(self, env, dtype) if exact else
                 _compile(self, env, owned, dtype, numbers))
         if compiled is False:
             return None

@@ -17,7 +17,6 @@ into their inputs' tensors (a copy only where an op could not end there).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from numbers import Number
 from typing import Any, NamedTuple
 
@@ -25,6 +24,7 @@ import torch
 
 from ._foreach import constant
 from ._program import TENSOR, Program, Ref, _as_tensor, _special
+from ._program_emit import Emitter
 
 _UNARY = {"sqrt", "abs", "neg", "sign", "exp", "log", "reciprocal", "sigmoid", "tanh", "expm1",
           "log1p", "sin", "cos", "erf", "floor", "ceil", "round", "trunc", "frac"}
@@ -421,43 +421,13 @@ def _value(env: list, coef: tuple) -> float:
     return total
 
 
-def _each(func: Any, args: list, lists: tuple, kwargs: dict) -> list:
-    """``func`` on each element of the list arguments (``lists[i]``: whether ``args[i]`` is
-    one), the other arguments as they are: an op without a foreach kernel."""
-    n = len(next(a for a, is_list in zip(args, lists) if is_list))
-    return [func(*(a[j] if is_list else a for a, is_list in zip(args, lists)), **kwargs)
-            for j in range(n)]
-
-
-def _into(fn: Callable, outs: list, *args: Any, **kwargs: Any) -> list:
-    """``fn`` on each element of the list arguments, written into ``outs``: a foreach op with
-    ``out=`` (the same kernel per tensor as the foreach op's, so the same digits)."""
-    for i, out in enumerate(outs):
-        fn(*(a[i] if isinstance(a, (list, tuple)) else a for a in args), **kwargs, out=out)
-    return outs
-
-
-def _copied(outs: list, new: list) -> list:
-    torch._foreach_copy_(outs, new)
-    return outs
-
-
-class _Code:
+class _Code(Emitter):
     """Foreach code for a list of :class:`IR` calls."""
 
     def __init__(self, lowering: _Lowering, owned: tuple, dtype: torch.dtype,
                  numbers: bool) -> None:
+        super().__init__(owned)
         self.low, self.dtype, self.numbers = lowering, dtype, numbers
-        self.lines: list[str] = []
-        self.operands: list[Callable] = []
-        self.funcs: list = []
-        self.home: dict[int, str] = {}
-        self.owned = {f"a{k}" for k in owned}
-        self.made: dict[str, tuple] = {}  # temporary -> (its line, foreach name, arguments)
-
-    def bind(self, fn: Callable) -> str:
-        self.operands.append(fn)
-        return f"k[{len(self.operands) - 1}]"
 
     def number(self, coef: tuple) -> str:
         return self.bind(lambda env: _value(env, coef))
@@ -529,43 +499,6 @@ class _Code:
         if not op.func._schema.returns[0].alias_info:  # (a view is nobody's to overwrite)
             self.owned.add(f"t{op.out}")
 
-    def returns(self, homes: dict) -> None:
-        """``run(L, k, O)`` returns each output's tensors (``homes``: by target input), new
-        ones: an input's own where it is unchanged, else a copy where they are another input's
-        or another output's (no tensor of the caller's ends in a new place). ``O[j]``, where
-        not ``None``, is where output ``j``'s new tensors go (views of a split leaf's new
-        tensor): the op that makes them writes there (``out=``), or they are copied there."""
-        seen: set = set()
-        out = []
-        for j, (target, home) in enumerate(homes.items()):
-            if home in seen or home.startswith("a") and home != target:
-                self.lines.append(f"c_{target} = torch._foreach_mul({home}, 1)")
-                self.made[f"c_{target}"] = (len(self.lines) - 1, "mul", f"{home}, 1")
-                home = f"c_{target}"
-            if home in self.made:
-                line, name, call = self.made.pop(home)
-                self.lines[line] = (f"{home} = torch._foreach_{name}({call}) if O[{j}] is None "
-                                    f"else _into(torch.{name}, O[{j}], {call})")
-                out.append(home)
-            else:  # (an output made in place, or unchanged: its input's list)
-                out.append(f"{home} if O[{j}] is None else _copied(O[{j}], {home})")
-            seen.add(home)
-        self.lines.append(f"return [{', '.join(out)}]")
-
-    def moves(self, moves: dict) -> None:
-        """Each new tensor (at ``moves[target]``) into its target's tensors, none overwritten
-        while another move still reads it."""
-        pending = {t: s for t, s in moves.items() if t != s}
-        while pending:
-            free = [t for t in pending if t not in pending.values()]
-            if not free:  # (a cycle: one source copied aside first)
-                t = next(iter(pending))
-                self.lines.append(f"s_{t} = torch._foreach_add({pending[t]}, 0)")
-                pending[t] = f"s_{t}"
-                continue
-            for t in free:
-                self.lines.append(f"torch._foreach_copy_({t}, {pending.pop(t)})")
-
 
 def compile_plan(program: Program, env: list, owned: tuple, dtype: torch.dtype,
                  numbers: bool) -> Any:
@@ -615,19 +548,5 @@ def compile_plan(program: Program, env: list, owned: tuple, dtype: torch.dtype,
             code.home[k] = f"a{k}"
     for i, op in enumerate(low.ir):
         code.emit(op, i, last)
-    homes = {f"a{targets[slot]}": code.home[r.index] for slot, r in outs.items()}
-    if owned:
-        code.moves(homes)
-    else:
-        code.returns(homes)
-        code.lines.insert(0, f"O = O or {(None,) * len(homes)!r}")
-    lists = ", ".join(f"a{k}" if program.kind(Ref(k)) == TENSOR else "_"
-                      for k in range(program.n_inputs))
-    source = f"def run(L, k, O=None):\n    {lists}, = L\n" + "".join(
-        f"    {line}\n" for line in code.lines or ["pass"])
-    namespace = {"torch": torch, "_each": _each, "_into": _into, "_copied": _copied,
-                 "F": code.funcs}
-    exec(compile(source, "<functional_optim program>", "exec"), namespace)  # noqa: S102
-    run = namespace["run"]
-    run.source = source
-    return run, code.operands
+    return code.finish(program, {f"a{targets[slot]}": code.home[r.index]
+                                 for slot, r in outs.items()})

@@ -22,14 +22,15 @@ from typing import Any
 import torch
 
 from ._program import CONST, SCALAR, TENSOR, Program, Ref, _as_tensor
-from ._program_code import _UNARY, _Code, _copied, _each, _into
+from ._program_code import _UNARY
+from ._program_emit import Emitter
 
 _LIST_SCALAR = {"add", "mul", "div"}  # ops with a (list, 0-d tensor) overload
 _LISTS = {"add", "sub", "mul", "div", "maximum", "minimum"}  # (list, list)
 
 
 class _Values:
-    """What :class:`_Code` reads of a lowering: each value's dtype, which are tensors."""
+    """Each value's dtype, and which are tensors (lists in the code)."""
 
     def __init__(self, program: Program) -> None:
         self.program = program
@@ -39,9 +40,9 @@ class _Values:
         return isinstance(x, Ref) and self.program.kind(x) == TENSOR
 
 
-def compile_exact(program: Program, env: list, dtype: torch.dtype, numbers: bool) -> Any:
+def compile_exact(program: Program, env: list, dtype: torch.dtype) -> Any:
     """``(run, operands)`` for :meth:`Program.plan` with ``exact``: ``run(L, k, O)`` returns the
-    tensor outputs' new lists (its inputs left alone; see :meth:`_Code.returns`); ``False``
+    tensor outputs' new lists (its inputs left alone; see :meth:`Emitter.returns`); ``False``
     where an output is no tensor of ``dtype`` (a scalar branch taken into a tensor)."""
     alias = {n.out: n.args[1] if env[n.args[0].index] else n.args[2] for n in program.wheres}
 
@@ -75,28 +76,18 @@ def compile_exact(program: Program, env: list, dtype: torch.dtype, numbers: bool
                 last[a.index] = i
     for r in outs.values():
         last[r.index] = len(order)
-    code = _Code(values, (), dtype, numbers)
+    code = Emitter(())
     for k in range(program.n_inputs):
         if program.kind(Ref(k)) == TENSOR:
             code.home[k] = f"a{k}"
     for i, n in enumerate(order):
-        _emit(code, program, n, [res(a) for a in n.args],
+        _emit(code, values, n, [res(a) for a in n.args],
               {k: res(v) for k, v in n.kwargs.items()}, i, last)
-    code.returns({f"a{targets[slot]}": code.home[r.index] for slot, r in outs.items()})
-    code.lines.insert(0, f"O = O or {(None,) * len(outs)!r}")
-    lists = ", ".join(f"a{k}" if program.kind(Ref(k)) == TENSOR else "_"
-                      for k in range(program.n_inputs))
-    source = f"def run(L, k, O=None):\n    {lists}, = L\n" + "".join(
-        f"    {line}\n" for line in code.lines)
-    namespace = {"torch": torch, "_each": _each, "_into": _into, "_copied": _copied,
-                 "F": code.funcs}
-    exec(compile(source, "<functional_optim exact program>", "exec"), namespace)  # noqa: S102
-    run = namespace["run"]
-    run.source = source
-    return run, code.operands
+    return code.finish(program, {f"a{targets[slot]}": code.home[r.index]
+                                 for slot, r in outs.items()})
 
 
-def _operand(code: _Code, program: Program, x: Any) -> str:
+def _operand(code: Emitter, program: Program, x: Any) -> str:
     """A non-tensor operand as the traced op took it: a scalar recomputed as a 0-d tensor of
     its dtype, a constant as the very tensor (a wrapped number stays one), a literal."""
     if isinstance(x, Ref) and program.kind(x) == SCALAR:
@@ -138,11 +129,11 @@ def _form(name: str, overload: str, tensors: list, args: list, kw: dict) -> str 
     return None
 
 
-def _emit(code: _Code, program: Program, node: Any, args: list, kw: dict, i: int,
+def _emit(code: Emitter, values: _Values, node: Any, args: list, kw: dict, i: int,
           last: dict) -> None:
     """One traced op as a line of ``code`` (in place on its first operand where that is a
     temporary no later op reads)."""
-    values = code.low
+    program = values.program
     name, overload = node.func.overloadpacket.__name__, node.func._overloadname
     tensors = [values.tensor(a) for a in args]
     form = None if any(values.tensor(v) for v in kw.values()) else _form(
