@@ -265,13 +265,14 @@ def _layout(tx: Any) -> tuple:
     holds a tensor shaped like its parameter (``TENSOR``) or a 0-d one (``SCALAR``), and the
     indices of the 0-d ones; ``kinds`` is ``None`` where the state has other parts (a
     schedule's count) or other shapes (SM3's accumulator per dimension, factored moments)."""
+    leaf = torch.ones(_SAMPLE)
     try:
         parts = _Parts(tx.init(_ParamsPlaceholder()))
-    except (TypeError, ValueError):  # (an init that reads its parameters' structure: Adam-mini
-        return None, None, []        # with a partition)
-    leaf = torch.ones(_SAMPLE)
+        sample = tx.init({"x": leaf}) if parts.only else None
+    except (TypeError, ValueError):  # (an init that reads its parameters' structure: a
+        return None, None, []        # partition, a mask tree)
     kinds: list | None = []
-    for column in parts.columns(tx.init({"x": leaf})) if parts.only else [None]:
+    for column in parts.columns(sample) if parts.only else [None]:
         x = None if column is None else column.get("x")
         if not isinstance(x, torch.Tensor) or x.ndim and x.shape != leaf.shape:
             kinds = None
@@ -293,6 +294,7 @@ class _Programs:
     def __init__(self, tx: Any, defaults: dict, where: str) -> None:
         self.tx, self.defaults, self.where = tx, defaults, where
         self.programs: dict = {}
+        self.pointwise = True  # (False once a trace or the layout says the rule is not)
         self.layout: list = []  # (parts, kinds, scalar columns): made at the first step, not
         # here (a compiled adapter step builds its transform under dynamo; the step runs
         # untraced)
@@ -308,6 +310,7 @@ class _Programs:
                                                   for c, kind in enumerate(kinds)]
             self.programs[key] = trace(rule, rule.inputs(dtype, column_dtypes, kinds),
                                        all_kinds, targets)
+            self.pointwise = self.programs[key] is not None
         return self.programs[key]
 
     def rule_runs(self, rule: _Rule, dtype: torch.dtype, numbers: bool, columns: list,
@@ -349,14 +352,17 @@ class _Programs:
         """``(columns, runs)`` of a step or an update (``exact``: the pure update's programs,
         op for op, on the CPU; ``owned``: the parameters and state may be overwritten), or
         ``None`` where the chain must run."""
+        if not self.pointwise:
+            return None
         try:
             h = resolve_hparams(self.defaults, hparams, self.where)
         except HParamError:  # (the chain's error names what is fixed at construction)
             return None
-        if not all(_plain(v) for v in h.values()):
+        if not all(map(_plain, optree.tree_leaves(h, none_is_leaf=True))):
             return None
         if not self.layout:
             self.layout.extend(_layout(self.tx))
+            self.pointwise = self.layout[1] is not None
         parts, kinds, _ = self.layout
         if kinds is None or exact and params.keys() != grads.keys():
             return None  # (fo.step and the adapter give dicts of the same keys)
@@ -458,14 +464,15 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
 
 
 def rule_update(programs: _Programs, update: Callable) -> Callable:
-    """``update`` (an alias's pure ``tx.update``, whose rule ``programs`` traces) run, where
-    it may, as the rule's exact program (:mod:`functional_optim._program_exact`): traced once
-    per dtype and hyperparameter values, replayed op for op on blocks of the leaves into new
-    tensors. The same ops per leaf, so the same numbers as ``update`` leaf by leaf (and its
-    multi-tensor path), bit for bit, without its Python per op. Where ``update`` would run
-    its multi-tensor path on dicts of plain float32/float64 CPU tensors with no 0-d leaf and
-    number hyperparameters, called with nothing but these four arguments; ``update`` itself
-    otherwise (and where the rule has no program)."""
+    """``update`` (an alias's pure ``tx.update``, whose rule ``programs`` traces) run, where it
+    may, as the rule's exact program
+    (:mod:`functional_optim._program_exact`): traced once per dtype and hyperparameter values,
+    replayed op for op on blocks of the leaves into new tensors. The same ops per leaf, so the
+    same numbers as ``update`` leaf by leaf (and its multi-tensor path), bit for bit, without
+    its Python per op. Where ``update`` would run its multi-tensor path on dicts of plain
+    float32/float64 CPU tensors with no 0-d leaf and number hyperparameters, called with
+    nothing but these four arguments; ``update`` itself otherwise, and where the rule is not
+    pointwise (a global norm, a schedule's count: traced once, then never again)."""
 
     def fast(updates, state, params=None, hparams=None, **extra):
         if not extra and isinstance(params, dict) and isinstance(updates, dict) and \
@@ -484,7 +491,10 @@ def with_rule_steps(tx: Any, defaults: dict, where: str, then: FusedStep | None 
     """``tx`` (an alias: flat hyperparameters ``defaults``) with its pure ``update`` run as the
     rule's exact program where it may (:func:`rule_update`) and, with ``blocked``, its rule's
     blocked step as its ``fused`` step (:func:`rule_step`; ``then`` where that declines);
-    else ``then`` (torch's fused kernels)."""
+    else ``then`` (torch's fused kernels). For the aliases whose every leaf runs the same rule:
+    a transform whose rule depends on the leaf (a mask, a partition, a name: HuggingFace's
+    ``exclude_from_weight_decay``) would be traced for one leaf and replayed on all, so a
+    chain gets no such program unless its alias vouches for it here."""
     if not blocked:
         return tx._replace(update=rule_update(_Programs(tx, defaults, where), tx.update),
                            fused=then)

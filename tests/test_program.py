@@ -251,3 +251,39 @@ def test_an_exact_program_per_hyperparameter_value_within_a_bound(monkeypatch):
     assert len(used) == _blocked._EXACT_PROGRAMS
     for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(slow)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(1e-3)),
+    lambda: fo.rmsprop(lr=fo.schedules.linear(1e-3, 0.0, 10))], ids=["user_chain", "schedule"])
+def test_a_user_chain_or_a_schedule_runs_as_it_is(make, monkeypatch):
+    """A user's chain gets no exact program (its blocks could differ by leaf: a mask, a
+    partition; only an alias vouches for its rule), nor does an alias that keeps a state that
+    is not per parameter (a schedule's count): the chain runs."""
+    used = _exact_plans(monkeypatch)
+    tx = make()
+    params = {"w": torch.randn(5, 3)}
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = tx.update({"w": torch.randn(5, 3)}, state, params)
+    assert not used
+
+
+@pytest.mark.parametrize("name", ["adamaxw", "nadamw", "adan", "lion"])
+def test_an_alias_whose_rule_differs_by_leaf_gets_no_program(name):
+    """A mask (decay only the matrices) makes the rule differ from leaf to leaf: a program
+    traced on one leaf would decay every leaf or none. Such an alias runs its chain on every
+    path: the donated and pure steps and the pure update give the per-leaf numbers."""
+    tx = getattr(fo, name)(weight_decay=0.5, mask=lambda p: {k: v.ndim > 1 for k, v in p.items()})
+    params = {"w": torch.randn(4, 3), "b": torch.randn(3)}
+    grads = {k: torch.randn(v.shape) for k, v in params.items()}
+    with _execute.multi_tensor(False):
+        updates, _ = tx.update(grads, tx.init(params), params)
+    expected = fo.apply_updates(params, updates)
+    donated, _ = fo.step(tx, grads, tx.init(params), {k: v.clone() for k, v in params.items()},
+                         donate=True)
+    pure, _ = fo.step(tx, grads, tx.init(params), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for got in (donated, pure, fo.apply_updates(params, updates)):
+        for k in params:
+            torch.testing.assert_close(got[k], expected[k], rtol=1e-6, atol=1e-7)

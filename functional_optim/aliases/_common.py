@@ -89,8 +89,24 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
 
     if not lr_block:
         tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
+        if _leafwise(structural):
+            return tx
         return _blocked.with_rule_steps(tx, defaults, f"{owner} hparams")
     return _lr_folded(owner, blocks, defaults, to_inner, structural)
+
+
+_LEAFWISE = ("mask", "labels", "blocks", "include_in_weight_decay", "exclude_from_weight_decay",
+             "dimension_numbers")
+"""The construction-time options that select per leaf (a tree, or a function of the
+parameters or their names): set, the rule differs from leaf to leaf."""
+
+
+def _leafwise(structural: dict) -> bool:
+    """Whether an option set at construction makes the rule differ from leaf to leaf (a mask,
+    a partition, labels: :data:`_LEAFWISE`), so that the rule traced on one leaf is not every
+    leaf's: such an alias gets no program (the chain runs)."""
+    return any(v is not None and v != [] and any(k.endswith(s) for s in _LEAFWISE)
+               for k, v in structural.items())
 
 
 def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: dict
@@ -103,6 +119,8 @@ def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: d
     head = chain(**{k: b for k, b in blocks.items() if k != "lr"})
     fused = _fused.lr_folded_step(head, defaults, to_inner, where)
     tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
+    if _leafwise(structural):
+        return tx._replace(fused=fused)
     return _blocked.with_rule_steps(tx, defaults, where, fused)
 
 
