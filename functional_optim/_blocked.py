@@ -13,7 +13,10 @@ The ops are the alias's own rule: :func:`rule_step` traces the chain's update of
 into a foreach program (:mod:`functional_optim._program`: torch.optim's in-place sequence, not a
 second copy of the math) and runs it on each block; one definition of each rule. Adafactor's
 step is not pointwise (its step size depends on norms over each parameter): it is written out
-in :mod:`functional_optim._blocked_adafactor`, two passes per parameter.
+in :mod:`functional_optim._blocked_adafactor`, two passes per parameter. The same trace, op for
+op (:mod:`functional_optim._program_exact`), is the alias's pure ``tx.update``
+(:func:`rule_update`): the per-leaf numbers, bit for bit. Only an alias whose rule is every
+leaf's gets either (not one built with a mask or a partition: ``aliases/_common.py``).
 
 Each step is the alias's ``fused`` step (see :mod:`functional_optim._fused`):
 ``fused(params, grads, state, hparams) -> state | None``, in place on the adapter's tensors
