@@ -361,7 +361,7 @@ class _Programs:
             h = resolve_hparams(self.defaults, hparams, self.where)
         except HParamError:  # (the chain's error names what is fixed at construction)
             return None
-        if not all(map(_plain, optree.tree_leaves(h, none_is_leaf=True))):
+        if not all(_plain(v) for v in h.values()):
             return None
         if not self.layout:
             self.layout.extend(_layout(self.tx))
@@ -400,6 +400,7 @@ class _Programs:
         parts, kinds, scalar = self.layout
         tensor = [c for c, kind in enumerate(kinds) if kind == TENSOR]
         new, lead = list(columns), params if owned else {}
+        step = runs[0][0].targets[0] == 1  # (else an exact program: ``lead`` the updates)
         with torch.no_grad():
             for prog, env, (run, k), members, whole in runs:
                 at = [c for c in tensor if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
@@ -410,10 +411,10 @@ class _Programs:
                     for lists, _ in each([]):
                         run(lists, k)
                 else:  # (new tensors, the inputs left alone)
-                    olds = [tables[0] if prog.targets[0] == 1 else tables[1]] + [
-                        [columns[c][n] for n in members] if not prog.unchanged(1 + c, 2 + c)
-                        else None for c in tensor]
-                    made = _pure_run(run, k, each, olds, whole, prog.targets[0] == 1)
+                    of = dict(zip(at, tables[2:]))
+                    olds = [tables[0 if step else 1]] + [
+                        None if prog.unchanged(1 + c, 2 + c) else of[c] for c in tensor]
+                    made = _pure_run(run, k, each, olds, whole, step)
                     lead.update(zip(members, made[0]))
                     for c, tensors in zip(tensor, made[1:]):
                         if tensors is not None:
@@ -427,7 +428,7 @@ class _Programs:
                         else:
                             new[c] = {**new[c], **filled}
         if not owned:  # (in the order of the trees given)
-            lead = {n: lead[n] for n in (params if runs[0][0].targets[0] == 1 else grads)}
+            lead = {n: lead[n] for n in (params if step else grads)}
         return lead, parts.rebuilt(state, new)
 
 
@@ -468,14 +469,14 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
 
 def rule_update(programs: _Programs, update: Callable) -> Callable:
     """``update`` (an alias's pure ``tx.update``, whose rule ``programs`` traces) run, where it
-    may, as the rule's exact program
-    (:mod:`functional_optim._program_exact`): traced once per dtype and hyperparameter values,
-    replayed op for op on blocks of the leaves into new tensors. The same ops per leaf, so the
-    same numbers as ``update`` leaf by leaf (and its multi-tensor path), bit for bit, without
-    its Python per op. Where ``update`` would run its multi-tensor path on dicts of plain
-    float32/float64 CPU tensors with no 0-d leaf and number hyperparameters, called with
-    nothing but these four arguments; ``update`` itself otherwise, and where the rule is not
-    pointwise (a global norm, a schedule's count: traced once, then never again)."""
+    may, as the rule's exact program (:mod:`functional_optim._program_exact`): traced once per
+    dtype and hyperparameter values, replayed op for op on blocks of the leaves into new
+    tensors. The same ops per leaf, so the same numbers as ``update`` leaf by leaf (and its
+    multi-tensor path), bit for bit, without its Python per op. Where ``update`` would run its
+    multi-tensor path on dicts of plain float32/float64 CPU tensors with no 0-d leaf and
+    number hyperparameters, called with nothing but these four arguments; ``update`` itself
+    otherwise, and where the rule is not pointwise (LAMB's trust ratio, a schedule's count:
+    found once, then not tried again)."""
 
     def fast(updates, state, params=None, hparams=None, **extra):
         if not extra and isinstance(params, dict) and isinstance(updates, dict) and \

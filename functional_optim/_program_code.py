@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._foreach import constant
-from ._program import TENSOR, Program, Ref, _as_tensor, _special
+from ._program import TENSOR, Program, Ref, _special
 from ._program_emit import Emitter
 
 _UNARY = {"sqrt", "abs", "neg", "sign", "exp", "log", "reciprocal", "sigmoid", "tanh", "expm1",
@@ -426,8 +426,8 @@ class _Code(Emitter):
 
     def __init__(self, lowering: _Lowering, owned: tuple, dtype: torch.dtype,
                  numbers: bool) -> None:
-        super().__init__(owned)
-        self.low, self.dtype, self.numbers = lowering, dtype, numbers
+        super().__init__(lowering, owned)
+        self.dtype, self.numbers = dtype, numbers
 
     def number(self, coef: tuple) -> str:
         return self.bind(lambda env: _value(env, coef))
@@ -443,23 +443,13 @@ class _Code(Emitter):
         dtype = self.dtype
         return self.bind(lambda env: constant(_value(env, coef), dtype))
 
-    def arg(self, x: Any) -> str:
-        """A scalar as the traced op took it: a 0-d tensor of its dtype, or a literal."""
-        if isinstance(x, Ref):
-            dtype = self.low.dtypes[x.index]
-            return self.bind(lambda env: _as_tensor(env[x.index], dtype))
-        return self.bind(lambda env: x)
-
     def emit(self, op: IR, i: int, last: dict) -> None:
-        low = self.low
-
         def free(x):
-            return low.tensor(x) and last.get(x.index) == i and self.home[x.index] in \
-                self.owned and low.dtypes[x.index] == low.dtypes[op.out]
+            return self.free(x, i, last, self.low.dtypes[op.out])
 
         args = op.args
         if op.name == "each":
-            return self._each(op)
+            return self.each(op.func, op.args, op.kwargs, op.out)
         if op.name in _COMMUTATIVE and len(args) == 2 and op.coef == ONE and \
                 not free(args[0]) and free(args[1]):
             args = args[::-1]
@@ -476,28 +466,7 @@ class _Code(Emitter):
         name = {"mul_s": "mul", "add_s": "add"}.get(op.name, op.name)
         names = [self.home[a.index] for a in args]
         call = ", ".join(names + [e.replace("@", names[0]) for e in extra])
-        if free(args[0]):
-            self.lines.append(f"torch._foreach_{name}_({call})")
-            self.home[op.out] = names[0]
-        else:
-            self.made[f"t{op.out}"] = (len(self.lines), name, call)
-            self.lines.append(f"t{op.out} = torch._foreach_{name}({call})")
-            self.home[op.out] = f"t{op.out}"
-            self.owned.add(f"t{op.out}")
-
-    def _each(self, op: IR) -> None:
-        specs, flags = [], []
-        for a in op.args:
-            is_list = self.low.tensor(a)
-            specs.append(self.home[a.index] if is_list else self.arg(a))
-            flags.append(is_list)
-        kw = "{" + ", ".join(f"{k!r}: {self.arg(v)}" for k, v in op.kwargs.items()) + "}"
-        self.funcs.append(op.func)
-        self.lines.append(f"t{op.out} = _each(F[{len(self.funcs) - 1}], [{', '.join(specs)}], "
-                          f"{tuple(flags)!r}, {kw})")
-        self.home[op.out] = f"t{op.out}"
-        if not op.func._schema.returns[0].alias_info:  # (a view is nobody's to overwrite)
-            self.owned.add(f"t{op.out}")
+        self.foreach(name, call, op.out, free(args[0]), args[0])
 
 
 def compile_plan(program: Program, env: list, owned: tuple, dtype: torch.dtype,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ._program import TENSOR, Program, Ref
+from ._program import CONST, TENSOR, Program, Ref, _as_tensor
 
 
 def _each(func: Any, args: list, lists: tuple, kwargs: dict) -> list:
@@ -38,7 +38,8 @@ class Emitter:
     """The lines of a program's ``run(L, k, O=None)``: ``L`` its inputs' lists (``a0``, ...),
     ``k`` the operands bound for a call (:meth:`bind`), ``O`` where a pure run's outputs go."""
 
-    def __init__(self, owned: tuple) -> None:
+    def __init__(self, low: Any, owned: tuple) -> None:
+        self.low = low  # (the lowering: .program, .dtypes of values, .tensor(x))
         self.lines: list[str] = []
         self.operands: list[Callable] = []
         self.funcs: list = []
@@ -50,6 +51,47 @@ class Emitter:
     def bind(self, fn: Callable) -> str:
         self.operands.append(fn)
         return f"k[{len(self.operands) - 1}]"
+
+    def operand(self, x: Any) -> str:
+        """A non-tensor operand as the traced op took it: a scalar recomputed as a 0-d tensor
+        of its dtype, a constant as the very tensor (a wrapped number stays one), a literal."""
+        if not isinstance(x, Ref):
+            return self.bind(lambda env: x)
+        value = self.low.program.values[x.index]
+        if value.kind == CONST:
+            return self.bind(lambda env: value.const)
+        return self.bind(lambda env: _as_tensor(env[x.index], value.dtype))
+
+    def free(self, x: Any, i: int, last: dict, dtype: torch.dtype) -> bool:
+        """Whether op ``i`` (of ``dtype``) may overwrite ``x``: a list no later op reads, that
+        is a temporary or an owned input, of the op's dtype."""
+        return self.low.tensor(x) and last.get(x.index) == i and \
+            self.home[x.index] in self.owned and self.low.dtypes[x.index] == dtype
+
+    def foreach(self, name: str, call: str, out: int, in_place: bool, first: Any) -> None:
+        """``torch._foreach_<name>(call)``, in place on its first operand ``first``, or into
+        the new temporary of ``out``."""
+        if in_place:
+            self.lines.append(f"torch._foreach_{name}_({call})")
+            self.home[out] = self.home[first.index]
+            return
+        self.made[f"t{out}"] = (len(self.lines), name, call)
+        self.lines.append(f"t{out} = torch._foreach_{name}({call})")
+        self.home[out] = f"t{out}"
+        self.owned.add(f"t{out}")
+
+    def each(self, func: Any, args: tuple, kwargs: dict, out: int) -> None:
+        """``func`` run per tensor (an op without a foreach kernel) into the temporary of
+        ``out``."""
+        flags = tuple(self.low.tensor(a) for a in args)
+        specs = [self.home[a.index] if t else self.operand(a) for a, t in zip(args, flags)]
+        kw = "{" + ", ".join(f"{k!r}: {self.operand(v)}" for k, v in kwargs.items()) + "}"
+        self.funcs.append(func)
+        self.lines.append(f"t{out} = _each(F[{len(self.funcs) - 1}], [{', '.join(specs)}], "
+                          f"{flags!r}, {kw})")
+        self.home[out] = f"t{out}"
+        if not func._schema.returns[0].alias_info:  # (a view is nobody's to overwrite)
+            self.owned.add(f"t{out}")
 
     def returns(self, homes: dict) -> None:
         """``run(L, k, O)`` returns each output's tensors (``homes``: by target input), new

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ._program import CONST, SCALAR, TENSOR, Program, Ref, _as_tensor
+from ._program import TENSOR, Program, Ref
 from ._program_code import _UNARY
 from ._program_emit import Emitter
 
@@ -76,27 +76,15 @@ def compile_exact(program: Program, env: list, dtype: torch.dtype) -> Any:
                 last[a.index] = i
     for r in outs.values():
         last[r.index] = len(order)
-    code = Emitter(())
+    code = Emitter(values, ())
     for k in range(program.n_inputs):
         if program.kind(Ref(k)) == TENSOR:
             code.home[k] = f"a{k}"
     for i, n in enumerate(order):
-        _emit(code, values, n, [res(a) for a in n.args],
+        _emit(code, n, [res(a) for a in n.args],
               {k: res(v) for k, v in n.kwargs.items()}, i, last)
     return code.finish(program, {f"a{targets[slot]}": code.home[r.index]
                                  for slot, r in outs.items()})
-
-
-def _operand(code: Emitter, program: Program, x: Any) -> str:
-    """A non-tensor operand as the traced op took it: a scalar recomputed as a 0-d tensor of
-    its dtype, a constant as the very tensor (a wrapped number stays one), a literal."""
-    if isinstance(x, Ref) and program.kind(x) == SCALAR:
-        dtype = program.values[x.index].dtype
-        return code.bind(lambda env: _as_tensor(env[x.index], dtype))
-    if isinstance(x, Ref) and program.kind(x) == CONST:
-        const = program.values[x.index].const
-        return code.bind(lambda env: const)
-    return code.bind(lambda env: x)
 
 
 def _form(name: str, overload: str, tensors: list, args: list, kw: dict) -> str | None:
@@ -129,41 +117,19 @@ def _form(name: str, overload: str, tensors: list, args: list, kw: dict) -> str 
     return None
 
 
-def _emit(code: Emitter, values: _Values, node: Any, args: list, kw: dict, i: int,
-          last: dict) -> None:
+def _emit(code: Emitter, node: Any, args: list, kw: dict, i: int, last: dict) -> None:
     """One traced op as a line of ``code`` (in place on its first operand where that is a
     temporary no later op reads)."""
-    program = values.program
+    values = code.low
     name, overload = node.func.overloadpacket.__name__, node.func._overloadname
     tensors = [values.tensor(a) for a in args]
     form = None if any(values.tensor(v) for v in kw.values()) else _form(
         name, overload, tensors, args, kw)
-    out = node.out
     if form is None:
-        specs = [code.home[a.index] if t else _operand(code, program, a)
-                 for a, t in zip(args, tensors)]
-        kws = "{" + ", ".join(f"{k!r}: {_operand(code, program, v)}"
-                              for k, v in kw.items()) + "}"
-        code.funcs.append(node.func)
-        code.lines.append(f"t{out} = _each(F[{len(code.funcs) - 1}], [{', '.join(specs)}], "
-                          f"{tuple(tensors)!r}, {kws})")
-        code.home[out] = f"t{out}"
-        if not node.func._schema.returns[0].alias_info:  # (a view is nobody's to overwrite)
-            code.owned.add(f"t{out}")
-        return
-    names = [code.home[a.index] if t else _operand(code, program, a)
-             for a, t in zip(args, tensors)]
+        return code.each(node.func, tuple(args), kw, node.out)
+    names = [code.home[a.index] if t else code.operand(a) for a, t in zip(args, tensors)]
     if form == "sub":
         names[1] = f"[{names[1]}] * len({names[0]})"
-    call = ", ".join(names + [f"{k}={_operand(code, program, v)}" for k, v in kw.items()])
-    first = args[0]
-    if last.get(first.index) == i and code.home[first.index] in code.owned and \
-            code.home[first.index].startswith("t") and \
-            values.dtypes[first.index] == program.values[out].dtype:
-        code.lines.append(f"torch._foreach_{name}_({call})")
-        code.home[out] = code.home[first.index]
-        return
-    code.made[f"t{out}"] = (len(code.lines), name, call)
-    code.lines.append(f"t{out} = torch._foreach_{name}({call})")
-    code.home[out] = f"t{out}"
-    code.owned.add(f"t{out}")
+    call = ", ".join(names + [f"{k}={code.operand(v)}" for k, v in kw.items()])
+    dtype = values.program.values[node.out].dtype
+    code.foreach(name, call, node.out, code.free(args[0], i, last, dtype), args[0])
