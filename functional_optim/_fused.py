@@ -264,18 +264,30 @@ def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
 
 
 def _copies(sources: list) -> list:
-    """New tensors holding ``sources`` (each one's strides). On the CPU a clone each (4% faster
-    than ``torch._foreach_copy_`` into new tensors, whose CPU kernel copies one by one too);
-    elsewhere one ``torch._foreach_copy_`` per (device, dtype): on a GPU a clone is a launch
-    per tensor, and the one-launch copy takes a single dtype."""
+    """New tensors holding ``sources`` (each one's strides). On the CPU a clone each (as fast
+    as any foreach form there, whose CPU kernels copy one by one too). Elsewhere a foreach
+    kernel per (device, dtype): a clone is a launch per tensor on a GPU, and an
+    ``empty_like`` per tensor costs more host time than the step's kernels, so floating
+    tensors are multiplied by one (``x * 1`` is ``x``, bit for bit: signed zeros, infinities,
+    subnormals; a NaN stays a NaN, of the GPU's payload), which allocates each output in C++
+    (300 x 4096 on an H200: AdamW's pure step 11.8 -> 10.1 ms, SGD's 8.1 -> 7.2), and the
+    others are copied into new tensors with ``torch._foreach_copy_`` (the one-launch copy
+    takes a single dtype)."""
     if sources[0].is_cpu:
         return [x.clone() for x in sources]
-    news = [torch.empty_like(x) for x in sources]
+    news: list = [None] * len(sources)
     by: dict = {}
     for k, x in enumerate(sources):
         by.setdefault((x.device, x.dtype), []).append(k)
-    for ks in by.values():
-        torch._foreach_copy_([news[k] for k in ks], [sources[k] for k in ks])
+    for (_, dtype), ks in by.items():
+        xs = [sources[k] for k in ks]
+        if dtype.is_floating_point:
+            made = torch._foreach_mul(xs, 1)
+        else:
+            made = [torch.empty_like(x) for x in xs]
+            torch._foreach_copy_(made, xs)
+        for k, new in zip(ks, made):
+            news[k] = new
     return news
 
 

@@ -208,6 +208,28 @@ def test_step_on_the_gpu_runs_the_kernel_with_the_chains_numbers(name, dtype, mo
                 assert torch.equal(a, b)  # every count advanced once per step
 
 
+def test_pure_steps_copies_on_the_gpu_are_bit_for_bit():
+    """The pure ``fo.step`` copies the state and parameters on a GPU with one foreach kernel
+    per (device, dtype) list (floating tensors times one, allocated in C++; the others copied
+    into new tensors): new memory, each source's dtype and strides, the same bits (signed
+    zeros, infinities, a subnormal; a transposed matrix; counts; half precision), a NaN a NaN
+    (the GPU's arithmetic gives its canonical NaN, another payload)."""
+    from functional_optim._fused import _copies
+
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45, 3.0],
+                           device="cuda")
+    sources = [special, torch.randn(3, 5, device="cuda").t(), torch.arange(4, device="cuda"),
+               torch.randn(6, device="cuda", dtype=torch.float16), special.double(),
+               torch.randn(2, 3, device="cuda")]
+    made = _copies(sources)
+    for old, new in zip(sources, made):
+        assert new.data_ptr() != old.data_ptr()
+        assert (new.dtype, new.stride(), new.device) == (old.dtype, old.stride(), old.device)
+        nan = torch.isnan(old)
+        assert torch.equal(torch.isnan(new), nan)
+        assert new[~nan].cpu().numpy().tobytes() == old[~nan].cpu().numpy().tobytes()
+
+
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
 def test_dropin_on_the_gpu_runs_the_kernel_with_torchs_state(name, monkeypatch):
     """The drop-in's default step on CUDA parameters keeps torch.optim's state (``step`` a
