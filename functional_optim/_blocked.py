@@ -22,8 +22,10 @@ Each step is the alias's ``fused`` step (see :mod:`functional_optim._fused`):
 ``fused(params, grads, state, hparams) -> state | None``, in place on the adapter's tensors
 (within :func:`functional_optim._fused.owning`, the pure ``fo.step``: out of place, into new
 tensors); ``None`` (the adapter then runs the chain) unless every hyperparameter is a number,
-the leaves are float32/float64 plain CPU or CUDA tensors, and the step counts live on the CPU
-(torch's non-capturable layout). On a GPU a program runs on whole lists, a launch per op as
+the leaves are float32/float64 plain CPU or CUDA tensors, and the step counts that the rule
+reads live on the CPU (torch's non-capturable layout; a count it only advances, RMSprop's or
+Adadelta's, may be on the parameters' device, as the functional state keeps it: a foreach
+kernel adds one to it). On a GPU a program runs on whole lists, a launch per op as
 torch's foreach step (blocks would multiply the launches), its scalar operands Python numbers,
 not under a CUDA graph's capture (the numbers of one step would be replayed). The numbers are
 the chain's up to rounding order (tested against the chain and torch.optim).
@@ -40,7 +42,7 @@ import torch
 
 from . import _execute
 from ._blocks import BLOCK, blocks
-from ._fused import FusedStep, _groups, first, pure_copies
+from ._fused import FusedStep, _groups, _plus_one, first, pure_copies
 from ._program import SCALAR, TENSOR, Program, trace
 from .base import HParamError, apply_updates, resolve_hparams
 from .tree_math import _ParamsPlaceholder
@@ -330,17 +332,23 @@ class _Programs:
             return False
         used = [c for c in scalar if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
         counts = {c: [columns[c][n] for n in names] for c in used}
-        if not all(x.is_cpu for column in counts.values() for x in column):
-            return False
         if not all(len({x.dtype for x in column}) == 1 for column in counts.values()):
             dtypes = list(zip(*([x.dtype for x in column] for column in counts.values())))
             return all(self.rule_runs(rule, dtype, numbers, columns, members, owned, runs)
                        for members in _by_value(names, dtypes).values())
-        keyed = [c for c in used if 2 + c in prog.read]
+        advanced = [c for c in used if not counts[c][0].is_cpu and len(
+            {x.device for x in counts[c]}) == 1 and prog.advances(1 + c, 2 + c)]
+        # (counts on a GPU that the rule only advances: no value read, a foreach kernel adds
+        # one, :meth:`run`; on the CPU the value is read, one new tensor is cheaper than many)
+        if not all(x.is_cpu for c in used if c not in advanced for x in counts[c]):
+            return False
+        keyed = [c for c in used if 2 + c in prog.read and c not in advanced]
         values = [torch.stack(counts[c]).tolist() for c in keyed]
         keys = list(zip(*values)) if keyed else [()] * len(names)
         for key, members in _by_value(names, keys).items():
             inputs = [None] * (2 + len(kinds)) + [rule.leaves[k] for k in rule.live]
+            for c in advanced:
+                inputs[2 + c] = 1  # (a placeholder: only its own, unread output depends on it)
             for c, v in zip(keyed, key):
                 inputs[2 + c] = v
             env = prog.scalars(inputs)
@@ -420,13 +428,16 @@ class _Programs:
                         if tensors is not None:
                             new[c] = {**new[c], **dict(zip(members, tensors))}
                 for c in scalar:
-                    if not prog.unchanged(1 + c, 2 + c):
-                        filled = _filled(prog.output(1 + c, env), columns[c][members[0]].dtype,
-                                         members)
-                        if len(filled) == len(columns[c]):  # (every parameter: the usual step)
-                            new[c] = filled
-                        else:
-                            new[c] = {**new[c], **filled}
+                    if prog.unchanged(1 + c, 2 + c):
+                        continue
+                    olds = [columns[c][n] for n in members]
+                    made = dict(zip(members, _plus_one(olds, inplace=False))) if \
+                        not olds[0].is_cpu and prog.advances(1 + c, 2 + c) else \
+                        _filled(prog.output(1 + c, env), olds[0].dtype, members)
+                    if len(made) == len(columns[c]):  # (every parameter: the usual step)
+                        new[c] = made
+                    else:
+                        new[c] = {**new[c], **made}
         if not owned:  # (in the order of the trees given)
             lead = {n: lead[n] for n in (params if step else grads)}
         return lead, parts.rebuilt(state, new)
@@ -446,7 +457,8 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
 
     ``None`` (the chain runs) unless every hyperparameter is a number, the state is all
     parameter-shaped (no schedule), the leaves are float32/float64 CPU or CUDA tensors, the
-    0-d state is on the CPU and the rule is pointwise (:func:`~functional_optim._program.trace`).
+    0-d state that the rule reads is on the CPU (a count it only advances may be on any
+    device) and the rule is pointwise (:func:`~functional_optim._program.trace`).
     Within :func:`~functional_optim._fused.owning` (``fo.step`` without donation) the program
     runs out of place (:func:`_pure_run`): the same ops, so the donated step's numbers.
     ``step.rules``: its :class:`_Programs`, shared with :func:`rule_update`."""

@@ -272,6 +272,12 @@ class Program:
         self.read = {a.index for n in nodes for a in (*n.args, *n.kwargs.values())
                      if isinstance(a, Ref) and a.index < n_inputs}
         """The inputs that an op reads (others at most pass through to an output)."""
+        self._advances: dict = {}
+        self._inputs_of: dict = {}  # a scalar's value: the inputs it depends on
+        for n in self.scalar_nodes:
+            self._inputs_of[n.out] = set().union(*(
+                {a.index} if a.index < n_inputs else self._inputs_of.get(a.index, set())
+                for a in (*n.args, *n.kwargs.values()) if isinstance(a, Ref)))
 
     def kind(self, x: Any) -> str | None:
         return self.values[x.index].kind if isinstance(x, Ref) else None
@@ -315,6 +321,22 @@ class Program:
     def unchanged(self, slot: int, k: int) -> bool:
         """Whether output ``slot`` is input ``k`` as it came."""
         return self.outputs[slot] == Ref(k)
+
+    def advances(self, slot: int, k: int) -> bool:
+        """Whether output ``slot`` is input ``k`` plus one and no other value depends on that
+        input: a step count the rule only advances (RMSprop's, Adadelta's), whose new value
+        needs no number read on the host (``counts + 1``, one foreach kernel on any device)."""
+        if (slot, k) not in self._advances:
+            out = self.outputs[slot].index
+            node = next((n for n in self.scalar_nodes if n.out == out), None)
+            others = [self._inputs_of.get(r.index, set()) for r in self.outputs
+                      if r.index != out]
+            others += [{c} if c < self.n_inputs else self._inputs_of.get(c, set())
+                       for c in self.coefficients]
+            self._advances[slot, k] = node is not None and node.func is aten.add.Tensor and \
+                node.args == (Ref(k), 1) and not node.kwargs and \
+                not any(k in inputs for inputs in others)
+        return self._advances[slot, k]
 
     def plan(self, env: list, owned: tuple[int, ...], dtype: torch.dtype,
              numbers: bool = False, exact: bool = False) -> tuple[Callable, tuple] | None:

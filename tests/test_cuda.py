@@ -208,6 +208,47 @@ def test_step_on_the_gpu_runs_the_kernel_with_the_chains_numbers(name, dtype, mo
                 assert torch.equal(a, b)  # every count advanced once per step
 
 
+ADVANCED_COUNTS = {
+    "rmsprop": lambda: fo.rmsprop(lr=0.01, centered=True, weight_decay=0.1),
+    "adadelta": lambda: fo.adadelta(weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("name", ADVANCED_COUNTS)
+def test_functional_blocked_step_on_the_gpu_advances_device_counts(name, monkeypatch):
+    """RMSprop's and Adadelta's rules only advance their step counts (no coefficient reads
+    them), so ``fo.step`` on the functional state, whose counts are on the GPU, runs their
+    blocked program there, donated and pure (a foreach kernel adds one to the counts, no value
+    read on the host), with the chain's numbers (float64: the program's rounding order) and
+    the chain's counts."""
+    from test_donation import _clone, _pure, _trees
+
+    from functional_optim import _blocked
+
+    runs = []
+    real = _blocked._Programs.run
+    monkeypatch.setattr(_blocked._Programs, "run",
+                        lambda self, *a: runs.append(1) or real(self, *a))
+    tx = ADVANCED_COUNTS[name]()
+    params, grads = optree.tree_map(lambda x: x.cuda(), _trees())
+    with monkeypatch.context() as m:
+        m.setattr(_blocked._Programs, "run", real)
+        expected, state = _pure(tx, params, grads)
+    donated, pure = (_clone(params), tx.init(params)), (params, tx.init(params))
+    for g in grads:
+        donated = fo.step(tx, g, donated[1], donated[0], donate=True)
+        pure = fo.step(tx, g, pure[1], pure[0])
+    assert len(runs) == 2 * len(grads)
+    for got in (donated, pure):
+        for a, b in zip(optree.tree_leaves(got[0]), optree.tree_leaves(expected)):
+            assert a.device == b.device and a.dtype == b.dtype
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        for a, b in zip(optree.tree_leaves(got[1]), optree.tree_leaves(state)):
+            assert a.device == b.device
+            if not a.is_floating_point():
+                assert torch.equal(a, b)  # every count advanced once per step
+
+
 def test_pure_steps_copies_on_the_gpu_are_bit_for_bit():
     """The pure ``fo.step`` copies the state and parameters on a GPU with one foreach kernel
     per (device, dtype) list (floating tensors times one, allocated in C++; the others copied

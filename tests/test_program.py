@@ -85,6 +85,24 @@ def test_a_blocked_program_makes_torchs_passes(name):
     assert "_each(" not in last, last
 
 
+@pytest.mark.parametrize("name, advanced", [("rmsprop", True), ("adadelta", True),
+                                            ("adamax", False), ("nadam", False),
+                                            ("asgd", False)])
+def test_a_count_the_rule_only_advances_is_known_as_such(name, advanced):
+    """A rule whose step count no coefficient depends on (RMSprop, Adadelta) has a program that
+    says so (``Program.advances``): a count on a GPU then needs no value read on the host, a
+    foreach kernel adds one (``test_cuda``); where a bias correction or an average reads it
+    (Adamax, NAdam's ``mu_product``, ASGD), its value is read."""
+    tx = getattr(fo, name)()
+    step = _blocked.rule_step(tx, tx.hparams, name)
+    params = {"w": torch.randn(10)}
+    assert step(params, {"w": torch.randn(10)}, tx.init(params), None) is not None
+    (prog,) = step.programs.values()
+    _, _, scalar = step.rules.layout
+    got = [prog.advances(1 + c, 2 + c) for c in scalar if not prog.unchanged(1 + c, 2 + c)]
+    assert got and any(got) == advanced and (not advanced or all(got))
+
+
 def test_a_rule_that_is_not_pointwise_has_no_program():
     """LAMB's trust ratio reads each parameter's norm: no program, the blocked step declines
     and the chain runs."""
