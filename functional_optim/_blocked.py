@@ -42,7 +42,7 @@ import torch
 
 from . import _execute
 from ._blocks import BLOCK, blocks
-from ._fused import FusedStep, _groups, _plus_one, first, pure_copies
+from ._fused import FusedStep, _groups, _plus_one, check_graphed, first, pure_copies
 from ._program import SCALAR, TENSOR, Program, trace
 from .base import HParamError, apply_updates, resolve_hparams
 from .tree_math import _ParamsPlaceholder
@@ -469,6 +469,8 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
         prepared = programs.runs(params, grads, state, hparams, False, copies is None)
         if prepared is None:
             return None
+        if copies is not None:  # (the state's every tensor is in its columns)
+            check_graphed(x for column in prepared[0] for x in column.values())
         new_params, new_state = programs.run(params, grads, state, *prepared, copies is None)
         if copies is not None:
             copies.append(new_params)

@@ -214,28 +214,45 @@ def _advance(steps: dict, names: list, fresh: dict) -> list:
 
 class _Owning(threading.local):
     copies: list | None = None
+    graphed: bool = False
+
+
+class Graphed(Exception):
+    """Raised within :func:`owning` for a caller that records a graph (grad mode on) by a step
+    about to copy a state tensor that requires grad: the pure step's graph runs the chain."""
 
 
 _OWNING = _Owning()
 
 
 @contextlib.contextmanager
-def owning(copies: list) -> Iterator[None]:
+def owning(copies: list, graphed: bool = False) -> Iterator[None]:
     """Within: the fused steps leave their inputs alone (``fo.step`` without donation). Once a
     step's checks pass, it copies the parameters and the state it updates, runs in place on
     the copies and returns the new state on them; the parameters' copy is appended to
-    ``copies`` (empty if no step ran)."""
-    before, _OWNING.copies = _OWNING.copies, copies
+    ``copies`` (empty if no step ran). ``graphed``: the caller records a graph (grad mode was
+    on), so a state tensor that requires grad makes the step raise :class:`Graphed`, found
+    where the step walks the state to copy it (no other walk of the whole state)."""
+    before = _OWNING.copies, _OWNING.graphed
+    _OWNING.copies, _OWNING.graphed = copies, graphed
     try:
         yield
     finally:
-        _OWNING.copies = before
+        _OWNING.copies, _OWNING.graphed = before
 
 
 def pure_copies() -> list | None:
     """Within :func:`owning`, the list the new parameters go to (a step that makes new tensors
     itself instead of copying its inputs: the blocked programs); else ``None``."""
     return _OWNING.copies
+
+
+def check_graphed(leaves: Any) -> None:
+    """Within :func:`owning` for a caller that records a graph: raises :class:`Graphed` where
+    a tensor among ``leaves`` (an iterable of tensors, ``None`` and other values) requires
+    grad."""
+    if _OWNING.graphed and _execute._requires_grad(list(leaves)):
+        raise Graphed
 
 
 def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
@@ -251,6 +268,7 @@ def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
     keep = {id(x) for column in shared for x in column.values()}
     flats = [optree.tree_flatten(tree, none_is_leaf=True) for tree in trees]
     leaves = [*params.values(), *(x for flat, _ in flats for x in flat)]
+    check_graphed(leaves)
     at = [k for k, x in enumerate(leaves) if isinstance(x, torch.Tensor) and id(x) not in keep]
     for k, new in zip(at, _copies([leaves[k] for k in at])):
         leaves[k] = new
@@ -261,6 +279,30 @@ def _owned(params: dict, *trees: Any, shared: tuple = ()) -> tuple:
         out.append(optree.tree_unflatten(spec, leaves[start:start + len(flat)]))
         start += len(flat)
     return tuple(out)
+
+
+def _owned_fields(params: dict, holder: Any, fields: tuple) -> tuple:
+    """``(params, holder)``, or, within :func:`owning`, copies of ``params`` and of the dicts
+    of tensors in ``holder``'s ``fields`` (a state NamedTuple), the parameters' copy handed to
+    the caller: the tensors a kernel writes, copied without walking the whole state (19 µs
+    less than :func:`_owned` of a pure AdamW step on the quickstart's model, 0.14 ms). The
+    state's other tensors are the kernel's step counts (replaced, never written), or none.
+    ``holder`` may be ``None`` (no fields: the parameters alone)."""
+    copies = _OWNING.copies
+    if copies is None:
+        return params, holder
+    columns = [getattr(holder, f) for f in fields]
+    sources = [*params.values(), *(x for c in columns for x in c.values())]
+    check_graphed(sources)
+    made = _copies(sources)
+    at = len(params)
+    new = dict(zip(params, made))
+    copies.append(new)
+    parts = {}
+    for f, c in zip(fields, columns):
+        parts[f] = dict(zip(c, made[at:at + len(c)]))
+        at += len(c)
+    return new, holder._replace(**parts) if parts else holder
 
 
 def _copies(sources: list) -> list:
@@ -303,8 +345,9 @@ def adam_step(*, decoupled: bool, amsgrad: bool, maximize: bool) -> FusedStep:
                                 (adam.mu, adam.nu, adam.nu_max) if amsgrad else (adam.mu, adam.nu))
         if groups is None:
             return None
-        params, state = _owned(params, state, shared=(adam.step,))
-        adam, fresh = state["adam"], {}
+        params, adam = _owned_fields(params, adam, ("mu", "nu", "nu_max") if amsgrad
+                                     else ("mu", "nu"))
+        state, fresh = {**state, "adam": adam}, {}
         for names, lr in groups:
             counts = _as_read(_advance(adam.step, names, fresh), params[names[0]].device)
             kernel(_take(params, names), _take(grads, names), _take(adam.mu, names),
@@ -343,8 +386,9 @@ def sgd_step(*, nesterov: bool, maximize: bool, has_momentum: bool,
                                 (trace.momentum_buffer,) if moving else ())
         if groups is None:
             return None
-        params, state = _owned(params, state, shared=(trace.step,) if moving else ())
-        trace = state["momentum"] if moving else None
+        params, trace = _owned_fields(params, trace, ("momentum_buffer",) if moving else ())
+        if moving:
+            state = {**state, "momentum": trace}
         fresh: dict = {}  # (counts advanced into new tensors)
         for names, lr in groups:
             buffers = []
@@ -375,8 +419,8 @@ def adagrad_step(*, maximize: bool) -> FusedStep:
         groups = _kernel_groups(params, grads, rss.step, h, state, (rss.sum,), cpu_only=True)
         if groups is None:
             return None
-        params, state = _owned(params, state, shared=(rss.step,))
-        rss, fresh = state["rss"], {}
+        params, rss = _owned_fields(params, rss, ("sum",))
+        state, fresh = {**state, "rss": rss}, {}
         for names, lr in groups:
             torch._fused_adagrad_(_take(params, names), _take(grads, names),
                                   _take(rss.sum, names), _advance(rss.step, names, fresh), lr=lr,

@@ -62,12 +62,15 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     fused = (tx.fused or _fused.chain_step(tx, grads_donated=donate_grads)
              if library and not extra else None)
     if not donate:
-        if fused is not None and _fusable(params, grads, (grads, state, hparams)):
+        if fused is not None and _fusable(params, grads, pure=True, hparams=hparams):
             copies: list = []
-            with torch.no_grad(), _fused.owning(copies):
-                new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
-            if new_state is not None:
-                return copies[-1], new_state
+            try:  # (a state tensor that requires grad, found as the step copies: the chain)
+                with _fused.owning(copies, torch.is_grad_enabled()), torch.no_grad():
+                    new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
+                if new_state is not None:
+                    return copies[-1], new_state
+            except _fused.Graphed:
+                pass
         updates, state = tx.update(grads, state, params, hparams, **extra)
         return apply_updates(params, updates), state
     with torch.no_grad():
@@ -79,17 +82,20 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
         return apply_updates_(params, updates), state
 
 
-def _fusable(params: Any, grads: Any, others: Any = None) -> bool:
+def _fusable(params: Any, grads: Any, pure: bool = False, hparams: Any = None) -> bool:
     """Whether a fused step may take these trees: eager, dicts of the same keys, every value a
     tensor, the gradients dense (the fused steps check dtypes, devices and layouts themselves),
-    and, with grad mode on, no tensor among them and ``others`` (trees) that requires grad (a
-    pure step's graph runs the chain)."""
+    and, with grad mode on, no parameter that requires grad (nor, for a ``pure`` step, a
+    gradient or a tensor of ``hparams``: its graph runs the chain; the state's tensors are
+    looked at by the step as it copies them, :func:`~functional_optim._fused.owning`)."""
     if not (isinstance(params, dict) and isinstance(grads, dict)
             and params.keys() == grads.keys()
             and all([isinstance(x, torch.Tensor) for x in params.values()])
             and not any([getattr(g, "is_sparse", False) for g in grads.values()])):
         return False  # (a sparse gradient: the chain, whose rule takes it or names it)
     columns = [list(params.values())]
-    if others is not None and torch.is_grad_enabled():
-        columns.append(optree.tree_leaves(others, none_is_leaf=True))
+    if pure and torch.is_grad_enabled():
+        columns.append(list(grads.values()))
+        if hparams is not None:
+            columns.append(optree.tree_leaves(hparams, none_is_leaf=True))
     return _execute.multi_tensor_wanted(columns)

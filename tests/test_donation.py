@@ -297,6 +297,28 @@ def test_pure_step_keeps_a_graph_through_the_chain():
         torch.testing.assert_close(v, expected[k], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", ["adamw", "adam_amsgrad", "sgd", "adagrad", "rmsprop", "nadam",
+                                  "user_chain"])
+def test_pure_step_keeps_a_graph_through_a_state_that_requires_grad(name):
+    """A state tensor that requires grad (a meta-learned state; the parameters do not) also
+    sends the pure step to the chain, with grad mode on: the fused or blocked step finds it
+    where it copies the state (not in a walk of its own), and the result carries the graph."""
+    tx = ALIASES[name]()
+    params, grads = _trees()
+    state = tx.update(grads[0], tx.init(params), params)[1]
+    leaves, spec = optree.tree_flatten(state, none_is_leaf=True)
+    floating = [k for k, x in enumerate(leaves)
+                if isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim]
+    leaves[floating[0]] = leaves[floating[0]].detach().clone().requires_grad_()
+    state = optree.tree_unflatten(spec, leaves)
+    new, _ = fo.step(tx, grads[1], state, params)
+    updates, _ = tx.update(grads[1], state, params)
+    expected = fo.apply_updates(params, updates)
+    assert any(v.grad_fn is not None for v in new.values())
+    for k, v in new.items():
+        assert torch.equal(v, expected[k])
+
+
 @pytest.mark.parametrize("name", ["adamw", "adam_amsgrad", "sgd", "adagrad", "rmsprop_plain",
                                   "nadam", "adafactor", "user_chain_constant_lr"])
 def test_pure_step_on_large_and_strided_leaves_is_the_donated_step(name):
