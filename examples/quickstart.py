@@ -1,6 +1,7 @@
 """Quickstart: train a small MLP with functional_optim, side by side with torch.optim.AdamW.
 
-Five runs from the same initial weights on the same data:
+Five runs from the same initial weights on the same data, a step of each in turn (so that
+their step times are measured under the same conditions):
 
   * ``fo chain``   -- fo.chain(clip, adam, decoupled weight decay, warmup-cosine learning rate)
   * ``fo.adamw``   -- the functional AdamW alias, constant learning rate, pure (new trees):
@@ -71,14 +72,17 @@ def loss_fn(params, x, y):
 loss_and_grad = grad_and_value(loss_fn)  # returns (grads, loss); grads is a dict like params
 
 
-def run_functional(tx, name, how="update"):
+def functional_run(tx, how="update"):
     """Full-batch training with a transform: no optimizer object, just trees. Pure (new trees
     every step: ``how="update"``, update then apply; ``"step"``, one call) or donated
-    (``"donated"``: the old trees given up, updated in place; the same numbers)."""
-    params = {k: v.clone() for k, v in params0.items()}
-    state = tx.init(params)
-    losses, times = [], []
-    for _ in tqdm(range(args.steps), desc=f"{name:>12}"):
+    (``"donated"``: the old trees given up, updated in place; the same numbers). Returns the
+    run's state and its ``step()``, which trains one step and records its loss and the time of
+    the optimizer step alone."""
+    run = {"params": {k: v.clone() for k, v in params0.items()}, "losses": [], "times": []}
+    run["state"] = tx.init(run["params"])
+
+    def step():
+        params, state = run["params"], run["state"]
         grads, loss = loss_and_grad(params, X, Y)
         t0 = time.perf_counter()
         if how == "donated":
@@ -88,26 +92,30 @@ def run_functional(tx, name, how="update"):
         else:
             updates, state = tx.update(grads, state, params)  # pure: returns new trees
             params = fo.apply_updates(params, updates)
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return losses, times, params
+        run["times"].append(time.perf_counter() - t0)
+        run["losses"].append(loss.item())
+        run["params"], run["state"] = params, state
+
+    return run, step
 
 
-def run_torch_adamw(name):
+def torch_adamw_run():
     """The same training loop with the stateful torch.optim.AdamW."""
     net = copy.deepcopy(model)
     net.load_state_dict(params0)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
-    losses, times = [], []
-    for _ in tqdm(range(args.steps), desc=f"{name:>12}"):
+    run = {"params": dict(net.named_parameters()), "losses": [], "times": []}
+
+    def step():
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(net(X), Y)
         loss.backward()
         t0 = time.perf_counter()
         opt.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return losses, times, {k: v.detach() for k, v in net.named_parameters()}
+        run["times"].append(time.perf_counter() - t0)
+        run["losses"].append(loss.item())
+
+    return run, step
 
 
 warmup = max(1, args.steps // 10)
@@ -119,13 +127,21 @@ chain = fo.chain(
     fo.scale_by_learning_rate(schedule),
 )
 adamw = fo.adamw(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
-runs = {
-    "fo chain": run_functional(chain, "fo chain"),
-    "fo.adamw": run_functional(adamw, "fo.adamw"),
-    "fo.adamw step": run_functional(adamw, "step", how="step"),
-    "fo.adamw donated": run_functional(adamw, "donated", how="donated"),
-    "torch AdamW": run_torch_adamw("torch AdamW"),
+made = {
+    "fo chain": functional_run(chain),
+    "fo.adamw": functional_run(adamw),
+    "fo.adamw step": functional_run(adamw, how="step"),
+    "fo.adamw donated": functional_run(adamw, how="donated"),
+    "torch AdamW": torch_adamw_run(),
 }
+# The five runs step in turn, a step of each per round, in a rotating order: each step's time
+# is measured under the same conditions as the others' (the machine's speed drifts over a run).
+steppers = list(made.values())
+for i in tqdm(range(args.steps), desc="training the five runs"):
+    for _, step in steppers[i % len(steppers):] + steppers[:i % len(steppers)]:
+        step()
+runs = {name: (run["losses"], run["times"], {k: v.detach() for k, v in run["params"].items()})
+        for name, (run, _) in made.items()}
 
 # --- report -------------------------------------------------------------------------------
 print(f"\n{'optimizer':<46} {'final loss':>12} {'median step':>14} {'vs torch':>9}")
