@@ -12,7 +12,9 @@
   functional train step allocates (``results/functional_*``); ``pure_floor.py``: the pure
   eager AdamW step against a hand-written out-of-place foreach AdamW
   (``results/pure_floor_cpu_1thread.md``); ``launches.py``: what one step of each of those
-  rows launches (top-level aten ops; CUDA kernels on a GPU: ``results/launches_*.md``).
+  rows launches (top-level aten ops; CUDA kernels on a GPU: ``results/launches_*.md``);
+  ``compiled_overhead.py``: where a compiled functional step's time goes besides its kernel
+  (``results/compiled_overhead_cpu_1thread.md``).
 
 The peers (torchopt, heavyball, optax on JAX) are measured when ``benchmarks/.venv-peers`` exists
 (``bash benchmarks/setup_peers.sh``); otherwise the tables leave them out. ``--speed-only`` skips
@@ -58,6 +60,8 @@ def main() -> None:
         run(sys.executable, "pure_floor.py",
             "--out", os.path.join(RESULTS, "pure_floor_cpu_1thread.md"))
         run(sys.executable, "launches.py", "--out", os.path.join(RESULTS, "launches_cpu.md"))
+        run(sys.executable, "compiled_overhead.py",
+            "--out", os.path.join(RESULTS, "compiled_overhead_cpu_1thread.md"))
     if torch.cuda.is_available():
         out = os.path.join(RESULTS, "speed_cuda")
         run(python, "bench_speed.py", "--device", "cuda", "--out", out)
