@@ -430,10 +430,11 @@ class _Programs:
                 for c in scalar:
                     if prog.unchanged(1 + c, 2 + c):
                         continue
-                    olds = [columns[c][n] for n in members]
-                    made = dict(zip(members, _plus_one(olds, inplace=False))) if \
-                        not olds[0].is_cpu and prog.advances(1 + c, 2 + c) else \
-                        _filled(prog.output(1 + c, env), olds[0].dtype, members)
+                    first = columns[c][members[0]]
+                    made = dict(zip(members, _plus_one([columns[c][n] for n in members],
+                                                       inplace=False))) if \
+                        not first.is_cpu and prog.advances(1 + c, 2 + c) else \
+                        _filled(prog.output(1 + c, env), first.dtype, members)
                     if len(made) == len(columns[c]):  # (every parameter: the usual step)
                         new[c] = made
                     else:
