@@ -9,6 +9,8 @@ Every alias that torch.optim has, plus a user chain (``clip_by_global_norm(1.0) 
   ``params = fo.apply_updates(params, updates)``: nothing mutated;
 - ``ours pure step (eager)``: ``params, state = fo.step(tx, grads, state, params)``: nothing
   mutated either (the fused or blocked step on copies where the alias or chain has one);
+- ``ours pure, host counts`` and ``ours pure step, host counts`` (on a GPU): the same with a
+  state made within ``fo.host_counts()`` (per-leaf step counts on the CPU);
 - ``ours donated (eager)``: ``params, state = fo.step(tx, grads, state, params, donate=True)``;
 - ``ours compiled (donated)``: the same call in ``torch.compile(fullgraph=True)``;
 
@@ -35,6 +37,7 @@ step without the optimizer (profiler allocation events, CPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -113,12 +116,14 @@ def _trees(params) -> tuple[dict, dict]:
             {str(i): p.grad for i, p in enumerate(params)})
 
 
-def _pure(algo: str, one_call: bool = False) -> Callable:
-    """``tx.update`` then ``fo.apply_updates``, or (``one_call``) ``fo.step``: both pure."""
+def _pure(algo: str, one_call: bool = False, host_counts: bool = False) -> Callable:
+    """``tx.update`` then ``fo.apply_updates``, or (``one_call``) ``fo.step``: both pure;
+    ``host_counts``: the state made within ``fo.host_counts()`` (per-leaf counts on the CPU)."""
     def make(params):
         tx = transform(algo)
         data, grads = _trees(params)
-        box = [data, tx.init(data)]
+        with fo.host_counts() if host_counts else contextlib.nullcontext():
+            box = [data, tx.init(data)]
 
         def step():
             if one_call:
@@ -181,7 +186,7 @@ def _torchopt(algo: str, inplace: bool) -> Callable:
     return make
 
 
-def implementations(algo: str, peers: set, compiled: bool) -> dict:
+def implementations(algo: str, peers: set, compiled: bool, gpu: bool = False) -> dict:
     out = {"torch for-loop": _torch(algo, foreach=False),
            "torch foreach": _torch(algo, foreach=True)}
     if algo in FUSED:
@@ -192,6 +197,9 @@ def implementations(algo: str, peers: set, compiled: bool) -> dict:
                 "ours pure step (eager)": _pure(algo, one_call=True),
                 "ours donated (eager)": _donated(algo),
                 "ours adapter (fo.optim)": _adapter(algo)})
+    if gpu:  # (on the CPU the counts are there already)
+        out["ours pure, host counts (eager)"] = _pure(algo, host_counts=True)
+        out["ours pure step, host counts (eager)"] = _pure(algo, one_call=True, host_counts=True)
     if algo == "chain":  # (clipped in place, as torch's clip_grad_norm_)
         out["ours donated, grads too (eager)"] = _donated(algo, grads_too=True)
     if compiled:
@@ -312,8 +320,8 @@ def main() -> None:
             compiled = algo in args.compiled.split(",")
             if compiled:  # (each row compiles its own steps: dynamo recompiles the one run()
                 torch._dynamo.reset()  # closure for each (algo, layout), at most 8 times)
-            row = measure_row(implementations(algo, peers, compiled), shapes, args.repeats,
-                              args.device)
+            row = measure_row(implementations(algo, peers, compiled, args.device == "cuda"),
+                              shapes, args.repeats, args.device)
             if f"{algo}/{layout}" in optax:
                 row["optax (JAX, jit, donated)"] = optax[f"{algo}/{layout}"]
             results["runs"][f"{algo}/{layout}"] = {"numel": n, "bound_ms": bound_ms,
@@ -332,6 +340,8 @@ def main() -> None:
 
 SUMMARY = (("ours pure (eager)", "torch foreach", 1.0), ("ours pure step (eager)", "torch foreach",
                                                         1.0),
+           ("ours pure, host counts (eager)", "torch foreach", 1.0),
+           ("ours pure step, host counts (eager)", "torch foreach", 1.0),
            ("ours donated (eager)", "torch fused", 1.1),
            ("ours donated, grads too (eager)", "torch fused", 1.1),
            ("ours compiled (donated)", "torch fused", 1.0))
@@ -361,6 +371,8 @@ def markdown(results: dict) -> str:
     algos = list(dict.fromkeys(k.split("/")[0] for k in keys))
     lays = list(dict.fromkeys(k.split("/")[1] for k in keys))
     for name, ref, target in SUMMARY:
+        if not any(name in run["results"] for run in results["runs"].values()):
+            continue  # (a row of GPU runs only)
         lines.append(f"\n**{name} / {ref}** (target <= {target})\n")
         lines.append("| algorithm | " + " | ".join(lays) + " |\n" + "|---" * (len(lays) + 1)
                      + "|")

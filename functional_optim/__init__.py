@@ -25,7 +25,7 @@ from . import (  # meta-learning and the helpers' modules (nothing in the core i
     tree,
     tree_math,
 )
-from ._step import step
+from ._step import host_counts, step
 from .aliases import *  # noqa: F403
 from .base import (
     DonatedStateError,
@@ -63,6 +63,7 @@ __all__ = [
     "chain",
     "combinators",
     "get_optimizer",
+    "host_counts",
     "implicit",
     "linear_algebra",
     "matrix_inverse_pth_root",

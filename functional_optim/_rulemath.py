@@ -5,6 +5,7 @@ from :mod:`functional_optim._execute` as well."""
 
 from __future__ import annotations
 
+import threading
 from numbers import Number
 from typing import Any
 
@@ -101,8 +102,20 @@ def ema_square(v: torch.Tensor, g: torch.Tensor, decay: Any) -> torch.Tensor:
     return v * decay + (1 - decay) * (g * g)
 
 
+class _Counts(threading.local):
+    on_host = False
+
+
+COUNTS = _Counts()
+"""Where :func:`init_count` puts the counts: on the CPU within
+:func:`functional_optim.host_counts` (``COUNTS.on_host``)."""
+
+
 def init_count(params: Any) -> Any:
-    """A per-leaf step counter: an int64 0-d zero on each parameter's device."""
+    """A per-leaf step counter: an int64 0-d zero on each parameter's device (on the CPU
+    within :func:`functional_optim.host_counts`)."""
+    if COUNTS.on_host:
+        return _tree.map(lambda p: torch.zeros((), dtype=torch.int64), params)
     return _tree.map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
 
 

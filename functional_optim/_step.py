@@ -3,15 +3,17 @@ or on the caller's donated state and parameters (the fastest path the step allow
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import optree
 import torch
 
-from . import _execute, _fused
+from . import _execute, _fused, _rulemath
 from .base import Transform, apply_updates, apply_updates_, resolve_hparams
 
-__all__ = ["step"]
+__all__ = ["host_counts", "step"]
 
 
 def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None, *,
@@ -99,3 +101,29 @@ def _fusable(params: Any, grads: Any, pure: bool = False, hparams: Any = None) -
         if hparams is not None:
             columns.append(optree.tree_leaves(hparams, none_is_leaf=True))
     return _execute.multi_tensor_wanted(columns)
+
+
+@contextlib.contextmanager
+def host_counts() -> Iterator[None]:
+    """Within: ``init`` keeps each leaf's step count on the CPU, as torch.optim keeps
+    ``state[p]["step"]`` unless ``capturable``, not on the parameter's device (DESIGN 2.5).
+
+    For eager loops on a GPU that no CUDA graph captures: a leaf's bias corrections and other
+    coefficients of its count are then computed on the host and reach the foreach kernels as
+    numbers (one launch for all the tensors of an op; from device counts they are 0-d tensors
+    on the GPU, one per leaf, which torch's foreach kernels take one tensor at a time), and
+    the blocked steps of the algorithms whose rules read their counts (Adamax, NAdam, RAdam,
+    ASGD, ...) run their programs, as in the drop-in classes. The numbers are the device
+    counts' up to the rounding of those coefficients (the CPU's ``pow`` and a GPU's may differ
+    in the last bit). Such a state is not for ``torch.cuda.graph`` capture (a captured step
+    would replay one step's coefficients). Only the per-leaf counts move: a schedule's count
+    stays with the parameters (its value is one 0-d tensor for every leaf)::
+
+        with fo.host_counts():
+            state = tx.init(params)
+    """
+    before, _rulemath.COUNTS.on_host = _rulemath.COUNTS.on_host, True
+    try:
+        yield
+    finally:
+        _rulemath.COUNTS.on_host = before

@@ -249,6 +249,67 @@ def test_functional_blocked_step_on_the_gpu_advances_device_counts(name, monkeyp
                 assert torch.equal(a, b)  # every count advanced once per step
 
 
+def _kernels(fn) -> int:
+    """The CUDA kernels one call of ``fn`` launches (the profiler's device events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam_amsgrad", "sgd", "adagrad", "rmsprop",
+                                  "adadelta", "adamax", "nadam", "radam", "asgd", "rprop",
+                                  "user_chain"])
+def test_host_counts_on_the_gpu_give_the_device_counts_numbers(name):
+    """A state made within ``fo.host_counts()`` (per-leaf counts on the CPU, as torch.optim
+    keeps them) steps GPU parameters with the numbers of the device counts' state: the pure
+    update, the pure ``fo.step`` and the donated one (float64: the coefficients' rounding, the
+    fused and blocked steps' order); its per-leaf counts stay on the CPU and advance as the
+    others (the user chain's schedule keeps its one count on the GPU)."""
+    from test_donation import ALIASES, _clone, _pure, _trees
+
+    tx = ALIASES[name]()
+    params, grads = optree.tree_map(lambda x: x.cuda(), _trees())
+    expected, expected_state = _pure(tx, params, grads)
+    with fo.host_counts():
+        pure_state, step_state, donated_state = (tx.init(params) for _ in range(3))
+    pure, step, donated = params, params, _clone(params)
+    for g in grads:
+        updates, pure_state = tx.update(g, pure_state, pure)
+        pure = fo.apply_updates(pure, updates)
+        step, step_state = fo.step(tx, g, step_state, step)
+        donated, donated_state = fo.step(tx, g, donated_state, donated, donate=True)
+    for got, state in ((pure, pure_state), (step, step_state), (donated, donated_state)):
+        for a, b in zip(optree.tree_leaves(got), optree.tree_leaves(expected)):
+            assert a.device == b.device
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        counts = [(a, b) for a, b in zip(optree.tree_leaves(state),
+                                         optree.tree_leaves(expected_state))
+                  if isinstance(a, torch.Tensor) and not a.is_floating_point()]
+        assert all(int(a) == int(b) for a, b in counts)
+        assert sum(a.device.type != "cpu" for a, _ in counts) == (name == "user_chain")
+
+
+def test_host_counts_take_the_one_launch_path():
+    """AdamW's pure update on 64 GPU leaves launches a kernel per leaf for each bias
+    correction with the state's device counts (0-d GPU coefficients, which torch's foreach
+    kernels take one tensor at a time) and none with host counts (numbers)."""
+    tx = fo.adamw(lr=1e-3, weight_decay=1e-2)
+    params = {str(i): torch.randn(32, device="cuda") for i in range(64)}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    with fo.host_counts():
+        host = tx.init(params)
+    device = tx.init(params)
+    for state in (host, device):  # (warm)
+        tx.update(grads, state, params)
+    on_device = _kernels(lambda: tx.update(grads, device, params))
+    on_host = _kernels(lambda: tx.update(grads, host, params))
+    assert on_device >= 2 * len(params) > on_host
+
+
 def test_pure_steps_copies_on_the_gpu_are_bit_for_bit():
     """The pure ``fo.step`` copies the state and parameters on a GPU with one foreach kernel
     per (device, dtype) list (floating tensors times one, allocated in C++; the others copied

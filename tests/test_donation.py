@@ -378,3 +378,20 @@ def test_pure_step_copies_keep_each_tensors_layout_and_share_the_counts(device):
                 old[k].dtype, old[k].device, old[k].stride())
     assert all(new_state["count"][k] is counts[k] for k in counts)
     assert new_state["flag"] is True and new_state["none"] is None
+
+
+def test_host_counts_puts_the_per_leaf_counts_on_the_cpu():
+    """``fo.host_counts()``: ``init`` puts each leaf's step count on the CPU (parameters on
+    ``meta`` here, standing for a GPU), a schedule's count stays with the parameters, and the
+    setting ends with the block (nested blocks too)."""
+    tx = fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(
+        fo.schedules.cosine_decay(1e-3, 100)))
+    params = {"w": torch.zeros(3, 2, device="meta"), "b": torch.zeros(3, device="meta")}
+    with fo.host_counts():
+        with fo.host_counts():
+            pass
+        state = tx.init(params)
+    assert all(c.device.type == "cpu" for c in state[0].step.values())
+    assert state[1].step.device.type == "meta"
+    assert all(c.device.type == "meta" for c in tx.init(params)[0].step.values())
+
