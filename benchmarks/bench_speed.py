@@ -231,8 +231,11 @@ def _sync(device: str) -> Callable[[], None]:
 
 
 def peak_extra_bytes(step: Callable, device: str = "cpu") -> int:
-    """The peak of the running sum of CPU allocations during one step (profiler events); on a
-    GPU, the caching allocator's peak above what was allocated before the step."""
+    """The peak of the running sum of CPU allocations and frees during one step (the
+    profiler's memory records, in time order: each op's own summary counted a foreach op's
+    allocations twice, its own and its per-tensor ops', and placed frees at the start of the
+    op they happened in); on a GPU, the caching allocator's peak above what was allocated
+    before the step."""
     if device == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -243,11 +246,11 @@ def peak_extra_bytes(step: Callable, device: str = "cpu") -> int:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage),
-                    key=lambda e: e.time_range.start)
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]")
     running = peak = 0
-    for e in events:
-        running += e.cpu_memory_usage
+    for _, nbytes in records:
+        running += nbytes
         peak = max(peak, running)
     return peak
 
