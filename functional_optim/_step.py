@@ -112,8 +112,9 @@ def host_counts() -> Iterator[None]:
     coefficients of its count are then computed on the host and reach the foreach kernels as
     numbers (one launch for all the tensors of an op; from device counts they are 0-d tensors
     on the GPU, one per leaf, which torch's foreach kernels take one tensor at a time), and
-    the blocked steps of the algorithms whose rules read their counts (Adamax, NAdam, RAdam,
-    ASGD, ...) run their programs, as in the drop-in classes. The numbers are the device
+    the blocked steps of the algorithms whose rules read their counts run their programs, as
+    in the drop-in classes (Adamax, RAdam; not NAdam or ASGD, whose other 0-d state, NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``, stays on the device). The numbers are the device
     counts' up to the rounding of those coefficients (the CPU's ``pow`` and a GPU's may differ
     in the last bit). Such a state is not for ``torch.cuda.graph`` capture (a captured step
     would replay one step's coefficients). Only the per-leaf counts move: a schedule's count
