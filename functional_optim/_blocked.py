@@ -433,8 +433,10 @@ class _Programs:
                     first = columns[c][members[0]]
                     made = dict(zip(members, _plus_one([columns[c][n] for n in members],
                                                        inplace=False))) if \
-                        not first.is_cpu and prog.advances(1 + c, 2 + c) else \
+                        not first.is_cpu else \
                         _filled(prog.output(1 + c, env), first.dtype, members)
+                    # (a count off the CPU reaches a run only where the rule just advances it:
+                    # :meth:`rule_runs`)
                     if len(made) == len(columns[c]):  # (every parameter: the usual step)
                         new[c] = made
                     else:
