@@ -111,12 +111,19 @@ COUNTS = _Counts()
 :func:`functional_optim.host_counts` (``COUNTS.on_host``)."""
 
 
+def leaf_scalars(params: Any, value: Any, dtype: torch.dtype) -> Any:
+    """Per-leaf 0-d state (a step count, NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``):
+    ``value`` in ``dtype`` on each parameter's device, on the CPU within
+    :func:`functional_optim.host_counts`."""
+    if COUNTS.on_host:
+        return _tree.map(lambda p: torch.full((), value, dtype=dtype), params)
+    return _tree.map(lambda p: torch.full((), value, dtype=dtype, device=p.device), params)
+
+
 def init_count(params: Any) -> Any:
     """A per-leaf step counter: an int64 0-d zero on each parameter's device (on the CPU
     within :func:`functional_optim.host_counts`)."""
-    if COUNTS.on_host:
-        return _tree.map(lambda p: torch.zeros((), dtype=torch.int64), params)
-    return _tree.map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
+    return leaf_scalars(params, 0, torch.int64)
 
 
 def full_like(params: Any, value: float) -> Any:

@@ -105,18 +105,19 @@ def _fusable(params: Any, grads: Any, pure: bool = False, hparams: Any = None) -
 
 @contextlib.contextmanager
 def host_counts() -> Iterator[None]:
-    """Within: ``init`` keeps each leaf's step count on the CPU, as torch.optim keeps
-    ``state[p]["step"]`` unless ``capturable``, not on the parameter's device (DESIGN 2.5).
+    """Within: ``init`` keeps each leaf's step count, and the other per-leaf 0-d state
+    (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``), on the CPU, as torch.optim keeps
+    ``state[p]["step"]`` and those unless ``capturable``, not on the parameter's device
+    (DESIGN 2.5).
 
     For eager loops on a GPU that no CUDA graph captures: a leaf's bias corrections and other
-    coefficients of its count are then computed on the host and reach the foreach kernels as
-    numbers (one launch for all the tensors of an op; from device counts they are 0-d tensors
+    coefficients of that state are then computed on the host and reach the foreach kernels as
+    numbers (one launch for all the tensors of an op; from device state they are 0-d tensors
     on the GPU, one per leaf, which torch's foreach kernels take one tensor at a time), and
-    the blocked steps of the algorithms whose rules read their counts run their programs, as
-    in the drop-in classes (Adamax, RAdam; not NAdam or ASGD, whose other 0-d state, NAdam's
-    ``mu_product``, ASGD's ``eta`` and ``mu``, stays on the device). The numbers are the device
-    counts' up to the rounding of those coefficients (the CPU's ``pow`` and a GPU's may differ
-    in the last bit). Such a state is not for ``torch.cuda.graph`` capture (a captured step
+    the blocked steps of the algorithms whose rules read it run their programs, as in the
+    drop-in classes (Adamax, NAdam, RAdam, ASGD). The numbers are the device state's up to the
+    rounding of those coefficients (the CPU's ``pow`` and a GPU's may differ in the last
+    bit). Such a state is not for ``torch.cuda.graph`` capture (a captured step
     would replay one step's coefficients). Only the per-leaf counts move: a schedule's count
     stays with the parameters (its value is one 0-d tensor for every leaf)::
 

@@ -267,8 +267,9 @@ def test_host_counts_on_the_gpu_give_the_device_counts_numbers(name):
     """A state made within ``fo.host_counts()`` (per-leaf counts on the CPU, as torch.optim
     keeps them) steps GPU parameters with the numbers of the device counts' state: the pure
     update, the pure ``fo.step`` and the donated one (float64: the coefficients' rounding, the
-    fused and blocked steps' order); its per-leaf counts stay on the CPU and advance as the
-    others (the user chain's schedule keeps its one count on the GPU)."""
+    fused and blocked steps' order); its per-leaf 0-d state (counts, NAdam's ``mu_product``,
+    ASGD's ``eta`` and ``mu``) stays on the CPU and advances as the others (the user chain's
+    schedule keeps its one count on the GPU)."""
     from test_donation import ALIASES, _clone, _pure, _trees
 
     tx = ALIASES[name]()
@@ -286,11 +287,16 @@ def test_host_counts_on_the_gpu_give_the_device_counts_numbers(name):
         for a, b in zip(optree.tree_leaves(got), optree.tree_leaves(expected)):
             assert a.device == b.device
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-        counts = [(a, b) for a, b in zip(optree.tree_leaves(state),
-                                         optree.tree_leaves(expected_state))
-                  if isinstance(a, torch.Tensor) and not a.is_floating_point()]
+        scalars = [(a, b) for a, b in zip(optree.tree_leaves(state),
+                                          optree.tree_leaves(expected_state))
+                   if isinstance(a, torch.Tensor) and not a.ndim]
+        counts = [(a, b) for a, b in scalars if not a.is_floating_point()]
         assert all(int(a) == int(b) for a, b in counts)
         assert sum(a.device.type != "cpu" for a, _ in counts) == (name == "user_chain")
+        moved = [(a, b) for a, b in scalars if a.is_floating_point() and a.device.type == "cpu"]
+        assert len(moved) == {"nadam": 3, "asgd": 6}.get(name, 0)  # (per leaf: mu_product;
+        for a, b in moved:  # eta and mu. The 0-d parameter's moments stay on the GPU)
+            torch.testing.assert_close(a, b.cpu(), rtol=1e-12, atol=0)
 
 
 def test_host_counts_take_the_one_launch_path():

@@ -382,8 +382,9 @@ def test_pure_step_copies_keep_each_tensors_layout_and_share_the_counts(device):
 
 def test_host_counts_puts_the_per_leaf_counts_on_the_cpu():
     """``fo.host_counts()``: ``init`` puts each leaf's step count on the CPU (parameters on
-    ``meta`` here, standing for a GPU), a schedule's count stays with the parameters, and the
-    setting ends with the block (nested blocks too)."""
+    ``meta`` here, standing for a GPU), and NAdam's and ASGD's other per-leaf 0-d state; a
+    schedule's count stays with the parameters, and the setting ends with the block (nested
+    blocks too)."""
     tx = fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(
         fo.schedules.cosine_decay(1e-3, 100)))
     params = {"w": torch.zeros(3, 2, device="meta"), "b": torch.zeros(3, device="meta")}
@@ -394,4 +395,9 @@ def test_host_counts_puts_the_per_leaf_counts_on_the_cpu():
     assert all(c.device.type == "cpu" for c in state[0].step.values())
     assert state[1].step.device.type == "meta"
     assert all(c.device.type == "meta" for c in tx.init(params)[0].step.values())
+    for alias, per_leaf in ((fo.nadam(), 2), (fo.asgd(), 3)):  # (their other 0-d state)
+        with fo.host_counts():
+            scalars = [x for x in optree.tree_leaves(alias.init(params)) if not x.ndim]
+        assert len(scalars) == per_leaf * len(params)
+        assert all(x.device.type == "cpu" for x in scalars)
 

@@ -36,6 +36,7 @@ from .._execute import (
     safe_sqrt,
     scalar_dtype,
 )
+from .._rulemath import leaf_scalars
 from ..base import (
     MissingParamsError,
     Transform,
@@ -72,10 +73,6 @@ def _torch_scalar_dtype(dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
         return dtype
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-def _scalar_like(params: Any, value: float, dtype: torch.dtype) -> Any:
-    return _tree.map(lambda p: torch.full((), value, dtype=dtype, device=p.device), params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +367,7 @@ def scale_by_nadam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
 
     def init(params):
         dtype = _torch_scalar_dtype(scalar_state_dtype)
-        return ScaleByNadamState(init_count(params), _scalar_like(params, 1.0, dtype),
+        return ScaleByNadamState(init_count(params), leaf_scalars(params, 1.0, dtype),
                                  _tree.zeros_like(params), _tree.zeros_like(params))
 
     def prepare(updates, state, params, hparams):
@@ -577,8 +574,8 @@ def scale_by_asgd(lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
     def init(params):
         dtype = _torch_scalar_dtype(scalar_state_dtype)
         first = lr if isinstance(lr, Number) else 0.0  # replaced by the lr of the first update
-        return ScaleByAsgdState(init_count(params), _scalar_like(params, first, dtype),
-                                _scalar_like(params, 1.0, dtype), _tree.zeros_like(params))
+        return ScaleByAsgdState(init_count(params), leaf_scalars(params, first, dtype),
+                                leaf_scalars(params, 1.0, dtype), _tree.zeros_like(params))
 
     rule = functools.partial(_asgd_rule, rounding=_torch_scalar_dtype(scalar_state_dtype))
 
