@@ -11,9 +11,10 @@ one call per op and block.
 
 The ops are the alias's own rule: :func:`rule_step` traces the chain's update of one parameter
 into a foreach program (:mod:`functional_optim._program`: torch.optim's in-place sequence, not a
-second copy of the math) and runs it on each block; one definition of each rule. Adafactor's
-step is not pointwise (its step size depends on norms over each parameter): it is written out
-in :mod:`functional_optim._blocked_adafactor`, two passes per parameter. The same trace, op for
+second copy of the math) and runs it on each block; one definition of each rule. A rule that
+reduces over each parameter (Adafactor's step size depends on norms over it) is traced per
+parameter shape and run in passes over blocks of rows instead
+(:mod:`functional_optim._blocked_reduce`). The same trace, op for
 op (:mod:`functional_optim._program_exact`), is the alias's pure ``tx.update``
 (:func:`rule_update`): the per-leaf numbers, bit for bit. Only an alias whose rule is every
 leaf's gets either (not one built with a mask or a partition: ``aliases/_common.py``).

@@ -72,29 +72,42 @@ class _Recorder(TorchDispatchMode):
 _ALIASES = {aten.detach.default, aten.alias.default, aten.lift_fresh.default}
 
 
-def trace(fn: Callable, inputs: list[torch.Tensor], kinds: list[str],
-          targets: list[int | None]) -> Program | None:
-    """The program of ``fn(*inputs) -> list of tensors`` (one per output slot), or ``None``
-    where it is not a pointwise rule. ``kinds[k]``: ``TENSOR`` for an input shaped like the
-    leaf (the first input), ``SCALAR`` for a 0-d one. ``targets[j]``: the input whose tensors
-    receive output ``j`` (``None``: a scalar output, read with :meth:`Program.output`)."""
+class _Device:
+    """Where a traced factory's ``meta`` device stands: the leaf's device at run time."""
+
+
+DEVICE = _Device()
+
+
+def recorded(fn: Callable, inputs: list[torch.Tensor], kinds: list[str],
+             classify: Callable[[set, torch.Tensor], str | None]) -> tuple | None:
+    """``(values, shapes, nodes, outputs)``: the aten ops of ``fn(*inputs) -> list of tensors``
+    as :class:`Node` s on :class:`Ref` s (inputs first; ``kinds[k]``: input ``k``'s kind; a
+    0-d tensor made before, a cached constant, a ``CONST``), or ``None`` where a value is read
+    on the host, an op writes in place, draws random numbers or takes a tensor list, or
+    ``classify(kinds among its operands, result)`` gives a result no kind (``None``). A
+    ``meta`` device among the arguments (a factory on a traced leaf's device) becomes
+    :data:`DEVICE`."""
     recorder = _Recorder()
     with torch.no_grad(), recorder:
         outputs = fn(*inputs)
-    shape = inputs[0].shape
     values = [Value(kind, x.dtype) for kind, x in zip(kinds, inputs)]
+    shapes = [tuple(x.shape) for x in inputs]
     ids = {id(x): Ref(k) for k, x in enumerate(inputs)}
     nodes = []
 
     def ref(x: Any) -> Any:
+        if isinstance(x, torch.device) and x.type == "meta":
+            return DEVICE
         if not isinstance(x, torch.Tensor):
             return x
         r = ids.get(id(x))
         if r is None:  # a tensor made before the trace (a cached constant)
-            if x.ndim:
+            if x.ndim or x.is_meta:
                 raise _NotPointwise
             r = ids[id(x)] = Ref(len(values))
             values.append(Value(CONST, x.dtype, x))
+            shapes.append(())
         return r
 
     try:
@@ -110,17 +123,39 @@ def trace(fn: Callable, inputs: list[torch.Tensor], kinds: list[str],
                 # program would draw them per block, not as the chain does), a tensor list
             a = tuple(map(ref, args))
             kw = {k: ref(v) for k, v in kwargs.items()}
-            found = {values[r.index].kind for r in (*a, *kw.values()) if isinstance(r, Ref)}
-            kind = TENSOR if TENSOR in found else SCALAR if SCALAR in found else CONST
-            if kind == TENSOR and out.shape != shape or kind != TENSOR and out.ndim:
-                return None  # a reduction, a broadcast: not pointwise
+            kind = classify({values[r.index].kind for r in (*a, *kw.values())
+                             if isinstance(r, Ref)}, out)
+            if kind is None:
+                return None
             ids[id(out)] = Ref(len(values))
             values.append(Value(kind, out.dtype, out if kind == CONST else None))
+            shapes.append(tuple(out.shape))
             if kind != CONST:
                 nodes.append(Node(func, a, kw, len(values) - 1))
-        return Program(values, nodes, [ref(x) for x in outputs], len(inputs), targets)
+        return values, shapes, nodes, [ref(x) for x in outputs]
     except _NotPointwise:
         return None
+
+
+def trace(fn: Callable, inputs: list[torch.Tensor], kinds: list[str],
+          targets: list[int | None]) -> Program | None:
+    """The program of ``fn(*inputs) -> list of tensors`` (one per output slot), or ``None``
+    where it is not a pointwise rule. ``kinds[k]``: ``TENSOR`` for an input shaped like the
+    leaf (the first input), ``SCALAR`` for a 0-d one. ``targets[j]``: the input whose tensors
+    receive output ``j`` (``None``: a scalar output, read with :meth:`Program.output`)."""
+    shape = inputs[0].shape
+
+    def classify(found: set, out: torch.Tensor) -> str | None:
+        kind = TENSOR if TENSOR in found else SCALAR if SCALAR in found else CONST
+        if kind == TENSOR and out.shape != shape or kind != TENSOR and out.ndim:
+            return None  # a reduction, a broadcast: not pointwise
+        return kind
+
+    got = recorded(fn, inputs, kinds, classify)
+    if got is None:
+        return None
+    values, _, nodes, outputs = got
+    return Program(values, nodes, outputs, len(inputs), targets)
 
 
 class _NotPointwise(Exception):

@@ -26,7 +26,7 @@ from tolerance import (
 
 import functional_optim as fo
 import functional_optim.optim as foo
-from functional_optim import _blocked, _blocked_adafactor
+from functional_optim import _blocked, _program_passes
 
 CASES = [
     ("RMSprop", dict(lr=0.01)),
@@ -56,17 +56,24 @@ SHAPES = [(7, 3), (_blocked.BLOCK + 1000,), (5,), (300, 500), (4, 2, 2)]
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Counts the blocks the blocked step runs."""
+    """Counts the blocks the blocked steps run: of a pointwise rule, the number of leaves in
+    each; of a rule that reduces over each leaf (Adafactor's), ``(whole, shape)`` of each
+    compiled plan run (``whole``: in one block; ``shape``: the leaf's or the stack's)."""
     calls = []
     blocks = _blocked.blocks
+    plan = _program_passes.Passes.__call__
 
     def counting(columns, *args):
         for part in blocks(columns, *args):
             calls.append(len(part[0]))
             yield part
 
+    def planned(self, env, tensors):
+        calls.append((self.whole, tuple(self.program.shape)))
+        return plan(self, env, tensors)
+
     monkeypatch.setattr(_blocked, "blocks", counting)
-    monkeypatch.setattr(_blocked_adafactor, "blocks", counting)
+    monkeypatch.setattr(_program_passes.Passes, "__call__", planned)
     return calls
 
 
@@ -132,9 +139,12 @@ def test_blocked_step_runs_and_matches_the_chain_and_torch(spy, name, kwargs, dt
     ours, opt, _ = _run(functools.partial(cls, **kwargs), dtype)
     # per step, in order: the first small tensor (a large one follows), the 2 pieces of the
     # split tensor, the next small one, the non-contiguous one (kept whole), the last small one;
-    # Adafactor (norms per leaf) keeps the large contiguous one whole too
-    per_step = 5 if name == "Adafactor" else 6
-    assert spy == [1] * (12 * per_step)
+    # Adafactor (norms per leaf): each leaf in one block but the two large ones, in passes
+    if name == "Adafactor":
+        assert spy == [(True, SHAPES[0]), (False, SHAPES[1]), (True, SHAPES[2]),
+                       (False, SHAPES[3]), (True, SHAPES[4])] * 12
+    else:
+        assert spy == [1] * (12 * 6)
     calls = len(spy)
     chain, ref, _ = _run(functools.partial(cls, **kwargs, foreach=False), dtype)
     theirs, torch_opt, peak = _run(functools.partial(getattr(torch.optim, name), **kwargs), dtype)
@@ -153,13 +163,10 @@ def test_blocked_step_runs_and_matches_the_chain_and_torch(spy, name, kwargs, dt
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_adafactor_batches_small_matrices_of_one_shape(monkeypatch, dtype):
-    """Small matrices that share a shape (a non-contiguous one, 3-d ones among them) run as one
-    batch per shape, with the numbers of the chain and torch.optim.Adafactor."""
-    batches = []
-    batched = _blocked_adafactor._adafactor_matrices
-    monkeypatch.setattr(_blocked_adafactor, "_adafactor_matrices",
-                        lambda p, *a: batches.append(len(p)) or batched(p, *a))
+def test_adafactor_stacks_small_matrices_of_one_shape(spy, dtype):
+    """Small matrices that share a shape (a non-contiguous one among them) run stacked, in one
+    compiled block; 3-d ones, whose traced rule has views (``matmul``'s), one by one; with the
+    numbers of the chain and torch.optim.Adafactor."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(6, 5)] * 3 + [(5, 6), (3, 4, 5), (3, 4, 5), (6,)]
 
@@ -177,7 +184,8 @@ def test_adafactor_batches_small_matrices_of_one_shape(monkeypatch, dtype):
 
     kwargs = dict(lr=0.05, weight_decay=0.1)
     ours = run(functools.partial(foo.Adafactor, **kwargs))
-    assert batches == [3, 1, 2] * 6
+    assert spy == [(True, (3, 6, 5)), (True, (5, 6)), (True, (3, 4, 5)), (True, (3, 4, 5)),
+                   (True, (6,))] * 6
     gen.manual_seed(0)
     chain = run(functools.partial(foo.Adafactor, **kwargs, foreach=False))
     gen.manual_seed(0)

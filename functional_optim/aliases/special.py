@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _blocked_adafactor
+from .._blocked_reduce import reduce_step
 from ..base import Transform, chain
 from ..registry import register
 from ..transforms import (
@@ -52,10 +52,8 @@ def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
         return {"lr": h["lr"], "beta2_decay": h["beta2_decay"], "eps1": eps1, "eps2": eps2,
                 "d": h["d"], "weight_decay": h["weight_decay"]}
 
-    where = f"{owner} hparams"
-    blocked = _blocked_adafactor.adafactor_step(defaults, where, maximize=maximize)
-    return _reparametrized(owner, inner, defaults, to_inner, dict(maximize=maximize))._replace(
-        fused=blocked)
+    tx = _reparametrized(owner, inner, defaults, to_inner, dict(maximize=maximize))
+    return tx._replace(fused=reduce_step(tx, defaults, f"{owner} hparams"))
 
 
 @register(paper='Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"',
