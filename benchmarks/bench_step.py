@@ -203,11 +203,15 @@ def main() -> None:
             print("\n".join(lines[-len(results) - 1:]), flush=True)
         summary.append(f"| {algo} | " + " | ".join(row) + " |")
         print(summary[-1], flush=True)
-    text = "\n".join(lines[:2] + summary + lines[2:]) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
+    written("\n".join(lines[:2] + summary + lines[2:]) + "\n", args.out)
+
+
+def written(text: str, out: str | None) -> None:
+    """``text`` into the file ``out`` (nothing without one)."""
+    if out:
+        with open(out, "w") as f:
             f.write(text)
-        print(f"wrote {args.out}")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

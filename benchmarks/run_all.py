@@ -1,8 +1,10 @@
 """Every benchmark, with its results written under ``benchmarks/results/`` (``make bench``).
 
 - ``bench_step.py``: the adapter vs torch.optim for every algorithm with a foreach
-  implementation (1 thread); ``step_work.py``: the work of each of those steps, counted (Python
-  calls, aten ops: deterministic, for before/after comparisons on a loaded machine);
+  implementation (1 thread); ``bench_alias_step.py``: the drop-in step of aliases torch.optim
+  lacks (LAMB) vs the chain it runs otherwise; ``step_work.py``: the work of each of those
+  steps, counted (Python calls, aten ops: deterministic, for before/after comparisons on a
+  loaded machine);
 - ``bench_speed.py``: AdamW, SGD-momentum and a chain on every path, ours and the peers', with the
   bandwidth bound, first-step time, peak memory and identity-transform cost (1 and 2 threads),
   and its chart; on a machine with a CUDA GPU, the same suite on the GPU
@@ -45,6 +47,8 @@ def main() -> None:
     if "--speed-only" not in sys.argv:
         run(sys.executable, "bench_step.py", "--threads", "1",
             "--out", os.path.join(RESULTS, "step_cpu_1thread.md"))
+        run(sys.executable, "bench_alias_step.py",
+            "--out", os.path.join(RESULTS, "step_aliases_cpu_1thread.md"))
         run(sys.executable, "step_work.py", "--out", os.path.join(RESULTS, "step_work.md"))
     threads_list = (2,) if "--two-threads-only" in sys.argv else (1, 2)
     for threads in threads_list:  # cold compiles measured once, with one thread

@@ -452,7 +452,7 @@ _EXACT_PROGRAMS = 16
 step, a schedule's lr given as a float, would trace one per step: beyond, the chain runs)."""
 
 
-def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
+def rule_step(tx: Any, defaults: dict, where: str, reduce: bool = False) -> FusedStep:
     """The blocked step of ``tx`` (an alias: flat hyperparameters ``defaults``): its chain's
     update traced once per dtype and structural hyperparameters (:func:`_baked`) into a
     foreach program (:mod:`functional_optim._program`) and run in place, a cache-sized block
@@ -462,17 +462,25 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
     ``None`` (the chain runs) unless every hyperparameter is a number, the state is all
     parameter-shaped (no schedule), the leaves are float32/float64 CPU or CUDA tensors, the
     0-d state that the rule reads is on the CPU (a count it only advances may be on any
-    device) and the rule is pointwise (:func:`~functional_optim._program.trace`).
+    device) and the rule is pointwise (:func:`~functional_optim._program.trace`); with
+    ``reduce``, a rule that is not (Adafactor's, LAMB's: reductions over each parameter) runs
+    the blocked step of :func:`~functional_optim._blocked_reduce.reduce_step` instead, on the
+    CPU (an alias vouches for it: its passes reread the state to recompute what they do not
+    keep, which costs some rules more than the chain's multi-tensor step on large tensors,
+    ``benchmarks/bench_alias_step.py``).
     Within :func:`~functional_optim._fused.owning` (``fo.step`` without donation) the program
     runs out of place (:func:`_pure_run`): the same ops, so the donated step's numbers.
-    ``step.rules``: its :class:`_Programs`, shared with :func:`rule_update`."""
+    ``step.rules``: its :class:`_Programs`, shared with :func:`rule_update`; ``step.reduced``:
+    the other step."""
     programs = _Programs(tx, defaults, where)
+    reduced = reduce_step(tx, defaults, where) if reduce else None
 
     def fused(params, grads, state, hparams):
         copies = pure_copies()
         prepared = programs.runs(params, grads, state, hparams, False, copies is None)
         if prepared is None:
-            return None
+            return None if programs.pointwise or reduced is None else \
+                reduced(params, grads, state, hparams)
         if copies is not None:  # (the state's every tensor is in its columns)
             check_graphed(x for column in prepared[0] for x in column.values())
         new_params, new_state = programs.run(params, grads, state, *prepared, copies is None)
@@ -482,6 +490,7 @@ def rule_step(tx: Any, defaults: dict, where: str) -> FusedStep:
 
     fused.programs = programs.programs  # (by dtypes and hyperparameters: for inspection)
     fused.rules = programs  # (shared with the alias's pure update: with_rule_steps)
+    fused.reduced = reduced
     return fused
 
 
@@ -509,10 +518,11 @@ def rule_update(programs: _Programs, update: Callable) -> Callable:
 
 
 def with_rule_steps(tx: Any, defaults: dict, where: str, then: FusedStep | None = None, *,
-                    blocked: bool = True) -> Any:
+                    blocked: bool = True, reduce: bool = False) -> Any:
     """``tx`` (an alias: flat hyperparameters ``defaults``) with its pure ``update`` run as the
     rule's exact program where it may (:func:`rule_update`) and, with ``blocked``, its rule's
-    blocked step as its ``fused`` step (:func:`rule_step`; ``then`` where that declines);
+    blocked step as its ``fused`` step (:func:`rule_step`, ``reduce`` passed on; ``then``
+    where that declines);
     else ``then`` (torch's fused kernels). For the aliases whose every leaf runs the same rule:
     a transform whose rule depends on the leaf (a mask, a partition, a name: HuggingFace's
     ``exclude_from_weight_decay``) would be traced for one leaf and replayed on all, so a
@@ -520,6 +530,9 @@ def with_rule_steps(tx: Any, defaults: dict, where: str, then: FusedStep | None 
     if not blocked:
         return tx._replace(update=rule_update(_Programs(tx, defaults, where), tx.update),
                            fused=then)
-    step = rule_step(tx, defaults, where)
+    step = rule_step(tx, defaults, where, reduce)
     return tx._replace(update=rule_update(step.rules, tx.update),
                        fused=step if then is None else first(step, then))
+
+
+from ._blocked_reduce import reduce_step  # noqa: E402  (it builds on this module's helpers)

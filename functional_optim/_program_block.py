@@ -157,20 +157,38 @@ class Emitter:
         """Operand ``a`` of op ``k``, computed here if it was a sum."""
         if not isinstance(a, Ref) or a.index not in self.sums or a.index in self.made:
             return a
-        self.made.add(a.index)
-        self.last[a.index] = max(
+        i = a.index
+        self.made.add(i)
+        target = self.passes.out_at.get(i, (None,))[0]
+        self.last[i] = len(self.nodes) if target is not None else max(
             j for j, n in enumerate(self.nodes) if n.out not in self.sums and
-            a.index in [r.index for r in (*n.args, *n.kwargs.values()) if isinstance(r, Ref)])
-        self._sum(k, a.index, None)
+            i in [r.index for r in (*n.args, *n.kwargs.values()) if isinstance(r, Ref)])
+        # (an output: on its input's block where no later op reads that but through this
+        # sum, else written at the end of the block)
+        if not self._sum(k, i, target if self._only_through(target, i, k) else None) and \
+                target is not None:
+            self._write(target, i)
         return a
 
-    def _sum(self, k: int, out: int, target: int | None) -> None:
+    def _only_through(self, x: int | None, i: int, k: int) -> bool:
+        """Whether no op from ``k`` on reads value ``x`` but through the sum ``i``."""
+        for n in self.nodes[k:]:
+            if n.out in self.sums:
+                continue
+            for a in (*n.args, *n.kwargs.values()):
+                if isinstance(a, Ref) and a.index != i and (
+                        a.index == x or x in self._reads((a,), {})):
+                    return False
+        return x is not None
+
+    def _sum(self, k: int, out: int, target: int | None) -> bool:
         """``v{out}``, the sum ``self.sums[out]``, computed at op ``k``: on the term of its
         ``target`` input's block (an output), or of a temporary that dies here, in place;
-        else into a scratch block."""
+        else into a scratch block. ``True`` where on the ``target``'s block."""
         terms = list(self.sums[out])
         host = next((t for t in terms if t[0] == target), None) or next(
             (t for t in terms if self._dies(t[0], k)), None)
+        on_target = host is not None and host[0] == target
         if host is None and len(terms) > 1 and terms[0][1] == ONE:
             (x, _), (y, c) = terms[:2]
             self._emit(k, out, aten.add.Tensor, [Ref(x), Ref(y)], {"alpha": self._render(c)},
@@ -187,6 +205,7 @@ class Emitter:
         for y, c in terms:
             self._emit(k, out, aten.add.Tensor, [Ref(out), Ref(y)], {"alpha": self._render(c)},
                        inplace=True)
+        return on_target
 
     def _alias(self, out: int, x: int) -> None:
         """``v{out}`` is ``x`` (a sum's host whose coefficient is 1)."""
@@ -304,8 +323,7 @@ class Emitter:
                 target = self.passes.out_at[i][0]
                 self.made.add(i)
                 self.last[target] = end
-                self._sum(end, i, target)
-                if target not in [x for x, _ in self.sums[i]]:
+                if not self._sum(end, i, target):
                     self._write(target, i)
         source = "def run(X, E, R, W, r0, r1):\n" + "".join(
             self.lines + self.writes or ["    pass\n"])

@@ -320,7 +320,7 @@ def test_pure_step_keeps_a_graph_through_a_state_that_requires_grad(name):
 
 
 @pytest.mark.parametrize("name", ["adamw", "adam_amsgrad", "sgd", "adagrad", "rmsprop_plain",
-                                  "nadam", "adafactor", "user_chain_constant_lr"])
+                                  "nadam", "adafactor", "lamb", "user_chain_constant_lr"])
 def test_pure_step_on_large_and_strided_leaves_is_the_donated_step(name):
     """The pure ``fo.step`` runs the donated step on copies, also where the blocked steps split
     a leaf larger than a block or keep a transposed one whole: the donated step's numbers bit
@@ -328,6 +328,7 @@ def test_pure_step_on_large_and_strided_leaves_is_the_donated_step(name):
     from functional_optim._blocks import BLOCK
     tx = {"rmsprop_plain": lambda: fo.rmsprop(lr=0.01),
           "adafactor": lambda: fo.adafactor(lr=0.01),
+          "lamb": lambda: fo.lamb(lr=0.01, weight_decay=0.1),
           "user_chain_constant_lr": lambda: fo.chain(
               fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.add_decayed_weights(0.1),
               fo.scale_by_learning_rate(0.01))}.get(name, ALIASES.get(name))()

@@ -104,12 +104,17 @@ def test_a_count_the_rule_only_advances_is_known_as_such(name, advanced):
 
 
 def test_a_rule_that_is_not_pointwise_has_no_program():
-    """LAMB's trust ratio reads each parameter's norm: no program, the blocked step declines
-    and the chain runs."""
+    """LAMB's trust ratio reads each parameter's norm: no pointwise program, the blocked step
+    declines (the chain runs); with ``reduce`` (LAMB's alias vouches for it), the step is the
+    one of a rule that reduces over each leaf (``tests/test_program_reduce.py``)."""
     tx = fo.lamb(lr=1e-2)
-    step = _blocked.rule_step(tx, tx.hparams, "lamb")
     params = {"w": torch.randn(10)}
+    step = _blocked.rule_step(tx, tx.hparams, "lamb")
     assert step(params, {"w": torch.randn(10)}, tx.init(params), None) is None
+    assert not step.rules.pointwise and all(p is None for p in step.programs.values())
+    step = _blocked.rule_step(tx, tx.hparams, "lamb", reduce=True)
+    assert step(params, {"w": torch.randn(10)}, tx.init(params), None) is not None
+    assert len(step.reduced.programs) == 1
 
 
 def test_a_state_with_more_than_parameter_shaped_parts_declines():

@@ -64,7 +64,7 @@ def test_adafactor_pass_plans():
     matrices of one shape stacked."""
     tx = fo.adafactor(weight_decay=0.1)
     _chain_and_fused(tx, torch.float32)
-    programs = {p.shape: p for p in tx.fused.programs.values()}
+    programs = {p.shape: p for p in tx.fused.reduced.programs.values()}
     assert programs[(600, 400)]._passes.n == 3
     assert programs[(2 * BLOCK + 7,)]._passes.n == 2
     assert programs[(4, 200, 300)]._passes is False
@@ -108,3 +108,21 @@ def test_a_rule_without_a_reduction_form_declines():
     program = ReduceProgram((8, 4), values, shapes, ops, [Ref(1)], 1, [None], scalar=None)
     assert Passes.of(program, False) is None
     assert _program_passes.Passes.of(program, True) is not None
+
+
+def test_lamb_runs_its_traced_rule_with_the_chains_numbers(monkeypatch):
+    """LAMB's trust ratio (norms of the parameter and of its update) is a reduction too: its
+    blocked step is its traced rule, with the chain's numbers (float64), its Adam moments
+    (outputs read again by the update, so computed where first read and written at the end
+    of the block) included."""
+    runs = []
+    plan = _program_passes.Passes.__call__
+    monkeypatch.setattr(_program_passes.Passes, "__call__",
+                        lambda self, *a: runs.append(self.whole) or plan(self, *a))
+    tx = fo.lamb(lr=1e-2, weight_decay=0.1)
+    (p1, s1), (p2, s2) = _chain_and_fused(tx, torch.float64)
+    assert False in runs and True in runs  # (passes over the large leaves, whole the others)
+    for k in SHAPES:
+        torch.testing.assert_close(p2[k], p1[k], rtol=1e-12, atol=1e-12)
+    for a, b in zip(optree.tree_leaves(s2), optree.tree_leaves(s1)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -72,13 +72,14 @@ def _reparametrized(owner: str, inner: Transform, defaults: dict, to_inner: Call
 
 
 def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
-             structural: dict, lr_block: bool = True) -> Transform:
+             structural: dict, lr_block: bool = True, reduce: bool = False) -> Transform:
     """``reparametrize`` a chain of ``blocks`` to torch's flat ``defaults``: ``keys`` go to
     ``blocks[block]``, ``lr`` to the learning-rate block, ``weight_decay`` to its block.
 
     The adapter's fast path is the chain's own rule run in place a cache-sized block at a time
-    (:func:`functional_optim._blocked.rule_step`), where the rule is pointwise; its pure
-    ``update`` the rule's exact program (:func:`functional_optim._blocked.rule_update`)."""
+    (:func:`functional_optim._blocked.rule_step`), where the rule is pointwise (``reduce``:
+    or reduces over each leaf, run in passes); its pure ``update`` the rule's exact program
+    (:func:`functional_optim._blocked.rule_update`)."""
 
     def to_inner(h):
         inner: dict = {block: {k: h[k] for k in keys},
@@ -91,8 +92,8 @@ def _classic(owner: str, blocks: dict, defaults: dict, block: str, keys: tuple,
         tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
         if _leafwise(structural):
             return tx
-        return _blocked.with_rule_steps(tx, defaults, f"{owner} hparams")
-    return _lr_folded(owner, blocks, defaults, to_inner, structural)
+        return _blocked.with_rule_steps(tx, defaults, f"{owner} hparams", reduce=reduce)
+    return _lr_folded(owner, blocks, defaults, to_inner, structural, reduce)
 
 
 _LEAFWISE = ("mask", "labels", "blocks", "include_in_weight_decay", "exclude_from_weight_decay",
@@ -109,8 +110,8 @@ def _leafwise(structural: dict) -> bool:
                for k, v in structural.items())
 
 
-def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: dict
-               ) -> Transform:
+def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: dict,
+               reduce: bool = False) -> Transform:
     """``reparametrize(chain(**blocks))`` whose adapter step is the chain's rule run a
     cache-sized block at a time where it is pointwise (:func:`functional_optim._blocked.
     rule_step`), else the chain with the trailing ``lr`` block folded into the parameter update
@@ -121,7 +122,7 @@ def _lr_folded(owner: str, blocks: dict, defaults: dict, to_inner, structural: d
     tx = _reparametrized(owner, chain(**blocks), defaults, to_inner, structural)
     if _leafwise(structural):
         return tx._replace(fused=fused)
-    return _blocked.with_rule_steps(tx, defaults, where, fused)
+    return _blocked.with_rule_steps(tx, defaults, where, fused, reduce=reduce)
 
 
 def _number_or_tensor_lr(owner: str, lr: Any) -> None:

@@ -123,7 +123,7 @@ def lamb(lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.9
     defaults = dict(lr=blocks["lr"].hparams["lr"], betas=tuple(betas), eps=eps,
                     eps_root=eps_root, weight_decay=weight_decay)
     return _classic(owner, blocks, defaults, "adam", ("betas", "eps", "eps_root"),
-                    dict(mask=mask))
+                    dict(mask=mask), reduce=True)
 
 
 def _as_mask(mask: Any) -> Mask:

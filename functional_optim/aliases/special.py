@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .._blocked_reduce import reduce_step
+from .. import _blocked
 from ..base import Transform, chain
 from ..registry import register
 from ..transforms import (
@@ -53,7 +53,7 @@ def adafactor(lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
                 "d": h["d"], "weight_decay": h["weight_decay"]}
 
     tx = _reparametrized(owner, inner, defaults, to_inner, dict(maximize=maximize))
-    return tx._replace(fused=reduce_step(tx, defaults, f"{owner} hparams"))
+    return _blocked.with_rule_steps(tx, defaults, f"{owner} hparams", reduce=True)
 
 
 @register(paper='Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"',
