@@ -67,6 +67,7 @@ ALGOS = {
     "radam": ("RAdam", dict(), 2),
     "asgd": ("ASGD", dict(), 1),
     "rprop": ("Rprop", dict(), 2),
+    "adafactor": ("Adafactor", dict(), 1),  # (a vector's second moment; a matrix's factored)
     "chain": ("AdamW", dict(lr=LR, weight_decay=WD), 2),
 }
 FUSED = ("adamw", "adam", "sgd", "adagrad", "chain")  # torch has a fused CPU kernel

@@ -129,9 +129,10 @@ def _pure_run(run: Callable, k: tuple, each_block: Callable, olds: list, whole: 
 
 def _matches(params: dict, grads: dict, columns: list, kinds: list) -> bool:
     """Whether the gradients are shaped, typed and placed like the parameters, and the state's
-    ``columns`` are dicts of their keys, each a tensor like its parameter (``TENSOR``) or a
-    0-d tensor (``SCALAR``): what the chain checks (its errors name the leaf) before a pure
-    program runs on them (the adapter's own tensors are made so)."""
+    ``columns`` are dicts of their keys, each a tensor like its parameter (``TENSOR``; ``None``:
+    typed and placed like it, of any shape) or a 0-d tensor (``SCALAR``): what the chain
+    checks (its errors name the leaf) before a pure program runs on them (the adapter's own
+    tensors are made so)."""
     ps = list(params.values())
     shapes, dtypes, devices = [p.shape for p in ps], [p.dtype for p in ps], [p.device for p in ps]
     try:
@@ -143,9 +144,9 @@ def _matches(params: dict, grads: dict, columns: list, kinds: list) -> bool:
             if not isinstance(column, dict) or column.keys() != grads.keys():
                 return False
             xs = list(column.values())
-            if kind == TENSOR and ([x.shape for x in xs] != shapes or
-                                   [x.dtype for x in xs] != dtypes or
-                                   [x.device for x in xs] != devices):
+            if kind != SCALAR and ([x.dtype for x in xs] != dtypes or
+                                   [x.device for x in xs] != devices or
+                                   kind == TENSOR and [x.shape for x in xs] != shapes):
                 return False
             if kind == SCALAR and any([x.ndim for x in xs]):
                 return False
@@ -227,12 +228,15 @@ class _Parts:
 class _Rule:
     """What :func:`rule_step` traces: ``tx``'s update of a one-parameter tree, as a function of
     the gradient, the parameter, the state's columns and the hyperparameters' leaves, returning
-    the new parameter (``exact``: the update, :func:`rule_update`) and columns. ``exact``
+    the new parameter (``update``, by default ``exact``: the update, :func:`rule_update`) and
+    columns. ``exact``
     traces every hyperparameter as the number it is (the ops the chain runs with it); else
     only the structural ones (:func:`_baked`), the others as 0-d float64 inputs."""
 
-    def __init__(self, tx: Any, parts: _Parts, h: Any, exact: bool = False) -> None:
+    def __init__(self, tx: Any, parts: _Parts, h: Any, exact: bool = False,
+                 update: bool | None = None) -> None:
         self.tx, self.parts, self.exact = tx, parts, exact
+        self.update = exact if update is None else update  # (the lead: the update)
         self.leaves, self.spec = optree.tree_flatten(h, none_is_leaf=True)
         self.live = [] if exact else [k for k, v in enumerate(self.leaves) if not _baked(v)]
 
@@ -257,7 +261,7 @@ class _Rule:
         h = optree.tree_unflatten(self.spec, leaves)
         state = self.parts.rebuilt(self.tx.init({"x": p}), [{"x": c} for c in columns])
         updates, state = self.tx.update({"x": g}, state, {"x": p}, h)
-        lead = updates["x"] if self.exact else apply_updates({"x": p}, updates)["x"]
+        lead = updates["x"] if self.update else apply_updates({"x": p}, updates)["x"]
         return [lead, *(c["x"] for c in self.parts.columns(state))]
 
 
@@ -463,11 +467,11 @@ def rule_step(tx: Any, defaults: dict, where: str, reduce: bool = False) -> Fuse
     parameter-shaped (no schedule), the leaves are float32/float64 CPU or CUDA tensors, the
     0-d state that the rule reads is on the CPU (a count it only advances may be on any
     device) and the rule is pointwise (:func:`~functional_optim._program.trace`); with
-    ``reduce``, a rule that is not (Adafactor's, LAMB's: reductions over each parameter) runs
-    the blocked step of :func:`~functional_optim._blocked_reduce.reduce_step` instead, on the
-    CPU (an alias vouches for it: its passes reread the state to recompute what they do not
-    keep, which costs some rules more than the chain's multi-tensor step on large tensors,
-    ``benchmarks/bench_alias_step.py``).
+    ``reduce``, where that declines (a rule that is not: Adafactor's, LAMB's reductions over
+    each parameter), the blocked step of :func:`~functional_optim._blocked_reduce.reduce_step`
+    runs instead, on the CPU (an alias vouches for it: its passes reread the state to
+    recompute what they do not keep, which costs some rules more than the chain's
+    multi-tensor step on large tensors, ``benchmarks/bench_alias_step.py``).
     Within :func:`~functional_optim._fused.owning` (``fo.step`` without donation) the program
     runs out of place (:func:`_pure_run`): the same ops, so the donated step's numbers.
     ``step.rules``: its :class:`_Programs`, shared with :func:`rule_update`; ``step.reduced``:
@@ -479,8 +483,7 @@ def rule_step(tx: Any, defaults: dict, where: str, reduce: bool = False) -> Fuse
         copies = pure_copies()
         prepared = programs.runs(params, grads, state, hparams, False, copies is None)
         if prepared is None:
-            return None if programs.pointwise or reduced is None else \
-                reduced(params, grads, state, hparams)
+            return None if reduced is None else reduced(params, grads, state, hparams)
         if copies is not None:  # (the state's every tensor is in its columns)
             check_graphed(x for column in prepared[0] for x in column.values())
         new_params, new_state = programs.run(params, grads, state, *prepared, copies is None)
@@ -494,16 +497,19 @@ def rule_step(tx: Any, defaults: dict, where: str, reduce: bool = False) -> Fuse
     return fused
 
 
-def rule_update(programs: _Programs, update: Callable) -> Callable:
+def rule_update(programs: _Programs, update: Callable, reduced: Callable | None = None
+                ) -> Callable:
     """``update`` (an alias's pure ``tx.update``, whose rule ``programs`` traces) run, where it
     may, as the rule's exact program (:mod:`functional_optim._program_exact`): traced once per
     dtype and hyperparameter values, replayed op for op on blocks of the leaves into new
     tensors. The same ops per leaf, so the same numbers as ``update`` leaf by leaf (and its
     multi-tensor path), bit for bit, without its Python per op. Where ``update`` would run its
     multi-tensor path on dicts of plain float32/float64 CPU tensors with no 0-d leaf and
-    number hyperparameters, called with nothing but these four arguments; ``update`` itself
-    otherwise, and where the rule is not pointwise (LAMB's trust ratio, a schedule's count:
-    found once, then not tried again)."""
+    number hyperparameters, called with nothing but these four arguments; where the rule is
+    not pointwise (LAMB's trust ratio, a schedule's count: found once, then not tried again),
+    or a leaf is 0-d, ``reduced`` (the pure update of a rule that reduces over each leaf, in
+    passes: :func:`~functional_optim._blocked_reduce.reduce_update`) where given and it runs;
+    ``update`` itself otherwise."""
 
     def fast(updates, state, params=None, hparams=None, **extra):
         if not extra and isinstance(params, dict) and isinstance(updates, dict) and \
@@ -512,6 +518,9 @@ def rule_update(programs: _Programs, update: Callable) -> Callable:
             prepared = programs.runs(params, updates, state, hparams, True, False)
             if prepared is not None:
                 return programs.run(params, updates, state, *prepared, False)
+            new = None if reduced is None else reduced(updates, state, params, hparams)
+            if new is not None:
+                return new
         return update(updates, state, params, hparams, **extra)
 
     return fast
@@ -531,7 +540,8 @@ def with_rule_steps(tx: Any, defaults: dict, where: str, then: FusedStep | None 
         return tx._replace(update=rule_update(_Programs(tx, defaults, where), tx.update),
                            fused=then)
     step = rule_step(tx, defaults, where, reduce)
-    return tx._replace(update=rule_update(step.rules, tx.update),
+    return tx._replace(update=rule_update(step.rules, tx.update,
+                                          step.reduced.update if reduce else None),
                        fused=step if then is None else first(step, then))
 
 

@@ -133,10 +133,11 @@ class ReduceProgram:
         self.written = [(j, self.targets[j], r.index) for j, r in enumerate(outputs)
                         if self.targets[j] is not None and r != Ref(self.targets[j])]
         """``(slot, input, value)`` of each tensor output that is not its input as it came."""
-        self.read = sorted({a.index for n in ops for a in (*n.args, *n.kwargs.values())
-                            if isinstance(a, Ref) and a.index < n_inputs and
-                            values[a.index].kind in (FULL, SMALL)} |
-                           {k for _, k, _ in self.written})
+        self.consumed = {a.index for n in ops for a in (*n.args, *n.kwargs.values())
+                         if isinstance(a, Ref) and a.index < n_inputs and
+                         values[a.index].kind in (FULL, SMALL)}
+        """The tensor inputs that the ops read."""
+        self.read = sorted(self.consumed | {k for _, k, _ in self.written})
         """The tensor inputs that the ops read or the outputs go to."""
         self._stacks: dict = {}
         self._passes: Any = None  # (made at the first run in passes: False where none)

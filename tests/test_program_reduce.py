@@ -126,3 +126,43 @@ def test_lamb_runs_its_traced_rule_with_the_chains_numbers(monkeypatch):
         torch.testing.assert_close(p2[k], p1[k], rtol=1e-12, atol=1e-12)
     for a, b in zip(optree.tree_leaves(s2), optree.tree_leaves(s1)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: fo.adafactor(weight_decay=0.1),
+                                  lambda: fo.lamb(lr=1e-2, weight_decay=0.1)],
+                         ids=["adafactor", "lamb"])
+def test_pure_update_runs_the_passes_with_the_chains_numbers(make, monkeypatch):
+    """The pure ``tx.update`` of Adafactor and LAMB runs their rule in passes too (the update
+    into new tensors, the state it writes copied first): the inputs untouched, the chain's
+    numbers (float64, ``donate=False`` sends the call to the chain) up to the order of the
+    blocks' sums."""
+    runs = []
+    plan = _program_passes.Passes.__call__
+    monkeypatch.setattr(_program_passes.Passes, "__call__",
+                        lambda self, *a: runs.append(self.whole) or plan(self, *a))
+    tx = make()
+    params, grads = _trees(torch.float64)
+    ours, chain = (params, tx.init(params)), (params, tx.init(params))
+    for g in grads:
+        before = optree.tree_map(torch.clone, (ours, g))
+        runs.clear()
+        updates, state = tx.update(g, ours[1], ours[0])
+        assert False in runs and True in runs
+        for a, b in zip(optree.tree_leaves((ours, g)), optree.tree_leaves(before)):
+            assert torch.equal(a, b)
+        ours = fo.apply_updates(ours[0], updates), state
+        updates, state = tx.update(g, chain[1], chain[0], donate=False)
+        chain = fo.apply_updates(chain[0], updates), state
+    for a, b in zip(optree.tree_leaves(ours), optree.tree_leaves(chain)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_pure_update_with_a_state_that_requires_grad_runs_the_chain():
+    """A state that requires grad (a meta-learning loop's): the pure update records the graph
+    through it (the chain runs; the passes run under ``no_grad``)."""
+    tx = fo.adafactor(weight_decay=0.1)
+    params, grads = _trees(torch.float64)
+    state = optree.tree_map(lambda x: x.detach().requires_grad_()
+                            if x.is_floating_point() and x.numel() else x, tx.init(params))
+    updates, _ = tx.update(grads[0], state, params)
+    assert all(u.requires_grad for k, u in updates.items() if k != "z")
