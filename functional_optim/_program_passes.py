@@ -11,12 +11,13 @@ between passes. Full values are not stored: a later pass recomputes the ones it 
 inputs, but for the outputs, which land in their tensors in the pass that computes them (an
 input so overwritten is not read by a later pass, or the rule has no plan).
 
-*Code.* Each pass is a Python function of the ops on one block. An op runs in place on its first
-operand where that dies there (a temporary, or the block of the input its output goes to);
-otherwise into a scratch block kept with the plan (``out=``; a scratch buffer is reused once
-the value in it dies): no memory is allocated per block but the reductions' small results.
-Fresh blocks of 512 KB from the allocator cost a page fault each where several are alive (the
-allocator returns freed memory to the system): 80 us for a product that takes 15.
+*Code.* Each pass is a Python function of the ops on one block
+(:mod:`functional_optim._program_block`): in place, or into scratch blocks kept with the plan,
+so that no memory is allocated per block but the reductions' small results. Fresh blocks of
+512 KB from the allocator cost a page fault each where several are alive (the allocator
+returns freed memory to the system): 80 us for a product that takes 15. The small ops between
+passes are compiled too (:func:`_stage`). A plan is ``whole`` where the leaf (or a stack of
+leaves) fits one block: all its ops in one function, in order, nothing computed twice.
 """
 
 from __future__ import annotations
