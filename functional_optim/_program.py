@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._foreach import constant
+
 __all__ = ["Program", "trace"]
 
 aten = torch.ops.aten
@@ -280,6 +282,10 @@ def _special(v: Any) -> Any:
 
 
 def _as_tensor(v: Any, dtype: torch.dtype) -> Any:
+    """A number as a 0-d CPU tensor of ``dtype`` (made once for each value: only read), a
+    tensor as it is."""
+    if type(v) in (int, float, bool):
+        return constant(v, dtype)
     return torch.tensor(v, dtype=dtype) if isinstance(v, Number) else v
 
 

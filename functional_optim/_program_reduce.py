@@ -147,7 +147,7 @@ class ReduceProgram:
         """The values that tensor ops read from ``scalars`` (:meth:`Program.scalars`'s), as
         0-d tensors of their traced dtypes, with the leaf's ``device`` at index ``-1``."""
         env = list(scalars)
-        for i in self.operands:
+        for i in self.operands:  # (a number's tensor made once: most recur every step)
             env[i] = _as_tensor(env[i], self.values[i].dtype)
         env.append(device)
         return env
