@@ -6,10 +6,12 @@ pointwise rules.
 
 A leaf larger than a block runs in passes over blocks of its rows (Adafactor: its statistics,
 then the norm of its update, then the update, each block's intermediates in cache; torch
-materializes the update at full size). Small leaves of one shape run as one batch, stacked, in
-passes over blocks of leaves (per-leaf Python would cost more than their math); a leaf whose
-rule no pass plan divides (more than two dimensions), whole. The step counts are read on the
-host, as the pointwise steps read them, and replaced by new tensors.
+materializes the update at full size). Small leaves of one shape run stacked, a block of them
+at a time, each block in one compiled function (per-leaf Python would cost more than their
+math); a leaf whose rule no pass plan divides (more than two dimensions), whole. The step
+counts are read on the host, as the pointwise steps read them, and replaced by new tensors.
+The same programs traced with the update as their output are the alias's pure ``tx.update``
+(:func:`reduce_update`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from ._blocked import (
+    _SAMPLE,
     _by_value,
     _filled,
     _given_up_or_graphed,
@@ -35,19 +38,20 @@ from ._program_reduce import FULL, SMALL, ReduceProgram, trace
 from .base import HParamError, resolve_hparams
 from .tree_math import _ParamsPlaceholder
 
-__all__ = ["reduce_step"]
-
-_SAMPLE = (2, 3)
+__all__ = ["reduce_step", "reduce_update"]
 
 
 def _layout(tx: Any) -> tuple:
     """``(parts, scalar)``: the parameter-shaped parts of ``tx``'s state and which of them are
     0-d per leaf (the step counts); ``parts`` is ``None`` where the state has other parts (a
     schedule's count)."""
-    parts = _Parts(tx.init(_ParamsPlaceholder()))
-    if not parts.only:
+    try:
+        parts = _Parts(tx.init(_ParamsPlaceholder()))
+        sample = parts.columns(tx.init({"x": torch.ones(_SAMPLE)})) if parts.only else None
+    except (TypeError, ValueError):  # (an init that reads its parameters' structure)
         return None, []
-    sample = parts.columns(tx.init({"x": torch.ones(_SAMPLE)}))
+    if sample is None:
+        return None, []
     return parts, [c for c, column in enumerate(sample) if not column["x"].ndim]
 
 
