@@ -241,9 +241,7 @@ def _run(prog: ReduceProgram, env: list, tables: list, batch: list) -> None:
         tensors = stacked.buffers(env[-1])
         for k in stacked.consumed:
             torch.stack([tables[k][n] for n in chunk], out=tensors[k])
-        if not stacked.run(env, tensors):
-            for (_, k, _), out in zip(stacked.written, stacked.whole(env, tensors)):
-                tensors[k].copy_(out)
+        stacked.run(env, tensors)  # (a stack fits a block: one compiled function)
         for _, k, _ in stacked.written:
             torch._foreach_copy_([tables[k][n] for n in chunk], list(tensors[k].unbind()))
     for n in alone:

@@ -67,11 +67,16 @@ class _Reduction(NamedTuple):
     node: Node  # the op on each block (a mean's: the sum)
 
 
+def arguments(node: Node) -> dict:
+    """A reduction's arguments by name (``self``, ``ord``, ``dim``, ``keepdim``, ``dtype``: those
+    given)."""
+    return dict(zip(REDUCTIONS[node.func], node.args)) | node.kwargs
+
+
 def _reduction(node: Node, shape: tuple, dtype: torch.dtype) -> _Reduction | None:
-    names = REDUCTIONS.get(node.func)
-    if names is None or not dtype.is_floating_point or "dtype" in node.kwargs:
+    if node.func not in REDUCTIONS or not dtype.is_floating_point or "dtype" in node.kwargs:
         return None
-    given = dict(zip(names, node.args)) | node.kwargs
+    given = arguments(node)
     if given.get("ord", 2) != 2:
         return None
     dims = given.get("dim")
