@@ -5,11 +5,12 @@ blocked steps of :mod:`functional_optim._blocked`; torch's Adam kernel after a c
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["BLOCK", "blocks"]
+__all__ = ["BLOCK", "blocks", "scratch"]
 
 BLOCK = 1 << 17
 """Elements per block: a block's parameters, gradients, state and temporaries (2-3 MB in
@@ -54,3 +55,39 @@ def _pieces(x: torch.Tensor, size: int) -> tuple | None:
     if x is None or x.ndim == 0:
         return ()
     return x.view(-1).split(size) if x.is_contiguous() else None
+
+
+class _Kept(threading.local):
+    """This thread's scratch: one flat buffer per (device, dtype), and its views by layout."""
+
+    def __init__(self) -> None:
+        self.flat: dict = {}
+        self.views: dict = {}
+
+
+_KEPT = _Kept()
+_LAYOUTS = 64
+"""The most layouts whose views a thread keeps (a block's tensors' shapes; beyond, all are
+dropped and made again as they come)."""
+
+
+def scratch(like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Contiguous tensors shaped as ``like`` (CPU tensors of one dtype), views of one flat
+    buffer kept per thread, dtype and device: for values that die before the next call (a
+    block's clipped gradients). Memory that was written before is not page-faulted again, as
+    fresh memory of more than glibc's mmap threshold (128 KB at first) is on every step."""
+    first = like[0]
+    key = (first.device, first.dtype, tuple(x.shape for x in like))
+    views = _KEPT.views.get(key)
+    if views is None:
+        sizes = [x.numel() for x in like]
+        flat = _KEPT.flat.get(key[:2])
+        if flat is None or flat.numel() < sum(sizes):
+            flat = _KEPT.flat[key[:2]] = torch.empty(sum(sizes), dtype=first.dtype,
+                                                     device=first.device)
+            _KEPT.views.clear()  # (views of the smaller buffer)
+        if len(_KEPT.views) >= _LAYOUTS:
+            _KEPT.views.clear()
+        views = _KEPT.views[key] = [v.view(x.shape) for v, x in
+                                    zip(flat[:sum(sizes)].split(sizes), like)]
+    return views

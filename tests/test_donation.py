@@ -250,15 +250,19 @@ def test_donated_kernel_step_advances_each_count_once(name, share):
 def test_donated_grads_are_clipped_in_place_with_the_same_numbers():
     """``donate_grads=True``: a chain that runs torch's Adam kernel clips the caller's gradients
     in place (no new gradient tensors) and gives the numbers of the step that keeps them (which
-    clips a leaf larger than a block a block at a time)."""
-    from functional_optim._blocks import BLOCK
+    clips into a kept scratch: a leaf larger than a block a block at a time, a few small
+    leaves with ``out=``, more with a copy and a multiply)."""
+    from functional_optim._fused import _CLIP_BLOCK
     tx = ALIASES["user_chain"]()
-    params, grads = _trees(shapes={"w": (6, 3), "b": (6,), "big": (BLOCK + 1000,)})
+    params, grads = _trees(shapes={"w": (6, 3), "b": (6,), "big": (_CLIP_BLOCK + 1000,),
+                                   **{f"s{i}": (i + 2,) for i in range(5)}})
     grads = [optree.tree_map(lambda g: 10 * g, g) for g in grads]  # (norms above the clip)
     kept = _clone(params), tx.init(params)
     given = _clone(params), tx.init(params)
     for g in grads:
-        kept = fo.step(tx, _clone(g), kept[1], kept[0], donate=True)
+        callers = _clone(g)
+        kept = fo.step(tx, callers, kept[1], kept[0], donate=True)
+        assert all(torch.equal(callers[k], g[k]) for k in g)  # (the caller's: untouched)
         mine = _clone(g)
         before = {k: v.clone() for k, v in mine.items()}
         given = fo.step(tx, mine, given[1], given[0], donate=True, donate_grads=True)
@@ -268,6 +272,36 @@ def test_donated_grads_are_clipped_in_place_with_the_same_numbers():
             torch.testing.assert_close(v, before[k] * (1.0 / (norm + 1e-6)), rtol=1e-12,
                                        atol=0)
     for a, b in zip(optree.tree_leaves(given), optree.tree_leaves(kept)):
+        assert torch.equal(a, b)
+
+
+def test_clipped_chain_steps_in_two_threads_keep_their_own_scratch():
+    """The clip's scratch is kept per thread: two threads stepping at once (torch's kernels
+    release the GIL) get the numbers each gets alone."""
+    import threading
+
+    from functional_optim._fused import _CLIP_BLOCK
+    tx = ALIASES["user_chain"]()
+    runs = [_trees(seed, shapes={"w": (6, 3), "big": (_CLIP_BLOCK + 10,)}) for seed in (1, 2)]
+
+    def steps(params, grads, out):
+        trees = _clone(params), tx.init(params)
+        for _ in range(4):
+            for g in grads:
+                trees = fo.step(tx, g, trees[1], trees[0], donate=True)
+        out.append(trees)
+
+    alone = [[], []]
+    for (params, grads), out in zip(runs, alone):
+        steps(params, grads, out)
+    together = [[], []]
+    threads = [threading.Thread(target=steps, args=(*run, out))
+               for run, out in zip(runs, together)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(optree.tree_leaves(together), optree.tree_leaves(alone)):
         assert torch.equal(a, b)
 
 
