@@ -226,9 +226,9 @@ def reduce_update(reduced: _Reduced) -> Any:
 def _run(prog: ReduceProgram, env: list, tables: list, batch: list) -> None:
     """``prog`` on the leaves ``batch`` in place (``tables``: each tensor input's leaves by
     name): small leaves of one shape a block of them at a time, stacked (into buffers kept with
-    the stacked program: a fresh stack of 300 leaves of 16 KB took 0.47 ms, most of it page
-    faults); a larger leaf in passes over blocks of its rows; whole where no pass plan divides
-    the rule."""
+    the stacked program, per thread: a fresh stack of 300 leaves of 16 KB took 0.47 ms, most
+    of it page faults); a larger leaf in passes over blocks of its rows; whole where no pass
+    plan divides the rule."""
     tables = tables + [None] * (prog.n_inputs - len(tables))
     size = max(1, BLOCK // max(1, _numel(prog.shape)))
     alone = []

@@ -12,7 +12,7 @@ rounding.
 
 *Memory.* An op runs in place on its first operand where that dies there (a temporary, or the
 block of the input its output goes to); otherwise into a scratch block kept with the plan
-(``out=``; a scratch buffer is reused once the value in it dies).
+(per thread; ``out=``; a scratch buffer is reused once the value in it dies).
 """
 
 from __future__ import annotations

@@ -12,16 +12,18 @@ inputs, but for the outputs, which land in their tensors in the pass that comput
 input so overwritten is not read by a later pass, or the rule has no plan).
 
 *Code.* Each pass is a Python function of the ops on one block
-(:mod:`functional_optim._program_block`): in place, or into scratch blocks kept with the plan,
-so that no memory is allocated per block but the reductions' small results. Fresh blocks of
-512 KB from the allocator cost a page fault each where several are alive (the allocator
-returns freed memory to the system): 80 us for a product that takes 15. The small ops between
-passes are compiled too (:func:`_stage`). A plan is ``whole`` where the leaf (or a stack of
-leaves) fits one block: all its ops in one function, in order, nothing computed twice.
+(:mod:`functional_optim._program_block`): in place, or into scratch blocks kept with the plan
+(per thread: a transform may be shared by threads), so that no memory is allocated per block
+but the reductions' small results. Fresh blocks of 512 KB from the allocator cost a page fault
+each where several are alive (the allocator returns freed memory to the system): 80 us for a
+product that takes 15. The small ops between passes are compiled too (:func:`_stage`). A plan
+is ``whole`` where the leaf (or a stack of leaves) fits one block: all its ops in one function,
+in order, nothing computed twice.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -139,7 +141,8 @@ class Passes:
         self.program, self.whole = program, whole
         self.kind = [v.kind for v in program.values]
         self.slots: list = []  # (dtype) of each scratch buffer
-        self._scratch: dict = {}  # block length -> the scratch views
+        self._kept = threading.local()  # (this thread's scratch views by block length: a
+        # transform shared by threads runs its plans at once)
         if whole:
             self.rows, self.n = program.shape[0] if program.shape else 1, 1
             self.out_at = {i: (k, 0) for _, k, i in program.written}
@@ -209,14 +212,16 @@ class Passes:
         return Emitter(self, nodes, q).function()
 
     def _views(self, length: int, device: torch.device) -> list:
-        """The scratch blocks of ``length`` rows: views of buffers of :attr:`rows` rows."""
-        views = self._scratch.get(length)
+        """The scratch blocks of ``length`` rows: views of buffers of :attr:`rows` rows, this
+        thread's."""
+        scratch = vars(self._kept)
+        views = scratch.get(length)
         if views is None:
             shape = self.program.shape
-            full = self._scratch.get(self.rows)
+            full = scratch.get(self.rows)
             buffers = full or [torch.empty((self.rows, *shape[1:]) if shape else (), dtype=d,
                                            device=device) for d in self.slots]
-            views = self._scratch[length] = [b[:length] if shape else b for b in buffers]
+            views = scratch[length] = [b[:length] if shape else b for b in buffers]
         return views
 
     def __call__(self, env: list, tensors: list) -> None:

@@ -32,6 +32,7 @@ values (:mod:`functional_optim._program_block`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -142,7 +143,7 @@ class ReduceProgram:
         """The tensor inputs that the ops read or the outputs go to."""
         self._stacks: dict = {}
         self._passes: Any = None  # (made at the first run in passes: False where none)
-        self._buffers: list = []
+        self._kept = threading.local()  # (this thread's buffers: see :meth:`buffers`)
 
     def env(self, scalars: list, device: torch.device) -> list:
         """The values that tensor ops read from ``scalars`` (:meth:`Program.scalars`'s), as
@@ -176,13 +177,15 @@ class ReduceProgram:
         return True
 
     def buffers(self, device: torch.device) -> list:
-        """Tensors of the shapes of the tensor inputs (``None`` at the others), made once:
-        where a stacked program's inputs are stacked."""
-        if not self._buffers:
-            self._buffers += [torch.empty(self.shapes[k], dtype=self.values[k].dtype,
-                                          device=device) if k in self.read else None
-                              for k in range(self.n_inputs)]
-        return self._buffers
+        """Tensors of the shapes of the tensor inputs (``None`` at the others), made once per
+        thread (a transform shared by threads runs its programs at once): where a stacked
+        program's inputs are stacked."""
+        kept = vars(self._kept)
+        if "buffers" not in kept:
+            kept["buffers"] = [torch.empty(self.shapes[k], dtype=self.values[k].dtype,
+                                           device=device) if k in self.read else None
+                               for k in range(self.n_inputs)]
+        return kept["buffers"]
 
     def stacked(self, count: int) -> ReduceProgram | None:
         """The program of ``count`` leaves of this shape stacked (a leading dimension): each

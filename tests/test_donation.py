@@ -7,6 +7,7 @@ from __future__ import annotations
 import optree
 import pytest
 import torch
+from threaded import assert_threads_keep_their_numbers
 
 import functional_optim as fo
 from functional_optim import _execute
@@ -276,33 +277,20 @@ def test_donated_grads_are_clipped_in_place_with_the_same_numbers():
 
 
 def test_clipped_chain_steps_in_two_threads_keep_their_own_scratch():
-    """The clip's scratch is kept per thread: two threads stepping at once (torch's kernels
-    release the GIL) get the numbers each gets alone."""
-    import threading
-
+    """The clip's scratch is kept per thread: two threads stepping at once get the numbers
+    each gets alone."""
     from functional_optim._fused import _CLIP_BLOCK
     tx = ALIASES["user_chain"]()
-    runs = [_trees(seed, shapes={"w": (6, 3), "big": (_CLIP_BLOCK + 10,)}) for seed in (1, 2)]
 
-    def steps(params, grads, out):
+    def steps(params, grads):
         trees = _clone(params), tx.init(params)
         for _ in range(4):
             for g in grads:
                 trees = fo.step(tx, g, trees[1], trees[0], donate=True)
-        out.append(trees)
+        return trees
 
-    alone = [[], []]
-    for (params, grads), out in zip(runs, alone):
-        steps(params, grads, out)
-    together = [[], []]
-    threads = [threading.Thread(target=steps, args=(*run, out))
-               for run, out in zip(runs, together)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for a, b in zip(optree.tree_leaves(together), optree.tree_leaves(alone)):
-        assert torch.equal(a, b)
+    assert_threads_keep_their_numbers(steps, [
+        _trees(seed, shapes={"w": (6, 3), "big": (_CLIP_BLOCK + 10,)}) for seed in (1, 2)])
 
 
 def test_donate_grads_needs_donate():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import optree
 import pytest
 import torch
+from threaded import assert_threads_keep_their_numbers
 
 import functional_optim as fo
 from functional_optim import _program_passes
@@ -166,3 +167,25 @@ def test_pure_update_with_a_state_that_requires_grad_runs_the_chain():
                             if x.is_floating_point() and x.numel() else x, tx.init(params))
     updates, _ = tx.update(grads[0], state, params)
     assert all(u.requires_grad for k, u in updates.items() if k != "z")
+
+
+@pytest.mark.parametrize("make", [fo.adafactor, lambda: fo.lamb(lr=1e-2)])
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_transform_shared_by_threads_keeps_each_threads_numbers(make, pure):
+    """The programs' scratch blocks and stacks are kept per thread: one transform stepping two
+    threads' parameters at once gives each the numbers it gets alone (with the buffers shared,
+    the threads overwrote each other's blocks)."""
+    tx = make()
+
+    def steps(params, grads):
+        params, state = {k: v.clone() for k, v in params.items()}, tx.init(params)
+        for _ in range(6):
+            for g in grads:
+                if pure:
+                    updates, state = tx.update(g, state, params)
+                    params = fo.apply_updates(params, updates)
+                else:
+                    params, state = fo.step(tx, g, state, params, donate=True)
+        return params
+
+    assert_threads_keep_their_numbers(steps, [_trees(torch.float64, seed) for seed in (1, 2)])
