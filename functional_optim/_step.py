@@ -11,7 +11,7 @@ import optree
 import torch
 
 from . import _execute, _fused, _rulemath
-from .base import Transform, apply_updates, apply_updates_, resolve_hparams
+from .base import Transform, apply_updates, apply_updates_, check_distinct, resolve_hparams
 
 __all__ = ["host_counts", "step"]
 
@@ -33,7 +33,10 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     new ones; they share the old tensors (updated in place), so the old ones must not be read
     again. The step runs outside autograd (no gradient flows through it; a tensor that requires
     grad among the inputs is updated in place under ``torch.no_grad()``, as an optimizer
-    does). The numbers are the pure step's (up to rounding order on a fused kernel). Eagerly:
+    does). The numbers are the pure step's (up to rounding order on a fused kernel). A tensor
+    given as two leaves of ``params`` (a tied weight listed twice) is a ``ValueError`` naming
+    both, before anything changes (updated in place, it would take both leaves' updates in
+    turn). Eagerly:
 
     - an alias with a fused step (SGD, Adam, AdamW, Adagrad: torch's fused kernels; the other
       classic algorithms and every pointwise alias: the cache-blocked in-place step, whole
@@ -48,7 +51,8 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     ``donate_grads=True`` (with ``donate=True``): the caller gives up ``grads`` too, so the
     step may overwrite them; a library chain that runs one of torch's Adam kernels clips them
     in place (as ``torch.nn.utils.clip_grad_norm_`` does) instead of into new tensors: one pass
-    over memory less. Their values afterwards are unspecified.
+    over memory less. Their values afterwards are unspecified; a tensor given as two of their
+    leaves is an error, as for ``params``.
 
     Under ``torch.compile`` the update writes the new state into the donated tensors and the
     updates are added into the parameters, so that a compiled train step computes in place and
@@ -59,6 +63,12 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     if donate_grads and not donate:
         raise ValueError("step: donate_grads=True gives up the gradients of a donated step: "
                          "pass donate=True too (got donate=False)")
+    if donate:  # (updated in place: no tensor may be two leaves)
+        check_distinct(params.values() if isinstance(params, dict) else
+                       optree.tree_leaves(params), params, "params", "step(donate=True)")
+        if donate_grads:
+            check_distinct(grads.values() if isinstance(grads, dict) else
+                           optree.tree_leaves(grads), grads, "grads", "step(donate_grads=True)")
     library = _execute.donates_to(tx)
     # the alias's fused step or a library chain's (torch's Adam kernel), if it has one
     fused = (tx.fused or _fused.chain_step(tx, grads_donated=donate_grads)

@@ -549,11 +549,32 @@ def apply_updates(params: Any, updates: Any) -> Any:
     return optree.tree_unflatten(spec, out)
 
 
+def check_distinct(leaves: Any, tree: Any, name: str, where: str) -> None:
+    """Raises ``ValueError`` where one tensor is two leaves of ``tree`` (``leaves``: its
+    leaves, or a dict's values), a tree updated in place: that tensor would take both leaves'
+    updates in turn, neither leaf's result (a tied weight given twice)."""
+    seen = [id(x) for x in leaves if x is not None]
+    if len(set(seen)) == len(seen):
+        return
+    named = [(n, x) for n, x in _tree.named_leaves(tree) if x is not None]
+    first: dict = {}
+    for n, x in named:
+        if id(x) in first:
+            raise ValueError(
+                f"{where}: {name} leaves {first[id(x)]!r} and {n!r} are the same tensor; "
+                "updated in place, it would take both leaves' updates in turn. Give each leaf "
+                "its own tensor (a tied weight once, as model.named_parameters() gives it), or "
+                "update out of place")
+        first[id(x)] = n
+
+
 def apply_updates_(params: Any, updates: Any) -> Any:
     """In-place ``p += u`` under ``torch.no_grad()`` (for stateful use, and for a caller that
-    donates its parameters); returns ``params``. Every leaf is checked before any changes; the
-    sums are foreach kernels per group of leaves, as in :func:`apply_updates`."""
+    donates its parameters); returns ``params``. Every leaf is checked before any changes (a
+    tensor that is two leaves of ``params`` is an error: :func:`check_distinct`); the sums are
+    foreach kernels per group of leaves, as in :func:`apply_updates`."""
     ps, us, both, pb, ub, _ = _pairs(params, updates, "apply_updates_")
+    check_distinct(ps, params, "params", "apply_updates_")
     with torch.no_grad():
         groups, rest = (_foreach_groups(both, pb, ub) if _execute.multi_tensor_wanted([ps, us])
                         else ([], both))

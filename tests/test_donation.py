@@ -293,6 +293,41 @@ def test_clipped_chain_steps_in_two_threads_keep_their_own_scratch():
         _trees(seed, shapes={"w": (6, 3), "big": (_CLIP_BLOCK + 10,)}) for seed in (1, 2)])
 
 
+@pytest.mark.parametrize("name", ["adamw", "user_chain", "rmsprop"])
+def test_a_tensor_that_is_two_leaves_is_not_donated(name):
+    """A donated step updates each leaf in place: a tensor given as two leaves (a tied weight)
+    would take both leaves' updates in turn, so it is an error naming both leaves, before
+    anything changes; the pure step updates each leaf on its own."""
+    tx = ALIASES[name]()
+    params, grads = _trees(shapes={"w": (6, 3), "b": (6,)})
+    params["tied"] = params["w"]
+    grads = grads[0]
+    grads["tied"] = torch.randn(6, 3, dtype=torch.float64)
+    state = tx.init(params)
+    before = params["w"].clone()
+    with pytest.raises(ValueError, match="params leaves 'tied' and 'w' are the same tensor"):
+        fo.step(tx, grads, state, params, donate=True)
+    assert torch.equal(params["w"], before)
+    new, _ = fo.step(tx, grads, state, params)
+    updates, _ = tx.update(grads, state, params)
+    expected = fo.apply_updates(params, updates)
+    assert not torch.equal(expected["w"], expected["tied"])  # (each leaf its own update)
+    for k in expected:
+        torch.testing.assert_close(new[k], expected[k], rtol=1e-12, atol=0)
+
+
+def test_donated_grads_that_are_two_leaves_and_in_place_apply_are_errors():
+    tx = ALIASES["user_chain"]()
+    params, grads = _trees(shapes={"w": (6, 3), "v": (6, 3)})
+    grads = grads[0]
+    grads["v"] = grads["w"]
+    with pytest.raises(ValueError, match="grads leaves 'v' and 'w' are the same tensor"):
+        fo.step(tx, grads, tx.init(params), params, donate=True, donate_grads=True)
+    params["v"] = params["w"]
+    with pytest.raises(ValueError, match="apply_updates_: params leaves 'v' and 'w'"):
+        fo.apply_updates_(params, {"w": torch.ones(6, 3), "v": torch.ones(6, 3)})
+
+
 def test_donate_grads_needs_donate():
     tx = fo.adamw()
     params, grads = _trees()
