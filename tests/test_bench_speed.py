@@ -77,8 +77,12 @@ def test_a_suite_run_in_parts_merges_into_one_table(tmp_path):
 
 @pytest.mark.parametrize("algo", ["SGD", "Rprop"])  # a fused step and a blocked one
 def test_step_work_counts_are_deterministic(algo):
+    """The same counts every time once the process has made the cached constants of the
+    counted step's numbers (``_foreach.constant``: the first count in a process, as in a
+    before/after comparison's subprocess per checkout, makes them)."""
     import step_work
 
+    step_work.count(algo)
     first = step_work.count(algo)
     assert first["aten ops"] > 0 and first["python calls"] > 0
     assert step_work.count(algo) == first
