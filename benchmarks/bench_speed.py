@@ -55,10 +55,6 @@ BYTES_PER_PARAM = {"adamw": 28, "sgd": 20, "chain": 32}
 ARRAYS = {"adamw": 4, "sgd": 3, "chain": 4}  # float32 arrays a step touches: param, grad, state
 
 
-def schedule():
-    return fo.schedules.warmup_cosine_decay(0.0, LR, 100, 10_000)
-
-
 def torch_lambda(step: int) -> float:
     """The same warmup-cosine as a LambdaLR factor (for torch and the peers)."""
     import math
@@ -113,13 +109,15 @@ def _torch_compiled(algo: str) -> Callable:
     return make
 
 
-def _ours_tx(algo: str):
+def _ours_tx(algo: str, package=fo):
+    """The workload as a transform of ``package`` (this checkout's, or a baseline's)."""
     if algo == "adamw":
-        return fo.adamw(lr=LR, weight_decay=WD)
+        return package.adamw(lr=LR, weight_decay=WD)
     if algo == "sgd":
-        return fo.sgd(lr=LR, momentum=MOMENTUM)
-    return fo.chain(fo.clip_by_global_norm(MAX_NORM), fo.scale_by_adam(),
-                    fo.add_decayed_weights(WD), fo.scale_by_learning_rate(schedule()))
+        return package.sgd(lr=LR, momentum=MOMENTUM)
+    return package.chain(package.clip_by_global_norm(MAX_NORM), package.scale_by_adam(),
+                         package.add_decayed_weights(WD), package.scale_by_learning_rate(
+                             package.schedules.warmup_cosine_decay(0.0, LR, 100, 10_000)))
 
 
 def _ours(algo: str, flat: bool = False, compile: bool = False,

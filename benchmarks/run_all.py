@@ -2,7 +2,8 @@
 
 - ``bench_step.py``: the adapter vs torch.optim for every algorithm with a foreach
   implementation (1 thread); ``bench_alias_step.py``: the drop-in step of aliases torch.optim
-  lacks (LAMB) vs the chain it runs otherwise; ``step_work.py``: the work of each of those
+  lacks (LAMB) vs the chain it runs otherwise, and a user chain's (clip, Adam) vs torch fused;
+  ``step_work.py``: the work of each of those
   steps, counted (Python calls, aten ops: deterministic, for before/after comparisons on a
   loaded machine);
 - ``bench_speed.py``: AdamW, SGD-momentum and a chain on every path, ours and the peers', with the
@@ -49,6 +50,8 @@ def main() -> None:
             "--out", os.path.join(RESULTS, "step_cpu_1thread.md"))
         run(sys.executable, "bench_alias_step.py",
             "--out", os.path.join(RESULTS, "step_aliases_cpu_1thread.md"))
+        run(sys.executable, "bench_alias_step.py", "--algos", "chain",
+            "--out", os.path.join(RESULTS, "step_user_chain_cpu_1thread.md"))
         run(sys.executable, "step_work.py", "--out", os.path.join(RESULTS, "step_work.md"))
     threads_list = (2,) if "--two-threads-only" in sys.argv else (1, 2)
     for threads in threads_list:  # cold compiles measured once, with one thread

@@ -503,10 +503,14 @@ fused with an in-place clip: 1.10x at 128K, 1.06x at 512K and 1M (a 2 MB scratch
 
 def _clipped(grads: list, coef: torch.Tensor) -> list:
     """``grads * coef`` (the clipped gradients, for the kernel only): on the CPU into a kept
-    scratch (:func:`~functional_optim._blocks.scratch`), else into new tensors. Up to 4
-    tensors (a piece of a large leaf, a small MLP) with ``out=``, a call each (2 us); more with
-    a foreach copy and an in-place multiply (two calls: 10 us for 4 tensors of 83K elements,
-    against 8 us with ``out=``, AMD EPYC)."""
+    scratch (:func:`~functional_optim._blocks.scratch`), else into new tensors. Fresh memory
+    takes page faults on every step wherever glibc's allocator hands it back to the system:
+    a tensor of more than its mmap threshold (128 KB at first), and small ones too once their
+    sum at the heap's top passes its trim threshold (300 x 4096: 1.45x torch fused with fresh
+    clipped tensors in the functional benchmark's rounds, 0.97x-1.03x into the scratch). Up
+    to 4 tensors with ``out=``, a call each (2 us); more with a foreach copy and an in-place
+    multiply (two calls: 10 us for 4 tensors of 83K elements, against 8 us with ``out=``, AMD
+    EPYC)."""
     if not (grads[0].is_cpu and all(map(_is_contiguous, grads))):
         return torch._foreach_mul(grads, coef)
     clipped = scratch(grads)
