@@ -132,6 +132,31 @@ def test_blocks_cover_every_element_once():
     assert total == sum(t.numel() for t in columns[0])
 
 
+def test_scratch_is_one_kept_buffer_per_thread_and_dtype():
+    """``_blocks.scratch``: contiguous tensors shaped as asked, views of one buffer per dtype
+    (the same memory the next time, none of it the caller's), grown when a layout needs more
+    (the smaller buffer's views dropped), its views' cache bounded."""
+    from functional_optim import _blocks
+    like = [torch.zeros(4, 6).t(), torch.zeros(3)]
+    first = _blocks.scratch(like)
+    assert [x.shape for x in first] == [(6, 4), (3,)] and all(x.is_contiguous() for x in first)
+    assert len({x.untyped_storage().data_ptr() for x in first}) == 1
+    assert all(x.untyped_storage().data_ptr() != y.untyped_storage().data_ptr()
+               for x, y in zip(first, like))
+    again = _blocks.scratch(like)
+    assert [x.data_ptr() for x in again] == [x.data_ptr() for x in first]
+    other = _blocks.scratch([x.double() for x in like])
+    assert other[0].dtype == torch.float64 and \
+        other[0].untyped_storage().data_ptr() != first[0].untyped_storage().data_ptr()
+    larger = _blocks.scratch([torch.zeros(1000)])
+    assert larger[0].numel() == 1000
+    assert _blocks.scratch(like)[0].untyped_storage().data_ptr() == \
+        larger[0].untyped_storage().data_ptr()  # (the grown buffer serves the small layout)
+    for n in range(1, 2 * _blocks._LAYOUTS):
+        _blocks.scratch([torch.zeros(n)])
+    assert len(_blocks._KEPT.views) <= _blocks._LAYOUTS
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_blocked_step_runs_and_matches_the_chain_and_torch(spy, name, kwargs, dtype):
