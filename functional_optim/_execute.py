@@ -9,6 +9,7 @@ and works under ``torch.func`` transforms, ``torch.compile`` and CUDA-graph capt
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -233,7 +234,7 @@ def elementwise(
     results = [list(flats[j]) for j in range(1 + n_states)]
     multi = multi_tensor_wanted(flats, hparams)
     flags = donate_state if isinstance(donate_state, tuple) else (donate_state,) * n_states
-    level = _MULTI_TENSOR[1]
+    level = _FLAGS.value[1]
     donate = [multi and bool(level) and flag for flag in flags]
     state_flats, input_flats = flats[1:1 + n_states], flats[1 + n_states:]
     first = next((i for i, g in enumerate(flats[0]) if g is not None), None)
@@ -401,7 +402,17 @@ ADAPTER, DONATED = 1, 2
 multi-tensor path); a caller's donated state (``update(..., donate=True)``: also written back
 under ``torch.compile``, see :class:`donating`)."""
 
-_MULTI_TENSOR = [True, 0, False]  # [multi-tensor allowed, donation level, donation forbidden]
+class _Flags(threading.local):
+    """This thread's ``[multi-tensor allowed, donation level, donation forbidden]``: per
+    thread, so that a context entered in one thread (the adapter's donation, a donated
+    update, ``multi_tensor``) never changes another thread's updates (with one flag for all,
+    a pure update beside a donated one overwrote its input state)."""
+
+    def __init__(self) -> None:
+        self.value = [True, 0, False]
+
+
+_FLAGS = _Flags()
 
 
 class multi_tensor:  # noqa: N801 - used like torch.no_grad
@@ -427,12 +438,12 @@ class multi_tensor:  # noqa: N801 - used like torch.no_grad
         self.donate = donate
 
     def __enter__(self):
-        self.previous = list(_MULTI_TENSOR)
-        donate = self.enabled and self.donate and not _MULTI_TENSOR[2]
-        _MULTI_TENSOR[:2] = [self.enabled, ADAPTER if donate else 0]
+        self.previous = list(_FLAGS.value)
+        donate = self.enabled and self.donate and not _FLAGS.value[2]
+        _FLAGS.value[:2] = [self.enabled, ADAPTER if donate else 0]
 
     def __exit__(self, *exc):
-        _MULTI_TENSOR[:] = self.previous
+        _FLAGS.value[:] = self.previous
 
 
 class donating:  # noqa: N801 - a context like torch.no_grad
@@ -449,12 +460,12 @@ class donating:  # noqa: N801 - a context like torch.no_grad
         self.donate = donate is True
 
     def __enter__(self):
-        self.previous = _MULTI_TENSOR[1]
-        if self.donate and not _MULTI_TENSOR[2]:
-            _MULTI_TENSOR[1] = DONATED
+        self.previous = _FLAGS.value[1]
+        if self.donate and not _FLAGS.value[2]:
+            _FLAGS.value[1] = DONATED
 
     def __exit__(self, *exc):
-        _MULTI_TENSOR[1] = self.previous
+        _FLAGS.value[1] = self.previous
 
 
 class keep_state:  # noqa: N801 - a context like torch.no_grad
@@ -463,11 +474,11 @@ class keep_state:  # noqa: N801 - a context like torch.no_grad
     new one (``multi_steps``, ...) or that hold a user's transform (:func:`owning`)."""
 
     def __enter__(self):
-        self.previous = list(_MULTI_TENSOR)
-        _MULTI_TENSOR[1:] = [0, True]
+        self.previous = list(_FLAGS.value)
+        _FLAGS.value[1:] = [0, True]
 
     def __exit__(self, *exc):
-        _MULTI_TENSOR[:] = self.previous
+        _FLAGS.value[:] = self.previous
 
 
 _PACKAGE = __name__.partition(".")[0]
@@ -526,13 +537,13 @@ def fusing(updates: Any, params: Any, hparams: Any) -> bool:
 def pure_multi_tensor(columns: list, hparams: Any) -> bool:
     """Whether a pure update of the leaves ``columns`` (updates, parameters) runs the
     multi-tensor path with nothing donated (where an alias may run its exact program)."""
-    return not _MULTI_TENSOR[1] and multi_tensor_wanted(columns, hparams)
+    return not _FLAGS.value[1] and multi_tensor_wanted(columns, hparams)
 
 
 def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
     """Whether the leaves ``columns`` (the updates first, then state and inputs) and
     ``hparams`` run on the multi-tensor path (see :class:`multi_tensor`)."""
-    if not _MULTI_TENSOR[0] or _tree.traced() or not any(
+    if not _FLAGS.value[0] or _tree.traced() or not any(
             isinstance(x, torch.Tensor) for x in columns[0]):
         return False
     return not torch.is_grad_enabled() or not (

@@ -175,18 +175,26 @@ class scalars_once:  # noqa: N801 - a context like torch.no_grad
 
     def __enter__(self):
         self.mode = None
-        if torch.compiler.is_compiling() and not _SCALARS_ONCE[0]:
-            _SCALARS_ONCE[0] = True
+        if torch.compiler.is_compiling() and not _ONCE.running:
+            _ONCE.running = True
             self.mode = _ScalarBuffers()
             self.mode.__enter__()
 
     def __exit__(self, *exc):
         if self.mode is not None:
             self.mode.__exit__(*exc)
-            _SCALARS_ONCE[0] = False
+            _ONCE.running = False
 
 
-_SCALARS_ONCE = [False]  # (whether a scalars_once context runs its mode)
+class _Once(threading.local):
+    """Whether a :class:`scalars_once` context runs its mode in this thread (dynamo traces
+    each thread's calls in that thread)."""
+
+    def __init__(self) -> None:
+        self.running = False
+
+
+_ONCE = _Once()
 
 ONCE_MIN_NUMEL = 1024
 """The smallest tensor whose 0-d coefficients :class:`scalars_once` computes apart: a buffer of

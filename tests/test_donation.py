@@ -158,17 +158,54 @@ def test_no_donated_state_reaches_a_users_transform(wrap):
 
 
 def test_donation_context_levels():
-    assert _execute._MULTI_TENSOR == [True, 0, False]
+    assert _execute._FLAGS.value == [True, 0, False]
     with _execute.donating(True):
-        assert _execute._MULTI_TENSOR[1] == _execute.DONATED
+        assert _execute._FLAGS.value[1] == _execute.DONATED
         with _execute.keep_state():
             with _execute.donating(True), _execute.multi_tensor(True, donate=True):
-                assert _execute._MULTI_TENSOR[1] == 0
+                assert _execute._FLAGS.value[1] == 0
         with _execute.donating(False):
-            assert _execute._MULTI_TENSOR[1] == _execute.DONATED
+            assert _execute._FLAGS.value[1] == _execute.DONATED
     with _execute.donating("yes"):  # only True donates
-        assert _execute._MULTI_TENSOR[1] == 0
-    assert _execute._MULTI_TENSOR == [True, 0, False]
+        assert _execute._FLAGS.value[1] == 0
+    assert _execute._FLAGS.value == [True, 0, False]
+
+
+@pytest.mark.parametrize("context", ["adapter", "donated update", "leaf by leaf"])
+def test_a_context_in_one_thread_leaves_another_threads_updates_alone(context):
+    """The execution contexts are per thread: while one thread is inside the adapter's
+    donation (or a donated update, or ``multi_tensor(False)``), another thread's pure update
+    leaves its input state alone and runs multi-tensor (with one flag for all threads, it
+    updated its state in place)."""
+    import threading
+    make = {"adapter": lambda: _execute.multi_tensor(donate=True),
+            "donated update": lambda: _execute.donating(True),
+            "leaf by leaf": lambda: _execute.multi_tensor(False)}[context]
+    entered, done = threading.Event(), threading.Event()
+
+    def other():
+        with make():
+            entered.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert entered.wait(30)
+        tx = ALIASES["named_chain"]()
+        params, grads = _trees()
+        state = tx.init(params)
+        before = _clone(state)
+        assert _execute._FLAGS.value == [True, 0, False]
+        updates, new = tx.update(grads[0], state, params)
+        for a, b in zip(optree.tree_leaves(state), optree.tree_leaves(before)):
+            assert torch.equal(a, b)
+        expected, _ = tx.update(grads[0], before, params)
+        for a, b in zip(optree.tree_leaves(updates), optree.tree_leaves(expected)):
+            assert torch.equal(a, b)
+    finally:
+        done.set()
+        thread.join()
 
 
 def test_compiled_donated_step_writes_into_the_callers_buffers():
