@@ -377,7 +377,7 @@ class _Programs:
         if not all(_plain(v) for v in h.values()):
             return None
         if not self.layout:
-            self.layout.extend(_layout(self.tx))
+            self.layout[:] = _layout(self.tx)  # (one assignment: threads may race here)
             self.pointwise = self.layout[1] is not None
         parts, kinds, _ = self.layout
         if kinds is None or exact and params.keys() != grads.keys():

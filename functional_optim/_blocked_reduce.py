@@ -114,7 +114,7 @@ class _Reduced:
                 d.type != "cpu" for d, _ in groups):
             return None
         if not self.layout:
-            self.layout.extend(_layout(self.tx))
+            self.layout[:] = _layout(self.tx)  # (one assignment: threads may race here)
         parts, scalar = self.layout
         try:
             columns = parts.columns(state) if parts is not None else None

@@ -452,3 +452,38 @@ def test_rprop_stores_zero_where_an_infinite_gradient_flips_the_sign():
         assert torch.equal(ours[1], torch.zeros_like(ours[1]))
         for a, b in zip(ours, results[0]):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make", [lambda: fo.rmsprop(lr=1e-2), fo.adafactor])
+def test_threads_taking_the_first_step_of_a_shared_transform_at_once(make):
+    """The programs' layout is made at the first step: threads that take it at once (the
+    interpreter switching threads as often as it can) each get their step (they extended the
+    one list twice: ValueError, too many values to unpack)."""
+    import sys
+    import threading
+    errors: list = []
+
+    def run(tx, barrier, seed):
+        gen = torch.Generator().manual_seed(seed)
+        p = {"w": torch.randn(20, 30, generator=gen), "b": torch.randn(30, generator=gen)}
+        state = tx.init(p)
+        barrier.wait()
+        try:
+            fo.step(tx, {k: torch.randn(v.shape, generator=gen) for k, v in p.items()},
+                    state, p, donate=True)
+        except Exception as e:  # noqa: BLE001 - collected, asserted below
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(6):
+            tx, barrier = make(), threading.Barrier(4)
+            threads = [threading.Thread(target=run, args=(tx, barrier, i)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
