@@ -170,7 +170,7 @@ def resolve_hparams(defaults: Any, given: Any, where: str = "hparams",
     leaf must be a Python number or a 0-d tensor. Values are not inspected (that would be a host
     sync), only their type and shape.
     """
-    if given is None:
+    if given is None or given is defaults:  # (a chain hands its members their own defaults)
         return defaults
     if type(defaults) is dict or isinstance(defaults, Mapping):
         if type(given) is not dict and not isinstance(given, Mapping):
