@@ -87,8 +87,14 @@ class Pointwise(NamedTuple):
 
 def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
                   hparams: Any) -> tuple[Any, Any]:
-    """``update`` of the transform that ``spec`` describes."""
+    """``update`` of the transform that ``spec`` describes: where it may, its rule's exact
+    program (:mod:`functional_optim._program_calls`, the same numbers), else
+    :func:`elementwise`."""
     call = spec.prepare(updates, state, params, hparams)
+    from ._program_calls import exact_update
+    out = exact_update(spec, call, updates)
+    if out is not None:
+        return out[0], call.finish(out[1:])
     out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
                       name=spec.name, complex_as_real=spec.complex == "as_real",
                       real_only=spec.real_only, input_names=call.input_names,

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import functional_optim as fo
-from functional_optim import _blocked, _execute, _program
+from functional_optim import _blocked, _execute, _program, _program_calls
 from functional_optim._program import SCALAR, TENSOR
 
 
@@ -257,13 +257,15 @@ def test_a_pure_update_runs_the_exact_program_with_the_per_leaf_numbers(name, mo
 
 def test_an_exact_program_per_hyperparameter_value_within_a_bound(monkeypatch):
     """An exact program bakes in its hyperparameters' numbers: a Python-number lr that changes
-    every step traces a program per value, up to a bound, then runs the chain (the same
-    numbers either way)."""
+    every step traces a program per value, up to a bound (the alias's programs, then its
+    chain's call programs, :mod:`functional_optim._program_calls`), then runs the chain's
+    multi-tensor path (the same numbers every way)."""
     used = _exact_plans(monkeypatch)
     tx = fo.rmsprop()
     params = {"w": torch.randn(5, 3)}
     fast = slow = (params, tx.init(params))
-    for i in range(_blocked._EXACT_PROGRAMS + 4):
+    bound = _blocked._EXACT_PROGRAMS + _program_calls._MAX_PROGRAMS
+    for i in range(bound + 4):
         grads = {"w": torch.randn(5, 3)}
         h = {"lr": 0.01 / (1 + i)}
         updates, state = tx.update(grads, fast[1], fast[0], h)
@@ -271,7 +273,7 @@ def test_an_exact_program_per_hyperparameter_value_within_a_bound(monkeypatch):
         with _execute.multi_tensor(False):
             updates, state = tx.update(grads, slow[1], slow[0], h)
         slow = fo.apply_updates(slow[0], updates), state
-    assert len(used) == _blocked._EXACT_PROGRAMS
+    assert len(used) == bound
     for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(slow)):
         assert torch.equal(a, b)
 
@@ -279,17 +281,29 @@ def test_an_exact_program_per_hyperparameter_value_within_a_bound(monkeypatch):
 @pytest.mark.parametrize("make", [
     lambda: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(1e-3)),
     lambda: fo.rmsprop(lr=fo.schedules.linear(1e-3, 0.0, 10))], ids=["user_chain", "schedule"])
-def test_a_user_chain_or_a_schedule_runs_as_it_is(make, monkeypatch):
-    """A user's chain gets no exact program (its blocks could differ by leaf: a mask, a
-    partition; only an alias vouches for its rule), nor does an alias that keeps a state that
-    is not per parameter (a schedule's count): the chain runs."""
+def test_a_user_chain_or_a_schedule_runs_its_calls_program(make, monkeypatch):
+    """A user's chain gets no program of the alias kind (its blocks could differ by leaf: a
+    mask, a partition; only an alias vouches for its rule), nor does an alias that keeps a
+    state that is not per parameter (a schedule's count); their fused rule's call program runs
+    instead (:mod:`functional_optim._program_calls`: what differs by leaf is in the rule's
+    arguments), with the per-leaf numbers."""
     used = _exact_plans(monkeypatch)
+    calls = []
+    exact = _program_calls.exact_update
+    monkeypatch.setattr(_program_calls, "exact_update", lambda *a: calls.append(exact(*a))
+                        or calls[-1])
     tx = make()
     params = {"w": torch.randn(5, 3)}
-    state = tx.init(params)
+    fast = slow = tx.init(params)
     for _ in range(3):
-        _, state = tx.update({"w": torch.randn(5, 3)}, state, params)
-    assert not used
+        grads = {"w": torch.randn(5, 3)}
+        updates, fast = tx.update(grads, fast, params)
+        with _execute.multi_tensor(False):
+            expected, slow = tx.update(grads, slow, params)
+        assert torch.equal(updates["w"], expected["w"])
+    assert len(used) == 3 and sum(c is not None for c in calls) == 3
+    for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(slow)):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", ["adamaxw", "nadamw", "adan", "lion"])

@@ -1,0 +1,154 @@
+"""The pure multi-tensor update of a pointwise transform or chain as its rule's exact program
+(``functional_optim._program_calls``): the per-leaf path's numbers bit for bit, its inputs
+untouched, and the multi-tensor path where the rule closes over a value of the call."""
+
+from __future__ import annotations
+
+import optree
+import pytest
+import torch
+from conformance import CASES
+
+import functional_optim as fo
+from functional_optim import _execute, _program_calls
+from functional_optim._blocks import BLOCK
+from functional_optim._pointwise import Pointwise, PointwiseCall
+from functional_optim.base import pointwise_transform
+
+
+def _user_chain():
+    return fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.add_decayed_weights(1e-2),
+                    fo.scale_by_learning_rate(fo.schedules.warmup_cosine_decay(0.0, 1e-2, 2, 20)))
+
+
+def _spy(monkeypatch) -> list:
+    """Whether each call of the exact path ran (``True``) or declined."""
+    ran, exact = [], _program_calls.exact_update
+    monkeypatch.setattr(_program_calls, "exact_update",
+                        lambda *a: (lambda r: ran.append(r is not None) or r)(exact(*a)))
+    return ran
+
+
+def _trees(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"big": (BLOCK + 7,), "w": (6, 5), "b": (5,)}
+    params = {k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()}
+    params["t"] = torch.randn(5, 6, generator=gen, dtype=dtype).t()  # (transposed)
+    grads = [{k: 3 * torch.randn(v.shape, generator=gen, dtype=dtype) for k, v in params.items()}
+             for _ in range(4)]
+    return params, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("make", [_user_chain, lambda: fo.chain(fo.trace(0.9), fo.scale_by_rms(),
+                                                                 fo.scale_by_learning_rate(0.1)),
+                                  lambda: fo.chain(fo.scale_by_adam(amsgrad=True),
+                                                   fo.add_decayed_weights(0.1),
+                                                   fo.scale_by_learning_rate(0.01))],
+                         ids=["clip_adam_schedule", "trace_rms", "amsgrad_decay"])
+def test_a_chains_pure_update_is_its_program_with_the_per_leaf_numbers(make, dtype, monkeypatch):
+    ran = _spy(monkeypatch)
+    tx = make()
+    params, grads = _trees(dtype)
+    before = optree.tree_map(torch.clone, (params, grads))
+    fast = slow = tx.init(params)
+    for g in grads:
+        kept = optree.tree_map(torch.clone, fast)
+        updates, new = tx.update(g, fast, params)
+        for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(kept)):
+            assert torch.equal(a, b)  # (the state given: untouched)
+        fast = new
+        with _execute.multi_tensor(False):
+            expected, slow = tx.update(g, slow, params)
+        for k in updates:
+            assert updates[k].dtype == expected[k].dtype and torch.equal(updates[k], expected[k])
+    for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(slow)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    for a, b in zip(optree.tree_leaves((params, grads)), optree.tree_leaves(before)):
+        assert torch.equal(a, b)
+    assert any(ran)
+
+
+def test_leaves_that_skipped_steps_run_by_their_counts(monkeypatch):
+    """Leaves whose step counts differ (a parameter that got no gradient for a while) run in
+    one group per count, each with its own bias corrections."""
+    ran = _spy(monkeypatch)
+    tx = fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(1e-2))
+    params, grads = _trees(torch.float64)
+    state = tx.init(params)
+    _, state = tx.update({**grads[0], "w": None}, state, params)  # (w's count stays 0)
+    updates, fast = tx.update(grads[1], state, params)
+    assert ran[-1]
+    with _execute.multi_tensor(False):
+        expected, slow = tx.update(grads[1], state, params)
+    for a, b in zip(optree.tree_leaves((updates, fast)), optree.tree_leaves((expected, slow))):
+        assert torch.equal(a, b)
+
+
+def _closing_over():
+    """A pointwise transform whose rule multiplies by a 0-d tensor of the call (its step
+    count, plus one), closed over rather than passed as a hyperparameter."""
+
+    def prepare(updates, state, params, hparams):
+        count = state + 1
+        return PointwiseCall(lambda h, g: (g * count,), {}, finish=lambda new: count)
+
+    return pointwise_transform(lambda params: torch.zeros(()), {},
+                                  Pointwise(prepare, "closing_over"))
+
+
+def test_a_rule_that_closes_over_a_value_of_its_call_runs_the_multi_tensor_path(monkeypatch):
+    """Traced once and replayed, such a rule would multiply by the first call's value: its
+    trace finds a tensor that is no argument and declines."""
+    ran = _spy(monkeypatch)
+    tx = _closing_over()
+    params, grads = _trees(torch.float32)
+    state = tx.init(params)
+    for step, g in enumerate(grads[:3], start=1):
+        updates, state = tx.update(g, state, params)
+        for k in g:
+            assert torch.equal(updates[k], g[k] * step)
+    assert ran and not any(ran)
+
+
+_SUMS_IN_BLOCKS = {"adafactor", "lamb"}
+"""Aliases whose pure update reduces over each leaf in blocks (``_program_reduce``): the
+per-leaf numbers up to the order of the blocks' sums (float32: ``test_program_reduce.py``)."""
+
+
+def _same(a, b) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_every_registered_transform_on_a_flat_dict_keeps_the_per_leaf_numbers(case):
+    """The conformance trees are nested, which the call programs leave to the multi-tensor
+    path: here each registered transform updates a flat dict of the tree's leaves of at least
+    one dimension (what a program may take, float32 and float64, three steps) with the
+    per-leaf path's numbers, wherever its program runs or declines."""
+    blocked_sums = case.name in _SUMS_IN_BLOCKS
+    for dtype in (torch.float64,) if blocked_sums else (torch.float64, torch.float32):
+        named = fo.tree.named_leaves(case.params_tree(0, dtype))
+        grads_tree = case.adapt_grads(case.params_tree(1, dtype))
+        params = {n: x for n, x in named if isinstance(x, torch.Tensor) and x.ndim}
+        grads = {n: g for (n, _), g in zip(named, optree.tree_leaves(grads_tree,
+                                                                      none_is_leaf=True))
+                 if n in params}
+        if any(g is None or g.is_sparse or g.is_complex() for g in grads.values()):
+            return
+        tx = case.make()
+        results = []
+        for multi in (True, False):
+            state = tx.init(params)
+            with _execute.multi_tensor(multi):
+                for step in range(3):
+                    g = grads if step != 1 else {k: 0.5 * v + 0.1 for k, v in grads.items()}
+                    updates, state = tx.update(g, state, params)
+            results.append(optree.tree_leaves((updates, state)))
+        assert len(results[0]) == len(results[1])
+        for a, b in zip(*results):
+            if blocked_sums:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            else:
+                assert _same(a, b)
