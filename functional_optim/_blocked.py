@@ -81,18 +81,18 @@ def _whole(device: torch.device) -> bool:
 class _Blocks:
     """The blocks a program runs on: called with ``outs`` (lists of tensors or ``None``, one
     entry per parameter, beside ``tables``), ``(lists, outs' part)`` for each block, ``lists``
-    the block's tensors as the program takes them (``tables`` whole on a GPU)."""
+    the block's tensors as the program takes them, ``tables[k]``'s at input ``slots[k]``
+    (``tables`` whole on a GPU)."""
 
-    def __init__(self, tables: list, at: list, n: int, whole: bool) -> None:
-        self.tables, self.at, self.whole = tables, at, whole
+    def __init__(self, tables: list, slots: list, n: int, whole: bool) -> None:
+        self.tables, self.slots, self.whole = tables, slots, whole
         self.lists: list = [None] * n
 
     def __call__(self, outs: list) -> Iterator[tuple]:
         lists, columns = self.lists, self.tables + outs
         for part in [columns] if self.whole else blocks(columns, BLOCK):
-            lists[1], lists[0] = part[0], part[1]
-            for c, column in zip(self.at, part[2:]):
-                lists[2 + c] = column
+            for slot, column in zip(self.slots, part):
+                lists[slot] = column
             yield lists, part[len(self.tables):]
 
 
@@ -419,7 +419,7 @@ class _Programs:
                 at = [c for c in tensor if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
                 tables = [[params[n] for n in members], [grads[n] for n in members]]
                 tables += [[columns[c][n] for n in members] for c in at]
-                each = _Blocks(tables, at, prog.n_inputs, whole)
+                each = _Blocks(tables, [1, 0, *(2 + c for c in at)], prog.n_inputs, whole)
                 if owned:
                     for lists, _ in each([]):
                         run(lists, k)

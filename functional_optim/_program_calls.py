@@ -25,7 +25,7 @@ import torch
 
 from . import _execute, _foreach
 from . import tree as _tree
-from ._blocks import BLOCK, blocks
+from ._blocks import BLOCK
 from ._program import CONST, SCALAR, TENSOR, trace
 
 __all__ = ["exact_update"]
@@ -148,7 +148,7 @@ def _run(prog: Any, gs: list, states: list, kinds: list, inputs: list, live: lis
          names: list, dtype: torch.dtype) -> tuple | None:
     """The program on the leaves, grouped by the values of their 0-d state (the step counts:
     one group unless some leaves skipped steps), a block at a time into new tensors."""
-    from ._blocked import _by_value, _filled, _pure_run
+    from ._blocked import _Blocks, _by_value, _filled, _pure_run
 
     n_states = len(states)
     scalar = [j for j, kind in enumerate(kinds) if kind == SCALAR]
@@ -183,19 +183,3 @@ def _run(prog: Any, gs: list, states: list, kinds: list, inputs: list, live: lis
                     result[1 + j][i] = new[i]
     return tuple(dict(zip(names, column)) for column in result)
 
-
-class _Blocks:
-    """The blocks a program runs on (:func:`functional_optim._blocked._pure_run`): called with
-    the new outputs' tensors (lists or ``None``), ``(lists, outputs' part)`` for each block,
-    ``lists`` the block's tensors at their inputs' ``slots``."""
-
-    def __init__(self, columns: list, slots: list, n: int, whole: bool) -> None:
-        self.columns, self.slots, self.whole = columns, slots, whole
-        self.lists: list = [None] * n
-
-    def __call__(self, outs: list):
-        columns = self.columns + outs
-        for part in [columns] if self.whole else blocks(columns, BLOCK):
-            for slot, column in zip(self.slots, part):
-                self.lists[slot] = column
-            yield self.lists, part[len(self.columns):]
