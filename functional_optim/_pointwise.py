@@ -91,15 +91,18 @@ def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
     program (:mod:`functional_optim._program_calls`, the same numbers), else
     :func:`elementwise`."""
     call = spec.prepare(updates, state, params, hparams)
+
+    def run(updates: Any, states: tuple, inputs: tuple) -> tuple:
+        return elementwise(call.rule, call.hparams, updates, states, inputs, name=spec.name,
+                           complex_as_real=spec.complex == "as_real",
+                           real_only=spec.real_only, input_names=call.input_names,
+                           donate_state=call.donate_state or False, sparse=call.sparse,
+                           state_like=call.state_like, pointwise=True)
+
     from ._program_calls import exact_update
-    out = exact_update(spec, call, updates)
-    if out is not None:
-        return out[0], call.finish(out[1:])
-    out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
-                      name=spec.name, complex_as_real=spec.complex == "as_real",
-                      real_only=spec.real_only, input_names=call.input_names,
-                      donate_state=call.donate_state or False, sparse=call.sparse,
-                      state_like=call.state_like, pointwise=True)
+    out = exact_update(spec, call, updates, run)
+    if out is None:
+        out = run(updates, call.states, call.inputs)
     return out[0], call.finish(out[1:])
 
 

@@ -56,13 +56,27 @@ def _plain_column(column: Any, keys: Any, like: list, shaped: bool) -> list | No
     return xs
 
 
-def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
+def _given_up(states: tuple, keys: Any) -> bool:
+    """Whether a state is one that a donated update replaced: marked on its first leaf in the
+    tree's order (optree's: a dict's keys sorted), as :func:`~functional_optim._execute.
+    elementwise` marks and checks it."""
+    try:
+        head = min(keys)
+    except TypeError:  # (keys that do not sort: optree keeps their order)
+        head = next(iter(keys))
+    return any(getattr(tree[head], _execute._GIVEN_UP, False) for tree in states)
+
+
+def exact_update(spec: Any, call: Any, updates: Any, elementwise: Any) -> tuple | None:
     """``(new updates, *new states)`` of ``call`` (of the transform ``spec``) on ``updates``
     as its exact program, or ``None`` where the multi-tensor path must run: outside its
     conditions (eager, nothing requiring grad, no donation; a dict of dense CPU float32 or
-    float64 tensors of one dtype, none 0-d; states and inputs dicts of tensors like them or of
-    0-d CPU tensors; number or 0-d CPU tensor hyperparameters), or where the rule does not
-    trace."""
+    float64 tensors of one dtype; states and inputs dicts of tensors like them or of 0-d CPU
+    tensors; number or 0-d CPU tensor hyperparameters), or where the rule does not trace.
+    0-d leaves (a learned scale) run ``elementwise(updates, states, inputs)`` on their own
+    (dicts of those leaves): there a 0-d coefficient would promote the leaf's ops, which the
+    multi-tensor path keeps in the leaf's dtype (:func:`~functional_optim._execute.
+    elementwise`)."""
     flags = _execute._FLAGS.value
     if not flags[0] or flags[1] or _tree.traced() or type(updates) is not dict or \
             not updates or call.sparse:
@@ -72,8 +86,10 @@ def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
         return None
     dtype = gs[0].dtype
     if dtype not in (torch.float32, torch.float64) or any(
-            [g.dtype != dtype or g.device.type != "cpu" or not g.ndim or g.is_sparse
-             for g in gs]):
+            [g.dtype != dtype or g.device.type != "cpu" or g.is_sparse for g in gs]):
+        return None
+    rank = [i for i, g in enumerate(gs) if g.ndim]
+    if not rank:
         return None
     h = _execute.cast_hparams(call.hparams, gs[0])
     leaves, hspec = optree.tree_flatten(h, none_is_leaf=True)
@@ -90,15 +106,27 @@ def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
         return None
     states = [_plain_column(s, keys, gs, kind == TENSOR) for s, kind in zip(call.states, kinds)]
     inputs = [_plain_column(x, keys, gs, True) for x in call.inputs]
-    if any(c is None for c in states + inputs) or not _execute.pure_multi_tensor(
-            [gs, *states, *inputs], h):
-        return None
+    if any(c is None for c in states + inputs) or _given_up(call.states, keys) or \
+            not _execute.pure_multi_tensor([gs, *states, *inputs], h):
+        return None  # (a state an earlier donated update replaced: the error names it)
     prog = _program(spec, call, (dtype, len(gs)), leaves, hspec, live, states, kinds,
                     len(inputs))
     if prog is None:
         return None
-    return _run(prog, gs, states, kinds, inputs, [leaves[k].item() for k in live],
-                list(keys), dtype)
+    names = list(keys)
+    if len(rank) == len(gs):
+        return _run(prog, gs, states, kinds, inputs, [leaves[k].item() for k in live], names,
+                    dtype)
+    some = [[column[i] for i in rank] for column in (gs, *states, *inputs)]
+    new = _run(prog, some[0], some[1:1 + len(states)], kinds, some[1 + len(states):],
+               [leaves[k].item() for k in live], [names[i] for i in rank], dtype)
+    if new is None:
+        return None
+    zero = [n for i, n in enumerate(names) if not gs[i].ndim]
+    rest = elementwise({n: updates[n] for n in zero},
+                       tuple({n: tree[n] for n in zero} for tree in call.states),
+                       tuple({n: tree[n] for n in zero} for tree in call.inputs))
+    return tuple({n: a[n] if n in a else b[n] for n in names} for a, b in zip(new, rest))
 
 
 def _program(spec: Any, call: Any, of: tuple, leaves: list, hspec: Any, live: list,

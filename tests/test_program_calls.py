@@ -69,6 +69,41 @@ def test_a_chains_pure_update_is_its_program_with_the_per_leaf_numbers(make, dty
     assert any(ran)
 
 
+def _without_programs(monkeypatch):
+    """A context in which the call programs decline (the multi-tensor path as before them)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def off():
+        with monkeypatch.context() as m:
+            m.setattr(_program_calls, "exact_update", lambda *a: None)
+            yield
+    return off
+
+
+def test_a_0d_leaf_runs_beside_the_program(monkeypatch):
+    """A 0-d leaf (a learned scale) runs the multi-tensor path on its own, the other leaves
+    the program: the multi-tensor path's numbers, in the tree's order. (There a float32 0-d
+    leaf computes in float32; leaf by leaf, its ops with a 0-d float64 coefficient promote to
+    float64 and round back, a last bit apart at times.)"""
+    ran = _spy(monkeypatch)
+    off = _without_programs(monkeypatch)
+    tx = _user_chain()
+    params, grads = _trees(torch.float32)
+    params["scale"] = torch.tensor(2.0)
+    grads = [{**g, "scale": torch.tensor(0.5 * i)} for i, g in enumerate(grads)]
+    fast = slow = tx.init(params)
+    for g in grads:
+        updates, fast = tx.update(g, fast, params)
+        assert ran[-1] and list(updates) == list(params)
+        with off():
+            expected, slow = tx.update(g, slow, params)
+        for k in updates:
+            assert torch.equal(updates[k], expected[k]) and updates[k].dtype == expected[k].dtype
+    for a, b in zip(optree.tree_leaves(fast), optree.tree_leaves(slow)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 def test_leaves_that_skipped_steps_run_by_their_counts(monkeypatch):
     """Leaves whose step counts differ (a parameter that got no gradient for a while) run in
     one group per count, each with its own bias corrections."""
@@ -83,6 +118,17 @@ def test_leaves_that_skipped_steps_run_by_their_counts(monkeypatch):
         expected, slow = tx.update(grads[1], state, params)
     for a, b in zip(optree.tree_leaves((updates, fast)), optree.tree_leaves((expected, slow))):
         assert torch.equal(a, b)
+
+
+def test_a_donated_state_passed_again_raises_on_the_program_path_too():
+    """A state that a donated update replaced (its counts) is refused by the pure update as
+    by the multi-tensor path: the program declines and the error names it."""
+    tx = _user_chain()
+    params, grads = _trees(torch.float64)
+    old = tx.init(params)
+    tx.update(grads[0], old, params, donate=True)
+    with pytest.raises(fo.DonatedStateError, match="donated to an earlier update"):
+        tx.update(grads[1], old, params)
 
 
 def _closing_over():
@@ -121,34 +167,46 @@ def _same(a, b) -> bool:
         a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
+def _flat(case, dtype, scalars: bool):
+    named = fo.tree.named_leaves(case.params_tree(0, dtype))
+    grads_tree = case.adapt_grads(case.params_tree(1, dtype))
+    params = {n: x for n, x in named if isinstance(x, torch.Tensor) and (scalars or x.ndim)}
+    grads = {n: g for (n, _), g in zip(named, optree.tree_leaves(grads_tree, none_is_leaf=True))
+             if n in params}
+    if any(g is None or g.is_sparse or g.is_complex() for g in grads.values()):
+        return None
+    return params, grads
+
+
+def _three_steps(tx, params, grads, context) -> list:
+    state = tx.init(params)
+    with context():
+        for step in range(3):
+            g = grads if step != 1 else {k: 0.5 * v + 0.1 for k, v in grads.items()}
+            updates, state = tx.update(g, state, params)
+    return optree.tree_leaves((updates, state))
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_every_registered_transform_on_a_flat_dict_keeps_the_per_leaf_numbers(case):
+def test_every_registered_transform_on_a_flat_dict_keeps_its_numbers(case, monkeypatch):
     """The conformance trees are nested, which the call programs leave to the multi-tensor
-    path: here each registered transform updates a flat dict of the tree's leaves of at least
-    one dimension (what a program may take, float32 and float64, three steps) with the
-    per-leaf path's numbers, wherever its program runs or declines."""
+    path: here each registered transform updates flat dicts of the tree's leaves (float32 and
+    float64, three steps), wherever its program runs or declines. Leaves of at least one
+    dimension: the per-leaf path's numbers. With the 0-d leaf too (which runs the
+    multi-tensor path beside the program): the multi-tensor path's numbers before the
+    programs."""
     blocked_sums = case.name in _SUMS_IN_BLOCKS
+    off = _without_programs(monkeypatch)
     for dtype in (torch.float64,) if blocked_sums else (torch.float64, torch.float32):
-        named = fo.tree.named_leaves(case.params_tree(0, dtype))
-        grads_tree = case.adapt_grads(case.params_tree(1, dtype))
-        params = {n: x for n, x in named if isinstance(x, torch.Tensor) and x.ndim}
-        grads = {n: g for (n, _), g in zip(named, optree.tree_leaves(grads_tree,
-                                                                      none_is_leaf=True))
-                 if n in params}
-        if any(g is None or g.is_sparse or g.is_complex() for g in grads.values()):
-            return
-        tx = case.make()
-        results = []
-        for multi in (True, False):
-            state = tx.init(params)
-            with _execute.multi_tensor(multi):
-                for step in range(3):
-                    g = grads if step != 1 else {k: 0.5 * v + 0.1 for k, v in grads.items()}
-                    updates, state = tx.update(g, state, params)
-            results.append(optree.tree_leaves((updates, state)))
-        assert len(results[0]) == len(results[1])
-        for a, b in zip(*results):
-            if blocked_sums:
-                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-            else:
-                assert _same(a, b)
+        for scalars, reference in ((False, lambda: _execute.multi_tensor(False)), (True, off)):
+            flat = _flat(case, dtype, scalars)
+            if flat is None:
+                return
+            ours = _three_steps(case.make(), *flat, lambda: _execute.multi_tensor(True))
+            theirs = _three_steps(case.make(), *flat, reference)
+            assert len(ours) == len(theirs)
+            for a, b in zip(ours, theirs):
+                if blocked_sums and not scalars:
+                    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+                else:
+                    assert _same(a, b)
