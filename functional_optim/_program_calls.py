@@ -39,11 +39,12 @@ _SAMPLE = (2, 3)
 
 
 def _plain_column(column: Any, keys: Any, like: list, shaped: bool) -> list | None:
-    """The leaves of a state or input tree given as a dict of ``keys``: tensors like ``like``
-    (``shaped``) or 0-d CPU tensors of one dtype (else), or ``None``."""
+    """The leaves of a state or input tree given as a dict of ``keys``, in their order (the
+    dict's own may differ: the parameters made in another order than the gradients): tensors
+    like ``like`` (``shaped``) or 0-d CPU tensors of one dtype (else), or ``None``."""
     if type(column) is not dict or column.keys() != keys:
         return None
-    xs = list(column.values())
+    xs = [column[k] for k in keys]
     if not all([type(x) is torch.Tensor for x in xs]):
         return None
     if shaped:

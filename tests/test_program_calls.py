@@ -120,6 +120,23 @@ def test_leaves_that_skipped_steps_run_by_their_counts(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_parameters_and_state_in_another_key_order_than_the_gradients(monkeypatch):
+    """The leaves are matched by key, not by position: gradients made in another order than
+    the parameters (and so the state) decay each leaf with its own parameter (by position,
+    two same-shaped leaves swapped parameters)."""
+    ran = _spy(monkeypatch)
+    tx = fo.chain(fo.scale_by_adam(), fo.add_decayed_weights(0.5), fo.scale_by_learning_rate(0.1))
+    params = {"a": torch.ones(3), "b": -torch.ones(3)}
+    grads = {"b": torch.full((3,), 2.0), "a": torch.full((3,), 3.0)}
+    state = tx.init(params)
+    updates, new = tx.update(grads, state, params)
+    assert ran[-1]
+    with _execute.multi_tensor(False):
+        expected, slow = tx.update(grads, state, params)
+    for a, b in zip(optree.tree_leaves((updates, new)), optree.tree_leaves((expected, slow))):
+        assert torch.equal(a, b)
+
+
 def test_a_donated_state_passed_again_raises_on_the_program_path_too():
     """A state that a donated update replaced (its counts) is refused by the pure update as
     by the multi-tensor path: the program declines and the error names it."""
