@@ -386,9 +386,8 @@ class _Programs:
         if groups is None or not all(map(_runs_on, groups)):
             return None
         if exact and (any(d.type != "cpu" for d, _ in groups) or any(
-                [g.is_sparse or not g.ndim for g in grads.values()])):
-            return None  # (sparse: the chain's error or sparse rule; a 0-d leaf's op with a
-            # 0-d coefficient computes in float64, the multi-tensor path stacks such leaves)
+                [g.is_sparse for g in grads.values()])):
+            return None  # (sparse: the chain's error or sparse rule)
         try:
             columns = parts.columns(state)
         except (ValueError, TypeError):  # (not the state of this transform: its error)
@@ -419,6 +418,8 @@ class _Programs:
                 at = [c for c in tensor if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
                 tables = [[params[n] for n in members], [grads[n] for n in members]]
                 tables += [[columns[c][n] for n in members] for c in at]
+                tables = [[x.reshape(1) if not x.ndim else x for x in t] for t in tables]
+                # (a 0-d leaf as a one-element vector, as every path runs it: elementwise)
                 each = _Blocks(tables, [1, 0, *(2 + c for c in at)], prog.n_inputs, whole)
                 if owned:
                     for lists, _ in each([]):
@@ -427,7 +428,9 @@ class _Programs:
                     of = dict(zip(at, tables[2:]))
                     olds = [tables[0 if step else 1]] + [
                         None if prog.unchanged(1 + c, 2 + c) else of[c] for c in tensor]
-                    made = _pure_run(run, k, each, olds, whole, step)
+                    made = [None if ts is None else [t if t.ndim == params[n].ndim else
+                                                     t.reshape(()) for t, n in zip(ts, members)]
+                            for ts in _pure_run(run, k, each, olds, whole, step)]
                     lead.update(zip(members, made[0]))
                     for c, tensors in zip(tensor, made[1:]):
                         if tensors is not None:
@@ -504,12 +507,12 @@ def rule_update(programs: _Programs, update: Callable, reduced: Callable | None 
     dtype and hyperparameter values, replayed op for op on blocks of the leaves into new
     tensors. The same ops per leaf, so the same numbers as ``update`` leaf by leaf (and its
     multi-tensor path), bit for bit, without its Python per op. Where ``update`` would run its
-    multi-tensor path on dicts of plain float32/float64 CPU tensors with no 0-d leaf and
-    number hyperparameters, called with nothing but these four arguments; where the rule is
-    not pointwise (LAMB's trust ratio, a schedule's count: found once, then not tried again),
-    or a leaf is 0-d, ``reduced`` (the pure update of a rule that reduces over each leaf, in
-    passes: :func:`~functional_optim._blocked_reduce.reduce_update`) where given and it runs;
-    ``update`` itself otherwise."""
+    multi-tensor path on dicts of plain float32/float64 CPU tensors (a 0-d one a one-element
+    vector, as every path runs it) and number hyperparameters, called with nothing but these
+    four arguments; where the rule is not pointwise (LAMB's trust ratio, a schedule's count:
+    found once, then not tried again), ``reduced`` (the pure update of a rule that reduces over
+    each leaf, in passes: :func:`~functional_optim._blocked_reduce.reduce_update`) where given
+    and it runs; ``update`` itself otherwise."""
 
     def fast(updates, state, params=None, hparams=None, **extra):
         if not extra and isinstance(params, dict) and isinstance(updates, dict) and \

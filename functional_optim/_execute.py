@@ -9,7 +9,6 @@ and works under ``torch.func`` transforms, ``torch.compile`` and CUDA-graph capt
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,20 @@ import torch
 
 from . import _foreach
 from . import tree as _tree
+from ._modes import (  # noqa: F401 - the modes, imported from here too
+    _FLAGS,
+    ADAPTER,
+    DONATED,
+    _requires_grad,
+    donates_to,
+    donating,
+    fusing,
+    keep_state,
+    multi_tensor,
+    multi_tensor_wanted,
+    owning,
+    pure_multi_tensor,
+)
 
 
 class MissingParamsError(ValueError):
@@ -100,8 +113,8 @@ def elementwise(
             ``SHAPED``, ``TYPED``, or ``None`` (a step count, a 0-d scalar in a dtype
             of its own); missing entries are ``None``.
         pointwise: the rule is pointwise (:class:`PointwiseCall`), so leaves of any rank
-            share a multi-tensor group (0-d leaves keep theirs, which is stacked); else a
-            group's leaves also share ``ndim``, which a rule may branch on.
+            share a multi-tensor group (0-d leaves keep theirs); else a group's leaves
+            also share ``ndim``, which a rule may branch on.
 
     Each update leaf must match its tensor inputs (the parameters) and its states
     (``state_like``), else :class:`TreeMismatchError` names the leaf, the expected and the
@@ -109,10 +122,10 @@ def elementwise(
     the leaves (the per-leaf path, which ``compile``/``vmap``/``make_fx`` trace, checks it all;
     the eager multi-tensor path what could pass silently, and diagnoses torch's errors).
 
-    Each result keeps the dtype of the tensor it replaces (a 0-d float64 coefficient would
-    otherwise promote a 0-d leaf; except the update with ``own_update_dtype``) and must keep its
-    shape: a result whose shape differs (a rule that broadcast) raises
-    :class:`TreeMismatchError`.
+    A 0-d leaf runs as a one-element vector on every path (:func:`_one_element`), so that
+    its math happens in its dtype. Each result keeps the dtype of the tensor it replaces
+    (except the update with ``own_update_dtype``) and must keep its shape: a result whose
+    shape differs (a rule that broadcast) raises :class:`TreeMismatchError`.
     """
     n_states = len(states)
     shares = [(k, *_SHARES[like]) for k, like in enumerate(state_like[:n_states])
@@ -120,6 +133,7 @@ def elementwise(
     # the states in dtypes of their own (step counts): a multi-tensor group shares their
     # dtypes, as a list of 0-d tensors runs stacked (float32 and float64 counts: in float64)
     own = tuple(k for k in range(n_states) if k >= len(state_like) or state_like[k] is None)
+    shaped = [any(k == s[0] and s[1] for s in shares) for k in range(n_states)]
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
@@ -186,6 +200,8 @@ def elementwise(
         try:
             if as_real:
                 res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
+            elif likes[0][0].ndim == 0:  # (0-d leaves: as one-element vectors)
+                res = _one_element(rule, h, g, leaf_states, leaf_inputs, shaped, likes)
             else:
                 res = rule(h, g, *leaf_states, *leaf_inputs)
         except RuntimeError:  # (multi-tensor path: torch's error for a shape or a device)
@@ -397,165 +413,39 @@ def _check_structures(updates: Any, trees: tuple, n_states: int, name: str,
         _tree.flatten_like(tree, spec, tree_name, "updates")
 
 
-ADAPTER, DONATED = 1, 2
-"""Donation levels: the adapter's state buffers (rules that opt in update them in place on the
-multi-tensor path); a caller's donated state (``update(..., donate=True)``: also written back
-under ``torch.compile``, see :class:`donating`)."""
+def _one_element(rule: Callable, h: Any, g: Any, states: list, inputs: list,
+                 shaped: list[bool], likes: list[list]) -> tuple:
+    """``rule`` on a 0-d leaf or a group of them (``TensorList``) as one-element vectors: the
+    update, the states shaped like it (``shaped``) and the tensor inputs; its results of 0-d
+    ``likes`` back to 0-d, and a vector the rule passed through (or updated in place) back to
+    the tensor it views.
 
-class _Flags(threading.local):
-    """This thread's ``[multi-tensor allowed, donation level, donation forbidden]``: per
-    thread, so that a context entered in one thread (the adapter's donation, a donated
-    update, ``multi_tensor``) never changes another thread's updates (with one flag for all,
-    a pure update beside a donated one overwrote its input state)."""
+    Between two 0-d tensors torch promotes: a float32 leaf times a float64 bias correction
+    (:func:`scalar_dtype`) would compute in float64 and round back, a last bit away at times
+    from any leaf of one or more dimensions, which a 0-d coefficient does not promote. As a
+    vector, a 0-d leaf's math happens in its dtype (DESIGN.md §3), the same on every path."""
+    pairs: list = []
 
-    def __init__(self) -> None:
-        self.value = [True, 0, False]
+    def vector(x: Any) -> Any:
+        if isinstance(x, _foreach.TensorList):
+            return _foreach.TensorList([vector(y) for y in x.items], donated=x.donated)
+        if not isinstance(x, torch.Tensor) or x.ndim:
+            return x
+        pairs.append((x.reshape(1), x))
+        return pairs[-1][0]
 
+    def back(r: Any, like: Any) -> Any:
+        if isinstance(r, _foreach.TensorList):  # (a stacked list of 0-d values stays)
+            return r if r.scalar else _foreach.TensorList([back(y, like) for y in r.items])
+        for view, x in pairs:
+            if r is view:
+                return x
+        return r.reshape(()) if isinstance(r, torch.Tensor) and r.shape == (1,) and isinstance(
+            like, torch.Tensor) and like.ndim == 0 else r
 
-_FLAGS = _Flags()
-
-
-class multi_tensor:  # noqa: N801 - used like torch.no_grad
-    """The execution of the updates run in this context.
-
-    ``enabled`` (the default outside any context too): eager updates in which nothing needs
-    autograd (no tensor among the updates, state, inputs and tensor hyperparameters requires
-    grad, or grad mode is off), outside ``torch.func`` transforms, ``torch.compile``, tracing
-    (fake tensors, ``make_fx``) and forward-mode AD, run each rule once per group of leaves
-    with ``torch._foreach_*`` kernels, out of place (pure; the same numbers as leaf by leaf). A
-    group shares device, dtype, tensor type, ``ndim`` and, for DTensors, device mesh and
-    placements (:func:`functional_optim.tree.layout`). ``enabled=False``: leaf by leaf.
-
-    ``donate=True`` (the stateful adapter, which owns its state buffers) lets rules that opt in
-    update their state in place, as torch.optim does: the input state tensors are overwritten
-    (not inside :class:`keep_state`). The caller donates only to a transform that
-    :func:`donates_to`, and library transforms pass it on to their inner ones the same way
-    (:func:`owning`).
-    """
-
-    def __init__(self, enabled: bool = True, donate: bool = False):
-        self.enabled = enabled
-        self.donate = donate
-
-    def __enter__(self):
-        self.previous = list(_FLAGS.value)
-        donate = self.enabled and self.donate and not _FLAGS.value[2]
-        _FLAGS.value[:2] = [self.enabled, ADAPTER if donate else 0]
-
-    def __exit__(self, *exc):
-        _FLAGS.value[:] = self.previous
-
-
-class donating:  # noqa: N801 - a context like torch.no_grad
-    """The updates run in this context may reuse the memory of the state they are given: the
-    caller donated it (``tx.update(..., donate=True)``; library updates enter this context
-    with their ``donate`` keyword). On the multi-tensor path, rules that opt in
-    (``donate_state``) update their state in place (a state leaf they replace instead, a step
-    count, is marked: an update given that state again raises :class:`DonatedStateError`);
-    under ``torch.compile`` their new state is
-    written into the old tensors, so that the compiled code computes in place. Elsewhere (leaf
-    by leaf in eager mode) nothing changes. Inside :class:`keep_state` nothing is donated."""
-
-    def __init__(self, donate: Any):
-        self.donate = donate is True
-
-    def __enter__(self):
-        self.previous = _FLAGS.value[1]
-        if self.donate and not _FLAGS.value[2]:
-            _FLAGS.value[1] = DONATED
-
-    def __exit__(self, *exc):
-        _FLAGS.value[1] = self.previous
-
-
-class keep_state:  # noqa: N801 - a context like torch.no_grad
-    """Inner updates in this context leave their input state intact (no donation, also where
-    an inner update asks for it): for combinators that may keep the old state instead of the
-    new one (``multi_steps``, ...) or that hold a user's transform (:func:`owning`)."""
-
-    def __enter__(self):
-        self.previous = list(_FLAGS.value)
-        _FLAGS.value[1:] = [0, True]
-
-    def __exit__(self, *exc):
-        _FLAGS.value[:] = self.previous
-
-
-_PACKAGE = __name__.partition(".")[0]
-
-
-def donates_to(tx: Any) -> bool:
-    """Whether a caller that owns the state it passes to ``tx.update`` may let it update that
-    state in place (donation): only where ``update`` is the library's own code (a block, alias,
-    chain or combinator), which reads each state once and calls each inner update once on it
-    (or runs it in :class:`keep_state`), and runs no other code (see :func:`owning`). Any other
-    ``update`` (a user's transform) may read its state again, keep it, or call an inner update
-    twice on it: it and everything it calls get no donation (the same numbers, without reusing
-    memory)."""
-    update = tx.update
-    module = getattr(update, "__module__", None)
-    marked = (getattr(x, "keeps_state", False) for x in (update, getattr(update, "__self__", None)))
-    return isinstance(module, str) and module.partition(".")[0] == _PACKAGE and not any(marked)
-
-
-def owning(update: Callable, inners: Any) -> Callable:
-    """The ``update`` of a library transform that runs the updates of the transforms
-    ``inners`` (a chain's members, a combinator's inner transform): as it is where each of them
-    :func:`donates_to`; else it runs in :class:`keep_state`, marked ``keeps_state`` so that its
-    own callers donate nothing to it either (a library object whose method is an update
-    carries the mark itself)."""
-    if all(map(donates_to, inners)):
-        return update
-
-    def without_donation(*args: Any, **kwargs: Any) -> Any:
-        with keep_state():
-            return update(*args, **kwargs)
-
-    without_donation.keeps_state = True
-    return without_donation
-
-
-def fusing(updates: Any, params: Any, hparams: Any) -> bool:
-    """Whether a chain fuses its pointwise runs on ``updates`` (with ``params`` and ``hparams``):
-    on the multi-tensor path, for real leaves (complex ones run transform by transform: passing
-    a temporary from one rule to the next in place moves the last digit there). (A state that
-    requires grad is seen by :func:`elementwise`, which then runs the fused rule leaf by leaf:
-    the numbers of the transforms run one by one.)"""
-    if _tree.traced():  # (per leaf: see multi_tensor_wanted)
-        return False
-    flat, spec = optree.tree_flatten(updates, none_is_leaf=True)
-    leaves = [x for x in flat if x is not None]
-    if any([x.is_complex() for x in leaves]):
-        return False
-    try:  # (the parameters along the updates' structure, in C; else as they are)
-        inputs = [] if params is None else spec.flatten_up_to(params)
-    except (ValueError, TypeError):
-        inputs = optree.tree_leaves(params)
-    return multi_tensor_wanted([leaves, inputs], hparams)
-
-
-def pure_multi_tensor(columns: list, hparams: Any) -> bool:
-    """Whether a pure update of the leaves ``columns`` (updates, parameters) runs the
-    multi-tensor path with nothing donated (where an alias may run its exact program)."""
-    return not _FLAGS.value[1] and multi_tensor_wanted(columns, hparams)
-
-
-def multi_tensor_wanted(columns: list, hparams: Any = None) -> bool:
-    """Whether the leaves ``columns`` (the updates first, then state and inputs) and
-    ``hparams`` run on the multi-tensor path (see :class:`multi_tensor`)."""
-    if not _FLAGS.value[0] or _tree.traced() or not any(
-            isinstance(x, torch.Tensor) for x in columns[0]):
-        return False
-    return not torch.is_grad_enabled() or not (
-        any(map(_requires_grad, columns)) or _requires_grad(optree.tree_leaves(hparams)))
-
-
-def _requires_grad(leaves: list) -> bool:
-    """Whether a tensor among ``leaves`` (tensors, ``None`` and other values) requires grad."""
-    try:
-        return any([x.requires_grad for x in leaves if x is not None])
-    except AttributeError:  # (numbers: hparams, a static input's bools)
-        return any([x.requires_grad for x in leaves if isinstance(x, torch.Tensor)])
+    res = rule(h, vector(g), *(vector(x) if shape else x for x, shape in zip(states, shaped)),
+               *(vector(x) for x in inputs))
+    return tuple(back(r, like[0]) for r, like in zip(res, likes))
 
 
 def _same_layout(values: list, likes: list, dtypes: bool) -> bool:

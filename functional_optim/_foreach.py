@@ -44,15 +44,18 @@ _TEMPORARY_REFS = -1
 _FUNCTION_EXTRA_REFS = 0
 
 
+_HALVES = (torch.bfloat16, torch.float16)
+_FLOATS = (torch.float32, torch.float64, *_HALVES)
 _TENSOR_OVERLOADS = ("add", "mul", "div")  # foreach ops with a one-0-d-tensor overload
 _LIST_OVERLOADS = ("add", "sub")
 """Ops whose one-0-d-tensor form is slower on CPU than the same tensor once per element (a
 list: 30 µs instead of 68 for 32 tensors of 4096 floats); the same numbers."""
 _NUMBER_AS_TENSOR = ("add", "sub", "mul", "div")
 """Ops whose Python-number form wraps the number in a new tensor per element on CPU (2 µs per
-element): on a float32/float64 CPU list a number becomes a 0-d tensor of the list's dtype first
-(the kernel rounds it to that dtype either way: the same numbers; half precision computes in
-float32, so there the number stays)."""
+element): on a floating-point CPU list a number becomes a 0-d tensor of the dtype the kernel
+rounds it to (the list's; float32 for bfloat16 and float16, whose kernels compute in float32):
+the same numbers as each leaf's op with the number (torch's in-place ``_foreach_mul_`` with a
+number rounds it to bfloat16 instead)."""
 
 
 _CONSTANTS: dict = {}
@@ -132,6 +135,11 @@ class TensorList:
         out = TensorList(items, fresh=True)
         self._consumed = self._donated
         return out
+
+    @property
+    def donated(self) -> bool:
+        """Whether its tensors are a donated state, which ops may overwrite."""
+        return self._donated
 
     @property
     def scalar(self) -> bool:
@@ -290,9 +298,11 @@ class TensorList:
                 name in _TENSOR_OVERLOADS or name in _NUMBER_AS_TENSOR and not reverse
                 and self.device.type != "cpu"):
             value = other.uniform()
-            if value is not None:  # in this list's dtype, as the kernel would cast it per leaf
+            if value is not None:  # in the dtype the kernel would compute in per leaf: this
+                # list's (float32 for bfloat16 and float16, whose kernels compute in float32)
                 floating = self.dtype.is_floating_point or self.dtype.is_complex
-                other = value.to(self.dtype) if floating and not value.is_complex() else value
+                dtype = torch.float32 if self.dtype in _HALVES else self.dtype
+                other = value.to(dtype) if floating and not value.is_complex() else value
         if isinstance(other, torch.Tensor) and other.ndim == 0 and other.is_cpu and \
                 name in _NUMBER_AS_TENSOR and not (reverse or self.scalar) and \
                 self.device.type != "cpu":
@@ -304,8 +314,8 @@ class TensorList:
             other = other.item()
         if not reverse and name in _NUMBER_AS_TENSOR and isinstance(other, Number) and not \
                 isinstance(other, (bool, complex)) and not self.scalar and \
-                self.dtype in (torch.float32, torch.float64) and self.device.type == "cpu":
-            other = constant(other, self.dtype)
+                self.dtype in _FLOATS and self.device.type == "cpu":
+            other = constant(other, torch.float32 if self.dtype in _HALVES else self.dtype)
         if name in _LIST_OVERLOADS and isinstance(other, torch.Tensor) and other.ndim == 0 \
                 and not self.scalar:
             other = TensorList([other] * len(self))

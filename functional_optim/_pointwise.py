@@ -91,18 +91,14 @@ def run_pointwise(spec: Pointwise, updates: Any, state: Any, params: Any,
     program (:mod:`functional_optim._program_calls`, the same numbers), else
     :func:`elementwise`."""
     call = spec.prepare(updates, state, params, hparams)
-
-    def run(updates: Any, states: tuple, inputs: tuple) -> tuple:
-        return elementwise(call.rule, call.hparams, updates, states, inputs, name=spec.name,
-                           complex_as_real=spec.complex == "as_real",
-                           real_only=spec.real_only, input_names=call.input_names,
-                           donate_state=call.donate_state or False, sparse=call.sparse,
-                           state_like=call.state_like, pointwise=True)
-
     from ._program_calls import exact_update
-    out = exact_update(spec, call, updates, run)
+    out = exact_update(spec, call, updates)
     if out is None:
-        out = run(updates, call.states, call.inputs)
+        out = elementwise(call.rule, call.hparams, updates, call.states, call.inputs,
+                          name=spec.name, complex_as_real=spec.complex == "as_real",
+                          real_only=spec.real_only, input_names=call.input_names,
+                          donate_state=call.donate_state or False, sparse=call.sparse,
+                          state_like=call.state_like, pointwise=True)
     return out[0], call.finish(out[1:])
 
 
@@ -157,7 +153,7 @@ def _fuse_calls(calls: list) -> PointwiseCall:
             new.extend(res[1:])
             u = res[0]
             if u.dtype != dtype:  # in the leaf's dtype, as each transform's own update is
-                u = u.to(dtype)  # (a 0-d leaf times a 0-d float64 coefficient is float64)
+                u = u.to(dtype)  # (trace's buffer in its accumulator_dtype, say)
             g = _owned(u, g, [original, *res[1:], *mine], next_once)
         return (g, *new)
 

@@ -12,8 +12,8 @@ members are pointwise (``clip_by_global_norm``, ``scale_by_adam``, ``add_decayed
 Where per-leaf variation lives is explicit: in the rule's arguments (the gradient, the state's
 and the inputs' leaves), all checked here to be plain tensors like the gradient, or 0-d
 tensors; a rule that reads a tensor it closed over (a value of the call, not an argument) is
-not traced (it would be replayed stale), nor one with a 0-d leaf, other dtypes or devices,
-a state that is neither like the update nor 0-d: those run the multi-tensor path."""
+not traced (it would be replayed stale), nor one with other dtypes or devices, or a state
+that is neither like the update nor 0-d: those run the multi-tensor path."""
 
 from __future__ import annotations
 
@@ -68,16 +68,15 @@ def _given_up(states: tuple, keys: Any) -> bool:
     return any(getattr(tree[head], _execute._GIVEN_UP, False) for tree in states)
 
 
-def exact_update(spec: Any, call: Any, updates: Any, elementwise: Any) -> tuple | None:
+def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
     """``(new updates, *new states)`` of ``call`` (of the transform ``spec``) on ``updates``
     as its exact program, or ``None`` where the multi-tensor path must run: outside its
     conditions (eager, nothing requiring grad, no donation; a dict of dense CPU float32 or
     float64 tensors of one dtype; states and inputs dicts of tensors like them or of 0-d CPU
     tensors; number or 0-d CPU tensor hyperparameters), or where the rule does not trace.
-    0-d leaves (a learned scale) run ``elementwise(updates, states, inputs)`` on their own
-    (dicts of those leaves): there a 0-d coefficient would promote the leaf's ops, which the
-    multi-tensor path keeps in the leaf's dtype (:func:`~functional_optim._execute.
-    elementwise`)."""
+    A 0-d leaf (a learned scale) is one element of a block, as every path runs it: a
+    one-element vector, which a 0-d coefficient does not promote (:func:`~functional_optim.
+    _execute.elementwise`)."""
     flags = _execute._FLAGS.value
     if not flags[0] or flags[1] or _tree.traced() or type(updates) is not dict or \
             not updates or call.sparse:
@@ -88,9 +87,6 @@ def exact_update(spec: Any, call: Any, updates: Any, elementwise: Any) -> tuple 
     dtype = gs[0].dtype
     if dtype not in (torch.float32, torch.float64) or any(
             [g.dtype != dtype or g.device.type != "cpu" or g.is_sparse for g in gs]):
-        return None
-    rank = [i for i, g in enumerate(gs) if g.ndim]
-    if not rank:
         return None
     h = _execute.cast_hparams(call.hparams, gs[0])
     leaves, hspec = optree.tree_flatten(h, none_is_leaf=True)
@@ -114,20 +110,8 @@ def exact_update(spec: Any, call: Any, updates: Any, elementwise: Any) -> tuple 
                     len(inputs))
     if prog is None:
         return None
-    names = list(keys)
-    if len(rank) == len(gs):
-        return _run(prog, gs, states, kinds, inputs, [leaves[k].item() for k in live], names,
-                    dtype)
-    some = [[column[i] for i in rank] for column in (gs, *states, *inputs)]
-    new = _run(prog, some[0], some[1:1 + len(states)], kinds, some[1 + len(states):],
-               [leaves[k].item() for k in live], [names[i] for i in rank], dtype)
-    if new is None:
-        return None
-    zero = [n for i, n in enumerate(names) if not gs[i].ndim]
-    rest = elementwise({n: updates[n] for n in zero},
-                       tuple({n: tree[n] for n in zero} for tree in call.states),
-                       tuple({n: tree[n] for n in zero} for tree in call.inputs))
-    return tuple({n: a[n] if n in a else b[n] for n in names} for a, b in zip(new, rest))
+    return _run(prog, gs, states, kinds, inputs, [leaves[k].item() for k in live], list(keys),
+                dtype)
 
 
 def _program(spec: Any, call: Any, of: tuple, leaves: list, hspec: Any, live: list,
@@ -196,6 +180,7 @@ def _run(prog: Any, gs: list, states: list, kinds: list, inputs: list, live: lis
             return None
         columns = [[gs[i] for i in members]] + [[states[j][i] for i in members] for j in tensor]
         columns += [[x[i] for i in members] for x in inputs]
+        columns = [[x.reshape(1) if not x.ndim else x for x in c] for c in columns]  # (0-d)
         whole = sum(gs[i].numel() for i in members) <= BLOCK
         olds = [columns[0]] + [None if prog.unchanged(1 + j, 1 + j) else columns[1 + m]
                                for m, j in enumerate(tensor)]
@@ -204,7 +189,7 @@ def _run(prog: Any, gs: list, states: list, kinds: list, inputs: list, live: lis
         for j, tensors in zip([0] + [1 + j for j in tensor], made):
             if tensors is not None:
                 for i, t in zip(members, tensors):
-                    result[j][i] = t
+                    result[j][i] = t if t.ndim == gs[i].ndim else t.reshape(())
         for j in scalar:
             if not prog.unchanged(1 + j, 1 + j):
                 new = _filled(prog.output(1 + j, env), states[j][0].dtype, members)

@@ -371,11 +371,12 @@ def test_multi_tensor_path_matches_per_leaf(case, dtype):
     if dtype == torch.complex128 and not case.complex:
         return
     tx = case.make()
-    if dtype == "mixed":  # several (dtype) groups in one tree
-        params = case.params_tree(0)
-        params["linear"] = {k: v.float() for k, v in params["linear"].items()}
-        grads = case.params_tree(1)
-        grads["linear"] = {k: v.float() for k, v in grads["linear"].items()}
+    if dtype == "mixed":  # several (dtype) groups in one tree: float32, bfloat16 (with the
+        # 0-d leaf, which a float64 coefficient must not promote on either path) and float64
+        params, grads = case.params_tree(0), case.params_tree(1)
+        for tree in (params, grads):
+            tree["linear"] = optree.tree_map(lambda v: v.float(), tree["linear"])
+            tree["blocks"] = optree.tree_map(lambda v: v.bfloat16(), tree["blocks"])
     else:
         params, grads = case.params_tree(0, dtype), case.params_tree(1, dtype)
     grads = case.adapt_grads(grads)
@@ -397,6 +398,74 @@ def test_multi_tensor_path_matches_per_leaf(case, dtype):
         for a, b in zip(tensors(results[0]), tensors(other)):
             assert a.dtype == b.dtype and a.shape == b.shape
             assert _equal(a, b), (a - b).abs().max()
+
+
+_NDIM_STATE = ("its state's layout depends on the parameter's rank (per-dimension "
+               "preconditioners, quantized blocks): a 0-d and a one-element parameter differ")
+_CROSS_LEAF = ("a sum over the leaves outside the per-leaf rule (MoMo's and Mechanic's inner "
+               "products, HuggingFace Adafactor's unfactored second moment, whose state mark "
+               "depends on the rank) computes a 0-d leaf's term with its float64 coefficients")
+_NOT_AS_VECTOR = {
+    **dict.fromkeys(["soap", "psgd_kron", "adamw_8bit", "adam_8bit", "adamw_4bit",
+                     "quantized_state_momentum_rms_4bit", "precision_int8_master_stochastic"],
+                    _NDIM_STATE),
+    "with_state_dtype": "its dtype is for state of rank >= 1 (0-d state, a count, stays)",
+    **dict.fromkeys(["momo_adam", "mechanic_adam", "scale_by_factored_rms_huggingface",
+                     "huggingface_adafactor", "huggingface_adafactor_warmup_init_momentum",
+                     "huggingface_adafactor_external_lr"], _CROSS_LEAF),
+}
+
+
+def test_a_0d_leaf_computes_as_a_one_element_vector(case):
+    """Leaf by leaf, a float32 0-d parameter (the tree's ``blocks.1.0``) gives the numbers of
+    the same value as a one-element vector: its math in float32, which a 0-d float64
+    coefficient (a bias correction, a tensor hyperparameter) does not promote, as on the
+    multi-tensor path (``test_multi_tensor_path_matches_per_leaf``'s mixed tree). Each state
+    shaped like its parameter must be marked so (``state_like``): an unmarked one stays 0-d."""
+    if case.name in _NOT_AS_VECTOR:
+        pytest.skip(_NOT_AS_VECTOR[case.name])
+    results = []
+    for shape in ((), (1,)):
+        params, grads = case.params_tree(0, torch.float32), case.params_tree(1, torch.float32)
+        for tree in (params, grads):  # (a case's own shapes may have no 0-d leaf: moot)
+            x, y = tree["blocks"][1]
+            tree["blocks"][1] = (x.reshape(shape) if x.ndim == 0 else x, y)
+        grads, tx = case.adapt_grads(grads), case.make()
+        state = tx.init(params)
+        with fo._execute.multi_tensor(False):
+            for step in range(10):  # (a promoted op moves the last bit at some steps)
+                batch = grads if step % 2 == 0 else case.adapt_grads(params_like(params))
+                out, state = tx.update(batch, state, params)
+        results.append(tensors((out, state)))
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype and _equal(_dense(a).reshape(-1), _dense(b).reshape(-1))
+
+
+def test_states_shaped_like_their_update_are_marked(case, monkeypatch):
+    """Every state that the per-leaf rule gets shaped like its update (a matrix parameter's
+    moment) is marked so (``state_like``: ``LIKE`` or ``SHAPED``), which the executor needs to
+    check it and to run a 0-d leaf's state as a one-element vector with it (a step count, left
+    unmarked, stays 0-d). Seen on the multi-tensor path's grouping of the conformance tree."""
+    unmarked = []
+    plain = fo._execute._plain_groups
+
+    def spy(flats, n_states, shares, *args):
+        marked = {k for k, *_ in shares}
+        for k in range(n_states):
+            if k not in marked and any(
+                    isinstance(x, torch.Tensor) and g is not None and g.ndim >= 2 and
+                    x.shape == g.shape for g, x in zip(flats[0], flats[1 + k])):
+                unmarked.append(k)
+        return plain(flats, n_states, shares, *args)
+
+    monkeypatch.setattr(fo._execute, "_plain_groups", spy)
+    tx = case.make()
+    params = case.params_tree(0, torch.float32)
+    state = tx.init(params)
+    with fo._execute.multi_tensor(True):
+        tx.update(case.adapt_grads(case.params_tree(1, torch.float32)), state, params)
+    assert not unmarked, f"states {unmarked} are shaped like the update but not marked"
 
 
 def params_like(params):

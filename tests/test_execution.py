@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import functional_optim as fo
 import functional_optim.optim as foo
-from functional_optim import _execute, _program
+from functional_optim import _execute, _modes, _program
 
 
 def _trees(seed=0, dtype=torch.float32):
@@ -36,7 +36,8 @@ def choices(monkeypatch):
             seen.append(result)  # (not the trace of an alias's program: its rule leaf by leaf)
         return result
 
-    monkeypatch.setattr(_execute, "multi_tensor_wanted", spy)
+    for module in (_execute, _modes):  # (elementwise's name, and the modes' own)
+        monkeypatch.setattr(module, "multi_tensor_wanted", spy)
     return seen
 
 

@@ -60,6 +60,23 @@ def test_fused_ops_match_per_tensor_ops():
         assert torch.equal(r, x.abs())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div"])
+def test_half_precision_lists_take_numbers_as_each_tensors_op_does(name, dtype):
+    """A number against a bfloat16 or float16 list, in place on a temporary too, gives each
+    tensor's own op's numbers (the kernels compute in float32 with the number in float32).
+    (torch's in-place ``_foreach_mul_`` with a number rounds it to bfloat16 first: -0.001 and
+    4.2496 moved a last bit in about one element of eight.)"""
+    gen = torch.Generator().manual_seed(0)
+    xs = [(3 * torch.randn(4096, generator=gen)).to(dtype) for _ in range(2)]
+    op = getattr(torch, name)
+    for number in (-0.001, 4.249591688004579, 0.999):
+        out = op(TensorList(xs), number)
+        fresh = op(TensorList(xs) * 1.0, number)  # (a temporary: computed in place)
+        for a, b, x in zip(out.items, fresh.items, xs):
+            assert torch.equal(a, op(x, number)) and torch.equal(b, op(x, number))
+
+
 # -- a chain's pointwise transforms fused into one rule (functional_optim._execute.fuse) -------
 
 def _trees(n=3, seed=0):

@@ -69,25 +69,12 @@ def test_a_chains_pure_update_is_its_program_with_the_per_leaf_numbers(make, dty
     assert any(ran)
 
 
-def _without_programs(monkeypatch):
-    """A context in which the call programs decline (the multi-tensor path as before them)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def off():
-        with monkeypatch.context() as m:
-            m.setattr(_program_calls, "exact_update", lambda *a: None)
-            yield
-    return off
-
-
-def test_a_0d_leaf_runs_beside_the_program(monkeypatch):
-    """A 0-d leaf (a learned scale) runs the multi-tensor path on its own, the other leaves
-    the program: the multi-tensor path's numbers, in the tree's order. (There a float32 0-d
-    leaf computes in float32; leaf by leaf, its ops with a 0-d float64 coefficient promote to
-    float64 and round back, a last bit apart at times.)"""
+def test_a_0d_leaf_is_one_element_of_the_program(monkeypatch):
+    """A 0-d leaf (a learned scale) runs in the program with the others, in its own dtype as on
+    every path: float32, which the schedule's and the bias corrections' float64 0-d
+    coefficients do not promote (leaf by leaf, a 0-d float32 leaf computed in float64 before
+    and rounded back, a last bit away at step 2 here)."""
     ran = _spy(monkeypatch)
-    off = _without_programs(monkeypatch)
     tx = _user_chain()
     params, grads = _trees(torch.float32)
     params["scale"] = torch.tensor(2.0)
@@ -96,7 +83,7 @@ def test_a_0d_leaf_runs_beside_the_program(monkeypatch):
     for g in grads:
         updates, fast = tx.update(g, fast, params)
         assert ran[-1] and list(updates) == list(params)
-        with off():
+        with _execute.multi_tensor(False):
             expected, slow = tx.update(g, slow, params)
         for k in updates:
             assert torch.equal(updates[k], expected[k]) and updates[k].dtype == expected[k].dtype
@@ -184,10 +171,10 @@ def _same(a, b) -> bool:
         a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
-def _flat(case, dtype, scalars: bool):
+def _flat(case, dtype):
     named = fo.tree.named_leaves(case.params_tree(0, dtype))
     grads_tree = case.adapt_grads(case.params_tree(1, dtype))
-    params = {n: x for n, x in named if isinstance(x, torch.Tensor) and (scalars or x.ndim)}
+    params = {n: x for n, x in named if isinstance(x, torch.Tensor)}
     grads = {n: g for (n, _), g in zip(named, optree.tree_leaves(grads_tree, none_is_leaf=True))
              if n in params}
     if any(g is None or g.is_sparse or g.is_complex() for g in grads.values()):
@@ -205,25 +192,21 @@ def _three_steps(tx, params, grads, context) -> list:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_every_registered_transform_on_a_flat_dict_keeps_its_numbers(case, monkeypatch):
+def test_every_registered_transform_on_a_flat_dict_keeps_its_numbers(case):
     """The conformance trees are nested, which the call programs leave to the multi-tensor
-    path: here each registered transform updates flat dicts of the tree's leaves (float32 and
-    float64, three steps), wherever its program runs or declines. Leaves of at least one
-    dimension: the per-leaf path's numbers. With the 0-d leaf too (which runs the
-    multi-tensor path beside the program): the multi-tensor path's numbers before the
-    programs."""
+    path: here each registered transform updates flat dicts of the tree's leaves, the 0-d
+    one included (float32 and float64, three steps), wherever its program runs or declines:
+    the per-leaf path's numbers."""
     blocked_sums = case.name in _SUMS_IN_BLOCKS
-    off = _without_programs(monkeypatch)
     for dtype in (torch.float64,) if blocked_sums else (torch.float64, torch.float32):
-        for scalars, reference in ((False, lambda: _execute.multi_tensor(False)), (True, off)):
-            flat = _flat(case, dtype, scalars)
-            if flat is None:
-                return
-            ours = _three_steps(case.make(), *flat, lambda: _execute.multi_tensor(True))
-            theirs = _three_steps(case.make(), *flat, reference)
-            assert len(ours) == len(theirs)
-            for a, b in zip(ours, theirs):
-                if blocked_sums and not scalars:
-                    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-                else:
-                    assert _same(a, b)
+        flat = _flat(case, dtype)
+        if flat is None:
+            return
+        ours = _three_steps(case.make(), *flat, lambda: _execute.multi_tensor(True))
+        theirs = _three_steps(case.make(), *flat, lambda: _execute.multi_tensor(False))
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            if blocked_sums:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            else:
+                assert _same(a, b)

@@ -17,6 +17,7 @@ import torch
 
 from .. import tree as _tree
 from .._execute import (
+    LIKE,
     Pointwise,
     PointwiseCall,
     ema_square,
@@ -118,7 +119,8 @@ def scale_by_adopt(betas: tuple[float, float] = (0.9, 0.9999), eps: float = 1e-6
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAdoptState)
         return PointwiseCall(rule, h, (state.step, state.exp_avg, state.exp_avg_sq),
-                             finish=lambda new: ScaleByAdoptState(*new))
+                             finish=lambda new: ScaleByAdoptState(*new),
+                             state_like=(None, LIKE, LIKE))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
@@ -185,6 +187,7 @@ def scale_by_acprop(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-1
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByAcpropState)
         return PointwiseCall(_acprop_rule, h, (state.step, state.exp_avg, state.exp_avg_var),
-                             finish=lambda new: ScaleByAcpropState(*new))
+                             finish=lambda new: ScaleByAcpropState(*new),
+                             state_like=(None, LIKE, LIKE))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))

@@ -18,6 +18,7 @@ import torch
 
 from .. import tree as _tree
 from .._execute import (
+    LIKE,
     Pointwise,
     PointwiseCall,
     ema_square,
@@ -56,7 +57,7 @@ def _pointwise(owner: str, rule, defaults: dict, init, state_cls: type,
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, state_cls)
         return PointwiseCall(rule, h, tuple(state), finish=lambda new: state_cls(*new),
-                             donate_state=donate)
+                             donate_state=donate, state_like=(None,) + (LIKE,) * (len(state) - 1))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import Pointwise, PointwiseCall, init_count, scalar_dtype
+from .._execute import LIKE, Pointwise, PointwiseCall, init_count, scalar_dtype
 from ..base import (
     Transform,
     check_hparam,
@@ -100,6 +100,6 @@ def scale_by_madgrad(lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-6)
                              (state.step, state.grad_sum_sq, state.s, state.x0),
                              inputs=(params,) if params is not None else (),
                              finish=lambda new: ScaleByMadgradState(*new),
-                             input_names=("params",))
+                             input_names=("params",), state_like=(None, LIKE, LIKE, LIKE))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._execute import Pointwise, PointwiseCall, decayed, lerp, zeros_in
+from .._execute import LIKE, SHAPED, Pointwise, PointwiseCall, decayed, lerp, zeros_in
 from ..base import (
     HParamError,
     Transform,
@@ -100,6 +100,7 @@ def scale_by_lion(betas: tuple[float, float] = (0.9, 0.99), *, mode: str = "hard
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByLionState)
         # (the old momentum is read twice: not donated)
-        return PointwiseCall(rule, h, (state.mu,), finish=lambda new: ScaleByLionState(*new))
+        return PointwiseCall(rule, h, (state.mu,), finish=lambda new: ScaleByLionState(*new),
+                             state_like=(LIKE if mu_dtype is None else SHAPED,))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "native"))

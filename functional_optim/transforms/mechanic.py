@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import _execute
-from .._execute import cast_hparams, elementwise, is_off, safe_sqrt
+from .._execute import LIKE, cast_hparams, elementwise, is_off, safe_sqrt
 from ..base import (
     HParamError,
     Transform,
@@ -140,7 +140,8 @@ def mechanize(base: Transform, weight_decay: float = 1e-2, eps: float = 1e-8,
         s = wealth / (safe_sqrt(v, nonnegative=True) + eps)
         out, x0 = elementwise(functools.partial(_mechanic_rule, first=first),
                               {"shift": shift, "scale": s.sum()}, base_u, (state.x0,),
-                              (params,), name=owner, input_names=("params",))
+                              (params,), name=owner, input_names=("params",),
+                              state_like=(LIKE,))
         return out, MechanicState(state.step + 1, *(tuple(x.unbind()) for x in (r, m, v, s)),
                                   x0, base_state)
 

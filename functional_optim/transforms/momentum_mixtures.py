@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from .. import tree as _tree
 from .._execute import (
+    LIKE,
     Pointwise,
     PointwiseCall,
     ema_square,
@@ -117,7 +118,8 @@ def scale_by_ademamix(betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
         states = (state.step, state.exp_avg_fast, state.exp_avg_slow, state.exp_avg_sq)
         return PointwiseCall(_ademamix_rule, h, states,
                              finish=lambda new: ScaleByAdemamixState(*new),
-                             donate_state=(True,) * len(states))
+                             donate_state=(True,) * len(states),
+                             state_like=(None, LIKE, LIKE, LIKE))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))
 
@@ -178,6 +180,6 @@ def scale_by_simplified_ademamix(betas: tuple[float, float] = (0.99, 0.95), alph
         states = (state.step, state.exp_avg, state.exp_avg_sq)
         return PointwiseCall(_simplified_rule, h, states,
                              finish=lambda new: ScaleBySimplifiedAdemamixState(*new),
-                             donate_state=(True,) * len(states))
+                             donate_state=(True,) * len(states), state_like=(None, LIKE, LIKE))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import cast_hparams, elementwise, is_off, safe_sqrt
+from .._execute import LIKE, cast_hparams, elementwise, is_off, safe_sqrt
 from ..base import (
     Transform,
     check_betas,
@@ -205,7 +205,7 @@ def scale_by_momo(lr: Any = 1.0, beta: float = 0.9, lower_bound: float = 0.0,
         barf = bt * state.barf + (1 - bt) * value
         gamma = bt * state.gamma + (1 - bt) * grad_dot_params
         _, m = elementwise(_momo_moment, {"bt": bt}, updates, (state.exp_avg,), name=owner,
-                           complex_as_real=True)
+                           complex_as_real=True, state_like=(LIKE,))
         norm = global_sum(owner, like, _dot, updates, m, m)
         iprod = global_sum(owner, like, _dot, updates, m, params)
         tau, bound = _polyak(h, alpha, barf, gamma, iprod, norm,
@@ -279,7 +279,7 @@ def scale_by_momo_adam(lr: Any = 1e-2, betas: tuple[float, float] = (0.9, 0.999)
         barf = b1 * state.barf + (1 - b1) * value
         _, m, v = elementwise(_momo_adam_moments, {"b1": b1, "b2": b2}, updates,
                               (state.exp_avg, state.exp_avg_sq), name=owner,
-                              complex_as_real=True)
+                              complex_as_real=True, state_like=(LIKE, LIKE))
         bc2 = 1 - b2 ** tf
         eps = h["eps"]
         norm = global_sum(owner, like, lambda m, v: m * (m / _precondition(v, eps, bc2)),

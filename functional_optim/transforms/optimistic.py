@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import Pointwise, PointwiseCall, init_count
+from .._execute import LIKE, Pointwise, PointwiseCall, init_count
 from ..base import Transform, check_hparam, check_state, pointwise_transform, resolve_hparams
 
 __all__ = ["ScaleByOptimisticGradientState", "scale_by_optimistic_gradient"]
@@ -60,6 +60,7 @@ def scale_by_optimistic_gradient(alpha: float = 1.0, beta: float = 1.0) -> Trans
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleByOptimisticGradientState)
         return PointwiseCall(_optimistic_rule, h, (state.step, state.prev_grad),
-                             finish=lambda new: ScaleByOptimisticGradientState(*new))
+                             finish=lambda new: ScaleByOptimisticGradientState(*new),
+                             state_like=(None, LIKE))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner))

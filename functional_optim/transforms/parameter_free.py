@@ -30,6 +30,7 @@ import torch
 
 from .. import tree as _tree
 from .._execute import (
+    LIKE,
     MissingParamsError,
     Pointwise,
     PointwiseCall,
@@ -269,7 +270,7 @@ def scale_by_prodigy(lr: Any = 1.0, betas: tuple[float, float] = (0.9, 0.999),
                   "s_scale": d if safeguard_warmup else dlr}
         _, m, v, s = elementwise(_prodigy_moments, rule_h, updates,
                                  (state.exp_avg, state.exp_avg_sq, state.grad_sum),
-                                 name=owner, complex_as_real=True)
+                                 name=owner, complex_as_real=True, state_like=(LIKE,) * 3)
         numerator = b3 * state.numerator + (d / hs["d0"]) * dlr * acc
         denominator = global_sum(owner, d, torch.abs, updates, s)
         estimate = safe_divide(hs["d_coef"] * numerator, denominator, denominator > 0)
@@ -391,7 +392,8 @@ def scale_by_dadapt_adamw(lr: Any = 1.0, betas: tuple[float, float] = (0.9, 0.99
         rule = _dadapt_rule if inputs else functools.partial(_dadapt_rule, p=None)
         out, m, v, s = elementwise(rule, rule_h, updates,
                                    (state.exp_avg, state.exp_avg_sq, state.grad_sum), inputs,
-                                   name=owner, complex_as_real=True, input_names=("params",))
+                                   name=owner, complex_as_real=True, input_names=("params",),
+                                   state_like=(LIKE,) * 3)
         numerator = sb2 * state.numerator + (1 - sb2) * dlr * acc
         l1 = global_sum(owner, d, torch.abs, updates, s)
         estimate = safe_divide(numerator, (1 - sb2) * l1, l1 > 0)
@@ -472,7 +474,7 @@ def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8) -> Transform:
         return PointwiseCall(_cocob_rule, h, states, (state.init_particles, params),
                              finish=lambda new: ScaleByCocobState(state.init_particles,
                                                                   *new),
-                             donate_state=(True,) * 4,
+                             donate_state=(True,) * 4, state_like=(LIKE,) * 4,
                              input_names=("init_particles", "params"))
 
     return pointwise_transform(init, defaults, Pointwise(prepare, owner, "as_real"))

@@ -24,7 +24,7 @@ import torch
 
 from .. import _execute
 from .. import tree as _tree
-from .._execute import cast_hparams, elementwise
+from .._execute import LIKE, cast_hparams, elementwise
 from ..base import (
     HParamError,
     Transform,
@@ -135,7 +135,8 @@ def schedule_free(base: Transform, lr: Any, b1: float = 0.9, weight_lr_power: fl
                                                                  posinf=torch.inf))
         base_u, base_state = base.update(updates, state.base, params, h["base"], **extra)
         out, z = elementwise(_schedule_free_rule, {"b1": hs["b1"], "ck": ck}, base_u,
-                             (state.z,), (params,), name=owner, input_names=("params",))
+                             (state.z,), (params,), name=owner, input_names=("params",),
+                             state_like=(LIKE,))
         return out, ScheduleFreeState(state.step + 1, torch.zeros_like(like) + hs["b1"],
                                       total, max_lr, base_state, z)
 

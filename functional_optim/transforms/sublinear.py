@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
-from .._execute import elementwise, full, init_count, is_off, lerp, safe_sqrt
+from .._execute import LIKE, elementwise, full, init_count, is_off, lerp, safe_sqrt
 from ..base import (
     HParamError,
     Transform,
@@ -98,7 +98,8 @@ def scale_by_novograd(betas: tuple[float, float] = (0.9, 0.25), eps: float = 1e-
             return updates, state
         out, *new = elementwise(_novograd_rule, h, updates, (state.step, state.mu, state.nu),
                                 (params,) if decay else (), name=owner, complex_as_real=True,
-                                input_names=("params",), donate_state=True)
+                                input_names=("params",), donate_state=True,
+                                state_like=(None, LIKE, None))
         return out, ScaleByNovogradState(*new)
 
     return Transform(init, update, defaults)
@@ -195,7 +196,7 @@ def scale_by_sm3(betas: tuple[float, float] = (0.9, 1.0), eps: float = 1e-8) -> 
         h = resolve_hparams(defaults, hparams, f"{owner} hparams")
         check_state(owner, state, ScaleBySm3State)
         out, acc, mu = elementwise(rule, h, updates, (state.accumulators, state.mu),
-                                   name=owner, real_only=True)
+                                   name=owner, real_only=True, state_like=(None, LIKE))
         return out, ScaleBySm3State(acc, mu)
 
     return Transform(init, update, defaults)
