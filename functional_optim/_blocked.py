@@ -96,6 +96,27 @@ class _Blocks:
             yield lists, part[len(self.tables):]
 
 
+def _vectors(tables: list) -> tuple[list, list]:
+    """``tables`` (lists of tensors, one per leaf) with the 0-d leaves (where the first table
+    has one) as one-element vectors, as every path runs them (see :func:`~functional_optim.
+    _execute.elementwise`), and the indices of those leaves."""
+    zero = [i for i, x in enumerate(tables[0]) if not x.ndim]
+    if zero:
+        tables = [list(t) for t in tables]
+        for t in tables:
+            for i in zero:
+                t[i] = t[i].reshape(1)
+    return tables, zero
+
+
+def _scalars(made: list, zero: list) -> list:
+    """``made`` (new tensors per output, or ``None``) with the leaves ``zero`` back to 0-d."""
+    for tensors in made if zero else ():
+        for i in zero if tensors is not None else ():
+            tensors[i] = tensors[i].reshape(())
+    return made
+
+
 def _pure_run(run: Callable, k: tuple, each_block: Callable, olds: list, whole: bool,
               layouts: bool) -> list:
     """A program's new tensors for the outputs whose old tensors are ``olds`` (``None``: an
@@ -418,8 +439,7 @@ class _Programs:
                 at = [c for c in tensor if 2 + c in prog.read or not prog.unchanged(1 + c, 2 + c)]
                 tables = [[params[n] for n in members], [grads[n] for n in members]]
                 tables += [[columns[c][n] for n in members] for c in at]
-                tables = [[x.reshape(1) if not x.ndim else x for x in t] for t in tables]
-                # (a 0-d leaf as a one-element vector, as every path runs it: elementwise)
+                tables, zero = _vectors(tables)
                 each = _Blocks(tables, [1, 0, *(2 + c for c in at)], prog.n_inputs, whole)
                 if owned:
                     for lists, _ in each([]):
@@ -428,9 +448,7 @@ class _Programs:
                     of = dict(zip(at, tables[2:]))
                     olds = [tables[0 if step else 1]] + [
                         None if prog.unchanged(1 + c, 2 + c) else of[c] for c in tensor]
-                    made = [None if ts is None else [t if t.ndim == params[n].ndim else
-                                                     t.reshape(()) for t, n in zip(ts, members)]
-                            for ts in _pure_run(run, k, each, olds, whole, step)]
+                    made = _scalars(_pure_run(run, k, each, olds, whole, step), zero)
                     lead.update(zip(members, made[0]))
                     for c, tensors in zip(tensor, made[1:]):
                         if tensors is not None:

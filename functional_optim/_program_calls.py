@@ -161,7 +161,7 @@ def _run(prog: Any, gs: list, states: list, kinds: list, inputs: list, live: lis
          names: list, dtype: torch.dtype) -> tuple | None:
     """The program on the leaves, grouped by the values of their 0-d state (the step counts:
     one group unless some leaves skipped steps), a block at a time into new tensors."""
-    from ._blocked import _Blocks, _by_value, _filled, _pure_run
+    from ._blocked import _Blocks, _by_value, _filled, _pure_run, _scalars, _vectors
 
     n_states = len(states)
     scalar = [j for j, kind in enumerate(kinds) if kind == SCALAR]
@@ -180,16 +180,16 @@ def _run(prog: Any, gs: list, states: list, kinds: list, inputs: list, live: lis
             return None
         columns = [[gs[i] for i in members]] + [[states[j][i] for i in members] for j in tensor]
         columns += [[x[i] for i in members] for x in inputs]
-        columns = [[x.reshape(1) if not x.ndim else x for x in c] for c in columns]  # (0-d)
+        columns, zero = _vectors(columns)
         whole = sum(gs[i].numel() for i in members) <= BLOCK
         olds = [columns[0]] + [None if prog.unchanged(1 + j, 1 + j) else columns[1 + m]
                                for m, j in enumerate(tensor)]
-        made = _pure_run(plan[0], plan[1], _Blocks(columns, slots, prog.n_inputs, whole), olds,
-                         whole, False)
+        made = _scalars(_pure_run(plan[0], plan[1], _Blocks(columns, slots, prog.n_inputs,
+                                                            whole), olds, whole, False), zero)
         for j, tensors in zip([0] + [1 + j for j in tensor], made):
             if tensors is not None:
                 for i, t in zip(members, tensors):
-                    result[j][i] = t if t.ndim == gs[i].ndim else t.reshape(())
+                    result[j][i] = t
         for j in scalar:
             if not prog.unchanged(1 + j, 1 + j):
                 new = _filled(prog.output(1 + j, env), states[j][0].dtype, members)

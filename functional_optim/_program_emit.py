@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ._foreach import constant
 from ._program import CONST, TENSOR, Program, Ref, _as_tensor
 
 
@@ -52,15 +53,25 @@ class Emitter:
         self.operands.append(fn)
         return f"k[{len(self.operands) - 1}]"
 
-    def operand(self, x: Any) -> str:
+    def operand(self, x: Any, dtype: torch.dtype | None = None) -> str:
         """A non-tensor operand as the traced op took it: a scalar recomputed as a 0-d tensor
-        of its dtype, a constant as the very tensor (a wrapped number stays one), a literal."""
+        of its dtype, a constant as the very tensor (a wrapped number stays one), a literal.
+        With ``dtype`` (the tensors' own, float32 or float64), each in that dtype, as a 0-d
+        tensor: the value the kernel computes with, which it would otherwise cast (a number:
+        wrap, then cast) once per tensor."""
         if not isinstance(x, Ref):
+            if dtype is not None and type(x) in (int, float):
+                x = constant(x, dtype)
             return self.bind(lambda env: x)
         value = self.low.program.values[x.index]
         if value.kind == CONST:
-            return self.bind(lambda env: value.const)
-        return self.bind(lambda env: _as_tensor(env[x.index], value.dtype))
+            const = value.const
+            if dtype is not None and const.dtype != dtype:
+                const = const.to(dtype)
+            return self.bind(lambda env: const)
+        if dtype is None or dtype == value.dtype:
+            return self.bind(lambda env: _as_tensor(env[x.index], value.dtype))
+        return self.bind(lambda env: _as_tensor(env[x.index], value.dtype).to(dtype))
 
     def free(self, x: Any, i: int, last: dict, dtype: torch.dtype) -> bool:
         """Whether op ``i`` (of ``dtype``) may overwrite ``x``: a list no later op reads, that

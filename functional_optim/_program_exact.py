@@ -127,9 +127,14 @@ def _emit(code: Emitter, node: Any, args: list, kw: dict, i: int, last: dict) ->
         name, overload, tensors, args, kw)
     if form is None:
         return code.each(node.func, tuple(args), kw, node.out)
-    names = [code.home[a.index] if t else code.operand(a) for a, t in zip(args, tensors)]
-    if form == "sub":
+    dtype = values.program.values[node.out].dtype
+    # (the scalar of a list and a scalar: a 0-d tensor in the list's dtype, which each
+    # tensor's kernel would cast it to; for add and sub, once per tensor in a list: the one-0-d
+    # tensor overload reads it on the host and wraps it again per tensor)
+    cast = dtype if form in ("scalar", "sub") and dtype == values.dtypes[args[0].index] and \
+        dtype in (torch.float32, torch.float64) else None
+    names = [code.home[a.index] if t else code.operand(a, cast) for a, t in zip(args, tensors)]
+    if form == "sub" or form == "scalar" and name == "add" and cast is not None:
         names[1] = f"[{names[1]}] * len({names[0]})"
     call = ", ".join(names + [f"{k}={code.operand(v)}" for k, v in kw.items()])
-    dtype = values.program.values[node.out].dtype
     code.foreach(name, call, node.out, code.free(args[0], i, last, dtype), args[0])
