@@ -42,6 +42,7 @@ import optree
 import torch
 
 from . import _execute
+from . import tree as _tree
 from ._blocks import BLOCK, blocks
 from ._fused import FusedStep, _groups, _plus_one, check_graphed, first, pure_copies
 from ._program import SCALAR, TENSOR, Program, trace
@@ -384,6 +385,14 @@ class _Programs:
             runs.append((prog, env, plan, members, numbers))
         return True
 
+    def parts(self) -> _Parts | None:
+        """The parameter-shaped parts of the state, or ``None`` where it has other parts or
+        shapes (see :func:`_layout`)."""
+        if not self.layout:
+            self.layout[:] = _layout(self.tx)  # (one assignment: threads may race here)
+            self.pointwise = self.layout[1] is not None
+        return self.layout[0] if self.layout[1] is not None else None
+
     def runs(self, params: dict, grads: dict, state: Any, hparams: Any, exact: bool,
              owned: bool) -> tuple | None:
         """``(columns, runs)`` of a step or an update (``exact``: the pure update's programs,
@@ -397,11 +406,9 @@ class _Programs:
             return None
         if not all(_plain(v) for v in h.values()):
             return None
-        if not self.layout:
-            self.layout[:] = _layout(self.tx)  # (one assignment: threads may race here)
-            self.pointwise = self.layout[1] is not None
-        parts, kinds, _ = self.layout
-        if kinds is None or exact and params.keys() != grads.keys():
+        parts = self.parts()
+        kinds = self.layout[1]
+        if parts is None or exact and params.keys() != grads.keys():
             return None  # (fo.step and the adapter give dicts of the same keys)
         groups = _groups(params, grads, None)
         if groups is None or not all(map(_runs_on, groups)):
@@ -532,17 +539,49 @@ def rule_update(programs: _Programs, update: Callable, reduced: Callable | None 
     each leaf, in passes: :func:`~functional_optim._blocked_reduce.reduce_update`) where given
     and it runs; ``update`` itself otherwise."""
 
+    def dicts(updates: dict, state: Any, params: dict, hparams: Any) -> tuple | None:
+        if not _execute.pure_multi_tensor([list(updates.values()), list(params.values())],
+                                          hparams):
+            return None
+        prepared = programs.runs(params, updates, state, hparams, True, False)
+        if prepared is not None:
+            return programs.run(params, updates, state, *prepared, False)
+        return None if reduced is None else reduced(updates, state, params, hparams)
+
+    def positions(updates: Any, state: Any, params: Any, hparams: Any) -> tuple | None:
+        """Another tree (a list of parameters, nested dicts): its leaves, and those of the
+        state's parameter-shaped parts, as dicts by position in optree's order; the results
+        in its structure."""
+        if _tree.traced():  # (compiled, transformed: leaf by leaf)
+            return None
+        flat, tree = optree.tree_flatten(params, none_is_leaf=True)
+        try:
+            grads = tree.flatten_up_to(updates)
+        except (ValueError, TypeError):  # (the chain names what differs)
+            return None
+        parts = programs.parts() if _execute.pure_multi_tensor([grads, flat], hparams) else None
+        if parts is None:
+            return None
+        try:
+            columns = [dict(enumerate(tree.flatten_up_to(c))) for c in parts.columns(state)]
+        except (ValueError, TypeError):
+            return None
+        ps, gs, state = dict(enumerate(flat)), dict(enumerate(grads)), parts.rebuilt(state,
+                                                                                    columns)
+        prepared = programs.runs(ps, gs, state, hparams, True, False)
+        if prepared is None:
+            return None
+        lead, new = programs.run(ps, gs, state, *prepared, False)
+        back = [tree.unflatten([c[i] for i in range(len(flat))]) for c in parts.columns(new)]
+        return tree.unflatten([lead[i] for i in range(len(flat))]), parts.rebuilt(new, back)
+
     def fast(updates, state, params=None, hparams=None, **extra):
-        if not extra and isinstance(params, dict) and isinstance(updates, dict) and \
-                _execute.pure_multi_tensor([list(updates.values()), list(params.values())],
-                                           hparams):
-            prepared = programs.runs(params, updates, state, hparams, True, False)
-            if prepared is not None:
-                return programs.run(params, updates, state, *prepared, False)
-            new = None if reduced is None else reduced(updates, state, params, hparams)
-            if new is not None:
-                return new
-        return update(updates, state, params, hparams, **extra)
+        new = None
+        if not extra and params is not None:
+            flat = isinstance(params, dict) and isinstance(updates, dict) and all(
+                [isinstance(p, torch.Tensor) for p in params.values()])
+            new = (dicts if flat else positions)(updates, state, params, hparams)
+        return update(updates, state, params, hparams, **extra) if new is None else new
 
     return fast
 

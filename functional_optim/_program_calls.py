@@ -71,19 +71,37 @@ def _given_up(states: tuple, keys: Any) -> bool:
 def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
     """``(new updates, *new states)`` of ``call`` (of the transform ``spec``) on ``updates``
     as its exact program, or ``None`` where the multi-tensor path must run: outside its
-    conditions (eager, nothing requiring grad, no donation; a dict of dense CPU float32 or
-    float64 tensors of one dtype; states and inputs dicts of tensors like them or of 0-d CPU
-    tensors; number or 0-d CPU tensor hyperparameters), or where the rule does not trace.
+    conditions (eager, nothing requiring grad, no donation; dense CPU float32 or float64
+    tensors of one dtype, no ``None`` leaf; states and inputs of the same structure, tensors
+    like them or 0-d CPU tensors; number or 0-d CPU tensor hyperparameters), or where the
+    rule does not trace. A flat dict is read by its keys; another tree (a list of parameters,
+    nested dicts) by its leaves' positions in optree's order.
     A 0-d leaf (a learned scale) is one element of a block, as every path runs it: a
     one-element vector, which a 0-d coefficient does not promote (:func:`~functional_optim.
     _execute.elementwise`)."""
     flags = _execute._FLAGS.value
-    if not flags[0] or flags[1] or _tree.traced() or type(updates) is not dict or \
-            not updates or call.sparse:
+    if not flags[0] or flags[1] or _tree.traced() or call.sparse:
         return None  # (leaf by leaf, donated, traced: compiled, transformed, fake tensors)
-    gs = list(updates.values())
-    if not all([type(g) is torch.Tensor for g in gs]):
+    if type(updates) is dict and all([type(g) is torch.Tensor for g in updates.values()]):
+        return _exact(spec, call, updates, call.states, call.inputs) if updates else None
+    # another tree (a list of parameters, nested dicts): its leaves as a dict by position
+    flat, tree = optree.tree_flatten(updates, none_is_leaf=True)
+    if not flat or not all([type(g) is torch.Tensor for g in flat]):
         return None
+    try:
+        states, inputs = ([dict(enumerate(tree.flatten_up_to(x))) for x in xs]
+                          for xs in (call.states, call.inputs))
+    except (ValueError, TypeError):  # (the multi-tensor path names what differs)
+        return None
+    out = _exact(spec, call, dict(enumerate(flat)), states, inputs)
+    return None if out is None else tuple(tree.unflatten(list(o.values())) for o in out)
+
+
+def _exact(spec: Any, call: Any, updates: dict, call_states: Any, call_inputs: Any
+           ) -> tuple | None:
+    """:func:`exact_update` on a dict of ``updates``, the state and input trees being
+    ``call_states`` and ``call_inputs`` (its leaves: plain tensors)."""
+    gs = list(updates.values())
     dtype = gs[0].dtype
     if dtype not in (torch.float32, torch.float64) or any(
             [g.dtype != dtype or g.device.type != "cpu" or g.is_sparse for g in gs]):
@@ -101,9 +119,9 @@ def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
              for mark in marks]
     if None in kinds:
         return None
-    states = [_plain_column(s, keys, gs, kind == TENSOR) for s, kind in zip(call.states, kinds)]
-    inputs = [_plain_column(x, keys, gs, True) for x in call.inputs]
-    if any(c is None for c in states + inputs) or _given_up(call.states, keys) or \
+    states = [_plain_column(s, keys, gs, kind == TENSOR) for s, kind in zip(call_states, kinds)]
+    inputs = [_plain_column(x, keys, gs, True) for x in call_inputs]
+    if any(c is None for c in states + inputs) or _given_up(call_states, keys) or \
             not _execute.pure_multi_tensor([gs, *states, *inputs], h):
         return None  # (a state an earlier donated update replaced: the error names it)
     prog = _program(spec, call, (dtype, len(gs)), leaves, hspec, live, states, kinds,

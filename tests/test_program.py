@@ -255,6 +255,47 @@ def test_a_pure_update_runs_the_exact_program_with_the_per_leaf_numbers(name, mo
         assert a.dtype == b.dtype and torch.equal(a, b)
 
 
+@pytest.mark.parametrize("shape", ["list", "nested"])
+@pytest.mark.parametrize("name", ["adamw", "sgd", "nadam", "rprop"])
+def test_a_list_or_a_nested_tree_runs_the_exact_program(name, shape, monkeypatch):
+    """A list of parameters or nested dicts run the alias's exact program on their leaves by
+    position (the state's parameter-shaped parts too), in their own structure, with the
+    per-leaf numbers; a None leaf (a frozen parameter) runs the chain."""
+    used = _exact_plans(monkeypatch)
+    tx = getattr(fo, name)()
+    gen = torch.Generator().manual_seed(0)
+
+    def tree():
+        xs = [torch.randn(s, generator=gen) for s in ((_blocked.BLOCK + 3,), (4, 6), (5,))]
+        return xs if shape == "list" else {"a": {"w": xs[0], "v": xs[1]}, "b": [xs[2]]}
+
+    params = tree()
+    fast = slow = tx.init(params)
+    for _ in range(3):
+        grads = tree()
+        updates, fast = tx.update(grads, fast, params)
+        with _execute.multi_tensor(False):
+            expected, slow = tx.update(grads, slow, params)
+        assert optree.tree_structure(updates) == optree.tree_structure(expected)
+        assert optree.tree_structure(fast) == optree.tree_structure(slow)
+        for a, b in zip(optree.tree_leaves((updates, fast)), optree.tree_leaves((expected,
+                                                                                   slow))):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    assert len(used) == 3
+    grads = tree()  # (a frozen parameter's None gradient: the chain, the same numbers)
+    if shape == "list":
+        grads[2] = None
+    else:
+        grads["b"][0] = None
+    updates, _ = tx.update(grads, fast, params)
+    with _execute.multi_tensor(False):
+        expected, _ = tx.update(grads, slow, params)
+    assert len(used) == 3
+    for a, b in zip(optree.tree_leaves(updates, none_is_leaf=True),
+                    optree.tree_leaves(expected, none_is_leaf=True)):
+        assert a is b is None or torch.equal(a, b)
+
+
 _CASTS = ("aten::to", "aten::_to_copy", "aten::item", "aten::lift_fresh")
 """Events of a scalar operand cast or wrapped for a kernel."""
 
