@@ -4,6 +4,7 @@ or on the caller's donated state and parameters (the fastest path the step allow
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,9 @@ import optree
 import torch
 
 from . import _execute, _fused, _rulemath
+from . import tree as _tree
 from .base import Transform, apply_updates, apply_updates_, check_distinct, resolve_hparams
+from .tree_math import _ParamsPlaceholder
 
 __all__ = ["host_counts", "step"]
 
@@ -42,8 +45,9 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
       classic algorithms and every pointwise alias: the cache-blocked in-place step, whole
       lists on a GPU), or a library chain that one of
       torch's Adam kernels computes (``[clip_by_global_norm] → [add_decayed_weights] →
-      scale_by_adam → [add_decayed_weights] → scale_by_learning_rate``), on a dict of plain
-      CPU/CUDA float32/float64 tensors that all have gradients: that step, in place, as
+      scale_by_adam → [add_decayed_weights] → scale_by_learning_rate``), on plain CPU/CUDA
+      float32/float64 tensors that all have gradients (a flat dict, or any tree: a list of
+      parameters, nested dicts, by its leaves' positions): that step, in place, as
       :class:`functional_optim.optim.FunctionalOptimizer` runs it;
     - otherwise ``tx.update(..., donate=True)`` (the library's rules update the state in place)
       and :func:`~functional_optim.apply_updates_`.
@@ -73,25 +77,88 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     # the alias's fused step or a library chain's (torch's Adam kernel), if it has one
     fused = (tx.fused or _fused.chain_step(tx, grads_donated=donate_grads)
              if library and not extra else None)
+    if fused is not None:
+        if isinstance(params, dict) and all([isinstance(p, torch.Tensor)
+                                             for p in params.values()]):
+            out = _fused_step(tx, fused, grads, state, params, hparams, donate)
+        else:  # (a list of parameters, nested dicts: as dicts by position)
+            out = _Positions.step(tx, fused, grads, state, params, hparams, donate)
+        if out is not None:
+            return out
     if not donate:
-        if fused is not None and _fusable(params, grads, pure=True, hparams=hparams):
-            copies: list = []
-            try:  # (a state tensor that requires grad, found as the step copies: the chain)
-                with _fused.owning(copies, torch.is_grad_enabled()), torch.no_grad():
-                    new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
-                if new_state is not None:
-                    return copies[-1], new_state
-            except _fused.Graphed:
-                pass
         updates, state = tx.update(grads, state, params, hparams, **extra)
         return apply_updates(params, updates), state
     with torch.no_grad():
-        if fused is not None and _fusable(params, grads):
-            new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
-            if new_state is not None:
-                return params, new_state
         updates, state = tx.update(grads, state, params, hparams, donate=library, **extra)
         return apply_updates_(params, updates), state
+
+
+def _fused_step(tx: Transform, fused: Any, grads: Any, state: Any, params: Any, hparams: Any,
+                donate: bool) -> tuple | None:
+    """``(params, state)`` of the fused step ``fused`` on copies (pure) or in place
+    (``donate``), or ``None`` where it declines."""
+    if not _fusable(params, grads, pure=not donate, hparams=hparams):
+        return None
+    if donate:
+        with torch.no_grad():
+            new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
+        return None if new_state is None else (params, new_state)
+    copies: list = []
+    try:  # (a state tensor that requires grad, found as the step copies: the chain)
+        with _fused.owning(copies, torch.is_grad_enabled()), torch.no_grad():
+            new_state = fused(params, grads, state, resolve_hparams(tx.hparams, hparams))
+    except _fused.Graphed:
+        return None
+    return None if new_state is None else (copies[-1], new_state)
+
+
+class _Positions:
+    """Trees other than flat dicts (a list of parameters, nested dicts) as dicts of their
+    leaves by position in optree's order, and the state's parameter-shaped parts too (found
+    by ``init`` on a placeholder, as :func:`~functional_optim.tree_math.map_params` finds
+    them), so that a fused step takes them; the results back in their structures."""
+
+    _PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def step(cls, tx: Transform, fused: Any, grads: Any, state: Any, params: Any,
+             hparams: Any, donate: bool) -> tuple | None:
+        if _tree.traced():  # (compiled, transformed: the update and its application)
+            return None
+        parts = cls.parts(tx)
+        flat, tree = optree.tree_flatten(params, none_is_leaf=True)
+        try:
+            gs = tree.flatten_up_to(grads)
+            columns = [dict(enumerate(tree.flatten_up_to(c))) for c in parts.columns(state)]
+        except (AttributeError, ValueError, TypeError):  # (no parts, or what differs: the
+            return None                                   # chain names it)
+        out = _fused_step(tx, fused, dict(enumerate(gs)), parts.rebuilt(state, columns),
+                          dict(enumerate(flat)), hparams, donate)
+        if out is None:
+            return None
+        new_params, new_state = out
+        n = range(len(flat))
+        back = [tree.unflatten([c[i] for i in n]) for c in parts.columns(new_state)]
+        return tree.unflatten([new_params[i] for i in n]), parts.rebuilt(new_state, back)
+
+    @classmethod
+    def parts(cls, tx: Transform) -> Any:
+        """The parameter-shaped parts of ``tx``'s state (``None``: found none), once per
+        ``init``."""
+        from ._blocked import _Parts
+        key = getattr(tx.init, "__wrapped__", tx.init)  # (the function a checked init calls)
+        try:
+            return cls._PARTS[key]
+        except KeyError:
+            pass
+        except TypeError:  # (an init that takes no weak reference)
+            return None
+        try:
+            parts = _Parts(tx.init(_ParamsPlaceholder()))
+        except (TypeError, ValueError):  # (an init that reads its parameters' structure)
+            parts = None
+        cls._PARTS[key] = parts
+        return parts
 
 
 def _fusable(params: Any, grads: Any, pure: bool = False, hparams: Any = None) -> bool:
