@@ -181,7 +181,7 @@ def _given_up_or_graphed(columns: list) -> bool:
     """Whether the state ``columns`` hold a donated state (its first leaf marks it: the chain
     raises :class:`~functional_optim._execute.DonatedStateError`) or, with grad mode on, a
     tensor that requires grad (the chain records a graph through the state)."""
-    if any(getattr(next(iter(c.values()), None), _execute._GIVEN_UP, False) for c in columns):
+    if any(map(_execute.given_up, columns)):
         return True
     return torch.is_grad_enabled() and any(
         map(_execute._requires_grad, (c.values() for c in columns)))

@@ -358,6 +358,20 @@ in place (a step count): :func:`elementwise` looks at one leaf of each state it 
 attribute reads a call), so passing a donated state again raises :class:`DonatedStateError`."""
 
 
+def given_up(column: dict) -> bool:
+    """Whether a state given as a dict of leaves was replaced by a donated update: marked on
+    its first leaf in optree's order (the keys sorted, where they sort), which is where
+    :func:`elementwise` marks and reads it (a dict's first key in its own order is another
+    leaf where the keys were not made sorted, as ``named_parameters`` makes them)."""
+    if not column:
+        return False
+    try:
+        head = min(column)
+    except TypeError:  # (keys that do not sort: optree keeps their order)
+        head = next(iter(column))
+    return getattr(column[head], _GIVEN_UP, False)
+
+
 def _write_back(flats: list, results: list, flags: tuple) -> None:
     """Each new state leaf of a donated state (``flags``) copied into the old one, which takes its
     place: compiled, the rule then computes into the caller's buffers (no allocation)."""

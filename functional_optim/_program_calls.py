@@ -57,17 +57,6 @@ def _plain_column(column: Any, keys: Any, like: list, shaped: bool) -> list | No
     return xs
 
 
-def _given_up(states: tuple, keys: Any) -> bool:
-    """Whether a state is one that a donated update replaced: marked on its first leaf in the
-    tree's order (optree's: a dict's keys sorted), as :func:`~functional_optim._execute.
-    elementwise` marks and checks it."""
-    try:
-        head = min(keys)
-    except TypeError:  # (keys that do not sort: optree keeps their order)
-        head = next(iter(keys))
-    return any(getattr(tree[head], _execute._GIVEN_UP, False) for tree in states)
-
-
 def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
     """``(new updates, *new states)`` of ``call`` (of the transform ``spec``) on ``updates``
     as its exact program, or ``None`` where the multi-tensor path must run: outside its
@@ -121,7 +110,7 @@ def _exact(spec: Any, call: Any, updates: dict, call_states: Any, call_inputs: A
         return None
     states = [_plain_column(s, keys, gs, kind == TENSOR) for s, kind in zip(call_states, kinds)]
     inputs = [_plain_column(x, keys, gs, True) for x in call_inputs]
-    if any(c is None for c in states + inputs) or _given_up(call_states, keys) or \
+    if any(c is None for c in states + inputs) or any(map(_execute.given_up, call_states)) or \
             not _execute.pure_multi_tensor([gs, *states, *inputs], h):
         return None  # (a state an earlier donated update replaced: the error names it)
     prog = _program(spec, call, (dtype, len(gs)), leaves, hspec, live, states, kinds,

@@ -292,6 +292,19 @@ def test_a_donated_state_passed_again_raises(name):
         fo.step(tx, {"layer": grads[1], "frozen": None}, state, p, donate=True)
 
 
+@pytest.mark.parametrize("name", ["adamw", "rmsprop", "user_chain"])
+def test_a_donated_state_of_unsorted_keys_passed_again_raises_on_the_programs(name):
+    """Keys made in another than their sorted order (``named_parameters``: ``0.weight`` before
+    ``0.bias``): the mark sits on the first leaf in optree's order, where the programs look
+    too (they read the dict's first key, another leaf, and took the stale state silently)."""
+    tx = ALIASES[name]()
+    params, grads = _trees(shapes={"weight": (6, 3), "bias": (6,)})
+    old = tx.init(params)
+    tx.update(grads[0], old, params, donate=True)
+    with pytest.raises(fo.DonatedStateError, match="donated to an earlier update"):
+        tx.update(grads[1], old, params)
+
+
 def _counts(state):
     return [x for x in optree.tree_leaves(state) if x.dtype == torch.int64]
 
