@@ -45,9 +45,9 @@ from . import _execute
 from . import tree as _tree
 from ._blocks import BLOCK, blocks
 from ._fused import FusedStep, _groups, _plus_one, check_graphed, first, pure_copies
+from ._parts import Parts, by_position, parts_of
 from ._program import SCALAR, TENSOR, Program, trace
 from .base import HParamError, apply_updates, resolve_hparams
-from .tree_math import _ParamsPlaceholder
 
 __all__ = ["BLOCK", "blocks", "rule_step"]
 
@@ -217,36 +217,6 @@ def _filled(value: Any, dtype: torch.dtype, names: list) -> dict:
 # The generic step: the alias's own chain, traced into a foreach program (functional_optim.
 # _program), run block by block
 
-def _placeholder(x: Any) -> bool:
-    return isinstance(x, _ParamsPlaceholder)
-
-
-class _Parts:
-    """The parameter-shaped parts of a transform's state (where ``init`` of a placeholder
-    puts one, as :func:`~functional_optim.tree_math.map_params` finds them), each a dict of
-    the parameters' leaves: read and replaced in a fixed order, through a spec made once (a
-    step reads them twice)."""
-
-    def __init__(self, marked: Any) -> None:
-        self.spec = optree.tree_structure(marked, is_leaf=_placeholder, none_is_leaf=True)
-        marks = optree.tree_leaves(marked, is_leaf=_placeholder, none_is_leaf=True)
-        self.at = [k for k, m in enumerate(marks) if _placeholder(m)]
-        self.only = not any(isinstance(m, torch.Tensor) for m in marks)
-        """Whether the state is all parameter-shaped (no schedule's count, no global
-        statistic: what a step on some of the parameters would have to share)."""
-
-    def columns(self, state: Any) -> list[dict]:
-        parts = self.spec.flatten_up_to(state)
-        return [parts[k] for k in self.at]
-
-    def rebuilt(self, state: Any, columns: list) -> Any:
-        """``state`` with its parameter-shaped parts replaced by ``columns``."""
-        parts = self.spec.flatten_up_to(state)
-        for k, column in zip(self.at, columns):
-            parts[k] = column
-        return self.spec.unflatten(parts)
-
-
 class _Rule:
     """What :func:`rule_step` traces: ``tx``'s update of a one-parameter tree, as a function of
     the gradient, the parameter, the state's columns and the hyperparameters' leaves, returning
@@ -255,7 +225,7 @@ class _Rule:
     traces every hyperparameter as the number it is (the ops the chain runs with it); else
     only the structural ones (:func:`_baked`), the others as 0-d float64 inputs."""
 
-    def __init__(self, tx: Any, parts: _Parts, h: Any, exact: bool = False,
+    def __init__(self, tx: Any, parts: Parts, h: Any, exact: bool = False,
                  update: bool | None = None) -> None:
         self.tx, self.parts, self.exact = tx, parts, exact
         self.update = exact if update is None else update  # (the lead: the update)
@@ -298,11 +268,13 @@ def _layout(tx: Any) -> tuple:
     indices of the 0-d ones; ``kinds`` is ``None`` where the state has other parts (a
     schedule's count) or other shapes (SM3's accumulator per dimension, factored moments)."""
     leaf = torch.ones(_SAMPLE)
+    parts = parts_of(tx)
+    if parts is None:  # (an init that reads its parameters' structure: a partition, a mask)
+        return None, None, []
     try:
-        parts = _Parts(tx.init(_ParamsPlaceholder()))
         sample = tx.init({"x": leaf}) if parts.only else None
-    except (TypeError, ValueError):  # (an init that reads its parameters' structure: a
-        return None, None, []        # partition, a mask tree)
+    except (TypeError, ValueError):
+        return None, None, []
     kinds: list | None = []
     for column in parts.columns(sample) if parts.only else [None]:
         x = None if column is None else column.get("x")
@@ -385,7 +357,7 @@ class _Programs:
             runs.append((prog, env, plan, members, numbers))
         return True
 
-    def parts(self) -> _Parts | None:
+    def parts(self) -> Parts | None:
         """The parameter-shaped parts of the state, or ``None`` where it has other parts or
         shapes (see :func:`_layout`)."""
         if not self.layout:
@@ -552,28 +524,16 @@ def rule_update(programs: _Programs, update: Callable, reduced: Callable | None 
         """Another tree (a list of parameters, nested dicts): its leaves, and those of the
         state's parameter-shaped parts, as dicts by position in optree's order; the results
         in its structure."""
-        if _tree.traced():  # (compiled, transformed: leaf by leaf)
+        parts = None if _tree.traced() else programs.parts()  # (traced: leaf by leaf)
+        trees = None if parts is None else by_position(parts, params, updates, state)
+        if trees is None:
             return None
-        flat, tree = optree.tree_flatten(params, none_is_leaf=True)
-        try:
-            grads = tree.flatten_up_to(updates)
-        except (ValueError, TypeError):  # (the chain names what differs)
+        ps, gs, state, back = trees
+        if not _execute.pure_multi_tensor([list(gs.values()), list(ps.values())], hparams):
             return None
-        parts = programs.parts() if _execute.pure_multi_tensor([grads, flat], hparams) else None
-        if parts is None:
-            return None
-        try:
-            columns = [dict(enumerate(tree.flatten_up_to(c))) for c in parts.columns(state)]
-        except (ValueError, TypeError):
-            return None
-        ps, gs, state = dict(enumerate(flat)), dict(enumerate(grads)), parts.rebuilt(state,
-                                                                                    columns)
         prepared = programs.runs(ps, gs, state, hparams, True, False)
-        if prepared is None:
-            return None
-        lead, new = programs.run(ps, gs, state, *prepared, False)
-        back = [tree.unflatten([c[i] for i in range(len(flat))]) for c in parts.columns(new)]
-        return tree.unflatten([lead[i] for i in range(len(flat))]), parts.rebuilt(new, back)
+        return None if prepared is None else back(*programs.run(ps, gs, state, *prepared,
+                                                                False))
 
     def fast(updates, state, params=None, hparams=None, **extra):
         new = None

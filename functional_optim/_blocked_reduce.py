@@ -26,17 +26,16 @@ from ._blocked import (
     _filled,
     _given_up_or_graphed,
     _matches,
-    _Parts,
     _plain,
     _Rule,
 )
 from ._blocks import BLOCK
 from ._fused import FusedStep, _copies, _groups, _owned
+from ._parts import parts_of
 from ._program import SCALAR
 from ._program_passes import _numel
 from ._program_reduce import FULL, SMALL, ReduceProgram, trace
 from .base import HParamError, resolve_hparams
-from .tree_math import _ParamsPlaceholder
 
 __all__ = ["reduce_step", "reduce_update"]
 
@@ -45,11 +44,11 @@ def _layout(tx: Any) -> tuple:
     """``(parts, scalar)``: the parameter-shaped parts of ``tx``'s state and which of them are
     0-d per leaf (the step counts); ``parts`` is ``None`` where the state has other parts (a
     schedule's count)."""
+    parts = parts_of(tx)
     try:
-        parts = _Parts(tx.init(_ParamsPlaceholder()))
         sample = parts.columns(tx.init({"x": torch.ones(_SAMPLE)})) if parts.only else None
-    except (TypeError, ValueError):  # (an init that reads its parameters' structure)
-        return None, []
+    except (AttributeError, TypeError, ValueError):  # (no parts: an init that reads its
+        return None, []                              # parameters' structure)
     if sample is None:
         return None, []
     return parts, [c for c, column in enumerate(sample) if not column["x"].ndim]

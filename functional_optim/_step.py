@@ -4,7 +4,6 @@ or on the caller's donated state and parameters (the fastest path the step allow
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +12,8 @@ import torch
 
 from . import _execute, _fused, _rulemath
 from . import tree as _tree
+from ._parts import by_position, parts_of
 from .base import Transform, apply_updates, apply_updates_, check_distinct, resolve_hparams
-from .tree_math import _ParamsPlaceholder
 
 __all__ = ["host_counts", "step"]
 
@@ -82,7 +81,7 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
                                              for p in params.values()]):
             out = _fused_step(tx, fused, grads, state, params, hparams, donate)
         else:  # (a list of parameters, nested dicts: as dicts by position)
-            out = _Positions.step(tx, fused, grads, state, params, hparams, donate)
+            out = _by_position(tx, fused, grads, state, params, hparams, donate)
         if out is not None:
             return out
     if not donate:
@@ -112,53 +111,18 @@ def _fused_step(tx: Transform, fused: Any, grads: Any, state: Any, params: Any, 
     return None if new_state is None else (copies[-1], new_state)
 
 
-class _Positions:
-    """Trees other than flat dicts (a list of parameters, nested dicts) as dicts of their
-    leaves by position in optree's order, and the state's parameter-shaped parts too (found
-    by ``init`` on a placeholder, as :func:`~functional_optim.tree_math.map_params` finds
-    them), so that a fused step takes them; the results back in their structures."""
-
-    _PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    @classmethod
-    def step(cls, tx: Transform, fused: Any, grads: Any, state: Any, params: Any,
-             hparams: Any, donate: bool) -> tuple | None:
-        if _tree.traced():  # (compiled, transformed: the update and its application)
-            return None
-        parts = cls.parts(tx)
-        flat, tree = optree.tree_flatten(params, none_is_leaf=True)
-        try:
-            gs = tree.flatten_up_to(grads)
-            columns = [dict(enumerate(tree.flatten_up_to(c))) for c in parts.columns(state)]
-        except (AttributeError, ValueError, TypeError):  # (no parts, or what differs: the
-            return None                                   # chain names it)
-        out = _fused_step(tx, fused, dict(enumerate(gs)), parts.rebuilt(state, columns),
-                          dict(enumerate(flat)), hparams, donate)
-        if out is None:
-            return None
-        new_params, new_state = out
-        n = range(len(flat))
-        back = [tree.unflatten([c[i] for i in n]) for c in parts.columns(new_state)]
-        return tree.unflatten([new_params[i] for i in n]), parts.rebuilt(new_state, back)
-
-    @classmethod
-    def parts(cls, tx: Transform) -> Any:
-        """The parameter-shaped parts of ``tx``'s state (``None``: found none), once per
-        ``init``."""
-        from ._blocked import _Parts
-        key = getattr(tx.init, "__wrapped__", tx.init)  # (the function a checked init calls)
-        try:
-            return cls._PARTS[key]
-        except KeyError:
-            pass
-        except TypeError:  # (an init that takes no weak reference)
-            return None
-        try:
-            parts = _Parts(tx.init(_ParamsPlaceholder()))
-        except (TypeError, ValueError):  # (an init that reads its parameters' structure)
-            parts = None
-        cls._PARTS[key] = parts
-        return parts
+def _by_position(tx: Transform, fused: Any, grads: Any, state: Any, params: Any,
+                 hparams: Any, donate: bool) -> tuple | None:
+    """:func:`_fused_step` on trees other than flat dicts (a list of parameters, nested
+    dicts), as dicts of their leaves by position (:func:`~functional_optim._parts.
+    by_position`), the results back in their structures."""
+    parts = None if _tree.traced() else parts_of(tx)  # (traced: the update and its apply)
+    trees = None if parts is None else by_position(parts, params, grads, state)
+    if trees is None:
+        return None
+    ps, gs, state, back = trees
+    out = _fused_step(tx, fused, gs, state, ps, hparams, donate)
+    return None if out is None else back(*out)
 
 
 def _fusable(params: Any, grads: Any, pure: bool = False, hparams: Any = None) -> bool:
