@@ -45,7 +45,7 @@ from . import _execute
 from . import tree as _tree
 from ._blocks import BLOCK, blocks
 from ._fused import FusedStep, _groups, _plus_one, check_graphed, first, pure_copies
-from ._parts import Parts, by_position, parts_of
+from ._parts import Parts, by_position, flat_dict, parts_of
 from ._program import SCALAR, TENSOR, Program, trace
 from .base import HParamError, apply_updates, resolve_hparams
 
@@ -511,14 +511,16 @@ def rule_update(programs: _Programs, update: Callable, reduced: Callable | None 
     each leaf, in passes: :func:`~functional_optim._blocked_reduce.reduce_update`) where given
     and it runs; ``update`` itself otherwise."""
 
-    def dicts(updates: dict, state: Any, params: dict, hparams: Any) -> tuple | None:
+    def dicts(updates: dict, state: Any, params: dict, hparams: Any,
+              reduce: bool = True) -> tuple | None:
         if not _execute.pure_multi_tensor([list(updates.values()), list(params.values())],
                                           hparams):
             return None
         prepared = programs.runs(params, updates, state, hparams, True, False)
         if prepared is not None:
             return programs.run(params, updates, state, *prepared, False)
-        return None if reduced is None else reduced(updates, state, params, hparams)
+        return None if reduced is None or not reduce else reduced(updates, state, params,
+                                                                   hparams)
 
     def positions(updates: Any, state: Any, params: Any, hparams: Any) -> tuple | None:
         """Another tree (a list of parameters, nested dicts): its leaves, and those of the
@@ -529,17 +531,13 @@ def rule_update(programs: _Programs, update: Callable, reduced: Callable | None 
         if trees is None:
             return None
         ps, gs, state, back = trees
-        if not _execute.pure_multi_tensor([list(gs.values()), list(ps.values())], hparams):
-            return None
-        prepared = programs.runs(ps, gs, state, hparams, True, False)
-        return None if prepared is None else back(*programs.run(ps, gs, state, *prepared,
-                                                                False))
+        out = dicts(gs, state, ps, hparams, reduce=False)  # (the reduce programs: dicts)
+        return None if out is None else back(*out)
 
     def fast(updates, state, params=None, hparams=None, **extra):
         new = None
         if not extra and params is not None:
-            flat = isinstance(params, dict) and isinstance(updates, dict) and all(
-                [isinstance(p, torch.Tensor) for p in params.values()])
+            flat = flat_dict(params) and isinstance(updates, dict)
             new = (dicts if flat else positions)(updates, state, params, hparams)
         return update(updates, state, params, hparams, **extra) if new is None else new
 

@@ -133,7 +133,6 @@ def elementwise(
     # the states in dtypes of their own (step counts): a multi-tensor group shares their
     # dtypes, as a list of 0-d tensors runs stacked (float32 and float64 counts: in float64)
     own = tuple(k for k in range(n_states) if k >= len(state_like) or state_like[k] is None)
-    shaped = [any(k == s[0] and s[1] for s in shares) for k in range(n_states)]
 
     def input_name(k: int) -> str:
         return input_names[k] if k < len(input_names) else "input"
@@ -201,7 +200,7 @@ def elementwise(
             if as_real:
                 res = rule(h, _as_real(g), *(_as_real(a) for a in leaf_states + leaf_inputs))
             elif likes[0][0].ndim == 0:  # (0-d leaves: as one-element vectors)
-                res = _one_element(rule, h, g, leaf_states, leaf_inputs, shaped, likes)
+                res = _one_element(rule, h, g, leaf_states, leaf_inputs, shares, likes)
             else:
                 res = rule(h, g, *leaf_states, *leaf_inputs)
         except RuntimeError:  # (multi-tensor path: torch's error for a shape or a device)
@@ -427,10 +426,10 @@ def _check_structures(updates: Any, trees: tuple, n_states: int, name: str,
         _tree.flatten_like(tree, spec, tree_name, "updates")
 
 
-def _one_element(rule: Callable, h: Any, g: Any, states: list, inputs: list,
-                 shaped: list[bool], likes: list[list]) -> tuple:
+def _one_element(rule: Callable, h: Any, g: Any, states: list, inputs: list, shares: list,
+                 likes: list[list]) -> tuple:
     """``rule`` on a 0-d leaf or a group of them (``TensorList``) as one-element vectors: the
-    update, the states shaped like it (``shaped``) and the tensor inputs; its results of 0-d
+    update, the states shaped like it (``shares``) and the tensor inputs; its results of 0-d
     ``likes`` back to 0-d, and a vector the rule passed through (or updated in place) back to
     the tensor it views.
 
@@ -439,6 +438,7 @@ def _one_element(rule: Callable, h: Any, g: Any, states: list, inputs: list,
     from any leaf of one or more dimensions, which a 0-d coefficient does not promote. As a
     vector, a 0-d leaf's math happens in its dtype (DESIGN.md §3), the same on every path."""
     pairs: list = []
+    shaped = {k for k, same_shape, _ in shares if same_shape}
 
     def vector(x: Any) -> Any:
         if isinstance(x, _foreach.TensorList):
@@ -457,7 +457,7 @@ def _one_element(rule: Callable, h: Any, g: Any, states: list, inputs: list,
         return r.reshape(()) if isinstance(r, torch.Tensor) and r.shape == (1,) and isinstance(
             like, torch.Tensor) and like.ndim == 0 else r
 
-    res = rule(h, vector(g), *(vector(x) if shape else x for x, shape in zip(states, shaped)),
+    res = rule(h, vector(g), *(vector(x) if k in shaped else x for k, x in enumerate(states)),
                *(vector(x) for x in inputs))
     return tuple(back(r, like[0]) for r, like in zip(res, likes))
 

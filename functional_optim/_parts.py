@@ -13,7 +13,14 @@ import torch
 
 from .tree_math import _ParamsPlaceholder
 
-__all__ = ["Parts", "by_position", "parts_of"]
+__all__ = ["Parts", "by_position", "flat_dict", "parts_of"]
+
+
+def flat_dict(tree: Any) -> bool:
+    """Whether ``tree`` is a dict of leaves (its first value a tensor), which the programs and
+    fused steps read by key; another tree (a list, nested dicts) goes :func:`by_position`.
+    (Each path checks every leaf itself.)"""
+    return type(tree) is dict and isinstance(next(iter(tree.values()), None), torch.Tensor)
 
 
 def _placeholder(x: Any) -> bool:

@@ -26,6 +26,7 @@ import torch
 from . import _execute, _foreach
 from . import tree as _tree
 from ._blocks import BLOCK
+from ._parts import flat_dict
 from ._program import CONST, SCALAR, TENSOR, trace
 
 __all__ = ["exact_update"]
@@ -71,11 +72,11 @@ def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
     flags = _execute._FLAGS.value
     if not flags[0] or flags[1] or _tree.traced() or call.sparse:
         return None  # (leaf by leaf, donated, traced: compiled, transformed, fake tensors)
-    if type(updates) is dict and all([type(g) is torch.Tensor for g in updates.values()]):
-        return _exact(spec, call, updates, call.states, call.inputs) if updates else None
+    if flat_dict(updates):
+        return _exact(spec, call, updates, call.states, call.inputs)
     # another tree (a list of parameters, nested dicts): its leaves as a dict by position
     flat, tree = optree.tree_flatten(updates, none_is_leaf=True)
-    if not flat or not all([type(g) is torch.Tensor for g in flat]):
+    if not flat:
         return None
     try:
         states, inputs = ([dict(enumerate(tree.flatten_up_to(x))) for x in xs]
@@ -89,8 +90,10 @@ def exact_update(spec: Any, call: Any, updates: Any) -> tuple | None:
 def _exact(spec: Any, call: Any, updates: dict, call_states: Any, call_inputs: Any
            ) -> tuple | None:
     """:func:`exact_update` on a dict of ``updates``, the state and input trees being
-    ``call_states`` and ``call_inputs`` (its leaves: plain tensors)."""
+    ``call_states`` and ``call_inputs``."""
     gs = list(updates.values())
+    if not all([type(g) is torch.Tensor for g in gs]):
+        return None
     dtype = gs[0].dtype
     if dtype not in (torch.float32, torch.float64) or any(
             [g.dtype != dtype or g.device.type != "cpu" or g.is_sparse for g in gs]):

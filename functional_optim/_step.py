@@ -12,7 +12,7 @@ import torch
 
 from . import _execute, _fused, _rulemath
 from . import tree as _tree
-from ._parts import by_position, parts_of
+from ._parts import by_position, flat_dict, parts_of
 from .base import Transform, apply_updates, apply_updates_, check_distinct, resolve_hparams
 
 __all__ = ["host_counts", "step"]
@@ -77,8 +77,7 @@ def step(tx: Transform, grads: Any, state: Any, params: Any, hparams: Any = None
     fused = (tx.fused or _fused.chain_step(tx, grads_donated=donate_grads)
              if library and not extra else None)
     if fused is not None:
-        if isinstance(params, dict) and all([isinstance(p, torch.Tensor)
-                                             for p in params.values()]):
+        if flat_dict(params):
             out = _fused_step(tx, fused, grads, state, params, hparams, donate)
         else:  # (a list of parameters, nested dicts: as dicts by position)
             out = _by_position(tx, fused, grads, state, params, hparams, donate)
