@@ -508,6 +508,7 @@ from ._rulemath import (  # noqa: E402, F401
     init_count,
     is_off,
     lerp,
+    mean_over,
     placed_like,
     safe_sqrt,
     scalars_once,

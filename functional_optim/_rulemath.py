@@ -60,6 +60,19 @@ def safe_sqrt(x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, 1.0)), 0.0)
 
 
+def mean_over(x: Any, dim: int, keepdim: bool = False) -> Any:
+    """``x.mean(dim, keepdim=keepdim)``, but 0 where ``dim`` has no elements: the mean over
+    nothing is NaN, which an empty parameter (a zero-size layer, an FSDP shard that holds no
+    rows) would otherwise leave in a state that keeps statistics per row or column. Decided
+    by the shapes, per tensor of a :class:`~functional_optim._foreach.TensorList`."""
+    items = x.items if isinstance(x, _foreach.TensorList) else [x]
+    if all(t.shape[dim] for t in items):
+        return x.mean(dim=dim, keepdim=keepdim)
+    out = [t.mean(dim=dim, keepdim=keepdim) if t.shape[dim] else t.sum(dim=dim, keepdim=keepdim)
+           for t in items]
+    return _foreach.TensorList(out) if isinstance(x, _foreach.TensorList) else out[0]
+
+
 def is_off(value: Any) -> bool:
     """Whether a hyperparameter is the Python number 0, so that its block skips its work.
 

@@ -363,6 +363,38 @@ def test_empty_tree(case):
     assert out == {}
 
 
+def test_an_empty_leaf_changes_nothing(case):
+    """A parameter with no elements (a zero-size layer; under FSDP2, the shard of a rank that
+    holds no rows) steps without error, its update empty and its state finite (a mean over
+    its rows or columns is no NaN), and leaves the other parameters' trajectory as it is
+    without it: equal but for the rounding of sums over the leaves, which group their terms
+    otherwise with one more (compared as the live-value checks do, in ulps of each tensor's
+    scale)."""
+    shape = case.shape or (lambda s: s)
+    runs = []
+    for empty in (False, True):
+        tx = case.make()
+        trees = [case.params_tree(seed) for seed in (0, 1)]
+        if empty:
+            for tree in trees:
+                tree["z_empty"] = torch.zeros(shape((0, 3)), dtype=torch.float64)  # (last:
+                # the others keep their positions, which the noise of a leaf is drawn by)
+        params, grads = trees[0], case.adapt_grads(trees[1])
+        state = tx.init(params)
+        for _ in range(3):
+            out, state = tx.update(grads, state, params)
+            params = fo.apply_updates(params, out)
+        runs.append((params, out, state))
+    (params, _, _), (with_empty, out, state) = runs
+    assert _dense(out["z_empty"]).shape == shape((0, 3))
+    assert_close(tensors(params), tensors({k: v for k, v in with_empty.items() if k != "z_empty"}),
+                 f"{case.name}: the other parameters", ulps=case.ulps)
+    for path, x in zip(*optree.tree_flatten_with_path(state, none_is_leaf=True)[:2]):
+        if "z_empty" in path and isinstance(x, torch.Tensor) and (x.is_floating_point()
+                                                                or x.is_complex()):
+            assert torch.isfinite(_dense(x)).all(), f"{case.name}: state {path} of the empty leaf"
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, "mixed"])
 def test_multi_tensor_path_matches_per_leaf(case, dtype):
     """The foreach path (eager, no autograd) gives exactly the per-leaf path's numbers, also when

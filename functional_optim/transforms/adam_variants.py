@@ -16,6 +16,7 @@ from .._execute import (
     ema_square,
     init_count,
     lerp,
+    mean_over,
     safe_sqrt,
     scalar_dtype,
 )
@@ -168,7 +169,7 @@ def scale_by_adam_mini(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1
         tf = t.to(scalar_dtype(g))
         m = lerp(m, g, 1 - b1)
         rows = _blocks_view(g, v)
-        square = torch.mean(rows * rows, dim=-1, keepdim=v.ndim > 0)
+        square = mean_over(rows * rows, -1, keepdim=v.ndim > 0)
         v = (v * b2 + (1 - b2) * square).to(v.dtype)  # (0-d: not promoted by b2)
         denom = safe_sqrt(v / (1 - b2**tf), nonnegative=True) + hh["eps"]
         u = (_blocks_view(m, v) / (1 - b1**tf)) / denom

@@ -19,6 +19,7 @@ from .._execute import (
     full,
     init_count,
     is_off,
+    mean_over,
     placed_like,
     scalar_dtype,
 )
@@ -184,8 +185,8 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, variant, momentum,
         rms_p = full(torch.linalg.vector_norm(p)) / root_numel
         sq = g * g + eps1
         if dims:  # static: leaves are grouped by it
-            row = row * keep + weight * sq.mean(dim=dims[1], keepdim=True)
-            col = col * keep + weight * sq.mean(dim=dims[0], keepdim=True)
+            row = row * keep + weight * mean_over(sq, dims[1], keepdim=True)
+            col = col * keep + weight * mean_over(sq, dims[0], keepdim=True)
             u = g * (row / row.mean(dim=dims[0], keepdim=True)).rsqrt() * col.rsqrt()
         else:
             var = var * keep + weight * sq
@@ -194,8 +195,8 @@ def _factored_rule(h, g, t, row, col, var, *rest, maximize, variant, momentum,
         rms_p = full(torch.linalg.vector_norm(p)) / root_numel
         sq = g * g + eps1
         if dims:  # static: leaves are grouped by it
-            row = _decayed(row, sq.mean(dim=-1), weight, huggingface=True)
-            col = _decayed(col, sq.mean(dim=-2), weight, huggingface=True)
+            row = _decayed(row, mean_over(sq, -1), weight, huggingface=True)
+            col = _decayed(col, mean_over(sq, -2), weight, huggingface=True)
             u = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1) \
                 * col.unsqueeze(-2).rsqrt() * g
         else:
@@ -435,10 +436,11 @@ def scale_by_factored_rms(lr: float | torch.Tensor = 1e-2, beta2_decay: float = 
         check_state(owner, state, ScaleByFactoredRmsState)
         if missing_params(owner, updates, params, "its step size is relative to their RMS"):
             return updates, state
-        # static per-leaf sizes: leaves group by them on the multi-tensor path
-        root_numel = _tree.map(lambda p: p.numel() ** 0.5, params)
-        n_last = _tree.map(lambda p: p.shape[-1] if p.ndim >= 1 else 1, params)
-        n_prev = _tree.map(lambda p: p.shape[-2] if p.ndim >= 2 else 1, params)
+        # static per-leaf sizes: leaves group by them on the multi-tensor path (at least 1:
+        # an empty parameter's RMS and row/column means are 0, not 0/0)
+        root_numel = _tree.map(lambda p: max(p.numel(), 1) ** 0.5, params)
+        n_last = _tree.map(lambda p: max(p.shape[-1], 1) if p.ndim >= 1 else 1, params)
+        n_prev = _tree.map(lambda p: max(p.shape[-2], 1) if p.ndim >= 2 else 1, params)
         factored_dims = _tree.map(dims, params)
         states = (state.step, state.row_var, state.col_var, state.variance)
         states += ((state.exp_avg,) if beta1 is not None else ()) + (

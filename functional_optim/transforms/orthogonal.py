@@ -119,6 +119,8 @@ def _lr_ratio(shape: torch.Size, adjust_lr_fn: str | None, layout: str = "torch"
     """The learning-rate adjustment of a matrix of ``shape``: ``(fan_out, fan_in)`` for
     ``layout="torch"`` (``nn.Linear``'s weight), ``(fan_in, fan_out)`` for ``"jax"``."""
     rows, cols = (shape[0], shape[1]) if layout == "torch" else (shape[1], shape[0])
+    if not rows * cols:  # (an empty matrix: no update to scale)
+        return 1.0
     if adjust_lr_fn in (None, "original"):
         return math.sqrt(max(1, rows / cols))
     if adjust_lr_fn == "spectral":
@@ -239,7 +241,8 @@ def _orthogonalize_tree(owner: str, updates: Any, h: dict, ns_steps: int,
             out = back(torch.stack([ns(m, hh) for m in mats.unbind(0)]).to(g.dtype))
             matrix, shape = full, mats.shape[1:]
         else:
-            matrix = full.reshape(full.shape[0], -1) if flatten and full.ndim > 2 else full
+            matrix = full.reshape(full.shape[0], math.prod(full.shape[1:])) \
+                if flatten and full.ndim > 2 else full
             out, shape = ns(matrix, hh).to(g.dtype), matrix.shape
         if adaptive:  # the dual norm of the direction: <B, O> O
             out = (matrix * out).sum() * out

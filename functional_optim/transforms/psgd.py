@@ -12,6 +12,7 @@ per update the factors take one step on the criterion
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -96,7 +97,7 @@ def _solve_axes(v: torch.Tensor, factors: tuple) -> torch.Tensor:
         if q.ndim < 2:
             v = moved / q
         else:
-            flat = moved.reshape(-1, moved.shape[-1])
+            flat = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])  # (0 rows: ok)
             v = torch.linalg.solve_triangular(q, flat, upper=True, left=False).reshape(
                 moved.shape)
     return v
@@ -228,6 +229,8 @@ def scale_by_psgd_kron(momentum: float = 0.9, preconditioner_update_probability:
 
     def fitted(h, factors, key, salt, lr):
         """The factors after one step on the whitening criterion, in the update's precision."""
+        if not h.numel():  # (an empty parameter: no statistics, the factors stay)
+            return factors
         dtype = decomposition_dtype(h.dtype, precond_dtype)
         qs = tuple(q.to(dtype) for q in factors)
         h = h.to(dtype)

@@ -141,6 +141,8 @@ def _sm3_leaf(h, g, acc, m):
     accum = (weight * (g * g) + b2 * low).to(g.dtype)
     if g.ndim < 2:
         new = accum
+    elif not accum.numel():  # (an empty parameter: the maxima over no elements stay 0)
+        new = accum.new_zeros(sum(g.shape))
     else:
         dims = range(g.ndim)
         new = torch.cat([torch.amax(accum, dim=[j for j in dims if j != i]) for i in dims])
