@@ -524,14 +524,18 @@ def rule_update(programs: _Programs, update: Callable, reduced: Callable | None 
 
     def positions(updates: Any, state: Any, params: Any, hparams: Any) -> tuple | None:
         """Another tree (a list of parameters, nested dicts): its leaves, and those of the
-        state's parameter-shaped parts, as dicts by position in optree's order; the results
-        in its structure."""
-        parts = None if _tree.traced() else programs.parts()  # (traced: leaf by leaf)
+        state's parameter-shaped parts (or, for a rule that reduces, its per-leaf parts: rows,
+        columns), as dicts by position in optree's order; the results in its structure."""
+        if _tree.traced():  # (leaf by leaf)
+            return None
+        parts = programs.parts()
+        if parts is None and reduced is not None:
+            parts = parts_of(programs.tx)
         trees = None if parts is None else by_position(parts, params, updates, state)
         if trees is None:
             return None
         ps, gs, state, back = trees
-        out = dicts(gs, state, ps, hparams, reduce=False)  # (the reduce programs: dicts)
+        out = dicts(gs, state, ps, hparams)
         return None if out is None else back(*out)
 
     def fast(updates, state, params=None, hparams=None, **extra):

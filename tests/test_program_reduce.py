@@ -129,20 +129,28 @@ def test_lamb_runs_its_traced_rule_with_the_chains_numbers(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def _nested(tree: dict) -> dict:
+    """``tree``'s leaves in nested dicts and a list (optree orders them otherwise)."""
+    return {"layer": {"w": tree["w"], "t": tree["t"]}, "rest": [tree[k] for k in "vabcsz"]}
+
+
+@pytest.mark.parametrize("layout", [dict, list, _nested], ids=["dict", "list", "nested"])
 @pytest.mark.parametrize("make", [lambda: fo.adafactor(weight_decay=0.1),
                                   lambda: fo.lamb(lr=1e-2, weight_decay=0.1)],
                          ids=["adafactor", "lamb"])
-def test_pure_update_runs_the_passes_with_the_chains_numbers(make, monkeypatch):
+def test_pure_update_runs_the_passes_with_the_chains_numbers(make, layout, monkeypatch):
     """The pure ``tx.update`` of Adafactor and LAMB runs their rule in passes too (the update
-    into new tensors, the state it writes copied first): the inputs untouched, the chain's
-    numbers (float64, ``donate=False`` sends the call to the chain) up to the order of the
-    blocks' sums."""
+    into new tensors, the state it writes copied first), on a dict of parameters, a list or
+    nested dicts: the inputs untouched, the chain's numbers (float64, ``donate=False`` sends
+    the call to the chain) up to the order of the blocks' sums."""
     runs = []
     plan = _program_passes.Passes.__call__
     monkeypatch.setattr(_program_passes.Passes, "__call__",
                         lambda self, *a: runs.append(self.whole) or plan(self, *a))
     tx = make()
+    arrange = {dict: dict, list: lambda tree: list(tree.values()), _nested: _nested}[layout]
     params, grads = _trees(torch.float64)
+    params, grads = arrange(params), [arrange(g) for g in grads]
     ours, chain = (params, tx.init(params)), (params, tx.init(params))
     for g in grads:
         before = optree.tree_map(torch.clone, (ours, g))
