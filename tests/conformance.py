@@ -607,6 +607,11 @@ CASES += [
          live=_LBFGS_TOLERANCES),
 ]
 
+SUMS_IN_BLOCKS = {"adafactor", "lamb"}
+"""Aliases whose multi-tensor pure update reduces over each leaf in blocks (``_program_reduce``,
+on float32/float64 CPU trees of any structure): the per-leaf numbers up to the order of the
+blocks' sums (float32: ``test_program_reduce.py``), not bit for bit."""
+
 # The cases of each further family live in a module of their own, ``conformance_<family>.py``
 # beside this one (HuggingFace's optimizers and block options: conformance_hf.py), each with a
 # ``CASES`` list: all are collected here, in name order.

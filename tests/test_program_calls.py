@@ -7,7 +7,7 @@ from __future__ import annotations
 import optree
 import pytest
 import torch
-from conformance import CASES
+from conformance import CASES, SUMS_IN_BLOCKS
 
 import functional_optim as fo
 from functional_optim import _execute, _program_calls
@@ -189,11 +189,6 @@ def test_a_rule_that_closes_over_a_value_of_its_call_runs_the_multi_tensor_path(
     assert ran and not any(ran)
 
 
-_SUMS_IN_BLOCKS = {"adafactor", "lamb"}
-"""Aliases whose pure update reduces over each leaf in blocks (``_program_reduce``): the
-per-leaf numbers up to the order of the blocks' sums (float32: ``test_program_reduce.py``)."""
-
-
 def _same(a, b) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
         a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
@@ -227,7 +222,7 @@ def test_every_registered_transform_keeps_its_numbers(case, flat):
     """Each registered transform updates its conformance tree (nested: dicts, a list, a
     tuple, a NamedTuple, a 0-d leaf) and a flat dict of its leaves (float32 and float64, three
     steps), wherever a program runs or declines: the per-leaf path's numbers."""
-    blocked_sums = case.name in _SUMS_IN_BLOCKS
+    blocked_sums = case.name in SUMS_IN_BLOCKS
     for dtype in (torch.float64,) if blocked_sums else (torch.float64, torch.float32):
         trees = _trees_of(case, dtype, flat)
         if trees is None:
