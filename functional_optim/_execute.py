@@ -288,8 +288,10 @@ def elementwise(
             old = flats[j][first]
             if flag and results[j][first] is not old:
                 setattr(old, _GIVEN_UP, True)
-    elif level == DONATED and compiling:
-        _write_back(flats, results, flags)
+    elif level == DONATED and compiling:  # (and every state shaped like its update: traced,
+        # a rule reads its old state as it likes)
+        marked = {k for k, *_ in shares}
+        _write_back(flats, results, [flag or k in marked for k, flag in enumerate(flags)])
     if not compiling:  # (eager: the treespec's own unflatten, faster than tree_map)
         return tuple(spec.unflatten(r) for r in results)
     return tuple(_unflatten_like(updates, r) for r in results)
@@ -371,13 +373,27 @@ def given_up(column: dict) -> bool:
     return getattr(column[head], _GIVEN_UP, False)
 
 
-def _write_back(flats: list, results: list, flags: tuple) -> None:
+def _write_back(flats: list, results: list, flags: list) -> None:
     """Each new state leaf of a donated state (``flags``) copied into the old one, which takes its
-    place: compiled, the rule then computes into the caller's buffers (no allocation)."""
+    place: compiled, the rule then computes into the caller's buffers (no allocation). Where
+    the old leaf cannot hold the new one as it is (another shape or dtype) or is a tensor
+    written already (one tensor in two leaves), the new leaf stays."""
+    written: set = set()
     for j, flag in enumerate(flags, start=1):
         if flag:
-            results[j] = [old if old is None or new is old else old.copy_(new)
-                          for old, new in zip(flats[j], results[j])]
+            results[j] = [_written(old, new, written) for old, new in zip(flats[j], results[j])]
+
+
+def _written(old: Any, new: Any, written: set) -> Any:
+    """``old`` holding ``new`` (:func:`_write_back`), or ``new``."""
+    if old is None or new is old:
+        return old
+    if not isinstance(old, torch.Tensor) or id(old) in written or old.shape != new.shape or \
+            old.dtype != new.dtype:
+        return new
+    written.add(id(old))
+    writable(old).copy_(new)
+    return old
 
 
 def _run_groups(groups: dict, cache: dict, hparams: Any, flats: list, n_states: int,
@@ -512,5 +528,6 @@ from ._rulemath import (  # noqa: E402, F401
     placed_like,
     safe_sqrt,
     scalars_once,
+    writable,
     zeros_in,
 )

@@ -73,6 +73,15 @@ def mean_over(x: Any, dim: int, keepdim: bool = False) -> Any:
     return _foreach.TensorList(out) if isinstance(x, _foreach.TensorList) else out[0]
 
 
+def writable(x: torch.Tensor) -> torch.Tensor:
+    """``x`` for an in-place write: a 0-d tensor as a one-element view of itself. Compiled
+    (torch 2.13, AOT autograd), an in-place op on a 0-d float64 tensor inside a dict input is
+    dropped, silently: ``d["x"].add_(u)`` leaves ``d["x"]`` as it was, and reads of it after
+    the op see the old value; on the view the write happens (a float64 model's 0-d parameter
+    did not move in a compiled donated step)."""
+    return x.reshape(1) if x.ndim == 0 else x
+
+
 def is_off(value: Any) -> bool:
     """Whether a hyperparameter is the Python number 0, so that its block skips its work.
 

@@ -470,7 +470,9 @@ def reparametrize(inner: Transform, hparams: dict, to_inner: Callable[[dict], An
 
     def update(updates, state, params=None, hparams_=None, **extra):
         resolved = resolve_hparams(hparams, hparams_, name, structural)
-        with _execute.scalars_once():  # (an alias's combinators too: see chain)
+        # (an alias's combinators too: see chain; donated, as a chain, for an inner block that
+        # is no chain: Adafactor's)
+        with _execute.donating(extra.get("donate")), _execute.scalars_once():
             return inner.update(updates, state, params, to_inner(resolved), **extra)
 
     inner_spec, spec = inner.pointwise, None
@@ -581,5 +583,5 @@ def apply_updates_(params: Any, updates: Any) -> Any:
         for members in groups:
             torch._foreach_add_([ps[i] for i in members], [us[i] for i in members])
         for i in rest:
-            ps[i].add_(us[i])  # (in the wider dtype, rounded once)
+            _execute.writable(ps[i]).add_(us[i])  # (in the wider dtype, rounded once)
     return params
