@@ -25,7 +25,7 @@ def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
     ``size`` elements: consecutive small leaves share a block; a contiguous leaf larger than
     ``size`` is split into flat views of ``size`` elements (``split=False``: kept whole), each
     its own block; a 0-d entry of a row (a step count) or a ``None`` is in each of its
-    pieces."""
+    pieces. An empty leaf (no elements) is in a block too, with its neighbours or alone."""
     start, filled = 0, 0
     for i, t in enumerate(columns[0]):
         n = t.numel()
@@ -35,7 +35,7 @@ def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
                 yield [column[start:i + 1] for column in columns]
                 start, filled = i + 1, 0
             continue
-        if filled:
+        if start < i:
             yield [column[start:i] for column in columns]
         start, filled = i + 1, 0
         row = [column[i] for column in columns]
@@ -45,7 +45,7 @@ def blocks(columns: list[list[torch.Tensor]], size: int = BLOCK,
                 yield [[piece] for piece in pieces]
         else:
             yield [[x] for x in row]
-    if filled:
+    if start < len(columns[0]):
         yield [column[start:] for column in columns]
 
 

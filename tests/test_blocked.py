@@ -132,6 +132,26 @@ def test_blocks_cover_every_element_once():
     assert total == sum(t.numel() for t in columns[0])
 
 
+@pytest.mark.parametrize("leaves", [["empty"], ["big", "empty"], ["empty", "big"],
+                                    ["small", "small", "empty"]])
+def test_blocks_hold_every_leaf_empty_ones_too(leaves):
+    """Every leaf is in a block, one with no elements too: a block that just filled, a leaf
+    split in views or the end dropped it, and a pure update of a tree whose leaves were all
+    empty raised ``StopIteration`` (its program made no new tensor for it)."""
+    make = {"big": lambda: torch.zeros(10), "small": lambda: torch.zeros(2),
+            "empty": lambda: torch.zeros(0, 3)}
+    column = [make[kind]() for kind in leaves]
+    parts = list(_blocked.blocks([column], size=4))
+    seen = [t for part in parts for t in part[0]]
+    assert sum(t.numel() == 0 for t in seen) == leaves.count("empty")
+    tree = {str(i): t for i, t in enumerate(column)}
+    for tx in (fo.adamw(), fo.sgd(lr=0.1, momentum=0.9), fo.rmsprop()):
+        updates, _ = tx.update(tree, tx.init(tree), tree)
+        assert [u.shape for u in updates.values()] == [t.shape for t in column]
+        new, _ = fo.step(tx, tree, tx.init(tree), tree)
+        assert [p.shape for p in new.values()] == [t.shape for t in column]
+
+
 def test_scratch_is_one_kept_buffer_per_thread_and_dtype():
     """``_blocks.scratch``: contiguous tensors shaped as asked, views of one buffer per dtype
     (the same memory the next time, none of it the caller's), grown when a layout needs more
