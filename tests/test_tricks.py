@@ -283,6 +283,15 @@ def test_muon_adamw(adjust):
     _close(_trajectory(tx, _params(SHAPES), _grad_fn()), _run(step, params, _grad_fn()))
 
 
+def test_muon_adamw_steps_an_empty_3d_leaf():
+    """An empty 3-D leaf (flattened to ``rows x rest``: ``reshape(0, -1)`` raised) gets an empty
+    update, and the other leaves theirs."""
+    params = {"empty": torch.zeros(0, 3, 3, dtype=torch.float64), "w": _params([(4, 3, 3)])[0]}
+    tx = fo.muon_adamw(ns_dtype=None)
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert updates["empty"].shape == (0, 3, 3) and torch.isfinite(updates["w"]).all()
+
+
 def test_newton_schulz_coefficient_variants():
     """Per-iteration coefficients (You's six quintics), as many as iterations, and the cubic
     iteration; a drop-in class's group holding them as lists (as a checkpoint may)."""

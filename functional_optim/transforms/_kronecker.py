@@ -4,7 +4,6 @@ tuples of factors in the state, the factors' statistics and rotations by one mat
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -102,8 +101,7 @@ def check_factors(owner: str, updates: Any, i: int, field: str, got: Any,
 def axis_covariance(x: torch.Tensor, axis: int) -> torch.Tensor:
     r"""The Gram matrix of ``x`` along ``axis``: :math:`\sum_{\text{other axes}} x_{\ldots i
     \ldots} x_{\ldots j \ldots}` (:math:`G G^\top` and :math:`G^\top G` for a matrix)."""
-    moved = x.movedim(axis, 0)
-    moved = moved.reshape(moved.shape[0], math.prod(moved.shape[1:]))  # (empty x: ok)
+    moved = x.movedim(axis, 0).reshape(x.shape[axis], -1)
     return moved @ moved.T
 
 

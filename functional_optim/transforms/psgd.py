@@ -12,7 +12,6 @@ per update the factors take one step on the criterion
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -97,7 +96,7 @@ def _solve_axes(v: torch.Tensor, factors: tuple) -> torch.Tensor:
         if q.ndim < 2:
             v = moved / q
         else:
-            flat = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])  # (0 rows: ok)
+            flat = moved.reshape(-1, moved.shape[-1])
             v = torch.linalg.solve_triangular(q, flat, upper=True, left=False).reshape(
                 moved.shape)
     return v
